@@ -154,7 +154,7 @@ def decode(frames: Sequence[Any], max_tensor_bytes: int = MAX_TENSOR_BYTES) -> M
     if header.get("v") != VERSION:
         raise ProtocolError(f"unsupported protocol version {header.get('v')!r}, expected {VERSION}")
     try:
-        kind = Kind(header.get("kind"))
+        kind = Kind(str(header.get("kind")))
     except ValueError:
         raise ProtocolError(f"unknown message kind {header.get('kind')!r}") from None
     key = "outputs" if kind is Kind.REPLY else "inputs"

@@ -110,19 +110,19 @@ def load_model_config(folder: Path) -> ModelConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     get = _Getter(path, raw)
-    name = get.str("name")
+    name = get.text("name")
     if name != folder.name:
         raise ConfigError(f"{path}: key 'name' is {name!r}, expected the folder name {folder.name!r}")
-    backend = get.str("backend")
+    backend = get.text("backend")
     if backend not in BACKENDS:
         raise ConfigError(f"{path}: key 'backend' is {backend!r}, expected one of {sorted(BACKENDS)}")
-    max_batch_size = get.int("max_batch_size", 0)
+    max_batch_size = get.integer("max_batch_size", 0)
     batching = raw.get("dynamic_batching", {})
     if not isinstance(batching, dict):
         raise ConfigError(f"{path}: key 'dynamic_batching' must be a table")
-    delay = _Getter(path, batching, "dynamic_batching.").int("max_queue_delay_us", 0)
+    delay = _Getter(path, batching, "dynamic_batching.").integer("max_queue_delay_us", 0)
     preferred = tuple(batching.get("preferred_batch_size", ()))
-    queue_size = get.int("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
+    queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
     inputs = _tensor_specs(path, raw, "input")
@@ -159,11 +159,11 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: {key}[{i}] must be a table")
         get = _Getter(path, entry, f"{key}[{i}].")
-        name = get.str("name")
+        name = get.text("name")
         if len(name) > MAX_NAME_LENGTH or name in seen:
             raise ConfigError(f"{path}: key '{key}[{i}].name' is {name!r}, expected a unique short name")
         seen.add(name)
-        datatype = get.str("datatype")
+        datatype = get.text("datatype")
         if datatype not in DATATYPE_SIZES:
             raise ConfigError(f"{path}: key '{key}[{i}].datatype' is {datatype!r}, expected one of {sorted(DATATYPE_SIZES)}")
         dims = entry.get("dims")
@@ -180,13 +180,13 @@ class _Getter:
     def __init__(self, path: Path, table: dict[str, Any], prefix: str = "") -> None:
         self.path, self.table, self.prefix = path, table, prefix
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         value = self.table.get(key)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-empty string")
         return value
 
-    def int(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         value = self.table.get(key, default)
         if type(value) is not int or value < 0:
             raise ConfigError(f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-negative integer")

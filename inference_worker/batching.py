@@ -1,0 +1,95 @@
+"""The dynamic batching policy, without I/O: which queued requests run together, and when.
+
+Requests queue per model version and per *batch key* (the datatypes and non-batch shapes of their inputs),
+so requests whose shapes differ are never batched together. A queue runs when it holds ``max_batch_size``
+samples or when its oldest request has waited ``max_queue_delay_us``; a model with ``max_batch_size`` 0
+runs each request alone, at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Pending:
+    """One request waiting in the worker: where it came from, what it holds, and when it arrived."""
+
+    seq: int
+    model: tuple[str, str]
+    batch_key: Hashable
+    samples: int
+    arrived_ns: int
+    deadline: float
+    payload: Any = None
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class _Queue:
+    items: deque[Pending] = field(default_factory=deque)
+    samples: int = 0
+
+
+class Batcher:
+    """Queues of one model version, and the choice of the next batch to run."""
+
+    def __init__(self, max_batch_size: int, max_queue_delay_us: int) -> None:
+        self.max_batch_size = max_batch_size
+        self.delay_ns = max_queue_delay_us * 1000
+        self._queues: dict[Hashable, _Queue] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q.items) for q in self._queues.values())
+
+    def add(self, item: Pending) -> None:
+        queue = self._queues.setdefault(item.batch_key, _Queue())
+        queue.items.append(item)
+        queue.samples += item.samples
+
+    def expire(self, now_unix: float) -> list[Pending]:
+        """Remove and return every queued request whose deadline has passed."""
+        expired: list[Pending] = []
+        for key, queue in list(self._queues.items()):
+            if any(item.deadline <= now_unix for item in queue.items):
+                keep = deque(item for item in queue.items if item.deadline > now_unix)
+                expired.extend(item for item in queue.items if item.deadline <= now_unix)
+                queue.items, queue.samples = keep, sum(item.samples for item in keep)
+            if not queue.items:
+                del self._queues[key]
+        return expired
+
+    def next_batch(self, now_ns: int, flush: bool = False) -> list[Pending] | None:
+        """Return the next batch due at ``now_ns`` (all queues due if ``flush``), or None."""
+        due = [(q.items[0].arrived_ns, key) for key, q in self._queues.items() if flush or self._is_due(q, now_ns)]
+        if not due:
+            return None
+        _, key = min(due, key=lambda pair: pair[0])
+        return self._take(key)
+
+    def next_wakeup_ns(self) -> int | None:
+        """Return when the oldest queued request's delay runs out, if anything is queued."""
+        heads = [q.items[0].arrived_ns for q in self._queues.values()]
+        return min(heads) + self.delay_ns if heads else None
+
+    def _is_due(self, queue: _Queue, now_ns: int) -> bool:
+        if self.max_batch_size == 0 or queue.samples >= self.max_batch_size:
+            return True
+        return now_ns - queue.items[0].arrived_ns >= self.delay_ns
+
+    def _take(self, key: Hashable) -> list[Pending]:
+        queue = self._queues[key]
+        batch = [queue.items.popleft()]
+        samples = batch[0].samples
+        if self.max_batch_size > 0:
+            while queue.items and samples + queue.items[0].samples <= self.max_batch_size:
+                item = queue.items.popleft()
+                samples += item.samples
+                batch.append(item)
+        queue.samples -= samples
+        if not queue.items:
+            del self._queues[key]
+        return batch

@@ -1,0 +1,340 @@
+"""The dispatcher process: routes requests from any number of gateways to any number of workers.
+
+Two ROUTER sockets: the frontend, where gateway threads connect, and the backend, where workers connect.
+One single-threaded loop: receive, route (see :mod:`inference_worker.routing`), heartbeat, purge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import msgpack
+import zmq
+
+from inference_worker import protocol
+from inference_worker.protocol import ErrorCode, Kind, ProtocolError
+from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
+from inference_worker.stats import StatsBook
+
+log = logging.getLogger("torchgate.dispatcher")
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """Where the dispatcher listens and how it judges liveness."""
+
+    frontend: str
+    backend: str
+    heartbeat_interval: float = 0.5  # seconds between heartbeats to workers
+    heartbeat_liveness: int = 8  # missed intervals before a worker is taken out of rotation
+    max_message_bytes: int = 1 << 31  # a peer that sends more is disconnected by libzmq
+
+
+def bind(socket: zmq.Socket, endpoint: str) -> None:
+    """Bind, making an ipc socket's file reachable by its owner only."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket file of a previous run
+        old = os.umask(0o077)
+        try:
+            socket.bind(endpoint)
+        finally:
+            os.umask(old)
+    else:
+        socket.bind(endpoint)
+
+
+class Dispatcher:
+    """The routing loop and its two sockets."""
+
+    def __init__(self, config: DispatcherConfig, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.router = Router()
+        self.stats = StatsBook()
+        self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
+        self.next_seq = 1
+        self.stopping = False
+        self.frontend = self._socket(config.frontend)
+        self.backend = self._socket(config.backend)
+        self.next_heartbeat = 0.0
+        self.next_sweep = 0.0
+
+    def _socket(self, endpoint: str) -> zmq.Socket:
+        socket = self.context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        bind(socket, endpoint)
+        return socket
+
+    @property
+    def liveness(self) -> float:
+        return self.config.heartbeat_interval * self.config.heartbeat_liveness
+
+    def close(self) -> None:
+        self.frontend.close(linger=0)
+        self.backend.close(linger=0)
+
+    def serve(self, max_iterations: int | None = None) -> None:
+        """Run the loop until stopped (or for ``max_iterations`` rounds)."""
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        iterations = 0
+        log.info("dispatcher: frontend %s, backend %s", self.config.frontend, self.config.backend)
+        while not self.stopping and (max_iterations is None or iterations < max_iterations):
+            iterations += 1
+            timeout = max(0.0, min(self.next_heartbeat, self.next_sweep) - time.monotonic())
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            if self.backend in events:
+                self._drain(self.backend, self.on_worker_message)
+            if self.frontend in events:
+                self._drain(self.frontend, self.on_gateway_message)
+            self.dispatch()
+            now = time.monotonic()
+            if now >= self.next_heartbeat:
+                self.send_heartbeats(now)
+            if now >= self.next_sweep:
+                self.sweep(now)
+
+    def _drain(self, socket: zmq.Socket, handle: Any) -> None:
+        for _ in range(1000):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity, body = frames[0].bytes, frames[1:]
+            try:
+                handle(identity, protocol.decode(body))
+            except ProtocolError as exc:
+                log.warning("dispatcher: dropped a malformed message from %r: %s", identity, exc)
+                self._answer_malformed(socket, identity, body, exc)
+
+    def _answer_malformed(self, socket: zmq.Socket, identity: bytes, body: list[Any], exc: ProtocolError) -> None:
+        if socket is not self.frontend or not body:
+            return
+        try:  # answer the gateway if its request id can be read
+            header = msgpack.unpackb(body[0].bytes, raw=False)
+            request_id = header.get("id") if isinstance(header, dict) else None
+        except Exception:
+            return
+        if isinstance(request_id, str):
+            self._to_gateway(identity, protocol.encode(Kind.ERROR, protocol.error_fields(
+                ErrorCode.INVALID_ARGUMENT, f"malformed request: {exc}", id=request_id)))
+
+    # -- gateways ---------------------------------------------------------------------------------------
+
+    def on_gateway_message(self, gateway: bytes, message: protocol.Message) -> None:
+        if message.kind is Kind.REQUEST:
+            self.accept(gateway, message)
+        elif message.kind is Kind.QUERY:
+            request_id = protocol.require(message.fields, "id", str)
+            known = (gateway, request_id) in self.router.requests
+            self._to_gateway(gateway, protocol.encode(Kind.QUERY_REPLY, {"id": request_id, "known": known}))
+        elif message.kind is Kind.STATUS:
+            self._to_gateway(gateway, protocol.encode(Kind.STATUS_REPLY, {"id": message.get("id"), **self.status()}))
+        else:
+            raise ProtocolError(f"unexpected {message.kind} from a gateway")
+
+    def accept(self, gateway: bytes, message: protocol.Message) -> None:
+        fields = message.fields
+        request_id = protocol.require(fields, "id", str)
+        model = protocol.require(fields, "model", str)
+        deadline = fields.get("deadline")
+        if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+            deadline = time.time() + 30.0
+        version = fields.get("version")
+        self.counters["requests"] += 1
+        try:
+            resolved = self.router.resolve_version(model, version if isinstance(version, str) else None)
+            forward = {k: v for k, v in fields.items() if k not in ("v", "kind", "inputs", "seq")}
+            request = Request(seq=self.next_seq, gateway=gateway, id=request_id, model=model, version=resolved,
+                              deadline=float(deadline), fields=forward, frames=[buf for _, buf in message.tensors],
+                              request_id=str(fields.get("request_id", "")))
+            request.fields["inputs"] = [meta.to_wire() for meta, _ in message.tensors]
+            self.next_seq += 1
+            self.router.enqueue(request)
+        except Rejected as exc:
+            self.counters["rejected"] += 1
+            self._fail_gateway(gateway, request_id, exc.code, str(exc))
+
+    def dispatch(self) -> None:
+        """Send every queued request a worker has credit for."""
+        now = time.time()
+        for request, worker in list(self.router.assignments()):
+            if request.deadline <= now:
+                self.router.complete(worker.identity, request.seq)
+                self.counters["expired"] += 1
+                self._fail_gateway(request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue")
+                continue
+            header = {"v": protocol.VERSION, "kind": Kind.REQUEST.value, **request.fields,
+                      "seq": request.seq, "version": request.version}
+            try:
+                self.backend.send_multipart([worker.identity, msgpack.packb(header), *request.frames], copy=False)
+            except zmq.ZMQError as exc:  # the worker's connection is gone: re-route its work
+                log.warning("dispatcher: worker %s unreachable (%s)", worker.name, exc)
+                self.lose_worker(worker.identity, "unreachable")
+
+    # -- workers ----------------------------------------------------------------------------------------
+
+    def on_worker_message(self, identity: bytes, message: protocol.Message) -> None:
+        worker = self.router.workers.get(identity)
+        if message.kind is Kind.READY:
+            self.register(identity, message)
+            return
+        if worker is None:
+            if message.kind is not Kind.DISCONNECT:
+                self._to_worker(identity, protocol.encode(Kind.DISCONNECT, {"reason": "unknown worker"}))
+            return
+        worker.expires = time.monotonic() + self.liveness
+        if message.kind is Kind.REPLY or message.kind is Kind.ERROR:
+            self.on_result(identity, message)
+        elif message.kind is Kind.HEARTBEAT:
+            stats = message.get("stats")
+            if isinstance(stats, list):
+                self.stats.report(worker.name, worker.incarnation, stats)
+        elif message.kind is Kind.DRAIN:
+            worker.draining = True
+            log.info("dispatcher: worker %s draining (%d in flight)", worker.name, len(worker.in_flight))
+            self._to_worker(identity, protocol.encode(Kind.DRAIN))
+        elif message.kind is Kind.DISCONNECT:
+            log.info("dispatcher: worker %s left (%s)", worker.name, message.get("reason"))
+            self.lose_worker(identity, "disconnected")
+
+    def register(self, identity: bytes, message: protocol.Message) -> None:
+        fields = message.fields
+        signatures: dict[tuple[str, str], dict[str, Any]] = {}
+        for sig in protocol.require(fields, "models", list):
+            if not isinstance(sig, dict) or not isinstance(sig.get("name"), str) or not isinstance(sig.get("version"), str):
+                raise ProtocolError("READY: every model needs a name and a version")
+            signatures[(sig["name"], sig["version"])] = sig
+        capacity = protocol.require(fields, "capacity", int)
+        worker = WorkerState(
+            identity=identity, name=protocol.require(fields, "worker", str),
+            incarnation=protocol.require(fields, "incarnation", str), capacity=max(1, capacity),
+            signatures=signatures, expires=time.monotonic() + self.liveness,
+            device=str(fields.get("device", "")), pid=int(fields.get("pid") or 0),
+        )
+        known = self.router.workers.get(identity)
+        if known is None or known.incarnation != worker.incarnation:
+            log.info("dispatcher: worker %s ready on %s (pid %d) with %s", worker.name, worker.device, worker.pid,
+                     ", ".join(f"{m}/{v}" for m, v in signatures))
+        self.requeue(self.router.register(worker), "replaced")
+
+    def on_result(self, identity: bytes, message: protocol.Message) -> None:
+        seq = protocol.require(message.fields, "seq", int)
+        request = self.router.complete(identity, seq)
+        if request is None:
+            return  # late answer to a request that was re-sent, expired or belongs to an earlier dispatcher
+        worker = self.router.workers[identity]
+        if message.kind is Kind.ERROR:
+            fields = {"id": request.id, "code": message.get("code", ErrorCode.INTERNAL.value),
+                      "message": str(message.get("message", "worker error")), "worker": worker.name}
+            self._to_gateway(request.gateway, protocol.encode(Kind.ERROR, fields))
+            return
+        header = {"v": protocol.VERSION, "kind": Kind.REPLY.value, "id": request.id, "model": request.model,
+                  "version": request.version, "worker": worker.name, "outputs": message.get("outputs"),
+                  "stats": message.get("stats")}
+        self._to_gateway(request.gateway, [msgpack.packb(header), *(buf for _, buf in message.tensors)])
+
+    def lose_worker(self, identity: bytes, why: str) -> None:
+        self.requeue(self.router.remove(identity), why)
+
+    def requeue(self, orphans: list[Request], why: str) -> None:
+        """Re-send each orphaned request once; fail those already re-sent."""
+        for request in orphans:
+            if request.attempts < MAX_ATTEMPTS:
+                try:
+                    request.version = self.router.resolve_version(request.model, request.version)
+                    self.router.enqueue(request, front=True)
+                    self.counters["resent"] += 1
+                    continue
+                except Rejected:
+                    pass
+            self.router.forget(request)
+            self.counters["lost"] += 1
+            self._fail_gateway(request.gateway, request.id, ErrorCode.UNAVAILABLE, f"worker {why} while computing")
+
+    def send_heartbeats(self, now: float) -> None:
+        self.next_heartbeat = now + self.config.heartbeat_interval
+        for identity in list(self.router.workers):
+            self._to_worker(identity, protocol.encode(Kind.HEARTBEAT))
+
+    def sweep(self, now: float) -> None:
+        """Take silent workers out of rotation and fail requests that can no longer be served in time."""
+        self.next_sweep = now + 0.01
+        for worker in self.router.expired_workers(now):
+            log.warning("dispatcher: worker %s silent for %.1fs; out of rotation", worker.name, self.liveness)
+            self.lose_worker(worker.identity, "silent")
+        for request in self.router.expired_requests(time.time()):
+            self.counters["expired"] += 1
+            self._fail_gateway(request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue")
+        for request in self.router.unservable():
+            self._fail_gateway(request.gateway, request.id, ErrorCode.UNAVAILABLE,
+                               f"no ready worker serves model {request.model!r} version {request.version!r}")
+
+    def status(self) -> dict[str, Any]:
+        status = self.router.status()
+        status["stats"] = self.stats.to_wire()
+        status["dispatcher"] = {**self.counters, "pending": self.router.pending(), "pid": os.getpid()}
+        return status
+
+    # -- sending ----------------------------------------------------------------------------------------
+
+    def _fail_gateway(self, gateway: bytes, request_id: str, code: ErrorCode, message: str) -> None:
+        self._to_gateway(gateway, protocol.encode(Kind.ERROR, protocol.error_fields(code, message, id=request_id)))
+
+    def _to_gateway(self, gateway: bytes, frames: list[Any]) -> None:
+        try:
+            self.frontend.send_multipart([gateway, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            log.info("dispatcher: gateway gone, answer dropped (%s)", exc)
+
+    def _to_worker(self, identity: bytes, frames: list[Any]) -> None:
+        try:
+            self.backend.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError:
+            if identity in self.router.workers:
+                self.lose_worker(identity, "unreachable")
+
+
+def run_dispatcher(config: DispatcherConfig) -> int:
+    dispatcher = Dispatcher(config)
+
+    def stop(signum: int, frame: Any) -> None:
+        dispatcher.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        dispatcher.serve()
+    finally:
+        dispatcher.close()
+    return 0
+
+
+@click.command("dispatcher")
+@click.option("--frontend", required=True, envvar="TORCHGATE_DISPATCHER", help="Endpoint gateways connect to.")
+@click.option("--backend", required=True, envvar="TORCHGATE_BACKEND", help="Endpoint workers connect to.")
+@click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
+@click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
+def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int) -> None:
+    """Route requests between gateways and workers."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness)))
+
+
+if __name__ == "__main__":
+    dispatcher_command()

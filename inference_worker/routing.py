@@ -1,0 +1,213 @@
+"""The dispatcher's state and routing choices, without I/O.
+
+Workers register with their capacity (credits) and the model versions they serve. A request goes to the
+least-loaded ready worker that serves its model version and has credit; otherwise it waits in a bounded
+queue per model. Requests in flight on a worker that is lost are re-sent once, then failed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_worker.protocol import ErrorCode
+
+MAX_ATTEMPTS = 2  # the first try and one re-send
+
+
+class Rejected(Exception):
+    """A request the router refuses at once, with the code to answer it with."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Request:
+    """A request the dispatcher holds, queued or in flight."""
+
+    seq: int
+    gateway: bytes  # the gateway socket's routing identity
+    id: str  # the gateway's correlation id
+    model: str
+    version: str
+    deadline: float  # unix seconds
+    fields: dict[str, Any]  # the header to forward, without v/kind/inputs
+    frames: list[Any]  # tensor frames, forwarded untouched
+    request_id: str = ""
+    attempts: int = 0
+    worker: bytes | None = None
+
+    @property
+    def key(self) -> tuple[bytes, str]:
+        return self.gateway, self.id
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """One worker incarnation as the dispatcher sees it."""
+
+    identity: bytes
+    name: str
+    incarnation: str
+    capacity: int
+    signatures: dict[tuple[str, str], dict[str, Any]]
+    expires: float
+    device: str = "cpu"
+    pid: int = 0
+    draining: bool = False
+    in_flight: dict[int, Request] = field(default_factory=dict)
+
+    @property
+    def credit(self) -> int:
+        return 0 if self.draining else self.capacity - len(self.in_flight)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "worker": self.name, "incarnation": self.incarnation, "device": self.device, "pid": self.pid,
+            "state": "DRAINING" if self.draining else "READY", "capacity": self.capacity,
+            "in_flight": len(self.in_flight), "models": [f"{m}/{v}" for m, v in self.signatures],
+        }
+
+
+class Router:
+    """Registered workers, per-model queues and in-flight requests."""
+
+    def __init__(self) -> None:
+        self.workers: dict[bytes, WorkerState] = {}
+        self.queues: dict[str, deque[Request]] = {}
+        self.requests: dict[tuple[bytes, str], Request] = {}
+
+    # -- workers ----------------------------------------------------------------------------------------
+
+    def register(self, worker: WorkerState) -> list[Request]:
+        """Add a worker; return requests orphaned by an earlier incarnation of the same slot."""
+        orphans: list[Request] = []
+        for other in [w for w in self.workers.values() if w.name == worker.name and w.identity != worker.identity]:
+            orphans.extend(self.remove(other.identity))
+        previous = self.workers.get(worker.identity)
+        if previous is not None:  # READY again on the same socket: keep what it has in flight
+            worker.in_flight = previous.in_flight
+        self.workers[worker.identity] = worker
+        return orphans
+
+    def remove(self, identity: bytes) -> list[Request]:
+        """Forget a worker; return its in-flight requests (to be re-sent or failed)."""
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return []
+        orphans = list(worker.in_flight.values())
+        for request in orphans:
+            request.worker = None
+        return orphans
+
+    def expired_workers(self, now: float) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.expires <= now]
+
+    def serves(self, model: str) -> dict[str, dict[str, Any]]:
+        """Return version -> signature for every version some non-draining worker serves."""
+        return {v: sig for w in self.workers.values() if not w.draining for (m, v), sig in w.signatures.items() if m == model}
+
+    def resolve_version(self, model: str, version: str | None) -> str:
+        """Return the version a request will run on; raise :class:`Rejected` if no worker serves it."""
+        versions = self.serves(model)
+        if not versions:
+            raise Rejected(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r}")
+        if not version:
+            return max(versions, key=lambda v: int(v) if v.isdigit() else -1)
+        if version not in versions:
+            raise Rejected(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r} version {version!r}")
+        return version
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def enqueue(self, request: Request, front: bool = False) -> None:
+        """Queue a request for its model, or raise :class:`Rejected` when the queue is full."""
+        queue = self.queues.setdefault(request.model, deque())
+        limit = self._queue_limit(request.model, request.version)
+        if not front and len(queue) >= limit:
+            raise Rejected(ErrorCode.UNAVAILABLE, f"model {request.model!r} queue is full ({limit} requests)")
+        queue.appendleft(request) if front else queue.append(request)
+        self.requests[request.key] = request
+
+    def assignments(self) -> Iterator[tuple[Request, WorkerState]]:
+        """Yield (request, worker) pairs for every queued request a worker has credit for, oldest first."""
+        for queue in self.queues.values():
+            while queue:
+                worker = self.pick(queue[0].model, queue[0].version)
+                if worker is None:
+                    break
+                request = queue.popleft()
+                request.worker = worker.identity
+                request.attempts += 1
+                worker.in_flight[request.seq] = request
+                yield request, worker
+
+    def pick(self, model: str, version: str) -> WorkerState | None:
+        """Return the least-loaded ready worker with credit that serves ``model`` ``version``."""
+        best, best_load = None, 2.0
+        for worker in self.workers.values():
+            if worker.credit > 0 and (model, version) in worker.signatures:
+                load = len(worker.in_flight) / worker.capacity
+                if load < best_load:
+                    best, best_load = worker, load
+        return best
+
+    def complete(self, identity: bytes, seq: int) -> Request | None:
+        """Take a finished request off its worker; None if it is not known there."""
+        worker = self.workers.get(identity)
+        request = worker.in_flight.pop(seq, None) if worker else None
+        if request is not None:
+            self.requests.pop(request.key, None)
+        return request
+
+    def forget(self, request: Request) -> None:
+        self.requests.pop(request.key, None)
+
+    def expired_requests(self, now_unix: float) -> list[Request]:
+        """Remove and return queued requests whose deadline has passed (they are never computed)."""
+        expired: list[Request] = []
+        for model, queue in self.queues.items():
+            if any(r.deadline <= now_unix for r in queue):
+                expired.extend(r for r in queue if r.deadline <= now_unix)
+                self.queues[model] = deque(r for r in queue if r.deadline > now_unix)
+        for request in expired:
+            self.requests.pop(request.key, None)
+        return expired
+
+    def unservable(self) -> list[Request]:
+        """Remove and return queued requests whose model version no worker serves any more."""
+        lost: list[Request] = []
+        for model, queue in self.queues.items():
+            versions = self.serves(model)
+            if any(r.version not in versions for r in queue):
+                lost.extend(r for r in queue if r.version not in versions)
+                self.queues[model] = deque(r for r in queue if r.version in versions)
+        for request in lost:
+            self.requests.pop(request.key, None)
+        return lost
+
+    def queued(self, model: str) -> int:
+        return len(self.queues.get(model, ()))
+
+    def pending(self) -> int:
+        return len(self.requests)
+
+    def _queue_limit(self, model: str, version: str) -> int:
+        signature = self.serves(model).get(version, {})
+        return int(signature.get("max_queue_size", 1024))
+
+    def status(self) -> dict[str, Any]:
+        """Return models and workers as STATUS_REPLY carries them."""
+        models: dict[str, dict[str, Any]] = {}
+        for worker in self.workers.values():
+            for (model, version), signature in worker.signatures.items():
+                entry = models.setdefault(model, {}).setdefault(version, {"ready": 0, "queued": 0, "signature": signature})
+                entry["ready"] += 0 if worker.draining else 1
+        for model, versions in models.items():
+            for version, entry in versions.items():
+                entry["queued"] = sum(1 for r in self.queues.get(model, ()) if r.version == version)
+        return {"models": models, "workers": [w.describe() for w in self.workers.values()]}
