@@ -1,0 +1,114 @@
+"""Run supervisord in the foreground for one run directory; announce the URL once the service is ready."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from deploy.rundir import write_run_dir
+from deploy.settings import DeploySettings, is_worker_slot
+from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
+from inference_worker.repository import load_repository
+
+SUPERVISOR_UP_TIMEOUT = 30.0
+HEALTH_TIMEOUT = 2.0
+
+
+class ServeError(RuntimeError):
+    """The service cannot start as asked; the message says why and what to do."""
+
+
+def supervisord_command(s: DeploySettings) -> list[str]:
+    return [s.python, "-m", "supervisor.supervisord", "-c", str(s.conf_path)]
+
+
+def health_ready(url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
+    """Return True when ``GET url/v2/health/ready`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def failed_slots(sup: Supervisor) -> list[dict[str, object]]:
+    """Return the processes supervisord gave up on (FATAL)."""
+    try:
+        return [info for info in sup.processes().values() if info["statename"] == FATAL]
+    except Exception:
+        return []
+
+
+def prepare(s: DeploySettings) -> Path:
+    """Check the model repository and that nothing runs in the run directory; write the configuration."""
+    load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
+    if Supervisor(s.supervisor_socket, timeout=5.0).is_up():
+        raise ServeError(f"supervisord already runs in {s.run_dir}: supervisorctl -c {s.conf_path} status")
+    return write_run_dir(s)
+
+
+def wait_until_serving(s: DeploySettings, proc: subprocess.Popen[bytes], timeout: float,
+                       stopping: Callable[[], bool], echo: Callable[[str], None]) -> bool:
+    """Poll readiness until the service is ready, supervisord exits, a stop was asked, or ``timeout``."""
+    sup = Supervisor(s.supervisor_socket, timeout=5.0)
+    deadline = time.monotonic() + timeout
+    try:
+        wait_for_supervisor(sup, SUPERVISOR_UP_TIMEOUT, alive=lambda: proc.poll() is None and not stopping())
+    except (RuntimeError, TimeoutError) as exc:
+        if not stopping():
+            echo(f"torchgate: {exc}")
+        return False
+    reported: set[str] = set()
+    while proc.poll() is None and not stopping():
+        if health_ready(s.url):
+            return True
+        for info in failed_slots(sup):
+            name = str(info["name"])
+            if name not in reported:
+                reported.add(name)
+                echo(f"torchgate: {name} is FATAL (gave up after its retries): see {info.get('stdout_logfile')}")
+        if time.monotonic() >= deadline:
+            echo(f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
+                 f"supervisorctl -c {s.conf_path} status")
+            return False
+        time.sleep(0.25)
+    return False
+
+
+def serve(s: DeploySettings, ready_timeout: float, echo: Callable[[str], None]) -> int:
+    """Render, start supervisord (its own session, so a terminal's Ctrl-C reaches only us) and wait for it."""
+    conf = prepare(s)
+    proc = subprocess.Popen(supervisord_command(s), start_new_session=True)
+    stop_requested = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # supervisord stops every program, each drained, then exits
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if wait_until_serving(s, proc, ready_timeout, lambda: stop_requested, echo):
+            slots = [n for n in Supervisor(s.supervisor_socket, timeout=5.0).processes() if is_worker_slot(n)]
+            echo(f"torchgate: serving {s.url} ({len(slots)} worker slots). "
+                 f"Operate: supervisorctl -c {conf} status; stop: Ctrl-C")
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # only when wait() itself was interrupted by an exception
+            proc.terminate()
+            try:
+                proc.wait(timeout=max(s.worker_stopwaitsecs, s.gateway_stopwaitsecs) + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.stdout.flush()

@@ -1,0 +1,222 @@
+"""What one host runs: a typed, frozen description of the gateway, the dispatcher and the worker slots.
+
+Everything `torchgate serve` and `torchgate render` need is built once into :class:`DeploySettings`,
+rendered into supervisord's configuration by :mod:`deploy.supervisor_conf`, and saved beside it as
+``deploy.json`` so that later commands (``add-worker``, ``rolling-restart``) act on the same host layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+# Defaults, each chosen for a two-core laptop without a GPU; every one has a command-line option.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_GATEWAY_PROCESSES = 1  # gunicorn processes; each holds its own dispatcher sockets
+DEFAULT_GATEWAY_THREADS = 8  # gthread threads per gateway process: requests mostly wait on the dispatcher
+DEFAULT_CPU_WORKERS = 2  # CPU worker slots when no GPU is used (two, so one can restart while one serves)
+DEFAULT_WORKERS_PER_GPU = 1  # one slot per device: a second copy of the model rarely pays on one GPU
+DEFAULT_WORKER_STARTSECS = 10  # a worker must stay up this long to count as started: covers model load
+DEFAULT_WORKER_STARTRETRIES = 3  # failed starts (with supervisord's growing back-off) before FATAL
+DEFAULT_DRAIN_SECONDS = 30  # how long a stopping worker may take to finish its in-flight requests
+DEFAULT_GATEWAY_GRACEFUL_SECONDS = 30  # gunicorn graceful_timeout: in-flight HTTP requests on TERM
+STOP_MARGIN_SECONDS = 10  # stopwaitsecs = drain (or graceful) time + this, then SIGKILL
+DEFAULT_LOG_MAXBYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 5
+MAX_IPC_PATH = 100  # unix socket paths are limited to 107 bytes on Linux (sun_path)
+
+SHIPPED_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One worker process: a supervisord program pinned to one GPU, or a CPU slot."""
+
+    name: str
+    gpu: int | None  # the nvidia-smi index this slot sees as cuda:0; None: a CPU slot
+    threads: int
+    autostart: bool = True
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.gpu is None else "cuda"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploySettings:
+    """The whole host: where it runs, what it serves and how many of each process."""
+
+    run_dir: Path
+    model_repository: Path = SHIPPED_REPOSITORY
+    models: tuple[str, ...] = ()  # models each worker loads; empty: every model in the repository
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    gateway_processes: int = DEFAULT_GATEWAY_PROCESSES
+    gateway_threads: int = DEFAULT_GATEWAY_THREADS
+    gpus: tuple[int, ...] = ()
+    workers_per_gpu: int = DEFAULT_WORKERS_PER_GPU
+    cpu_workers: int = 0
+    spare_slots: int = 0  # per GPU, or CPU slots when no GPU is used; rendered with autostart=false
+    worker_threads: int = 1  # torch intra-op threads (and OMP_NUM_THREADS) per worker
+    worker_startsecs: int = DEFAULT_WORKER_STARTSECS
+    worker_startretries: int = DEFAULT_WORKER_STARTRETRIES
+    drain_seconds: int = DEFAULT_DRAIN_SECONDS
+    gateway_graceful_seconds: int = DEFAULT_GATEWAY_GRACEFUL_SECONDS
+    log_maxbytes: int = DEFAULT_LOG_MAXBYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir).absolute())
+        object.__setattr__(self, "model_repository", Path(self.model_repository).absolute())
+        object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "models", tuple(self.models))
+        _check_settings(self)
+
+    # Paths inside the run directory.
+    @property
+    def conf_path(self) -> Path:
+        return self.run_dir / "supervisord.conf"
+
+    @property
+    def conf_d(self) -> Path:
+        return self.run_dir / "conf.d"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.run_dir / "deploy.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def sockets_dir(self) -> Path:
+        return self.run_dir / "sockets"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.sockets_dir / "supervisor.sock"
+
+    @property
+    def frontend_endpoint(self) -> str:
+        return f"ipc://{self.sockets_dir / 'frontend.sock'}"
+
+    @property
+    def backend_endpoint(self) -> str:
+        return f"ipc://{self.sockets_dir / 'backend.sock'}"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def worker_stopwaitsecs(self) -> int:
+        return self.drain_seconds + STOP_MARGIN_SECONDS
+
+    @property
+    def gateway_stopwaitsecs(self) -> int:
+        return self.gateway_graceful_seconds + STOP_MARGIN_SECONDS
+
+    def slots(self) -> list[Slot]:
+        """Return every rendered worker slot: per GPU, then CPU; spare slots last on each device."""
+        slots = []
+        for gpu in self.gpus:
+            for k in range(self.workers_per_gpu + self.spare_slots):
+                slots.append(Slot(gpu_slot_name(gpu, k), gpu, self.worker_threads, k < self.workers_per_gpu))
+        cpu_spares = 0 if self.gpus else self.spare_slots
+        for k in range(self.cpu_workers + cpu_spares):
+            slots.append(Slot(cpu_slot_name(k), None, self.worker_threads, k < self.cpu_workers))
+        return slots
+
+    def to_json(self) -> str:
+        raw: dict[str, Any] = asdict(self)
+        raw["run_dir"] = str(self.run_dir)
+        raw["model_repository"] = str(self.model_repository)
+        return json.dumps(raw, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> DeploySettings:
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"deploy.json: unknown keys {unknown}")
+        raw["run_dir"] = Path(raw["run_dir"])
+        raw["model_repository"] = Path(raw["model_repository"])
+        raw["gpus"] = tuple(raw.get("gpus", ()))
+        raw["models"] = tuple(raw.get("models", ()))
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> DeploySettings:
+        """Read the settings `torchgate serve` or `render` saved in ``run_dir``."""
+        path = Path(run_dir) / "deploy.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; render the run directory first (torchgate render --run-dir {run_dir})")
+        return cls.from_json(path.read_text())
+
+    def with_changes(self, **changes: Any) -> DeploySettings:
+        return replace(self, **changes)
+
+
+def gpu_slot_name(gpu: int, k: int) -> str:
+    return f"worker-gpu{gpu}-{k}"
+
+
+def cpu_slot_name(k: int) -> str:
+    return f"worker-cpu-{k}"
+
+
+def is_worker_slot(name: str) -> bool:
+    return name.startswith("worker-")
+
+
+def default_worker_threads(cores: int | None, worker_slots: int) -> int:
+    """Share the cores among the worker slots, leaving one for the gateway and dispatcher."""
+    cores = cores or 1
+    return max(1, (cores - 1) // max(1, worker_slots))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _check_settings(s: DeploySettings) -> None:
+    positive = {
+        "port": s.port, "gateway_processes": s.gateway_processes, "gateway_threads": s.gateway_threads,
+        "worker_threads": s.worker_threads, "workers_per_gpu": s.workers_per_gpu,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    non_negative = {
+        "cpu_workers": s.cpu_workers, "spare_slots": s.spare_slots, "worker_startsecs": s.worker_startsecs,
+        "worker_startretries": s.worker_startretries, "drain_seconds": s.drain_seconds,
+        "gateway_graceful_seconds": s.gateway_graceful_seconds, "log_backups": s.log_backups,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, got {value}")
+    if s.port > 65535:
+        raise ValueError(f"port must be at most 65535, got {s.port}")
+    if len(set(s.gpus)) != len(s.gpus) or any(g < 0 for g in s.gpus):
+        raise ValueError(f"gpus must be distinct non-negative indices, got {list(s.gpus)}")
+    if not s.gpus and s.cpu_workers + s.spare_slots == 0:
+        raise ValueError("no worker slots: give --cpu-workers or --gpus")
+    for path in (s.supervisor_socket, s.sockets_dir / "frontend.sock"):
+        if len(str(path).encode()) > MAX_IPC_PATH:
+            raise ValueError(f"{path}: socket path longer than {MAX_IPC_PATH} bytes; choose a shorter --run-dir")
+    for text in (str(s.run_dir), str(s.model_repository), s.python, s.host, *s.models):
+        if any(c in text for c in '"\n\r,;'):
+            raise ValueError(f"{text!r}: paths, host and model names must not contain quotes, commas, ';' or newlines")

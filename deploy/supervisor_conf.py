@@ -1,0 +1,164 @@
+"""Render supervisord's configuration from :class:`DeploySettings`: pure functions, no I/O.
+
+Every program is its own supervisord group (no ``[group:x]`` sections): ``supervisorctl update`` stops and
+re-adds every process of a *changed* group, so one group per slot means adding a slot (a new file in
+``conf.d/``) changes nothing that runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+
+from deploy.settings import DeploySettings, Slot
+
+PRIORITY_DISPATCHER = 100
+PRIORITY_WORKER = 200
+PRIORITY_GATEWAY = 300
+DISPATCHER_STARTSECS = 2
+DISPATCHER_STARTRETRIES = 10
+DISPATCHER_STOPWAITSECS = 10
+GATEWAY_STARTSECS = 3
+GATEWAY_STARTRETRIES = 10
+GATEWAY_WORKER_TIMEOUT = 60  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
+
+
+def render_supervisord_conf(s: DeploySettings) -> str:
+    """Return the whole ``supervisord.conf`` for this host."""
+    parts = [
+        _comment(s),
+        _section("unix_http_server", [("file", str(s.supervisor_socket)), ("chmod", "0700")]),
+        _section("supervisord", [
+            ("logfile", str(s.log_dir / "supervisord.log")),
+            ("logfile_maxbytes", str(s.log_maxbytes)),
+            ("logfile_backups", str(s.log_backups)),
+            ("pidfile", str(s.run_dir / "supervisord.pid")),
+            ("childlogdir", str(s.log_dir)),
+            ("directory", str(s.run_dir)),
+            ("nodaemon", "true"),
+            ("umask", "077"),
+            ("identifier", "torchgate"),
+        ]),
+        _section("rpcinterface:supervisor",
+                 [("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface")]),
+        _section("supervisorctl", [("serverurl", f"unix://{s.supervisor_socket}")]),
+        render_dispatcher(s),
+        *(render_worker(s, slot) for slot in s.slots()),
+        render_gateway(s),
+        "; Slots added live by `torchgate add-worker` (one file, one program, one group each).\n"
+        + _section("include", [("files", "conf.d/*.conf")]),
+    ]
+    return "\n".join(parts)
+
+
+def render_dispatcher(s: DeploySettings) -> str:
+    command = [s.python, "-m", "inference_worker.dispatcher",
+               "--frontend", s.frontend_endpoint, "--backend", s.backend_endpoint]
+    return _program(s, "dispatcher", command, {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""},
+                    priority=PRIORITY_DISPATCHER, startsecs=DISPATCHER_STARTSECS,
+                    startretries=DISPATCHER_STARTRETRIES, stopwaitsecs=DISPATCHER_STOPWAITSECS)
+
+
+def worker_command(s: DeploySettings, slot: Slot) -> list[str]:
+    """Return the command line of one worker slot."""
+    command = [s.python, "-m", "inference_worker.worker",
+               "--model-repository", str(s.model_repository),
+               "--dispatcher", s.backend_endpoint,
+               "--name", slot.name,
+               "--device", slot.device,
+               "--threads", str(slot.threads)]
+    for model in s.models:
+        command += ["--model", model]
+    return command
+
+
+def worker_environment(slot: Slot) -> dict[str, str]:
+    """Pin the slot to its GPU before the process can touch CUDA; CPU slots see no GPU at all."""
+    return {
+        "CUDA_VISIBLE_DEVICES": "" if slot.gpu is None else str(slot.gpu),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "OMP_NUM_THREADS": str(slot.threads),
+        "MKL_NUM_THREADS": str(slot.threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def render_worker(s: DeploySettings, slot: Slot) -> str:
+    """Return the ``[program:...]`` section of one worker slot."""
+    return _program(s, slot.name, worker_command(s, slot), worker_environment(slot),
+                    priority=PRIORITY_WORKER, startsecs=s.worker_startsecs,
+                    startretries=s.worker_startretries, stopwaitsecs=s.worker_stopwaitsecs,
+                    autostart=slot.autostart)
+
+
+def gateway_command(s: DeploySettings) -> list[str]:
+    return [s.python, "-m", "gunicorn",
+            "--bind", f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+            "--workers", str(s.gateway_processes),
+            "--worker-class", "gthread",
+            "--threads", str(s.gateway_threads),
+            "--graceful-timeout", str(s.gateway_graceful_seconds),
+            "--timeout", str(GATEWAY_WORKER_TIMEOUT),
+            "--error-logfile", "-",
+            "--name", "torchgate-gateway",
+            "gateway.wsgi:app"]
+
+
+def gateway_environment(s: DeploySettings) -> dict[str, str]:
+    return {
+        "TORCHGATE_DISPATCHER": s.frontend_endpoint,
+        "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def render_gateway(s: DeploySettings) -> str:
+    return _program(s, "gateway", gateway_command(s), gateway_environment(s),
+                    priority=PRIORITY_GATEWAY, startsecs=GATEWAY_STARTSECS,
+                    startretries=GATEWAY_STARTRETRIES, stopwaitsecs=s.gateway_stopwaitsecs)
+
+
+def _program(s: DeploySettings, name: str, command: list[str], environment: dict[str, str], *,
+             priority: int, startsecs: int, startretries: int, stopwaitsecs: int,
+             autostart: bool = True) -> str:
+    return _section(f"program:{name}", [
+        ("command", _escape(shlex.join(command))),
+        ("directory", _escape(str(s.run_dir))),
+        ("environment", ",".join(f'{key}="{_escape(value)}"' for key, value in environment.items())),
+        ("priority", str(priority)),
+        ("autostart", _bool(autostart)),
+        ("autorestart", "true"),
+        ("startsecs", str(startsecs)),
+        ("startretries", str(startretries)),
+        ("stopsignal", "TERM"),
+        ("stopwaitsecs", str(stopwaitsecs)),
+        ("stopasgroup", "true"),
+        ("killasgroup", "true"),
+        ("redirect_stderr", "true"),
+        ("stdout_logfile", _escape(str(s.log_dir / f"{name}.log"))),
+        ("stdout_logfile_maxbytes", str(s.log_maxbytes)),
+        ("stdout_logfile_backups", str(s.log_backups)),
+    ])
+
+
+def _section(name: str, options: Iterable[tuple[str, str]]) -> str:
+    lines = [f"[{name}]"] + [f"{key}={value}" for key, value in options]
+    return "\n".join(lines) + "\n"
+
+
+def _comment(s: DeploySettings) -> str:
+    return (
+        "; Rendered by torchgate (deploy/supervisor_conf.py). Change the flags of `torchgate render` or\n"
+        "; `torchgate serve` rather than this file; add slots live with `torchgate add-worker`.\n"
+        f"; Operate: supervisorctl -c {s.conf_path} status\n"
+    )
+
+
+def _escape(value: str) -> str:
+    """Escape supervisord's ``%(name)s`` expansion."""
+    return value.replace("%", "%%")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
