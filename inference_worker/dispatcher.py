@@ -166,6 +166,7 @@ class Dispatcher:
             request.fields["inputs"] = [meta.to_wire() for meta, _ in message.tensors]
             self.next_seq += 1
             self.router.enqueue(request)
+            self.dispatch()  # so the queue holds only what no worker has credit for
         except Rejected as exc:
             self.counters["rejected"] += 1
             self._fail_gateway(gateway, request_id, exc.code, str(exc))

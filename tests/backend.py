@@ -1,0 +1,126 @@
+"""Start a real dispatcher and real workers for tests, and talk to them over ZeroMQ."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from inference_worker import protocol
+from inference_worker.protocol import Kind, TensorMeta
+from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
+
+FAST_HEARTBEAT = ["--heartbeat-interval", "0.2", "--heartbeat-liveness", "5"]
+
+
+def slow_repository(root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4) -> Path:
+    """Write a repository with `slow`, a python-backend model that sleeps then doubles FP32 [-1, 4]."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = root / "slow"
+    (folder / "1").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "models" / "slow_double.py", folder / "slow_double.py")
+    (folder / "slow_double.py").write_text((folder / "slow_double.py").read_text().replace(
+        "seconds: float = 0.2", f"seconds: float = {seconds}"))
+    save_file({"scale": torch.tensor(2.0)}, str(folder / "1" / "model.safetensors"))
+    (folder / "config.toml").write_text(f"""
+name = "slow"
+backend = "python"
+factory = "slow_double:build"
+max_batch_size = {max_batch_size}
+max_queue_size = {max_queue_size}
+[dynamic_batching]
+max_queue_delay_us = 0
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [4]
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [4]
+""")
+    return root
+
+
+@dataclass
+class Backend:
+    """A dispatcher and its workers, started as real processes in a run directory."""
+
+    processes: Processes
+    context: zmq.Context
+    run_dir: Path
+    repository: Path = DEFAULT_REPOSITORY
+    workers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frontend(self) -> str:
+        return f"ipc://{self.run_dir}/frontend.sock"
+
+    @property
+    def backend(self) -> str:
+        return f"ipc://{self.run_dir}/backend.sock"
+
+    def start_dispatcher(self) -> Any:
+        self.dispatcher = self.processes.python(
+            "dispatcher", "inference_worker.dispatcher", "--frontend", self.frontend, "--backend", self.backend,
+            *FAST_HEARTBEAT)
+        return self.dispatcher
+
+    def start_worker(self, name: str, wait: bool = True, repository: Path | None = None) -> Any:
+        proc = self.processes.python(
+            name, "inference_worker.worker", "--model-repository", str(repository or self.repository),
+            "--dispatcher", self.backend, "--name", name, "--device", "cpu", "--threads", "1", *FAST_HEARTBEAT)
+        self.workers[name] = proc
+        if wait:
+            wait_for(lambda: name in ready_workers(self.context, self.frontend), timeout=120, what=f"worker {name} ready")
+        return proc
+
+
+class Client:
+    """A gateway-like DEALER socket that sends REQUESTs and waits, with a timeout, for their answers."""
+
+    def __init__(self, context: zmq.Context, frontend: str) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(frontend)
+        self.answers: dict[str, protocol.Message] = {}  # answers that arrived while waiting for another
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def send(self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, deadline: float | None = None,
+             version: str | None = None) -> str:
+        request_id = uuid.uuid4().hex
+        fields: dict[str, Any] = {"id": request_id, "model": model, "deadline": deadline or time.time() + timeout,
+                                  "request_id": request_id, "outputs": []}
+        if version:
+            fields["version"] = version
+        tensors = [(TensorMeta(name, "FP32", tuple(a.shape)), np.ascontiguousarray(a)) for name, a in inputs.items()]
+        self.socket.send_multipart(protocol.encode(Kind.REQUEST, fields, tensors))
+        return request_id
+
+    def receive(self, request_id: str, timeout: float = 60.0) -> protocol.Message:
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if request_id in self.answers:
+                return self.answers.pop(request_id)
+            if self.socket.poll(int(left * 1000) + 1):
+                message = protocol.decode(self.socket.recv_multipart())
+                self.answers[str(message.get("id"))] = message
+        raise TimeoutError(f"no answer to {request_id} in {timeout}s")
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, **kw: Any) -> protocol.Message:
+        return self.receive(self.send(model, inputs, timeout, **kw), timeout + 30)
+
+
+def outputs(message: protocol.Message) -> dict[str, np.ndarray]:
+    assert message.kind is Kind.REPLY, f"{message.kind}: {message.fields}"
+    return {meta.name: np.frombuffer(buf, np.float32).reshape(meta.shape) for meta, buf in message.tensors}

@@ -1,0 +1,177 @@
+"""A real dispatcher and real CPU workers: correctness under concurrency, faults, scaling and restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from inference_worker.protocol import ErrorCode, Kind
+from tests.backend import Backend, Client, outputs, slow_repository
+from tests.conftest import DEFAULT_REPOSITORY, Processes, dispatcher_status, ready_workers, wait_for
+
+
+@pytest.fixture
+def backend(processes: Processes, zmq_context: zmq.Context, tmp_path: Path) -> Iterator[Backend]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    backend = Backend(processes, zmq_context, run_dir)
+    backend.start_dispatcher()
+    yield backend
+
+
+@pytest.fixture(scope="module")
+def digits_model() -> torch.nn.Module:
+    return torch.export.load(str(DEFAULT_REPOSITORY / "digits" / "1" / "model.pt2")).module()
+
+
+def load(backend: Backend, requests: int, threads: int = 8, samples: int = 3, seed: int = 0,
+         during: threading.Event | None = None) -> list[tuple[np.ndarray, object]]:
+    """Send ``requests`` digits requests from ``threads`` threads; return (input, answer) pairs."""
+    rng = np.random.default_rng(seed)
+    inputs = [rng.integers(0, 17, size=(int(rng.integers(1, samples + 1)), 64)).astype(np.float32) for _ in range(requests)]
+
+    def run(chunk: list[np.ndarray]) -> list[tuple[np.ndarray, object]]:
+        client = Client(backend.context, backend.frontend)
+        try:
+            results = []
+            for x in chunk:
+                results.append((x, client.infer("digits", {"input": x}, timeout=60)))
+                if during is not None:
+                    during.set()
+            return results
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        chunks = [inputs[i::threads] for i in range(threads)]
+        return [pair for part in pool.map(run, chunks) for pair in part]
+
+
+def assert_all_match(pairs: list[tuple[np.ndarray, object]], model: torch.nn.Module) -> None:
+    for x, message in pairs:
+        got = outputs(message)["output"]  # type: ignore[arg-type]
+        with torch.inference_mode():
+            want = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_requests_give_exactly_what_the_model_gives(backend: Backend, digits_model: torch.nn.Module) -> None:
+    backend.start_worker("w0")
+    backend.start_worker("w1")
+    pairs = load(backend, requests=400, threads=8)
+    assert_all_match(pairs, digits_model)
+    served_by = {m.get("worker") for _, m in pairs}  # type: ignore[attr-defined]
+    assert served_by == {"w0", "w1"}
+    batch_sizes = [m.get("stats")["batch_size"] for _, m in pairs]  # type: ignore[attr-defined]
+    assert max(batch_sizes) > 3  # requests of at most 3 samples were batched together
+
+
+def test_kill_9_a_worker_in_flight_and_every_request_completes(backend: Backend, digits_model: torch.nn.Module) -> None:
+    backend.start_worker("w0")
+    victim = backend.start_worker("w1")
+    started = threading.Event()
+    killer = threading.Thread(target=lambda: started.wait(60) and os.kill(victim.pid, signal.SIGKILL))
+    killer.start()
+    pairs = load(backend, requests=600, threads=8, during=started)
+    killer.join(timeout=60)
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert_all_match(pairs, digits_model)  # every one a REPLY, none lost
+    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0"}, timeout=30, what="w1 out of rotation")
+
+
+def test_a_third_worker_started_while_running_receives_work(backend: Backend, digits_model: torch.nn.Module) -> None:
+    backend.start_worker("w0")
+    backend.start_worker("w1")
+    load(backend, requests=50)
+    backend.start_worker("w2")
+    pairs = load(backend, requests=300, threads=8)
+    assert "w2" in {m.get("worker") for _, m in pairs}  # type: ignore[attr-defined]
+    assert_all_match(pairs, digits_model)
+
+
+def test_dispatcher_restart_and_service_comes_back_without_help(backend: Backend, digits_model: torch.nn.Module) -> None:
+    backend.start_worker("w0")
+    backend.start_worker("w1")
+    load(backend, requests=20)
+    backend.dispatcher.kill()
+    backend.dispatcher.wait(timeout=10)
+    backend.start_dispatcher()
+    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0", "w1"}, timeout=30,
+             what="workers re-registered with the new dispatcher")
+    assert_all_match(load(backend, requests=100), digits_model)
+
+
+def test_sigterm_drains_a_worker_with_no_failed_requests(backend: Backend, digits_model: torch.nn.Module) -> None:
+    backend.start_worker("w0")
+    leaving = backend.start_worker("w1")
+    started = threading.Event()
+    stopper = threading.Thread(target=lambda: started.wait(60) and leaving.send_signal(signal.SIGTERM))
+    stopper.start()
+    pairs = load(backend, requests=400, threads=8, during=started)
+    stopper.join(timeout=60)
+    assert leaving.wait(timeout=30) == 0
+    assert_all_match(pairs, digits_model)
+    assert "drained" in backend.processes.log("w1")
+    assert ready_workers(backend.context, backend.frontend) == {"w0"}
+
+
+def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Backend, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "digits" / "1").mkdir(parents=True)
+    (broken / "digits" / "config.toml").write_text((DEFAULT_REPOSITORY / "digits" / "config.toml").read_text())
+    (broken / "digits" / "1" / "model.pt2").write_bytes(b"not a model")
+    proc = backend.start_worker("bad", wait=False, repository=broken)
+    assert proc.wait(timeout=120) != 0
+    log = backend.processes.log("bad")
+    assert "cannot load" in log and "model.pt2" in log and "READY" not in log
+    status = dispatcher_status(backend.context, backend.frontend)
+    assert status is not None and status["workers"] == []
+
+
+def test_no_worker_answers_unavailable_at_once(backend: Backend) -> None:
+    client = Client(backend.context, backend.frontend)
+    try:
+        reply = client.infer("digits", {"input": np.zeros((1, 64), np.float32)}, timeout=30)
+    finally:
+        client.close()
+    assert reply.kind is Kind.ERROR and reply.get("code") == ErrorCode.UNAVAILABLE
+
+
+def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Backend, tmp_path: Path) -> None:
+    backend.repository = slow_repository(tmp_path / "repo", seconds=0.3, max_queue_size=2, max_batch_size=4)
+    backend.start_worker("w0")  # capacity 8 in flight, then 2 queued
+    client = Client(backend.context, backend.frontend)
+    try:
+        good = np.ones((1, 4), np.float32)
+        ids = [client.send("slow", {"x": good * (i + 1)}) for i in range(10)]
+        rejected = client.send("slow", {"x": good})
+        assert client.receive(rejected, timeout=5).get("code") == ErrorCode.UNAVAILABLE  # queue full, at once
+        for i, request_id in enumerate(ids):
+            np.testing.assert_array_equal(outputs(client.receive(request_id))["y"], good * (i + 1) * 2)
+        # a past deadline is never computed
+        before = _successes(backend)
+        late = client.infer("slow", {"x": good}, deadline=time.time() - 1)
+        assert late.kind is Kind.ERROR and late.get("code") == ErrorCode.DEADLINE_EXCEEDED
+        # in one batch, the request that makes the model fail fails alone
+        ids = [client.send("slow", {"x": good}), client.send("slow", {"x": -good}), client.send("slow", {"x": good})]
+        answers = [client.receive(i) for i in ids]
+        assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
+        assert answers[1].get("code") == ErrorCode.INTERNAL and "ValueError" in answers[1].get("message")
+        wait_for(lambda: _successes(backend) == before + 2, timeout=10, what="stats to count two more successes")
+    finally:
+        client.close()
+
+
+def _successes(backend: Backend) -> int:
+    status = dispatcher_status(backend.context, backend.frontend)
+    return sum(row.get("success", 0) for row in (status or {}).get("stats", []))

@@ -1,0 +1,64 @@
+"""The dynamic batching policy, without sockets."""
+
+from __future__ import annotations
+
+from inference_worker.batching import Batcher, Pending
+
+MS = 1_000_000
+
+
+def item(seq: int, at_ms: float, samples: int = 1, key: object = "k", deadline: float = float("inf")) -> Pending:
+    return Pending(seq=seq, model=("m", "1"), batch_key=key, samples=samples, arrived_ns=int(at_ms * MS), deadline=deadline)
+
+
+def test_waits_for_the_delay_then_runs_what_it_has() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=2000)
+    batcher.add(item(1, 0))
+    batcher.add(item(2, 1))
+    assert batcher.next_batch(int(1.9 * MS)) is None
+    assert batcher.next_wakeup_ns() == 2 * MS
+    batch = batcher.next_batch(2 * MS)
+    assert [p.seq for p in batch or []] == [1, 2]
+    assert len(batcher) == 0
+
+
+def test_a_full_batch_runs_at_once_and_never_exceeds_the_maximum() -> None:
+    batcher = Batcher(max_batch_size=4, max_queue_delay_us=10_000)
+    for seq, samples in enumerate([2, 1, 2, 1]):
+        batcher.add(item(seq, 0, samples))
+    first = batcher.next_batch(0)
+    assert [p.seq for p in first or []] == [0, 1]  # 2 + 1, and 2 more would make 5
+    assert batcher.next_batch(0) is None  # 3 samples left: not full, delay not over
+    assert [p.seq for p in batcher.next_batch(10 * MS) or []] == [2, 3]
+
+
+def test_requests_of_different_shapes_are_never_batched_together() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=0)
+    batcher.add(item(1, 0, key=(("f32", (3,)),)))
+    batcher.add(item(2, 1, key=(("f32", (5,)),)))
+    batcher.add(item(3, 2, key=(("f32", (3,)),)))
+    batches = [batcher.next_batch(5 * MS), batcher.next_batch(5 * MS)]
+    assert [[p.seq for p in b or []] for b in batches] == [[1, 3], [2]]
+
+
+def test_zero_max_batch_size_runs_each_request_alone() -> None:
+    batcher = Batcher(max_batch_size=0, max_queue_delay_us=5000)
+    batcher.add(item(1, 0))
+    batcher.add(item(2, 0))
+    assert [p.seq for p in batcher.next_batch(0) or []] == [1]
+    assert [p.seq for p in batcher.next_batch(0) or []] == [2]
+
+
+def test_expired_requests_are_removed_before_they_run() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=0)
+    batcher.add(item(1, 0, deadline=100.0))
+    batcher.add(item(2, 0, deadline=300.0))
+    assert [p.seq for p in batcher.expire(200.0)] == [1]
+    assert [p.seq for p in batcher.next_batch(0) or []] == [2]
+
+
+def test_flush_runs_everything_regardless_of_delay() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=1_000_000)
+    batcher.add(item(1, 0))
+    assert batcher.next_batch(0) is None
+    assert [p.seq for p in batcher.next_batch(0, flush=True) or []] == [1]

@@ -1,0 +1,104 @@
+"""The dispatcher's routing choices and queues, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_worker.protocol import ErrorCode
+from inference_worker.routing import Rejected, Request, Router, WorkerState
+from inference_worker.stats import StatsBook
+
+SIG = {"name": "m", "version": "1", "max_queue_size": 2}  # a short queue, to see it fill
+
+
+def worker(name: str, capacity: int = 2, versions: tuple[str, ...] = ("1",), incarnation: str = "a") -> WorkerState:
+    return WorkerState(identity=f"{name}/{incarnation}".encode(), name=name, incarnation=incarnation, capacity=capacity,
+                       signatures={("m", v): {**SIG, "version": v} for v in versions}, expires=10.0)
+
+
+def request(seq: int, version: str = "1", deadline: float = 1e12) -> Request:
+    return Request(seq=seq, gateway=b"g", id=str(seq), model="m", version=version, deadline=deadline, fields={}, frames=[])
+
+
+def test_least_loaded_worker_with_credit_gets_the_request() -> None:
+    router = Router()
+    a, b = worker("a", capacity=4), worker("b", capacity=2)
+    router.register(a)
+    router.register(b)
+    chosen = []
+    for seq in range(6):
+        router.enqueue(request(seq))
+        chosen += [w.name for _, w in router.assignments()]
+    # always the lower in-flight/capacity ratio: a 0/4, b 0/2, a 1/4, b 1/2 -> a, a, b full
+    assert chosen == ["a", "b", "a", "a", "b", "a"]
+    assert router.pick("m", "1") is None  # no credit left anywhere: the next request waits in the queue
+    router.enqueue(request(9))
+    assert list(router.assignments()) == [] and router.queued("m") == 1
+    router.complete(b.identity, 1)
+    assert [(r.seq, w.name) for r, w in router.assignments()] == [(9, "b")]
+
+
+def test_queue_is_bounded_and_rejects_at_once() -> None:
+    router = Router()
+    router.register(worker("a", capacity=1))
+    router.enqueue(request(1))
+    list(router.assignments())  # in flight
+    router.enqueue(request(2))
+    router.enqueue(request(3))
+    with pytest.raises(Rejected) as caught:
+        router.enqueue(request(4))
+    assert caught.value.code is ErrorCode.UNAVAILABLE and "queue is full" in str(caught.value)
+
+
+def test_versions_resolve_to_the_highest_or_the_named_one() -> None:
+    router = Router()
+    router.register(worker("a", versions=("1", "10", "2")))
+    assert router.resolve_version("m", None) == "10"
+    assert router.resolve_version("m", "2") == "2"
+    with pytest.raises(Rejected):
+        router.resolve_version("m", "3")
+    with pytest.raises(Rejected):
+        router.resolve_version("other", None)
+
+
+def test_lost_worker_returns_its_requests_and_a_new_incarnation_replaces_the_old() -> None:
+    router = Router()
+    old = worker("a", incarnation="old")
+    router.register(old)
+    router.enqueue(request(1))
+    assert [r.seq for r, _ in router.assignments()] == [1]
+    orphans = router.register(worker("a", incarnation="new"))
+    assert [r.seq for r in orphans] == [1] and orphans[0].attempts == 1
+    assert old.identity not in router.workers
+
+
+def test_draining_worker_gets_no_new_work_and_is_not_ready() -> None:
+    router = Router()
+    a = worker("a")
+    router.register(a)
+    a.draining = True
+    assert router.pick("m", "1") is None
+    assert router.status()["models"]["m"]["1"]["ready"] == 0
+
+
+def test_expired_and_unservable_requests_leave_the_queue() -> None:
+    router = Router()
+    a = worker("a", capacity=1)
+    router.register(a)
+    router.enqueue(request(1))
+    list(router.assignments())
+    router.enqueue(request(2, deadline=5.0))
+    router.enqueue(request(3))
+    assert [r.seq for r in router.expired_requests(10.0)] == [2]
+    router.remove(a.identity)
+    assert [r.seq for r in router.unservable()] == [3]
+    assert router.pending() == 1  # request 1 is the caller's to re-send (it came back from remove)
+
+
+def test_stats_keep_counting_across_worker_restarts() -> None:
+    book = StatsBook()
+    book.report("w0", "first", [{"model": "m", "version": "1", "success": 5, "batch_sizes": {"2": 1}}])
+    book.report("w0", "first", [{"model": "m", "version": "1", "success": 7, "batch_sizes": {"2": 2}}])
+    book.report("w0", "second", [{"model": "m", "version": "1", "success": 1, "batch_sizes": {"4": 1}}])
+    (row,) = book.to_wire()
+    assert row["success"] == 8 and row["batch_sizes"] == {"2": 2, "4": 1} and row["worker"] == "w0"
