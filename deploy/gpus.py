@@ -42,11 +42,11 @@ def discover_gpus() -> list[Gpu]:
                 capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT, check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("deploy: nvidia-smi failed (%s); trying NVML", exc)
+            log.warning("nvidia-smi failed (%s); trying NVML", exc)
         else:
             if done.returncode == 0:
                 return parse_nvidia_smi(done.stdout)
-            log.warning("deploy: nvidia-smi exited %s: %s", done.returncode, done.stderr.strip()[:200])
+            log.warning("nvidia-smi exited %s: %s", done.returncode, done.stderr.strip()[:200])
     return _discover_nvml()
 
 
@@ -58,7 +58,7 @@ def _discover_nvml() -> list[Gpu]:
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # NVMLError when there is no driver
-        log.info("deploy: NVML unavailable (%s)", exc)
+        log.info("NVML unavailable (%s)", exc)
         return []
     try:
         gpus = []

@@ -71,9 +71,9 @@ def add_worker(s: DeploySettings, sup: Supervisor, gpu: int | None = None, start
         raise ScalingError(f"supervisord did not see {path} as a new group (added: {added}); removed the file")
     others = sorted(set(added) - {slot.name}) + sorted(changed) + sorted(removed)
     if others:
-        log.warning("deploy: configuration changes left untouched (apply them yourself if meant): %s", others)
+        log.warning("configuration changes left untouched (apply them yourself if meant): %s", others)
     sup.add_group(slot.name)
-    log.info("deploy: added %s (%s)", slot.name, path)
+    log.info("added %s (%s)", slot.name, path)
     if start:
         wait_started(s, sup, slot.name)
         pid = sup.info(slot.name)["pid"]
@@ -103,4 +103,4 @@ def remove_worker(s: DeploySettings, sup: Supervisor, name: str) -> None:
         sup.remove_group(name)
     path.unlink()
     sup.reread()  # so that supervisorctl no longer lists it as available
-    log.info("deploy: removed %s", name)
+    log.info("removed %s", name)

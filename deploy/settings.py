@@ -218,5 +218,5 @@ def _check_settings(s: DeploySettings) -> None:
         if len(str(path).encode()) > MAX_IPC_PATH:
             raise ValueError(f"{path}: socket path longer than {MAX_IPC_PATH} bytes; choose a shorter --run-dir")
     for text in (str(s.run_dir), str(s.model_repository), s.python, s.host, *s.models):
-        if any(c in text for c in '"\n\r,;'):
-            raise ValueError(f"{text!r}: paths, host and model names must not contain quotes, commas, ';' or newlines")
+        if any(c in text for c in '"\n\r,;%'):
+            raise ValueError(f"{text!r}: paths, host and model names must not contain quotes, commas, ';', '%' or newlines")

@@ -1,0 +1,231 @@
+"""The rendered supervisord configuration, checked by parsing it with supervisord's own option parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from supervisor.options import ServerOptions
+
+from deploy.gpus import Gpu, parse_gpu_spec, parse_nvidia_smi, resolve_gpus
+from deploy.rundir import write_run_dir
+from deploy.scaling import added_slot_path, next_slot
+from deploy.settings import DeploySettings, default_worker_threads
+from deploy.supervisor_conf import render_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def realize(settings: DeploySettings) -> ServerOptions:
+    """Write the run directory and parse it the way supervisord does at start-up."""
+    path = write_run_dir(settings)
+    options = ServerOptions()
+    options.realize(args=["-c", str(path)])
+    return options
+
+
+def programs(options: ServerOptions) -> dict[str, Any]:
+    return {p.name: p for group in options.process_group_configs for p in group.process_configs}
+
+
+def test_eight_gpu_host_pins_one_slot_per_device(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", gpus=tuple(range(8)), worker_threads=4)
+    procs = programs(realize(s))
+    workers = {name: p for name, p in procs.items() if name.startswith("worker-")}
+    assert sorted(workers) == [f"worker-gpu{n}-0" for n in range(8)]
+    for n in range(8):
+        p = workers[f"worker-gpu{n}-0"]
+        assert p.environment["CUDA_VISIBLE_DEVICES"] == str(n)
+        assert p.environment["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert p.environment["OMP_NUM_THREADS"] == "4"
+        assert "--device cuda" in p.command and f"--name worker-gpu{n}-0" in p.command
+        assert p.autostart
+    # Nothing else may see a GPU: a CUDA context in the gateway or dispatcher would waste device memory.
+    assert procs["gateway"].environment["CUDA_VISIBLE_DEVICES"] == ""
+    assert procs["dispatcher"].environment["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_workers_per_gpu_and_spares_on_a_subset_of_gpus(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", gpus=(1, 3), workers_per_gpu=2, spare_slots=1)
+    procs = programs(realize(s))
+    workers = {name: p for name, p in procs.items() if name.startswith("worker-")}
+    assert sorted(workers) == ["worker-gpu1-0", "worker-gpu1-1", "worker-gpu1-2",
+                               "worker-gpu3-0", "worker-gpu3-1", "worker-gpu3-2"]
+    assert {n for n, p in workers.items() if not p.autostart} == {"worker-gpu1-2", "worker-gpu3-2"}
+    assert {p.environment["CUDA_VISIBLE_DEVICES"] for n, p in workers.items() if n.startswith("worker-gpu3")} == {"3"}
+
+
+def test_laptop_defaults_render_cpu_slots_and_a_stopped_spare(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=2, spare_slots=1)
+    procs = programs(realize(s))
+    assert set(procs) == {"dispatcher", "gateway", "worker-cpu-0", "worker-cpu-1", "worker-cpu-2"}
+    assert [procs[f"worker-cpu-{k}"].autostart for k in range(3)] == [True, True, False]
+    for k in range(3):
+        env = procs[f"worker-cpu-{k}"].environment
+        assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
+        assert "--device cpu" in procs[f"worker-cpu-{k}"].command
+
+
+def test_every_program_is_its_own_group_so_update_restarts_nothing_else(tmp_path: Path) -> None:
+    options = realize(DeploySettings(run_dir=tmp_path / "run", cpu_workers=2))
+    for group in options.process_group_configs:
+        assert [p.name for p in group.process_configs] == [group.name]
+    assert "[group:" not in (tmp_path / "run" / "supervisord.conf").read_text()
+
+
+def test_process_settings_are_robust(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, drain_seconds=45, worker_startsecs=7,
+                       worker_startretries=2, log_maxbytes=1234, log_backups=3)
+    procs = programs(realize(s))
+    worker = procs["worker-cpu-0"]
+    assert worker.stopwaitsecs > 45 and worker.startsecs == 7 and worker.startretries == 2
+    assert procs["gateway"].stopwaitsecs > s.gateway_graceful_seconds
+    assert f"--graceful-timeout {s.gateway_graceful_seconds}" in procs["gateway"].command
+    assert "--daemon" not in procs["gateway"].command
+    for name, p in procs.items():
+        assert p.autorestart is not False, name
+        assert p.stopasgroup and p.killasgroup, name
+        assert p.redirect_stderr, name
+        assert p.stdout_logfile == str(s.log_dir / f"{name}.log")
+        assert (p.stdout_logfile_maxbytes, p.stdout_logfile_backups) == (1234, 3)
+        assert p.stopsignal == 15  # TERM: workers drain, gunicorn finishes requests
+
+
+def test_sockets_are_ipc_in_an_owner_only_directory(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1)
+    options = realize(s)
+    procs = programs(options)
+    sockets = s.run_dir / "sockets"
+    assert stat.S_IMODE(os.stat(sockets).st_mode) == 0o700
+    assert f"--frontend ipc://{sockets}/frontend.sock --backend ipc://{sockets}/backend.sock" in procs["dispatcher"].command
+    assert f"--dispatcher ipc://{sockets}/backend.sock" in procs["worker-cpu-0"].command
+    assert procs["gateway"].environment["TORCHGATE_DISPATCHER"] == f"ipc://{sockets}/frontend.sock"
+    assert "tcp://" not in (s.run_dir / "supervisord.conf").read_text()
+    server = options.server_configs[0]
+    assert server["file"] == str(sockets / "supervisor.sock") and server["chmod"] == 0o700
+    assert options.nodaemon and options.umask == 0o077
+
+
+def test_supervisorctl_finds_the_server_from_the_rendered_file(tmp_path: Path) -> None:
+    from supervisor.options import ClientOptions
+
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1)
+    path = write_run_dir(s)
+    client = ClientOptions()
+    client.realize(args=["-c", str(path)])
+    assert client.serverurl == f"unix://{s.supervisor_socket}"
+
+
+def test_spaces_in_paths_survive_supervisord_parsing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "my run"
+    s = DeploySettings(run_dir=run_dir, cpu_workers=1)
+    procs = programs(realize(s))
+    assert procs["worker-cpu-0"].directory == str(run_dir)
+    assert procs["worker-cpu-0"].stdout_logfile == str(run_dir / "logs" / "worker-cpu-0.log")
+    argv = shlex.split(procs["worker-cpu-0"].command)
+    assert argv[argv.index("--dispatcher") + 1] == f"ipc://{run_dir}/sockets/backend.sock"
+
+
+def test_added_slot_file_is_included_as_a_new_group(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=2, spare_slots=1)
+    write_run_dir(s)
+    slot = next_slot(s, None, [x.name for x in s.slots()])
+    assert slot.name == "worker-cpu-3"
+    gpu_slot = next_slot(s, 5, ["worker-gpu5-0"])
+    assert gpu_slot.name == "worker-gpu5-1" and gpu_slot.gpu == 5
+    added_slot_path(s, slot.name).write_text(render_worker(s, slot))
+    options = ServerOptions()
+    options.realize(args=["-c", str(s.conf_path)])
+    groups = [g.name for g in options.process_group_configs]
+    assert "worker-cpu-3" in groups and groups.count("worker-cpu-3") == 1
+
+
+def test_settings_round_trip_through_the_run_directory(tmp_path: Path) -> None:
+    s = DeploySettings(run_dir=tmp_path / "run", gpus=(0, 2), cpu_workers=1, models=("digits",), port=9000)
+    write_run_dir(s)
+    assert DeploySettings.load(s.run_dir) == s
+    raw = json.loads(s.settings_path.read_text())
+    raw["bogus"] = 1
+    with pytest.raises(ValueError, match="bogus"):
+        DeploySettings.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"cpu_workers": 0}, "no worker slots"),
+    ({"gpus": (1, 1)}, "distinct"),
+    ({"port": 70000}, "port"),
+    ({"gateway_threads": 0}, "gateway_threads"),
+    ({"run_dir": Path("/tmp") / ("x" * 120)}, "socket path"),
+    ({"models": ("a,b",)}, "commas"),
+    ({"run_dir": Path("/tmp/100%")}, "'%'"),
+])
+def test_impossible_settings_are_refused(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DeploySettings(**{"run_dir": tmp_path / "run", "cpu_workers": 1, **changes})
+
+
+def test_nvidia_smi_output_and_gpu_specs_parse() -> None:
+    text = "0, GPU-aaaa\n1, GPU-bbbb\n\n7, GPU-cccc\n"
+    assert parse_nvidia_smi(text) == [Gpu(0, "GPU-aaaa"), Gpu(1, "GPU-bbbb"), Gpu(7, "GPU-cccc")]
+    with pytest.raises(ValueError):
+        parse_nvidia_smi("No devices were found")
+    assert parse_gpu_spec("0,1,3") == (0, 1, 3)
+    assert parse_gpu_spec(" none ") == () and parse_gpu_spec("") == ()
+    assert parse_gpu_spec("all") is None and parse_gpu_spec(None) is None
+    for bad in ("0,x", "-1", "1,1"):
+        with pytest.raises(ValueError):
+            parse_gpu_spec(bad)
+    assert resolve_gpus("2,5") == (2, 5)  # an explicit list is used as given, on any machine
+
+
+def test_default_worker_threads_share_the_cores() -> None:
+    assert default_worker_threads(2, 2) == 1
+    assert default_worker_threads(1, 1) == 1
+    assert default_worker_threads(17, 4) == 4
+    assert default_worker_threads(None, 0) == 1
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import sys\nfrom deploy.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\nsys.exit(code)\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60, check=False)
+
+
+def test_render_command_writes_the_run_directory_without_importing_torch(tmp_path: Path) -> None:
+    done = run_cli("render", "--run-dir", "run", "--gpus", "0,1,2,3,4,5,6,7", "--port", "8123", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("NO_TORCH")
+    conf = (tmp_path / "run" / "supervisord.conf").read_text()
+    assert conf.count("[program:worker-gpu") == 8 and "--bind 127.0.0.1:8123" in conf
+    assert "worker-gpu7-0: GPU 7" in done.stdout
+
+
+def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
+    done = run_cli("render", "--run-dir", "run", "--gpus", "none", "--spare-slots", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    s = DeploySettings.load(tmp_path / "run")
+    assert [slot.name for slot in s.slots()] == ["worker-cpu-0", "worker-cpu-1", "worker-cpu-2"]
+    assert s.model_repository == ROOT / "deploy" / "model_repository"
+
+
+def test_render_command_refuses_bad_options_with_a_message(tmp_path: Path) -> None:
+    done = run_cli("render", "--run-dir", "run", "--gpus", "0,zero", cwd=tmp_path)
+    assert done.returncode == 2 and "--gpus" in done.stderr and "'zero' is not a GPU index" in done.stderr
+    done = run_cli("render", "--run-dir", "run", "--gpus", "none", "--cpu-workers", "0", cwd=tmp_path)
+    assert done.returncode == 2 and "no worker slots" in done.stderr
+    assert not (tmp_path / "run" / "supervisord.conf").exists()
+
+
+def test_worker_help_is_forwarded_to_the_worker_command(tmp_path: Path) -> None:
+    done = run_cli("worker", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: torchgate worker" in done.stdout and "--model-repository" in done.stdout
