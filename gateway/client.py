@@ -1,0 +1,218 @@
+"""The gateway's side of the wire: one ZeroMQ DEALER socket per request thread, talking to the dispatcher.
+
+ZeroMQ sockets are not thread-safe and must not be used across ``fork``, so each (process, thread) pair gets
+its own socket, created on first use, with ``LINGER 0``. A waiting request polls in slices; after a silent
+slice it asks the dispatcher whether the request is still known (QUERY). A dispatcher that restarted and lost
+the request gets it once more; a request lost twice, or a dispatcher silent for too long, is a 503; a request
+past its deadline is a 504, at the deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from gateway.codec import Tensor
+from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+from inference_worker import protocol
+from inference_worker.protocol import ErrorCode, Kind, ProtocolError, TensorMeta
+
+log = logging.getLogger("torchgate.gateway")
+
+MAX_ERROR_MESSAGE = 500  # characters of a worker's error message passed on to the client
+
+
+@dataclass(frozen=True, slots=True)
+class InferReply:
+    """What the dispatcher answered to one REQUEST."""
+
+    model: str
+    version: str
+    worker: str
+    outputs: list[Tensor]
+    stats: dict[str, Any]
+
+
+class _Holder:
+    """One thread's socket; closes it when the thread (and so its thread-local storage) goes away."""
+
+    def __init__(self, socket: zmq.Socket[Any]) -> None:
+        self.socket = socket
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid() and not self.socket.closed:
+            self.socket.close(linger=0)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class DispatcherClient:
+    """Send requests and status queries to the dispatcher from any number of threads and processes."""
+
+    def __init__(self, endpoint: str, *, status_ttl: float = 0.5, status_timeout: float = 1.0,
+                 poll_interval: float = 0.5, unresponsive_after: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.status_ttl = status_ttl
+        self.status_timeout = status_timeout
+        self.poll_interval = poll_interval
+        self.unresponsive_after = unresponsive_after
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._context: tuple[int, zmq.Context[Any]] | None = None
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        self._ids = itertools.count(1)
+        self._status: tuple[float, dict[str, Any] | GatewayError] | None = None
+        self._status_lock = threading.Lock()
+
+    # -- sockets ----------------------------------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket[Any]:
+        holder = getattr(self._local, "holder", None)
+        if holder is None or holder.pid != os.getpid() or holder.socket.closed:
+            socket = self._ctx().socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.endpoint)
+            holder = _Holder(socket)  # a socket inherited across fork is dropped unclosed, never used
+            self._local.holder = holder
+            with self._lock:
+                self._holders.add(holder)
+        return holder.socket
+
+    def _ctx(self) -> zmq.Context[Any]:
+        with self._lock:
+            if self._context is None or self._context[0] != os.getpid():
+                self._context = (os.getpid(), zmq.Context())
+            return self._context[1]
+
+    def close(self) -> None:
+        """Close every socket this process opened (call when no request is running)."""
+        with self._lock:
+            holders = list(self._holders)
+        for holder in holders:
+            holder.close()
+
+    def _next_id(self) -> str:
+        return f"{os.getpid():x}-{next(self._ids):x}"
+
+    @staticmethod
+    def _send(socket: zmq.Socket[Any], frames: list[Any]) -> None:
+        try:
+            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise Unavailable("the dispatcher is not accepting requests (its connection is full)") from None
+
+    @staticmethod
+    def _receive(socket: zmq.Socket[Any]) -> protocol.Message | None:
+        frames = socket.recv_multipart(copy=False)
+        try:
+            return protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("gateway: dropped a malformed message from the dispatcher: %s", exc)
+            return None
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def infer(self, model: str, version: str | None, tensors: Sequence[Tensor], outputs: Sequence[str],
+              deadline: float, request_id: str = "", priority: int = 0) -> InferReply:
+        """Run one request and return its outputs; raise a :class:`GatewayError` for every failure.
+
+        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version.
+        """
+        socket = self._socket()
+        call_id = self._next_id()
+        fields: dict[str, Any] = {"id": call_id, "request_id": request_id, "model": model, "deadline": deadline,
+                                  "priority": priority, "outputs": list(outputs)}
+        if version:
+            fields["version"] = version
+        frames = protocol.encode(Kind.REQUEST, fields,
+                                 [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors])
+        self._send(socket, frames)
+        resent = False
+        heard = time.monotonic()
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"request {request_id or call_id} passed its deadline")
+            if not socket.poll(max(1, int(min(remaining, self.poll_interval) * 1000)), zmq.POLLIN):
+                if time.monotonic() - heard >= self.unresponsive_after:
+                    raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s")
+                self._send(socket, protocol.encode(Kind.QUERY, {"id": call_id}))
+                continue
+            message = self._receive(socket)
+            if message is None:
+                continue
+            heard = time.monotonic()
+            if message.get("id") != call_id:
+                continue  # a late answer to an earlier request of this thread, or to its status query
+            if message.kind is Kind.REPLY:
+                return _reply(message, model)
+            if message.kind is Kind.ERROR:
+                raise _error(message)
+            if message.kind is Kind.QUERY_REPLY and message.get("known") is False:
+                if resent:
+                    raise Unavailable("the dispatcher lost the request twice (did it restart?)")
+                log.info("gateway: request %s unknown to the dispatcher; sending it again", request_id or call_id)
+                resent = True
+                self._send(socket, frames)
+
+    # -- status -----------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return the dispatcher's STATUS_REPLY fields, reused for ``status_ttl`` seconds.
+
+        Raise :class:`Unavailable` within about ``status_timeout`` seconds if the dispatcher does not answer.
+        """
+        cached = self._status
+        if cached is None or time.monotonic() - cached[0] >= self.status_ttl:
+            with self._status_lock:  # one refresh at a time; the others then find it fresh
+                cached = self._status
+                if cached is None or time.monotonic() - cached[0] >= self.status_ttl:
+                    try:
+                        result: dict[str, Any] | GatewayError = self._fetch_status()
+                    except GatewayError as exc:
+                        result = exc
+                    cached = self._status = (time.monotonic(), result)
+        if isinstance(cached[1], GatewayError):
+            raise cached[1]
+        return cached[1]
+
+    def _fetch_status(self) -> dict[str, Any]:
+        socket = self._socket()
+        call_id = self._next_id()
+        self._send(socket, protocol.encode(Kind.STATUS, {"id": call_id}))
+        until = time.monotonic() + self.status_timeout
+        while (remaining := until - time.monotonic()) > 0:
+            if not socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                break
+            message = self._receive(socket)
+            if message is not None and message.kind is Kind.STATUS_REPLY and message.get("id") == call_id:
+                return {k: v for k, v in message.fields.items() if k not in ("v", "kind", "id")}
+        raise Unavailable(f"the dispatcher did not answer a status query within {self.status_timeout:g}s")
+
+
+def _reply(message: protocol.Message, model: str) -> InferReply:
+    outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.tensors]
+    stats = message.get("stats")
+    return InferReply(model=str(message.get("model", model)), version=str(message.get("version", "")),
+                      worker=str(message.get("worker", "")), outputs=outputs,
+                      stats=stats if isinstance(stats, dict) else {})
+
+
+def _error(message: protocol.Message) -> GatewayError:
+    code = message.get("code")
+    if code not in ErrorCode.__members__:
+        code = ErrorCode.INTERNAL
+    text = str(message.get("message") or "the request failed").strip()
+    text = text.splitlines()[0][:MAX_ERROR_MESSAGE] if text else "the request failed"
+    return GatewayError(text, str(code))

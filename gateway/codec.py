@@ -1,0 +1,323 @@
+"""Open Inference Protocol v2 bodies <-> tensors, JSON and Triton's binary extension; no I/O, no Flask.
+
+Decisions a client may rely on:
+
+- JSON numbers go through numpy; FP16 and BF16 travel only as binary data, in both directions.
+- Integer and BOOL tensors need JSON integers and booleans; FP32/FP64 take any JSON number. The literals
+  ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's json module writes) are accepted for floating-point
+  tensors. A NaN output returned as JSON becomes ``null``: ask for binary outputs to keep it.
+- Nested and flat ``data`` are both accepted when the element count matches the shape; ragged data is not.
+- A body may be gzip or deflate encoded; decoding stops at the body limit (413), so a zip bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.errors import InvalidArgument, PayloadTooLarge
+from inference_worker.protocol import DATATYPE_SIZES, MAX_DIMS, MAX_NAME_LENGTH, MAX_TENSORS
+
+MAX_ID_LENGTH = 256
+JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
+
+# Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+_FLOAT_KINDS = frozenset("iuf")
+_INT_KINDS = frozenset("iu")
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """One tensor of a request or a reply: its bytes are little-endian and row-major."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: bytes | memoryview
+
+    @property
+    def nbytes(self) -> int:
+        return DATATYPE_SIZES[self.datatype] * math.prod(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for; ``binary`` None follows the request's ``binary_data_output``."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A parsed infer request, not yet checked against a model (see :mod:`gateway.validation`)."""
+
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    timeout_us: int | None = None
+    priority: int = 0
+    binary_data_output: bool = False
+    raw: bytes | memoryview | None = None  # the whole body of a raw binary request (header length 0)
+
+
+# -- bodies ----------------------------------------------------------------------------------------------
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo a ``Content-Encoding`` of gzip or deflate, refusing more than ``limit`` decoded bytes."""
+    enc = (encoding or "").strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif enc == "deflate":  # zlib-wrapped as HTTP says, but some clients send raw deflate
+        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    else:
+        raise InvalidArgument(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        raise InvalidArgument(f"request body is not valid {enc} data") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decoded request body exceeds the limit of {limit} bytes")
+    if not decoder.eof:
+        raise InvalidArgument(f"request body is truncated {enc} data")
+    return out
+
+
+def loads(text: bytes | memoryview) -> Any:
+    """Parse JSON; ``NaN`` and ``Infinity`` literals are allowed, nesting is bounded (a 400, not a crash)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # orjson refuses NaN/Infinity literals and nesting past 1024: let the standard parser decide
+    try:
+        return json.loads(bytes(text))
+    except RecursionError:
+        raise InvalidArgument("request JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+
+
+def parse_infer_request(body: bytes, header_length: str | None, header_id: str | None = None) -> InferRequest:
+    """Parse an infer request body: JSON, JSON + binary tensors, or a raw binary tensor (header length 0)."""
+    view = memoryview(body)
+    if header_length is None:
+        header, binary = view, view[len(view):]
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise InvalidArgument(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+        if not 0 <= length <= len(view):
+            raise InvalidArgument(f"Inference-Header-Content-Length {length} does not fit a body of {len(view)} bytes")
+        if length == 0:
+            return InferRequest(id=header_id, inputs=[], binary_data_output=True, raw=view)
+        header, binary = view[:length], view[length:]
+    doc = loads(header)
+    if not isinstance(doc, dict):
+        raise InvalidArgument("infer request must be a JSON object")
+    request_id = doc.get("id", header_id)
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH):
+        raise InvalidArgument(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
+    params = _parameters(doc.get("parameters"), "request")
+    timeout = params.get("timeout")
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        raise InvalidArgument("parameter 'timeout' must be a non-negative integer (microseconds)")
+    priority = params.get("priority", 0)
+    if type(priority) is not int or priority < 0:
+        raise InvalidArgument("parameter 'priority' must be a non-negative integer")
+    binary_output = params.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidArgument("parameter 'binary_data_output' must be true or false")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
+        raise InvalidArgument(f"'inputs' must be a list of 1 to {MAX_TENSORS} tensors")
+    inputs, offset = [], 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, used = _input(raw, i, binary, offset)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise InvalidArgument(f"the inputs' binary_data_size add up to {offset} bytes but {len(binary)} bytes "
+                              "of binary data follow the JSON header")
+    return InferRequest(id=request_id, inputs=inputs, outputs=_requested_outputs(doc.get("outputs")),
+                        timeout_us=timeout, priority=priority, binary_data_output=binary_output)
+
+
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where} 'parameters' must be a JSON object")
+    return raw
+
+
+def _requested_outputs(raw: Any) -> list[RequestedOutput]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
+        raise InvalidArgument(f"'outputs' must be a list of at most {MAX_TENSORS} outputs")
+    outputs = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidArgument(f"outputs[{i}] must be a JSON object with a 'name'")
+        binary = _parameters(entry.get("parameters"), f"output {entry['name']!r}").get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidArgument(f"output {entry['name']!r}: parameter 'binary_data' must be true or false")
+        outputs.append(RequestedOutput(entry["name"], binary))
+    return outputs
+
+
+def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    """Parse ``inputs[index]``; return the tensor and how many binary bytes it took."""
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"inputs[{index}] must be a JSON object")
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise InvalidArgument(f"inputs[{index}].name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    if datatype not in DATATYPE_SIZES:
+        supported = ", ".join(DATATYPE_SIZES)
+        raise InvalidArgument(f"input {name!r}: datatype {datatype!r} is not supported; expected one of {supported}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise InvalidArgument(f"input {name!r}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    shape_t = tuple(shape)
+    params = _parameters(raw.get("parameters"), f"input {name!r}")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0:
+            raise InvalidArgument(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if "data" in raw:
+            raise InvalidArgument(f"input {name!r}: has both 'data' and binary_data_size")
+        if offset + size > len(binary):
+            raise InvalidArgument(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                                  f"({len(binary) - offset} bytes left)")
+        return Tensor(name, datatype, shape_t, binary[offset:offset + size]), size
+    if "data" not in raw:
+        raise InvalidArgument(f"input {name!r}: needs 'data' or parameters.binary_data_size")
+    if datatype in JSON_UNSUPPORTED:
+        raise InvalidArgument(f"input {name!r}: {datatype} data must be sent as binary (binary_data_size), not JSON")
+    return Tensor(name, datatype, shape_t, json_to_bytes(name, datatype, shape_t, raw["data"])), 0
+
+
+def json_to_bytes(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> bytes:
+    """Turn JSON ``data`` (nested or flat) into the tensor's little-endian bytes, checking kind and count."""
+    array = json_array(name, datatype, data)
+    count = math.prod(shape)
+    if array.size != count:
+        raise InvalidArgument(f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}")
+    return array.tobytes()
+
+
+def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
+    """Turn JSON numbers into a numpy array of ``datatype`` (BF16 as its uint16 bits), refusing wrong kinds."""
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidArgument(f"input {name!r}: data is ragged or nested too deeply for a tensor") from None
+    kind = array.dtype.kind
+    if array.size == 0:
+        kind = "b" if datatype == "BOOL" else "i"
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidArgument(f"input {name!r}: BOOL data must be true/false, got {_kind_name(kind)}")
+        return array.astype(np.bool_, copy=False)
+    if datatype in ("FP16", "BF16", "FP32", "FP64"):
+        if kind not in _FLOAT_KINDS:
+            raise InvalidArgument(f"input {name!r}: {datatype} data must be numbers, got {_kind_name(kind)}")
+        if datatype == "BF16":
+            return _to_bf16_bits(array.astype(np.float32))
+        target = NUMPY_DTYPES[datatype]
+        if datatype != "FP64" and array.size and kind == "f":
+            finite = array[np.isfinite(array)]
+            if finite.size and np.abs(finite).max() > np.finfo(target).max:
+                raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
+        return array.astype(target, copy=False)
+    if kind not in _INT_KINDS:
+        raise InvalidArgument(f"input {name!r}: {datatype} data must be integers, got {_kind_name(kind)}")
+    target = NUMPY_DTYPES[datatype]
+    if array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
+    return array.astype(target, copy=False)
+
+
+def _kind_name(kind: str) -> str:
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers",
+            "U": "strings", "S": "strings", "O": "mixed or non-numeric values"}.get(kind, "non-numeric values")
+
+
+def _to_bf16_bits(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Round float32 values to bfloat16 (to nearest even) and return their bits as little-endian uint16."""
+    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4").astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    nan = np.isnan(array)
+    out = rounded.astype("<u2")
+    out[nan] = 0x7FC0
+    return out
+
+
+def tensor_array(datatype: str, data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """View a tensor's bytes as a numpy array; BF16 is widened to float32."""
+    if datatype == "BF16":
+        bits = np.frombuffer(data, dtype="<u2").astype("<u4") << 16
+        return bits.view("<f4").reshape(shape)
+    return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+
+
+# -- responses -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """An HTTP response body with its content type and extra headers."""
+
+    data: bytes
+    content_type: str
+    headers: dict[str, str]
+
+
+def infer_response(model: str, version: str | None, request_id: str | None,
+                   outputs: list[tuple[Tensor, bool]]) -> Body:
+    """Build an infer response: each ``(tensor, binary)`` as JSON data or as binary data after the header."""
+    doc: dict[str, Any] = {"model_name": model}
+    if version:
+        doc["model_version"] = version
+    if request_id is not None:
+        doc["id"] = request_id
+    entries, blobs = [], []
+    for tensor, binary in outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(tensor.data)}
+            blobs.append(tensor.data)
+        else:
+            entry["data"] = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype])
+        entries.append(entry)
+    doc["outputs"] = entries
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return Body(header, "application/json", {})
+    return Body(b"".join([header, *blobs]), "application/octet-stream",
+                {"Inference-Header-Content-Length": str(len(header))})
+
+
+def dumps(doc: Any) -> bytes:
+    """Serialize a JSON document (numpy arrays allowed)."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,73 @@
+"""The gateway's settings: one frozen object, built once at start-up from ``TORCHGATE_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PREFIX = "TORCHGATE_"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Where the gateway finds the dispatcher and the models, and the limits it enforces.
+
+    Each field is read from the environment variable ``TORCHGATE_<FIELD IN UPPER CASE>`` by :meth:`from_env`.
+    """
+
+    # ZeroMQ endpoint of the dispatcher's frontend ROUTER socket.
+    dispatcher: str = "ipc://run/frontend.sock"
+    # Folder of <model>/config.toml and <model>/<version>/: the signatures requests are validated against.
+    model_repository: str = "deploy/model_repository"
+    # Seconds a request may take when it names no `parameters.timeout`.
+    default_timeout: float = 30.0
+    # Upper bound, in seconds, on any request's `parameters.timeout`.
+    max_timeout: float = 30.0
+    # Largest request body accepted, in bytes, before and after gzip/deflate decoding: beyond it, 413.
+    max_body_bytes: int = 64 << 20
+    # Seconds a dispatcher STATUS answer is reused for readiness and statistics.
+    status_ttl: float = 0.5
+    # Seconds to wait for a STATUS answer before calling the dispatcher unreachable (and the server not ready).
+    status_timeout: float = 1.0
+    # Seconds of a waiting request between liveness checks (QUERY) of the dispatcher.
+    poll_interval: float = 0.5
+    # Seconds without any answer from the dispatcher after which a waiting request fails with 503.
+    unresponsive_after: float = 5.0
+    # Least seconds between two re-scans of the repository triggered by requests naming an unknown model.
+    rescan_interval: float = 2.0
+    # Seconds a client should wait before retrying a 503 (the Retry-After header).
+    retry_after: int = 1
+    # Bearer token every endpoint but liveness requires; empty: no authentication.
+    auth_token: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("default_timeout", "max_timeout", "status_ttl", "status_timeout", "poll_interval",
+                     "unresponsive_after"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}")
+        if self.default_timeout > self.max_timeout:
+            object.__setattr__(self, "max_timeout", self.default_timeout)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Build the settings from ``TORCHGATE_*`` variables; unset ones keep their documented default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind: type[Any] = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        token_file = environ.get(PREFIX + "AUTH_TOKEN_FILE")
+        if token_file and "auth_token" not in values:
+            with open(token_file, encoding="utf-8") as handle:
+                values["auth_token"] = handle.read().strip()
+        return cls(**values)

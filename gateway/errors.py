@@ -1,0 +1,97 @@
+"""Why a request failed, and the one table that turns each reason into an HTTP status.
+
+Every error body is ``{"error": "<message>"}`` (tritonclient reports anything else as a decoding error).
+Exceptions that are not :class:`GatewayError` become a 500 whose details go only to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from inference_worker.protocol import ErrorCode
+
+log = logging.getLogger("torchgate.gateway")
+
+# Gateway-only reasons beside the wire's ErrorCode values.
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+
+STATUS: dict[str, int] = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.RESOURCE_EXHAUSTED: 500,
+    ErrorCode.INTERNAL: 500,
+    PAYLOAD_TOO_LARGE: 413,
+    UNAUTHENTICATED: 401,
+    METHOD_NOT_ALLOWED: 405,
+}
+
+
+class GatewayError(Exception):
+    """A request that cannot be answered, with the reason that picks its HTTP status."""
+
+    code: str = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    @property
+    def status(self) -> int:
+        return http_status(self.code)
+
+
+class InvalidArgument(GatewayError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFound(GatewayError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Unavailable(GatewayError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceeded(GatewayError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class PayloadTooLarge(GatewayError):
+    code = PAYLOAD_TOO_LARGE
+
+
+class Unauthenticated(GatewayError):
+    code = UNAUTHENTICATED
+
+
+def http_status(code: str) -> int:
+    """Return the HTTP status of an error code; unknown codes are 500."""
+    return STATUS.get(code, 500)
+
+
+def error_body(message: str) -> bytes:
+    """Return the JSON body every error carries."""
+    return orjson.dumps({"error": message})
+
+
+def error_headers(code: str, retry_after: int) -> dict[str, str]:
+    """Return the extra headers of an error: ``Retry-After`` on 503."""
+    if http_status(code) == 503:
+        return {"Retry-After": str(retry_after)}
+    if http_status(code) == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def describe_unexpected(exc: BaseException, where: str) -> str:
+    """Log an unexpected exception with its traceback and return the short message a client may see."""
+    log.error("gateway: unexpected %s in %s", type(exc).__name__, where, exc_info=exc)
+    return "internal error in the gateway; see the server log"

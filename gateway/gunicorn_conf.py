@@ -1,0 +1,33 @@
+"""Default gunicorn settings for the gateway: ``gunicorn -c gateway/gunicorn_conf.py gateway.wsgi:app``.
+
+Requests mostly wait on the dispatcher, so each process runs threads (gthread). Override with:
+``TORCHGATE_BIND`` (default 127.0.0.1:8000), ``TORCHGATE_GATEWAY_PROCESSES`` (default 1),
+``TORCHGATE_GATEWAY_THREADS`` (default 8), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
+`torchgate serve` renders its own copy of these settings for supervisord.
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
+worker_class = "gthread"
+workers = int(os.environ.get("TORCHGATE_GATEWAY_PROCESSES", "1"))
+threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "8"))
+graceful_timeout = int(os.environ.get("TORCHGATE_GATEWAY_GRACEFUL_SECONDS", "30"))
+timeout = 60  # a silent worker process is restarted after this long; requests end at their deadline before
+keepalive = 5
+backlog = 2048
+preload_app = False  # each process builds its app (and its ZeroMQ sockets) after the fork
+daemon = False  # supervisord and tests manage the process
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
+    "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False}},
+}

@@ -1,0 +1,107 @@
+"""What each endpoint does, apart from HTTP: parse, validate, ask the dispatcher, build the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.client import DispatcherClient, InferReply
+from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, InvalidArgument, Unavailable
+from gateway.models import ModelCatalog
+from gateway.predict import predict_input, predict_output
+from gateway.triton import model_ready, repository_index, server_ready
+from gateway.validation import check_inputs, output_plan, raw_input
+from inference_worker.protocol import ErrorCode
+from inference_worker.repository import ModelConfig
+
+
+class Gateway:
+    """One gateway process's state: the model catalog, the dispatcher client and the settings."""
+
+    def __init__(self, config: GatewayConfig, client: DispatcherClient | None = None,
+                 catalog: ModelCatalog | None = None) -> None:
+        self.config = config
+        self.catalog = catalog or ModelCatalog(config.model_repository, config.rescan_interval)
+        self.client = client or DispatcherClient(
+            config.dispatcher, status_ttl=config.status_ttl, status_timeout=config.status_timeout,
+            poll_interval=config.poll_interval, unresponsive_after=config.unresponsive_after)
+
+    def deadline(self, timeout_us: int | None) -> float:
+        """Return the unix time a request must be answered by: its timeout, bounded by ``max_timeout``."""
+        timeout = self.config.default_timeout if not timeout_us else min(timeout_us / 1e6, self.config.max_timeout)
+        return time.time() + timeout
+
+    def infer(self, model_name: str, version: str | None, body: bytes, *, content_encoding: str | None = None,
+              header_length: str | None = None, request_id: str = "", header_id: str | None = None) -> Body:
+        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``."""
+        model, resolved = self.catalog.get(model_name, version)
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        request = parse_infer_request(body, header_length, header_id)
+        inputs = [raw_input(request, model)] if request.raw is not None else check_inputs(request, model)
+        plan = output_plan(request, model)
+        reply = self.client.infer(model.name, resolved if version else None, inputs, [n for n, _ in plan] if request.outputs else [],
+                                  self.deadline(request.timeout_us), request_id or request.id or "", request.priority)
+        outputs = _pick(reply, [n for n, _ in plan])
+        return infer_response(model.name, reply.version or None, request.id,
+                              [(t, binary) for t, (_, binary) in zip(outputs, plan, strict=True)])
+
+    def predict(self, body: bytes, *, content_encoding: str | None = None, request_id: str = "") -> dict[str, Any]:
+        """Answer the seed's ``POST /predict``: ``{"input": ...}`` -> ``{"output": ...}``."""
+        doc = loads(decode_content(body, content_encoding, self.config.max_body_bytes))
+        if not isinstance(doc, dict) or "input" not in doc:
+            raise InvalidArgument('the body must be a JSON object with an "input" field')
+        name, version = doc.get("model"), doc.get("version")
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgument('"model" must be a string')
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if version is not None and not isinstance(version, str):
+            raise InvalidArgument('"version" must be a string or an integer')
+        model = self.catalog.get(name)[0] if name is not None else self.catalog.only()
+        resolved = self.catalog.get(model.name, version)[1] if version else None
+        tensor, whole = predict_input(doc["input"], model)
+        reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), request_id)
+        return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
+
+    # -- health -----------------------------------------------------------------------------------------
+
+    def status_or_none(self) -> dict[str, Any] | None:
+        """Return the dispatcher's status, or None when it does not answer."""
+        try:
+            return self.client.status()
+        except GatewayError:
+            return None
+
+    def ready(self) -> tuple[bool, str]:
+        """Return whether every model has a ready worker, and why not."""
+        status = self.status_or_none()
+        if status is None:
+            return False, "the dispatcher does not answer"
+        return server_ready(status, self.catalog.models)
+
+    def model_ready(self, model_name: str, version: str | None) -> tuple[bool, ModelConfig]:
+        model, _ = self.catalog.get(model_name, version)
+        status = self.status_or_none()
+        return status is not None and model_ready(status, model.name, version or None), model
+
+    def status(self) -> dict[str, Any]:
+        """Return the dispatcher's status or raise 503."""
+        try:
+            return self.client.status()
+        except GatewayError as exc:
+            raise Unavailable(f"statistics are unavailable: {exc.message}") from None
+
+    def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
+        models = self.catalog.rescan()
+        return repository_index(models, self.status_or_none(), ready_only)
+
+
+def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:
+    """Return the reply's outputs in the order of ``names``; a missing one is the worker's fault (500)."""
+    by_name = {t.name: t for t in reply.outputs}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise GatewayError(f"the worker returned no output {missing[0]!r}", ErrorCode.INTERNAL)
+    return [by_name[n] for n in names]

@@ -1,0 +1,156 @@
+"""The JSON documents of the metadata endpoints, in the shapes Triton's clients expect; no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inference_worker.repository import ModelConfig, TensorSpec
+
+SERVER_NAME = "torchgate"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository(index)"]
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(model: ModelConfig, version: str | None) -> dict[str, Any]:
+    """Return ``{name, versions, platform, inputs, outputs}``: full shapes with -1 for variable dims."""
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        return {"name": spec.name, "datatype": spec.datatype, "shape": spec.full_shape(model.max_batch_size)}
+
+    versions = [version] if version else sorted(model.versions, key=int)
+    return {"name": model.name, "versions": versions, "platform": model.platform,
+            "inputs": [tensor(s) for s in model.inputs], "outputs": [tensor(s) for s in model.outputs]}
+
+
+def model_config(model: ModelConfig) -> dict[str, Any]:
+    """Return the model's configuration as the JSON form of Triton's ``ModelConfig`` message."""
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": list(spec.dims)}
+
+    config: dict[str, Any] = {
+        "name": model.name,
+        "platform": model.platform,
+        "backend": "pytorch",
+        "version_policy": {"all": {}},
+        "max_batch_size": model.max_batch_size,
+        "input": [tensor(s) for s in model.inputs],
+        "output": [tensor(s) for s in model.outputs],
+        "instance_group": [{"name": model.name, "kind": "KIND_AUTO", "count": 1}],
+    }
+    if model.max_batch_size > 0:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(model.preferred_batch_sizes),
+            "max_queue_delay_microseconds": model.max_queue_delay_us,
+            "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 0,
+                                     "allow_timeout_override": True, "max_queue_size": model.max_queue_size},
+        }
+    return config
+
+
+def repository_index(models: dict[str, ModelConfig], status: dict[str, Any] | None,
+                     ready_only: bool = False) -> list[dict[str, Any]]:
+    """Return ``[{name, version, state, reason}]``: READY when a worker serves that version."""
+    served = (status or {}).get("models") or {}
+    index = []
+    for name in sorted(models):
+        for version in sorted(models[name].versions, key=int):
+            ready = _ready_workers(served, name, version) > 0
+            if ready_only and not ready:
+                continue
+            reason = "" if ready else ("dispatcher unreachable" if status is None else "no ready worker")
+            index.append({"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE",
+                          "reason": reason})
+    return index
+
+
+def _ready_workers(served: dict[str, Any], model: str, version: str | None) -> int:
+    versions = served.get(model)
+    if not isinstance(versions, dict):
+        return 0
+    entries = [versions.get(version)] if version else list(versions.values())
+    return sum(int(e.get("ready", 0)) for e in entries if isinstance(e, dict))
+
+
+def model_ready(status: dict[str, Any], model: str, version: str | None) -> bool:
+    """Return whether a worker serves ``model`` (that ``version``, or any when None)."""
+    return _ready_workers(status.get("models") or {}, model, version) > 0
+
+
+def server_ready(status: dict[str, Any], models: dict[str, ModelConfig]) -> tuple[bool, str]:
+    """Return whether every model of the repository has a ready worker, and if not, which one lacks it."""
+    if not models:
+        return False, "the model repository holds no model"
+    for name in sorted(models):
+        if not model_ready(status, name, None):
+            return False, f"model {name!r} has no ready worker"
+    return True, ""
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": int(count), "ns": int(ns)}
+
+
+def model_stats(models: dict[str, ModelConfig], status: dict[str, Any], only: str | None = None,
+                version: str | None = None) -> dict[str, Any]:
+    """Return ``{"model_stats": [...]}`` in Triton's shape, summing the workers' counters per version.
+
+    Counters a dispatcher does not report are zeros.
+    """
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in status.get("stats") or []:
+        if not isinstance(entry, dict):
+            continue
+        key = (str(entry.get("model")), str(entry.get("version")))
+        total = totals.setdefault(key, {})
+        for field, value in entry.items():
+            if field in ("worker", "model", "version"):
+                continue
+            if isinstance(value, dict):
+                bucket = total.setdefault(field, {})
+                for k, v in value.items():
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        bucket[str(k)] = bucket.get(str(k), 0) + v
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[field] = total.get(field, 0) + value
+    result = []
+    for name in sorted(models):
+        if only is not None and name != only:
+            continue
+        for v in sorted(models[name].versions, key=int):
+            if version is not None and v != version:
+                continue
+            result.append(_one_model_stats(name, v, totals.get((name, v), {})))
+    return {"model_stats": result}
+
+
+def _one_model_stats(name: str, version: str, t: dict[str, Any]) -> dict[str, Any]:
+    success = int(t.get("success", 0))
+    failures = t.get("failure") or {}
+    failed = int(sum(failures.values())) if isinstance(failures, dict) else 0
+    executions = int(t.get("execution_count", 0))
+    batch_sizes = t.get("batch_sizes") or {}
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": int(t.get("last_inference", 0)),
+        "inference_count": int(t.get("inference_count", 0)),
+        "execution_count": executions,
+        "inference_stats": {
+            "success": _duration(success, t.get("request_ns", 0)),
+            "fail": _duration(failed, 0),
+            "queue": _duration(success, t.get("queue_ns", 0)),
+            "compute_input": _duration(success, t.get("compute_input_ns", 0)),
+            "compute_infer": _duration(success, t.get("compute_infer_ns", 0)),
+            "compute_output": _duration(success, t.get("compute_output_ns", 0)),
+            "cache_hit": _duration(0, 0),
+            "cache_miss": _duration(0, 0),
+        },
+        "batch_stats": [
+            {"batch_size": int(size), "compute_input": _duration(count, 0), "compute_infer": _duration(count, 0),
+             "compute_output": _duration(count, 0)}
+            for size, count in sorted(batch_sizes.items(), key=lambda kv: int(kv[0]))
+            if str(size).isdigit()
+        ],
+    }

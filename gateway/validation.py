@@ -1,0 +1,128 @@
+"""Check a parsed request against a model's signature before it costs a worker anything; no I/O.
+
+Every refusal is an :class:`~gateway.errors.InvalidArgument` (400) whose message names the tensor and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gateway.codec import JSON_UNSUPPORTED, InferRequest, Tensor
+from gateway.errors import InvalidArgument
+from inference_worker.protocol import DATATYPE_SIZES, MAX_TENSOR_BYTES
+from inference_worker.repository import ModelConfig, TensorSpec
+
+
+def describe(spec: TensorSpec, max_batch_size: int) -> str:
+    """Return ``'input' FP32 [-1, 64]``: how a tensor of the signature is named in messages."""
+    return f"{spec.name!r} {spec.datatype} {spec.full_shape(max_batch_size)}"
+
+
+def fits(shape: tuple[int, ...] | list[int], dims: tuple[int, ...] | list[int]) -> bool:
+    """Return whether ``shape`` matches ``dims``, where -1 matches any size."""
+    return len(shape) == len(dims) and all(d == -1 or s == d for s, d in zip(shape, dims, strict=True))
+
+
+def check_inputs(request: InferRequest, model: ModelConfig) -> list[Tensor]:
+    """Return the request's inputs in the model's order, or raise naming the first that does not fit."""
+    given: dict[str, Tensor] = {}
+    for tensor in request.inputs:
+        if tensor.name in given:
+            raise InvalidArgument(f"input {tensor.name!r} is given twice")
+        given[tensor.name] = tensor
+    expected = {spec.name: spec for spec in model.inputs}
+    for name in given:
+        if name not in expected:
+            raise InvalidArgument(f"model {model.name!r} has no input {name!r}; its inputs are "
+                                  + ", ".join(describe(s, model.max_batch_size) for s in model.inputs))
+    ordered = []
+    batch: tuple[str, int] | None = None
+    for spec in model.inputs:
+        if spec.name not in given:
+            raise InvalidArgument(f"missing input {describe(spec, model.max_batch_size)} for model {model.name!r}")
+        tensor = given[spec.name]
+        check_tensor(tensor, spec, model.max_batch_size)
+        if model.max_batch_size > 0:
+            if batch is not None and tensor.shape[0] != batch[1]:
+                raise InvalidArgument(f"input {tensor.name!r} has batch size {tensor.shape[0]} but input "
+                                      f"{batch[0]!r} has {batch[1]}: every input needs the same batch size")
+            batch = (tensor.name, tensor.shape[0])
+        ordered.append(tensor)
+    return ordered
+
+
+def check_tensor(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:
+    """Check one input's datatype, shape, batch size and byte count against its spec."""
+    name = tensor.name
+    if tensor.datatype != spec.datatype:
+        raise InvalidArgument(f"input {name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
+    full = spec.full_shape(max_batch_size)
+    if not fits(tensor.shape, full):
+        raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} does not fit {full} "
+                              "(-1: any size)")
+    if max_batch_size > 0 and tensor.shape[0] > max_batch_size:
+        raise InvalidArgument(f"input {name!r}: batch size {tensor.shape[0]} exceeds the model's "
+                              f"max_batch_size {max_batch_size}")
+    if 0 in tensor.shape:
+        raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} holds no elements")
+    need = DATATYPE_SIZES[tensor.datatype] * math.prod(tensor.shape)
+    if need > MAX_TENSOR_BYTES:
+        raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} needs {need} bytes, more than the "
+                              f"limit of {MAX_TENSOR_BYTES}")
+    if len(tensor.data) != need:
+        raise InvalidArgument(f"input {name!r}: {len(tensor.data)} bytes of data, but shape {list(tensor.shape)} "
+                              f"of {tensor.datatype} needs {need}")
+
+
+def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bool]]:
+    """Return the outputs to compute, each with whether it goes back as binary data.
+
+    FP16 and BF16 outputs asked for as JSON are refused here, before any inference.
+    """
+    specs = {spec.name: spec for spec in model.outputs}
+    default_binary = request.binary_data_output or request.raw is not None
+    if request.outputs:
+        seen: set[str] = set()
+        plan = []
+        for out in request.outputs:
+            if out.name not in specs:
+                raise InvalidArgument(f"model {model.name!r} has no output {out.name!r}; its outputs are "
+                                      + ", ".join(describe(s, model.max_batch_size) for s in model.outputs))
+            if out.name in seen:
+                raise InvalidArgument(f"output {out.name!r} is requested twice")
+            seen.add(out.name)
+            plan.append((out.name, default_binary if out.binary is None else out.binary))
+    else:
+        plan = [(spec.name, default_binary) for spec in model.outputs]
+    for name, binary in plan:
+        if not binary and specs[name].datatype in JSON_UNSUPPORTED:
+            raise InvalidArgument(f"output {name!r} is {specs[name].datatype}, which travels only as binary data: "
+                                  "request it with parameters.binary_data true")
+    return plan
+
+
+def raw_input(request: InferRequest, model: ModelConfig) -> Tensor:
+    """Turn a raw binary request (header length 0) into the single input of ``model``.
+
+    The shape is the input's dims; for a batching model the batch size is what the byte count implies.
+    """
+    data = request.raw if request.raw is not None else b""
+    if len(model.inputs) != 1:
+        raise InvalidArgument(f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
+                              f"input; model {model.name!r} has {len(model.inputs)}")
+    spec = model.inputs[0]
+    if -1 in spec.dims:
+        raise InvalidArgument(f"a raw binary request cannot carry input {describe(spec, model.max_batch_size)}: "
+                              "its shape has variable dims; send a JSON header")
+    row = DATATYPE_SIZES[spec.datatype] * math.prod(spec.dims)
+    if model.max_batch_size > 0:
+        if row == 0 or len(data) % row or not data:
+            raise InvalidArgument(f"raw binary input {spec.name!r}: {len(data)} bytes is not a whole number of "
+                                  f"{spec.datatype} {list(spec.dims)} samples ({row} bytes each)")
+        shape = (len(data) // row, *spec.dims)
+    else:
+        shape = spec.dims
+    tensor = Tensor(spec.name, spec.datatype, shape, data)
+    check_tensor(tensor, spec, model.max_batch_size)
+    return tensor
