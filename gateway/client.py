@@ -69,7 +69,6 @@ class DispatcherClient:
         self.unresponsive_after = unresponsive_after
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._context: tuple[int, zmq.Context[Any]] | None = None
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._ids = itertools.count(1)
         self._status: tuple[float, dict[str, Any] | GatewayError] | None = None
@@ -89,11 +88,9 @@ class DispatcherClient:
                 self._holders.add(holder)
         return holder.socket
 
-    def _ctx(self) -> zmq.Context[Any]:
-        with self._lock:
-            if self._context is None or self._context[0] != os.getpid():
-                self._context = (os.getpid(), zmq.Context())
-            return self._context[1]
+    @staticmethod
+    def _ctx() -> zmq.Context[Any]:
+        return zmq.Context.instance()  # one per process: pyzmq makes a new one in a forked child
 
     def close(self) -> None:
         """Close every socket this process opened (call when no request is running)."""

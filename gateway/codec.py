@@ -5,7 +5,7 @@ Decisions a client may rely on:
 - JSON numbers go through numpy; FP16 and BF16 travel only as binary data, in both directions.
 - Integer and BOOL tensors need JSON integers and booleans; FP32/FP64 take any JSON number. The literals
   ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's json module writes) are accepted for floating-point
-  tensors. A NaN output returned as JSON becomes ``null``: ask for binary outputs to keep it.
+  tensors, and written back the same way in JSON outputs.
 - Nested and flat ``data`` are both accepted when the element count matches the shape; ragged data is not.
 - A body may be gzip or deflate encoded; decoding stops at the body limit (413), so a zip bomb costs nothing.
 """
@@ -301,17 +301,20 @@ def infer_response(model: str, version: str | None, request_id: str | None,
         doc["model_version"] = version
     if request_id is not None:
         doc["id"] = request_id
-    entries, blobs = [], []
+    entries, blobs, finite = [], [], True
     for tensor, binary in outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             blobs.append(tensor.data)
         else:
-            entry["data"] = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype])
+            data = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype])
+            if data.dtype.kind == "f" and finite:
+                finite = bool(np.isfinite(data).all())
+            entry["data"] = data
         entries.append(entry)
     doc["outputs"] = entries
-    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = dumps(doc) if finite else _dumps_non_finite(doc)
     if not blobs:
         return Body(header, "application/json", {})
     return Body(b"".join([header, *blobs]), "application/octet-stream",
@@ -321,3 +324,11 @@ def infer_response(model: str, version: str | None, request_id: str | None,
 def dumps(doc: Any) -> bytes:
     """Serialize a JSON document (numpy arrays allowed)."""
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _dumps_non_finite(doc: Any) -> bytes:
+    """Serialize with the ``NaN`` and ``Infinity`` literals requests may use (orjson would write null)."""
+    def plain(value: Any) -> Any:
+        return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+    return json.dumps(doc, default=plain, separators=(",", ":")).encode()
