@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ import zmq
 from inference_worker import protocol
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
+from inference_worker.security import CurveServer, SecurityError, is_network
 from inference_worker.stats import StatsBook
 
 log = logging.getLogger("torchgate.dispatcher")
@@ -35,6 +37,8 @@ class DispatcherConfig:
     heartbeat_interval: float = 0.5  # seconds between heartbeats to workers
     heartbeat_liveness: int = 8  # missed intervals before a worker is taken out of rotation
     max_message_bytes: int = 1 << 31  # a peer that sends more is disconnected by libzmq
+    curve_secret_key: Path | None = None  # required when an endpoint is TCP
+    curve_authorized: Path | None = None  # folder of public keys allowed to connect over TCP
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> None:
@@ -64,6 +68,11 @@ class Dispatcher:
         self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
         self.next_seq = 1
         self.stopping = False
+        self.curve: CurveServer | None = None
+        if is_network(config.frontend) or is_network(config.backend):
+            if not (config.curve_secret_key and config.curve_authorized):
+                raise SecurityError("a TCP endpoint needs --curve-secret-key and --curve-authorized (see `torchgate keys`)")
+            self.curve = CurveServer(self.context, config.curve_secret_key, config.curve_authorized)
         self.frontend = self._socket(config.frontend)
         self.backend = self._socket(config.backend)
         self.next_heartbeat = 0.0
@@ -76,6 +85,8 @@ class Dispatcher:
         socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 100_000)
+        if self.curve is not None and is_network(endpoint):
+            self.curve.secure(socket)
         bind(socket, endpoint)
         return socket
 
@@ -86,6 +97,8 @@ class Dispatcher:
     def close(self) -> None:
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
+        if self.curve is not None:
+            self.curve.stop()
 
     def serve(self, max_iterations: int | None = None) -> None:
         """Run the loop until stopped (or for ``max_iterations`` rounds)."""
@@ -312,7 +325,11 @@ class Dispatcher:
 
 
 def run_dispatcher(config: DispatcherConfig) -> int:
-    dispatcher = Dispatcher(config)
+    try:
+        dispatcher = Dispatcher(config)
+    except (SecurityError, zmq.ZMQError) as exc:
+        log.error("dispatcher: cannot start: %s", exc)
+        return 2
 
     def stop(signum: int, frame: Any) -> None:
         dispatcher.stopping = True
@@ -331,10 +348,16 @@ def run_dispatcher(config: DispatcherConfig) -> int:
 @click.option("--backend", required=True, envvar="TORCHGATE_BACKEND", help="Endpoint workers connect to.")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
-def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int) -> None:
+@click.option("--curve-secret-key", type=click.Path(path_type=Path), default=None,
+              help="The dispatcher's CURVE secret key file (required for TCP endpoints).")
+@click.option("--curve-authorized", type=click.Path(path_type=Path), default=None,
+              help="Folder of public keys of peers allowed over TCP.")
+def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
+                       curve_secret_key: Path | None, curve_authorized: Path | None) -> None:
     """Route requests between gateways and workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness)))
+    sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness,
+                                             curve_secret_key=curve_secret_key, curve_authorized=curve_authorized)))
 
 
 if __name__ == "__main__":

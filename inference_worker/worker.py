@@ -28,6 +28,7 @@ from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.repository import ConfigError, load_repository
+from inference_worker.security import SecurityError, is_network, secure_client
 from inference_worker.tensors import from_torch, to_torch
 
 log = logging.getLogger("torchgate.worker")
@@ -47,6 +48,8 @@ class WorkerConfig:
     heartbeat_interval: float = 0.5  # seconds between heartbeats
     heartbeat_liveness: int = 8  # missed intervals before the dispatcher is presumed gone
     drain_timeout: float = 30.0  # seconds to wait for the dispatcher's DRAIN acknowledgement
+    curve_secret_key: Path | None = None  # this worker's CURVE secret key (required over TCP)
+    curve_server_key: Path | None = None  # the dispatcher's CURVE public key (required over TCP)
 
 
 def pick_device(explicit: str | None) -> torch.device:
@@ -132,6 +135,10 @@ class Worker:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, f"{self.config.name}/{self.incarnation}".encode())
         self.socket.setsockopt(zmq.LINGER, 2000)
+        if is_network(self.config.dispatcher):
+            if not (self.config.curve_secret_key and self.config.curve_server_key):
+                raise SecurityError("a TCP dispatcher needs --curve-secret-key and --curve-server-key")
+            secure_client(self.socket, self.config.curve_secret_key, self.config.curve_server_key)
         self.socket.connect(self.config.dispatcher)
         self.announce()
 
@@ -322,7 +329,11 @@ def run_worker(config: WorkerConfig) -> int:
     except Exception as exc:
         log.exception("%s: cannot load models: %s", worker.tag, exc)
         return 3
-    worker.connect()
+    try:
+        worker.connect()
+    except SecurityError as exc:
+        log.error("%s: %s", worker.tag, exc)
+        return 2
     try:
         return worker.serve()
     finally:
@@ -341,13 +352,17 @@ def run_worker(config: WorkerConfig) -> int:
 @click.option("--capacity", type=int, default=None, help="Requests in flight; default 2 x the largest max_batch_size.")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
+@click.option("--curve-secret-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher.")
+@click.option("--curve-server-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher.")
 def worker_command(repository: Path, dispatcher: str, name: str, models: tuple[str, ...], device: str | None,
-                   threads: int, capacity: int | None, heartbeat_interval: float, heartbeat_liveness: int) -> None:
+                   threads: int, capacity: int | None, heartbeat_interval: float, heartbeat_liveness: int,
+                   curve_secret_key: Path | None, curve_server_key: Path | None) -> None:
     """Serve models from a repository to the dispatcher."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     config = WorkerConfig(repository=repository, dispatcher=dispatcher, name=name, models=models, device=device,
                           threads=threads or None, capacity=capacity, heartbeat_interval=heartbeat_interval,
-                          heartbeat_liveness=heartbeat_liveness)
+                          heartbeat_liveness=heartbeat_liveness, curve_secret_key=curve_secret_key,
+                          curve_server_key=curve_server_key)
     sys.exit(run_worker(config))
 
 

@@ -1,0 +1,141 @@
+"""Hostile and broken peers: CURVE on TCP, hung workers, and no unpickling of anything received."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from inference_worker import protocol
+from inference_worker.protocol import Kind
+from inference_worker.security import create_keys
+from tests.backend import FAST_HEARTBEAT, Backend, Client, outputs
+from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
+from tests.test_backend_processes import assert_all_match, digits_model, load  # noqa: F401 - fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tcp_backend_admits_only_workers_with_authorized_keys(processes: Processes, zmq_context: zmq.Context,
+                                                              tmp_path: Path) -> None:
+    keys, authorized = tmp_path / "keys", tmp_path / "authorized"
+    authorized.mkdir(mode=0o700)
+    server_public, server_secret = create_keys(keys, "dispatcher")
+    good_public, good_secret = create_keys(keys, "good-worker")
+    _, evil_secret = create_keys(keys / "evil", "evil-worker")
+    (authorized / good_public.name).write_bytes(good_public.read_bytes())
+    frontend, backend = f"ipc://{tmp_path}/frontend.sock", f"tcp://127.0.0.1:{free_port()}"
+
+    refused = processes.python("insecure", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend)
+    assert refused.wait(timeout=60) == 2 and "needs --curve-secret-key" in processes.log("insecure")
+
+    processes.python("dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend,
+                     "--curve-secret-key", str(server_secret), "--curve-authorized", str(authorized), *FAST_HEARTBEAT)
+    common = ["--model-repository", str(DEFAULT_REPOSITORY), "--dispatcher", backend, "--device", "cpu",
+              "--curve-server-key", str(server_public), *FAST_HEARTBEAT]
+    processes.python("evil", "inference_worker.worker", *common, "--name", "evil", "--curve-secret-key", str(evil_secret))
+    processes.python("good", "inference_worker.worker", *common, "--name", "good", "--curve-secret-key", str(good_secret))
+    wait_for(lambda: "good" in ready_workers(zmq_context, frontend), timeout=120, what="the authorized worker")
+    wait_for(lambda: "READY" in processes.log("evil"), timeout=60, what="the evil worker to try")
+
+    # a plain socket without CURVE, pretending to be a worker, is not heard either
+    plain = zmq_context.socket(zmq.DEALER)
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.connect(backend)
+    plain.send_multipart(protocol.encode(Kind.READY, {"worker": "plain", "incarnation": "x", "capacity": 1, "models": []}))
+    client = Client(zmq_context, frontend)
+    try:
+        for _ in range(20):  # every request is served by the only admitted worker
+            reply = client.infer("digits", {"input": np.ones((1, 64), np.float32)})
+            assert reply.get("worker") == "good" and outputs(reply)["output"].shape == (1, 10)
+    finally:
+        client.close()
+        plain.close(linger=0)
+    assert ready_workers(zmq_context, frontend) == {"good"}
+
+
+def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(processes: Processes, zmq_context: zmq.Context,
+                                                                   tmp_path: Path, digits_model) -> None:  # noqa: F811
+    backend = Backend(processes, zmq_context, tmp_path)
+    backend.start_dispatcher()
+    backend.start_worker("w0")
+    hung = backend.start_worker("w1")
+    started = threading.Event()
+    stopper = threading.Thread(target=lambda: started.wait(60) and os.kill(hung.pid, signal.SIGSTOP))
+    stopper.start()
+    try:
+        pairs = load(backend, requests=400, threads=8, during=started)
+        stopper.join(timeout=60)
+        assert_all_match(pairs, digits_model)  # nothing lost: what w1 held was re-sent to w0
+        assert ready_workers(zmq_context, backend.frontend) == {"w0"}
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    wait_for(lambda: ready_workers(zmq_context, backend.frontend) == {"w0", "w1"}, timeout=30,
+             what="the woken worker to register again")
+
+
+UNPICKLERS = {("pickle", "loads"), ("pickle", "load"), ("pickle", "Unpickler"), ("dill", "loads"),
+              ("cloudpickle", "loads"), ("marshal", "loads"), ("shelve", "open")}
+
+
+def test_no_code_path_can_unpickle() -> None:
+    """Statically: no pickle-family loads, every torch.load has weights_only=True, no msgpack ext hooks."""
+    problems = []
+    for path in [*ROOT.glob("gateway/**/*.py"), *ROOT.glob("inference_worker/**/*.py"), *ROOT.glob("deploy/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+                if any(n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal", "shelve", "msgpack_numpy")
+                       for n in names):
+                    problems.append(f"{path}:{node.lineno}: imports {names}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+                if (owner, node.func.attr) in UNPICKLERS:
+                    problems.append(f"{path}:{node.lineno}: {owner}.{node.func.attr}")
+                keywords = {k.arg: k.value for k in node.keywords}
+                if owner == "torch" and node.func.attr == "load":
+                    flag = keywords.get("weights_only")
+                    if not (isinstance(flag, ast.Constant) and flag.value is True):
+                        problems.append(f"{path}:{node.lineno}: torch.load without weights_only=True")
+                if node.func.attr in ("unpackb", "Unpacker") and ("ext_hook" in keywords or "object_hook" in keywords):
+                    problems.append(f"{path}:{node.lineno}: msgpack hook")
+                if node.func.attr == "load" and owner in ("np", "numpy") and "allow_pickle" in keywords:
+                    problems.append(f"{path}:{node.lineno}: numpy allow_pickle")
+    assert problems == []
+
+
+class _Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/torchgate-pwned",))
+
+
+def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) -> None:
+    from inference_worker.backends import LoadError, load_model
+    from inference_worker.repository import load_repository
+    from tests.backend import slow_repository
+
+    repo = slow_repository(tmp_path / "repo")
+    config = (repo / "slow" / "config.toml").read_text().replace('factory = "slow_double:build"',
+                                                                 'factory = "slow_double:build"\nweights = "model.pt"')
+    (repo / "slow" / "config.toml").write_text(config)
+    marker = Path("/tmp/torchgate-pwned")
+    marker.unlink(missing_ok=True)
+    (repo / "slow" / "1" / "model.pt").write_bytes(pickle.dumps({"scale": _Payload()}))
+    model = load_repository(repo)["slow"]
+    import torch
+
+    with pytest.raises(LoadError, match="model.pt"):
+        load_model(model, "1", torch.device("cpu"))
+    assert not marker.exists()
