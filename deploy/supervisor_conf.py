@@ -93,13 +93,13 @@ def render_worker(s: DeploySettings, slot: Slot) -> str:
 
 def gateway_command(s: DeploySettings) -> list[str]:
     return [s.python, "-m", "gunicorn",
+            "--config", "python:gateway.gunicorn_conf",  # logging, keep-alive, backlog; the flags below win
             "--bind", f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
             "--workers", str(s.gateway_processes),
             "--worker-class", "gthread",
             "--threads", str(s.gateway_threads),
             "--graceful-timeout", str(s.gateway_graceful_seconds),
             "--timeout", str(GATEWAY_WORKER_TIMEOUT),
-            "--error-logfile", "-",
             "--name", "torchgate-gateway",
             "gateway.wsgi:app"]
 

@@ -47,7 +47,16 @@ class UnixTransport(xmlrpc.client.Transport):
         self.timeout = timeout
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixHTTPConnection(self.path, self.timeout)
+        self.close()
+        connection = _UnixHTTPConnection(self.path, self.timeout)
+        self._connection = (host, connection)
+        return connection
+
+    def single_request(self, host: Any, handler: Any, request_body: Any, verbose: bool = False) -> Any:
+        try:
+            return super().single_request(host, handler, request_body, verbose)
+        finally:
+            self.close()  # no socket outlives its call
 
 
 class Supervisor:

@@ -1,0 +1,286 @@
+"""`torchgate serve` under real supervisord: scaling, draining and rolling restarts under load; a broken model.
+
+Each test starts `torchgate serve` the way an operator does, in a temporary run directory, waits for readiness
+by polling (never a fixed sleep), drives it with `supervisorctl` and `torchgate`, and always tears it down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from deploy.dispatcher_status import wait_until_ready, worker_statuses
+from deploy.settings import DeploySettings
+from deploy.supervisor_rpc import FATAL, RUNNING, STOPPED, Supervisor
+from tests.conftest import DEFAULT_REPOSITORY, wait_for
+
+BIN = Path(sys.executable).parent
+DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0,
+         0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
+INFER_BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
+COMMAND_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Deployment:
+    """One `torchgate serve` process and the supervisord it runs, torn down whatever happens."""
+
+    def __init__(self, run_dir: Path, *options: str) -> None:
+        self.run_dir = run_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output = open(run_dir.parent / "serve.out", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(BIN / "torchgate"), "serve", "--run-dir", str(run_dir), "--port", str(self.port), *options],
+            stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
+        self.settings: DeploySettings | None = None
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        wait_for(lambda: self.proc.poll() is not None or "torchgate: serving" in self.log(), timeout=timeout,
+                 interval=0.2, what="torchgate serve to print its URL")
+        assert self.proc.poll() is None, self.log()
+        assert requests.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
+
+    def wait_supervisor(self, timeout: float = 60.0) -> None:
+        conf = self.run_dir / "deploy.json"
+        wait_for(lambda: self.proc.poll() is not None or (conf.exists() and self.supervisor.is_up()),
+                 timeout=timeout, interval=0.2, what="supervisord to answer")
+        assert self.proc.poll() is None, self.log()
+
+    @property
+    def s(self) -> DeploySettings:
+        if self.settings is None:
+            self.settings = DeploySettings.load(self.run_dir)
+        return self.settings
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.run_dir / "sockets" / "supervisor.sock", timeout=COMMAND_TIMEOUT)
+
+    def log(self) -> str:
+        self.output.flush()
+        return (self.run_dir.parent / "serve.out").read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        return {name: info["pid"] for name, info in self.supervisor.processes().items() if info["pid"]}
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run supervisorctl against this run directory, as an operator would."""
+        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.run_dir / "supervisord.conf"), *args],
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+
+    def torchgate(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "torchgate"), *args, "--run-dir", str(self.run_dir)],
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+
+    def ready_slots(self) -> set[str]:
+        try:
+            return {name for name, w in worker_statuses(self.s.frontend_endpoint).items() if w.ready}
+        except TimeoutError:
+            return set()
+
+    def stop(self) -> None:
+        """SIGTERM `torchgate serve` (a clean stop); SIGKILL every process group left after a bound."""
+        pids: list[int] = []
+        try:
+            pids = [info["pid"] for info in self.supervisor.processes().values() if info["pid"]]
+        except Exception:
+            pass
+        supervisord = _read_pid(self.run_dir / "supervisord.pid")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in [*pids, *([supervisord] if supervisord else []), self.proc.pid]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.output.close()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Load:
+    """Client threads sending inference requests until stopped; every outcome is recorded."""
+
+    url: str
+    threads: int = 2
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for i in range(self.threads):
+            thread = threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=30)
+        assert not any(t.is_alive() for t in self._workers), "a load thread did not finish"
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(f"{self.url}/v2/models/digits/infer", json=INFER_BODY, timeout=30)
+                    outcome = None if response.status_code == 200 else f"{response.status_code} {response.text[:200]}"
+                except requests.RequestException as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    if outcome is None:
+                        self.ok += 1
+                    else:
+                        self.failures.append(outcome)
+
+    def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` more requests succeeded (so the load really ran across a change)."""
+        target = self.ok + count
+        wait_for(lambda: self.ok >= target or self.failures, timeout=timeout, what=f"{count} more answered requests")
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    # Short, so that socket paths stay far below the 107-byte unix socket limit.
+    base = Path(tempfile.mkdtemp(prefix="tg-"))
+    try:
+        yield base / "run"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment(run_dir: Path) -> Iterator[Deployment]:
+    d = Deployment(run_dir, "--gpus", "none", "--cpu-workers", "2", "--spare-slots", "1", "--worker-threads", "1",
+                   "--worker-startsecs", "2", "--gateway-threads", "4")
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_scale_up_and_down_under_load_fails_no_request(deployment: Deployment) -> None:
+    d = deployment
+    assert d.ready_slots() == {"worker-cpu-0", "worker-cpu-1"}
+    status = d.ctl("status")
+    assert "worker-cpu-2" in status.stdout and "STOPPED" in status.stdout
+    before = d.pids()
+    with Load(d.url) as load:
+        load.wait_for_more(20)
+
+        # Up: start the rendered spare slot. Nothing else restarts.
+        done = d.ctl("start", "worker-cpu-2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_until_ready(d.s.frontend_endpoint, "worker-cpu-2", timeout=60)
+        load.wait_for_more(20)
+
+        # Up beyond the rendered slots: a new program in conf.d, activated alone.
+        done = d.torchgate("add-worker")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "worker-cpu-3: ready" in done.stdout
+        assert (d.run_dir / "conf.d" / "worker-cpu-3.conf").is_file()
+        load.wait_for_more(20)
+        after_up = d.pids()
+        assert {n: after_up[n] for n in before} == before, "scaling up restarted a running process"
+        assert d.ready_slots() == {"worker-cpu-0", "worker-cpu-1", "worker-cpu-2", "worker-cpu-3"}
+
+        # Down: stop (drain) a rendered slot and remove the added one, under load.
+        done = d.ctl("stop", "worker-cpu-0")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert d.supervisor.info("worker-cpu-0")["statename"] == STOPPED
+        assert d.supervisor.info("worker-cpu-0")["exitstatus"] == 0  # drained, not killed
+        done = d.torchgate("remove-worker", "worker-cpu-3")
+        assert done.returncode == 0, done.stdout + done.stderr
+        load.wait_for_more(40)
+    assert load.failures == [], load.failures[:5]
+    assert d.ready_slots() == {"worker-cpu-1", "worker-cpu-2"}
+    after = d.pids()
+    assert "worker-cpu-3" not in d.supervisor.processes()
+    for name in ("dispatcher", "gateway", "worker-cpu-1"):
+        assert after[name] == before[name], f"{name} restarted"
+
+
+def test_rolling_restart_under_load_fails_no_request(deployment: Deployment) -> None:
+    d = deployment
+    before = d.pids()
+    with Load(d.url) as load:
+        load.wait_for_more(20)
+        done = d.torchgate("rolling-restart")
+        assert done.returncode == 0, done.stdout + done.stderr
+        load.wait_for_more(20)
+    assert load.failures == [], load.failures[:5]
+    assert "restarted 2 slots: worker-cpu-0 worker-cpu-1" in done.stdout
+    after = d.pids()
+    for name in ("worker-cpu-0", "worker-cpu-1"):
+        assert after[name] != before[name], f"{name} was not restarted"
+    for name in ("dispatcher", "gateway"):
+        assert after[name] == before[name], f"{name} restarted"
+    assert "worker-cpu-2" not in after  # the stopped spare stays stopped
+    statuses = worker_statuses(d.s.frontend_endpoint)
+    assert {n for n, w in statuses.items() if w.ready} == {"worker-cpu-0", "worker-cpu-1"}
+    assert {statuses[n].pid for n in ("worker-cpu-0", "worker-cpu-1")} == {after["worker-cpu-0"], after["worker-cpu-1"]}
+
+
+def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_dir: Path) -> None:
+    repository = run_dir.parent / "broken"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    (repository / "digits" / "1" / "model.pt2").write_bytes(b"not a model")
+    d = Deployment(run_dir, "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "1",
+                   "--worker-startsecs", "8", "--worker-startretries", "1", "--ready-timeout", "60")
+    try:
+        d.wait_supervisor()
+        sup = d.supervisor
+        info = sup.wait_for_state("worker-cpu-0", {FATAL, RUNNING}, timeout=90)
+        assert info["statename"] == FATAL, info
+        log = (run_dir / "logs" / "worker-cpu-0.log").read_text()
+        assert "cannot load" in log and "model.pt2" in log
+        assert sup.info("gateway")["statename"] == RUNNING and sup.info("dispatcher")["statename"] == RUNNING
+        wait_for(lambda: "worker-cpu-0 is FATAL" in d.log(), timeout=30, what="serve to report the FATAL slot")
+        assert requests.get(f"{d.url}/v2/health/ready", timeout=5).status_code != 200
+        started = time.monotonic()
+        response = requests.post(f"{d.url}/v2/models/digits/infer", json=INFER_BODY, timeout=30)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert "error" in response.json()
+        assert elapsed < 5.0, f"a request with no worker to serve it took {elapsed:.1f} s"
+    finally:
+        d.stop()
+    assert d.proc.returncode is not None
