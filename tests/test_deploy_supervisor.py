@@ -31,7 +31,7 @@ from tests.conftest import DEFAULT_REPOSITORY, wait_for
 BIN = Path(sys.executable).parent
 DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0,
          0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
-INFER_BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
+INFER_BODY: dict[str, Any] = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
 COMMAND_TIMEOUT = 120.0
 
 
