@@ -19,7 +19,7 @@ import click
 import msgpack
 import zmq
 
-from inference_worker import protocol
+from inference_worker import logs, protocol
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
 from inference_worker.security import CurveServer, SecurityError, is_network
@@ -219,6 +219,8 @@ class Dispatcher:
             stats = message.get("stats")
             if isinstance(stats, list):
                 self.stats.report(worker.name, worker.incarnation, stats)
+            memory = message.get("device_memory")
+            worker.device_memory = memory if isinstance(memory, dict) else None
         elif message.kind is Kind.DRAIN:
             worker.draining = True
             log.info("dispatcher: worker %s draining (%d in flight)", worker.name, len(worker.in_flight))
@@ -355,7 +357,7 @@ def run_dispatcher(config: DispatcherConfig) -> int:
 def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
                        curve_secret_key: Path | None, curve_authorized: Path | None) -> None:
     """Route requests between gateways and workers."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure()
     sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness,
                                              curve_secret_key=curve_secret_key, curve_authorized=curve_authorized)))
 

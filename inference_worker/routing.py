@@ -59,6 +59,7 @@ class WorkerState:
     device: str = "cpu"
     pid: int = 0
     draining: bool = False
+    device_memory: dict[str, Any] | None = None  # GPU workers: used and reserved bytes, from heartbeats
     in_flight: dict[int, Request] = field(default_factory=dict)
 
     @property
@@ -70,6 +71,7 @@ class WorkerState:
             "worker": self.name, "incarnation": self.incarnation, "device": self.device, "pid": self.pid,
             "state": "DRAINING" if self.draining else "READY", "capacity": self.capacity,
             "in_flight": len(self.in_flight), "models": [f"{m}/{v}" for m, v in self.signatures],
+            "device_memory": self.device_memory,
         }
 
 

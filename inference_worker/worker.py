@@ -22,7 +22,7 @@ import click
 import torch
 import zmq
 
-from inference_worker import protocol
+from inference_worker import logs, protocol
 from inference_worker.backends import LoadError, load_model
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
@@ -294,7 +294,11 @@ class Worker:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.config.heartbeat_interval
             stats = [{"model": m, "version": v, **s.to_wire()} for (m, v), s in self.stats.items()]
-            self._send(protocol.encode(Kind.HEARTBEAT, {"incarnation": self.incarnation, "stats": stats}))
+            fields: dict[str, Any] = {"incarnation": self.incarnation, "stats": stats}
+            if self.device.type == "cuda":
+                fields["device_memory"] = {"used_bytes": torch.cuda.memory_allocated(self.device),
+                                           "reserved_bytes": torch.cuda.memory_reserved(self.device)}
+            self._send(protocol.encode(Kind.HEARTBEAT, fields))
         silent = now - self.last_seen
         if not self.drain_started and silent > self.config.heartbeat_interval * self.config.heartbeat_liveness:
             log.warning("%s: no word from the dispatcher for %.1fs; reconnecting", self.tag, silent)
@@ -358,7 +362,7 @@ def worker_command(repository: Path, dispatcher: str, name: str, models: tuple[s
                    threads: int, capacity: int | None, heartbeat_interval: float, heartbeat_liveness: int,
                    curve_secret_key: Path | None, curve_server_key: Path | None) -> None:
     """Serve models from a repository to the dispatcher."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure()
     config = WorkerConfig(repository=repository, dispatcher=dispatcher, name=name, models=models, device=device,
                           threads=threads or None, capacity=capacity, heartbeat_interval=heartbeat_interval,
                           heartbeat_liveness=heartbeat_liveness, curve_secret_key=curve_secret_key,
