@@ -142,7 +142,8 @@ def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
     """Return the code and a short message for a failed batch: no traceback, no file paths."""
     if isinstance(exc, RequestError):
         return exc.code, str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return ErrorCode.RESOURCE_EXHAUSTED, "out of memory while running the model"
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return ErrorCode.INTERNAL, f"model raised {type(exc).__name__}: {_PATH.sub('<path>', first_line)[:200]}"

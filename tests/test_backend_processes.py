@@ -167,7 +167,13 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Ba
         answers = [client.receive(i) for i in ids]
         assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
         assert answers[1].get("code") == ErrorCode.INTERNAL and "ValueError" in answers[1].get("message")
-        wait_for(lambda: _successes(backend) == before + 2, timeout=10, what="stats to count two more successes")
+        # an out-of-memory error fails only its own request, and the worker stays up
+        ids = [client.send("slow", {"x": good}), client.send("slow", {"x": good * 1e38}), client.send("slow", {"x": good})]
+        answers = [client.receive(i) for i in ids]
+        assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
+        assert answers[1].get("code") == ErrorCode.RESOURCE_EXHAUSTED
+        assert backend.workers["w0"].poll() is None
+        wait_for(lambda: _successes(backend) == before + 4, timeout=10, what="stats to count four more successes")
     finally:
         client.close()
 

@@ -16,6 +16,8 @@ class SlowDouble(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x < 0).any()):
             raise ValueError("negative input")  # lets a test make one request of a batch fail
+        if bool((x > 1e30).any()):
+            torch.empty(1 << 50, dtype=torch.uint8)  # a real allocation failure: 1 PiB
         time.sleep(self.seconds)
         return x * self.scale
 
