@@ -1,0 +1,156 @@
+"""The gateway's DispatcherClient against a real dispatcher and real CPU workers.
+
+Threads, fork, stale answers, deadlines, a dispatcher restart and a dispatcher that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from gateway.client import DispatcherClient, InferReply
+from gateway.codec import Tensor
+from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+from tests.backend import Backend, slow_repository
+from tests.conftest import Processes, ready_workers, wait_for
+
+SLOW_SECONDS = 0.6
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """A dispatcher and one worker serving `slow` (doubles FP32 [-1, 4] after SLOW_SECONDS)."""
+    root = tmp_path_factory.mktemp("client")
+    run_dir = root / "run"
+    run_dir.mkdir(mode=0o700)
+    processes = Processes(root)
+    context = zmq.Context()
+    backend = Backend(processes, context, run_dir, slow_repository(root / "repo", seconds=SLOW_SECONDS,
+                                                                    max_queue_size=64, max_batch_size=8))
+    try:
+        backend.start_dispatcher()
+        backend.start_worker("w0")
+        yield backend
+    finally:
+        processes.kill_all()
+        context.destroy(linger=0)
+
+
+@pytest.fixture
+def client(backend: Backend) -> Iterator[DispatcherClient]:
+    client = DispatcherClient(backend.frontend, status_ttl=0.2, status_timeout=1.0, poll_interval=0.2,
+                              unresponsive_after=5.0)
+    yield client
+    client.close()
+
+
+def x_tensor(values: list[float]) -> Tensor:
+    x = np.array([values], dtype=np.float32)
+    return Tensor("x", "FP32", x.shape, x.tobytes())
+
+
+def doubled(reply: InferReply) -> list[float]:
+    (y,) = reply.outputs
+    assert y.name == "y" and y.datatype == "FP32"
+    return np.frombuffer(y.data, np.float32).reshape(y.shape)[0].tolist()
+
+
+def test_infer_and_status(client: DispatcherClient) -> None:
+    reply = client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30, "r1")
+    assert doubled(reply) == [2, 4, 6, 8] and reply.version == "1" and reply.worker == "w0"
+    status = client.status()
+    assert status["models"]["slow"]["1"]["ready"] == 1
+    assert client.status() is status  # reused within the TTL
+
+
+def test_many_threads_each_get_their_own_answer(client: DispatcherClient) -> None:
+    def one(i: int) -> list[float]:
+        return doubled(client.infer("slow", None, [x_tensor([i, i + 1, i + 2, i + 3])], [], time.time() + 60))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(24)))
+    assert results == [[2 * i, 2 * i + 2, 2 * i + 4, 2 * i + 6] for i in range(24)]
+
+
+def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherClient) -> None:
+    with pytest.raises(DeadlineExceeded):
+        client.infer("slow", None, [x_tensor([1, 1, 1, 1])], [], time.time() + SLOW_SECONDS / 4)
+    # the same thread (and socket) asks again while the late answer to [1, 1, 1, 1] is still coming
+    assert doubled(client.infer("slow", None, [x_tensor([5, 6, 7, 8])], [], time.time() + 30)) == [10, 12, 14, 16]
+
+
+def test_errors_come_back_with_their_code(client: DispatcherClient) -> None:
+    with pytest.raises(GatewayError) as info:
+        client.infer("slow", "9", [x_tensor([1, 2, 3, 4])], [], time.time() + 30)
+    assert info.value.status == 503  # no worker serves version 9
+    with pytest.raises(GatewayError) as info:
+        client.infer("slow", None, [x_tensor([-1, 2, 3, 4])], [], time.time() + 30)
+    assert info.value.status in (400, 500) and "negative input" in info.value.message
+    assert "Traceback" not in info.value.message and "\n" not in info.value.message
+
+
+def _infer_in_child(client: DispatcherClient, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    try:
+        queue.put(doubled(client.infer("slow", None, [x_tensor([3, 3, 3, 3])], [], time.time() + 30)))
+    except Exception as exc:  # the parent reports it
+        queue.put(repr(exc))
+
+
+def test_a_forked_child_uses_its_own_socket(client: DispatcherClient) -> None:
+    assert doubled(client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30)) == [2, 4, 6, 8]
+    fork = multiprocessing.get_context("fork")
+    queue = fork.Queue()
+    child = fork.Process(target=_infer_in_child, args=(client, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == [6, 6, 6, 6]
+    finally:
+        child.join(timeout=30)
+        queue.close()
+        queue.join_thread()
+    assert child.exitcode == 0
+    assert doubled(client.infer("slow", None, [x_tensor([4, 3, 2, 1])], [], time.time() + 30)) == [8, 6, 4, 2]
+
+
+def test_nobody_listening_is_a_quick_503(tmp_path: Path) -> None:
+    client = DispatcherClient(f"ipc://{tmp_path}/nobody.sock", status_timeout=0.3, poll_interval=0.1,
+                              unresponsive_after=0.5)
+    try:
+        with pytest.raises(Unavailable):
+            client.status()
+        with pytest.raises(Unavailable):
+            client.status()  # the failure is cached for the TTL too
+        with pytest.raises(Unavailable, match="has not answered"):
+            client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 60)
+    finally:
+        client.close()
+
+
+def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(backend: Backend, client: DispatcherClient,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Kill -9 the dispatcher while a request computes; the new one does not know it, so it is sent again."""
+    caplog.set_level(logging.INFO, logger="torchgate.gateway")
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.infer, "slow", None, [x_tensor([9, 8, 7, 6])], [], time.time() + 60)
+        wait_for(lambda: any(w["in_flight"] for w in client.status()["workers"]), timeout=30, interval=0.01,
+                 what="the request in flight on the worker")
+        backend.dispatcher.kill()
+        backend.dispatcher.wait(timeout=10)
+        backend.start_dispatcher()
+        try:
+            assert doubled(future.result(timeout=90)) == [18, 16, 14, 12]
+        except GatewayError as exc:  # sent again before the worker re-registered with the new dispatcher
+            assert exc.status == 503, exc.message  # a clear 503, not a hang or a 500
+    assert "unknown to the dispatcher; sending it again" in caplog.text
+    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0"}, timeout=30,
+             what="the worker re-registered")
+    # service is back without help, on the same sockets
+    assert doubled(client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30)) == [2, 4, 6, 8]
