@@ -20,6 +20,7 @@ keepalive = 5
 backlog = 2048
 preload_app = False  # each process builds its app (and its ZeroMQ sockets) after the fork
 daemon = False  # supervisord and tests manage the process
+control_socket_disable = True  # gunicorn 23+ would share one ~/.gunicorn/gunicorn.ctl between every instance
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
