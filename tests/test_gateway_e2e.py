@@ -1,0 +1,364 @@
+"""End to end, as a user runs it: gunicorn serving the gateway, a dispatcher and two CPU workers.
+
+Clients are the real ``tritonclient.http`` (unchanged) and ``requests`` (curl-style JSON).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.backend import FAST_HEARTBEAT, slow_repository
+from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes
+
+HALF_MODEL = '''
+import torch
+
+
+class HalfOps(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor):
+        return x * self.scale, (x * self.scale).to(torch.bfloat16), x.float().sum(dim=1, keepdim=True)
+
+
+def build() -> torch.nn.Module:
+    return HalfOps()
+'''
+
+HALF_CONFIG = '''
+name = "half"
+backend = "python"
+factory = "half_ops:build"
+max_batch_size = 8
+[[input]]
+name = "x"
+datatype = "FP16"
+dims = [4]
+[[output]]
+name = "y"
+datatype = "FP16"
+dims = [4]
+[[output]]
+name = "z"
+datatype = "BF16"
+dims = [4]
+[[output]]
+name = "s"
+datatype = "FP32"
+dims = [1]
+'''
+
+
+def write_repository(root: Path) -> Path:
+    """digits (the default model), half (FP16 in; FP16, BF16 and FP32 out) and slow (sleeps, then doubles)."""
+    from safetensors.torch import save_file
+
+    slow_repository(root, seconds=0.3, max_queue_size=64, max_batch_size=4)
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", root / "digits")
+    half = root / "half"
+    (half / "1").mkdir(parents=True)
+    (half / "half_ops.py").write_text(HALF_MODEL)
+    (half / "config.toml").write_text(HALF_CONFIG)
+    save_file({"scale": torch.tensor(2.0, dtype=torch.float16)}, str(half / "1" / "model.safetensors"))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str  # host:port, as tritonclient wants it
+    processes: Processes
+    started: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.url}"
+
+    def client(self) -> httpclient.InferenceServerClient:
+        return httpclient.InferenceServerClient(self.url, connection_timeout=30, network_timeout=60)
+
+
+def wait_ready(server: Server, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if requests.get(f"{server.http}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        for name, proc in server.started.items():
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode}:\n{server.processes.log(name)[-3000:]}")
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {n}\n{server.processes.log(n)[-2000:]}" for n in ("dispatcher", "w0", "w1", "gateway"))
+    pytest.fail(f"server not ready after {timeout}s\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("e2e")
+    run = root / "run"
+    run.mkdir(mode=0o700)
+    repository = write_repository(root / "repo")
+    processes = Processes(root)
+    frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
+    port = free_port()
+    server = Server(f"127.0.0.1:{port}", processes)
+    try:
+        by_name = server.started
+        by_name["dispatcher"] = processes.python(
+            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend, *FAST_HEARTBEAT)
+        for name in ("w0", "w1"):
+            by_name[name] = processes.python(
+                name, "inference_worker.worker", "--model-repository", str(repository), "--dispatcher", backend,
+                "--name", name, "--device", "cpu", "--threads", "1", *FAST_HEARTBEAT)
+        env = {"TORCHGATE_BIND": f"127.0.0.1:{port}", "TORCHGATE_DISPATCHER": frontend,
+               "TORCHGATE_MODEL_REPOSITORY": str(repository), "TORCHGATE_GATEWAY_PROCESSES": "2",
+               "TORCHGATE_GATEWAY_THREADS": "8"}
+        by_name["gateway"] = processes.start(
+            "gateway", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gateway" / "gunicorn_conf.py"),
+                        "gateway.wsgi:app"], env=env)
+        wait_ready(server, timeout=240)
+        yield server
+    finally:
+        processes.kill_all()
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.nn.Module:
+    return torch.export.load(str(DEFAULT_REPOSITORY / "digits" / "1" / "model.pt2")).module()
+
+
+def reference(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def digits_batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 17, size=(n, 64)).astype(np.float32)
+
+
+# -- tritonclient ------------------------------------------------------------------------------------
+
+
+def test_tritonclient_health_metadata_and_config(server: Server) -> None:
+    with server.client() as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("digits") and client.is_model_ready("half", "1")
+        assert not client.is_model_ready("digits", "2")  # no such version
+        meta = client.get_model_metadata("digits")
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+        assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+        config = client.get_model_config("half")
+        assert config["max_batch_size"] == 8
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [
+            ("y", "TYPE_FP16", [4]), ("z", "TYPE_BF16", [4]), ("s", "TYPE_FP32", [1])]
+        assert client.get_server_metadata()["name"] == "torchgate"
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_metadata("nope")
+        assert info.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary_in, binary_out", [(True, True), (False, False), (True, False), (False, True)])
+def test_tritonclient_infer_digits(server: Server, digits: torch.nn.Module, binary_in: bool,
+                                   binary_out: bool) -> None:
+    x = digits_batch(5, seed=int(binary_in) * 2 + int(binary_out))
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    with server.client() as client:
+        result = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("output", binary_data=binary_out)],
+                              request_id="req-7")
+    np.testing.assert_allclose(result.as_numpy("output"), reference(digits, x), rtol=1e-4, atol=1e-4)
+    response = result.get_response()
+    assert response["id"] == "req-7" and response["model_name"] == "digits" and response["model_version"] == "1"
+    assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) == binary_out
+
+
+def test_tritonclient_default_outputs_and_gzip(server: Server, digits: torch.nn.Module) -> None:
+    x = digits_batch(3, seed=11)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with server.client() as client:
+        plain = client.infer("digits", [inp])  # no outputs named: the client asks binary_data_output
+        zipped = client.infer("digits", [inp], request_compression_algorithm="gzip")
+        deflated = client.infer("digits", [inp], request_compression_algorithm="deflate", model_version="1")
+    want = reference(digits, x)
+    for result in (plain, zipped, deflated):
+        np.testing.assert_allclose(result.as_numpy("output"), want, rtol=1e-4, atol=1e-4)
+
+
+def test_tritonclient_fp16_model(server: Server) -> None:
+    x = np.array([[0.5, -1.0, 2.25, 3.0], [1.0, 2.0, 3.0, 4.0]], dtype=np.float16)
+    inp = httpclient.InferInput("x", list(x.shape), "FP16")
+    inp.set_data_from_numpy(x)
+    with server.client() as client:
+        result = client.infer("half", [inp])
+        assert result.as_numpy("y").dtype == np.float16
+        np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+        np.testing.assert_array_equal(result.as_numpy("z"), (x * 2).astype(np.float32))
+        np.testing.assert_allclose(result.as_numpy("s"), x.astype(np.float32).sum(axis=1, keepdims=True))
+        mixed = client.infer("half", [inp], outputs=[httpclient.InferRequestedOutput("s", binary_data=False),
+                                                     httpclient.InferRequestedOutput("y", binary_data=True)])
+        np.testing.assert_allclose(mixed.as_numpy("s"), [[4.75], [10.0]])
+        assert mixed.as_numpy("z") is None
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("half", [inp], outputs=[httpclient.InferRequestedOutput("y", binary_data=False)])
+        assert info.value.status() == "400" and "binary" in info.value.message()
+        json_in = httpclient.InferInput("x", list(x.shape), "FP16")
+        json_in.set_data_from_numpy(x, binary_data=False)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("half", [json_in])
+        assert info.value.status() == "400" and "FP16" in info.value.message()
+
+
+def test_tritonclient_sees_errors_as_json(server: Server) -> None:
+    x = digits_batch(2)[:, :60]
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with server.client() as client:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("digits", [inp])
+        assert info.value.status() == "400" and "[-1, 64]" in info.value.message()
+        slow = httpclient.InferInput("x", [1, 4], "FP32")
+        slow.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow", [slow], timeout=20_000)  # 20 ms for a model that takes 300 ms
+        assert info.value.status() == "504"
+        slow.set_data_from_numpy(-np.ones((1, 4), np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow", [slow])
+        assert info.value.status() in ("400", "500") and "negative input" in info.value.message()
+        assert "Traceback" not in info.value.message() and "/" not in info.value.message()
+
+
+# -- requests: the seed's contract, raw binary, ids, stats ------------------------------------------
+
+
+def test_predict_like_the_seed(server: Server, digits: torch.nn.Module) -> None:
+    x = digits_batch(4, seed=5)
+    one = requests.post(f"{server.http}/predict", json={"input": x[0].tolist(), "model": "digits"}, timeout=60)
+    assert one.status_code == 200, one.text
+    np.testing.assert_allclose(one.json()["output"], reference(digits, x[:1])[0], rtol=1e-4, atol=1e-4)
+    many = requests.post(f"{server.http}/predict", data=json.dumps({"input": x.tolist(), "model": "digits"}),
+                         headers={"Content-Type": "application/json"}, timeout=60)
+    np.testing.assert_allclose(many.json()["output"], reference(digits, x), rtol=1e-4, atol=1e-4)
+    bad = requests.post(f"{server.http}/predict", json={"input": [1, 2], "model": "digits"}, timeout=60)
+    assert bad.status_code == 400 and "expects one sample shaped [64]" in bad.json()["error"]
+    ambiguous = requests.post(f"{server.http}/predict", json={"input": x[0].tolist()}, timeout=60)
+    assert ambiguous.status_code == 400 and "name a \"model\"" in ambiguous.json()["error"]
+    half = requests.post(f"{server.http}/predict", json={"input": [1, 2, 3, 4.5], "model": "half"}, timeout=60)
+    assert half.status_code == 200 and half.json()["output"] == {"y": [2, 4, 6, 9], "z": [2, 4, 6, 9], "s": [10.5]}
+
+
+def test_raw_binary_request_and_request_ids(server: Server, digits: torch.nn.Module) -> None:
+    x = digits_batch(2, seed=9)
+    response = requests.post(f"{server.http}/v2/models/digits/infer", data=x.tobytes(),
+                             headers={"Inference-Header-Content-Length": "0", "X-Request-ID": "trace-1"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Request-ID"] == "trace-1"
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    length = int(response.headers["Inference-Header-Content-Length"])
+    header = json.loads(response.content[:length])
+    assert header["id"] == "trace-1" and header["outputs"][0]["shape"] == [2, 10]
+    got = np.frombuffer(response.content[length:], np.float32).reshape(2, 10)
+    np.testing.assert_allclose(got, reference(digits, x), rtol=1e-4, atol=1e-4)
+
+
+def test_gzip_bomb_over_http_is_413(server: Server) -> None:
+    bomb = gzip.compress(b" " * (80 << 20))
+    response = requests.post(f"{server.http}/v2/models/digits/infer", data=bomb,
+                             headers={"Content-Encoding": "gzip"}, timeout=60)
+    assert response.status_code == 413 and "error" in response.json()
+
+
+def test_concurrent_clients_across_gateway_processes(server: Server, digits: torch.nn.Module) -> None:
+    inputs = [digits_batch(1 + i % 3, seed=100 + i) for i in range(96)]
+
+    def one(x: np.ndarray) -> np.ndarray:
+        with requests.Session() as session:
+            r = session.post(f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60)
+            assert r.status_code == 200, r.text
+            return np.asarray(r.json()["output"], np.float32)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, inputs))
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got, reference(digits, x), rtol=1e-4, atol=1e-4)
+
+
+def test_stats_count_what_was_served(server: Server) -> None:
+    x = digits_batch(2, seed=3)
+    before = requests.get(f"{server.http}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
+    for _ in range(5):
+        r = requests.post(f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60)
+        assert r.status_code == 200, r.text
+    end = time.monotonic() + 30
+    while True:  # workers report counters with their heartbeats
+        stats = requests.get(f"{server.http}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
+        if stats["inference_count"] >= before["inference_count"] + 10:
+            break
+        assert time.monotonic() < end, stats
+        time.sleep(0.2)
+    assert stats["name"] == "digits" and stats["version"] == "1"
+    assert stats["inference_stats"]["success"]["count"] >= before["inference_stats"]["success"]["count"] + 5
+    every = requests.get(f"{server.http}/v2/models/stats", timeout=30).json()["model_stats"]
+    assert {(s["name"], s["version"]) for s in every} == {("digits", "1"), ("half", "1"), ("slow", "1")}
+    index = requests.post(f"{server.http}/v2/repository/index", timeout=30).json()
+    assert {(e["name"], e["state"]) for e in index} == {("digits", "READY"), ("half", "READY"), ("slow", "READY")}
+
+
+def test_digits_accuracy_through_the_http_api(server: Server) -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    _, x_test, _, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=0)
+    x_test = x_test.astype(np.float32)
+    predictions = []
+    with server.client() as client:
+        for start in range(0, len(x_test), 64):
+            batch = x_test[start:start + 64]
+            inp = httpclient.InferInput("input", list(batch.shape), "FP32")
+            inp.set_data_from_numpy(batch)
+            predictions.append(client.infer("digits", [inp]).as_numpy("output").argmax(axis=1))
+    accuracy = float((np.concatenate(predictions) == y_test).mean())
+    assert accuracy >= 0.95, accuracy
+
+
+def test_no_torch_in_gateway_processes(server: Server) -> None:
+    gateway = server.started["gateway"]
+    pids = [gateway.pid, *(int(p) for p in _children(gateway.pid))]
+    assert len(pids) == 3  # the gunicorn arbiter and its two gateway processes
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps and "/torch/" not in maps, pid
+
+
+def _children(pid: int) -> list[str]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return path.read_text().split() if path.exists() else []
+
