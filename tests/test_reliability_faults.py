@@ -1,0 +1,130 @@
+"""Faults under load, at the HTTP level, with `torchgate serve` running everything under supervisord.
+
+One deployment (two CPU workers, one gunicorn with two processes) is shared by the module; each test first waits
+until every process is back and ready, kills one with SIGKILL while clients keep sending, and checks what the
+clients saw and that supervisord (or gunicorn's arbiter) brought the process back with no manual step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from deploy.supervisor_rpc import RUNNING
+from tests.conftest import dispatcher_status, wait_for
+from tests.stack import HttpLoad, children, copy_digits, slow_body, write_slow_model
+from tests.test_deploy_supervisor import Deployment
+
+SLOTS = {"worker-cpu-0", "worker-cpu-1"}
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    base = Path(tempfile.mkdtemp(prefix="tg-"))
+    repository = base / "repo"
+    copy_digits(repository)
+    write_slow_model(repository, seconds=0.1, max_batch_size=4, max_queue_size=64)
+    d = Deployment(base / "run", "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2",
+                   "--worker-threads", "1", "--worker-startsecs", "2", "--gateway-processes", "2",
+                   "--gateway-threads", "4")
+    try:
+        d.wait_ready(timeout=120)
+        yield d
+    finally:
+        d.stop()
+        import shutil
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def healthy(deployment: Deployment) -> Deployment:
+    """The deployment with every program RUNNING, both workers ready and both gateway processes up."""
+    d = deployment
+    wait_for(lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()), timeout=60,
+             what="every program RUNNING")
+    wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="both workers ready")
+    wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
+    return d
+
+
+def dispatcher_counters(d: Deployment) -> dict[str, int]:
+    with zmq.Context() as context:
+        status = dispatcher_status(context, d.s.frontend_endpoint)
+    assert status is not None
+    return dict(status["dispatcher"])
+
+
+def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Deployment) -> None:
+    d = healthy
+    before = d.pids()
+    resent_before = dispatcher_counters(d)["resent"]
+    with HttpLoad(d.url, body=slow_body(rows=2), path="/v2/models/slow/infer", threads=6) as load:
+        load.wait_for_more(20)
+        os.kill(before["worker-cpu-0"], signal.SIGKILL)  # the slow model sleeps 0.1 s of every batch
+        wait_for(lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]), timeout=30,
+                 what="supervisord to restart worker-cpu-0")
+        wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="the restarted worker ready")
+        load.wait_for_more(40)
+    assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
+    assert dispatcher_counters(d)["resent"] > resent_before, "nothing was in flight on the killed worker"
+    assert d.pids()["dispatcher"] == before["dispatcher"] and d.pids()["gateway"] == before["gateway"]
+
+
+def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Deployment) -> None:
+    d = healthy
+    before = d.pids()
+    with HttpLoad(d.url, threads=4) as load:
+        load.wait_for_more(20)
+        killed_at = time.monotonic()
+        os.kill(before["dispatcher"], signal.SIGKILL)
+        wait_for(lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]), timeout=30,
+                 what="supervisord to restart the dispatcher")
+        load.wait_for_more(40, timeout=30)
+        back = min(t for t, o in load.snapshot() if o.status == 200 and t > killed_at)
+        wait_for(lambda: d.ready_slots() == SLOTS, timeout=30, what="both workers registered again")
+    for failure in load.failures():  # nothing unclear: a 503 the client may retry, with Retry-After
+        assert failure.status == 503 and failure.headers.get("Retry-After"), failure.describe()
+        assert '"error"' in failure.body
+    assert back - killed_at < 20, f"service took {back - killed_at:.1f}s to come back"
+    after = d.pids()
+    for name in ("gateway", *SLOTS):
+        assert after[name] == before[name], f"{name} restarted"
+
+
+def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Deployment) -> None:
+    d = healthy
+    master = d.pids()["gateway"]
+    victim, survivor = sorted(children(master))
+    with HttpLoad(d.url, threads=4) as load:
+        load.wait_for_more(20)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(children(master)) == 2 and victim not in children(master), timeout=30,
+                 what="gunicorn to replace the killed process")
+        load.wait_for_more(40)
+    # Only a request on a connection of the killed process can fail, and only at the transport level.
+    assert len(load.failures()) <= load.threads, [o.describe() for o in load.failures()]
+    assert all(o.status == 0 for o in load.failures()), [o.describe() for o in load.failures()]
+    assert survivor in children(master) and d.pids()["gateway"] == master
+
+
+def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy: Deployment) -> None:
+    d = healthy
+    master = d.pids()["gateway"]
+    with HttpLoad(d.url, threads=2, timeout=10) as load:
+        load.wait_for_more(10)
+        killed_at = time.monotonic()
+        os.kill(master, signal.SIGKILL)
+        wait_for(lambda: d.pids().get("gateway") not in (None, master), timeout=30,
+                 what="supervisord to restart the gateway")
+        wait_for(lambda: any(t > killed_at and o.status == 200 for t, o in load.snapshot()), timeout=40,
+                 what="the gateway to answer again")
+        load.wait_for_more(20)
+    assert all(o.status in (0, 503) for o in load.failures()), [o.describe() for o in load.failures()[:5]]
+    wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=30, what="two gateway processes again")
