@@ -1,0 +1,127 @@
+"""Process life cycle for the systems under test: launch in their own session, poll readiness, kill the tree."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+POLL_INTERVAL_S = 0.2
+
+
+class StartError(RuntimeError):
+    """A system did not come up; the message points at its log."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 5.0) -> int:
+    """Return the HTTP status of one request, or 0 when nothing answered."""
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0
+
+
+@dataclass
+class Launched:
+    """A system's root process, where it logs, and every process seen in its tree (for the final kill)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tree(self) -> list[psutil.Process]:
+        """Return the root and its live descendants, remembering them for :meth:`stop`."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+        return procs
+
+    def rss_bytes(self) -> int:
+        """Return the total resident memory of the process tree."""
+        total = 0
+        for p in self.tree():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 20.0, stop_signal: int = signal.SIGTERM) -> None:
+        """Signal the root (and its process group), wait up to ``grace_s``, then SIGKILL every process seen."""
+        self.tree()
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, stop_signal)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                if p.is_running():
+                    p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+def launch(name: str, cmd: list[str], log_path: Path, url: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> Launched:
+    """Start ``cmd`` in a new session (its own process group), output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=full_env, cwd=cwd, start_new_session=True)
+    return Launched(name, proc, log_path, url)
+
+
+def wait_ready(launched: Launched, ready: Callable[[], bool], timeout_s: float) -> float:
+    """Poll ``ready`` until it holds; fail early if the root exits. Return the seconds it took."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while time.monotonic() < deadline:
+        if not launched.alive():
+            raise StartError(f"{launched.name} exited with {launched.proc.returncode}; "
+                             f"log {launched.log_path}:\n{launched.log_tail()}")
+        if ready():
+            launched.tree()
+            return time.monotonic() - start
+        time.sleep(POLL_INTERVAL_S)
+    raise StartError(f"{launched.name} not ready after {timeout_s:.0f} s; log {launched.log_path}:\n"
+                     f"{launched.log_tail()}")

@@ -1,0 +1,83 @@
+"""What every system under test provides: start, the requests it understands, and its settings in words."""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.models import Sample
+from benchmarks.payloads import HttpRequest
+from benchmarks.procs import Launched, StartError, http_status, wait_ready
+from benchmarks.settings import BenchSettings
+
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True, slots=True)
+class StartContext:
+    """Where and with what one system starts for one workload."""
+
+    settings: BenchSettings
+    workload: str
+    repository: Path  # the torchgate model repository written by benchmarks.models
+    port: int
+    work_dir: Path  # this system's own folder for this workload (logs, stores, run dirs)
+
+    @property
+    def model_path(self) -> Path:
+        from benchmarks.models import WORKLOAD_SPECS
+
+        return self.repository / WORKLOAD_SPECS[self.workload].model_name / "1" / "model.pt2"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class System(ABC):
+    """One server under test."""
+
+    name: str = ""
+    label: str = ""
+
+    def unavailable(self) -> str | None:
+        """Return why this system cannot run here, or None."""
+        return None
+
+    @abstractmethod
+    def formats(self, workload: str) -> tuple[str, ...]:
+        """Return the request formats this system speaks for ``workload`` (see benchmarks.payloads)."""
+
+    @abstractmethod
+    def launch(self, ctx: StartContext) -> Launched:
+        """Start the processes; return at once."""
+
+    @abstractmethod
+    def ready(self, ctx: StartContext, probe: HttpRequest) -> bool:
+        """Return True once the system answers its health check (``probe``: a request it must serve)."""
+
+    @abstractmethod
+    def request(self, workload: str, fmt: str, sample: Sample) -> HttpRequest:
+        """Return the HTTP request carrying ``sample`` in ``fmt``."""
+
+    @abstractmethod
+    def describe(self, settings: BenchSettings, workload: str) -> str:
+        """Return the settings this system runs with, for the report."""
+
+    def start(self, ctx: StartContext, probe: list[HttpRequest]) -> Launched:
+        """Launch, wait for readiness (bounded polling), then require a 200 for each probe request."""
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        launched = self.launch(ctx)
+        try:
+            wait_ready(launched, lambda: self.ready(ctx, probe[0]), ctx.settings.ready_timeout_s)
+            for req in probe:
+                status = http_status(ctx.url + req.path, req.body, req.headers, timeout=60)
+                if status != 200:
+                    raise StartError(f"{self.name}: probe {req.path} answered {status}; log {launched.log_path}:\n"
+                                     f"{launched.log_tail()}")
+        except BaseException:
+            launched.stop(grace_s=5)
+            raise
+        return launched
