@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,11 +47,25 @@ def failed_slots(sup: Supervisor) -> list[dict[str, object]]:
         return []
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Return True when something already listens on ``host:port`` (the gateway could not bind it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def prepare(s: DeploySettings) -> Path:
-    """Check the model repository and that nothing runs in the run directory; write the configuration."""
+    """Check the model repository, the port and that nothing runs in the run directory; write the configuration."""
     load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
     if Supervisor(s.supervisor_socket, timeout=5.0).is_up():
         raise ServeError(f"supervisord already runs in {s.run_dir}: supervisorctl -c {s.conf_path} status")
+    if port_in_use(s.host, s.port):
+        raise ServeError(f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port")
     return write_run_dir(s)
 
 

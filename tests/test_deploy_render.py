@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import stat
 import subprocess
 import sys
@@ -229,3 +230,23 @@ def test_worker_help_is_forwarded_to_the_worker_command(tmp_path: Path) -> None:
     done = run_cli("worker", "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Usage: torchgate worker" in done.stdout and "--model-repository" in done.stdout
+
+
+def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("serve", "--run-dir", "run", "--gpus", "none", "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 1 and f"127.0.0.1:{port} is already in use" in done.stderr
+    assert not (tmp_path / "run" / "supervisord.pid").exists()
+
+
+def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    (repository / "digits" / "1").mkdir(parents=True)
+    (repository / "digits" / "config.toml").write_text('name = "digits"\nbackend = "onnx"\n')
+    done = run_cli("serve", "--run-dir", "run", "--gpus", "none", "--model-repository", str(repository), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "config.toml" in done.stderr and "'backend'" in done.stderr
+    assert not (tmp_path / "run" / "supervisord.pid").exists()
