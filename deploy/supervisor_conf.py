@@ -108,6 +108,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
     return {
         "TORCHGATE_DISPATCHER": s.frontend_endpoint,
         "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
+        # Every gunicorn process keeps its metrics here; gateway.multiproc empties it when gunicorn starts.
+        "PROMETHEUS_MULTIPROC_DIR": str(s.run_dir / "metrics"),
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     }

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from gateway import codec, triton
+from gateway import codec, instrument, triton
 from gateway.config import GatewayConfig
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
@@ -109,7 +109,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.post("/predict")
     def predict() -> Response:
         doc = gw.predict(body(), content_encoding=request.headers.get("Content-Encoding"),
-                         request_id=g.request_id)
+                         request_id=g.request_id, trace=g.get("trace"))
         return json_response(doc)
 
     # -- Open Inference Protocol ------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     def infer(model: str, version: str | None = None) -> Response:
         result = gw.infer(model, version, body(), content_encoding=request.headers.get("Content-Encoding"),
                           header_length=request.headers.get("Inference-Header-Content-Length"),
-                          request_id=g.request_id, header_id=g.header_id)
+                          request_id=g.request_id, header_id=g.header_id, trace=g.get("trace"))
         return Response(result.data, content_type=result.content_type, headers=result.headers)
 
     # -- Triton extras ----------------------------------------------------------------------------------
@@ -180,4 +180,5 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     def openapi_document() -> Response:
         return Response(openapi, content_type=_JSON)
 
+    instrument.install(app, gw)  # request traces, metrics, the access log and GET /metrics
     return app

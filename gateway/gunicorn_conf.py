@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 
+from gateway.access_log import logconfig
+from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn hooks (PROMETHEUS_MULTIPROC_DIR)
+
 bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
 worker_class = "gthread"
 workers = int(os.environ.get("TORCHGATE_GATEWAY_PROCESSES", "1"))
@@ -24,11 +27,5 @@ control_socket_disable = True  # gunicorn 23+ would share one ~/.gunicorn/gunico
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-    "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
-    "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False}},
-}
+# Plain lines, or JSON lines with TORCHGATE_LOG_FORMAT=json; lines logged during a request carry its id.
+logconfig_dict = logconfig(loglevel, os.environ.get("TORCHGATE_LOG_FORMAT", "text"))

@@ -11,6 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidArgument, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import predict_input, predict_output
+from gateway.trace import RequestTrace, choose_request_id
 from gateway.triton import model_ready, repository_index, server_ready
 from gateway.validation import check_inputs, output_plan, raw_input
 from inference_worker.protocol import ErrorCode
@@ -34,20 +35,30 @@ class Gateway:
         return time.time() + timeout
 
     def infer(self, model_name: str, version: str | None, body: bytes, *, content_encoding: str | None = None,
-              header_length: str | None = None, request_id: str = "", header_id: str | None = None) -> Body:
-        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``."""
+              header_length: str | None = None, request_id: str = "", header_id: str | None = None,
+              trace: RequestTrace | None = None) -> Body:
+        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``.
+
+        The request id is ``header_id`` (X-Request-ID), else the body's ``id``, else ``request_id``.
+        """
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
         request = parse_infer_request(body, header_length, header_id)
         inputs = [raw_input(request, model)] if request.raw is not None else check_inputs(request, model)
         plan = output_plan(request, model)
+        request_id = choose_request_id(header_id, request.id, request_id)
+        if trace is not None:
+            trace.begin(model, resolved, request_id, inputs)
         reply = self.client.infer(model.name, resolved if version else None, inputs, [n for n, _ in plan] if request.outputs else [],
-                                  self.deadline(request.timeout_us), request_id or request.id or "", request.priority)
+                                  self.deadline(request.timeout_us), request_id, request.priority)
+        if trace is not None:
+            trace.finish(reply)
         outputs = _pick(reply, [n for n, _ in plan])
         return infer_response(model.name, reply.version or None, request.id,
                               [(t, binary) for t, (_, binary) in zip(outputs, plan, strict=True)])
 
-    def predict(self, body: bytes, *, content_encoding: str | None = None, request_id: str = "") -> dict[str, Any]:
+    def predict(self, body: bytes, *, content_encoding: str | None = None, request_id: str = "",
+                trace: RequestTrace | None = None) -> dict[str, Any]:
         """Answer the seed's ``POST /predict``: ``{"input": ...}`` -> ``{"output": ...}``."""
         doc = loads(decode_content(body, content_encoding, self.config.max_body_bytes))
         if not isinstance(doc, dict) or "input" not in doc:
@@ -62,7 +73,11 @@ class Gateway:
         model = self.catalog.get(name)[0] if name is not None else self.catalog.only()
         resolved = self.catalog.get(model.name, version)[1] if version else None
         tensor, whole = predict_input(doc["input"], model)
+        if trace is not None:
+            trace.begin(model, resolved or self.catalog.get(model.name)[1], request_id, [tensor])
         reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), request_id)
+        if trace is not None:
+            trace.finish(reply)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
 
     # -- health -----------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""The gateway's own Prometheus metrics, shared by every gunicorn process, and the text of ``GET /metrics``.
+
+Each gateway process counts the requests it answered. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` names a
+folder where every process keeps its counters (prometheus-client's multiprocess mode), and a scrape, whichever
+process answers it, sums them all. Without that variable (``flask run``, tests in one process) the counters live
+in this process only. What only the workers know comes from the dispatcher at scrape time
+(:mod:`gateway.worker_metrics`); it is never written to the multiprocess files, so it is counted once.
+
+Triton's names are kept exactly (``nv_inference_request_success``, not ``..._total``) so that dashboards built
+for Triton work unchanged; torchgate's own counters end in ``_total`` as Prometheus recommends.
+
+Failure reasons follow Triton's (``nv_inference_request_failure{reason}``):
+
+- ``REJECTED``: the server would not run it: queue full or no worker (UNAVAILABLE), or its deadline passed
+  (DEADLINE_EXCEEDED);
+- ``BACKEND``: the model failed while computing (INTERNAL, RESOURCE_EXHAUSTED);
+- ``OTHER``: the request was refused before it ran (INVALID_ARGUMENT, NOT_FOUND, a body too large, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TRITON_PREFIX = "nv_"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+
+def failure_reason(status: int) -> str:
+    """Return Triton's failure reason for the HTTP status of a failed request (one status per error code)."""
+    if status in (503, 504):  # UNAVAILABLE, DEADLINE_EXCEEDED
+        return "REJECTED"
+    return "BACKEND" if status >= 500 else "OTHER"  # INTERNAL, RESOURCE_EXHAUSTED / client errors
+
+
+def multiproc_dir() -> str | None:
+    """Return the multiprocess folder, or None when this process keeps its counters to itself."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetrics:
+    """The counters one gateway process updates as it answers requests."""
+
+    success: Counter
+    failure: Counter
+    duration_us: Counter
+    latency: Histogram
+    http: Counter
+    registry: CollectorRegistry | None  # None in multiprocess mode: the values live in the folder
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None) -> RequestMetrics:
+        model = ["model", "version"]
+        return cls(
+            success=Counter("nv_inference_request_success", "Inference requests answered successfully",
+                            model, registry=registry),
+            failure=Counter("nv_inference_request_failure", "Inference requests that failed, by reason "
+                            "(REJECTED, BACKEND, OTHER)", [*model, "reason"], registry=registry),
+            duration_us=Counter("nv_inference_request_duration_us", "Cumulative end-to-end time of successful "
+                                "inference requests at the gateway, in microseconds", model, registry=registry),
+            latency=Histogram("torchgate_request_duration_seconds", "End-to-end time of inference requests at "
+                              "the gateway (successful or not), in seconds", model, buckets=LATENCY_BUCKETS,
+                              registry=registry),
+            http=Counter("torchgate_http_requests", "HTTP requests answered by the gateway, by route and status",
+                         ["method", "route", "status"], registry=registry),
+            registry=registry,
+        )
+
+    def observe_inference(self, model: str, version: str, seconds: float, status: int) -> None:
+        """Count one inference request for a known model: its outcome and how long it took."""
+        self.latency.labels(model, version).observe(seconds)
+        if status < 400:
+            self.success.labels(model, version).inc()
+            self.duration_us.labels(model, version).inc(seconds * 1e6)
+        else:
+            self.failure.labels(model, version, failure_reason(status)).inc()
+
+    def observe_http(self, method: str, route: str, status: int) -> None:
+        self.http.labels(method, route, str(status)).inc()
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the counters of every gateway process (multiprocess mode) or of this one."""
+        if self.registry is None:
+            yield from MultiProcessCollector(None).collect()  # type: ignore[no-untyped-call]
+        else:
+            yield from self.registry.collect()
+
+
+_lock = threading.Lock()
+_metrics: RequestMetrics | None = None
+
+
+def request_metrics() -> RequestMetrics:
+    """Return this process's counters, made on first use (metrics may be declared only once per process)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = RequestMetrics.create(None if multiproc_dir() else CollectorRegistry())
+        return _metrics
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    """Return Prometheus' text format (0.0.4) for ``families``; Triton's counters keep their exact names."""
+    lines: list[str] = []
+    for family in families:
+        name, kind = family.name, family.type
+        triton_counter = kind == "counter" and name.startswith(TRITON_PREFIX)
+        shown = name if triton_counter or kind != "counter" else name + "_total"
+        kind = {"unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}.get(kind, kind)
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        lines.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            sample_name = name if triton_counter and sample.name == name + "_total" else sample.name
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            lines.append(f"{sample_name}{{{labels}}} {floatToGoString(sample.value)}\n" if labels
+                         else f"{sample_name} {floatToGoString(sample.value)}\n")
+    return "".join(lines).encode()
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")

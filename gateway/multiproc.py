@@ -1,0 +1,44 @@
+"""Gunicorn hooks for prometheus-client's multiprocess mode: a clean folder at start, dead processes marked.
+
+``gateway/gunicorn_conf.py`` exports these hooks; they do nothing unless ``PROMETHEUS_MULTIPROC_DIR`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from gateway.metrics import multiproc_dir
+
+log = logging.getLogger("torchgate.gateway")
+
+
+def clear(folder: str) -> None:
+    """Empty ``folder`` (made with mode 0700 if missing): counters of an earlier run must not be summed in."""
+    path = Path(folder)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def on_starting(server: Any) -> None:
+    """Gunicorn hook, in the arbiter before any worker exists: start the metrics folder empty."""
+    folder = multiproc_dir()
+    if folder:
+        clear(folder)
+        log.info("gateway[%d]: metrics shared through %s", os.getpid(), folder)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Gunicorn hook, in the arbiter when a worker process exits: drop its live gauges."""
+    folder = multiproc_dir()
+    if folder:
+        multiprocess.mark_process_dead(worker.pid, folder)  # type: ignore[no-untyped-call]

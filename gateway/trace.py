@@ -1,0 +1,71 @@
+"""What the gateway learned about one request while answering it: its id, model, batch and the reply; no I/O.
+
+The app makes one :class:`RequestTrace` per HTTP request; :class:`gateway.service.Gateway` fills it in, and the
+access log and the metrics read it when the response is done.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.client import InferReply
+from gateway.codec import Tensor
+from inference_worker.repository import ModelConfig
+
+REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII without spaces: safe in a header and a log
+
+
+def valid_request_id(value: str | None) -> bool:
+    """Return whether ``value`` may serve as a request id (it is echoed in a header and logged)."""
+    return bool(value) and REQUEST_ID.match(value or "") is not None
+
+
+def choose_request_id(header: str | None, body: str | None, fallback: str | None = None) -> str:
+    """Return the request id: ``X-Request-ID`` if valid, else the OIP body ``id`` if valid, else ``fallback``/new."""
+    for candidate in (header, body, fallback):
+        if candidate is not None and valid_request_id(candidate):
+            return candidate
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """One HTTP request as the access log and the metrics see it."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""  # empty until the request named a model the gateway knows
+    version: str = ""
+    samples: int = 0  # the request's own batch size (1 for a model that does not batch)
+    reply: InferReply | None = None
+
+    def begin(self, model: ModelConfig, version: str, request_id: str, tensors: Sequence[Tensor]) -> None:
+        """Record the model version a request goes to, its id and its batch size, before it is sent."""
+        self.model, self.version, self.request_id = model.name, version, request_id
+        first = tensors[0] if tensors else None
+        if model.max_batch_size > 0 and first is not None and first.shape:
+            self.samples = int(first.shape[0])
+        else:
+            self.samples = 1
+
+    def finish(self, reply: InferReply) -> None:
+        """Record the dispatcher's reply (its version is the one that really ran)."""
+        self.reply = reply
+        if reply.version:
+            self.version = reply.version
+
+    @property
+    def batch_size(self) -> int:
+        """Return the size of the batch the worker ran this request in, or 0 if it did not run."""
+        if self.reply is None:
+            return 0
+        value = self.reply.stats.get("batch_size")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def elapsed(self) -> float:
+        """Return the seconds since the request started."""
+        return time.perf_counter() - self.started
