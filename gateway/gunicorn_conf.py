@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from gateway.access_log import logconfig
+from gateway.access_log import logconfig as _logconfig  # not "logconfig": gunicorn would read it as a setting
 from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn hooks (PROMETHEUS_MULTIPROC_DIR)
 
 bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
@@ -28,4 +28,4 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
 # Plain lines, or JSON lines with TORCHGATE_LOG_FORMAT=json; lines logged during a request carry its id.
-logconfig_dict = logconfig(loglevel, os.environ.get("TORCHGATE_LOG_FORMAT", "text"))
+logconfig_dict = _logconfig(loglevel, os.environ.get("TORCHGATE_LOG_FORMAT", "text"))
