@@ -300,7 +300,9 @@ class Worker:
                                            "reserved_bytes": torch.cuda.memory_reserved(self.device)}
             self._send(protocol.encode(Kind.HEARTBEAT, fields))
         silent = now - self.last_seen
-        if not self.drain_started and silent > self.config.heartbeat_interval * self.config.heartbeat_liveness:
+        # Messages that arrived while a batch ran prove the dispatcher alive: read them before judging it silent.
+        if (not self.drain_started and silent > self.config.heartbeat_interval * self.config.heartbeat_liveness
+                and not (self.socket is not None and self.socket.poll(0, zmq.POLLIN))):
             log.warning("%s: no word from the dispatcher for %.1fs; reconnecting", self.tag, silent)
             self.connect()
 
