@@ -204,6 +204,9 @@ def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tenso
             raise InvalidArgument(f"input {name!r}: binary_data_size must be a non-negative integer")
         if "data" in raw:
             raise InvalidArgument(f"input {name!r}: has both 'data' and binary_data_size")
+        if size and not len(binary) and offset == 0:
+            raise InvalidArgument(f"input {name!r}: binary_data_size {size} but no binary data follows the JSON "
+                                  "(send the Inference-Header-Content-Length header)")
         if offset + size > len(binary):
             raise InvalidArgument(f"input {name!r}: binary_data_size {size} runs past the end of the body "
                                   f"({len(binary) - offset} bytes left)")

@@ -79,6 +79,12 @@ def test_binary_sizes_that_do_not_add_up(sizes: list[int], blob: bytes, message:
         parse_infer_request(body, length)
 
 
+def test_binary_sizes_without_the_header_length() -> None:
+    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}
+    with pytest.raises(InvalidArgument, match="send the Inference-Header-Content-Length header"):
+        parse_infer_request(json.dumps(header).encode(), None)
+
+
 @pytest.mark.parametrize("length", ["abc", "-1", "100000"])
 def test_bad_header_length(length: str) -> None:
     with pytest.raises(InvalidArgument, match="Inference-Header-Content-Length"):
