@@ -32,9 +32,18 @@ class Torchgate(System):
     def formats(self, workload: str) -> tuple[str, ...]:
         return ("json", "binary")
 
+    def repository(self, ctx: StartContext) -> Path:
+        """A repository holding only this workload's model (a symlink), so readiness waits on it alone."""
+        name = WORKLOAD_SPECS[ctx.workload].model_name
+        root = ctx.work_dir / "repository"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        (root / name).symlink_to(ctx.repository / name, target_is_directory=True)
+        return root
+
     def command(self, ctx: StartContext, run_dir: Path) -> list[str]:
         s = ctx.settings
-        return [str(TORCHGATE), "serve", "--run-dir", str(run_dir), "--model-repository", str(ctx.repository),
+        return [str(TORCHGATE), "serve", "--run-dir", str(run_dir), "--model-repository", str(self.repository(ctx)),
                 "--model", WORKLOAD_SPECS[ctx.workload].model_name, "--host", "127.0.0.1", "--port", str(ctx.port),
                 "--gateway-processes", str(s.http_processes), "--gateway-threads", str(s.http_threads),
                 "--gpus", "none", "--cpu-workers", str(s.model_workers), "--worker-threads", str(s.torch_threads),
