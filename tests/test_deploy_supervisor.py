@@ -212,10 +212,16 @@ def test_scale_up_and_down_under_load_fails_no_request(deployment: Deployment) -
         wait_until_ready(d.s.frontend_endpoint, "worker-cpu-2", timeout=60)
         load.wait_for_more(20)
 
-        # Up beyond the rendered slots: a new program in conf.d, activated alone.
+        # Up beyond the rendered slots: a new program in conf.d, activated alone. A pending edit of another
+        # slot (which `supervisorctl update` would apply by restarting that slot) is reported and left alone.
+        conf = d.run_dir / "supervisord.conf"
+        text = conf.read_text()
+        at = text.index("startretries=", text.index("[program:worker-cpu-1]"))
+        conf.write_text(text[:at] + "startretries=7\n;" + text[at:])
         done = d.torchgate("add-worker")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "worker-cpu-3: ready" in done.stdout
+        assert "left untouched" in done.stderr and "worker-cpu-1" in done.stderr
         assert (d.run_dir / "conf.d" / "worker-cpu-3.conf").is_file()
         load.wait_for_more(20)
         after_up = d.pids()
