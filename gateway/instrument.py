@@ -9,6 +9,7 @@ from flask import Flask, Response, g, request
 
 from gateway import worker_metrics
 from gateway.access_log import log_request
+from gateway.errors import GatewayError
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
 from gateway.service import Gateway
 from gateway.trace import RequestTrace
@@ -40,6 +41,8 @@ def install(app: Flask, gw: Gateway) -> None:
         seconds = trace.elapsed()
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.observe_http(request.method, rule, response.status_code)
+        if request.endpoint in INFER_ENDPOINTS and not trace.model:
+            _target(gw, trace)
         if request.endpoint in INFER_ENDPOINTS and trace.model:
             metrics.observe_inference(trace.model, trace.version, seconds, response.status_code)
         log_request(request.method, request.path, response.status_code, seconds, trace)
@@ -51,3 +54,16 @@ def install(app: Flask, gw: Gateway) -> None:
         return Response(render(families), content_type=CONTENT_TYPE)
 
     app.add_url_rule("/metrics", "metrics", scrape, methods=["GET"])
+
+
+def _target(gw: Gateway, trace: RequestTrace) -> None:
+    """Fill in the model version of a request that failed before the service named it (say, a bad shape)."""
+    args = request.view_args or {}
+    name, version = args.get("model"), args.get("version")
+    if not isinstance(name, str):
+        return
+    try:
+        model, resolved = gw.catalog.get(name, version if isinstance(version, str) else None)
+    except GatewayError:
+        return  # an unknown model has no series, as in Triton
+    trace.model, trace.version = model.name, resolved
