@@ -3,8 +3,8 @@
 ZeroMQ sockets are not thread-safe and must not be used across ``fork``, so each (process, thread) pair gets
 its own socket, created on first use, with ``LINGER 0``. A waiting request polls in slices; after a silent
 slice it asks the dispatcher whether the request is still known (QUERY). A dispatcher that restarted and lost
-the request gets it once more; a request lost twice, or a dispatcher silent for too long, is a 503; a request
-past its deadline is a 504, at the deadline.
+the request gets it once more, as soon as a worker for its model has registered again (STATUS); a request lost
+twice, or a dispatcher silent for too long, is a 503; a request past its deadline is a 504, at the deadline.
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ class DispatcherClient:
                                  [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors])
         self._send(socket, frames)
         resent = False
+        status_id = call_id + "/s"  # asked while a lost request waits for a worker to come back
+        awaiting_worker = False
         heard = time.monotonic()
         while True:
             remaining = deadline - time.time()
@@ -146,24 +148,34 @@ class DispatcherClient:
             if not socket.poll(max(1, int(min(remaining, self.poll_interval) * 1000)), zmq.POLLIN):
                 if time.monotonic() - heard >= self.unresponsive_after:
                     raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s")
-                self._send(socket, protocol.encode(Kind.QUERY, {"id": call_id}))
+                if awaiting_worker:
+                    self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
+                else:
+                    self._send(socket, protocol.encode(Kind.QUERY, {"id": call_id}))
                 continue
             message = self._receive(socket)
             if message is None:
                 continue
             heard = time.monotonic()
-            if message.get("id") != call_id:
+            answer_to = message.get("id")
+            if answer_to == status_id and message.kind is Kind.STATUS_REPLY and awaiting_worker:
+                if _serves(message.fields, model, version):
+                    awaiting_worker = False
+                    self._send(socket, frames)
+                continue
+            if answer_to != call_id:
                 continue  # a late answer to an earlier request of this thread, or to its status query
             if message.kind is Kind.REPLY:
                 return _reply(message, model)
             if message.kind is Kind.ERROR:
                 raise _error(message)
-            if message.kind is Kind.QUERY_REPLY and message.get("known") is False:
+            if message.kind is Kind.QUERY_REPLY and message.get("known") is False and not awaiting_worker:
                 if resent:
                     raise Unavailable("the dispatcher lost the request twice (did it restart?)")
+                # A restarted dispatcher lost it; send it again once a worker has registered with the new one.
                 log.info("gateway: request %s unknown to the dispatcher; sending it again", request_id or call_id)
-                resent = True
-                self._send(socket, frames)
+                resent = awaiting_worker = True
+                self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
 
     # -- status -----------------------------------------------------------------------------------------
 
@@ -206,6 +218,15 @@ def _reply(message: protocol.Message, model: str) -> InferReply:
     return InferReply(model=str(message.get("model", model)), version=str(message.get("version", "")),
                       worker=str(message.get("worker", "")), outputs=outputs,
                       stats=stats if isinstance(stats, dict) else {})
+
+
+def _serves(status: dict[str, Any], model: str, version: str | None) -> bool:
+    """Return whether a STATUS_REPLY shows a ready worker for ``model`` (that ``version``, if given)."""
+    versions = status.get("models", {}).get(model)
+    if not isinstance(versions, dict):
+        return False
+    entries = [versions.get(version)] if version else list(versions.values())
+    return any(isinstance(e, dict) and e.get("ready", 0) > 0 for e in entries)
 
 
 def _error(message: protocol.Message) -> GatewayError:

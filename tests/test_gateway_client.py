@@ -145,10 +145,7 @@ def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(backend: Backend, 
         backend.dispatcher.kill()
         backend.dispatcher.wait(timeout=10)
         backend.start_dispatcher()
-        try:
-            assert doubled(future.result(timeout=90)) == [18, 16, 14, 12]
-        except GatewayError as exc:  # sent again before the worker re-registered with the new dispatcher
-            assert exc.status == 503, exc.message  # a clear 503, not a hang or a 500
+        assert doubled(future.result(timeout=90)) == [18, 16, 14, 12]  # sent again once w0 re-registered
     assert "unknown to the dispatcher; sending it again" in caplog.text
     wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0"}, timeout=30,
              what="the worker re-registered")
