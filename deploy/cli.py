@@ -86,6 +86,8 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Failed starts before a slot goes FATAL."),
         click.option("--drain-seconds", type=click.IntRange(min=0), default=defaults.DEFAULT_DRAIN_SECONDS,
                      show_default=True, help="Time a stopping worker may take to finish in-flight work."),
+        click.option("--auth-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="File holding a bearer token every HTTP endpoint but /v2/health/live requires."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -95,7 +97,8 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[str, ...], host: str, port: int,
                    gateway_processes: int, gateway_threads: int, gpus: str | None, workers_per_gpu: int,
                    cpu_workers: int | None, spare_slots: int, worker_threads: int | None,
-                   worker_startsecs: int, worker_startretries: int, drain_seconds: int) -> DeploySettings:
+                   worker_startsecs: int, worker_startretries: int, drain_seconds: int,
+                   auth_token_file: Path | None = None) -> DeploySettings:
     """Turn the command-line options into settings, discovering GPUs when no list is given."""
     from deploy.gpus import resolve_gpus
 
@@ -114,7 +117,7 @@ def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[s
             host=host, port=port, gateway_processes=gateway_processes, gateway_threads=gateway_threads,
             gpus=gpu_indices, workers_per_gpu=workers_per_gpu, cpu_workers=cpu_workers, spare_slots=spare_slots,
             worker_threads=worker_threads, worker_startsecs=worker_startsecs,
-            worker_startretries=worker_startretries, drain_seconds=drain_seconds,
+            worker_startretries=worker_startretries, drain_seconds=drain_seconds, auth_token_file=auth_token_file,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -30,10 +30,25 @@ def supervisord_command(s: DeploySettings) -> list[str]:
     return [s.python, "-m", "supervisor.supervisord", "-c", str(s.conf_path)]
 
 
-def health_ready(url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
-    """Return True when ``GET url/v2/health/ready`` answers 200."""
+def read_token(path: Path | None) -> str:
+    """Return the bearer token in ``path`` (empty without one); an unreadable or empty file is an error."""
+    if path is None:
+        return ""
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as response:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServeError(f"{path}: cannot read the auth token: {exc}") from None
+    if not token:
+        raise ServeError(f"{path}: the auth token file is empty")
+    return token
+
+
+def health_ready(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> bool:
+    """Return True when ``GET url/v2/health/ready`` answers 200."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/v2/health/ready", headers=headers),
+                                    timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -62,6 +77,7 @@ def port_in_use(host: str, port: int) -> bool:
 def prepare(s: DeploySettings) -> Path:
     """Check the model repository, the port and that nothing runs in the run directory; write the configuration."""
     load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
+    read_token(s.auth_token_file)
     if Supervisor(s.supervisor_socket, timeout=5.0).is_up():
         raise ServeError(f"supervisord already runs in {s.run_dir}: supervisorctl -c {s.conf_path} status")
     if port_in_use(s.host, s.port):
@@ -81,8 +97,9 @@ def wait_until_serving(s: DeploySettings, proc: subprocess.Popen[bytes], timeout
             echo(f"torchgate: {exc}")
         return False
     reported: set[str] = set()
+    token = read_token(s.auth_token_file)
     while proc.poll() is None and not stopping():
-        if health_ready(s.url):
+        if health_ready(s.url, token=token):
             return True
         for info in failed_slots(sup):
             name = str(info["name"])

@@ -69,11 +69,14 @@ class DeploySettings:
     gateway_graceful_seconds: int = DEFAULT_GATEWAY_GRACEFUL_SECONDS
     log_maxbytes: int = DEFAULT_LOG_MAXBYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
+    auth_token_file: Path | None = None  # bearer token the HTTP API requires (all but liveness)
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir).absolute())
         object.__setattr__(self, "model_repository", Path(self.model_repository).absolute())
+        if self.auth_token_file is not None:
+            object.__setattr__(self, "auth_token_file", Path(self.auth_token_file).absolute())
         object.__setattr__(self, "gpus", tuple(self.gpus))
         object.__setattr__(self, "models", tuple(self.models))
         _check_settings(self)
@@ -140,6 +143,7 @@ class DeploySettings:
         raw: dict[str, Any] = asdict(self)
         raw["run_dir"] = str(self.run_dir)
         raw["model_repository"] = str(self.model_repository)
+        raw["auth_token_file"] = str(self.auth_token_file) if self.auth_token_file else None
         return json.dumps(raw, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -151,6 +155,7 @@ class DeploySettings:
             raise ValueError(f"deploy.json: unknown keys {unknown}")
         raw["run_dir"] = Path(raw["run_dir"])
         raw["model_repository"] = Path(raw["model_repository"])
+        raw["auth_token_file"] = Path(raw["auth_token_file"]) if raw.get("auth_token_file") else None
         raw["gpus"] = tuple(raw.get("gpus", ()))
         raw["models"] = tuple(raw.get("models", ()))
         return cls(**raw)
@@ -217,6 +222,6 @@ def _check_settings(s: DeploySettings) -> None:
     for path in (s.supervisor_socket, s.sockets_dir / "frontend.sock"):
         if len(str(path).encode()) > MAX_IPC_PATH:
             raise ValueError(f"{path}: socket path longer than {MAX_IPC_PATH} bytes; choose a shorter --run-dir")
-    for text in (str(s.run_dir), str(s.model_repository), s.python, s.host, *s.models):
+    for text in (str(s.run_dir), str(s.model_repository), str(s.auth_token_file or ""), s.python, s.host, *s.models):
         if any(c in text for c in '"\n\r,;%'):
             raise ValueError(f"{text!r}: paths, host and model names must not contain quotes, commas, ';', '%' or newlines")

@@ -105,7 +105,7 @@ def gateway_command(s: DeploySettings) -> list[str]:
 
 
 def gateway_environment(s: DeploySettings) -> dict[str, str]:
-    return {
+    env = {
         "TORCHGATE_DISPATCHER": s.frontend_endpoint,
         "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
         # Every gunicorn process keeps its metrics here; gateway.multiproc empties it when gunicorn starts.
@@ -113,6 +113,9 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if s.auth_token_file is not None:  # the path, never the token: the configuration may be read by others
+        env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
+    return env
 
 
 def render_gateway(s: DeploySettings) -> str:

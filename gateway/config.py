@@ -70,4 +70,6 @@ class GatewayConfig:
         if token_file and "auth_token" not in values:
             with open(token_file, encoding="utf-8") as handle:
                 values["auth_token"] = handle.read().strip()
+            if not values["auth_token"]:  # an empty file must not quietly turn authentication off
+                raise ValueError(f"{PREFIX}AUTH_TOKEN_FILE={token_file!r} holds no token")
         return cls(**values)

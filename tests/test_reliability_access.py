@@ -1,0 +1,112 @@
+"""Access: `torchgate serve --auth-token-file` under supervisord; loopback by default; owner-only sockets.
+
+Every endpoint but liveness needs the bearer token; a wrong or missing one is a 401 with ``{"error": ...}`` and
+``WWW-Authenticate: Bearer``. The gateway listens on 127.0.0.1 unless told otherwise, and every ipc socket lies in
+a directory only its owner can enter.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from deploy.settings import DeploySettings
+from deploy.supervisor_conf import gateway_command, gateway_environment
+from gateway.config import GatewayConfig
+from tests.conftest import wait_for
+from tests.test_deploy_supervisor import INFER_BODY, Deployment
+
+TOKEN = "correct-horse-battery-staple"
+BIN = Path(sys.executable).parent
+ENDPOINTS = [("GET", "/v2/health/ready"), ("GET", "/v2"), ("GET", "/v2/models/digits"),
+             ("GET", "/v2/models/digits/ready"), ("GET", "/v2/models/digits/config"),
+             ("GET", "/v2/models/digits/stats"), ("GET", "/v2/models/stats"), ("POST", "/v2/repository/index"),
+             ("POST", "/v2/models/digits/infer"), ("POST", "/predict"), ("GET", "/openapi.json"),
+             ("GET", "/metrics"), ("GET", "/v2/models/nope")]
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    base = Path(tempfile.mkdtemp(prefix="tg-"))
+    token_file = base / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    d = Deployment(base / "run", "--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1",
+                   "--worker-startsecs", "2", "--auth-token-file", str(token_file))
+    try:
+        d.wait_supervisor()
+        # `serve` itself must pass the token to see readiness, or it would never say it serves.
+        wait_for(lambda: d.proc.poll() is not None or "torchgate: serving" in d.log(), timeout=120, interval=0.2,
+                 what="torchgate serve to report it serves")
+        assert d.proc.poll() is None, d.log()
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("method, path", ENDPOINTS)
+def test_every_endpoint_but_liveness_needs_the_token(deployment: Deployment, method: str, path: str) -> None:
+    url = deployment.url + path
+    body = INFER_BODY if path.endswith("infer") else None
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+        response = requests.request(method, url, json=body, headers=headers, timeout=30)
+        assert response.status_code == 401, (path, headers, response.status_code)
+        assert response.headers.get("WWW-Authenticate") == "Bearer"
+        assert isinstance(response.json()["error"], str)
+    good = requests.request(method, url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert good.status_code != 401, (path, good.text[:200])
+    if path == "/v2/models/digits/infer":
+        assert good.status_code == 200, good.text
+
+
+def test_liveness_needs_no_token(deployment: Deployment) -> None:
+    assert requests.get(f"{deployment.url}/v2/health/live", timeout=30).status_code == 200
+
+
+def test_the_token_is_not_in_the_rendered_configuration(deployment: Deployment) -> None:
+    for path in (deployment.run_dir / "supervisord.conf", deployment.run_dir / "deploy.json"):
+        assert TOKEN not in path.read_text()
+    assert "TORCHGATE_AUTH_TOKEN_FILE" in (deployment.run_dir / "supervisord.conf").read_text()
+
+
+def test_the_gateway_listens_on_loopback_only_by_default(deployment: Deployment) -> None:
+    gateway = psutil.Process(deployment.pids()["gateway"])
+    listening = [c.laddr for c in gateway.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+    rendered = gateway_command(DeploySettings(run_dir=deployment.run_dir, cpu_workers=1))
+    assert rendered[rendered.index("--bind") + 1] == "127.0.0.1:8000"
+
+
+def test_sockets_live_in_an_owner_only_directory(deployment: Deployment) -> None:
+    sockets = deployment.run_dir / "sockets"
+    assert stat.S_IMODE(os.stat(sockets).st_mode) == 0o700
+    found = {p.name for p in sockets.iterdir() if stat.S_ISSOCK(os.stat(p).st_mode)}
+    assert {"frontend.sock", "backend.sock", "supervisor.sock"} <= found, found
+    for name in found:  # and each socket is its owner's alone, whatever the directory
+        assert stat.S_IMODE(os.stat(sockets / name).st_mode) & 0o077 == 0, name
+    assert stat.S_IMODE(os.stat(deployment.run_dir).st_mode) & 0o077 == 0
+
+
+def test_an_empty_token_file_is_refused_not_ignored(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="holds no token"):
+        GatewayConfig.from_env({"TORCHGATE_AUTH_TOKEN_FILE": str(empty)})
+    done = subprocess.run([str(BIN / "torchgate"), "serve", "--run-dir", str(tmp_path / "run"), "--gpus", "none",
+                           "--auth-token-file", str(empty)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "empty" in done.stderr, done.stderr
+    s = DeploySettings(run_dir=tmp_path / "run2", cpu_workers=1, auth_token_file=empty)
+    assert gateway_environment(s)["TORCHGATE_AUTH_TOKEN_FILE"] == str(empty)
+    assert DeploySettings.from_json(s.to_json()) == s
