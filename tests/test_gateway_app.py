@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,13 +73,12 @@ def test_unknown_models_and_versions_are_404(client: FlaskClient, path: str) -> 
     assert response.status_code == 404 and "error" in response.get_json()
 
 
-def test_readiness_without_a_dispatcher_is_false_and_quick(client: FlaskClient) -> None:
-    start = time.monotonic()
-    response = client.get("/v2/health/ready")
-    assert response.status_code == 400 and response.get_json()["ready"] is False
+def test_readiness_without_a_dispatcher_is_false(client: FlaskClient) -> None:
+    response = client.get("/v2/health/ready")  # the status query gives up after status_timeout
+    assert response.status_code == 400 and response.get_json() == {"ready": False,
+                                                                   "error": "the dispatcher does not answer"}
     assert client.get("/v2/models/digits/ready").status_code == 400
     assert client.get("/v2/models/stats").status_code == 503
-    assert time.monotonic() - start < 10  # never hangs: each status query gives up after status_timeout
 
 
 def test_inference_without_a_dispatcher_is_503_with_retry_after(client: FlaskClient) -> None:
