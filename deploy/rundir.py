@@ -14,7 +14,7 @@ PRIVATE = 0o700
 def prepare_run_dir(s: DeploySettings) -> None:
     """Create the run directory layout; the sockets directory is entered by its owner only."""
     s.run_dir.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
-    for folder in (s.log_dir, s.conf_d, s.sockets_dir):
+    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir):
         folder.mkdir(mode=PRIVATE, exist_ok=True)
     os.chmod(s.sockets_dir, PRIVATE)  # also when it existed with a looser mode
 

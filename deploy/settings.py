@@ -99,6 +99,10 @@ class DeploySettings:
         return self.run_dir / "logs"
 
     @property
+    def metrics_dir(self) -> Path:
+        return self.run_dir / "metrics"
+
+    @property
     def sockets_dir(self) -> Path:
         return self.run_dir / "sockets"
 

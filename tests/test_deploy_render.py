@@ -108,6 +108,7 @@ def test_sockets_are_ipc_in_an_owner_only_directory(tmp_path: Path) -> None:
     assert f"--frontend ipc://{sockets}/frontend.sock --backend ipc://{sockets}/backend.sock" in procs["dispatcher"].command
     assert f"--dispatcher ipc://{sockets}/backend.sock" in procs["worker-cpu-0"].command
     assert procs["gateway"].environment["TORCHGATE_DISPATCHER"] == f"ipc://{sockets}/frontend.sock"
+    assert procs["gateway"].environment["PROMETHEUS_MULTIPROC_DIR"] == str(s.run_dir / "metrics")
     assert "tcp://" not in (s.run_dir / "supervisord.conf").read_text()
     server = options.server_configs[0]
     assert server["file"] == str(sockets / "supervisor.sock") and server["chmod"] == 0o700
