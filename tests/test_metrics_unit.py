@@ -1,0 +1,167 @@
+"""Metrics, traces and log lines without processes: rendering, worker families, ids, formatters, deploy env."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from flask import Flask, g
+from prometheus_client import CollectorRegistry
+
+from deploy.settings import DeploySettings
+from deploy.supervisor_conf import gateway_environment
+from gateway import worker_metrics
+from gateway.access_log import RequestIdFilter, TextFormatter, log_request
+from gateway.metrics import RequestMetrics, failure_reason, render
+from gateway.multiproc import clear
+from gateway.trace import RequestTrace, choose_request_id
+from inference_worker.logs import JsonFormatter
+from tests.metrics_scrape import parse, total, types
+from tests.promql_names import label_values_metric, metric_names
+
+STATUS = {
+    "stats": [
+        {"worker": "w0", "model": "m", "version": "1", "success": 5, "failure": {"INTERNAL": 2},
+         "inference_count": 9, "execution_count": 3, "queue_ns": 4000, "compute_input_ns": 1000,
+         "compute_infer_ns": 6000, "compute_output_ns": 500, "batch_sizes": {"1": 1, "3": 1, "5": 1}},
+        {"worker": "w1", "model": "m", "version": "1", "success": 1, "failure": {}, "inference_count": 8,
+         "execution_count": 1, "queue_ns": 0, "compute_input_ns": 0, "compute_infer_ns": 0,
+         "compute_output_ns": 0, "batch_sizes": {"8": 1}},
+    ],
+    "models": {"m": {"1": {"ready": 2, "queued": 4, "signature": {}}}},
+    "workers": [
+        {"worker": "w0", "state": "READY", "device": "cuda:0", "in_flight": 1, "capacity": 4,
+         "device_memory": {"used_bytes": 1024, "reserved_bytes": 4096}},
+        {"worker": "w1", "state": "DRAINING", "device": "cpu", "in_flight": 0, "capacity": 2, "device_memory": None},
+    ],
+    "dispatcher": {"requests": 12, "rejected": 1, "expired": 0, "resent": 2, "lost": 0, "pending": 5},
+}
+
+
+def test_worker_families_carry_the_dispatchers_numbers() -> None:
+    text = render(worker_metrics.families(STATUS)).decode()
+    samples = parse(text)
+    assert total(samples, "nv_inference_count", model="m") == 17
+    assert total(samples, "nv_inference_count", worker="w0") == 9
+    assert total(samples, "nv_inference_exec_count") == 4
+    assert total(samples, "nv_inference_queue_duration_us", worker="w0") == 4.0
+    assert total(samples, "nv_inference_compute_infer_duration_us") == 6.0
+    assert total(samples, "torchgate_worker_request_failure_total", reason="INTERNAL") == 2
+    assert total(samples, "torchgate_batch_executions_total", size="3") == 1
+    assert total(samples, "torchgate_batch_size_bucket", worker="w0", le="2.0") == 1
+    assert total(samples, "torchgate_batch_size_bucket", worker="w0", le="4.0") == 2
+    assert total(samples, "torchgate_batch_size_bucket", worker="w0", le="+Inf") == 3
+    assert total(samples, "torchgate_batch_size_sum", worker="w0") == 9
+    assert total(samples, "torchgate_batch_size_count") == 4
+    assert total(samples, "torchgate_workers_ready", model="m", version="1") == 2
+    assert total(samples, "nv_inference_pending_request_count", model="m") == 4
+    assert total(samples, "nv_gpu_memory_used_bytes", worker="w0") == 1024
+    assert not any(dict(ls).get("worker") == "w1" for n, ls in samples if n == "nv_gpu_memory_used_bytes")
+    assert total(samples, "torchgate_dispatcher_resent_total") == 2
+    assert total(samples, "torchgate_dispatcher_up") == 1
+    declared = types(text)
+    assert declared["nv_inference_count"] == "counter" and declared["torchgate_batch_size"] == "histogram"
+    assert declared["torchgate_worker_request_failure_total"] == "counter"
+
+
+def test_no_dispatcher_gives_only_up_zero() -> None:
+    samples = parse(render(worker_metrics.families(None)).decode())
+    assert samples == {("torchgate_dispatcher_up", frozenset()): 0.0}
+
+
+def test_request_counters_keep_triton_names_and_reasons() -> None:
+    metrics = RequestMetrics.create(CollectorRegistry())
+    metrics.observe_inference("m", "1", 0.002, 200)
+    metrics.observe_inference("m", "1", 0.004, 200)
+    metrics.observe_inference("m", "1", 0.5, 503)
+    metrics.observe_inference("m", "1", 0.1, 400)
+    metrics.observe_http("POST", "/v2/models/<model>/infer", 200)
+    text = render(metrics.collect()).decode()
+    samples = parse(text)
+    assert total(samples, "nv_inference_request_success", model="m", version="1") == 2
+    assert total(samples, "nv_inference_request_failure", reason="REJECTED") == 1
+    assert total(samples, "nv_inference_request_failure", reason="OTHER") == 1
+    assert total(samples, "nv_inference_request_duration_us") == pytest.approx(6000)
+    assert total(samples, "torchgate_request_duration_seconds_count") == 4
+    assert total(samples, "torchgate_request_duration_seconds_bucket", le="0.005") == 2
+    assert total(samples, "torchgate_http_requests_total", status="200") == 1
+    assert "# TYPE nv_inference_request_success counter" in text
+    assert "nv_inference_request_success_total" not in text and "_created" not in text
+
+
+@pytest.mark.parametrize("status, reason", [(503, "REJECTED"), (504, "REJECTED"), (500, "BACKEND"),
+                                            (400, "OTHER"), (404, "OTHER"), (413, "OTHER")])
+def test_failure_reasons(status: int, reason: str) -> None:
+    assert failure_reason(status) == reason
+
+
+def test_label_values_are_escaped() -> None:
+    metrics = RequestMetrics.create(CollectorRegistry())
+    metrics.observe_http("GET", 'a"b\\c\nd', 200)
+    line = next(x for x in render(metrics.collect()).decode().splitlines() if x.startswith("torchgate_http"))
+    assert 'route="a\\"b\\\\c\\nd"' in line
+
+
+def test_request_id_choice() -> None:
+    assert choose_request_id("hdr", "body", "made") == "hdr"
+    assert choose_request_id(None, "body", "made") == "body"
+    assert choose_request_id(None, "has space", "made") == "made"
+    assert choose_request_id("bad\tid", None, None) != "bad\tid"
+    assert len(choose_request_id(None, None, None)) == 32
+
+
+def _record(message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("torchgate.gateway", logging.WARNING, __file__, 1, message, args, None)
+
+
+def test_log_lines_during_a_request_carry_its_id() -> None:
+    app = Flask("t")
+    with app.test_request_context("/v2"):
+        g.trace = RequestTrace(request_id="trace-9")
+        record = _record("gateway: %s failed", "something")
+        assert RequestIdFilter().filter(record)
+    assert TextFormatter().format(record).endswith("gateway: something failed request_id=trace-9")
+    assert json.loads(JsonFormatter().format(record))["request_id"] == "trace-9"
+    outside = _record("no request here")
+    RequestIdFilter().filter(outside)
+    assert "request_id" not in TextFormatter().format(outside)
+
+
+def test_access_line_text_and_json(caplog: pytest.LogCaptureFixture) -> None:
+    trace = RequestTrace(request_id="r-1", model="digits", version="1", samples=3)
+    with caplog.at_level(logging.INFO, logger="torchgate.access"):
+        log_request("POST", "/v2/models/digits/infer", 200, 0.0125, trace)
+    record = caplog.records[-1]
+    assert record.getMessage() == "POST /v2/models/digits/infer 200 12.5ms model=digits version=1 samples=3 request_id=r-1"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["access"] == {"method": "POST", "path": "/v2/models/digits/infer", "status": 200,
+                               "duration_ms": 12.5, "request_id": "r-1", "model": "digits", "version": "1",
+                               "samples": 3}
+
+
+def test_supervisord_gives_the_gateway_a_metrics_folder_in_the_run_dir(tmp_path: Path) -> None:
+    settings = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1)
+    env = gateway_environment(settings)
+    assert Path(env["PROMETHEUS_MULTIPROC_DIR"]) == tmp_path / "run" / "metrics"
+
+
+def test_clear_empties_or_makes_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    clear(str(folder))
+    assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+    (folder / "counter_1.db").write_bytes(b"x")
+    (folder / "sub").mkdir()
+    clear(str(folder))
+    assert list(folder.iterdir()) == []
+
+
+def test_promql_names() -> None:
+    expr = ('histogram_quantile(0.99, sum by (le, model) (rate(torchgate_request_duration_seconds_bucket'
+            '{model=~"$model", version!="x(y"}[$__rate_interval]))) / on (model) group_left '
+            'sum(rate(nv_inference_count[5m])) * 1e6')
+    assert metric_names(expr) == {"torchgate_request_duration_seconds_bucket", "nv_inference_count"}
+    with pytest.raises(ValueError):
+        metric_names("sum(rate(x[5m])")
+    assert label_values_metric("label_values(torchgate_workers_ready, model)") == "torchgate_workers_ready"
