@@ -113,7 +113,8 @@ def model_stats(models: dict[str, ModelConfig], status: dict[str, Any], only: st
                     if isinstance(v, int | float) and not isinstance(v, bool):
                         bucket[str(k)] = bucket.get(str(k), 0) + v
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                total[field] = total.get(field, 0) + value
+                total[field] = (max(total.get(field, 0), value) if field.startswith("last_")
+                                else total.get(field, 0) + value)
     result = []
     for name in sorted(models):
         if only is not None and name != only:
@@ -148,8 +149,10 @@ def _one_model_stats(name: str, version: str, t: dict[str, Any]) -> dict[str, An
             "cache_miss": _duration(0, 0),
         },
         "batch_stats": [
-            {"batch_size": int(size), "compute_input": _duration(count, 0), "compute_infer": _duration(count, 0),
-             "compute_output": _duration(count, 0)}
+            {"batch_size": int(size),
+             "compute_input": _duration(count, (t.get("batch_compute_input_ns") or {}).get(size, 0)),
+             "compute_infer": _duration(count, (t.get("batch_compute_infer_ns") or {}).get(size, 0)),
+             "compute_output": _duration(count, (t.get("batch_compute_output_ns") or {}).get(size, 0))}
             for size, count in sorted(batch_sizes.items(), key=lambda kv: int(kv[0]))
             if str(size).isdigit()
         ],

@@ -16,7 +16,8 @@ def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
         if isinstance(value, dict):
             _add(into.setdefault(name, {}), value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            into[name] = into.get(name, 0) + value
+            # a "last_" field is a time stamp: the latest wins; every other number is a counter
+            into[name] = max(into.get(name, 0), value) if name.startswith("last_") else into.get(name, 0) + value
 
 
 class StatsBook:

@@ -71,15 +71,22 @@ class ModelStats:
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
+    request_ns: int = 0  # per request: its queue time plus its batch's compute time
+    last_inference: int = 0  # unix milliseconds of the last successful batch
     batch_sizes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    batch_compute_ns: dict[int, list[int]] = field(default_factory=dict)  # size -> [input, infer, output] ns
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "success": self.success, "failure": dict(self.failure), "inference_count": self.inference_count,
             "execution_count": self.execution_count, "queue_ns": self.queue_ns,
             "compute_input_ns": self.compute_input_ns, "compute_infer_ns": self.compute_infer_ns,
-            "compute_output_ns": self.compute_output_ns,
+            "compute_output_ns": self.compute_output_ns, "request_ns": self.request_ns,
+            "last_inference": self.last_inference,
             "batch_sizes": {str(size): count for size, count in self.batch_sizes.items()},
+            "batch_compute_input_ns": {str(size): ns[0] for size, ns in self.batch_compute_ns.items()},
+            "batch_compute_infer_ns": {str(size): ns[1] for size, ns in self.batch_compute_ns.items()},
+            "batch_compute_output_ns": {str(size): ns[2] for size, ns in self.batch_compute_ns.items()},
         }
 
 
@@ -273,15 +280,22 @@ class Worker:
         samples = sum(item.samples for item in batch)
         stats.execution_count += 1
         stats.batch_sizes[samples] += 1
-        stats.compute_input_ns += times.input_ns
-        stats.compute_infer_ns += times.infer_ns
-        stats.compute_output_ns += times.output_ns
+        per_size = stats.batch_compute_ns.setdefault(samples, [0, 0, 0])
+        per_size[0] += times.input_ns
+        per_size[1] += times.infer_ns
+        per_size[2] += times.output_ns
+        stats.last_inference = int(time.time() * 1000)
+        compute_ns = times.input_ns + times.infer_ns + times.output_ns
         names = [spec.name for spec in executor.config.outputs]
         for item, outputs in zip(batch, results, strict=True):
             queue_ns = start_ns - item.arrived_ns
             stats.success += 1
             stats.inference_count += item.samples
             stats.queue_ns += queue_ns
+            stats.compute_input_ns += times.input_ns  # as Triton: each request counts its batch's compute time
+            stats.compute_infer_ns += times.infer_ns
+            stats.compute_output_ns += times.output_ns
+            stats.request_ns += queue_ns + compute_ns
             wanted = item.payload[1]
             tensors = [from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted]
             self._send(protocol.encode(Kind.REPLY, {"seq": item.seq, "stats": {

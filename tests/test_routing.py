@@ -102,3 +102,11 @@ def test_stats_keep_counting_across_worker_restarts() -> None:
     book.report("w0", "second", [{"model": "m", "version": "1", "success": 1, "batch_sizes": {"4": 1}}])
     (row,) = book.to_wire()
     assert row["success"] == 8 and row["batch_sizes"] == {"2": 2, "4": 1} and row["worker"] == "w0"
+
+
+def test_last_inference_takes_the_latest_not_the_sum() -> None:
+    book = StatsBook()
+    book.report("w0", "a", [{"model": "m", "version": "1", "last_inference": 100, "success": 1}])
+    book.report("w0", "b", [{"model": "m", "version": "1", "last_inference": 250, "success": 1}])
+    (row,) = book.to_wire()
+    assert row["last_inference"] == 250 and row["success"] == 2
