@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 
 from deploy.dispatcher_status import WorkerStatus, wait_until_ready, worker_statuses
 from deploy.settings import DeploySettings, is_worker_slot
-from deploy.supervisor_rpc import RUNNING, Supervisor
+from deploy.supervisor_rpc import BACKOFF, RUNNING, STARTING, Supervisor
+
+UP_STATES = frozenset({RUNNING, STARTING, BACKOFF})
 
 log = logging.getLogger("torchgate.deploy")
 
@@ -18,14 +20,14 @@ class RollingRestartError(RuntimeError):
 
 
 def slots_to_restart(sup: Supervisor, names: Sequence[str] = ()) -> list[str]:
-    """Return the running worker slots (or the named ones, which must be running), in name order."""
+    """Return the worker slots that run or are starting (or the named ones), in name order."""
     processes = sup.processes()
     if names:
         missing = [n for n in names if n not in processes]
         if missing:
             raise RollingRestartError(f"no such slot: {', '.join(missing)}")
         return list(names)
-    return sorted(n for n, info in processes.items() if is_worker_slot(n) and info["statename"] == RUNNING)
+    return sorted(n for n, info in processes.items() if is_worker_slot(n) and info["statename"] in UP_STATES)
 
 
 def other_ready(statuses: dict[str, WorkerStatus], name: str) -> list[str]:
@@ -41,7 +43,7 @@ def rolling_restart(s: DeploySettings, sup: Supervisor, names: Sequence[str] = (
         if not others:
             report(f"{name}: no other ready worker; requests wait in the dispatcher queue while it restarts")
         report(f"{name}: draining")
-        if sup.info(name)["statename"] == RUNNING:
+        if sup.info(name)["statename"] in UP_STATES:
             sup.stop(name)
         report(f"{name}: starting")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import subprocess
@@ -9,13 +10,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from deploy.rundir import write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
-from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
+from deploy.supervisor_rpc import EXITED, FATAL, Supervisor, wait_for_supervisor
 from inference_worker.repository import load_repository
 
 SUPERVISOR_UP_TIMEOUT = 30.0
@@ -55,10 +57,10 @@ def health_ready(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> 
 
 
 def failed_slots(sup: Supervisor) -> list[dict[str, object]]:
-    """Return the processes supervisord gave up on (FATAL)."""
+    """Return the processes supervisord gave up on (FATAL) and the workers that exited for good (EXITED)."""
     try:
-        return [info for info in sup.processes().values() if info["statename"] == FATAL]
-    except Exception:
+        return [info for info in sup.processes().values() if info["statename"] in (FATAL, EXITED)]
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
         return []
 
 
@@ -105,7 +107,8 @@ def wait_until_serving(s: DeploySettings, proc: subprocess.Popen[bytes], timeout
             name = str(info["name"])
             if name not in reported:
                 reported.add(name)
-                echo(f"torchgate: {name} is FATAL (gave up after its retries): see {info.get('stdout_logfile')}")
+                why = "gave up after its retries" if info["statename"] == FATAL else f"exit status {info.get('exitstatus')}"
+                echo(f"torchgate: {name} is {info['statename']} ({why}): see {info.get('stdout_logfile')}")
         if time.monotonic() >= deadline:
             echo(f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
                  f"supervisorctl -c {s.conf_path} status")

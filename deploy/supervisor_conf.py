@@ -20,7 +20,11 @@ DISPATCHER_STARTRETRIES = 10
 DISPATCHER_STOPWAITSECS = 10
 GATEWAY_STARTSECS = 3
 GATEWAY_STARTRETRIES = 10
-GATEWAY_WORKER_TIMEOUT = 60  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
+GATEWAY_WORKER_TIMEOUT = 60
+# A worker exits 3 when its models cannot load and 2 when its configuration is refused: restarting it cannot help.
+# Before startsecs such an exit is a failed start (retried, then FATAL); after it, the slot stays EXITED, with
+# the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted.
+WORKER_FINAL_EXIT_CODES = "2,3"  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
 
 
 def render_supervisord_conf(s: DeploySettings) -> str:
@@ -88,7 +92,7 @@ def render_worker(s: DeploySettings, slot: Slot) -> str:
     return _program(s, slot.name, worker_command(s, slot), worker_environment(slot),
                     priority=PRIORITY_WORKER, startsecs=s.worker_startsecs,
                     startretries=s.worker_startretries, stopwaitsecs=s.worker_stopwaitsecs,
-                    autostart=slot.autostart)
+                    autostart=slot.autostart, autorestart="unexpected", exitcodes=WORKER_FINAL_EXIT_CODES)
 
 
 def gateway_command(s: DeploySettings) -> list[str]:
@@ -126,14 +130,15 @@ def render_gateway(s: DeploySettings) -> str:
 
 def _program(s: DeploySettings, name: str, command: list[str], environment: dict[str, str], *,
              priority: int, startsecs: int, startretries: int, stopwaitsecs: int,
-             autostart: bool = True) -> str:
+             autostart: bool = True, autorestart: str = "true", exitcodes: str = "0") -> str:
     return _section(f"program:{name}", [
         ("command", _escape(shlex.join(command))),
         ("directory", _escape(str(s.run_dir))),
         ("environment", ",".join(f'{key}="{_escape(value)}"' for key, value in environment.items())),
         ("priority", str(priority)),
         ("autostart", _bool(autostart)),
-        ("autorestart", "true"),
+        ("autorestart", autorestart),
+        ("exitcodes", exitcodes),
         ("startsecs", str(startsecs)),
         ("startretries", str(startretries)),
         ("stopsignal", "TERM"),

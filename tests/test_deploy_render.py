@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
 from deploy.gpus import Gpu, parse_gpu_spec, parse_nvidia_smi, resolve_gpus
@@ -90,8 +91,11 @@ def test_process_settings_are_robust(tmp_path: Path) -> None:
     assert procs["gateway"].stopwaitsecs > s.gateway_graceful_seconds
     assert f"--graceful-timeout {s.gateway_graceful_seconds}" in procs["gateway"].command
     assert "--daemon" not in procs["gateway"].command
+    assert procs["gateway"].autorestart is RestartUnconditionally
+    assert procs["dispatcher"].autorestart is RestartUnconditionally
+    # A worker that cannot load its models (exit 3) stays down instead of looping; a crash is restarted.
+    assert worker.autorestart is RestartWhenExitUnexpected and sorted(worker.exitcodes) == [2, 3]
     for name, p in procs.items():
-        assert p.autorestart is not False, name
         assert p.stopasgroup and p.killasgroup, name
         assert p.redirect_stderr, name
         assert p.stdout_logfile == str(s.log_dir / f"{name}.log")

@@ -60,6 +60,11 @@ class Deployment:
         assert self.proc.poll() is None, self.log()
         assert requests.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
 
+    def wait_slots(self, *names: str, timeout: float = 60.0) -> None:
+        """Wait until exactly these slots are ready in the dispatcher (readiness needs only one per model)."""
+        wait_for(lambda: self.ready_slots() == set(names), timeout=timeout, interval=0.2,
+                 what=f"slots {sorted(names)} to be ready")
+
     def wait_supervisor(self, timeout: float = 60.0) -> None:
         conf = self.run_dir / "deploy.json"
         wait_for(lambda: self.proc.poll() is not None or (conf.exists() and self.supervisor.is_up()),
@@ -192,6 +197,7 @@ def deployment(run_dir: Path) -> Iterator[Deployment]:
                    "--worker-startsecs", "2", "--gateway-threads", "4")
     try:
         d.wait_ready()
+        d.wait_slots("worker-cpu-0", "worker-cpu-1")
         yield d
     finally:
         d.stop()
@@ -270,11 +276,11 @@ def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_d
     shutil.copytree(DEFAULT_REPOSITORY, repository)
     (repository / "digits" / "1" / "model.pt2").write_bytes(b"not a model")
     d = Deployment(run_dir, "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "1",
-                   "--worker-startsecs", "8", "--worker-startretries", "1", "--ready-timeout", "60")
+                   "--worker-startsecs", "30", "--worker-startretries", "1", "--ready-timeout", "60")
     try:
         d.wait_supervisor()
         sup = d.supervisor
-        info = sup.wait_for_state("worker-cpu-0", {FATAL, RUNNING}, timeout=90)
+        info = sup.wait_for_state("worker-cpu-0", {FATAL, RUNNING}, timeout=120)
         assert info["statename"] == FATAL, info
         log = (run_dir / "logs" / "worker-cpu-0.log").read_text()
         assert "cannot load" in log and "model.pt2" in log
@@ -290,3 +296,28 @@ def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_d
     finally:
         d.stop()
     assert d.proc.returncode is not None
+
+
+def test_rolling_restart_stops_at_a_slot_that_cannot_load_and_the_others_keep_serving(run_dir: Path) -> None:
+    repository = run_dir.parent / "repository"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    d = Deployment(run_dir, "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2",
+                   "--worker-threads", "1", "--worker-startsecs", "30", "--worker-startretries", "0")
+    try:
+        d.wait_ready()
+        d.wait_slots("worker-cpu-0", "worker-cpu-1")
+        before = d.pids()
+        with Load(d.url) as load:
+            load.wait_for_more(20)
+            (repository / "digits" / "1" / "model.pt2").write_bytes(b"a bad new version")
+            done = d.torchgate("rolling-restart", "--ready-timeout", "60")
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "worker-cpu-0 did not start again" in done.stderr and "worker-cpu-0.log" in done.stderr
+            load.wait_for_more(20)
+        assert load.failures == [], load.failures[:5]
+        assert d.supervisor.info("worker-cpu-0")["statename"] == FATAL
+        assert d.pids()["worker-cpu-1"] == before["worker-cpu-1"], "the restart went on past a failed slot"
+        assert d.ready_slots() == {"worker-cpu-1"}
+        assert "cannot load" in (run_dir / "logs" / "worker-cpu-0.log").read_text()
+    finally:
+        d.stop()
