@@ -321,3 +321,36 @@ def test_rolling_restart_stops_at_a_slot_that_cannot_load_and_the_others_keep_se
         assert "cannot load" in (run_dir / "logs" / "worker-cpu-0.log").read_text()
     finally:
         d.stop()
+
+
+def _cuda_usable() -> bool:
+    from deploy.gpus import discover_gpus
+
+    if not discover_gpus():
+        return False
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=120, check=False)
+    return probe.stdout.strip() == "True"
+
+
+@pytest.mark.gpu
+def test_each_gpu_slot_sees_only_its_own_device(run_dir: Path) -> None:
+    if not _cuda_usable():
+        pytest.skip("no CUDA device (or a CPU-only torch build)")
+    from deploy.gpus import discover_gpus
+
+    gpus = [g.index for g in discover_gpus()]
+    d = Deployment(run_dir, "--gpus", "all", "--cpu-workers", "0", "--worker-startsecs", "60")
+    try:
+        d.wait_ready(timeout=300)
+        slots = [f"worker-gpu{n}-0" for n in gpus]
+        d.wait_slots(*slots, timeout=300)
+        statuses = worker_statuses(d.s.frontend_endpoint)
+        for n, name in zip(gpus, slots, strict=True):
+            assert statuses[name].pid is not None
+            environ = Path(f"/proc/{statuses[name].pid}/environ").read_bytes().split(b"\0")
+            assert f"CUDA_VISIBLE_DEVICES={n}".encode() in environ
+        response = requests.post(f"{d.url}/v2/models/digits/infer", json=INFER_BODY, timeout=30)
+        assert response.status_code == 200, response.text
+    finally:
+        d.stop()
