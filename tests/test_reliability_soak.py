@@ -56,6 +56,7 @@ def table(samples: dict[str, list[Usage]], times: list[float], requests_done: li
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(SECONDS + 240)
 def test_rss_and_descriptors_stay_flat_under_steady_load(stack: Stack) -> None:
     assert SECONDS >= 60, "a soak shorter than a minute shows nothing"
     pids = stack.pids()
