@@ -103,21 +103,26 @@ class Deployment:
         except TimeoutError:
             return set()
 
-    def stop(self) -> None:
-        """SIGTERM `torchgate serve` (a clean stop); SIGKILL every process group left after a bound."""
-        pids: list[int] = []
+    def terminate(self, timeout: float = 90.0) -> int | None:
+        """SIGTERM `torchgate serve`, as Ctrl-C or systemd would; return its exit status (None: still running)."""
         try:
-            pids = [info["pid"] for info in self.supervisor.processes().values() if info["pid"]]
+            self._pids = [info["pid"] for info in self.supervisor.processes().values() if info["pid"]]
         except Exception:
             pass
-        supervisord = _read_pid(self.run_dir / "supervisord.pid")
+        self._supervisord = _read_pid(self.run_dir / "supervisord.pid")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=90)
+            return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pass
-        for pid in [*pids, *([supervisord] if supervisord else []), self.proc.pid]:
+            return None
+
+    def stop(self) -> None:
+        """Terminate cleanly if still running; then SIGKILL every process group that is left."""
+        if self.proc.poll() is None:
+            self.terminate()
+        supervisord = getattr(self, "_supervisord", None)
+        for pid in [*getattr(self, "_pids", []), *([supervisord] if supervisord else []), self.proc.pid]:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -269,6 +274,14 @@ def test_rolling_restart_under_load_fails_no_request(deployment: Deployment) -> 
     statuses = worker_statuses(d.s.frontend_endpoint)
     assert {n for n, w in statuses.items() if w.ready} == {"worker-cpu-0", "worker-cpu-1"}
     assert {statuses[n].pid for n in ("worker-cpu-0", "worker-cpu-1")} == {after["worker-cpu-0"], after["worker-cpu-1"]}
+
+    # SIGTERM to `torchgate serve` (what Ctrl-C and systemd do) stops everything, each worker drained.
+    assert d.terminate() == 0, d.log()[-2000:]
+    for pid in after.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for name in ("worker-cpu-0", "worker-cpu-1", "gateway", "dispatcher"):
+        assert f"stopped: {name} (exit status 0)" in d.log()
 
 
 def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_dir: Path) -> None:
