@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/torchgate serve --run-dir $(RUN_DIR)
+	$(BIN)/torchgate serve --run-dir $(RUN_DIR) $(SERVE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway inference_worker deploy tests benchmarks examples
