@@ -179,16 +179,17 @@ class DispatcherClient:
 
     # -- status -----------------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Return the dispatcher's STATUS_REPLY fields, reused for ``status_ttl`` seconds.
+    def status(self, max_age: float | None = None) -> dict[str, Any]:
+        """Return the dispatcher's STATUS_REPLY fields, reused for ``max_age`` (default ``status_ttl``) seconds.
 
         Raise :class:`Unavailable` within about ``status_timeout`` seconds if the dispatcher does not answer.
         """
+        max_age = self.status_ttl if max_age is None else max_age
         cached = self._status
-        if cached is None or time.monotonic() - cached[0] >= self.status_ttl:
+        if cached is None or time.monotonic() - cached[0] >= max_age:
             with self._status_lock:  # one refresh at a time; the others then find it fresh
                 cached = self._status
-                if cached is None or time.monotonic() - cached[0] >= self.status_ttl:
+                if cached is None or time.monotonic() - cached[0] >= max_age:
                     try:
                         result: dict[str, Any] | GatewayError = self._fetch_status()
                     except GatewayError as exc:

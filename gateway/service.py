@@ -82,24 +82,37 @@ class Gateway:
 
     # -- health -----------------------------------------------------------------------------------------
 
-    def status_or_none(self) -> dict[str, Any] | None:
+    def status_or_none(self, max_age: float | None = None) -> dict[str, Any] | None:
         """Return the dispatcher's status, or None when it does not answer."""
         try:
-            return self.client.status()
+            return self.client.status(max_age)
         except GatewayError:
             return None
 
     def ready(self) -> tuple[bool, str]:
-        """Return whether every model has a ready worker, and why not."""
+        """Return whether every model has a ready worker, and why not.
+
+        A cached "not ready" is checked again with a fresh status, so a server that became ready a moment ago
+        (as another gateway process may already have said) is not reported otherwise.
+        """
         status = self.status_or_none()
         if status is None:
             return False, "the dispatcher does not answer"
-        return server_ready(status, self.catalog.models)
+        ok, why = server_ready(status, self.catalog.models)
+        if not ok and (status := self.status_or_none(max_age=0)) is not None:
+            ok, why = server_ready(status, self.catalog.models)
+        return ok, why
 
     def model_ready(self, model_name: str, version: str | None) -> tuple[bool, ModelConfig]:
-        model, _ = self.catalog.get(model_name, version)
-        status = self.status_or_none()
-        return status is not None and model_ready(status, model.name, version or None), model
+        model, resolved = self.catalog.get(model_name, version)
+        version = resolved if version else None
+        for max_age in (None, 0.0):  # a cached "not ready" is checked again with a fresh status
+            status = self.status_or_none(max_age)
+            if status is None:
+                return False, model
+            if model_ready(status, model.name, version):
+                return True, model
+        return False, model
 
     def status(self) -> dict[str, Any]:
         """Return the dispatcher's status or raise 503."""

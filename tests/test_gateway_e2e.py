@@ -22,10 +22,11 @@ import pytest
 import requests
 import torch
 import tritonclient.http as httpclient
+import zmq
 from tritonclient.utils import InferenceServerException
 
-from tests.backend import FAST_HEARTBEAT, slow_repository
-from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes
+from tests.backend import slow_repository
+from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
 
 HALF_MODEL = '''
 import torch
@@ -131,11 +132,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         by_name = server.started
         by_name["dispatcher"] = processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend, *FAST_HEARTBEAT)
+            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend)
         for name in ("w0", "w1"):
             by_name[name] = processes.python(
                 name, "inference_worker.worker", "--model-repository", str(repository), "--dispatcher", backend,
-                "--name", name, "--device", "cpu", "--threads", "1", *FAST_HEARTBEAT)
+                "--name", name, "--device", "cpu", "--threads", "1")
         env = {"TORCHGATE_BIND": f"127.0.0.1:{port}", "TORCHGATE_DISPATCHER": frontend,
                "TORCHGATE_MODEL_REPOSITORY": str(repository), "TORCHGATE_GATEWAY_PROCESSES": "2",
                "TORCHGATE_GATEWAY_THREADS": "8"}
@@ -143,6 +144,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "gateway", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gateway" / "gunicorn_conf.py"),
                         "gateway.wsgi:app"], env=env)
         wait_ready(server, timeout=240)
+        with zmq.Context() as context:  # both workers loaded: no start-up left to compete for the cores
+            wait_for(lambda: ready_workers(context, frontend) == {"w0", "w1"}, timeout=240, what="both workers ready")
         yield server
     finally:
         processes.kill_all()
@@ -166,10 +169,14 @@ def digits_batch(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_tritonclient_health_metadata_and_config(server: Server) -> None:
+    for _ in range(4):  # both gateway processes, whichever answers
+        ready = requests.get(f"{server.http}/v2/health/ready", timeout=30)
+        assert ready.status_code == 200, ready.text
     with server.client() as client:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("digits") and client.is_model_ready("half", "1")
         assert not client.is_model_ready("digits", "2")  # no such version
+        assert requests.get(f"{server.http}/v2/models/digits/versions/01/ready", timeout=30).status_code == 200
         meta = client.get_model_metadata("digits")
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
         assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
