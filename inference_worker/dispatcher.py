@@ -25,6 +25,8 @@ from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, Wo
 from inference_worker.security import CurveServer, SecurityError, is_network
 from inference_worker.stats import StatsBook
 
+MAX_HELD = 4096  # requests held during the startup grace period, at most
+
 log = logging.getLogger("torchgate.dispatcher")
 
 
@@ -37,6 +39,7 @@ class DispatcherConfig:
     heartbeat_interval: float = 0.5  # seconds between heartbeats to workers
     heartbeat_liveness: int = 8  # missed intervals before a worker is taken out of rotation
     max_message_bytes: int = 1 << 31  # a peer that sends more is disconnected by libzmq
+    startup_grace: float = 5.0  # seconds after start in which requests wait for workers to (re-)register
     curve_secret_key: Path | None = None  # required when an endpoint is TCP
     curve_authorized: Path | None = None  # folder of public keys allowed to connect over TCP
 
@@ -77,6 +80,8 @@ class Dispatcher:
         self.backend = self._socket(config.backend)
         self.next_heartbeat = 0.0
         self.next_sweep = 0.0
+        self.started = time.monotonic()
+        self.held: list[tuple[bytes, protocol.Message]] = []  # requests that arrived before any worker registered
 
     def _socket(self, endpoint: str) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
@@ -154,14 +159,15 @@ class Dispatcher:
             self.accept(gateway, message)
         elif message.kind is Kind.QUERY:
             request_id = protocol.require(message.fields, "id", str)
-            known = (gateway, request_id) in self.router.requests
+            known = (gateway, request_id) in self.router.requests or any(
+                g == gateway and m.get("id") == request_id for g, m in self.held)
             self._to_gateway(gateway, protocol.encode(Kind.QUERY_REPLY, {"id": request_id, "known": known}))
         elif message.kind is Kind.STATUS:
             self._to_gateway(gateway, protocol.encode(Kind.STATUS_REPLY, {"id": message.get("id"), **self.status()}))
         else:
             raise ProtocolError(f"unexpected {message.kind} from a gateway")
 
-    def accept(self, gateway: bytes, message: protocol.Message) -> None:
+    def accept(self, gateway: bytes, message: protocol.Message, held: bool = False) -> None:
         fields = message.fields
         request_id = protocol.require(fields, "id", str)
         model = protocol.require(fields, "model", str)
@@ -169,9 +175,16 @@ class Dispatcher:
         if not isinstance(deadline, int | float) or isinstance(deadline, bool):
             deadline = time.time() + 30.0
         version = fields.get("version")
-        self.counters["requests"] += 1
+        if not held:
+            self.counters["requests"] += 1
         try:
-            resolved = self.router.resolve_version(model, version if isinstance(version, str) else None)
+            try:
+                resolved = self.router.resolve_version(model, version if isinstance(version, str) else None)
+            except Rejected:
+                if self.in_startup_grace() and len(self.held) < MAX_HELD:
+                    self.held.append((gateway, message))  # workers re-register within a heartbeat or two
+                    return
+                raise
             forward = {k: v for k, v in fields.items() if k not in ("v", "kind", "inputs", "seq")}
             request = Request(seq=self.next_seq, gateway=gateway, id=request_id, model=model, version=resolved,
                               deadline=float(deadline), fields=forward, frames=[buf for _, buf in message.tensors],
@@ -183,6 +196,15 @@ class Dispatcher:
         except Rejected as exc:
             self.counters["rejected"] += 1
             self._fail_gateway(gateway, request_id, exc.code, str(exc))
+
+    def in_startup_grace(self) -> bool:
+        return time.monotonic() - self.started < self.config.startup_grace
+
+    def release_held(self) -> None:
+        """Route (or, after the grace period, refuse) requests held while workers were registering."""
+        held, self.held = self.held, []
+        for gateway, message in held:
+            self.accept(gateway, message, held=True)
 
     def dispatch(self) -> None:
         """Send every queued request a worker has credit for."""
@@ -248,6 +270,8 @@ class Dispatcher:
             log.info("dispatcher: worker %s ready on %s (pid %d) with %s", worker.name, worker.device, worker.pid,
                      ", ".join(f"{m}/{v}" for m, v in signatures))
         self.requeue(self.router.register(worker), "replaced")
+        if self.held:
+            self.release_held()
 
     def on_result(self, identity: bytes, message: protocol.Message) -> None:
         seq = protocol.require(message.fields, "seq", int)
@@ -291,6 +315,8 @@ class Dispatcher:
     def sweep(self, now: float) -> None:
         """Take silent workers out of rotation and fail requests that can no longer be served in time."""
         self.next_sweep = now + 0.01
+        if self.held and not self.in_startup_grace():
+            self.release_held()
         for worker in self.router.expired_workers(now):
             log.warning("dispatcher: worker %s silent for %.1fs; out of rotation", worker.name, self.liveness)
             self.lose_worker(worker.identity, "silent")
@@ -350,16 +376,19 @@ def run_dispatcher(config: DispatcherConfig) -> int:
 @click.option("--backend", required=True, envvar="TORCHGATE_BACKEND", help="Endpoint workers connect to.")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
+@click.option("--startup-grace", type=float, default=5.0, show_default=True,
+              help="Seconds after start in which requests wait for workers to register instead of a 503.")
 @click.option("--curve-secret-key", type=click.Path(path_type=Path), default=None,
               help="The dispatcher's CURVE secret key file (required for TCP endpoints).")
 @click.option("--curve-authorized", type=click.Path(path_type=Path), default=None,
               help="Folder of public keys of peers allowed over TCP.")
 def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
-                       curve_secret_key: Path | None, curve_authorized: Path | None) -> None:
+                       startup_grace: float, curve_secret_key: Path | None, curve_authorized: Path | None) -> None:
     """Route requests between gateways and workers."""
     logs.configure()
     sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness,
-                                             curve_secret_key=curve_secret_key, curve_authorized=curve_authorized)))
+                                             startup_grace=startup_grace, curve_secret_key=curve_secret_key,
+                                             curve_authorized=curve_authorized)))
 
 
 if __name__ == "__main__":

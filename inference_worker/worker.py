@@ -176,8 +176,9 @@ class Worker:
                 self.drain_started = now
                 self._send(protocol.encode(Kind.DRAIN))
                 log.info("%s: draining", self.tag)
+            dispatcher_gone = now - max(self.last_seen, self.drain_started) > self.liveness_seconds
             if self.drain_started and not self._queued() and (
-                    self.drain_acked or now - self.drain_started > self.config.drain_timeout):
+                    self.drain_acked or dispatcher_gone or now - self.drain_started > self.config.drain_timeout):
                 self._send(protocol.encode(Kind.DISCONNECT, {"reason": "drained"}))
                 log.info("%s: drained, exiting", self.tag)
                 return 0
@@ -315,10 +316,15 @@ class Worker:
             self._send(protocol.encode(Kind.HEARTBEAT, fields))
         silent = now - self.last_seen
         # Messages that arrived while a batch ran prove the dispatcher alive: read them before judging it silent.
-        if (not self.drain_started and silent > self.config.heartbeat_interval * self.config.heartbeat_liveness
+        if (not self.drain_started and silent > self.liveness_seconds
                 and not (self.socket is not None and self.socket.poll(0, zmq.POLLIN))):
             log.warning("%s: no word from the dispatcher for %.1fs; reconnecting", self.tag, silent)
             self.connect()
+
+    @property
+    def liveness_seconds(self) -> float:
+        """How long the dispatcher may stay silent before it is presumed gone."""
+        return self.config.heartbeat_interval * self.config.heartbeat_liveness
 
     def _queued(self) -> int:
         return sum(len(b) for b in self.batchers.values())

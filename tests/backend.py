@@ -68,10 +68,10 @@ class Backend:
     def backend(self) -> str:
         return f"ipc://{self.run_dir}/backend.sock"
 
-    def start_dispatcher(self) -> Any:
+    def start_dispatcher(self, *args: str) -> Any:
         self.dispatcher = self.processes.python(
             "dispatcher", "inference_worker.dispatcher", "--frontend", self.frontend, "--backend", self.backend,
-            *FAST_HEARTBEAT)
+            *FAST_HEARTBEAT, *args)
         return self.dispatcher
 
     def start_worker(self, name: str, wait: bool = True, repository: Path | None = None) -> Any:

@@ -138,13 +138,30 @@ def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Back
     assert status is not None and status["workers"] == []
 
 
-def test_no_worker_answers_unavailable_at_once(backend: Backend) -> None:
+def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: Backend) -> None:
+    backend.dispatcher.kill()
+    backend.dispatcher.wait(timeout=10)
+    backend.start_dispatcher("--startup-grace", "0")
     client = Client(backend.context, backend.frontend)
     try:
         reply = client.infer("digits", {"input": np.zeros((1, 64), np.float32)}, timeout=30)
     finally:
         client.close()
     assert reply.kind is Kind.ERROR and reply.get("code") == ErrorCode.UNAVAILABLE
+
+
+def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(backend: Backend) -> None:
+    backend.dispatcher.kill()
+    backend.dispatcher.wait(timeout=10)
+    backend.start_dispatcher("--startup-grace", "120")  # longer than any worker start on a busy machine
+    client = Client(backend.context, backend.frontend)
+    try:
+        early = client.send("digits", {"input": np.zeros((1, 64), np.float32)}, timeout=120)
+        backend.start_worker("w0", wait=False)
+        reply = client.receive(early, timeout=150)
+    finally:
+        client.close()
+    assert reply.kind is Kind.REPLY and reply.get("worker") == "w0"
 
 
 def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Backend, tmp_path: Path) -> None:
