@@ -189,10 +189,13 @@ def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True)
 def add_worker(run_dir: Path, gpu: int | None, no_start: bool, ready_timeout: float) -> None:
     """Add a worker slot beyond the rendered ones, restarting nothing that runs."""
+    from deploy.gpus import discover_gpus
     from deploy.scaling import ScalingError
     from deploy.scaling import add_worker as run_add
 
     s, sup = _connect(run_dir)
+    if gpu is not None and gpu not in {g.index for g in discover_gpus()}:
+        raise click.BadParameter(f"this host has no GPU {gpu} (nvidia-smi)", param_hint="--gpu")
     try:
         slot = run_add(s, sup, gpu=gpu, start=not no_start, ready_timeout=ready_timeout)
     except (ScalingError, TimeoutError) as exc:
