@@ -7,7 +7,12 @@ request_id) are JSON fields of their own.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
+import sys
+import threading
 from typing import Any
 
 from flask import g, has_request_context
@@ -68,11 +73,80 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class BackgroundStreamHandler(logging.Handler):
+    """Write records to stderr from a thread of its own, so a request thread never waits on a full pipe.
+
+    A request thread only puts the record in a queue; the writer formats whatever has queued up and writes it
+    in one call. Records still queued at exit are written by an ``atexit`` hook.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child starts its own queue and writer
+        atexit.register(self.flush_all)
+
+    def _reset(self) -> None:
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._writer is None:
+            self._start()
+        self._queue.put(record)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, args=(self._queue,), name="log-writer", daemon=True)
+                self._writer.start()
+
+    def _run(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        while True:
+            record = records.get()
+            lines = []
+            while record is not None:
+                lines.append(self._format(record))
+                try:
+                    record = records.get_nowait()
+                except queue.Empty:
+                    break
+            self._write("".join(lines))
+
+    def _format(self, record: logging.LogRecord) -> str:
+        try:
+            return self.format(record) + "\n"
+        except Exception:  # a record that cannot be formatted must not stop the writer
+            return f"unformattable log record from {record.name}\n"
+
+    def _write(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def flush_all(self) -> None:
+        """Write every queued record now (at exit)."""
+        lines = []
+        while True:
+            try:
+                record = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if record is not None:
+                lines.append(self._format(record))
+        if lines:
+            self._write("".join(lines))
+
+
 def logconfig(level: str, log_format: str) -> dict[str, Any]:
     """Return gunicorn's ``logconfig_dict``: stderr, text or JSON lines, request ids on request lines."""
     formatter = "json" if log_format.lower() == "json" else "plain"
-    handler = {"class": "logging.StreamHandler", "formatter": formatter, "stream": "ext://sys.stderr",
-               "filters": ["request_id"]}
+    handler = {"()": "gateway.access_log.BackgroundStreamHandler", "formatter": formatter, "filters": ["request_id"]}
     return {
         "version": 1,
         "disable_existing_loggers": False,

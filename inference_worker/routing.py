@@ -82,6 +82,7 @@ class Router:
         self.workers: dict[bytes, WorkerState] = {}
         self.queues: dict[str, deque[Request]] = {}
         self.requests: dict[tuple[bytes, str], Request] = {}
+        self._turn = 0  # rotates among equally loaded workers
 
     # -- workers ----------------------------------------------------------------------------------------
 
@@ -149,14 +150,20 @@ class Router:
                 yield request, worker
 
     def pick(self, model: str, version: str) -> WorkerState | None:
-        """Return the least-loaded ready worker with credit that serves ``model`` ``version``."""
-        best, best_load = None, 2.0
+        """Return the least-loaded ready worker with credit that serves ``model`` ``version``; ties take turns."""
+        best: list[WorkerState] = []
+        best_load = 2.0
         for worker in self.workers.values():
             if worker.credit > 0 and (model, version) in worker.signatures:
                 load = len(worker.in_flight) / worker.capacity
                 if load < best_load:
-                    best, best_load = worker, load
-        return best
+                    best, best_load = [worker], load
+                elif load == best_load:
+                    best.append(worker)
+        if not best:
+            return None
+        self._turn += 1
+        return best[self._turn % len(best)]
 
     def complete(self, identity: bytes, seq: int) -> Request | None:
         """Take a finished request off its worker; None if it is not known there."""

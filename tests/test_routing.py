@@ -29,12 +29,18 @@ def test_least_loaded_worker_with_credit_gets_the_request() -> None:
     for seq in range(6):
         router.enqueue(request(seq))
         chosen += [w.name for _, w in router.assignments()]
-    # always the lower in-flight/capacity ratio: a 0/4, b 0/2, a 1/4, b 1/2 -> a, a, b full
-    assert chosen == ["a", "b", "a", "a", "b", "a"]
+    # always the lower in-flight/capacity ratio (a 1/4 before b 1/2), ties taking turns
+    loads = {"a": 0, "b": 0}
+    for name in chosen:
+        capacity = 4 if name == "a" else 2
+        assert loads[name] / capacity == min(loads["a"] / 4, loads["b"] / 2)
+        loads[name] += 1
+    assert loads == {"a": 4, "b": 2}
     assert router.pick("m", "1") is None  # no credit left anywhere: the next request waits in the queue
     router.enqueue(request(9))
     assert list(router.assignments()) == [] and router.queued("m") == 1
-    router.complete(b.identity, 1)
+    freed = next(seq for seq in b.in_flight)
+    router.complete(b.identity, freed)
     assert [(r.seq, w.name) for r, w in router.assignments()] == [(9, "b")]
 
 
@@ -110,3 +116,16 @@ def test_last_inference_takes_the_latest_not_the_sum() -> None:
     book.report("w0", "b", [{"model": "m", "version": "1", "last_inference": 250, "success": 1}])
     (row,) = book.to_wire()
     assert row["last_inference"] == 250 and row["success"] == 2
+
+
+def test_equally_loaded_workers_take_turns() -> None:
+    router = Router()
+    for name in ("a", "b", "c"):
+        router.register(worker(name, capacity=4))
+    chosen = []
+    for seq in range(6):
+        router.enqueue(request(seq))
+        for r, w in router.assignments():
+            chosen.append(w.name)
+            router.complete(w.identity, r.seq)  # answered before the next arrives: every worker idle again
+    assert sorted(chosen) == ["a", "a", "b", "b", "c", "c"]
