@@ -6,7 +6,6 @@ import hmac
 import importlib.metadata
 import logging
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from gateway.errors import (
     error_headers,
 )
 from gateway.service import Gateway
+from gateway.trace import new_request_id
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -61,7 +61,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.before_request
     def start() -> None:
         header = request.headers.get("X-Request-ID")
-        g.request_id = header if header and _REQUEST_ID.match(header) else uuid.uuid4().hex
+        g.request_id = header if header and _REQUEST_ID.match(header) else new_request_id()
         g.header_id = header if header and _REQUEST_ID.match(header) else None
         if config.auth_token and request.path != "/v2/health/live":
             given = request.headers.get("Authorization", "")

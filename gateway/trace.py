@@ -6,6 +6,8 @@ access log and the metrics read it when the response is done.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
 import uuid
@@ -24,12 +26,23 @@ def valid_request_id(value: str | None) -> bool:
     return bool(value) and REQUEST_ID.match(value or "") is not None
 
 
+_ids: tuple[int, str, itertools.count[int]] | None = None
+
+
+def new_request_id() -> str:
+    """Return a fresh id, unique across processes: a random per-process prefix and a counter (no syscall)."""
+    global _ids
+    if _ids is None or _ids[0] != os.getpid():
+        _ids = (os.getpid(), uuid.uuid4().hex[:16], itertools.count(1))
+    return f"{_ids[1]}{next(_ids[2]):016x}"
+
+
 def choose_request_id(header: str | None, body: str | None, fallback: str | None = None) -> str:
     """Return the request id: ``X-Request-ID`` if valid, else the OIP body ``id`` if valid, else ``fallback``/new."""
     for candidate in (header, body, fallback):
         if candidate is not None and valid_request_id(candidate):
             return candidate
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 @dataclass(slots=True)
