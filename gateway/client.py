@@ -42,6 +42,20 @@ class InferReply:
     stats: dict[str, Any]
 
 
+class _OwnedSocket(zmq.Socket):  # type: ignore[type-arg]
+    """A socket collected with its thread or client closes itself quietly, but only in the process that made it.
+
+    The gateway's per-thread sockets may be collected in any order with the objects that own them (say, an
+    app in a reference cycle); pyzmq would warn about each one. One inherited across fork is never touched.
+    """
+
+    owner_pid = 0  # set right after creation (a class attribute, so pyzmq does not take it for a socket option)
+
+    def __del__(self) -> None:
+        if not self.closed and self.owner_pid == os.getpid():
+            self.close(linger=0)
+
+
 class _Holder:
     """One thread's socket; closes it when the thread (and so its thread-local storage) goes away."""
 
@@ -79,7 +93,8 @@ class DispatcherClient:
     def _socket(self) -> zmq.Socket[Any]:
         holder = getattr(self._local, "holder", None)
         if holder is None or holder.pid != os.getpid() or holder.socket.closed:
-            socket = self._ctx().socket(zmq.DEALER)
+            socket = self._ctx().socket(zmq.DEALER, socket_class=_OwnedSocket)
+            socket.owner_pid = os.getpid()
             socket.setsockopt(zmq.LINGER, 0)
             socket.connect(self.endpoint)
             holder = _Holder(socket)  # a socket inherited across fork is dropped unclosed, never used
