@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 POLL_INTERVAL_S = 0.2
+IDLE_CORES = 0.15  # a system using less CPU than this (in cores) has finished the previous run's backlog
 
 
 class StartError(RuntimeError):
@@ -75,6 +76,29 @@ class Launched:
             with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
         return total
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time (user + system) used so far by the live processes of the tree."""
+        total = 0.0
+        for p in self.tree():
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def wait_idle(self, timeout_s: float, busy_cores: float = IDLE_CORES, interval_s: float = 0.5) -> tuple[bool, float]:
+        """Wait until the tree uses less than ``busy_cores`` for two intervals in a row (a backlog left by the
+        previous load has been served). Return whether it got there and the seconds waited."""
+        start = time.monotonic()
+        previous, quiet = self.cpu_seconds(), 0
+        while time.monotonic() - start < timeout_s:
+            time.sleep(interval_s)
+            now = self.cpu_seconds()
+            quiet = quiet + 1 if 0 <= now - previous < busy_cores * interval_s else 0
+            previous = now
+            if quiet >= 2:
+                return True, time.monotonic() - start
+        return False, time.monotonic() - start
 
     def log_tail(self, lines: int = 15) -> str:
         try:

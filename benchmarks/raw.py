@@ -17,6 +17,7 @@ from pathlib import Path
 from benchmarks.settings import REPO_ROOT
 
 WARMUP_CALLS = 5
+MIN_CALLS = 10  # however long it takes: a median needs a few calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class RawResult:
     samples_per_s: float  # summed over the processes
     p50_ms: float  # per call, median over processes
     p99_ms: float
+    repeats: int = 1  # measurements this result is the median of
 
     @property
     def label(self) -> str:
@@ -54,7 +56,7 @@ def loop(workload: str, batch: int, threads: int, duration_s: float, repository:
             model(*batches[i % len(batches)])
         start = time.perf_counter()
         i = 0
-        while time.perf_counter() - start < duration_s:
+        while time.perf_counter() - start < duration_s or i < MIN_CALLS:
             t0 = time.perf_counter()
             model(*batches[i % len(batches)])
             times.append(time.perf_counter() - t0)

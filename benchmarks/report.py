@@ -60,10 +60,14 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
                 "|---|---|" + "---:|" * (2 * len(concurrencies) + 2)]
         for row in rows:
             ref = _reference(rows, row.fmt) or _reference(rows, "json")
-            rates = " | ".join(_fmt_rate(row.throughput.get(c)) for c in concurrencies)
+            rates = " | ".join(_fmt_rate(row.throughput.get(c)) + ("*" if c in row.sparse else "")
+                               for c in concurrencies)
             ratios = " | ".join(_ratio(row, ref, c) for c in concurrencies)
             out.append(f"| {row.label} | {row.fmt} | {rates} | {row.errors} / {row.requests} | "
                        f"{row.rss_bytes / 2**20:,.0f} | {ratios} |")
+        if any(row.sparse for row in rows):
+            out += ["", "\\* fewer than two answers per connection in a run: the system could not keep up within the "
+                    "run's duration (requests still queued when wrk stopped are not counted); a lower bound."]
         out += ["", "Latency p50 / p99 (ms, from wrk's latency distribution):", "",
                 f"| system | format | {head} |", "|---|---|" + "---:|" * len(concurrencies)]
         for row in rows:
@@ -72,7 +76,8 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
         out.append("")
     raw = results.raw_for(workload)
     if raw:
-        out += ["The raw model in a loop, no HTTP (the compute limit; same torch threads as a worker):", "",
+        out += ["The raw model in a loop, no HTTP (the compute limit; same torch threads as a worker; measured "
+                "before each round and after the last, medians):", "",
                 "| loop | samples/s | p50 per call ms | p99 per call ms |", "|---|---:|---:|---:|"]
         out += [f"| {r.label} | {_fmt_rate(r.samples_per_s)} | {_fmt_ms(r.p50_ms)} | {_fmt_ms(r.p99_ms)} |" for r in raw]
         out.append("")
@@ -182,7 +187,9 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
         f"Common settings: HTTP {s['http_processes']} process x {s['http_threads']} threads; "
         f"{s['model_workers']} model workers x {s['torch_threads']} torch threads; max batch size "
         f"{s['max_batch_size']}; max batch delay {s['max_batch_delay_ms']} ms; queue {s['queue_size']}; "
-        f"{s['duration_s']} s per run, {s['rounds']} round(s), warm-up {s['warmup_s']} s; "
+        f"{s['duration_s']} s per run on (a), x{s['duration_factor']} per workload, {s['rounds']} round(s), "
+        f"warm-up {s['warmup_s']} s; after every run the runner waits until the system is idle again "
+        f"(< 0.15 cores for 1 s) so that no backlog spills into the next measurement; "
         f"concurrency {', '.join(map(str, concurrencies))}.",
         "",
         "Formats: `json` is the seed's `{\"input\": ...}` for the seed app, TorchServe and LitServe, and an Open "

@@ -36,6 +36,7 @@ class Row:
     errors: int = 0
     requests: int = 0
     rss_bytes: int = 0
+    sparse: set[int] = field(default_factory=set)  # concurrencies where a run saw fewer than 2 answers per connection
 
 
 @dataclass(slots=True)
@@ -65,6 +66,8 @@ class Results:
                 row.throughput[c] = statistics.median(r.throughput for r in at)
                 row.p50_ms[c] = statistics.median(r.p50_ms for r in at)
                 row.p99_ms[c] = statistics.median(r.p99_ms for r in at)
+                if any(r.requests < 2 * c for r in at):
+                    row.sparse.add(c)
             row.errors = sum(m.load.errors for m in ms)
             row.requests = sum(m.load.requests for m in ms)
             row.rss_bytes = max(m.rss_bytes for m in ms)
@@ -72,7 +75,15 @@ class Results:
         return rows
 
     def raw_for(self, workload: str) -> list[RawResult]:
-        return [r for r in self.raw if r.workload == workload]
+        """Return one raw result per (batch, processes): medians over the repeated measurements."""
+        groups: dict[tuple[int, int], list[RawResult]] = {}
+        for r in self.raw:
+            if r.workload == workload:
+                groups.setdefault((r.batch, r.processes), []).append(r)
+        return [RawResult(workload, batch, processes, rs[0].threads,
+                          statistics.median(r.samples_per_s for r in rs), statistics.median(r.p50_ms for r in rs),
+                          statistics.median(r.p99_ms for r in rs), len(rs))
+                for (batch, processes), rs in sorted(groups.items())]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -148,6 +148,14 @@ class Bench:
         sample()
         return peak[0], result
 
+    def settle(self, workload: str, name: str, launched: Launched) -> None:
+        """Let ``name`` finish the backlog of the run that just ended before anything else is measured."""
+        idle, waited = launched.wait_idle(self.s.idle_timeout_s)
+        if not idle:
+            log(f"{workload}: {name} still busy {waited:.0f} s after its run; going on")
+        elif waited > 3:
+            log(f"{workload}: {name} took {waited:.1f} s to serve its backlog")
+
     def measure_raw(self, workload: str, repository: Path) -> None:
         s = self.s
         plans = [(1, 1), (1, s.model_workers), (s.batch_size(workload), s.model_workers)]
@@ -170,11 +178,12 @@ class Bench:
                     run_wrk(running[name][0].url, script, 8, self.s.warmup_s, self.s.request_timeout_s)
                 except LoadError as exc:
                     log(f"{workload}: warm-up {name} {fmt} failed: {exc}")
-            if self.raw:
-                self.measure_raw(workload, repository)
+                self.settle(workload, name, running[name][0])
             total = len(scripts) * len(self.s.concurrencies) * self.s.rounds
             done = 0
             for rnd in range(self.s.rounds):
+                if self.raw:
+                    self.measure_raw(workload, repository)
                 for ci, c in enumerate(self.s.concurrencies):
                     order = [key for fmt in FORMATS for key in scripts if key[1] == fmt]
                     shift = (rnd + ci) % max(1, len(order))
@@ -182,14 +191,18 @@ class Bench:
                         launched = running[name][0]
                         done += 1
                         try:
-                            rss, result = self.one_run(launched, scripts[(name, fmt)], c, self.s.duration_s)
+                            rss, result = self.one_run(launched, scripts[(name, fmt)], c, self.s.duration(workload))
                         except LoadError as exc:
                             log(f"[{done}/{total}] {workload} c={c} {fmt} {name}: wrk failed: {exc}")
                             continue
+                        finally:
+                            self.settle(workload, name, launched)
                         self.results.measurements.append(Measurement(workload, name, fmt, rnd, result, rss))
                         log(f"[{done}/{total}] {workload} round {rnd + 1} c={c} {fmt} {name}: "
                             f"{result.throughput:,.1f} req/s, p50 {result.p50_ms:.2f} ms, "
                             f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, {rss / 2**20:,.0f} MB")
+            if self.raw:
+                self.measure_raw(workload, repository)  # once more at the end: raw brackets the HTTP runs
         finally:
             for name, (launched, _) in running.items():
                 log(f"{workload}: stopping {name}")

@@ -26,7 +26,9 @@ class BenchSettings:
     max_batch_delay_ms: float = 1.0  # TorchServe maxBatchDelay, LitServe batch_timeout, torchgate max_queue_delay_us
     queue_size: int = 1024  # TorchServe job_queue_size, torchgate max_queue_size
     concurrencies: tuple[int, ...] = CONCURRENCIES
-    duration_s: float = 10.0  # one wrk run
+    duration_s: float = 5.0  # one wrk run on workload (a); the others run longer (duration_factor)
+    duration_factor: dict[str, float] = field(default_factory=lambda: {"mlp": 1.0, "minilm": 2.0, "conv": 2.0})
+    idle_timeout_s: float = 90.0  # after a run, wait (bounded) until the system has served its backlog
     warmup_s: float = 2.0  # one wrk run per system and format before any measured run
     rounds: int = 2  # every (concurrency, format, system) is measured this many times, interleaved; median kept
     raw_duration_s: float = 5.0
@@ -37,6 +39,10 @@ class BenchSettings:
 
     def batch_size(self, workload: str) -> int:
         return self.max_batch_size[workload]
+
+    def duration(self, workload: str) -> float:
+        """Seconds per wrk run: slow workloads run longer so that every connection sees several answers."""
+        return self.duration_s * self.duration_factor.get(workload, 1.0)
 
     @classmethod
     def quick_mode(cls) -> BenchSettings:
