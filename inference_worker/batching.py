@@ -2,8 +2,8 @@
 
 Requests queue per model version and per *batch key* (the datatypes and non-batch shapes of their inputs),
 so requests whose shapes differ are never batched together. A queue runs when it holds ``max_batch_size``
-samples or when its oldest request has waited ``max_queue_delay_us``; a model with ``max_batch_size`` 0
-runs each request alone, at once.
+samples, when it can fill a preferred batch size, or when its oldest request has waited ``max_queue_delay_us``;
+a model with ``max_batch_size`` 0 runs each request alone, at once.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ class _Queue:
 class Batcher:
     """Queues of one model version, and the choice of the next batch to run."""
 
-    def __init__(self, max_batch_size: int, max_queue_delay_us: int) -> None:
+    def __init__(self, max_batch_size: int, max_queue_delay_us: int, preferred_batch_sizes: tuple[int, ...] = ()) -> None:
         self.max_batch_size = max_batch_size
         self.delay_ns = max_queue_delay_us * 1000
+        # As Triton: a queue that can fill a preferred size runs at once, as the largest preferred size it can fill.
+        self.preferred = sorted(p for p in preferred_batch_sizes if 0 < p <= max_batch_size)
         self._queues: dict[Hashable, _Queue] = {}
 
     def __len__(self) -> int:
@@ -78,6 +80,8 @@ class Batcher:
     def _is_due(self, queue: _Queue, now_ns: int) -> bool:
         if self.max_batch_size == 0 or queue.samples >= self.max_batch_size:
             return True
+        if self.preferred and queue.samples >= self.preferred[0]:
+            return True
         return now_ns - queue.items[0].arrived_ns >= self.delay_ns
 
     def _take(self, key: Hashable) -> list[Pending]:
@@ -85,7 +89,10 @@ class Batcher:
         batch = [queue.items.popleft()]
         samples = batch[0].samples
         if self.max_batch_size > 0:
-            while queue.items and samples + queue.items[0].samples <= self.max_batch_size:
+            limit = self.max_batch_size
+            if self.preferred and queue.samples < self.max_batch_size:
+                limit = max([p for p in self.preferred if p <= queue.samples] or [self.max_batch_size])
+            while queue.items and samples + queue.items[0].samples <= limit:
                 item = queue.items.popleft()
                 samples += item.samples
                 batch.append(item)

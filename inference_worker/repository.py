@@ -121,7 +121,10 @@ def load_model_config(folder: Path) -> ModelConfig:
     if not isinstance(batching, dict):
         raise ConfigError(f"{path}: key 'dynamic_batching' must be a table")
     delay = _Getter(path, batching, "dynamic_batching.").integer("max_queue_delay_us", 0)
-    preferred = tuple(batching.get("preferred_batch_size", ()))
+    preferred = batching.get("preferred_batch_size", [])
+    if not isinstance(preferred, list) or not all(type(p) is int and 0 < p <= max(max_batch_size, 1) for p in preferred):
+        raise ConfigError(f"{path}: key 'dynamic_batching.preferred_batch_size' is {preferred!r}, "
+                          f"expected a list of sizes from 1 to max_batch_size")
     queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
@@ -141,7 +144,7 @@ def load_model_config(folder: Path) -> ModelConfig:
     model = ModelConfig(
         name=name, backend=backend, max_batch_size=max_batch_size, max_queue_delay_us=delay,
         inputs=inputs, outputs=outputs, path=folder, versions=versions, factory=factory, weights=weights,
-        max_queue_size=queue_size, preferred_batch_sizes=preferred,
+        max_queue_size=queue_size, preferred_batch_sizes=tuple(preferred),
     )
     for version in versions:
         file = model.model_file(version)

@@ -121,7 +121,8 @@ class Worker:
                 executor = Executor(model, version, load_model(model, version, self.device), self.device)
                 executor.warm_up()
                 self.executors[(name, version)] = executor
-                self.batchers[(name, version)] = Batcher(model.max_batch_size, model.max_queue_delay_us)
+                self.batchers[(name, version)] = Batcher(model.max_batch_size, model.max_queue_delay_us,
+                                                             model.preferred_batch_sizes)
                 log.info("%s: loaded %s version %s on %s in %.2fs", self.tag, name, version, self.device,
                          time.monotonic() - start)
 

@@ -62,3 +62,14 @@ def test_flush_runs_everything_regardless_of_delay() -> None:
     batcher.add(item(1, 0))
     assert batcher.next_batch(0) is None
     assert [p.seq for p in batcher.next_batch(0, flush=True) or []] == [1]
+
+
+def test_a_preferred_batch_size_runs_at_once_as_the_largest_it_can_fill() -> None:
+    batcher = Batcher(max_batch_size=16, max_queue_delay_us=1_000_000, preferred_batch_sizes=(4, 8))
+    for seq in range(3):
+        batcher.add(item(seq, 0))
+    assert batcher.next_batch(0) is None  # 3 samples: no preferred size yet, and the delay is long
+    for seq in range(3, 10):
+        batcher.add(item(seq, 0))
+    assert len(batcher.next_batch(0) or []) == 8  # 10 queued: the largest preferred size that fits
+    assert batcher.next_batch(0) is None  # 2 left wait for the delay
