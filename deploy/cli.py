@@ -53,6 +53,18 @@ main.add_command(_forwarding_command(
     "dispatcher", "inference_worker.dispatcher:dispatcher_command", "Run the dispatcher (see `torchgate dispatcher --help`)."))
 
 
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("names", nargs=-1, required=True)
+def keys(folder: Path, names: tuple[str, ...]) -> None:
+    """Create CURVE key pairs NAME.key / NAME.key_secret in FOLDER, for TCP between hosts."""
+    from inference_worker.security import create_keys
+
+    for name in names:
+        public, secret = create_keys(folder, name)
+        click.echo(f"{name}: public {public}, secret {secret} (owner-only)")
+
+
 def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options that describe a host, shared by ``serve`` and ``render``."""
     options = [

@@ -139,3 +139,15 @@ def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) ->
     with pytest.raises(LoadError, match="model.pt"):
         load_model(model, "1", torch.device("cpu"))
     assert not marker.exists()
+
+
+def test_torchgate_keys_writes_owner_only_secret_keys(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", str(tmp_path / "k"), "a", "b"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    for name in ("a", "b"):
+        assert (tmp_path / "k" / f"{name}.key").is_file()
+        assert (tmp_path / "k" / f"{name}.key_secret").stat().st_mode & 0o077 == 0
