@@ -192,6 +192,13 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
         f"(< 0.15 cores for 1 s) so that no backlog spills into the next measurement; "
         f"concurrency {', '.join(map(str, concurrencies))}.",
         "",
+        "To run it: `make bench` (two rounds, a good half hour) or `make bench-quick` (one short round); or "
+        "`python -m benchmarks.run [--quick] [--workloads mlp,minilm,conv] [--systems torchgate,seed,torchserve,"
+        "litserve,empty_flask] [--formats json,binary] [--concurrency 1,8,32,128] [--duration S] [--rounds N] "
+        "[--batch-delay-ms MS]`. It needs wrk (installed with apt-get when missing and run as root), Java 11+ for "
+        "TorchServe and the `bench` extra; models, model stores, run directories and logs go to "
+        "`benchmarks/.work/`.",
+        "",
         "Formats: `json` is the seed's `{\"input\": ...}` for the seed app, TorchServe and LitServe, and an Open "
         "Inference Protocol JSON request for torchgate (and the empty Flask app, which only reads it); `binary` "
         "is Triton's binary tensor extension with binary outputs for torchgate and raw tensor bytes in and out "
