@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 POLL_INTERVAL_S = 0.2
-IDLE_CORES = 0.15  # a system using less CPU than this (in cores) has finished the previous run's backlog
+IDLE_CORES = 0.3  # below this (in cores) a system has served its backlog; idle LitServe polls at ~0.15
 
 
 class StartError(RuntimeError):

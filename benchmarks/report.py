@@ -77,7 +77,7 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
     raw = results.raw_for(workload)
     if raw:
         out += ["The raw model in a loop, no HTTP (the compute limit; same torch threads as a worker; measured "
-                "before each round and after the last, medians):", "",
+                "before each round and, except in quick mode, after the last; medians):", "",
                 "| loop | samples/s | p50 per call ms | p99 per call ms |", "|---|---:|---:|---:|"]
         out += [f"| {r.label} | {_fmt_rate(r.samples_per_s)} | {_fmt_ms(r.p50_ms)} | {_fmt_ms(r.p99_ms)} |" for r in raw]
         out.append("")
@@ -92,7 +92,7 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
         out += [f"- {results.labels.get(name, name)}: {text}" for name, text in described.items()]
         startup = results.startup_s.get(workload, {})
         if startup:
-            out.append("- start-up to ready (s): " + ", ".join(f"{results.labels.get(n, n)} {t:.1f}"
+            out.append("- start-up to ready (s, all launched at once): " + ", ".join(f"{results.labels.get(n, n)} {t:.1f}"
                                                            for n, t in startup.items()))
         out.append("")
     return out
@@ -189,10 +189,11 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
         f"{s['max_batch_size']}; max batch delay {s['max_batch_delay_ms']} ms; queue {s['queue_size']}; "
         f"{s['duration_s']} s per run on (a), x{s['duration_factor']} per workload, {s['rounds']} round(s), "
         f"warm-up {s['warmup_s']} s; after every run the runner waits until the system is idle again "
-        f"(< 0.15 cores for 1 s) so that no backlog spills into the next measurement; "
+        f"(< 0.3 cores for 1 s) so that no backlog spills into the next measurement; "
         f"concurrency {', '.join(map(str, concurrencies))}.",
         "",
-        "To run it: `make bench` (two rounds, a good half hour) or `make bench-quick` (one short round); or "
+        "To run it: `make bench` (two rounds, about 40 minutes) or `make bench-quick` (one short round at c=1 and "
+        "c=32, a few minutes); or "
         "`python -m benchmarks.run [--quick] [--workloads mlp,minilm,conv] [--systems torchgate,seed,torchserve,"
         "litserve,empty_flask] [--formats json,binary] [--concurrency 1,8,32,128] [--duration S] [--rounds N] "
         "[--batch-delay-ms MS]`. It needs wrk (installed with apt-get when missing and run as root), Java 11+ for "

@@ -100,29 +100,43 @@ class Bench:
             results.labels[name] = system.label
 
     def start_all(self, workload: str, repository: Path) -> dict[str, tuple[Launched, StartContext]]:
-        running: dict[str, tuple[Launched, StartContext]] = {}
+        """Launch every system at once, then wait for each to be ready (start-up times overlap)."""
         pool = samples(workload)
+        launched: dict[str, tuple[Launched, StartContext, float]] = {}
+        failures = self.results.failures.setdefault(workload, {})
         for name, system in self.systems.items():
             reason = system.unavailable()
             if reason:
                 log(f"{workload}: {name} skipped: {reason}")
-                self.results.failures.setdefault(workload, {})[name] = f"skipped: {reason}"
+                failures[name] = f"skipped: {reason}"
                 continue
             ctx = StartContext(self.s, workload, repository, free_port(), self.s.work_dir / "systems" / workload / name)
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
             log(f"{workload}: starting {name} on port {ctx.port}")
-            t0 = time.monotonic()
             try:
-                probes = [system.request(workload, fmt, pool[0]) for fmt in self.formats_of(system, workload)]
-                launched = system.start(ctx, probes)
+                launched[name] = (system.launch(ctx), ctx, time.monotonic())
             except (StartError, OSError, subprocess.SubprocessError) as exc:
                 log(f"{workload}: {name} failed to start: {exc}")
-                self.results.failures.setdefault(workload, {})[name] = f"failed to start: {str(exc).splitlines()[0]}"
+                failures[name] = f"failed to start: {str(exc).splitlines()[0]}"
+        running: dict[str, tuple[Launched, StartContext]] = {}
+        for name, (proc, ctx, t0) in launched.items():
+            system = self.systems[name]
+            try:
+                probes = [system.request(workload, fmt, pool[0]) for fmt in self.formats_of(system, workload)]
+                system.await_ready(ctx, proc, probes)
+            except (StartError, OSError, subprocess.SubprocessError) as exc:
+                log(f"{workload}: {name} failed to start: {exc}")
+                failures[name] = f"failed to start: {str(exc).splitlines()[0]}"
                 continue
+            except BaseException:  # interrupted: nothing launched may outlive the runner
+                for other, _, _ in launched.values():
+                    other.stop(grace_s=5)
+                raise
             elapsed = time.monotonic() - t0
             self.results.startup_s.setdefault(workload, {})[name] = elapsed
             self.results.describe.setdefault(workload, {})[name] = system.describe(self.s, workload)
             log(f"{workload}: {name} ready in {elapsed:.1f} s")
-            running[name] = (launched, ctx)
+            running[name] = (proc, ctx)
         return running
 
     def formats_of(self, system: System, workload: str) -> list[str]:
@@ -201,7 +215,7 @@ class Bench:
                         log(f"[{done}/{total}] {workload} round {rnd + 1} c={c} {fmt} {name}: "
                             f"{result.throughput:,.1f} req/s, p50 {result.p50_ms:.2f} ms, "
                             f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, {rss / 2**20:,.0f} MB")
-            if self.raw:
+            if self.raw and not self.s.quick:
                 self.measure_raw(workload, repository)  # once more at the end: raw brackets the HTTP runs
         finally:
             for name, (launched, _) in running.items():

@@ -67,9 +67,12 @@ class System(ABC):
         """Return the settings this system runs with, for the report."""
 
     def start(self, ctx: StartContext, probe: list[HttpRequest]) -> Launched:
-        """Launch, wait for readiness (bounded polling), then require a 200 for each probe request."""
+        """Launch, then wait until ready (see :meth:`await_ready`)."""
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        launched = self.launch(ctx)
+        return self.await_ready(ctx, self.launch(ctx), probe)
+
+    def await_ready(self, ctx: StartContext, launched: Launched, probe: list[HttpRequest]) -> Launched:
+        """Wait for readiness (bounded polling), then require a 200 for each probe request; kill it on failure."""
         try:
             wait_ready(launched, lambda: self.ready(ctx, probe[0]), ctx.settings.ready_timeout_s)
             for req in probe:

@@ -78,11 +78,13 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=1)
     parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds")
     parser.add_argument("--timeout", type=float, default=120.0, help="request timeout, seconds")
+    parser.add_argument("--fast-queue", action="store_true", help="ZeroMQ queues (LitServe's advice above 100 req/s)")
     args = parser.parse_args()
     inputs = [(item.split(":")[0], item.split(":")[1]) for item in args.inputs.split(",")]
     api = BenchAPI(args.model, inputs, args.torch_threads, max_batch_size=args.max_batch_size,
                    batch_timeout=args.batch_timeout)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=args.timeout)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=args.timeout,
+                            fast_queue=args.fast_queue)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=args.api_servers, log_level="warning",
                generate_client_file=False)
 
