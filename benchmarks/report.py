@@ -193,7 +193,7 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
         f"concurrency {', '.join(map(str, concurrencies))}.",
         "",
         "To run it: `make bench` (two rounds, about 40 minutes) or `make bench-quick` (one short round at c=1 and "
-        "c=32, a few minutes); or "
+        "c=32, about 7 minutes here); or "
         "`python -m benchmarks.run [--quick] [--workloads mlp,minilm,conv] [--systems torchgate,seed,torchserve,"
         "litserve,empty_flask] [--formats json,binary] [--concurrency 1,8,32,128] [--duration S] [--rounds N] "
         "[--batch-delay-ms MS]`. It needs wrk (installed with apt-get when missing and run as root), Java 11+ for "
