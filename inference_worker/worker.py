@@ -199,7 +199,9 @@ class Worker:
             wake = min(wake, now + (min(due) - time.monotonic_ns()) / 1e9)
         if self.drain_started:
             wake = min(wake, now + 0.05)
-        return max(0, int((wake - now) * 1000 + 0.999))
+        # Rounded down: ZeroMQ polls in whole milliseconds, and a batch due in 0.4 ms must not wait 1 ms. The
+        # last fraction of a millisecond is spent polling without waiting, only while a batch is filling.
+        return max(0, int((wake - now) * 1000))
 
     def _receive_all(self) -> None:
         assert self.socket is not None
