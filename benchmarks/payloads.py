@@ -79,3 +79,21 @@ def oip_binary(workload: str, sample: Sample, path: str | None = None) -> HttpRe
     return HttpRequest(path or oip_path(workload), header + b"".join(blobs),
                        {"Inference-Header-Content-Length": str(len(header)),
                         "Content-Type": "application/octet-stream"})
+
+
+def decode_output(kind: str, body: bytes, headers: dict[str, str]) -> np.ndarray:
+    """Return the first output of one answer: ``seed`` ``{"output": ...}``, ``oip`` (JSON or Triton binary),
+    or ``raw`` (FP32 bytes)."""
+    if kind == "seed":
+        return np.asarray(json.loads(body)["output"], dtype=np.float32)
+    if kind == "raw":
+        return np.frombuffer(body, dtype="<f4")
+    if kind != "oip":
+        raise ValueError(f"unknown answer kind {kind!r}")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    header_length = int(lowered.get("inference-header-content-length", len(body)))
+    output = json.loads(body[:header_length])["outputs"][0]
+    if "data" in output:
+        return np.asarray(output["data"], dtype=np.float32)
+    size = int(output["parameters"]["binary_data_size"])
+    return np.frombuffer(body[header_length:header_length + size], dtype="<f4")

@@ -45,6 +45,18 @@ def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | N
         return 0
 
 
+def http_call(url: str, data: bytes, headers: dict[str, str], timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """POST ``data``; return the status, the headers and the body (status 0: nothing answered)."""
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(exc.headers.items()), exc.read()
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}, b""
+
+
 @dataclass
 class Launched:
     """A system's root process, where it logs, and every process seen in its tree (for the final kill)."""

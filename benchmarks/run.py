@@ -21,8 +21,18 @@ from collections.abc import Collection
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.load import LoadError, LoadResult, run_wrk, write_script
-from benchmarks.models import WORKLOAD_SPECS, WORKLOADS, samples, write_repository
+from benchmarks.models import (
+    WORKLOAD_SPECS,
+    WORKLOADS,
+    Sample,
+    collate,
+    load_exported,
+    samples,
+    write_repository,
+)
 from benchmarks.payloads import FORMATS
 from benchmarks.procs import Launched, StartError, free_port
 from benchmarks.raw import measure
@@ -89,6 +99,15 @@ def choose(names: str, known: Collection[str], what: str) -> tuple[str, ...]:
     return chosen
 
 
+def expected_output(workload: str, repository: Path, sample: Sample) -> np.ndarray:
+    """Return the exported model's own (first) output for one sample: every system must answer it."""
+    import torch
+
+    with torch.inference_mode():
+        output = load_exported(repository, workload)(*collate(workload, [sample]))
+    return np.asarray(output[0].numpy().reshape(-1), dtype=np.float32)
+
+
 class Bench:
     """One benchmark run: the systems, their scripts, the measurements."""
 
@@ -119,11 +138,13 @@ class Bench:
                 log(f"{workload}: {name} failed to start: {exc}")
                 failures[name] = f"failed to start: {str(exc).splitlines()[0]}"
         running: dict[str, tuple[Launched, StartContext]] = {}
+        expected = expected_output(workload, repository, pool[0])
         for name, (proc, ctx, t0) in launched.items():
             system = self.systems[name]
             try:
-                probes = [system.request(workload, fmt, pool[0]) for fmt in self.formats_of(system, workload)]
-                system.await_ready(ctx, proc, probes)
+                formats = self.formats_of(system, workload)
+                probes = [system.request(workload, fmt, pool[0]) for fmt in formats]
+                system.await_ready(ctx, proc, probes, expected, formats)
             except (StartError, OSError, subprocess.SubprocessError) as exc:
                 log(f"{workload}: {name} failed to start: {exc}")
                 failures[name] = f"failed to start: {str(exc).splitlines()[0]}"

@@ -7,9 +7,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.models import Sample
-from benchmarks.payloads import HttpRequest
-from benchmarks.procs import Launched, StartError, http_status, wait_ready
+from benchmarks.payloads import HttpRequest, decode_output
+from benchmarks.procs import Launched, StartError, http_call, wait_ready
 from benchmarks.settings import BenchSettings
 
 PYTHON = sys.executable
@@ -66,20 +68,30 @@ class System(ABC):
     def describe(self, settings: BenchSettings, workload: str) -> str:
         """Return the settings this system runs with, for the report."""
 
+    answer_kind: dict[str, str] = {}  # format -> how its answer reads (benchmarks.payloads.decode_output)
+
     def start(self, ctx: StartContext, probe: list[HttpRequest]) -> Launched:
         """Launch, then wait until ready (see :meth:`await_ready`)."""
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         return self.await_ready(ctx, self.launch(ctx), probe)
 
-    def await_ready(self, ctx: StartContext, launched: Launched, probe: list[HttpRequest]) -> Launched:
-        """Wait for readiness (bounded polling), then require a 200 for each probe request; kill it on failure."""
+    def await_ready(self, ctx: StartContext, launched: Launched, probe: list[HttpRequest],
+                    expected: np.ndarray | None = None, formats: list[str] | None = None) -> Launched:
+        """Wait for readiness (bounded polling), then require a 200 for each probe request and, where the
+        system computes, the model's own output for it (``expected``); kill it on failure."""
         try:
             wait_ready(launched, lambda: self.ready(ctx, probe[0]), ctx.settings.ready_timeout_s)
-            for req in probe:
-                status = http_status(ctx.url + req.path, req.body, req.headers, timeout=60)
+            for i, req in enumerate(probe):
+                status, headers, body = http_call(ctx.url + req.path, req.body, req.headers)
                 if status != 200:
                     raise StartError(f"{self.name}: probe {req.path} answered {status}; log {launched.log_path}:\n"
                                      f"{launched.log_tail()}")
+                kind = self.answer_kind.get(formats[i]) if formats else None
+                if expected is not None and kind is not None:
+                    got = decode_output(kind, body, headers)
+                    if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
+                        raise StartError(f"{self.name}: {formats[i] if formats else ''} answer differs from the "
+                                         f"model's own output: {got[:4]} vs {expected[:4]}")
         except BaseException:
             launched.stop(grace_s=5)
             raise

@@ -52,6 +52,7 @@ class SeedApp(System):
 
     name = "seed"
     label = "seed Flask app"
+    answer_kind = {"json": "seed"}
 
     def formats(self, workload: str) -> tuple[str, ...]:
         return ("json",)

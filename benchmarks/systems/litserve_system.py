@@ -14,6 +14,7 @@ class LitServeSystem(System):
 
     name = "litserve"
     label = "LitServe"
+    answer_kind = {"json": "seed"}
 
     def unavailable(self) -> str | None:
         try:

@@ -20,6 +20,7 @@ class Torchgate(System):
 
     name = "torchgate"
     label = "torchgate"
+    answer_kind = {"json": "oip", "binary": "oip"}
 
     def unavailable(self) -> str | None:
         if not TORCHGATE.exists():

@@ -48,6 +48,7 @@ class TorchServeSystem(System):
 
     name = "torchserve"
     label = "TorchServe 0.12"
+    answer_kind = {"json": "seed", "binary": "raw"}
 
     def unavailable(self) -> str | None:
         if shutil.which("java") is None:
