@@ -117,6 +117,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if s.models:  # the gateway validates against, and waits for, only the models the workers load
+        env["TORCHGATE_MODELS"] = ",".join(s.models)
     if s.auth_token_file is not None:  # the path, never the token: the configuration may be read by others
         env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
     return env

@@ -41,6 +41,12 @@ class GatewayConfig:
     retry_after: int = 1
     # Bearer token every endpoint but liveness requires; empty: no authentication.
     auth_token: str = ""
+    # Comma-separated models to serve from the repository (what the workers load); empty: every model in it.
+    models: str = ""
+
+    @property
+    def model_names(self) -> list[str]:
+        return [name.strip() for name in self.models.split(",") if name.strip()]
 
     def __post_init__(self) -> None:
         for name in ("default_timeout", "max_timeout", "status_ttl", "status_timeout", "poll_interval",

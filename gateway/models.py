@@ -20,9 +20,10 @@ log = logging.getLogger("torchgate.gateway")
 class ModelCatalog:
     """The current model configurations; lookups are lock-free, re-scans are serialized and rate-limited."""
 
-    def __init__(self, root: str | Path, rescan_interval: float = 2.0) -> None:
+    def __init__(self, root: str | Path, rescan_interval: float = 2.0, only: list[str] | None = None) -> None:
         self.root = Path(root)
         self.rescan_interval = rescan_interval
+        self.served = only or None  # the models the workers serve; None: every model in the repository
         self.models: dict[str, ModelConfig] = {}
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -34,7 +35,7 @@ class ModelCatalog:
         with self._lock:
             self._last_scan = time.monotonic()
             try:
-                models = load_repository(self.root)
+                models = load_repository(self.root, self.served)
             except ConfigError as exc:
                 self.error = str(exc)
                 log.warning("gateway: model repository %s: %s", self.root, exc)

@@ -24,7 +24,8 @@ class Gateway:
     def __init__(self, config: GatewayConfig, client: DispatcherClient | None = None,
                  catalog: ModelCatalog | None = None) -> None:
         self.config = config
-        self.catalog = catalog or ModelCatalog(config.model_repository, config.rescan_interval)
+        self.catalog = catalog or ModelCatalog(config.model_repository, config.rescan_interval,
+                                               config.model_names)
         self.client = client or DispatcherClient(
             config.dispatcher, status_ttl=config.status_ttl, status_timeout=config.status_timeout,
             poll_interval=config.poll_interval, unresponsive_after=config.unresponsive_after)

@@ -255,3 +255,10 @@ def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path:
     assert done.returncode == 1
     assert "config.toml" in done.stderr and "'backend'" in done.stderr
     assert not (tmp_path / "run" / "supervisord.pid").exists()
+
+
+def test_the_gateway_is_told_which_models_the_workers_load(tmp_path: Path) -> None:
+    from deploy.supervisor_conf import gateway_environment
+
+    assert "TORCHGATE_MODELS" not in gateway_environment(DeploySettings(run_dir=tmp_path))
+    assert gateway_environment(DeploySettings(run_dir=tmp_path, models=("digits",)))["TORCHGATE_MODELS"] == "digits"

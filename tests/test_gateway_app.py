@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -251,3 +252,18 @@ def test_config_from_env() -> None:
         GatewayConfig.from_env({"TORCHGATE_MAX_BODY_BYTES": "lots"})
     with pytest.raises(ValueError, match="must be positive"):
         GatewayConfig(default_timeout=0)
+
+
+def test_the_gateway_knows_only_the_models_it_is_told_to_serve(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "digits")
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "other")
+    config = (repository / "other" / "config.toml").read_text().replace('name = "digits"', 'name = "other"')
+    (repository / "other" / "config.toml").write_text(config)
+    app = make_app(tmp_path, repository=repository, models="digits")
+    try:
+        client = app.test_client()
+        assert client.get("/v2/models/digits").status_code == 200
+        assert client.get("/v2/models/other").status_code == 404  # not served: readiness does not wait for it
+    finally:
+        app.extensions["torchgate"].client.close()
