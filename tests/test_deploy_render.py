@@ -260,5 +260,6 @@ def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path:
 def test_the_gateway_is_told_which_models_the_workers_load(tmp_path: Path) -> None:
     from deploy.supervisor_conf import gateway_environment
 
-    assert "TORCHGATE_MODELS" not in gateway_environment(DeploySettings(run_dir=tmp_path))
-    assert gateway_environment(DeploySettings(run_dir=tmp_path, models=("digits",)))["TORCHGATE_MODELS"] == "digits"
+    assert "TORCHGATE_MODELS" not in gateway_environment(DeploySettings(run_dir=tmp_path, cpu_workers=1))
+    served = DeploySettings(run_dir=tmp_path, cpu_workers=1, models=("digits",))
+    assert gateway_environment(served)["TORCHGATE_MODELS"] == "digits"
