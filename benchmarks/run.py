@@ -61,6 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="measurements per point (median kept)")
     parser.add_argument("--batch-delay-ms", type=float, default=None,
                         help="max batch delay for every batching system (default 1 ms, TorchServe's minimum)")
+    parser.add_argument("--model-workers", type=int, default=None,
+                        help="model-holding processes of every system (default 2)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per model worker (default 1)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-model loops")
     parser.add_argument("--output", type=Path, default=DOCS_DIR / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=DOCS_DIR / "benchmarks.png")
@@ -77,6 +80,10 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
         s = replace(s, rounds=args.rounds)
     if args.batch_delay_ms is not None:
         s = replace(s, max_batch_delay_ms=args.batch_delay_ms)
+    if args.model_workers is not None:
+        s = replace(s, model_workers=args.model_workers)
+    if args.torch_threads is not None:
+        s = replace(s, torch_threads=args.torch_threads)
     return s
 
 
