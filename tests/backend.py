@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,21 +18,22 @@ from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, w
 FAST_HEARTBEAT = ["--heartbeat-interval", "0.2", "--heartbeat-liveness", "5"]
 
 
-def slow_repository(root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4) -> Path:
-    """Write a repository with `slow`, a python-backend model that sleeps then doubles FP32 [-1, 4]."""
+def write_slow_model(repository: Path, name: str = "slow", seconds: float = 0.2, max_batch_size: int = 4,
+                     max_queue_size: int = 8) -> None:
+    """Write ``name``, a python-backend model (tests/models/slow_double.py) that sleeps then doubles FP32 [-1, 4]."""
     import torch
     from safetensors.torch import save_file
 
-    folder = root / "slow"
+    folder = repository / name
     (folder / "1").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "models" / "slow_double.py", folder / "slow_double.py")
-    (folder / "slow_double.py").write_text((folder / "slow_double.py").read_text().replace(
-        "seconds: float = 0.2", f"seconds: float = {seconds}"))
+    module = (ROOT / "tests" / "models" / "slow_double.py").read_text()
+    # a module name of its own per model: two slow models in one process must not share sys.modules
+    (folder / f"{name}_model.py").write_text(module.replace("seconds: float = 0.2", f"seconds: float = {seconds!r}"))
     save_file({"scale": torch.tensor(2.0)}, str(folder / "1" / "model.safetensors"))
     (folder / "config.toml").write_text(f"""
-name = "slow"
+name = "{name}"
 backend = "python"
-factory = "slow_double:build"
+factory = "{name}_model:build"
 max_batch_size = {max_batch_size}
 max_queue_size = {max_queue_size}
 [dynamic_batching]
@@ -47,6 +47,11 @@ name = "y"
 datatype = "FP32"
 dims = [4]
 """)
+
+
+def slow_repository(root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4) -> Path:
+    """Write a repository holding only the model `slow` (see :func:`write_slow_model`); return its root."""
+    write_slow_model(root, "slow", seconds, max_batch_size, max_queue_size)
     return root
 
 

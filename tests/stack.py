@@ -26,66 +26,6 @@ from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, dispatcher_statu
 DIGIT_ROW = [float((i * 7) % 17) for i in range(64)]
 DIGITS_BODY: dict[str, Any] = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}]}
 
-SLOW_MODEL = '''
-import time
-
-import torch
-
-
-class Slow(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(2.0), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise ValueError("negative input")
-        if bool((x > 1e30).any()):
-            torch.empty(1 << 50, dtype=torch.uint8)  # a real allocation failure: 1 PiB
-        if bool((x == 7777).any()):
-            raise RuntimeError(f"broken at {__file__}\\nTraceback (most recent call last):\\n  File {__file__!r}")
-        time.sleep(SECONDS)
-        return x * self.scale
-
-
-def build() -> torch.nn.Module:
-    return Slow()
-'''
-
-
-def write_slow_model(repository: Path, name: str = "slow", seconds: float = 0.2, max_batch_size: int = 4,
-                     max_queue_size: int = 8) -> None:
-    """Write a python-backend model that sleeps ``seconds`` per batch and doubles FP32 [-1, 4].
-
-    Negative input raises ValueError, a value above 1e30 allocates 1 PiB, 7777 raises an error that names
-    the model's file and carries a traceback-looking text.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    folder = repository / name
-    (folder / "1").mkdir(parents=True)
-    (folder / f"{name}_model.py").write_text(SLOW_MODEL.replace("SECONDS", repr(seconds)))
-    save_file({"scale": torch.tensor(2.0)}, str(folder / "1" / "model.safetensors"))
-    (folder / "config.toml").write_text(f"""
-name = "{name}"
-backend = "python"
-factory = "{name}_model:build"
-max_batch_size = {max_batch_size}
-max_queue_size = {max_queue_size}
-[dynamic_batching]
-max_queue_delay_us = 0
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [4]
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [4]
-""")
-
-
 def copy_digits(repository: Path) -> None:
     shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "digits")
 

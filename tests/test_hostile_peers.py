@@ -127,8 +127,8 @@ def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) ->
     from tests.backend import slow_repository
 
     repo = slow_repository(tmp_path / "repo")
-    config = (repo / "slow" / "config.toml").read_text().replace('factory = "slow_double:build"',
-                                                                 'factory = "slow_double:build"\nweights = "model.pt"')
+    config = (repo / "slow" / "config.toml").read_text().replace('factory = "slow_model:build"',
+                                                                 'factory = "slow_model:build"\nweights = "model.pt"')
     (repo / "slow" / "config.toml").write_text(config)
     marker = Path("/tmp/torchgate-pwned")
     marker.unlink(missing_ok=True)

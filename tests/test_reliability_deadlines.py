@@ -16,8 +16,9 @@ import pytest
 import requests
 import zmq
 
+from tests.backend import write_slow_model
 from tests.conftest import Processes, wait_for
-from tests.stack import Outcome, Stack, call, model_counters, slow_body, write_slow_model
+from tests.stack import Outcome, Stack, call, model_counters, slow_body
 
 BATCH_SECONDS = 0.5  # the slow model's time per batch (of up to 4 samples)
 DEFAULT_TIMEOUT = 1.5  # the server's default deadline, for requests that name none

@@ -18,8 +18,9 @@ import pytest
 import zmq
 
 from deploy.supervisor_rpc import RUNNING
+from tests.backend import write_slow_model
 from tests.conftest import dispatcher_status, wait_for
-from tests.stack import HttpLoad, children, copy_digits, slow_body, write_slow_model
+from tests.stack import HttpLoad, children, copy_digits, slow_body
 from tests.test_deploy_supervisor import Deployment
 
 SLOTS = {"worker-cpu-0", "worker-cpu-1"}

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from tests.backend import write_slow_model
 from tests.conftest import Processes
-from tests.stack import DIGIT_ROW, HttpLoad, Stack, copy_digits, slow_body, write_slow_model
+from tests.stack import DIGIT_ROW, HttpLoad, Stack, copy_digits, slow_body
 
 INFER = "/v2/models/digits/infer"
 FUZZ_EXAMPLES = 8  # per operation and generation mode: about 250 requests
