@@ -20,8 +20,9 @@ from pathlib import Path
 
 import zmq
 
+from tests.backend import write_slow_model
 from tests.conftest import Processes, dispatcher_status
-from tests.stack import HttpLoad, Outcome, Stack, slow_body, usage, write_slow_model
+from tests.stack import HttpLoad, Outcome, Stack, slow_body, usage
 
 BATCH_SECONDS = 0.1
 MAX_BATCH = 4
