@@ -64,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model-workers", type=int, default=None,
                         help="model-holding processes of every system (default 2)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per model worker (default 1)")
+    parser.add_argument("--http-threads", type=int, default=None,
+                        help="gunicorn threads per process of every Flask-based system (default 8)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-model loops")
     parser.add_argument("--output", type=Path, default=DOCS_DIR / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=DOCS_DIR / "benchmarks.png")
@@ -84,6 +86,8 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
         s = replace(s, model_workers=args.model_workers)
     if args.torch_threads is not None:
         s = replace(s, torch_threads=args.torch_threads)
+    if args.http_threads is not None:
+        s = replace(s, http_threads=args.http_threads)
     return s
 
 
