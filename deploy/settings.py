@@ -18,7 +18,8 @@ from typing import Any
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_GATEWAY_PROCESSES = 1  # gunicorn processes; each holds its own dispatcher sockets
-DEFAULT_GATEWAY_THREADS = 8  # gthread threads per gateway process: requests mostly wait on the dispatcher
+DEFAULT_GATEWAY_THREADS = 32  # gthread threads per gateway process: they mostly wait on ZeroMQ with the GIL
+# released, and more requests in flight make bigger batches (docs/benchmarks-seed.md)
 DEFAULT_CPU_WORKERS = 2  # CPU worker slots when no GPU is used (two, so one can restart while one serves)
 DEFAULT_WORKERS_PER_GPU = 1  # one slot per device: a second copy of the model rarely pays on one GPU
 DEFAULT_WORKER_STARTSECS = 10  # a worker must stay up this long to count as started: covers model load

@@ -2,7 +2,7 @@
 
 Requests mostly wait on the dispatcher, so each process runs threads (gthread). Override with:
 ``TORCHGATE_BIND`` (default 127.0.0.1:8000), ``TORCHGATE_GATEWAY_PROCESSES`` (default 1),
-``TORCHGATE_GATEWAY_THREADS`` (default 8), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
+``TORCHGATE_GATEWAY_THREADS`` (default 32), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
 `torchgate serve` renders its own copy of these settings for supervisord.
 """
 
@@ -16,7 +16,7 @@ from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn h
 bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
 worker_class = "gthread"
 workers = int(os.environ.get("TORCHGATE_GATEWAY_PROCESSES", "1"))
-threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "8"))
+threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "32"))
 graceful_timeout = int(os.environ.get("TORCHGATE_GATEWAY_GRACEFUL_SECONDS", "30"))
 timeout = 60  # a silent worker process is restarted after this long; requests end at their deadline before
 keepalive = 5
