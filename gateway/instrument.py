@@ -49,7 +49,7 @@ def install(app: Flask, gw: Gateway) -> None:
         return response
 
     def scrape() -> Response:
-        status = gw.status_or_none()
+        status = gw.status_or_none(max_age=0)  # fresh: a cached one from another process could run backwards
         families = itertools.chain(metrics.collect(), worker_metrics.families(status))
         return Response(render(families), content_type=CONTENT_TYPE)
 

@@ -116,9 +116,9 @@ class Gateway:
         return False, model
 
     def status(self) -> dict[str, Any]:
-        """Return the dispatcher's status or raise 503."""
+        """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or 503."""
         try:
-            return self.client.status()
+            return self.client.status(max_age=0)
         except GatewayError as exc:
             raise Unavailable(f"statistics are unavailable: {exc.message}") from None
 
