@@ -54,10 +54,14 @@ class Deployment:
             stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
         self.settings: DeploySettings | None = None
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_serving(self, timeout: float = 90.0) -> None:
+        """Wait until `torchgate serve` says it serves (it checked readiness itself); fail if it exited."""
         wait_for(lambda: self.proc.poll() is not None or "torchgate: serving" in self.log(), timeout=timeout,
                  interval=0.2, what="torchgate serve to print its URL")
         assert self.proc.poll() is None, self.log()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        self.wait_serving(timeout)
         assert requests.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
 
     def wait_slots(self, *names: str, timeout: float = 60.0) -> None:

@@ -23,7 +23,6 @@ import requests
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import gateway_command, gateway_environment
 from gateway.config import GatewayConfig
-from tests.conftest import wait_for
 from tests.test_deploy_supervisor import INFER_BODY, Deployment
 
 TOKEN = "correct-horse-battery-staple"
@@ -46,9 +45,7 @@ def deployment() -> Iterator[Deployment]:
     try:
         d.wait_supervisor()
         # `serve` itself must pass the token to see readiness, or it would never say it serves.
-        wait_for(lambda: d.proc.poll() is not None or "torchgate: serving" in d.log(), timeout=120, interval=0.2,
-                 what="torchgate serve to report it serves")
-        assert d.proc.poll() is None, d.log()
+        d.wait_serving(timeout=120)
         yield d
     finally:
         d.stop()

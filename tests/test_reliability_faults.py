@@ -36,9 +36,7 @@ def deployment() -> Iterator[Deployment]:
                    "--worker-threads", "1", "--worker-startsecs", "2", "--gateway-processes", "2",
                    "--gateway-threads", "4")
     try:
-        wait_for(lambda: d.proc.poll() is not None or "torchgate: serving" in d.log(), timeout=120, interval=0.2,
-                 what="torchgate serve to report it serves")
-        assert d.proc.poll() is None, d.log()
+        d.wait_serving(timeout=120)
         yield d
     finally:
         d.stop()
