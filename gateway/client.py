@@ -127,7 +127,15 @@ class DispatcherClient:
             raise Unavailable("the dispatcher is not accepting requests (its connection is full)") from None
 
     @staticmethod
-    def _receive(socket: zmq.Socket[Any]) -> protocol.Message | None:
+    def _receive(socket: zmq.Socket[Any], timeout: float) -> protocol.Message | None:
+        """Wait up to ``timeout`` seconds for one message (None if malformed); raise ``zmq.Again`` if none came.
+
+        One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets go
+        of the GIL and takes it back, and with dozens of request threads every hand-over costs futex calls.
+        """
+        timeout_ms = max(1, int(timeout * 1000))
+        if socket.rcvtimeo != timeout_ms:
+            socket.rcvtimeo = timeout_ms
         frames = socket.recv_multipart(copy=False)
         try:
             return protocol.decode(frames)
@@ -160,7 +168,9 @@ class DispatcherClient:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise DeadlineExceeded(f"request {request_id or call_id} passed its deadline")
-            if not socket.poll(max(1, int(min(remaining, self.poll_interval) * 1000)), zmq.POLLIN):
+            try:
+                message = self._receive(socket, min(remaining, self.poll_interval))
+            except zmq.Again:  # a silent slice: is the request still known, or is a worker back?
                 if time.monotonic() - heard >= self.unresponsive_after:
                     raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s")
                 if awaiting_worker:
@@ -168,7 +178,6 @@ class DispatcherClient:
                 else:
                     self._send(socket, protocol.encode(Kind.QUERY, {"id": call_id}))
                 continue
-            message = self._receive(socket)
             if message is None:
                 continue
             heard = time.monotonic()
@@ -220,9 +229,10 @@ class DispatcherClient:
         self._send(socket, protocol.encode(Kind.STATUS, {"id": call_id}))
         until = time.monotonic() + self.status_timeout
         while (remaining := until - time.monotonic()) > 0:
-            if not socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+            try:
+                message = self._receive(socket, remaining)
+            except zmq.Again:
                 break
-            message = self._receive(socket)
             if message is not None and message.kind is Kind.STATUS_REPLY and message.get("id") == call_id:
                 return {k: v for k, v in message.fields.items() if k not in ("v", "kind", "id")}
         raise Unavailable(f"the dispatcher did not answer a status query within {self.status_timeout:g}s")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from gunicorn.glogging import Logger as _Logger
+
 from gateway.access_log import logconfig as _logconfig  # not "logconfig": gunicorn would read it as a setting
 from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn hooks (PROMETHEUS_MULTIPROC_DIR)
 
@@ -25,6 +27,19 @@ preload_app = False  # each process builds its app (and its ZeroMQ sockets) afte
 daemon = False  # supervisord and tests manage the process
 control_socket_disable = True  # gunicorn 23+ would share one ~/.gunicorn/gunicorn.ctl between every instance
 accesslog = None
+
+
+class QuietAccessLogger(_Logger):
+    """gunicorn's logger without its access log: the gateway writes its own access line (gateway.access_log).
+
+    With ``logconfig_dict`` set, gunicorn would otherwise build every request's access-log atoms and drop them.
+    """
+
+    def _compute_access_log_enabled(self) -> bool:
+        return False
+
+
+logger_class = QuietAccessLogger
 errorlog = "-"
 loglevel = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
 # Plain lines, or JSON lines with TORCHGATE_LOG_FORMAT=json; lines logged during a request carry its id.
