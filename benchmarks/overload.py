@@ -6,7 +6,7 @@ Starts a real stack (gunicorn gateway, dispatcher, one CPU worker) on a model th
 (40 requests/s at most), with a dispatcher queue of 8 and 8 worker credits. Closed-loop clients send back to
 back, ignoring Retry-After. Prints the offered and accepted rates, the 503 share, latency percentiles, the
 deepest queue and worker load the dispatcher reported, and every process's RSS before and after. A second
-scenario shows what gunicorn does when every gateway thread is busy.
+scenario gives the gateway only 2 threads, so its own bounded wait for a thread is what refuses.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             processes.started.clear()
             narrow = start(root, processes, gateway_processes=1, gateway_threads=2)
             report = overload(narrow, args.clients, args.seconds)
-            print(table(f"{args.clients} clients for {args.seconds:.0f} s, gateway 1 x 2 threads (threads saturated)",
+            print(table(f"{args.clients} clients for {args.seconds:.0f} s, gateway 1 x 2 threads, default queue (8)",
                         report.rows()))
         finally:
             processes.kill_all()

@@ -79,6 +79,9 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="gunicorn processes."),
         click.option("--gateway-threads", type=click.IntRange(min=1), default=defaults.DEFAULT_GATEWAY_THREADS,
                      show_default=True, help="Threads per gateway process."),
+        click.option("--gateway-queue", type=click.IntRange(min=0), default=None,
+                     help="Requests per gateway process that may wait for a thread; the next get 503 at once "
+                          "(default: 4 x threads)."),
         click.option("--gpus", default=None,
                      help="GPU indices like 0,1,3; 'all' (must find one); 'none' for the CPU. "
                           "Default: whatever nvidia-smi lists, else the CPU."),
@@ -110,7 +113,7 @@ def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[s
                    gateway_processes: int, gateway_threads: int, gpus: str | None, workers_per_gpu: int,
                    cpu_workers: int | None, spare_slots: int, worker_threads: int | None,
                    worker_startsecs: int, worker_startretries: int, drain_seconds: int,
-                   auth_token_file: Path | None = None) -> DeploySettings:
+                   auth_token_file: Path | None = None, gateway_queue: int | None = None) -> DeploySettings:
     """Turn the command-line options into settings, discovering GPUs when no list is given."""
     from deploy.gpus import resolve_gpus
 
@@ -127,7 +130,7 @@ def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[s
         return DeploySettings(
             run_dir=run_dir, model_repository=model_repository or defaults.SHIPPED_REPOSITORY, models=models,
             host=host, port=port, gateway_processes=gateway_processes, gateway_threads=gateway_threads,
-            gpus=gpu_indices, workers_per_gpu=workers_per_gpu, cpu_workers=cpu_workers, spare_slots=spare_slots,
+            gateway_queue=gateway_queue, gpus=gpu_indices, workers_per_gpu=workers_per_gpu, cpu_workers=cpu_workers, spare_slots=spare_slots,
             worker_threads=worker_threads, worker_startsecs=worker_startsecs,
             worker_startretries=worker_startretries, drain_seconds=drain_seconds, auth_token_file=auth_token_file,
         )

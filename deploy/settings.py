@@ -59,6 +59,7 @@ class DeploySettings:
     port: int = DEFAULT_PORT
     gateway_processes: int = DEFAULT_GATEWAY_PROCESSES
     gateway_threads: int = DEFAULT_GATEWAY_THREADS
+    gateway_queue: int | None = None  # requests per gateway process waiting for a thread; None: 4 x threads
     gpus: tuple[int, ...] = ()
     workers_per_gpu: int = DEFAULT_WORKERS_PER_GPU
     cpu_workers: int = 0
@@ -214,6 +215,7 @@ def _check_settings(s: DeploySettings) -> None:
         "cpu_workers": s.cpu_workers, "spare_slots": s.spare_slots, "worker_startsecs": s.worker_startsecs,
         "worker_startretries": s.worker_startretries, "drain_seconds": s.drain_seconds,
         "gateway_graceful_seconds": s.gateway_graceful_seconds, "log_backups": s.log_backups,
+        "gateway_queue": 0 if s.gateway_queue is None else s.gateway_queue,
     }
     for name, value in non_negative.items():
         if value < 0:

@@ -100,7 +100,7 @@ def gateway_command(s: DeploySettings) -> list[str]:
             "--config", "python:gateway.gunicorn_conf",  # logging, keep-alive, backlog; the flags below win
             "--bind", f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
             "--workers", str(s.gateway_processes),
-            "--worker-class", "gthread",
+            "--worker-class", "gateway.admission.AdmittingThreadWorker",  # gthread + a bounded wait for a thread
             "--threads", str(s.gateway_threads),
             "--graceful-timeout", str(s.gateway_graceful_seconds),
             "--timeout", str(GATEWAY_WORKER_TIMEOUT),
@@ -117,6 +117,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if s.gateway_queue is not None:
+        env["TORCHGATE_GATEWAY_QUEUE"] = str(s.gateway_queue)
     if s.models:  # the gateway validates against, and waits for, only the models the workers load
         env["TORCHGATE_MODELS"] = ",".join(s.models)
     if s.auth_token_file is not None:  # the path, never the token: the configuration may be read by others

@@ -172,7 +172,7 @@ class DispatcherClient:
                 message = self._receive(socket, min(remaining, self.poll_interval))
             except zmq.Again:  # a silent slice: is the request still known, or is a worker back?
                 if time.monotonic() - heard >= self.unresponsive_after:
-                    raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s")
+                    raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s") from None
                 if awaiting_worker:
                     self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
                 else:

@@ -2,7 +2,8 @@
 
 Requests mostly wait on the dispatcher, so each process runs threads (gthread). Override with:
 ``TORCHGATE_BIND`` (default 127.0.0.1:8000), ``TORCHGATE_GATEWAY_PROCESSES`` (default 1),
-``TORCHGATE_GATEWAY_THREADS`` (default 32), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
+``TORCHGATE_GATEWAY_THREADS`` (default 32), ``TORCHGATE_GATEWAY_QUEUE`` (requests waiting for a thread, per
+process, before the next get 503 at once; default 4 x threads), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
 `torchgate serve` renders its own copy of these settings for supervisord.
 """
 
@@ -16,7 +17,7 @@ from gateway.access_log import logconfig as _logconfig  # not "logconfig": gunic
 from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn hooks (PROMETHEUS_MULTIPROC_DIR)
 
 bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
-worker_class = "gthread"
+worker_class = "gateway.admission.AdmittingThreadWorker"  # gthread; the excess over TORCHGATE_GATEWAY_QUEUE gets 503
 workers = int(os.environ.get("TORCHGATE_GATEWAY_PROCESSES", "1"))
 threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "32"))
 graceful_timeout = int(os.environ.get("TORCHGATE_GATEWAY_GRACEFUL_SECONDS", "30"))

@@ -57,6 +57,7 @@ class RequestMetrics:
     duration_us: Counter
     latency: Histogram
     http: Counter
+    refused: Counter
     registry: CollectorRegistry | None  # None in multiprocess mode: the values live in the folder
 
     @classmethod
@@ -74,6 +75,9 @@ class RequestMetrics:
                               registry=registry),
             http=Counter("torchgate_http_requests", "HTTP requests answered by the gateway, by route and status",
                          ["method", "route", "status"], registry=registry),
+            refused=Counter("torchgate_http_refused", "HTTP requests refused with 503 before reaching the app: "
+                            "every gateway thread busy and TORCHGATE_GATEWAY_QUEUE requests waiting",
+                            registry=registry),
             registry=registry,
         )
 
