@@ -18,7 +18,7 @@ class BenchSettings:
     """What every system gets: HTTP processes x threads, model workers, torch threads, batching, load."""
 
     http_processes: int = 1  # gunicorn processes (torchgate gateway, seed app, empty app); LitServe api servers
-    http_threads: int = 8  # gthread threads per gunicorn process (torchgate's default gateway setting)
+    http_threads: int = 32  # gthread threads per gunicorn process (torchgate's default gateway setting)
     model_workers: int = 2  # model-holding processes: torchgate CPU workers, TorchServe workers, LitServe workers
     torch_threads: int = 1  # torch intra-op threads per model worker (2 cores / 2 workers)
     seed_torch_threads: int = 2  # the seed app holds the model in its single process: it gets both cores
