@@ -65,7 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="model-holding processes of every system (default 2)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per model worker (default 1)")
     parser.add_argument("--http-threads", type=int, default=None,
-                        help="gunicorn threads per process of every Flask-based system (default 8)")
+                        help="gunicorn threads per process of every Flask-based system (default 32)")
+    parser.add_argument("--http-processes", type=int, default=None,
+                        help="gunicorn processes of every Flask-based system, LitServe API servers (default 1)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-model loops")
     parser.add_argument("--output", type=Path, default=DOCS_DIR / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=DOCS_DIR / "benchmarks.png")
@@ -88,6 +90,8 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
         s = replace(s, torch_threads=args.torch_threads)
     if args.http_threads is not None:
         s = replace(s, http_threads=args.http_threads)
+    if args.http_processes is not None:
+        s = replace(s, http_processes=args.http_processes)
     return s
 
 

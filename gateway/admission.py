@@ -5,12 +5,18 @@ dispatcher), further requests wait inside the process without limit (up to ``wor
 clients hear nothing. :class:`AdmittingThreadWorker` lets at most ``TORCHGATE_GATEWAY_QUEUE`` requests wait for a
 thread; the next ones are answered at once by a refusing thread: 503, ``Retry-After`` and an ``{"error": ...}``
 body, and the connection is closed. The dispatcher's queue and the workers' credits bound the later stages.
+
+It also saves two thread hand-offs per request on a kept-alive connection: gthread returns every answered
+connection to its main thread, which waits for the next request and hands it to a pool thread again. When no
+request waits for a thread, the pool thread that answered instead waits up to ``LINGER`` seconds for the client's
+next request and serves it itself (the gateway's CPU went mostly to such context switches; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import time
 from concurrent import futures
@@ -29,6 +35,7 @@ QUEUE_ENV = "TORCHGATE_GATEWAY_QUEUE"
 READ_TIMEOUT = 1.0  # seconds a refused client gets to send its request head
 MAX_DRAIN = 1 << 20  # bytes of a refused request's body read before answering (the rest: close_graceful)
 REFUSE_BACKLOG = 256  # connections waiting for their 503; past that (a flood) they are closed unanswered
+LINGER = 0.002  # seconds a pool thread waits for the next request on the connection it just answered
 LOG_EVERY = 10.0  # seconds between two "refusing" warnings
 
 
@@ -87,6 +94,14 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         fs = self.refuser.submit(self.refuse, conn)
         fs.add_done_callback(lambda _: self.method_queue.defer(self._refused))
 
+    def handle(self, conn: Any) -> Any:
+        """Answer a request; then, while no other request waits for a thread, the connection's next ones."""
+        keepalive = super().handle(conn)
+        while (keepalive is True and self.alive and self.admitted <= self.cfg.threads
+               and not conn.parser.unreader.buf.getvalue() and _readable(conn.sock, LINGER)):
+            keepalive = super().handle(conn)
+        return keepalive
+
     def finish_request(self, conn: Any, fs: Any) -> None:
         self.admitted -= 1
         super().finish_request(conn, fs)
@@ -120,3 +135,13 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         finally:
             if self.refuser is not None:
                 self.refuser.shutdown(wait=False)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Return whether ``sock`` has data (or its peer closed) within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        return bool(poller.poll(timeout * 1000))
+    except (OSError, ValueError):
+        return False
