@@ -26,6 +26,8 @@ TEXT_FORMAT = "%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"
 
 def log_request(method: str, path: str, status: int, seconds: float, trace: RequestTrace) -> None:
     """Write the access line of one answered request."""
+    if not access.isEnabledFor(logging.INFO):
+        return
     fields: dict[str, Any] = {"method": method, "path": path, "status": status,
                               "duration_ms": round(seconds * 1000, 3), "request_id": trace.request_id}
     if trace.model:

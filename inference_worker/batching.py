@@ -4,6 +4,10 @@ Requests queue per model version and per *batch key* (the datatypes and non-batc
 so requests whose shapes differ are never batched together. A queue runs when it holds ``max_batch_size``
 samples, when it can fill a preferred batch size, or when its oldest request has waited ``max_queue_delay_us``;
 a model with ``max_batch_size`` 0 runs each request alone, at once.
+
+The delay is an upper bound, as in Triton. When requests arrive further apart than the delay (a moving average
+of the gaps between arrivals says the next one would come too late to join), a queue runs at once instead of
+waiting for nobody: at concurrency 1 the delay then costs no latency, and under load batches still fill.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
+
+GAP_WEIGHT = 4  # the moving average of arrival gaps gives each new gap 1/GAP_WEIGHT of the weight
 
 
 @dataclass(slots=True)
@@ -43,11 +49,19 @@ class Batcher:
         # As Triton: a queue that can fill a preferred size runs at once, as the largest preferred size it can fill.
         self.preferred = sorted(p for p in preferred_batch_sizes if 0 < p <= max_batch_size)
         self._queues: dict[Hashable, _Queue] = {}
+        self._last_arrival_ns: int | None = None
+        self._gap_ns: float | None = None  # moving average of the time between two arrivals
+
 
     def __len__(self) -> int:
         return sum(len(q.items) for q in self._queues.values())
 
     def add(self, item: Pending) -> None:
+        if self._last_arrival_ns is not None:
+            # An idle spell counts as two delays at most, so that the estimate recovers within a few arrivals.
+            gap = min(max(0, item.arrived_ns - self._last_arrival_ns), 2 * self.delay_ns)
+            self._gap_ns = gap if self._gap_ns is None else self._gap_ns + (gap - self._gap_ns) / GAP_WEIGHT
+        self._last_arrival_ns = item.arrived_ns
         queue = self._queues.setdefault(item.batch_key, _Queue())
         queue.items.append(item)
         queue.samples += item.samples
@@ -82,7 +96,11 @@ class Batcher:
             return True
         if self.preferred and queue.samples >= self.preferred[0]:
             return True
-        return now_ns - queue.items[0].arrived_ns >= self.delay_ns
+        head = queue.items[0].arrived_ns
+        if now_ns - head >= self.delay_ns:
+            return True
+        # The next request is expected after the delay runs out: it would not join this batch, so do not wait.
+        return self._gap_ns is not None and queue.items[-1].arrived_ns + self._gap_ns > head + self.delay_ns
 
     def _take(self, key: Hashable) -> list[Pending]:
         queue = self._queues[key]

@@ -73,3 +73,34 @@ def test_a_preferred_batch_size_runs_at_once_as_the_largest_it_can_fill() -> Non
         batcher.add(item(seq, 0))
     assert len(batcher.next_batch(0) or []) == 8  # 10 queued: the largest preferred size that fits
     assert batcher.next_batch(0) is None  # 2 left wait for the delay
+
+
+def test_requests_further_apart_than_the_delay_run_at_once() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=1000)
+    batcher.add(item(1, 0))
+    assert batcher.next_batch(0) is None  # nothing known about arrivals yet: wait, as Triton does
+    assert [p.seq for p in batcher.next_batch(1 * MS) or []] == [1]
+    batcher.add(item(2, 3))  # 3 ms after the first: requests come further apart than the 1 ms delay
+    assert [p.seq for p in batcher.next_batch(3 * MS) or []] == [2]
+
+
+def test_requests_closer_than_the_delay_still_wait_for_each_other() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=1000)
+    batcher.add(item(1, 0))
+    batcher.add(item(2, 0.1))
+    batcher.add(item(3, 0.2))
+    assert batcher.next_batch(int(0.3 * MS)) is None
+    assert [p.seq for p in batcher.next_batch(1 * MS) or []] == [1, 2, 3]
+
+
+def test_after_an_idle_spell_close_arrivals_soon_wait_again() -> None:
+    batcher = Batcher(max_batch_size=8, max_queue_delay_us=1000)
+    batcher.add(item(0, 0))
+    batcher.next_batch(1 * MS)
+    at = 10_000.0  # ten seconds idle
+    for seq in range(1, 4):  # then a burst, 0.1 ms apart
+        batcher.add(item(seq, at))
+        batcher.next_batch(int(at * MS))
+        at += 0.1
+    batcher.add(item(9, at))
+    assert batcher.next_batch(int(at * MS)) is None  # the estimate came back below the delay: wait

@@ -63,7 +63,8 @@ class Torchgate(System):
         return oip_json(workload, sample) if fmt == "json" else oip_binary(workload, sample)
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
-        return (f"gateway {settings.http_processes} process x {settings.http_threads} threads (gthread), "
+        return (f"gateway {settings.http_processes} process x {settings.http_threads} threads "
+                "(gthread with torchgate's admission, gateway/admission.py), "
                 f"{settings.model_workers} CPU workers x {settings.torch_threads} torch threads, "
                 f"max_batch_size {settings.batch_size(workload)}, "
                 f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}, max_queue_size {settings.queue_size}; "
