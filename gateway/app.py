@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from gateway import codec, instrument, triton
 from gateway.config import GatewayConfig
@@ -56,7 +56,24 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         return Response(codec.dumps(doc), status=status, content_type=_JSON)
 
     def body() -> bytes:
-        return request.get_data(cache=False)
+        """Read the request body in one call when its length is known.
+
+        werkzeug reads 64 KiB at a time, and gunicorn answers each read by copying whatever it buffered past
+        it (up to 1 MiB): a 3 MiB tensor cost ~100 MB of copies, three quarters of the gateway's time.
+        """
+        length = request.content_length
+        stream = request.environ.get("wsgi.input")
+        if length is None or stream is None:  # chunked: werkzeug reads it, enforcing MAX_CONTENT_LENGTH
+            return request.get_data(cache=False)
+        if length > config.max_body_bytes:
+            raise RequestEntityTooLarge()
+        try:
+            data: bytes = stream.read(length)
+        except (OSError, ValueError):
+            raise ClientDisconnected() from None
+        if len(data) < length:
+            raise ClientDisconnected()
+        return data
 
     @app.before_request
     def start() -> None:
