@@ -119,10 +119,9 @@ class DispatcherClient:
 
     @staticmethod
     def _send(socket: zmq.Socket[Any], frames: list[Any]) -> None:
-        # Zero-copy costs more than a copy for small messages (pyzmq's own threshold is 64 KiB).
-        copy = sum(memoryview(f).nbytes for f in frames) < zmq.COPY_THRESHOLD
+        # Zero-copy for large frames only: pyzmq copies any frame under zmq.COPY_THRESHOLD (64 KiB) itself.
         try:
-            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             raise Unavailable("the dispatcher is not accepting requests (its connection is full)") from None
 

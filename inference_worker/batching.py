@@ -52,7 +52,6 @@ class Batcher:
         self._last_arrival_ns: int | None = None
         self._gap_ns: float | None = None  # moving average of the time between two arrivals
 
-
     def __len__(self) -> int:
         return sum(len(q.items) for q in self._queues.values())
 

@@ -305,7 +305,7 @@ class Worker:
             self._send(protocol.encode(Kind.REPLY, {"seq": item.seq, "stats": {
                 "queue_ns": queue_ns, "compute_input_ns": times.input_ns, "compute_infer_ns": times.infer_ns,
                 "compute_output_ns": times.output_ns, "batch_size": samples,
-            }}, tensors, tensor_key="outputs"), copy=True if executor.cuda else None)
+            }}, tensors, tensor_key="outputs"), copy=executor.cuda)
 
     def _keep_alive(self) -> None:
         now = time.monotonic()
@@ -337,11 +337,9 @@ class Worker:
             log.info("%s: request %s: %s %s", self.tag, request_id or seq, code.value, message)
         self._send(protocol.encode(Kind.ERROR, protocol.error_fields(code, message, seq=seq)))
 
-    def _send(self, frames: list[Any], copy: bool | None = None) -> None:
-        """Send without blocking; by default zero-copy only for large messages (pyzmq's own threshold)."""
+    def _send(self, frames: list[Any], copy: bool = False) -> None:
+        """Send without blocking; pyzmq copies frames under ``zmq.COPY_THRESHOLD`` (64 KiB) even without ``copy``."""
         assert self.socket is not None
-        if copy is None:
-            copy = sum(memoryview(f).nbytes for f in frames) < zmq.COPY_THRESHOLD
         try:
             self.socket.send_multipart(frames, copy=copy, flags=zmq.NOBLOCK)
         except zmq.Again:
