@@ -22,6 +22,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway inference_worker deploy tests benchmarks examples
+	$(BIN)/ruff format --check gateway inference_worker deploy tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

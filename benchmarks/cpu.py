@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     systems = choose(args.systems, ALL_SYSTEMS, "systems")
     formats = choose(args.formats, ("json", "binary"), "formats")
     repository = write_repository(settings, (args.workload,), log=log)
-    bench = Bench(settings, systems, formats, Results(command="python -m benchmarks.cpu", settings={}), raw=False)
+    bench = Bench(
+        settings, systems, formats, Results(command="python -m benchmarks.cpu", settings={}), raw=False
+    )
     running = bench.start_all(args.workload, repository)
     try:
         scripts = bench.scripts(args.workload, running)
@@ -74,21 +76,27 @@ def main(argv: list[str] | None = None) -> int:
                 launched = running[name][0]
                 before, started = cpu_by_process(launched.tree()), time.monotonic()
                 try:
-                    result = run_wrk(launched.url, script, args.concurrency, args.duration, settings.request_timeout_s)
+                    result = run_wrk(
+                        launched.url, script, args.concurrency, args.duration, settings.request_timeout_s
+                    )
                 except LoadError as exc:
                     log(f"{name} {fmt}: wrk failed: {exc}")
                     continue
                 elapsed, after = time.monotonic() - started, cpu_by_process(launched.tree())
                 bench.settle(args.workload, name, launched)
                 answered = max(1, result.ok)
-                print(f"\nround {rnd + 1}, {name} {fmt}, c={args.concurrency}: {result.throughput:,.0f} req/s, "
-                      f"p50 {result.p50_ms:.2f} ms, errors {result.errors}")
+                print(
+                    f"\nround {rnd + 1}, {name} {fmt}, c={args.concurrency}: {result.throughput:,.0f} req/s, "
+                    f"p50 {result.p50_ms:.2f} ms, errors {result.errors}"
+                )
                 total = 0.0
                 for pid, (what, seconds) in sorted(after.items(), key=lambda kv: kv[1][0]):
                     used = seconds - before.get(pid, (what, seconds))[1]
                     total += used
                     if used > 0:
-                        print(f"  {used / answered * 1000:7.3f} ms/request {used / elapsed:6.0%} of a core  {what}")
+                        print(
+                            f"  {used / answered * 1000:7.3f} ms/request {used / elapsed:6.0%} of a core  {what}"
+                        )
                 print(f"  {total / answered * 1000:7.3f} ms/request {total / elapsed:6.0%} of a core  total")
     finally:
         for launched, _ in running.values():

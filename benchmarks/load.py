@@ -126,8 +126,10 @@ def write_script(requests: list[HttpRequest], folder: Path) -> Path:
         body_file = folder / f"body{i}.bin"
         body_file.write_bytes(req.body)
         headers = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in req.headers.items())
-        specs.append(f"  {{path = {_lua_string(req.path)}, file = {_lua_string(str(body_file))}, "
-                     f"headers = {{{headers}}}}},")
+        specs.append(
+            f"  {{path = {_lua_string(req.path)}, file = {_lua_string(str(body_file))}, "
+            f"headers = {{{headers}}}}},"
+        )
     script = folder / "load.lua"
     script.write_text(LUA_TEMPLATE % {"specs": "\n".join(specs), "prefix": RESULT_PREFIX})
     return script
@@ -137,27 +139,55 @@ def parse_output(stdout: str, concurrency: int) -> LoadResult:
     """Read the JSON line printed by the script's ``done`` hook."""
     for line in stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            raw = json.loads(line[len(RESULT_PREFIX):])
+            raw = json.loads(line[len(RESULT_PREFIX) :])
             return LoadResult(
-                concurrency=concurrency, requests=int(raw["requests"]), non2xx=int(raw["non2xx"]),
+                concurrency=concurrency,
+                requests=int(raw["requests"]),
+                non2xx=int(raw["non2xx"]),
                 socket_errors=int(raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]),
-                duration_s=raw["duration_us"] / 1e6, p50_ms=raw["p50_us"] / 1e3, p90_ms=raw["p90_us"] / 1e3,
-                p99_ms=raw["p99_us"] / 1e3, max_ms=raw["max_us"] / 1e3, mean_ms=raw["mean_us"] / 1e3,
+                duration_s=raw["duration_us"] / 1e6,
+                p50_ms=raw["p50_us"] / 1e3,
+                p90_ms=raw["p90_us"] / 1e3,
+                p99_ms=raw["p99_us"] / 1e3,
+                max_ms=raw["max_us"] / 1e3,
+                mean_ms=raw["mean_us"] / 1e3,
             )
     raise LoadError(f"wrk printed no result:\n{stdout[-2000:]}")
 
 
-def run_wrk(url: str, script: Path, concurrency: int, duration_s: float, timeout_s: float,
-            sample: Callable[[], None] | None = None, sample_every_s: float = 0.5) -> LoadResult:
+def run_wrk(
+    url: str,
+    script: Path,
+    concurrency: int,
+    duration_s: float,
+    timeout_s: float,
+    sample: Callable[[], None] | None = None,
+    sample_every_s: float = 0.5,
+) -> LoadResult:
     """Run wrk against ``url`` at ``concurrency`` connections for ``duration_s``; call ``sample`` meanwhile."""
-    cmd = [wrk_path(), "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
-           "--timeout", f"{max(1, round(timeout_s))}s", "--latency", "-s", str(script), url]
+    cmd = [
+        wrk_path(),
+        "-t",
+        "1",
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{max(1, round(duration_s))}s",
+        "--timeout",
+        f"{max(1, round(timeout_s))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     stop = threading.Event()
     sampler = None
     if sample is not None:
+
         def loop() -> None:
             while not stop.wait(sample_every_s):
                 sample()
+
         sampler = threading.Thread(target=loop, daemon=True)
         sampler.start()
     try:

@@ -53,13 +53,27 @@ class Workload:
 
 
 WORKLOAD_SPECS: dict[str, Workload] = {
-    "mlp": Workload("mlp", "(a) MLP 784-1024-1024-10, FP32, 1 sample/request",
-                    (Tensor("input", "FP32", (784,)),), (Tensor("output", "FP32", (10,)),), 16),
-    "minilm": Workload("minilm", "(b) all-MiniLM-L6-v2, 1 sentence of 32-128 tokens/request",
-                       (Tensor("input_ids", "INT64", (-1,)), Tensor("attention_mask", "INT64", (-1,))),
-                       (Tensor("embedding", "FP32", (EMBEDDING_DIM,)),), 64),
-    "conv": Workload("conv", "(c) small CNN on 3x512x512 FP32, 1 image/request",
-                     (Tensor("input", "FP32", (3, 512, 512)),), (Tensor("output", "FP32", (10,)),), 2),
+    "mlp": Workload(
+        "mlp",
+        "(a) MLP 784-1024-1024-10, FP32, 1 sample/request",
+        (Tensor("input", "FP32", (784,)),),
+        (Tensor("output", "FP32", (10,)),),
+        16,
+    ),
+    "minilm": Workload(
+        "minilm",
+        "(b) all-MiniLM-L6-v2, 1 sentence of 32-128 tokens/request",
+        (Tensor("input_ids", "INT64", (-1,)), Tensor("attention_mask", "INT64", (-1,))),
+        (Tensor("embedding", "FP32", (EMBEDDING_DIM,)),),
+        64,
+    ),
+    "conv": Workload(
+        "conv",
+        "(c) small CNN on 3x512x512 FP32, 1 image/request",
+        (Tensor("input", "FP32", (3, 512, 512)),),
+        (Tensor("output", "FP32", (10,)),),
+        2,
+    ),
 }
 
 Sample = dict[str, np.ndarray]  # input name -> array without the batch dim
@@ -70,8 +84,9 @@ class MLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                                 nn.Linear(1024, 10))
+        self.net = nn.Sequential(
+            nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -83,10 +98,14 @@ class SmallConv(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(64, 10)
 
@@ -143,7 +162,9 @@ def samples(workload: str) -> list[Sample]:
     if workload == "mlp":
         return [{"input": rng.random(784).round(4).astype(np.float32)} for _ in range(spec.pool_size)]
     if workload == "conv":
-        return [{"input": rng.random((3, 512, 512)).round(3).astype(np.float32)} for _ in range(spec.pool_size)]
+        return [
+            {"input": rng.random((3, 512, 512)).round(3).astype(np.float32)} for _ in range(spec.pool_size)
+        ]
     return _sentences(spec.pool_size, rng)
 
 
@@ -160,10 +181,14 @@ def _sentences(count: int, rng: np.random.Generator) -> list[Sample]:
     pool: list[Sample] = []
     for length in lengths:
         start = int(rng.integers(0, max(1, len(words) - 200)))
-        ids = tokenizer.encode(" ".join(words[start:start + 200])).ids
-        ids = ids[:length - 1] + [ids[-1]]  # keep [SEP] last
-        pool.append({"input_ids": np.asarray(ids, dtype=np.int64),
-                     "attention_mask": np.ones(len(ids), dtype=np.int64)})
+        ids = tokenizer.encode(" ".join(words[start : start + 200])).ids
+        ids = ids[: length - 1] + [ids[-1]]  # keep [SEP] last
+        pool.append(
+            {
+                "input_ids": np.asarray(ids, dtype=np.int64),
+                "attention_mask": np.ones(len(ids), dtype=np.int64),
+            }
+        )
     return pool
 
 
@@ -176,8 +201,8 @@ def collate(workload: str, batch: list[Sample]) -> list[torch.Tensor]:
     ids = np.zeros((len(batch), longest), dtype=np.int64)
     mask = np.zeros((len(batch), longest), dtype=np.int64)
     for row, s in enumerate(batch):
-        ids[row, :len(s["input_ids"])] = s["input_ids"]
-        mask[row, :len(s["attention_mask"])] = s["attention_mask"]
+        ids[row, : len(s["input_ids"])] = s["input_ids"]
+        mask[row, : len(s["attention_mask"])] = s["attention_mask"]
     return [torch.from_numpy(ids), torch.from_numpy(mask)]
 
 
@@ -208,19 +233,31 @@ def config_toml(spec: Workload, max_batch_size: int, delay_us: int, queue_size: 
     ]
     for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)):
         for t in tensors:
-            lines += ["", f"[[{kind}]]", f'name = "{t.name}"', f'datatype = "{t.datatype}"', f"dims = {list(t.dims)}"]
+            lines += [
+                "",
+                f"[[{kind}]]",
+                f'name = "{t.name}"',
+                f'datatype = "{t.datatype}"',
+                f"dims = {list(t.dims)}",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def _stamp(settings: BenchSettings, workload: str) -> str:
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(f"{torch.__version__} {settings.batch_size(workload)} {settings.max_batch_delay_ms} "
-                  f"{settings.queue_size}".encode())
+    digest.update(
+        f"{torch.__version__} {settings.batch_size(workload)} {settings.max_batch_delay_ms} "
+        f"{settings.queue_size}".encode()
+    )
     return digest.hexdigest()
 
 
-def write_repository(settings: BenchSettings, workloads: tuple[str, ...] = WORKLOADS,
-                     root: Path | None = None, log: Callable[[str], None] = print) -> Path:
+def write_repository(
+    settings: BenchSettings,
+    workloads: tuple[str, ...] = WORKLOADS,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Export each workload's model into a torchgate model repository (reused when nothing changed)."""
     root = root or settings.work_dir / "model_repository"
     for name in workloads:
@@ -235,7 +272,9 @@ def write_repository(settings: BenchSettings, workloads: tuple[str, ...] = WORKL
         (folder / "1").mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(folder / "1" / "model.pt2"))
         delay_us = int(settings.max_batch_delay_ms * 1000)
-        (folder / "config.toml").write_text(config_toml(spec, settings.batch_size(name), delay_us, settings.queue_size))
+        (folder / "config.toml").write_text(
+            config_toml(spec, settings.batch_size(name), delay_us, settings.queue_size)
+        )
         error = verify(name, folder / "1" / "model.pt2", module)
         log(f"  {name}: exported model matches eager within {error:.2e}")
         (folder / REPOSITORY_STAMP).write_text(stamp)

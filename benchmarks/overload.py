@@ -60,8 +60,12 @@ class Report:
         ]
         for name in self.rss_before:
             after = self.rss_after.get(name, 0)
-            rows.append((f"RSS {name} before -> after (MiB)",
-                         f"{self.rss_before[name] / 2**20:.0f} -> {after / 2**20:.0f}"))
+            rows.append(
+                (
+                    f"RSS {name} before -> after (MiB)",
+                    f"{self.rss_before[name] / 2**20:.0f} -> {after / 2**20:.0f}",
+                )
+            )
         return rows
 
 
@@ -108,13 +112,21 @@ def overload(stack: Stack, clients: int, seconds: float) -> Report:
     before = rss(stack)
     watcher.start()
     started = time.monotonic()
-    with HttpLoad(stack.url, body=slow_body(), path="/v2/models/slow/infer", threads=clients,
-                  headers=stack.headers, timeout=60) as load:
+    with HttpLoad(
+        stack.url,
+        body=slow_body(),
+        path="/v2/models/slow/infer",
+        threads=clients,
+        headers=stack.headers,
+        timeout=60,
+    ) as load:
         time.sleep(seconds)
     elapsed = time.monotonic() - started
     done.set()
     watcher.join(timeout=10)
-    return Report(elapsed, [o for _, o in load.snapshot()], peaks["queued"], peaks["in_flight"], before, rss(stack))
+    return Report(
+        elapsed, [o for _, o in load.snapshot()], peaks["queued"], peaks["in_flight"], before, rss(stack)
+    )
 
 
 def start(root: Path, processes: Processes, gateway_processes: int, gateway_threads: int) -> Stack:
@@ -122,7 +134,8 @@ def start(root: Path, processes: Processes, gateway_processes: int, gateway_thre
     if not repository.exists():
         write_slow_model(repository, seconds=BATCH_SECONDS, max_batch_size=MAX_BATCH, max_queue_size=QUEUE)
     return Stack(processes, root / f"run-{gateway_threads}", repository).start(
-        {"w0": []}, gateway_processes=gateway_processes, gateway_threads=gateway_threads)
+        {"w0": []}, gateway_processes=gateway_processes, gateway_threads=gateway_threads
+    )
 
 
 def table(title: str, rows: list[tuple[str, str]]) -> str:
@@ -143,13 +156,21 @@ def main(argv: list[str] | None = None) -> None:
             stack = start(root, processes, gateway_processes=2, gateway_threads=32)
             overload(stack, 8, 2.0)  # warm up: first allocations, imports, connection pools
             report = overload(stack, args.clients, args.seconds)
-            print(table(f"{args.clients} clients for {args.seconds:.0f} s, gateway 2 x 32 threads", report.rows()))
+            print(
+                table(
+                    f"{args.clients} clients for {args.seconds:.0f} s, gateway 2 x 32 threads", report.rows()
+                )
+            )
             processes.kill_all()
             processes.started.clear()
             narrow = start(root, processes, gateway_processes=1, gateway_threads=2)
             report = overload(narrow, args.clients, args.seconds)
-            print(table(f"{args.clients} clients for {args.seconds:.0f} s, gateway 1 x 2 threads, default queue (8)",
-                        report.rows()))
+            print(
+                table(
+                    f"{args.clients} clients for {args.seconds:.0f} s, gateway 1 x 2 threads, default queue (8)",
+                    report.rows(),
+                )
+            )
         finally:
             processes.kill_all()
 

@@ -37,16 +37,21 @@ def _json_value(array: np.ndarray) -> list[object]:
 def seed_json(workload: str, sample: Sample, path: str = "/predict") -> HttpRequest:
     """The seed tutorial's contract: ``{"input": <list>}``; several inputs as ``{"input": {name: list}}``."""
     names = [t.name for t in WORKLOAD_SPECS[workload].inputs]
-    value: object = (_json_value(sample[names[0]]) if len(names) == 1
-                     else {name: _json_value(sample[name]) for name in names})
+    value: object = (
+        _json_value(sample[names[0]])
+        if len(names) == 1
+        else {name: _json_value(sample[name]) for name in names}
+    )
     body = json.dumps({"input": value}, separators=(",", ":")).encode()
     return HttpRequest(path, body, {"Content-Type": "application/json"})
 
 
 def raw_binary(workload: str, sample: Sample, path: str) -> HttpRequest:
     """Every input's little-endian bytes, concatenated in declaration order (TorchServe's binary request)."""
-    body = b"".join(np.ascontiguousarray(sample[t.name]).astype(sample[t.name].dtype.newbyteorder("<")).tobytes()
-                    for t in WORKLOAD_SPECS[workload].inputs)
+    body = b"".join(
+        np.ascontiguousarray(sample[t.name]).astype(sample[t.name].dtype.newbyteorder("<")).tobytes()
+        for t in WORKLOAD_SPECS[workload].inputs
+    )
     return HttpRequest(path, body, {"Content-Type": "application/octet-stream"})
 
 
@@ -59,8 +64,14 @@ def oip_json(workload: str, sample: Sample, path: str | None = None) -> HttpRequ
     inputs = []
     for t in WORKLOAD_SPECS[workload].inputs:
         array = sample[t.name]
-        inputs.append({"name": t.name, "shape": [1, *array.shape], "datatype": t.datatype,
-                       "data": _json_value(array.reshape(-1))})
+        inputs.append(
+            {
+                "name": t.name,
+                "shape": [1, *array.shape],
+                "datatype": t.datatype,
+                "data": _json_value(array.reshape(-1)),
+            }
+        )
     body = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
     return HttpRequest(path or oip_path(workload), body, {"Content-Type": "application/json"})
 
@@ -71,14 +82,23 @@ def oip_binary(workload: str, sample: Sample, path: str | None = None) -> HttpRe
     for t in WORKLOAD_SPECS[workload].inputs:
         array = np.ascontiguousarray(sample[t.name])
         blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
-        inputs.append({"name": t.name, "shape": [1, *array.shape], "datatype": t.datatype,
-                       "parameters": {"binary_data_size": len(blob)}})
+        inputs.append(
+            {
+                "name": t.name,
+                "shape": [1, *array.shape],
+                "datatype": t.datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
         blobs.append(blob)
-    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}},
-                        separators=(",", ":")).encode()
-    return HttpRequest(path or oip_path(workload), header + b"".join(blobs),
-                       {"Inference-Header-Content-Length": str(len(header)),
-                        "Content-Type": "application/octet-stream"})
+    header = json.dumps(
+        {"inputs": inputs, "parameters": {"binary_data_output": True}}, separators=(",", ":")
+    ).encode()
+    return HttpRequest(
+        path or oip_path(workload),
+        header + b"".join(blobs),
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
 
 
 def decode_output(kind: str, body: bytes, headers: dict[str, str]) -> np.ndarray:
@@ -96,4 +116,4 @@ def decode_output(kind: str, body: bytes, headers: dict[str, str]) -> np.ndarray
     if "data" in output:
         return np.asarray(output["data"], dtype=np.float32)
     size = int(output["parameters"]["binary_data_size"])
-    return np.frombuffer(body[header_length:header_length + size], dtype="<f4")
+    return np.frombuffer(body[header_length : header_length + size], dtype="<f4")

@@ -31,8 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
-                timeout: float = 5.0) -> int:
+def http_status(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> int:
     """Return the HTTP status of one request, or 0 when nothing answered."""
     request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
     try:
@@ -45,7 +46,9 @@ def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | N
         return 0
 
 
-def http_call(url: str, data: bytes, headers: dict[str, str], timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+def http_call(
+    url: str, data: bytes, headers: dict[str, str], timeout: float = 60.0
+) -> tuple[int, dict[str, str], bytes]:
     """POST ``data``; return the status, the headers and the body (status 0: nothing answered)."""
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
@@ -98,7 +101,9 @@ class Launched:
                 total += times.user + times.system
         return total
 
-    def wait_idle(self, timeout_s: float, busy_cores: float = IDLE_CORES, interval_s: float = 0.5) -> tuple[bool, float]:
+    def wait_idle(
+        self, timeout_s: float, busy_cores: float = IDLE_CORES, interval_s: float = 0.5
+    ) -> tuple[bool, float]:
         """Wait until the tree uses less than ``busy_cores`` for two intervals in a row (a backlog left by the
         previous load has been served). Return whether it got there and the seconds waited."""
         start = time.monotonic()
@@ -136,14 +141,27 @@ class Launched:
             self.proc.wait(timeout=5)
 
 
-def launch(name: str, cmd: list[str], log_path: Path, url: str, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> Launched:
+def launch(
+    name: str,
+    cmd: list[str],
+    log_path: Path,
+    url: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Launched:
     """Start ``cmd`` in a new session (its own process group), output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=full_env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     return Launched(name, proc, log_path, url)
 
 
@@ -153,11 +171,14 @@ def wait_ready(launched: Launched, ready: Callable[[], bool], timeout_s: float) 
     deadline = start + timeout_s
     while time.monotonic() < deadline:
         if not launched.alive():
-            raise StartError(f"{launched.name} exited with {launched.proc.returncode}; "
-                             f"log {launched.log_path}:\n{launched.log_tail()}")
+            raise StartError(
+                f"{launched.name} exited with {launched.proc.returncode}; "
+                f"log {launched.log_path}:\n{launched.log_tail()}"
+            )
         if ready():
             launched.tree()
             return time.monotonic() - start
         time.sleep(POLL_INTERVAL_S)
-    raise StartError(f"{launched.name} not ready after {timeout_s:.0f} s; log {launched.log_path}:\n"
-                     f"{launched.log_tail()}")
+    raise StartError(
+        f"{launched.name} not ready after {timeout_s:.0f} s; log {launched.log_path}:\n{launched.log_tail()}"
+    )

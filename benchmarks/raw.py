@@ -48,8 +48,10 @@ def loop(workload: str, batch: int, threads: int, duration_s: float, repository:
     torch.set_num_threads(threads)
     model = load_exported(repository, workload)
     pool = samples(workload)
-    batches = [collate(workload, [pool[(i * batch + k) % len(pool)] for k in range(batch)])
-               for i in range(max(1, len(pool)))]
+    batches = [
+        collate(workload, [pool[(i * batch + k) % len(pool)] for k in range(batch)])
+        for i in range(max(1, len(pool)))
+    ]
     times: list[float] = []
     with torch.inference_mode():
         for i in range(WARMUP_CALLS):
@@ -63,17 +65,37 @@ def loop(workload: str, batch: int, threads: int, duration_s: float, repository:
             i += 1
         elapsed = time.perf_counter() - start
     times.sort()
-    return {"samples_per_s": len(times) * batch / elapsed, "p50_ms": times[len(times) // 2] * 1e3,
-            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3, "calls": len(times)}
+    return {
+        "samples_per_s": len(times) * batch / elapsed,
+        "p50_ms": times[len(times) // 2] * 1e3,
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3,
+        "calls": len(times),
+    }
 
 
-def measure(workload: str, batch: int, processes: int, threads: int, duration_s: float,
-            repository: Path) -> RawResult:
+def measure(
+    workload: str, batch: int, processes: int, threads: int, duration_s: float, repository: Path
+) -> RawResult:
     """Run ``processes`` raw loops at once (as many as the systems have model workers) and combine them."""
-    cmd = [sys.executable, "-m", "benchmarks.raw", "--workload", workload, "--batch", str(batch),
-           "--threads", str(threads), "--duration", str(duration_s), "--repository", str(repository)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-             for _ in range(processes)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.raw",
+        "--workload",
+        workload,
+        "--batch",
+        str(batch),
+        "--threads",
+        str(threads),
+        "--duration",
+        str(duration_s),
+        "--repository",
+        str(repository),
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        for _ in range(processes)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=duration_s + 300)
@@ -82,8 +104,15 @@ def measure(workload: str, batch: int, processes: int, threads: int, duration_s:
         results.append(json.loads(out.strip().splitlines()[-1]))
     p50s = sorted(r["p50_ms"] for r in results)
     p99s = sorted(r["p99_ms"] for r in results)
-    return RawResult(workload, batch, processes, threads, sum(r["samples_per_s"] for r in results),
-                     p50s[len(p50s) // 2], p99s[len(p99s) // 2])
+    return RawResult(
+        workload,
+        batch,
+        processes,
+        threads,
+        sum(r["samples_per_s"] for r in results),
+        p50s[len(p50s) // 2],
+        p99s[len(p99s) // 2],
+    )
 
 
 def main() -> None:

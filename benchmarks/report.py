@@ -53,33 +53,56 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
     out = [f"## {spec.title}", ""]
     if rows:
         head = " | ".join(f"c={c}" for c in concurrencies)
-        out += ["Throughput (successful requests/s, median of rounds), errors over all runs, peak memory (RSS of "
-                "the whole process tree), and **torchgate ÷ system** throughput on the same format "
-                "(> 1: torchgate ahead).", "",
-                f"| system | format | {head} | errors / requests | memory MB | {' | '.join(f'tg÷ c={c}' for c in concurrencies)} |",
-                "|---|---|" + "---:|" * (2 * len(concurrencies) + 2)]
+        out += [
+            "Throughput (successful requests/s, median of rounds), errors over all runs, peak memory (RSS of "
+            "the whole process tree), and **torchgate ÷ system** throughput on the same format "
+            "(> 1: torchgate ahead).",
+            "",
+            f"| system | format | {head} | errors / requests | memory MB | {' | '.join(f'tg÷ c={c}' for c in concurrencies)} |",
+            "|---|---|" + "---:|" * (2 * len(concurrencies) + 2),
+        ]
         for row in rows:
             ref = _reference(rows, row.fmt) or _reference(rows, "json")
-            rates = " | ".join(_fmt_rate(row.throughput.get(c)) + ("*" if c in row.sparse else "")
-                               for c in concurrencies)
+            rates = " | ".join(
+                _fmt_rate(row.throughput.get(c)) + ("*" if c in row.sparse else "") for c in concurrencies
+            )
             ratios = " | ".join(_ratio(row, ref, c) for c in concurrencies)
-            out.append(f"| {row.label} | {row.fmt} | {rates} | {row.errors} / {row.requests} | "
-                       f"{row.rss_bytes / 2**20:,.0f} | {ratios} |")
+            out.append(
+                f"| {row.label} | {row.fmt} | {rates} | {row.errors} / {row.requests} | "
+                f"{row.rss_bytes / 2**20:,.0f} | {ratios} |"
+            )
         if any(row.sparse for row in rows):
-            out += ["", "\\* fewer than two answers per connection in a run: the system could not keep up within the "
-                    "run's duration (requests still queued when wrk stopped are not counted); a lower bound."]
-        out += ["", "Latency p50 / p99 (ms, from wrk's latency distribution):", "",
-                f"| system | format | {head} |", "|---|---|" + "---:|" * len(concurrencies)]
+            out += [
+                "",
+                "\\* fewer than two answers per connection in a run: the system could not keep up within the "
+                "run's duration (requests still queued when wrk stopped are not counted); a lower bound.",
+            ]
+        out += [
+            "",
+            "Latency p50 / p99 (ms, from wrk's latency distribution):",
+            "",
+            f"| system | format | {head} |",
+            "|---|---|" + "---:|" * len(concurrencies),
+        ]
         for row in rows:
-            cells = " | ".join(f"{_fmt_ms(row.p50_ms.get(c))} / {_fmt_ms(row.p99_ms.get(c))}" for c in concurrencies)
+            cells = " | ".join(
+                f"{_fmt_ms(row.p50_ms.get(c))} / {_fmt_ms(row.p99_ms.get(c))}" for c in concurrencies
+            )
             out.append(f"| {row.label} | {row.fmt} | {cells} |")
         out.append("")
     raw = results.raw_for(workload)
     if raw:
-        out += ["The raw model in a loop, no HTTP (the compute limit; same torch threads as a worker; measured "
-                "before each round and, except in quick mode, after the last; medians):", "",
-                "| loop | samples/s | p50 per call ms | p99 per call ms |", "|---|---:|---:|---:|"]
-        out += [f"| {r.label} | {_fmt_rate(r.samples_per_s)} | {_fmt_ms(r.p50_ms)} | {_fmt_ms(r.p99_ms)} |" for r in raw]
+        out += [
+            "The raw model in a loop, no HTTP (the compute limit; same torch threads as a worker; measured "
+            "before each round and, except in quick mode, after the last; medians):",
+            "",
+            "| loop | samples/s | p50 per call ms | p99 per call ms |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r.label} | {_fmt_rate(r.samples_per_s)} | {_fmt_ms(r.p50_ms)} | {_fmt_ms(r.p99_ms)} |"
+            for r in raw
+        ]
         out.append("")
     failures = results.failures.get(workload, {})
     if failures:
@@ -92,15 +115,20 @@ def workload_section(results: Results, workload: str, concurrencies: tuple[int, 
         out += [f"- {results.labels.get(name, name)}: {text}" for name, text in described.items()]
         startup = results.startup_s.get(workload, {})
         if startup:
-            out.append("- start-up to ready (s, all launched at once): " + ", ".join(f"{results.labels.get(n, n)} {t:.1f}"
-                                                           for n, t in startup.items()))
+            out.append(
+                "- start-up to ready (s, all launched at once): "
+                + ", ".join(f"{results.labels.get(n, n)} {t:.1f}" for n, t in startup.items())
+            )
         out.append("")
     return out
 
 
 def _best(rows: list[Row], system: str, c: int, fmt: str | None = None) -> float | None:
-    values = [r.throughput[c] for r in rows if r.system == system and c in r.throughput
-              and (fmt is None or r.fmt == fmt)]
+    values = [
+        r.throughput[c]
+        for r in rows
+        if r.system == system and c in r.throughput and (fmt is None or r.fmt == fmt)
+    ]
     return max(values) if values else None
 
 
@@ -120,7 +148,9 @@ def targets_section(results: Results, concurrencies: tuple[int, ...]) -> list[st
         if not rows:
             continue
         if not any(r.system == REFERENCE for r in rows):
-            out.append(f"- {workload}: torchgate ahead of the others at c≥8: **not measured** (torchgate did not run)")
+            out.append(
+                f"- {workload}: torchgate ahead of the others at c≥8: **not measured** (torchgate did not run)"
+            )
             continue
         misses, checked = [], 0
         for c in (c for c in concurrencies if c >= 8):
@@ -132,34 +162,47 @@ def targets_section(results: Results, concurrencies: tuple[int, ...]) -> list[st
                     checked += 1
                     if ours <= theirs:
                         misses.append(f"{rival} {fmt} c={c} ({_fmt_rate(theirs)} vs {_fmt_rate(ours)} req/s)")
-        verdict = "holds" if not misses and checked else ("not measured" if not checked else "**does not hold**")
-        out.append(f"- {workload}: torchgate ahead of TorchServe, LitServe and the seed app at c≥8, same format "
-                   f"({checked} comparisons): {verdict}" + (": behind " + "; ".join(misses) if misses else ""))
+        verdict = (
+            "holds" if not misses and checked else ("not measured" if not checked else "**does not hold**")
+        )
+        out.append(
+            f"- {workload}: torchgate ahead of TorchServe, LitServe and the seed app at c≥8, same format "
+            f"({checked} comparisons): {verdict}" + (": behind " + "; ".join(misses) if misses else "")
+        )
     mlp_rows, mlp_raw = results.rows("mlp"), _raw(results.raw_for("mlp"), False, 1)
     tg = [r for r in mlp_rows if r.system == REFERENCE and 1 in r.p50_ms]
     if tg and mlp_raw:
         for row in tg:
             added = row.p50_ms[1] - mlp_raw.p50_ms
-            out.append(f"- mlp, {row.fmt}: added p50 latency at c=1 over the raw model's call "
-                       f"({_fmt_ms(row.p50_ms[1])} − {_fmt_ms(mlp_raw.p50_ms)} ms) = {added:.2f} ms: "
-                       f"{'holds' if added <= 1.0 else '**does not hold**'} (target ≤ 1 ms)")
+            out.append(
+                f"- mlp, {row.fmt}: added p50 latency at c=1 over the raw model's call "
+                f"({_fmt_ms(row.p50_ms[1])} − {_fmt_ms(mlp_raw.p50_ms)} ms) = {added:.2f} ms: "
+                f"{'holds' if added <= 1.0 else '**does not hold**'} (target ≤ 1 ms)"
+            )
     else:
         out.append("- mlp: added latency at c=1 ≤ 1 ms: **not measured**")
     mini_rows, mini_raw = results.rows("minilm"), _raw(results.raw_for("minilm"), True)
     tg_32 = _best(mini_rows, REFERENCE, 32)
     if tg_32 is not None and mini_raw is not None:
         share = tg_32 / mini_raw.samples_per_s
-        out.append(f"- minilm: torchgate at c=32 reaches {share:.0%} of the raw batched model's throughput "
-                   f"({_fmt_rate(tg_32)} vs {_fmt_rate(mini_raw.samples_per_s)}/s): "
-                   f"{'holds' if share >= 0.8 else '**does not hold**'} (target ≥ 80%)")
+        out.append(
+            f"- minilm: torchgate at c=32 reaches {share:.0%} of the raw batched model's throughput "
+            f"({_fmt_rate(tg_32)} vs {_fmt_rate(mini_raw.samples_per_s)}/s): "
+            f"{'holds' if share >= 0.8 else '**does not hold**'} (target ≥ 80%)"
+        )
     else:
         out.append("- minilm: ≥ 80% of the raw batched throughput at c=32: **not measured**")
     out.append("")
     return out
 
 
-def write_markdown(results: Results, path: Path, plot: Path | None, concurrencies: tuple[int, ...],
-                   workloads: tuple[str, ...]) -> None:
+def write_markdown(
+    results: Results,
+    path: Path,
+    plot: Path | None,
+    concurrencies: tuple[int, ...],
+    workloads: tuple[str, ...],
+) -> None:
     """Write the whole report to ``path``."""
     s = results.settings
     out = [
@@ -204,7 +247,7 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
         "TorchServe and the `bench` extra; models, model stores, run directories and logs go to "
         "`benchmarks/.work/`.",
         "",
-        "Formats: `json` is the seed's `{\"input\": ...}` for the seed app, TorchServe and LitServe, and an Open "
+        'Formats: `json` is the seed\'s `{"input": ...}` for the seed app, TorchServe and LitServe, and an Open '
         "Inference Protocol JSON request for torchgate (and the empty Flask app, which only reads it); `binary` "
         "is Triton's binary tensor extension with binary outputs for torchgate and raw tensor bytes in and out "
         "for TorchServe. Every system runs the same exported `model.pt2` (`torch.export`).",
@@ -218,7 +261,9 @@ def write_markdown(results: Results, path: Path, plot: Path | None, concurrencie
     path.write_text("\n".join(out).rstrip() + "\n")
 
 
-def write_plot(results: Results, path: Path, concurrencies: tuple[int, ...], workloads: tuple[str, ...]) -> bool:
+def write_plot(
+    results: Results, path: Path, concurrencies: tuple[int, ...], workloads: tuple[str, ...]
+) -> bool:
     """Plot throughput and p50/p99 latency against concurrency, one row per workload; return False if empty."""
     import matplotlib
 

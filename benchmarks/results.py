@@ -36,7 +36,9 @@ class Row:
     errors: int = 0
     requests: int = 0
     rss_bytes: int = 0
-    sparse: set[int] = field(default_factory=set)  # concurrencies where a run saw fewer than 2 answers per connection
+    sparse: set[int] = field(
+        default_factory=set
+    )  # concurrencies where a run saw fewer than 2 answers per connection
 
 
 @dataclass(slots=True)
@@ -80,16 +82,37 @@ class Results:
         for r in self.raw:
             if r.workload == workload:
                 groups.setdefault((r.batch, r.processes), []).append(r)
-        return [RawResult(workload, batch, processes, rs[0].threads,
-                          statistics.median(r.samples_per_s for r in rs), statistics.median(r.p50_ms for r in rs),
-                          statistics.median(r.p99_ms for r in rs), len(rs))
-                for (batch, processes), rs in sorted(groups.items())]
+        return [
+            RawResult(
+                workload,
+                batch,
+                processes,
+                rs[0].threads,
+                statistics.median(r.samples_per_s for r in rs),
+                statistics.median(r.p50_ms for r in rs),
+                statistics.median(r.p99_ms for r in rs),
+                len(rs),
+            )
+            for (batch, processes), rs in sorted(groups.items())
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "command": self.command, "settings": self.settings, "failures": self.failures,
-            "describe": self.describe, "startup_s": self.startup_s,
+            "command": self.command,
+            "settings": self.settings,
+            "failures": self.failures,
+            "describe": self.describe,
+            "startup_s": self.startup_s,
             "raw": [asdict(r) for r in self.raw],
-            "measurements": [{"workload": m.workload, "system": m.system, "format": m.fmt, "round": m.round,
-                              "rss_bytes": m.rss_bytes, **m.load.to_dict()} for m in self.measurements],
+            "measurements": [
+                {
+                    "workload": m.workload,
+                    "system": m.system,
+                    "format": m.fmt,
+                    "round": m.round,
+                    "rss_bytes": m.rss_bytes,
+                    **m.load.to_dict(),
+                }
+                for m in self.measurements
+            ],
         }

@@ -49,25 +49,46 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short runs, one round: a few minutes in all")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: mlp, minilm, conv")
-    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
-                        help=f"comma-separated, from {', '.join(ALL_SYSTEMS)}")
+    parser.add_argument(
+        "--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, from {', '.join(ALL_SYSTEMS)}"
+    )
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: json, binary")
-    parser.add_argument("--concurrency", default=None, help="comma-separated connection counts (default 1,8,32,128)")
+    parser.add_argument(
+        "--concurrency", default=None, help="comma-separated connection counts (default 1,8,32,128)"
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=None, help="measurements per point (median kept)")
-    parser.add_argument("--batch-delay-ms", type=float, default=None,
-                        help="max batch delay for every batching system (default 1 ms, TorchServe's minimum)")
-    parser.add_argument("--model-workers", type=int, default=None,
-                        help="model-holding processes of every system (default 2)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per model worker (default 1)")
-    parser.add_argument("--http-threads", type=int, default=None,
-                        help="gunicorn threads per process of every Flask-based system (default 32)")
-    parser.add_argument("--http-processes", type=int, default=None,
-                        help="gunicorn processes of every Flask-based system, LitServe API servers (default 1)")
+    parser.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=None,
+        help="max batch delay for every batching system (default 1 ms, TorchServe's minimum)",
+    )
+    parser.add_argument(
+        "--model-workers", type=int, default=None, help="model-holding processes of every system (default 2)"
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch threads per model worker (default 1)"
+    )
+    parser.add_argument(
+        "--http-threads",
+        type=int,
+        default=None,
+        help="gunicorn threads per process of every Flask-based system (default 32)",
+    )
+    parser.add_argument(
+        "--http-processes",
+        type=int,
+        default=None,
+        help="gunicorn processes of every Flask-based system, LitServe API servers (default 1)",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-model loops")
     parser.add_argument("--output", type=Path, default=DOCS_DIR / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=DOCS_DIR / "benchmarks.png")
@@ -126,8 +147,14 @@ def expected_output(workload: str, repository: Path, sample: Sample) -> np.ndarr
 class Bench:
     """One benchmark run: the systems, their scripts, the measurements."""
 
-    def __init__(self, settings: BenchSettings, systems: tuple[str, ...], formats: tuple[str, ...],
-                 results: Results, raw: bool) -> None:
+    def __init__(
+        self,
+        settings: BenchSettings,
+        systems: tuple[str, ...],
+        formats: tuple[str, ...],
+        results: Results,
+        raw: bool,
+    ) -> None:
         self.s, self.formats, self.results, self.raw = settings, formats, results, raw
         self.systems: dict[str, System] = {name: ALL_SYSTEMS[name]() for name in systems}
         for name, system in self.systems.items():
@@ -144,7 +171,9 @@ class Bench:
                 log(f"{workload}: {name} skipped: {reason}")
                 failures[name] = f"skipped: {reason}"
                 continue
-            ctx = StartContext(self.s, workload, repository, free_port(), self.s.work_dir / "systems" / workload / name)
+            ctx = StartContext(
+                self.s, workload, repository, free_port(), self.s.work_dir / "systems" / workload / name
+            )
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             log(f"{workload}: starting {name} on port {ctx.port}")
             try:
@@ -178,7 +207,9 @@ class Bench:
     def formats_of(self, system: System, workload: str) -> list[str]:
         return [f for f in system.formats(workload) if f in self.formats]
 
-    def scripts(self, workload: str, running: dict[str, tuple[Launched, StartContext]]) -> dict[tuple[str, str], Path]:
+    def scripts(
+        self, workload: str, running: dict[str, tuple[Launched, StartContext]]
+    ) -> dict[tuple[str, str], Path]:
         pool = samples(workload)
         out = {}
         for name in running:
@@ -188,7 +219,9 @@ class Bench:
                 out[(name, fmt)] = write_script([system.request(workload, fmt, s) for s in pool], folder)
         return out
 
-    def one_run(self, launched: Launched, script: Path, concurrency: int, duration_s: float) -> tuple[int, LoadResult]:
+    def one_run(
+        self, launched: Launched, script: Path, concurrency: int, duration_s: float
+    ) -> tuple[int, LoadResult]:
         peak = [launched.rss_bytes()]
 
         def sample() -> None:
@@ -241,16 +274,20 @@ class Bench:
                         launched = running[name][0]
                         done += 1
                         try:
-                            rss, result = self.one_run(launched, scripts[(name, fmt)], c, self.s.duration(workload))
+                            rss, result = self.one_run(
+                                launched, scripts[(name, fmt)], c, self.s.duration(workload)
+                            )
                         except LoadError as exc:
                             log(f"[{done}/{total}] {workload} c={c} {fmt} {name}: wrk failed: {exc}")
                             continue
                         finally:
                             self.settle(workload, name, launched)
                         self.results.measurements.append(Measurement(workload, name, fmt, rnd, result, rss))
-                        log(f"[{done}/{total}] {workload} round {rnd + 1} c={c} {fmt} {name}: "
+                        log(
+                            f"[{done}/{total}] {workload} round {rnd + 1} c={c} {fmt} {name}: "
                             f"{result.throughput:,.1f} req/s, p50 {result.p50_ms:.2f} ms, "
-                            f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, {rss / 2**20:,.0f} MB")
+                            f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, {rss / 2**20:,.0f} MB"
+                        )
             if self.raw and not self.s.quick:
                 self.measure_raw(workload, repository)  # once more at the end: raw brackets the HTTP runs
         finally:
@@ -270,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.run" + ("" if not argv else " " + shlex.join(argv))
-    results = Results(command=command, settings={k: (str(v) if isinstance(v, Path) else v)
-                                                 for k, v in asdict(settings).items()})
+    results = Results(
+        command=command,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+    )
     log(f"{command}: workloads {', '.join(workloads)}; systems {', '.join(systems)}")
     repository = write_repository(settings, workloads, log=log)
     bench = Bench(settings, systems, formats, results, raw=not args.no_raw)
@@ -281,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.run_workload(workload, repository)
         (settings.work_dir / "results.json").write_text(json.dumps(results.to_dict(), indent=1))
         plotted = write_plot(results, args.plot, settings.concurrencies, workloads)
-        write_markdown(results, args.output, args.plot if plotted else None, settings.concurrencies, workloads)
+        write_markdown(
+            results, args.output, args.plot if plotted else None, settings.concurrencies, workloads
+        )
         log(f"wrote {args.output} and {args.plot}")
     return 0
 

@@ -75,14 +75,36 @@ class Stack:
     def __init__(self, run_dir: Path, repositories: list[Path], workers: int) -> None:
         self.frontend, backend = f"ipc://{run_dir}/frontend.sock", f"ipc://{run_dir}/backend.sock"
         py = sys.executable
-        self.procs = [subprocess.Popen([py, "-m", "inference_worker.dispatcher", "--frontend", self.frontend,
-                                        "--backend", backend], stderr=subprocess.DEVNULL, start_new_session=True)]
+        self.procs = [
+            subprocess.Popen(
+                [py, "-m", "inference_worker.dispatcher", "--frontend", self.frontend, "--backend", backend],
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ]
         for i in range(workers):
             for repo in repositories:
-                self.procs.append(subprocess.Popen(
-                    [py, "-m", "inference_worker.worker", "--model-repository", str(repo), "--dispatcher", backend,
-                     "--name", f"{repo.name}-{i}", "--device", "cpu", "--threads", "1"],
-                    stderr=subprocess.DEVNULL, start_new_session=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            py,
+                            "-m",
+                            "inference_worker.worker",
+                            "--model-repository",
+                            str(repo),
+                            "--dispatcher",
+                            backend,
+                            "--name",
+                            f"{repo.name}-{i}",
+                            "--device",
+                            "cpu",
+                            "--threads",
+                            "1",
+                        ],
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
         self.expected = workers * len(repositories)
 
     def wait_ready(self, context: zmq.Context, timeout: float = 120) -> None:
@@ -91,7 +113,10 @@ class Stack:
             sock = context.socket(zmq.DEALER)
             sock.connect(self.frontend)
             sock.send_multipart(protocol.encode(Kind.STATUS, {"id": "s"}))
-            ready = sock.poll(1000) and len(protocol.decode(sock.recv_multipart()).get("workers")) >= self.expected
+            ready = (
+                sock.poll(1000)
+                and len(protocol.decode(sock.recv_multipart()).get("workers")) >= self.expected
+            )
             sock.close(linger=0)
             if ready:
                 return
@@ -109,8 +134,14 @@ class Stack:
 
 def call(sock: zmq.Socket, model: str, name: str, array: np.ndarray) -> protocol.Message:
     request_id = uuid.uuid4().hex
-    sock.send_multipart(protocol.encode(Kind.REQUEST, {"id": request_id, "model": model, "deadline": time.time() + 60},
-                                        [(TensorMeta(name, "FP32", array.shape), array)]), copy=False)
+    sock.send_multipart(
+        protocol.encode(
+            Kind.REQUEST,
+            {"id": request_id, "model": model, "deadline": time.time() + 60},
+            [(TensorMeta(name, "FP32", array.shape), array)],
+        ),
+        copy=False,
+    )
     while True:
         if not sock.poll(60_000):
             raise TimeoutError(model)
@@ -139,7 +170,9 @@ def bare_echo(context: zmq.Context, endpoint: str, stop: threading.Event) -> Non
     sock.close(linger=0)
 
 
-def round_trips(context: zmq.Context, stack: Stack, run_dir: Path, seconds: float) -> list[tuple[str, str, float]]:
+def round_trips(
+    context: zmq.Context, stack: Stack, run_dir: Path, seconds: float
+) -> list[tuple[str, str, float]]:
     rows = []
     sock = context.socket(zmq.DEALER)
     sock.connect(stack.frontend)
@@ -161,14 +194,23 @@ def round_trips(context: zmq.Context, stack: Stack, run_dir: Path, seconds: floa
 
         direct = statistics.median(time_calls(bare_trip, seconds))
         packed = array.tobytes()
-        inline = statistics.median(time_calls(
-            lambda p=packed: msgpack.unpackb(msgpack.packb({"data": p}), raw=False), seconds))
-        framed = statistics.median(time_calls(
-            lambda a=array: protocol.decode(protocol.encode(Kind.REQUEST, {"id": "x"}, [(TensorMeta("x", "FP32", a.shape), a)])),
-            seconds))
-        rows += [(label, "through dispatcher + worker (4 hops)", through), (label, "bare pyzmq echo (2 hops)", direct),
-                 (label, "encode+decode, tensor in its own frame", framed),
-                 (label, "encode+decode, tensor inside msgpack", inline)]
+        inline = statistics.median(
+            time_calls(lambda p=packed: msgpack.unpackb(msgpack.packb({"data": p}), raw=False), seconds)
+        )
+        framed = statistics.median(
+            time_calls(
+                lambda a=array: protocol.decode(
+                    protocol.encode(Kind.REQUEST, {"id": "x"}, [(TensorMeta("x", "FP32", a.shape), a)])
+                ),
+                seconds,
+            )
+        )
+        rows += [
+            (label, "through dispatcher + worker (4 hops)", through),
+            (label, "bare pyzmq echo (2 hops)", direct),
+            (label, "encode+decode, tensor in its own frame", framed),
+            (label, "encode+decode, tensor inside msgpack", inline),
+        ]
     stop.set()
     server.join()
     sock.close(linger=0)
@@ -221,16 +263,24 @@ def main() -> None:
         stack = Stack(run_dir, [echo_repository(run_dir / "echo-repo"), DIGITS], args.workers)
         try:
             stack.wait_ready(context)
-            print(f"## Round trips (median of {args.seconds:.0f} s each)\n\n| tensor | path | median |\n|---|---|---|")
+            print(
+                f"## Round trips (median of {args.seconds:.0f} s each)\n\n| tensor | path | median |\n|---|---|---|"
+            )
             for label, path, seconds in round_trips(context, stack, run_dir, args.seconds):
                 print(f"| {label} | {path} | {seconds * 1e3:.3f} ms |")
             rows = []
             for _ in range(2):  # interleaved: direct, served, direct, served
                 rows.append(("direct, batch 64, 1 thread", direct_throughput(args.seconds, 64)))
                 rows.append(("direct, batch 1, 1 thread", direct_throughput(args.seconds, 1)))
-                rows.append((f"served, {args.workers} worker(s) x 1 thread, 64 one-sample requests in flight",
-                             served_throughput(context, stack, args.seconds)))
-            print("\n## Digits throughput (two interleaved rounds)\n\n| system | samples/s | ratio to direct batch 64 |\n|---|---|---|")
+                rows.append(
+                    (
+                        f"served, {args.workers} worker(s) x 1 thread, 64 one-sample requests in flight",
+                        served_throughput(context, stack, args.seconds),
+                    )
+                )
+            print(
+                "\n## Digits throughput (two interleaved rounds)\n\n| system | samples/s | ratio to direct batch 64 |\n|---|---|---|"
+            )
             best = {name: max(v for n, v in rows if n == name) for name, _ in rows}
             for name, value in best.items():
                 print(f"| {name} | {value:,.0f} | {value / best['direct, batch 64, 1 thread']:.2f} |")

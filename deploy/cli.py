@@ -29,15 +29,21 @@ DEFAULT_READY_TIMEOUT = 180.0
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """torchgate: a process-isolated PyTorch inference server (Open Inference Protocol over HTTP)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _forwarding_command(name: str, target: str, help_text: str) -> click.Command:
     """A subcommand that imports ``module:command`` only when it runs (``--help`` included)."""
 
-    @click.command(name, help=help_text, add_help_option=False,
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     @click.pass_context
     def forward(ctx: click.Context) -> None:
         module, attr = target.split(":")
@@ -47,10 +53,20 @@ def _forwarding_command(name: str, target: str, help_text: str) -> click.Command
     return forward
 
 
-main.add_command(_forwarding_command(
-    "worker", "inference_worker.worker:worker_command", "Run one worker process (see `torchgate worker --help`)."))
-main.add_command(_forwarding_command(
-    "dispatcher", "inference_worker.dispatcher:dispatcher_command", "Run the dispatcher (see `torchgate dispatcher --help`)."))
+main.add_command(
+    _forwarding_command(
+        "worker",
+        "inference_worker.worker:worker_command",
+        "Run one worker process (see `torchgate worker --help`).",
+    )
+)
+main.add_command(
+    _forwarding_command(
+        "dispatcher",
+        "inference_worker.dispatcher:dispatcher_command",
+        "Run the dispatcher (see `torchgate dispatcher --help`).",
+    )
+)
 
 
 @main.command()
@@ -68,52 +84,131 @@ def keys(folder: Path, names: tuple[str, ...]) -> None:
 def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options that describe a host, shared by ``serve`` and ``render``."""
     options = [
-        click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
-                     show_default=True, help="Configuration, logs and sockets go here."),
-        click.option("--model-repository", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                     default=None, help="Model repository (default: the shipped one, serving `digits`)."),
-        click.option("--model", "models", multiple=True, help="Serve only these models (repeat; default: all)."),
-        click.option("--host", default=defaults.DEFAULT_HOST, show_default=True, help="HTTP address to bind."),
+        click.option(
+            "--run-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=DEFAULT_RUN_DIR,
+            show_default=True,
+            help="Configuration, logs and sockets go here.",
+        ),
+        click.option(
+            "--model-repository",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            default=None,
+            help="Model repository (default: the shipped one, serving `digits`).",
+        ),
+        click.option(
+            "--model", "models", multiple=True, help="Serve only these models (repeat; default: all)."
+        ),
+        click.option(
+            "--host", default=defaults.DEFAULT_HOST, show_default=True, help="HTTP address to bind."
+        ),
         click.option("--port", type=int, default=defaults.DEFAULT_PORT, show_default=True),
-        click.option("--gateway-processes", type=click.IntRange(min=1), default=defaults.DEFAULT_GATEWAY_PROCESSES,
-                     show_default=True, help="gunicorn processes."),
-        click.option("--gateway-threads", type=click.IntRange(min=1), default=defaults.DEFAULT_GATEWAY_THREADS,
-                     show_default=True, help="Threads per gateway process."),
-        click.option("--gateway-queue", type=click.IntRange(min=0), default=None,
-                     help="Requests per gateway process that may wait for a thread; the next get 503 at once "
-                          "(default: 4 x threads)."),
-        click.option("--gpus", default=None,
-                     help="GPU indices like 0,1,3; 'all' (must find one); 'none' for the CPU. "
-                          "Default: whatever nvidia-smi lists, else the CPU."),
-        click.option("--workers-per-gpu", type=click.IntRange(min=1), default=defaults.DEFAULT_WORKERS_PER_GPU,
-                     show_default=True),
-        click.option("--cpu-workers", type=click.IntRange(min=0), default=None,
-                     help=f"CPU worker slots (default: {defaults.DEFAULT_CPU_WORKERS} without GPUs, 0 with)."),
-        click.option("--spare-slots", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Extra slots per GPU (or CPU slots without GPUs), rendered stopped: "
-                          "`supervisorctl start <slot>` adds capacity live."),
-        click.option("--worker-threads", type=click.IntRange(min=1), default=None,
-                     help="torch threads per worker (default: the cores left after one, shared among the slots)."),
-        click.option("--worker-startsecs", type=click.IntRange(min=0), default=defaults.DEFAULT_WORKER_STARTSECS,
-                     show_default=True, help="Seconds a worker must stay up to count as started: above model load time."),
-        click.option("--worker-startretries", type=click.IntRange(min=0),
-                     default=defaults.DEFAULT_WORKER_STARTRETRIES, show_default=True,
-                     help="Failed starts before a slot goes FATAL."),
-        click.option("--drain-seconds", type=click.IntRange(min=0), default=defaults.DEFAULT_DRAIN_SECONDS,
-                     show_default=True, help="Time a stopping worker may take to finish in-flight work."),
-        click.option("--auth-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="File holding a bearer token every HTTP endpoint but /v2/health/live requires."),
+        click.option(
+            "--gateway-processes",
+            type=click.IntRange(min=1),
+            default=defaults.DEFAULT_GATEWAY_PROCESSES,
+            show_default=True,
+            help="gunicorn processes.",
+        ),
+        click.option(
+            "--gateway-threads",
+            type=click.IntRange(min=1),
+            default=defaults.DEFAULT_GATEWAY_THREADS,
+            show_default=True,
+            help="Threads per gateway process.",
+        ),
+        click.option(
+            "--gateway-queue",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Requests per gateway process that may wait for a thread; the next get 503 at once "
+            "(default: 4 x threads).",
+        ),
+        click.option(
+            "--gpus",
+            default=None,
+            help="GPU indices like 0,1,3; 'all' (must find one); 'none' for the CPU. "
+            "Default: whatever nvidia-smi lists, else the CPU.",
+        ),
+        click.option(
+            "--workers-per-gpu",
+            type=click.IntRange(min=1),
+            default=defaults.DEFAULT_WORKERS_PER_GPU,
+            show_default=True,
+        ),
+        click.option(
+            "--cpu-workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help=f"CPU worker slots (default: {defaults.DEFAULT_CPU_WORKERS} without GPUs, 0 with).",
+        ),
+        click.option(
+            "--spare-slots",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Extra slots per GPU (or CPU slots without GPUs), rendered stopped: "
+            "`supervisorctl start <slot>` adds capacity live.",
+        ),
+        click.option(
+            "--worker-threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch threads per worker (default: the cores left after one, shared among the slots).",
+        ),
+        click.option(
+            "--worker-startsecs",
+            type=click.IntRange(min=0),
+            default=defaults.DEFAULT_WORKER_STARTSECS,
+            show_default=True,
+            help="Seconds a worker must stay up to count as started: above model load time.",
+        ),
+        click.option(
+            "--worker-startretries",
+            type=click.IntRange(min=0),
+            default=defaults.DEFAULT_WORKER_STARTRETRIES,
+            show_default=True,
+            help="Failed starts before a slot goes FATAL.",
+        ),
+        click.option(
+            "--drain-seconds",
+            type=click.IntRange(min=0),
+            default=defaults.DEFAULT_DRAIN_SECONDS,
+            show_default=True,
+            help="Time a stopping worker may take to finish in-flight work.",
+        ),
+        click.option(
+            "--auth-token-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="File holding a bearer token every HTTP endpoint but /v2/health/live requires.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[str, ...], host: str, port: int,
-                   gateway_processes: int, gateway_threads: int, gpus: str | None, workers_per_gpu: int,
-                   cpu_workers: int | None, spare_slots: int, worker_threads: int | None,
-                   worker_startsecs: int, worker_startretries: int, drain_seconds: int,
-                   auth_token_file: Path | None = None, gateway_queue: int | None = None) -> DeploySettings:
+def build_settings(
+    run_dir: Path,
+    model_repository: Path | None,
+    models: tuple[str, ...],
+    host: str,
+    port: int,
+    gateway_processes: int,
+    gateway_threads: int,
+    gpus: str | None,
+    workers_per_gpu: int,
+    cpu_workers: int | None,
+    spare_slots: int,
+    worker_threads: int | None,
+    worker_startsecs: int,
+    worker_startretries: int,
+    drain_seconds: int,
+    auth_token_file: Path | None = None,
+    gateway_queue: int | None = None,
+) -> DeploySettings:
     """Turn the command-line options into settings, discovering GPUs when no list is given."""
     from deploy.gpus import resolve_gpus
 
@@ -128,22 +223,38 @@ def build_settings(run_dir: Path, model_repository: Path | None, models: tuple[s
         worker_threads = defaults.default_worker_threads(defaults.available_cores(), slots)
     try:
         return DeploySettings(
-            run_dir=run_dir, model_repository=model_repository or defaults.SHIPPED_REPOSITORY, models=models,
-            host=host, port=port, gateway_processes=gateway_processes, gateway_threads=gateway_threads,
-            gateway_queue=gateway_queue, gpus=gpu_indices, workers_per_gpu=workers_per_gpu, cpu_workers=cpu_workers, spare_slots=spare_slots,
-            worker_threads=worker_threads, worker_startsecs=worker_startsecs,
-            worker_startretries=worker_startretries, drain_seconds=drain_seconds, auth_token_file=auth_token_file,
+            run_dir=run_dir,
+            model_repository=model_repository or defaults.SHIPPED_REPOSITORY,
+            models=models,
+            host=host,
+            port=port,
+            gateway_processes=gateway_processes,
+            gateway_threads=gateway_threads,
+            gateway_queue=gateway_queue,
+            gpus=gpu_indices,
+            workers_per_gpu=workers_per_gpu,
+            cpu_workers=cpu_workers,
+            spare_slots=spare_slots,
+            worker_threads=worker_threads,
+            worker_startsecs=worker_startsecs,
+            worker_startretries=worker_startretries,
+            drain_seconds=drain_seconds,
+            auth_token_file=auth_token_file,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
 
 def _describe(s: DeploySettings) -> str:
-    lines = [f"gateway: {s.url} ({s.gateway_processes} x {s.gateway_threads} threads)",
-             f"dispatcher: {s.frontend_endpoint}"]
+    lines = [
+        f"gateway: {s.url} ({s.gateway_processes} x {s.gateway_threads} threads)",
+        f"dispatcher: {s.frontend_endpoint}",
+    ]
     for slot in s.slots():
         where = "CPU" if slot.gpu is None else f"GPU {slot.gpu}"
-        lines.append(f"{slot.name}: {where}, {slot.threads} threads{'' if slot.autostart else ' (spare, stopped)'}")
+        lines.append(
+            f"{slot.name}: {where}, {slot.threads} threads{'' if slot.autostart else ' (spare, stopped)'}"
+        )
     return "\n".join(lines)
 
 
@@ -161,8 +272,13 @@ def render(**options: Any) -> None:
 
 @main.command()
 @host_options
-@click.option("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, show_default=True,
-              help="Seconds to wait for /v2/health/ready before saying so (the service keeps running).")
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=DEFAULT_READY_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for /v2/health/ready before saying so (the service keeps running).",
+)
 def serve(ready_timeout: float, **options: Any) -> None:
     """Render the configuration and run supervisord in the foreground; Ctrl-C stops everything cleanly."""
     from deploy.serve import ServeError
@@ -179,8 +295,13 @@ def serve(ready_timeout: float, **options: Any) -> None:
 
 
 def _run_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
-                        show_default=True, help="The run directory `torchgate serve` uses.")(f)
+    return click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_RUN_DIR,
+        show_default=True,
+        help="The run directory `torchgate serve` uses.",
+    )(f)
 
 
 def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
@@ -193,13 +314,17 @@ def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
     timeout = max(RPC_TIMEOUT, s.worker_stopwaitsecs + 30, s.worker_startsecs + 30)
     sup = Supervisor(s.supervisor_socket, timeout=timeout)
     if not sup.is_up():
-        raise click.ClickException(f"supervisord does not answer on {s.supervisor_socket}: is `torchgate serve` running?")
+        raise click.ClickException(
+            f"supervisord does not answer on {s.supervisor_socket}: is `torchgate serve` running?"
+        )
     return s, sup
 
 
 @main.command("add-worker")
 @_run_dir_option
-@click.option("--gpu", type=click.IntRange(min=0), default=None, help="Pin the new slot to this GPU (default: CPU).")
+@click.option(
+    "--gpu", type=click.IntRange(min=0), default=None, help="Pin the new slot to this GPU (default: CPU)."
+)
 @click.option("--no-start", is_flag=True, help="Add the slot stopped (start it later with supervisorctl).")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True)
 def add_worker(run_dir: Path, gpu: int | None, no_start: bool, ready_timeout: float) -> None:
@@ -236,9 +361,16 @@ def remove_worker(run_dir: Path, name: str) -> None:
 
 @main.command("rolling-restart")
 @_run_dir_option
-@click.option("--slot", "slots", multiple=True, help="Restart only these slots (repeat; default: every running one).")
-@click.option("--ready-timeout", type=float, default=120.0, show_default=True,
-              help="Seconds each slot may take to be ready again before the restart stops.")
+@click.option(
+    "--slot", "slots", multiple=True, help="Restart only these slots (repeat; default: every running one)."
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds each slot may take to be ready again before the restart stops.",
+)
 def rolling_restart(run_dir: Path, slots: tuple[str, ...], ready_timeout: float) -> None:
     """Restart worker slots one at a time, each drained first and ready again before the next."""
     from deploy.rolling import RollingRestartError

@@ -40,14 +40,24 @@ def parse_workers(fields: dict[str, Any]) -> list[WorkerStatus]:
             raise ProtocolError("STATUS_REPLY worker entry without a 'worker' name")
         pid = entry.get("pid")
         models = entry.get("models", [])
-        names = tuple(m if isinstance(m, str) else str(m.get("name")) for m in models
-                      if isinstance(m, str | dict)) if isinstance(models, list) else ()
-        workers.append(WorkerStatus(entry["worker"], str(entry.get("state", "")),
-                                    pid if isinstance(pid, int) else None, names))
+        names = (
+            tuple(
+                m if isinstance(m, str) else str(m.get("name")) for m in models if isinstance(m, str | dict)
+            )
+            if isinstance(models, list)
+            else ()
+        )
+        workers.append(
+            WorkerStatus(
+                entry["worker"], str(entry.get("state", "")), pid if isinstance(pid, int) else None, names
+            )
+        )
     return workers
 
 
-def query_status(endpoint: str, timeout: float = STATUS_TIMEOUT, context: zmq.Context[Any] | None = None) -> dict[str, Any]:
+def query_status(
+    endpoint: str, timeout: float = STATUS_TIMEOUT, context: zmq.Context[Any] | None = None
+) -> dict[str, Any]:
     """Send one STATUS to the dispatcher's frontend and return the STATUS_REPLY fields; TimeoutError if none."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -60,7 +70,9 @@ def query_status(endpoint: str, timeout: float = STATUS_TIMEOUT, context: zmq.Co
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000)):
-                raise TimeoutError(f"no STATUS_REPLY from the dispatcher at {endpoint} within {timeout:.1f} s")
+                raise TimeoutError(
+                    f"no STATUS_REPLY from the dispatcher at {endpoint} within {timeout:.1f} s"
+                )
             message = decode(sock.recv_multipart())
             if message.kind is Kind.STATUS_REPLY and message.get("id") == request_id:
                 return message.fields
@@ -73,8 +85,9 @@ def worker_statuses(endpoint: str, timeout: float = STATUS_TIMEOUT) -> dict[str,
     return {w.name: w for w in parse_workers(query_status(endpoint, timeout))}
 
 
-def wait_until_ready(endpoint: str, name: str, timeout: float, pid: int | None = None,
-                     interval: float = 0.2) -> WorkerStatus:
+def wait_until_ready(
+    endpoint: str, name: str, timeout: float, pid: int | None = None, interval: float = 0.2
+) -> WorkerStatus:
     """Poll the dispatcher until slot ``name`` is ready (as process ``pid`` when given)."""
     deadline = time.monotonic() + timeout
     last = "not registered"

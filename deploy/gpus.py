@@ -39,7 +39,10 @@ def discover_gpus() -> list[Gpu]:
         try:
             done = subprocess.run(
                 [smi, "--query-gpu=index,uuid", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT, check=False,
+                capture_output=True,
+                text=True,
+                timeout=NVIDIA_SMI_TIMEOUT,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("nvidia-smi failed (%s); trying NVML", exc)
@@ -84,7 +87,9 @@ def parse_gpu_spec(spec: str | None) -> tuple[int, ...] | None:
     for part in spec.split(","):
         part = part.strip()
         if not part.isdigit():
-            raise ValueError(f"--gpus: {part!r} is not a GPU index (expected a list like 0,1,3, 'all' or 'none')")
+            raise ValueError(
+                f"--gpus: {part!r} is not a GPU index (expected a list like 0,1,3, 'all' or 'none')"
+            )
         indices.append(int(part))
     if len(set(indices)) != len(indices):
         raise ValueError(f"--gpus: {spec!r} names a GPU twice")

@@ -34,8 +34,13 @@ def other_ready(statuses: dict[str, WorkerStatus], name: str) -> list[str]:
     return sorted(w.name for w in statuses.values() if w.ready and w.name != name)
 
 
-def rolling_restart(s: DeploySettings, sup: Supervisor, names: Sequence[str] = (), ready_timeout: float = 120.0,
-                    report: Callable[[str], None] = log.info) -> list[str]:
+def rolling_restart(
+    s: DeploySettings,
+    sup: Supervisor,
+    names: Sequence[str] = (),
+    ready_timeout: float = 120.0,
+    report: Callable[[str], None] = log.info,
+) -> list[str]:
     """Stop, start and wait for readiness, one slot at a time; stop at the first slot that fails."""
     todo = slots_to_restart(sup, names)
     for name in todo:
@@ -52,7 +57,8 @@ def rolling_restart(s: DeploySettings, sup: Supervisor, names: Sequence[str] = (
             info = sup.info(name)
             raise RollingRestartError(
                 f"{name} did not start again ({fault.faultString}, now {info['statename']}); "
-                f"left the remaining slots as they were; see {info.get('stdout_logfile')}") from None
+                f"left the remaining slots as they were; see {info.get('stdout_logfile')}"
+            ) from None
         pid = sup.info(name)["pid"]
         try:
             wait_until_ready(s.frontend_endpoint, name, ready_timeout, pid=pid)

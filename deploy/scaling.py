@@ -51,8 +51,13 @@ def known_names(s: DeploySettings, sup: Supervisor) -> set[str]:
     return names
 
 
-def add_worker(s: DeploySettings, sup: Supervisor, gpu: int | None = None, start: bool = True,
-               ready_timeout: float = 120.0) -> Slot:
+def add_worker(
+    s: DeploySettings,
+    sup: Supervisor,
+    gpu: int | None = None,
+    start: bool = True,
+    ready_timeout: float = 120.0,
+) -> Slot:
     """Write a new slot into ``conf.d`` and activate just that group; wait until the dispatcher has it ready."""
     slot = next_slot(s, gpu, known_names(s, sup))
     if not start:
@@ -68,7 +73,9 @@ def add_worker(s: DeploySettings, sup: Supervisor, gpu: int | None = None, start
         raise
     if slot.name not in added:
         path.unlink(missing_ok=True)
-        raise ScalingError(f"supervisord did not see {path} as a new group (added: {added}); removed the file")
+        raise ScalingError(
+            f"supervisord did not see {path} as a new group (added: {added}); removed the file"
+        )
     others = sorted(set(added) - {slot.name}) + sorted(changed) + sorted(removed)
     if others:
         log.warning("configuration changes left untouched (apply them yourself if meant): %s", others)
@@ -84,18 +91,24 @@ def add_worker(s: DeploySettings, sup: Supervisor, gpu: int | None = None, start
 def wait_started(s: DeploySettings, sup: Supervisor, name: str) -> None:
     """Wait until a starting slot is RUNNING; raise ScalingError if it went FATAL."""
     retries = s.worker_startretries + 1
-    bound = retries * s.worker_startsecs + retries * (retries + 1) / 2 + 30  # supervisord backs off 1, 2, 3... s
+    bound = (
+        retries * s.worker_startsecs + retries * (retries + 1) / 2 + 30
+    )  # supervisord backs off 1, 2, 3... s
     info = sup.wait_for_state(name, {RUNNING, FATAL}, timeout=bound)
     if info["statename"] == FATAL:
-        raise ScalingError(f"{name} went FATAL after {s.worker_startretries} retries: see {info.get('stdout_logfile')}")
+        raise ScalingError(
+            f"{name} went FATAL after {s.worker_startretries} retries: see {info.get('stdout_logfile')}"
+        )
 
 
 def remove_worker(s: DeploySettings, sup: Supervisor, name: str) -> None:
     """Stop (drain) a slot added by :func:`add_worker`, deactivate its group and delete its file."""
     path = added_slot_path(s, name)
     if not path.is_file():
-        raise ScalingError(f"{name} was not added with add-worker ({path} missing); "
-                           f"stop a rendered slot with: supervisorctl -c {s.conf_path} stop {name}")
+        raise ScalingError(
+            f"{name} was not added with add-worker ({path} missing); "
+            f"stop a rendered slot with: supervisorctl -c {s.conf_path} stop {name}"
+        )
     processes = sup.processes()
     if name in processes:
         if processes[name]["statename"] in (RUNNING, "STARTING", "BACKOFF"):

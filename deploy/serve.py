@@ -49,8 +49,9 @@ def health_ready(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> 
     """Return True when ``GET url/v2/health/ready`` answers 200."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{url}/v2/health/ready", headers=headers),
-                                    timeout=timeout) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/v2/health/ready", headers=headers), timeout=timeout
+        ) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -68,7 +69,9 @@ def port_in_use(host: str, port: int) -> bool:
     """Return True when something already listens on ``host:port`` (the gateway could not bind it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no conflict
+        probe.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as gunicorn does: TIME_WAIT is no conflict
         try:
             probe.bind((host, port))
         except OSError:
@@ -83,12 +86,19 @@ def prepare(s: DeploySettings) -> Path:
     if Supervisor(s.supervisor_socket, timeout=5.0).is_up():
         raise ServeError(f"supervisord already runs in {s.run_dir}: supervisorctl -c {s.conf_path} status")
     if port_in_use(s.host, s.port):
-        raise ServeError(f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port")
+        raise ServeError(
+            f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port"
+        )
     return write_run_dir(s)
 
 
-def wait_until_serving(s: DeploySettings, proc: subprocess.Popen[bytes], timeout: float,
-                       stopping: Callable[[], bool], echo: Callable[[str], None]) -> bool:
+def wait_until_serving(
+    s: DeploySettings,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    stopping: Callable[[], bool],
+    echo: Callable[[str], None],
+) -> bool:
     """Poll readiness until the service is ready, supervisord exits, a stop was asked, or ``timeout``."""
     sup = Supervisor(s.supervisor_socket, timeout=5.0)
     deadline = time.monotonic() + timeout
@@ -107,11 +117,17 @@ def wait_until_serving(s: DeploySettings, proc: subprocess.Popen[bytes], timeout
             name = str(info["name"])
             if name not in reported:
                 reported.add(name)
-                why = "gave up after its retries" if info["statename"] == FATAL else f"exit status {info.get('exitstatus')}"
+                why = (
+                    "gave up after its retries"
+                    if info["statename"] == FATAL
+                    else f"exit status {info.get('exitstatus')}"
+                )
                 echo(f"torchgate: {name} is {info['statename']} ({why}): see {info.get('stdout_logfile')}")
         if time.monotonic() >= deadline:
-            echo(f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
-                 f"supervisorctl -c {s.conf_path} status")
+            echo(
+                f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
+                f"supervisorctl -c {s.conf_path} status"
+            )
             return False
         time.sleep(0.25)
     return False
@@ -133,8 +149,10 @@ def serve(s: DeploySettings, ready_timeout: float, echo: Callable[[str], None]) 
     try:
         if wait_until_serving(s, proc, ready_timeout, lambda: stop_requested, echo):
             slots = [n for n in Supervisor(s.supervisor_socket, timeout=5.0).processes() if is_worker_slot(n)]
-            echo(f"torchgate: serving {s.url} ({len(slots)} worker slots). "
-                 f"Operate: supervisorctl -c {conf} status; stop: Ctrl-C")
+            echo(
+                f"torchgate: serving {s.url} ({len(slots)} worker slots). "
+                f"Operate: supervisorctl -c {conf} status; stop: Ctrl-C"
+            )
         return proc.wait()
     finally:
         if proc.poll() is None:  # only when wait() itself was interrupted by an exception

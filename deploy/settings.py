@@ -171,7 +171,9 @@ class DeploySettings:
         """Read the settings `torchgate serve` or `render` saved in ``run_dir``."""
         path = Path(run_dir) / "deploy.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; render the run directory first (torchgate render --run-dir {run_dir})")
+            raise FileNotFoundError(
+                f"{path}: missing; render the run directory first (torchgate render --run-dir {run_dir})"
+            )
         return cls.from_json(path.read_text())
 
     def with_changes(self, **changes: Any) -> DeploySettings:
@@ -205,16 +207,23 @@ def available_cores() -> int:
 
 def _check_settings(s: DeploySettings) -> None:
     positive = {
-        "port": s.port, "gateway_processes": s.gateway_processes, "gateway_threads": s.gateway_threads,
-        "worker_threads": s.worker_threads, "workers_per_gpu": s.workers_per_gpu,
+        "port": s.port,
+        "gateway_processes": s.gateway_processes,
+        "gateway_threads": s.gateway_threads,
+        "worker_threads": s.worker_threads,
+        "workers_per_gpu": s.workers_per_gpu,
     }
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     non_negative = {
-        "cpu_workers": s.cpu_workers, "spare_slots": s.spare_slots, "worker_startsecs": s.worker_startsecs,
-        "worker_startretries": s.worker_startretries, "drain_seconds": s.drain_seconds,
-        "gateway_graceful_seconds": s.gateway_graceful_seconds, "log_backups": s.log_backups,
+        "cpu_workers": s.cpu_workers,
+        "spare_slots": s.spare_slots,
+        "worker_startsecs": s.worker_startsecs,
+        "worker_startretries": s.worker_startretries,
+        "drain_seconds": s.drain_seconds,
+        "gateway_graceful_seconds": s.gateway_graceful_seconds,
+        "log_backups": s.log_backups,
         "gateway_queue": 0 if s.gateway_queue is None else s.gateway_queue,
     }
     for name, value in non_negative.items():
@@ -228,7 +237,18 @@ def _check_settings(s: DeploySettings) -> None:
         raise ValueError("no worker slots: give --cpu-workers or --gpus")
     for path in (s.supervisor_socket, s.sockets_dir / "frontend.sock"):
         if len(str(path).encode()) > MAX_IPC_PATH:
-            raise ValueError(f"{path}: socket path longer than {MAX_IPC_PATH} bytes; choose a shorter --run-dir")
-    for text in (str(s.run_dir), str(s.model_repository), str(s.auth_token_file or ""), s.python, s.host, *s.models):
+            raise ValueError(
+                f"{path}: socket path longer than {MAX_IPC_PATH} bytes; choose a shorter --run-dir"
+            )
+    for text in (
+        str(s.run_dir),
+        str(s.model_repository),
+        str(s.auth_token_file or ""),
+        s.python,
+        s.host,
+        *s.models,
+    ):
         if any(c in text for c in '"\n\r,;%'):
-            raise ValueError(f"{text!r}: paths, host and model names must not contain quotes, commas, ';', '%' or newlines")
+            raise ValueError(
+                f"{text!r}: paths, host and model names must not contain quotes, commas, ';', '%' or newlines"
+            )

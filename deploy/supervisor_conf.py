@@ -32,19 +32,24 @@ def render_supervisord_conf(s: DeploySettings) -> str:
     parts = [
         _comment(s),
         _section("unix_http_server", [("file", str(s.supervisor_socket)), ("chmod", "0700")]),
-        _section("supervisord", [
-            ("logfile", str(s.log_dir / "supervisord.log")),
-            ("logfile_maxbytes", str(s.log_maxbytes)),
-            ("logfile_backups", str(s.log_backups)),
-            ("pidfile", str(s.run_dir / "supervisord.pid")),
-            ("childlogdir", str(s.log_dir)),
-            ("directory", str(s.run_dir)),
-            ("nodaemon", "true"),
-            ("umask", "077"),
-            ("identifier", "torchgate"),
-        ]),
-        _section("rpcinterface:supervisor",
-                 [("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface")]),
+        _section(
+            "supervisord",
+            [
+                ("logfile", str(s.log_dir / "supervisord.log")),
+                ("logfile_maxbytes", str(s.log_maxbytes)),
+                ("logfile_backups", str(s.log_backups)),
+                ("pidfile", str(s.run_dir / "supervisord.pid")),
+                ("childlogdir", str(s.log_dir)),
+                ("directory", str(s.run_dir)),
+                ("nodaemon", "true"),
+                ("umask", "077"),
+                ("identifier", "torchgate"),
+            ],
+        ),
+        _section(
+            "rpcinterface:supervisor",
+            [("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface")],
+        ),
         _section("supervisorctl", [("serverurl", f"unix://{s.supervisor_socket}")]),
         render_dispatcher(s),
         *(render_worker(s, slot) for slot in s.slots()),
@@ -56,21 +61,44 @@ def render_supervisord_conf(s: DeploySettings) -> str:
 
 
 def render_dispatcher(s: DeploySettings) -> str:
-    command = [s.python, "-m", "inference_worker.dispatcher",
-               "--frontend", s.frontend_endpoint, "--backend", s.backend_endpoint]
-    return _program(s, "dispatcher", command, {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""},
-                    priority=PRIORITY_DISPATCHER, startsecs=DISPATCHER_STARTSECS,
-                    startretries=DISPATCHER_STARTRETRIES, stopwaitsecs=DISPATCHER_STOPWAITSECS)
+    command = [
+        s.python,
+        "-m",
+        "inference_worker.dispatcher",
+        "--frontend",
+        s.frontend_endpoint,
+        "--backend",
+        s.backend_endpoint,
+    ]
+    return _program(
+        s,
+        "dispatcher",
+        command,
+        {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""},
+        priority=PRIORITY_DISPATCHER,
+        startsecs=DISPATCHER_STARTSECS,
+        startretries=DISPATCHER_STARTRETRIES,
+        stopwaitsecs=DISPATCHER_STOPWAITSECS,
+    )
 
 
 def worker_command(s: DeploySettings, slot: Slot) -> list[str]:
     """Return the command line of one worker slot."""
-    command = [s.python, "-m", "inference_worker.worker",
-               "--model-repository", str(s.model_repository),
-               "--dispatcher", s.backend_endpoint,
-               "--name", slot.name,
-               "--device", slot.device,
-               "--threads", str(slot.threads)]
+    command = [
+        s.python,
+        "-m",
+        "inference_worker.worker",
+        "--model-repository",
+        str(s.model_repository),
+        "--dispatcher",
+        s.backend_endpoint,
+        "--name",
+        slot.name,
+        "--device",
+        slot.device,
+        "--threads",
+        str(slot.threads),
+    ]
     for model in s.models:
         command += ["--model", model]
     return command
@@ -89,23 +117,44 @@ def worker_environment(slot: Slot) -> dict[str, str]:
 
 def render_worker(s: DeploySettings, slot: Slot) -> str:
     """Return the ``[program:...]`` section of one worker slot."""
-    return _program(s, slot.name, worker_command(s, slot), worker_environment(slot),
-                    priority=PRIORITY_WORKER, startsecs=s.worker_startsecs,
-                    startretries=s.worker_startretries, stopwaitsecs=s.worker_stopwaitsecs,
-                    autostart=slot.autostart, autorestart="unexpected", exitcodes=WORKER_FINAL_EXIT_CODES)
+    return _program(
+        s,
+        slot.name,
+        worker_command(s, slot),
+        worker_environment(slot),
+        priority=PRIORITY_WORKER,
+        startsecs=s.worker_startsecs,
+        startretries=s.worker_startretries,
+        stopwaitsecs=s.worker_stopwaitsecs,
+        autostart=slot.autostart,
+        autorestart="unexpected",
+        exitcodes=WORKER_FINAL_EXIT_CODES,
+    )
 
 
 def gateway_command(s: DeploySettings) -> list[str]:
-    return [s.python, "-m", "gunicorn",
-            "--config", "python:gateway.gunicorn_conf",  # logging, keep-alive, backlog; the flags below win
-            "--bind", f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
-            "--workers", str(s.gateway_processes),
-            "--worker-class", "gateway.admission.AdmittingThreadWorker",  # gthread + a bounded wait for a thread
-            "--threads", str(s.gateway_threads),
-            "--graceful-timeout", str(s.gateway_graceful_seconds),
-            "--timeout", str(GATEWAY_WORKER_TIMEOUT),
-            "--name", "torchgate-gateway",
-            "gateway.wsgi:app"]
+    return [
+        s.python,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:gateway.gunicorn_conf",  # logging, keep-alive, backlog; the flags below win
+        "--bind",
+        f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+        "--workers",
+        str(s.gateway_processes),
+        "--worker-class",
+        "gateway.admission.AdmittingThreadWorker",  # gthread + a bounded wait for a thread
+        "--threads",
+        str(s.gateway_threads),
+        "--graceful-timeout",
+        str(s.gateway_graceful_seconds),
+        "--timeout",
+        str(GATEWAY_WORKER_TIMEOUT),
+        "--name",
+        "torchgate-gateway",
+        "gateway.wsgi:app",
+    ]
 
 
 def gateway_environment(s: DeploySettings) -> dict[str, str]:
@@ -127,33 +176,54 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
 
 
 def render_gateway(s: DeploySettings) -> str:
-    return _program(s, "gateway", gateway_command(s), gateway_environment(s),
-                    priority=PRIORITY_GATEWAY, startsecs=GATEWAY_STARTSECS,
-                    startretries=GATEWAY_STARTRETRIES, stopwaitsecs=s.gateway_stopwaitsecs)
+    return _program(
+        s,
+        "gateway",
+        gateway_command(s),
+        gateway_environment(s),
+        priority=PRIORITY_GATEWAY,
+        startsecs=GATEWAY_STARTSECS,
+        startretries=GATEWAY_STARTRETRIES,
+        stopwaitsecs=s.gateway_stopwaitsecs,
+    )
 
 
-def _program(s: DeploySettings, name: str, command: list[str], environment: dict[str, str], *,
-             priority: int, startsecs: int, startretries: int, stopwaitsecs: int,
-             autostart: bool = True, autorestart: str = "true", exitcodes: str = "0") -> str:
-    return _section(f"program:{name}", [
-        ("command", _escape(shlex.join(command))),
-        ("directory", _escape(str(s.run_dir))),
-        ("environment", ",".join(f'{key}="{_escape(value)}"' for key, value in environment.items())),
-        ("priority", str(priority)),
-        ("autostart", _bool(autostart)),
-        ("autorestart", autorestart),
-        ("exitcodes", exitcodes),
-        ("startsecs", str(startsecs)),
-        ("startretries", str(startretries)),
-        ("stopsignal", "TERM"),
-        ("stopwaitsecs", str(stopwaitsecs)),
-        ("stopasgroup", "true"),
-        ("killasgroup", "true"),
-        ("redirect_stderr", "true"),
-        ("stdout_logfile", _escape(str(s.log_dir / f"{name}.log"))),
-        ("stdout_logfile_maxbytes", str(s.log_maxbytes)),
-        ("stdout_logfile_backups", str(s.log_backups)),
-    ])
+def _program(
+    s: DeploySettings,
+    name: str,
+    command: list[str],
+    environment: dict[str, str],
+    *,
+    priority: int,
+    startsecs: int,
+    startretries: int,
+    stopwaitsecs: int,
+    autostart: bool = True,
+    autorestart: str = "true",
+    exitcodes: str = "0",
+) -> str:
+    return _section(
+        f"program:{name}",
+        [
+            ("command", _escape(shlex.join(command))),
+            ("directory", _escape(str(s.run_dir))),
+            ("environment", ",".join(f'{key}="{_escape(value)}"' for key, value in environment.items())),
+            ("priority", str(priority)),
+            ("autostart", _bool(autostart)),
+            ("autorestart", autorestart),
+            ("exitcodes", exitcodes),
+            ("startsecs", str(startsecs)),
+            ("startretries", str(startretries)),
+            ("stopsignal", "TERM"),
+            ("stopwaitsecs", str(stopwaitsecs)),
+            ("stopasgroup", "true"),
+            ("killasgroup", "true"),
+            ("redirect_stderr", "true"),
+            ("stdout_logfile", _escape(str(s.log_dir / f"{name}.log"))),
+            ("stdout_logfile_maxbytes", str(s.log_maxbytes)),
+            ("stdout_logfile_backups", str(s.log_backups)),
+        ],
+    )
 
 
 def _section(name: str, options: Iterable[tuple[str, str]]) -> str:

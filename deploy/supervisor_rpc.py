@@ -64,7 +64,9 @@ class Supervisor:
 
     def __init__(self, socket_path: str | Path, timeout: float = RPC_TIMEOUT) -> None:
         self.socket_path = Path(socket_path)
-        self._proxy = xmlrpc.client.ServerProxy("http://localhost", transport=UnixTransport(socket_path, timeout))
+        self._proxy = xmlrpc.client.ServerProxy(
+            "http://localhost", transport=UnixTransport(socket_path, timeout)
+        )
 
     @property
     def rpc(self) -> Any:
@@ -108,8 +110,9 @@ class Supervisor:
     def shutdown(self) -> None:
         self.rpc.shutdown()
 
-    def wait_for_state(self, name: str, states: frozenset[str] | set[str], timeout: float,
-                       interval: float = 0.1) -> dict[str, Any]:
+    def wait_for_state(
+        self, name: str, states: frozenset[str] | set[str], timeout: float, interval: float = 0.1
+    ) -> dict[str, Any]:
         """Poll until ``name`` is in one of ``states``; raise TimeoutError with its last state otherwise."""
         deadline = time.monotonic() + timeout
         while True:
@@ -117,7 +120,9 @@ class Supervisor:
             if info["statename"] in states:
                 return info
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{name} is {info['statename']} after {timeout:.0f} s, expected one of {sorted(states)}")
+                raise TimeoutError(
+                    f"{name} is {info['statename']} after {timeout:.0f} s, expected one of {sorted(states)}"
+                )
             time.sleep(interval)
 
 

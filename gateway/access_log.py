@@ -28,15 +28,31 @@ def log_request(method: str, path: str, status: int, seconds: float, trace: Requ
     """Write the access line of one answered request."""
     if not access.isEnabledFor(logging.INFO):
         return
-    fields: dict[str, Any] = {"method": method, "path": path, "status": status,
-                              "duration_ms": round(seconds * 1000, 3), "request_id": trace.request_id}
+    fields: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "request_id": trace.request_id,
+    }
     if trace.model:
         fields.update(model=trace.model, version=trace.version, samples=trace.samples)
     if trace.reply is not None:
         fields.update(batch_size=trace.batch_size, worker=trace.reply.worker)
-    extra = " ".join(f"{k}={fields[k]}" for k in ("model", "version", "samples", "batch_size", "worker") if k in fields)
-    access.info("%s %s %d %.1fms %s%srequest_id=%s", method, path, status, seconds * 1000, extra,
-                " " if extra else "", trace.request_id, extra={"access": fields})
+    extra = " ".join(
+        f"{k}={fields[k]}" for k in ("model", "version", "samples", "batch_size", "worker") if k in fields
+    )
+    access.info(
+        "%s %s %d %.1fms %s%srequest_id=%s",
+        method,
+        path,
+        status,
+        seconds * 1000,
+        extra,
+        " " if extra else "",
+        trace.request_id,
+        extra={"access": fields},
+    )
 
 
 def current_request_id() -> str | None:
@@ -102,7 +118,9 @@ class BackgroundStreamHandler(logging.Handler):
     def _start(self) -> None:
         with self._start_lock:
             if self._writer is None:
-                self._writer = threading.Thread(target=self._run, args=(self._queue,), name="log-writer", daemon=True)
+                self._writer = threading.Thread(
+                    target=self._run, args=(self._queue,), name="log-writer", daemon=True
+                )
                 self._writer.start()
 
     def _run(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
@@ -148,13 +166,19 @@ class BackgroundStreamHandler(logging.Handler):
 def logconfig(level: str, log_format: str) -> dict[str, Any]:
     """Return gunicorn's ``logconfig_dict``: stderr, text or JSON lines, request ids on request lines."""
     formatter = "json" if log_format.lower() == "json" else "plain"
-    handler = {"()": "gateway.access_log.BackgroundStreamHandler", "formatter": formatter, "filters": ["request_id"]}
+    handler = {
+        "()": "gateway.access_log.BackgroundStreamHandler",
+        "formatter": formatter,
+        "filters": ["request_id"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": "gateway.access_log.RequestIdFilter"}},
-        "formatters": {"plain": {"()": "gateway.access_log.TextFormatter"},
-                       "json": {"()": "inference_worker.logs.JsonFormatter"}},
+        "formatters": {
+            "plain": {"()": "gateway.access_log.TextFormatter"},
+            "json": {"()": "inference_worker.logs.JsonFormatter"},
+        },
         "handlers": {"stderr": handler},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False}},

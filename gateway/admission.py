@@ -47,11 +47,13 @@ def default_queue(threads: int) -> int:
 def refusal(message: str, retry_after: int) -> bytes:
     """Return the whole HTTP response of a refused request."""
     body = error_body(message)
-    head = ("HTTP/1.1 503 Service Unavailable\r\n"
-            "Content-Type: application/json\r\n"
-            f"Retry-After: {retry_after}\r\n"
-            "Connection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Retry-After: {retry_after}\r\n"
+        "Connection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -62,8 +64,11 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.queue_limit = int(os.environ.get(QUEUE_ENV) or default_queue(self.cfg.threads))
         retry_after = GatewayConfig.from_env().retry_after
-        self.refusal = refusal(f"the gateway is overloaded ({self.cfg.threads} request threads busy and "
-                               f"{self.queue_limit} requests waiting); retry later", retry_after)
+        self.refusal = refusal(
+            f"the gateway is overloaded ({self.cfg.threads} request threads busy and "
+            f"{self.queue_limit} requests waiting); retry later",
+            retry_after,
+        )
         self.admitted = 0  # requests handed to the thread pool and not finished (main thread only)
         self.refusing = 0  # connections handed to the refusing thread and not closed yet
         self.refused = 0
@@ -84,9 +89,15 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         if now - self._logged >= LOG_EVERY:
             self._logged = now
-            log.warning("gateway: overloaded (%d threads busy, %d waiting): refusing requests with 503 "
-                        "(%d so far)", self.cfg.threads, self.admitted - self.cfg.threads, self.refused)
-        if self.refuser is None or self.refusing >= REFUSE_BACKLOG:  # even the refusals are behind: just close
+            log.warning(
+                "gateway: overloaded (%d threads busy, %d waiting): refusing requests with 503 (%d so far)",
+                self.cfg.threads,
+                self.admitted - self.cfg.threads,
+                self.refused,
+            )
+        if (
+            self.refuser is None or self.refusing >= REFUSE_BACKLOG
+        ):  # even the refusals are behind: just close
             self.nr_conns -= 1
             util.close(conn.sock)
             return
@@ -97,8 +108,13 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def handle(self, conn: Any) -> Any:
         """Answer a request; then, while no other request waits for a thread, the connection's next ones."""
         keepalive = super().handle(conn)
-        while (keepalive is True and self.alive and self.admitted <= self.cfg.threads
-               and not conn.parser.unreader.buf.getvalue() and _readable(conn.sock, LINGER)):
+        while (
+            keepalive is True
+            and self.alive
+            and self.admitted <= self.cfg.threads
+            and not conn.parser.unreader.buf.getvalue()
+            and _readable(conn.sock, LINGER)
+        ):
             keepalive = super().handle(conn)
         return keepalive
 
@@ -122,7 +138,9 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
             while drained < MAX_DRAIN and (chunk := request.body.read(65536)):
                 drained += len(chunk)
             sock.sendall(self.refusal)
-            if drained >= MAX_DRAIN:  # unread body left: closing now would reset the connection, answer and all
+            if (
+                drained >= MAX_DRAIN
+            ):  # unread body left: closing now would reset the connection, answer and all
                 util.close_graceful(sock, timeout=READ_TIMEOUT)
         except Exception:  # a client gone, slow or speaking garbage: nothing to answer
             pass

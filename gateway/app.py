@@ -95,23 +95,36 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.errorhandler(GatewayError)
     def on_gateway_error(exc: GatewayError) -> Response:
         if exc.status >= 500:
-            log.warning("gateway: %s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code, exc.message)
-        return Response(error_body(exc.message), status=exc.status, content_type=_JSON,
-                        headers=error_headers(exc.code, config.retry_after))
+            log.warning(
+                "gateway: %s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code, exc.message
+            )
+        return Response(
+            error_body(exc.message),
+            status=exc.status,
+            content_type=_JSON,
+            headers=error_headers(exc.code, config.retry_after),
+        )
 
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            message, code = f"request body exceeds the limit of {config.max_body_bytes} bytes", PAYLOAD_TOO_LARGE
+            message, code = (
+                f"request body exceeds the limit of {config.max_body_bytes} bytes",
+                PAYLOAD_TOO_LARGE,
+            )
         elif status == 405:
             message, code = f"method {request.method} is not allowed on {request.path}", METHOD_NOT_ALLOWED
         elif status == 404:
             message, code = f"no such endpoint: {request.path}", NotFound.code
         else:
             message, code = exc.description or exc.name, InvalidArgument.code
-        response = Response(error_body(message), status=status, content_type=_JSON,
-                            headers=error_headers(code, config.retry_after))
+        response = Response(
+            error_body(message),
+            status=status,
+            content_type=_JSON,
+            headers=error_headers(code, config.retry_after),
+        )
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
@@ -125,8 +138,12 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
 
     @app.post("/predict")
     def predict() -> Response:
-        doc = gw.predict(body(), content_encoding=request.headers.get("Content-Encoding"),
-                         request_id=g.request_id, trace=g.get("trace"))
+        doc = gw.predict(
+            body(),
+            content_encoding=request.headers.get("Content-Encoding"),
+            request_id=g.request_id,
+            trace=g.get("trace"),
+        )
         return json_response(doc)
 
     # -- Open Inference Protocol ------------------------------------------------------------------------
@@ -162,9 +179,16 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.post("/v2/models/<model>/infer")
     @app.post("/v2/models/<model>/versions/<version>/infer")
     def infer(model: str, version: str | None = None) -> Response:
-        result = gw.infer(model, version, body(), content_encoding=request.headers.get("Content-Encoding"),
-                          header_length=request.headers.get("Inference-Header-Content-Length"),
-                          request_id=g.request_id, header_id=g.header_id, trace=g.get("trace"))
+        result = gw.infer(
+            model,
+            version,
+            body(),
+            content_encoding=request.headers.get("Content-Encoding"),
+            header_length=request.headers.get("Inference-Header-Content-Length"),
+            request_id=g.request_id,
+            header_id=g.header_id,
+            trace=g.get("trace"),
+        )
         return Response(result.data, content_type=result.content_type, headers=result.headers)
 
     # -- Triton extras ----------------------------------------------------------------------------------
@@ -190,8 +214,9 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         resolved = None
         if model is not None:
             _, resolved = gw.catalog.get(model, version)
-        return json_response(triton.model_stats(gw.catalog.models, gw.status(), model,
-                                                resolved if version else None))
+        return json_response(
+            triton.model_stats(gw.catalog.models, gw.status(), model, resolved if version else None)
+        )
 
     @app.get("/openapi.json")
     def openapi_document() -> Response:

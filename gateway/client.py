@@ -49,7 +49,9 @@ class _OwnedSocket(zmq.Socket):  # type: ignore[type-arg]
     app in a reference cycle); pyzmq would warn about each one. One inherited across fork is never touched.
     """
 
-    owner_pid = 0  # set right after creation (a class attribute, so pyzmq does not take it for a socket option)
+    owner_pid = (
+        0  # set right after creation (a class attribute, so pyzmq does not take it for a socket option)
+    )
 
     def __del__(self) -> None:
         if not self.closed and self.owner_pid == os.getpid():
@@ -74,8 +76,15 @@ class _Holder:
 class DispatcherClient:
     """Send requests and status queries to the dispatcher from any number of threads and processes."""
 
-    def __init__(self, endpoint: str, *, status_ttl: float = 0.5, status_timeout: float = 1.0,
-                 poll_interval: float = 0.5, unresponsive_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        status_ttl: float = 0.5,
+        status_timeout: float = 1.0,
+        poll_interval: float = 0.5,
+        unresponsive_after: float = 5.0,
+    ) -> None:
         self.endpoint = endpoint
         self.status_ttl = status_ttl
         self.status_timeout = status_timeout
@@ -144,20 +153,35 @@ class DispatcherClient:
 
     # -- requests ---------------------------------------------------------------------------------------
 
-    def infer(self, model: str, version: str | None, tensors: Sequence[Tensor], outputs: Sequence[str],
-              deadline: float, request_id: str = "", priority: int = 0) -> InferReply:
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        tensors: Sequence[Tensor],
+        outputs: Sequence[str],
+        deadline: float,
+        request_id: str = "",
+        priority: int = 0,
+    ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`GatewayError` for every failure.
 
         ``deadline`` is in unix seconds; ``version`` None or "" runs the default version.
         """
         socket = self._socket()
         call_id = self._next_id()
-        fields: dict[str, Any] = {"id": call_id, "request_id": request_id, "model": model, "deadline": deadline,
-                                  "priority": priority, "outputs": list(outputs)}
+        fields: dict[str, Any] = {
+            "id": call_id,
+            "request_id": request_id,
+            "model": model,
+            "deadline": deadline,
+            "priority": priority,
+            "outputs": list(outputs),
+        }
         if version:
             fields["version"] = version
-        frames = protocol.encode(Kind.REQUEST, fields,
-                                 [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors])
+        frames = protocol.encode(
+            Kind.REQUEST, fields, [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors]
+        )
         self._send(socket, frames)
         resent = False
         status_id = call_id + "/s"  # asked while a lost request waits for a worker to come back
@@ -171,7 +195,9 @@ class DispatcherClient:
                 message = self._receive(socket, min(remaining, self.poll_interval))
             except zmq.Again:  # a silent slice: is the request still known, or is a worker back?
                 if time.monotonic() - heard >= self.unresponsive_after:
-                    raise Unavailable(f"the dispatcher has not answered for {self.unresponsive_after:g}s") from None
+                    raise Unavailable(
+                        f"the dispatcher has not answered for {self.unresponsive_after:g}s"
+                    ) from None
                 if awaiting_worker:
                     self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
                 else:
@@ -196,7 +222,9 @@ class DispatcherClient:
                 if resent:
                     raise Unavailable("the dispatcher lost the request twice (did it restart?)")
                 # A restarted dispatcher lost it; send it again once a worker has registered with the new one.
-                log.info("gateway: request %s unknown to the dispatcher; sending it again", request_id or call_id)
+                log.info(
+                    "gateway: request %s unknown to the dispatcher; sending it again", request_id or call_id
+                )
                 resent = awaiting_worker = True
                 self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
 
@@ -240,9 +268,13 @@ class DispatcherClient:
 def _reply(message: protocol.Message, model: str) -> InferReply:
     outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.tensors]
     stats = message.get("stats")
-    return InferReply(model=str(message.get("model", model)), version=str(message.get("version", "")),
-                      worker=str(message.get("worker", "")), outputs=outputs,
-                      stats=stats if isinstance(stats, dict) else {})
+    return InferReply(
+        model=str(message.get("model", model)),
+        version=str(message.get("version", "")),
+        worker=str(message.get("worker", "")),
+        outputs=outputs,
+        stats=stats if isinstance(stats, dict) else {},
+    )
 
 
 def _serves(status: dict[str, Any], model: str, version: str | None) -> bool:

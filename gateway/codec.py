@@ -29,9 +29,18 @@ JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
 
 # Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 _FLOAT_KINDS = frozenset("iuf")
 _INT_KINDS = frozenset("iu")
@@ -117,14 +126,18 @@ def parse_infer_request(body: bytes, header_length: str | None, header_id: str |
     """Parse an infer request body: JSON, JSON + binary tensors, or a raw binary tensor (header length 0)."""
     view = memoryview(body)
     if header_length is None:
-        header, binary = view, view[len(view):]
+        header, binary = view, view[len(view) :]
     else:
         try:
             length = int(header_length)
         except ValueError:
-            raise InvalidArgument(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {header_length!r} is not an integer"
+            ) from None
         if not 0 <= length <= len(view):
-            raise InvalidArgument(f"Inference-Header-Content-Length {length} does not fit a body of {len(view)} bytes")
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {length} does not fit a body of {len(view)} bytes"
+            )
         if length == 0:
             return InferRequest(id=header_id, inputs=[], binary_data_output=True, raw=view)
         header, binary = view[:length], view[length:]
@@ -153,10 +166,18 @@ def parse_infer_request(body: bytes, header_length: str | None, header_id: str |
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
-        raise InvalidArgument(f"the inputs' binary_data_size add up to {offset} bytes but {len(binary)} bytes "
-                              "of binary data follow the JSON header")
-    return InferRequest(id=request_id, inputs=inputs, outputs=_requested_outputs(doc.get("outputs")),
-                        timeout_us=timeout, priority=priority, binary_data_output=binary_output)
+        raise InvalidArgument(
+            f"the inputs' binary_data_size add up to {offset} bytes but {len(binary)} bytes "
+            "of binary data follow the JSON header"
+        )
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs=_requested_outputs(doc.get("outputs")),
+        timeout_us=timeout,
+        priority=priority,
+        binary_data_output=binary_output,
+    )
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
@@ -192,10 +213,17 @@ def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tenso
         raise InvalidArgument(f"inputs[{index}].name must be a string of 1 to {MAX_NAME_LENGTH} characters")
     if datatype not in DATATYPE_SIZES:
         supported = ", ".join(DATATYPE_SIZES)
-        raise InvalidArgument(f"input {name!r}: datatype {datatype!r} is not supported; expected one of {supported}")
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise InvalidArgument(f"input {name!r}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+        raise InvalidArgument(
+            f"input {name!r}: datatype {datatype!r} is not supported; expected one of {supported}"
+        )
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise InvalidArgument(
+            f"input {name!r}: shape must be a list of at most {MAX_DIMS} non-negative integers"
+        )
     shape_t = tuple(shape)
     params = _parameters(raw.get("parameters"), f"input {name!r}")
     size = params.get("binary_data_size")
@@ -205,16 +233,22 @@ def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tenso
         if "data" in raw:
             raise InvalidArgument(f"input {name!r}: has both 'data' and binary_data_size")
         if size and not len(binary) and offset == 0:
-            raise InvalidArgument(f"input {name!r}: binary_data_size {size} but no binary data follows the JSON "
-                                  "(send the Inference-Header-Content-Length header)")
+            raise InvalidArgument(
+                f"input {name!r}: binary_data_size {size} but no binary data follows the JSON "
+                "(send the Inference-Header-Content-Length header)"
+            )
         if offset + size > len(binary):
-            raise InvalidArgument(f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                                  f"({len(binary) - offset} bytes left)")
-        return Tensor(name, datatype, shape_t, binary[offset:offset + size]), size
+            raise InvalidArgument(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} bytes left)"
+            )
+        return Tensor(name, datatype, shape_t, binary[offset : offset + size]), size
     if "data" not in raw:
         raise InvalidArgument(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     if datatype in JSON_UNSUPPORTED:
-        raise InvalidArgument(f"input {name!r}: {datatype} data must be sent as binary (binary_data_size), not JSON")
+        raise InvalidArgument(
+            f"input {name!r}: {datatype} data must be sent as binary (binary_data_size), not JSON"
+        )
     return Tensor(name, datatype, shape_t, json_to_bytes(name, datatype, shape_t, raw["data"])), 0
 
 
@@ -223,7 +257,9 @@ def json_to_bytes(name: str, datatype: str, shape: tuple[int, ...], data: Any) -
     array = json_array(name, datatype, data)
     count = math.prod(shape)
     if array.size != count:
-        raise InvalidArgument(f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}")
+        raise InvalidArgument(
+            f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}"
+        )
     return array.tobytes()
 
 
@@ -262,8 +298,15 @@ def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
 
 
 def _kind_name(kind: str) -> str:
-    return {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers",
-            "U": "strings", "S": "strings", "O": "mixed or non-numeric values"}.get(kind, "non-numeric values")
+    return {
+        "b": "booleans",
+        "i": "integers",
+        "u": "integers",
+        "f": "floating-point numbers",
+        "U": "strings",
+        "S": "strings",
+        "O": "mixed or non-numeric values",
+    }.get(kind, "non-numeric values")
 
 
 def _to_bf16_bits(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -296,8 +339,9 @@ class Body:
     headers: dict[str, str]
 
 
-def infer_response(model: str, version: str | None, request_id: str | None,
-                   outputs: list[tuple[Tensor, bool]]) -> Body:
+def infer_response(
+    model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, bool]]
+) -> Body:
     """Build an infer response: each ``(tensor, binary)`` as JSON data or as binary data after the header."""
     doc: dict[str, Any] = {"model_name": model}
     if version:
@@ -306,7 +350,11 @@ def infer_response(model: str, version: str | None, request_id: str | None,
         doc["id"] = request_id
     entries, blobs, finite = [], [], True
     for tensor, binary in outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
         if binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             blobs.append(tensor.data)
@@ -320,8 +368,11 @@ def infer_response(model: str, version: str | None, request_id: str | None,
     header = dumps(doc) if finite else _dumps_non_finite(doc)
     if not blobs:
         return Body(header, "application/json", {})
-    return Body(b"".join([header, *blobs]), "application/octet-stream",
-                {"Inference-Header-Content-Length": str(len(header))})
+    return Body(
+        b"".join([header, *blobs]),
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def dumps(doc: Any) -> bytes:
@@ -331,6 +382,7 @@ def dumps(doc: Any) -> bytes:
 
 def _dumps_non_finite(doc: Any) -> bytes:
     """Serialize with the ``NaN`` and ``Infinity`` literals requests may use (orjson would write null)."""
+
     def plain(value: Any) -> Any:
         return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
 

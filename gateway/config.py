@@ -49,8 +49,14 @@ class GatewayConfig:
         return [name.strip() for name in self.models.split(",") if name.strip()]
 
     def __post_init__(self) -> None:
-        for name in ("default_timeout", "max_timeout", "status_ttl", "status_timeout", "poll_interval",
-                     "unresponsive_after"):
+        for name in (
+            "default_timeout",
+            "max_timeout",
+            "status_ttl",
+            "status_timeout",
+            "poll_interval",
+            "unresponsive_after",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}")
         if self.max_body_bytes < 1024:

@@ -17,7 +17,9 @@ from gateway.access_log import logconfig as _logconfig  # not "logconfig": gunic
 from gateway.multiproc import child_exit, on_starting  # noqa: F401 - gunicorn hooks (PROMETHEUS_MULTIPROC_DIR)
 
 bind = [os.environ.get("TORCHGATE_BIND", "127.0.0.1:8000")]
-worker_class = "gateway.admission.AdmittingThreadWorker"  # gthread; the excess over TORCHGATE_GATEWAY_QUEUE gets 503
+worker_class = (
+    "gateway.admission.AdmittingThreadWorker"  # gthread; the excess over TORCHGATE_GATEWAY_QUEUE gets 503
+)
 workers = int(os.environ.get("TORCHGATE_GATEWAY_PROCESSES", "1"))
 threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "32"))
 graceful_timeout = int(os.environ.get("TORCHGATE_GATEWAY_GRACEFUL_SECONDS", "30"))

@@ -35,7 +35,6 @@ TRITON_PREFIX = "nv_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-
 def failure_reason(status: int) -> str:
     """Return Triton's failure reason for the HTTP status of a failed request (one status per error code)."""
     if status in (503, 504):  # UNAVAILABLE, DEADLINE_EXCEEDED
@@ -64,20 +63,43 @@ class RequestMetrics:
     def create(cls, registry: CollectorRegistry | None) -> RequestMetrics:
         model = ["model", "version"]
         return cls(
-            success=Counter("nv_inference_request_success", "Inference requests answered successfully",
-                            model, registry=registry),
-            failure=Counter("nv_inference_request_failure", "Inference requests that failed, by reason "
-                            "(REJECTED, BACKEND, OTHER)", [*model, "reason"], registry=registry),
-            duration_us=Counter("nv_inference_request_duration_us", "Cumulative end-to-end time of successful "
-                                "inference requests at the gateway, in microseconds", model, registry=registry),
-            latency=Histogram("torchgate_request_duration_seconds", "End-to-end time of inference requests at "
-                              "the gateway (successful or not), in seconds", model, buckets=LATENCY_BUCKETS,
-                              registry=registry),
-            http=Counter("torchgate_http_requests", "HTTP requests answered by the gateway, by route and status",
-                         ["method", "route", "status"], registry=registry),
-            refused=Counter("torchgate_http_refused", "HTTP requests refused with 503 before reaching the app: "
-                            "every gateway thread busy and TORCHGATE_GATEWAY_QUEUE requests waiting",
-                            registry=registry),
+            success=Counter(
+                "nv_inference_request_success",
+                "Inference requests answered successfully",
+                model,
+                registry=registry,
+            ),
+            failure=Counter(
+                "nv_inference_request_failure",
+                "Inference requests that failed, by reason (REJECTED, BACKEND, OTHER)",
+                [*model, "reason"],
+                registry=registry,
+            ),
+            duration_us=Counter(
+                "nv_inference_request_duration_us",
+                "Cumulative end-to-end time of successful inference requests at the gateway, in microseconds",
+                model,
+                registry=registry,
+            ),
+            latency=Histogram(
+                "torchgate_request_duration_seconds",
+                "End-to-end time of inference requests at the gateway (successful or not), in seconds",
+                model,
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            http=Counter(
+                "torchgate_http_requests",
+                "HTTP requests answered by the gateway, by route and status",
+                ["method", "route", "status"],
+                registry=registry,
+            ),
+            refused=Counter(
+                "torchgate_http_refused",
+                "HTTP requests refused with 503 before reaching the app: "
+                "every gateway thread busy and TORCHGATE_GATEWAY_QUEUE requests waiting",
+                registry=registry,
+            ),
             registry=registry,
         )
 
@@ -121,7 +143,12 @@ def render(families: Iterable[Metric]) -> bytes:
         name, kind = family.name, family.type
         triton_counter = kind == "counter" and name.startswith(TRITON_PREFIX)
         shown = name if triton_counter or kind != "counter" else name + "_total"
-        kind = {"unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}.get(kind, kind)
+        kind = {
+            "unknown": "untyped",
+            "info": "gauge",
+            "stateset": "gauge",
+            "gaugehistogram": "histogram",
+        }.get(kind, kind)
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         lines.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n")
         for sample in family.samples:
@@ -129,8 +156,11 @@ def render(families: Iterable[Metric]) -> bytes:
                 continue
             sample_name = name if triton_counter and sample.name == name + "_total" else sample.name
             labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-            lines.append(f"{sample_name}{{{labels}}} {floatToGoString(sample.value)}\n" if labels
-                         else f"{sample_name} {floatToGoString(sample.value)}\n")
+            lines.append(
+                f"{sample_name}{{{labels}}} {floatToGoString(sample.value)}\n"
+                if labels
+                else f"{sample_name} {floatToGoString(sample.value)}\n"
+            )
     return "".join(lines).encode()
 
 

@@ -62,16 +62,19 @@ class ModelCatalog:
         if version is None:
             return model, model.default_version
         if version not in model.versions:
-            raise NotFound(f"unknown version {version!r} of model {name!r}; it has versions "
-                           + ", ".join(sorted(model.versions, key=int)))
+            raise NotFound(
+                f"unknown version {version!r} of model {name!r}; it has versions "
+                + ", ".join(sorted(model.versions, key=int))
+            )
         return model, version
 
     def only(self) -> ModelConfig:
         """Return the single model of the repository, or raise if there is not exactly one."""
         models = self.models
         if len(models) != 1:
-            raise InvalidArgument(f"name a \"model\": the server has {len(models)} models ("
-                                  + ", ".join(sorted(models)) + ")")
+            raise InvalidArgument(
+                f'name a "model": the server has {len(models)} models (' + ", ".join(sorted(models)) + ")"
+            )
         return next(iter(models.values()))
 
 

@@ -24,8 +24,10 @@ def predict_input(value: Any, model: ModelConfig) -> tuple[Tensor, bool]:
     model ran as a batch of one, and its outputs lose that batch dim.
     """
     if len(model.inputs) != 1:
-        raise InvalidArgument(f"/predict needs a model with one input; model {model.name!r} has "
-                              f"{len(model.inputs)}: use /v2/models/{model.name}/infer")
+        raise InvalidArgument(
+            f"/predict needs a model with one input; model {model.name!r} has "
+            f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
+        )
     spec = model.inputs[0]
     array = json_array(spec.name, spec.datatype, value)
     dims, batching = spec.dims, model.max_batch_size > 0
@@ -39,13 +41,15 @@ def predict_input(value: Any, model: ModelConfig) -> tuple[Tensor, bool]:
         expected = f"one sample shaped {list(dims)}"
         if batching:
             expected += f" or a list of up to {model.max_batch_size} such samples"
-        raise InvalidArgument(f"\"input\" has shape {list(array.shape)}; model {model.name!r} expects {expected} "
-                              f"(input {describe(spec, model.max_batch_size)})")
+        raise InvalidArgument(
+            f'"input" has shape {list(array.shape)}; model {model.name!r} expects {expected} '
+            f"(input {describe(spec, model.max_batch_size)})"
+        )
     shape = tuple(array.shape)
     if batching and not batched:
         shape = (1, *shape)
     if math.prod(shape) == 0:
-        raise InvalidArgument(f"\"input\" of shape {list(array.shape)} holds no elements")
+        raise InvalidArgument(f'"input" of shape {list(array.shape)} holds no elements')
     tensor = Tensor(spec.name, spec.datatype, shape, array.tobytes())
     check_tensor(tensor, spec, model.max_batch_size)
     return tensor, batched or not batching

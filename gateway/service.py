@@ -21,23 +21,43 @@ from inference_worker.repository import ModelConfig
 class Gateway:
     """One gateway process's state: the model catalog, the dispatcher client and the settings."""
 
-    def __init__(self, config: GatewayConfig, client: DispatcherClient | None = None,
-                 catalog: ModelCatalog | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        client: DispatcherClient | None = None,
+        catalog: ModelCatalog | None = None,
+    ) -> None:
         self.config = config
-        self.catalog = catalog or ModelCatalog(config.model_repository, config.rescan_interval,
-                                               config.model_names)
+        self.catalog = catalog or ModelCatalog(
+            config.model_repository, config.rescan_interval, config.model_names
+        )
         self.client = client or DispatcherClient(
-            config.dispatcher, status_ttl=config.status_ttl, status_timeout=config.status_timeout,
-            poll_interval=config.poll_interval, unresponsive_after=config.unresponsive_after)
+            config.dispatcher,
+            status_ttl=config.status_ttl,
+            status_timeout=config.status_timeout,
+            poll_interval=config.poll_interval,
+            unresponsive_after=config.unresponsive_after,
+        )
 
     def deadline(self, timeout_us: int | None) -> float:
         """Return the unix time a request must be answered by: its timeout, bounded by ``max_timeout``."""
-        timeout = self.config.default_timeout if not timeout_us else min(timeout_us / 1e6, self.config.max_timeout)
+        timeout = (
+            self.config.default_timeout if not timeout_us else min(timeout_us / 1e6, self.config.max_timeout)
+        )
         return time.time() + timeout
 
-    def infer(self, model_name: str, version: str | None, body: bytes, *, content_encoding: str | None = None,
-              header_length: str | None = None, request_id: str = "", header_id: str | None = None,
-              trace: RequestTrace | None = None) -> Body:
+    def infer(
+        self,
+        model_name: str,
+        version: str | None,
+        body: bytes,
+        *,
+        content_encoding: str | None = None,
+        header_length: str | None = None,
+        request_id: str = "",
+        header_id: str | None = None,
+        trace: RequestTrace | None = None,
+    ) -> Body:
         """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``.
 
         The request id is ``header_id`` (X-Request-ID), else the body's ``id``, else ``request_id``.
@@ -50,16 +70,33 @@ class Gateway:
         request_id = choose_request_id(header_id, request.id, request_id)
         if trace is not None:
             trace.begin(model, resolved, request_id, inputs)
-        reply = self.client.infer(model.name, resolved if version else None, inputs, [n for n, _ in plan] if request.outputs else [],
-                                  self.deadline(request.timeout_us), request_id, request.priority)
+        reply = self.client.infer(
+            model.name,
+            resolved if version else None,
+            inputs,
+            [n for n, _ in plan] if request.outputs else [],
+            self.deadline(request.timeout_us),
+            request_id,
+            request.priority,
+        )
         if trace is not None:
             trace.finish(reply)
         outputs = _pick(reply, [n for n, _ in plan])
-        return infer_response(model.name, reply.version or None, request.id,
-                              [(t, binary) for t, (_, binary) in zip(outputs, plan, strict=True)])
+        return infer_response(
+            model.name,
+            reply.version or None,
+            request.id,
+            [(t, binary) for t, (_, binary) in zip(outputs, plan, strict=True)],
+        )
 
-    def predict(self, body: bytes, *, content_encoding: str | None = None, request_id: str = "",
-                trace: RequestTrace | None = None) -> dict[str, Any]:
+    def predict(
+        self,
+        body: bytes,
+        *,
+        content_encoding: str | None = None,
+        request_id: str = "",
+        trace: RequestTrace | None = None,
+    ) -> dict[str, Any]:
         """Answer the seed's ``POST /predict``: ``{"input": ...}`` -> ``{"output": ...}``."""
         doc = loads(decode_content(body, content_encoding, self.config.max_body_bytes))
         if not isinstance(doc, dict) or "input" not in doc:

@@ -16,16 +16,23 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 def model_metadata(model: ModelConfig, version: str | None) -> dict[str, Any]:
     """Return ``{name, versions, platform, inputs, outputs}``: full shapes with -1 for variable dims."""
+
     def tensor(spec: TensorSpec) -> dict[str, Any]:
         return {"name": spec.name, "datatype": spec.datatype, "shape": spec.full_shape(model.max_batch_size)}
 
     versions = [version] if version else sorted(model.versions, key=int)
-    return {"name": model.name, "versions": versions, "platform": model.platform,
-            "inputs": [tensor(s) for s in model.inputs], "outputs": [tensor(s) for s in model.outputs]}
+    return {
+        "name": model.name,
+        "versions": versions,
+        "platform": model.platform,
+        "inputs": [tensor(s) for s in model.inputs],
+        "outputs": [tensor(s) for s in model.outputs],
+    }
 
 
 def model_config(model: ModelConfig) -> dict[str, Any]:
     """Return the model's configuration as the JSON form of Triton's ``ModelConfig`` message."""
+
     def tensor(spec: TensorSpec) -> dict[str, Any]:
         return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": list(spec.dims)}
 
@@ -43,14 +50,19 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(model.preferred_batch_sizes),
             "max_queue_delay_microseconds": model.max_queue_delay_us,
-            "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 0,
-                                     "allow_timeout_override": True, "max_queue_size": model.max_queue_size},
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": 0,
+                "allow_timeout_override": True,
+                "max_queue_size": model.max_queue_size,
+            },
         }
     return config
 
 
-def repository_index(models: dict[str, ModelConfig], status: dict[str, Any] | None,
-                     ready_only: bool = False) -> list[dict[str, Any]]:
+def repository_index(
+    models: dict[str, ModelConfig], status: dict[str, Any] | None, ready_only: bool = False
+) -> list[dict[str, Any]]:
     """Return ``[{name, version, state, reason}]``: READY when a worker serves that version."""
     served = (status or {}).get("models") or {}
     index = []
@@ -60,8 +72,14 @@ def repository_index(models: dict[str, ModelConfig], status: dict[str, Any] | No
             if ready_only and not ready:
                 continue
             reason = "" if ready else ("dispatcher unreachable" if status is None else "no ready worker")
-            index.append({"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE",
-                          "reason": reason})
+            index.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "state": "READY" if ready else "UNAVAILABLE",
+                    "reason": reason,
+                }
+            )
     return index
 
 
@@ -92,8 +110,12 @@ def _duration(count: int, ns: int) -> dict[str, int]:
     return {"count": int(count), "ns": int(ns)}
 
 
-def model_stats(models: dict[str, ModelConfig], status: dict[str, Any], only: str | None = None,
-                version: str | None = None) -> dict[str, Any]:
+def model_stats(
+    models: dict[str, ModelConfig],
+    status: dict[str, Any],
+    only: str | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
     """Return ``{"model_stats": [...]}`` in Triton's shape, summing the workers' counters per version.
 
     Counters a dispatcher does not report are zeros.
@@ -113,8 +135,11 @@ def model_stats(models: dict[str, ModelConfig], status: dict[str, Any], only: st
                     if isinstance(v, int | float) and not isinstance(v, bool):
                         bucket[str(k)] = bucket.get(str(k), 0) + v
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                total[field] = (max(total.get(field, 0), value) if field.startswith("last_")
-                                else total.get(field, 0) + value)
+                total[field] = (
+                    max(total.get(field, 0), value)
+                    if field.startswith("last_")
+                    else total.get(field, 0) + value
+                )
     result = []
     for name in sorted(models):
         if only is not None and name != only:
@@ -149,10 +174,12 @@ def _one_model_stats(name: str, version: str, t: dict[str, Any]) -> dict[str, An
             "cache_miss": _duration(0, 0),
         },
         "batch_stats": [
-            {"batch_size": int(size),
-             "compute_input": _duration(count, (t.get("batch_compute_input_ns") or {}).get(size, 0)),
-             "compute_infer": _duration(count, (t.get("batch_compute_infer_ns") or {}).get(size, 0)),
-             "compute_output": _duration(count, (t.get("batch_compute_output_ns") or {}).get(size, 0))}
+            {
+                "batch_size": int(size),
+                "compute_input": _duration(count, (t.get("batch_compute_input_ns") or {}).get(size, 0)),
+                "compute_infer": _duration(count, (t.get("batch_compute_infer_ns") or {}).get(size, 0)),
+                "compute_output": _duration(count, (t.get("batch_compute_output_ns") or {}).get(size, 0)),
+            }
             for size, count in sorted(batch_sizes.items(), key=lambda kv: int(kv[0]))
             if str(size).isdigit()
         ],

@@ -34,19 +34,25 @@ def check_inputs(request: InferRequest, model: ModelConfig) -> list[Tensor]:
     expected = {spec.name: spec for spec in model.inputs}
     for name in given:
         if name not in expected:
-            raise InvalidArgument(f"model {model.name!r} has no input {name!r}; its inputs are "
-                                  + ", ".join(describe(s, model.max_batch_size) for s in model.inputs))
+            raise InvalidArgument(
+                f"model {model.name!r} has no input {name!r}; its inputs are "
+                + ", ".join(describe(s, model.max_batch_size) for s in model.inputs)
+            )
     ordered = []
     batch: tuple[str, int] | None = None
     for spec in model.inputs:
         if spec.name not in given:
-            raise InvalidArgument(f"missing input {describe(spec, model.max_batch_size)} for model {model.name!r}")
+            raise InvalidArgument(
+                f"missing input {describe(spec, model.max_batch_size)} for model {model.name!r}"
+            )
         tensor = given[spec.name]
         check_tensor(tensor, spec, model.max_batch_size)
         if model.max_batch_size > 0:
             if batch is not None and tensor.shape[0] != batch[1]:
-                raise InvalidArgument(f"input {tensor.name!r} has batch size {tensor.shape[0]} but input "
-                                      f"{batch[0]!r} has {batch[1]}: every input needs the same batch size")
+                raise InvalidArgument(
+                    f"input {tensor.name!r} has batch size {tensor.shape[0]} but input "
+                    f"{batch[0]!r} has {batch[1]}: every input needs the same batch size"
+                )
             batch = (tensor.name, tensor.shape[0])
         ordered.append(tensor)
     return ordered
@@ -59,20 +65,27 @@ def check_tensor(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:
         raise InvalidArgument(f"input {name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
     full = spec.full_shape(max_batch_size)
     if not fits(tensor.shape, full):
-        raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} does not fit {full} "
-                              "(-1: any size)")
+        raise InvalidArgument(
+            f"input {name!r}: shape {list(tensor.shape)} does not fit {full} (-1: any size)"
+        )
     if max_batch_size > 0 and tensor.shape[0] > max_batch_size:
-        raise InvalidArgument(f"input {name!r}: batch size {tensor.shape[0]} exceeds the model's "
-                              f"max_batch_size {max_batch_size}")
+        raise InvalidArgument(
+            f"input {name!r}: batch size {tensor.shape[0]} exceeds the model's "
+            f"max_batch_size {max_batch_size}"
+        )
     if 0 in tensor.shape:
         raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} holds no elements")
     need = DATATYPE_SIZES[tensor.datatype] * math.prod(tensor.shape)
     if need > MAX_TENSOR_BYTES:
-        raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} needs {need} bytes, more than the "
-                              f"limit of {MAX_TENSOR_BYTES}")
+        raise InvalidArgument(
+            f"input {name!r}: shape {list(tensor.shape)} needs {need} bytes, more than the "
+            f"limit of {MAX_TENSOR_BYTES}"
+        )
     if len(tensor.data) != need:
-        raise InvalidArgument(f"input {name!r}: {len(tensor.data)} bytes of data, but shape {list(tensor.shape)} "
-                              f"of {tensor.datatype} needs {need}")
+        raise InvalidArgument(
+            f"input {name!r}: {len(tensor.data)} bytes of data, but shape {list(tensor.shape)} "
+            f"of {tensor.datatype} needs {need}"
+        )
 
 
 def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bool]]:
@@ -87,8 +100,10 @@ def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bo
         plan = []
         for out in request.outputs:
             if out.name not in specs:
-                raise InvalidArgument(f"model {model.name!r} has no output {out.name!r}; its outputs are "
-                                      + ", ".join(describe(s, model.max_batch_size) for s in model.outputs))
+                raise InvalidArgument(
+                    f"model {model.name!r} has no output {out.name!r}; its outputs are "
+                    + ", ".join(describe(s, model.max_batch_size) for s in model.outputs)
+                )
             if out.name in seen:
                 raise InvalidArgument(f"output {out.name!r} is requested twice")
             seen.add(out.name)
@@ -97,8 +112,10 @@ def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bo
         plan = [(spec.name, default_binary) for spec in model.outputs]
     for name, binary in plan:
         if not binary and specs[name].datatype in JSON_UNSUPPORTED:
-            raise InvalidArgument(f"output {name!r} is {specs[name].datatype}, which travels only as binary data: "
-                                  "request it with parameters.binary_data true")
+            raise InvalidArgument(
+                f"output {name!r} is {specs[name].datatype}, which travels only as binary data: "
+                "request it with parameters.binary_data true"
+            )
     return plan
 
 
@@ -109,17 +126,23 @@ def raw_input(request: InferRequest, model: ModelConfig) -> Tensor:
     """
     data = request.raw if request.raw is not None else b""
     if len(model.inputs) != 1:
-        raise InvalidArgument(f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
-                              f"input; model {model.name!r} has {len(model.inputs)}")
+        raise InvalidArgument(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
+            f"input; model {model.name!r} has {len(model.inputs)}"
+        )
     spec = model.inputs[0]
     if -1 in spec.dims:
-        raise InvalidArgument(f"a raw binary request cannot carry input {describe(spec, model.max_batch_size)}: "
-                              "its shape has variable dims; send a JSON header")
+        raise InvalidArgument(
+            f"a raw binary request cannot carry input {describe(spec, model.max_batch_size)}: "
+            "its shape has variable dims; send a JSON header"
+        )
     row = DATATYPE_SIZES[spec.datatype] * math.prod(spec.dims)
     if model.max_batch_size > 0:
         if row == 0 or len(data) % row or not data:
-            raise InvalidArgument(f"raw binary input {spec.name!r}: {len(data)} bytes is not a whole number of "
-                                  f"{spec.datatype} {list(spec.dims)} samples ({row} bytes each)")
+            raise InvalidArgument(
+                f"raw binary input {spec.name!r}: {len(data)} bytes is not a whole number of "
+                f"{spec.datatype} {list(spec.dims)} samples ({row} bytes each)"
+            )
         shape = (len(data) // row, *spec.dims)
     else:
         shape = spec.dims

@@ -24,14 +24,30 @@ BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ROW_COUNTERS: tuple[tuple[str, str, float, str], ...] = (
     ("nv_inference_count", "inference_count", 1.0, "Inferences performed (one per sample of a batch)"),
     ("nv_inference_exec_count", "execution_count", 1.0, "Model executions (batches) performed"),
-    ("nv_inference_queue_duration_us", "queue_ns", 1e-3,
-     "Cumulative time requests waited in a worker's batch queue, in microseconds"),
-    ("nv_inference_compute_input_duration_us", "compute_input_ns", 1e-3,
-     "Cumulative time spent preparing batch inputs, in microseconds"),
-    ("nv_inference_compute_infer_duration_us", "compute_infer_ns", 1e-3,
-     "Cumulative time spent running the model, in microseconds"),
-    ("nv_inference_compute_output_duration_us", "compute_output_ns", 1e-3,
-     "Cumulative time spent extracting batch outputs, in microseconds"),
+    (
+        "nv_inference_queue_duration_us",
+        "queue_ns",
+        1e-3,
+        "Cumulative time requests waited in a worker's batch queue, in microseconds",
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "compute_input_ns",
+        1e-3,
+        "Cumulative time spent preparing batch inputs, in microseconds",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "compute_infer_ns",
+        1e-3,
+        "Cumulative time spent running the model, in microseconds",
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "compute_output_ns",
+        1e-3,
+        "Cumulative time spent extracting batch outputs, in microseconds",
+    ),
     ("torchgate_worker_request_success", "success", 1.0, "Requests a worker answered successfully"),
 )
 
@@ -53,11 +69,15 @@ def row_families(rows: Iterable[dict[str, Any]]) -> list[Metric]:
         for row in rows:
             family.add_metric(_labels(row), _number(row.get(field)) * scale)
         families.append(family)
-    failures = CounterMetricFamily("torchgate_worker_request_failure", "Requests a worker failed, by reason",
-                                   labels=[*ROW, "reason"])
-    executions = CounterMetricFamily("torchgate_batch_executions", "Batches the workers ran, by exact size",
-                                     labels=[*ROW, "size"])
-    histogram = HistogramMetricFamily("torchgate_batch_size", "Size of the batches the workers ran", labels=ROW)
+    failures = CounterMetricFamily(
+        "torchgate_worker_request_failure", "Requests a worker failed, by reason", labels=[*ROW, "reason"]
+    )
+    executions = CounterMetricFamily(
+        "torchgate_batch_executions", "Batches the workers ran, by exact size", labels=[*ROW, "size"]
+    )
+    histogram = HistogramMetricFamily(
+        "torchgate_batch_size", "Size of the batches the workers ran", labels=ROW
+    )
     for row in rows:
         for reason, count in sorted((row.get("failure") or {}).items()):
             failures.add_metric([*_labels(row), str(reason)], _number(count))
@@ -72,10 +92,14 @@ def row_families(rows: Iterable[dict[str, Any]]) -> list[Metric]:
 
 def model_families(models: dict[str, Any]) -> list[Metric]:
     """Return workers ready and requests pending per model version."""
-    ready = GaugeMetricFamily("torchgate_workers_ready", "Workers ready to serve a model version",
-                              labels=["model", "version"])
-    pending = GaugeMetricFamily("nv_inference_pending_request_count", "Requests waiting in the dispatcher's "
-                                "queue for a worker", labels=["model", "version"])
+    ready = GaugeMetricFamily(
+        "torchgate_workers_ready", "Workers ready to serve a model version", labels=["model", "version"]
+    )
+    pending = GaugeMetricFamily(
+        "nv_inference_pending_request_count",
+        "Requests waiting in the dispatcher's queue for a worker",
+        labels=["model", "version"],
+    )
     for model, versions in sorted(models.items()):
         for version, entry in sorted((versions or {}).items()):
             if isinstance(entry, dict):
@@ -86,14 +110,22 @@ def model_families(models: dict[str, Any]) -> list[Metric]:
 
 def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
     """Return each connected worker's load and, for GPU workers, its device memory."""
-    in_flight = GaugeMetricFamily("torchgate_worker_in_flight", "Requests a worker holds",
-                                  labels=["worker", "device", "state"])
-    capacity = GaugeMetricFamily("torchgate_worker_capacity", "Requests a worker can hold at once",
-                                 labels=["worker", "device"])
-    used = GaugeMetricFamily("nv_gpu_memory_used_bytes", "Device memory allocated by a GPU worker's tensors",
-                             labels=["worker", "device"])
-    reserved = GaugeMetricFamily("torchgate_gpu_memory_reserved_bytes", "Device memory a GPU worker's "
-                                 "caching allocator holds", labels=["worker", "device"])
+    in_flight = GaugeMetricFamily(
+        "torchgate_worker_in_flight", "Requests a worker holds", labels=["worker", "device", "state"]
+    )
+    capacity = GaugeMetricFamily(
+        "torchgate_worker_capacity", "Requests a worker can hold at once", labels=["worker", "device"]
+    )
+    used = GaugeMetricFamily(
+        "nv_gpu_memory_used_bytes",
+        "Device memory allocated by a GPU worker's tensors",
+        labels=["worker", "device"],
+    )
+    reserved = GaugeMetricFamily(
+        "torchgate_gpu_memory_reserved_bytes",
+        "Device memory a GPU worker's caching allocator holds",
+        labels=["worker", "device"],
+    )
     for w in workers:
         if not isinstance(w, dict):
             continue
@@ -111,11 +143,15 @@ def dispatcher_families(counters: dict[str, Any]) -> list[Metric]:
     """Return the dispatcher's own counters (they restart from zero with the dispatcher)."""
     families: list[Metric] = []
     for key in ("requests", "rejected", "expired", "resent", "lost"):
-        family = CounterMetricFamily(f"torchgate_dispatcher_{key}", f"Requests the dispatcher {key}"
-                                     if key != "requests" else "Requests the dispatcher accepted")
+        family = CounterMetricFamily(
+            f"torchgate_dispatcher_{key}",
+            f"Requests the dispatcher {key}" if key != "requests" else "Requests the dispatcher accepted",
+        )
         family.add_metric([], _number(counters.get(key)))
         families.append(family)
-    pending = GaugeMetricFamily("torchgate_dispatcher_pending", "Requests queued or in flight at the dispatcher")
+    pending = GaugeMetricFamily(
+        "torchgate_dispatcher_pending", "Requests queued or in flight at the dispatcher"
+    )
     pending.add_metric([], _number(counters.get("pending")))
     families.append(pending)
     return families
@@ -123,9 +159,16 @@ def dispatcher_families(counters: dict[str, Any]) -> list[Metric]:
 
 def families(status: dict[str, Any] | None) -> list[Metric]:
     """Return every worker-side family of one STATUS answer; None (no answer) gives only ``up`` = 0."""
-    up = GaugeMetricFamily("torchgate_dispatcher_up", "Whether the dispatcher answered this scrape's status query")
+    up = GaugeMetricFamily(
+        "torchgate_dispatcher_up", "Whether the dispatcher answered this scrape's status query"
+    )
     up.add_metric([], 0.0 if status is None else 1.0)
     if status is None:
         return [up]
-    return [up, *row_families(status.get("stats") or []), *model_families(status.get("models") or {}),
-            *worker_families(status.get("workers") or []), *dispatcher_families(status.get("dispatcher") or {})]
+    return [
+        up,
+        *row_families(status.get("stats") or []),
+        *model_families(status.get("models") or {}),
+        *worker_families(status.get("workers") or []),
+        *dispatcher_families(status.get("dispatcher") or {}),
+    ]

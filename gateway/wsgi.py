@@ -12,6 +12,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 
 if not logging.getLogger().handlers:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"
+    )
 
 app = create_app(GatewayConfig.from_env())

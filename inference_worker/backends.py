@@ -68,10 +68,14 @@ def _python(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.M
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
-        raise LoadError(f"{config.path / 'config.toml'}: key 'factory' = {config.factory!r} cannot be imported: {exc}") from exc
+        raise LoadError(
+            f"{config.path / 'config.toml'}: key 'factory' = {config.factory!r} cannot be imported: {exc}"
+        ) from exc
     module = factory()
     if not isinstance(module, torch.nn.Module):
-        raise LoadError(f"factory {config.factory!r} returned {type(module).__name__}, expected a torch.nn.Module")
+        raise LoadError(
+            f"factory {config.factory!r} returned {type(module).__name__}, expected a torch.nn.Module"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -43,7 +43,9 @@ class _Queue:
 class Batcher:
     """Queues of one model version, and the choice of the next batch to run."""
 
-    def __init__(self, max_batch_size: int, max_queue_delay_us: int, preferred_batch_sizes: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, max_batch_size: int, max_queue_delay_us: int, preferred_batch_sizes: tuple[int, ...] = ()
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.delay_ns = max_queue_delay_us * 1000
         # As Triton: a queue that can fill a preferred size runs at once, as the largest preferred size it can fill.
@@ -79,7 +81,11 @@ class Batcher:
 
     def next_batch(self, now_ns: int, flush: bool = False) -> list[Pending] | None:
         """Return the next batch due at ``now_ns`` (all queues due if ``flush``), or None."""
-        due = [(q.items[0].arrived_ns, key) for key, q in self._queues.items() if flush or self._is_due(q, now_ns)]
+        due = [
+            (q.items[0].arrived_ns, key)
+            for key, q in self._queues.items()
+            if flush or self._is_due(q, now_ns)
+        ]
         if not due:
             return None
         _, key = min(due, key=lambda pair: pair[0])

@@ -38,25 +38,35 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     by_name = {meta.name: meta for meta in metas}
     expected = {spec.name for spec in config.inputs}
     if set(by_name) != expected or len(metas) != len(expected):
-        raise RequestError(ErrorCode.INVALID_ARGUMENT,
-                           f"model {config.name!r} expects inputs {sorted(expected)}, got {[m.name for m in metas]}")
+        raise RequestError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"model {config.name!r} expects inputs {sorted(expected)}, got {[m.name for m in metas]}",
+        )
     samples = 1
     for spec in config.inputs:
         meta = by_name[spec.name]
         if meta.datatype != spec.datatype:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT,
-                               f"input {spec.name!r}: datatype {meta.datatype}, expected {spec.datatype}")
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"input {spec.name!r}: datatype {meta.datatype}, expected {spec.datatype}",
+            )
         shape = meta.shape
         if config.max_batch_size > 0:
             if not shape:
-                raise RequestError(ErrorCode.INVALID_ARGUMENT, f"input {spec.name!r}: missing the batch dimension")
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT, f"input {spec.name!r}: missing the batch dimension"
+                )
             samples, shape = shape[0], shape[1:]
             if samples > config.max_batch_size:
-                raise RequestError(ErrorCode.INVALID_ARGUMENT,
-                                   f"input {spec.name!r}: batch of {samples} exceeds max_batch_size {config.max_batch_size}")
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"input {spec.name!r}: batch of {samples} exceeds max_batch_size {config.max_batch_size}",
+                )
         if not _fits(shape, spec.dims):
-            raise RequestError(ErrorCode.INVALID_ARGUMENT,
-                               f"input {spec.name!r}: shape {list(meta.shape)}, expected {spec.full_shape(config.max_batch_size)}")
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"input {spec.name!r}: shape {list(meta.shape)}, expected {spec.full_shape(config.max_batch_size)}",
+            )
     return samples
 
 
@@ -75,8 +85,10 @@ class Executor:
     def warm_up(self) -> None:
         """Run one sample of zeros through the model so the first request pays no first-call costs."""
         batch = [1] if self.config.max_batch_size > 0 else []
-        inputs = [torch.zeros(batch + [max(d, 1) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
-                  for spec in self.config.inputs]
+        inputs = [
+            torch.zeros(batch + [max(d, 1) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
+            for spec in self.config.inputs
+        ]
         self.run([inputs], BatchTimes())
 
     def run(self, requests: Sequence[Sequence[torch.Tensor]], times: BatchTimes) -> list[list[torch.Tensor]]:
@@ -86,18 +98,24 @@ class Executor:
         sizes = [int(inputs[0].shape[0]) for inputs in requests] if batching else [1]
         if batching and sum(sizes) == 0:
             return [self._empty_outputs() for _ in requests]
-        inputs = [self._to_device(index, [r[index] for r in requests]) for index in range(len(self.config.inputs))]
+        inputs = [
+            self._to_device(index, [r[index] for r in requests]) for index in range(len(self.config.inputs))
+        ]
         t1 = time.perf_counter_ns()
         with torch.inference_mode():
             outputs = self.runner(inputs)
             outputs = [self._to_host(out) for out in outputs]
         if self.cuda:
-            torch.cuda.current_stream(self.device).synchronize()  # outputs copied back before anyone reads them
+            torch.cuda.current_stream(
+                self.device
+            ).synchronize()  # outputs copied back before anyone reads them
         t2 = time.perf_counter_ns()
         if batching:
             for spec, out in zip(self.config.outputs, outputs, strict=True):
                 if out.dim() == 0 or out.shape[0] != sum(sizes):
-                    raise RuntimeError(f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first")
+                    raise RuntimeError(
+                        f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first"
+                    )
             per_request = [list(parts) for parts in zip(*(out.split(sizes) for out in outputs), strict=True)]
         else:
             per_request = [outputs]
@@ -123,13 +141,17 @@ class Executor:
         """Return a pinned flat buffer for input ``index``, grown geometrically and reused across batches."""
         buf = self._staging.get(index)
         if buf is None or buf.dtype != dtype or buf.numel() < numel:
-            buf = torch.empty(max(numel, 2 * (buf.numel() if buf is not None else 0)), dtype=dtype, pin_memory=True)
+            buf = torch.empty(
+                max(numel, 2 * (buf.numel() if buf is not None else 0)), dtype=dtype, pin_memory=True
+            )
             self._staging[index] = buf
         return buf[:numel]
 
     def _empty_outputs(self) -> list[torch.Tensor]:
-        return [torch.empty([0] + [max(d, 0) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
-                for spec in self.config.outputs]
+        return [
+            torch.empty([0] + [max(d, 0) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
+            for spec in self.config.outputs
+        ]
 
     def output_specs(self) -> tuple[TensorSpec, ...]:
         return self.config.outputs
@@ -143,7 +165,11 @@ def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
     if isinstance(exc, RequestError):
         return exc.code, str(exc)
     text = str(exc).lower()
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+    if (
+        isinstance(exc, torch.OutOfMemoryError | MemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    ):
         return ErrorCode.RESOURCE_EXHAUSTED, "out of memory while running the model"
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return ErrorCode.INTERNAL, f"model raised {type(exc).__name__}: {_PATH.sub('<path>', first_line)[:200]}"

@@ -47,7 +47,7 @@ class DispatcherConfig:
 def bind(socket: zmq.Socket, endpoint: str) -> None:
     """Bind, making an ipc socket's file reachable by its owner only."""
     if endpoint.startswith("ipc://"):
-        path = endpoint[len("ipc://"):]
+        path = endpoint[len("ipc://") :]
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # a stale socket file of a previous run
@@ -74,14 +74,18 @@ class Dispatcher:
         self.curve: CurveServer | None = None
         if is_network(config.frontend) or is_network(config.backend):
             if not (config.curve_secret_key and config.curve_authorized):
-                raise SecurityError("a TCP endpoint needs --curve-secret-key and --curve-authorized (see `torchgate keys`)")
+                raise SecurityError(
+                    "a TCP endpoint needs --curve-secret-key and --curve-authorized (see `torchgate keys`)"
+                )
             self.curve = CurveServer(self.context, config.curve_secret_key, config.curve_authorized)
         self.frontend = self._socket(config.frontend)
         self.backend = self._socket(config.backend)
         self.next_heartbeat = 0.0
         self.next_sweep = 0.0
         self.started = time.monotonic()
-        self.held: list[tuple[bytes, protocol.Message]] = []  # requests that arrived before any worker registered
+        self.held: list[
+            tuple[bytes, protocol.Message]
+        ] = []  # requests that arrived before any worker registered
 
     def _socket(self, endpoint: str) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
@@ -140,7 +144,9 @@ class Dispatcher:
                 log.warning("dispatcher: dropped a malformed message from %r: %s", identity, exc)
                 self._answer_malformed(socket, identity, body, exc)
 
-    def _answer_malformed(self, socket: zmq.Socket, identity: bytes, body: list[Any], exc: ProtocolError) -> None:
+    def _answer_malformed(
+        self, socket: zmq.Socket, identity: bytes, body: list[Any], exc: ProtocolError
+    ) -> None:
         if socket is not self.frontend or not body:
             return
         try:  # answer the gateway if its request id can be read
@@ -149,8 +155,15 @@ class Dispatcher:
         except Exception:
             return
         if isinstance(request_id, str):
-            self._to_gateway(identity, protocol.encode(Kind.ERROR, protocol.error_fields(
-                ErrorCode.INVALID_ARGUMENT, f"malformed request: {exc}", id=request_id)))
+            self._to_gateway(
+                identity,
+                protocol.encode(
+                    Kind.ERROR,
+                    protocol.error_fields(
+                        ErrorCode.INVALID_ARGUMENT, f"malformed request: {exc}", id=request_id
+                    ),
+                ),
+            )
 
     # -- gateways ---------------------------------------------------------------------------------------
 
@@ -160,10 +173,13 @@ class Dispatcher:
         elif message.kind is Kind.QUERY:
             request_id = protocol.require(message.fields, "id", str)
             known = (gateway, request_id) in self.router.requests or any(
-                g == gateway and m.get("id") == request_id for g, m in self.held)
+                g == gateway and m.get("id") == request_id for g, m in self.held
+            )
             self._to_gateway(gateway, protocol.encode(Kind.QUERY_REPLY, {"id": request_id, "known": known}))
         elif message.kind is Kind.STATUS:
-            self._to_gateway(gateway, protocol.encode(Kind.STATUS_REPLY, {"id": message.get("id"), **self.status()}))
+            self._to_gateway(
+                gateway, protocol.encode(Kind.STATUS_REPLY, {"id": message.get("id"), **self.status()})
+            )
         else:
             raise ProtocolError(f"unexpected {message.kind} from a gateway")
 
@@ -186,9 +202,17 @@ class Dispatcher:
                     return
                 raise
             forward = {k: v for k, v in fields.items() if k not in ("v", "kind", "inputs", "seq")}
-            request = Request(seq=self.next_seq, gateway=gateway, id=request_id, model=model, version=resolved,
-                              deadline=float(deadline), fields=forward, frames=[buf for _, buf in message.tensors],
-                              request_id=str(fields.get("request_id", "")))
+            request = Request(
+                seq=self.next_seq,
+                gateway=gateway,
+                id=request_id,
+                model=model,
+                version=resolved,
+                deadline=float(deadline),
+                fields=forward,
+                frames=[buf for _, buf in message.tensors],
+                request_id=str(fields.get("request_id", "")),
+            )
             request.fields["inputs"] = [meta.to_wire() for meta, _ in message.tensors]
             self.next_seq += 1
             self.router.enqueue(request)
@@ -213,12 +237,21 @@ class Dispatcher:
             if request.deadline <= now:
                 self.router.complete(worker.identity, request.seq)
                 self.counters["expired"] += 1
-                self._fail_gateway(request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue")
+                self._fail_gateway(
+                    request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue"
+                )
                 continue
-            header = {"v": protocol.VERSION, "kind": Kind.REQUEST.value, **request.fields,
-                      "seq": request.seq, "version": request.version}
+            header = {
+                "v": protocol.VERSION,
+                "kind": Kind.REQUEST.value,
+                **request.fields,
+                "seq": request.seq,
+                "version": request.version,
+            }
             try:
-                self.backend.send_multipart([worker.identity, msgpack.packb(header), *request.frames], copy=False)
+                self.backend.send_multipart(
+                    [worker.identity, msgpack.packb(header), *request.frames], copy=False
+                )
             except zmq.ZMQError as exc:  # the worker's connection is gone: re-route its work
                 log.warning("dispatcher: worker %s unreachable (%s)", worker.name, exc)
                 self.lose_worker(worker.identity, "unreachable")
@@ -255,20 +288,33 @@ class Dispatcher:
         fields = message.fields
         signatures: dict[tuple[str, str], dict[str, Any]] = {}
         for sig in protocol.require(fields, "models", list):
-            if not isinstance(sig, dict) or not isinstance(sig.get("name"), str) or not isinstance(sig.get("version"), str):
+            if (
+                not isinstance(sig, dict)
+                or not isinstance(sig.get("name"), str)
+                or not isinstance(sig.get("version"), str)
+            ):
                 raise ProtocolError("READY: every model needs a name and a version")
             signatures[(sig["name"], sig["version"])] = sig
         capacity = protocol.require(fields, "capacity", int)
         worker = WorkerState(
-            identity=identity, name=protocol.require(fields, "worker", str),
-            incarnation=protocol.require(fields, "incarnation", str), capacity=max(1, capacity),
-            signatures=signatures, expires=time.monotonic() + self.liveness,
-            device=str(fields.get("device", "")), pid=int(fields.get("pid") or 0),
+            identity=identity,
+            name=protocol.require(fields, "worker", str),
+            incarnation=protocol.require(fields, "incarnation", str),
+            capacity=max(1, capacity),
+            signatures=signatures,
+            expires=time.monotonic() + self.liveness,
+            device=str(fields.get("device", "")),
+            pid=int(fields.get("pid") or 0),
         )
         known = self.router.workers.get(identity)
         if known is None or known.incarnation != worker.incarnation:
-            log.info("dispatcher: worker %s ready on %s (pid %d) with %s", worker.name, worker.device, worker.pid,
-                     ", ".join(f"{m}/{v}" for m, v in signatures))
+            log.info(
+                "dispatcher: worker %s ready on %s (pid %d) with %s",
+                worker.name,
+                worker.device,
+                worker.pid,
+                ", ".join(f"{m}/{v}" for m, v in signatures),
+            )
         self.requeue(self.router.register(worker), "replaced")
         if self.held:
             self.release_held()
@@ -280,13 +326,24 @@ class Dispatcher:
             return  # late answer to a request that was re-sent, expired or belongs to an earlier dispatcher
         worker = self.router.workers[identity]
         if message.kind is Kind.ERROR:
-            fields = {"id": request.id, "code": message.get("code", ErrorCode.INTERNAL.value),
-                      "message": str(message.get("message", "worker error")), "worker": worker.name}
+            fields = {
+                "id": request.id,
+                "code": message.get("code", ErrorCode.INTERNAL.value),
+                "message": str(message.get("message", "worker error")),
+                "worker": worker.name,
+            }
             self._to_gateway(request.gateway, protocol.encode(Kind.ERROR, fields))
             return
-        header = {"v": protocol.VERSION, "kind": Kind.REPLY.value, "id": request.id, "model": request.model,
-                  "version": request.version, "worker": worker.name, "outputs": message.get("outputs"),
-                  "stats": message.get("stats")}
+        header = {
+            "v": protocol.VERSION,
+            "kind": Kind.REPLY.value,
+            "id": request.id,
+            "model": request.model,
+            "version": request.version,
+            "worker": worker.name,
+            "outputs": message.get("outputs"),
+            "stats": message.get("stats"),
+        }
         self._to_gateway(request.gateway, [msgpack.packb(header), *(buf for _, buf in message.tensors)])
 
     def lose_worker(self, identity: bytes, why: str) -> None:
@@ -305,7 +362,9 @@ class Dispatcher:
                     pass
             self.router.forget(request)
             self.counters["lost"] += 1
-            self._fail_gateway(request.gateway, request.id, ErrorCode.UNAVAILABLE, f"worker {why} while computing")
+            self._fail_gateway(
+                request.gateway, request.id, ErrorCode.UNAVAILABLE, f"worker {why} while computing"
+            )
 
     def send_heartbeats(self, now: float) -> None:
         self.next_heartbeat = now + self.config.heartbeat_interval
@@ -322,10 +381,16 @@ class Dispatcher:
             self.lose_worker(worker.identity, "silent")
         for request in self.router.expired_requests(time.time()):
             self.counters["expired"] += 1
-            self._fail_gateway(request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue")
+            self._fail_gateway(
+                request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue"
+            )
         for request in self.router.unservable():
-            self._fail_gateway(request.gateway, request.id, ErrorCode.UNAVAILABLE,
-                               f"no ready worker serves model {request.model!r} version {request.version!r}")
+            self._fail_gateway(
+                request.gateway,
+                request.id,
+                ErrorCode.UNAVAILABLE,
+                f"no ready worker serves model {request.model!r} version {request.version!r}",
+            )
 
     def status(self) -> dict[str, Any]:
         status = self.router.status()
@@ -336,7 +401,9 @@ class Dispatcher:
     # -- sending ----------------------------------------------------------------------------------------
 
     def _fail_gateway(self, gateway: bytes, request_id: str, code: ErrorCode, message: str) -> None:
-        self._to_gateway(gateway, protocol.encode(Kind.ERROR, protocol.error_fields(code, message, id=request_id)))
+        self._to_gateway(
+            gateway, protocol.encode(Kind.ERROR, protocol.error_fields(code, message, id=request_id))
+        )
 
     def _to_gateway(self, gateway: bytes, frames: list[Any]) -> None:
         try:
@@ -372,23 +439,55 @@ def run_dispatcher(config: DispatcherConfig) -> int:
 
 
 @click.command("dispatcher")
-@click.option("--frontend", required=True, envvar="TORCHGATE_DISPATCHER", help="Endpoint gateways connect to.")
+@click.option(
+    "--frontend", required=True, envvar="TORCHGATE_DISPATCHER", help="Endpoint gateways connect to."
+)
 @click.option("--backend", required=True, envvar="TORCHGATE_BACKEND", help="Endpoint workers connect to.")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
-@click.option("--startup-grace", type=float, default=5.0, show_default=True,
-              help="Seconds after start in which requests wait for workers to register instead of a 503.")
-@click.option("--curve-secret-key", type=click.Path(path_type=Path), default=None,
-              help="The dispatcher's CURVE secret key file (required for TCP endpoints).")
-@click.option("--curve-authorized", type=click.Path(path_type=Path), default=None,
-              help="Folder of public keys of peers allowed over TCP.")
-def dispatcher_command(frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
-                       startup_grace: float, curve_secret_key: Path | None, curve_authorized: Path | None) -> None:
+@click.option(
+    "--startup-grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds after start in which requests wait for workers to register instead of a 503.",
+)
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The dispatcher's CURVE secret key file (required for TCP endpoints).",
+)
+@click.option(
+    "--curve-authorized",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of public keys of peers allowed over TCP.",
+)
+def dispatcher_command(
+    frontend: str,
+    backend: str,
+    heartbeat_interval: float,
+    heartbeat_liveness: int,
+    startup_grace: float,
+    curve_secret_key: Path | None,
+    curve_authorized: Path | None,
+) -> None:
     """Route requests between gateways and workers."""
     logs.configure()
-    sys.exit(run_dispatcher(DispatcherConfig(frontend, backend, heartbeat_interval, heartbeat_liveness,
-                                             startup_grace=startup_grace, curve_secret_key=curve_secret_key,
-                                             curve_authorized=curve_authorized)))
+    sys.exit(
+        run_dispatcher(
+            DispatcherConfig(
+                frontend,
+                backend,
+                heartbeat_interval,
+                heartbeat_liveness,
+                startup_grace=startup_grace,
+                curve_secret_key=curve_secret_key,
+                curve_authorized=curve_authorized,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

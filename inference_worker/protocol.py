@@ -127,8 +127,12 @@ def tensor_meta(raw: Any, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> TensorMet
     return meta
 
 
-def encode(kind: Kind, fields: dict[str, Any] | None = None, tensors: Sequence[tuple[TensorMeta, Any]] = (),
-           tensor_key: str = "inputs") -> list[Any]:
+def encode(
+    kind: Kind,
+    fields: dict[str, Any] | None = None,
+    tensors: Sequence[tuple[TensorMeta, Any]] = (),
+    tensor_key: str = "inputs",
+) -> list[Any]:
     """Build the frames of one message; tensor buffers are passed through untouched (no copy)."""
     header: dict[str, Any] = {"v": VERSION, "kind": kind.value}
     if fields:
@@ -162,13 +166,17 @@ def decode(frames: Sequence[Any], max_tensor_bytes: int = MAX_TENSOR_BYTES) -> M
     if not isinstance(raw_tensors, list) or len(raw_tensors) > MAX_TENSORS:
         raise ProtocolError(f"{key} must be a list of at most {MAX_TENSORS} tensors")
     if len(raw_tensors) != len(frames) - 1:
-        raise ProtocolError(f"header describes {len(raw_tensors)} tensors but {len(frames) - 1} frames follow")
+        raise ProtocolError(
+            f"header describes {len(raw_tensors)} tensors but {len(frames) - 1} frames follow"
+        )
     tensors = []
     for raw, frame in zip(raw_tensors, frames[1:], strict=True):
         meta = tensor_meta(raw, max_tensor_bytes)
         buf = _buffer(frame)
         if len(buf) != meta.nbytes:
-            raise ProtocolError(f"tensor {meta.name!r}: frame holds {len(buf)} bytes, shape and datatype need {meta.nbytes}")
+            raise ProtocolError(
+                f"tensor {meta.name!r}: frame holds {len(buf)} bytes, shape and datatype need {meta.nbytes}"
+            )
         tensors.append((meta, buf))
     return Message(kind, header, tensors)
 

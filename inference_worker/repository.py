@@ -64,7 +64,11 @@ class ModelConfig:
 
     @property
     def platform(self) -> str:
-        return {"torchscript": "pytorch_libtorch", "torch_export": "pytorch_export", "python": "pytorch_python"}[self.backend]
+        return {
+            "torchscript": "pytorch_libtorch",
+            "torch_export": "pytorch_export",
+            "python": "pytorch_python",
+        }[self.backend]
 
     def model_file(self, version: str) -> Path:
         """Return the file to load for ``version``."""
@@ -122,9 +126,13 @@ def load_model_config(folder: Path) -> ModelConfig:
         raise ConfigError(f"{path}: key 'dynamic_batching' must be a table")
     delay = _Getter(path, batching, "dynamic_batching.").integer("max_queue_delay_us", 0)
     preferred = batching.get("preferred_batch_size", [])
-    if not isinstance(preferred, list) or not all(type(p) is int and 0 < p <= max(max_batch_size, 1) for p in preferred):
-        raise ConfigError(f"{path}: key 'dynamic_batching.preferred_batch_size' is {preferred!r}, "
-                          f"expected a list of sizes from 1 to max_batch_size")
+    if not isinstance(preferred, list) or not all(
+        type(p) is int and 0 < p <= max(max_batch_size, 1) for p in preferred
+    ):
+        raise ConfigError(
+            f"{path}: key 'dynamic_batching.preferred_batch_size' is {preferred!r}, "
+            f"expected a list of sizes from 1 to max_batch_size"
+        )
     queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
@@ -140,11 +148,22 @@ def load_model_config(folder: Path) -> ModelConfig:
     versions = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
     versions = {str(int(v)): p for v, p in versions.items()}
     if not versions:
-        raise ConfigError(f"{folder}: no version folders (expected {folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})")
+        raise ConfigError(
+            f"{folder}: no version folders (expected {folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
+        )
     model = ModelConfig(
-        name=name, backend=backend, max_batch_size=max_batch_size, max_queue_delay_us=delay,
-        inputs=inputs, outputs=outputs, path=folder, versions=versions, factory=factory, weights=weights,
-        max_queue_size=queue_size, preferred_batch_sizes=tuple(preferred),
+        name=name,
+        backend=backend,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=delay,
+        inputs=inputs,
+        outputs=outputs,
+        path=folder,
+        versions=versions,
+        factory=factory,
+        weights=weights,
+        max_queue_size=queue_size,
+        preferred_batch_sizes=tuple(preferred),
     )
     for version in versions:
         file = model.model_file(version)
@@ -168,11 +187,18 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
         seen.add(name)
         datatype = get.text("datatype")
         if datatype not in DATATYPE_SIZES:
-            raise ConfigError(f"{path}: key '{key}[{i}].datatype' is {datatype!r}, expected one of {sorted(DATATYPE_SIZES)}")
+            raise ConfigError(
+                f"{path}: key '{key}[{i}].datatype' is {datatype!r}, expected one of {sorted(DATATYPE_SIZES)}"
+            )
         dims = entry.get("dims")
-        if (not isinstance(dims, list) or len(dims) > MAX_DIMS - 1
-                or not all(type(d) is int and (d == -1 or d >= 0) for d in dims)):
-            raise ConfigError(f"{path}: key '{key}[{i}].dims' is {dims!r}, expected a list of sizes (-1 for variable)")
+        if (
+            not isinstance(dims, list)
+            or len(dims) > MAX_DIMS - 1
+            or not all(type(d) is int and (d == -1 or d >= 0) for d in dims)
+        ):
+            raise ConfigError(
+                f"{path}: key '{key}[{i}].dims' is {dims!r}, expected a list of sizes (-1 for variable)"
+            )
         specs.append(TensorSpec(name, datatype, tuple(dims)))
     return tuple(specs)
 
@@ -186,11 +212,15 @@ class _Getter:
     def text(self, key: str) -> str:
         value = self.table.get(key)
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-empty string")
+            raise ConfigError(
+                f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-empty string"
+            )
         return value
 
     def integer(self, key: str, default: int) -> int:
         value = self.table.get(key, default)
         if type(value) is not int or value < 0:
-            raise ConfigError(f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-negative integer")
+            raise ConfigError(
+                f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-negative integer"
+            )
         return value

@@ -68,9 +68,14 @@ class WorkerState:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "worker": self.name, "incarnation": self.incarnation, "device": self.device, "pid": self.pid,
-            "state": "DRAINING" if self.draining else "READY", "capacity": self.capacity,
-            "in_flight": len(self.in_flight), "models": [f"{m}/{v}" for m, v in self.signatures],
+            "worker": self.name,
+            "incarnation": self.incarnation,
+            "device": self.device,
+            "pid": self.pid,
+            "state": "DRAINING" if self.draining else "READY",
+            "capacity": self.capacity,
+            "in_flight": len(self.in_flight),
+            "models": [f"{m}/{v}" for m, v in self.signatures],
             "device_memory": self.device_memory,
         }
 
@@ -89,7 +94,9 @@ class Router:
     def register(self, worker: WorkerState) -> list[Request]:
         """Add a worker; return requests orphaned by an earlier incarnation of the same slot."""
         orphans: list[Request] = []
-        for other in [w for w in self.workers.values() if w.name == worker.name and w.identity != worker.identity]:
+        for other in [
+            w for w in self.workers.values() if w.name == worker.name and w.identity != worker.identity
+        ]:
             orphans.extend(self.remove(other.identity))
         previous = self.workers.get(worker.identity)
         if previous is not None:  # READY again on the same socket: keep what it has in flight
@@ -112,7 +119,13 @@ class Router:
 
     def serves(self, model: str) -> dict[str, dict[str, Any]]:
         """Return version -> signature for every version some non-draining worker serves."""
-        return {v: sig for w in self.workers.values() if not w.draining for (m, v), sig in w.signatures.items() if m == model}
+        return {
+            v: sig
+            for w in self.workers.values()
+            if not w.draining
+            for (m, v), sig in w.signatures.items()
+            if m == model
+        }
 
     def resolve_version(self, model: str, version: str | None) -> str:
         """Return the version a request will run on; raise :class:`Rejected` if no worker serves it."""
@@ -122,7 +135,9 @@ class Router:
         if not version:
             return max(versions, key=lambda v: int(v) if v.isdigit() else -1)
         if version not in versions:
-            raise Rejected(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r} version {version!r}")
+            raise Rejected(
+                ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r} version {version!r}"
+            )
         return version
 
     # -- requests ---------------------------------------------------------------------------------------
@@ -214,7 +229,9 @@ class Router:
         models: dict[str, dict[str, Any]] = {}
         for worker in self.workers.values():
             for (model, version), signature in worker.signatures.items():
-                entry = models.setdefault(model, {}).setdefault(version, {"ready": 0, "queued": 0, "signature": signature})
+                entry = models.setdefault(model, {}).setdefault(
+                    version, {"ready": 0, "queued": 0, "signature": signature}
+                )
                 entry["ready"] += 0 if worker.draining else 1
         for model, versions in models.items():
             for version, entry in versions.items():

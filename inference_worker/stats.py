@@ -17,7 +17,9 @@ def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
             _add(into.setdefault(name, {}), value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             # a "last_" field is a time stamp: the latest wins; every other number is a counter
-            into[name] = max(into.get(name, 0), value) if name.startswith("last_") else into.get(name, 0) + value
+            into[name] = (
+                max(into.get(name, 0), value) if name.startswith("last_") else into.get(name, 0) + value
+            )
 
 
 class StatsBook:
@@ -33,9 +35,14 @@ class StatsBook:
         """Record a heartbeat's cumulative counters for one worker incarnation."""
         counters: dict[Key, dict[str, Any]] = {}
         for entry in entries:
-            if isinstance(entry, dict) and isinstance(entry.get("model"), str) and isinstance(entry.get("version"), str):
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("model"), str)
+                and isinstance(entry.get("version"), str)
+            ):
                 counters[(slot, entry["model"], entry["version"])] = {
-                    k: v for k, v in entry.items() if k not in ("model", "version")}
+                    k: v for k, v in entry.items() if k not in ("model", "version")
+                }
         self._last[(slot, incarnation)] = counters
 
     def totals(self) -> dict[Key, dict[str, Any]]:
@@ -48,5 +55,7 @@ class StatsBook:
 
     def to_wire(self) -> list[dict[str, Any]]:
         """Return the totals as a list of maps, one per (worker slot, model, version)."""
-        return [{"worker": slot, "model": model, "version": version, **counters}
-                for (slot, model, version), counters in sorted(self.totals().items())]
+        return [
+            {"worker": slot, "model": model, "version": version, **counters}
+            for (slot, model, version), counters in sorted(self.totals().items())
+        ]

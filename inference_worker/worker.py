@@ -78,10 +78,15 @@ class ModelStats:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "success": self.success, "failure": dict(self.failure), "inference_count": self.inference_count,
-            "execution_count": self.execution_count, "queue_ns": self.queue_ns,
-            "compute_input_ns": self.compute_input_ns, "compute_infer_ns": self.compute_infer_ns,
-            "compute_output_ns": self.compute_output_ns, "request_ns": self.request_ns,
+            "success": self.success,
+            "failure": dict(self.failure),
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "queue_ns": self.queue_ns,
+            "compute_input_ns": self.compute_input_ns,
+            "compute_infer_ns": self.compute_infer_ns,
+            "compute_output_ns": self.compute_output_ns,
+            "request_ns": self.request_ns,
             "last_inference": self.last_inference,
             "batch_sizes": {str(size): count for size, count in self.batch_sizes.items()},
             "batch_compute_input_ns": {str(size): ns[0] for size, ns in self.batch_compute_ns.items()},
@@ -121,10 +126,17 @@ class Worker:
                 executor = Executor(model, version, load_model(model, version, self.device), self.device)
                 executor.warm_up()
                 self.executors[(name, version)] = executor
-                self.batchers[(name, version)] = Batcher(model.max_batch_size, model.max_queue_delay_us,
-                                                             model.preferred_batch_sizes)
-                log.info("%s: loaded %s version %s on %s in %.2fs", self.tag, name, version, self.device,
-                         time.monotonic() - start)
+                self.batchers[(name, version)] = Batcher(
+                    model.max_batch_size, model.max_queue_delay_us, model.preferred_batch_sizes
+                )
+                log.info(
+                    "%s: loaded %s version %s on %s in %.2fs",
+                    self.tag,
+                    name,
+                    version,
+                    self.device,
+                    time.monotonic() - start,
+                )
 
     @property
     def tag(self) -> str:
@@ -152,10 +164,19 @@ class Worker:
 
     def announce(self) -> None:
         models = [e.config.signature(version) for (_, version), e in self.executors.items()]
-        self._send(protocol.encode(Kind.READY, {
-            "worker": self.config.name, "incarnation": self.incarnation, "pid": os.getpid(),
-            "device": str(self.device), "capacity": self.capacity, "models": models,
-        }))
+        self._send(
+            protocol.encode(
+                Kind.READY,
+                {
+                    "worker": self.config.name,
+                    "incarnation": self.incarnation,
+                    "pid": os.getpid(),
+                    "device": str(self.device),
+                    "capacity": self.capacity,
+                    "models": models,
+                },
+            )
+        )
         self.last_seen = time.monotonic()
         log.info("%s: READY (%s, capacity %d)", self.tag, self.device, self.capacity)
 
@@ -178,8 +199,15 @@ class Worker:
                 self._send(protocol.encode(Kind.DRAIN))
                 log.info("%s: draining", self.tag)
             dispatcher_gone = now - max(self.last_seen, self.drain_started) > self.liveness_seconds
-            if self.drain_started and not self._queued() and (
-                    self.drain_acked or dispatcher_gone or now - self.drain_started > self.config.drain_timeout):
+            if (
+                self.drain_started
+                and not self._queued()
+                and (
+                    self.drain_acked
+                    or dispatcher_gone
+                    or now - self.drain_started > self.config.drain_timeout
+                )
+            ):
                 self._send(protocol.encode(Kind.DISCONNECT, {"reason": "drained"}))
                 log.info("%s: drained, exiting", self.tag)
                 return 0
@@ -222,7 +250,9 @@ class Worker:
         elif message.kind is Kind.DRAIN:
             self.drain_acked = True
         elif message.kind is Kind.DISCONNECT:
-            log.info("%s: dispatcher does not know us (%s); announcing again", self.tag, message.get("reason"))
+            log.info(
+                "%s: dispatcher does not know us (%s); announcing again", self.tag, message.get("reason")
+            )
             if not self.drain_started:
                 self.announce()
         elif message.kind is not Kind.HEARTBEAT:
@@ -235,7 +265,9 @@ class Worker:
         executor = self.executors.get(key)
         try:
             if executor is None:
-                raise RequestError(ErrorCode.NOT_FOUND, f"model {key[0]!r} version {key[1]!r} is not loaded here")
+                raise RequestError(
+                    ErrorCode.NOT_FOUND, f"model {key[0]!r} version {key[1]!r} is not loaded here"
+                )
             metas = [meta for meta, _ in message.tensors]
             samples = check_inputs(executor.config, metas)
             by_name = {meta.name: to_torch(meta, buf) for meta, buf in message.tensors}
@@ -245,17 +277,30 @@ class Worker:
         inputs = [by_name[spec.name] for spec in executor.config.inputs]
         batch_key = tuple((t.dtype, tuple(t.shape[1:])) for t in inputs)
         wanted = message.get("outputs") or []
-        self.batchers[key].add(Pending(
-            seq=seq, model=key, batch_key=batch_key, samples=samples, arrived_ns=time.monotonic_ns(),
-            deadline=float(message.get("deadline") or float("inf")), payload=(inputs, wanted), request_id=request_id,
-        ))
+        self.batchers[key].add(
+            Pending(
+                seq=seq,
+                model=key,
+                batch_key=batch_key,
+                samples=samples,
+                arrived_ns=time.monotonic_ns(),
+                deadline=float(message.get("deadline") or float("inf")),
+                payload=(inputs, wanted),
+                request_id=request_id,
+            )
+        )
 
     def _run_due_batches(self, flush: bool = False) -> None:
         for key, batcher in self.batchers.items():
             while True:
                 for item in batcher.expire(time.time()):
                     self.stats[key].failure["deadline"] += 1
-                    self._fail_seq(item.seq, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before compute", item.request_id)
+                    self._fail_seq(
+                        item.seq,
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        "deadline passed before compute",
+                        item.request_id,
+                    )
                 batch = batcher.next_batch(time.monotonic_ns(), flush=flush)
                 if batch is None:
                     break
@@ -270,7 +315,12 @@ class Worker:
             results = executor.run([item.payload[0] for item in batch], times)
         except Exception as exc:
             if retry and len(batch) > 1:
-                log.warning("%s: batch of %d failed (%s); retrying one by one", self.tag, len(batch), type(exc).__name__)
+                log.warning(
+                    "%s: batch of %d failed (%s); retrying one by one",
+                    self.tag,
+                    len(batch),
+                    type(exc).__name__,
+                )
                 for item in batch:
                     self._run_batch(key, [item], retry=False)
                 return
@@ -296,16 +346,34 @@ class Worker:
             stats.success += 1
             stats.inference_count += item.samples
             stats.queue_ns += queue_ns
-            stats.compute_input_ns += times.input_ns  # as Triton: each request counts its batch's compute time
+            stats.compute_input_ns += (
+                times.input_ns
+            )  # as Triton: each request counts its batch's compute time
             stats.compute_infer_ns += times.infer_ns
             stats.compute_output_ns += times.output_ns
             stats.request_ns += queue_ns + compute_ns
             wanted = item.payload[1]
-            tensors = [from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted]
-            self._send(protocol.encode(Kind.REPLY, {"seq": item.seq, "stats": {
-                "queue_ns": queue_ns, "compute_input_ns": times.input_ns, "compute_infer_ns": times.infer_ns,
-                "compute_output_ns": times.output_ns, "batch_size": samples,
-            }}, tensors, tensor_key="outputs"), copy=executor.cuda)
+            tensors = [
+                from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted
+            ]
+            self._send(
+                protocol.encode(
+                    Kind.REPLY,
+                    {
+                        "seq": item.seq,
+                        "stats": {
+                            "queue_ns": queue_ns,
+                            "compute_input_ns": times.input_ns,
+                            "compute_infer_ns": times.infer_ns,
+                            "compute_output_ns": times.output_ns,
+                            "batch_size": samples,
+                        },
+                    },
+                    tensors,
+                    tensor_key="outputs",
+                ),
+                copy=executor.cuda,
+            )
 
     def _keep_alive(self) -> None:
         now = time.monotonic()
@@ -314,13 +382,18 @@ class Worker:
             stats = [{"model": m, "version": v, **s.to_wire()} for (m, v), s in self.stats.items()]
             fields: dict[str, Any] = {"incarnation": self.incarnation, "stats": stats}
             if self.device.type == "cuda":
-                fields["device_memory"] = {"used_bytes": torch.cuda.memory_allocated(self.device),
-                                           "reserved_bytes": torch.cuda.memory_reserved(self.device)}
+                fields["device_memory"] = {
+                    "used_bytes": torch.cuda.memory_allocated(self.device),
+                    "reserved_bytes": torch.cuda.memory_reserved(self.device),
+                }
             self._send(protocol.encode(Kind.HEARTBEAT, fields))
         silent = now - self.last_seen
         # Messages that arrived while a batch ran prove the dispatcher alive: read them before judging it silent.
-        if (not self.drain_started and silent > self.liveness_seconds
-                and not (self.socket is not None and self.socket.poll(0, zmq.POLLIN))):
+        if (
+            not self.drain_started
+            and silent > self.liveness_seconds
+            and not (self.socket is not None and self.socket.poll(0, zmq.POLLIN))
+        ):
             log.warning("%s: no word from the dispatcher for %.1fs; reconnecting", self.tag, silent)
             self.connect()
 
@@ -372,27 +445,68 @@ def run_worker(config: WorkerConfig) -> int:
 
 
 @click.command("worker")
-@click.option("--model-repository", "repository", type=click.Path(path_type=Path), required=True,
-              envvar="TORCHGATE_MODEL_REPOSITORY", help="Folder of <model>/config.toml and <model>/<version>/.")
+@click.option(
+    "--model-repository",
+    "repository",
+    type=click.Path(path_type=Path),
+    required=True,
+    envvar="TORCHGATE_MODEL_REPOSITORY",
+    help="Folder of <model>/config.toml and <model>/<version>/.",
+)
 @click.option("--dispatcher", required=True, envvar="TORCHGATE_BACKEND", help="Dispatcher backend endpoint.")
 @click.option("--name", default="worker", help="Slot name, as supervisord knows it.")
 @click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N. Default: the GPU CUDA_VISIBLE_DEVICES selects, else CPU.")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads for a CPU worker (0: torch's default).")
-@click.option("--capacity", type=int, default=None, help="Requests in flight; default 2 x the largest max_batch_size.")
+@click.option(
+    "--device",
+    default=None,
+    help="cpu, cuda, cuda:N. Default: the GPU CUDA_VISIBLE_DEVICES selects, else CPU.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="torch threads for a CPU worker (0: torch's default).",
+)
+@click.option(
+    "--capacity", type=int, default=None, help="Requests in flight; default 2 x the largest max_batch_size."
+)
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--heartbeat-liveness", type=int, default=8, show_default=True)
-@click.option("--curve-secret-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher.")
-@click.option("--curve-server-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher.")
-def worker_command(repository: Path, dispatcher: str, name: str, models: tuple[str, ...], device: str | None,
-                   threads: int, capacity: int | None, heartbeat_interval: float, heartbeat_liveness: int,
-                   curve_secret_key: Path | None, curve_server_key: Path | None) -> None:
+@click.option(
+    "--curve-secret-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher."
+)
+@click.option(
+    "--curve-server-key", type=click.Path(path_type=Path), default=None, help="For a TCP dispatcher."
+)
+def worker_command(
+    repository: Path,
+    dispatcher: str,
+    name: str,
+    models: tuple[str, ...],
+    device: str | None,
+    threads: int,
+    capacity: int | None,
+    heartbeat_interval: float,
+    heartbeat_liveness: int,
+    curve_secret_key: Path | None,
+    curve_server_key: Path | None,
+) -> None:
     """Serve models from a repository to the dispatcher."""
     logs.configure()
-    config = WorkerConfig(repository=repository, dispatcher=dispatcher, name=name, models=models, device=device,
-                          threads=threads or None, capacity=capacity, heartbeat_interval=heartbeat_interval,
-                          heartbeat_liveness=heartbeat_liveness, curve_secret_key=curve_secret_key,
-                          curve_server_key=curve_server_key)
+    config = WorkerConfig(
+        repository=repository,
+        dispatcher=dispatcher,
+        name=name,
+        models=models,
+        device=device,
+        threads=threads or None,
+        capacity=capacity,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_liveness=heartbeat_liveness,
+        curve_secret_key=curve_secret_key,
+        curve_server_key=curve_server_key,
+    )
     sys.exit(run_worker(config))
 
 

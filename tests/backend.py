@@ -18,8 +18,13 @@ from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, w
 FAST_HEARTBEAT = ["--heartbeat-interval", "0.2", "--heartbeat-liveness", "5"]
 
 
-def write_slow_model(repository: Path, name: str = "slow", seconds: float = 0.2, max_batch_size: int = 4,
-                     max_queue_size: int = 8) -> None:
+def write_slow_model(
+    repository: Path,
+    name: str = "slow",
+    seconds: float = 0.2,
+    max_batch_size: int = 4,
+    max_queue_size: int = 8,
+) -> None:
     """Write ``name``, a python-backend model (tests/models/slow_double.py) that sleeps then doubles FP32 [-1, 4]."""
     import torch
     from safetensors.torch import save_file
@@ -28,7 +33,9 @@ def write_slow_model(repository: Path, name: str = "slow", seconds: float = 0.2,
     (folder / "1").mkdir(parents=True)
     module = (ROOT / "tests" / "models" / "slow_double.py").read_text()
     # a module name of its own per model: two slow models in one process must not share sys.modules
-    (folder / f"{name}_model.py").write_text(module.replace("seconds: float = 0.2", f"seconds: float = {seconds!r}"))
+    (folder / f"{name}_model.py").write_text(
+        module.replace("seconds: float = 0.2", f"seconds: float = {seconds!r}")
+    )
     save_file({"scale": torch.tensor(2.0)}, str(folder / "1" / "model.safetensors"))
     (folder / "config.toml").write_text(f"""
 name = "{name}"
@@ -49,7 +56,9 @@ dims = [4]
 """)
 
 
-def slow_repository(root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4) -> Path:
+def slow_repository(
+    root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4
+) -> Path:
     """Write a repository holding only the model `slow` (see :func:`write_slow_model`); return its root."""
     write_slow_model(root, "slow", seconds, max_batch_size, max_queue_size)
     return root
@@ -75,17 +84,40 @@ class Backend:
 
     def start_dispatcher(self, *args: str) -> Any:
         self.dispatcher = self.processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", self.frontend, "--backend", self.backend,
-            *FAST_HEARTBEAT, *args)
+            "dispatcher",
+            "inference_worker.dispatcher",
+            "--frontend",
+            self.frontend,
+            "--backend",
+            self.backend,
+            *FAST_HEARTBEAT,
+            *args,
+        )
         return self.dispatcher
 
     def start_worker(self, name: str, wait: bool = True, repository: Path | None = None) -> Any:
         proc = self.processes.python(
-            name, "inference_worker.worker", "--model-repository", str(repository or self.repository),
-            "--dispatcher", self.backend, "--name", name, "--device", "cpu", "--threads", "1", *FAST_HEARTBEAT)
+            name,
+            "inference_worker.worker",
+            "--model-repository",
+            str(repository or self.repository),
+            "--dispatcher",
+            self.backend,
+            "--name",
+            name,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *FAST_HEARTBEAT,
+        )
         self.workers[name] = proc
         if wait:
-            wait_for(lambda: name in ready_workers(self.context, self.frontend), timeout=120, what=f"worker {name} ready")
+            wait_for(
+                lambda: name in ready_workers(self.context, self.frontend),
+                timeout=120,
+                what=f"worker {name} ready",
+            )
         return proc
 
 
@@ -101,14 +133,27 @@ class Client:
     def close(self) -> None:
         self.socket.close(linger=0)
 
-    def send(self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, deadline: float | None = None,
-             version: str | None = None) -> str:
+    def send(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        timeout: float = 30.0,
+        deadline: float | None = None,
+        version: str | None = None,
+    ) -> str:
         request_id = uuid.uuid4().hex
-        fields: dict[str, Any] = {"id": request_id, "model": model, "deadline": deadline or time.time() + timeout,
-                                  "request_id": request_id, "outputs": []}
+        fields: dict[str, Any] = {
+            "id": request_id,
+            "model": model,
+            "deadline": deadline or time.time() + timeout,
+            "request_id": request_id,
+            "outputs": [],
+        }
         if version:
             fields["version"] = version
-        tensors = [(TensorMeta(name, "FP32", tuple(a.shape)), np.ascontiguousarray(a)) for name, a in inputs.items()]
+        tensors = [
+            (TensorMeta(name, "FP32", tuple(a.shape)), np.ascontiguousarray(a)) for name, a in inputs.items()
+        ]
         self.socket.send_multipart(protocol.encode(Kind.REQUEST, fields, tensors))
         return request_id
 
@@ -122,7 +167,9 @@ class Client:
                 self.answers[str(message.get("id"))] = message
         raise TimeoutError(f"no answer to {request_id} in {timeout}s")
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, **kw: Any) -> protocol.Message:
+    def infer(
+        self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, **kw: Any
+    ) -> protocol.Message:
         return self.receive(self.send(model, inputs, timeout, **kw), timeout + 30)
 
 

@@ -28,7 +28,11 @@ def parse(text: str) -> dict[Sample, float]:
 
 def types(text: str) -> dict[str, str]:
     """Return each family's declared type, by the name on its ``# TYPE`` line."""
-    return {parts[2]: parts[3] for line in text.splitlines() if (parts := line.split()) and line.startswith("# TYPE")}
+    return {
+        parts[2]: parts[3]
+        for line in text.splitlines()
+        if (parts := line.split()) and line.startswith("# TYPE")
+    }
 
 
 def total(samples: Mapping[Sample, float], name: str, **labels: str) -> float:

@@ -24,15 +24,21 @@ from tests.backend import FAST_HEARTBEAT
 from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, dispatcher_status
 
 DIGIT_ROW = [float((i * 7) % 17) for i in range(64)]
-DIGITS_BODY: dict[str, Any] = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}]}
+DIGITS_BODY: dict[str, Any] = {
+    "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}]
+}
+
 
 def copy_digits(repository: Path) -> None:
     shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "digits")
 
 
 def slow_body(rows: int = 1, value: float = 1.0, timeout_us: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"inputs": [{"name": "x", "shape": [rows, 4], "datatype": "FP32",
-                                        "data": [[value] * 4 for _ in range(rows)]}]}
+    body: dict[str, Any] = {
+        "inputs": [
+            {"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": [[value] * 4 for _ in range(rows)]}
+        ]
+    }
     if timeout_us is not None:
         body["parameters"] = {"timeout": timeout_us}
     return body
@@ -67,25 +73,62 @@ class Stack:
     def backend(self) -> str:
         return f"ipc://{self.run_dir}/backend.sock"
 
-    def start(self, workers: dict[str, list[str]], gateway_processes: int = 1, gateway_threads: int = 8,
-              gateway_env: dict[str, str] | None = None, timeout: float = 180.0) -> Stack:
+    def start(
+        self,
+        workers: dict[str, list[str]],
+        gateway_processes: int = 1,
+        gateway_threads: int = 8,
+        gateway_env: dict[str, str] | None = None,
+        timeout: float = 180.0,
+    ) -> Stack:
         """Start the dispatcher, each worker (name -> extra arguments) and gunicorn; wait until ready."""
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.started["dispatcher"] = self.processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", self.frontend, "--backend", self.backend,
-            *FAST_HEARTBEAT)
+            "dispatcher",
+            "inference_worker.dispatcher",
+            "--frontend",
+            self.frontend,
+            "--backend",
+            self.backend,
+            *FAST_HEARTBEAT,
+        )
         for name, extra in workers.items():
             self.started[name] = self.processes.python(
-                name, "inference_worker.worker", "--model-repository", str(self.repository),
-                "--dispatcher", self.backend, "--name", name, "--device", "cpu", "--threads", "1",
-                *FAST_HEARTBEAT, *extra)
-        env = {"TORCHGATE_BIND": f"127.0.0.1:{self.port}", "TORCHGATE_DISPATCHER": self.frontend,
-               "TORCHGATE_MODEL_REPOSITORY": str(self.repository),
-               "TORCHGATE_GATEWAY_PROCESSES": str(gateway_processes),
-               "TORCHGATE_GATEWAY_THREADS": str(gateway_threads), **(gateway_env or {})}
+                name,
+                "inference_worker.worker",
+                "--model-repository",
+                str(self.repository),
+                "--dispatcher",
+                self.backend,
+                "--name",
+                name,
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                *FAST_HEARTBEAT,
+                *extra,
+            )
+        env = {
+            "TORCHGATE_BIND": f"127.0.0.1:{self.port}",
+            "TORCHGATE_DISPATCHER": self.frontend,
+            "TORCHGATE_MODEL_REPOSITORY": str(self.repository),
+            "TORCHGATE_GATEWAY_PROCESSES": str(gateway_processes),
+            "TORCHGATE_GATEWAY_THREADS": str(gateway_threads),
+            **(gateway_env or {}),
+        }
         self.started["gateway"] = self.processes.start(
-            "gateway", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gateway" / "gunicorn_conf.py"),
-                        "gateway.wsgi:app"], env=env)
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gateway" / "gunicorn_conf.py"),
+                "gateway.wsgi:app",
+            ],
+            env=env,
+        )
         self.wait_ready(timeout)
         return self
 
@@ -93,13 +136,18 @@ class Stack:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
-                if requests.get(f"{self.url}/v2/health/ready", headers=self.headers, timeout=2).status_code == 200:
+                if (
+                    requests.get(f"{self.url}/v2/health/ready", headers=self.headers, timeout=2).status_code
+                    == 200
+                ):
                     return
             except requests.RequestException:
                 pass
             for name, proc in self.started.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.processes.log(name)[-3000:]}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode}:\n{self.processes.log(name)[-3000:]}"
+                    )
             time.sleep(0.2)
         logs = "\n".join(f"--- {n}\n{self.processes.log(n)[-2000:]}" for n in self.started)
         raise RuntimeError(f"stack not ready after {timeout}s\n{logs}")
@@ -153,7 +201,9 @@ def call(send: Callable[[], requests.Response]) -> Outcome:
     start = time.monotonic()
     try:
         response = send()
-        return Outcome(response.status_code, time.monotonic() - start, response.text[:1000], dict(response.headers))
+        return Outcome(
+            response.status_code, time.monotonic() - start, response.text[:1000], dict(response.headers)
+        )
     except requests.RequestException as exc:
         return Outcome(0, time.monotonic() - start, f"{type(exc).__name__}: {exc}", {})
 
@@ -168,7 +218,9 @@ class HttpLoad:
     threads: int = 2
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 30.0
-    outcomes: list[tuple[float, Outcome]] = field(default_factory=list)  # (time.monotonic() at the end, outcome)
+    outcomes: list[tuple[float, Outcome]] = field(
+        default_factory=list
+    )  # (time.monotonic() at the end, outcome)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -192,8 +244,11 @@ class HttpLoad:
     def _run(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
-                outcome = call(lambda: session.post(self.url + self.path, json=self.body, headers=self.headers,
-                                                    timeout=self.timeout))
+                outcome = call(
+                    lambda: session.post(
+                        self.url + self.path, json=self.body, headers=self.headers, timeout=self.timeout
+                    )
+                )
                 with self._lock:
                     self.outcomes.append((time.monotonic(), outcome))
 
@@ -214,8 +269,10 @@ class HttpLoad:
         end = time.monotonic() + timeout
         while self.ok < target:
             if time.monotonic() > end:
-                raise AssertionError(f"{count} more successful requests did not come in {timeout}s; "
-                                     f"failures: {[o.describe() for o in self.failures()[-5:]]}")
+                raise AssertionError(
+                    f"{count} more successful requests did not come in {timeout}s; "
+                    f"failures: {[o.describe() for o in self.failures()[-5:]]}"
+                )
             time.sleep(0.05)
 
 

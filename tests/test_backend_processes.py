@@ -34,11 +34,20 @@ def digits_model() -> torch.nn.Module:
     return torch.export.load(str(DEFAULT_REPOSITORY / "digits" / "1" / "model.pt2")).module()
 
 
-def load(backend: Backend, requests: int, threads: int = 8, samples: int = 3, seed: int = 0,
-         during: threading.Event | None = None) -> list[tuple[np.ndarray, object]]:
+def load(
+    backend: Backend,
+    requests: int,
+    threads: int = 8,
+    samples: int = 3,
+    seed: int = 0,
+    during: threading.Event | None = None,
+) -> list[tuple[np.ndarray, object]]:
     """Send ``requests`` digits requests from ``threads`` threads; return (input, answer) pairs."""
     rng = np.random.default_rng(seed)
-    inputs = [rng.integers(0, 17, size=(int(rng.integers(1, samples + 1)), 64)).astype(np.float32) for _ in range(requests)]
+    inputs = [
+        rng.integers(0, 17, size=(int(rng.integers(1, samples + 1)), 64)).astype(np.float32)
+        for _ in range(requests)
+    ]
 
     def run(chunk: list[np.ndarray]) -> list[tuple[np.ndarray, object]]:
         client = Client(backend.context, backend.frontend)
@@ -65,7 +74,9 @@ def assert_all_match(pairs: list[tuple[np.ndarray, object]], model: torch.nn.Mod
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_concurrent_requests_give_exactly_what_the_model_gives(backend: Backend, digits_model: torch.nn.Module) -> None:
+def test_concurrent_requests_give_exactly_what_the_model_gives(
+    backend: Backend, digits_model: torch.nn.Module
+) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     pairs = load(backend, requests=400, threads=8)
@@ -76,7 +87,9 @@ def test_concurrent_requests_give_exactly_what_the_model_gives(backend: Backend,
     assert max(batch_sizes) > 3  # requests of at most 3 samples were batched together
 
 
-def test_kill_9_a_worker_in_flight_and_every_request_completes(backend: Backend, digits_model: torch.nn.Module) -> None:
+def test_kill_9_a_worker_in_flight_and_every_request_completes(
+    backend: Backend, digits_model: torch.nn.Module
+) -> None:
     backend.start_worker("w0")
     victim = backend.start_worker("w1")
     started = threading.Event()
@@ -86,10 +99,16 @@ def test_kill_9_a_worker_in_flight_and_every_request_completes(backend: Backend,
     killer.join(timeout=60)
     assert victim.wait(timeout=10) == -signal.SIGKILL
     assert_all_match(pairs, digits_model)  # every one a REPLY, none lost
-    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0"}, timeout=30, what="w1 out of rotation")
+    wait_for(
+        lambda: ready_workers(backend.context, backend.frontend) == {"w0"},
+        timeout=30,
+        what="w1 out of rotation",
+    )
 
 
-def test_a_third_worker_started_while_running_receives_work(backend: Backend, digits_model: torch.nn.Module) -> None:
+def test_a_third_worker_started_while_running_receives_work(
+    backend: Backend, digits_model: torch.nn.Module
+) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     load(backend, requests=50)
@@ -99,19 +118,26 @@ def test_a_third_worker_started_while_running_receives_work(backend: Backend, di
     assert_all_match(pairs, digits_model)
 
 
-def test_dispatcher_restart_and_service_comes_back_without_help(backend: Backend, digits_model: torch.nn.Module) -> None:
+def test_dispatcher_restart_and_service_comes_back_without_help(
+    backend: Backend, digits_model: torch.nn.Module
+) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     load(backend, requests=20)
     backend.dispatcher.kill()
     backend.dispatcher.wait(timeout=10)
     backend.start_dispatcher()
-    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0", "w1"}, timeout=30,
-             what="workers re-registered with the new dispatcher")
+    wait_for(
+        lambda: ready_workers(backend.context, backend.frontend) == {"w0", "w1"},
+        timeout=30,
+        what="workers re-registered with the new dispatcher",
+    )
     assert_all_match(load(backend, requests=100), digits_model)
 
 
-def test_sigterm_drains_a_worker_with_no_failed_requests(backend: Backend, digits_model: torch.nn.Module) -> None:
+def test_sigterm_drains_a_worker_with_no_failed_requests(
+    backend: Backend, digits_model: torch.nn.Module
+) -> None:
     backend.start_worker("w0")
     leaving = backend.start_worker("w1")
     started = threading.Event()
@@ -128,7 +154,9 @@ def test_sigterm_drains_a_worker_with_no_failed_requests(backend: Backend, digit
 def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Backend, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     (broken / "digits" / "1").mkdir(parents=True)
-    (broken / "digits" / "config.toml").write_text((DEFAULT_REPOSITORY / "digits" / "config.toml").read_text())
+    (broken / "digits" / "config.toml").write_text(
+        (DEFAULT_REPOSITORY / "digits" / "config.toml").read_text()
+    )
     (broken / "digits" / "1" / "model.pt2").write_bytes(b"not a model")
     proc = backend.start_worker("bad", wait=False, repository=broken)
     assert proc.wait(timeout=120) != 0
@@ -164,7 +192,9 @@ def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(ba
     assert reply.kind is Kind.REPLY and reply.get("worker") == "w0"
 
 
-def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Backend, tmp_path: Path) -> None:
+def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(
+    backend: Backend, tmp_path: Path
+) -> None:
     backend.repository = slow_repository(tmp_path / "repo", seconds=0.3, max_queue_size=2, max_batch_size=4)
     backend.start_worker("w0")  # capacity 8 in flight, then 2 queued
     client = Client(backend.context, backend.frontend)
@@ -180,17 +210,27 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Ba
         late = client.infer("slow", {"x": good}, deadline=time.time() - 1)
         assert late.kind is Kind.ERROR and late.get("code") == ErrorCode.DEADLINE_EXCEEDED
         # in one batch, the request that makes the model fail fails alone
-        ids = [client.send("slow", {"x": good}), client.send("slow", {"x": -good}), client.send("slow", {"x": good})]
+        ids = [
+            client.send("slow", {"x": good}),
+            client.send("slow", {"x": -good}),
+            client.send("slow", {"x": good}),
+        ]
         answers = [client.receive(i) for i in ids]
         assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
         assert answers[1].get("code") == ErrorCode.INTERNAL and "ValueError" in answers[1].get("message")
         # an out-of-memory error fails only its own request, and the worker stays up
-        ids = [client.send("slow", {"x": good}), client.send("slow", {"x": good * 1e38}), client.send("slow", {"x": good})]
+        ids = [
+            client.send("slow", {"x": good}),
+            client.send("slow", {"x": good * 1e38}),
+            client.send("slow", {"x": good}),
+        ]
         answers = [client.receive(i) for i in ids]
         assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
         assert answers[1].get("code") == ErrorCode.RESOURCE_EXHAUSTED
         assert backend.workers["w0"].poll() is None
-        wait_for(lambda: _successes(backend) == before + 4, timeout=10, what="stats to count four more successes")
+        wait_for(
+            lambda: _successes(backend) == before + 4, timeout=10, what="stats to count four more successes"
+        )
     finally:
         client.close()
 

@@ -7,8 +7,17 @@ from inference_worker.batching import Batcher, Pending
 MS = 1_000_000
 
 
-def item(seq: int, at_ms: float, samples: int = 1, key: object = "k", deadline: float = float("inf")) -> Pending:
-    return Pending(seq=seq, model=("m", "1"), batch_key=key, samples=samples, arrived_ns=int(at_ms * MS), deadline=deadline)
+def item(
+    seq: int, at_ms: float, samples: int = 1, key: object = "k", deadline: float = float("inf")
+) -> Pending:
+    return Pending(
+        seq=seq,
+        model=("m", "1"),
+        batch_key=key,
+        samples=samples,
+        arrived_ns=int(at_ms * MS),
+        deadline=deadline,
+    )
 
 
 def test_waits_for_the_delay_then_runs_what_it_has() -> None:

@@ -58,10 +58,18 @@ def test_workers_per_gpu_and_spares_on_a_subset_of_gpus(tmp_path: Path) -> None:
     s = DeploySettings(run_dir=tmp_path / "run", gpus=(1, 3), workers_per_gpu=2, spare_slots=1)
     procs = programs(realize(s))
     workers = {name: p for name, p in procs.items() if name.startswith("worker-")}
-    assert sorted(workers) == ["worker-gpu1-0", "worker-gpu1-1", "worker-gpu1-2",
-                               "worker-gpu3-0", "worker-gpu3-1", "worker-gpu3-2"]
+    assert sorted(workers) == [
+        "worker-gpu1-0",
+        "worker-gpu1-1",
+        "worker-gpu1-2",
+        "worker-gpu3-0",
+        "worker-gpu3-1",
+        "worker-gpu3-2",
+    ]
     assert {n for n, p in workers.items() if not p.autostart} == {"worker-gpu1-2", "worker-gpu3-2"}
-    assert {p.environment["CUDA_VISIBLE_DEVICES"] for n, p in workers.items() if n.startswith("worker-gpu3")} == {"3"}
+    assert {
+        p.environment["CUDA_VISIBLE_DEVICES"] for n, p in workers.items() if n.startswith("worker-gpu3")
+    } == {"3"}
 
 
 def test_laptop_defaults_render_cpu_slots_and_a_stopped_spare(tmp_path: Path) -> None:
@@ -83,8 +91,15 @@ def test_every_program_is_its_own_group_so_update_restarts_nothing_else(tmp_path
 
 
 def test_process_settings_are_robust(tmp_path: Path) -> None:
-    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, drain_seconds=45, worker_startsecs=7,
-                       worker_startretries=2, log_maxbytes=1234, log_backups=3)
+    s = DeploySettings(
+        run_dir=tmp_path / "run",
+        cpu_workers=1,
+        drain_seconds=45,
+        worker_startsecs=7,
+        worker_startretries=2,
+        log_maxbytes=1234,
+        log_backups=3,
+    )
     procs = programs(realize(s))
     worker = procs["worker-cpu-0"]
     assert worker.stopwaitsecs > 45 and worker.startsecs == 7 and worker.startretries == 2
@@ -109,7 +124,10 @@ def test_sockets_are_ipc_in_an_owner_only_directory(tmp_path: Path) -> None:
     procs = programs(options)
     sockets = s.run_dir / "sockets"
     assert stat.S_IMODE(os.stat(sockets).st_mode) == 0o700
-    assert f"--frontend ipc://{sockets}/frontend.sock --backend ipc://{sockets}/backend.sock" in procs["dispatcher"].command
+    assert (
+        f"--frontend ipc://{sockets}/frontend.sock --backend ipc://{sockets}/backend.sock"
+        in procs["dispatcher"].command
+    )
     assert f"--dispatcher ipc://{sockets}/backend.sock" in procs["worker-cpu-0"].command
     assert procs["gateway"].environment["TORCHGATE_DISPATCHER"] == f"ipc://{sockets}/frontend.sock"
     assert procs["gateway"].environment["PROMETHEUS_MULTIPROC_DIR"] == str(s.run_dir / "metrics")
@@ -163,15 +181,18 @@ def test_settings_round_trip_through_the_run_directory(tmp_path: Path) -> None:
         DeploySettings.from_json(json.dumps(raw))
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"cpu_workers": 0}, "no worker slots"),
-    ({"gpus": (1, 1)}, "distinct"),
-    ({"port": 70000}, "port"),
-    ({"gateway_threads": 0}, "gateway_threads"),
-    ({"run_dir": Path("/tmp") / ("x" * 120)}, "socket path"),
-    ({"models": ("a,b",)}, "commas"),
-    ({"run_dir": Path("/tmp/100%")}, "'%'"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cpu_workers": 0}, "no worker slots"),
+        ({"gpus": (1, 1)}, "distinct"),
+        ({"port": 70000}, "port"),
+        ({"gateway_threads": 0}, "gateway_threads"),
+        ({"run_dir": Path("/tmp") / ("x" * 120)}, "socket path"),
+        ({"models": ("a,b",)}, "commas"),
+        ({"run_dir": Path("/tmp/100%")}, "'%'"),
+    ],
+)
 def test_impossible_settings_are_refused(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DeploySettings(**{"run_dir": tmp_path / "run", "cpu_workers": 1, **changes})
@@ -199,11 +220,14 @@ def test_default_worker_threads_share_the_cores() -> None:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    code = ("import sys\nfrom deploy.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\nsys.exit(code)\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60, check=False)
+    code = (
+        "import sys\nfrom deploy.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\nsys.exit(code)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
+    )
 
 
 def test_render_command_writes_the_run_directory_without_importing_torch(tmp_path: Path) -> None:
@@ -251,7 +275,9 @@ def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path:
     repository = tmp_path / "repo"
     (repository / "digits" / "1").mkdir(parents=True)
     (repository / "digits" / "config.toml").write_text('name = "digits"\nbackend = "onnx"\n')
-    done = run_cli("serve", "--run-dir", "run", "--gpus", "none", "--model-repository", str(repository), cwd=tmp_path)
+    done = run_cli(
+        "serve", "--run-dir", "run", "--gpus", "none", "--model-repository", str(repository), cwd=tmp_path
+    )
     assert done.returncode == 1
     assert "config.toml" in done.stderr and "'backend'" in done.stderr
     assert not (tmp_path / "run" / "supervisord.pid").exists()

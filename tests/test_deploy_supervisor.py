@@ -29,9 +29,75 @@ from deploy.supervisor_rpc import FATAL, RUNNING, STOPPED, Supervisor
 from tests.conftest import DEFAULT_REPOSITORY, wait_for
 
 BIN = Path(sys.executable).parent
-DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0,
-         0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
-INFER_BODY: dict[str, Any] = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
+DIGIT = [
+    0,
+    0,
+    5,
+    13,
+    9,
+    1,
+    0,
+    0,
+    0,
+    0,
+    13,
+    15,
+    10,
+    15,
+    5,
+    0,
+    0,
+    3,
+    15,
+    2,
+    0,
+    11,
+    8,
+    0,
+    0,
+    4,
+    12,
+    0,
+    0,
+    8,
+    8,
+    0,
+    0,
+    5,
+    8,
+    0,
+    0,
+    9,
+    8,
+    0,
+    0,
+    4,
+    11,
+    0,
+    1,
+    12,
+    7,
+    0,
+    0,
+    2,
+    14,
+    5,
+    10,
+    12,
+    0,
+    0,
+    0,
+    0,
+    6,
+    13,
+    10,
+    0,
+    0,
+    0,
+]
+INFER_BODY: dict[str, Any] = {
+    "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]
+}
 COMMAND_TIMEOUT = 120.0
 
 
@@ -51,13 +117,20 @@ class Deployment:
         self.output = open(run_dir.parent / "serve.out", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(BIN / "torchgate"), "serve", "--run-dir", str(run_dir), "--port", str(self.port), *options],
-            stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.settings: DeploySettings | None = None
 
     def wait_serving(self, timeout: float = 90.0) -> None:
         """Wait until `torchgate serve` says it serves (it checked readiness itself); fail if it exited."""
-        wait_for(lambda: self.proc.poll() is not None or "torchgate: serving" in self.log(), timeout=timeout,
-                 interval=0.2, what="torchgate serve to print its URL")
+        wait_for(
+            lambda: self.proc.poll() is not None or "torchgate: serving" in self.log(),
+            timeout=timeout,
+            interval=0.2,
+            what="torchgate serve to print its URL",
+        )
         assert self.proc.poll() is None, self.log()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -66,13 +139,21 @@ class Deployment:
 
     def wait_slots(self, *names: str, timeout: float = 60.0) -> None:
         """Wait until exactly these slots are ready in the dispatcher (readiness needs only one per model)."""
-        wait_for(lambda: self.ready_slots() == set(names), timeout=timeout, interval=0.2,
-                 what=f"slots {sorted(names)} to be ready")
+        wait_for(
+            lambda: self.ready_slots() == set(names),
+            timeout=timeout,
+            interval=0.2,
+            what=f"slots {sorted(names)} to be ready",
+        )
 
     def wait_supervisor(self, timeout: float = 60.0) -> None:
         conf = self.run_dir / "deploy.json"
-        wait_for(lambda: self.proc.poll() is not None or (conf.exists() and self.supervisor.is_up()),
-                 timeout=timeout, interval=0.2, what="supervisord to answer")
+        wait_for(
+            lambda: self.proc.poll() is not None or (conf.exists() and self.supervisor.is_up()),
+            timeout=timeout,
+            interval=0.2,
+            what="supervisord to answer",
+        )
         assert self.proc.poll() is None, self.log()
 
     @property
@@ -94,12 +175,22 @@ class Deployment:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run supervisorctl against this run directory, as an operator would."""
-        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.run_dir / "supervisord.conf"), *args],
-                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        return subprocess.run(
+            [str(BIN / "supervisorctl"), "-c", str(self.run_dir / "supervisord.conf"), *args],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
 
     def torchgate(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "torchgate"), *args, "--run-dir", str(self.run_dir)],
-                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        return subprocess.run(
+            [str(BIN / "torchgate"), *args, "--run-dir", str(self.run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
 
     def ready_slots(self) -> set[str]:
         try:
@@ -175,7 +266,11 @@ class Load:
             while not self._stop.is_set():
                 try:
                     response = session.post(f"{self.url}/v2/models/digits/infer", json=INFER_BODY, timeout=30)
-                    outcome = None if response.status_code == 200 else f"{response.status_code} {response.text[:200]}"
+                    outcome = (
+                        None
+                        if response.status_code == 200
+                        else f"{response.status_code} {response.text[:200]}"
+                    )
                 except requests.RequestException as exc:
                     outcome = f"{type(exc).__name__}: {exc}"
                 with self._lock:
@@ -187,7 +282,11 @@ class Load:
     def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` more requests succeeded (so the load really ran across a change)."""
         target = self.ok + count
-        wait_for(lambda: self.ok >= target or self.failures, timeout=timeout, what=f"{count} more answered requests")
+        wait_for(
+            lambda: self.ok >= target or self.failures,
+            timeout=timeout,
+            what=f"{count} more answered requests",
+        )
 
 
 @pytest.fixture
@@ -202,8 +301,21 @@ def run_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def deployment(run_dir: Path) -> Iterator[Deployment]:
-    d = Deployment(run_dir, "--gpus", "none", "--cpu-workers", "2", "--spare-slots", "1", "--worker-threads", "1",
-                   "--worker-startsecs", "2", "--gateway-threads", "4")
+    d = Deployment(
+        run_dir,
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "2",
+        "--spare-slots",
+        "1",
+        "--worker-threads",
+        "1",
+        "--worker-startsecs",
+        "2",
+        "--gateway-threads",
+        "4",
+    )
     try:
         d.wait_ready()
         d.wait_slots("worker-cpu-0", "worker-cpu-1")
@@ -277,7 +389,10 @@ def test_rolling_restart_under_load_fails_no_request(deployment: Deployment) -> 
     assert "worker-cpu-2" not in after  # the stopped spare stays stopped
     statuses = worker_statuses(d.s.frontend_endpoint)
     assert {n for n, w in statuses.items() if w.ready} == {"worker-cpu-0", "worker-cpu-1"}
-    assert {statuses[n].pid for n in ("worker-cpu-0", "worker-cpu-1")} == {after["worker-cpu-0"], after["worker-cpu-1"]}
+    assert {statuses[n].pid for n in ("worker-cpu-0", "worker-cpu-1")} == {
+        after["worker-cpu-0"],
+        after["worker-cpu-1"],
+    }
 
     # SIGTERM to `torchgate serve` (what Ctrl-C and systemd do) stops everything, each worker drained.
     assert d.terminate() == 0, d.log()[-2000:]
@@ -292,8 +407,21 @@ def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_d
     repository = run_dir.parent / "broken"
     shutil.copytree(DEFAULT_REPOSITORY, repository)
     (repository / "digits" / "1" / "model.pt2").write_bytes(b"not a model")
-    d = Deployment(run_dir, "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "1",
-                   "--worker-startsecs", "30", "--worker-startretries", "1", "--ready-timeout", "60")
+    d = Deployment(
+        run_dir,
+        "--model-repository",
+        str(repository),
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "1",
+        "--worker-startsecs",
+        "30",
+        "--worker-startretries",
+        "1",
+        "--ready-timeout",
+        "60",
+    )
     try:
         d.wait_supervisor()
         sup = d.supervisor
@@ -302,7 +430,9 @@ def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_d
         log = (run_dir / "logs" / "worker-cpu-0.log").read_text()
         assert "cannot load" in log and "model.pt2" in log
         assert sup.info("gateway")["statename"] == RUNNING and sup.info("dispatcher")["statename"] == RUNNING
-        wait_for(lambda: "worker-cpu-0 is FATAL" in d.log(), timeout=30, what="serve to report the FATAL slot")
+        wait_for(
+            lambda: "worker-cpu-0 is FATAL" in d.log(), timeout=30, what="serve to report the FATAL slot"
+        )
         assert requests.get(f"{d.url}/v2/health/ready", timeout=5).status_code != 200
         started = time.monotonic()
         response = requests.post(f"{d.url}/v2/models/digits/infer", json=INFER_BODY, timeout=30)
@@ -318,8 +448,21 @@ def test_a_model_that_fails_to_load_goes_fatal_and_requests_get_a_fast_503(run_d
 def test_rolling_restart_stops_at_a_slot_that_cannot_load_and_the_others_keep_serving(run_dir: Path) -> None:
     repository = run_dir.parent / "repository"
     shutil.copytree(DEFAULT_REPOSITORY, repository)
-    d = Deployment(run_dir, "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2",
-                   "--worker-threads", "1", "--worker-startsecs", "30", "--worker-startretries", "0")
+    d = Deployment(
+        run_dir,
+        "--model-repository",
+        str(repository),
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "2",
+        "--worker-threads",
+        "1",
+        "--worker-startsecs",
+        "30",
+        "--worker-startretries",
+        "0",
+    )
     try:
         d.wait_ready()
         d.wait_slots("worker-cpu-0", "worker-cpu-1")
@@ -345,8 +488,13 @@ def _cuda_usable() -> bool:
 
     if not discover_gpus():
         return False
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=120, check=False)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return probe.stdout.strip() == "True"
 
 

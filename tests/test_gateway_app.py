@@ -28,9 +28,14 @@ DIGITS_ROW = [float(i % 17) for i in range(64)]
 
 
 def make_app(tmp_path: Path, repository: Path = DEFAULT_REPOSITORY, **overrides: object) -> Flask:
-    settings: dict[str, object] = {"dispatcher": f"ipc://{tmp_path}/nobody-listens.sock",
-                                   "model_repository": str(repository), "status_timeout": 0.2,
-                                   "unresponsive_after": 0.3, "poll_interval": 0.1, **overrides}
+    settings: dict[str, object] = {
+        "dispatcher": f"ipc://{tmp_path}/nobody-listens.sock",
+        "model_repository": str(repository),
+        "status_timeout": 0.2,
+        "unresponsive_after": 0.3,
+        "poll_interval": 0.1,
+        **overrides,
+    }
     return create_app(GatewayConfig(**settings))  # type: ignore[arg-type]
 
 
@@ -47,7 +52,9 @@ def client(app: Flask) -> FlaskClient:
 
 
 def infer_body(shape: list[int], data: object, datatype: str = "FP32", name: str = "input") -> bytes:
-    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
+    ).encode()
 
 
 def test_liveness_and_metadata(client: FlaskClient) -> None:
@@ -55,9 +62,13 @@ def test_liveness_and_metadata(client: FlaskClient) -> None:
     server = client.get("/v2").get_json()
     assert server["name"] == "torchgate" and "binary_tensor_data" in server["extensions"]
     meta = client.get("/v2/models/digits").get_json()
-    assert meta == {"name": "digits", "versions": ["1"], "platform": "pytorch_export",
-                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-                    "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]}
+    assert meta == {
+        "name": "digits",
+        "versions": ["1"],
+        "platform": "pytorch_export",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}],
+    }
     assert client.get("/v2/models/digits/versions/1").get_json()["versions"] == ["1"]
     config = client.get("/v2/models/digits/config").get_json()
     assert config["max_batch_size"] == 64
@@ -67,8 +78,16 @@ def test_liveness_and_metadata(client: FlaskClient) -> None:
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == expected.max_queue_size
 
 
-@pytest.mark.parametrize("path", ["/v2/models/nope", "/v2/models/nope/config", "/v2/models/digits/versions/7",
-                                  "/v2/models/digits/versions/7/ready", "/v2/models/nope/stats"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/nope",
+        "/v2/models/nope/config",
+        "/v2/models/digits/versions/7",
+        "/v2/models/digits/versions/7/ready",
+        "/v2/models/nope/stats",
+    ],
+)
 def test_unknown_models_and_versions_are_404(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404 and "error" in response.get_json()
@@ -76,8 +95,10 @@ def test_unknown_models_and_versions_are_404(client: FlaskClient, path: str) -> 
 
 def test_readiness_without_a_dispatcher_is_false(client: FlaskClient) -> None:
     response = client.get("/v2/health/ready")  # the status query gives up after status_timeout
-    assert response.status_code == 400 and response.get_json() == {"ready": False,
-                                                                   "error": "the dispatcher does not answer"}
+    assert response.status_code == 400 and response.get_json() == {
+        "ready": False,
+        "error": "the dispatcher does not answer",
+    }
     assert client.get("/v2/models/digits/ready").status_code == 400
     assert client.get("/v2/models/stats").status_code == 503
 
@@ -90,24 +111,33 @@ def test_inference_without_a_dispatcher_is_503_with_retry_after(client: FlaskCli
 
 def test_deadline_without_an_answer_is_504(tmp_path: Path) -> None:
     app = make_app(tmp_path, unresponsive_after=60.0)
-    body = json.dumps({"parameters": {"timeout": 200_000},
-                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": DIGITS_ROW}]})
+    body = json.dumps(
+        {
+            "parameters": {"timeout": 200_000},
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": DIGITS_ROW}],
+        }
+    )
     response = app.test_client().post("/v2/models/digits/infer", data=body)
     app.extensions["torchgate"].client.close()
     assert response.status_code == 504 and "deadline" in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("body, message", [
-    (infer_body([1, 63], DIGITS_ROW[:63]), "shape \\[1, 63\\] does not fit \\[-1, 64\\]"),
-    (infer_body([65, 64], [DIGITS_ROW] * 65), "batch size 65 exceeds"),
-    (infer_body([1, 64], DIGITS_ROW, datatype="FP64"), "datatype FP64, expected FP32"),
-    (infer_body([1, 64], DIGITS_ROW, name="pixels"), "no input 'pixels'"),
-    (infer_body([1, 64], DIGITS_ROW[:10]), "holds 10 elements"),
-    (infer_body([1, 64], ["x"] * 64), "must be numbers"),
-    (b"{not json", "not valid JSON"),
-    (b"[" * 50_000, "nested too deeply"),
-])
-def test_bad_infer_requests_are_400_naming_the_problem(client: FlaskClient, body: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (infer_body([1, 63], DIGITS_ROW[:63]), "shape \\[1, 63\\] does not fit \\[-1, 64\\]"),
+        (infer_body([65, 64], [DIGITS_ROW] * 65), "batch size 65 exceeds"),
+        (infer_body([1, 64], DIGITS_ROW, datatype="FP64"), "datatype FP64, expected FP32"),
+        (infer_body([1, 64], DIGITS_ROW, name="pixels"), "no input 'pixels'"),
+        (infer_body([1, 64], DIGITS_ROW[:10]), "holds 10 elements"),
+        (infer_body([1, 64], ["x"] * 64), "must be numbers"),
+        (b"{not json", "not valid JSON"),
+        (b"[" * 50_000, "nested too deeply"),
+    ],
+)
+def test_bad_infer_requests_are_400_naming_the_problem(
+    client: FlaskClient, body: bytes, message: str
+) -> None:
     response = client.post("/v2/models/digits/infer", data=body)
     assert response.status_code == 400, response.data
     assert re.search(message, response.get_json()["error"])
@@ -118,11 +148,19 @@ def test_fp16_output_as_json_is_refused_before_inference(tmp_path: Path) -> None
     write_model(tmp_path / "repo", "half", [1])
     (folder / "config.toml").write_text((folder / "config.toml").read_text().replace('"FP32"', '"FP16"'))
     app = make_app(tmp_path, repository=tmp_path / "repo")
-    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP16", "shape": [1, 2],
-                                     "parameters": {"binary_data_size": 4}}],
-                         "outputs": [{"name": "y"}]}).encode()
-    response = app.test_client().post("/v2/models/half/infer", data=header + b"\x00" * 4,
-                                      headers={"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP16", "shape": [1, 2], "parameters": {"binary_data_size": 4}}
+            ],
+            "outputs": [{"name": "y"}],
+        }
+    ).encode()
+    response = app.test_client().post(
+        "/v2/models/half/infer",
+        data=header + b"\x00" * 4,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert response.status_code == 400 and "travels only as binary" in response.get_json()["error"]
 
 
@@ -139,7 +177,9 @@ def test_body_limit_is_413_plain_and_gzipped(tmp_path: Path) -> None:
     assert response.status_code == 413
     ok_small = gzip.compress(infer_body([1, 63], DIGITS_ROW[:63]))
     response = client.post("/v2/models/digits/infer", data=ok_small, headers={"Content-Encoding": "gzip"})
-    assert response.status_code == 400 and "does not fit" in response.get_json()["error"]  # decoded, then validated
+    assert (
+        response.status_code == 400 and "does not fit" in response.get_json()["error"]
+    )  # decoded, then validated
 
 
 def test_predict_contract_errors(client: FlaskClient) -> None:
@@ -156,21 +196,25 @@ def test_predict_needs_a_model_name_when_there_are_several(tmp_path: Path) -> No
     write_model(tmp_path / "repo", "b", [1])
     app = make_app(tmp_path, repository=tmp_path / "repo")
     response = app.test_client().post("/predict", json={"input": [1, 2]})
-    assert response.status_code == 400 and "name a \"model\"" in response.get_json()["error"]
+    assert response.status_code == 400 and 'name a "model"' in response.get_json()["error"]
 
 
 def test_routing_errors_are_json(client: FlaskClient) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404 and response.get_json() == {"error": "no such endpoint: /nowhere"}
     response = client.get("/v2/models/digits/infer")
-    assert response.status_code == 405 and "POST" in response.headers["Allow"] and "error" in response.get_json()
+    assert (
+        response.status_code == 405 and "POST" in response.headers["Allow"] and "error" in response.get_json()
+    )
 
 
 def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
     assert client.get("/v2", headers={"X-Request-ID": "trace-42"}).headers["X-Request-ID"] == "trace-42"
     made = client.get("/v2").headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", made)
-    assert client.get("/v2", headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"] != "bad id"
+    assert (
+        client.get("/v2", headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"] != "bad id"
+    )
 
 
 def test_bearer_token(tmp_path: Path) -> None:
@@ -189,7 +233,9 @@ def test_unexpected_errors_are_500_without_details(app: Flask, client: FlaskClie
     app.extensions["torchgate"].catalog.get = broken
     response = client.get("/v2/models/digits")
     assert response.status_code == 500
-    assert "secret" not in response.get_data(as_text=True) and "Traceback" not in response.get_data(as_text=True)
+    assert "secret" not in response.get_data(as_text=True) and "Traceback" not in response.get_data(
+        as_text=True
+    )
     assert response.get_json()["error"]
 
 
@@ -200,7 +246,10 @@ def test_repository_index_rescans(tmp_path: Path) -> None:
     write_model(tmp_path / "repo", "b", [1])
     index = client.post("/v2/repository/index").get_json()
     assert [(e["name"], e["version"], e["state"]) for e in index] == [
-        ("a", "1", "UNAVAILABLE"), ("a", "2", "UNAVAILABLE"), ("b", "1", "UNAVAILABLE")]
+        ("a", "1", "UNAVAILABLE"),
+        ("a", "2", "UNAVAILABLE"),
+        ("b", "1", "UNAVAILABLE"),
+    ]
     assert client.post("/v2/repository/index", json={"ready": True}).get_json() == []
     assert client.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
 
@@ -236,16 +285,30 @@ assert client.post("/v2/models/digits/infer", data=body).status_code == 400
 assert client.post("/predict", json={"input": [1]}).status_code == 400
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
-                                 "TORCHGATE_DISPATCHER": "ipc:///nonexistent/y.sock"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
+            "TORCHGATE_DISPATCHER": "ipc:///nonexistent/y.sock",
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_config_from_env() -> None:
-    config = GatewayConfig.from_env({"TORCHGATE_MAX_BODY_BYTES": "2048", "TORCHGATE_DEFAULT_TIMEOUT": "5",
-                                     "TORCHGATE_DISPATCHER": "ipc:///x"})
+    config = GatewayConfig.from_env(
+        {
+            "TORCHGATE_MAX_BODY_BYTES": "2048",
+            "TORCHGATE_DEFAULT_TIMEOUT": "5",
+            "TORCHGATE_DISPATCHER": "ipc:///x",
+        }
+    )
     assert (config.max_body_bytes, config.default_timeout, config.dispatcher) == (2048, 5.0, "ipc:///x")
     assert GatewayConfig.from_env({}).max_body_bytes == 64 << 20
     with pytest.raises(ValueError, match="TORCHGATE_MAX_BODY_BYTES='lots' is not a valid int"):

@@ -33,8 +33,12 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     run_dir.mkdir(mode=0o700)
     processes = Processes(root)
     context = zmq.Context()
-    backend = Backend(processes, context, run_dir, slow_repository(root / "repo", seconds=SLOW_SECONDS,
-                                                                    max_queue_size=64, max_batch_size=8))
+    backend = Backend(
+        processes,
+        context,
+        run_dir,
+        slow_repository(root / "repo", seconds=SLOW_SECONDS, max_queue_size=64, max_batch_size=8),
+    )
     try:
         backend.start_dispatcher()
         backend.start_worker("w0")
@@ -46,8 +50,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
 @pytest.fixture
 def client(backend: Backend) -> Iterator[DispatcherClient]:
-    client = DispatcherClient(backend.frontend, status_ttl=0.2, status_timeout=1.0, poll_interval=0.2,
-                              unresponsive_after=5.0)
+    client = DispatcherClient(
+        backend.frontend, status_ttl=0.2, status_timeout=1.0, poll_interval=0.2, unresponsive_after=5.0
+    )
     yield client
     client.close()
 
@@ -84,7 +89,12 @@ def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherCli
     with pytest.raises(DeadlineExceeded):
         client.infer("slow", None, [x_tensor([1, 1, 1, 1])], [], time.time() + SLOW_SECONDS / 4)
     # the same thread (and socket) asks again while the late answer to [1, 1, 1, 1] is still coming
-    assert doubled(client.infer("slow", None, [x_tensor([5, 6, 7, 8])], [], time.time() + 30)) == [10, 12, 14, 16]
+    assert doubled(client.infer("slow", None, [x_tensor([5, 6, 7, 8])], [], time.time() + 30)) == [
+        10,
+        12,
+        14,
+        16,
+    ]
 
 
 def test_errors_come_back_with_their_code(client: DispatcherClient) -> None:
@@ -121,8 +131,9 @@ def test_a_forked_child_uses_its_own_socket(client: DispatcherClient) -> None:
 
 
 def test_nobody_listening_is_a_quick_503(tmp_path: Path) -> None:
-    client = DispatcherClient(f"ipc://{tmp_path}/nobody.sock", status_timeout=0.3, poll_interval=0.1,
-                              unresponsive_after=0.5)
+    client = DispatcherClient(
+        f"ipc://{tmp_path}/nobody.sock", status_timeout=0.3, poll_interval=0.1, unresponsive_after=0.5
+    )
     try:
         with pytest.raises(Unavailable):
             client.status()
@@ -134,20 +145,28 @@ def test_nobody_listening_is_a_quick_503(tmp_path: Path) -> None:
         client.close()
 
 
-def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(backend: Backend, client: DispatcherClient,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(
+    backend: Backend, client: DispatcherClient, caplog: pytest.LogCaptureFixture
+) -> None:
     """Kill -9 the dispatcher while a request computes; the new one does not know it, so it is sent again."""
     caplog.set_level(logging.INFO, logger="torchgate.gateway")
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(client.infer, "slow", None, [x_tensor([9, 8, 7, 6])], [], time.time() + 60)
-        wait_for(lambda: any(w["in_flight"] for w in client.status()["workers"]), timeout=30, interval=0.01,
-                 what="the request in flight on the worker")
+        wait_for(
+            lambda: any(w["in_flight"] for w in client.status()["workers"]),
+            timeout=30,
+            interval=0.01,
+            what="the request in flight on the worker",
+        )
         backend.dispatcher.kill()
         backend.dispatcher.wait(timeout=10)
         backend.start_dispatcher()
         assert doubled(future.result(timeout=90)) == [18, 16, 14, 12]  # sent again once w0 re-registered
     assert "unknown to the dispatcher; sending it again" in caplog.text
-    wait_for(lambda: ready_workers(backend.context, backend.frontend) == {"w0"}, timeout=30,
-             what="the worker re-registered")
+    wait_for(
+        lambda: ready_workers(backend.context, backend.frontend) == {"w0"},
+        timeout=30,
+        what="the worker re-registered",
+    )
     # service is back without help, on the same sockets
     assert doubled(client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30)) == [2, 4, 6, 8]

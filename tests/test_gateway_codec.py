@@ -33,16 +33,21 @@ def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
 def test_json_request_nested_and_flat_give_the_same_bytes() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     nested = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.tolist()}]})
-    flat = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.ravel().tolist()}]})
+    flat = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": x.ravel().tolist()}]}
+    )
     a, b = parse_infer_request(nested.encode(), None), parse_infer_request(flat.encode(), None)
     assert bytes(a.inputs[0].data) == bytes(b.inputs[0].data) == x.tobytes()
     assert a.inputs[0].shape == (2, 3) and a.inputs[0].datatype == "FP32"
 
 
 def test_request_fields_and_parameters() -> None:
-    doc = {"id": "abc", "parameters": {"timeout": 1500, "priority": 2, "binary_data_output": True},
-           "inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, -2]}],
-           "outputs": [{"name": "y", "parameters": {"binary_data": False}}, {"name": "z"}]}
+    doc = {
+        "id": "abc",
+        "parameters": {"timeout": 1500, "priority": 2, "binary_data_output": True},
+        "inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, -2]}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": False}}, {"name": "z"}],
+    }
     request = parse_infer_request(json.dumps(doc).encode(), None, header_id="from-header")
     assert request.id == "abc" and request.timeout_us == 1500 and request.priority == 2
     assert request.binary_data_output is True
@@ -55,10 +60,13 @@ def test_request_fields_and_parameters() -> None:
 def test_binary_inputs_are_sliced_in_order() -> None:
     a = np.arange(4, dtype=np.float16)
     b = np.array([True, False, True])
-    header = {"inputs": [
-        {"name": "a", "datatype": "FP16", "shape": [4], "parameters": {"binary_data_size": a.nbytes}},
-        {"name": "j", "datatype": "INT64", "shape": [1], "data": [7]},
-        {"name": "b", "datatype": "BOOL", "shape": [3], "parameters": {"binary_data_size": 3}}]}
+    header = {
+        "inputs": [
+            {"name": "a", "datatype": "FP16", "shape": [4], "parameters": {"binary_data_size": a.nbytes}},
+            {"name": "j", "datatype": "INT64", "shape": [1], "data": [7]},
+            {"name": "b", "datatype": "BOOL", "shape": [3], "parameters": {"binary_data_size": 3}},
+        ]
+    }
     body, length = binary_body(header, a.tobytes(), b.tobytes())
     request = parse_infer_request(body, length)
     by_name = {t.name: t for t in request.inputs}
@@ -67,20 +75,29 @@ def test_binary_inputs_are_sliced_in_order() -> None:
     assert np.frombuffer(by_name["j"].data, "<i8").tolist() == [7]
 
 
-@pytest.mark.parametrize("sizes, blob, message", [
-    ([8], b"\x00" * 12, "add up to 8 bytes but 12"),
-    ([16], b"\x00" * 8, "runs past the end"),
-])
+@pytest.mark.parametrize(
+    "sizes, blob, message",
+    [
+        ([8], b"\x00" * 12, "add up to 8 bytes but 12"),
+        ([16], b"\x00" * 8, "runs past the end"),
+    ],
+)
 def test_binary_sizes_that_do_not_add_up(sizes: list[int], blob: bytes, message: str) -> None:
-    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
-                          "parameters": {"binary_data_size": s}} for s in sizes]}
+    header = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": s}}
+            for s in sizes
+        ]
+    }
     body, length = binary_body(header, blob)
     with pytest.raises(InvalidArgument, match=message):
         parse_infer_request(body, length)
 
 
 def test_binary_sizes_without_the_header_length() -> None:
-    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}
+    header = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]
+    }
     with pytest.raises(InvalidArgument, match="send the Inference-Header-Content-Length header"):
         parse_infer_request(json.dumps(header).encode(), None)
 
@@ -97,38 +114,90 @@ def test_raw_binary_request_keeps_the_body() -> None:
     assert request.binary_data_output is True and request.inputs == []
 
 
-@pytest.mark.parametrize("doc, message", [
-    ([], "JSON object"),
-    ({"inputs": []}, "'inputs' must be a list"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, "needs 'data'"),
-    ({"inputs": [{"name": "x", "datatype": "STRING", "shape": [1], "data": [1]}]}, "datatype 'STRING'"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}, "non-negative"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [True], "data": [1]}]}, "non-negative"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}, "holds 2 elements, shape \\[3\\] needs 3"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1, 2], [3]]}]}, "ragged"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}]}, "must be numbers, got strings"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [True, False]}]}, "must be numbers, got booleans"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [None]}]}, "non-numeric"),
-    ({"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1.5, 2]}]}, "must be integers"),
-    ({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}, "out of the range of INT8"),
-    ({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [-1]}]}, "out of the range of UINT8"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e300]}]}, "out of the range of FP32"),
-    ({"inputs": [{"name": "x", "datatype": "BOOL", "shape": [2], "data": [1, 0]}]}, "true/false"),
-    ({"inputs": [{"name": "x", "datatype": "FP16", "shape": [1], "data": [1.0]}]}, "FP16 data must be sent as binary"),
-    ({"inputs": [{"name": "x", "datatype": "BF16", "shape": [1], "data": [1.0]}]}, "BF16 data must be sent as binary"),
-    ({"id": 5, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, "'id' must be a string"),
-    ({"parameters": {"timeout": -1}, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, "timeout"),
-    ({"parameters": {"binary_data_output": 1}, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]},
-     "binary_data_output"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{"nom": "y"}]}, "'name'"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ([], "JSON object"),
+        ({"inputs": []}, "'inputs' must be a list"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, "needs 'data'"),
+        ({"inputs": [{"name": "x", "datatype": "STRING", "shape": [1], "data": [1]}]}, "datatype 'STRING'"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}, "non-negative"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [True], "data": [1]}]}, "non-negative"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]},
+            "holds 2 elements, shape \\[3\\] needs 3",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1, 2], [3]]}]}, "ragged"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}]},
+            "must be numbers, got strings",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [True, False]}]},
+            "must be numbers, got booleans",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [None]}]}, "non-numeric"),
+        (
+            {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1.5, 2]}]},
+            "must be integers",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]},
+            "out of the range of INT8",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [-1]}]},
+            "out of the range of UINT8",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e300]}]},
+            "out of the range of FP32",
+        ),
+        ({"inputs": [{"name": "x", "datatype": "BOOL", "shape": [2], "data": [1, 0]}]}, "true/false"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP16", "shape": [1], "data": [1.0]}]},
+            "FP16 data must be sent as binary",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "BF16", "shape": [1], "data": [1.0]}]},
+            "BF16 data must be sent as binary",
+        ),
+        (
+            {"id": 5, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]},
+            "'id' must be a string",
+        ),
+        (
+            {
+                "parameters": {"timeout": -1},
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+            },
+            "timeout",
+        ),
+        (
+            {
+                "parameters": {"binary_data_output": 1},
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+            },
+            "binary_data_output",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                "outputs": [{"nom": "y"}],
+            },
+            "'name'",
+        ),
+    ],
+)
 def test_bad_requests_are_invalid_arguments(doc: object, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         parse_infer_request(json.dumps(doc).encode(), None)
 
 
 def test_nan_and_infinity_are_accepted_for_floats_only() -> None:
-    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [NaN, Infinity, -Infinity]}]}'
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [NaN, Infinity, -Infinity]}]}'
+    )
     values = np.frombuffer(parse_infer_request(body, None).inputs[0].data, "<f4")
     assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf
     with pytest.raises(InvalidArgument, match="must be integers"):
@@ -136,12 +205,27 @@ def test_nan_and_infinity_are_accepted_for_floats_only() -> None:
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
-    deep = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 100_000 + b"1" + \
-        b"]" * 100_000 + b"}]}"
+    deep = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
+        + b"[" * 100_000
+        + b"1"
+        + b"]" * 100_000
+        + b"}]}"
+    )
     with pytest.raises(InvalidArgument, match="nested too deeply"):
         parse_infer_request(deep, None)
-    medium = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
-                                     "data": json.loads("[" * 200 + "1" + "]" * 200)}]}).encode()
+    medium = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1],
+                    "data": json.loads("[" * 200 + "1" + "]" * 200),
+                }
+            ]
+        }
+    ).encode()
     with pytest.raises(InvalidArgument, match="ragged or nested too deeply"):
         parse_infer_request(medium, None)
 
@@ -173,11 +257,14 @@ def test_zip_bomb_is_refused_without_decoding_it_all() -> None:
         decode_content(bomb, "gzip", 1 << 20)
 
 
-@pytest.mark.parametrize("body, encoding, message", [
-    (b"not gzip at all", "gzip", "not valid gzip"),
-    (gzip.compress(b"x" * 1000)[:-12], "gzip", "truncated"),
-    (b"abc", "br", "unsupported Content-Encoding"),
-])
+@pytest.mark.parametrize(
+    "body, encoding, message",
+    [
+        (b"not gzip at all", "gzip", "not valid gzip"),
+        (gzip.compress(b"x" * 1000)[:-12], "gzip", "truncated"),
+        (b"abc", "br", "unsupported Content-Encoding"),
+    ],
+)
 def test_bad_encodings(body: bytes, encoding: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         decode_content(body, encoding, 1 << 20)
@@ -191,20 +278,30 @@ def test_json_response() -> None:
     body = infer_response("m", "3", "req-1", [(Tensor("y", "FP32", (1, 2), y.tobytes()), False)])
     assert body.content_type == "application/json" and body.headers == {}
     doc = orjson.loads(body.data)
-    assert doc == {"model_name": "m", "model_version": "3", "id": "req-1",
-                   "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.5, -1.25]}]}
+    assert doc == {
+        "model_name": "m",
+        "model_version": "3",
+        "id": "req-1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.5, -1.25]}],
+    }
 
 
 def test_binary_response_is_sliced_by_binary_data_size() -> None:
     y = np.arange(3, dtype=np.float16)
     z = np.array([1, 2], dtype=np.int64)
-    body = infer_response("m", None, None, [(Tensor("y", "FP16", (3,), y.tobytes()), True),
-                                            (Tensor("z", "INT64", (2,), z.tobytes()), False)])
+    body = infer_response(
+        "m",
+        None,
+        None,
+        [(Tensor("y", "FP16", (3,), y.tobytes()), True), (Tensor("z", "INT64", (2,), z.tobytes()), False)],
+    )
     assert body.content_type == "application/octet-stream"
     length = int(body.headers["Inference-Header-Content-Length"])
     header = orjson.loads(body.data[:length])
     assert "id" not in header and "model_version" not in header
-    assert header["outputs"][0]["parameters"] == {"binary_data_size": 6} and "data" not in header["outputs"][0]
+    assert (
+        header["outputs"][0]["parameters"] == {"binary_data_size": 6} and "data" not in header["outputs"][0]
+    )
     assert header["outputs"][1]["data"] == [1, 2]
     assert np.array_equal(np.frombuffer(body.data[length:], np.float16), y)
 
@@ -216,8 +313,8 @@ def test_bf16_round_trip_through_bits() -> None:
     back = tensor_array("BF16", bits.tobytes(), (5,))
     assert back[:3].tolist() == [1.0, -2.5, 3.140625] and np.isnan(back[3]) and back[4] == 65280.0
     # round to nearest even: 1 + 2**-8 lies halfway between two bf16 values and rounds down to 1.0
-    assert tensor_array("BF16", json_array("x", "BF16", [1 + 2 ** -8]).tobytes(), (1,))[0] == 1.0
-    assert struct.unpack("<H", json_array("x", "BF16", [1 + 3 * 2 ** -8]).tobytes())[0] == 0x3F82
+    assert tensor_array("BF16", json_array("x", "BF16", [1 + 2**-8]).tobytes(), (1,))[0] == 1.0
+    assert struct.unpack("<H", json_array("x", "BF16", [1 + 3 * 2**-8]).tobytes())[0] == 0x3F82
 
 
 @given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=50))
@@ -225,5 +322,9 @@ def test_fp32_json_round_trip(values: list[float]) -> None:
     doc = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(values)], "data": values}]})
     data = parse_infer_request(doc.encode(), None).inputs[0].data
     assert np.array_equal(np.frombuffer(data, "<f4"), np.array(values, dtype=np.float32))
-    out = json.loads(infer_response("m", None, None, [(Tensor("x", "FP32", (len(values),), data), False)]).data)
-    assert np.array_equal(np.array(out["outputs"][0]["data"], dtype=np.float32), np.array(values, dtype=np.float32))
+    out = json.loads(
+        infer_response("m", None, None, [(Tensor("x", "FP32", (len(values),), data), False)]).data
+    )
+    assert np.array_equal(
+        np.array(out["outputs"][0]["data"], dtype=np.float32), np.array(values, dtype=np.float32)
+    )

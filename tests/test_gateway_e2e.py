@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 from tests.backend import slow_repository
 from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
 
-HALF_MODEL = '''
+HALF_MODEL = """
 import torch
 
 
@@ -43,9 +43,9 @@ class HalfOps(torch.nn.Module):
 
 def build() -> torch.nn.Module:
     return HalfOps()
-'''
+"""
 
-HALF_CONFIG = '''
+HALF_CONFIG = """
 name = "half"
 backend = "python"
 factory = "half_ops:build"
@@ -66,7 +66,7 @@ dims = [4]
 name = "s"
 datatype = "FP32"
 dims = [1]
-'''
+"""
 
 
 def write_repository(root: Path) -> Path:
@@ -115,7 +115,9 @@ def wait_ready(server: Server, timeout: float) -> None:
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with {proc.returncode}:\n{server.processes.log(name)[-3000:]}")
         time.sleep(0.2)
-    logs = "\n".join(f"--- {n}\n{server.processes.log(n)[-2000:]}" for n in ("dispatcher", "w0", "w1", "gateway"))
+    logs = "\n".join(
+        f"--- {n}\n{server.processes.log(n)[-2000:]}" for n in ("dispatcher", "w0", "w1", "gateway")
+    )
     pytest.fail(f"server not ready after {timeout}s\n{logs}")
 
 
@@ -132,20 +134,49 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         by_name = server.started
         by_name["dispatcher"] = processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend)
+            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend
+        )
         for name in ("w0", "w1"):
             by_name[name] = processes.python(
-                name, "inference_worker.worker", "--model-repository", str(repository), "--dispatcher", backend,
-                "--name", name, "--device", "cpu", "--threads", "1")
-        env = {"TORCHGATE_BIND": f"127.0.0.1:{port}", "TORCHGATE_DISPATCHER": frontend,
-               "TORCHGATE_MODEL_REPOSITORY": str(repository), "TORCHGATE_GATEWAY_PROCESSES": "2",
-               "TORCHGATE_GATEWAY_THREADS": "8"}
+                name,
+                "inference_worker.worker",
+                "--model-repository",
+                str(repository),
+                "--dispatcher",
+                backend,
+                "--name",
+                name,
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            )
+        env = {
+            "TORCHGATE_BIND": f"127.0.0.1:{port}",
+            "TORCHGATE_DISPATCHER": frontend,
+            "TORCHGATE_MODEL_REPOSITORY": str(repository),
+            "TORCHGATE_GATEWAY_PROCESSES": "2",
+            "TORCHGATE_GATEWAY_THREADS": "8",
+        }
         by_name["gateway"] = processes.start(
-            "gateway", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gateway" / "gunicorn_conf.py"),
-                        "gateway.wsgi:app"], env=env)
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gateway" / "gunicorn_conf.py"),
+                "gateway.wsgi:app",
+            ],
+            env=env,
+        )
         wait_ready(server, timeout=240)
         with zmq.Context() as context:  # both workers loaded: no start-up left to compete for the cores
-            wait_for(lambda: ready_workers(context, frontend) == {"w0", "w1"}, timeout=240, what="both workers ready")
+            wait_for(
+                lambda: ready_workers(context, frontend) == {"w0", "w1"},
+                timeout=240,
+                what="both workers ready",
+            )
         yield server
     finally:
         processes.kill_all()
@@ -176,32 +207,46 @@ def test_tritonclient_health_metadata_and_config(server: Server) -> None:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("digits") and client.is_model_ready("half", "1")
         assert not client.is_model_ready("digits", "2")  # no such version
-        assert requests.get(f"{server.http}/v2/models/digits/versions/01/ready", timeout=30).status_code == 200
+        assert (
+            requests.get(f"{server.http}/v2/models/digits/versions/01/ready", timeout=30).status_code == 200
+        )
         meta = client.get_model_metadata("digits")
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
         assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
         config = client.get_model_config("half")
         assert config["max_batch_size"] == 8
         assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [
-            ("y", "TYPE_FP16", [4]), ("z", "TYPE_BF16", [4]), ("s", "TYPE_FP32", [1])]
+            ("y", "TYPE_FP16", [4]),
+            ("z", "TYPE_BF16", [4]),
+            ("s", "TYPE_FP32", [1]),
+        ]
         assert client.get_server_metadata()["name"] == "torchgate"
         with pytest.raises(InferenceServerException) as info:
             client.get_model_metadata("nope")
         assert info.value.status() == "404"
 
 
-@pytest.mark.parametrize("binary_in, binary_out", [(True, True), (False, False), (True, False), (False, True)])
-def test_tritonclient_infer_digits(server: Server, digits: torch.nn.Module, binary_in: bool,
-                                   binary_out: bool) -> None:
+@pytest.mark.parametrize(
+    "binary_in, binary_out", [(True, True), (False, False), (True, False), (False, True)]
+)
+def test_tritonclient_infer_digits(
+    server: Server, digits: torch.nn.Module, binary_in: bool, binary_out: bool
+) -> None:
     x = digits_batch(5, seed=int(binary_in) * 2 + int(binary_out))
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
     with server.client() as client:
-        result = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("output", binary_data=binary_out)],
-                              request_id="req-7")
+        result = client.infer(
+            "digits",
+            [inp],
+            outputs=[httpclient.InferRequestedOutput("output", binary_data=binary_out)],
+            request_id="req-7",
+        )
     np.testing.assert_allclose(result.as_numpy("output"), reference(digits, x), rtol=1e-4, atol=1e-4)
     response = result.get_response()
-    assert response["id"] == "req-7" and response["model_name"] == "digits" and response["model_version"] == "1"
+    assert (
+        response["id"] == "req-7" and response["model_name"] == "digits" and response["model_version"] == "1"
+    )
     assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) == binary_out
 
 
@@ -228,8 +273,14 @@ def test_tritonclient_fp16_model(server: Server) -> None:
         np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
         np.testing.assert_array_equal(result.as_numpy("z"), (x * 2).astype(np.float32))
         np.testing.assert_allclose(result.as_numpy("s"), x.astype(np.float32).sum(axis=1, keepdims=True))
-        mixed = client.infer("half", [inp], outputs=[httpclient.InferRequestedOutput("s", binary_data=False),
-                                                     httpclient.InferRequestedOutput("y", binary_data=True)])
+        mixed = client.infer(
+            "half",
+            [inp],
+            outputs=[
+                httpclient.InferRequestedOutput("s", binary_data=False),
+                httpclient.InferRequestedOutput("y", binary_data=True),
+            ],
+        )
         np.testing.assert_allclose(mixed.as_numpy("s"), [[4.75], [10.0]])
         assert mixed.as_numpy("z") is None
         with pytest.raises(InferenceServerException) as info:
@@ -267,24 +318,40 @@ def test_tritonclient_sees_errors_as_json(server: Server) -> None:
 
 def test_predict_like_the_seed(server: Server, digits: torch.nn.Module) -> None:
     x = digits_batch(4, seed=5)
-    one = requests.post(f"{server.http}/predict", json={"input": x[0].tolist(), "model": "digits"}, timeout=60)
+    one = requests.post(
+        f"{server.http}/predict", json={"input": x[0].tolist(), "model": "digits"}, timeout=60
+    )
     assert one.status_code == 200, one.text
     np.testing.assert_allclose(one.json()["output"], reference(digits, x[:1])[0], rtol=1e-4, atol=1e-4)
-    many = requests.post(f"{server.http}/predict", data=json.dumps({"input": x.tolist(), "model": "digits"}),
-                         headers={"Content-Type": "application/json"}, timeout=60)
+    many = requests.post(
+        f"{server.http}/predict",
+        data=json.dumps({"input": x.tolist(), "model": "digits"}),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     np.testing.assert_allclose(many.json()["output"], reference(digits, x), rtol=1e-4, atol=1e-4)
     bad = requests.post(f"{server.http}/predict", json={"input": [1, 2], "model": "digits"}, timeout=60)
     assert bad.status_code == 400 and "expects one sample shaped [64]" in bad.json()["error"]
     ambiguous = requests.post(f"{server.http}/predict", json={"input": x[0].tolist()}, timeout=60)
-    assert ambiguous.status_code == 400 and "name a \"model\"" in ambiguous.json()["error"]
-    half = requests.post(f"{server.http}/predict", json={"input": [1, 2, 3, 4.5], "model": "half"}, timeout=60)
-    assert half.status_code == 200 and half.json()["output"] == {"y": [2, 4, 6, 9], "z": [2, 4, 6, 9], "s": [10.5]}
+    assert ambiguous.status_code == 400 and 'name a "model"' in ambiguous.json()["error"]
+    half = requests.post(
+        f"{server.http}/predict", json={"input": [1, 2, 3, 4.5], "model": "half"}, timeout=60
+    )
+    assert half.status_code == 200 and half.json()["output"] == {
+        "y": [2, 4, 6, 9],
+        "z": [2, 4, 6, 9],
+        "s": [10.5],
+    }
 
 
 def test_raw_binary_request_and_request_ids(server: Server, digits: torch.nn.Module) -> None:
     x = digits_batch(2, seed=9)
-    response = requests.post(f"{server.http}/v2/models/digits/infer", data=x.tobytes(),
-                             headers={"Inference-Header-Content-Length": "0", "X-Request-ID": "trace-1"}, timeout=60)
+    response = requests.post(
+        f"{server.http}/v2/models/digits/infer",
+        data=x.tobytes(),
+        headers={"Inference-Header-Content-Length": "0", "X-Request-ID": "trace-1"},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     assert response.headers["X-Request-ID"] == "trace-1"
     assert response.headers["Content-Type"] == "application/octet-stream"
@@ -297,8 +364,9 @@ def test_raw_binary_request_and_request_ids(server: Server, digits: torch.nn.Mod
 
 def test_gzip_bomb_over_http_is_413(server: Server) -> None:
     bomb = gzip.compress(b" " * (80 << 20))
-    response = requests.post(f"{server.http}/v2/models/digits/infer", data=bomb,
-                             headers={"Content-Encoding": "gzip"}, timeout=60)
+    response = requests.post(
+        f"{server.http}/v2/models/digits/infer", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=60
+    )
     assert response.status_code == 413 and "error" in response.json()
 
 
@@ -307,7 +375,9 @@ def test_concurrent_clients_across_gateway_processes(server: Server, digits: tor
 
     def one(x: np.ndarray) -> np.ndarray:
         with requests.Session() as session:
-            r = session.post(f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60)
+            r = session.post(
+                f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60
+            )
             assert r.status_code == 200, r.text
             return np.asarray(r.json()["output"], np.float32)
 
@@ -335,7 +405,11 @@ def test_stats_count_what_was_served(server: Server) -> None:
     every = requests.get(f"{server.http}/v2/models/stats", timeout=30).json()["model_stats"]
     assert {(s["name"], s["version"]) for s in every} == {("digits", "1"), ("half", "1"), ("slow", "1")}
     index = requests.post(f"{server.http}/v2/repository/index", timeout=30).json()
-    assert {(e["name"], e["state"]) for e in index} == {("digits", "READY"), ("half", "READY"), ("slow", "READY")}
+    assert {(e["name"], e["state"]) for e in index} == {
+        ("digits", "READY"),
+        ("half", "READY"),
+        ("slow", "READY"),
+    }
 
 
 def test_digits_accuracy_through_the_http_api(server: Server) -> None:
@@ -348,7 +422,7 @@ def test_digits_accuracy_through_the_http_api(server: Server) -> None:
     predictions = []
     with server.client() as client:
         for start in range(0, len(x_test), 64):
-            batch = x_test[start:start + 64]
+            batch = x_test[start : start + 64]
             inp = httpclient.InferInput("input", list(batch.shape), "FP32")
             inp.set_data_from_numpy(batch)
             predictions.append(client.infer("digits", [inp]).as_numpy("output").argmax(axis=1))
@@ -368,4 +442,3 @@ def test_no_torch_in_gateway_processes(server: Server) -> None:
 def _children(pid: int) -> list[str]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return path.read_text().split() if path.exists() else []
-

@@ -16,13 +16,21 @@ from gateway.validation import check_inputs, output_plan, raw_input
 from inference_worker.repository import ModelConfig, TensorSpec
 
 
-def model(max_batch_size: int = 8, inputs: tuple[TensorSpec, ...] | None = None,
-          outputs: tuple[TensorSpec, ...] | None = None) -> ModelConfig:
+def model(
+    max_batch_size: int = 8,
+    inputs: tuple[TensorSpec, ...] | None = None,
+    outputs: tuple[TensorSpec, ...] | None = None,
+) -> ModelConfig:
     return ModelConfig(
-        name="m", backend="torchscript", max_batch_size=max_batch_size, max_queue_delay_us=0,
+        name="m",
+        backend="torchscript",
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=0,
         inputs=inputs or (TensorSpec("x", "FP32", (4,)),),
         outputs=outputs or (TensorSpec("y", "FP32", (2,)),),
-        path=Path("/nonexistent/m"), versions={"1": Path("/nonexistent/m/1")})
+        path=Path("/nonexistent/m"),
+        versions={"1": Path("/nonexistent/m/1")},
+    )
 
 
 def fp32(name: str, shape: tuple[int, ...], nbytes: int | None = None) -> Tensor:
@@ -30,7 +38,9 @@ def fp32(name: str, shape: tuple[int, ...], nbytes: int | None = None) -> Tensor
     return Tensor(name, "FP32", shape, b"\x00" * (4 * count if nbytes is None else nbytes))
 
 
-def request(*tensors: Tensor, outputs: list[RequestedOutput] | None = None, binary: bool = False) -> InferRequest:
+def request(
+    *tensors: Tensor, outputs: list[RequestedOutput] | None = None, binary: bool = False
+) -> InferRequest:
     return InferRequest(id=None, inputs=list(tensors), outputs=outputs or [], binary_data_output=binary)
 
 
@@ -40,17 +50,20 @@ def test_a_fitting_request_passes_in_model_order() -> None:
     assert [t.name for t in ordered] == ["a", "b"]
 
 
-@pytest.mark.parametrize("tensors, message", [
-    ([], "missing input 'x' FP32 \\[-1, 4\\]"),
-    ([fp32("x", (1, 4)), fp32("z", (1, 4))], "has no input 'z'; its inputs are 'x' FP32 \\[-1, 4\\]"),
-    ([fp32("x", (1, 4)), fp32("x", (1, 4))], "given twice"),
-    ([Tensor("x", "FP64", (1, 4), b"\x00" * 32)], "datatype FP64, expected FP32"),
-    ([fp32("x", (1, 5))], "shape \\[1, 5\\] does not fit \\[-1, 4\\]"),
-    ([fp32("x", (4,))], "shape \\[4\\] does not fit \\[-1, 4\\]"),
-    ([fp32("x", (9, 4))], "batch size 9 exceeds the model's max_batch_size 8"),
-    ([fp32("x", (0, 4))], "holds no elements"),
-    ([fp32("x", (2, 4), nbytes=31)], "31 bytes of data, but shape \\[2, 4\\] of FP32 needs 32"),
-])
+@pytest.mark.parametrize(
+    "tensors, message",
+    [
+        ([], "missing input 'x' FP32 \\[-1, 4\\]"),
+        ([fp32("x", (1, 4)), fp32("z", (1, 4))], "has no input 'z'; its inputs are 'x' FP32 \\[-1, 4\\]"),
+        ([fp32("x", (1, 4)), fp32("x", (1, 4))], "given twice"),
+        ([Tensor("x", "FP64", (1, 4), b"\x00" * 32)], "datatype FP64, expected FP32"),
+        ([fp32("x", (1, 5))], "shape \\[1, 5\\] does not fit \\[-1, 4\\]"),
+        ([fp32("x", (4,))], "shape \\[4\\] does not fit \\[-1, 4\\]"),
+        ([fp32("x", (9, 4))], "batch size 9 exceeds the model's max_batch_size 8"),
+        ([fp32("x", (0, 4))], "holds no elements"),
+        ([fp32("x", (2, 4), nbytes=31)], "31 bytes of data, but shape \\[2, 4\\] of FP32 needs 32"),
+    ],
+)
 def test_refusals_name_the_input_and_what_was_expected(tensors: list[Tensor], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         check_inputs(request(*tensors), model())
@@ -79,8 +92,9 @@ def test_output_plan() -> None:
     m = model(outputs=(TensorSpec("y", "FP32", (2,)), TensorSpec("h", "FP16", (2,))))
     assert output_plan(request(outputs=[RequestedOutput("y")]), m) == [("y", False)]
     assert output_plan(request(binary=True), m) == [("y", True), ("h", True)]
-    assert output_plan(request(outputs=[RequestedOutput("h", True), RequestedOutput("y", None)], binary=True), m) == \
-        [("h", True), ("y", True)]
+    assert output_plan(
+        request(outputs=[RequestedOutput("h", True), RequestedOutput("y", None)], binary=True), m
+    ) == [("h", True), ("y", True)]
     assert output_plan(request(outputs=[RequestedOutput("y", False)], binary=True), m) == [("y", False)]
     with pytest.raises(InvalidArgument, match="'h' is FP16, which travels only as binary"):
         output_plan(request(), m)
@@ -111,7 +125,9 @@ def test_raw_binary_request() -> None:
 
 
 def test_a_json_request_end_to_end_against_a_signature() -> None:
-    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}]}
+    doc = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}]
+    }
     inputs = check_inputs(parse_infer_request(json.dumps(doc).encode(), None), model())
     assert np.frombuffer(inputs[0].data, np.float32).tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
 
@@ -134,7 +150,9 @@ def test_predict_one_sample_and_a_batch() -> None:
 
 
 def test_predict_a_number_and_fp16() -> None:
-    m = model(max_batch_size=0, inputs=(TensorSpec("x", "FP16", (1,)),), outputs=(TensorSpec("y", "FP16", (1,)),))
+    m = model(
+        max_batch_size=0, inputs=(TensorSpec("x", "FP16", (1,)),), outputs=(TensorSpec("y", "FP16", (1,)),)
+    )
     tensor, whole = predict_input(3, m)
     assert tensor.shape == (1,) and whole and np.frombuffer(tensor.data, np.float16).tolist() == [3.0]
     y = Tensor("y", "FP16", (1,), np.array([6.0], np.float16).tobytes())

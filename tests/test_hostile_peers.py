@@ -28,8 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_tcp_backend_admits_only_workers_with_authorized_keys(processes: Processes, zmq_context: zmq.Context,
-                                                              tmp_path: Path) -> None:
+def test_tcp_backend_admits_only_workers_with_authorized_keys(
+    processes: Processes, zmq_context: zmq.Context, tmp_path: Path
+) -> None:
     keys, authorized = tmp_path / "keys", tmp_path / "authorized"
     authorized.mkdir(mode=0o700)
     server_public, server_secret = create_keys(keys, "dispatcher")
@@ -38,23 +39,53 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(processes: Process
     (authorized / good_public.name).write_bytes(good_public.read_bytes())
     frontend, backend = f"ipc://{tmp_path}/frontend.sock", f"tcp://127.0.0.1:{free_port()}"
 
-    refused = processes.python("insecure", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend)
+    refused = processes.python(
+        "insecure", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend
+    )
     assert refused.wait(timeout=60) == 2 and "needs --curve-secret-key" in processes.log("insecure")
 
-    processes.python("dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend,
-                     "--curve-secret-key", str(server_secret), "--curve-authorized", str(authorized), *FAST_HEARTBEAT)
-    common = ["--model-repository", str(DEFAULT_REPOSITORY), "--dispatcher", backend, "--device", "cpu",
-              "--curve-server-key", str(server_public), *FAST_HEARTBEAT]
-    processes.python("evil", "inference_worker.worker", *common, "--name", "evil", "--curve-secret-key", str(evil_secret))
-    processes.python("good", "inference_worker.worker", *common, "--name", "good", "--curve-secret-key", str(good_secret))
-    wait_for(lambda: "good" in ready_workers(zmq_context, frontend), timeout=120, what="the authorized worker")
+    processes.python(
+        "dispatcher",
+        "inference_worker.dispatcher",
+        "--frontend",
+        frontend,
+        "--backend",
+        backend,
+        "--curve-secret-key",
+        str(server_secret),
+        "--curve-authorized",
+        str(authorized),
+        *FAST_HEARTBEAT,
+    )
+    common = [
+        "--model-repository",
+        str(DEFAULT_REPOSITORY),
+        "--dispatcher",
+        backend,
+        "--device",
+        "cpu",
+        "--curve-server-key",
+        str(server_public),
+        *FAST_HEARTBEAT,
+    ]
+    processes.python(
+        "evil", "inference_worker.worker", *common, "--name", "evil", "--curve-secret-key", str(evil_secret)
+    )
+    processes.python(
+        "good", "inference_worker.worker", *common, "--name", "good", "--curve-secret-key", str(good_secret)
+    )
+    wait_for(
+        lambda: "good" in ready_workers(zmq_context, frontend), timeout=120, what="the authorized worker"
+    )
     wait_for(lambda: "READY" in processes.log("evil"), timeout=60, what="the evil worker to try")
 
     # a plain socket without CURVE, pretending to be a worker, is not heard either
     plain = zmq_context.socket(zmq.DEALER)
     plain.setsockopt(zmq.LINGER, 0)
     plain.connect(backend)
-    plain.send_multipart(protocol.encode(Kind.READY, {"worker": "plain", "incarnation": "x", "capacity": 1, "models": []}))
+    plain.send_multipart(
+        protocol.encode(Kind.READY, {"worker": "plain", "incarnation": "x", "capacity": 1, "models": []})
+    )
     client = Client(zmq_context, frontend)
     try:
         for _ in range(20):  # every request is served by the only admitted worker
@@ -66,8 +97,12 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(processes: Process
     assert ready_workers(zmq_context, frontend) == {"good"}
 
 
-def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(processes: Processes, zmq_context: zmq.Context,
-                                                                   tmp_path: Path, digits_model) -> None:  # noqa: F811
+def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(
+    processes: Processes,
+    zmq_context: zmq.Context,
+    tmp_path: Path,
+    digits_model: object,  # noqa: F811
+) -> None:
     backend = Backend(processes, zmq_context, tmp_path)
     backend.start_dispatcher()
     backend.start_worker("w0")
@@ -82,23 +117,43 @@ def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(processes: Pr
         assert ready_workers(zmq_context, backend.frontend) == {"w0"}
     finally:
         os.kill(hung.pid, signal.SIGCONT)
-    wait_for(lambda: ready_workers(zmq_context, backend.frontend) == {"w0", "w1"}, timeout=30,
-             what="the woken worker to register again")
+    wait_for(
+        lambda: ready_workers(zmq_context, backend.frontend) == {"w0", "w1"},
+        timeout=30,
+        what="the woken worker to register again",
+    )
 
 
-UNPICKLERS = {("pickle", "loads"), ("pickle", "load"), ("pickle", "Unpickler"), ("dill", "loads"),
-              ("cloudpickle", "loads"), ("marshal", "loads"), ("shelve", "open")}
+UNPICKLERS = {
+    ("pickle", "loads"),
+    ("pickle", "load"),
+    ("pickle", "Unpickler"),
+    ("dill", "loads"),
+    ("cloudpickle", "loads"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+}
 
 
 def test_no_code_path_can_unpickle() -> None:
     """Statically: no pickle-family loads, every torch.load has weights_only=True, no msgpack ext hooks."""
     problems = []
-    for path in [*ROOT.glob("gateway/**/*.py"), *ROOT.glob("inference_worker/**/*.py"), *ROOT.glob("deploy/**/*.py")]:
+    for path in [
+        *ROOT.glob("gateway/**/*.py"),
+        *ROOT.glob("inference_worker/**/*.py"),
+        *ROOT.glob("deploy/**/*.py"),
+    ]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                if any(n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal", "shelve", "msgpack_numpy")
-                       for n in names):
+                names = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) else []
+                )
+                if any(
+                    n
+                    and n.split(".")[0]
+                    in ("pickle", "dill", "cloudpickle", "marshal", "shelve", "msgpack_numpy")
+                    for n in names
+                ):
                     problems.append(f"{path}:{node.lineno}: imports {names}")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
@@ -109,7 +164,9 @@ def test_no_code_path_can_unpickle() -> None:
                     flag = keywords.get("weights_only")
                     if not (isinstance(flag, ast.Constant) and flag.value is True):
                         problems.append(f"{path}:{node.lineno}: torch.load without weights_only=True")
-                if node.func.attr in ("unpackb", "Unpacker") and ("ext_hook" in keywords or "object_hook" in keywords):
+                if node.func.attr in ("unpackb", "Unpacker") and (
+                    "ext_hook" in keywords or "object_hook" in keywords
+                ):
                     problems.append(f"{path}:{node.lineno}: msgpack hook")
                 if node.func.attr == "load" and owner in ("np", "numpy") and "allow_pickle" in keywords:
                     problems.append(f"{path}:{node.lineno}: numpy allow_pickle")
@@ -127,8 +184,11 @@ def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) ->
     from tests.backend import slow_repository
 
     repo = slow_repository(tmp_path / "repo")
-    config = (repo / "slow" / "config.toml").read_text().replace('factory = "slow_model:build"',
-                                                                 'factory = "slow_model:build"\nweights = "model.pt"')
+    config = (
+        (repo / "slow" / "config.toml")
+        .read_text()
+        .replace('factory = "slow_model:build"', 'factory = "slow_model:build"\nweights = "model.pt"')
+    )
     (repo / "slow" / "config.toml").write_text(config)
     marker = Path("/tmp/torchgate-pwned")
     marker.unlink(missing_ok=True)
@@ -145,8 +205,13 @@ def test_torchgate_keys_writes_owner_only_secret_keys(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", str(tmp_path / "k"), "a", "b"],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "keys", str(tmp_path / "k"), "a", "b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("a", "b"):
         assert (tmp_path / "k" / f"{name}.key").is_file()

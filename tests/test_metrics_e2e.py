@@ -52,8 +52,20 @@ class Stack:
 
     def start_worker(self, name: str, label: str) -> subprocess.Popen[bytes]:
         proc = self.processes.python(
-            label, "inference_worker.worker", "--model-repository", str(self.repository), "--dispatcher",
-            self.backend, "--name", name, "--device", "cpu", "--threads", "1", *FAST_HEARTBEAT)
+            label,
+            "inference_worker.worker",
+            "--model-repository",
+            str(self.repository),
+            "--dispatcher",
+            self.backend,
+            "--name",
+            name,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *FAST_HEARTBEAT,
+        )
         self.started[label] = proc
         return proc
 
@@ -89,37 +101,76 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(f"http://127.0.0.1:{port}", processes, repository, backend, run)
     try:
         stack.started["dispatcher"] = processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend, *FAST_HEARTBEAT)
+            "dispatcher",
+            "inference_worker.dispatcher",
+            "--frontend",
+            frontend,
+            "--backend",
+            backend,
+            *FAST_HEARTBEAT,
+        )
         for name in ("w0", "w1"):
             stack.start_worker(name, name)
         (run / "metrics").mkdir()
         (run / "metrics" / "counter_stale.db").write_bytes(b"left over from an earlier run")
-        env = {"TORCHGATE_BIND": f"127.0.0.1:{port}", "TORCHGATE_DISPATCHER": frontend,
-               "TORCHGATE_MODEL_REPOSITORY": str(repository), "TORCHGATE_GATEWAY_PROCESSES": "2",
-               "TORCHGATE_GATEWAY_THREADS": "4", "TORCHGATE_LOG_FORMAT": "json",
-               "PROMETHEUS_MULTIPROC_DIR": str(run / "metrics")}
+        env = {
+            "TORCHGATE_BIND": f"127.0.0.1:{port}",
+            "TORCHGATE_DISPATCHER": frontend,
+            "TORCHGATE_MODEL_REPOSITORY": str(repository),
+            "TORCHGATE_GATEWAY_PROCESSES": "2",
+            "TORCHGATE_GATEWAY_THREADS": "4",
+            "TORCHGATE_LOG_FORMAT": "json",
+            "PROMETHEUS_MULTIPROC_DIR": str(run / "metrics"),
+        }
         stack.started["gateway"] = processes.start(
-            "gateway", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gateway" / "gunicorn_conf.py"),
-                        "gateway.wsgi:app"], env=env)
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gateway" / "gunicorn_conf.py"),
+                "gateway.wsgi:app",
+            ],
+            env=env,
+        )
         wait_for(lambda: _ready(stack), timeout=180, interval=0.2, what="the server to be ready")
         yield stack
     finally:
         processes.kill_all()
 
 
-def infer(stack: Stack, samples: int, *, seed: int = 0, model: str = "digits", request_id: str | None = None,
-          body_id: str | None = None, negative: bool = False) -> requests.Response:
+def infer(
+    stack: Stack,
+    samples: int,
+    *,
+    seed: int = 0,
+    model: str = "digits",
+    request_id: str | None = None,
+    body_id: str | None = None,
+    negative: bool = False,
+) -> requests.Response:
     width = 64 if model == "digits" else 4
     x = np.random.default_rng(seed).integers(0, 17, size=(samples, width)).astype(np.float32)
     if negative:
         x = -x - 1
-    body: dict[str, Any] = {"inputs": [{"name": "input" if model == "digits" else "x", "shape": list(x.shape),
-                                        "datatype": "FP32", "data": x.ravel().tolist()}]}
+    body: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": "input" if model == "digits" else "x",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
     if body_id is not None:
         body["id"] = body_id
     headers = {"X-Request-ID": request_id} if request_id else {}
     with requests.Session() as session:  # a new connection each time, so both gateway processes answer
-        return session.post(f"{stack.url}/v2/models/{model}/infer", json=body, headers=headers, timeout=HTTP_TIMEOUT)
+        return session.post(
+            f"{stack.url}/v2/models/{model}/infer", json=body, headers=headers, timeout=HTTP_TIMEOUT
+        )
 
 
 def settled(stack: Stack, name: str, expected: float, **labels: str) -> dict[Sample, float]:
@@ -148,6 +199,7 @@ def agreed(stack: Stack, worker_side: str, gateway_side: str, **labels: str) -> 
 
 def answered(stack: Stack, request_id: str) -> int:
     """Return the pid of the gateway process whose access line carries ``request_id``."""
+
     def pid() -> int | None:
         return next((e["pid"] for e in stack.access_lines() if e["access"]["request_id"] == request_id), None)
 
@@ -158,13 +210,19 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
     before = scrape(stack.url)[1]
     ids = [f"metrics-{i}" for i in range(len(SIZES))]
     with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda i: infer(stack, SIZES[i], seed=i, request_id=ids[i]), range(len(SIZES))))
+        responses = list(
+            pool.map(lambda i: infer(stack, SIZES[i], seed=i, request_id=ids[i]), range(len(SIZES)))
+        )
     assert [r.status_code for r in responses] == [200] * len(SIZES), [r.text for r in responses]
     assert [r.headers["X-Request-ID"] for r in responses] == ids
 
     samples = sum(SIZES)
-    after = settled(stack, "nv_inference_count", total(before, "nv_inference_count", model="digits") + samples,
-                    model="digits")
+    after = settled(
+        stack,
+        "nv_inference_count",
+        total(before, "nv_inference_count", model="digits") + samples,
+        model="digits",
+    )
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
@@ -182,12 +240,18 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
     assert [a["samples"] for a in ran] == SIZES and all(a["status"] == 200 for a in ran)
     assert all(a["batch_size"] >= a["samples"] for a in ran)
     assert delta("nv_inference_exec_count", model="digits") == pytest.approx(
-        sum(a["samples"] / a["batch_size"] for a in ran))
-    by_size = [(int(dict(ls)["size"]), v - before.get((n, ls), 0)) for (n, ls), v in after.items()
-               if n == "torchgate_batch_executions_total" and ("model", "digits") in ls]
+        sum(a["samples"] / a["batch_size"] for a in ran)
+    )
+    by_size = [
+        (int(dict(ls)["size"]), v - before.get((n, ls), 0))
+        for (n, ls), v in after.items()
+        if n == "torchgate_batch_executions_total" and ("model", "digits") in ls
+    ]
     assert sum(size * count for size, count in by_size) == samples
     assert sum(count for _, count in by_size) == delta("nv_inference_exec_count", model="digits")
-    assert delta("torchgate_batch_size_count", model="digits") == delta("nv_inference_exec_count", model="digits")
+    assert delta("torchgate_batch_size_count", model="digits") == delta(
+        "nv_inference_exec_count", model="digits"
+    )
     assert delta("torchgate_batch_size_sum", model="digits") == samples
     for worker in ("w0", "w1"):  # per worker too: what it ran is what it counted
         mine = [a for a in ran if a["worker"] == worker]
@@ -201,9 +265,12 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
     for attempt in range(100):
         if len(answered_by) == 2:
             break
-        response = requests.get(f"{stack.url}/metrics", headers={"X-Request-ID": f"scrape-{attempt}"},
-                                timeout=HTTP_TIMEOUT)
-        answered_by[answered(stack, f"scrape-{attempt}")] = total(parse(response.text), "nv_inference_request_success", model="digits")
+        response = requests.get(
+            f"{stack.url}/metrics", headers={"X-Request-ID": f"scrape-{attempt}"}, timeout=HTTP_TIMEOUT
+        )
+        answered_by[answered(stack, f"scrape-{attempt}")] = total(
+            parse(response.text), "nv_inference_request_success", model="digits"
+        )
     assert len(answered_by) == 2, "only one gateway process ever answered"
     assert set(answered_by.values()) == {expected}
     served = {e["pid"] for e in stack.access_lines() if e["access"]["request_id"] in ids}
@@ -213,7 +280,9 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
 
 def test_request_ids_reach_the_worker_and_every_log_line(stack: Stack) -> None:
     ok = infer(stack, 1, body_id="oip-id-7")
-    assert ok.status_code == 200 and ok.headers["X-Request-ID"] == "oip-id-7" and ok.json()["id"] == "oip-id-7"
+    assert (
+        ok.status_code == 200 and ok.headers["X-Request-ID"] == "oip-id-7" and ok.json()["id"] == "oip-id-7"
+    )
     made = infer(stack, 1)
     assert made.status_code == 200 and len(made.headers["X-Request-ID"]) == 32
     header_wins = infer(stack, 1, request_id="hdr-1", body_id="body-1")
@@ -221,27 +290,43 @@ def test_request_ids_reach_the_worker_and_every_log_line(stack: Stack) -> None:
 
     failed = infer(stack, 1, model="slow", negative=True, request_id="will-fail-42")
     assert failed.status_code == 500 and failed.headers["X-Request-ID"] == "will-fail-42"
-    wait_for(lambda: "will-fail-42" in stack.processes.log("w0") + stack.processes.log("w1"), timeout=10,
-             what="the worker to log the failed request's id")
+    wait_for(
+        lambda: "will-fail-42" in stack.processes.log("w0") + stack.processes.log("w1"),
+        timeout=10,
+        what="the worker to log the failed request's id",
+    )
     accesses = {e["access"]["request_id"]: e for e in stack.access_lines()}
     assert accesses["will-fail-42"]["access"]["status"] == 500
     assert accesses["will-fail-42"]["request_id"] == "will-fail-42"  # the JSON line's own field
     assert accesses["oip-id-7"]["access"]["model"] == "digits"
     assert accesses[made.headers["X-Request-ID"]]["access"]["path"] == "/v2/models/digits/infer"
-    for entry in (json.loads(line) for line in stack.processes.log("gateway").splitlines() if line.startswith("{")):
+    for entry in (
+        json.loads(line) for line in stack.processes.log("gateway").splitlines() if line.startswith("{")
+    ):
         if "will-fail-42" in entry["message"]:
             assert entry.get("request_id") == "will-fail-42", entry
 
 
 def test_failures_are_counted_by_reason(stack: Stack) -> None:
-    before = agreed(stack, "torchgate_worker_request_failure_total", "nv_inference_request_failure", model="slow")
+    before = agreed(
+        stack, "torchgate_worker_request_failure_total", "nv_inference_request_failure", model="slow"
+    )
     assert infer(stack, 1, model="slow", negative=True, request_id="fail-a").status_code == 500
-    bad = requests.post(f"{stack.url}/v2/models/digits/infer", timeout=HTTP_TIMEOUT,
-                        json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    bad = requests.post(
+        f"{stack.url}/v2/models/digits/infer",
+        timeout=HTTP_TIMEOUT,
+        json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+    )
     assert bad.status_code == 400
-    assert requests.post(f"{stack.url}/v2/models/nope/infer", json={}, timeout=HTTP_TIMEOUT).status_code == 404
-    after = settled(stack, "torchgate_worker_request_failure_total",
-                    total(before, "torchgate_worker_request_failure_total", model="slow") + 1, model="slow")
+    assert (
+        requests.post(f"{stack.url}/v2/models/nope/infer", json={}, timeout=HTTP_TIMEOUT).status_code == 404
+    )
+    after = settled(
+        stack,
+        "torchgate_worker_request_failure_total",
+        total(before, "torchgate_worker_request_failure_total", model="slow") + 1,
+        model="slow",
+    )
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
@@ -256,7 +341,9 @@ def test_failures_are_counted_by_reason(stack: Stack) -> None:
 
 def test_statistics_endpoint_matches_the_metrics(stack: Stack) -> None:
     assert infer(stack, 3, seed=5).status_code == 200
-    samples = agreed(stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits")
+    samples = agreed(
+        stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits"
+    )
 
     def stats() -> dict[str, Any] | None:
         doc = requests.get(f"{stack.url}/v2/models/digits/stats", timeout=HTTP_TIMEOUT).json()
@@ -266,8 +353,9 @@ def test_statistics_endpoint_matches_the_metrics(stack: Stack) -> None:
     one = wait_for(stats, timeout=10, what="statistics to catch up")
     assert one["name"] == "digits" and one["version"] == "1"
     assert one["execution_count"] == total(samples, "nv_inference_exec_count", model="digits")
-    assert one["inference_stats"]["success"]["count"] == total(samples, "torchgate_worker_request_success_total",
-                                                               model="digits")
+    assert one["inference_stats"]["success"]["count"] == total(
+        samples, "torchgate_worker_request_success_total", model="digits"
+    )
     assert one["inference_stats"]["queue"]["ns"] > 0 and one["inference_stats"]["compute_infer"]["ns"] > 0
     sizes: dict[int, float] = {}
     for (n, ls), v in samples.items():
@@ -277,15 +365,23 @@ def test_statistics_endpoint_matches_the_metrics(stack: Stack) -> None:
     assert {b["batch_size"]: b["compute_infer"]["count"] for b in one["batch_stats"]} == sizes
     every = requests.get(f"{stack.url}/v2/models/stats", timeout=HTTP_TIMEOUT).json()["model_stats"]
     assert {(m["name"], m["version"]) for m in every} == {("digits", "1"), ("slow", "1")}
-    assert requests.get(f"{stack.url}/v2/models/digits/versions/1/stats", timeout=HTTP_TIMEOUT).json()[
-        "model_stats"][0]["name"] == "digits"
+    assert (
+        requests.get(f"{stack.url}/v2/models/digits/versions/1/stats", timeout=HTTP_TIMEOUT).json()[
+            "model_stats"
+        ][0]["name"]
+        == "digits"
+    )
 
 
 def test_worker_counters_keep_counting_across_kill_9(stack: Stack) -> None:
     for i in range(4):
         assert infer(stack, 2, seed=i).status_code == 200
-    before = agreed(stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits")
-    counters = {k: v for k, v in before.items() if types_of(k[0]) and k[0].startswith(("nv_inference", "torchgate_b"))}
+    before = agreed(
+        stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits"
+    )
+    counters = {
+        k: v for k, v in before.items() if types_of(k[0]) and k[0].startswith(("nv_inference", "torchgate_b"))
+    }
     assert total(counters, "nv_inference_count", worker="w0") > 0
     victim = stack.started.get("w0-again") or stack.started["w0"]
     os.kill(victim.pid, signal.SIGKILL)
@@ -296,7 +392,9 @@ def test_worker_counters_keep_counting_across_kill_9(stack: Stack) -> None:
     def gone() -> bool:
         text, samples = scrape(stack.url)
         seen.append(samples)
-        return 'worker="w0"' not in "".join(line for line in text.splitlines() if "torchgate_worker_capacity" in line)
+        return 'worker="w0"' not in "".join(
+            line for line in text.splitlines() if "torchgate_worker_capacity" in line
+        )
 
     wait_for(gone, timeout=30, interval=0.1, what="the dispatcher to drop w0")
     stack.start_worker("w0", "w0-again")
@@ -312,8 +410,13 @@ def test_worker_counters_keep_counting_across_kill_9(stack: Stack) -> None:
         response = infer(stack, 3, seed=100 + i)
         assert response.status_code == 200
         sent += 3
-    final = agreed(stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits")
-    assert total(final, "nv_inference_count", model="digits") == total(before, "nv_inference_count", model="digits") + sent
+    final = agreed(
+        stack, "torchgate_worker_request_success_total", "nv_inference_request_success", model="digits"
+    )
+    assert (
+        total(final, "nv_inference_count", model="digits")
+        == total(before, "nv_inference_count", model="digits") + sent
+    )
     seen.append(final)
     for key, value in counters.items():
         for samples in seen:
@@ -325,16 +428,25 @@ _TYPES: dict[str, str] = {}
 
 def types_of(name: str) -> bool:
     """Return whether ``name`` is a sample of a counter or a histogram (which must never decrease)."""
-    return not name.endswith(("_pending_request_count", "_in_flight", "_capacity", "_ready", "_up", "_pending"))
+    return not name.endswith(
+        ("_pending_request_count", "_in_flight", "_capacity", "_ready", "_up", "_pending")
+    )
 
 
 def test_scrape_declares_types_and_triton_names(stack: Stack) -> None:
     text, samples = scrape(stack.url)
     declared = types(text)
-    for name in ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-                 "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-                 "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-                 "nv_inference_compute_output_duration_us"):
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+    ):
         assert declared.get(name) == "counter", name
     assert declared["nv_inference_pending_request_count"] == "gauge"
     assert declared["torchgate_request_duration_seconds"] == "histogram"
@@ -346,7 +458,10 @@ def test_scrape_declares_types_and_triton_names(stack: Stack) -> None:
     assert any(folder.glob("counter_*.db")) and any(folder.glob("histogram_*.db"))
 
 
-GPU_ONLY = {"nv_gpu_memory_used_bytes", "torchgate_gpu_memory_reserved_bytes"}  # no samples without a GPU worker
+GPU_ONLY = {
+    "nv_gpu_memory_used_bytes",
+    "torchgate_gpu_memory_reserved_bytes",
+}  # no samples without a GPU worker
 
 
 def dashboard_queries() -> list[str]:
@@ -364,8 +479,11 @@ def test_every_dashboard_query_names_an_exported_metric(stack: Stack) -> None:
     queries = dashboard_queries()
     referenced = set().union(*(metric_names(q) for q in queries))
     assert len(referenced) >= 15 and all(q.strip() for q in queries)
-    wait_for(lambda: total(scrape(stack.url)[1], "torchgate_batch_size_count") > 0, timeout=30,
-             what="worker metrics")
+    wait_for(
+        lambda: total(scrape(stack.url)[1], "torchgate_batch_size_count") > 0,
+        timeout=30,
+        what="worker metrics",
+    )
     text, samples = scrape(stack.url)
     sampled = {name for name, _ in samples}
     declared = set(types(text))

@@ -23,18 +23,53 @@ from tests.promql_names import label_values_metric, metric_names
 
 STATUS = {
     "stats": [
-        {"worker": "w0", "model": "m", "version": "1", "success": 5, "failure": {"INTERNAL": 2},
-         "inference_count": 9, "execution_count": 3, "queue_ns": 4000, "compute_input_ns": 1000,
-         "compute_infer_ns": 6000, "compute_output_ns": 500, "batch_sizes": {"1": 1, "3": 1, "5": 1}},
-        {"worker": "w1", "model": "m", "version": "1", "success": 1, "failure": {}, "inference_count": 8,
-         "execution_count": 1, "queue_ns": 0, "compute_input_ns": 0, "compute_infer_ns": 0,
-         "compute_output_ns": 0, "batch_sizes": {"8": 1}},
+        {
+            "worker": "w0",
+            "model": "m",
+            "version": "1",
+            "success": 5,
+            "failure": {"INTERNAL": 2},
+            "inference_count": 9,
+            "execution_count": 3,
+            "queue_ns": 4000,
+            "compute_input_ns": 1000,
+            "compute_infer_ns": 6000,
+            "compute_output_ns": 500,
+            "batch_sizes": {"1": 1, "3": 1, "5": 1},
+        },
+        {
+            "worker": "w1",
+            "model": "m",
+            "version": "1",
+            "success": 1,
+            "failure": {},
+            "inference_count": 8,
+            "execution_count": 1,
+            "queue_ns": 0,
+            "compute_input_ns": 0,
+            "compute_infer_ns": 0,
+            "compute_output_ns": 0,
+            "batch_sizes": {"8": 1},
+        },
     ],
     "models": {"m": {"1": {"ready": 2, "queued": 4, "signature": {}}}},
     "workers": [
-        {"worker": "w0", "state": "READY", "device": "cuda:0", "in_flight": 1, "capacity": 4,
-         "device_memory": {"used_bytes": 1024, "reserved_bytes": 4096}},
-        {"worker": "w1", "state": "DRAINING", "device": "cpu", "in_flight": 0, "capacity": 2, "device_memory": None},
+        {
+            "worker": "w0",
+            "state": "READY",
+            "device": "cuda:0",
+            "in_flight": 1,
+            "capacity": 4,
+            "device_memory": {"used_bytes": 1024, "reserved_bytes": 4096},
+        },
+        {
+            "worker": "w1",
+            "state": "DRAINING",
+            "device": "cpu",
+            "in_flight": 0,
+            "capacity": 2,
+            "device_memory": None,
+        },
     ],
     "dispatcher": {"requests": 12, "rejected": 1, "expired": 0, "resent": 2, "lost": 0, "pending": 5},
 }
@@ -91,8 +126,10 @@ def test_request_counters_keep_triton_names_and_reasons() -> None:
     assert "nv_inference_request_success_total" not in text and "_created" not in text
 
 
-@pytest.mark.parametrize("status, reason", [(503, "REJECTED"), (504, "REJECTED"), (500, "BACKEND"),
-                                            (400, "OTHER"), (404, "OTHER"), (413, "OTHER")])
+@pytest.mark.parametrize(
+    "status, reason",
+    [(503, "REJECTED"), (504, "REJECTED"), (500, "BACKEND"), (400, "OTHER"), (404, "OTHER"), (413, "OTHER")],
+)
 def test_failure_reasons(status: int, reason: str) -> None:
     assert failure_reason(status) == reason
 
@@ -134,11 +171,21 @@ def test_access_line_text_and_json(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="torchgate.access"):
         log_request("POST", "/v2/models/digits/infer", 200, 0.0125, trace)
     record = caplog.records[-1]
-    assert record.getMessage() == "POST /v2/models/digits/infer 200 12.5ms model=digits version=1 samples=3 request_id=r-1"
+    assert (
+        record.getMessage()
+        == "POST /v2/models/digits/infer 200 12.5ms model=digits version=1 samples=3 request_id=r-1"
+    )
     entry = json.loads(JsonFormatter().format(record))
-    assert entry["access"] == {"method": "POST", "path": "/v2/models/digits/infer", "status": 200,
-                               "duration_ms": 12.5, "request_id": "r-1", "model": "digits", "version": "1",
-                               "samples": 3}
+    assert entry["access"] == {
+        "method": "POST",
+        "path": "/v2/models/digits/infer",
+        "status": 200,
+        "duration_ms": 12.5,
+        "request_id": "r-1",
+        "model": "digits",
+        "version": "1",
+        "samples": 3,
+    }
 
 
 def test_supervisord_gives_the_gateway_a_metrics_folder_in_the_run_dir(tmp_path: Path) -> None:
@@ -158,9 +205,11 @@ def test_clear_empties_or_makes_the_folder(tmp_path: Path) -> None:
 
 
 def test_promql_names() -> None:
-    expr = ('histogram_quantile(0.99, sum by (le, model) (rate(torchgate_request_duration_seconds_bucket'
-            '{model=~"$model", version!="x(y"}[$__rate_interval]))) / on (model) group_left '
-            'sum(rate(nv_inference_count[5m])) * 1e6')
+    expr = (
+        "histogram_quantile(0.99, sum by (le, model) (rate(torchgate_request_duration_seconds_bucket"
+        '{model=~"$model", version!="x(y"}[$__rate_interval]))) / on (model) group_left '
+        "sum(rate(nv_inference_count[5m])) * 1e6"
+    )
     assert metric_names(expr) == {"torchgate_request_duration_seconds_bucket", "nv_inference_count"}
     with pytest.raises(ValueError):
         metric_names("sum(rate(x[5m])")

@@ -19,14 +19,18 @@ shapes = st.lists(st.integers(min_value=0, max_value=5), min_size=0, max_size=4)
 
 def random_tensor(datatype: str, shape: list[int], seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (math.prod(shape) * DATATYPE_SIZES[datatype],), dtype=torch.uint8, generator=generator)
+    raw = torch.randint(
+        0, 256, (math.prod(shape) * DATATYPE_SIZES[datatype],), dtype=torch.uint8, generator=generator
+    )
     if datatype == "BOOL":
         raw = raw % 2
     return raw.view(TORCH_DTYPES[datatype]).view(shape)
 
 
 def wire_round_trip(tensors: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
-    frames = protocol.encode(Kind.REPLY, {"seq": 1}, [from_torch(n, t) for n, t in tensors], tensor_key="outputs")
+    frames = protocol.encode(
+        Kind.REPLY, {"seq": 1}, [from_torch(n, t) for n, t in tensors], tensor_key="outputs"
+    )
     frames = [bytes(memoryview(f)) for f in frames]  # what crosses a socket
     message = protocol.decode(frames)
     assert message.kind is Kind.REPLY and message.get("seq") == 1
@@ -63,23 +67,29 @@ def header(**fields: object) -> bytes:
     return msgpack.packb({"v": protocol.VERSION, "kind": "REQUEST", **fields})
 
 
-@pytest.mark.parametrize("frames, complaint", [
-    ([], "empty"),
-    ([b"\xc1"], "not valid msgpack"),
-    ([msgpack.packb([1, 2])], "must be a map"),
-    ([msgpack.packb({"v": 99, "kind": "REQUEST"})], "version"),
-    ([msgpack.packb({"v": 1, "kind": "PICKLE"})], "unknown message kind"),
-    ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}])], "0 frames follow"),
-    ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}]), b"1234567"], "need 8"),
-    ([header(inputs=[{"name": "x", "datatype": "FP33", "shape": [2]}]), b""], "unknown datatype"),
-    ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}]), b""], "non-negative"),
-    ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2147483647, 2147483647]}]), b""], "exceeds the limit"),
-    ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [1.5]}]), b""], "non-negative integer"),
-    ([header(inputs=[{"name": "", "datatype": "FP32", "shape": []}]), b""], "name"),
-    ([header(inputs="nope")], "must be a list"),
-    ([msgpack.packb({"v": 1, "kind": "REQUEST", 1: 2})], "not valid msgpack"),
-    ([msgpack.packb({"v": 1, "kind": "REQUEST", "x": msgpack.ExtType(1, b"evil")})], "not valid msgpack"),
-])
+@pytest.mark.parametrize(
+    "frames, complaint",
+    [
+        ([], "empty"),
+        ([b"\xc1"], "not valid msgpack"),
+        ([msgpack.packb([1, 2])], "must be a map"),
+        ([msgpack.packb({"v": 99, "kind": "REQUEST"})], "version"),
+        ([msgpack.packb({"v": 1, "kind": "PICKLE"})], "unknown message kind"),
+        ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}])], "0 frames follow"),
+        ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}]), b"1234567"], "need 8"),
+        ([header(inputs=[{"name": "x", "datatype": "FP33", "shape": [2]}]), b""], "unknown datatype"),
+        ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}]), b""], "non-negative"),
+        (
+            [header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2147483647, 2147483647]}]), b""],
+            "exceeds the limit",
+        ),
+        ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [1.5]}]), b""], "non-negative integer"),
+        ([header(inputs=[{"name": "", "datatype": "FP32", "shape": []}]), b""], "name"),
+        ([header(inputs="nope")], "must be a list"),
+        ([msgpack.packb({"v": 1, "kind": "REQUEST", 1: 2})], "not valid msgpack"),
+        ([msgpack.packb({"v": 1, "kind": "REQUEST", "x": msgpack.ExtType(1, b"evil")})], "not valid msgpack"),
+    ],
+)
 def test_malformed_messages_raise_protocol_error(frames: list[bytes], complaint: str) -> None:
     with pytest.raises(ProtocolError, match=complaint):
         protocol.decode(frames)

@@ -27,11 +27,21 @@ from tests.test_deploy_supervisor import INFER_BODY, Deployment
 
 TOKEN = "correct-horse-battery-staple"
 BIN = Path(sys.executable).parent
-ENDPOINTS = [("GET", "/v2/health/ready"), ("GET", "/v2"), ("GET", "/v2/models/digits"),
-             ("GET", "/v2/models/digits/ready"), ("GET", "/v2/models/digits/config"),
-             ("GET", "/v2/models/digits/stats"), ("GET", "/v2/models/stats"), ("POST", "/v2/repository/index"),
-             ("POST", "/v2/models/digits/infer"), ("POST", "/predict"), ("GET", "/openapi.json"),
-             ("GET", "/metrics"), ("GET", "/v2/models/nope")]
+ENDPOINTS = [
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2"),
+    ("GET", "/v2/models/digits"),
+    ("GET", "/v2/models/digits/ready"),
+    ("GET", "/v2/models/digits/config"),
+    ("GET", "/v2/models/digits/stats"),
+    ("GET", "/v2/models/stats"),
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/models/digits/infer"),
+    ("POST", "/predict"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/v2/models/nope"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +50,19 @@ def deployment() -> Iterator[Deployment]:
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    d = Deployment(base / "run", "--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1",
-                   "--worker-startsecs", "2", "--auth-token-file", str(token_file))
+    d = Deployment(
+        base / "run",
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "1",
+        "--worker-threads",
+        "1",
+        "--worker-startsecs",
+        "2",
+        "--auth-token-file",
+        str(token_file),
+    )
     try:
         d.wait_supervisor()
         # `serve` itself must pass the token to see readiness, or it would never say it serves.
@@ -56,8 +77,13 @@ def deployment() -> Iterator[Deployment]:
 def test_every_endpoint_but_liveness_needs_the_token(deployment: Deployment, method: str, path: str) -> None:
     url = deployment.url + path
     body = INFER_BODY if path.endswith("infer") else None
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
         response = requests.request(method, url, json=body, headers=headers, timeout=30)
         assert response.status_code == 401, (path, headers, response.status_code)
         assert response.headers.get("WWW-Authenticate") == "Bearer"
@@ -101,8 +127,21 @@ def test_an_empty_token_file_is_refused_not_ignored(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(ValueError, match="holds no token"):
         GatewayConfig.from_env({"TORCHGATE_AUTH_TOKEN_FILE": str(empty)})
-    done = subprocess.run([str(BIN / "torchgate"), "serve", "--run-dir", str(tmp_path / "run"), "--gpus", "none",
-                           "--auth-token-file", str(empty)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            str(BIN / "torchgate"),
+            "serve",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--gpus",
+            "none",
+            "--auth-token-file",
+            str(empty),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "empty" in done.stderr, done.stderr
     s = DeploySettings(run_dir=tmp_path / "run2", cpu_workers=1, auth_token_file=empty)
     assert gateway_environment(s)["TORCHGATE_AUTH_TOKEN_FILE"] == str(empty)

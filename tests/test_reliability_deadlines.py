@@ -32,7 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     processes = Processes(root)
     try:
         yield Stack(processes, root / "run", root / "repo").start(
-            {"w0": []}, gateway_threads=32, gateway_env={"TORCHGATE_DEFAULT_TIMEOUT": str(DEFAULT_TIMEOUT)})
+            {"w0": []}, gateway_threads=32, gateway_env={"TORCHGATE_DEFAULT_TIMEOUT": str(DEFAULT_TIMEOUT)}
+        )
     finally:
         processes.kill_all()
 
@@ -53,17 +54,20 @@ def counters(stack: Stack, context: zmq.Context) -> dict[str, int]:
 
 def settled(stack: Stack, context: zmq.Context) -> dict[str, int]:
     """The counters once nothing is queued or in flight and the worker has reported it."""
+
     def idle() -> dict[str, int] | None:
         status = stack.status(context)
         busy = any(w["in_flight"] for w in status["workers"]) or status["dispatcher"]["pending"]
         return None if busy else model_counters(status, "slow")
+
     first = wait_for(idle, timeout=60, what="an idle worker")
     wait_for(lambda: counters(stack, context) == first and idle(), timeout=10, what="stable counters")
     return counters(stack, context)
 
 
-def run_expiring(stack: Stack, context: zmq.Context, backlog: int, expiring: list[dict[str, object]],
-                 deadline: float) -> list[Outcome]:
+def run_expiring(
+    stack: Stack, context: zmq.Context, backlog: int, expiring: list[dict[str, object]], deadline: float
+) -> list[Outcome]:
     """Keep the worker busy with ``backlog`` one-sample requests, send the ``expiring`` ones (three samples
     each) behind them, then a one-sample sentinel; return the expiring ones' outcomes.
 
@@ -72,15 +76,21 @@ def run_expiring(stack: Stack, context: zmq.Context, backlog: int, expiring: lis
     """
     before = settled(stack, context)
     with ThreadPoolExecutor(backlog + len(expiring)) as pool:
-        busy: list[Future[Outcome]] = [pool.submit(post, stack, slow_body(timeout_us=60_000_000))
-                                       for _ in range(backlog)]
-        wait_for(lambda: any(w["in_flight"] for w in stack.status(context)["workers"]), timeout=30,
-                 what="the worker to be busy")
+        busy: list[Future[Outcome]] = [
+            pool.submit(post, stack, slow_body(timeout_us=60_000_000)) for _ in range(backlog)
+        ]
+        wait_for(
+            lambda: any(w["in_flight"] for w in stack.status(context)["workers"]),
+            timeout=30,
+            what="the worker to be busy",
+        )
         late = [pool.submit(post, stack, body) for body in expiring]
         results = [f.result(timeout=60) for f in late]
         sentinel = post(stack, slow_body(timeout_us=60_000_000))
         busy_outcomes = [f.result(timeout=60) for f in busy]
-        assert all(o.status == 200 for o in busy_outcomes), [o.describe() for o in busy_outcomes if o.status != 200]
+        assert all(o.status == 200 for o in busy_outcomes), [
+            o.describe() for o in busy_outcomes if o.status != 200
+        ]
     assert sentinel.status == 200, sentinel.describe()
     for outcome in results:
         assert outcome.status == 504, outcome.describe()
@@ -91,17 +101,25 @@ def run_expiring(stack: Stack, context: zmq.Context, backlog: int, expiring: lis
     return results
 
 
-def test_parameters_timeout_expires_in_the_worker_queue_uncomputed(stack: Stack, context: zmq.Context) -> None:
+def test_parameters_timeout_expires_in_the_worker_queue_uncomputed(
+    stack: Stack, context: zmq.Context
+) -> None:
     # Two one-sample requests keep the worker computing; the expiring ones get its spare credit and wait in
     # the worker's batch queue behind the running batch, which outlasts their 0.2 s.
-    run_expiring(stack, context, backlog=2, expiring=[slow_body(rows=3, timeout_us=200_000)] * 2, deadline=0.2)
+    run_expiring(
+        stack, context, backlog=2, expiring=[slow_body(rows=3, timeout_us=200_000)] * 2, deadline=0.2
+    )
 
 
-def test_parameters_timeout_expires_in_the_dispatcher_queue_uncomputed(stack: Stack, context: zmq.Context) -> None:
+def test_parameters_timeout_expires_in_the_dispatcher_queue_uncomputed(
+    stack: Stack, context: zmq.Context
+) -> None:
     # Twelve requests: eight use every credit of the worker, four wait in the dispatcher; the expiring ones
     # queue behind them there and pass their 0.4 s before a credit frees.
     expired_before = stack.status(context)["dispatcher"]["expired"]
-    run_expiring(stack, context, backlog=12, expiring=[slow_body(rows=3, timeout_us=400_000)] * 3, deadline=0.4)
+    run_expiring(
+        stack, context, backlog=12, expiring=[slow_body(rows=3, timeout_us=400_000)] * 3, deadline=0.4
+    )
     assert stack.status(context)["dispatcher"]["expired"] >= expired_before + 3
 
 

@@ -32,15 +32,30 @@ def deployment() -> Iterator[Deployment]:
     repository = base / "repo"
     copy_digits(repository)
     write_slow_model(repository, seconds=0.1, max_batch_size=4, max_queue_size=64)
-    d = Deployment(base / "run", "--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2",
-                   "--worker-threads", "1", "--worker-startsecs", "2", "--gateway-processes", "2",
-                   "--gateway-threads", "4")
+    d = Deployment(
+        base / "run",
+        "--model-repository",
+        str(repository),
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "2",
+        "--worker-threads",
+        "1",
+        "--worker-startsecs",
+        "2",
+        "--gateway-processes",
+        "2",
+        "--gateway-threads",
+        "4",
+    )
     try:
         d.wait_serving(timeout=120)
         yield d
     finally:
         d.stop()
         import shutil
+
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -48,8 +63,11 @@ def deployment() -> Iterator[Deployment]:
 def healthy(deployment: Deployment) -> Deployment:
     """The deployment with every program RUNNING, both workers ready and both gateway processes up."""
     d = deployment
-    wait_for(lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()), timeout=60,
-             what="every program RUNNING")
+    wait_for(
+        lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()),
+        timeout=60,
+        what="every program RUNNING",
+    )
     wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="both workers ready")
     wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
     return d
@@ -69,8 +87,11 @@ def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Deployment) ->
     with HttpLoad(d.url, body=slow_body(rows=2), path="/v2/models/slow/infer", threads=6) as load:
         load.wait_for_more(20)
         os.kill(before["worker-cpu-0"], signal.SIGKILL)  # the slow model sleeps 0.1 s of every batch
-        wait_for(lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]), timeout=30,
-                 what="supervisord to restart worker-cpu-0")
+        wait_for(
+            lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]),
+            timeout=30,
+            what="supervisord to restart worker-cpu-0",
+        )
         wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="the restarted worker ready")
         load.wait_for_more(40)
     assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
@@ -85,8 +106,11 @@ def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Deploy
         load.wait_for_more(20)
         killed_at = time.monotonic()
         os.kill(before["dispatcher"], signal.SIGKILL)
-        wait_for(lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]), timeout=30,
-                 what="supervisord to restart the dispatcher")
+        wait_for(
+            lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]),
+            timeout=30,
+            what="supervisord to restart the dispatcher",
+        )
         load.wait_for_more(40, timeout=30)
         back = min(t for t, o in load.snapshot() if o.status == 200 and t > killed_at)
         wait_for(lambda: d.ready_slots() == SLOTS, timeout=30, what="both workers registered again")
@@ -106,8 +130,11 @@ def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Deployment) -
     with HttpLoad(d.url, threads=4) as load:
         load.wait_for_more(20)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(children(master)) == 2 and victim not in children(master), timeout=30,
-                 what="gunicorn to replace the killed process")
+        wait_for(
+            lambda: len(children(master)) == 2 and victim not in children(master),
+            timeout=30,
+            what="gunicorn to replace the killed process",
+        )
         load.wait_for_more(40)
     # Only a request on a connection of the killed process can fail, and only at the transport level.
     assert len(load.failures()) <= load.threads, [o.describe() for o in load.failures()]
@@ -122,10 +149,16 @@ def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy:
         load.wait_for_more(10)
         killed_at = time.monotonic()
         os.kill(master, signal.SIGKILL)
-        wait_for(lambda: d.pids().get("gateway") not in (None, master), timeout=30,
-                 what="supervisord to restart the gateway")
-        wait_for(lambda: any(t > killed_at and o.status == 200 for t, o in load.snapshot()), timeout=40,
-                 what="the gateway to answer again")
+        wait_for(
+            lambda: d.pids().get("gateway") not in (None, master),
+            timeout=30,
+            what="supervisord to restart the gateway",
+        )
+        wait_for(
+            lambda: any(t > killed_at and o.status == 200 for t, o in load.snapshot()),
+            timeout=40,
+            what="the gateway to answer again",
+        )
         load.wait_for_more(20)
     assert all(o.status in (0, 503) for o in load.failures()), [o.describe() for o in load.failures()[:5]]
     wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=30, what="two gateway processes again")

@@ -37,8 +37,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     write_slow_model(root / "repo", seconds=0.01, max_batch_size=4, max_queue_size=64)
     processes = Processes(root)
     try:
-        yield Stack(processes, root / "run", root / "repo").start({"w0": [], "w1": []}, gateway_processes=2,
-                                                                 gateway_threads=8)
+        yield Stack(processes, root / "run", root / "repo").start(
+            {"w0": [], "w1": []}, gateway_processes=2, gateway_threads=8
+        )
     finally:
         processes.kill_all()
 
@@ -59,7 +60,7 @@ def assert_clean(status: int, text: str, what: str) -> None:
     """A precise error: JSON {"error": ...}, and nothing about the server's insides."""
     doc = json.loads(text)
     assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"], (what, text)
-    for leak in ("Traceback", "/work", ".py", "File \""):
+    for leak in ("Traceback", "/work", ".py", 'File "'):
         assert leak not in text, (what, status, text)
 
 
@@ -73,16 +74,25 @@ def test_fuzz_every_operation_from_the_openapi_document(stack: Stack, load: Http
     session = requests.Session()
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=FUZZ_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             def probe(case: Any) -> None:
                 response = case.call(base_url=stack.url, session=session, timeout=30)
                 seen[response.status_code] = seen.get(response.status_code, 0) + 1
                 if response.status_code >= 500:
-                    problems.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}")
+                    problems.append(
+                        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}"
+                    )
                 elif response.status_code >= 400:
                     assert_clean(response.status_code, response.text, f"{case.method} {case.formatted_path}")
+
             try:
                 probe()
             except Unsatisfiable:  # nothing to make invalid (no parameters, no body)
@@ -117,36 +127,102 @@ def raw_post(stack: Stack, head: bytes, body: bytes) -> tuple[int, str]:
 HOSTILE: list[tuple[str, dict[str, Any], int, str]] = [
     # what, requests.post keyword arguments, status, a word the error must contain
     ("absurd shape, JSON data", {"json": infer_doc([2147483647, 2147483647], [1.0])}, 400, "shape"),
-    ("absurd shape, binary data", {
-        "data": json.dumps(infer_doc([2147483647, 2147483647], binary_data_size=16)).encode() + b"\0" * 16,
-        "headers": {"Inference-Header-Content-Length":
-                    str(len(json.dumps(infer_doc([2147483647, 2147483647], binary_data_size=16))))}}, 400, "shape"),
+    (
+        "absurd shape, binary data",
+        {
+            "data": json.dumps(infer_doc([2147483647, 2147483647], binary_data_size=16)).encode()
+            + b"\0" * 16,
+            "headers": {
+                "Inference-Header-Content-Length": str(
+                    len(json.dumps(infer_doc([2147483647, 2147483647], binary_data_size=16)))
+                )
+            },
+        },
+        400,
+        "shape",
+    ),
     ("huge dims count", {"json": infer_doc([1] * 100, [1.0])}, 400, "shape"),
     ("negative dim", {"json": infer_doc([-1, 64], DIGIT_ROW)}, 400, "shape"),
     ("deeply nested JSON", {"data": b"[" * 200_000 + b"]" * 200_000}, 400, "JSON"),
-    ("deeply nested data", {"json": infer_doc([1, 64], json.loads("[" * 500 + "1" + "]" * 500))}, 400, "input"),
-    ("binary_data_size past the end", {
-        "data": json.dumps(infer_doc([1, 64], binary_data_size=256)).encode() + b"\0" * 10,
-        "headers": {"Inference-Header-Content-Length": str(len(json.dumps(infer_doc([1, 64], binary_data_size=256))))}},
-     400, "binary_data_size"),
-    ("binary_data_size short of the body", {
-        "data": json.dumps(infer_doc([1, 64], binary_data_size=256)).encode() + b"\0" * 300,
-        "headers": {"Inference-Header-Content-Length": str(len(json.dumps(infer_doc([1, 64], binary_data_size=256))))}},
-     400, "binary"),
-    ("binary_data_size that does not match the shape", {
-        "data": json.dumps(infer_doc([1, 64], binary_data_size=8)).encode() + b"\0" * 8,
-        "headers": {"Inference-Header-Content-Length": str(len(json.dumps(infer_doc([1, 64], binary_data_size=8))))}},
-     400, "bytes"),
-    ("header length beyond the body", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99999"}},
-     400, "Inference-Header-Content-Length"),
-    ("header length not a number", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "1e3"}},
-     400, "Inference-Header-Content-Length"),
-    ("raw body not whole samples", {"data": b"\0" * 13, "headers": {"Inference-Header-Content-Length": "0"}},
-     400, "samples"),
+    (
+        "deeply nested data",
+        {"json": infer_doc([1, 64], json.loads("[" * 500 + "1" + "]" * 500))},
+        400,
+        "input",
+    ),
+    (
+        "binary_data_size past the end",
+        {
+            "data": json.dumps(infer_doc([1, 64], binary_data_size=256)).encode() + b"\0" * 10,
+            "headers": {
+                "Inference-Header-Content-Length": str(
+                    len(json.dumps(infer_doc([1, 64], binary_data_size=256)))
+                )
+            },
+        },
+        400,
+        "binary_data_size",
+    ),
+    (
+        "binary_data_size short of the body",
+        {
+            "data": json.dumps(infer_doc([1, 64], binary_data_size=256)).encode() + b"\0" * 300,
+            "headers": {
+                "Inference-Header-Content-Length": str(
+                    len(json.dumps(infer_doc([1, 64], binary_data_size=256)))
+                )
+            },
+        },
+        400,
+        "binary",
+    ),
+    (
+        "binary_data_size that does not match the shape",
+        {
+            "data": json.dumps(infer_doc([1, 64], binary_data_size=8)).encode() + b"\0" * 8,
+            "headers": {
+                "Inference-Header-Content-Length": str(
+                    len(json.dumps(infer_doc([1, 64], binary_data_size=8)))
+                )
+            },
+        },
+        400,
+        "bytes",
+    ),
+    (
+        "header length beyond the body",
+        {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99999"}},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    (
+        "header length not a number",
+        {"data": b"{}", "headers": {"Inference-Header-Content-Length": "1e3"}},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    (
+        "raw body not whole samples",
+        {"data": b"\0" * 13, "headers": {"Inference-Header-Content-Length": "0"}},
+        400,
+        "samples",
+    ),
     ("truncated JSON", {"data": json.dumps(infer_doc([1, 64], DIGIT_ROW)).encode()[:50]}, 400, "JSON"),
-    ("invalid gzip", {"data": b"\x1f\x8b\x08\x00garbage", "headers": {"Content-Encoding": "gzip"}}, 400, "gzip"),
-    ("truncated gzip", {"data": gzip.compress(json.dumps(infer_doc([1, 64], DIGIT_ROW)).encode())[:30],
-                        "headers": {"Content-Encoding": "gzip"}}, 400, "gzip"),
+    (
+        "invalid gzip",
+        {"data": b"\x1f\x8b\x08\x00garbage", "headers": {"Content-Encoding": "gzip"}},
+        400,
+        "gzip",
+    ),
+    (
+        "truncated gzip",
+        {
+            "data": gzip.compress(json.dumps(infer_doc([1, 64], DIGIT_ROW)).encode())[:30],
+            "headers": {"Content-Encoding": "gzip"},
+        },
+        400,
+        "gzip",
+    ),
     ("unknown encoding", {"data": b"{}", "headers": {"Content-Encoding": "br"}}, 400, "Content-Encoding"),
     ("empty tensor", {"json": infer_doc([0, 64], [])}, 400, "no elements"),
     ("empty inputs", {"json": {"inputs": []}}, 400, "inputs"),
@@ -161,8 +237,9 @@ HOSTILE: list[tuple[str, dict[str, Any], int, str]] = [
 
 
 @pytest.mark.parametrize("what, kwargs, status, word", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_requests_get_a_precise_4xx(stack: Stack, load: HttpLoad, what: str, kwargs: dict[str, Any],
-                                            status: int, word: str) -> None:
+def test_hostile_requests_get_a_precise_4xx(
+    stack: Stack, load: HttpLoad, what: str, kwargs: dict[str, Any], status: int, word: str
+) -> None:
     response = requests.post(stack.url + INFER, timeout=30, **kwargs)
     assert response.status_code == status, (what, response.status_code, response.text[:300])
     assert_clean(response.status_code, response.text, what)
@@ -179,22 +256,33 @@ def test_nan_and_infinities_are_valid_fp32(stack: Stack, load: HttpLoad) -> None
 
 def test_bodies_cut_short_or_lying_about_their_length(stack: Stack, load: HttpLoad) -> None:
     body = json.dumps(infer_doc([1, 64], DIGIT_ROW)).encode()
-    head = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    status, text = raw_post(stack, head, body[:len(body) // 2])  # half the promised body, then EOF
+    head = (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    status, text = raw_post(stack, head, body[: len(body) // 2])  # half the promised body, then EOF
     assert status == 400, text
     assert_clean(status, text, "body cut short")
-    status, text = raw_post(stack, head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: -5"), body)
+    status, text = raw_post(
+        stack, head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: -5"), body
+    )
     assert status == 400, text
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(blob=st.binary(max_size=512), header_length=st.one_of(st.none(), st.integers(-5, 600).map(str)),
-       encoding=st.sampled_from([None, "gzip", "deflate", "identity"]))
-def test_random_bytes_never_5xx(stack: Stack, load: HttpLoad, blob: bytes, header_length: str | None,
-                                encoding: str | None) -> None:
-    headers = {k: v for k, v in (("Inference-Header-Content-Length", header_length),
-                                 ("Content-Encoding", encoding)) if v is not None}
+@given(
+    blob=st.binary(max_size=512),
+    header_length=st.one_of(st.none(), st.integers(-5, 600).map(str)),
+    encoding=st.sampled_from([None, "gzip", "deflate", "identity"]),
+)
+def test_random_bytes_never_5xx(
+    stack: Stack, load: HttpLoad, blob: bytes, header_length: str | None, encoding: str | None
+) -> None:
+    headers = {
+        k: v
+        for k, v in (("Inference-Header-Content-Length", header_length), ("Content-Encoding", encoding))
+        if v is not None
+    }
     response = requests.post(stack.url + INFER, data=blob, headers=headers, timeout=30)
     assert response.status_code < 500, (blob[:80], headers, response.text[:300])
     if response.status_code != 200:
@@ -210,7 +298,9 @@ def test_worker_and_gateway_failures_leak_no_traceback_or_path(stack: Stack, loa
         "unknown model": requests.post(stack.url + "/v2/models/nope/infer", json=slow_body(), timeout=30),
         "unknown endpoint": requests.get(stack.url + "/v2/secret", timeout=30),
         "wrong method": requests.delete(stack.url + INFER, timeout=30),
-        "repository index with junk": requests.post(stack.url + "/v2/repository/index", data=b"[1]", timeout=30),
+        "repository index with junk": requests.post(
+            stack.url + "/v2/repository/index", data=b"[1]", timeout=30
+        ),
     }
     for what, response in answers.items():
         assert response.status_code >= 400, what

@@ -41,8 +41,9 @@ def report(stack: Stack) -> Report:
 
 def test_the_excess_gets_503_with_retry_after_at_once(report: Report) -> None:
     ok, busy = report.by_status(200), report.by_status(503)
-    assert len(ok) + len(busy) == len(report.outcomes), [o.describe() for o in report.outcomes
-                                                         if o.status not in (200, 503)][:5]
+    assert len(ok) + len(busy) == len(report.outcomes), [
+        o.describe() for o in report.outcomes if o.status not in (200, 503)
+    ][:5]
     offered = len(report.outcomes) / report.seconds
     assert offered >= 10 * CAPACITY_RPS, f"offered only {offered:.0f} requests/s"
     assert ok, "nothing was accepted"
@@ -86,8 +87,9 @@ def narrow_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Re
 def test_busy_gateway_threads_refuse_the_excess_at_once(narrow_report: tuple[Report, Stack]) -> None:
     report, stack = narrow_report
     ok, busy = report.by_status(200), report.by_status(503)
-    assert len(ok) + len(busy) == len(report.outcomes), [o.describe() for o in report.outcomes
-                                                         if o.status not in (200, 503)][:5]
+    assert len(ok) + len(busy) == len(report.outcomes), [
+        o.describe() for o in report.outcomes if o.status not in (200, 503)
+    ][:5]
     assert ok, "nothing was accepted"
     assert len(busy) > len(ok), "the excess was not refused"
     assert all(o.headers.get("Retry-After") and '"error"' in o.body for o in busy)

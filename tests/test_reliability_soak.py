@@ -32,8 +32,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     copy_digits(root / "repo")
     processes = Processes(root)
     try:
-        yield Stack(processes, root / "run", root / "repo").start({"w0": [], "w1": []}, gateway_processes=2,
-                                                                 gateway_threads=8)
+        yield Stack(processes, root / "run", root / "repo").start(
+            {"w0": [], "w1": []}, gateway_processes=2, gateway_threads=8
+        )
     finally:
         processes.kill_all()
 

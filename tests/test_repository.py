@@ -48,17 +48,32 @@ def test_highest_version_folder_is_the_default(tmp_path: Path) -> None:
     assert model.signature("2")["inputs"] == [{"name": "input", "datatype": "FP32", "dims": [-1, 3]}]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c.replace('backend = "torch_export"', 'backend = "onnx"'), "key 'backend' is 'onnx', expected one of"),
-    (lambda c: c.replace('name = "m"', 'name = "x"'), "key 'name' is 'x', expected the folder name 'm'"),
-    (lambda c: c.replace("max_batch_size = 8", "max_batch_size = -1"), "key 'max_batch_size' is -1"),
-    (lambda c: c.replace('datatype = "FP32"', 'datatype = "FLOAT"'), "key 'input[0].datatype' is 'FLOAT'"),
-    (lambda c: c.replace("dims = [-1, 3]", "dims = [-2]"), "key 'input[0].dims'"),
-    (lambda c: c.replace("max_queue_delay_us = 100", 'max_queue_delay_us = "soon"'), "'dynamic_batching.max_queue_delay_us'"),
-    (lambda c: c.split("[[output]]")[0], "key 'output' must be one or more"),
-    (lambda c: c + "\n[[[", "not valid TOML"),
-    (lambda c: c.replace('backend = "torch_export"', 'backend = "python"'), "key 'factory' must be 'module:function'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c.replace('backend = "torch_export"', 'backend = "onnx"'),
+            "key 'backend' is 'onnx', expected one of",
+        ),
+        (lambda c: c.replace('name = "m"', 'name = "x"'), "key 'name' is 'x', expected the folder name 'm'"),
+        (lambda c: c.replace("max_batch_size = 8", "max_batch_size = -1"), "key 'max_batch_size' is -1"),
+        (
+            lambda c: c.replace('datatype = "FP32"', 'datatype = "FLOAT"'),
+            "key 'input[0].datatype' is 'FLOAT'",
+        ),
+        (lambda c: c.replace("dims = [-1, 3]", "dims = [-2]"), "key 'input[0].dims'"),
+        (
+            lambda c: c.replace("max_queue_delay_us = 100", 'max_queue_delay_us = "soon"'),
+            "'dynamic_batching.max_queue_delay_us'",
+        ),
+        (lambda c: c.split("[[output]]")[0], "key 'output' must be one or more"),
+        (lambda c: c + "\n[[[", "not valid TOML"),
+        (
+            lambda c: c.replace('backend = "torch_export"', 'backend = "python"'),
+            "key 'factory' must be 'module:function'",
+        ),
+    ],
+)
 def test_bad_configs_name_file_key_and_expectation(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     folder = make(tmp_path, edit(GOOD))
     with pytest.raises(ConfigError) as caught:

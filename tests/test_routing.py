@@ -11,13 +11,30 @@ from inference_worker.stats import StatsBook
 SIG = {"name": "m", "version": "1", "max_queue_size": 2}  # a short queue, to see it fill
 
 
-def worker(name: str, capacity: int = 2, versions: tuple[str, ...] = ("1",), incarnation: str = "a") -> WorkerState:
-    return WorkerState(identity=f"{name}/{incarnation}".encode(), name=name, incarnation=incarnation, capacity=capacity,
-                       signatures={("m", v): {**SIG, "version": v} for v in versions}, expires=10.0)
+def worker(
+    name: str, capacity: int = 2, versions: tuple[str, ...] = ("1",), incarnation: str = "a"
+) -> WorkerState:
+    return WorkerState(
+        identity=f"{name}/{incarnation}".encode(),
+        name=name,
+        incarnation=incarnation,
+        capacity=capacity,
+        signatures={("m", v): {**SIG, "version": v} for v in versions},
+        expires=10.0,
+    )
 
 
 def request(seq: int, version: str = "1", deadline: float = 1e12) -> Request:
-    return Request(seq=seq, gateway=b"g", id=str(seq), model="m", version=version, deadline=deadline, fields={}, frames=[])
+    return Request(
+        seq=seq,
+        gateway=b"g",
+        id=str(seq),
+        model="m",
+        version=version,
+        deadline=deadline,
+        fields={},
+        frames=[],
+    )
 
 
 def test_least_loaded_worker_with_credit_gets_the_request() -> None:

@@ -75,8 +75,14 @@ class System(ABC):
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         return self.await_ready(ctx, self.launch(ctx), probe)
 
-    def await_ready(self, ctx: StartContext, launched: Launched, probe: list[HttpRequest],
-                    expected: np.ndarray | None = None, formats: list[str] | None = None) -> Launched:
+    def await_ready(
+        self,
+        ctx: StartContext,
+        launched: Launched,
+        probe: list[HttpRequest],
+        expected: np.ndarray | None = None,
+        formats: list[str] | None = None,
+    ) -> Launched:
         """Wait for readiness (bounded polling), then require a 200 for each probe request and, where the
         system computes, the model's own output for it (``expected``); kill it on failure."""
         try:
@@ -84,14 +90,18 @@ class System(ABC):
             for i, req in enumerate(probe):
                 status, headers, body = http_call(ctx.url + req.path, req.body, req.headers)
                 if status != 200:
-                    raise StartError(f"{self.name}: probe {req.path} answered {status}; log {launched.log_path}:\n"
-                                     f"{launched.log_tail()}")
+                    raise StartError(
+                        f"{self.name}: probe {req.path} answered {status}; log {launched.log_path}:\n"
+                        f"{launched.log_tail()}"
+                    )
                 kind = self.answer_kind.get(formats[i]) if formats else None
                 if expected is not None and kind is not None:
                     got = decode_output(kind, body, headers)
                     if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
-                        raise StartError(f"{self.name}: {formats[i] if formats else ''} answer differs from the "
-                                         f"model's own output: {got[:4]} vs {expected[:4]}")
+                        raise StartError(
+                            f"{self.name}: {formats[i] if formats else ''} answer differs from the "
+                            f"model's own output: {got[:4]} vs {expected[:4]}"
+                        )
         except BaseException:
             launched.stop(grace_s=5)
             raise

@@ -9,14 +9,35 @@ from benchmarks.settings import REPO_ROOT, BenchSettings
 from benchmarks.systems.base import PYTHON, StartContext, System
 
 # The gateway's gunicorn settings (gateway/gunicorn_conf.py), minus what only matters for restarts.
-GUNICORN_FLAGS = ["--worker-class", "gthread", "--keep-alive", "5", "--backlog", "2048", "--timeout", "60",
-                  "--log-level", "warning"]
+GUNICORN_FLAGS = [
+    "--worker-class",
+    "gthread",
+    "--keep-alive",
+    "5",
+    "--backlog",
+    "2048",
+    "--timeout",
+    "60",
+    "--log-level",
+    "warning",
+]
 
 
 def gunicorn_command(app: str, ctx: StartContext) -> list[str]:
     s = ctx.settings
-    return [PYTHON, "-m", "gunicorn", *GUNICORN_FLAGS, "--workers", str(s.http_processes),
-            "--threads", str(s.http_threads), "--bind", f"127.0.0.1:{ctx.port}", app]
+    return [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        *GUNICORN_FLAGS,
+        "--workers",
+        str(s.http_processes),
+        "--threads",
+        str(s.http_threads),
+        "--bind",
+        f"127.0.0.1:{ctx.port}",
+        app,
+    ]
 
 
 def gunicorn_words(s: BenchSettings) -> str:
@@ -33,8 +54,13 @@ class EmptyFlask(System):
         return ("json", "binary")
 
     def launch(self, ctx: StartContext) -> Launched:
-        return launch(self.name, gunicorn_command("benchmarks.systems.empty_app:create_app()", ctx),
-                      ctx.work_dir / "gunicorn.log", ctx.url, cwd=REPO_ROOT)
+        return launch(
+            self.name,
+            gunicorn_command("benchmarks.systems.empty_app:create_app()", ctx),
+            ctx.work_dir / "gunicorn.log",
+            ctx.url,
+            cwd=REPO_ROOT,
+        )
 
     def ready(self, ctx: StartContext, probe: HttpRequest) -> bool:
         return http_status(ctx.url + "/health", timeout=2) == 200
@@ -64,8 +90,14 @@ class SeedApp(System):
             "BENCH_INPUTS": ",".join(f"{t.name}:{t.datatype}" for t in spec.inputs),
             "BENCH_TORCH_THREADS": str(ctx.settings.seed_torch_threads),
         }
-        return launch(self.name, gunicorn_command("benchmarks.systems.seed_app:create_app()", ctx),
-                      ctx.work_dir / "gunicorn.log", ctx.url, env=env, cwd=REPO_ROOT)
+        return launch(
+            self.name,
+            gunicorn_command("benchmarks.systems.seed_app:create_app()", ctx),
+            ctx.work_dir / "gunicorn.log",
+            ctx.url,
+            env=env,
+            cwd=REPO_ROOT,
+        )
 
     def ready(self, ctx: StartContext, probe: HttpRequest) -> bool:
         return http_status(ctx.url + "/health", timeout=2) == 200
@@ -74,5 +106,7 @@ class SeedApp(System):
         return seed_json(workload, sample)
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
-        return (f"{gunicorn_words(settings)}; model loaded once per process, "
-                f"torch threads {settings.seed_torch_threads}, `torch.inference_mode()`, no batching")
+        return (
+            f"{gunicorn_words(settings)}; model loaded once per process, "
+            f"torch threads {settings.seed_torch_threads}, `torch.inference_mode()`, no batching"
+        )

@@ -21,7 +21,9 @@ NUMPY = {"FP32": np.float32, "INT64": np.int64}
 class BenchAPI(ls.LitAPI):
     """Decode JSON to arrays, batch, run the exported model, encode JSON."""
 
-    def __init__(self, model_path: str, inputs: list[tuple[str, str]], torch_threads: int, **kwargs: Any) -> None:
+    def __init__(
+        self, model_path: str, inputs: list[tuple[str, str]], torch_threads: int, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.model_path, self.inputs, self.torch_threads = model_path, inputs, torch_threads
 
@@ -43,7 +45,7 @@ class BenchAPI(ls.LitAPI):
             if any(x.shape != items[0].shape for x in items):
                 padded = np.zeros((len(items), max(len(x) for x in items)), dtype=items[0].dtype)
                 for i, x in enumerate(items):
-                    padded[i, :len(x)] = x
+                    padded[i, : len(x)] = x
                 tensors.append(torch.from_numpy(padded))
             else:
                 tensors.append(torch.from_numpy(np.stack(items)))
@@ -78,15 +80,32 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=1)
     parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds")
     parser.add_argument("--timeout", type=float, default=120.0, help="request timeout, seconds")
-    parser.add_argument("--fast-queue", action="store_true", help="ZeroMQ queues (LitServe's advice above 100 req/s)")
+    parser.add_argument(
+        "--fast-queue", action="store_true", help="ZeroMQ queues (LitServe's advice above 100 req/s)"
+    )
     args = parser.parse_args()
     inputs = [(item.split(":")[0], item.split(":")[1]) for item in args.inputs.split(",")]
-    api = BenchAPI(args.model, inputs, args.torch_threads, max_batch_size=args.max_batch_size,
-                   batch_timeout=args.batch_timeout)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=args.timeout,
-                            fast_queue=args.fast_queue)
-    server.run(host="127.0.0.1", port=args.port, num_api_servers=args.api_servers, log_level="warning",
-               generate_client_file=False)
+    api = BenchAPI(
+        args.model,
+        inputs,
+        args.torch_threads,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+    )
+    server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        workers_per_device=args.workers,
+        timeout=args.timeout,
+        fast_queue=args.fast_queue,
+    )
+    server.run(
+        host="127.0.0.1",
+        port=args.port,
+        num_api_servers=args.api_servers,
+        log_level="warning",
+        generate_client_file=False,
+    )
 
 
 if __name__ == "__main__":

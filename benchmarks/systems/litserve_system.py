@@ -28,11 +28,28 @@ class LitServeSystem(System):
 
     def launch(self, ctx: StartContext) -> Launched:
         s, spec = ctx.settings, WORKLOAD_SPECS[ctx.workload]
-        cmd = [PYTHON, "-m", "benchmarks.systems.litserve_app", "--port", str(ctx.port),
-               "--model", str(ctx.model_path), "--inputs", ",".join(f"{t.name}:{t.datatype}" for t in spec.inputs),
-               "--workers", str(s.model_workers), "--api-servers", str(s.http_processes),
-               "--torch-threads", str(s.torch_threads), "--max-batch-size", str(s.batch_size(ctx.workload)),
-               "--batch-timeout", str(s.max_batch_delay_ms / 1000), "--fast-queue"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "benchmarks.systems.litserve_app",
+            "--port",
+            str(ctx.port),
+            "--model",
+            str(ctx.model_path),
+            "--inputs",
+            ",".join(f"{t.name}:{t.datatype}" for t in spec.inputs),
+            "--workers",
+            str(s.model_workers),
+            "--api-servers",
+            str(s.http_processes),
+            "--torch-threads",
+            str(s.torch_threads),
+            "--max-batch-size",
+            str(s.batch_size(ctx.workload)),
+            "--batch-timeout",
+            str(s.max_batch_delay_ms / 1000),
+            "--fast-queue",
+        ]
         env = {"OMP_NUM_THREADS": str(s.torch_threads), "LITSERVE_DISABLE_TELEMETRY": "1"}
         return launch(self.name, cmd, ctx.work_dir / "litserve.log", ctx.url, env=env, cwd=REPO_ROOT)
 
@@ -43,7 +60,9 @@ class LitServeSystem(System):
         return seed_json(workload, sample, "/predict")
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
-        return (f"{settings.http_processes} API server, {settings.model_workers} workers x {settings.torch_threads} "
-                f"torch threads, max_batch_size {settings.batch_size(workload)}, "
-                f"batch_timeout {settings.max_batch_delay_ms / 1000} s, fast_queue (ZeroMQ, LitServe's advice "
-                "above 100 req/s); JSON only")
+        return (
+            f"{settings.http_processes} API server, {settings.model_workers} workers x {settings.torch_threads} "
+            f"torch threads, max_batch_size {settings.batch_size(workload)}, "
+            f"batch_timeout {settings.max_batch_delay_ms / 1000} s, fast_queue (ZeroMQ, LitServe's advice "
+            "above 100 req/s); JSON only"
+        )

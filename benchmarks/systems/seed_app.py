@@ -32,13 +32,15 @@ def create_app() -> Flask:
     def predict() -> ResponseReturnValue:
         data = request.get_json(silent=True)
         if not isinstance(data, dict) or "input" not in data:
-            abort(400, description="expected {\"input\": ...}")
+            abort(400, description='expected {"input": ...}')
         value = data["input"]
         try:
             if len(inputs) == 1:
                 tensors = [torch.tensor(value, dtype=DTYPES[inputs[0][1]]).unsqueeze(0)]
             else:
-                tensors = [torch.tensor(value[name], dtype=DTYPES[dtype]).unsqueeze(0) for name, dtype in inputs]
+                tensors = [
+                    torch.tensor(value[name], dtype=DTYPES[dtype]).unsqueeze(0) for name, dtype in inputs
+                ]
         except (KeyError, TypeError, ValueError) as exc:
             abort(400, description=str(exc))
         with torch.inference_mode():

@@ -25,7 +25,12 @@ class Torchgate(System):
     def unavailable(self) -> str | None:
         if not TORCHGATE.exists():
             return f"{TORCHGATE} missing (pip install -e .)"
-        for module in ("deploy.cli", "gateway.wsgi", "inference_worker.worker", "inference_worker.dispatcher"):
+        for module in (
+            "deploy.cli",
+            "gateway.wsgi",
+            "inference_worker.worker",
+            "inference_worker.dispatcher",
+        ):
             if importlib.util.find_spec(module) is None:
                 return f"module {module} not found: torchgate is not complete in this checkout"
         return None
@@ -44,17 +49,44 @@ class Torchgate(System):
 
     def command(self, ctx: StartContext, run_dir: Path) -> list[str]:
         s = ctx.settings
-        return [str(TORCHGATE), "serve", "--run-dir", str(run_dir), "--model-repository", str(self.repository(ctx)),
-                "--model", WORKLOAD_SPECS[ctx.workload].model_name, "--host", "127.0.0.1", "--port", str(ctx.port),
-                "--gateway-processes", str(s.http_processes), "--gateway-threads", str(s.http_threads),
-                "--gpus", "none", "--cpu-workers", str(s.model_workers), "--worker-threads", str(s.torch_threads),
-                "--ready-timeout", str(int(s.ready_timeout_s))]
+        return [
+            str(TORCHGATE),
+            "serve",
+            "--run-dir",
+            str(run_dir),
+            "--model-repository",
+            str(self.repository(ctx)),
+            "--model",
+            WORKLOAD_SPECS[ctx.workload].model_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ctx.port),
+            "--gateway-processes",
+            str(s.http_processes),
+            "--gateway-threads",
+            str(s.http_threads),
+            "--gpus",
+            "none",
+            "--cpu-workers",
+            str(s.model_workers),
+            "--worker-threads",
+            str(s.torch_threads),
+            "--ready-timeout",
+            str(int(s.ready_timeout_s)),
+        ]
 
     def launch(self, ctx: StartContext) -> Launched:
         run_dir = ctx.work_dir / "run"
         shutil.rmtree(run_dir, ignore_errors=True)
-        return launch(self.name, self.command(ctx, run_dir), ctx.work_dir / "torchgate.log", ctx.url,
-                      env={"TORCHGATE_LOG_LEVEL": "warning"}, cwd=REPO_ROOT)
+        return launch(
+            self.name,
+            self.command(ctx, run_dir),
+            ctx.work_dir / "torchgate.log",
+            ctx.url,
+            env={"TORCHGATE_LOG_LEVEL": "warning"},
+            cwd=REPO_ROOT,
+        )
 
     def ready(self, ctx: StartContext, probe: HttpRequest) -> bool:
         return http_status(ctx.url + "/v2/health/ready", timeout=2) == 200
@@ -63,9 +95,11 @@ class Torchgate(System):
         return oip_json(workload, sample) if fmt == "json" else oip_binary(workload, sample)
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
-        return (f"gateway {settings.http_processes} process x {settings.http_threads} threads "
-                "(gthread with torchgate's admission, gateway/admission.py), "
-                f"{settings.model_workers} CPU workers x {settings.torch_threads} torch threads, "
-                f"max_batch_size {settings.batch_size(workload)}, "
-                f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}, max_queue_size {settings.queue_size}; "
-                "OIP JSON or Triton binary (binary outputs)")
+        return (
+            f"gateway {settings.http_processes} process x {settings.http_threads} threads "
+            "(gthread with torchgate's admission, gateway/admission.py), "
+            f"{settings.model_workers} CPU workers x {settings.torch_threads} torch threads, "
+            f"max_batch_size {settings.batch_size(workload)}, "
+            f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}, max_queue_size {settings.queue_size}; "
+            "OIP JSON or Triton binary (binary outputs)"
+        )

@@ -68,17 +68,45 @@ class TorchServeSystem(System):
         build.mkdir(parents=True, exist_ok=True)
         store.mkdir(parents=True)
         signature = build / "signature.json"
-        signature.write_text(json.dumps({"inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)}
-                                                    for t in spec.inputs]}))
+        signature.write_text(
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in spec.inputs
+                    ]
+                }
+            )
+        )
         config = build / "model-config.yaml"
-        config.write_text(f"minWorkers: {s.model_workers}\nmaxWorkers: {s.model_workers}\n"
-                          f"batchSize: {s.batch_size(ctx.workload)}\n"
-                          f"maxBatchDelay: {max(1, round(s.max_batch_delay_ms))}\n"
-                          f"responseTimeout: {RESPONSE_TIMEOUT_S}\n")
-        subprocess.run([_bin("torch-model-archiver"), "--model-name", spec.model_name, "--version", "1.0",
-                        "--handler", str(HANDLER), "--serialized-file", str(ctx.model_path),
-                        "--extra-files", str(signature), "--config-file", str(config),
-                        "--export-path", str(store), "--force"], check=True, capture_output=True, timeout=600)
+        config.write_text(
+            f"minWorkers: {s.model_workers}\nmaxWorkers: {s.model_workers}\n"
+            f"batchSize: {s.batch_size(ctx.workload)}\n"
+            f"maxBatchDelay: {max(1, round(s.max_batch_delay_ms))}\n"
+            f"responseTimeout: {RESPONSE_TIMEOUT_S}\n"
+        )
+        subprocess.run(
+            [
+                _bin("torch-model-archiver"),
+                "--model-name",
+                spec.model_name,
+                "--version",
+                "1.0",
+                "--handler",
+                str(HANDLER),
+                "--serialized-file",
+                str(ctx.model_path),
+                "--extra-files",
+                str(signature),
+                "--config-file",
+                str(config),
+                "--export-path",
+                str(store),
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         return store
 
     def launch(self, ctx: StartContext) -> Launched:
@@ -89,31 +117,50 @@ class TorchServeSystem(System):
         tmp.mkdir()
         (ctx.work_dir / "log4j2.xml").write_text(LOG4J2)
         properties = ctx.work_dir / "config.properties"
-        properties.write_text("\n".join([
-            f"inference_address=http://127.0.0.1:{ctx.port}",
-            f"management_address=http://127.0.0.1:{free_port()}",
-            f"metrics_address=http://127.0.0.1:{free_port()}",
-            f"model_store={store}",
-            f"load_models={spec.model_name}.mar",
-            f"default_workers_per_model={s.model_workers}",
-            f"job_queue_size={s.queue_size}",
-            f"max_request_size={MAX_BODY}",
-            f"max_response_size={MAX_BODY}",
-            f"default_response_timeout={RESPONSE_TIMEOUT_S}",
-            "disable_token_authorization=true",
-            "enable_model_api=false",
-            "disable_system_metrics=true",
-            "enable_metrics_api=false",
-            "async_logging=true",
-            "install_py_dep_per_model=false",
-            "",
-        ]))
-        env = {"TEMP": str(tmp), "TMPDIR": str(tmp), "BENCH_TORCH_THREADS": str(s.torch_threads),
-               "OMP_NUM_THREADS": str(s.torch_threads), "LOG_LOCATION": str(ctx.work_dir / "logs"),
-               "METRICS_LOCATION": str(ctx.work_dir / "logs")}
-        cmd = [_bin("torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
-               "--ts-config", str(properties), "--model-store", str(store),
-               "--log-config", str(ctx.work_dir / "log4j2.xml")]
+        properties.write_text(
+            "\n".join(
+                [
+                    f"inference_address=http://127.0.0.1:{ctx.port}",
+                    f"management_address=http://127.0.0.1:{free_port()}",
+                    f"metrics_address=http://127.0.0.1:{free_port()}",
+                    f"model_store={store}",
+                    f"load_models={spec.model_name}.mar",
+                    f"default_workers_per_model={s.model_workers}",
+                    f"job_queue_size={s.queue_size}",
+                    f"max_request_size={MAX_BODY}",
+                    f"max_response_size={MAX_BODY}",
+                    f"default_response_timeout={RESPONSE_TIMEOUT_S}",
+                    "disable_token_authorization=true",
+                    "enable_model_api=false",
+                    "disable_system_metrics=true",
+                    "enable_metrics_api=false",
+                    "async_logging=true",
+                    "install_py_dep_per_model=false",
+                    "",
+                ]
+            )
+        )
+        env = {
+            "TEMP": str(tmp),
+            "TMPDIR": str(tmp),
+            "BENCH_TORCH_THREADS": str(s.torch_threads),
+            "OMP_NUM_THREADS": str(s.torch_threads),
+            "LOG_LOCATION": str(ctx.work_dir / "logs"),
+            "METRICS_LOCATION": str(ctx.work_dir / "logs"),
+        }
+        cmd = [
+            _bin("torchserve"),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--disable-token-auth",
+            "--ts-config",
+            str(properties),
+            "--model-store",
+            str(store),
+            "--log-config",
+            str(ctx.work_dir / "log4j2.xml"),
+        ]
         return launch(self.name, cmd, ctx.work_dir / "torchserve.log", ctx.url, env=env, cwd=ctx.work_dir)
 
     def ready(self, ctx: StartContext, probe: HttpRequest) -> bool:
@@ -124,7 +171,9 @@ class TorchServeSystem(System):
         return seed_json(workload, sample, path) if fmt == "json" else raw_binary(workload, sample, path)
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
-        return (f"{settings.model_workers} workers x {settings.torch_threads} torch threads, "
-                f"batchSize {settings.batch_size(workload)}, maxBatchDelay {max(1, round(settings.max_batch_delay_ms))} ms (TorchServe reads 0 as 100 ms), "
-                f"job_queue_size {settings.queue_size}, token auth, model API, metrics API, system metrics and "
-                "access log off, async logging; JSON `{\"input\": ...}` or raw tensor bytes")
+        return (
+            f"{settings.model_workers} workers x {settings.torch_threads} torch threads, "
+            f"batchSize {settings.batch_size(workload)}, maxBatchDelay {max(1, round(settings.max_batch_delay_ms))} ms (TorchServe reads 0 as 100 ms), "
+            f"job_queue_size {settings.queue_size}, token auth, model API, metrics API, system metrics and "
+            'access log off, async logging; JSON `{"input": ...}` or raw tensor bytes'
+        )

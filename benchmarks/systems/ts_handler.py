@@ -39,8 +39,10 @@ class BenchHandler:
             t = self.inputs[0]
             return [np.frombuffer(raw, dtype=NUMPY[t["datatype"]]).reshape(t["dims"])]
         part = len(raw) // len(self.inputs)  # variable-length inputs of one datatype: equal parts
-        return [np.frombuffer(raw[i * part:(i + 1) * part], dtype=NUMPY[t["datatype"]])
-                for i, t in enumerate(self.inputs)]
+        return [
+            np.frombuffer(raw[i * part : (i + 1) * part], dtype=NUMPY[t["datatype"]])
+            for i, t in enumerate(self.inputs)
+        ]
 
     def collate(self, rows: list[list[np.ndarray]]) -> list[torch.Tensor]:
         tensors = []
@@ -50,7 +52,7 @@ class BenchHandler:
             if any(x.shape != items[0].shape for x in items):
                 padded = np.zeros((len(items), longest), dtype=items[0].dtype)
                 for i, x in enumerate(items):
-                    padded[i, :len(x)] = x
+                    padded[i, : len(x)] = x
                 tensors.append(torch.from_numpy(padded))
             else:
                 tensors.append(torch.from_numpy(np.stack(items)))

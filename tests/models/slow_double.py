@@ -23,7 +23,9 @@ class SlowDouble(torch.nn.Module):
         if bool((x > 1e30).any()):
             torch.empty(1 << 50, dtype=torch.uint8)  # a real allocation failure: 1 PiB
         if bool((x == 7777).any()):  # an error whose text names this file and looks like a traceback
-            raise RuntimeError(f"broken at {__file__}\nTraceback (most recent call last):\n  File {__file__!r}")
+            raise RuntimeError(
+                f"broken at {__file__}\nTraceback (most recent call last):\n  File {__file__!r}"
+            )
         time.sleep(self.seconds)
         return x * self.scale
 
