@@ -179,6 +179,13 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Time a stopping worker may take to finish in-flight work.",
         ),
         click.option(
+            "--model-control",
+            type=click.Choice(["none", "explicit"]),
+            default="none",
+            show_default=True,
+            help="explicit: POST /v2/repository/models/M/load and /unload are allowed (behind auth when on).",
+        ),
+        click.option(
             "--auth-token-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
@@ -208,14 +215,29 @@ def build_settings(
     drain_seconds: int,
     auth_token_file: Path | None = None,
     gateway_queue: int | None = None,
+    model_control: str = "none",
 ) -> DeploySettings:
-    """Turn the command-line options into settings, discovering GPUs when no list is given."""
+    """Turn the command-line options into settings, discovering GPUs when no list is given.
+
+    Every model config is checked (each refused one is listed), and models with an ``instance_group`` get
+    slots of their own.
+    """
+    from deploy.check import check_configs
     from deploy.gpus import resolve_gpus
+    from deploy.placement import place, shared_models
+    from inference_worker.repository import ConfigError
 
     try:
         gpu_indices = resolve_gpus(gpus)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--gpus") from None
+    repository = model_repository or defaults.SHIPPED_REPOSITORY
+    try:
+        configs = check_configs(repository, list(models) or None)
+        placements = place(configs, tuple(gpu_indices))
+    except ConfigError as exc:
+        raise click.ClickException(f"the model repository cannot be served as it is:\n{exc}") from None
+    shared = shared_models(sorted(configs), placements) if placements else None
     if cpu_workers is None:
         cpu_workers = 0 if gpu_indices else defaults.DEFAULT_CPU_WORKERS
     if worker_threads is None:
@@ -240,6 +262,9 @@ def build_settings(
             worker_startretries=worker_startretries,
             drain_seconds=drain_seconds,
             auth_token_file=auth_token_file,
+            placements=placements,
+            shared_models=shared,
+            model_control=model_control,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -252,8 +277,10 @@ def _describe(s: DeploySettings) -> str:
     ]
     for slot in s.slots():
         where = "CPU" if slot.gpu is None else f"GPU {slot.gpu}"
+        serves = ", ".join(slot.models or s.slot_models) or "every model"
         lines.append(
-            f"{slot.name}: {where}, {slot.threads} threads{'' if slot.autostart else ' (spare, stopped)'}"
+            f"{slot.name}: {where}, {slot.threads} threads, serves {serves}"
+            f"{'' if slot.autostart else ' (spare, stopped)'}"
         )
     return "\n".join(lines)
 
@@ -292,6 +319,33 @@ def serve(ready_timeout: float, **options: Any) -> None:
     except (ServeError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Model repository (default: the shipped one).",
+)
+@click.option("--model", "models", multiple=True, help="Check only these models (repeat; default: all).")
+@click.option("--device", default="cpu", show_default=True, help="Where to load: cpu, cuda, cuda:N.")
+@click.option("--no-load", is_flag=True, help="Check the configs only; load nothing.")
+def check(model_repository: Path | None, models: tuple[str, ...], device: str, no_load: bool) -> None:
+    """Check every model's config, then load and warm up each version in a subprocess; one line per model."""
+    from deploy.check import check_repository
+    from inference_worker.repository import ConfigError
+
+    root = model_repository or defaults.SHIPPED_REPOSITORY
+    try:
+        results = check_repository(
+            root, list(models) or None, device, load=not no_load, report=lambda r: click.echo(r.line())
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = sum(1 for r in results if not r.ok)
+    click.echo(f"{len(results) - failed} OK, {failed} failed ({root})")
+    sys.exit(1 if failed else 0)
 
 
 def _run_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from deploy.placement import Placement
+
 # Defaults, each chosen for a two-core laptop without a GPU; every one has a command-line option.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -42,6 +44,7 @@ class Slot:
     gpu: int | None  # the nvidia-smi index this slot sees as cuda:0; None: a CPU slot
     threads: int
     autostart: bool = True
+    models: tuple[str, ...] = ()  # a model's own slot serves just it; empty: the host's shared models
 
     @property
     def device(self) -> str:
@@ -72,6 +75,9 @@ class DeploySettings:
     log_maxbytes: int = DEFAULT_LOG_MAXBYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
     auth_token_file: Path | None = None  # bearer token the HTTP API requires (all but liveness)
+    placements: tuple[Placement, ...] = ()  # slots of their own for models with an instance_group
+    shared_models: tuple[str, ...] | None = None  # what default slots load; None: `models` (empty: all)
+    model_control: str = "none"  # "explicit": the HTTP API may load and unload models
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -81,6 +87,9 @@ class DeploySettings:
             object.__setattr__(self, "auth_token_file", Path(self.auth_token_file).absolute())
         object.__setattr__(self, "gpus", tuple(self.gpus))
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "placements", tuple(self.placements))
+        if self.shared_models is not None:
+            object.__setattr__(self, "shared_models", tuple(self.shared_models))
         _check_settings(self)
 
     # Paths inside the run directory.
@@ -134,15 +143,28 @@ class DeploySettings:
     def gateway_stopwaitsecs(self) -> int:
         return self.gateway_graceful_seconds + STOP_MARGIN_SECONDS
 
+    @property
+    def slot_models(self) -> tuple[str, ...]:
+        """Return the models a default slot loads (empty: every model of the repository)."""
+        return self.models if self.shared_models is None else self.shared_models
+
     def slots(self) -> list[Slot]:
-        """Return every rendered worker slot: per GPU, then CPU; spare slots last on each device."""
+        """Return every rendered worker slot: per GPU, then CPU, spare slots last on each device; then each
+        model's own slots (its ``instance_group``)."""
         slots = []
-        for gpu in self.gpus:
-            for k in range(self.workers_per_gpu + self.spare_slots):
-                slots.append(Slot(gpu_slot_name(gpu, k), gpu, self.worker_threads, k < self.workers_per_gpu))
-        cpu_spares = 0 if self.gpus else self.spare_slots
-        for k in range(self.cpu_workers + cpu_spares):
-            slots.append(Slot(cpu_slot_name(k), None, self.worker_threads, k < self.cpu_workers))
+        if self.shared_models != ():  # some model has no slots of its own
+            for gpu in self.gpus:
+                for k in range(self.workers_per_gpu + self.spare_slots):
+                    slots.append(
+                        Slot(gpu_slot_name(gpu, k), gpu, self.worker_threads, k < self.workers_per_gpu)
+                    )
+            cpu_spares = 0 if self.gpus else self.spare_slots
+            for k in range(self.cpu_workers + cpu_spares):
+                slots.append(Slot(cpu_slot_name(k), None, self.worker_threads, k < self.cpu_workers))
+        for p in self.placements:
+            for k in range(p.count):
+                name = model_slot_name(p.model, p.gpu, k)
+                slots.append(Slot(name, p.gpu, self.worker_threads, True, (p.model,)))
         return slots
 
     def to_json(self) -> str:
@@ -150,6 +172,7 @@ class DeploySettings:
         raw["run_dir"] = str(self.run_dir)
         raw["model_repository"] = str(self.model_repository)
         raw["auth_token_file"] = str(self.auth_token_file) if self.auth_token_file else None
+        raw["placements"] = [asdict(p) for p in self.placements]
         return json.dumps(raw, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -164,6 +187,7 @@ class DeploySettings:
         raw["auth_token_file"] = Path(raw["auth_token_file"]) if raw.get("auth_token_file") else None
         raw["gpus"] = tuple(raw.get("gpus", ()))
         raw["models"] = tuple(raw.get("models", ()))
+        raw["placements"] = tuple(Placement(**p) for p in raw.get("placements", ()))
         return cls(**raw)
 
     @classmethod
@@ -186,6 +210,11 @@ def gpu_slot_name(gpu: int, k: int) -> str:
 
 def cpu_slot_name(k: int) -> str:
     return f"worker-cpu-{k}"
+
+
+def model_slot_name(model: str, gpu: int | None, k: int) -> str:
+    """Return the name of a model's own slot: ``worker-<model>-cpu-<k>`` or ``worker-<model>-gpu<n>-<k>``."""
+    return f"worker-{model}-{'cpu' if gpu is None else f'gpu{gpu}'}-{k}"
 
 
 def is_worker_slot(name: str) -> bool:
@@ -233,8 +262,10 @@ def _check_settings(s: DeploySettings) -> None:
         raise ValueError(f"port must be at most 65535, got {s.port}")
     if len(set(s.gpus)) != len(s.gpus) or any(g < 0 for g in s.gpus):
         raise ValueError(f"gpus must be distinct non-negative indices, got {list(s.gpus)}")
-    if not s.gpus and s.cpu_workers + s.spare_slots == 0:
+    if not s.gpus and s.cpu_workers + s.spare_slots == 0 and s.shared_models != ():
         raise ValueError("no worker slots: give --cpu-workers or --gpus")
+    if s.model_control not in ("none", "explicit"):
+        raise ValueError(f"model_control must be 'none' or 'explicit', got {s.model_control!r}")
     for path in (s.supervisor_socket, s.sockets_dir / "frontend.sock"):
         if len(str(path).encode()) > MAX_IPC_PATH:
             raise ValueError(
@@ -247,6 +278,8 @@ def _check_settings(s: DeploySettings) -> None:
         s.python,
         s.host,
         *s.models,
+        *(s.shared_models or ()),
+        *(p.model for p in s.placements),
     ):
         if any(c in text for c in '"\n\r,;%'):
             raise ValueError(

@@ -99,7 +99,7 @@ def worker_command(s: DeploySettings, slot: Slot) -> list[str]:
         "--threads",
         str(slot.threads),
     ]
-    for model in s.models:
+    for model in slot.models or s.slot_models:
         command += ["--model", model]
     return command
 
@@ -170,6 +170,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         env["TORCHGATE_GATEWAY_QUEUE"] = str(s.gateway_queue)
     if s.models:  # the gateway validates against, and waits for, only the models the workers load
         env["TORCHGATE_MODELS"] = ",".join(s.models)
+    if s.model_control != "none":
+        env["TORCHGATE_MODEL_CONTROL"] = s.model_control
     if s.auth_token_file is not None:  # the path, never the token: the configuration may be read by others
         env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
     return env

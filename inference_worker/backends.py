@@ -1,9 +1,18 @@
-"""Load one version of a model from the repository, safely: nothing from disk is unpickled."""
+"""Load one version of a model from the repository, safely: nothing from disk is unpickled.
+
+A python model's factory module found beside its ``config.toml`` is imported under a name of its own
+(``torchgate_model_<model>_<n>_<module>``), and the helper modules it imports from its folder are dropped from
+``sys.modules`` afterwards, so two models that each ship a ``model.py`` never share a module.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
+import re
 import sys
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,9 +21,27 @@ import torch
 
 from inference_worker.repository import ModelConfig
 
+_imports = itertools.count(1)
+
 
 class LoadError(RuntimeError):
-    """A model version that cannot be loaded; the message says which file and why."""
+    """A model version that cannot be loaded or warmed up; the message names the model, version and file."""
+
+
+def load_error(
+    config: ModelConfig, version: str, what: str, exc: BaseException | None, check: str
+) -> LoadError:
+    """Return a :class:`LoadError` saying which model version and file failed, why, and what to check."""
+    cause = f": {type(exc).__name__}: {_first_line(exc)}" if exc is not None else ""
+    return LoadError(
+        f"model {config.name!r} version {version} ({config.model_file(version)}): {what}{cause}; check {check}"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = text.splitlines()
+    return (lines[0] if lines else "")[:300] + (" ..." if len(lines) > 1 or len(text) > 300 else "")
 
 
 Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
@@ -25,10 +52,32 @@ def load_model(config: ModelConfig, version: str, device: torch.device) -> Runne
     path = config.model_file(version)
     try:
         module = _LOADERS[config.backend](config, path, device)
-    except LoadError:
-        raise
+    except _FactoryError as exc:
+        raise load_error(
+            config,
+            version,
+            f"cannot import factory {config.factory!r}",
+            exc.__cause__,
+            f"key 'factory' in {config.config_path} and that every package it imports is installed",
+        ) from exc
+    except _FactoryResult as exc:
+        raise load_error(config, version, str(exc), None, f"key 'factory' in {config.config_path}") from exc
+    except _WeightsMismatch as exc:
+        raise load_error(
+            config,
+            version,
+            "the weights do not fit what the factory builds",
+            exc.__cause__,
+            f"keys 'factory' and 'weights' in {config.config_path}",
+        ) from exc
     except Exception as exc:
-        raise LoadError(f"{path}: cannot load {config.backend} model: {type(exc).__name__}: {exc}") from exc
+        raise load_error(
+            config,
+            version,
+            f"cannot load as backend {config.backend!r}",
+            exc,
+            f"key 'backend' in {config.config_path} and how {path.name} was saved",
+        ) from exc
     output_names = [spec.name for spec in config.outputs]
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -59,21 +108,81 @@ def _torch_export(config: ModelConfig, path: Path, device: torch.device) -> torc
     return module.to(device) if device.type != "cpu" else module
 
 
-def _python(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
+class _FactoryError(Exception):
+    """The factory module or function cannot be imported (the cause says why)."""
+
+
+class _FactoryResult(Exception):
+    """The factory ran but did not return a module."""
+
+
+class _WeightsMismatch(Exception):
+    """The weights file does not fit the module the factory built (the cause says how)."""
+
+
+def import_factory(config: ModelConfig) -> Callable[[], object]:
+    """Import ``config.factory`` ("module:function"); a module beside config.toml gets a name of its own."""
     assert config.factory is not None  # checked by the repository
     module_name, _, function_name = config.factory.partition(":")
-    model_dir = str(config.path)
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)  # a factory module may live beside config.toml
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise LoadError(
-            f"{config.path / 'config.toml'}: key 'factory' = {config.factory!r} cannot be imported: {exc}"
-        ) from exc
+        module = _import_local(config, module_name) or importlib.import_module(module_name)
+        factory = getattr(module, function_name)
+    except Exception as exc:  # ImportError, AttributeError, or anything the module raises while it runs
+        raise _FactoryError(str(exc)) from exc
+    if not callable(factory):
+        raise _FactoryError(f"{function_name!r} is not callable") from TypeError(
+            f"{config.factory!r} is a {type(factory).__name__}"
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def _import_local(config: ModelConfig, module_name: str) -> types.ModuleType | None:
+    """Import a module (or package) found in the model's folder under a unique name; None if not there."""
+    top, _, rest = module_name.partition(".")
+    folder = config.path.resolve()
+    file, package = folder / f"{top}.py", folder / top / "__init__.py"
+    if not (file.is_file() or package.is_file()):
+        return None
+    safe_name = re.sub(r"\W", "_", config.name)
+    unique = f"torchgate_model_{safe_name}_{next(_imports)}_{top}"
+    spec = (
+        importlib.util.spec_from_file_location(
+            unique, package, submodule_search_locations=[str(package.parent)]
+        )
+        if package.is_file()
+        else importlib.util.spec_from_file_location(unique, file)
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    sys.modules[unique] = module
+    sys.path.insert(0, str(folder))  # helpers beside it (`import utils`) are found while it runs
+    try:
+        spec.loader.exec_module(module)
+        return importlib.import_module(f"{unique}.{rest}") if rest else module
+    except BaseException:
+        sys.modules.pop(unique, None)
+        raise
+    finally:
+        sys.path.remove(str(folder))
+        for name in set(sys.modules) - before:  # a helper of this folder must not serve another model
+            origin = getattr(sys.modules[name], "__file__", None)
+            if name != unique and not name.startswith(unique + ".") and origin and _inside(origin, folder):
+                del sys.modules[name]
+
+
+def _inside(file: str, folder: Path) -> bool:
+    try:
+        return Path(file).resolve().is_relative_to(folder)
+    except OSError:
+        return False
+
+
+def _python(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
+    factory = import_factory(config)
     module = factory()
     if not isinstance(module, torch.nn.Module):
-        raise LoadError(
+        raise _FactoryResult(
             f"factory {config.factory!r} returned {type(module).__name__}, expected a torch.nn.Module"
         )
     if path.suffix == ".safetensors":
@@ -82,7 +191,10 @@ def _python(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.M
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise _WeightsMismatch() from exc
     return module.to(device).eval()
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference_worker.backends import Runner
+from inference_worker.backends import Runner, load_error
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig, TensorSpec
 from inference_worker.tensors import TORCH_DTYPES
@@ -89,7 +89,20 @@ class Executor:
             torch.zeros(batch + [max(d, 1) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
             for spec in self.config.inputs
         ]
-        self.run([inputs], BatchTimes())
+        try:
+            self.run([inputs], BatchTimes())
+        except Exception as exc:
+            shapes = ", ".join(
+                f"{s.name} {s.datatype} {batch + [max(d, 1) for d in s.dims]}" for s in self.config.inputs
+            )
+            raise load_error(
+                self.config,
+                self.version,
+                f"warm-up with zeros ({shapes}) failed",
+                exc,
+                f"the [[input]] and [[output]] tables (datatype, dims) and max_batch_size in "
+                f"{self.config.config_path} against what the model takes and returns",
+            ) from exc
 
     def run(self, requests: Sequence[Sequence[torch.Tensor]], times: BatchTimes) -> list[list[torch.Tensor]]:
         """Run requests (each a list of inputs in config order) as one batch; return outputs per request."""

@@ -6,6 +6,8 @@ Every problem raises :class:`ConfigError` naming the file, the key and what was 
 
 from __future__ import annotations
 
+import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,34 @@ from inference_worker.protocol import DATATYPE_SIZES, MAX_DIMS, MAX_NAME_LENGTH
 
 BACKENDS = {"torchscript": "model.pt", "torch_export": "model.pt2", "python": None}
 DEFAULT_MAX_QUEUE_SIZE = 1024
+# Where a model may run, as Triton's instance_group kinds (the short forms are accepted too).
+KINDS = {
+    "KIND_AUTO": "AUTO",
+    "KIND_GPU": "GPU",
+    "KIND_CPU": "CPU",
+    "AUTO": "AUTO",
+    "GPU": "GPU",
+    "CPU": "CPU",
+}
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name is also part of a slot's name
+
+# Every key a config.toml may hold, per table: anything else is an error that suggests the closest of these.
+TOP_KEYS = (
+    "name",
+    "backend",
+    "max_batch_size",
+    "max_queue_size",
+    "dynamic_batching",
+    "input",
+    "output",
+    "factory",
+    "weights",
+    "instance_group",
+)
+BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
+TENSOR_KEYS = ("name", "datatype", "dims")
+INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
+TABLES = ("dynamic_batching", "input", "output", "instance_group")
 
 
 class ConfigError(ValueError):
@@ -42,6 +72,22 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    """Where a model runs and how many processes serve it, as one of Triton's ``instance_group`` entries.
+
+    ``kind`` is GPU, CPU or AUTO (a GPU when the host has one, else the CPU); ``count`` is the number of worker
+    processes on each listed GPU (every GPU of the host when ``gpus`` is empty), or on the CPU.
+    """
+
+    kind: str = "AUTO"
+    count: int = 1
+    gpus: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": f"KIND_{self.kind}", "count": self.count, "gpus": list(self.gpus)}
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """A model's configuration and the versions found on disk (version -> folder)."""
 
@@ -57,6 +103,11 @@ class ModelConfig:
     weights: str | None = None
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     preferred_batch_sizes: tuple[int, ...] = ()
+    instance_groups: tuple[InstanceGroup, ...] = ()  # empty: served by the host's default slots
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
 
     @property
     def default_version(self) -> str:
@@ -90,18 +141,42 @@ class ModelConfig:
 
 
 def load_repository(root: str | Path, only: list[str] | None = None) -> dict[str, ModelConfig]:
-    """Read every model folder under ``root`` (or just those named in ``only``)."""
+    """Read every model folder under ``root`` (or just those named in ``only``); raise on the first bad one."""
+    models, errors = scan_repository(root, only)
+    if errors:
+        raise next(iter(errors.values()))
+    return models
+
+
+def scan_repository(
+    root: str | Path, only: list[str] | None = None
+) -> tuple[dict[str, ModelConfig], dict[str, ConfigError]]:
+    """Read every model folder under ``root`` (or those in ``only``): the good models, and an error per bad one.
+
+    A repository that is not a folder, holds no model, or lacks a model named in ``only`` raises at once.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: model repository is not a directory")
-    names = only or sorted(p.name for p in root.iterdir() if (p / "config.toml").is_file())
+    present = sorted(p.name for p in root.iterdir() if (p / "config.toml").is_file())
+    for name in only or ():
+        if name not in present:
+            raise ConfigError(
+                f"{root}: no model {name!r} (no {root / name / 'config.toml'})"
+                + _suggest(name, present, "model")
+                + (f"; the repository holds: {', '.join(present)}" if present else "")
+            )
+    names = list(dict.fromkeys(only)) if only else present
     if not names:
         raise ConfigError(f"{root}: no model folders with a config.toml")
-    models = {}
+    models: dict[str, ModelConfig] = {}
+    errors: dict[str, ConfigError] = {}
     for name in names:
-        model = load_model_config(root / name)
-        models[model.name] = model
-    return models
+        try:
+            models[name] = load_model_config(root / name)
+        except ConfigError as exc:
+            errors[name] = exc
+    return models, errors
 
 
 def load_model_config(folder: Path) -> ModelConfig:
@@ -113,10 +188,15 @@ def load_model_config(folder: Path) -> ModelConfig:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_keys(path, raw, TOP_KEYS, "", tables=TABLES)
     get = _Getter(path, raw)
     name = get.text("name")
     if name != folder.name:
         raise ConfigError(f"{path}: key 'name' is {name!r}, expected the folder name {folder.name!r}")
+    if not MODEL_NAME.match(name):
+        raise ConfigError(
+            f"{path}: key 'name' is {name!r}: use letters, digits, '_', '.' and '-' (at most 64 characters)"
+        )
     backend = get.text("backend")
     if backend not in BACKENDS:
         raise ConfigError(f"{path}: key 'backend' is {backend!r}, expected one of {sorted(BACKENDS)}")
@@ -124,6 +204,7 @@ def load_model_config(folder: Path) -> ModelConfig:
     batching = raw.get("dynamic_batching", {})
     if not isinstance(batching, dict):
         raise ConfigError(f"{path}: key 'dynamic_batching' must be a table")
+    _check_keys(path, batching, BATCHING_KEYS, "dynamic_batching.")
     delay = _Getter(path, batching, "dynamic_batching.").integer("max_queue_delay_us", 0)
     preferred = batching.get("preferred_batch_size", [])
     if not isinstance(preferred, list) or not all(
@@ -143,8 +224,15 @@ def load_model_config(folder: Path) -> ModelConfig:
     if backend == "python":
         if not isinstance(factory, str) or ":" not in factory:
             raise ConfigError(f"{path}: key 'factory' must be 'module:function' for the python backend")
-        if weights is not None and not isinstance(weights, str):
+        if weights is not None and (not isinstance(weights, str) or not weights or "/" in weights):
             raise ConfigError(f"{path}: key 'weights' must be a file name")
+    else:
+        for key in ("factory", "weights"):
+            if key in raw:
+                raise ConfigError(
+                    f"{path}: key '{key}' is for the python backend only (backend is {backend!r})"
+                )
+    groups = _instance_groups(path, raw)
     versions = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
     versions = {str(int(v)): p for v, p in versions.items()}
     if not versions:
@@ -164,6 +252,7 @@ def load_model_config(folder: Path) -> ModelConfig:
         weights=weights,
         max_queue_size=queue_size,
         preferred_batch_sizes=tuple(preferred),
+        instance_groups=groups,
     )
     for version in versions:
         file = model.model_file(version)
@@ -180,6 +269,7 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: {key}[{i}] must be a table")
+        _check_keys(path, entry, TENSOR_KEYS, f"{key}[{i}].")
         get = _Getter(path, entry, f"{key}[{i}].")
         name = get.text("name")
         if len(name) > MAX_NAME_LENGTH or name in seen:
@@ -201,6 +291,66 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             )
         specs.append(TensorSpec(name, datatype, tuple(dims)))
     return tuple(specs)
+
+
+def _instance_groups(path: Path, raw: dict[str, Any]) -> tuple[InstanceGroup, ...]:
+    entries = raw.get("instance_group", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: key 'instance_group' must be one or more [[instance_group]] tables")
+    groups = []
+    for i, entry in enumerate(entries):
+        prefix = f"instance_group[{i}]."
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: instance_group[{i}] must be a table")
+        _check_keys(path, entry, INSTANCE_GROUP_KEYS, prefix)
+        kind = entry.get("kind", "KIND_AUTO")
+        if kind not in KINDS:
+            raise ConfigError(
+                f"{path}: key '{prefix}kind' is {kind!r}, expected KIND_GPU, KIND_CPU or KIND_AUTO"
+                + _suggest(str(kind), [k for k in KINDS if k.startswith("KIND_")], "")
+            )
+        count = entry.get("count", 1)
+        if type(count) is not int or count < 1:
+            raise ConfigError(f"{path}: key '{prefix}count' is {count!r}, expected an integer of at least 1")
+        gpus = entry.get("gpus", [])
+        if not isinstance(gpus, list) or not all(type(g) is int and g >= 0 for g in gpus):
+            raise ConfigError(f"{path}: key '{prefix}gpus' is {gpus!r}, expected a list of GPU indices")
+        if len(set(gpus)) != len(gpus):
+            raise ConfigError(f"{path}: key '{prefix}gpus' lists a GPU twice: {gpus!r}")
+        if gpus and KINDS[kind] == "CPU":
+            raise ConfigError(f"{path}: key '{prefix}gpus' is set but kind is {kind!r}; use KIND_GPU")
+        groups.append(InstanceGroup(KINDS[kind], count, tuple(gpus)))
+    return tuple(groups)
+
+
+def _check_keys(
+    path: Path, table: dict[str, Any], valid: tuple[str, ...], prefix: str, tables: tuple[str, ...] = ()
+) -> None:
+    """Refuse any key ``valid`` does not list, naming it and the closest valid key."""
+    for key, value in table.items():
+        if key in valid:
+            continue
+        is_table = isinstance(value, dict) or (
+            isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+        )
+        if is_table and tables:
+            array = not isinstance(value, dict)
+            hint = _suggest(key, list(tables), "array" if array else "table")
+            where = f"[[{prefix}{key}]]" if array else f"[{prefix}{key}]"
+            raise ConfigError(f"{path}: unknown table {where}{hint or '; tables are: ' + ', '.join(tables)}")
+        hint = _suggest(key, list(valid), "key")
+        raise ConfigError(
+            f"{path}: unknown key '{prefix}{key}'{hint or '; valid keys here: ' + ', '.join(valid)}"
+        )
+
+
+def _suggest(word: str, choices: list[str], what: str) -> str:
+    """Return "(did you mean X?)" for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    shown = {"table": f"[{close[0]}]", "array": f"[[{close[0]}]]"}.get(what, close[0])
+    return f" (did you mean {shown}?)"
 
 
 class _Getter:

@@ -289,3 +289,81 @@ def test_the_gateway_is_told_which_models_the_workers_load(tmp_path: Path) -> No
     assert "TORCHGATE_MODELS" not in gateway_environment(DeploySettings(run_dir=tmp_path, cpu_workers=1))
     served = DeploySettings(run_dir=tmp_path, cpu_workers=1, models=("digits",))
     assert gateway_environment(served)["TORCHGATE_MODELS"] == "digits"
+
+
+def placed_repository(root: Path, group: str) -> Path:
+    """A repository of the shipped `digits` and a copy `big` with the given [[instance_group]] tables."""
+    import shutil
+
+    shutil.copytree(ROOT / "deploy" / "model_repository" / "digits", root / "digits")
+    shutil.copytree(ROOT / "deploy" / "model_repository" / "digits", root / "big")
+    config = (root / "big" / "config.toml").read_text().replace('name = "digits"', 'name = "big"')
+    (root / "big" / "config.toml").write_text(
+        config.replace("[dynamic_batching]", group + "\n[dynamic_batching]")
+    )
+    return root
+
+
+def test_a_model_with_an_instance_group_gets_slots_of_its_own(tmp_path: Path) -> None:
+    repo = placed_repository(
+        tmp_path / "repo", '[[instance_group]]\nkind = "KIND_GPU"\ncount = 2\ngpus = [1]'
+    )
+    done = run_cli(
+        "render", "--run-dir", "run", "--gpus", "0,1", "--model-repository", str(repo), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    procs = programs(parsed(tmp_path / "run"))
+    workers = {name: p for name, p in procs.items() if name.startswith("worker-")}
+    assert sorted(workers) == ["worker-big-gpu1-0", "worker-big-gpu1-1", "worker-gpu0-0", "worker-gpu1-0"]
+    assert workers["worker-big-gpu1-1"].environment["CUDA_VISIBLE_DEVICES"] == "1"
+    assert workers["worker-big-gpu1-0"].command.endswith("--model big")
+    assert workers["worker-gpu0-0"].command.endswith("--model digits")  # the default slots: the rest
+    assert "worker-big-gpu1-0: GPU 1, " in done.stdout and "serves big" in done.stdout
+    assert (
+        DeploySettings.load(tmp_path / "run").placements == DeploySettings.load(tmp_path / "run").placements
+    )
+
+
+def test_cpu_instance_groups_on_a_host_without_gpus(tmp_path: Path) -> None:
+    repo = placed_repository(tmp_path / "repo", '[[instance_group]]\nkind = "KIND_AUTO"')
+    done = run_cli(
+        "render", "--run-dir", "run", "--gpus", "none", "--model-repository", str(repo), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    s = DeploySettings.load(tmp_path / "run")
+    assert [(x.name, x.gpu, x.models) for x in s.slots()] == [
+        ("worker-cpu-0", None, ()),
+        ("worker-cpu-1", None, ()),
+        ("worker-big-cpu-0", None, ("big",)),
+    ]
+    assert s.slot_models == ("digits",)
+
+
+@pytest.mark.parametrize(
+    "args, group, message",
+    [
+        (("--model", "nosuch"), "", "no model 'nosuch'"),
+        (("--gpus", "none"), '[[instance_group]]\nkind = "KIND_GPU"', "instance_group[0] asks for KIND_GPU"),
+        (
+            ("--gpus", "0"),
+            '[[instance_group]]\nkind = "KIND_GPU"\ngpus = [3]',
+            "instance_group[0].gpus lists [3]",
+        ),
+        ((), "[[instance_grup]]", "unknown table [[instance_grup]] (did you mean [[instance_group]]?)"),
+    ],
+)
+def test_render_validates_the_repository(
+    tmp_path: Path, args: tuple[str, ...], group: str, message: str
+) -> None:
+    repo = placed_repository(tmp_path / "repo", group)
+    done = run_cli("render", "--run-dir", "run", "--model-repository", str(repo), *args, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    assert message in done.stderr
+    assert not (tmp_path / "run" / "supervisord.conf").exists()
+
+
+def parsed(run_dir: Path) -> ServerOptions:
+    """Parse a rendered run directory the way supervisord does at start-up."""
+    options = ServerOptions()
+    options.realize(args=["-c", str(run_dir / "supervisord.conf")])
+    return options

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_worker.repository import ConfigError, load_model_config, load_repository
+from inference_worker.repository import ConfigError, load_model_config, load_repository, scan_repository
 from tests.conftest import DEFAULT_REPOSITORY
 
 GOOD = """
@@ -97,3 +97,89 @@ def test_missing_versions_and_configs_are_reported(tmp_path: Path) -> None:
         load_repository(tmp_path / "empty")
     with pytest.raises(ConfigError, match="not a directory"):
         load_repository(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c.replace("max_batch_size", "max_batch_sise"),
+            "unknown key 'max_batch_sise' (did you mean max_batch_size?)",
+        ),
+        (
+            lambda c: c.replace("max_batch_size = 8", "max_batch_size = 8\nmax_que_size = 4"),
+            "unknown key 'max_que_size' (did you mean max_queue_size?)",
+        ),
+        (
+            lambda c: c.replace("[dynamic_batching]", "[dynamic_batchng]"),
+            "unknown table [dynamic_batchng] (did you mean [dynamic_batching]?)",
+        ),
+        (
+            lambda c: c.replace("max_queue_delay_us", "max_queue_delay_microseconds"),
+            "unknown key 'dynamic_batching.max_queue_delay_microseconds' (did you mean max_queue_delay_us?)",
+        ),
+        (
+            lambda c: c.replace("dims = [2]", "dimz = [2]"),
+            "unknown key 'output[0].dimz' (did you mean dims?)",
+        ),
+        (
+            lambda c: c + '\n[[instance_grop]]\nkind = "KIND_CPU"\n',
+            "unknown table [[instance_grop]] (did you mean [[instance_group]]?)",
+        ),
+        (
+            lambda c: c.replace(
+                "[dynamic_batching]", '[[instance_group]]\nkind = "KIND_GUP"\n[dynamic_batching]'
+            ),
+            "key 'instance_group[0].kind' is 'KIND_GUP', expected KIND_GPU, KIND_CPU or KIND_AUTO (did you mean KIND_GPU?)",
+        ),
+        (
+            lambda c: c.replace("[dynamic_batching]", "[[instance_group]]\ncount = 0\n[dynamic_batching]"),
+            "key 'instance_group[0].count' is 0",
+        ),
+        (
+            lambda c: c.replace(
+                "[dynamic_batching]", '[[instance_group]]\nkind = "KIND_CPU"\ngpus = [0]\n[dynamic_batching]'
+            ),
+            "key 'instance_group[0].gpus' is set but kind is 'KIND_CPU'",
+        ),
+        (lambda c: c.replace('name = "m"', 'name = "m"\nfactory = "x:y"'), "key 'factory' is for the python"),
+        (lambda c: c.replace('name = "m"', 'name = "m"\ncolour = 1'), "valid keys here: name, backend"),
+    ],
+)
+def test_unknown_keys_and_tables_name_the_closest_valid_one(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    folder = make(tmp_path, edit(GOOD))
+    with pytest.raises(ConfigError) as caught:
+        load_model_config(folder)
+    assert str(folder / "config.toml") in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_instance_groups_are_read_with_triton_kinds(tmp_path: Path) -> None:
+    config = GOOD.replace(
+        "[dynamic_batching]",
+        '[[instance_group]]\nkind = "KIND_GPU"\ncount = 2\ngpus = [1, 3]\n'
+        '[[instance_group]]\nkind = "CPU"\n[dynamic_batching]',
+    )
+    model = load_model_config(make(tmp_path, config))
+    assert [(g.kind, g.count, g.gpus) for g in model.instance_groups] == [("GPU", 2, (1, 3)), ("CPU", 1, ())]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert load_model_config(make(plain, GOOD)).instance_groups == ()
+
+
+def test_a_scan_keeps_good_models_and_names_each_bad_one(tmp_path: Path) -> None:
+    make(tmp_path, GOOD)
+    bad = tmp_path / "bad"
+    (bad / "1").mkdir(parents=True)
+    (bad / "config.toml").write_text(
+        GOOD.replace('name = "m"', 'name = "bad"').replace("max_batch_size", "max_batch")
+    )
+    models, errors = scan_repository(tmp_path)
+    assert set(models) == {"m"} and set(errors) == {"bad"}
+    assert "did you mean max_batch_size?" in str(errors["bad"])
+    with pytest.raises(ConfigError, match="unknown key 'max_batch'"):
+        load_repository(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"no model 'mm' .*\(did you mean m\?\); the repository holds: bad, m"
+    ):
+        scan_repository(tmp_path, ["mm"])
