@@ -146,6 +146,22 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         )
         return json_response(doc)
 
+    # -- TorchServe's inference API ---------------------------------------------------------------------
+
+    @app.route("/predictions/<model>", methods=["POST", "PUT"])
+    @app.route("/predictions/<model>/<version>", methods=["POST", "PUT"])
+    def predictions(model: str, version: str | None = None) -> Response:
+        doc = gw.predictions(
+            model,
+            version,
+            body(),
+            content_type=request.headers.get("Content-Type"),
+            content_encoding=request.headers.get("Content-Encoding"),
+            request_id=g.request_id,
+            trace=g.get("trace"),
+        )
+        return json_response(doc)
+
     # -- Open Inference Protocol ------------------------------------------------------------------------
 
     @app.get("/v2/health/live")

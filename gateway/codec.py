@@ -8,6 +8,10 @@ Decisions a client may rely on:
   tensors, and written back the same way in JSON outputs.
 - Nested and flat ``data`` are both accepted when the element count matches the shape; ragged data is not.
 - A body may be gzip or deflate encoded; decoding stops at the body limit (413), so a zip bomb costs nothing.
+- BYTES tensors are strings in JSON (UTF-8; nested or flat) and, as binary data, Triton's layout: each element a
+  4-byte little-endian length, then its bytes. Their element count and element size are limited
+  (:class:`~inference_worker.strings.StringLimits`). A BYTES output goes back as JSON strings when it is UTF-8;
+  other bytes need ``binary_data``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.errors import InvalidArgument, PayloadTooLarge
-from inference_worker.protocol import DATATYPE_SIZES, MAX_DIMS, MAX_NAME_LENGTH, MAX_TENSORS
+from gateway.errors import GatewayError, InvalidArgument, PayloadTooLarge
+from inference_worker import strings
+from inference_worker.protocol import BYTES, DATATYPE_SIZES, DATATYPES, MAX_DIMS, MAX_NAME_LENGTH, MAX_TENSORS
+from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
 MAX_ID_LENGTH = 256
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
@@ -57,6 +63,8 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
+        if self.datatype == BYTES:
+            return len(self.data)
         return DATATYPE_SIZES[self.datatype] * math.prod(self.shape)
 
 
@@ -122,7 +130,12 @@ def loads(text: bytes | memoryview) -> Any:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
 
 
-def parse_infer_request(body: bytes, header_length: str | None, header_id: str | None = None) -> InferRequest:
+def parse_infer_request(
+    body: bytes,
+    header_length: str | None,
+    header_id: str | None = None,
+    limits: StringLimits = DEFAULT_LIMITS,
+) -> InferRequest:
     """Parse an infer request body: JSON, JSON + binary tensors, or a raw binary tensor (header length 0)."""
     view = memoryview(body)
     if header_length is None:
@@ -162,7 +175,7 @@ def parse_infer_request(body: bytes, header_length: str | None, header_id: str |
         raise InvalidArgument(f"'inputs' must be a list of 1 to {MAX_TENSORS} tensors")
     inputs, offset = [], 0
     for i, raw in enumerate(raw_inputs):
-        tensor, used = _input(raw, i, binary, offset)
+        tensor, used = _input(raw, i, binary, offset, limits)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -204,15 +217,17 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
     return outputs
 
 
-def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _input(
+    raw: Any, index: int, binary: memoryview, offset: int, limits: StringLimits = DEFAULT_LIMITS
+) -> tuple[Tensor, int]:
     """Parse ``inputs[index]``; return the tensor and how many binary bytes it took."""
     if not isinstance(raw, dict):
         raise InvalidArgument(f"inputs[{index}] must be a JSON object")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise InvalidArgument(f"inputs[{index}].name must be a string of 1 to {MAX_NAME_LENGTH} characters")
-    if datatype not in DATATYPE_SIZES:
-        supported = ", ".join(DATATYPE_SIZES)
+    if datatype not in DATATYPES:
+        supported = ", ".join([*DATATYPE_SIZES, BYTES])
         raise InvalidArgument(
             f"input {name!r}: datatype {datatype!r} is not supported; expected one of {supported}"
         )
@@ -249,7 +264,23 @@ def _input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[Tenso
         raise InvalidArgument(
             f"input {name!r}: {datatype} data must be sent as binary (binary_data_size), not JSON"
         )
+    if datatype == BYTES:
+        return Tensor(name, datatype, shape_t, strings_to_bytes(name, shape_t, raw["data"], limits)), 0
     return Tensor(name, datatype, shape_t, json_to_bytes(name, datatype, shape_t, raw["data"])), 0
+
+
+def strings_to_bytes(name: str, shape: tuple[int, ...], data: Any, limits: StringLimits) -> bytes:
+    """Turn JSON strings (nested or flat) into a BYTES tensor's serialized bytes, checking the count."""
+    try:
+        elements = strings.from_json(name, data, limits)
+    except StringsError as exc:
+        raise InvalidArgument(str(exc)) from None
+    count = math.prod(shape)
+    if len(elements) != count:
+        raise InvalidArgument(
+            f"input {name!r}: data holds {len(elements)} strings, shape {list(shape)} needs {count}"
+        )
+    return strings.serialize(element for element in elements)
 
 
 def json_to_bytes(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> bytes:
@@ -358,6 +389,8 @@ def infer_response(
         if binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             blobs.append(tensor.data)
+        elif tensor.datatype == BYTES:
+            entry["data"] = output_strings(tensor)
         else:
             data = np.frombuffer(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype])
             if data.dtype.kind == "f" and finite:
@@ -373,6 +406,22 @@ def infer_response(
         "application/octet-stream",
         {"Inference-Header-Content-Length": str(len(header))},
     )
+
+
+def output_strings(tensor: Tensor) -> list[str]:
+    """Return a BYTES output's elements as JSON strings; bytes that are not UTF-8 need binary data (400)."""
+    count = math.prod(tensor.shape)
+    try:
+        elements = strings.deserialize(tensor.data, count, strings.StringLimits(count, len(tensor.data)))
+    except StringsError as exc:  # the worker's reply was checked on the wire; this would be a bug
+        raise GatewayError(f"output {tensor.name!r}: {exc}") from None
+    try:
+        return [element.decode("utf-8") for element in elements]
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"output {tensor.name!r} holds bytes that are not UTF-8, which JSON cannot carry: "
+            "request it as binary data (parameters.binary_data true)"
+        ) from None
 
 
 def dumps(doc: Any) -> bytes:

@@ -27,6 +27,10 @@ class GatewayConfig:
     max_timeout: float = 30.0
     # Largest request body accepted, in bytes, before and after gzip/deflate decoding: beyond it, 413.
     max_body_bytes: int = 64 << 20
+    # Most elements one BYTES (string) tensor of a request may hold: beyond it, 400.
+    max_bytes_elements: int = 1 << 16
+    # Longest one BYTES element (a string, an image file) may be, in bytes: beyond it, 400.
+    max_bytes_element_size: int = 16 << 20
     # Seconds a dispatcher STATUS answer is reused for readiness and statistics.
     status_ttl: float = 0.5
     # Seconds to wait for a STATUS answer before calling the dispatcher unreachable (and the server not ready).
@@ -61,6 +65,14 @@ class GatewayConfig:
                 raise ValueError(f"{PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}")
+        if not 0 < self.max_bytes_elements <= 1 << 20:
+            raise ValueError(
+                f"{PREFIX}MAX_BYTES_ELEMENTS must be 1 to {1 << 20}, got {self.max_bytes_elements}"
+            )
+        if self.max_bytes_element_size < 1:
+            raise ValueError(
+                f"{PREFIX}MAX_BYTES_ELEMENT_SIZE must be positive, got {self.max_bytes_element_size}"
+            )
         if self.default_timeout > self.max_timeout:
             object.__setattr__(self, "max_timeout", self.default_timeout)
 

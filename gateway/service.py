@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway import torchserve
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidArgument, Unavailable
 from gateway.models import ModelCatalog
-from gateway.predict import predict_input, predict_output
+from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace, choose_request_id
 from gateway.triton import model_ready, repository_index, server_ready
-from gateway.validation import check_inputs, output_plan, raw_input
-from inference_worker.protocol import ErrorCode
+from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
+from inference_worker.protocol import BYTES, ErrorCode
 from inference_worker.repository import ModelConfig
+from inference_worker.strings import StringLimits
 
 
 class Gateway:
@@ -38,6 +40,7 @@ class Gateway:
             poll_interval=config.poll_interval,
             unresponsive_after=config.unresponsive_after,
         )
+        self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
 
     def deadline(self, timeout_us: int | None) -> float:
         """Return the unix time a request must be answered by: its timeout, bounded by ``max_timeout``."""
@@ -64,8 +67,12 @@ class Gateway:
         """
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        request = parse_infer_request(body, header_length, header_id)
-        inputs = [raw_input(request, model)] if request.raw is not None else check_inputs(request, model)
+        request = parse_infer_request(body, header_length, header_id, self.limits)
+        inputs = (
+            [raw_input(request, model, self.limits)]
+            if request.raw is not None
+            else check_inputs(request, model, self.limits)
+        )
         plan = output_plan(request, model)
         request_id = choose_request_id(header_id, request.id, request_id)
         if trace is not None:
@@ -110,13 +117,48 @@ class Gateway:
             raise InvalidArgument('"version" must be a string or an integer')
         model = self.catalog.get(name)[0] if name is not None else self.catalog.only()
         resolved = self.catalog.get(model.name, version)[1] if version else None
-        tensor, whole = predict_input(doc["input"], model)
+        tensor, whole = predict_input(doc["input"], model, self.limits)
         if trace is not None:
             trace.begin(model, resolved or self.catalog.get(model.name)[1], request_id, [tensor])
         reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), request_id)
         if trace is not None:
             trace.finish(reply)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
+
+    def predictions(
+        self,
+        model_name: str,
+        version: str | None,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        request_id: str = "",
+        trace: RequestTrace | None = None,
+    ) -> Any:
+        """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only input."""
+        model, resolved = self.catalog.get(model_name, version)
+        if len(model.inputs) != 1:
+            raise InvalidArgument(
+                f"/predictions needs a model with one input; model {model.name!r} has "
+                f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
+            )
+        spec = model.inputs[0]
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        data = torchserve.body_data(body, content_type, spec.name, self.config.max_body_bytes)
+        if spec.datatype == BYTES:
+            tensor, whole = bytes_input([data], model, self.limits), False
+        else:
+            tensor, whole = predict_input(loads(data), model, self.limits)
+        if trace is not None:
+            trace.begin(model, resolved, request_id, [tensor])
+        reply = self.client.infer(
+            model.name, resolved if version else None, [tensor], [], self.deadline(None), request_id
+        )
+        if trace is not None:
+            trace.finish(reply)
+        values = output_values(_pick(reply, [s.name for s in model.outputs]), model, whole)
+        return torchserve.answer(values)
 
     # -- health -----------------------------------------------------------------------------------------
 

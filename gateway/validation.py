@@ -10,7 +10,8 @@ import math
 
 from gateway.codec import JSON_UNSUPPORTED, InferRequest, Tensor
 from gateway.errors import InvalidArgument
-from inference_worker.protocol import DATATYPE_SIZES, MAX_TENSOR_BYTES
+from inference_worker import strings
+from inference_worker.protocol import BYTES, DATATYPE_SIZES, MAX_TENSOR_BYTES
 from inference_worker.repository import ModelConfig, TensorSpec
 
 
@@ -24,7 +25,9 @@ def fits(shape: tuple[int, ...] | list[int], dims: tuple[int, ...] | list[int]) 
     return len(shape) == len(dims) and all(d == -1 or s == d for s, d in zip(shape, dims, strict=True))
 
 
-def check_inputs(request: InferRequest, model: ModelConfig) -> list[Tensor]:
+def check_inputs(
+    request: InferRequest, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
+) -> list[Tensor]:
     """Return the request's inputs in the model's order, or raise naming the first that does not fit."""
     given: dict[str, Tensor] = {}
     for tensor in request.inputs:
@@ -46,7 +49,7 @@ def check_inputs(request: InferRequest, model: ModelConfig) -> list[Tensor]:
                 f"missing input {describe(spec, model.max_batch_size)} for model {model.name!r}"
             )
         tensor = given[spec.name]
-        check_tensor(tensor, spec, model.max_batch_size)
+        check_tensor(tensor, spec, model.max_batch_size, limits)
         if model.max_batch_size > 0:
             if batch is not None and tensor.shape[0] != batch[1]:
                 raise InvalidArgument(
@@ -58,8 +61,13 @@ def check_inputs(request: InferRequest, model: ModelConfig) -> list[Tensor]:
     return ordered
 
 
-def check_tensor(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:
-    """Check one input's datatype, shape, batch size and byte count against its spec."""
+def check_tensor(
+    tensor: Tensor,
+    spec: TensorSpec,
+    max_batch_size: int,
+    limits: strings.StringLimits = strings.DEFAULT_LIMITS,
+) -> None:
+    """Check one input's datatype, shape, batch size and byte count (BYTES: layout and limits) against its spec."""
     name = tensor.name
     if tensor.datatype != spec.datatype:
         raise InvalidArgument(f"input {name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
@@ -75,6 +83,14 @@ def check_tensor(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:
         )
     if 0 in tensor.shape:
         raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} holds no elements")
+    if tensor.datatype == BYTES:
+        if len(tensor.data) > MAX_TENSOR_BYTES:
+            raise InvalidArgument(f"input {name!r}: {len(tensor.data)} bytes, more than {MAX_TENSOR_BYTES}")
+        try:
+            strings.spans(tensor.data, math.prod(tensor.shape), limits, f"input {name!r}")
+        except strings.StringsError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return
     need = DATATYPE_SIZES[tensor.datatype] * math.prod(tensor.shape)
     if need > MAX_TENSOR_BYTES:
         raise InvalidArgument(
@@ -119,10 +135,13 @@ def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bo
     return plan
 
 
-def raw_input(request: InferRequest, model: ModelConfig) -> Tensor:
+def raw_input(
+    request: InferRequest, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
+) -> Tensor:
     """Turn a raw binary request (header length 0) into the single input of ``model``.
 
-    The shape is the input's dims; for a batching model the batch size is what the byte count implies.
+    The shape is the input's dims; for a batching model the batch size is what the byte count implies. For a
+    BYTES input the whole body is one element (an image, say), as a raw body is to TorchServe.
     """
     data = request.raw if request.raw is not None else b""
     if len(model.inputs) != 1:
@@ -131,6 +150,8 @@ def raw_input(request: InferRequest, model: ModelConfig) -> Tensor:
             f"input; model {model.name!r} has {len(model.inputs)}"
         )
     spec = model.inputs[0]
+    if spec.datatype == BYTES:
+        return bytes_input([bytes(data)], model, limits)
     if -1 in spec.dims:
         raise InvalidArgument(
             f"a raw binary request cannot carry input {describe(spec, model.max_batch_size)}: "
@@ -148,4 +169,35 @@ def raw_input(request: InferRequest, model: ModelConfig) -> Tensor:
         shape = spec.dims
     tensor = Tensor(spec.name, spec.datatype, shape, data)
     check_tensor(tensor, spec, model.max_batch_size)
+    return tensor
+
+
+def bytes_input(
+    elements: list[bytes], model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
+) -> Tensor:
+    """Return the single BYTES input of ``model`` holding ``elements``, one sample each.
+
+    The input's dims must hold one element (``[1]``, ``[-1]`` or ``[]``); a batching model gets the elements as
+    a batch of ``len(elements)``, a model that does not batch needs exactly one.
+    """
+    if len(model.inputs) != 1 or model.inputs[0].datatype != BYTES:
+        inputs = ", ".join(describe(s, model.max_batch_size) for s in model.inputs)
+        raise InvalidArgument(f"model {model.name!r} does not take one BYTES input (its inputs: {inputs})")
+    spec = model.inputs[0]
+    if not all(d in (1, -1) for d in spec.dims):
+        raise InvalidArgument(
+            f"input {describe(spec, model.max_batch_size)} holds several strings per sample: "
+            f"send it to /v2/models/{model.name}/infer"
+        )
+    one = (1,) * len(spec.dims)
+    if model.max_batch_size > 0:
+        shape: tuple[int, ...] = (len(elements), *one)
+    elif len(elements) == 1 or spec.dims == (-1,):
+        shape = (len(elements),) if spec.dims == (-1,) else one
+    else:
+        raise InvalidArgument(f"model {model.name!r} does not batch: send one string or one file")
+    if not elements:
+        raise InvalidArgument(f"input {spec.name!r}: no data")
+    tensor = Tensor(spec.name, BYTES, shape, strings.serialize(elements))
+    check_tensor(tensor, spec, model.max_batch_size, limits)
     return tensor

@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+from inference_worker import strings
+
 VERSION = 1
 
 # Limits checked before anything is allocated for a received message.
@@ -32,8 +34,10 @@ MAX_TENSORS = 64
 MAX_DIMS = 16
 MAX_TENSOR_BYTES = 1 << 31  # 2 GiB per tensor
 MAX_NAME_LENGTH = 256
+# BYTES on the wire: as many elements as a tensor may hold, each as long as a whole tensor may be.
+STRING_LIMITS = strings.StringLimits(max_elements=1 << 20, max_element_bytes=MAX_TENSOR_BYTES)
 
-# Open Inference Protocol datatype -> bytes per element. BYTES is not carried on this wire.
+# Open Inference Protocol datatype -> bytes per element, for the datatypes of fixed size.
 DATATYPE_SIZES: dict[str, int] = {
     "BOOL": 1,
     "UINT8": 1,
@@ -49,6 +53,9 @@ DATATYPE_SIZES: dict[str, int] = {
     "FP32": 4,
     "FP64": 8,
 }
+# BYTES: variable-length elements, each a 4-byte little-endian length then its bytes (see strings.py).
+BYTES = "BYTES"
+DATATYPES: frozenset[str] = frozenset({*DATATYPE_SIZES, BYTES})
 
 
 class Kind(enum.StrEnum):
@@ -90,7 +97,8 @@ class TensorMeta:
 
     @property
     def nbytes(self) -> int:
-        return DATATYPE_SIZES[self.datatype] * math.prod(self.shape)
+        """Bytes the frame holds; for BYTES, the least it can hold (a 4-byte length per element)."""
+        return DATATYPE_SIZES.get(self.datatype, 4) * math.prod(self.shape)
 
     def to_wire(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -115,7 +123,7 @@ def tensor_meta(raw: Any, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> TensorMet
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise ProtocolError(f"tensor name must be a string of 1..{MAX_NAME_LENGTH} characters")
-    if datatype not in DATATYPE_SIZES:
+    if datatype not in DATATYPES:
         raise ProtocolError(f"tensor {name!r}: unknown datatype {datatype!r}")
     if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS:
         raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {MAX_DIMS} dims")
@@ -173,12 +181,23 @@ def decode(frames: Sequence[Any], max_tensor_bytes: int = MAX_TENSOR_BYTES) -> M
     for raw, frame in zip(raw_tensors, frames[1:], strict=True):
         meta = tensor_meta(raw, max_tensor_bytes)
         buf = _buffer(frame)
-        if len(buf) != meta.nbytes:
+        if meta.datatype == BYTES:
+            _check_strings(meta, buf, max_tensor_bytes)
+        elif len(buf) != meta.nbytes:
             raise ProtocolError(
                 f"tensor {meta.name!r}: frame holds {len(buf)} bytes, shape and datatype need {meta.nbytes}"
             )
         tensors.append((meta, buf))
     return Message(kind, header, tensors)
+
+
+def _check_strings(meta: TensorMeta, buf: memoryview, max_tensor_bytes: int) -> None:
+    if len(buf) > max_tensor_bytes:
+        raise ProtocolError(f"tensor {meta.name!r}: {len(buf)} bytes exceeds the limit of {max_tensor_bytes}")
+    try:
+        strings.spans(buf, math.prod(meta.shape), STRING_LIMITS, f"tensor {meta.name!r}")
+    except strings.StringsError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _buffer(frame: Any) -> memoryview:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_worker.protocol import DATATYPE_SIZES, MAX_DIMS, MAX_NAME_LENGTH
+from inference_worker.protocol import BYTES, DATATYPES, MAX_DIMS, MAX_NAME_LENGTH
 
 BACKENDS = {"torchscript": "model.pt", "torch_export": "model.pt2", "python": None}
 DEFAULT_MAX_QUEUE_SIZE = 1024
@@ -40,11 +40,14 @@ TOP_KEYS = (
     "factory",
     "weights",
     "instance_group",
+    "handler",
+    "padding",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
-TENSOR_KEYS = ("name", "datatype", "dims")
+TENSOR_KEYS = ("name", "datatype", "dims", "format")
+PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
-TABLES = ("dynamic_batching", "input", "output", "instance_group")
+TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding")
 
 
 class ConfigError(ValueError):
@@ -58,6 +61,7 @@ class TensorSpec:
     name: str
     datatype: str
     dims: tuple[int, ...]
+    format: str = ""  # "json": each BYTES element is a JSON document (what a handler's postprocess returned)
 
     def full_shape(self, max_batch_size: int) -> list[int]:
         """Return the shape clients see: ``[-1] + dims`` for batching models, else ``dims``."""
@@ -88,6 +92,29 @@ class InstanceGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class Padding:
+    """Variable-length batching: requests whose padded tensors differ in dim 1 are padded to the longest.
+
+    ``inputs`` maps each padded model input to its pad value; the worker builds ``mask`` (1 over a request's
+    own positions, 0 over padding) when named, and cuts each of ``outputs`` back to the request's length along
+    dim 1. With ``buckets``, a request of length L waits with those of the smallest bucket >= L (lengths past
+    the last bucket batch together), so short requests do not pay for a long one's padding.
+    """
+
+    inputs: dict[str, float]
+    mask: str | None = None
+    outputs: tuple[str, ...] = ()
+    buckets: tuple[int, ...] = ()
+
+    def bucket(self, length: int) -> int:
+        """Return the bucket a request of ``length`` batches in (0: past the last bucket, or no buckets)."""
+        for edge in self.buckets:
+            if length <= edge:
+                return edge
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """A model's configuration and the versions found on disk (version -> folder)."""
 
@@ -104,6 +131,9 @@ class ModelConfig:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     preferred_batch_sizes: tuple[int, ...] = ()
     instance_groups: tuple[InstanceGroup, ...] = ()  # empty: served by the host's default slots
+
+    handler: str | None = None  # "module:Class" beside config.toml: pre- and post-processing in the worker
+    padding: Padding | None = None
 
     @property
     def config_path(self) -> Path:
@@ -221,6 +251,17 @@ def load_model_config(folder: Path) -> ModelConfig:
     outputs = _tensor_specs(path, raw, "output")
     factory = raw.get("factory")
     weights = raw.get("weights")
+    handler = raw.get("handler")
+    if handler is not None and (not isinstance(handler, str) or ":" not in handler):
+        raise ConfigError(f"{path}: key 'handler' must be 'module:Class' (a module beside config.toml)")
+    if handler is None:
+        for spec in (*inputs, *outputs):
+            if spec.datatype == BYTES:
+                raise ConfigError(
+                    f"{path}: tensor {spec.name!r} is BYTES, which a model cannot take or return itself: "
+                    "name a 'handler' that turns strings into tensors and back"
+                )
+    padding = _padding(path, raw, inputs if handler is None else None, max_batch_size)
     if backend == "python":
         if not isinstance(factory, str) or ":" not in factory:
             raise ConfigError(f"{path}: key 'factory' must be 'module:function' for the python backend")
@@ -253,6 +294,8 @@ def load_model_config(folder: Path) -> ModelConfig:
         max_queue_size=queue_size,
         preferred_batch_sizes=tuple(preferred),
         instance_groups=groups,
+        handler=handler,
+        padding=padding,
     )
     for version in versions:
         file = model.model_file(version)
@@ -276,9 +319,14 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             raise ConfigError(f"{path}: key '{key}[{i}].name' is {name!r}, expected a unique short name")
         seen.add(name)
         datatype = get.text("datatype")
-        if datatype not in DATATYPE_SIZES:
+        if datatype not in DATATYPES:
             raise ConfigError(
-                f"{path}: key '{key}[{i}].datatype' is {datatype!r}, expected one of {sorted(DATATYPE_SIZES)}"
+                f"{path}: key '{key}[{i}].datatype' is {datatype!r}, expected one of {sorted(DATATYPES)}"
+            )
+        fmt = entry.get("format", "")
+        if fmt not in ("", "json") or (fmt and (key != "output" or datatype != BYTES)):
+            raise ConfigError(
+                f"{path}: key '{key}[{i}].format' is {fmt!r}; only a BYTES output may say format = \"json\""
             )
         dims = entry.get("dims")
         if (
@@ -289,7 +337,7 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             raise ConfigError(
                 f"{path}: key '{key}[{i}].dims' is {dims!r}, expected a list of sizes (-1 for variable)"
             )
-        specs.append(TensorSpec(name, datatype, tuple(dims)))
+        specs.append(TensorSpec(name, datatype, tuple(dims), fmt))
     return tuple(specs)
 
 
@@ -351,6 +399,60 @@ def _suggest(word: str, choices: list[str], what: str) -> str:
         return ""
     shown = {"table": f"[{close[0]}]", "array": f"[[{close[0]}]]"}.get(what, close[0])
     return f" (did you mean {shown}?)"
+
+
+def _padding(
+    path: Path, raw: dict[str, Any], inputs: tuple[TensorSpec, ...] | None, max_batch_size: int
+) -> Padding | None:
+    """Read ``[padding]``; ``inputs`` (None for a model with a handler) are the tensors it may pad."""
+    table = raw.get("padding")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: key 'padding' must be a table")
+    _check_keys(path, table, PADDING_KEYS, "padding.")
+    if max_batch_size == 0:
+        raise ConfigError(f"{path}: key 'padding' needs max_batch_size > 0 (it pads requests into a batch)")
+    pads = table.get("inputs")
+    if (
+        not isinstance(pads, dict)
+        or not pads
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pads.values())
+    ):
+        raise ConfigError(
+            f"{path}: key 'padding.inputs' must map each padded input to its pad value, e.g. {{input_ids = 0}}"
+        )
+    if inputs is not None:
+        specs = {spec.name: spec for spec in inputs}
+        for name in pads:
+            spec = specs.get(name)
+            if spec is None or not spec.dims or spec.dims[0] != -1:
+                raise ConfigError(
+                    f"{path}: key 'padding.inputs' names {name!r}, which is not an input whose first dim is -1"
+                )
+    mask = table.get("mask")
+    if mask is not None and (not isinstance(mask, str) or not mask or mask in pads):
+        raise ConfigError(f"{path}: key 'padding.mask' must name the model's mask input (not a padded one)")
+    if mask is not None and inputs is not None and mask in {spec.name for spec in inputs}:
+        raise ConfigError(
+            f"{path}: key 'padding.mask' is {mask!r}, an input clients send; the worker builds the mask"
+        )
+    outputs = table.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ConfigError(f"{path}: key 'padding.outputs' must be a list of output names")
+    buckets = table.get("buckets", [])
+    if (
+        not isinstance(buckets, list)
+        or not all(type(b) is int and b > 0 for b in buckets)
+        or buckets != sorted(set(buckets))
+    ):
+        raise ConfigError(f"{path}: key 'padding.buckets' must be increasing positive lengths")
+    return Padding(
+        inputs={str(k): v for k, v in pads.items()},
+        mask=mask,
+        outputs=tuple(outputs),
+        buckets=tuple(buckets),
+    )
 
 
 class _Getter:
