@@ -14,14 +14,22 @@ import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import zmq
+
+from deploy.dispatcher_status import query_status
 from deploy.rundir import write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
-from deploy.supervisor_rpc import EXITED, FATAL, Supervisor, wait_for_supervisor
+from deploy.startup import assess, last_error
+from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
+from inference_worker.protocol import ProtocolError
 from inference_worker.repository import load_repository
 
 SUPERVISOR_UP_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 2.0
+PROGRESS_EVERY = 10.0  # seconds between "still loading" lines while slots load
+SERVING, NOTHING_SERVES, GAVE_UP_WAITING = "serving", "nothing serves", "gave up waiting"
 
 
 class ServeError(RuntimeError):
@@ -57,12 +65,13 @@ def health_ready(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> 
         return False
 
 
-def failed_slots(sup: Supervisor) -> list[dict[str, object]]:
-    """Return the processes supervisord gave up on (FATAL) and the workers that exited for good (EXITED)."""
+def health_live(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> bool:
+    """Return True when the gateway answers ``GET url/v2/health/live`` with 200."""
     try:
-        return [info for info in sup.processes().values() if info["statename"] in (FATAL, EXITED)]
-    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
-        return []
+        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -98,39 +107,89 @@ def wait_until_serving(
     timeout: float,
     stopping: Callable[[], bool],
     echo: Callable[[str], None],
-) -> bool:
-    """Poll readiness until the service is ready, supervisord exits, a stop was asked, or ``timeout``."""
+) -> str:
+    """Watch the host start; return SERVING, NOTHING_SERVES (every slot gave up), or GAVE_UP_WAITING.
+
+    While slots load, say which every ``PROGRESS_EVERY`` seconds; report each slot supervisord gives up on
+    with the reason from its log, and each model that cannot load with the reason its worker gave.
+    """
     sup = Supervisor(s.supervisor_socket, timeout=5.0)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     try:
         wait_for_supervisor(sup, SUPERVISOR_UP_TIMEOUT, alive=lambda: proc.poll() is None and not stopping())
     except (RuntimeError, TimeoutError) as exc:
         if not stopping():
             echo(f"torchgate: {exc}")
-        return False
+        return GAVE_UP_WAITING
     reported: set[str] = set()
     token = read_token(s.auth_token_file)
+    expected = list(s.models) or sorted(load_repository(s.model_repository))
+    autostart = {slot.name for slot in s.slots() if slot.autostart}
+    next_progress = started + PROGRESS_EVERY
     while proc.poll() is None and not stopping():
-        if health_ready(s.url, token=token):
-            return True
-        for info in failed_slots(sup):
-            name = str(info["name"])
+        processes = _processes(sup)
+        try:
+            status: dict[str, Any] | None = query_status(s.frontend_endpoint, timeout=HEALTH_TIMEOUT)
+        except (TimeoutError, ProtocolError, zmq.ZMQError):
+            status = None
+        progress = assess(
+            processes, autostart | {n for n in processes if is_worker_slot(n)}, status, expected
+        )
+        for name in progress.failed:
             if name not in reported:
                 reported.add(name)
-                why = (
+                info = processes[name]
+                why = last_error(Path(str(info.get("stdout_logfile") or s.log_dir / f"{name}.log")))
+                how = (
                     "gave up after its retries"
                     if info["statename"] == FATAL
                     else f"exit status {info.get('exitstatus')}"
                 )
-                echo(f"torchgate: {name} is {info['statename']} ({why}): see {info.get('stdout_logfile')}")
-        if time.monotonic() >= deadline:
+                echo(
+                    f"torchgate: {name} is {info['statename']} ({how}): {why or 'no error in its log'}; "
+                    f"see {info.get('stdout_logfile')}"
+                )
+        for model, why in progress.unavailable.items():
+            if status is not None and f"model:{model}" not in reported and model in _reported_models(status):
+                reported.add(f"model:{model}")
+                echo(f"torchgate: model {model} is UNAVAILABLE: {why}")
+        if progress.nothing_serves and status is not None:
+            echo(
+                f"torchgate: no model can be served (every worker slot gave up); stopping. Logs: {s.log_dir}"
+            )
+            return NOTHING_SERVES
+        if progress.settled and progress.ready_models and health_live(s.url, token=token):
+            if not health_ready(s.url, token=token):
+                missing = ", ".join(sorted(progress.unavailable))
+                echo(
+                    f"torchgate: not every model is ready (strict readiness: /v2/health/ready is 400): {missing}"
+                )
+            return SERVING
+        now = time.monotonic()
+        if now >= next_progress and progress.loading:
+            next_progress = now + PROGRESS_EVERY
+            echo(f"torchgate: still loading after {now - started:.0f}s: {', '.join(progress.loading)}")
+        if now >= deadline:
             echo(
                 f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
                 f"supervisorctl -c {s.conf_path} status"
             )
-            return False
+            return GAVE_UP_WAITING
         time.sleep(0.25)
-    return False
+    return GAVE_UP_WAITING
+
+
+def _processes(sup: Supervisor) -> dict[str, dict[str, Any]]:
+    try:
+        return sup.processes()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return {}
+
+
+def _reported_models(status: dict[str, Any]) -> set[str]:
+    """Return the models some worker reported it cannot load."""
+    return {str(e.get("model")) for e in status.get("unavailable") or [] if isinstance(e, dict)}
 
 
 def serve(s: DeploySettings, ready_timeout: float, echo: Callable[[str], None]) -> int:
@@ -147,12 +206,17 @@ def serve(s: DeploySettings, ready_timeout: float, echo: Callable[[str], None]) 
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        if wait_until_serving(s, proc, ready_timeout, lambda: stop_requested, echo):
+        outcome = wait_until_serving(s, proc, ready_timeout, lambda: stop_requested, echo)
+        if outcome == SERVING:
             slots = [n for n in Supervisor(s.supervisor_socket, timeout=5.0).processes() if is_worker_slot(n)]
             echo(
                 f"torchgate: serving {s.url} ({len(slots)} worker slots). "
                 f"Operate: supervisorctl -c {conf} status; stop: Ctrl-C"
             )
+        elif outcome == NOTHING_SERVES:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            return 1
         return proc.wait()
     finally:
         if proc.poll() is None:  # only when wait() itself was interrupted by an exception
