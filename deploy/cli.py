@@ -441,19 +441,23 @@ def rolling_restart(run_dir: Path, slots: tuple[str, ...], ready_timeout: float)
 @main.command()
 @_run_dir_option
 def status(run_dir: Path) -> None:
-    """Show every process as supervisord and the dispatcher see it."""
-    from deploy.dispatcher_status import worker_statuses
+    """Show every process as supervisord and the dispatcher see it, and each model's state and reason."""
+    from deploy.dispatcher_status import model_states, parse_workers, query_status
 
     s, sup = _connect(run_dir)
     try:
-        ready = worker_statuses(s.frontend_endpoint)
+        fields = query_status(s.frontend_endpoint)
+        ready = {w.name: w for w in parse_workers(fields)}
     except TimeoutError:
-        ready = {}
+        fields, ready = None, {}
         click.echo("dispatcher: no answer")
     for name, info in sorted(sup.processes().items()):
         worker = ready.get(name)
         seen = f"  dispatcher: {worker.state}" if worker else ""
         click.echo(f"{name:<22} {info['statename']:<9} {info['description']}{seen}")
+    if fields is not None:
+        for line in model_states(fields, s.model_repository, list(s.models)):
+            click.echo(line)
 
 
 @main.command()

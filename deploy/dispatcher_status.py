@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -104,3 +105,36 @@ def wait_until_ready(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{name} not ready in the dispatcher after {timeout:.0f} s ({last})")
         time.sleep(interval)
+
+
+def model_states(fields: dict[str, Any], repository: Path, only: list[str]) -> list[str]:
+    """Return one line per model version: READY on how many workers, or UNAVAILABLE and why."""
+    from inference_worker.repository import scan_repository
+
+    try:
+        models, errors = scan_repository(repository, only or None)
+    except ValueError as exc:
+        return [f"model repository {repository}: {exc}"]
+    served = fields.get("models") or {}
+    reasons: dict[tuple[str, str | None], list[str]] = {}
+    for entry in fields.get("unavailable") or []:
+        if isinstance(entry, dict):
+            where = f" (on {entry.get('worker')})" if entry.get("worker") else ""
+            key = (str(entry.get("model")), entry.get("version"))
+            reasons.setdefault(key, []).append(f"{entry.get('reason')}{where}")
+    lines = []
+    for name in sorted(set(models) | set(errors)):
+        if name in errors:
+            lines.append(f"model {name}: UNAVAILABLE: {errors[name]}")
+            continue
+        for version in sorted(models[name].versions, key=int):
+            entry = (served.get(name) or {}).get(version) or {}
+            count = int(entry.get("ready", 0)) if isinstance(entry, dict) else 0
+            if count:
+                lines.append(f"model {name} version {version}: READY on {count} worker(s)")
+            else:
+                why = (
+                    reasons.get((name, version)) or reasons.get((name, None)) or ["no ready worker serves it"]
+                )
+                lines.append(f"model {name} version {version}: UNAVAILABLE: {'; '.join(why)}")
+    return lines

@@ -186,10 +186,10 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.get("/v2/models/<model>/ready")
     @app.get("/v2/models/<model>/versions/<version>/ready")
     def model_ready(model: str, version: str | None = None) -> Response:
-        ok, config_ = gw.model_ready(model, version)
+        ok, config_, why = gw.model_ready(model, version)
         doc: dict[str, Any] = {"name": config_.name, "ready": ok}
         if not ok:
-            doc["error"] = f"model {config_.name!r} has no ready worker"
+            doc["error"] = f"model {config_.name!r} is not ready: {why}"
         return json_response(doc, 200 if ok else 400)
 
     @app.post("/v2/models/<model>/infer")

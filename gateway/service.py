@@ -13,7 +13,7 @@ from gateway.errors import GatewayError, InvalidArgument, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace, choose_request_id
-from gateway.triton import model_ready, repository_index, server_ready
+from gateway.triton import model_ready, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.protocol import BYTES, ErrorCode
 from inference_worker.repository import ModelConfig
@@ -183,16 +183,19 @@ class Gateway:
             ok, why = server_ready(status, self.catalog.models)
         return ok, why
 
-    def model_ready(self, model_name: str, version: str | None) -> tuple[bool, ModelConfig]:
+    def model_ready(self, model_name: str, version: str | None) -> tuple[bool, ModelConfig, str]:
+        """Return whether a worker serves the model (version), the model, and why not."""
         model, resolved = self.catalog.get(model_name, version)
         version = resolved if version else None
+        why = "the dispatcher does not answer"
         for max_age in (None, 0.0):  # a cached "not ready" is checked again with a fresh status
             status = self.status_or_none(max_age)
             if status is None:
-                return False, model
+                return False, model, why
             if model_ready(status, model.name, version):
-                return True, model
-        return False, model
+                return True, model, ""
+            why = unavailable_reason(status, model.name, version)
+        return False, model, why
 
     def status(self) -> dict[str, Any]:
         """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or 503."""

@@ -71,7 +71,13 @@ def repository_index(
             ready = _ready_workers(served, name, version) > 0
             if ready_only and not ready:
                 continue
-            reason = "" if ready else ("dispatcher unreachable" if status is None else "no ready worker")
+            reason = (
+                ""
+                if ready
+                else (
+                    "dispatcher unreachable" if status is None else unavailable_reason(status, name, version)
+                )
+            )
             index.append(
                 {
                     "name": name,
@@ -96,13 +102,29 @@ def model_ready(status: dict[str, Any], model: str, version: str | None) -> bool
     return _ready_workers(status.get("models") or {}, model, version) > 0
 
 
+def unavailable_reason(status: dict[str, Any], model: str, version: str | None) -> str:
+    """Return why no worker serves ``model`` (``version``, or any): what the workers reported, else a default."""
+    reasons = []
+    for entry in status.get("unavailable") or []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("model") == model
+            and (version is None or entry.get("version") in (version, None))
+        ):
+            where = f" on {entry['worker']}" if entry.get("worker") else ""
+            reasons.append(f"{entry.get('reason', 'unavailable')}{where}")
+    if reasons:
+        return "; ".join(dict.fromkeys(reasons))
+    return "no ready worker serves it"
+
+
 def server_ready(status: dict[str, Any], models: dict[str, ModelConfig]) -> tuple[bool, str]:
     """Return whether every model of the repository has a ready worker, and if not, which one lacks it."""
     if not models:
         return False, "the model repository holds no model"
     for name in sorted(models):
         if not model_ready(status, name, None):
-            return False, f"model {name!r} has no ready worker"
+            return False, f"model {name!r} is not ready: {unavailable_reason(status, name, None)}"
     return True, ""
 
 
