@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import importlib.metadata
 import logging
 import re
@@ -12,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
-from gateway import codec, instrument, triton
+from gateway import auth, codec, instrument, triton
 from gateway.config import GatewayConfig
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
@@ -81,8 +80,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         g.request_id = header if header and _REQUEST_ID.match(header) else new_request_id()
         g.header_id = header if header and _REQUEST_ID.match(header) else None
         if config.auth_token and request.path != "/v2/health/live":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.auth_token}".encode()):
+            if not auth.authorized(request.headers.get("Authorization", ""), config.auth_token):
                 raise Unauthenticated("missing or wrong bearer token")
 
     @app.after_request

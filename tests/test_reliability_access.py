@@ -94,6 +94,20 @@ def test_every_endpoint_but_liveness_needs_the_token(deployment: Deployment, met
         assert good.status_code == 200, good.text
 
 
+def test_the_bearer_scheme_is_matched_in_any_case(deployment: Deployment) -> None:
+    """RFC 7235: the auth-scheme is case-insensitive; the token itself is not."""
+    url = f"{deployment.url}/v2/models/digits/infer"
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        response = requests.post(
+            url, json=INFER_BODY, headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=30
+        )
+        assert response.status_code == 200, (scheme, response.text[:200])
+    response = requests.post(
+        url, json=INFER_BODY, headers={"Authorization": f"bearer {TOKEN.upper()}"}, timeout=30
+    )
+    assert response.status_code == 401
+
+
 def test_liveness_needs_no_token(deployment: Deployment) -> None:
     assert requests.get(f"{deployment.url}/v2/health/live", timeout=30).status_code == 200
 
