@@ -31,6 +31,7 @@ from inference_worker.protocol import BYTES, DATATYPE_SIZES, DATATYPES, MAX_DIMS
 from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
 MAX_ID_LENGTH = 256
+MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
 
 # Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).
@@ -162,11 +163,13 @@ def parse_infer_request(
         raise InvalidArgument(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
     params = _parameters(doc.get("parameters"), "request")
     timeout = params.get("timeout")
-    if timeout is not None and (type(timeout) is not int or timeout < 0):
-        raise InvalidArgument("parameter 'timeout' must be a non-negative integer (microseconds)")
+    if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_UINT64):
+        raise InvalidArgument(
+            "parameter 'timeout' must be a non-negative integer (microseconds) of at most 2^64-1"
+        )
     priority = params.get("priority", 0)
-    if type(priority) is not int or priority < 0:
-        raise InvalidArgument("parameter 'priority' must be a non-negative integer")
+    if type(priority) is not int or not 0 <= priority <= MAX_UINT64:
+        raise InvalidArgument("parameter 'priority' must be a non-negative integer of at most 2^64-1")
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidArgument("parameter 'binary_data_output' must be true or false")

@@ -44,8 +44,10 @@ class Gateway:
 
     def deadline(self, timeout_us: int | None) -> float:
         """Return the unix time a request must be answered by: its timeout, bounded by ``max_timeout``."""
-        timeout = (
-            self.config.default_timeout if not timeout_us else min(timeout_us / 1e6, self.config.max_timeout)
+        timeout = (  # compared as integers: a huge timeout_us must not overflow a float
+            self.config.default_timeout
+            if not timeout_us
+            else min(timeout_us, int(self.config.max_timeout * 1e6)) / 1e6
         )
         return time.time() + timeout
 
