@@ -18,6 +18,7 @@ from typing import Any
 from flask import g, has_request_context
 
 from gateway.trace import RequestTrace
+from inference_worker import logs
 
 access = logging.getLogger("torchgate.access")
 
@@ -77,8 +78,8 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
-    """Plain lines; a record with a request id not already in its message gets `` request_id=...`` appended."""
+class TextFormatter(logs.TextFormatter):
+    """Plain lines, control characters escaped; a record with a request id gets `` request_id=...`` appended."""
 
     def __init__(self, fmt: str = TEXT_FORMAT, datefmt: str | None = None) -> None:
         super().__init__(fmt, datefmt)

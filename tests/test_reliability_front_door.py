@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.conftest import Processes
+from tests.conftest import Processes, wait_for
 from tests.stack import DIGITS_BODY, Stack, copy_digits
 
 INFER = "/v2/models/digits/infer"
@@ -107,3 +108,21 @@ def test_a_huge_integer_parameter_is_a_precise_400(stack: Stack, name: str) -> N
     assert name in response.json()["error"]
     body = {**DIGITS_BODY, "parameters": {name: 2**64 - 1}}  # the largest uint64 is valid, as in Triton
     assert requests.post(stack.url + INFER, json=body, timeout=30).status_code == 200
+
+
+# -- log forging ---------------------------------------------------------------------------------------------
+
+
+def test_control_characters_in_a_path_cannot_forge_log_lines(stack: Stack) -> None:
+    marker = f"FORGED{time.monotonic_ns()}"
+    response = requests.get(f"{stack.url}/v2/x%0a{marker}%00%0d%1b[31m", timeout=30)
+    assert response.status_code == 404
+
+    def logged() -> str | None:
+        text = stack.processes.log("gateway")
+        return text if marker in text else None
+
+    log = wait_for(logged, timeout=30, what="the access line")
+    assert "\x00" not in log and "\x1b" not in log
+    assert not any(line.startswith(marker) for line in log.splitlines()), "a forged log line"
+    assert f"/v2/x\\x0a{marker}\\x00\\x0d\\x1b[31m" in log
