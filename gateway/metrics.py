@@ -32,6 +32,8 @@ from prometheus_client.utils import floatToGoString
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TRITON_PREFIX = "nv_"
+# Label values come from bounded sets only: any method token a client sends would otherwise be a new series.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -40,6 +42,11 @@ def failure_reason(status: int) -> str:
     if status in (503, 504):  # UNAVAILABLE, DEADLINE_EXCEEDED
         return "REJECTED"
     return "BACKEND" if status >= 500 else "OTHER"  # INTERNAL, RESOURCE_EXHAUSTED / client errors
+
+
+def method_label(method: str) -> str:
+    """Return the label of an HTTP method: a standard one as is, any other token "OTHER" (a bounded set)."""
+    return method if method in HTTP_METHODS else "OTHER"
 
 
 def multiproc_dir() -> str | None:
@@ -113,7 +120,8 @@ class RequestMetrics:
             self.failure.labels(model, version, failure_reason(status)).inc()
 
     def observe_http(self, method: str, route: str, status: int) -> None:
-        self.http.labels(method, route, str(status)).inc()
+        """Count one answered request; ``route`` is the matched rule (or "unmatched"), a bounded set too."""
+        self.http.labels(method_label(method), route, str(status)).inc()
 
     def collect(self) -> Iterable[Metric]:
         """Yield the counters of every gateway process (multiprocess mode) or of this one."""

@@ -9,6 +9,7 @@ exhausting them is cheap; timeouts are shortened the same way (settings a user c
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -126,3 +127,31 @@ def test_control_characters_in_a_path_cannot_forge_log_lines(stack: Stack) -> No
     assert "\x00" not in log and "\x1b" not in log
     assert not any(line.startswith(marker) for line in log.splitlines()), "a forged log line"
     assert f"/v2/x\\x0a{marker}\\x00\\x0d\\x1b[31m" in log
+
+
+# -- metric labels -------------------------------------------------------------------------------------------
+
+
+def test_unknown_methods_fold_into_one_metric_label(stack: Stack) -> None:
+    methods = [f"XM{i}" for i in range(40)]
+    for method in methods:
+        status, _, body, _ = raw(
+            stack, f"{method} /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert status == 405, body
+    text = requests.get(stack.url + "/metrics", timeout=30).text
+    series = re.findall(r'torchgate_http_requests_total\{[^}]*method="([^"]+)"', text)
+    assert "OTHER" in series
+    assert not set(methods) & set(series), "a client-chosen method became a label value"
+    assert set(series) <= {
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "DELETE",
+        "PATCH",
+        "OPTIONS",
+        "CONNECT",
+        "TRACE",
+        "OTHER",
+    }
