@@ -221,6 +221,16 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
             raise InvalidArgument('the body must be empty or {"ready": true|false}')
         return json_response(gw.repository_index(ready_only))
 
+    @app.post("/v2/repository/models/<model>/load")
+    def load_model(model: str) -> Response:
+        gw.control("load", model)
+        return json_response({})
+
+    @app.post("/v2/repository/models/<model>/unload")
+    def unload_model(model: str) -> Response:
+        gw.control("unload", model)
+        return json_response({})
+
     @app.get("/v2/models/stats")
     @app.get("/v2/models/<model>/stats")
     @app.get("/v2/models/<model>/versions/<version>/stats")

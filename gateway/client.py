@@ -264,6 +264,25 @@ class DispatcherClient:
                 return {k: v for k, v in message.fields.items() if k not in ("v", "kind", "id")}
         raise Unavailable(f"the dispatcher did not answer a status query within {self.status_timeout:g}s")
 
+    def control(self, action: str, model: str, timeout: float) -> dict[str, Any]:
+        """Ask the dispatcher to load or unload ``model``; return its CONTROL_REPLY fields (``ok``, ``error``).
+
+        Raise :class:`Unavailable` if no answer comes within ``timeout`` seconds (the job may still finish).
+        """
+        socket = self._socket()
+        call_id = self._next_id()
+        self._send(socket, protocol.encode(Kind.CONTROL, {"id": call_id, "action": action, "model": model}))
+        until = time.monotonic() + timeout
+        while (remaining := until - time.monotonic()) > 0:
+            try:
+                message = self._receive(socket, remaining)
+            except zmq.Again:
+                break
+            if message is not None and message.kind is Kind.CONTROL_REPLY and message.get("id") == call_id:
+                self._status = None  # what this process says next about readiness must include the change
+                return dict(message.fields)
+        raise Unavailable(f"the {action} of model {model!r} did not finish within {timeout:g}s")
+
 
 def _reply(message: protocol.Message, model: str) -> InferReply:
     outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.tensors]

@@ -45,6 +45,10 @@ class GatewayConfig:
     retry_after: int = 1
     # Bearer token every endpoint but liveness requires; empty: no authentication.
     auth_token: str = ""
+    # "explicit": POST /v2/repository/models/M/load and /unload are allowed; anything else: they answer 403.
+    model_control: str = "none"
+    # Seconds a load or unload call may take across every slot of the model before the call answers 503.
+    control_timeout: float = 600.0
     # Comma-separated models to serve from the repository (what the workers load); empty: every model in it.
     models: str = ""
 

@@ -18,6 +18,7 @@ log = logging.getLogger("torchgate.gateway")
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+FORBIDDEN = "FORBIDDEN"
 
 STATUS: dict[str, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -29,6 +30,7 @@ STATUS: dict[str, int] = {
     PAYLOAD_TOO_LARGE: 413,
     UNAUTHENTICATED: 401,
     METHOD_NOT_ALLOWED: 405,
+    FORBIDDEN: 403,
 }
 
 
@@ -70,6 +72,10 @@ class PayloadTooLarge(GatewayError):
 
 class Unauthenticated(GatewayError):
     code = UNAUTHENTICATED
+
+
+class Forbidden(GatewayError):
+    code = FORBIDDEN
 
 
 def http_status(code: str) -> int:

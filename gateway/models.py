@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from gateway.errors import InvalidArgument, NotFound
-from inference_worker.repository import ConfigError, ModelConfig, load_repository
+from inference_worker.repository import ConfigError, ModelConfig, scan_repository
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -26,21 +26,28 @@ class ModelCatalog:
         self.served = only or None  # the models the workers serve; None: every model in the repository
         self.models: dict[str, ModelConfig] = {}
         self.error: str | None = None
+        self.errors: dict[str, ConfigError] = {}  # models whose config.toml is refused now, and why
         self._lock = threading.Lock()
         self._last_scan = float("-inf")
         self.rescan()
 
     def rescan(self) -> dict[str, ModelConfig]:
-        """Read the repository again; keep the previous models if it cannot be read."""
+        """Read the repository again; keep the previous models if it cannot be read, and the previous config of
+        a model whose config.toml is refused now (its workers still serve that one)."""
         with self._lock:
             self._last_scan = time.monotonic()
             try:
-                models = load_repository(self.root, self.served)
+                models, errors = scan_repository(self.root, self.served)
             except ConfigError as exc:
                 self.error = str(exc)
                 log.warning("gateway: model repository %s: %s", self.root, exc)
                 return self.models
-            self.error = None
+            for name, error in errors.items():
+                if name not in self.errors:
+                    log.warning("gateway: model %s: %s", name, error)
+                if name in self.models:
+                    models[name] = self.models[name]
+            self.error, self.errors = None, errors
             if set(models) != set(self.models):
                 log.info("gateway: models in %s: %s", self.root, ", ".join(sorted(models)) or "none")
             self.models = models  # one reference swap: readers see the old or the new dict, never half

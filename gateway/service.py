@@ -9,7 +9,7 @@ from gateway import torchserve
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, InvalidArgument, Unavailable
+from gateway.errors import Forbidden, GatewayError, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace, choose_request_id
@@ -205,6 +205,22 @@ class Gateway:
             return self.client.status(max_age=0)
         except GatewayError as exc:
             raise Unavailable(f"statistics are unavailable: {exc.message}") from None
+
+    def control(self, action: str, model_name: str) -> None:
+        """Load (again, from disk) or unload a model on every slot that serves it, one slot at a time."""
+        if self.config.model_control != "explicit":
+            raise Forbidden(
+                f"model control is off: start the server with --model-control explicit to {action} models"
+            )
+        if action == "load":
+            self.catalog.rescan()
+            if model_name in self.catalog.errors:
+                raise InvalidArgument(f"cannot load model {model_name!r}: {self.catalog.errors[model_name]}")
+        if model_name not in self.catalog.models:
+            raise NotFound(f"unknown model {model_name!r}")
+        reply = self.client.control(action, model_name, self.config.control_timeout)
+        if reply.get("ok") is not True:
+            raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.get('error')}")
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         models = self.catalog.rescan()

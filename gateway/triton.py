@@ -7,7 +7,12 @@ from typing import Any
 from inference_worker.repository import ModelConfig, TensorSpec
 
 SERVER_NAME = "torchgate"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository(index)"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+]
 
 
 def server_metadata(version: str) -> dict[str, Any]:
@@ -122,8 +127,9 @@ def server_ready(status: dict[str, Any], models: dict[str, ModelConfig]) -> tupl
     """Return whether every model of the repository has a ready worker, and if not, which one lacks it."""
     if not models:
         return False, "the model repository holds no model"
+    unloaded = set(status.get("unloaded") or [])  # unloaded on request: not counted, as Triton's
     for name in sorted(models):
-        if not model_ready(status, name, None):
+        if name not in unloaded and not model_ready(status, name, None):
             return False, f"model {name!r} is not ready: {unavailable_reason(status, name, None)}"
     return True, ""
 

@@ -70,6 +70,8 @@ class Kind(enum.StrEnum):
     QUERY_REPLY = "QUERY_REPLY"
     STATUS = "STATUS"
     STATUS_REPLY = "STATUS_REPLY"
+    CONTROL = "CONTROL"
+    CONTROL_REPLY = "CONTROL_REPLY"
 
 
 class ErrorCode(enum.StrEnum):

@@ -59,12 +59,14 @@ class WorkerState:
     device: str = "cpu"
     pid: int = 0
     draining: bool = False
+    controlling: bool = False  # loading or unloading a model on request: it takes no new work meanwhile
+    assigned: tuple[str, ...] = ()  # the models this slot is configured to serve; empty: every model
     device_memory: dict[str, Any] | None = None  # GPU workers: used and reserved bytes, from heartbeats
     in_flight: dict[int, Request] = field(default_factory=dict)
 
     @property
     def credit(self) -> int:
-        return 0 if self.draining else self.capacity - len(self.in_flight)
+        return 0 if self.draining or self.controlling else self.capacity - len(self.in_flight)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -56,6 +56,103 @@ dims = [4]
 """)
 
 
+PYTHON_CONFIG = """
+name = "{name}"
+backend = "python"
+factory = "model:build"
+max_batch_size = 4
+[dynamic_batching]
+max_queue_delay_us = 0
+[[input]]
+name = "x"
+datatype = "{datatype}"
+dims = [{width}]
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [{out}]
+"""
+
+# Two models that each ship a model.py and a helper.py, as the README lays a python model out.
+LINEAR_SOURCE = """
+import torch
+from helper import WIDTH
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(WIDTH, 1)
+
+    def forward(self, x):
+        return self.linear(x)
+
+def build():
+    return Net()
+"""
+SCALE_SOURCE = """
+import torch
+from helper import FACTOR
+
+class Scale(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.tensor(FACTOR))
+
+    def forward(self, x):
+        return (x * self.factor).sum(dim=1, keepdim=True)
+
+def build():
+    return Scale()
+"""
+
+
+def write_python_model(
+    root: Path,
+    name: str,
+    source: str,
+    weights: dict[str, Any],
+    helper: str = "",
+    width: int = 3,
+    out: int = 1,
+    datatype: str = "FP32",
+) -> Path:
+    """Write a python-backend model ``name``: ``model.py`` (``source``), ``helper.py`` and safetensors weights."""
+    from safetensors.torch import save_file
+
+    folder = root / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.toml").write_text(
+        PYTHON_CONFIG.format(name=name, width=width, out=out, datatype=datatype)
+    )
+    (folder / "model.py").write_text(source)
+    (folder / "helper.py").write_text(helper)
+    save_file(weights, str(folder / "1" / "model.safetensors"))
+    return folder
+
+
+def write_linear_model(root: Path, name: str = "a", source: str = LINEAR_SOURCE) -> Path:
+    """A model whose y is the sum of its three inputs (a Linear(3, 1) of ones), from its own model.py."""
+    import torch
+
+    weights = {"linear.weight": torch.ones(1, 3), "linear.bias": torch.zeros(1)}
+    return write_python_model(root, name, source, weights, "WIDTH = 3\n")
+
+
+def write_scale_model(root: Path, name: str = "b") -> Path:
+    """A model whose y is ten times the sum of its three inputs, from its own model.py."""
+    import torch
+
+    return write_python_model(root, name, SCALE_SOURCE, {"factor": torch.tensor(10.0)}, "FACTOR = 10.0\n")
+
+
+def write_sleeper_model(root: Path, name: str = "sleeper") -> Path:
+    """A model that sleeps as many seconds as its largest input, then doubles it (tests/models/sleeper.py)."""
+    import torch
+
+    source = (ROOT / "tests" / "models" / "sleeper.py").read_text()
+    return write_python_model(root, name, source, {"scale": torch.tensor(2.0)}, width=1, out=1)
+
+
 def slow_repository(
     root: Path, seconds: float = 0.2, max_queue_size: int = 4, max_batch_size: int = 4
 ) -> Path:

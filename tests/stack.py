@@ -80,8 +80,10 @@ class Stack:
         gateway_threads: int = 8,
         gateway_env: dict[str, str] | None = None,
         timeout: float = 180.0,
+        ready_path: str = "/v2/health/ready",
     ) -> Stack:
-        """Start the dispatcher, each worker (name -> extra arguments) and gunicorn; wait until ready."""
+        """Start the dispatcher, each worker (name -> extra arguments) and gunicorn; wait until ``ready_path``
+        answers 200."""
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.started["dispatcher"] = self.processes.python(
             "dispatcher",
@@ -129,17 +131,14 @@ class Stack:
             ],
             env=env,
         )
-        self.wait_ready(timeout)
+        self.wait_ready(timeout, ready_path)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, path: str = "/v2/health/ready") -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
-                if (
-                    requests.get(f"{self.url}/v2/health/ready", headers=self.headers, timeout=2).status_code
-                    == 200
-                ):
+                if requests.get(f"{self.url}{path}", headers=self.headers, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass

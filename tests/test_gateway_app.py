@@ -330,3 +330,23 @@ def test_the_gateway_knows_only_the_models_it_is_told_to_serve(tmp_path: Path) -
         assert client.get("/v2/models/other").status_code == 404  # not served: readiness does not wait for it
     finally:
         app.extensions["torchgate"].client.close()
+
+
+def test_model_control_is_off_unless_explicit_and_checks_the_model_first(tmp_path: Path) -> None:
+    off = make_app(tmp_path).test_client()
+    for action in ("load", "unload"):
+        response = off.post(f"/v2/repository/models/digits/{action}")
+        assert response.status_code == 403
+        assert "--model-control explicit" in response.get_json()["error"]
+    repository = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    explicit = make_app(tmp_path, repository, model_control="explicit", control_timeout=0.3).test_client()
+    assert explicit.post("/v2/repository/models/nosuch/load").status_code == 404
+    config = repository / "digits" / "config.toml"
+    config.write_text(config.read_text().replace("max_batch_size", "max_batch_sise"))
+    refused = explicit.post("/v2/repository/models/digits/load")
+    assert refused.status_code == 400 and "did you mean max_batch_size?" in refused.get_json()["error"]
+    config.write_text(config.read_text().replace("max_batch_sise", "max_batch_size"))
+    # The dispatcher does not answer here: the call says so, with Retry-After, rather than hanging.
+    unanswered = explicit.post("/v2/repository/models/digits/unload")
+    assert unanswered.status_code == 503 and "did not finish within 0.3s" in unanswered.get_json()["error"]
