@@ -29,7 +29,11 @@ class BenchAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.torch_threads)
-        self.model = torch.export.load(self.model_path).module()
+        self.device = torch.device(device)
+        if self.model_path.endswith(".pt"):
+            self.model = torch.jit.load(self.model_path, map_location=self.device).eval()
+        else:
+            self.model = torch.export.load(self.model_path).module().to(self.device)
 
     def decode_request(self, request: Request) -> list[np.ndarray]:
         # LitServe's default: with this annotation it passes the parsed JSON body (a dict), not the Request.
@@ -54,7 +58,7 @@ class BenchAPI(ls.LitAPI):
     def predict(self, x: list[Any]) -> torch.Tensor:
         tensors = [t if isinstance(t, torch.Tensor) else torch.from_numpy(t).unsqueeze(0) for t in x]
         with torch.inference_mode():
-            output = self.model(*tensors)
+            output = self.model(*(t.to(self.device) for t in tensors)).cpu()
         return output if self.max_batch_size > 1 else output[0]
 
     def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=1)
     parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds")
+    parser.add_argument("--accelerator", default="cpu", help="cpu or cuda")
     parser.add_argument("--timeout", type=float, default=120.0, help="request timeout, seconds")
     parser.add_argument(
         "--fast-queue", action="store_true", help="ZeroMQ queues (LitServe's advice above 100 req/s)"
@@ -94,7 +99,7 @@ def main() -> None:
     )
     server = ls.LitServer(
         api,
-        accelerator="cpu",
+        accelerator=args.accelerator,
         workers_per_device=args.workers,
         timeout=args.timeout,
         fast_queue=args.fast_queue,

@@ -1,0 +1,208 @@
+"""What a tensor's size costs each process: ``python -m benchmarks.sizes [--seconds 3] [--sizes 1K,600K,16M]``.
+
+Starts ``torchgate serve`` (1 gateway process, the dispatcher, 1 CPU worker) on an echo model (returns its
+input) and, for each tensor size, sends binary infer requests one after the other on one kept-alive connection
+for ``--seconds``, checking every answer's bytes. It prints, per size:
+
+- the HTTP round trip (p50) and each process's CPU per request: the gateway's (read the body, parse, send to
+  the dispatcher, write the answer), the dispatcher's and the worker's;
+- delivery to the worker without HTTP: a ZeroMQ client on the same dispatcher, a REQUEST to the worker and its
+  REPLY back (p50), against two bare pyzmq hops;
+- staging: the worker's own ``compute_input`` per request (turning the received frames into the batch's input
+  tensors; on a GPU, pinned memory and the copy to the device).
+
+Figures are for one request at a time, so each process's CPU is its cost, not a queue's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from benchmarks import gpumon
+from benchmarks.procs import Launched, free_port, http_status, launch, wait_ready
+from benchmarks.settings import REPO_ROOT
+from benchmarks.wire import bare_echo, call, echo_repository
+
+SIZES = {"1K": 1 << 10, "600K": 600 * 1024, "16M": 16 << 20}
+
+
+def start(root: Path, port: int) -> tuple[Launched, Path]:
+    repository = echo_repository(root / "repo")
+    run_dir = root / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "serve",
+        "--run-dir",
+        str(run_dir),
+        "--model-repository",
+        str(repository),
+        "--model",
+        "echo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gateway-processes",
+        "1",
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "1",
+        "--worker-threads",
+        "1",
+    ]
+    proc = launch("torchgate", cmd, root / "torchgate.log", f"http://127.0.0.1:{port}", cwd=REPO_ROOT)
+    wait_ready(proc, lambda: http_status(proc.url + "/v2/health/ready", timeout=2) == 200, 180)
+    return proc, run_dir
+
+
+def binary_request(array: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [int(array.size)],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + array.tobytes(), headers
+
+
+def worker_stats(url: str) -> dict[str, float]:
+    conn = http.client.HTTPConnection(url.split("//")[1], timeout=10)
+    conn.request("GET", "/v2/models/echo/stats")
+    doc = json.loads(conn.getresponse().read())
+    conn.close()
+    s = doc["model_stats"][0]["inference_stats"]
+    return {"count": s["success"]["count"], "input_ns": s["compute_input"]["ns"]}
+
+
+def http_costs(proc: Launched, array: np.ndarray, seconds: float) -> dict[str, Any]:
+    body, headers = binary_request(array)
+    expected = array.tobytes()
+    conn = http.client.HTTPConnection(proc.url.split("//")[1], timeout=60)
+    times: list[float] = []
+    stats0 = worker_stats(proc.url)
+    before, t0 = gpumon.cpu_by_class(proc.tree()), time.monotonic()
+    while time.monotonic() - t0 < seconds or len(times) < 5:
+        start = time.perf_counter()
+        conn.request("POST", "/v2/models/echo/infer", body=body, headers=headers)
+        response = conn.getresponse()
+        answer = response.read()
+        times.append(time.perf_counter() - start)
+        length = int(response.getheader("Inference-Header-Content-Length") or 0)
+        if response.status != 200 or answer[length:] != expected:
+            raise RuntimeError(f"wrong answer: {response.status} {answer[:200]!r}")
+    elapsed = time.monotonic() - t0
+    after = gpumon.cpu_by_class(proc.tree())
+    conn.close()
+    stats1 = worker_stats(proc.url)
+    n = len(times)
+    cpu: dict[str, float] = {}
+    for pid, (name, secs) in after.items():
+        cpu[name] = cpu.get(name, 0.0) + (secs - before.get(pid, (name, secs))[1]) / n * 1e3
+    staged = max(1.0, stats1["count"] - stats0["count"])
+    return {
+        "http_p50_ms": statistics.median(times) * 1e3,
+        "requests_per_s": n / elapsed,
+        "cpu_ms": cpu,
+        "staging_ms": (stats1["input_ns"] - stats0["input_ns"]) / staged / 1e6,
+    }
+
+
+def delivery(run_dir: Path, array: np.ndarray, seconds: float) -> dict[str, float]:
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(f"ipc://{run_dir / 'sockets' / 'frontend.sock'}")
+    stop = threading.Event()
+    bare = f"ipc://{run_dir / 'bare.sock'}"
+    server = threading.Thread(target=bare_echo, args=(context, bare, stop))
+    server.start()
+    bare_sock = context.socket(zmq.DEALER)
+    bare_sock.connect(bare)
+    try:
+        reply = call(sock, "echo", "x", array)
+        if bytes(reply.tensors[0][1]) != array.tobytes():
+            raise RuntimeError("the dispatcher's echo differs from the request")
+        through: list[float] = []
+        direct: list[float] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end or len(through) < 5:
+            t0 = time.perf_counter()
+            call(sock, "echo", "x", array)
+            through.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            bare_sock.send_multipart([b"h", array], copy=False)
+            bare_sock.recv_multipart(copy=False)
+            direct.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        server.join()
+        sock.close(linger=0)
+        bare_sock.close(linger=0)
+        context.destroy(linger=0)
+    return {"through_ms": statistics.median(through) * 1e3, "bare_ms": statistics.median(direct) * 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="tgsizes-"))
+    proc, run_dir = start(root, free_port())
+    rows = []
+    try:
+        for label in args.sizes.split(","):
+            array = np.random.default_rng(0).random(SIZES[label] // 4, dtype=np.float32)
+            costs = http_costs(proc, array, args.seconds)
+            wire = delivery(run_dir, array, args.seconds)
+            rows.append((label, costs, wire))
+            print(f"{label}: {costs} {wire}", file=sys.stderr, flush=True)
+    finally:
+        proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}` (one request at a time, echo model, binary in and out)\n"
+    )
+    print(
+        "| tensor | HTTP round trip p50 | gateway CPU / request | dispatcher CPU / request | worker CPU / request "
+        "| worker staging / request | through dispatcher + worker, no HTTP (p50) | bare pyzmq, 2 hops (p50) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, c, w in rows:
+        cpu = c["cpu_ms"]
+        print(
+            f"| {label}iB | {c['http_p50_ms']:.2f} ms | {cpu.get('gateway', 0):.2f} ms | "
+            f"{cpu.get('dispatcher', 0):.2f} ms | {cpu.get('worker', 0):.2f} ms | {c['staging_ms']:.3f} ms | "
+            f"{w['through_ms']:.2f} ms | {w['bare_ms']:.2f} ms |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The GPU benchmark's CPU mode: one short run, as CI checks that ``python -m benchmarks.gpu`` still works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> None:
+    output = tmp_path / "report.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu",
+            "--mode",
+            "cpu",
+            "--workloads",
+            "resnet50",
+            "--systems",
+            "torchgate,seed",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--load",
+            "python",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    runs = {(r["system"], r["fmt"]): r for r in results["runs"]}
+    assert set(runs) == {("torchgate", "binary"), ("torchgate", "json"), ("seed", "json")}, results["skipped"]
+    for run in runs.values():
+        assert run["load"]["requests"] > 0 and run["load"]["errors"] == 0, run
+    tg = runs[("torchgate", "binary")]
+    assert tg["batch"]["batch"] >= 1.0  # the worker's own statistics were read
+    assert tg["processes"]["worker"] == 1 and tg["processes"]["dispatcher"] == 1
+    assert [p["batch"] for p in results["raw"]["resnet50"]] == [1, 8]
+    text = output.read_text()
+    assert "CPU check run" in text and "| torchgate | binary | 2 |" in text and "| seed | json | 2 |" in text
+    assert "bash benchmarks/gpu_host.sh" in text  # the GPU host's recipe travels with every report
+
+
+def test_gpu_mode_without_cuda_says_what_is_missing(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--mode", "gpu", "--work-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "sees no CUDA device" in done.stderr and "--mode cpu" in done.stderr
+    assert not (tmp_path / "results.json").exists()
