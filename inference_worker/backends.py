@@ -49,6 +49,11 @@ Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
 
 def load_model(config: ModelConfig, version: str, device: torch.device) -> Runner:
     """Load ``config``'s ``version`` onto ``device`` and return a function from inputs to outputs."""
+    return runner(config, load_module(config, version, device))
+
+
+def load_module(config: ModelConfig, version: str, device: torch.device) -> torch.nn.Module:
+    """Load ``config``'s ``version`` onto ``device``; raise a :class:`LoadError` that says why not."""
     path = config.model_file(version)
     try:
         module = _LOADERS[config.backend](config, path, device)
@@ -78,6 +83,11 @@ def load_model(config: ModelConfig, version: str, device: torch.device) -> Runne
             exc,
             f"key 'backend' in {config.config_path} and how {path.name} was saved",
         ) from exc
+    return module
+
+
+def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
+    """Return a function from inputs (positional) to outputs (in config order) around ``module``."""
     output_names = [spec.name for spec in config.outputs]
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

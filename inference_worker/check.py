@@ -23,6 +23,7 @@ def check_model(folder: Path, device: str) -> list[dict[str, Any]]:
 
     from inference_worker.backends import LoadError, load_model
     from inference_worker.compute import Executor
+    from inference_worker.pipeline import Pipeline, needs_pipeline
 
     try:
         config = load_model_config(folder)
@@ -33,7 +34,10 @@ def check_model(folder: Path, device: str) -> list[dict[str, Any]]:
     for version in sorted(config.versions, key=int):
         start = time.monotonic()
         try:
-            Executor(config, version, load_model(config, version, where), where).warm_up()
+            if needs_pipeline(config):
+                Pipeline(config, version, where).warm_up()
+            else:
+                Executor(config, version, load_model(config, version, where), where).warm_up()
         except LoadError as exc:
             error: str | None = str(exc)
         except Exception as exc:  # anything else a model's code raises

@@ -26,6 +26,7 @@ from inference_worker import logs, protocol
 from inference_worker.backends import LoadError, load_model
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
+from inference_worker.pipeline import Pipeline, needs_pipeline
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.repository import ConfigError, load_repository
 from inference_worker.security import SecurityError, is_network, secure_client
@@ -103,7 +104,7 @@ class Worker:
         self.context = context or zmq.Context.instance()
         self.incarnation = uuid.uuid4().hex[:12]
         self.device = pick_device(config.device)
-        self.executors: dict[tuple[str, str], Executor] = {}
+        self.executors: dict[tuple[str, str], Executor | Pipeline] = {}
         self.batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
         self.socket: zmq.Socket | None = None
@@ -123,7 +124,11 @@ class Worker:
         for name, model in repository.items():
             for version in sorted(model.versions, key=int):
                 start = time.monotonic()
-                executor = Executor(model, version, load_model(model, version, self.device), self.device)
+                executor: Executor | Pipeline = (
+                    Pipeline(model, version, self.device)
+                    if needs_pipeline(model)
+                    else Executor(model, version, load_model(model, version, self.device), self.device)
+                )
                 executor.warm_up()
                 self.executors[(name, version)] = executor
                 self.batchers[(name, version)] = Batcher(
@@ -270,12 +275,19 @@ class Worker:
                 )
             metas = [meta for meta, _ in message.tensors]
             samples = check_inputs(executor.config, metas)
-            by_name = {meta.name: to_torch(meta, buf) for meta, buf in message.tensors}
+            if isinstance(executor, Pipeline):  # a handler's preprocess, or padding: a 400 for this one alone
+                prepared = executor.admit(message.tensors, samples)
+            else:
+                by_name = {meta.name: to_torch(meta, buf) for meta, buf in message.tensors}
         except RequestError as exc:
             self._fail_seq(seq, exc.code, str(exc), request_id)
             return
-        inputs = [by_name[spec.name] for spec in executor.config.inputs]
-        batch_key = tuple((t.dtype, tuple(t.shape[1:])) for t in inputs)
+        inputs: Any
+        if isinstance(executor, Pipeline):
+            inputs, batch_key = prepared, executor.batch_key(prepared)
+        else:
+            inputs = [by_name[spec.name] for spec in executor.config.inputs]
+            batch_key = tuple((t.dtype, tuple(t.shape[1:])) for t in inputs)
         wanted = message.get("outputs") or []
         self.batchers[key].add(
             Pending(
@@ -312,7 +324,7 @@ class Worker:
         times = BatchTimes()
         start_ns = time.monotonic_ns()
         try:
-            results = executor.run([item.payload[0] for item in batch], times)
+            results: list[Any] = executor.run([item.payload[0] for item in batch], times)
         except Exception as exc:
             if retry and len(batch) > 1:
                 log.warning(
@@ -342,6 +354,19 @@ class Worker:
         compute_ns = times.input_ns + times.infer_ns + times.output_ns
         names = [spec.name for spec in executor.config.outputs]
         for item, outputs in zip(batch, results, strict=True):
+            wanted = item.payload[1]
+            if isinstance(executor, Pipeline):
+                try:  # a handler's postprocess: a failure fails this request alone
+                    tensors = executor.finish(outputs, item.payload[0], item.samples)
+                except RequestError as exc:
+                    stats.failure[exc.code.value] += 1
+                    self._fail_seq(item.seq, exc.code, str(exc), item.request_id)
+                    continue
+                tensors = [t for t in tensors if not wanted or t[0].name in wanted]
+            else:
+                tensors = [
+                    from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted
+                ]
             queue_ns = start_ns - item.arrived_ns
             stats.success += 1
             stats.inference_count += item.samples
@@ -352,10 +377,6 @@ class Worker:
             stats.compute_infer_ns += times.infer_ns
             stats.compute_output_ns += times.output_ns
             stats.request_ns += queue_ns + compute_ns
-            wanted = item.payload[1]
-            tensors = [
-                from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted
-            ]
             self._send(
                 protocol.encode(
                     Kind.REPLY,

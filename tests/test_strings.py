@@ -218,3 +218,45 @@ def test_config_needs_a_handler_for_bytes_and_checks_padding(tmp_path: Path) -> 
     (folder / "config.toml").write_text(config.replace("buckets = [8, 32]", "buckets = [32, 8]"))
     with pytest.raises(ConfigError, match="padding.buckets"):
         load_model_config(folder)
+
+
+def test_the_gateway_never_imports_a_handler_or_its_dependencies(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for name in ("minilm", "digits_image"):
+        shutil.copytree(
+            ROOT / "examples" / "repository" / name, tmp_path / name, ignore=shutil.ignore_patterns("1")
+        )
+        (tmp_path / name / "1").mkdir()
+    (tmp_path / "minilm" / "1" / "model.safetensors").write_bytes(b"not read by the gateway")
+    (tmp_path / "digits_image" / "1" / "model.pt2").write_bytes(b"not read by the gateway")
+    code = """
+import sys
+from gateway import GatewayConfig, create_app
+app = create_app(GatewayConfig.from_env({
+    "TORCHGATE_DISPATCHER": "ipc:///nonexistent/x.sock",
+    "TORCHGATE_MODEL_REPOSITORY": sys.argv[1],
+    "TORCHGATE_STATUS_TIMEOUT": "0.1",
+    "TORCHGATE_UNRESPONSIVE_AFTER": "0.2",
+}))
+client = app.test_client()
+assert client.get("/v2/models/minilm").get_json()["inputs"][0]["datatype"] == "BYTES"
+assert client.put("/predictions/digits_image", data=b"png").status_code == 503
+assert client.post("/predict", json={"model": "minilm", "input": "a sentence"}).status_code == 503
+heavy = ("torch", "tokenizers", "PIL", "handler", "model", "sentence_transformers", "transformers")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

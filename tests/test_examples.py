@@ -1,0 +1,225 @@
+"""The two shipped examples end to end, as a user runs them: all-MiniLM-L6-v2 embeddings from raw sentences and
+the digits model from PNG/JPEG images, through tritonclient, TorchServe-style raw and multipart bodies, and
+/predict; one stack (gateway, dispatcher, one worker) for the whole module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from examples.fetch_minilm import fetch, package_folder
+from examples.train_digits import held_out_split
+from tests.conftest import ROOT, Processes
+from tests.stack import Stack, copy_digits
+
+pytest.importorskip("tokenizers")
+Image = pytest.importorskip("PIL.Image")
+
+EXAMPLES = ROOT / "examples" / "repository"
+SENTENCES = [
+    "A man is eating food.",
+    "The weather is lovely today, and I am going for a long walk in the park with my dog before lunch.",
+    "hi",
+    "Ünïcödé text, with accents – and a dash.",
+    "Torchgate batches requests of different lengths by padding them to the longest of the batch.",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("examples")
+    repository = root / "repo"
+    copy_digits(repository)
+    for name in ("minilm", "digits_image"):
+        shutil.copytree(
+            EXAMPLES / name, repository / name, symlinks=False, ignore=shutil.ignore_patterns("1")
+        )
+    fetch(repository / "minilm")
+    (repository / "digits_image" / "1").mkdir()
+    shutil.copyfile(
+        repository / "digits" / "1" / "model.pt2", repository / "digits_image" / "1" / "model.pt2"
+    )
+    processes = Processes(root)
+    try:
+        yield Stack(processes, root / "run", repository).start({"w0": []}, gateway_threads=16)
+    finally:
+        processes.kill_all()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpclient.InferenceServerClient]:
+    triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", concurrency=8, network_timeout=60)
+    yield triton
+    triton.close()
+
+
+def embed(client: httpclient.InferenceServerClient, sentences: list[str], binary: bool = True) -> np.ndarray:
+    text = httpclient.InferInput("text", [len(sentences), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[s.encode()] for s in sentences], dtype=object), binary_data=binary)
+    result = client.infer("minilm", [text])
+    return result.as_numpy("embedding")
+
+
+def embed_http(stack: Stack, sentence: str) -> np.ndarray:
+    """One sentence as plain OIP JSON (a requests call: safe from threads, unlike tritonclient's gevent client)."""
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}]}
+    response = requests.post(f"{stack.url}/v2/models/minilm/infer", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return np.array(response.json()["outputs"][0]["data"], dtype=np.float32)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_minilm_embeddings_equal_sentence_transformers(
+    stack: Stack, client: httpclient.InferenceServerClient
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(package_folder()), device="cpu").encode(SENTENCES)
+    binary = embed(client, SENTENCES)
+    assert binary.shape == (5, 384) and cosine(binary, reference).min() >= 0.9999
+    as_json = embed(client, SENTENCES[:2], binary=False)
+    assert cosine(as_json, reference[:2]).min() >= 0.9999
+    one = requests.post(f"{stack.url}/predict", json={"model": "minilm", "input": SENTENCES[1]}, timeout=60)
+    assert one.status_code == 200, one.text
+    assert cosine(np.array(one.json()["output"]), reference[1]) >= 0.9999
+    raw = requests.post(f"{stack.url}/predictions/minilm", data=SENTENCES[3].encode(), timeout=60)
+    assert raw.status_code == 200, raw.text
+    assert cosine(np.array(raw.json()), reference[3]) >= 0.9999
+
+
+def test_minilm_batches_requests_of_different_lengths(
+    stack: Stack, client: httpclient.InferenceServerClient
+) -> None:
+    alone = {s: embed(client, [s])[0] for s in SENTENCES}
+    before = batch_counts(stack, "minilm")
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [(s, pool.submit(embed_http, stack, s)) for s in SENTENCES * 8]
+        together = [(s, job.result(timeout=180)) for s, job in jobs]
+    for sentence, vector in together:  # padding to another request's length changes nothing
+        assert cosine(vector, alone[sentence]) >= 0.9999, sentence
+    after = batch_counts(stack, "minilm")
+    grew = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert any(size > 1 and count > 0 for size, count in grew.items()), grew
+
+
+def batch_counts(stack: Stack, model: str) -> dict[int, int]:
+    stats = requests.get(f"{stack.url}/v2/models/{model}/stats", timeout=30).json()["model_stats"][0]
+    return {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]}
+
+
+def test_a_bad_request_fails_alone_with_a_precise_400(
+    stack: Stack, client: httpclient.InferenceServerClient
+) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1, 1], "parameters": {"binary_data_size": 6}}
+            ]
+        }
+    ).encode()
+    with ThreadPoolExecutor(4) as pool:
+        good = [pool.submit(embed_http, stack, s) for s in SENTENCES]
+        bad = requests.post(
+            f"{stack.url}/v2/models/minilm/infer",
+            data=header + b"\x02\x00\x00\x00\xff\xfe",
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=60,
+        )
+        assert all(job.result(timeout=180).shape == (384,) for job in good)
+    assert bad.status_code == 400
+    assert bad.json()["error"].startswith("preprocessing failed: UnicodeDecodeError")
+    short = requests.post(
+        f"{stack.url}/v2/models/minilm/infer",
+        data=header + b"\x09\x00\x00\x00ab",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=60,
+    )
+    assert (
+        short.status_code == 400 and "BYTES element 0 says 9 bytes but only 2 remain" in short.json()["error"]
+    )
+    with pytest.raises(InferenceServerException, match="datatype FP32, expected BYTES"):
+        wrong = httpclient.InferInput("text", [1, 1], "FP32")
+        wrong.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+        client.infer("minilm", [wrong])
+
+
+def render(rows: np.ndarray, fmt: str, scale: int = 4, ink_on_paper: bool = False) -> list[bytes]:
+    """Render scikit-learn's 8x8 digits (0..16) as grey images, upscaled ``scale`` times."""
+    images = []
+    for row in rows:
+        grey = np.round(row.reshape(8, 8) * 255 / 16).astype(np.uint8)
+        if ink_on_paper:
+            grey = 255 - grey
+        image = Image.fromarray(grey).resize((8 * scale, 8 * scale), Image.NEAREST)
+        out = io.BytesIO()
+        image.save(out, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        images.append(out.getvalue())
+    return images
+
+
+def classify_images(client: httpclient.InferenceServerClient, images: list[bytes]) -> np.ndarray:
+    digits = []
+    for start in range(0, len(images), 64):
+        chunk = images[start : start + 64]
+        image = httpclient.InferInput("image", [len(chunk), 1], "BYTES")
+        image.set_data_from_numpy(np.array([[b] for b in chunk], dtype=object))
+        result = client.infer("digits_image", [image])
+        digits += [json.loads(p)["digit"] for p in result.as_numpy("prediction").reshape(-1)]
+    return np.array(digits)
+
+
+def classify_tensors(client: httpclient.InferenceServerClient, rows: np.ndarray) -> np.ndarray:
+    digits = []
+    for start in range(0, len(rows), 64):
+        chunk = rows[start : start + 64].astype(np.float32)
+        tensor = httpclient.InferInput("input", list(chunk.shape), "FP32")
+        tensor.set_data_from_numpy(chunk)
+        digits += list(client.infer("digits", [tensor]).as_numpy("output").argmax(axis=1))
+    return np.array(digits)
+
+
+def test_digits_from_images_are_as_accurate_as_from_tensors(
+    stack: Stack, client: httpclient.InferenceServerClient
+) -> None:
+    _, x_test, _, y_test = held_out_split()
+    # The images hold 8-bit grey levels: the tensor path gets the same levels, scaled back to 0..16.
+    levels = (np.round(x_test * 255 / 16) * (16 / 255)).astype(np.float32)
+    from_tensors = classify_tensors(client, levels)
+    from_png = classify_images(client, render(x_test, "PNG"))
+    assert (from_png == from_tensors).all()
+    assert (from_png == y_test).mean() == (from_tensors == y_test).mean() > 0.9
+    from_jpeg = classify_images(client, render(x_test, "JPEG", ink_on_paper=True))
+    assert (from_jpeg == y_test).mean() >= (from_tensors == y_test).mean() - 0.01
+
+
+def test_digits_torchserve_style_bodies(stack: Stack) -> None:
+    _, x_test, _, y_test = held_out_split()
+    png, jpeg = render(x_test[:1], "PNG")[0], render(x_test[:1], "JPEG", scale=8)[0]
+    url = f"{stack.url}/predictions/digits_image"
+    raw = requests.put(url, data=png, timeout=60)  # curl -T digit.png
+    assert raw.status_code == 200, raw.text
+    answer: dict[str, Any] = raw.json()
+    assert answer["prediction"]["digit"] == y_test[0] and len(answer["probabilities"]) == 10
+    form = requests.post(url, files={"data": ("digit.jpg", jpeg, "image/jpeg")}, timeout=60)  # curl -F data=@
+    assert form.status_code == 200 and form.json()["prediction"]["digit"] == y_test[0], form.text
+    versioned = requests.post(f"{url}/1", data=png, timeout=60)
+    assert versioned.json()["prediction"] == answer["prediction"]
+    broken = requests.put(url, data=b"\x89PNG\r\n\x1a\n but not really", timeout=60)
+    assert broken.status_code == 400
+    assert broken.json()["error"].startswith("preprocessing failed: UnidentifiedImageError")
+    tensor_model = requests.post(f"{stack.url}/predictions/digits", json=x_test[0].tolist(), timeout=60)
+    assert tensor_model.status_code == 200 and int(np.argmax(tensor_model.json())) == y_test[0]

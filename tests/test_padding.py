@@ -1,0 +1,187 @@
+"""Variable-length batching and handlers without processes: padding, masks, buckets, cutting back, and what a
+handler's failures cost (its request alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference_worker import padding as pad
+from inference_worker import strings
+from inference_worker.compute import BatchTimes, RequestError
+from inference_worker.handlers import wire_output
+from inference_worker.pipeline import Pipeline
+from inference_worker.protocol import ErrorCode, TensorMeta
+from inference_worker.repository import Padding, TensorSpec, load_model_config
+
+PADDING = Padding(inputs={"ids": 0, "other": -1.0}, mask="mask", outputs=["tokens"], buckets=(4, 16))
+
+# A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times the
+# mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
+MASKED_SUM = """
+import torch
+
+class MaskedSum(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, ids, mask):
+        return (ids * mask).float() * self.scale, mask.sum(1, keepdim=True).float()
+
+def build():
+    return MaskedSum()
+"""
+
+
+def write_masked_sum(root: Path, handler: str = "") -> Path:
+    from safetensors.torch import save_file
+
+    folder = root / "masked"
+    (folder / "1").mkdir(parents=True)
+    (folder / "masked_model.py").write_text(MASKED_SUM)
+    save_file({"scale": torch.ones(())}, str(folder / "1" / "model.safetensors"))
+    (folder / "config.toml").write_text(f"""
+name = "masked"
+backend = "python"
+factory = "masked_model:build"
+max_batch_size = 8
+{handler}
+[padding]
+inputs = {{ ids = 0 }}
+mask = "mask"
+outputs = ["tokens"]
+buckets = [4, 16]
+[[input]]
+name = "ids"
+datatype = "INT64"
+dims = [-1]
+[[output]]
+name = "tokens"
+datatype = "FP32"
+dims = [-1]
+[[output]]
+name = "count"
+datatype = "FP32"
+dims = [1]
+""")
+    return folder
+
+
+def test_pad_batch_pads_to_the_longest_and_builds_the_mask() -> None:
+    a = {"ids": torch.tensor([[1, 2]]), "other": torch.ones(1, 2, 3)}
+    b = {"ids": torch.tensor([[3, 4, 5], [6, 7, 8]]), "other": torch.ones(2, 3, 3)}
+    batch, lengths = pad.pad_batch([a, b], PADDING)
+    assert lengths == [2, 3]
+    assert batch["ids"].tolist() == [[1, 2, 0], [3, 4, 5], [6, 7, 8]]
+    assert batch["other"].shape == (3, 3, 3) and batch["other"][0, 2].tolist() == [-1.0] * 3
+    assert batch["mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    out = pad.unpad({"tokens": torch.zeros(1, 3, 5), "pooled": torch.zeros(1, 5)}, PADDING, 2)
+    assert out["tokens"].shape == (1, 2, 5) and out["pooled"].shape == (1, 5)
+
+
+def test_buckets_decide_who_batches_together() -> None:
+    def key(length: int) -> object:
+        return pad.batch_key({"ids": torch.zeros(1, length), "other": torch.zeros(1, length, 3)}, PADDING)
+
+    assert key(1) == key(4) != key(5)
+    assert key(5) == key(16) != key(17)
+    assert key(17) == key(500)  # past the last bucket: together
+    no_buckets = Padding(inputs={"ids": 0})
+    assert pad.batch_key({"ids": torch.zeros(1, 3)}, no_buckets) == pad.batch_key(
+        {"ids": torch.zeros(1, 300)}, no_buckets
+    )
+    with pytest.raises(pad.PaddingError, match="lengths 2 and 3: they must agree"):
+        pad.length({"ids": torch.zeros(1, 2), "other": torch.zeros(1, 3, 3)}, PADDING)
+
+
+def wire(name: str, datatype: str, value: np.ndarray) -> tuple[TensorMeta, memoryview]:
+    return TensorMeta(name, datatype, tuple(value.shape)), memoryview(value.tobytes())
+
+
+def test_a_plain_model_gets_padded_batches_with_the_mask_and_answers_each_request_unpadded(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(load_model_config(write_masked_sum(tmp_path)), "1", torch.device("cpu"))
+    pipeline.warm_up()
+    short = pipeline.admit([wire("ids", "INT64", np.array([[5, 6]], dtype="<i8"))], 1)
+    long = pipeline.admit([wire("ids", "INT64", np.array([[1, 2, 3, 4]] * 2, dtype="<i8"))], 2)
+    assert pipeline.batch_key(short) == pipeline.batch_key(long)  # both in bucket 4
+    first, second = pipeline.run([short, long], BatchTimes())
+    assert first["tokens"].tolist() == [[5.0, 6.0]] and first["count"].tolist() == [[2.0]]
+    assert second["tokens"].tolist() == [[1.0, 2.0, 3.0, 4.0]] * 2 and second["count"].tolist() == [[4.0]] * 2
+    meta, _ = pipeline.finish(first, short, 1)[0]
+    assert meta == TensorMeta("tokens", "FP32", (1, 2))
+
+
+HANDLER = """
+import numpy as np
+import torch
+
+class Handler:
+    def preprocess(self, inputs):
+        words = [s.decode("utf-8").split() for s in inputs["text"].reshape(-1)]
+        if any(w == "boom" for ws in words for w in ws):
+            raise ValueError("boom is not a word")
+        longest = max(len(ws) for ws in words)
+        ids = [[len(w) for w in ws] + [0] * (longest - len(ws)) for ws in words]
+        return {"ids": torch.tensor(ids, dtype=torch.int64)}
+
+    def inference(self, model, batch):
+        tokens, count = model(batch["ids"], batch["mask"])
+        return {"tokens": tokens, "count": count}
+
+    def postprocess(self, outputs, inputs):
+        if (outputs["count"] == 3).any():
+            raise RuntimeError("three words upset postprocess")
+        return {"tokens": outputs["tokens"], "count": [int(c) for c in outputs["count"][:, 0]]}
+"""
+
+
+def text(*sentences: str) -> tuple[TensorMeta, memoryview]:
+    blob = strings.serialize([s.encode() for s in sentences])
+    return TensorMeta("text", "BYTES", (len(sentences), 1)), memoryview(blob)
+
+
+def test_handler_failures_fail_their_request_alone(tmp_path: Path) -> None:
+    folder = write_masked_sum(tmp_path, handler='handler = "word_handler:Handler"')
+    config = (folder / "config.toml").read_text()
+    config = config.replace(
+        'name = "ids"\ndatatype = "INT64"\ndims = [-1]', 'name = "text"\ndatatype = "BYTES"\ndims = [1]'
+    )
+    config = config.replace(
+        'name = "count"\ndatatype = "FP32"', 'name = "count"\ndatatype = "BYTES"\nformat = "json"'
+    )
+    (folder / "config.toml").write_text(config)
+    (folder / "word_handler.py").write_text(HANDLER)
+    pipeline = Pipeline(load_model_config(folder), "1", torch.device("cpu"))
+    with pytest.raises(RequestError, match="preprocessing failed: ValueError: boom is not a word") as refused:
+        pipeline.admit([text("one boom")], 1)
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    good = pipeline.admit([text("a bb", "ccc")], 2)
+    upset = pipeline.admit([text("x y z")], 1)
+    good_out, upset_out = pipeline.run([good, upset], BatchTimes())
+    tokens, count = pipeline.finish(good_out, good, 2)
+    assert tokens[0] == TensorMeta("tokens", "FP32", (2, 2))
+    # the worker's mask covers the padding between requests; within one, the handler pads (as "ccc" here)
+    assert count[0] == TensorMeta("count", "BYTES", (2, 1)) and strings.deserialize(count[1], 2) == [b"2"] * 2
+    with pytest.raises(RequestError, match="postprocessing failed: RuntimeError: three words") as failed:
+        pipeline.finish(upset_out, upset, 1)
+    assert failed.value.code is ErrorCode.INTERNAL
+
+
+def test_wire_output_takes_tensors_strings_and_json() -> None:
+    spec = TensorSpec("label", "BYTES", (1,), "json")
+    meta, blob = wire_output(spec, [{"a": 1}, "x"], samples=2, batching=True)
+    assert meta.shape == (2, 1) and strings.deserialize(blob, 2) == [b'{"a":1}', b'"x"']
+    meta, blob = wire_output(TensorSpec("s", "BYTES", (1,)), "plain", samples=1, batching=True)
+    assert meta.shape == (1, 1) and strings.deserialize(blob, 1) == [b"plain"]
+    meta, _ = wire_output(
+        TensorSpec("y", "FP32", (3,)), np.zeros(3, dtype=np.float64), samples=1, batching=True
+    )
+    assert meta == TensorMeta("y", "FP32", (1, 3))
+    with pytest.raises(RequestError, match=r"output 'y' of shape \[2, 2\] does not fit \[1, 3\]"):
+        wire_output(TensorSpec("y", "FP32", (3,)), np.zeros((2, 2)), samples=1, batching=True)
