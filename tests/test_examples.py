@@ -220,6 +220,6 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     assert versioned.json()["prediction"] == answer["prediction"]
     broken = requests.put(url, data=b"\x89PNG\r\n\x1a\n but not really", timeout=60)
     assert broken.status_code == 400
-    assert broken.json()["error"].startswith("preprocessing failed: UnidentifiedImageError")
+    assert broken.json()["error"].startswith("preprocessing failed: ValueError: not an image Pillow can read")
     tensor_model = requests.post(f"{stack.url}/predictions/digits", json=x_test[0].tolist(), timeout=60)
     assert tensor_model.status_code == 200 and int(np.argmax(tensor_model.json())) == y_test[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 4096 * 4096  # a decompression bomb is refused before it is decoded
 JPEG = b"\xff\xd8\xff"
@@ -43,7 +43,13 @@ class DigitsImageHandler:
 
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             return self.decode_jpeg(raw, mode=ImageReadMode.GRAY, device=self.device)[0].float()
-        with Image.open(io.BytesIO(data)) as image:  # PIL.UnidentifiedImageError: not an image (a 400)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ValueError(
+                f"not an image Pillow can read ({len(data)} bytes; send a PNG or a JPEG)"
+            ) from None
+        with image:
             if image.width * image.height > MAX_PIXELS:
                 raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
             grey = image.convert("L")
