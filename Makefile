@@ -2,43 +2,67 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SERVE_STAMP := $(VENV)/.serve-$(HASH)
+TEST_STAMP := $(VENV)/.test-$(HASH)
 RUN_DIR ?= run
+# torch: where no NVIDIA GPU answers, the CPU wheel of 2.13.0 (it lies on this machine kind's disk; a bare
+# "torch" would pull a CUDA build of several GB); with one, pip picks the CUDA build in the supported range.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_PIN := $(if $(HAS_GPU),,torch==2.13.0)
 
-.PHONY: install serve test lint typecheck unit bench bench-quick soak clean
+.PHONY: install serve test lint typecheck unit bench bench-quick soak haproxy clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
 
-install: $(STAMP)
+# What serving needs: the gateway, the dispatcher and the workers (torch), nothing for tests.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(if $(TORCH_PIN),$(BIN)/pip install --quiet $(TORCH_PIN))
+	$(BIN)/pip install --quiet -e '.[worker]'
+	rm -f $(VENV)/.serve-*
+	touch $@
 
-serve: $(STAMP)
+# What testing needs on top: pytest, linters, type checker, the validators of the deployment files.
+$(TEST_STAMP): $(SERVE_STAMP)
+	$(BIN)/pip install --quiet -e '.[worker,test]'
+	rm -f $(VENV)/.test-*
+	touch $@
+
+install: $(TEST_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/torchgate serve --run-dir $(RUN_DIR) $(SERVE_ARGS)
 
-lint: $(STAMP)
+# The many-hosts test puts Debian's HAProxy in front of network namespaces; CI (root, apt-get) installs it,
+# elsewhere the test says it skips.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+	  if [ "$$CI" = true ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	  else echo "haproxy is not installed: the many-hosts test will skip (apt-get install haproxy)"; fi; }
+
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check gateway inference_worker deploy tests benchmarks examples
 	$(BIN)/ruff format --check gateway inference_worker deploy tests benchmarks examples
+	$(BIN)/hadolint deploy/container/Dockerfile
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck haproxy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-soak: $(STAMP)
+soak: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m soak $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+bench: $(TEST_STAMP)
+	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
 	$(BIN)/python -m benchmarks.run
 
-bench-quick: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+bench-quick: $(TEST_STAMP)
+	$(BIN)/pip install --quiet -e '.[worker,test,bench]'
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:

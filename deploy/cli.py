@@ -22,6 +22,7 @@ from deploy.settings import DeploySettings
 log = logging.getLogger("torchgate.deploy")
 
 DEFAULT_RUN_DIR = "run"
+RUN_DIR_ENV = "TORCHGATE_RUN_DIR"  # one variable for every command (a container sets it once)
 DEFAULT_READY_TIMEOUT = 180.0
 
 
@@ -89,7 +90,8 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(file_okay=False, path_type=Path),
             default=DEFAULT_RUN_DIR,
             show_default=True,
-            help="Configuration, logs and sockets go here.",
+            envvar=RUN_DIR_ENV,
+            help=f"Configuration, logs and sockets go here (or ${RUN_DIR_ENV}).",
         ),
         click.option(
             "--model-repository",
@@ -300,14 +302,25 @@ def render(**options: Any) -> None:
 @main.command()
 @host_options
 @click.option(
+    "--unready-grace-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="On SIGTERM, seconds to keep serving while readiness answers 503 (so that load balancers and "
+    "Kubernetes endpoints stop sending first), before every process drains. Ctrl-C skips it.",
+)
+@click.option(
     "--ready-timeout",
     type=float,
     default=DEFAULT_READY_TIMEOUT,
     show_default=True,
     help="Seconds to wait for /v2/health/ready before saying so (the service keeps running).",
 )
-def serve(ready_timeout: float, **options: Any) -> None:
-    """Render the configuration and run supervisord in the foreground; Ctrl-C stops everything cleanly."""
+def serve(ready_timeout: float, unready_grace_seconds: float, **options: Any) -> None:
+    """Render the configuration and run supervisord in the foreground; Ctrl-C stops everything cleanly.
+
+    Every option can also come from the environment: TORCHGATE_SERVE_<OPTION> (TORCHGATE_SERVE_PORT=8000).
+    """
     from deploy.serve import ServeError
     from deploy.serve import serve as run_serve
     from inference_worker.repository import ConfigError
@@ -315,7 +328,12 @@ def serve(ready_timeout: float, **options: Any) -> None:
     s = build_settings(**options)
     click.echo(_describe(s))
     try:
-        code = run_serve(s, ready_timeout, echo=functools.partial(click.echo, err=False))
+        code = run_serve(
+            s,
+            ready_timeout,
+            echo=functools.partial(click.echo, err=False),
+            unready_grace=unready_grace_seconds,
+        )
     except (ServeError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
@@ -354,7 +372,8 @@ def _run_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(file_okay=False, path_type=Path),
         default=DEFAULT_RUN_DIR,
         show_default=True,
-        help="The run directory `torchgate serve` uses.",
+        envvar=RUN_DIR_ENV,
+        help=f"The run directory `torchgate serve` uses (or ${RUN_DIR_ENV}).",
     )(f)
 
 
@@ -363,10 +382,10 @@ def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
 
     try:
         s = DeploySettings.load(run_dir)
+        timeout = max(RPC_TIMEOUT, s.worker_stopwaitsecs + 30, s.worker_startsecs + 30)
+        sup = Supervisor.from_conf(s.conf_path, timeout=timeout)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    timeout = max(RPC_TIMEOUT, s.worker_stopwaitsecs + 30, s.worker_startsecs + 30)
-    sup = Supervisor(s.supervisor_socket, timeout=timeout)
     if not sup.is_up():
         raise click.ClickException(
             f"supervisord does not answer on {s.supervisor_socket}: is `torchgate serve` running?"
@@ -460,6 +479,76 @@ def status(run_dir: Path) -> None:
             click.echo(line)
 
 
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@_run_dir_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def ctl(run_dir: Path, args: tuple[str, ...]) -> None:
+    """Run supervisorctl on this run directory's supervisord (torchgate ctl status, ctl tail -f gateway)."""
+    conf = run_dir / "supervisord.conf"
+    if not conf.is_file():
+        raise click.ClickException(
+            f"{conf}: missing; start the host first (torchgate serve --run-dir {run_dir})"
+        )
+    command = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
+    os.execv(command[0], command)
+
+
+@main.command()
+@_run_dir_option
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Then sleep this long (a Kubernetes preStop hook: endpoints stop sending before SIGTERM).",
+)
+def drain(run_dir: Path, wait: float) -> None:
+    """Turn readiness to 503 while the host keeps serving; a later SIGTERM counts the grace from now."""
+    import time
+
+    from deploy.serve import mark_draining
+
+    try:
+        s = DeploySettings.load(run_dir)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    began = mark_draining(s)
+    click.echo(f"torchgate: {s.url}/v2/health/ready answers 503 from now on; stop the host to drain it")
+    time.sleep(max(0.0, began + wait - time.time()))
+
+
+@main.command()
+@_run_dir_option
+@click.option("--live", is_flag=True, help="Probe liveness instead of readiness.")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def probe(run_dir: Path, live: bool, timeout: float) -> None:
+    """Exit 0 when this host's /v2/health/ready (or /live) answers 200: a container's health check."""
+    import urllib.error
+    import urllib.request
+
+    from deploy.serve import ServeError, read_token
+
+    try:
+        s = DeploySettings.load(run_dir)
+        token = read_token(s.auth_token_file)
+    except (OSError, ValueError, ServeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    url = f"{s.url}/v2/health/{'live' if live else 'ready'}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as reply:
+            status = reply.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    if status != 200:
+        raise click.ClickException(f"{url}: {status}")
+    click.echo(f"{url}: 200")
+
+
 @main.command()
 @_run_dir_option
 def gateway(run_dir: Path) -> None:
@@ -474,5 +563,10 @@ def gateway(run_dir: Path) -> None:
     os.execve(command[0], command, {**os.environ, **gateway_environment(s)})
 
 
+def run() -> None:
+    """The console script: every option may also come from TORCHGATE_<COMMAND>_<OPTION> variables."""
+    main(auto_envvar_prefix="TORCHGATE")
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import configparser
 import os
+import secrets
 from pathlib import Path
 
 from deploy.settings import DeploySettings
-from deploy.supervisor_conf import render_supervisord_conf
+from deploy.supervisor_conf import Credentials, render_supervisord_conf
 
 PRIVATE = 0o700
+# conf.d/ always holds this file, so supervisord's include glob matches something (else a WARN line at start).
+CONF_D_README = "README.conf"
 
 
 def prepare_run_dir(s: DeploySettings) -> None:
@@ -17,12 +21,32 @@ def prepare_run_dir(s: DeploySettings) -> None:
     for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir):
         folder.mkdir(mode=PRIVATE, exist_ok=True)
     os.chmod(s.sockets_dir, PRIVATE)  # also when it existed with a looser mode
+    readme = s.conf_d / CONF_D_README
+    if not readme.exists():
+        write_atomically(
+            readme,
+            "; Worker slots added live by `torchgate add-worker` are written beside this file, one per slot.\n",
+        )
+
+
+def control_credentials(s: DeploySettings) -> Credentials:
+    """Return the control socket's credentials: those already rendered here (a running supervisord keeps them), else new."""
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(s.conf_path)
+        username = parser.get("unix_http_server", "username", fallback="")
+        password = parser.get("unix_http_server", "password", fallback="")
+    except configparser.Error:
+        username = password = ""
+    if username and password:
+        return Credentials(username, password)
+    return Credentials(f"torchgate-{secrets.token_hex(4)}", secrets.token_urlsafe(24))
 
 
 def write_run_dir(s: DeploySettings) -> Path:
     """Write ``supervisord.conf`` and ``deploy.json`` into the run directory; return the configuration path."""
     prepare_run_dir(s)
-    write_atomically(s.conf_path, render_supervisord_conf(s))
+    write_atomically(s.conf_path, render_supervisord_conf(s, control_credentials(s)))
     write_atomically(s.settings_path, s.to_json())
     return s.conf_path
 

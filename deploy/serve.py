@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -92,12 +93,15 @@ def prepare(s: DeploySettings) -> Path:
     """Check the model repository, the port and that nothing runs in the run directory; write the configuration."""
     load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
     read_token(s.auth_token_file)
-    if Supervisor(s.supervisor_socket, timeout=5.0).is_up():
-        raise ServeError(f"supervisord already runs in {s.run_dir}: supervisorctl -c {s.conf_path} status")
+    if Supervisor(s.supervisor_socket, timeout=5.0).answers():
+        raise ServeError(
+            f"supervisord already runs in {s.run_dir}: torchgate ctl --run-dir {s.run_dir} status"
+        )
     if port_in_use(s.host, s.port):
         raise ServeError(
             f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port"
         )
+    s.drain_flag.unlink(missing_ok=True)  # a previous stop's flag: this start is ready again
     return write_run_dir(s)
 
 
@@ -113,7 +117,7 @@ def wait_until_serving(
     While slots load, say which every ``PROGRESS_EVERY`` seconds; report each slot supervisord gives up on
     with the reason from its log, and each model that cannot load with the reason its worker gave.
     """
-    sup = Supervisor(s.supervisor_socket, timeout=5.0)
+    sup = Supervisor.from_conf(s.conf_path, timeout=5.0)
     started = time.monotonic()
     deadline = started + timeout
     try:
@@ -173,7 +177,7 @@ def wait_until_serving(
         if now >= deadline:
             echo(
                 f"torchgate: not ready after {timeout:.0f} s; still running. Logs: {s.log_dir}; "
-                f"supervisorctl -c {s.conf_path} status"
+                f"torchgate ctl --run-dir {s.run_dir} status"
             )
             return GAVE_UP_WAITING
         time.sleep(0.25)
@@ -192,32 +196,108 @@ def _reported_models(status: dict[str, Any]) -> set[str]:
     return {str(e.get("model")) for e in status.get("unavailable") or [] if isinstance(e, dict)}
 
 
-def serve(s: DeploySettings, ready_timeout: float, echo: Callable[[str], None]) -> int:
-    """Render, start supervisord (its own session, so a terminal's Ctrl-C reaches only us) and wait for it."""
+def mark_draining(s: DeploySettings) -> float:
+    """Turn readiness to 503 (the gateway checks this flag); return when draining began, keeping an earlier start."""
+    try:
+        fd = os.open(s.drain_flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass  # `torchgate drain` (a preStop hook, say) began earlier: its grace counts
+    try:
+        return s.drain_flag.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+class StopPlan:
+    """When to stop supervisord: at once (SIGINT, SIGHUP, a second signal) or after the unready grace (SIGTERM)."""
+
+    def __init__(self, s: DeploySettings, unready_grace: float) -> None:
+        self.s = s
+        self.unready_grace = unready_grace
+        self.requested = False
+        self.stop_at: float | None = None  # wall-clock time (the drain flag's mtime is one)
+
+    def on_signal(self, signum: int) -> None:
+        began = mark_draining(self.s)
+        if signum == signal.SIGTERM and not self.requested:
+            self.stop_at = began + self.unready_grace
+        else:
+            self.stop_at = time.time()
+        self.requested = True
+
+    def due(self) -> bool:
+        return self.stop_at is not None and time.time() >= self.stop_at
+
+
+def stop_supervisord(s: DeploySettings, proc: subprocess.Popen[bytes]) -> None:
+    """Ask supervisord to stop every program, each drained (over XML-RPC: no WARN line); SIGTERM if it does not answer."""
+    try:
+        Supervisor.from_conf(s.conf_path, timeout=5.0).shutdown()
+    except (OSError, ValueError, xmlrpc.client.Error, http.client.HTTPException):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+
+def wait_step(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait up to ``timeout`` for supervisord's exit status; as PID 1 (a container) also reap orphaned processes."""
+    if os.getpid() != 1:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    time.sleep(timeout)
+    code = proc.poll()
+    while code is None:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        if pid == proc.pid:
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
+    return code
+
+
+def serve(
+    s: DeploySettings, ready_timeout: float, echo: Callable[[str], None], unready_grace: float = 0.0
+) -> int:
+    """Render, start supervisord (its own session, so a terminal's Ctrl-C reaches only us) and wait for it.
+
+    SIGTERM turns readiness to 503 at once and keeps serving ``unready_grace`` seconds (load balancers and
+    Kubernetes endpoints stop sending meanwhile), then stops supervisord: the gateway finishes its requests and
+    every worker drains. SIGINT (Ctrl-C), SIGHUP or a second signal skip the grace.
+    """
     conf = prepare(s)
     proc = subprocess.Popen(supervisord_command(s), start_new_session=True)
-    stop_requested = False
+    plan = StopPlan(s, unready_grace)
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # supervisord stops every program, each drained, then exits
+        plan.on_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        outcome = wait_until_serving(s, proc, ready_timeout, lambda: stop_requested, echo)
+        outcome = wait_until_serving(s, proc, ready_timeout, lambda: plan.requested, echo)
         if outcome == SERVING:
-            slots = [n for n in Supervisor(s.supervisor_socket, timeout=5.0).processes() if is_worker_slot(n)]
+            slots = [n for n in Supervisor.from_conf(conf, timeout=5.0).processes() if is_worker_slot(n)]
             echo(
                 f"torchgate: serving {s.url} ({len(slots)} worker slots). "
-                f"Operate: supervisorctl -c {conf} status; stop: Ctrl-C"
+                f"Operate: torchgate ctl --run-dir {s.run_dir} status; stop: Ctrl-C"
             )
         elif outcome == NOTHING_SERVES:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
+            stop_supervisord(s, proc)
+            while wait_step(proc, 0.1) is None:
+                pass
             return 1
-        return proc.wait()
+        stopping = False
+        while True:
+            code = wait_step(proc, 0.1)
+            if code is not None:
+                return code
+            if plan.due() and not stopping:
+                stopping = True
+                stop_supervisord(s, proc)
     finally:
         if proc.poll() is None:  # only when wait() itself was interrupted by an exception
             proc.terminate()

@@ -118,6 +118,11 @@ class DeploySettings:
         return self.run_dir / "sockets"
 
     @property
+    def drain_flag(self) -> Path:
+        """Present while the host is stopping: the gateway answers readiness with 503."""
+        return self.run_dir / "draining"
+
+    @property
     def supervisor_socket(self) -> Path:
         return self.sockets_dir / "supervisor.sock"
 

@@ -7,8 +7,11 @@ re-adds every process of a *changed* group, so one group per slot means adding a
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from deploy.settings import DeploySettings, Slot
 
@@ -23,18 +26,35 @@ GATEWAY_STARTRETRIES = 10
 GATEWAY_WORKER_TIMEOUT = 60
 # A worker exits 3 when its models cannot load and 2 when its configuration is refused: restarting it cannot help.
 # Before startsecs such an exit is a failed start (retried, then FATAL); after it, the slot stays EXITED, with
-# the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted.
-WORKER_FINAL_EXIT_CODES = "2,3"  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
+# the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted. It exits 0 only once
+# drained after a stop request: expected, so supervisord logs the stop at INFO, not WARN.
+WORKER_FINAL_EXIT_CODES = "0,2,3"  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
 
 
-def render_supervisord_conf(s: DeploySettings) -> str:
-    """Return the whole ``supervisord.conf`` for this host."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The username and password the control socket asks for (generated per run directory)."""
+
+    username: str
+    password: str
+
+
+def render_supervisord_conf(s: DeploySettings, credentials: Credentials, as_root: bool | None = None) -> str:
+    """Return the whole ``supervisord.conf`` for this host.
+
+    The control socket asks for ``credentials`` (a second lock beside its mode, and no CRIT line at start);
+    run as root, supervisord is told to stay root, which it otherwise reports as CRIT.
+    """
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    auth = [("username", credentials.username), ("password", credentials.password)]
     parts = [
         _comment(s),
-        _section("unix_http_server", [("file", str(s.supervisor_socket)), ("chmod", "0700")]),
+        _section("unix_http_server", [("file", str(s.supervisor_socket)), ("chmod", "0700"), *auth]),
         _section(
             "supervisord",
             [
+                *([("user", pwd.getpwuid(0).pw_name)] if as_root else []),
                 ("logfile", str(s.log_dir / "supervisord.log")),
                 ("logfile_maxbytes", str(s.log_maxbytes)),
                 ("logfile_backups", str(s.log_backups)),
@@ -50,7 +70,7 @@ def render_supervisord_conf(s: DeploySettings) -> str:
             "rpcinterface:supervisor",
             [("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface")],
         ),
-        _section("supervisorctl", [("serverurl", f"unix://{s.supervisor_socket}")]),
+        _section("supervisorctl", [("serverurl", f"unix://{s.supervisor_socket}"), *auth]),
         render_dispatcher(s),
         *(render_worker(s, slot) for slot in s.slots()),
         render_gateway(s),
@@ -163,6 +183,7 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
         # Every gunicorn process keeps its metrics here; gateway.multiproc empties it when gunicorn starts.
         "PROMETHEUS_MULTIPROC_DIR": str(s.run_dir / "metrics"),
+        "TORCHGATE_DRAIN_FILE": str(s.drain_flag),  # readiness answers 503 while it exists
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     }
@@ -237,7 +258,7 @@ def _comment(s: DeploySettings) -> str:
     return (
         "; Rendered by torchgate (deploy/supervisor_conf.py). Change the flags of `torchgate render` or\n"
         "; `torchgate serve` rather than this file; add slots live with `torchgate add-worker`.\n"
-        f"; Operate: supervisorctl -c {s.conf_path} status\n"
+        f"; Operate: torchgate ctl --run-dir {s.run_dir} status (supervisorctl -c {s.conf_path} status)\n"
     )
 
 

@@ -1,13 +1,16 @@
-"""Talk to a running supervisord over its unix socket (XML-RPC), with a timeout on every call."""
+"""Talk to a running supervisord over its unix socket with supervisor's own XML-RPC transport, every call bounded."""
 
 from __future__ import annotations
 
+import configparser
 import http.client
 import socket
 import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Any, cast
+
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 RPC_TIMEOUT = 120.0  # the longest single call: stopProcess(wait=True) lasts up to a slot's stopwaitsecs
 
@@ -22,51 +25,76 @@ STOPPING = "STOPPING"
 DOWN_STATES = frozenset({STOPPED, FATAL, EXITED})
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+class _TimedUnixConnection(UnixStreamHTTPConnection):
+    """supervisor's unix-socket connection, with the timeout set before connecting."""
+
+    socketfile: str
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.unix_path)
+            sock.connect(self.socketfile)
         except OSError:
             sock.close()
             raise
         self.sock = sock
 
 
-class UnixTransport(xmlrpc.client.Transport):
-    """An XML-RPC transport over a unix socket; a fresh connection per call, each bounded by ``timeout``."""
+class TimedTransport(SupervisorTransport):
+    """supervisor's transport (basic auth, unix socket) with a timeout; a fresh connection per call."""
 
-    def __init__(self, path: str | Path, timeout: float = RPC_TIMEOUT) -> None:
-        super().__init__()
-        self.path = str(path)
+    def __init__(self, socket_path: str | Path, timeout: float, username: str | None, password: str | None):
+        super().__init__(username, password, f"unix://{socket_path}")
+        self.socket_path = str(socket_path)
         self.timeout = timeout
+        self._get_connection = self._open_connection
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        self.close()
-        connection = _UnixHTTPConnection(self.path, self.timeout)
-        self._connection = (host, connection)
+    def _open_connection(self) -> http.client.HTTPConnection:
+        connection = _TimedUnixConnection("localhost", timeout=self.timeout)
+        connection.socketfile = self.socket_path
         return connection
 
-    def single_request(self, host: Any, handler: Any, request_body: Any, verbose: bool = False) -> Any:
+    def request(self, host: Any, handler: Any, request_body: Any, verbose: bool = False) -> Any:
         try:
-            return super().single_request(host, handler, request_body, verbose)
+            return super().request(host, handler, request_body, verbose)
         finally:
-            self.close()  # no socket outlives its call
+            self.close()  # no socket outlives its call, and a timed-out one is never reused
+
+
+def read_client_section(conf_path: str | Path) -> tuple[Path, str | None, str | None]:
+    """Return the socket, username and password that ``[supervisorctl]`` of ``conf_path`` names."""
+    parser = configparser.RawConfigParser()
+    if not parser.read(conf_path):
+        raise FileNotFoundError(f"{conf_path}: missing; is this a torchgate run directory?")
+    url = parser.get("supervisorctl", "serverurl", fallback="")
+    if not url.startswith("unix://"):
+        raise ValueError(f"{conf_path}: [supervisorctl] serverurl must be a unix:// socket, got {url!r}")
+    username = parser.get("supervisorctl", "username", fallback=None)
+    password = parser.get("supervisorctl", "password", fallback=None)
+    return Path(url[len("unix://") :]), username, password
 
 
 class Supervisor:
     """The few supervisord calls torchgate makes, by name, with bounded waits."""
 
-    def __init__(self, socket_path: str | Path, timeout: float = RPC_TIMEOUT) -> None:
+    def __init__(
+        self,
+        socket_path: str | Path,
+        timeout: float = RPC_TIMEOUT,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self._proxy = xmlrpc.client.ServerProxy(
-            "http://localhost", transport=UnixTransport(socket_path, timeout)
+            "http://localhost", transport=TimedTransport(socket_path, timeout, username, password)
         )
+
+    @classmethod
+    def from_conf(cls, conf_path: str | Path, timeout: float = RPC_TIMEOUT) -> Supervisor:
+        """Connect as supervisorctl would with ``-c conf_path`` (the rendered credentials included)."""
+        socket_path, username, password = read_client_section(conf_path)
+        return cls(socket_path, timeout, username, password)
 
     @property
     def rpc(self) -> Any:
@@ -79,6 +107,16 @@ class Supervisor:
             return cast(dict[str, Any], self.rpc.getState())["statename"] == "RUNNING"
         except (OSError, xmlrpc.client.Error, http.client.HTTPException):
             return False
+
+    def answers(self) -> bool:
+        """Return True when something serves XML-RPC on the socket, even if it refuses these credentials."""
+        try:
+            self.rpc.getState()
+        except xmlrpc.client.ProtocolError:
+            return True  # 401: a supervisord with other credentials
+        except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+            return False
+        return True
 
     def processes(self) -> dict[str, dict[str, Any]]:
         """Return ``getAllProcessInfo`` keyed by process name."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
 
     @app.get("/v2/health/ready")
     def ready() -> Response:
+        if config.drain_file and os.path.exists(config.drain_file):
+            return json_response({"ready": False, "error": "the server is stopping (draining)"}, 503)
         ok, why = gw.ready()
         return json_response({"ready": True}) if ok else json_response({"ready": False, "error": why}, 400)
 

@@ -49,6 +49,9 @@ class GatewayConfig:
     model_control: str = "none"
     # Seconds a load or unload call may take across every slot of the model before the call answers 503.
     control_timeout: float = 600.0
+    # A file whose presence means the host is stopping: readiness answers 503 (load balancers stop sending)
+    # while requests are still served; `torchgate serve` creates it on SIGTERM. Empty: none.
+    drain_file: str = ""
     # Comma-separated models to serve from the repository (what the workers load); empty: every model in it.
     models: str = ""
 

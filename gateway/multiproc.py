@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from gateway.metrics import multiproc_dir
+from inference_worker import lifeline
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -31,6 +32,7 @@ def clear(folder: str) -> None:
 
 def on_starting(server: Any) -> None:
     """Gunicorn hook, in the arbiter before any worker exists: start the metrics folder empty."""
+    lifeline.die_with_supervisor()  # its worker processes follow the arbiter on their own
     folder = multiproc_dir()
     if folder:
         clear(folder)

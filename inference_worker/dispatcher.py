@@ -19,7 +19,7 @@ import click
 import msgpack
 import zmq
 
-from inference_worker import logs, protocol
+from inference_worker import lifeline, logs, protocol
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
 from inference_worker.security import CurveServer, SecurityError, is_network
@@ -474,6 +474,7 @@ def dispatcher_command(
     curve_authorized: Path | None,
 ) -> None:
     """Route requests between gateways and workers."""
+    lifeline.die_with_supervisor()
     logs.configure()
     sys.exit(
         run_dispatcher(

@@ -22,7 +22,7 @@ import click
 import torch
 import zmq
 
-from inference_worker import logs, protocol
+from inference_worker import lifeline, logs, protocol
 from inference_worker.backends import LoadError, load_model
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
@@ -514,6 +514,7 @@ def worker_command(
     curve_server_key: Path | None,
 ) -> None:
     """Serve models from a repository to the dispatcher."""
+    lifeline.die_with_supervisor()
     logs.configure()
     config = WorkerConfig(
         repository=repository,

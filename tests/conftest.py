@@ -113,3 +113,6 @@ def ready_workers(context: zmq.Context, frontend: str) -> set[str]:
     if status is None:
         return set()
     return {w["worker"] for w in status["workers"] if w["state"] == "READY"}
+
+
+from tests.wheel import installed_wheel  # noqa: E402, F401 - a session fixture: the wheel, built and installed

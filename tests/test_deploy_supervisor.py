@@ -163,7 +163,7 @@ class Deployment:
 
     @property
     def supervisor(self) -> Supervisor:
-        return Supervisor(self.run_dir / "sockets" / "supervisor.sock", timeout=COMMAND_TIMEOUT)
+        return Supervisor.from_conf(self.run_dir / "supervisord.conf", timeout=COMMAND_TIMEOUT)
 
     def log(self) -> str:
         self.output.flush()

@@ -1,0 +1,123 @@
+"""The container recipe: hadolint finds nothing, and the image's exact start command serves and stops on the host.
+
+No image can be built here (no container daemon, no base images), so the test runs the image's ENTRYPOINT with
+the image's environment, only the run directory and the port moved into the test's own, and checks what a
+container runtime would see: readiness through the HEALTHCHECK command, SIGTERM (``docker stop``) turning
+readiness to 503 while requests are still served, then a clean exit with every process drained and no
+supervisord CRIT or WARN line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, wait_for
+from tests.dockerfile import environment, exec_form, healthcheck, instructions
+from tests.wheel import InstalledWheel
+
+DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
+BIN = Path(sys.executable).parent
+DIGIT = [0.0] * 64
+
+
+def test_hadolint_finds_nothing() -> None:
+    done = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_recipe_runs_as_a_user_with_the_run_directory_on_a_volume() -> None:
+    steps = instructions(DOCKERFILE)
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    env = environment(DOCKERFILE)
+    volumes = [rest for word, rest in steps if word == "VOLUME"]
+    assert volumes and any(env["TORCHGATE_RUN_DIR"].startswith(v.strip('[]" ')) for v in volumes)
+    assert "cuda" in steps[[w for w, _ in steps].index("FROM") - 1][1].lower()  # the ARG naming the base
+    assert exec_form(DOCKERFILE, "ENTRYPOINT")[:2] == ["torchgate", "serve"]
+    assert healthcheck(DOCKERFILE) == ["torchgate", "probe"]  # /v2/health/ready, with the run dir's token
+    assert [rest for word, rest in steps if word == "STOPSIGNAL"] == ["SIGTERM"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_image_start_command_serves_and_drains_on_sigterm(
+    tmp_path: Path, installed_wheel: InstalledWheel
+) -> None:
+    """As the image does: the wheel installed (here into a folder of its own), started from another folder."""
+    env = {**os.environ, **environment(DOCKERFILE), **installed_wheel.environment}
+    port = _free_port()
+    env.update(
+        PATH=f"{installed_wheel.target / 'bin'}:{BIN}:{os.environ['PATH']}",
+        TORCHGATE_RUN_DIR=str(tmp_path / "run"),
+        TORCHGATE_SERVE_HOST="127.0.0.1",  # the image binds 0.0.0.0 inside its own network namespace
+        TORCHGATE_SERVE_PORT=str(port),
+        TORCHGATE_SERVE_CPU_WORKERS="1",
+        TORCHGATE_SERVE_GPUS="none",
+    )
+    grace = float(env["TORCHGATE_SERVE_UNREADY_GRACE_SECONDS"])
+    assert grace > 0
+    out = open(tmp_path / "serve.out", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        exec_form(DOCKERFILE, "ENTRYPOINT"), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    infer = f"{url}/v2/models/digits/infer"
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
+
+    def log() -> str:
+        if not out.closed:
+            out.flush()
+        return (tmp_path / "serve.out").read_text(errors="replace")
+
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or "torchgate: serving" in log(),
+            timeout=120,
+            interval=0.2,
+            what="the start command to serve",
+        )
+        assert proc.poll() is None, log()
+        probe = subprocess.run(healthcheck(DOCKERFILE), env=env, capture_output=True, text=True, timeout=30)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert requests.post(infer, json=body, timeout=10).status_code == 200
+
+        proc.send_signal(signal.SIGTERM)  # docker stop, or the kubelet
+        wait_for(
+            lambda: requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503,
+            timeout=grace,
+            interval=0.05,
+            what="readiness to turn 503",
+        )
+        # Still serving during the grace period: the load balancer has not caught up yet.
+        assert requests.post(infer, json=body, timeout=10).status_code == 200
+        assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+        unhealthy = subprocess.run(healthcheck(DOCKERFILE), env=env, capture_output=True, timeout=30)
+        assert unhealthy.returncode != 0
+        assert proc.wait(timeout=grace + 90) == 0, log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        out.close()
+    text = log()
+    shipped = installed_wheel.target / "deploy" / "model_repository"
+    assert f"--model-repository {shipped}" in (tmp_path / "run" / "supervisord.conf").read_text()
+    assert "waiting for" in text and "stopped: gateway" in text, text
+    noisy = [line for line in text.splitlines() if " CRIT " in line or " WARN " in line]
+    assert not noisy, noisy
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)
