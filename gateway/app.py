@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from gateway import auth, codec, instrument, triton
+from gateway.body import BodyDisconnected, read_body
 from gateway.config import GatewayConfig
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
@@ -74,6 +75,18 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         if len(data) < length:
             raise ClientDisconnected()
         return data
+
+    def tensor_body() -> bytes | bytearray:
+        """Read an infer request's body: a large one straight from the socket into one buffer (gateway.body)."""
+        length = request.content_length
+        if length is not None and length <= config.max_body_bytes:
+            try:
+                data = read_body(request.environ.get("wsgi.input"), length)
+            except BodyDisconnected:
+                raise ClientDisconnected() from None
+            if data is not None:
+                return data
+        return body()
 
     @app.before_request
     def start() -> None:
@@ -199,7 +212,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         result = gw.infer(
             model,
             version,
-            body(),
+            tensor_body(),
             content_encoding=request.headers.get("Content-Encoding"),
             header_length=request.headers.get("Inference-Header-Content-Length"),
             request_id=g.request_id,

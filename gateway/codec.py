@@ -20,7 +20,7 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -93,7 +93,11 @@ class InferRequest:
 # -- bodies ----------------------------------------------------------------------------------------------
 
 
-def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+@overload
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes: ...
+@overload
+def decode_content(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray: ...
+def decode_content(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray:
     """Undo a ``Content-Encoding`` of gzip or deflate, refusing more than ``limit`` decoded bytes."""
     enc = (encoding or "").strip().lower()
     if enc in ("", "identity"):
@@ -117,7 +121,7 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def loads(text: bytes | memoryview) -> Any:
+def loads(text: bytes | bytearray | memoryview) -> Any:
     """Parse JSON; ``NaN`` and ``Infinity`` literals are allowed, nesting is bounded (a 400, not a crash)."""
     try:
         return orjson.loads(text)
@@ -132,7 +136,7 @@ def loads(text: bytes | memoryview) -> Any:
 
 
 def parse_infer_request(
-    body: bytes,
+    body: bytes | bytearray,
     header_length: str | None,
     header_id: str | None = None,
     limits: StringLimits = DEFAULT_LIMITS,

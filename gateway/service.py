@@ -55,7 +55,7 @@ class Gateway:
         self,
         model_name: str,
         version: str | None,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         content_encoding: str | None = None,
         header_length: str | None = None,
