@@ -258,7 +258,13 @@ def write_markdown(
     out += targets_section(results, concurrencies)
     for workload in workloads:
         out += workload_section(results, workload, concurrencies)
-    path.write_text("\n".join(out).rstrip() + "\n")
+    kept = ""
+    if path.exists():  # sections other benchmarks keep in this file (benchmarks/strings.py)
+        old = path.read_text()
+        if "<!-- strings:begin -->" in old and "<!-- strings:end -->" in old:
+            start, end = old.index("<!-- strings:begin -->"), old.index("<!-- strings:end -->")
+            kept = "\n" + old[start : end + len("<!-- strings:end -->")] + "\n"
+    path.write_text("\n".join(out).rstrip() + "\n" + kept)
 
 
 def write_plot(

@@ -1,0 +1,244 @@
+"""MiniLM from raw sentences: torchgate with padded batching, the same model unbatched, and sentence-transformers.
+
+    python -m benchmarks.strings [--concurrency 1,8,32] [--duration 10] [--rounds 1] [--write docs/benchmarks.md]
+
+Three ways to embed the same pool of sentences (6 to 120 words, so their token lengths differ):
+
+- ``padded``: the shipped ``examples/repository/minilm`` (tokenized by its handler, requests of different lengths
+  padded into one batch, in length buckets), one Open Inference Protocol JSON request per sentence;
+- ``unbatched``: the same model folder without ``[padding]``: requests of different lengths never batch together,
+  which is how torchgate ran a text model before;
+- ``sentence-transformers``: ``SentenceTransformer.encode(pool, batch_size=B)`` called directly, in this
+  process, with B equal to the concurrency (no HTTP, no tokenization in another process).
+
+Each torchgate variant is served by ``torchgate serve`` (one gateway process, one CPU worker with one torch
+thread; sentence-transformers also gets one torch thread) and loaded with wrk at each concurrency. Average
+batch size is the worker's own count (inference_count / execution_count over the run, from the statistics
+endpoint). The machine is shared: both servers stay up and the three ways run in turn for each round and
+concurrency; compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import re
+import shutil
+import statistics
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.load import run_wrk, write_script
+from benchmarks.payloads import HttpRequest
+from benchmarks.procs import free_port, http_status, launch, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work" / "strings"
+TORCHGATE = ROOT / ".venv" / "bin" / "torchgate"
+BEGIN, END = "<!-- strings:begin -->", "<!-- strings:end -->"
+VARIANTS = ("padded", "unbatched")
+
+
+def sentences(count: int = 64) -> list[str]:
+    """Windows of English text from the model's README, 6 to 120 words long, in a fixed shuffled order."""
+    from examples.fetch_minilm import package_folder
+
+    words = [w for w in (package_folder() / "README.md").read_text().split() if w.isascii() and w.isalpha()]
+    rng = np.random.default_rng(7)
+    lengths = np.linspace(6, 120, count).round().astype(int)
+    rng.shuffle(lengths)
+    return [" ".join(words[(s := int(rng.integers(0, len(words) - 130))) : s + n]) for n in lengths]
+
+
+def repository(variant: str) -> Path:
+    """Write the example model folder (``[padding]`` dropped for ``unbatched``) into its own repository."""
+    from examples.fetch_minilm import fetch
+
+    repo = WORK / variant / "repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    folder = repo / "minilm"
+    shutil.copytree(ROOT / "examples" / "repository" / "minilm", folder, ignore=shutil.ignore_patterns("1"))
+    if variant == "unbatched":
+        config = (folder / "config.toml").read_text()
+        config = re.sub(r"\n\[padding\].*?(?=\n\[\[input\]\])", "\n", config, flags=re.S)
+        (folder / "config.toml").write_text(config)
+    fetch(folder)
+    return repo
+
+
+def batch_counts(url: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"{url}/v2/models/minilm/stats", timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def serve(variant: str) -> tuple[Any, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    run_dir = WORK / variant / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [
+        str(TORCHGATE),
+        "serve",
+        "--run-dir",
+        str(run_dir),
+        "--model-repository",
+        str(repository(variant)),
+        "--port",
+        str(port),
+        "--gpus",
+        "none",
+        "--cpu-workers",
+        "1",
+        "--worker-threads",
+        "1",
+    ]
+    launched = launch(variant, cmd, WORK / variant / "torchgate.log", url, cwd=ROOT)
+    wait_ready(launched, lambda: http_status(url + "/v2/health/ready", timeout=2) == 200, 180)
+    return launched, url
+
+
+def requests_for(pool: list[str]) -> list[HttpRequest]:
+    def body(sentence: str) -> bytes:
+        doc = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}]}
+        return json.dumps(doc).encode()
+
+    return [
+        HttpRequest("/v2/models/minilm/infer", body(s), {"Content-Type": "application/json"}) for s in pool
+    ]
+
+
+def measure_torchgate(url: str, script: Path, concurrency: int, duration: float) -> dict[str, float]:
+    run_wrk(url, script, concurrency, 2.0, 60)  # warm-up
+    before = batch_counts(url)
+    result = run_wrk(url, script, concurrency, duration, 60)
+    after = batch_counts(url)
+    executions = max(1, after[1] - before[1])
+    return {
+        "rps": result.throughput,
+        "batch": (after[0] - before[0]) / executions,
+        "p50_ms": result.p50_ms,
+        "errors": result.errors,
+    }
+
+
+@functools.cache
+def reference_model() -> Any:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from examples.fetch_minilm import package_folder
+
+    torch.set_num_threads(1)
+    return SentenceTransformer(str(package_folder()), device="cpu")
+
+
+def measure_sentence_transformers(pool: list[str], batch_size: int, duration: float) -> dict[str, float]:
+    model = reference_model()
+    model.encode(pool[:batch_size], batch_size=batch_size)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < duration:
+        model.encode(pool, batch_size=batch_size)
+        done += len(pool)
+    return {
+        "rps": done / (time.perf_counter() - start),
+        "batch": float(batch_size),
+        "p50_ms": 0.0,
+        "errors": 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    pool = sentences()
+    script = write_script(requests_for(pool), WORK / "wrk")
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    servers = {variant: serve(variant) for variant in VARIANTS}  # both up, so that runs interleave
+    try:
+        for _ in range(args.rounds):
+            for c in concurrencies:
+                row = measure_sentence_transformers(pool, c, args.duration)
+                results.setdefault(("sentence-transformers", c), []).append(row)
+                print(f"sentence-transformers batch={c}: {row}", flush=True)
+                for variant, (_, url) in servers.items():
+                    row = measure_torchgate(url, script, c, args.duration)
+                    results.setdefault((variant, c), []).append(row)
+                    print(f"{variant} c={c}: {row}", flush=True)
+    finally:
+        for launched, _ in servers.values():
+            launched.stop()
+    table = render(results, concurrencies, args)
+    print(table)
+    if args.write is not None:
+        write(args.write, table)
+
+
+def render(
+    results: dict[tuple[str, int], list[dict[str, float]]], concurrencies: list[int], args: Any
+) -> str:
+    def median(key: tuple[str, int], field: str) -> float:
+        return statistics.median(r[field] for r in results[key])
+
+    lines = [
+        BEGIN,
+        "## MiniLM from raw sentences: padded batching (issue 15)",
+        "",
+        "Generated by `benchmarks/strings.py`; rerun with:",
+        "",
+        "```",
+        f"python -m benchmarks.strings --concurrency {args.concurrency} --duration {args.duration:g} "
+        f"--rounds {args.rounds} --write docs/benchmarks.md",
+        "```",
+        "",
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, 2 shared cores, CPU "
+        "only. all-MiniLM-L6-v2 (`examples/repository/minilm`) embeds 64 sentences of 6 to 120 words, one "
+        "sentence per request (Open Inference Protocol JSON, BYTES input), through `torchgate serve` with one "
+        "gateway process and one CPU worker of one torch thread. `padded`: the shipped config (requests of "
+        "different lengths padded into one batch, length buckets 16/32/64/128 tokens, 2 ms batch delay); "
+        "`unbatched`: the same folder without `[padding]` (requests of different lengths never batch, as "
+        "before this issue); `sentence-transformers`: `encode(sentences, batch_size=c)` called directly in "
+        "one process with one torch thread (no HTTP). Average batch = sentences per model execution as the "
+        "worker counts them. The machine is shared with other work: compare ratios within a row.",
+        "",
+        "| concurrency (or batch size) | padded req/s | padded avg batch | unbatched req/s | unbatched avg "
+        "batch | padded / unbatched | sentence-transformers sentences/s | padded / sentence-transformers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in concurrencies:
+        padded, unbatched = median(("padded", c), "rps"), median(("unbatched", c), "rps")
+        st = median(("sentence-transformers", c), "rps")
+        lines.append(
+            f"| {c} | {padded:.1f} | {median(('padded', c), 'batch'):.1f} | {unbatched:.1f} | "
+            f"{median(('unbatched', c), 'batch'):.1f} | {padded / unbatched:.2f}x | {st:.1f} | "
+            f"{padded / st:.2f}x |"
+        )
+    errors = sum(r["errors"] for rows in results.values() for r in rows)
+    lines += ["", f"Errors (non-2xx or socket) over all runs: {errors:.0f}.", END]
+    return "\n".join(lines)
+
+
+def write(path: Path, table: str) -> None:
+    """Replace the block between the markers in ``path`` (or append it)."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + table + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
