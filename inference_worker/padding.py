@@ -61,10 +61,12 @@ def pad_batch(
             parts = [_pad(part, longest, value) for part in parts]
         batch[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
     if padding.mask is not None:
+        first = next(iter(padding.inputs))
+        device = requests[0][first].device
         rows = [
-            (torch.arange(longest) < size)
+            (torch.arange(longest, device=device) < size)
             .to(torch.int64)
-            .expand(int(inputs[next(iter(padding.inputs))].shape[0]), -1)
+            .expand(int(inputs[first].shape[0]), -1)
             for inputs, size in zip(requests, lengths, strict=True)
         ]
         batch[padding.mask] = torch.cat(rows)
@@ -75,7 +77,9 @@ def _pad(tensor: torch.Tensor, longest: int, value: float) -> torch.Tensor:
     missing = longest - int(tensor.shape[1])
     if missing == 0:
         return tensor
-    filler = torch.full((tensor.shape[0], missing, *tensor.shape[2:]), value, dtype=tensor.dtype)
+    filler = torch.full(
+        (tensor.shape[0], missing, *tensor.shape[2:]), value, dtype=tensor.dtype, device=tensor.device
+    )
     return torch.cat([tensor, filler], dim=1)
 
 

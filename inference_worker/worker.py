@@ -280,6 +280,8 @@ class Worker:
             else:
                 by_name = {meta.name: to_torch(meta, buf) for meta, buf in message.tensors}
         except RequestError as exc:
+            if executor is not None:  # counted as Triton counts failed requests (a preprocess error, say)
+                self.stats[key].failure[exc.code.value] += 1
             self._fail_seq(seq, exc.code, str(exc), request_id)
             return
         inputs: Any
