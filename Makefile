@@ -44,8 +44,9 @@ haproxy:
 	  else echo "haproxy is not installed: the many-hosts test will skip (apt-get install haproxy)"; fi; }
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check gateway inference_worker deploy tests benchmarks examples
-	$(BIN)/ruff format --check gateway inference_worker deploy tests benchmarks examples
+	$(BIN)/ruff check gateway inference_worker deploy harness tests benchmarks examples
+	$(BIN)/ruff format --check gateway inference_worker deploy harness tests benchmarks examples
+	$(BIN)/lint-imports
 	$(BIN)/hadolint deploy/container/Dockerfile
 
 typecheck: $(TEST_STAMP)
@@ -53,6 +54,10 @@ typecheck: $(TEST_STAMP)
 
 test: lint typecheck haproxy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests that start no process (every process test is marked `processes`): seconds, not minutes.
+unit: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m 'not processes and not soak' $(PYTEST_ARGS)
 
 soak: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m soak $(PYTEST_ARGS)

@@ -38,9 +38,10 @@ from benchmarks.gpu_raw import measure as measure_raw
 from benchmarks.gpu_systems import GPU_SYSTEMS, GpuPlan, GpuSystem, TorchgateGpu
 from benchmarks.load import LoadError, LoadResult, run_wrk, write_script
 from benchmarks.payloads import HttpRequest, decode_output
-from benchmarks.procs import Launched, StartError, free_port, http_call, wait_ready
+from benchmarks.procs import Launched, StartError, http_call, wait_ready
 from benchmarks.pyload import run_python_load
 from benchmarks.settings import DOCS_DIR, WORK_DIR
+from harness.procs import free_port
 
 REQUEST_TIMEOUT_S = 60.0
 MIN_PYTHON = (3, 11)

@@ -34,12 +34,13 @@ from benchmarks.models import (
     write_repository,
 )
 from benchmarks.payloads import FORMATS
-from benchmarks.procs import Launched, StartError, free_port
+from benchmarks.procs import Launched, StartError
 from benchmarks.raw import measure
 from benchmarks.report import write_markdown, write_plot
 from benchmarks.results import Measurement, Results
 from benchmarks.settings import DOCS_DIR, BenchSettings
 from benchmarks.systems import ALL_SYSTEMS, StartContext, System
+from harness.procs import free_port
 
 DEFAULT_SYSTEMS = ("torchgate", "seed", "torchserve", "litserve", "empty_flask")
 

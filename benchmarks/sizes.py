@@ -32,9 +32,10 @@ import numpy as np
 import zmq
 
 from benchmarks import gpumon
-from benchmarks.procs import Launched, free_port, http_status, launch, wait_ready
+from benchmarks.procs import Launched, http_status, launch, wait_ready
 from benchmarks.settings import REPO_ROOT
 from benchmarks.wire import bare_echo, call, echo_repository
+from harness.procs import free_port
 
 SIZES = {"1K": 1 << 10, "600K": 600 * 1024, "16M": 16 << 20}
 

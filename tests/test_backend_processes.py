@@ -7,88 +7,60 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import zmq
 
-from inference_worker.protocol import ErrorCode, Kind
-from tests.backend import Backend, Client, outputs, slow_repository
-from tests.conftest import DEFAULT_REPOSITORY, Processes, dispatcher_status, ready_workers, wait_for
+from harness import (
+    DEFAULT_REPOSITORY,
+    Client,
+    Processes,
+    Stack,
+    assert_all_match,
+    outputs,
+    send_digits,
+    slow_repository,
+    wait_for,
+)
+from inference_worker.protocol import ErrorCode, Kind, Message
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture
-def backend(processes: Processes, zmq_context: zmq.Context, tmp_path: Path) -> Iterator[Backend]:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(mode=0o700)
-    backend = Backend(processes, zmq_context, run_dir)
+def backend(processes: Processes, tmp_path: Path) -> Iterator[Stack]:
+    """A dispatcher alone; each test starts its workers."""
+    backend = Stack(processes, tmp_path / "run")
     backend.start_dispatcher()
-    yield backend
-
-
-@pytest.fixture(scope="module")
-def digits_model() -> torch.nn.Module:
-    return torch.export.load(str(DEFAULT_REPOSITORY / "digits" / "1" / "model.pt2")).module()
+    try:
+        yield backend
+    finally:
+        backend.stop()
 
 
 def load(
-    backend: Backend,
-    requests: int,
-    threads: int = 8,
-    samples: int = 3,
-    seed: int = 0,
-    during: threading.Event | None = None,
-) -> list[tuple[np.ndarray, object]]:
-    """Send ``requests`` digits requests from ``threads`` threads; return (input, answer) pairs."""
-    rng = np.random.default_rng(seed)
-    inputs = [
-        rng.integers(0, 17, size=(int(rng.integers(1, samples + 1)), 64)).astype(np.float32)
-        for _ in range(requests)
-    ]
-
-    def run(chunk: list[np.ndarray]) -> list[tuple[np.ndarray, object]]:
-        client = Client(backend.context, backend.frontend)
-        try:
-            results = []
-            for x in chunk:
-                results.append((x, client.infer("digits", {"input": x}, timeout=60)))
-                if during is not None:
-                    during.set()
-            return results
-        finally:
-            client.close()
-
-    with ThreadPoolExecutor(threads) as pool:
-        chunks = [inputs[i::threads] for i in range(threads)]
-        return [pair for part in pool.map(run, chunks) for pair in part]
-
-
-def assert_all_match(pairs: list[tuple[np.ndarray, object]], model: torch.nn.Module) -> None:
-    for x, message in pairs:
-        got = outputs(message)["output"]  # type: ignore[arg-type]
-        with torch.inference_mode():
-            want = model(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    backend: Stack, requests: int, threads: int = 8, during: threading.Event | None = None
+) -> list[tuple[np.ndarray, Message]]:
+    return send_digits(backend.context, backend.frontend, requests, threads, during=during)
 
 
 def test_concurrent_requests_give_exactly_what_the_model_gives(
-    backend: Backend, digits_model: torch.nn.Module
+    backend: Stack, digits_model: torch.nn.Module
 ) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     pairs = load(backend, requests=400, threads=8)
     assert_all_match(pairs, digits_model)
-    served_by = {m.get("worker") for _, m in pairs}  # type: ignore[attr-defined]
+    served_by = {m.get("worker") for _, m in pairs}
     assert served_by == {"w0", "w1"}
-    batch_sizes = [m.get("stats")["batch_size"] for _, m in pairs]  # type: ignore[attr-defined]
+    batch_sizes = [m.get("stats")["batch_size"] for _, m in pairs]
     assert max(batch_sizes) > 3  # requests of at most 3 samples were batched together
 
 
 def test_kill_9_a_worker_in_flight_and_every_request_completes(
-    backend: Backend, digits_model: torch.nn.Module
+    backend: Stack, digits_model: torch.nn.Module
 ) -> None:
     backend.start_worker("w0")
     victim = backend.start_worker("w1")
@@ -100,35 +72,35 @@ def test_kill_9_a_worker_in_flight_and_every_request_completes(
     assert victim.wait(timeout=10) == -signal.SIGKILL
     assert_all_match(pairs, digits_model)  # every one a REPLY, none lost
     wait_for(
-        lambda: ready_workers(backend.context, backend.frontend) == {"w0"},
+        lambda: backend.ready_workers() == {"w0"},
         timeout=30,
         what="w1 out of rotation",
     )
 
 
 def test_a_third_worker_started_while_running_receives_work(
-    backend: Backend, digits_model: torch.nn.Module
+    backend: Stack, digits_model: torch.nn.Module
 ) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     load(backend, requests=50)
     backend.start_worker("w2")
     pairs = load(backend, requests=300, threads=8)
-    assert "w2" in {m.get("worker") for _, m in pairs}  # type: ignore[attr-defined]
+    assert "w2" in {m.get("worker") for _, m in pairs}
     assert_all_match(pairs, digits_model)
 
 
 def test_dispatcher_restart_and_service_comes_back_without_help(
-    backend: Backend, digits_model: torch.nn.Module
+    backend: Stack, digits_model: torch.nn.Module
 ) -> None:
     backend.start_worker("w0")
     backend.start_worker("w1")
     load(backend, requests=20)
-    backend.dispatcher.kill()
-    backend.dispatcher.wait(timeout=10)
+    backend.started["dispatcher"].kill()
+    backend.started["dispatcher"].wait(timeout=10)
     backend.start_dispatcher()
     wait_for(
-        lambda: ready_workers(backend.context, backend.frontend) == {"w0", "w1"},
+        lambda: backend.ready_workers() == {"w0", "w1"},
         timeout=30,
         what="workers re-registered with the new dispatcher",
     )
@@ -136,7 +108,7 @@ def test_dispatcher_restart_and_service_comes_back_without_help(
 
 
 def test_sigterm_drains_a_worker_with_no_failed_requests(
-    backend: Backend, digits_model: torch.nn.Module
+    backend: Stack, digits_model: torch.nn.Module
 ) -> None:
     backend.start_worker("w0")
     leaving = backend.start_worker("w1")
@@ -148,10 +120,10 @@ def test_sigterm_drains_a_worker_with_no_failed_requests(
     assert leaving.wait(timeout=30) == 0
     assert_all_match(pairs, digits_model)
     assert "drained" in backend.processes.log("w1")
-    assert ready_workers(backend.context, backend.frontend) == {"w0"}
+    assert backend.ready_workers() == {"w0"}
 
 
-def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Backend, tmp_path: Path) -> None:
+def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Stack, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     (broken / "digits" / "1").mkdir(parents=True)
     (broken / "digits" / "config.toml").write_text(
@@ -162,13 +134,13 @@ def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Back
     assert proc.wait(timeout=120) != 0
     log = backend.processes.log("bad")
     assert "cannot load" in log and "model.pt2" in log and "READY" not in log
-    status = dispatcher_status(backend.context, backend.frontend)
+    status = backend.status()
     assert status is not None and status["workers"] == []
 
 
-def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: Backend) -> None:
-    backend.dispatcher.kill()
-    backend.dispatcher.wait(timeout=10)
+def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: Stack) -> None:
+    backend.started["dispatcher"].kill()
+    backend.started["dispatcher"].wait(timeout=10)
     backend.start_dispatcher("--startup-grace", "0")
     client = Client(backend.context, backend.frontend)
     try:
@@ -178,9 +150,9 @@ def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: B
     assert reply.kind is Kind.ERROR and reply.get("code") == ErrorCode.UNAVAILABLE
 
 
-def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(backend: Backend) -> None:
-    backend.dispatcher.kill()
-    backend.dispatcher.wait(timeout=10)
+def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(backend: Stack) -> None:
+    backend.started["dispatcher"].kill()
+    backend.started["dispatcher"].wait(timeout=10)
     backend.start_dispatcher("--startup-grace", "120")  # longer than any worker start on a busy machine
     client = Client(backend.context, backend.frontend)
     try:
@@ -192,9 +164,7 @@ def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(ba
     assert reply.kind is Kind.REPLY and reply.get("worker") == "w0"
 
 
-def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(
-    backend: Backend, tmp_path: Path
-) -> None:
+def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Stack, tmp_path: Path) -> None:
     backend.repository = slow_repository(tmp_path / "repo", seconds=0.3, max_queue_size=2, max_batch_size=4)
     backend.start_worker("w0")  # capacity 8 in flight, then 2 queued
     client = Client(backend.context, backend.frontend)
@@ -227,7 +197,7 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(
         answers = [client.receive(i) for i in ids]
         assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
         assert answers[1].get("code") == ErrorCode.RESOURCE_EXHAUSTED
-        assert backend.workers["w0"].poll() is None
+        assert backend.started["w0"].poll() is None
         wait_for(
             lambda: _successes(backend) == before + 4, timeout=10, what="stats to count four more successes"
         )
@@ -235,6 +205,6 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(
         client.close()
 
 
-def _successes(backend: Backend) -> int:
-    status = dispatcher_status(backend.context, backend.frontend)
+def _successes(backend: Stack) -> int:
+    status = backend.status()
     return sum(row.get("success", 0) for row in (status or {}).get("stats", []))

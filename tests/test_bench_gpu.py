@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import run
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.processes]
 
 
 def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> None:
     output = tmp_path / "report.md"
-    done = subprocess.run(
+    done = run(
         [
             sys.executable,
             "-m",
@@ -38,17 +37,14 @@ def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> N
             "--output",
             str(output),
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=540,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     runs = {(r["system"], r["fmt"]): r for r in results["runs"]}
     assert set(runs) == {("torchgate", "binary"), ("torchgate", "json"), ("seed", "json")}, results["skipped"]
-    for run in runs.values():
-        assert run["load"]["requests"] > 0 and run["load"]["errors"] == 0, run
+    for one in runs.values():
+        assert one["load"]["requests"] > 0 and one["load"]["errors"] == 0, one
     tg = runs[("torchgate", "binary")]
     assert tg["batch"]["batch"] >= 1.0  # the worker's own statistics were read
     assert tg["processes"]["worker"] == 1 and tg["processes"]["dispatcher"] == 1
@@ -64,12 +60,8 @@ def test_gpu_mode_without_cuda_says_what_is_missing(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this host has CUDA")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu", "--mode", "gpu", "--work-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run(
+        [sys.executable, "-m", "benchmarks.gpu", "--mode", "gpu", "--work-dir", str(tmp_path)], timeout=120
     )
     assert done.returncode != 0
     assert "sees no CUDA device" in done.stderr and "--mode cpu" in done.stderr

@@ -7,18 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import DEFAULT_REPOSITORY, ROOT
+import pytest
+
+from harness import DEFAULT_REPOSITORY, run
+
+pytestmark = pytest.mark.processes
 
 
 def torchgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+    return run([sys.executable, "-m", "deploy.cli", *args], timeout=300)
 
 
 def test_check_passes_good_models_and_names_each_broken_one(tmp_path: Path) -> None:

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, wait_for
+from harness import ROOT, Processes, free_port, run, wait_for
+from harness.wheel import InstalledWheel
 from tests.dockerfile import environment, exec_form, healthcheck, instructions
-from tests.wheel import InstalledWheel
 
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
 BIN = Path(sys.executable).parent
 DIGIT = [0.0] * 64
 
 
+@pytest.mark.processes
 def test_hadolint_finds_nothing() -> None:
-    done = subprocess.run(
-        [str(BIN / "hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
-    )
+    done = run([str(BIN / "hadolint"), "--no-color", str(DOCKERFILE)], timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -48,18 +45,13 @@ def test_recipe_runs_as_a_user_with_the_run_directory_on_a_volume() -> None:
     assert [rest for word, rest in steps if word == "STOPSIGNAL"] == ["SIGTERM"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@pytest.mark.processes
 def test_the_image_start_command_serves_and_drains_on_sigterm(
-    tmp_path: Path, installed_wheel: InstalledWheel
+    tmp_path: Path, processes: Processes, installed_wheel: InstalledWheel
 ) -> None:
     """As the image does: the wheel installed (here into a folder of its own), started from another folder."""
     env = {**os.environ, **environment(DOCKERFILE), **installed_wheel.environment}
-    port = _free_port()
+    port = free_port()
     env.update(
         PATH=f"{installed_wheel.target / 'bin'}:{BIN}:{os.environ['PATH']}",
         TORCHGATE_RUN_DIR=str(tmp_path / "run"),
@@ -70,18 +62,13 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
     )
     grace = float(env["TORCHGATE_SERVE_UNREADY_GRACE_SECONDS"])
     assert grace > 0
-    out = open(tmp_path / "serve.out", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        exec_form(DOCKERFILE, "ENTRYPOINT"), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
-    )
+    proc = processes.start("serve", exec_form(DOCKERFILE, "ENTRYPOINT"), env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     infer = f"{url}/v2/models/digits/infer"
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
 
     def log() -> str:
-        if not out.closed:
-            out.flush()
-        return (tmp_path / "serve.out").read_text(errors="replace")
+        return processes.log("serve")
 
     try:
         wait_for(
@@ -91,7 +78,7 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
             what="the start command to serve",
         )
         assert proc.poll() is None, log()
-        probe = subprocess.run(healthcheck(DOCKERFILE), env=env, capture_output=True, text=True, timeout=30)
+        probe = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert probe.returncode == 0, probe.stdout + probe.stderr
         assert requests.post(infer, json=body, timeout=10).status_code == 200
 
@@ -105,14 +92,11 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
         # Still serving during the grace period: the load balancer has not caught up yet.
         assert requests.post(infer, json=body, timeout=10).status_code == 200
         assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
-        unhealthy = subprocess.run(healthcheck(DOCKERFILE), env=env, capture_output=True, timeout=30)
+        unhealthy = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert unhealthy.returncode != 0
         assert proc.wait(timeout=grace + 90) == 0, log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        out.close()
+        processes.kill_all()
     text = log()
     shipped = installed_wheel.target / "deploy" / "model_repository"
     assert f"--model-repository {shipped}" in (tmp_path / "run" / "supervisord.conf").read_text()

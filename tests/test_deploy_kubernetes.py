@@ -19,7 +19,7 @@ import yaml
 from deploy.settings import STOP_MARGIN_SECONDS
 from deploy.supervisor_conf import DISPATCHER_STOPWAITSECS
 from gateway.worker_metrics import model_families
-from tests.conftest import ROOT
+from harness import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KSERVE = ROOT / "deploy" / "kserve"

@@ -7,11 +7,11 @@ by supervisord's own option parsers.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from supervisor.options import ClientOptions, ServerOptions
 
@@ -19,8 +19,8 @@ from deploy.rundir import write_run_dir
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import Credentials, render_supervisord_conf
 from deploy.supervisor_rpc import read_client_section
-from tests.conftest import ROOT
-from tests.wheel import InstalledWheel
+from harness import ROOT, run
+from harness.wheel import InstalledWheel
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -41,6 +41,7 @@ def test_license_is_an_spdx_expression_with_its_file() -> None:
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
+@pytest.mark.processes
 def test_wheel_metadata(installed_wheel: InstalledWheel) -> None:
     meta = installed_wheel.metadata()
     assert "License-Expression: Apache-2.0" in meta
@@ -52,6 +53,7 @@ def test_wheel_metadata(installed_wheel: InstalledWheel) -> None:
     assert "deploy/model_repository/digits/config.toml" in names
 
 
+@pytest.mark.processes
 def test_gateway_and_dispatcher_import_without_torch(tmp_path: Path) -> None:
     """What a gateway-only host runs: the CLI, the gateway app and the dispatcher, with torch made unimportable."""
     code = (
@@ -60,9 +62,7 @@ def test_gateway_and_dispatcher_import_without_torch(tmp_path: Path) -> None:
         "print('ok')\n"
     )
     env = {"PATH": "/usr/bin:/bin", "TORCHGATE_MODEL_REPOSITORY": str(ROOT / "deploy" / "model_repository")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = run([sys.executable, "-c", code], timeout=60, cwd=tmp_path, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 

@@ -21,8 +21,7 @@ from deploy.rundir import write_run_dir
 from deploy.scaling import added_slot_path, next_slot
 from deploy.settings import DeploySettings, default_worker_threads
 from deploy.supervisor_conf import render_worker
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, run
 
 
 def realize(settings: DeploySettings) -> ServerOptions:
@@ -226,11 +225,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
         "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\nsys.exit(code)\n"
     )
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
-    )
+    return run([sys.executable, "-c", code, *args], timeout=60, cwd=cwd)
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_render_command_writes_the_run_directory_without_importing_torch(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "0,1,2,3,4,5,6,7", "--port", "8123", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -240,6 +239,8 @@ def test_render_command_writes_the_run_directory_without_importing_torch(tmp_pat
     assert "worker-gpu7-0: GPU 7" in done.stdout
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "none", "--spare-slots", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -248,6 +249,8 @@ def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
     assert s.model_repository == ROOT / "deploy" / "model_repository"
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_render_command_refuses_bad_options_with_a_message(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "0,zero", cwd=tmp_path)
     assert done.returncode == 2 and "--gpus" in done.stderr and "'zero' is not a GPU index" in done.stderr
@@ -256,12 +259,16 @@ def test_render_command_refuses_bad_options_with_a_message(tmp_path: Path) -> No
     assert not (tmp_path / "run" / "supervisord.conf").exists()
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_worker_help_is_forwarded_to_the_worker_command(tmp_path: Path) -> None:
     done = run_cli("worker", "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Usage: torchgate worker" in done.stdout and "--model-repository" in done.stdout
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -272,6 +279,8 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) ->
     assert not (tmp_path / "run" / "supervisord.pid").exists()
 
 
+@pytest.mark.processes
+@pytest.mark.processes
 def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path: Path) -> None:
     repository = tmp_path / "repo"
     (repository / "digits" / "1").mkdir(parents=True)
@@ -305,6 +314,7 @@ def placed_repository(root: Path, group: str) -> Path:
     return root
 
 
+@pytest.mark.processes
 def test_a_model_with_an_instance_group_gets_slots_of_its_own(tmp_path: Path) -> None:
     repo = placed_repository(
         tmp_path / "repo", '[[instance_group]]\nkind = "KIND_GPU"\ncount = 2\ngpus = [1]'
@@ -325,6 +335,7 @@ def test_a_model_with_an_instance_group_gets_slots_of_its_own(tmp_path: Path) ->
     )
 
 
+@pytest.mark.processes
 def test_cpu_instance_groups_on_a_host_without_gpus(tmp_path: Path) -> None:
     repo = placed_repository(tmp_path / "repo", '[[instance_group]]\nkind = "KIND_AUTO"')
     done = run_cli(
@@ -353,6 +364,7 @@ def test_cpu_instance_groups_on_a_host_without_gpus(tmp_path: Path) -> None:
         ((), "[[instance_grup]]", "unknown table [[instance_grup]] (did you mean [[instance_group]]?)"),
     ],
 )
+@pytest.mark.processes
 def test_render_validates_the_repository(
     tmp_path: Path, args: tuple[str, ...], group: str, message: str
 ) -> None:

@@ -20,8 +20,9 @@ from tritonclient.utils import InferenceServerException
 
 from examples.fetch_minilm import fetch, package_folder
 from examples.train_digits import held_out_split
-from tests.conftest import ROOT, Processes
-from tests.stack import Stack, copy_digits
+from harness import ROOT, Stack, copy_digits
+
+pytestmark = pytest.mark.processes
 
 pytest.importorskip("tokenizers")
 Image = pytest.importorskip("PIL.Image")
@@ -50,11 +51,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shutil.copyfile(
         repository / "digits" / "1" / "model.pt2", repository / "digits_image" / "1" / "model.pt2"
     )
-    processes = Processes(root)
-    try:
-        yield Stack(processes, root / "run", repository).start({"w0": []}, gateway_threads=16)
-    finally:
-        processes.kill_all()
+    with Stack.at(root, repository) as stack:
+        yield stack.start(gateway_threads=16)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import gzip
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,9 @@ from flask.testing import FlaskClient
 
 from gateway import GatewayConfig, create_app
 from gateway.app import OPENAPI_PATH
+from harness import DEFAULT_REPOSITORY, run
+from harness import write_unloadable_model as write_model
 from inference_worker.repository import load_repository
-from tests.conftest import DEFAULT_REPOSITORY, ROOT
-from tests.test_gateway_validation import write_model
 
 DIGITS_ROW = [float(i % 17) for i in range(64)]
 
@@ -272,6 +271,7 @@ def test_openapi_document_lists_exactly_the_routes(app: Flask, client: FlaskClie
                 assert param in {p["name"] for p in op.get("parameters", [])}, (path, param)
 
 
+@pytest.mark.processes
 def test_the_gateway_never_imports_torch() -> None:
     code = """
 import sys, json
@@ -285,11 +285,8 @@ assert client.post("/v2/models/digits/infer", data=body).status_code == 400
 assert client.post("/predict", json={"input": [1]}).status_code == 400
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=120,
         env={
             "PATH": "/usr/bin:/bin",

@@ -14,42 +14,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Tensor
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
-from tests.backend import Backend, slow_repository
-from tests.conftest import Processes, ready_workers, wait_for
+from harness import Stack, slow_repository, wait_for
 
 SLOW_SECONDS = 0.6
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A dispatcher and one worker serving `slow` (doubles FP32 [-1, 4] after SLOW_SECONDS)."""
     root = tmp_path_factory.mktemp("client")
-    run_dir = root / "run"
-    run_dir.mkdir(mode=0o700)
-    processes = Processes(root)
-    context = zmq.Context()
-    backend = Backend(
-        processes,
-        context,
-        run_dir,
-        slow_repository(root / "repo", seconds=SLOW_SECONDS, max_queue_size=64, max_batch_size=8),
-    )
-    try:
+    repository = slow_repository(root / "repo", seconds=SLOW_SECONDS, max_queue_size=64, max_batch_size=8)
+    with Stack.at(root, repository) as backend:
         backend.start_dispatcher()
         backend.start_worker("w0")
         yield backend
-    finally:
-        processes.kill_all()
-        context.destroy(linger=0)
 
 
 @pytest.fixture
-def client(backend: Backend) -> Iterator[DispatcherClient]:
+def client(backend: Stack) -> Iterator[DispatcherClient]:
     client = DispatcherClient(
         backend.frontend, status_ttl=0.2, status_timeout=1.0, poll_interval=0.2, unresponsive_after=5.0
     )
@@ -68,14 +54,17 @@ def doubled(reply: InferReply) -> list[float]:
     return np.frombuffer(y.data, np.float32).reshape(y.shape)[0].tolist()
 
 
+@pytest.mark.processes
 def test_infer_and_status(client: DispatcherClient) -> None:
     reply = client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30, "r1")
     assert doubled(reply) == [2, 4, 6, 8] and reply.version == "1" and reply.worker == "w0"
     status = client.status()
     assert status["models"]["slow"]["1"]["ready"] == 1
-    assert client.status() is status  # reused within the TTL
+    assert client.status(max_age=3600) is status  # reused while young enough
+    assert client.status(max_age=0) is not status  # asked again once too old
 
 
+@pytest.mark.processes
 def test_many_threads_each_get_their_own_answer(client: DispatcherClient) -> None:
     def one(i: int) -> list[float]:
         return doubled(client.infer("slow", None, [x_tensor([i, i + 1, i + 2, i + 3])], [], time.time() + 60))
@@ -85,6 +74,7 @@ def test_many_threads_each_get_their_own_answer(client: DispatcherClient) -> Non
     assert results == [[2 * i, 2 * i + 2, 2 * i + 4, 2 * i + 6] for i in range(24)]
 
 
+@pytest.mark.processes
 def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherClient) -> None:
     with pytest.raises(DeadlineExceeded):
         client.infer("slow", None, [x_tensor([1, 1, 1, 1])], [], time.time() + SLOW_SECONDS / 4)
@@ -97,6 +87,7 @@ def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherCli
     ]
 
 
+@pytest.mark.processes
 def test_errors_come_back_with_their_code(client: DispatcherClient) -> None:
     with pytest.raises(GatewayError) as info:
         client.infer("slow", "9", [x_tensor([1, 2, 3, 4])], [], time.time() + 30)
@@ -114,6 +105,7 @@ def _infer_in_child(client: DispatcherClient, queue: multiprocessing.Queue) -> N
         queue.put(repr(exc))
 
 
+@pytest.mark.processes
 def test_a_forked_child_uses_its_own_socket(client: DispatcherClient) -> None:
     assert doubled(client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30)) == [2, 4, 6, 8]
     fork = multiprocessing.get_context("fork")
@@ -145,8 +137,9 @@ def test_nobody_listening_is_a_quick_503(tmp_path: Path) -> None:
         client.close()
 
 
+@pytest.mark.processes
 def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(
-    backend: Backend, client: DispatcherClient, caplog: pytest.LogCaptureFixture
+    backend: Stack, client: DispatcherClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Kill -9 the dispatcher while a request computes; the new one does not know it, so it is sent again."""
     caplog.set_level(logging.INFO, logger="torchgate.gateway")
@@ -158,13 +151,13 @@ def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(
             interval=0.01,
             what="the request in flight on the worker",
         )
-        backend.dispatcher.kill()
-        backend.dispatcher.wait(timeout=10)
+        backend.started["dispatcher"].kill()
+        backend.started["dispatcher"].wait(timeout=10)
         backend.start_dispatcher()
         assert doubled(future.result(timeout=90)) == [18, 16, 14, 12]  # sent again once w0 re-registered
     assert "unknown to the dispatcher; sending it again" in caplog.text
     wait_for(
-        lambda: ready_workers(backend.context, backend.frontend) == {"w0"},
+        lambda: backend.ready_workers() == {"w0"},
         timeout=30,
         what="the worker re-registered",
     )

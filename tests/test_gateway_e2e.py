@@ -8,25 +8,21 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import requests
 import torch
 import tritonclient.http as httpclient
-import zmq
 from tritonclient.utils import InferenceServerException
 
-from tests.backend import slow_repository
-from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
+from harness import DEFAULT_REPOSITORY, Stack, slow_repository, wait_for
+
+pytestmark = pytest.mark.processes
 
 HALF_MODEL = """
 import torch
@@ -83,103 +79,20 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str  # host:port, as tritonclient wants it
-    processes: Processes
-    started: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.url}"
-
-    def client(self) -> httpclient.InferenceServerClient:
-        return httpclient.InferenceServerClient(self.url, connection_timeout=30, network_timeout=60)
-
-
-def wait_ready(server: Server, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if requests.get(f"{server.http}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        for name, proc in server.started.items():
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}:\n{server.processes.log(name)[-3000:]}")
-        time.sleep(0.2)
-    logs = "\n".join(
-        f"--- {n}\n{server.processes.log(n)[-2000:]}" for n in ("dispatcher", "w0", "w1", "gateway")
-    )
-    pytest.fail(f"server not ready after {timeout}s\n{logs}")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
-    run = root / "run"
-    run.mkdir(mode=0o700)
-    repository = write_repository(root / "repo")
-    processes = Processes(root)
-    frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
-    port = free_port()
-    server = Server(f"127.0.0.1:{port}", processes)
-    try:
-        by_name = server.started
-        by_name["dispatcher"] = processes.python(
-            "dispatcher", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend
-        )
-        for name in ("w0", "w1"):
-            by_name[name] = processes.python(
-                name,
-                "inference_worker.worker",
-                "--model-repository",
-                str(repository),
-                "--dispatcher",
-                backend,
-                "--name",
-                name,
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-            )
-        env = {
-            "TORCHGATE_BIND": f"127.0.0.1:{port}",
-            "TORCHGATE_DISPATCHER": frontend,
-            "TORCHGATE_MODEL_REPOSITORY": str(repository),
-            "TORCHGATE_GATEWAY_PROCESSES": "2",
-            "TORCHGATE_GATEWAY_THREADS": "8",
-        }
-        by_name["gateway"] = processes.start(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gateway" / "gunicorn_conf.py"),
-                "gateway.wsgi:app",
-            ],
-            env=env,
-        )
-        wait_ready(server, timeout=240)
-        with zmq.Context() as context:  # both workers loaded: no start-up left to compete for the cores
-            wait_for(
-                lambda: ready_workers(context, frontend) == {"w0", "w1"},
-                timeout=240,
-                what="both workers ready",
-            )
-        yield server
-    finally:
-        processes.kill_all()
+    with Stack.at(root, write_repository(root / "repo"), heartbeat=()) as stack:
+        stack.start(("w0", "w1"), gateway_processes=2, gateway_threads=8, timeout=240)
+        stack.wait_workers("w0", "w1", timeout=240)  # both loaded: no start-up left to compete for the cores
+        yield stack
+
+
+def triton(server: Stack) -> httpclient.InferenceServerClient:
+    """The real tritonclient.http, pointed at the stack."""
+    return httpclient.InferenceServerClient(
+        f"127.0.0.1:{server.port}", connection_timeout=30, network_timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -199,17 +112,15 @@ def digits_batch(n: int, seed: int = 0) -> np.ndarray:
 # -- tritonclient ------------------------------------------------------------------------------------
 
 
-def test_tritonclient_health_metadata_and_config(server: Server) -> None:
+def test_tritonclient_health_metadata_and_config(server: Stack) -> None:
     for _ in range(4):  # both gateway processes, whichever answers
-        ready = requests.get(f"{server.http}/v2/health/ready", timeout=30)
+        ready = requests.get(f"{server.url}/v2/health/ready", timeout=30)
         assert ready.status_code == 200, ready.text
-    with server.client() as client:
+    with triton(server) as client:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("digits") and client.is_model_ready("half", "1")
         assert not client.is_model_ready("digits", "2")  # no such version
-        assert (
-            requests.get(f"{server.http}/v2/models/digits/versions/01/ready", timeout=30).status_code == 200
-        )
+        assert requests.get(f"{server.url}/v2/models/digits/versions/01/ready", timeout=30).status_code == 200
         meta = client.get_model_metadata("digits")
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
         assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
@@ -230,12 +141,12 @@ def test_tritonclient_health_metadata_and_config(server: Server) -> None:
     "binary_in, binary_out", [(True, True), (False, False), (True, False), (False, True)]
 )
 def test_tritonclient_infer_digits(
-    server: Server, digits: torch.nn.Module, binary_in: bool, binary_out: bool
+    server: Stack, digits: torch.nn.Module, binary_in: bool, binary_out: bool
 ) -> None:
     x = digits_batch(5, seed=int(binary_in) * 2 + int(binary_out))
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
-    with server.client() as client:
+    with triton(server) as client:
         result = client.infer(
             "digits",
             [inp],
@@ -250,11 +161,11 @@ def test_tritonclient_infer_digits(
     assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) == binary_out
 
 
-def test_tritonclient_default_outputs_and_gzip(server: Server, digits: torch.nn.Module) -> None:
+def test_tritonclient_default_outputs_and_gzip(server: Stack, digits: torch.nn.Module) -> None:
     x = digits_batch(3, seed=11)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    with server.client() as client:
+    with triton(server) as client:
         plain = client.infer("digits", [inp])  # no outputs named: the client asks binary_data_output
         zipped = client.infer("digits", [inp], request_compression_algorithm="gzip")
         deflated = client.infer("digits", [inp], request_compression_algorithm="deflate", model_version="1")
@@ -263,11 +174,11 @@ def test_tritonclient_default_outputs_and_gzip(server: Server, digits: torch.nn.
         np.testing.assert_allclose(result.as_numpy("output"), want, rtol=1e-4, atol=1e-4)
 
 
-def test_tritonclient_fp16_model(server: Server) -> None:
+def test_tritonclient_fp16_model(server: Stack) -> None:
     x = np.array([[0.5, -1.0, 2.25, 3.0], [1.0, 2.0, 3.0, 4.0]], dtype=np.float16)
     inp = httpclient.InferInput("x", list(x.shape), "FP16")
     inp.set_data_from_numpy(x)
-    with server.client() as client:
+    with triton(server) as client:
         result = client.infer("half", [inp])
         assert result.as_numpy("y").dtype == np.float16
         np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
@@ -293,11 +204,11 @@ def test_tritonclient_fp16_model(server: Server) -> None:
         assert info.value.status() == "400" and "FP16" in info.value.message()
 
 
-def test_tritonclient_sees_errors_as_json(server: Server) -> None:
+def test_tritonclient_sees_errors_as_json(server: Stack) -> None:
     x = digits_batch(2)[:, :60]
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    with server.client() as client:
+    with triton(server) as client:
         with pytest.raises(InferenceServerException) as info:
             client.infer("digits", [inp])
         assert info.value.status() == "400" and "[-1, 64]" in info.value.message()
@@ -316,27 +227,23 @@ def test_tritonclient_sees_errors_as_json(server: Server) -> None:
 # -- requests: the seed's contract, raw binary, ids, stats ------------------------------------------
 
 
-def test_predict_like_the_seed(server: Server, digits: torch.nn.Module) -> None:
+def test_predict_like_the_seed(server: Stack, digits: torch.nn.Module) -> None:
     x = digits_batch(4, seed=5)
-    one = requests.post(
-        f"{server.http}/predict", json={"input": x[0].tolist(), "model": "digits"}, timeout=60
-    )
+    one = requests.post(f"{server.url}/predict", json={"input": x[0].tolist(), "model": "digits"}, timeout=60)
     assert one.status_code == 200, one.text
     np.testing.assert_allclose(one.json()["output"], reference(digits, x[:1])[0], rtol=1e-4, atol=1e-4)
     many = requests.post(
-        f"{server.http}/predict",
+        f"{server.url}/predict",
         data=json.dumps({"input": x.tolist(), "model": "digits"}),
         headers={"Content-Type": "application/json"},
         timeout=60,
     )
     np.testing.assert_allclose(many.json()["output"], reference(digits, x), rtol=1e-4, atol=1e-4)
-    bad = requests.post(f"{server.http}/predict", json={"input": [1, 2], "model": "digits"}, timeout=60)
+    bad = requests.post(f"{server.url}/predict", json={"input": [1, 2], "model": "digits"}, timeout=60)
     assert bad.status_code == 400 and "expects one sample shaped [64]" in bad.json()["error"]
-    ambiguous = requests.post(f"{server.http}/predict", json={"input": x[0].tolist()}, timeout=60)
+    ambiguous = requests.post(f"{server.url}/predict", json={"input": x[0].tolist()}, timeout=60)
     assert ambiguous.status_code == 400 and 'name a "model"' in ambiguous.json()["error"]
-    half = requests.post(
-        f"{server.http}/predict", json={"input": [1, 2, 3, 4.5], "model": "half"}, timeout=60
-    )
+    half = requests.post(f"{server.url}/predict", json={"input": [1, 2, 3, 4.5], "model": "half"}, timeout=60)
     assert half.status_code == 200 and half.json()["output"] == {
         "y": [2, 4, 6, 9],
         "z": [2, 4, 6, 9],
@@ -344,10 +251,10 @@ def test_predict_like_the_seed(server: Server, digits: torch.nn.Module) -> None:
     }
 
 
-def test_raw_binary_request_and_request_ids(server: Server, digits: torch.nn.Module) -> None:
+def test_raw_binary_request_and_request_ids(server: Stack, digits: torch.nn.Module) -> None:
     x = digits_batch(2, seed=9)
     response = requests.post(
-        f"{server.http}/v2/models/digits/infer",
+        f"{server.url}/v2/models/digits/infer",
         data=x.tobytes(),
         headers={"Inference-Header-Content-Length": "0", "X-Request-ID": "trace-1"},
         timeout=60,
@@ -362,21 +269,21 @@ def test_raw_binary_request_and_request_ids(server: Server, digits: torch.nn.Mod
     np.testing.assert_allclose(got, reference(digits, x), rtol=1e-4, atol=1e-4)
 
 
-def test_gzip_bomb_over_http_is_413(server: Server) -> None:
+def test_gzip_bomb_over_http_is_413(server: Stack) -> None:
     bomb = gzip.compress(b" " * (80 << 20))
     response = requests.post(
-        f"{server.http}/v2/models/digits/infer", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=60
+        f"{server.url}/v2/models/digits/infer", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=60
     )
     assert response.status_code == 413 and "error" in response.json()
 
 
-def test_concurrent_clients_across_gateway_processes(server: Server, digits: torch.nn.Module) -> None:
+def test_concurrent_clients_across_gateway_processes(server: Stack, digits: torch.nn.Module) -> None:
     inputs = [digits_batch(1 + i % 3, seed=100 + i) for i in range(96)]
 
     def one(x: np.ndarray) -> np.ndarray:
         with requests.Session() as session:
             r = session.post(
-                f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60
+                f"{server.url}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60
             )
             assert r.status_code == 200, r.text
             return np.asarray(r.json()["output"], np.float32)
@@ -387,24 +294,24 @@ def test_concurrent_clients_across_gateway_processes(server: Server, digits: tor
         np.testing.assert_allclose(got, reference(digits, x), rtol=1e-4, atol=1e-4)
 
 
-def test_stats_count_what_was_served(server: Server) -> None:
+def test_stats_count_what_was_served(server: Stack) -> None:
     x = digits_batch(2, seed=3)
-    before = requests.get(f"{server.http}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
+    before = requests.get(f"{server.url}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
     for _ in range(5):
-        r = requests.post(f"{server.http}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60)
+        r = requests.post(f"{server.url}/predict", json={"input": x.tolist(), "model": "digits"}, timeout=60)
         assert r.status_code == 200, r.text
-    end = time.monotonic() + 30
-    while True:  # workers report counters with their heartbeats
-        stats = requests.get(f"{server.http}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
-        if stats["inference_count"] >= before["inference_count"] + 10:
-            break
-        assert time.monotonic() < end, stats
-        time.sleep(0.2)
+
+    def counted() -> dict[str, Any] | None:
+        stats = requests.get(f"{server.url}/v2/models/digits/stats", timeout=30).json()["model_stats"][0]
+        return stats if stats["inference_count"] >= before["inference_count"] + 10 else None
+
+    # workers report their counters with their heartbeats
+    stats = wait_for(counted, timeout=30, interval=0.2, what="the stats to count 10 more samples")
     assert stats["name"] == "digits" and stats["version"] == "1"
     assert stats["inference_stats"]["success"]["count"] >= before["inference_stats"]["success"]["count"] + 5
-    every = requests.get(f"{server.http}/v2/models/stats", timeout=30).json()["model_stats"]
+    every = requests.get(f"{server.url}/v2/models/stats", timeout=30).json()["model_stats"]
     assert {(s["name"], s["version"]) for s in every} == {("digits", "1"), ("half", "1"), ("slow", "1")}
-    index = requests.post(f"{server.http}/v2/repository/index", timeout=30).json()
+    index = requests.post(f"{server.url}/v2/repository/index", timeout=30).json()
     assert {(e["name"], e["state"]) for e in index} == {
         ("digits", "READY"),
         ("half", "READY"),
@@ -412,7 +319,7 @@ def test_stats_count_what_was_served(server: Server) -> None:
     }
 
 
-def test_digits_accuracy_through_the_http_api(server: Server) -> None:
+def test_digits_accuracy_through_the_http_api(server: Stack) -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -420,7 +327,7 @@ def test_digits_accuracy_through_the_http_api(server: Server) -> None:
     _, x_test, _, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=0)
     x_test = x_test.astype(np.float32)
     predictions = []
-    with server.client() as client:
+    with triton(server) as client:
         for start in range(0, len(x_test), 64):
             batch = x_test[start : start + 64]
             inp = httpclient.InferInput("input", list(batch.shape), "FP32")
@@ -430,7 +337,7 @@ def test_digits_accuracy_through_the_http_api(server: Server) -> None:
     assert accuracy >= 0.95, accuracy
 
 
-def test_no_torch_in_gateway_processes(server: Server) -> None:
+def test_no_torch_in_gateway_processes(server: Stack) -> None:
     gateway = server.started["gateway"]
     pids = [gateway.pid, *(int(p) for p in _children(gateway.pid))]
     assert len(pids) == 3  # the gunicorn arbiter and its two gateway processes

@@ -13,6 +13,7 @@ from gateway.errors import InvalidArgument, NotFound
 from gateway.models import ModelCatalog
 from gateway.predict import predict_input, predict_output
 from gateway.validation import check_inputs, output_plan, raw_input
+from harness import write_unloadable_model
 from inference_worker.repository import ModelConfig, TensorSpec
 
 
@@ -171,29 +172,8 @@ def test_predict_several_outputs_by_name() -> None:
 # -- the catalog ------------------------------------------------------------------------------------
 
 
-def write_model(root: Path, name: str, versions: list[int]) -> None:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.toml").write_text(f"""
-name = "{name}"
-backend = "torchscript"
-max_batch_size = 4
-[[input]]
-name = "x"
-datatype = "FP32"
-dims = [2]
-[[output]]
-name = "y"
-datatype = "FP32"
-dims = [2]
-""")
-    for v in versions:
-        (folder / str(v)).mkdir(exist_ok=True)
-        (folder / str(v) / "model.pt").write_bytes(b"not loaded by the gateway")
-
-
 def test_catalog_versions_and_rate_limited_rescans(tmp_path: Path) -> None:
-    write_model(tmp_path, "a", [1, 2, 10])
+    write_unloadable_model(tmp_path, "a", [1, 2, 10])
     catalog = ModelCatalog(tmp_path, rescan_interval=3600)
     assert catalog.get("a")[1] == "10"
     assert catalog.get("a", "02")[1] == "2"
@@ -201,7 +181,7 @@ def test_catalog_versions_and_rate_limited_rescans(tmp_path: Path) -> None:
         catalog.get("a", "3")
     with pytest.raises(NotFound, match="versions are positive integers"):
         catalog.get("a", "latest")
-    write_model(tmp_path, "b", [1])
+    write_unloadable_model(tmp_path, "b", [1])
     with pytest.raises(NotFound, match="unknown model 'b'"):
         catalog.get("b")  # the last scan is recent: no re-scan yet
     catalog.rescan_interval = 0
@@ -209,7 +189,7 @@ def test_catalog_versions_and_rate_limited_rescans(tmp_path: Path) -> None:
 
 
 def test_catalog_keeps_its_models_when_the_repository_breaks(tmp_path: Path) -> None:
-    write_model(tmp_path, "a", [1])
+    write_unloadable_model(tmp_path, "a", [1])
     catalog = ModelCatalog(tmp_path, rescan_interval=0)
     (tmp_path / "a" / "config.toml").write_text("name = ")
     assert "a" in catalog.rescan() and catalog.error and "not valid TOML" in catalog.error

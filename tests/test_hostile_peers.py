@@ -6,28 +6,38 @@ import ast
 import os
 import pickle
 import signal
-import socket
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zmq
 
+from harness import (
+    DEFAULT_REPOSITORY,
+    ROOT,
+    Client,
+    Processes,
+    Stack,
+    assert_all_match,
+    commands,
+    free_port,
+    outputs,
+    ready_workers,
+    run,
+    send_digits,
+    slow_repository,
+    wait_for,
+)
+from harness.commands import FAST_HEARTBEAT
 from inference_worker import protocol
 from inference_worker.protocol import Kind
 from inference_worker.security import create_keys
-from tests.backend import FAST_HEARTBEAT, Backend, Client, outputs
-from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, ready_workers, wait_for
-from tests.test_backend_processes import assert_all_match, digits_model, load  # noqa: F401 - fixture
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@pytest.mark.processes
 def test_tcp_backend_admits_only_workers_with_authorized_keys(
     processes: Processes, zmq_context: zmq.Context, tmp_path: Path
 ) -> None:
@@ -39,44 +49,15 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(
     (authorized / good_public.name).write_bytes(good_public.read_bytes())
     frontend, backend = f"ipc://{tmp_path}/frontend.sock", f"tcp://127.0.0.1:{free_port()}"
 
-    refused = processes.python(
-        "insecure", "inference_worker.dispatcher", "--frontend", frontend, "--backend", backend
-    )
+    refused = processes.start("insecure", commands.dispatcher(frontend, backend))
     assert refused.wait(timeout=60) == 2 and "needs --curve-secret-key" in processes.log("insecure")
 
-    processes.python(
-        "dispatcher",
-        "inference_worker.dispatcher",
-        "--frontend",
-        frontend,
-        "--backend",
-        backend,
-        "--curve-secret-key",
-        str(server_secret),
-        "--curve-authorized",
-        str(authorized),
-        *FAST_HEARTBEAT,
-    )
-    common = [
-        "--model-repository",
-        str(DEFAULT_REPOSITORY),
-        "--dispatcher",
-        backend,
-        "--device",
-        "cpu",
-        "--curve-server-key",
-        str(server_public),
-        *FAST_HEARTBEAT,
-    ]
-    processes.python(
-        "evil", "inference_worker.worker", *common, "--name", "evil", "--curve-secret-key", str(evil_secret)
-    )
-    processes.python(
-        "good", "inference_worker.worker", *common, "--name", "good", "--curve-secret-key", str(good_secret)
-    )
-    wait_for(
-        lambda: "good" in ready_workers(zmq_context, frontend), timeout=120, what="the authorized worker"
-    )
+    curve = ("--curve-secret-key", str(server_secret), "--curve-authorized", str(authorized))
+    processes.start("dispatcher", commands.dispatcher(frontend, backend, *curve, *FAST_HEARTBEAT))
+    for name, secret in (("evil", evil_secret), ("good", good_secret)):
+        keys_of = ("--curve-server-key", str(server_public), "--curve-secret-key", str(secret))
+        processes.start(name, commands.worker(DEFAULT_REPOSITORY, backend, name, *keys_of, *FAST_HEARTBEAT))
+    wait_for(lambda: "good" in ready_workers(frontend), timeout=120, what="the authorized worker")
     wait_for(lambda: "READY" in processes.log("evil"), timeout=60, what="the evil worker to try")
 
     # a plain socket without CURVE, pretending to be a worker, is not heard either
@@ -94,34 +75,32 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(
     finally:
         client.close()
         plain.close(linger=0)
-    assert ready_workers(zmq_context, frontend) == {"good"}
+    assert ready_workers(frontend) == {"good"}
 
 
+@pytest.mark.processes
 def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(
-    processes: Processes,
-    zmq_context: zmq.Context,
-    tmp_path: Path,
-    digits_model: object,  # noqa: F811
+    processes: Processes, tmp_path: Path, digits_model: torch.nn.Module
 ) -> None:
-    backend = Backend(processes, zmq_context, tmp_path)
-    backend.start_dispatcher()
-    backend.start_worker("w0")
-    hung = backend.start_worker("w1")
-    started = threading.Event()
-    stopper = threading.Thread(target=lambda: started.wait(60) and os.kill(hung.pid, signal.SIGSTOP))
-    stopper.start()
-    try:
-        pairs = load(backend, requests=400, threads=8, during=started)
-        stopper.join(timeout=60)
-        assert_all_match(pairs, digits_model)  # nothing lost: what w1 held was re-sent to w0
-        assert ready_workers(zmq_context, backend.frontend) == {"w0"}
-    finally:
-        os.kill(hung.pid, signal.SIGCONT)
-    wait_for(
-        lambda: ready_workers(zmq_context, backend.frontend) == {"w0", "w1"},
-        timeout=30,
-        what="the woken worker to register again",
-    )
+    with Stack(processes, tmp_path / "run") as backend:
+        backend.start_dispatcher()
+        backend.start_worker("w0")
+        hung = backend.start_worker("w1")
+        started = threading.Event()
+        stopper = threading.Thread(target=lambda: started.wait(60) and os.kill(hung.pid, signal.SIGSTOP))
+        stopper.start()
+        try:
+            pairs = send_digits(backend.context, backend.frontend, 400, threads=8, during=started)
+            stopper.join(timeout=60)
+            assert_all_match(pairs, digits_model)  # nothing lost: what w1 held was re-sent to w0
+            assert backend.ready_workers() == {"w0"}
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+        wait_for(
+            lambda: backend.ready_workers() == {"w0", "w1"},
+            timeout=30,
+            what="the woken worker to register again",
+        )
 
 
 UNPICKLERS = {
@@ -181,7 +160,6 @@ class _Payload:
 def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) -> None:
     from inference_worker.backends import LoadError, load_model
     from inference_worker.repository import load_repository
-    from tests.backend import slow_repository
 
     repo = slow_repository(tmp_path / "repo")
     config = (
@@ -194,24 +172,14 @@ def test_a_pickled_weights_file_is_refused_and_never_executed(tmp_path: Path) ->
     marker.unlink(missing_ok=True)
     (repo / "slow" / "1" / "model.pt").write_bytes(pickle.dumps({"scale": _Payload()}))
     model = load_repository(repo)["slow"]
-    import torch
-
     with pytest.raises(LoadError, match="model.pt"):
         load_model(model, "1", torch.device("cpu"))
     assert not marker.exists()
 
 
+@pytest.mark.processes
 def test_torchgate_keys_writes_owner_only_secret_keys(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "keys", str(tmp_path / "k"), "a", "b"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = run([sys.executable, "-m", "deploy.cli", "keys", str(tmp_path / "k"), "a", "b"], timeout=60)
     assert result.returncode == 0, result.stderr
     for name in ("a", "b"):
         assert (tmp_path / "k" / f"{name}.key").is_file()

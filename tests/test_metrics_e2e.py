@@ -8,136 +8,36 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
 
-from tests.backend import FAST_HEARTBEAT, slow_repository
-from tests.conftest import DEFAULT_REPOSITORY, ROOT, Processes, wait_for
+from harness import ROOT, Stack, copy_digits, slow_repository, wait_for
 from tests.metrics_scrape import Sample, parse, scrape, total, types
 from tests.promql_names import label_values_metric, metric_names
 
 SIZES = [1, 2, 3, 5, 8, 1, 4, 2, 7, 1, 3, 6]  # the batch sizes of the traffic, 43 samples in 12 requests
 HTTP_TIMEOUT = 60.0
 
-
-@dataclass
-class Stack:
-    url: str
-    processes: Processes
-    repository: Path
-    backend: str
-    run: Path
-    started: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def access_lines(self) -> list[dict[str, Any]]:
-        """Return the gateway's JSON access lines."""
-        lines = []
-        for line in self.processes.log("gateway").splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                if isinstance(entry.get("access"), dict):
-                    lines.append(entry)
-        return lines
-
-    def start_worker(self, name: str, label: str) -> subprocess.Popen[bytes]:
-        proc = self.processes.python(
-            label,
-            "inference_worker.worker",
-            "--model-repository",
-            str(self.repository),
-            "--dispatcher",
-            self.backend,
-            "--name",
-            name,
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            *FAST_HEARTBEAT,
-        )
-        self.started[label] = proc
-        return proc
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(stack: Stack) -> bool:
-    for name, proc in stack.started.items():
-        if proc.poll() is not None:
-            pytest.fail(f"{name} exited with {proc.returncode}:\n{stack.processes.log(name)[-3000:]}")
-    try:
-        return requests.get(f"{stack.url}/v2/health/ready", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("metrics")
-    run = root / "run"
-    run.mkdir(mode=0o700)
     repository = slow_repository(root / "repo", seconds=0.0, max_queue_size=64, max_batch_size=4)
-    shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "digits")
-    processes = Processes(root)
-    frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
-    port = _free_port()
-    stack = Stack(f"http://127.0.0.1:{port}", processes, repository, backend, run)
-    try:
-        stack.started["dispatcher"] = processes.python(
-            "dispatcher",
-            "inference_worker.dispatcher",
-            "--frontend",
-            frontend,
-            "--backend",
-            backend,
-            *FAST_HEARTBEAT,
-        )
-        for name in ("w0", "w1"):
-            stack.start_worker(name, name)
-        (run / "metrics").mkdir()
-        (run / "metrics" / "counter_stale.db").write_bytes(b"left over from an earlier run")
-        env = {
-            "TORCHGATE_BIND": f"127.0.0.1:{port}",
-            "TORCHGATE_DISPATCHER": frontend,
-            "TORCHGATE_MODEL_REPOSITORY": str(repository),
-            "TORCHGATE_GATEWAY_PROCESSES": "2",
-            "TORCHGATE_GATEWAY_THREADS": "4",
-            "TORCHGATE_LOG_FORMAT": "json",
-            "PROMETHEUS_MULTIPROC_DIR": str(run / "metrics"),
-        }
-        stack.started["gateway"] = processes.start(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gateway" / "gunicorn_conf.py"),
-                "gateway.wsgi:app",
-            ],
-            env=env,
-        )
-        wait_for(lambda: _ready(stack), timeout=180, interval=0.2, what="the server to be ready")
-        yield stack
-    finally:
-        processes.kill_all()
+    copy_digits(repository)
+    with Stack.at(root, repository) as stack:
+        metrics = stack.run_dir / "metrics"
+        metrics.mkdir(parents=True)
+        (metrics / "counter_stale.db").write_bytes(b"left over from an earlier run")
+        env = {"TORCHGATE_LOG_FORMAT": "json", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        yield stack.start(("w0", "w1"), gateway_processes=2, gateway_threads=4, gateway_env=env)
 
 
 def infer(
@@ -291,7 +191,7 @@ def test_request_ids_reach_the_worker_and_every_log_line(stack: Stack) -> None:
     failed = infer(stack, 1, model="slow", negative=True, request_id="will-fail-42")
     assert failed.status_code == 500 and failed.headers["X-Request-ID"] == "will-fail-42"
     wait_for(
-        lambda: "will-fail-42" in stack.processes.log("w0") + stack.processes.log("w1"),
+        lambda: "will-fail-42" in stack.log("w0") + stack.log("w1"),
         timeout=10,
         what="the worker to log the failed request's id",
     )
@@ -300,9 +200,7 @@ def test_request_ids_reach_the_worker_and_every_log_line(stack: Stack) -> None:
     assert accesses["will-fail-42"]["request_id"] == "will-fail-42"  # the JSON line's own field
     assert accesses["oip-id-7"]["access"]["model"] == "digits"
     assert accesses[made.headers["X-Request-ID"]]["access"]["path"] == "/v2/models/digits/infer"
-    for entry in (
-        json.loads(line) for line in stack.processes.log("gateway").splitlines() if line.startswith("{")
-    ):
+    for entry in (json.loads(line) for line in stack.log("gateway").splitlines() if line.startswith("{")):
         if "will-fail-42" in entry["message"]:
             assert entry.get("request_id") == "will-fail-42", entry
 
@@ -397,7 +295,7 @@ def test_worker_counters_keep_counting_across_kill_9(stack: Stack) -> None:
         )
 
     wait_for(gone, timeout=30, interval=0.1, what="the dispatcher to drop w0")
-    stack.start_worker("w0", "w0-again")
+    stack.start_worker("w0", wait=False, log="w0-again")
 
     def back() -> bool:
         text, samples = scrape(stack.url)
@@ -453,7 +351,7 @@ def test_scrape_declares_types_and_triton_names(stack: Stack) -> None:
     assert declared["torchgate_batch_size"] == "histogram"
     assert total(samples, "torchgate_dispatcher_up") == 1
     assert not any(n.endswith("_created") for n, _ in samples)
-    folder = stack.run / "metrics"
+    folder = stack.run_dir / "metrics"
     assert not (folder / "counter_stale.db").exists()  # emptied when gunicorn started
     assert any(folder.glob("counter_*.db")) and any(folder.glob("histogram_*.db"))
 

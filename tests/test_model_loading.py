@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference_worker.backends import LoadError, load_model
-from inference_worker.compute import Executor
-from inference_worker.repository import load_model_config
-from tests.backend import (
+from harness.models import (
     LINEAR_SOURCE,
     PYTHON_CONFIG,
     write_linear_model,
     write_python_model,
     write_scale_model,
 )
+from inference_worker.backends import LoadError, load_model
+from inference_worker.compute import Executor
+from inference_worker.repository import load_model_config
 
 CPU = torch.device("cpu")
 

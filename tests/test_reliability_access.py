@@ -8,11 +8,7 @@ a directory only its owner can enter.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +19,12 @@ import requests
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import gateway_command, gateway_environment
 from gateway.config import GatewayConfig
-from tests.test_deploy_supervisor import INFER_BODY, Deployment
+from harness import DIGIT_BODY, Stack, run, short_dir
+from harness.commands import torchgate
+
+pytestmark = pytest.mark.processes
 
 TOKEN = "correct-horse-battery-staple"
-BIN = Path(sys.executable).parent
 ENDPOINTS = [
     ("GET", "/v2/health/ready"),
     ("GET", "/v2"),
@@ -45,38 +43,23 @@ ENDPOINTS = [
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    base = Path(tempfile.mkdtemp(prefix="tg-"))
-    token_file = base / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    d = Deployment(
-        base / "run",
-        "--gpus",
-        "none",
-        "--cpu-workers",
-        "1",
-        "--worker-threads",
-        "1",
-        "--worker-startsecs",
-        "2",
-        "--auth-token-file",
-        str(token_file),
-    )
-    try:
-        d.wait_supervisor()
-        # `serve` itself must pass the token to see readiness, or it would never say it serves.
-        d.wait_serving(timeout=120)
-        yield d
-    finally:
-        d.stop()
-        shutil.rmtree(base, ignore_errors=True)
+def deployment() -> Iterator[Stack]:
+    with short_dir() as base:
+        token_file = base / "token"
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
+        options = ("--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2")
+        with Stack.at(base).serve(*options, "--auth-token-file", str(token_file)) as d:
+            d.wait_supervisor()
+            # `serve` itself must pass the token to see readiness, or it would never say it serves.
+            d.wait_serving(timeout=120)
+            yield d
 
 
 @pytest.mark.parametrize("method, path", ENDPOINTS)
-def test_every_endpoint_but_liveness_needs_the_token(deployment: Deployment, method: str, path: str) -> None:
+def test_every_endpoint_but_liveness_needs_the_token(deployment: Stack, method: str, path: str) -> None:
     url = deployment.url + path
-    body = INFER_BODY if path.endswith("infer") else None
+    body = DIGIT_BODY if path.endswith("infer") else None
     for headers in (
         {},
         {"Authorization": "Bearer wrong"},
@@ -94,31 +77,31 @@ def test_every_endpoint_but_liveness_needs_the_token(deployment: Deployment, met
         assert good.status_code == 200, good.text
 
 
-def test_the_bearer_scheme_is_matched_in_any_case(deployment: Deployment) -> None:
+def test_the_bearer_scheme_is_matched_in_any_case(deployment: Stack) -> None:
     """RFC 7235: the auth-scheme is case-insensitive; the token itself is not."""
     url = f"{deployment.url}/v2/models/digits/infer"
     for scheme in ("bearer", "BEARER", "bEaReR"):
         response = requests.post(
-            url, json=INFER_BODY, headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=30
+            url, json=DIGIT_BODY, headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=30
         )
         assert response.status_code == 200, (scheme, response.text[:200])
     response = requests.post(
-        url, json=INFER_BODY, headers={"Authorization": f"bearer {TOKEN.upper()}"}, timeout=30
+        url, json=DIGIT_BODY, headers={"Authorization": f"bearer {TOKEN.upper()}"}, timeout=30
     )
     assert response.status_code == 401
 
 
-def test_liveness_needs_no_token(deployment: Deployment) -> None:
+def test_liveness_needs_no_token(deployment: Stack) -> None:
     assert requests.get(f"{deployment.url}/v2/health/live", timeout=30).status_code == 200
 
 
-def test_the_token_is_not_in_the_rendered_configuration(deployment: Deployment) -> None:
+def test_the_token_is_not_in_the_rendered_configuration(deployment: Stack) -> None:
     for path in (deployment.run_dir / "supervisord.conf", deployment.run_dir / "deploy.json"):
         assert TOKEN not in path.read_text()
     assert "TORCHGATE_AUTH_TOKEN_FILE" in (deployment.run_dir / "supervisord.conf").read_text()
 
 
-def test_the_gateway_listens_on_loopback_only_by_default(deployment: Deployment) -> None:
+def test_the_gateway_listens_on_loopback_only_by_default(deployment: Stack) -> None:
     gateway = psutil.Process(deployment.pids()["gateway"])
     listening = [c.laddr for c in gateway.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
@@ -126,7 +109,7 @@ def test_the_gateway_listens_on_loopback_only_by_default(deployment: Deployment)
     assert rendered[rendered.index("--bind") + 1] == "127.0.0.1:8000"
 
 
-def test_sockets_live_in_an_owner_only_directory(deployment: Deployment) -> None:
+def test_sockets_live_in_an_owner_only_directory(deployment: Stack) -> None:
     sockets = deployment.run_dir / "sockets"
     assert stat.S_IMODE(os.stat(sockets).st_mode) == 0o700
     found = {p.name for p in sockets.iterdir() if stat.S_ISSOCK(os.stat(p).st_mode)}
@@ -141,21 +124,8 @@ def test_an_empty_token_file_is_refused_not_ignored(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(ValueError, match="holds no token"):
         GatewayConfig.from_env({"TORCHGATE_AUTH_TOKEN_FILE": str(empty)})
-    done = subprocess.run(
-        [
-            str(BIN / "torchgate"),
-            "serve",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--gpus",
-            "none",
-            "--auth-token-file",
-            str(empty),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    serve = ("serve", "--run-dir", str(tmp_path / "run"), "--gpus", "none", "--auth-token-file", str(empty))
+    done = run(torchgate(*serve), timeout=60)
     assert done.returncode != 0 and "empty" in done.stderr, done.stderr
     s = DeploySettings(run_dir=tmp_path / "run2", cpu_workers=1, auth_token_file=empty)
     assert gateway_environment(s)["TORCHGATE_AUTH_TOKEN_FILE"] == str(empty)

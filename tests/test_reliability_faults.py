@@ -9,58 +9,36 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import zmq
 
 from deploy.supervisor_rpc import RUNNING
-from tests.backend import write_slow_model
-from tests.conftest import dispatcher_status, wait_for
-from tests.stack import HttpLoad, children, copy_digits, slow_body
-from tests.test_deploy_supervisor import Deployment
+from harness import HttpLoad, Stack, children, copy_digits, short_dir, slow_body, wait_for, write_slow_model
+
+pytestmark = pytest.mark.processes
 
 SLOTS = {"worker-cpu-0", "worker-cpu-1"}
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    base = Path(tempfile.mkdtemp(prefix="tg-"))
-    repository = base / "repo"
-    copy_digits(repository)
-    write_slow_model(repository, seconds=0.1, max_batch_size=4, max_queue_size=64)
-    d = Deployment(
-        base / "run",
-        "--model-repository",
-        str(repository),
-        "--gpus",
-        "none",
-        "--cpu-workers",
-        "2",
-        "--worker-threads",
-        "1",
-        "--worker-startsecs",
-        "2",
-        "--gateway-processes",
-        "2",
-        "--gateway-threads",
-        "4",
-    )
-    try:
-        d.wait_serving(timeout=120)
-        yield d
-    finally:
-        d.stop()
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
+def deployment() -> Iterator[Stack]:
+    with short_dir() as base:
+        repository = base / "repo"
+        copy_digits(repository)
+        write_slow_model(repository, seconds=0.1, max_batch_size=4, max_queue_size=64)
+        options = ("--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2")
+        gateway = ("--gateway-processes", "2", "--gateway-threads", "4")
+        with Stack.at(base).serve(
+            *options, "--worker-threads", "1", "--worker-startsecs", "2", *gateway
+        ) as d:
+            d.wait_serving(timeout=120)
+            yield d
 
 
 @pytest.fixture
-def healthy(deployment: Deployment) -> Deployment:
+def healthy(deployment: Stack) -> Stack:
     """The deployment with every program RUNNING, both workers ready and both gateway processes up."""
     d = deployment
     wait_for(
@@ -68,19 +46,16 @@ def healthy(deployment: Deployment) -> Deployment:
         timeout=60,
         what="every program RUNNING",
     )
-    wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="both workers ready")
+    wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers ready")
     wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
     return d
 
 
-def dispatcher_counters(d: Deployment) -> dict[str, int]:
-    with zmq.Context() as context:
-        status = dispatcher_status(context, d.s.frontend_endpoint)
-    assert status is not None
-    return dict(status["dispatcher"])
+def dispatcher_counters(d: Stack) -> dict[str, int]:
+    return dict(d.status()["dispatcher"])
 
 
-def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Deployment) -> None:
+def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Stack) -> None:
     d = healthy
     before = d.pids()
     resent_before = dispatcher_counters(d)["resent"]
@@ -92,14 +67,14 @@ def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Deployment) ->
             timeout=30,
             what="supervisord to restart worker-cpu-0",
         )
-        wait_for(lambda: d.ready_slots() == SLOTS, timeout=60, what="the restarted worker ready")
+        wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="the restarted worker ready")
         load.wait_for_more(40)
     assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
     assert dispatcher_counters(d)["resent"] > resent_before, "nothing was in flight on the killed worker"
     assert d.pids()["dispatcher"] == before["dispatcher"] and d.pids()["gateway"] == before["gateway"]
 
 
-def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Deployment) -> None:
+def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Stack) -> None:
     d = healthy
     before = d.pids()
     with HttpLoad(d.url, threads=4) as load:
@@ -113,7 +88,7 @@ def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Deploy
         )
         load.wait_for_more(40, timeout=30)
         back = min(t for t, o in load.snapshot() if o.status == 200 and t > killed_at)
-        wait_for(lambda: d.ready_slots() == SLOTS, timeout=30, what="both workers registered again")
+        wait_for(lambda: d.ready_workers() == SLOTS, timeout=30, what="both workers registered again")
     for failure in load.failures():  # nothing unclear: a 503 the client may retry, with Retry-After
         assert failure.status == 503 and failure.headers.get("Retry-After"), failure.describe()
         assert '"error"' in failure.body
@@ -123,7 +98,7 @@ def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Deploy
         assert after[name] == before[name], f"{name} restarted"
 
 
-def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Deployment) -> None:
+def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Stack) -> None:
     d = healthy
     master = d.pids()["gateway"]
     victim, survivor = sorted(children(master))
@@ -142,7 +117,7 @@ def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Deployment) -
     assert survivor in children(master) and d.pids()["gateway"] == master
 
 
-def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy: Deployment) -> None:
+def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy: Stack) -> None:
     d = healthy
     master = d.pids()["gateway"]
     with HttpLoad(d.url, threads=2, timeout=10) as load:

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import Processes, wait_for
-from tests.stack import DIGITS_BODY, Stack, copy_digits
+from harness import DIGITS_BODY, Stack, copy_digits, wait_for
+
+pytestmark = pytest.mark.processes
 
 INFER = "/v2/models/digits/infer"
 THREADS = 4
@@ -31,19 +32,14 @@ BODY_TIMEOUT = 2.0
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("front-door")
     copy_digits(root / "repo")
-    processes = Processes(root)
     env = {
         "TORCHGATE_MAX_BODY_BYTES": str(MAX_BODY),
         "TORCHGATE_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "TORCHGATE_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "TORCHGATE_GATEWAY_CONNECTIONS": "300",
     }
-    try:
-        yield Stack(processes, root / "run", root / "repo").start(
-            {"w0": []}, gateway_processes=1, gateway_threads=THREADS, gateway_env=env
-        )
-    finally:
-        processes.kill_all()
+    with Stack.at(root, root / "repo") as stack:
+        yield stack.start(gateway_processes=1, gateway_threads=THREADS, gateway_env=env)
 
 
 def connect(stack: Stack, timeout: float = 30.0) -> socket.socket:
@@ -120,7 +116,7 @@ def test_control_characters_in_a_path_cannot_forge_log_lines(stack: Stack) -> No
     assert response.status_code == 404
 
     def logged() -> str | None:
-        text = stack.processes.log("gateway")
+        text = stack.log("gateway")
         return text if marker in text else None
 
     log = wait_for(logged, timeout=30, what="the access line")

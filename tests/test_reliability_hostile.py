@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.backend import write_slow_model
-from tests.conftest import Processes
-from tests.stack import DIGIT_ROW, HttpLoad, Stack, copy_digits, slow_body
+from harness import DIGIT_ROW, HttpLoad, Stack, copy_digits, slow_body, write_slow_model
 
 INFER = "/v2/models/digits/infer"
 FUZZ_EXAMPLES = 8  # per operation and generation mode: about 250 requests
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("hostile")
     copy_digits(root / "repo")
     write_slow_model(root / "repo", seconds=0.01, max_batch_size=4, max_queue_size=64)
-    processes = Processes(root)
-    try:
-        yield Stack(processes, root / "run", root / "repo").start(
-            {"w0": [], "w1": []}, gateway_processes=2, gateway_threads=8
-        )
-    finally:
-        processes.kill_all()
+    with Stack.at(root, root / "repo") as stack:
+        yield stack.start(("w0", "w1"), gateway_processes=2, gateway_threads=8)
 
 
 @pytest.fixture

@@ -15,28 +15,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Processes
-from tests.stack import DIGITS_BODY, HttpLoad, Stack, Usage, copy_digits, usage
+from harness import DIGITS_BODY, HttpLoad, Stack, Usage, copy_digits, usage
 
 SECONDS = float(os.environ.get("TORCHGATE_SOAK_SECONDS", "300"))
 SAMPLE_EVERY = 5.0
 RSS_SLACK = 8 * 2**20
 FD_SLACK = 4
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.processes]
 
 
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("soak")
     copy_digits(root / "repo")
-    processes = Processes(root)
-    try:
-        yield Stack(processes, root / "run", root / "repo").start(
-            {"w0": [], "w1": []}, gateway_processes=2, gateway_threads=8
-        )
-    finally:
-        processes.kill_all()
+    with Stack.at(root, root / "repo") as stack:
+        yield stack.start(("w0", "w1"), gateway_processes=2, gateway_threads=8)
 
 
 def quarter_max(series: list[Usage], field: str, last: bool) -> int:

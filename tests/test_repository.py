@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import DEFAULT_REPOSITORY
 from inference_worker.repository import ConfigError, load_model_config, load_repository, scan_repository
-from tests.conftest import DEFAULT_REPOSITORY
 
 GOOD = """
 name = "m"

@@ -220,12 +220,12 @@ def test_config_needs_a_handler_for_bytes_and_checks_padding(tmp_path: Path) -> 
         load_model_config(folder)
 
 
+@pytest.mark.processes
 def test_the_gateway_never_imports_a_handler_or_its_dependencies(tmp_path: Path) -> None:
     import shutil
-    import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from harness import ROOT, run
 
     for name in ("minilm", "digits_image"):
         shutil.copytree(
@@ -250,13 +250,6 @@ assert client.post("/predict", json={"model": "minilm", "input": "a sentence"}).
 heavy = ("torch", "tokenizers", "PIL", "handler", "model", "sentence_transformers", "transformers")
 print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = run([sys.executable, "-c", code, str(tmp_path)], timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

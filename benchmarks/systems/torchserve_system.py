@@ -15,9 +15,10 @@ from pathlib import Path
 
 from benchmarks.models import WORKLOAD_SPECS, Sample
 from benchmarks.payloads import HttpRequest, raw_binary, seed_json
-from benchmarks.procs import Launched, free_port, http_status, launch
+from benchmarks.procs import Launched, http_status, launch
 from benchmarks.settings import BenchSettings
 from benchmarks.systems.base import PYTHON, StartContext, System
+from harness.procs import free_port
 
 HANDLER = Path(__file__).resolve().parent / "ts_handler.py"
 MAX_BODY = 64 * 1024 * 1024  # torchgate's default body limit (TorchServe's own is 6.5 MB)

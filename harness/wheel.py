@@ -1,17 +1,13 @@
-"""Build torchgate's wheel once per session with ``python -m build`` and install it into a folder of its own."""
+"""Build torchgate's wheel with ``python -m build`` and install it into a folder of its own."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness.procs import ROOT, run
 
 
 @dataclass(frozen=True)
@@ -34,21 +30,18 @@ class InstalledWheel:
             return z.namelist()
 
 
-@pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledWheel]:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+def build_and_install(out: Path) -> InstalledWheel:
+    """Build the wheel into ``out`` with ``python -m build`` and install it, without dependencies, beside it."""
+    run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
         timeout=300,
+        check=True,
     )
     wheel = next(out.glob("torchgate-*.whl"))
     target = out / "site"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
         timeout=300,
+        check=True,
     )
-    yield InstalledWheel(wheel, target)
+    return InstalledWheel(wheel, target)

@@ -1,0 +1,72 @@
+"""The harness every process test and benchmark uses: ports, command lines, one stack, one load generator.
+
+Tests and benchmarks import this package, never each other; ``tests/conftest.py`` only wires it to pytest.
+"""
+
+from __future__ import annotations
+
+from harness.load import HttpLoad, Outcome, call
+from harness.models import (
+    DIGIT,
+    DIGIT_BODY,
+    DIGIT_ROW,
+    DIGITS_BODY,
+    copy_digits,
+    slow_body,
+    slow_repository,
+    write_linear_model,
+    write_python_model,
+    write_scale_model,
+    write_sleeper_model,
+    write_slow_model,
+    write_unloadable_model,
+)
+from harness.procs import (
+    DEFAULT_REPOSITORY,
+    ROOT,
+    Processes,
+    Usage,
+    children,
+    free_port,
+    run,
+    usage,
+    wait_for,
+)
+from harness.stack import Stack, short_dir
+from harness.wire import Client, assert_all_match, dispatcher_status, outputs, ready_workers, send_digits
+
+__all__ = [
+    "DEFAULT_REPOSITORY",
+    "DIGIT",
+    "DIGITS_BODY",
+    "DIGIT_BODY",
+    "DIGIT_ROW",
+    "ROOT",
+    "Client",
+    "HttpLoad",
+    "Outcome",
+    "Processes",
+    "Stack",
+    "Usage",
+    "assert_all_match",
+    "call",
+    "children",
+    "copy_digits",
+    "dispatcher_status",
+    "free_port",
+    "outputs",
+    "ready_workers",
+    "run",
+    "send_digits",
+    "short_dir",
+    "slow_body",
+    "slow_repository",
+    "usage",
+    "wait_for",
+    "write_linear_model",
+    "write_python_model",
+    "write_scale_model",
+    "write_sleeper_model",
+    "write_slow_model",
+    "write_unloadable_model",
+]

@@ -1,0 +1,110 @@
+"""HTTP load: client threads sending one kind of request back to back, every outcome kept in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from harness.models import DIGITS_BODY
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One HTTP request: status (0 when no HTTP answer came), seconds taken, the body's start, headers."""
+
+    status: int
+    seconds: float
+    body: str
+    headers: dict[str, str]
+
+    def describe(self) -> str:
+        """Say what came back, for an assertion message."""
+        return f"{self.status} after {self.seconds:.2f}s: {self.body[:200]}"
+
+
+def call(send: Callable[[], requests.Response]) -> Outcome:
+    """Time one request; a transport failure is status 0 with the exception as body."""
+    start = time.monotonic()
+    try:
+        response = send()
+        return Outcome(
+            response.status_code, time.monotonic() - start, response.text[:1000], dict(response.headers)
+        )
+    except requests.RequestException as exc:
+        return Outcome(0, time.monotonic() - start, f"{type(exc).__name__}: {exc}", {})
+
+
+@dataclass
+class HttpLoad:
+    """Client threads POSTing ``body`` to ``url + path`` until stopped; a context manager."""
+
+    url: str
+    body: dict[str, Any] = field(default_factory=lambda: DIGITS_BODY)
+    path: str = "/v2/models/digits/infer"
+    threads: int = 2
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 30.0
+    # (time.monotonic() when the answer came, outcome), in the order the answers came
+    outcomes: list[tuple[float, Outcome]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> HttpLoad:
+        for i in range(self.threads):
+            thread = threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Let each thread finish its request and stop."""
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=self.timeout + 10)
+        assert not any(t.is_alive() for t in self._workers), "a load thread did not finish"
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                outcome = call(
+                    lambda: session.post(
+                        self.url + self.path, json=self.body, headers=self.headers, timeout=self.timeout
+                    )
+                )
+                with self._lock:
+                    self.outcomes.append((time.monotonic(), outcome))
+
+    def snapshot(self) -> list[tuple[float, Outcome]]:
+        """Return the outcomes so far."""
+        with self._lock:
+            return list(self.outcomes)
+
+    @property
+    def ok(self) -> int:
+        """How many requests got a 200 so far."""
+        return sum(1 for _, o in self.snapshot() if o.status == 200)
+
+    def failures(self) -> list[Outcome]:
+        """Every outcome that is not a 200."""
+        return [o for _, o in self.snapshot() if o.status != 200]
+
+    def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` more requests succeeded (so the load really ran across a change)."""
+        target = self.ok + count
+        end = time.monotonic() + timeout
+        while self.ok < target:
+            if time.monotonic() > end:
+                raise AssertionError(
+                    f"{count} more successful requests did not come in {timeout}s; "
+                    f"failures: {[o.describe() for o in self.failures()[-5:]]}"
+                )
+            time.sleep(0.05)
