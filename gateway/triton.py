@@ -39,7 +39,9 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
     """Return the model's configuration as the JSON form of Triton's ``ModelConfig`` message."""
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        kind = "STRING" if spec.datatype == "BYTES" else spec.datatype  # Triton's config calls BYTES TYPE_STRING
+        kind = (
+            "STRING" if spec.datatype == "BYTES" else spec.datatype
+        )  # Triton's config calls BYTES TYPE_STRING
         return {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(spec.dims)}
 
     config: dict[str, Any] = {
