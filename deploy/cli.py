@@ -291,10 +291,13 @@ def _describe(s: DeploySettings) -> str:
 @host_options
 def render(**options: Any) -> None:
     """Write supervisord.conf for this host into the run directory; start nothing."""
-    from deploy.rundir import write_run_dir
+    from deploy.rundir import RunDirError, write_run_dir
 
     s = build_settings(**options)
-    path = write_run_dir(s)
+    try:
+        path = write_run_dir(s)
+    except RunDirError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(_describe(s))
     click.echo(f"wrote {path}\nstart it: supervisord -c {path}   (or: torchgate serve with the same options)")
 
@@ -321,6 +324,7 @@ def serve(ready_timeout: float, unready_grace_seconds: float, **options: Any) ->
 
     Every option can also come from the environment: TORCHGATE_SERVE_<OPTION> (TORCHGATE_SERVE_PORT=8000).
     """
+    from deploy.rundir import RunDirError
     from deploy.serve import ServeError
     from deploy.serve import serve as run_serve
     from inference_worker.repository import ConfigError
@@ -334,7 +338,7 @@ def serve(ready_timeout: float, unready_grace_seconds: float, **options: Any) ->
             echo=functools.partial(click.echo, err=False),
             unready_grace=unready_grace_seconds,
         )
-    except (ServeError, ConfigError) as exc:
+    except (ServeError, ConfigError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
@@ -403,6 +407,7 @@ def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
 def add_worker(run_dir: Path, gpu: int | None, no_start: bool, ready_timeout: float) -> None:
     """Add a worker slot beyond the rendered ones, restarting nothing that runs."""
     from deploy.gpus import discover_gpus
+    from deploy.rundir import RunDirError
     from deploy.scaling import ScalingError
     from deploy.scaling import add_worker as run_add
 
@@ -411,7 +416,7 @@ def add_worker(run_dir: Path, gpu: int | None, no_start: bool, ready_timeout: fl
         raise click.BadParameter(f"this host has no GPU {gpu} (nvidia-smi)", param_hint="--gpu")
     try:
         slot = run_add(s, sup, gpu=gpu, start=not no_start, ready_timeout=ready_timeout)
-    except (ScalingError, TimeoutError) as exc:
+    except (ScalingError, TimeoutError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{slot.name}: {'ready' if slot.autostart else 'added, stopped'}")
 

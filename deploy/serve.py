@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from deploy.dispatcher_status import query_status
-from deploy.rundir import write_run_dir
+from deploy.rundir import check_run_dir, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import assess, last_error
 from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
@@ -91,6 +91,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 def prepare(s: DeploySettings) -> Path:
     """Check the model repository, the port and that nothing runs in the run directory; write the configuration."""
+    check_run_dir(s)  # before anything is read from it (a planted socket, say)
     load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
     read_token(s.auth_token_file)
     if Supervisor(s.supervisor_socket, timeout=5.0).answers():

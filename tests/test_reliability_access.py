@@ -8,7 +8,10 @@ a directory only its owner can enter.
 from __future__ import annotations
 
 import os
+import pwd
+import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import requests
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import gateway_command, gateway_environment
 from gateway.config import GatewayConfig
-from harness import DIGIT_BODY, Stack, run, short_dir
+from harness import DIGIT_BODY, Stack, free_port, run, short_dir
 from harness.commands import torchgate
 
 pytestmark = pytest.mark.processes
@@ -130,3 +133,49 @@ def test_an_empty_token_file_is_refused_not_ignored(tmp_path: Path) -> None:
     s = DeploySettings(run_dir=tmp_path / "run2", cpu_workers=1, auth_token_file=empty)
     assert gateway_environment(s)["TORCHGATE_AUTH_TOKEN_FILE"] == str(empty)
     assert DeploySettings.from_json(s.to_json()) == s
+
+
+@pytest.mark.parametrize("planted_by", ["another user", "anyone (mode 777)"])
+def test_a_run_directory_planted_by_someone_else_is_refused(tmp_path: Path, planted_by: str) -> None:
+    """A conf.d/ with a program in it and a symlink where the configuration is written: serve must refuse."""
+    run_dir = tmp_path / "run"
+    conf_d = run_dir / "conf.d"
+    conf_d.mkdir(parents=True)
+    ran = tmp_path / "planted-program-ran"
+    (conf_d / "evil.conf").write_text(
+        f"[program:evil]\ncommand=/bin/sh -c 'touch {ran}; sleep 60'\nstartsecs=0\nautorestart=false\n"
+    )
+    target = tmp_path / "precious"
+    target.write_text("precious\n")
+    for name in (".supervisord.conf.tmp", "supervisord.conf"):
+        (run_dir / name).symlink_to(target)
+    if planted_by == "another user":
+        if os.geteuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for path in (run_dir, conf_d, conf_d / "evil.conf"):
+            os.chown(path, nobody, -1)
+    else:
+        os.chmod(conf_d, 0o777)
+    proc = subprocess.Popen(
+        torchgate("serve", "--run-dir", str(run_dir), "--gpus", "none", "--port", str(free_port())),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        output = b""
+        pytest.fail("torchgate serve started in a planted run directory")
+    finally:
+        if proc.poll() is None:  # supervisord runs in a session of its own: kill the whole tree
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = output.decode(errors="replace")
+    assert proc.returncode != 0, text
+    assert "refusing" in text and str(run_dir) in text, text
+    assert not ran.exists(), "the planted program ran"
+    assert target.read_text() == "precious\n", "a planted symlink was written through"
