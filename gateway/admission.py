@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import time
 from concurrent import futures
 from typing import Any
 
 from gunicorn import util
-from gunicorn.workers.gthread import ThreadWorker
 
 from gateway.config import GatewayConfig
 from gateway.errors import error_body
+from gateway.frontdoor import FrontDoorWorker
 from gateway.metrics import request_metrics
 
 log = logging.getLogger("torchgate.gateway")
@@ -57,7 +56,7 @@ def refusal(message: str, retry_after: int) -> bytes:
     return head.encode("ascii") + body
 
 
-class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
+class AdmittingThreadWorker(FrontDoorWorker):
     """gthread with a bounded wait for a request thread; the excess gets a 503 at once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,22 +97,25 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if (
             self.refuser is None or self.refusing >= REFUSE_BACKLOG
         ):  # even the refusals are behind: just close
+            self.release_body(conn)
             self.nr_conns -= 1
             util.close(conn.sock)
             return
         self.refusing += 1
         fs = self.refuser.submit(self.refuse, conn)
-        fs.add_done_callback(lambda _: self.method_queue.defer(self._refused))
+        fs.add_done_callback(lambda _: self.method_queue.defer(self._refused, conn))
 
     def handle(self, conn: Any) -> Any:
-        """Answer a request; then, while no other request waits for a thread, the connection's next ones."""
+        """Answer a request; then, while no other request waits for a thread, the connection's next ones.
+
+        A next request is served here only if it arrives whole within ``LINGER``; else the event loop reads it.
+        """
         keepalive = super().handle(conn)
         while (
             keepalive is True
             and self.alive
             and self.admitted <= self.cfg.threads
-            and not conn.parser.unreader.buf.getvalue()
-            and _readable(conn.sock, LINGER)
+            and self.next_request_ready(conn, LINGER)
         ):
             keepalive = super().handle(conn)
         return keepalive
@@ -122,7 +124,8 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.admitted -= 1
         super().finish_request(conn, fs)
 
-    def _refused(self) -> None:
+    def _refused(self, conn: Any) -> None:
+        self.release_body(conn)
         self.refusing -= 1
         self.nr_conns -= 1
 
@@ -153,13 +156,3 @@ class AdmittingThreadWorker(ThreadWorker):  # type: ignore[misc]
         finally:
             if self.refuser is not None:
                 self.refuser.shutdown(wait=False)
-
-
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Return whether ``sock`` has data (or its peer closed) within ``timeout`` seconds."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    try:
-        return bool(poller.poll(timeout * 1000))
-    except (OSError, ValueError):
-        return False

@@ -25,6 +25,8 @@ threads = int(os.environ.get("TORCHGATE_GATEWAY_THREADS", "32"))
 graceful_timeout = int(os.environ.get("TORCHGATE_GATEWAY_GRACEFUL_SECONDS", "30"))
 timeout = 60  # a silent worker process is restarted after this long; requests end at their deadline before
 keepalive = 5
+# Connections per process; near it, idle kept-alive ones are closed first (gateway.frontdoor).
+worker_connections = int(os.environ.get("TORCHGATE_GATEWAY_CONNECTIONS", "1000"))
 backlog = 2048
 preload_app = False  # each process builds its app (and its ZeroMQ sockets) after the fork
 daemon = False  # supervisord and tests manage the process

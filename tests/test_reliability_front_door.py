@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -26,6 +27,7 @@ THREADS = 4
 MAX_BODY = 4 << 20
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
+BODY_BUDGET = 16 * MAX_BODY
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TORCHGATE_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "TORCHGATE_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "TORCHGATE_GATEWAY_CONNECTIONS": "300",
+        "TORCHGATE_GATEWAY_BODY_BUDGET": str(BODY_BUDGET),
     }
     with Stack.at(root, root / "repo") as stack:
         yield stack.start(gateway_processes=1, gateway_threads=THREADS, gateway_env=env)
+
+
+@pytest.fixture(autouse=True)
+def same_processes(stack: Stack) -> Iterator[None]:
+    """No attack may crash or restart a process (gunicorn would quietly replace a gateway process)."""
+    pids = stack.pids()
+    yield
+    assert stack.pids() == pids, "a process died or was restarted"
 
 
 def connect(stack: Stack, timeout: float = 30.0) -> socket.socket:
@@ -47,34 +58,41 @@ def connect(stack: Stack, timeout: float = 30.0) -> socket.socket:
     return sock
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes, bool]:
-    """Read one response (status, headers, body) and whether the server then closed the connection."""
-    data = b""
+def read_response(
+    sock: socket.socket, check_close: bool = True, pending: bytearray | None = None
+) -> tuple[int, dict[str, str], bytes, bool]:
+    """Read one response (status, headers, body) and whether the server then closed the connection.
+
+    ``pending`` keeps bytes read past this response (pipelined responses) for the next call.
+    """
+    data = pending if pending is not None else bytearray()
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
-            raise AssertionError(f"connection closed before a response head: {data!r}")
+            raise AssertionError(f"connection closed before a response head: {bytes(data)!r}")
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     length = int(headers.get("content-length", "0"))
-    while len(body) < length:
+    while len(rest) < length:
         chunk = sock.recv(65536)
         if not chunk:
             break
-        body += chunk
+        rest += chunk
+    body = rest[:length]
+    data[:] = rest[length:]
     closed = False
-    try:
-        sock.settimeout(5.0)
-        rest = sock.recv(65536)
-        closed = rest == b""
-    except (ConnectionResetError, BrokenPipeError):
-        closed = True
-    except TimeoutError:
-        closed = False
-    return status, headers, body[:length], closed
+    if check_close:
+        try:
+            sock.settimeout(5.0)
+            closed = sock.recv(65536) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+        except TimeoutError:
+            closed = False
+    return status, headers, body, closed
 
 
 def raw(stack: Stack, data: bytes) -> tuple[int, dict[str, str], bytes, bool]:
@@ -151,3 +169,197 @@ def test_unknown_methods_fold_into_one_metric_label(stack: Stack) -> None:
         "TRACE",
         "OTHER",
     }
+
+
+# -- chunked bodies ------------------------------------------------------------------------------------------
+
+
+def chunked_head(path: str = INFER) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "chunks, status",
+    [
+        (b"-1\r\n", 400),  # gunicorn's InvalidChunkSize, raised inside the app: was a 500
+        (b"FFFFFFFFFFFFFFFFFF\r\n", 400),  # 18 hex digits: was no answer at all
+        (b"5000000\r\n", 413),  # one chunk of 80 MiB announced: refused before a byte of it
+        (b"4\r\n{}  \r\nzz\r\n", 400),
+    ],
+)
+def test_a_malformed_or_oversized_chunk_is_answered_and_closed(
+    stack: Stack, chunks: bytes, status: int
+) -> None:
+    got, headers, body, closed = raw(stack, chunked_head() + chunks)
+    assert got == status, body
+    assert headers.get("content-type") == "application/json"
+    assert_json_error(body)
+    assert closed, "the connection stayed open after a framing error"
+
+
+@pytest.mark.parametrize("filler", [b" ", b"0"])
+def test_a_chunked_body_past_the_limit_gets_413_as_soon_as_it_passes(stack: Stack, filler: bytes) -> None:
+    """A valid document then whitespace (was 200, cut at the limit), or a long number (was 400): both 413."""
+    sock = connect(stack)
+    sent = [0]
+
+    def send() -> None:
+        piece = filler * (64 << 10)
+        try:
+            sock.sendall(chunked_head())
+            if filler == b" ":
+                doc = json.dumps(DIGITS_BODY).encode()
+                sock.sendall(b"%x\r\n%s\r\n" % (len(doc), doc))
+            for _ in range(4 * MAX_BODY // len(piece)):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent[0] += len(piece)
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server closed the connection: expected once it answered
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        status, _, body, closed = read_response(sock)
+        sent_when_answered = sent[0]
+    finally:
+        sender.join(timeout=30)
+        sock.close()
+    assert status == 413, body
+    assert "exceeds the limit" in assert_json_error(body)
+    assert closed
+    assert sent_when_answered < 4 * MAX_BODY, "the answer came only once the whole body was sent"
+
+
+def test_an_unterminated_chunked_body_gets_408_and_holds_no_thread(stack: Stack) -> None:
+    stalled = [connect(stack) for _ in range(2 * THREADS)]
+    try:
+        for sock in stalled:
+            sock.sendall(chunked_head() + b"2\r\n{}\r\n")  # and nothing more, ever
+        for _ in range(3):  # every request thread would be waiting on a stalled body
+            assert requests.get(stack.url + "/v2/health/live", timeout=5).status_code == 200
+            infer_ok(stack, timeout=5)
+        for sock in stalled:
+            status, _, body, closed = read_response(sock)
+            assert status == 408, body
+            assert_json_error(body)
+            assert closed
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+# -- slow and idle clients -----------------------------------------------------------------------------------
+
+
+class SlowClients:
+    """Connections that each send one byte of a request now and then, reconnecting when the server closes them."""
+
+    def __init__(self, stack: Stack, count: int, request: bytes, interval: float = 0.5) -> None:
+        self.stack, self.count, self.request, self.interval = stack, count, request, interval
+        self.closed_by_server = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive()
+
+    def _open(self) -> tuple[socket.socket, int]:
+        sock = socket.create_connection(("127.0.0.1", self.stack.port), timeout=10)
+        sock.setblocking(False)
+        return sock, 0
+
+    def _run(self) -> None:
+        conns = [self._open() for _ in range(self.count)]
+        try:
+            while not self._stop.wait(self.interval):
+                for i, (sock, sent) in enumerate(conns):
+                    try:
+                        sock.send(self.request[sent % len(self.request) : sent % len(self.request) + 1])
+                        conns[i] = (sock, sent + 1)
+                        if sock.recv(65536, socket.MSG_PEEK) == b"":
+                            raise ConnectionResetError
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        sock.close()
+                        self.closed_by_server += 1
+                        conns[i] = self._open()
+        finally:
+            for sock, _ in conns:
+                sock.close()
+
+
+def test_slow_clients_leave_liveness_and_inference_answering(stack: Stack) -> None:
+    """100 clients trickle a request head, 100 a body of 256 KiB, a byte every half second each (slowloris)."""
+    body_head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 18}\r\n\r\n".encode()
+    with (
+        SlowClients(stack, 100, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1000) as heads,
+        SlowClients(stack, 100, body_head + b" " * (1 << 18)) as bodies,
+    ):
+        for _ in range(20):
+            assert requests.get(stack.url + "/v2/health/live", timeout=5).status_code == 200
+            infer_ok(stack, timeout=5)
+        wait_for(lambda: heads.closed_by_server and bodies.closed_by_server, timeout=60, what="timeouts")
+        for _ in range(5):
+            infer_ok(stack, timeout=5)
+
+
+def test_idle_connections_are_closed_first_under_pressure(stack: Stack) -> None:
+    """More silent connections than the process takes (300): the oldest give way to new requests."""
+    idle = []
+    try:
+        for _ in range(320):
+            idle.append(socket.create_connection(("127.0.0.1", stack.port), timeout=10))
+        for _ in range(3):
+            assert requests.get(stack.url + "/v2/health/live", timeout=5).status_code == 200
+            infer_ok(stack, timeout=5)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_expect_100_continue_and_pipelined_requests(stack: Stack) -> None:
+    doc = json.dumps(DIGITS_BODY).encode()
+    with connect(stack) as sock:
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(doc)}\r\n\r\n".encode()
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(doc)
+        status, _, body, _ = read_response(sock, check_close=False)
+        assert status == 200, body
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        pending = bytearray()
+        for _ in range(3):
+            status, _, body, _ = read_response(sock, check_close=False, pending=pending)
+            assert status == 200 and json.loads(body) == {"live": True}
+
+
+def test_request_bodies_held_at_once_are_bounded(stack: Stack) -> None:
+    """Bodies sent all but their last byte: past the process's body budget, the next gets 503 at once."""
+    held = [connect(stack) for _ in range(BODY_BUDGET // MAX_BODY)]
+    try:
+        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\n".encode()
+        for sock in held:
+            sock.sendall(head + b" " * (MAX_BODY - 1))
+        wait_for(lambda: raw(stack, head)[0] == 503, timeout=30, what="a 503 past the body budget")
+        status, headers, body, closed = raw(stack, head)
+        assert status == 503 and headers.get("retry-after") and closed
+        assert "budget" in assert_json_error(body)
+        assert requests.get(stack.url + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(
+        lambda: requests.post(stack.url + INFER, json=DIGITS_BODY, timeout=5).status_code == 200, timeout=30
+    )

@@ -1,0 +1,476 @@
+"""The gateway's front door: every request is read whole on gunicorn's event loop before a thread sees it.
+
+gunicorn's gthread hands a connection to a request thread as soon as it is readable, and the thread then blocks
+reading the rest: a client sending one byte a second holds a thread for as long as it likes, and a few dozen such
+clients (or idle connections) hold them all, liveness included. :class:`FrontDoorWorker` reads instead, as nginx
+does, on the event loop without blocking, and hands a connection to a thread only once its whole request (head
+and body) is in memory; the thread parses it from there and never reads the socket. On the event loop:
+
+- the head must arrive within ``TORCHGATE_HEADER_TIMEOUT`` seconds of the connection (or of its previous
+  request), as nginx's ``client_header_timeout``; a client that sent part of a head then gets 408;
+- the body must keep a minimum pace, as Apache's ``RequestReadTimeout body=...,MinRate=...``: it may take
+  ``TORCHGATE_BODY_TIMEOUT`` seconds plus one second per ``TORCHGATE_BODY_MIN_RATE`` bytes received, else 408;
+- framing is checked as bytes arrive (:mod:`gateway.framing`): a ``Content-Length`` or chunked body past the body
+  limit gets 413 at once, a malformed chunk 400, a head past ``TORCHGATE_MAX_HEAD_BYTES`` 431; the connection
+  is then closed (after a short lingering read, so that the client sees the answer);
+- idle kept-alive connections are bounded (gunicorn's keep-alive timeout and count) and, when the process
+  nears ``worker_connections``, the oldest idle ones (then connections that sent nothing yet) are closed first.
+
+gunicorn's own error pages (a bad request line, a header too long) are JSON ``{"error": ...}`` like every other.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import selectors
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http.unreader import Unreader
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from gateway.config import GatewayConfig
+from gateway.errors import error_body
+from gateway.framing import RequestFramer, State
+
+log = logging.getLogger("torchgate.gateway")
+
+HEADER_TIMEOUT_ENV = "TORCHGATE_HEADER_TIMEOUT"
+BODY_TIMEOUT_ENV = "TORCHGATE_BODY_TIMEOUT"
+BODY_MIN_RATE_ENV = "TORCHGATE_BODY_MIN_RATE"
+MAX_HEAD_ENV = "TORCHGATE_MAX_HEAD_BYTES"
+BODY_BUDGET_ENV = "TORCHGATE_GATEWAY_BODY_BUDGET"
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_BODY_MIN_RATE = 64 << 10  # bytes per second
+DEFAULT_MAX_HEAD = 64 << 10
+DEFAULT_BODY_BUDGET = 512 << 20  # bytes of request bodies one process holds at once (read, queued, parsed)
+RECV_SIZE = 256 << 10  # largest read of a head or of a chunked body
+RECV_BODY = 4 << 20  # largest read of a body of known length
+LINGER_SECONDS = 2.0  # after an error answer, how long the client's unread bytes are discarded before closing
+LINGER_BYTES = 8 << 20
+REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """Return a whole HTTP/1.1 error response with a JSON body; the connection closes after it."""
+    body = error_body(message)
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines += ["Connection: close", f"Content-Length: {len(body)}", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error`` with a JSON body: ``{"error": "<reason>: <message>"}``."""
+    util.write_nonblock(sock, error_response(status_int, f"{reason}: {mesg}" if mesg else reason))
+
+
+# gunicorn writes its own error pages (a request it cannot parse) with util.write_error: HTML. Every error of
+# the gateway is JSON, so this process's gunicorn writes JSON instead.
+util.write_error = _write_json_error
+
+
+class BufferUnreader(Unreader):  # type: ignore[misc]
+    """A parser source holding exactly the request read by the event loop: it never reads the socket."""
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        return b""  # the end of the data: a request thread never blocks on a client
+
+    def load(self, data: bytes) -> None:
+        """Hold ``data`` (one whole request) as the next bytes to parse."""
+        self.unread(data)
+
+
+@dataclass
+class Reading:
+    """One connection's request being read on the event loop."""
+
+    framer: RequestFramer
+    opened: float  # monotonic time the wait for this request began
+    buf: bytearray = field(default_factory=bytearray)
+    body_started: float | None = None
+    continued: bool = False  # we sent "100 Continue"
+    reserved: int = 0  # bytes of the body budget held for this request
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorLimits:
+    """How long and how much a client may take to send its request."""
+
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    body_min_rate: float = DEFAULT_BODY_MIN_RATE
+    max_head: int = DEFAULT_MAX_HEAD
+    max_body: int = 64 << 20
+
+    @classmethod
+    def from_env(cls, max_body: int) -> FrontDoorLimits:
+        env = os.environ
+        limits = cls(
+            header_timeout=float(env.get(HEADER_TIMEOUT_ENV) or DEFAULT_HEADER_TIMEOUT),
+            body_timeout=float(env.get(BODY_TIMEOUT_ENV) or DEFAULT_BODY_TIMEOUT),
+            body_min_rate=float(env.get(BODY_MIN_RATE_ENV) or DEFAULT_BODY_MIN_RATE),
+            max_head=int(env.get(MAX_HEAD_ENV) or DEFAULT_MAX_HEAD),
+            max_body=max_body,
+        )
+        if not (limits.header_timeout > 0 and limits.body_timeout > 0 and limits.body_min_rate > 0):
+            raise ValueError(
+                f"{HEADER_TIMEOUT_ENV}, {BODY_TIMEOUT_ENV} and {BODY_MIN_RATE_ENV} must be positive"
+            )
+        return limits
+
+    def deadline(self, reading: Reading) -> float:
+        """Return when ``reading`` times out: its head's deadline, or its body's at the minimum pace."""
+        if reading.body_started is None:
+            return reading.opened + self.header_timeout
+        head = reading.framer.head
+        received = len(reading.buf) - (head.length if head else 0)
+        return reading.body_started + self.body_timeout + received / self.body_min_rate
+
+
+class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread that reads each request whole on its event loop; request threads get complete requests only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = FrontDoorLimits.from_env(GatewayConfig.from_env().max_body_bytes)
+        self.reading: OrderedDict[TConn, None] = OrderedDict()  # oldest first
+        self.lingering: OrderedDict[TConn, float] = OrderedDict()  # connection -> when to close it
+        self.timed_out = 0
+        self.rejected = 0
+        self.body_budget = max(
+            int(os.environ.get(BODY_BUDGET_ENV) or DEFAULT_BODY_BUDGET), self.limits.max_body
+        )
+        self.body_held = 0  # bytes of the budget held by requests read, queued or being answered
+        self._budget_lock = threading.Lock()  # request threads reserve too (next_request_ready)
+
+    # -- accepting and reading on the event loop ---------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
+        self._relieve_pressure()
+        self._start_reading(conn, b"")
+
+    def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
+        """A kept-alive connection sends its next request: read it here, not on a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._start_reading(conn, b"")
+        self._on_readable(conn, client)
+
+    def _start_reading(self, conn: TConn, pending: bytes) -> None:
+        reading = Reading(RequestFramer(self.limits.max_head, self.limits.max_body), time.monotonic())
+        conn.front = reading
+        if pending:
+            reading.buf += pending
+            if self._advance(conn, reading):
+                return
+        conn.sock.setblocking(False)
+        self.reading[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _resume_reading(self, conn: TConn) -> None:
+        """Go on reading a request a thread started to read (its rest had not arrived)."""
+        conn.sock.setblocking(False)
+        if self._advance(conn, conn.front):
+            return
+        self.reading[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: TConn, client: Any) -> None:
+        reading: Reading = conn.front
+        try:
+            data = conn.sock.recv(self._recv_size(reading))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed (its side): a request it began is answered 400, else nothing
+            self._stop_reading(conn)
+            if reading.framer.started:
+                head = reading.framer.head
+                what = "request head" if head is None else f"request body ({reading.framer.body_bytes} bytes)"
+                self._reject(conn, 400, f"the client closed the connection before the whole {what} arrived")
+            else:
+                self._close(conn)
+            return
+        reading.buf += data
+        self._advance(conn, reading)
+
+    def _recv_size(self, reading: Reading) -> int:
+        framer = reading.framer
+        if framer.state is State.BODY and framer.head is not None:
+            return max(RECV_SIZE, min(RECV_BODY, framer.head.length + framer.body_bytes - len(reading.buf)))
+        return RECV_SIZE
+
+    def _advance(self, conn: TConn, reading: Reading) -> bool:
+        """Frame what arrived; hand a complete request on, answer a refused one. Return whether it is done."""
+        framer = reading.framer
+        state = framer.feed(reading.buf)
+        if state is State.COMPLETE:
+            self._stop_reading(conn)
+            self._dispatch(conn, reading)
+            return True
+        if state is State.ERROR:
+            assert framer.error is not None
+            self.rejected += 1
+            self._stop_reading(conn)
+            self._reject(conn, framer.error.status, framer.error.message)
+            return True
+        if framer.body_bytes > reading.reserved and not self._reserve(reading, framer.body_bytes):
+            self.rejected += 1
+            self._stop_reading(conn)
+            self._reject(
+                conn,
+                503,
+                f"the gateway holds {self.body_held} bytes of request bodies (its budget is "
+                f"{self.body_budget}); retry later",
+                {"Retry-After": "1"},
+            )
+            return True
+        if framer.head is not None and reading.body_started is None:
+            reading.body_started = time.monotonic()
+            if framer.head.expect_continue and len(reading.buf) == framer.head.length:
+                reading.continued = True
+                _send_some(conn.sock, CONTINUE)
+        return False
+
+    def _reserve(self, reading: Reading, size: int) -> bool:
+        """Hold ``size`` bytes of the body budget for ``reading`` (what it announced so far), if they fit."""
+        with self._budget_lock:
+            extra = size - reading.reserved
+            if self.body_held + extra > self.body_budget:
+                return False
+            self.body_held += extra
+            reading.reserved = size
+            return True
+
+    def release_body(self, conn: TConn) -> None:
+        """Give back the body budget a connection's request held (once answered, refused or closed)."""
+        held = getattr(conn, "reserved", 0)
+        reading = getattr(conn, "front", None)
+        if reading is not None:
+            held += reading.reserved
+            reading.reserved = 0
+        conn.reserved = 0
+        with self._budget_lock:
+            self.body_held -= held
+
+    def _stop_reading(self, conn: TConn) -> None:
+        if conn in self.reading:
+            del self.reading[conn]
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _dispatch(self, conn: TConn, reading: Reading) -> None:
+        """Give a complete request to the parser and a thread; bytes past it wait for the next request."""
+        end = reading.framer.end
+        request = bytes(reading.buf) if end == len(reading.buf) else bytes(reading.buf[:end])
+        conn.pending = bytes(reading.buf[end:])
+        conn.continued = reading.continued
+        conn.reserved = reading.reserved  # held until the request is answered
+        reading.reserved = 0
+        conn.front = None
+        conn.sock.setblocking(True)
+        if not conn.initialized:
+            conn.init()
+            conn.parser.unreader = BufferUnreader()
+        conn.parser.unreader.load(request)
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    # -- on a request thread ------------------------------------------------------------------------------
+
+    def handle_request(self, req: Any, conn: TConn) -> Any:
+        if getattr(conn, "continued", False):  # we answered "100 Continue" already, on the event loop
+            req._expected_100_continue = False
+        return super().handle_request(req, conn)
+
+    def next_request_ready(self, conn: TConn, wait: float) -> bool:
+        """On a thread, after a request: read the next one if it arrives whole within ``wait`` seconds.
+
+        Return whether it did (the parser then holds it). Otherwise what arrived stays in ``conn.front``,
+        and the event loop reads the rest (see :meth:`finish_request`).
+        """
+        pending = getattr(conn, "pending", b"")
+        conn.pending = b""
+        reading = Reading(RequestFramer(self.limits.max_head, self.limits.max_body), time.monotonic())
+        reading.buf += pending
+        conn.front = reading
+        if not pending and not _readable(conn.sock, wait):
+            return False
+        conn.sock.setblocking(False)
+        try:
+            while reading.framer.feed(reading.buf) not in (State.COMPLETE, State.ERROR):
+                data = conn.sock.recv(self._recv_size(reading))
+                if not data:
+                    return False
+                reading.buf += data
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
+        finally:
+            conn.sock.setblocking(True)
+        if reading.framer.state is not State.COMPLETE or not self._reserve(
+            reading, reading.framer.body_bytes
+        ):
+            return False  # an error, or a body past the budget: the event loop answers it
+        end = reading.framer.end
+        conn.pending = bytes(reading.buf[end:])
+        conn.continued = False
+        conn.reserved = reading.reserved
+        reading.reserved = 0
+        conn.front = None
+        conn.parser.unreader.load(bytes(reading.buf[:end]))
+        return True
+
+    # -- back on the event loop ---------------------------------------------------------------------------
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        self.release_body(conn)
+        try:
+            keepalive = fs.result() if not fs.cancelled() else False
+        except Exception:
+            keepalive = False
+        reading: Reading | None = getattr(conn, "front", None)
+        if keepalive and reading is not None and reading.buf:
+            try:
+                self._resume_reading(conn)
+            except Exception:
+                self._close(conn)
+            return
+        pending = getattr(conn, "pending", b"")
+        if keepalive and pending:
+            conn.pending = b""
+            try:
+                self._start_reading(conn, pending)
+            except Exception:
+                self._close(conn)
+            return
+        super().finish_request(conn, fs)
+
+    def _reject(self, conn: TConn, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer ``status`` and close: first discard what the client still sends, briefly, so it reads it."""
+        self.release_body(conn)
+        _send_some(conn.sock, error_response(status, message, headers))
+        self._linger(conn)
+
+    def _linger(self, conn: TConn) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.sock.setblocking(False)
+        conn.discarded = 0
+        self.lingering[conn] = time.monotonic() + LINGER_SECONDS
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+
+    def _on_lingering_readable(self, conn: TConn, client: Any) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.discarded += len(data)
+        if not data or conn.discarded > LINGER_BYTES:
+            self._end_linger(conn)
+
+    def _end_linger(self, conn: TConn) -> None:
+        self.lingering.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        self._close(conn)
+
+    def _close(self, conn: TConn) -> None:
+        self.release_body(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    # -- timeouts and pressure (the event loop calls murder_keepalived about once a second) ----------------
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for conn in [c for c in self.reading if force or self.limits.deadline(c.front) <= now]:
+            self._stop_reading(conn)
+            reading: Reading = conn.front
+            self.timed_out += 1
+            if reading.framer.started and not force:
+                what = "request head" if reading.body_started is None else "request body"
+                self._reject(conn, 408, f"the {what} did not arrive in time")
+            else:  # nothing of a request came: an idle connection, closed quietly
+                self._close(conn)
+        for conn in [c for c, until in self.lingering.items() if force or until <= now]:
+            self._end_linger(conn)
+        self._relieve_pressure()
+
+    def _relieve_pressure(self) -> None:
+        """Near ``worker_connections``, close idle kept-alive connections first, then silent new ones."""
+        limit = self.worker_connections - 1
+        while self.nr_conns > limit and self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            self._close(conn)
+        if self.nr_conns > limit:
+            for conn in [c for c in self.reading if not c.front.framer.started]:
+                if self.nr_conns <= limit:
+                    break
+                self._stop_reading(conn)
+                self._close(conn)
+
+
+def _send_some(sock: socket.socket, data: bytes) -> None:
+    """Send a short answer without blocking; whatever does not fit is dropped (the connection closes anyway)."""
+    try:
+        sock.setblocking(False)
+        sock.send(data)
+    except OSError:
+        pass
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Return whether ``sock`` has data (or its peer closed) within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        return bool(poller.poll(timeout * 1000))
+    except (OSError, ValueError):
+        return False
