@@ -31,6 +31,11 @@ class GatewayConfig:
     max_bytes_elements: int = 1 << 16
     # Longest one BYTES element (a string, an image file) may be, in bytes: beyond it, 400.
     max_bytes_element_size: int = 16 << 20
+    # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it, 413.
+    # Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
+    max_json_values: int = 4 << 20
+    # Bodies over 1 MiB parsed at once per process; the next wait (bounded by the default timeout), then 503.
+    large_parses: int = 2
     # Seconds a dispatcher STATUS answer is reused for readiness and statistics.
     status_ttl: float = 0.5
     # Seconds to wait for a STATUS answer before calling the dispatcher unreachable (and the server not ready).
@@ -70,6 +75,8 @@ class GatewayConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.max_json_values < 1 or self.large_parses < 1:
+            raise ValueError(f"{PREFIX}MAX_JSON_VALUES and {PREFIX}LARGE_PARSES must be at least 1")
         if self.max_body_bytes < 1024:
             raise ValueError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}")
         if not 0 < self.max_bytes_elements <= 1 << 20:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gateway import torchserve
@@ -18,6 +21,8 @@ from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.protocol import BYTES, ErrorCode
 from inference_worker.repository import ModelConfig
 from inference_worker.strings import StringLimits
+
+LARGE_BODY = 1 << 20  # bytes past which parsing a body goes through Gateway.parsing
 
 
 class Gateway:
@@ -41,6 +46,22 @@ class Gateway:
             unresponsive_after=config.unresponsive_after,
         )
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
+        self._large_parses = threading.BoundedSemaphore(config.large_parses)
+
+    @contextmanager
+    def parsing(self, size: int) -> Iterator[None]:
+        """Bound how many bodies over ``LARGE_BODY`` are parsed at once (the objects they build, in memory)."""
+        if size <= LARGE_BODY:
+            yield
+            return
+        if not self._large_parses.acquire(timeout=self.config.default_timeout):
+            raise Unavailable(
+                f"{self.config.large_parses} large request bodies are being parsed; retry later"
+            )
+        try:
+            yield
+        finally:
+            self._large_parses.release()
 
     def deadline(self, timeout_us: int | None) -> float:
         """Return the unix time a request must be answered by: its timeout, bounded by ``max_timeout``."""
@@ -69,12 +90,15 @@ class Gateway:
         """
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        request = parse_infer_request(body, header_length, header_id, self.limits)
-        inputs = (
-            [raw_input(request, model, self.limits)]
-            if request.raw is not None
-            else check_inputs(request, model, self.limits)
-        )
+        with self.parsing(len(body)):
+            request = parse_infer_request(
+                body, header_length, header_id, self.limits, self.config.max_json_values
+            )
+            inputs = (
+                [raw_input(request, model, self.limits)]
+                if request.raw is not None
+                else check_inputs(request, model, self.limits)
+            )
         plan = output_plan(request, model)
         request_id = choose_request_id(header_id, request.id, request_id)
         if trace is not None:
@@ -107,7 +131,9 @@ class Gateway:
         trace: RequestTrace | None = None,
     ) -> dict[str, Any]:
         """Answer the seed's ``POST /predict``: ``{"input": ...}`` -> ``{"output": ...}``."""
-        doc = loads(decode_content(body, content_encoding, self.config.max_body_bytes))
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        with self.parsing(len(body)):
+            doc = loads(body, self.config.max_json_values)
         if not isinstance(doc, dict) or "input" not in doc:
             raise InvalidArgument('the body must be a JSON object with an "input" field')
         name, version = doc.get("model"), doc.get("version")
@@ -119,7 +145,8 @@ class Gateway:
             raise InvalidArgument('"version" must be a string or an integer')
         model = self.catalog.get(name)[0] if name is not None else self.catalog.only()
         resolved = self.catalog.get(model.name, version)[1] if version else None
-        tensor, whole = predict_input(doc["input"], model, self.limits)
+        with self.parsing(len(body)):
+            tensor, whole = predict_input(doc["input"], model, self.limits)
         if trace is not None:
             trace.begin(model, resolved or self.catalog.get(model.name)[1], request_id, [tensor])
         reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), request_id)
@@ -151,7 +178,8 @@ class Gateway:
         if spec.datatype == BYTES:
             tensor, whole = bytes_input([data], model, self.limits), False
         else:
-            tensor, whole = predict_input(loads(data), model, self.limits)
+            with self.parsing(len(data)):
+                tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)
         if trace is not None:
             trace.begin(model, resolved, request_id, [tensor])
         reply = self.client.infer(

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 import requests
 
@@ -28,6 +29,7 @@ MAX_BODY = 4 << 20
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
 BODY_BUDGET = 16 * MAX_BODY
+MAX_JSON_VALUES = 100_000
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TORCHGATE_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "TORCHGATE_GATEWAY_CONNECTIONS": "300",
         "TORCHGATE_GATEWAY_BODY_BUDGET": str(BODY_BUDGET),
+        "TORCHGATE_MAX_JSON_VALUES": str(MAX_JSON_VALUES),
     }
     with Stack.at(root, root / "repo") as stack:
         yield stack.start(gateway_processes=1, gateway_threads=THREADS, gateway_env=env)
@@ -363,3 +366,34 @@ def test_request_bodies_held_at_once_are_bounded(stack: Stack) -> None:
     wait_for(
         lambda: requests.post(stack.url + INFER, json=DIGITS_BODY, timeout=5).status_code == 200, timeout=30
     )
+
+
+# -- memory per request --------------------------------------------------------------------------------------
+
+
+def test_json_that_would_amplify_in_memory_is_refused_before_parsing(stack: Stack) -> None:
+    """A valid request with 1.3 million empty arrays in an unused field (was 200, ~70 bytes of memory each)."""
+    junk = b"[" + b"[]," * 1_300_000 + b"[]]"
+    body = json.dumps(DIGITS_BODY).encode()[:-1] + b', "junk": ' + junk + b"}"
+    assert len(body) < MAX_BODY
+    gateway = psutil.Process(stack.pids()["gateway-0"])
+    before = gateway.memory_info().rss
+    results: list[requests.Response] = []
+
+    def post() -> None:
+        results.append(
+            requests.post(
+                stack.url + INFER, data=body, headers={"Content-Type": "application/json"}, timeout=60
+            )
+        )
+
+    clients = [threading.Thread(target=post) for _ in range(4)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=90)
+    assert [r.status_code for r in results] == [413] * 4, [r.text[:200] for r in results]
+    assert "values" in results[0].json()["error"]
+    grown = gateway.memory_info().rss - before
+    assert grown < 64 << 20, f"the gateway grew by {grown >> 20} MiB"
+    infer_ok(stack)
