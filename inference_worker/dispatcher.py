@@ -42,6 +42,9 @@ class DispatcherConfig:
     startup_grace: float = 5.0  # seconds after start in which requests wait for workers to (re-)register
     curve_secret_key: Path | None = None  # required when an endpoint is TCP
     curve_authorized: Path | None = None  # folder of public keys allowed to connect over TCP
+    stop_grace: float = (
+        10.0  # seconds a stop waits for the requests in flight (supervisord's stopwaitsecs is more)
+    )
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> None:
@@ -71,6 +74,8 @@ class Dispatcher:
         self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
         self.next_seq = 1
         self.stopping = False
+        self.stop_requested: float | None = None  # monotonic time of the first stop signal
+        self.deferred_drains: list[bytes] = []  # workers that asked to drain while we were stopping
         self.curve: CurveServer | None = None
         if is_network(config.frontend) or is_network(config.backend):
             if not (config.curve_secret_key and config.curve_authorized):
@@ -104,8 +109,9 @@ class Dispatcher:
         return self.config.heartbeat_interval * self.config.heartbeat_liveness
 
     def close(self) -> None:
+        linger = 500 if self.stop_requested is not None else 0  # the drain acknowledgements of a stop go out
         self.frontend.close(linger=0)
-        self.backend.close(linger=0)
+        self.backend.close(linger=linger)
         if self.curve is not None:
             self.curve.stop()
 
@@ -130,6 +136,37 @@ class Dispatcher:
                 self.send_heartbeats(now)
             if now >= self.next_sweep:
                 self.sweep(now)
+            if self.stop_requested is not None:
+                self._maybe_stop(now)
+
+    def request_stop(self) -> None:
+        """First stop signal: answer the requests in flight, then stop; a second one stops at once.
+
+        ``supervisorctl restart all`` signals every program at once, the dispatcher first. Stopping at once
+        dropped the gateway's requests in flight; now the dispatcher keeps routing (to workers that are
+        draining too: their drain is acknowledged only when it stops) until no request is queued or in flight,
+        at most ``stop_grace`` seconds.
+        """
+        if self.stop_requested is not None:
+            self.stopping = True
+            return
+        self.stop_requested = time.monotonic()
+        log.info(
+            "dispatcher: stopping once %d requests queued or in flight are answered (at most %gs)",
+            len(self.router.requests),
+            self.config.stop_grace,
+        )
+
+    def _maybe_stop(self, now: float) -> None:
+        assert self.stop_requested is not None
+        idle = not self.router.requests and not self.held
+        if not idle and now - self.stop_requested < self.config.stop_grace:
+            return
+        if not idle:
+            log.warning("dispatcher: stopping with %d requests unanswered", len(self.router.requests))
+        for identity in self.deferred_drains:
+            self._to_worker(identity, protocol.encode(Kind.DRAIN))
+        self.stopping = True
 
     def _drain(self, socket: zmq.Socket, handle: Any) -> None:
         for _ in range(1000):
@@ -276,6 +313,10 @@ class Dispatcher:
                 self.stats.report(worker.name, worker.incarnation, stats)
             memory = message.get("device_memory")
             worker.device_memory = memory if isinstance(memory, dict) else None
+        elif message.kind is Kind.DRAIN and self.stop_requested is not None:
+            # Stopping too: keep the worker routing until our requests are answered; acknowledged then.
+            log.info("dispatcher: worker %s asked to drain; kept until the dispatcher stops", worker.name)
+            self.deferred_drains.append(identity)
         elif message.kind is Kind.DRAIN:
             worker.draining = True
             log.info("dispatcher: worker %s draining (%d in flight)", worker.name, len(worker.in_flight))
@@ -427,7 +468,7 @@ def run_dispatcher(config: DispatcherConfig) -> int:
         return 2
 
     def stop(signum: int, frame: Any) -> None:
-        dispatcher.stopping = True
+        dispatcher.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -453,6 +494,13 @@ def run_dispatcher(config: DispatcherConfig) -> int:
     help="Seconds after start in which requests wait for workers to register instead of a 503.",
 )
 @click.option(
+    "--stop-grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a stop signal waits for the requests in flight to be answered (a second signal: at once).",
+)
+@click.option(
     "--curve-secret-key",
     type=click.Path(path_type=Path),
     default=None,
@@ -470,6 +518,7 @@ def dispatcher_command(
     heartbeat_interval: float,
     heartbeat_liveness: int,
     startup_grace: float,
+    stop_grace: float,
     curve_secret_key: Path | None,
     curve_authorized: Path | None,
 ) -> None:
@@ -484,6 +533,7 @@ def dispatcher_command(
                 heartbeat_interval,
                 heartbeat_liveness,
                 startup_grace=startup_grace,
+                stop_grace=stop_grace,
                 curve_secret_key=curve_secret_key,
                 curve_authorized=curve_authorized,
             )

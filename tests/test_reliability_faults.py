@@ -11,11 +11,23 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from deploy.supervisor_rpc import RUNNING
-from harness import HttpLoad, Stack, children, copy_digits, short_dir, slow_body, wait_for, write_slow_model
+from harness import (
+    HttpLoad,
+    Stack,
+    call,
+    children,
+    copy_digits,
+    short_dir,
+    slow_body,
+    wait_for,
+    write_slow_model,
+)
 
 pytestmark = pytest.mark.processes
 
@@ -28,6 +40,7 @@ def deployment() -> Iterator[Stack]:
         repository = base / "repo"
         copy_digits(repository)
         write_slow_model(repository, seconds=0.1, max_batch_size=4, max_queue_size=64)
+        write_slow_model(repository, "slower", seconds=2.0, max_batch_size=4, max_queue_size=64)
         options = ("--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2")
         gateway = ("--gateway-processes", "2", "--gateway-threads", "4")
         with Stack.at(base).serve(
@@ -137,3 +150,31 @@ def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy:
         load.wait_for_more(20)
     assert all(o.status in (0, 503) for o in load.failures()), [o.describe() for o in load.failures()[:5]]
     wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=30, what="two gateway processes again")
+
+
+def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
+    """`supervisorctl restart all` signals every program at once, the dispatcher first: nothing in flight drops."""
+    d = healthy
+    before = d.pids()
+    url = f"{d.url}/v2/models/slower/infer"
+    with ThreadPoolExecutor(8) as pool:
+        pending = [
+            pool.submit(lambda: call(lambda: requests.post(url, json=slow_body(), timeout=60)))
+            for _ in range(8)
+        ]
+
+        def in_flight() -> int:
+            return sum(int(w.get("in_flight", 0)) for w in d.status().get("workers") or [])
+
+        wait_for(
+            lambda: in_flight() >= 4 or any(f.done() for f in pending),
+            timeout=30,
+            what="requests computing (2 s each)",
+        )
+        assert not any(f.done() for f in pending), [f.result().describe() for f in pending if f.done()]
+        restart = d.ctl("restart", "all")
+        outcomes = [f.result(timeout=90) for f in pending]
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert [o.status for o in outcomes] == [200] * 8, [o.describe() for o in outcomes]
+    after = d.pids()
+    assert all(after[name] != before[name] for name in ("dispatcher", "gateway", *SLOTS)), (before, after)
