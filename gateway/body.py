@@ -48,6 +48,13 @@ def read_body(stream: Any, length: int) -> bytearray | None:
     """
     if length < LARGE_BODY:
         return None
+    reader: Any = getattr(stream, "reader", None)
+    take = getattr(getattr(reader, "unreader", None), "take_body", None)
+    if take is not None and reader.length == length:  # the front door read it whole (gateway.frontdoor)
+        whole: bytearray | None = take(length)
+        if whole is not None:
+            reader.length = 0
+            return whole
     parts = _parts(stream, length)
     if parts is None:
         return None

@@ -67,6 +67,7 @@ class RequestFramer:
         self._pos = 0  # everything before this offset is framed
         self._remaining = 0  # bytes left of the body or of the current chunk
         self._trailers_start = 0
+        self.body_start = 0  # once the head is framed: where the body begins in the buffer
 
     @property
     def done(self) -> bool:
@@ -136,7 +137,7 @@ class RequestFramer:
             return
         head = parse_head(bytes(buf[start : end + 4]))
         self.head = head
-        self._pos = end + 4
+        self._pos = self.body_start = end + 4
         if head.chunked:
             self.state = State.CHUNK_SIZE
         elif head.content_length:

@@ -92,14 +92,37 @@ util.write_error = _write_json_error
 
 
 class BufferUnreader(Unreader):  # type: ignore[misc]
-    """A parser source holding exactly the request read by the event loop: it never reads the socket."""
+    """A parser source holding exactly the request read by the event loop: it never reads the socket.
+
+    A body of known length stays in the buffer it was received into: :meth:`take_body` hands it to the
+    application whole (gateway.body), and gunicorn's own reads (:meth:`chunk`) get slices of it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: bytearray | None = None
+        self.body_pos = 0
 
     def chunk(self, size_hint: int | None = None) -> bytes:
-        return b""  # the end of the data: a request thread never blocks on a client
+        if self.body is None or self.body_pos >= len(self.body):
+            return b""  # the end of the data: a request thread never blocks on a client
+        end = len(self.body) if size_hint is None else self.body_pos + max(size_hint, 8192)
+        data = bytes(self.body[self.body_pos : end])
+        self.body_pos += len(data)
+        return data
 
-    def load(self, data: bytes) -> None:
-        """Hold ``data`` (one whole request) as the next bytes to parse."""
-        self.unread(data)
+    def load(self, head: bytes, body: bytearray | None = None) -> None:
+        """Hold one whole request: ``head`` (or all of it), then ``body`` (a body of known length)."""
+        self.unread(head)
+        self.body, self.body_pos = body, 0
+
+    def take_body(self, length: int) -> bytearray | None:
+        """Return the whole body of ``length`` bytes if nothing of it was read yet, else None."""
+        body = self.body
+        if body is None or self.body_pos or len(body) != length or self.buf.getbuffer().nbytes:
+            return None
+        self.body = None
+        return body
 
 
 @dataclass
@@ -294,18 +317,12 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
 
     def _dispatch(self, conn: TConn, reading: Reading) -> None:
         """Give a complete request to the parser and a thread; bytes past it wait for the next request."""
-        end = reading.framer.end
-        request = bytes(reading.buf) if end == len(reading.buf) else bytes(reading.buf[:end])
-        conn.pending = bytes(reading.buf[end:])
-        conn.continued = reading.continued
-        conn.reserved = reading.reserved  # held until the request is answered
-        reading.reserved = 0
-        conn.front = None
         conn.sock.setblocking(True)
         if not conn.initialized:
             conn.init()
             conn.parser.unreader = BufferUnreader()
-        conn.parser.unreader.load(request)
+        _load(conn, reading)
+        conn.continued = reading.continued
         conn.data_ready = True
         self.enqueue_req(conn)
 
@@ -346,13 +363,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
             reading, reading.framer.body_bytes
         ):
             return False  # an error, or a body past the budget: the event loop answers it
-        end = reading.framer.end
-        conn.pending = bytes(reading.buf[end:])
+        _load(conn, reading)
         conn.continued = False
-        conn.reserved = reading.reserved
-        reading.reserved = 0
-        conn.front = None
-        conn.parser.unreader.load(bytes(reading.buf[:end]))
         return True
 
     # -- back on the event loop ---------------------------------------------------------------------------
@@ -455,6 +467,29 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
                     break
                 self._stop_reading(conn)
                 self._close(conn)
+
+
+def _load(conn: TConn, reading: Reading) -> None:
+    """Hand ``reading``'s complete request to the connection's parser; keep any bytes past it for later."""
+    framer, buf = reading.framer, reading.buf
+    end = framer.end
+    conn.pending = bytes(buf[end:])
+    conn.reserved = reading.reserved  # held until the request is answered
+    reading.reserved = 0
+    conn.front = None
+    head = framer.head
+    if head is None or head.chunked or not head.content_length:
+        conn.parser.unreader.load(bytes(buf[:end]))
+        return
+    start = framer.body_start
+    request_head = bytes(buf[:start])
+    if end == len(buf):
+        del buf[:start]  # a bytearray drops its front without copying the rest
+        body = buf
+    else:
+        body = buf[start:end]
+    reading.buf = bytearray()
+    conn.parser.unreader.load(request_head, body)
 
 
 def _send_some(sock: socket.socket, data: bytes) -> None:
