@@ -1,5 +1,9 @@
 """Load one version of a model from the repository, safely: nothing from disk is unpickled.
 
+A ``torch_export`` archive is checked before ``torch.export.load`` sees it, and loaded with unpickling refused
+(:mod:`inference_worker.pt2_safety`): torch itself would unpickle weights marked ``use_pickle``, opaque constants
+and sample inputs that fail a ``weights_only`` load.
+
 A python model's factory module found beside its ``config.toml`` is imported under a name of its own
 (``torchgate_model_<model>_<n>_<module>``), and the helper modules it imports from its folder are dropped from
 ``sys.modules`` afterwards, so two models that each ship a ``model.py`` never share a module.
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from inference_worker.pt2_safety import UnsafeArchive, load_pt2
 from inference_worker.repository import ModelConfig
 
 _imports = itertools.count(1)
@@ -113,7 +118,10 @@ def _torchscript(config: ModelConfig, path: Path, device: torch.device) -> torch
 
 
 def _torch_export(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
-    program = torch.export.load(str(path))
+    try:
+        program = load_pt2(path)  # checked first: nothing in the archive is unpickled
+    except UnsafeArchive as exc:
+        raise LoadError(str(exc)) from None
     module = program.module()
     return module.to(device) if device.type != "cpu" else module
 

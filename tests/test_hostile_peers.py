@@ -184,3 +184,53 @@ def test_torchgate_keys_writes_owner_only_secret_keys(tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert (tmp_path / "k" / f"{name}.key").is_file()
         assert (tmp_path / "k" / f"{name}.key_secret").stat().st_mode & 0o077 == 0
+
+
+class _Touch:
+    """Unpickling this creates ``path`` (a stand-in for any code an archive could run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.path), "w"))
+
+
+def _plant_pt2(source: Path, target: Path, payload: bytes, entry: str) -> None:
+    """Copy a .pt2 archive; mark layers.0.bias pickled (entry "weight") or swap its sample inputs ("sample")."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if entry == "weight" and info.filename.endswith("data/weights/model_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["layers.0.bias"]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif entry == "weight" and info.filename.endswith(
+                "data/weights/" + "weight_1"
+            ):  # layers.0.bias's payload
+                data = payload
+            elif entry == "sample" and info.filename.endswith("data/sample_inputs/model.pt"):
+                data = payload  # fails weights_only: torch used to load it again without
+            dst.writestr(info, data)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("entry", ["weight", "sample"])
+def test_a_planted_torch_export_archive_is_refused_and_never_unpickled(
+    processes: Processes, tmp_path: Path, entry: str
+) -> None:
+    """A .pt2 whose weight is marked use_pickle, or whose sample inputs need pickle: the worker refuses it."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", repo / "digits")
+    ran = tmp_path / "payload-ran"
+    archive = repo / "digits" / "1" / "model.pt2"
+    _plant_pt2(DEFAULT_REPOSITORY / "digits" / "1" / "model.pt2", archive, pickle.dumps(_Touch(ran)), entry)
+    worker = processes.start("w0", commands.worker(repo, f"ipc://{tmp_path}/backend.sock", "w0"))
+    assert worker.wait(timeout=120) == 3, processes.log("w0")[-2000:]
+    assert not ran.exists(), "the archive's payload ran"
+    assert "unpickl" in processes.log("w0"), processes.log("w0")[-2000:]
