@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import wait_for
+from harness import free_port, wait_for
 
+pytestmark = pytest.mark.processes
 BIN = Path(sys.executable).parent
 HOSTS = 2
 GRACE_SECONDS = 3.0  # --unready-grace-seconds: readiness 503 while serving, before draining
@@ -43,12 +44,6 @@ def _haproxy() -> str | None:
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -161,7 +156,7 @@ class Load:
 
 class HAProxy:
     def __init__(self, folder: Path, hosts: list[Host], binary: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.socket = folder / "haproxy.sock"
         servers = "\n".join(f"    server {h.name} {h.address}:8000 namespace {h.name} check" for h in hosts)
         self.config = folder / "haproxy.cfg"
