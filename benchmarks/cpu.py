@@ -56,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
+    parser.add_argument("--seed-processes", type=int, default=None, help="the seed app's gunicorn processes")
+    parser.add_argument("--seed-threads", type=int, default=None, help="threads per seed app process")
     args = parser.parse_args(argv)
     ensure_wrk()
-    settings = replace(BenchSettings(), max_batch_delay_ms=args.batch_delay_ms, rounds=args.rounds)
+    settings = replace(
+        BenchSettings(),
+        max_batch_delay_ms=args.batch_delay_ms,
+        rounds=args.rounds,
+        seed_http_processes=args.seed_processes,
+        seed_http_threads=args.seed_threads,
+    )
     systems = choose(args.systems, ALL_SYSTEMS, "systems")
     formats = choose(args.formats, ("json", "binary"), "formats")
     repository = write_repository(settings, (args.workload,), log=log)

@@ -23,12 +23,13 @@ import zmq
 
 from gateway.codec import Tensor
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
-from inference_worker import protocol
+from inference_worker import protocol, shm
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError, TensorMeta
 
 log = logging.getLogger("torchgate.gateway")
 
-MAX_ERROR_MESSAGE = 500  # characters of a worker's error message passed on to the client
+MAX_ERROR_MESSAGE = 500
+SHM_ENV = "TORCHGATE_SHARED_MEMORY"  # "0": tensors always in frames  # characters of a worker's error message passed on to the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,10 @@ class DispatcherClient:
         self._lock = threading.Lock()
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._ids = itertools.count(1)
+        # Tensors in shared memory only with a dispatcher on this host (ipc), where segments can be mapped.
+        self.shared_memory = (
+            endpoint.startswith("ipc://") and shm.supported() and os.environ.get(SHM_ENV, "1") != "0"
+        )
         self._status: tuple[float, dict[str, Any] | GatewayError] | None = None
         self._status_lock = threading.Lock()
 
@@ -162,11 +167,60 @@ class DispatcherClient:
         deadline: float,
         request_id: str = "",
         priority: int = 0,
+        reply_bytes: int = 0,
     ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`GatewayError` for every failure.
 
-        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version.
+        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs travel in
+        a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host, with room for
+        ``reply_bytes`` of outputs; only the header crosses the dispatcher.
         """
+        segment = self._segment(tensors, reply_bytes)
+        try:
+            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
+        except _SharedMemoryRefused:
+            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, None)
+        finally:
+            if segment is not None:
+                segment[0].close()
+
+    def _segment(
+        self, tensors: Sequence[Tensor], reply_bytes: int
+    ) -> tuple[shm.Segment, dict[str, Any]] | None:
+        """Copy the inputs into a new segment and return it with its reference, or None (frames, then)."""
+        total = sum(len(t.data) for t in tensors)
+        if not self.shared_memory or total < shm.MIN_BYTES:
+            return None
+        metas = [TensorMeta(t.name, t.datatype, t.shape) for t in tensors]
+        offsets, end = shm.layout(metas)
+        reply_at = -(-end // 64) * 64
+        try:
+            segment = shm.Segment.create(reply_at + max(0, reply_bytes))
+        except OSError as exc:
+            log.warning("gateway: no shared memory (%s); tensors go in frames", exc)
+            self.shared_memory = False
+            return None
+        view = memoryview(segment.memory)
+        for t, offset in zip(tensors, offsets, strict=True):
+            view[offset : offset + len(t.data)] = t.data
+        ref: dict[str, Any] = {
+            **segment.ref(),
+            "inputs": [shm.Placed(m, o).to_wire() for m, o in zip(metas, offsets, strict=True)],
+            "reply": [reply_at, max(0, reply_bytes)],
+        }
+        return segment, ref
+
+    def _infer(
+        self,
+        model: str,
+        version: str | None,
+        tensors: Sequence[Tensor],
+        outputs: Sequence[str],
+        deadline: float,
+        request_id: str,
+        priority: int,
+        segment: tuple[shm.Segment, dict[str, Any]] | None,
+    ) -> InferReply:
         socket = self._socket()
         call_id = self._next_id()
         fields: dict[str, Any] = {
@@ -179,9 +233,12 @@ class DispatcherClient:
         }
         if version:
             fields["version"] = version
-        frames = protocol.encode(
-            Kind.REQUEST, fields, [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors]
-        )
+        if segment is not None:
+            frames = protocol.encode(Kind.REQUEST, {**fields, "shm": segment[1]})
+        else:
+            frames = protocol.encode(
+                Kind.REQUEST, fields, [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors]
+            )
         self._send(socket, frames)
         resent = False
         status_id = call_id + "/s"  # asked while a lost request waits for a worker to come back
@@ -215,8 +272,15 @@ class DispatcherClient:
             if answer_to != call_id:
                 continue  # a late answer to an earlier request of this thread, or to its status query
             if message.kind is Kind.REPLY:
-                return _reply(message, model)
+                return _reply(message, model, segment[0] if segment else None)
             if message.kind is Kind.ERROR:
+                if segment is not None and str(message.get("message", "")).startswith(shm.REFUSED):
+                    log.warning(
+                        "gateway: a worker cannot map shared memory (%s); tensors go in frames",
+                        message.get("message"),
+                    )
+                    self.shared_memory = False
+                    raise _SharedMemoryRefused()
                 raise _error(message)
             if message.kind is Kind.QUERY_REPLY and message.get("known") is False and not awaiting_worker:
                 if resent:
@@ -284,8 +348,25 @@ class DispatcherClient:
         raise Unavailable(f"the {action} of model {model!r} did not finish within {timeout:g}s")
 
 
-def _reply(message: protocol.Message, model: str) -> InferReply:
+class _SharedMemoryRefused(Exception):
+    """A worker could not map the request's segment: send it again in frames."""
+
+
+def _reply(message: protocol.Message, model: str, segment: shm.Segment | None = None) -> InferReply:
     outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.tensors]
+    placed = message.get("shm_outputs")
+    if placed is not None:
+        if segment is None:
+            raise Unavailable("the worker answered in shared memory the request did not offer")
+        try:
+            tensors = shm.placed_tensors(placed, segment.size)
+        except ProtocolError as exc:
+            raise Unavailable(f"malformed answer from the worker: {exc}") from None
+        view = memoryview(segment.memory)
+        outputs += [
+            Tensor(p.meta.name, p.meta.datatype, p.meta.shape, view[p.offset : p.offset + p.meta.nbytes])
+            for p in tensors
+        ]
     stats = message.get("stats")
     return InferReply(
         model=str(message.get("model", model)),

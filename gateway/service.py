@@ -20,6 +20,7 @@ from gateway.triton import model_ready, repository_index, server_ready, unavaila
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.protocol import BYTES, ErrorCode
 from inference_worker.repository import ModelConfig
+from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
 
 LARGE_BODY = 1 << 20  # bytes past which parsing a body goes through Gateway.parsing
@@ -111,6 +112,7 @@ class Gateway:
             self.deadline(request.timeout_us),
             request_id,
             request.priority,
+            reply_bytes=reply_bytes(model, inputs),
         )
         if trace is not None:
             trace.finish(reply)
@@ -262,3 +264,19 @@ def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:
     if missing:
         raise GatewayError(f"the worker returned no output {missing[0]!r}", ErrorCode.INTERNAL)
     return [by_name[n] for n in names]
+
+
+def reply_bytes(model: ModelConfig, inputs: list[Tensor]) -> int:
+    """Return the bytes of all of ``model``'s outputs for these inputs, 0 where a size is not known ahead."""
+    batch: tuple[int, ...] = ()
+    if model.max_batch_size > 0:
+        if not inputs or not inputs[0].shape:
+            return 0
+        batch = (inputs[0].shape[0],)
+    total = 0
+    for spec in model.outputs:
+        size = fixed_nbytes(spec.datatype, batch + tuple(spec.dims))
+        if size is None:
+            return 0
+        total += size + 64  # each output starts 64-byte aligned
+    return total

@@ -19,7 +19,7 @@ import click
 import msgpack
 import zmq
 
-from inference_worker import lifeline, logs, protocol
+from inference_worker import lifeline, logs, protocol, shm
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
 from inference_worker.security import CurveServer, SecurityError, is_network
@@ -285,10 +285,18 @@ class Dispatcher:
                 "seq": request.seq,
                 "version": request.version,
             }
+            frames = request.frames
+            if "shm" in header and not worker.shared_memory:  # a worker on another host gets frames
+                try:
+                    header, frames = inline_segment(header)
+                except (shm.SegmentGone, ProtocolError) as exc:
+                    self.router.complete(worker.identity, request.seq)
+                    self._fail_gateway(
+                        request.gateway, request.id, ErrorCode.UNAVAILABLE, f"{shm.REFUSED}{exc}"
+                    )
+                    continue
             try:
-                self.backend.send_multipart(
-                    [worker.identity, msgpack.packb(header), *request.frames], copy=False
-                )
+                self.backend.send_multipart([worker.identity, msgpack.packb(header), *frames], copy=False)
             except zmq.ZMQError as exc:  # the worker's connection is gone: re-route its work
                 log.warning("dispatcher: worker %s unreachable (%s)", worker.name, exc)
                 self.lose_worker(worker.identity, "unreachable")
@@ -346,6 +354,7 @@ class Dispatcher:
             expires=time.monotonic() + self.liveness,
             device=str(fields.get("device", "")),
             pid=int(fields.get("pid") or 0),
+            shared_memory=fields.get("shm") is True,
         )
         known = self.router.workers.get(identity)
         if known is None or known.incarnation != worker.incarnation:
@@ -385,6 +394,8 @@ class Dispatcher:
             "outputs": message.get("outputs"),
             "stats": message.get("stats"),
         }
+        if message.get("shm_outputs") is not None:  # the outputs are in the gateway's segment
+            header["shm_outputs"] = message.get("shm_outputs")
         self._to_gateway(request.gateway, [msgpack.packb(header), *(buf for _, buf in message.tensors)])
 
     def lose_worker(self, identity: bytes, why: str) -> None:
@@ -458,6 +469,14 @@ class Dispatcher:
         except zmq.ZMQError:
             if identity in self.router.workers:
                 self.lose_worker(identity, "unreachable")
+
+
+def inline_segment(header: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Turn a REQUEST whose tensors are in a gateway's segment into one that carries them in frames."""
+    tensors, _ = shm.request_tensors(header["shm"])
+    inlined = {k: v for k, v in header.items() if k != "shm"}
+    inlined["inputs"] = [meta.to_wire() for meta, _ in tensors]
+    return inlined, [bytes(buf) for _, buf in tensors]
 
 
 def run_dispatcher(config: DispatcherConfig) -> int:

@@ -62,6 +62,9 @@ class WorkerState:
     controlling: bool = False  # loading or unloading a model on request: it takes no new work meanwhile
     assigned: tuple[str, ...] = ()  # the models this slot is configured to serve; empty: every model
     device_memory: dict[str, Any] | None = None  # GPU workers: used and reserved bytes, from heartbeats
+    shared_memory: bool = (
+        False  # on this host (ipc): it maps the gateways' tensor segments (inference_worker.shm)
+    )
     in_flight: dict[int, Request] = field(default_factory=dict)
 
     @property

@@ -22,7 +22,7 @@ import click
 import torch
 import zmq
 
-from inference_worker import lifeline, logs, protocol
+from inference_worker import lifeline, logs, protocol, shm
 from inference_worker.backends import LoadError, load_model
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
@@ -177,6 +177,7 @@ class Worker:
                     "incarnation": self.incarnation,
                     "pid": os.getpid(),
                     "device": str(self.device),
+                    "shm": self.config.dispatcher.startswith("ipc://") and shm.supported(),
                     "capacity": self.capacity,
                     "models": models,
                 },
@@ -268,6 +269,18 @@ class Worker:
         request_id = str(message.get("request_id", ""))
         key = (str(message.get("model")), str(message.get("version")))
         executor = self.executors.get(key)
+        reply_area: shm.ReplyArea | None = None
+        if message.get("shm") is not None:  # the inputs are in the gateway's segment: view them there
+            try:
+                message.tensors, reply_area = shm.request_tensors(message.get("shm"))
+            except shm.SegmentGone as exc:
+                self._fail_seq(seq, ErrorCode.UNAVAILABLE, f"{shm.REFUSED}{exc}", request_id)
+                return
+            except ProtocolError as exc:
+                self._fail_seq(
+                    seq, ErrorCode.INVALID_ARGUMENT, f"malformed shared-memory reference: {exc}", request_id
+                )
+                return
         try:
             if executor is None:
                 raise RequestError(
@@ -299,7 +312,7 @@ class Worker:
                 samples=samples,
                 arrived_ns=time.monotonic_ns(),
                 deadline=float(message.get("deadline") or float("inf")),
-                payload=(inputs, wanted),
+                payload=(inputs, wanted, reply_area),
                 request_id=request_id,
             )
         )
@@ -379,6 +392,8 @@ class Worker:
             stats.compute_infer_ns += times.infer_ns
             stats.compute_output_ns += times.output_ns
             stats.request_ns += queue_ns + compute_ns
+            area: shm.ReplyArea | None = item.payload[2]
+            placed = area.place(tensors) if area is not None else None
             self._send(
                 protocol.encode(
                     Kind.REPLY,
@@ -391,8 +406,9 @@ class Worker:
                             "compute_output_ns": times.output_ns,
                             "batch_size": samples,
                         },
+                        **({"shm_outputs": placed, "outputs": []} if placed is not None else {}),
                     },
-                    tensors,
+                    tensors if placed is None else [],
                     tensor_key="outputs",
                 ),
                 copy=executor.cuda,

@@ -13,6 +13,7 @@ from harness import run
 pytestmark = [pytest.mark.timeout(600), pytest.mark.processes]
 
 
+@pytest.mark.processes
 def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> None:
     output = tmp_path / "report.md"
     done = run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.models import WORKLOAD_SPECS, Sample
 from benchmarks.payloads import HttpRequest, oip_binary, oip_json, seed_json
 from benchmarks.procs import Launched, http_status, launch
@@ -38,6 +40,15 @@ def gunicorn_command(app: str, ctx: StartContext) -> list[str]:
         f"127.0.0.1:{ctx.port}",
         app,
     ]
+
+
+def seed_settings(s: BenchSettings) -> BenchSettings:
+    """The settings with the seed app's own gunicorn size, where one is set."""
+    return dataclasses.replace(
+        s,
+        http_processes=s.seed_http_processes or s.http_processes,
+        http_threads=s.seed_http_threads or s.http_threads,
+    )
 
 
 def gunicorn_words(s: BenchSettings) -> str:
@@ -92,7 +103,10 @@ class SeedApp(System):
         }
         return launch(
             self.name,
-            gunicorn_command("benchmarks.systems.seed_app:create_app()", ctx),
+            gunicorn_command(
+                "benchmarks.systems.seed_app:create_app()",
+                dataclasses.replace(ctx, settings=seed_settings(ctx.settings)),
+            ),
             ctx.work_dir / "gunicorn.log",
             ctx.url,
             env=env,
@@ -107,6 +121,6 @@ class SeedApp(System):
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
         return (
-            f"{gunicorn_words(settings)}; model loaded once per process, "
+            f"{gunicorn_words(seed_settings(settings))}; model loaded once per process, "
             f"torch threads {settings.seed_torch_threads}, `torch.inference_mode()`, no batching"
         )

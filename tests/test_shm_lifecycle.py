@@ -1,0 +1,267 @@
+"""Tensors in shared memory (inference_worker.shm) under kill -9 of each process kind, as a user runs torchgate.
+
+One deployment (two gateway processes, the dispatcher, two CPU workers) serves a python model, ``y = 2 x + 1``
+on 256 KiB tensors (inputs and outputs both travel in the gateways' segments). Clients send binary requests
+with their own random tensors and compare every answer with the model called directly: no answer may carry
+another request's data. Each test kills one process with SIGKILL under that load; afterwards no process maps a
+segment any more, nothing is in /dev/shm, and the requests fared as without shared memory (none lost to a
+worker's death, 503s at most for the dispatcher's, transport errors only for a gateway process's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from deploy.supervisor_rpc import RUNNING
+from harness import Stack, children, short_dir, wait_for, write_python_model
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
+
+WIDTH = 65536  # FP32: 256 KiB per tensor, above inference_worker.shm.MIN_BYTES
+SLOTS = {"worker-cpu-0", "worker-cpu-1"}
+SOURCE = """
+import torch
+
+class Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(0.0))
+
+    def forward(self, x):
+        return x * self.scale + 1
+
+def build():
+    return Affine()
+"""
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    """The model called directly."""
+    return (torch.from_numpy(x) * torch.tensor(2.0) + 1).numpy()
+
+
+def memfd_maps() -> dict[int, int]:
+    """Return pid -> number of torchgate segments it maps or holds open, for every process that has any."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            maps = Path(f"/proc/{entry}/maps").read_text()
+            fds = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        count = maps.count("memfd:torchgate-tensors") + sum("memfd:torchgate-tensors" in f for f in fds)
+        if count:
+            found[int(entry)] = count
+    return found
+
+
+@dataclass
+class CheckedLoad:
+    """Client threads sending binary requests back to back; every 200 answer is compared with the model."""
+
+    url: str
+    threads: int = 4
+    ok: int = 0
+    wrong: list[str] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (status, what); status 0: transport
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> CheckedLoad:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, args=(i,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in self._workers), "a load thread did not finish"
+
+    def _run(self, index: int) -> None:
+        rng = np.random.default_rng(index)
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                rows = int(rng.integers(1, 3))
+                x = rng.standard_normal((rows, WIDTH), dtype=np.float32)
+                header = json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "x",
+                                "shape": [rows, WIDTH],
+                                "datatype": "FP32",
+                                "parameters": {"binary_data_size": x.nbytes},
+                            }
+                        ],
+                        "parameters": {"binary_data_output": True},
+                    }
+                ).encode()
+                try:
+                    r = session.post(
+                        f"{self.url}/v2/models/affine/infer",
+                        data=header + x.tobytes(),
+                        headers={"Inference-Header-Content-Length": str(len(header))},
+                        timeout=30,
+                    )
+                except requests.RequestException as exc:
+                    with self._lock:
+                        self.failures.append((0, type(exc).__name__))
+                    continue
+                if r.status_code != 200:
+                    with self._lock:
+                        self.failures.append((r.status_code, r.text[:200]))
+                    continue
+                length = int(r.headers["Inference-Header-Content-Length"])
+                y = np.frombuffer(r.content[length:], dtype="<f4").reshape(rows, WIDTH)
+                with self._lock:
+                    if np.array_equal(y, expected(x)):
+                        self.ok += 1
+                    else:
+                        self.wrong.append(
+                            f"thread {index}: rows {rows}, y[0,:3] {y[0, :3]} vs {expected(x)[0, :3]}"
+                        )
+
+    def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
+        target = self.ok + count
+        wait_for(
+            lambda: self.ok >= target or len(self.wrong) + len(self.failures) > 50,
+            timeout=timeout,
+            what=f"{count} more checked answers",
+        )
+        assert self.ok >= target, (self.wrong[:3], self.failures[:3])
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Stack]:
+    shm_before = set(os.listdir("/dev/shm"))
+    with short_dir() as base:
+        repository = base / "repo"
+        folder = write_python_model(
+            repository, "affine", SOURCE, {"scale": torch.tensor(2.0)}, width=WIDTH, out=WIDTH
+        )
+        config = (folder / "config.toml").read_text()
+        (folder / "config.toml").write_text(
+            config.replace("max_queue_delay_us = 0", "max_queue_delay_us = 2000")
+        )
+        options = ("--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "2")
+        gateway = ("--gateway-processes", "2", "--gateway-threads", "4")
+        with Stack.at(base).serve(
+            *options, "--worker-threads", "1", "--worker-startsecs", "2", *gateway
+        ) as d:
+            d.wait_serving(timeout=120)
+            yield d
+    assert set(os.listdir("/dev/shm")) <= shm_before, "something was left in /dev/shm"
+
+
+@pytest.fixture
+def healthy(deployment: Stack) -> Stack:
+    d = deployment
+    wait_for(
+        lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()),
+        timeout=60,
+        what="every program RUNNING",
+    )
+    wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers ready")
+    wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
+    return d
+
+
+def stack_pids(d: Stack) -> set[int]:
+    pids = set(d.pids().values())
+    return pids | {c for p in list(pids) for c in children(p)}
+
+
+def settle(d: Stack) -> None:
+    """Once no request runs, no process of the stack maps or holds a segment."""
+    wait_for(
+        lambda: not (set(memfd_maps()) & stack_pids(d)),
+        timeout=20,
+        what=f"no segment left mapped (still: {memfd_maps()})",
+    )
+
+
+def test_answers_travel_in_shared_memory(healthy: Stack) -> None:
+    d = healthy
+    seen: dict[int, int] = {}
+    with CheckedLoad(d.url) as load:
+        load.wait_for_more(10)
+        end = time.monotonic() + 10
+        while not seen and time.monotonic() < end:  # segments exist only while requests are in flight
+            seen = {pid: n for pid, n in memfd_maps().items() if pid in stack_pids(d)}
+        load.wait_for_more(10)
+    assert load.wrong == [] and load.failures == [], (load.wrong[:3], load.failures[:3])
+    workers = {d.pids()[slot] for slot in SLOTS}
+    assert seen and set(seen) & (set(children(d.pids()["gateway"])) | workers), "no segment was ever seen"
+    settle(d)
+
+
+def test_kill_9_a_worker_loses_and_crosses_nothing(healthy: Stack) -> None:
+    d = healthy
+    before = d.pids()
+    with CheckedLoad(d.url) as load:
+        load.wait_for_more(10)
+        os.kill(before["worker-cpu-0"], signal.SIGKILL)
+        wait_for(
+            lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]),
+            timeout=30,
+            what="supervisord to restart worker-cpu-0",
+        )
+        wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="the restarted worker ready")
+        load.wait_for_more(20)
+    assert load.wrong == [], load.wrong[:3]
+    assert load.failures == [], load.failures[:5]
+    settle(d)
+
+
+def test_kill_9_the_dispatcher_crosses_nothing(healthy: Stack) -> None:
+    d = healthy
+    before = d.pids()
+    with CheckedLoad(d.url) as load:
+        load.wait_for_more(10)
+        os.kill(before["dispatcher"], signal.SIGKILL)
+        wait_for(
+            lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]),
+            timeout=30,
+            what="supervisord to restart the dispatcher",
+        )
+        wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers registered again")
+        load.wait_for_more(20)
+    assert load.wrong == [], load.wrong[:3]
+    assert all(status == 503 for status, _ in load.failures), load.failures[:5]
+    settle(d)
+
+
+def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
+    d = healthy
+    master = d.pids()["gateway"]
+    victim = sorted(children(master))[0]
+    with CheckedLoad(d.url) as load:
+        load.wait_for_more(10)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: len(children(master)) == 2 and victim not in children(master),
+            timeout=30,
+            what="gunicorn to replace the killed process",
+        )
+        load.wait_for_more(20)
+    assert load.wrong == [], load.wrong[:3]
+    assert len(load.failures) <= load.threads and all(s == 0 for s, _ in load.failures), load.failures[:5]
+    settle(d)
