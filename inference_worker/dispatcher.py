@@ -20,12 +20,14 @@ import msgpack
 import zmq
 
 from inference_worker import lifeline, logs, protocol, shm
+from inference_worker.model_control import ACTIONS, UNLOAD, ControlJob, ModelControl
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
 from inference_worker.security import CurveServer, SecurityError, is_network
 from inference_worker.stats import StatsBook
 
 MAX_HELD = 4096  # requests held during the startup grace period, at most
+OVERDUE_GRACE = 1.0  # seconds past its deadline a request may stay on a worker before the dispatcher drops it
 
 log = logging.getLogger("torchgate.dispatcher")
 
@@ -70,6 +72,7 @@ class Dispatcher:
         self.config = config
         self.context = context or zmq.Context.instance()
         self.router = Router()
+        self.control = ModelControl()
         self.stats = StatsBook()
         self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
         self.next_seq = 1
@@ -131,6 +134,7 @@ class Dispatcher:
             if self.frontend in events:
                 self._drain(self.frontend, self.on_gateway_message)
             self.dispatch()
+            self.step_control()
             now = time.monotonic()
             if now >= self.next_heartbeat:
                 self.send_heartbeats(now)
@@ -217,8 +221,55 @@ class Dispatcher:
             self._to_gateway(
                 gateway, protocol.encode(Kind.STATUS_REPLY, {"id": message.get("id"), **self.status()})
             )
+        elif message.kind is Kind.CONTROL:
+            self.accept_control(gateway, message)
         else:
             raise ProtocolError(f"unexpected {message.kind} from a gateway")
+
+    # -- model control ----------------------------------------------------------------------------------
+
+    def accept_control(self, gateway: bytes, message: protocol.Message) -> None:
+        call_id = protocol.require(message.fields, "id", str)
+        action = protocol.require(message.fields, "action", str)
+        model = protocol.require(message.fields, "model", str)
+        if action not in ACTIONS:
+            raise ProtocolError(f"CONTROL: unknown action {action!r}")
+        log.info("dispatcher: %s of model %s asked for", action, model)
+        if not self.control.submit(ControlJob(call_id, gateway, action, model)):
+            self._to_gateway(
+                gateway,
+                protocol.encode(
+                    Kind.CONTROL_REPLY,
+                    {"id": call_id, "ok": False, "error": "too many load and unload calls wait already"},
+                ),
+            )
+        self.step_control()
+
+    def step_control(self) -> None:
+        """Start the next slot of the running load or unload, or answer the gateway once it is over."""
+        while (step := self.control.next_step(self.router.workers, time.monotonic())) is not None:
+            job = step.job
+            if step.worker is not None:
+                worker = self.router.workers[step.worker]
+                worker.controlling = True  # no new work until it has loaded and announced itself again
+                log.info("dispatcher: %s %s on %s", job.action, job.model, worker.name)
+                self._to_worker(
+                    step.worker, protocol.encode(Kind.CONTROL, {"action": job.action, "model": job.model})
+                )
+                continue
+            if job.error:
+                log.warning("dispatcher: %s of %s failed: %s", job.action, job.model, job.error)
+            else:
+                log.info(
+                    "dispatcher: %s of %s done on %s", job.action, job.model, ", ".join(job.done) or "no slot"
+                )
+            self._to_gateway(
+                job.gateway,
+                protocol.encode(
+                    Kind.CONTROL_REPLY,
+                    {"id": job.id, "ok": not job.error, "error": job.error, "workers": job.done},
+                ),
+            )
 
     def accept(self, gateway: bytes, message: protocol.Message, held: bool = False) -> None:
         fields = message.fields
@@ -332,6 +383,10 @@ class Dispatcher:
         elif message.kind is Kind.DISCONNECT:
             log.info("dispatcher: worker %s left (%s)", worker.name, message.get("reason"))
             self.lose_worker(identity, "disconnected")
+        elif message.kind is Kind.CONTROL_REPLY:
+            worker.controlling = False
+            self.control.on_reply(identity, message.get("ok") is True, str(message.get("error") or ""))
+            self.step_control()
 
     def register(self, identity: bytes, message: protocol.Message) -> None:
         fields = message.fields
@@ -345,9 +400,14 @@ class Dispatcher:
                 raise ProtocolError("READY: every model needs a name and a version")
             signatures[(sig["name"], sig["version"])] = sig
         capacity = protocol.require(fields, "capacity", int)
+        name = protocol.require(fields, "worker", str)
+        signatures, stale = self.control.note_ready(name, fields.get("unavailable") or [], signatures)
+        for model in stale:  # unloaded on request while this slot was away: it stays unloaded
+            self._to_worker(identity, protocol.encode(Kind.CONTROL, {"action": UNLOAD, "model": model}))
+        assigned = fields.get("assigned") or []
         worker = WorkerState(
             identity=identity,
-            name=protocol.require(fields, "worker", str),
+            name=name,
             incarnation=protocol.require(fields, "incarnation", str),
             capacity=max(1, capacity),
             signatures=signatures,
@@ -355,6 +415,7 @@ class Dispatcher:
             device=str(fields.get("device", "")),
             pid=int(fields.get("pid") or 0),
             shared_memory=fields.get("shm") is True,
+            assigned=tuple(str(m) for m in assigned if isinstance(m, str)),
         )
         known = self.router.workers.get(identity)
         if known is None or known.incarnation != worker.incarnation:
@@ -371,6 +432,7 @@ class Dispatcher:
 
     def on_result(self, identity: bytes, message: protocol.Message) -> None:
         seq = protocol.require(message.fields, "seq", int)
+        self.router.workers[identity].overdue = False  # it answers again: back in rotation
         request = self.router.complete(identity, seq)
         if request is None:
             return  # late answer to a request that was re-sent, expired or belongs to an earlier dispatcher
@@ -399,6 +461,7 @@ class Dispatcher:
         self._to_gateway(request.gateway, [msgpack.packb(header), *(buf for _, buf in message.tensors)])
 
     def lose_worker(self, identity: bytes, why: str) -> None:
+        self.control.on_lost(identity)
         self.requeue(self.router.remove(identity), why)
 
     def requeue(self, orphans: list[Request], why: str) -> None:
@@ -431,6 +494,18 @@ class Dispatcher:
         for worker in self.router.expired_workers(now):
             log.warning("dispatcher: worker %s silent for %.1fs; out of rotation", worker.name, self.liveness)
             self.lose_worker(worker.identity, "silent")
+        for request in self.router.overdue(time.time(), OVERDUE_GRACE):
+            holder = self.router.workers.get(request.worker or b"")
+            log.warning(
+                "dispatcher: worker %s still computing request %s past its deadline; no new work for it until it "
+                "answers",
+                holder.name if holder else "?",
+                request.request_id or request.id,
+            )
+            self.counters["expired"] += 1
+            self._fail_gateway(
+                request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while computing"
+            )
         for request in self.router.expired_requests(time.time()):
             self.counters["expired"] += 1
             self._fail_gateway(
@@ -446,6 +521,8 @@ class Dispatcher:
 
     def status(self) -> dict[str, Any]:
         status = self.router.status()
+        status["unavailable"] = self.control.unavailable()
+        status["unloaded"] = sorted(self.control.unloaded)
         status["stats"] = self.stats.to_wire()
         status["dispatcher"] = {**self.counters, "pending": self.router.pending(), "pid": os.getpid()}
         return status

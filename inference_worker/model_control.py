@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from inference_worker.routing import WorkerState
 
@@ -66,6 +67,29 @@ class ModelControl:
         self.active: ControlJob | None = None
         self.waiting: deque[ControlJob] = deque()
         self.unloaded: set[str] = set()
+        self.failures: dict[str, list[dict[str, Any]]] = {}  # slot -> what it last reported it cannot load
+
+    def note_ready(
+        self, slot: str, failures: list[Any], signatures: dict[tuple[str, str], dict[str, Any]]
+    ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
+        """Record what a registering slot could not load; return the signatures to route by, without the models
+        unloaded on request, and those models (the slot is to be told to unload them)."""
+        self.failures[slot] = [
+            {"model": str(f.get("model")), "version": f.get("version"), "reason": str(f.get("reason", ""))}
+            for f in failures
+            if isinstance(f, dict)
+        ]
+        stale = sorted({m for m, _ in signatures if m in self.unloaded})
+        return {key: sig for key, sig in signatures.items() if key[0] not in stale}, stale
+
+    def unavailable(self) -> list[dict[str, Any]]:
+        """Return why models are not served: each slot's load failures, and the models unloaded on request."""
+        entries = [{**f, "worker": slot} for slot, failures in self.failures.items() for f in failures]
+        entries += [
+            {"model": model, "version": None, "worker": "", "reason": "unloaded"}
+            for model in sorted(self.unloaded)
+        ]
+        return entries
 
     def submit(self, job: ControlJob) -> bool:
         """Queue a job; False when too many wait already."""

@@ -60,6 +60,7 @@ class WorkerState:
     pid: int = 0
     draining: bool = False
     controlling: bool = False  # loading or unloading a model on request: it takes no new work meanwhile
+    overdue: bool = False  # held a request past its deadline: no new work until it answers anything
     assigned: tuple[str, ...] = ()  # the models this slot is configured to serve; empty: every model
     device_memory: dict[str, Any] | None = None  # GPU workers: used and reserved bytes, from heartbeats
     shared_memory: bool = (
@@ -69,7 +70,9 @@ class WorkerState:
 
     @property
     def credit(self) -> int:
-        return 0 if self.draining or self.controlling else self.capacity - len(self.in_flight)
+        if self.draining or self.controlling or self.overdue:
+            return 0
+        return self.capacity - len(self.in_flight)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -206,6 +209,20 @@ class Router:
         for request in expired:
             self.requests.pop(request.key, None)
         return expired
+
+    def overdue(self, now_unix: float, grace: float) -> list[Request]:
+        """Remove and return in-flight requests ``grace`` seconds past their deadline (their client has had its
+        504); each worker that held one takes no new work until it answers something (it is slow or hung, not
+        silent: its heartbeats still come)."""
+        late: list[Request] = []
+        for worker in self.workers.values():
+            for seq, request in list(worker.in_flight.items()):
+                if request.deadline + grace <= now_unix:
+                    del worker.in_flight[seq]
+                    self.requests.pop(request.key, None)
+                    worker.overdue = True
+                    late.append(request)
+        return late
 
     def unservable(self) -> list[Request]:
         """Remove and return queued requests whose model version no worker serves any more."""

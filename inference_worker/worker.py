@@ -23,12 +23,13 @@ import torch
 import zmq
 
 from inference_worker import lifeline, logs, protocol, shm
-from inference_worker.backends import LoadError, load_model
+from inference_worker.backends import LoadError
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
-from inference_worker.pipeline import Pipeline, needs_pipeline
+from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
-from inference_worker.repository import ConfigError, load_repository
+from inference_worker.repository import ConfigError
+from inference_worker.residents import Residents
 from inference_worker.security import SecurityError, is_network, secure_client
 from inference_worker.tensors import from_torch, to_torch
 
@@ -104,8 +105,9 @@ class Worker:
         self.context = context or zmq.Context.instance()
         self.incarnation = uuid.uuid4().hex[:12]
         self.device = pick_device(config.device)
-        self.executors: dict[tuple[str, str], Executor | Pipeline] = {}
-        self.batchers: dict[tuple[str, str], Batcher] = {}
+        self.residents = Residents(config.repository, self.device, self.tag)
+        self.executors: dict[tuple[str, str], Executor | Pipeline] = self.residents.executors
+        self.batchers: dict[tuple[str, str], Batcher] = self.residents.batchers
         self.stats: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
         self.socket: zmq.Socket | None = None
         self.stopping = 0  # SIGTERMs received
@@ -117,31 +119,13 @@ class Worker:
     # -- life cycle ---------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load and warm up every model version; raise on the first that fails."""
+        """Load and warm up every model version; one that fails is logged and reported, the rest serve.
+
+        Raise :class:`ConfigError` when the repository cannot be read, :class:`LoadError` when nothing loaded.
+        """
         if self.device.type == "cpu" and self.config.threads:
             torch.set_num_threads(self.config.threads)
-        repository = load_repository(self.config.repository, list(self.config.models) or None)
-        for name, model in repository.items():
-            for version in sorted(model.versions, key=int):
-                start = time.monotonic()
-                executor: Executor | Pipeline = (
-                    Pipeline(model, version, self.device)
-                    if needs_pipeline(model)
-                    else Executor(model, version, load_model(model, version, self.device), self.device)
-                )
-                executor.warm_up()
-                self.executors[(name, version)] = executor
-                self.batchers[(name, version)] = Batcher(
-                    model.max_batch_size, model.max_queue_delay_us, model.preferred_batch_sizes
-                )
-                log.info(
-                    "%s: loaded %s version %s on %s in %.2fs",
-                    self.tag,
-                    name,
-                    version,
-                    self.device,
-                    time.monotonic() - start,
-                )
+        self.residents.load_all(list(self.config.models) or None)
 
     @property
     def tag(self) -> str:
@@ -180,11 +164,30 @@ class Worker:
                     "shm": self.config.dispatcher.startswith("ipc://") and shm.supported(),
                     "capacity": self.capacity,
                     "models": models,
+                    "unavailable": self.residents.failures,
+                    "assigned": list(self.config.models),
                 },
             )
         )
         self.last_seen = time.monotonic()
-        log.info("%s: READY (%s, capacity %d)", self.tag, self.device, self.capacity)
+        if self.executors:
+            log.info("%s: READY (%s, capacity %d)", self.tag, self.device, self.capacity)
+        else:
+            log.info("%s: nothing loaded; telling the dispatcher what could not load", self.tag)
+
+    def report_and_leave(self) -> None:
+        """Tell the dispatcher what could not load (so readiness says why), then leave; nothing to serve."""
+        if not self.residents.failures:
+            return
+        try:
+            self.connect()
+            self._send(protocol.encode(Kind.DISCONNECT, {"reason": "cannot load any model"}))
+        except (SecurityError, zmq.ZMQError) as exc:
+            log.warning("%s: could not report to the dispatcher: %s", self.tag, exc)
+        finally:
+            if self.socket is not None:
+                self.socket.close(linger=1000)
+                self.socket = None
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         """First call: drain. Second call: exit at once."""
@@ -255,6 +258,8 @@ class Worker:
             self._enqueue(message)
         elif message.kind is Kind.DRAIN:
             self.drain_acked = True
+        elif message.kind is Kind.CONTROL:
+            self._control(str(message.get("action")), str(message.get("model")))
         elif message.kind is Kind.DISCONNECT:
             log.info(
                 "%s: dispatcher does not know us (%s); announcing again", self.tag, message.get("reason")
@@ -263,6 +268,15 @@ class Worker:
                 self.announce()
         elif message.kind is not Kind.HEARTBEAT:
             log.warning("%s: unexpected %s from the dispatcher", self.tag, message.kind)
+
+    def _control(self, action: str, model: str) -> None:
+        """Load (again) or unload one model on request: finish what is queued, act, announce, answer."""
+        self._run_due_batches(flush=True)  # the dispatcher sends no new work meanwhile
+        ok, error = self.residents.apply(action, model)
+        self.announce()
+        self._send(
+            protocol.encode(Kind.CONTROL_REPLY, {"action": action, "model": model, "ok": ok, "error": error})
+        )
 
     def _enqueue(self, message: protocol.Message) -> None:
         seq = protocol.require(message.fields, "seq", int)
@@ -467,6 +481,7 @@ def run_worker(config: WorkerConfig) -> int:
         worker.load()
     except (ConfigError, LoadError) as exc:
         log.error("%s: cannot load models: %s", worker.tag, exc)
+        worker.report_and_leave()
         return 3
     except Exception as exc:
         log.exception("%s: cannot load models: %s", worker.tag, exc)

@@ -136,6 +136,9 @@ def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Stac
     assert "cannot load" in log and "model.pt2" in log and "READY" not in log
     status = backend.status()
     assert status is not None and status["workers"] == []
+    # It said why before leaving, so readiness can name the reason.
+    [entry] = status["unavailable"]
+    assert entry["model"] == "digits" and entry["worker"] == "bad" and "model.pt2" in entry["reason"]
 
 
 def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: Stack) -> None:

@@ -7,6 +7,7 @@ by polling (never a fixed sleep), drives it with `supervisorctl` and `torchgate`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -163,6 +164,35 @@ def test_rolling_restart_stops_at_a_slot_that_cannot_load_and_the_others_keep_se
         assert d.pids()["worker-cpu-1"] == before["worker-cpu-1"], "the restart went on past a failed slot"
         assert d.ready_workers() == {"worker-cpu-1"}
         assert "cannot load" in (d.run_dir / "logs" / "worker-cpu-0.log").read_text()
+
+
+def test_a_model_in_a_slot_of_its_own_that_cannot_load_leaves_the_others_serving(base: Path) -> None:
+    repository = base / "repository"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "broken")
+    config = (repository / "broken" / "config.toml").read_text().replace('name = "digits"', 'name = "broken"')
+    (repository / "broken" / "config.toml").write_text(
+        config.replace("[dynamic_batching]", '[[instance_group]]\nkind = "KIND_CPU"\n\n[dynamic_batching]')
+    )
+    (repository / "broken" / "1" / "model.pt2").write_bytes(b"not a model")
+    options = ("--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "1")
+    with serve(base, *options, "--worker-startsecs", "30", "--worker-startretries", "0") as d:
+        d.wait_serving(timeout=180)
+        out = d.log()
+        assert "worker-broken-cpu-0: CPU, 1 threads, serves broken" in out, out
+        assert "worker-cpu-0: CPU, 1 threads, serves digits" in out, out
+        assert re.search(
+            r"worker-broken-cpu-0 is (FATAL|EXITED) \(.*\): .*model 'broken' version 1 \(", out
+        ), out
+        assert "model broken is UNAVAILABLE: model 'broken' version 1 (" in out, out
+        assert (
+            requests.post(f"{d.url}/v2/models/digits/infer", json=DIGIT_BODY, timeout=30).status_code == 200
+        )
+        ready = requests.get(f"{d.url}/v2/models/broken/ready", timeout=10)
+        assert ready.status_code == 400 and "cannot load as backend 'torch_export'" in ready.json()["error"]
+        status = d.torchgate("status")
+        assert "model digits version 1: READY on 1 worker(s)" in status.stdout, status.stdout
+        assert "model broken version 1: UNAVAILABLE: model 'broken' version 1 (" in status.stdout
 
 
 def _cuda_usable() -> bool:

@@ -86,3 +86,19 @@ def test_a_load_no_slot_can_take_is_refused_with_the_reason() -> None:
     step = control.next_step(workers, 0.0)
     assert step is not None and step.worker is None
     assert "no worker slot is configured to serve model 'a'" in step.job.error
+
+
+def test_what_slots_report_they_cannot_load_is_kept_per_slot_and_unloaded_models_stay_unloaded() -> None:
+    control = ModelControl()
+    signatures: dict[tuple[str, str], dict[str, object]] = {("a", "1"): {}, ("b", "1"): {}}
+    kept, stale = control.note_ready("w0", [{"model": "c", "version": "1", "reason": "no PIL"}], signatures)
+    assert kept == signatures and stale == []
+    control.unloaded.add("a")
+    kept, stale = control.note_ready("w1", [], signatures)
+    assert list(kept) == [("b", "1")] and stale == ["a"]
+    assert control.unavailable() == [
+        {"model": "c", "version": "1", "reason": "no PIL", "worker": "w0"},
+        {"model": "a", "version": None, "worker": "", "reason": "unloaded"},
+    ]
+    control.note_ready("w0", [], signatures)  # a slot's new report replaces its last one
+    assert [e["model"] for e in control.unavailable()] == ["a"]

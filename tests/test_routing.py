@@ -146,3 +146,18 @@ def test_equally_loaded_workers_take_turns() -> None:
             chosen.append(w.name)
             router.complete(w.identity, r.seq)  # answered before the next arrives: every worker idle again
     assert sorted(chosen) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_a_request_held_past_its_deadline_is_dropped_and_its_worker_takes_no_more_until_it_answers() -> None:
+    router = Router()
+    w = worker("w", capacity=4)
+    router.register(w)
+    router.enqueue(request(1, deadline=100.0))
+    router.enqueue(request(2, deadline=200.0))
+    assert len(list(router.assignments())) == 2
+    assert router.overdue(now_unix=100.5, grace=1.0) == []
+    late = router.overdue(now_unix=101.0, grace=1.0)
+    assert [r.seq for r in late] == [1] and list(w.in_flight) == [2] and router.pending() == 1
+    assert w.overdue and w.credit == 0
+    router.enqueue(request(3))
+    assert list(router.assignments()) == []  # it waits for a worker that is not stuck

@@ -1,0 +1,142 @@
+"""Many models on one host, as real processes: one broken model leaves the rest serving, python models never
+collide, and models load and unload under load with no failed request.
+
+One stack for the module (a dispatcher, two CPU workers loading every model, a gunicorn gateway with model
+control on): `digits`, two python models `a` and `b` that each ship a model.py, `sleeper` (sleeps as many seconds
+as its input says), and `broken` (its model.py imports a package that is not installed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from harness import (
+    DEFAULT_REPOSITORY,
+    DIGITS_BODY,
+    HttpLoad,
+    Stack,
+    call,
+    short_dir,
+    wait_for,
+    write_linear_model,
+    write_scale_model,
+    write_sleeper_model,
+)
+from harness.models import LINEAR_SOURCE
+
+pytestmark = pytest.mark.processes
+
+ABC = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with short_dir() as root:
+        repository = root / "repo"
+        shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / "digits")
+        write_linear_model(repository, "a")
+        write_scale_model(repository, "b")
+        write_sleeper_model(repository, "sleeper")
+        write_linear_model(repository, "broken", "import no_such_package_for_torchgate\n" + LINEAR_SOURCE)
+        with Stack.at(root, repository) as stack:
+            stack.start(
+                ("w0", "w1"),
+                gateway_threads=16,
+                gateway_env={"TORCHGATE_MODEL_CONTROL": "explicit"},
+                ready_path="/v2/models/digits/ready",
+            )
+            wait_for(
+                lambda: {w["worker"] for w in stack.status()["workers"]} == {"w0", "w1"},
+                timeout=120,
+                what="both workers registered",
+            )
+            yield stack
+
+
+def model_counters(status: dict[str, Any], model: str) -> dict[str, int]:
+    """Sum a model's worker counters from a STATUS reply."""
+    total = {"inference_count": 0, "success": 0}
+    for entry in status.get("stats") or []:
+        if entry.get("model") == model:
+            total["inference_count"] += int(entry.get("inference_count", 0))
+            total["success"] += int(entry.get("success", 0))
+    return total
+
+
+def get(stack: Stack, path: str) -> requests.Response:
+    return requests.get(stack.url + path, timeout=30)
+
+
+def post(stack: Stack, path: str, body: Any = None, timeout: float = 120) -> requests.Response:
+    return requests.post(stack.url + path, json=body, timeout=timeout)
+
+
+def test_a_model_that_cannot_load_leaves_the_others_serving_and_says_why(stack: Stack) -> None:
+    for model in ("digits", "a", "b", "sleeper"):
+        assert get(stack, f"/v2/models/{model}/ready").status_code == 200, model
+    broken = get(stack, "/v2/models/broken/ready")
+    assert broken.status_code == 400
+    reason = broken.json()["error"]
+    assert (
+        "model 'broken' version 1 (" in reason and "No module named 'no_such_package_for_torchgate'" in reason
+    )
+    assert "on w0" in reason and "on w1" in reason
+    # Strict readiness, as Triton's default: the server is ready only when every model is; it says which is not.
+    health = get(stack, "/v2/health/ready")
+    assert health.status_code == 400 and "model 'broken' is not ready" in health.json()["error"]
+    index = {e["name"]: e for e in post(stack, "/v2/repository/index").json()}
+    assert index["digits"]["state"] == "READY" and index["broken"]["state"] == "UNAVAILABLE"
+    assert "cannot import factory 'model:build'" in index["broken"]["reason"]
+    refused = call(lambda: requests.post(f"{stack.url}/v2/models/broken/infer", json=ABC, timeout=30))
+    assert refused.status == 503 and "broken" in refused.body
+    assert post(stack, "/v2/models/digits/infer", DIGITS_BODY).status_code == 200
+    log = stack.log("w0")
+    assert "loading broken version 1 on cpu" in log and "loaded digits version 1 on cpu in " in log
+
+
+def test_two_python_models_with_a_model_py_each_answer_their_own(stack: Stack) -> None:
+    a = post(stack, "/v2/models/a/infer", ABC).json()["outputs"][0]["data"]
+    b = post(stack, "/v2/models/b/infer", ABC).json()["outputs"][0]["data"]
+    assert a == [6.0] and b == [60.0]
+
+
+def test_unload_and_load_under_load_fail_no_request_on_the_other_models(stack: Stack) -> None:
+    with (
+        HttpLoad(stack.url, threads=2) as digits,
+        HttpLoad(stack.url, body=ABC, path="/v2/models/b/infer", threads=1) as b,
+    ):
+        digits.wait_for_more(10)
+        response = post(stack, "/v2/repository/models/a/unload")
+        assert response.status_code == 200 and response.json() == {}, response.text
+        not_ready = get(stack, "/v2/models/a/ready")
+        assert not_ready.status_code == 400 and "unloaded" in not_ready.json()["error"]
+        assert post(stack, "/v2/models/a/infer", ABC).status_code == 503
+        index = {e["name"]: e for e in post(stack, "/v2/repository/index").json()}
+        assert index["a"]["state"] == "UNAVAILABLE" and index["a"]["reason"].startswith("unloaded")
+        digits.wait_for_more(10)
+        response = post(stack, "/v2/repository/models/a/load")
+        assert response.status_code == 200, response.text
+        assert post(stack, "/v2/models/a/infer", ABC).json()["outputs"][0]["data"] == [6.0]
+        # Reloading a model that serves, under load on it: its slots reload one at a time.
+        response = post(stack, "/v2/repository/models/digits/load")
+        assert response.status_code == 200, response.text
+        digits.wait_for_more(10)
+        b.wait_for_more(3)
+    assert digits.failures() == [] and b.failures() == []
+    log = stack.log("dispatcher")
+    assert "load of digits done on w0, w1" in log and "unload of a done on w0, w1" in log
+
+
+def test_a_load_that_fails_says_where_and_why_and_unknown_models_are_404(stack: Stack) -> None:
+    response = post(stack, "/v2/repository/models/broken/load")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("load of model 'broken' failed: w0: model 'broken' version 1 (")
+    assert "No module named 'no_such_package_for_torchgate'" in error
+    assert post(stack, "/v2/repository/models/nosuch/load").status_code == 404
+    assert post(stack, "/v2/models/digits/infer", DIGITS_BODY).status_code == 200
