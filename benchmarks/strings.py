@@ -240,7 +240,7 @@ def main() -> None:
     finally:
         for launched, _ in servers.values():
             launched.stop()
-    compute = measure_compute(pool, 16)
+    compute = measure_compute(pool, 8)
     table = render(results, concurrencies, args, compute)
     print(table)
     if args.write is not None:
@@ -271,7 +271,7 @@ def render(
         "only. all-MiniLM-L6-v2 (`examples/repository/minilm`) embeds 64 sentences of 6 to 120 words, one "
         "sentence per request (Open Inference Protocol JSON, BYTES input), through `torchgate serve` with one "
         "gateway process and one CPU worker of one torch thread. `padded`: the shipped config (requests of "
-        "different lengths padded into one batch of up to 16, length buckets 16/32/64/128 tokens, 2 ms batch "
+        "different lengths padded into one batch of up to 8, length buckets 16/32/64/128 tokens, 2 ms batch "
         "delay); "
         "`unbatched`: the same folder without `[padding]` (requests of different lengths never batch, as "
         "before this issue); `sentence-transformers`: `encode(sentences, batch_size=c)` called directly in "

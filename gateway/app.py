@@ -166,7 +166,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         doc = gw.predictions(
             model,
             version,
-            body(),
+            tensor_body(),
             content_type=request.headers.get("Content-Type"),
             content_encoding=request.headers.get("Content-Encoding"),
             request_id=g.request_id,

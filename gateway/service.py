@@ -160,7 +160,7 @@ class Gateway:
         self,
         model_name: str,
         version: str | None,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         content_type: str | None = None,
         content_encoding: str | None = None,
@@ -178,7 +178,7 @@ class Gateway:
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
         data = torchserve.body_data(body, content_type, spec.name, self.config.max_body_bytes)
         if spec.datatype == BYTES:
-            tensor, whole = bytes_input([data], model, self.limits), False
+            tensor, whole = bytes_input([bytes(data)], model, self.limits), False
         else:
             with self.parsing(len(data)):
                 tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)

@@ -25,7 +25,9 @@ PART_NAMES = ("data", "body")  # the part names TorchServe's default handlers re
 MAX_PARTS = 16
 
 
-def body_data(body: bytes, content_type: str | None, input_name: str, limit: int) -> bytes:
+def body_data(
+    body: bytes | bytearray, content_type: str | None, input_name: str, limit: int
+) -> bytes | bytearray:
     """Return the data a request carries: the body, or the right part of a multipart body."""
     mimetype, options = parse_options_header(content_type or "")
     if mimetype != "multipart/form-data":
