@@ -37,7 +37,8 @@ import numpy as np
 
 from benchmarks.load import run_wrk, write_script
 from benchmarks.payloads import HttpRequest
-from benchmarks.procs import free_port, http_status, launch, wait_ready
+from benchmarks.procs import http_status, launch, wait_ready
+from harness.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work" / "strings"
