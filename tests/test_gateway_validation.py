@@ -192,4 +192,4 @@ def test_catalog_keeps_its_models_when_the_repository_breaks(tmp_path: Path) -> 
     write_unloadable_model(tmp_path, "a", [1])
     catalog = ModelCatalog(tmp_path, rescan_interval=0)
     (tmp_path / "a" / "config.toml").write_text("name = ")
-    assert "a" in catalog.rescan() and catalog.error and "not valid TOML" in catalog.error
+    assert "a" in catalog.rescan() and "not valid TOML" in str(catalog.errors["a"])

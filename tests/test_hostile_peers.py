@@ -114,6 +114,10 @@ UNPICKLERS = {
 }
 
 
+# Modules that import pickle only to make its loaders refuse (still checked for every call below).
+PICKLE_REFUSERS = {"inference_worker/pt2_safety.py"}
+
+
 def test_no_code_path_can_unpickle() -> None:
     """Statically: no pickle-family loads, every torch.load has weights_only=True, no msgpack ext hooks."""
     problems = []
@@ -127,7 +131,7 @@ def test_no_code_path_can_unpickle() -> None:
                 names = [a.name for a in node.names] + (
                     [node.module] if isinstance(node, ast.ImportFrom) else []
                 )
-                if any(
+                if path.relative_to(ROOT).as_posix() not in PICKLE_REFUSERS and any(
                     n
                     and n.split(".")[0]
                     in ("pickle", "dill", "cloudpickle", "marshal", "shelve", "msgpack_numpy")
