@@ -116,12 +116,13 @@ def model_states(fields: dict[str, Any], repository: Path, only: list[str]) -> l
     except ValueError as exc:
         return [f"model repository {repository}: {exc}"]
     served = fields.get("models") or {}
-    reasons: dict[tuple[str, str | None], list[str]] = {}
+    reasons: dict[tuple[str, str | None], dict[str, list[str]]] = {}  # (model, version) -> reason -> workers
     for entry in fields.get("unavailable") or []:
         if isinstance(entry, dict):
-            where = f" (on {entry.get('worker')})" if entry.get("worker") else ""
             key = (str(entry.get("model")), entry.get("version"))
-            reasons.setdefault(key, []).append(f"{entry.get('reason')}{where}")
+            names = reasons.setdefault(key, {}).setdefault(str(entry.get("reason")), [])
+            if entry.get("worker"):
+                names.append(str(entry["worker"]))
     lines = []
     for name in sorted(set(models) | set(errors)):
         if name in errors:

@@ -112,18 +112,21 @@ def model_ready(status: dict[str, Any], model: str, version: str | None) -> bool
 
 def unavailable_reason(status: dict[str, Any], model: str, version: str | None) -> str:
     """Return why no worker serves ``model`` (``version``, or any): what the workers reported, else a default."""
-    reasons = []
+    workers: dict[str, list[str]] = {}  # reason -> the workers that gave it (one reason, said once)
     for entry in status.get("unavailable") or []:
         if (
             isinstance(entry, dict)
             and entry.get("model") == model
             and (version is None or entry.get("version") in (version, None))
         ):
-            where = f" on {entry['worker']}" if entry.get("worker") else ""
-            reasons.append(f"{entry.get('reason', 'unavailable')}{where}")
-    if reasons:
-        return "; ".join(dict.fromkeys(reasons))
-    return "no ready worker serves it"
+            where = workers.setdefault(str(entry.get("reason") or "unavailable"), [])
+            if entry.get("worker"):
+                where.append(str(entry["worker"]))
+    if not workers:
+        return "no ready worker serves it"
+    return "; ".join(
+        f"{reason} (on {', '.join(sorted(names))})" if names else reason for reason, names in workers.items()
+    )
 
 
 def server_ready(status: dict[str, Any], models: dict[str, ModelConfig]) -> tuple[bool, str]:
