@@ -40,8 +40,21 @@ from harness.procs import free_port
 SIZES = {"1K": 1 << 10, "600K": 600 * 1024, "16M": 16 << 20}
 
 
+def fixed_echo(repository: Path, label: str) -> str:
+    """Add ``echo_<label>``: the echo model with its input and output fixed to that size (so the gateway
+    knows the answer's size ahead and offers room for it in the request's segment)."""
+    name = f"echo_{label}"
+    folder = repository / name
+    shutil.copytree(repository / "echo", folder)
+    config = (folder / "config.toml").read_text().replace('name = "echo"', f'name = "{name}"')
+    (folder / "config.toml").write_text(config.replace("dims = [-1]", f"dims = [{SIZES[label] // 4}]"))
+    return name
+
+
 def start(root: Path, port: int) -> tuple[Launched, Path]:
     repository = echo_repository(root / "repo")
+    for label in SIZES:
+        fixed_echo(repository, label)
     run_dir = root / "run"
     cmd = [
         sys.executable,
@@ -52,8 +65,6 @@ def start(root: Path, port: int) -> tuple[Launched, Path]:
         str(run_dir),
         "--model-repository",
         str(repository),
-        "--model",
-        "echo",
         "--host",
         "127.0.0.1",
         "--port",
@@ -93,25 +104,25 @@ def binary_request(array: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return header + array.tobytes(), headers
 
 
-def worker_stats(url: str) -> dict[str, float]:
+def worker_stats(url: str, model: str) -> dict[str, float]:
     conn = http.client.HTTPConnection(url.split("//")[1], timeout=10)
-    conn.request("GET", "/v2/models/echo/stats")
+    conn.request("GET", f"/v2/models/{model}/stats")
     doc = json.loads(conn.getresponse().read())
     conn.close()
     s = doc["model_stats"][0]["inference_stats"]
     return {"count": s["success"]["count"], "input_ns": s["compute_input"]["ns"]}
 
 
-def http_costs(proc: Launched, array: np.ndarray, seconds: float) -> dict[str, Any]:
+def http_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) -> dict[str, Any]:
     body, headers = binary_request(array)
     expected = array.tobytes()
     conn = http.client.HTTPConnection(proc.url.split("//")[1], timeout=60)
     times: list[float] = []
-    stats0 = worker_stats(proc.url)
+    stats0 = worker_stats(proc.url, model)
     before, t0 = gpumon.cpu_by_class(proc.tree()), time.monotonic()
     while time.monotonic() - t0 < seconds or len(times) < 5:
         start = time.perf_counter()
-        conn.request("POST", "/v2/models/echo/infer", body=body, headers=headers)
+        conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
         response = conn.getresponse()
         answer = response.read()
         times.append(time.perf_counter() - start)
@@ -121,7 +132,7 @@ def http_costs(proc: Launched, array: np.ndarray, seconds: float) -> dict[str, A
     elapsed = time.monotonic() - t0
     after = gpumon.cpu_by_class(proc.tree())
     conn.close()
-    stats1 = worker_stats(proc.url)
+    stats1 = worker_stats(proc.url, model)
     n = len(times)
     cpu: dict[str, float] = {}
     for pid, (name, secs) in after.items():
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for label in args.sizes.split(","):
             array = np.random.default_rng(0).random(SIZES[label] // 4, dtype=np.float32)
-            costs = http_costs(proc, array, args.seconds)
+            costs = http_costs(proc, f"echo_{label}", array, args.seconds)
             wire = delivery(run_dir, array, args.seconds)
             rows.append((label, costs, wire))
             print(f"{label}: {costs} {wire}", file=sys.stderr, flush=True)

@@ -99,6 +99,7 @@ class DispatcherClient:
         self.shared_memory = (
             endpoint.startswith("ipc://") and shm.supported() and os.environ.get(SHM_ENV, "1") != "0"
         )
+        self._pool = shm.Pool()
         self._status: tuple[float, dict[str, Any] | GatewayError] | None = None
         self._status_lock = threading.Lock()
 
@@ -177,12 +178,18 @@ class DispatcherClient:
         """
         segment = self._segment(tensors, reply_bytes)
         try:
-            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
+            reply = self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
         except _SharedMemoryRefused:
-            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, None)
-        finally:
             if segment is not None:
                 segment[0].close()
+            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, None)
+        except BaseException:
+            if segment is not None:  # a worker may still hold it: never used again, freed when all let go
+                segment[0].close()
+            raise
+        if segment is not None:  # answered: no worker touches it any more, and the outputs were copied out
+            self._pool.give(segment[0])
+        return reply
 
     def _segment(
         self, tensors: Sequence[Tensor], reply_bytes: int
@@ -195,7 +202,7 @@ class DispatcherClient:
         offsets, end = shm.layout(metas)
         reply_at = -(-end // 64) * 64
         try:
-            segment = shm.Segment.create(reply_at + max(0, reply_bytes))
+            segment = self._pool.take(reply_at + max(0, reply_bytes))
         except OSError as exc:
             log.warning("gateway: no shared memory (%s); tensors go in frames", exc)
             self.shared_memory = False
@@ -206,7 +213,7 @@ class DispatcherClient:
         ref: dict[str, Any] = {
             **segment.ref(),
             "inputs": [shm.Placed(m, o).to_wire() for m, o in zip(metas, offsets, strict=True)],
-            "reply": [reply_at, max(0, reply_bytes)],
+            "reply": [reply_at, segment.size - reply_at],
         }
         return segment, ref
 
@@ -363,8 +370,11 @@ def _reply(message: protocol.Message, model: str, segment: shm.Segment | None = 
         except ProtocolError as exc:
             raise Unavailable(f"malformed answer from the worker: {exc}") from None
         view = memoryview(segment.memory)
+        # Copied out: the segment serves the next request as soon as this one is answered.
         outputs += [
-            Tensor(p.meta.name, p.meta.datatype, p.meta.shape, view[p.offset : p.offset + p.meta.nbytes])
+            Tensor(
+                p.meta.name, p.meta.datatype, p.meta.shape, bytes(view[p.offset : p.offset + p.meta.nbytes])
+            )
             for p in tensors
         ]
     stats = message.get("stats")

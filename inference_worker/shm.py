@@ -17,6 +17,8 @@ import contextlib
 import math
 import mmap
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,9 @@ from inference_worker.protocol import DATATYPE_SIZES, MAX_TENSOR_BYTES, Protocol
 NAME = "torchgate-tensors"  # the memfd's name, as /proc/<pid>/fd/<fd> shows it: "/memfd:torchgate-tensors"
 REFUSED = "shared memory: "  # how a worker's error about a segment it cannot map begins
 MIN_BYTES = 64 * 1024  # below this, frames cost less than a segment's system calls
+HEADER = 64  # a segment's first bytes: the token of its current use (the tensors start after)
+TOKEN_BYTES = 8
+POOL_BYTES = 256 << 20  # free segments a process keeps for its next requests, in bytes
 MAX_SEGMENT = 1 << 34
 
 
@@ -39,12 +44,19 @@ def supported() -> bool:
 
 @dataclass(slots=True)
 class Segment:
-    """One anonymous shared-memory file owned by this process, mapped here."""
+    """One anonymous shared-memory file owned by this process, mapped here.
+
+    Its first :data:`HEADER` bytes hold the token of its current use: a segment is used again (allocating and
+    zeroing fresh pages costs more than copying the tensors), and a worker checks the token before it reads
+    the inputs and again before it writes the outputs, so that a late or duplicate worker never touches the
+    next request's data.
+    """
 
     fd: int
     size: int
     ino: int
     memory: mmap.mmap
+    token: int = 0
 
     @classmethod
     def create(cls, size: int) -> Segment:
@@ -57,15 +69,97 @@ class Segment:
             os.close(fd)
             raise
 
+    def stamp(self) -> None:
+        """Start a new use: a fresh token, written at the segment's start."""
+        self.token = int.from_bytes(os.urandom(8), "little") or 1
+        self.memory[:TOKEN_BYTES] = self.token.to_bytes(TOKEN_BYTES, "little")
+
     def ref(self) -> dict[str, int]:
         """Return what another process needs to map this segment."""
-        return {"pid": os.getpid(), "fd": self.fd, "ino": self.ino, "size": self.size}
+        return {"pid": os.getpid(), "fd": self.fd, "ino": self.ino, "size": self.size, "token": self.token}
 
     def close(self) -> None:
         """Close the file (others can no longer map it); the mapping here lives on while views of it do."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class Pool:
+    """Segments this process made and may use again (thread-safe); sizes round up to powers of two."""
+
+    def __init__(self, max_free_bytes: int = POOL_BYTES) -> None:
+        self.max_free_bytes = max_free_bytes
+        self.free_bytes = 0
+        self._free: dict[int, list[Segment]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self, size: int) -> Segment:
+        """Return a segment of at least ``size`` bytes, stamped for a new use."""
+        rounded = max(MIN_BYTES, 1 << (max(1, size) - 1).bit_length())
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child never uses its parent's segments
+                self._free, self.free_bytes, self._pid = {}, 0, os.getpid()
+            free = self._free.get(rounded)
+            segment = free.pop() if free else None
+            if segment is not None:
+                self.free_bytes -= segment.size
+        if segment is None:
+            segment = Segment.create(rounded)
+        segment.stamp()
+        return segment
+
+    def give(self, segment: Segment) -> None:
+        """Take back a segment whose request ended with an answer; close it if the pool is full."""
+        with self._lock:
+            if self.free_bytes + segment.size <= self.max_free_bytes:
+                self._free.setdefault(segment.size, []).append(segment)
+                self.free_bytes += segment.size
+                return
+        segment.close()
+
+
+class Mappings:
+    """The segments a worker has mapped, kept for their next use; those whose owner closed them are dropped."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._maps: OrderedDict[tuple[int, int, int], mmap.mmap] = OrderedDict()
+
+    def get(self, ref: Any) -> mmap.mmap:
+        key = (_int(ref, "pid"), _int(ref, "fd"), _int(ref, "ino"))
+        memory = self._maps.get(key)
+        if memory is None or len(memory) < _int(ref, "size"):
+            memory = attach(ref)
+            self._maps[key] = memory
+            while len(self._maps) > self.max_entries:
+                self._maps.popitem(last=False)
+        self._maps.move_to_end(key)
+        return memory
+
+    def sweep(self) -> int:
+        """Drop the mappings of segments their owner no longer holds (closed, or the owner died); return how many."""
+        gone = [key for key in self._maps if not _still_there(*key)]
+        for key in gone:
+            del self._maps[key]  # unmapped once no request's tensors view it any more
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+
+def _still_there(pid: int, fd: int, ino: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/fd/{fd}").st_ino == ino
+    except OSError:
+        return False
+
+
+def check_token(memory: mmap.mmap, ref: Any) -> None:
+    """Raise :class:`SegmentGone` unless the segment is still in the use ``ref`` names."""
+    if int.from_bytes(memory[:TOKEN_BYTES], "little") != _int(ref, "token"):
+        raise SegmentGone("the segment has moved on to another request (this one ended)")
 
 
 def attach(ref: Any) -> mmap.mmap:
@@ -110,7 +204,7 @@ def placed_tensors(raw: Any, size: int) -> list[Placed]:
     for entry in raw:
         meta = tensor_meta(entry, MAX_TENSOR_BYTES)
         offset = entry.get("offset")
-        if type(offset) is not int or offset < 0 or offset + meta.nbytes > size:
+        if type(offset) is not int or offset < HEADER or offset + meta.nbytes > size:
             raise ProtocolError(
                 f"tensor {meta.name!r}: offset {offset!r} does not fit a segment of {size} bytes"
             )
@@ -118,7 +212,7 @@ def placed_tensors(raw: Any, size: int) -> list[Placed]:
     return out
 
 
-def layout(metas: list[TensorMeta], start: int = 0, align: int = 64) -> tuple[list[int], int]:
+def layout(metas: list[TensorMeta], start: int = HEADER, align: int = 64) -> tuple[list[int], int]:
     """Return each tensor's offset from ``start`` (aligned) and the end of the last one."""
     offsets, at = [], start
     for meta in metas:
@@ -142,12 +236,17 @@ class ReplyArea:
     memory: mmap.mmap
     offset: int
     capacity: int
+    ref: dict[str, Any]
 
     def place(self, tensors: list[tuple[TensorMeta, Any]]) -> list[dict[str, Any]] | None:
-        """Write ``tensors`` (meta, buffer) into the area; return where, or None if they do not fit (frames)."""
+        """Write ``tensors`` (meta, buffer) into the area; return where, or None if they do not fit (frames).
+
+        Raise :class:`SegmentGone` if the segment has moved on to another request.
+        """
         offsets, end = layout([meta for meta, _ in tensors], self.offset)
         if end > self.offset + self.capacity:
             return None
+        check_token(self.memory, self.ref)
         view = memoryview(self.memory)
         for (meta, buf), at in zip(tensors, offsets, strict=True):
             if meta.nbytes:
@@ -155,13 +254,19 @@ class ReplyArea:
         return [Placed(meta, at).to_wire() for (meta, _), at in zip(tensors, offsets, strict=True)]
 
 
-def request_tensors(ref: Any) -> tuple[list[tuple[TensorMeta, memoryview]], ReplyArea | None]:
-    """Map a request's segment; return its input tensors (views, no copy) and where its outputs may go.
+def request_tensors(
+    ref: Any, mappings: Mappings | None = None
+) -> tuple[list[tuple[TensorMeta, memoryview]], ReplyArea | None]:
+    """Map a request's segment (through ``mappings`` when given); return its input tensors (views, no copy)
+    and where its outputs may go.
 
-    Raise :class:`SegmentGone` if the segment cannot be mapped, ``ProtocolError`` if ``ref`` is malformed.
+    Raise :class:`SegmentGone` if the segment cannot be mapped or has moved on to another request,
+    ``ProtocolError`` if ``ref`` is malformed.
     """
     placed = placed_tensors(ref.get("inputs") if isinstance(ref, dict) else None, _int(ref, "size"))
-    memory = attach(ref)
+    _int(ref, "token")
+    memory = mappings.get(ref) if mappings is not None else attach(ref)
+    check_token(memory, ref)
     view = memoryview(memory)
     tensors = [(p.meta, view[p.offset : p.offset + p.meta.nbytes]) for p in placed]
     area = None
@@ -170,10 +275,11 @@ def request_tensors(ref: Any) -> tuple[list[tuple[TensorMeta, memoryview]], Repl
         isinstance(reply, list)
         and len(reply) == 2
         and all(type(v) is int and v >= 0 for v in reply)
+        and reply[0] >= HEADER
         and reply[0] + reply[1] <= len(memory)
         and reply[1] > 0
     ):
-        area = ReplyArea(memory, reply[0], reply[1])
+        area = ReplyArea(memory, reply[0], reply[1], ref)
     return tensors, area
 
 

@@ -109,6 +109,7 @@ class Worker:
         self.executors: dict[tuple[str, str], Executor | Pipeline] = self.residents.executors
         self.batchers: dict[tuple[str, str], Batcher] = self.residents.batchers
         self.stats: dict[tuple[str, str], ModelStats] = defaultdict(ModelStats)
+        self.segments = shm.Mappings()  # gateways' segments mapped here, dropped when their owner lets go
         self.socket: zmq.Socket | None = None
         self.stopping = 0  # SIGTERMs received
         self.drain_acked = False
@@ -286,7 +287,7 @@ class Worker:
         reply_area: shm.ReplyArea | None = None
         if message.get("shm") is not None:  # the inputs are in the gateway's segment: view them there
             try:
-                message.tensors, reply_area = shm.request_tensors(message.get("shm"))
+                message.tensors, reply_area = shm.request_tensors(message.get("shm"), self.segments)
             except shm.SegmentGone as exc:
                 self._fail_seq(seq, ErrorCode.UNAVAILABLE, f"{shm.REFUSED}{exc}", request_id)
                 return
@@ -407,7 +408,10 @@ class Worker:
             stats.compute_output_ns += times.output_ns
             stats.request_ns += queue_ns + compute_ns
             area: shm.ReplyArea | None = item.payload[2]
-            placed = area.place(tensors) if area is not None else None
+            try:
+                placed = area.place(tensors) if area is not None else None
+            except shm.SegmentGone:  # the gateway gave up on it already: the answer goes in frames
+                placed = None
             self._send(
                 protocol.encode(
                     Kind.REPLY,
@@ -432,6 +436,7 @@ class Worker:
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.config.heartbeat_interval
+            self.segments.sweep()
             stats = [{"model": m, "version": v, **s.to_wire()} for (m, v), s in self.stats.items()]
             fields: dict[str, Any] = {"incarnation": self.incarnation, "stats": stats}
             if self.device.type == "cuda":

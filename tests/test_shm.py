@@ -18,6 +18,7 @@ def _request(arrays: dict[str, np.ndarray], reply: int = 0) -> tuple[shm.Segment
     metas = [TensorMeta(name, "FP32", a.shape) for name, a in arrays.items()]
     offsets, end = shm.layout(metas)
     segment = shm.Segment.create(end + reply)
+    segment.stamp()
     view = memoryview(segment.memory)
     for a, at in zip(arrays.values(), offsets, strict=True):
         view[at : at + a.nbytes] = a.tobytes()
@@ -72,8 +73,10 @@ def test_malformed_references() -> None:
             shm.request_tensors({**ref, "inputs": [{**ref["inputs"][0], "offset": segment.size}]})
         with pytest.raises(ProtocolError):
             shm.request_tensors({**ref, "fd": -1})
-        _, area = shm.request_tensors({**ref, "reply": [0, 10**9]})
+        _, area = shm.request_tensors({**ref, "reply": [shm.HEADER, 10**9]})
         assert area is None  # a reply area past the segment's end is ignored: outputs go in frames
+        with pytest.raises(ProtocolError):  # nothing may overlap the token
+            shm.request_tensors({**ref, "inputs": [{**ref["inputs"][0], "offset": 0}]})
     finally:
         segment.close()
 
@@ -89,3 +92,25 @@ def test_the_dispatcher_inlines_a_segment_for_a_worker_on_another_host() -> None
         assert frames == [a.tobytes()]
     finally:
         segment.close()
+
+
+def test_a_segment_used_again_refuses_its_previous_request() -> None:
+    pool = shm.Pool()
+    first = pool.take(100_000)
+    view = memoryview(first.memory)
+    view[shm.HEADER : shm.HEADER + 4] = b"abcd"
+    meta = TensorMeta("x", "UINT8", (4,))
+    ref = {**first.ref(), "inputs": [shm.Placed(meta, shm.HEADER).to_wire()], "reply": [128, 1024]}
+    mappings = shm.Mappings()
+    tensors, area = shm.request_tensors(ref, mappings)
+    assert bytes(tensors[0][1]) == b"abcd" and area is not None
+    pool.give(first)
+    again = pool.take(100_000)
+    assert again is first and again.token != ref["token"]  # same pages, a new use
+    with pytest.raises(shm.SegmentGone, match="moved on"):
+        shm.request_tensors(ref, mappings)  # a late duplicate of the old request reads nothing
+    with pytest.raises(shm.SegmentGone, match="moved on"):
+        area.place([(meta, np.frombuffer(b"zzzz", np.uint8))])  # and writes nothing
+    assert len(mappings) == 1 and mappings.sweep() == 0
+    again.close()
+    assert mappings.sweep() == 1 and len(mappings) == 0  # the owner let go: the mapping is dropped

@@ -29,6 +29,7 @@ from harness import Stack, children, short_dir, wait_for, write_python_model
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
+MEMFD = "memfd:torchgate-tensors"
 WIDTH = 65536  # FP32: 256 KiB per tensor, above inference_worker.shm.MIN_BYTES
 SLOTS = {"worker-cpu-0", "worker-cpu-1"}
 SOURCE = """
@@ -52,21 +53,29 @@ def expected(x: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(x) * torch.tensor(2.0) + 1).numpy()
 
 
-def memfd_maps() -> dict[int, int]:
-    """Return pid -> number of torchgate segments it maps or holds open, for every process that has any."""
-    found = {}
+def segments() -> tuple[dict[int, set[int]], set[int]]:
+    """Return pid -> inodes of the torchgate segments it maps, and the inodes some live process holds open."""
+    mapped: dict[int, set[int]] = {}
+    held: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            maps = Path(f"/proc/{entry}/maps").read_text()
-            fds = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+            lines = [line for line in Path(f"/proc/{entry}/maps").read_text().splitlines() if MEMFD in line]
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if MEMFD in os.readlink(f"/proc/{entry}/fd/{fd}"):
+                    held.add(os.stat(f"/proc/{entry}/fd/{fd}").st_ino)
         except OSError:
             continue
-        count = maps.count("memfd:torchgate-tensors") + sum("memfd:torchgate-tensors" in f for f in fds)
-        if count:
-            found[int(entry)] = count
-    return found
+        if lines:
+            mapped[int(entry)] = {int(line.split()[4]) for line in lines}
+    return mapped, held
+
+
+def orphans() -> dict[int, set[int]]:
+    """Return the segments mapped somewhere that no live process holds open any more (leaked memory)."""
+    mapped, held = segments()
+    return {pid: inos - held for pid, inos in mapped.items() if inos - held}
 
 
 @dataclass
@@ -190,22 +199,19 @@ def stack_pids(d: Stack) -> set[int]:
 
 
 def settle(d: Stack) -> None:
-    """Once no request runs, no process of the stack maps or holds a segment."""
-    wait_for(
-        lambda: not (set(memfd_maps()) & stack_pids(d)),
-        timeout=20,
-        what=f"no segment left mapped (still: {memfd_maps()})",
-    )
+    """A segment whose owner closed it or died is mapped by no process for long (a worker drops it within a
+    heartbeat): no memory outlives its owner."""
+    wait_for(lambda: not orphans(), timeout=20, what=f"no orphaned segment (still: {orphans()})")
 
 
 def test_answers_travel_in_shared_memory(healthy: Stack) -> None:
     d = healthy
-    seen: dict[int, int] = {}
+    seen: dict[int, set[int]] = {}
     with CheckedLoad(d.url) as load:
         load.wait_for_more(10)
         end = time.monotonic() + 10
-        while not seen and time.monotonic() < end:  # segments exist only while requests are in flight
-            seen = {pid: n for pid, n in memfd_maps().items() if pid in stack_pids(d)}
+        while not seen and time.monotonic() < end:
+            seen = {pid: inos for pid, inos in segments()[0].items() if pid in stack_pids(d)}
         load.wait_for_more(10)
     assert load.wrong == [] and load.failures == [], (load.wrong[:3], load.failures[:3])
     workers = {d.pids()[slot] for slot in SLOTS}
