@@ -52,7 +52,10 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         "max_batch_size": model.max_batch_size,
         "input": [tensor(s) for s in model.inputs],
         "output": [tensor(s) for s in model.outputs],
-        "instance_group": [{"name": model.name, "kind": "KIND_AUTO", "count": 1}],
+        "instance_group": [
+            {"name": f"{model.name}_{i}", **group.to_dict()} for i, group in enumerate(model.instance_groups)
+        ]
+        or [{"name": model.name, "kind": "KIND_AUTO", "count": 1, "gpus": []}],
     }
     if model.max_batch_size > 0:
         config["dynamic_batching"] = {

@@ -344,6 +344,28 @@ def test_model_control_is_off_unless_explicit_and_checks_the_model_first(tmp_pat
     refused = explicit.post("/v2/repository/models/digits/load")
     assert refused.status_code == 400 and "did you mean max_batch_size?" in refused.get_json()["error"]
     config.write_text(config.read_text().replace("max_batch_sise", "max_batch_size"))
+    # Behind the bearer token when authentication is on.
+    guarded = make_app(tmp_path, repository, model_control="explicit", auth_token="s3cret").test_client()
+    assert guarded.post("/v2/repository/models/digits/unload").status_code == 401
     # The dispatcher does not answer here: the call says so, with Retry-After, rather than hanging.
     unanswered = explicit.post("/v2/repository/models/digits/unload")
     assert unanswered.status_code == 503 and "did not finish within 0.3s" in unanswered.get_json()["error"]
+
+
+def test_model_config_shows_the_instance_groups(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPOSITORY, repository)
+    config = repository / "digits" / "config.toml"
+    config.write_text(
+        config.read_text().replace(
+            "[dynamic_batching]",
+            '[[instance_group]]\nkind = "KIND_GPU"\ncount = 2\ngpus = [0]\n[dynamic_batching]',
+        )
+    )
+    groups = (
+        make_app(tmp_path, repository)
+        .test_client()
+        .get("/v2/models/digits/config")
+        .get_json()["instance_group"]
+    )
+    assert groups == [{"name": "digits_0", "kind": "KIND_GPU", "count": 2, "gpus": [0]}]
