@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import requests
+from packaging.requirements import Requirement
 
 from harness import ROOT, Processes, free_port, run, wait_for
 from harness.wheel import InstalledWheel
@@ -43,6 +45,20 @@ def test_recipe_runs_as_a_user_with_the_run_directory_on_a_volume() -> None:
     assert exec_form(DOCKERFILE, "ENTRYPOINT")[:2] == ["torchgate", "serve"]
     assert healthcheck(DOCKERFILE) == ["torchgate", "probe"]  # /v2/health/ready, with the run dir's token
     assert [rest for word, rest in steps if word == "STOPSIGNAL"] == ["SIGTERM"]
+
+
+def test_image_installs_torch_from_the_supported_range() -> None:
+    """The image's default torch is the range the worker extra declares, not a pin of its own."""
+    args = [
+        rest for word, rest in instructions(DOCKERFILE) if word == "ARG" and rest.startswith("TORCH_SPEC=")
+    ]
+    assert len(args) == 1
+    spec = args[0].split("=", 1)[1].strip('"')
+    worker = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "worker"
+    ]
+    declared = next(r for r in worker if Requirement(r).name == "torch")
+    assert Requirement(spec) == Requirement(declared)
 
 
 @pytest.mark.processes
