@@ -24,6 +24,7 @@ from deploy.rundir import check_run_dir, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import assess, last_error
 from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
+from inference_worker import security
 from inference_worker.protocol import ProtocolError
 from inference_worker.repository import load_repository
 
@@ -46,12 +47,9 @@ def read_token(path: Path | None) -> str:
     if path is None:
         return ""
     try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServeError(f"{path}: cannot read the auth token: {exc}") from None
-    if not token:
-        raise ServeError(f"{path}: the auth token file is empty")
-    return token
+        return security.read_token(path)
+    except security.SecurityError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def health_ready(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> bool:

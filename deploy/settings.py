@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -204,9 +204,6 @@ class DeploySettings:
                 f"{path}: missing; render the run directory first (torchgate render --run-dir {run_dir})"
             )
         return cls.from_json(path.read_text())
-
-    def with_changes(self, **changes: Any) -> DeploySettings:
-        return replace(self, **changes)
 
 
 def gpu_slot_name(gpu: int, k: int) -> str:

@@ -23,12 +23,11 @@ DISPATCHER_STARTRETRIES = 10
 DISPATCHER_STOPWAITSECS = 15  # the dispatcher answers what is in flight first (its --stop-grace, 10 s)
 GATEWAY_STARTSECS = 3
 GATEWAY_STARTRETRIES = 10
-GATEWAY_WORKER_TIMEOUT = 60
 # A worker exits 3 when its models cannot load and 2 when its configuration is refused: restarting it cannot help.
 # Before startsecs such an exit is a failed start (retried, then FATAL); after it, the slot stays EXITED, with
 # the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted. It exits 0 only once
 # drained after a stop request: expected, so supervisord logs the stop at INFO, not WARN.
-WORKER_FINAL_EXIT_CODES = "0,2,3"  # gunicorn --timeout: a silent gateway process is restarted by the arbiter
+WORKER_FINAL_EXIT_CODES = "0,2,3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +157,15 @@ def gateway_command(s: DeploySettings) -> list[str]:
         "-m",
         "gunicorn",
         "--config",
-        "python:gateway.gunicorn_conf",  # logging, keep-alive, backlog; the flags below win
+        "python:gateway.gunicorn_conf",  # worker class, timeout, logging, keep-alive; the flags below win
         "--bind",
         f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
         "--workers",
         str(s.gateway_processes),
-        "--worker-class",
-        "gateway.admission.AdmittingThreadWorker",  # gthread + a bounded wait for a thread
         "--threads",
         str(s.gateway_threads),
         "--graceful-timeout",
         str(s.gateway_graceful_seconds),
-        "--timeout",
-        str(GATEWAY_WORKER_TIMEOUT),
         "--name",
         "torchgate-gateway",
         "gateway.wsgi:app",

@@ -21,8 +21,6 @@ FATAL = "FATAL"
 EXITED = "EXITED"
 BACKOFF = "BACKOFF"
 STARTING = "STARTING"
-STOPPING = "STOPPING"
-DOWN_STATES = frozenset({STOPPED, FATAL, EXITED})
 
 
 class _TimedUnixConnection(UnixStreamHTTPConnection):

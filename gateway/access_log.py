@@ -38,8 +38,8 @@ def log_request(method: str, path: str, status: int, seconds: float, trace: Requ
     }
     if trace.model:
         fields.update(model=trace.model, version=trace.version, samples=trace.samples)
-    if trace.reply is not None:
-        fields.update(batch_size=trace.batch_size, worker=trace.reply.worker)
+    if trace.answered:
+        fields.update(batch_size=trace.batch_size, worker=trace.worker)
     extra = " ".join(
         f"{k}={fields[k]}" for k in ("model", "version", "samples", "batch_size", "worker") if k in fields
     )
@@ -61,10 +61,7 @@ def current_request_id() -> str | None:
     if not has_request_context():
         return None
     trace = g.get("trace")
-    if isinstance(trace, RequestTrace) and trace.request_id:
-        return trace.request_id
-    value = g.get("request_id")
-    return value if isinstance(value, str) and value else None
+    return trace.request_id if isinstance(trace, RequestTrace) else None
 
 
 class RequestIdFilter(logging.Filter):

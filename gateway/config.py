@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from inference_worker.security import SecurityError, read_token
 
 PREFIX = "TORCHGATE_"
 
@@ -106,8 +109,8 @@ class GatewayConfig:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         token_file = environ.get(PREFIX + "AUTH_TOKEN_FILE")
         if token_file and "auth_token" not in values:
-            with open(token_file, encoding="utf-8") as handle:
-                values["auth_token"] = handle.read().strip()
-            if not values["auth_token"]:  # an empty file must not quietly turn authentication off
-                raise ValueError(f"{PREFIX}AUTH_TOKEN_FILE={token_file!r} holds no token")
+            try:
+                values["auth_token"] = read_token(Path(token_file))
+            except SecurityError as exc:
+                raise ValueError(f"{PREFIX}AUTH_TOKEN_FILE: {exc}") from None
         return cls(**values)

@@ -4,7 +4,8 @@ Requests mostly wait on the dispatcher, so each process runs threads (gthread). 
 ``TORCHGATE_BIND`` (default 127.0.0.1:8000), ``TORCHGATE_GATEWAY_PROCESSES`` (default 1),
 ``TORCHGATE_GATEWAY_THREADS`` (default 32), ``TORCHGATE_GATEWAY_QUEUE`` (requests waiting for a thread, per
 process, before the next get 503 at once; default 4 x threads), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
-`torchgate serve` renders its own copy of these settings for supervisord.
+`torchgate serve` loads this file too (``--config python:gateway.gunicorn_conf``): the worker class and the
+timeout are set here only; its flags set the bind address, processes, threads and graceful timeout.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ import orjson
 
 from gateway.codec import Tensor, json_array, output_strings, tensor_array
 from gateway.errors import GatewayError, InvalidArgument
-from gateway.validation import bytes_input, check_tensor, describe, fits
+from gateway.validation import bytes_input, check_tensor, describe
 from inference_worker import strings
 from inference_worker.protocol import BYTES
-from inference_worker.repository import ModelConfig, TensorSpec
+from inference_worker.repository import ModelConfig, TensorSpec, fits
 
 
 def predict_input(

@@ -15,7 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, GatewayError, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
-from gateway.trace import RequestTrace, choose_request_id
+from gateway.trace import RequestTrace
 from gateway.triton import model_ready, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.protocol import BYTES, ErrorCode
@@ -78,22 +78,17 @@ class Gateway:
         model_name: str,
         version: str | None,
         body: bytes | bytearray,
+        trace: RequestTrace,
         *,
         content_encoding: str | None = None,
         header_length: str | None = None,
-        request_id: str = "",
-        header_id: str | None = None,
-        trace: RequestTrace | None = None,
     ) -> Body:
-        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``.
-
-        The request id is ``header_id`` (X-Request-ID), else the body's ``id``, else ``request_id``.
-        """
+        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``; ``trace`` learns the request's id and reply."""
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
         with self.parsing(len(body)):
             request = parse_infer_request(
-                body, header_length, header_id, self.limits, self.config.max_json_values
+                body, header_length, trace.header_id, self.limits, self.config.max_json_values
             )
             inputs = (
                 [raw_input(request, model, self.limits)]
@@ -101,21 +96,18 @@ class Gateway:
                 else check_inputs(request, model, self.limits)
             )
         plan = output_plan(request, model)
-        request_id = choose_request_id(header_id, request.id, request_id)
-        if trace is not None:
-            trace.begin(model, resolved, request_id, inputs)
+        trace.begin(model, resolved, inputs, request.id)
         reply = self.client.infer(
             model.name,
             resolved if version else None,
             inputs,
             [n for n, _ in plan] if request.outputs else [],
             self.deadline(request.timeout_us),
-            request_id,
+            trace.request_id,
             request.priority,
             reply_bytes=reply_bytes(model, inputs),
         )
-        if trace is not None:
-            trace.finish(reply)
+        trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, [n for n, _ in plan])
         return infer_response(
             model.name,
@@ -125,12 +117,7 @@ class Gateway:
         )
 
     def predict(
-        self,
-        body: bytes,
-        *,
-        content_encoding: str | None = None,
-        request_id: str = "",
-        trace: RequestTrace | None = None,
+        self, body: bytes, trace: RequestTrace, *, content_encoding: str | None = None
     ) -> dict[str, Any]:
         """Answer the seed's ``POST /predict``: ``{"input": ...}`` -> ``{"output": ...}``."""
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
@@ -149,11 +136,9 @@ class Gateway:
         resolved = self.catalog.get(model.name, version)[1] if version else None
         with self.parsing(len(body)):
             tensor, whole = predict_input(doc["input"], model, self.limits)
-        if trace is not None:
-            trace.begin(model, resolved or self.catalog.get(model.name)[1], request_id, [tensor])
-        reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), request_id)
-        if trace is not None:
-            trace.finish(reply)
+        trace.begin(model, resolved or self.catalog.get(model.name)[1], [tensor])
+        reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), trace.request_id)
+        trace.finish(reply.version, reply.worker, reply.stats)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
 
     def predictions(
@@ -161,11 +146,10 @@ class Gateway:
         model_name: str,
         version: str | None,
         body: bytes | bytearray,
+        trace: RequestTrace,
         *,
         content_type: str | None = None,
         content_encoding: str | None = None,
-        request_id: str = "",
-        trace: RequestTrace | None = None,
     ) -> Any:
         """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only input."""
         model, resolved = self.catalog.get(model_name, version)
@@ -182,13 +166,11 @@ class Gateway:
         else:
             with self.parsing(len(data)):
                 tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)
-        if trace is not None:
-            trace.begin(model, resolved, request_id, [tensor])
+        trace.begin(model, resolved, [tensor])
         reply = self.client.infer(
-            model.name, resolved if version else None, [tensor], [], self.deadline(None), request_id
+            model.name, resolved if version else None, [tensor], [], self.deadline(None), trace.request_id
         )
-        if trace is not None:
-            trace.finish(reply)
+        trace.finish(reply.version, reply.worker, reply.stats)
         values = output_values(_pick(reply, [s.name for s in model.outputs]), model, whole)
         return torchserve.answer(values)
 

@@ -1,7 +1,7 @@
 """What the gateway learned about one request while answering it: its id, model, batch and the reply; no I/O.
 
-The app makes one :class:`RequestTrace` per HTTP request; :class:`gateway.service.Gateway` fills it in, and the
-access log and the metrics read it when the response is done.
+:mod:`gateway.instrument` opens one :class:`RequestTrace` per HTTP request, which decides the request's id;
+:class:`gateway.service.Gateway` fills it in, and the access log and the metrics read it when the response is done.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.client import InferReply
 from gateway.codec import Tensor
 from inference_worker.repository import ModelConfig
 
@@ -50,34 +50,41 @@ class RequestTrace:
     """One HTTP request as the access log and the metrics see it."""
 
     request_id: str
+    header_id: str | None = None  # a valid X-Request-ID: it names the request whatever the body says
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # empty until the request named a model the gateway knows
     version: str = ""
     samples: int = 0  # the request's own batch size (1 for a model that does not batch)
-    reply: InferReply | None = None
+    answered: bool = False  # whether a worker answered it
+    worker: str = ""
+    batch_size: int = 0  # the size of the batch the worker ran it in
 
-    def begin(self, model: ModelConfig, version: str, request_id: str, tensors: Sequence[Tensor]) -> None:
-        """Record the model version a request goes to, its id and its batch size, before it is sent."""
-        self.model, self.version, self.request_id = model.name, version, request_id
+    @classmethod
+    def open(cls, header: str | None) -> RequestTrace:
+        """Start the trace of a request: its id is ``header`` (its X-Request-ID) if valid, else a new one."""
+        header_id = header if valid_request_id(header) else None
+        return cls(request_id=choose_request_id(header_id, None), header_id=header_id)
+
+    def begin(
+        self, model: ModelConfig, version: str, tensors: Sequence[Tensor], body_id: str | None = None
+    ) -> None:
+        """Record the model version a request goes to and its batch size before it is sent; a valid body
+        ``id`` names the request unless an X-Request-ID did."""
+        self.model, self.version = model.name, version
+        self.request_id = choose_request_id(self.header_id, body_id, self.request_id)
         first = tensors[0] if tensors else None
         if model.max_batch_size > 0 and first is not None and first.shape:
             self.samples = int(first.shape[0])
         else:
             self.samples = 1
 
-    def finish(self, reply: InferReply) -> None:
-        """Record the dispatcher's reply (its version is the one that really ran)."""
-        self.reply = reply
-        if reply.version:
-            self.version = reply.version
-
-    @property
-    def batch_size(self) -> int:
-        """Return the size of the batch the worker ran this request in, or 0 if it did not run."""
-        if self.reply is None:
-            return 0
-        value = self.reply.stats.get("batch_size")
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    def finish(self, version: str, worker: str, stats: Mapping[str, Any]) -> None:
+        """Record the dispatcher's reply: the version that really ran, the worker and its batch statistics."""
+        self.answered, self.worker = True, worker
+        if version:
+            self.version = version
+        value = stats.get("batch_size")
+        self.batch_size = value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     def elapsed(self) -> float:
         """Return the seconds since the request started."""

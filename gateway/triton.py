@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from inference_worker.repository import ModelConfig, TensorSpec
+from inference_worker.stats import add_counters
 
 SERVER_NAME = "torchgate"
 EXTENSIONS = [
@@ -162,21 +163,8 @@ def model_stats(
         if not isinstance(entry, dict):
             continue
         key = (str(entry.get("model")), str(entry.get("version")))
-        total = totals.setdefault(key, {})
-        for field, value in entry.items():
-            if field in ("worker", "model", "version"):
-                continue
-            if isinstance(value, dict):
-                bucket = total.setdefault(field, {})
-                for k, v in value.items():
-                    if isinstance(v, int | float) and not isinstance(v, bool):
-                        bucket[str(k)] = bucket.get(str(k), 0) + v
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                total[field] = (
-                    max(total.get(field, 0), value)
-                    if field.startswith("last_")
-                    else total.get(field, 0) + value
-                )
+        counters = {k: v for k, v in entry.items() if k not in ("worker", "model", "version")}
+        add_counters(totals.setdefault(key, {}), counters)
     result = []
     for name in sorted(models):
         if only is not None and name != only:

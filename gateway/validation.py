@@ -20,11 +20,6 @@ def describe(spec: TensorSpec, max_batch_size: int) -> str:
     return f"{spec.name!r} {spec.datatype} {spec.full_shape(max_batch_size)}"
 
 
-def fits(shape: tuple[int, ...] | list[int], dims: tuple[int, ...] | list[int]) -> bool:
-    """Return whether ``shape`` matches ``dims``, where -1 matches any size."""
-    return len(shape) == len(dims) and all(d == -1 or s == d for s, d in zip(shape, dims, strict=True))
-
-
 def check_inputs(
     request: InferRequest, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
 ) -> list[Tensor]:
@@ -69,18 +64,8 @@ def check_tensor(
 ) -> None:
     """Check one input's datatype, shape, batch size and byte count (BYTES: layout and limits) against its spec."""
     name = tensor.name
-    if tensor.datatype != spec.datatype:
-        raise InvalidArgument(f"input {name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
-    full = spec.full_shape(max_batch_size)
-    if not fits(tensor.shape, full):
-        raise InvalidArgument(
-            f"input {name!r}: shape {list(tensor.shape)} does not fit {full} (-1: any size)"
-        )
-    if max_batch_size > 0 and tensor.shape[0] > max_batch_size:
-        raise InvalidArgument(
-            f"input {name!r}: batch size {tensor.shape[0]} exceeds the model's "
-            f"max_batch_size {max_batch_size}"
-        )
+    if (why := spec.mismatch(tensor.datatype, tensor.shape, max_batch_size)) is not None:
+        raise InvalidArgument(why)
     if 0 in tensor.shape:
         raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} holds no elements")
     if tensor.datatype == BYTES:

@@ -12,7 +12,7 @@ import torch
 
 from inference_worker.backends import Runner, load_error
 from inference_worker.protocol import ErrorCode, TensorMeta
-from inference_worker.repository import ModelConfig, TensorSpec
+from inference_worker.repository import ModelConfig
 from inference_worker.tensors import TORCH_DTYPES
 
 
@@ -45,33 +45,11 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     samples = 1
     for spec in config.inputs:
         meta = by_name[spec.name]
-        if meta.datatype != spec.datatype:
-            raise RequestError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"input {spec.name!r}: datatype {meta.datatype}, expected {spec.datatype}",
-            )
-        shape = meta.shape
+        if (why := spec.mismatch(meta.datatype, meta.shape, config.max_batch_size)) is not None:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, why)
         if config.max_batch_size > 0:
-            if not shape:
-                raise RequestError(
-                    ErrorCode.INVALID_ARGUMENT, f"input {spec.name!r}: missing the batch dimension"
-                )
-            samples, shape = shape[0], shape[1:]
-            if samples > config.max_batch_size:
-                raise RequestError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"input {spec.name!r}: batch of {samples} exceeds max_batch_size {config.max_batch_size}",
-                )
-        if not _fits(shape, spec.dims):
-            raise RequestError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"input {spec.name!r}: shape {list(meta.shape)}, expected {spec.full_shape(config.max_batch_size)}",
-            )
+            samples = meta.shape[0]
     return samples
-
-
-def _fits(shape: Sequence[int], dims: Sequence[int]) -> bool:
-    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
 
 
 class Executor:
@@ -165,9 +143,6 @@ class Executor:
             torch.empty([0] + [max(d, 0) for d in spec.dims], dtype=TORCH_DTYPES[spec.datatype])
             for spec in self.config.outputs
         ]
-
-    def output_specs(self) -> tuple[TensorSpec, ...]:
-        return self.config.outputs
 
 
 _PATH = re.compile(r"(/[\w.\-]+)+")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class ConfigError(ValueError):
     """A model repository entry that cannot be served."""
 
 
+def fits(shape: Sequence[int], dims: Sequence[int]) -> bool:
+    """Return whether ``shape`` matches ``dims``, where -1 matches any size."""
+    return len(shape) == len(dims) and all(d == -1 or s == d for s, d in zip(shape, dims, strict=True))
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output of a model, as its config declares it (dims exclude the batch dim)."""
@@ -67,12 +73,22 @@ class TensorSpec:
         """Return the shape clients see: ``[-1] + dims`` for batching models, else ``dims``."""
         return ([-1] if max_batch_size > 0 else []) + list(self.dims)
 
+    def mismatch(self, datatype: str, shape: Sequence[int], max_batch_size: int) -> str | None:
+        """Say why an input of ``datatype`` and ``shape`` does not fit this spec; None when it fits.
+
+        The one shape check: the gateway refuses a request with it, and a worker checks what reaches it.
+        """
+        if datatype != self.datatype:
+            return f"input {self.name!r}: datatype {datatype}, expected {self.datatype}"
+        full = self.full_shape(max_batch_size)
+        if not fits(shape, full):
+            return f"input {self.name!r}: shape {list(shape)} does not fit {full} (-1: any size)"
+        if max_batch_size > 0 and shape[0] > max_batch_size:
+            return f"input {self.name!r}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch_size}"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "dims": list(self.dims)}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TensorSpec:
-        return cls(raw["name"], raw["datatype"], tuple(raw["dims"]))
 
 
 @dataclass(frozen=True, slots=True)

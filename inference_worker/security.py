@@ -20,6 +20,21 @@ class SecurityError(RuntimeError):
     """An endpoint that would be reachable without authentication, or keys that cannot be read."""
 
 
+def read_token(path: Path) -> str:
+    """Return the bearer token in the file ``path``; SecurityError if it cannot be read or holds none.
+
+    An empty file is an error: it must not quietly turn authentication off. The gateway and ``torchgate serve``
+    both read the token here.
+    """
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecurityError(f"{path}: cannot read the auth token: {exc}") from None
+    if not token:
+        raise SecurityError(f"{path}: the auth token file is empty (it holds no token)")
+    return token
+
+
 def is_network(endpoint: str) -> bool:
     return not (endpoint.startswith("ipc://") or endpoint.startswith("inproc://"))
 

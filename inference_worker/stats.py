@@ -11,10 +11,14 @@ from typing import Any
 Key = tuple[str, str, str]  # slot name, model, version
 
 
-def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
+def add_counters(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add the counters of ``more`` to ``into``, maps of counters key by key; a ``last_`` time stamp: the latest.
+
+    The one way counters from several workers or incarnations are merged (the dispatcher, the gateway's stats).
+    """
     for name, value in more.items():
         if isinstance(value, dict):
-            _add(into.setdefault(name, {}), value)
+            add_counters(into.setdefault(name, {}), value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             # a "last_" field is a time stamp: the latest wins; every other number is a counter
             into[name] = (
@@ -50,7 +54,7 @@ class StatsBook:
         result: dict[Key, dict[str, Any]] = {}
         for counters in self._last.values():
             for key, values in counters.items():
-                _add(result.setdefault(key, {}), values)
+                add_counters(result.setdefault(key, {}), values)
         return result
 
     def to_wire(self) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import GatewayConfig, create_app
-from gateway.app import OPENAPI_PATH
+from gateway.routes import OPENAPI_PATH
 from harness import DEFAULT_REPOSITORY, run
 from harness import write_unloadable_model as write_model
 from inference_worker.repository import load_repository

@@ -1,0 +1,233 @@
+"""The HTTP routes: the seed's ``/predict``, TorchServe's ``/predictions``, the Open Inference Protocol, Triton's
+extras (statistics, repository index, model control) and ``/metrics``.
+
+Each view reads the process's :class:`gateway.service.Gateway` from ``current_app.extensions``, turns the request
+into a call on it and its answer into a response; errors are raised and mapped in :mod:`gateway.app`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+from gateway import codec, triton, worker_metrics
+from gateway.body import BodyDisconnected, read_body
+from gateway.errors import InvalidArgument
+from gateway.metrics import CONTENT_TYPE, render, request_metrics
+from gateway.service import Gateway
+from gateway.trace import RequestTrace
+
+EXTENSION = "torchgate"  # the app.extensions key of the process's Gateway
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+JSON = "application/json"
+
+routes = Blueprint("torchgate", __name__)
+INFER_ENDPOINTS = ("torchgate.infer", "torchgate.predict", "torchgate.predictions")  # those that run a model
+
+
+def current_gateway() -> Gateway:
+    """Return the Gateway of the app answering this request."""
+    gateway: Gateway = current_app.extensions[EXTENSION]
+    return gateway
+
+
+def current_trace() -> RequestTrace:
+    """Return the trace :mod:`gateway.instrument` opened for this request."""
+    trace: RequestTrace = g.trace
+    return trace
+
+
+def json_response(doc: Any, status: int = 200) -> Response:
+    return Response(codec.dumps(doc), status=status, content_type=JSON)
+
+
+def request_body() -> bytes:
+    """Read the request body in one call when its length is known.
+
+    werkzeug reads 64 KiB at a time, and gunicorn answers each read by copying whatever it buffered past it
+    (up to 1 MiB): a 3 MiB tensor cost ~100 MB of copies, three quarters of the gateway's time.
+    """
+    length = request.content_length
+    stream = request.environ.get("wsgi.input")
+    if length is None or stream is None:  # chunked: werkzeug reads it, enforcing MAX_CONTENT_LENGTH
+        return request.get_data(cache=False)
+    if length > current_gateway().config.max_body_bytes:
+        raise RequestEntityTooLarge()
+    try:
+        data: bytes = stream.read(length)
+    except (OSError, ValueError):
+        raise ClientDisconnected() from None
+    if len(data) < length:
+        raise ClientDisconnected()
+    return data
+
+
+def tensor_body() -> bytes | bytearray:
+    """Read an infer request's body: a large one straight from the socket into one buffer (gateway.body)."""
+    length = request.content_length
+    if length is not None and length <= current_gateway().config.max_body_bytes:
+        try:
+            data = read_body(request.environ.get("wsgi.input"), length)
+        except BodyDisconnected:
+            raise ClientDisconnected() from None
+        if data is not None:
+            return data
+    return request_body()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("torchgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+_SERVER_DOC = codec.dumps(triton.server_metadata(_version()))
+_OPENAPI = OPENAPI_PATH.read_bytes()
+
+
+# -- the seed's contract --------------------------------------------------------------------------------
+
+
+@routes.post("/predict")
+def predict() -> Response:
+    doc = current_gateway().predict(
+        request_body(), current_trace(), content_encoding=request.headers.get("Content-Encoding")
+    )
+    return json_response(doc)
+
+
+# -- TorchServe's inference API -------------------------------------------------------------------------
+
+
+@routes.route("/predictions/<model>", methods=["POST", "PUT"])
+@routes.route("/predictions/<model>/<version>", methods=["POST", "PUT"])
+def predictions(model: str, version: str | None = None) -> Response:
+    doc = current_gateway().predictions(
+        model,
+        version,
+        tensor_body(),
+        current_trace(),
+        content_type=request.headers.get("Content-Type"),
+        content_encoding=request.headers.get("Content-Encoding"),
+    )
+    return json_response(doc)
+
+
+# -- Open Inference Protocol ----------------------------------------------------------------------------
+
+
+@routes.get("/v2/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@routes.get("/v2/health/ready")
+def ready() -> Response:
+    gateway = current_gateway()
+    if gateway.config.drain_file and os.path.exists(gateway.config.drain_file):
+        return json_response({"ready": False, "error": "the server is stopping (draining)"}, 503)
+    ok, why = gateway.ready()
+    return json_response({"ready": True}) if ok else json_response({"ready": False, "error": why}, 400)
+
+
+@routes.get("/v2")
+def server_metadata() -> Response:
+    return Response(_SERVER_DOC, content_type=JSON)
+
+
+@routes.get("/v2/models/<model>")
+@routes.get("/v2/models/<model>/versions/<version>")
+def model_metadata(model: str, version: str | None = None) -> Response:
+    config, resolved = current_gateway().catalog.get(model, version)
+    return json_response(triton.model_metadata(config, resolved if version else None))
+
+
+@routes.get("/v2/models/<model>/ready")
+@routes.get("/v2/models/<model>/versions/<version>/ready")
+def model_ready(model: str, version: str | None = None) -> Response:
+    ok, config, why = current_gateway().model_ready(model, version)
+    doc: dict[str, Any] = {"name": config.name, "ready": ok}
+    if not ok:
+        doc["error"] = f"model {config.name!r} is not ready: {why}"
+    return json_response(doc, 200 if ok else 400)
+
+
+@routes.post("/v2/models/<model>/infer")
+@routes.post("/v2/models/<model>/versions/<version>/infer")
+def infer(model: str, version: str | None = None) -> Response:
+    result = current_gateway().infer(
+        model,
+        version,
+        tensor_body(),
+        current_trace(),
+        content_encoding=request.headers.get("Content-Encoding"),
+        header_length=request.headers.get("Inference-Header-Content-Length"),
+    )
+    return Response(result.data, content_type=result.content_type, headers=result.headers)
+
+
+# -- Triton extras --------------------------------------------------------------------------------------
+
+
+@routes.get("/v2/models/<model>/config")
+@routes.get("/v2/models/<model>/versions/<version>/config")
+def model_config(model: str, version: str | None = None) -> Response:
+    return json_response(triton.model_config(current_gateway().catalog.get(model, version)[0]))
+
+
+@routes.post("/v2/repository/index")
+def repository_index() -> Response:
+    raw = request_body()
+    doc = codec.loads(raw) if raw.strip() else {}
+    ready_only = doc.get("ready", False) if isinstance(doc, dict) else None
+    if not isinstance(ready_only, bool):
+        raise InvalidArgument('the body must be empty or {"ready": true|false}')
+    return json_response(current_gateway().repository_index(ready_only))
+
+
+@routes.post("/v2/repository/models/<model>/load")
+def load_model(model: str) -> Response:
+    current_gateway().control("load", model)
+    return json_response({})
+
+
+@routes.post("/v2/repository/models/<model>/unload")
+def unload_model(model: str) -> Response:
+    current_gateway().control("unload", model)
+    return json_response({})
+
+
+@routes.get("/v2/models/stats")
+@routes.get("/v2/models/<model>/stats")
+@routes.get("/v2/models/<model>/versions/<version>/stats")
+def model_stats(model: str | None = None, version: str | None = None) -> Response:
+    gateway = current_gateway()
+    resolved = None
+    if model is not None:
+        _, resolved = gateway.catalog.get(model, version)
+    return json_response(
+        triton.model_stats(gateway.catalog.models, gateway.status(), model, resolved if version else None)
+    )
+
+
+# -- documents ------------------------------------------------------------------------------------------
+
+
+@routes.get("/openapi.json")
+def openapi_document() -> Response:
+    return Response(_OPENAPI, content_type=JSON)
+
+
+@routes.get("/metrics")
+def metrics() -> Response:
+    # a fresh status: a cached one from another gateway process could make counters run backwards
+    status = current_gateway().status_or_none(max_age=0)
+    families = itertools.chain(request_metrics().collect(), worker_metrics.families(status))
+    return Response(render(families), content_type=CONTENT_TYPE)
