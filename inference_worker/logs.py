@@ -25,7 +25,7 @@ def escape_controls(text: str) -> str:
 class TextFormatter(logging.Formatter):
     """Plain lines whose fields cannot break the line: control characters are escaped (a traceback is not)."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))
 
 

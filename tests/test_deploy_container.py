@@ -20,8 +20,8 @@ import requests
 from packaging.requirements import Requirement
 
 from harness import ROOT, Processes, free_port, run, wait_for
+from harness.dockerfile import environment, exec_form, healthcheck, instructions
 from harness.wheel import InstalledWheel
-from tests.dockerfile import environment, exec_form, healthcheck, instructions
 
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
 BIN = Path(sys.executable).parent

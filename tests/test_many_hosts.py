@@ -57,7 +57,7 @@ class Host:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_offset = len(self.log())
-        out = open(self.run_dir.parent / f"{self.name}.out", "ab")  # noqa: SIM115 - the child holds it
+        out = open(self.run_dir.parent / f"{self.name}.out", "ab")
         self.proc = subprocess.Popen(
             [
                 "ip",
@@ -188,7 +188,7 @@ backend hosts
             [binary, "-c", "-f", str(self.config)], capture_output=True, text=True, timeout=30
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        self.out = open(folder / "haproxy.out", "wb")  # noqa: SIM115 - closed in stop()
+        self.out = open(folder / "haproxy.out", "wb")
         self.proc = subprocess.Popen(
             [binary, "-db", "-f", str(self.config)], stdout=self.out, stderr=subprocess.STDOUT
         )

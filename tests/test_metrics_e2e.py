@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from harness import ROOT, Stack, copy_digits, slow_repository, wait_for
-from tests.metrics_scrape import Sample, parse, scrape, total, types
-from tests.promql_names import label_values_metric, metric_names
+from harness.prometheus import Sample, parse, scrape, total, types
+from harness.promql import label_values_metric, metric_names
 
 SIZES = [1, 2, 3, 5, 8, 1, 4, 2, 7, 1, 3, 6]  # the batch sizes of the traffic, 43 samples in 12 requests
 HTTP_TIMEOUT = 60.0

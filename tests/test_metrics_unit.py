@@ -17,9 +17,9 @@ from gateway.access_log import RequestIdFilter, TextFormatter, log_request
 from gateway.metrics import RequestMetrics, failure_reason, render
 from gateway.multiproc import clear
 from gateway.trace import RequestTrace, choose_request_id
+from harness.prometheus import parse, total, types
+from harness.promql import label_values_metric, metric_names
 from inference_worker.logs import JsonFormatter
-from tests.metrics_scrape import parse, total, types
-from tests.promql_names import label_values_metric, metric_names
 
 STATUS = {
     "stats": [
