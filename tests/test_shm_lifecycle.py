@@ -23,9 +23,26 @@ import numpy as np
 import pytest
 import requests
 import torch
+import zmq
 
 from deploy.supervisor_rpc import RUNNING
-from harness import Stack, children, short_dir, wait_for, write_python_model
+from harness import (
+    DEFAULT_REPOSITORY,
+    Processes,
+    Stack,
+    children,
+    commands,
+    free_port,
+    outputs,
+    ready_workers,
+    short_dir,
+    wait_for,
+    write_python_model,
+)
+from harness.commands import FAST_HEARTBEAT
+from inference_worker import protocol, shm
+from inference_worker.protocol import Kind, TensorMeta
+from inference_worker.security import create_keys
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
@@ -271,3 +288,48 @@ def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
     assert load.wrong == [], load.wrong[:3]
     assert len(load.failures) <= load.threads and all(s == 0 for s, _ in load.failures), load.failures[:5]
     settle(d)
+
+
+def test_a_worker_on_another_host_gets_frames(
+    processes: Processes, zmq_context: zmq.Context, tmp_path: Path, digits_model: torch.nn.Module
+) -> None:
+    """A worker that reaches the dispatcher over tcp cannot map segments: the dispatcher inlines the tensors."""
+    keys, authorized = tmp_path / "keys", tmp_path / "authorized"
+    authorized.mkdir(mode=0o700)
+    server_public, server_secret = create_keys(keys, "dispatcher")
+    public, secret = create_keys(keys, "remote")
+    (authorized / public.name).write_bytes(public.read_bytes())
+    frontend, backend = f"ipc://{tmp_path}/frontend.sock", f"tcp://127.0.0.1:{free_port()}"
+    curve = ("--curve-secret-key", str(server_secret), "--curve-authorized", str(authorized))
+    processes.start("dispatcher", commands.dispatcher(frontend, backend, *curve, *FAST_HEARTBEAT))
+    keys_of = ("--curve-server-key", str(server_public), "--curve-secret-key", str(secret))
+    processes.start(
+        "remote", commands.worker(DEFAULT_REPOSITORY, backend, "remote", *keys_of, *FAST_HEARTBEAT)
+    )
+    wait_for(lambda: "remote" in ready_workers(frontend), timeout=120, what="the tcp worker")
+    x = np.random.default_rng(3).integers(0, 17, size=(3, 64)).astype(np.float32)
+    meta = TensorMeta("input", "FP32", x.shape)
+    pool = shm.Pool()
+    segment = pool.take(shm.HEADER + x.nbytes + 4096)
+    memoryview(segment.memory)[shm.HEADER : shm.HEADER + x.nbytes] = x.tobytes()
+    ref = {
+        **segment.ref(),
+        "inputs": [shm.Placed(meta, shm.HEADER).to_wire()],
+        "reply": [4096, segment.size - 4096],
+    }
+    sock = zmq_context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(frontend)
+    try:
+        fields = {"id": "r1", "model": "digits", "deadline": time.time() + 30, "shm": ref}
+        sock.send_multipart(protocol.encode(Kind.REQUEST, fields))
+        assert sock.poll(30_000), "no answer"
+        reply = protocol.decode(sock.recv_multipart())
+    finally:
+        sock.close(linger=0)
+        segment.close()
+    assert reply.kind is Kind.REPLY and reply.get("worker") == "remote", reply.fields
+    assert reply.get("shm_outputs") is None  # the answer came back in frames, as the request went
+    with torch.inference_mode():
+        want = digits_model(torch.from_numpy(x)).numpy()
+    assert np.allclose(outputs(reply)["output"], want, atol=1e-5)
