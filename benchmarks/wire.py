@@ -29,7 +29,8 @@ import torch
 import zmq
 
 from inference_worker import protocol
-from inference_worker.protocol import Kind, TensorMeta
+from inference_worker.protocol import Link, TensorMeta
+from inference_worker.status import query_status
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "deploy" / "model_repository"
@@ -110,16 +111,11 @@ class Stack:
     def wait_ready(self, context: zmq.Context, timeout: float = 120) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            sock = context.socket(zmq.DEALER)
-            sock.connect(self.frontend)
-            sock.send_multipart(protocol.encode(Kind.STATUS, {"id": "s"}))
-            ready = (
-                sock.poll(1000)
-                and len(protocol.decode(sock.recv_multipart()).get("workers")) >= self.expected
-            )
-            sock.close(linger=0)
-            if ready:
-                return
+            try:
+                if len(query_status(self.frontend, 1.0, context).workers) >= self.expected:
+                    return
+            except TimeoutError:
+                pass
             time.sleep(0.2)
         raise TimeoutError("workers not ready")
 
@@ -132,22 +128,18 @@ class Stack:
             proc.wait(timeout=10)
 
 
-def call(sock: zmq.Socket, model: str, name: str, array: np.ndarray) -> protocol.Message:
+def call(sock: zmq.Socket, model: str, name: str, array: np.ndarray) -> protocol.Reply:
     request_id = uuid.uuid4().hex
+    inputs = [(TensorMeta(name, "FP32", array.shape), array)]
     sock.send_multipart(
-        protocol.encode(
-            Kind.REQUEST,
-            {"id": request_id, "model": model, "deadline": time.time() + 60},
-            [(TensorMeta(name, "FP32", array.shape), array)],
-        ),
-        copy=False,
+        protocol.Request(request_id, model, inputs, deadline=time.time() + 60).frames(), copy=False
     )
     while True:
         if not sock.poll(60_000):
             raise TimeoutError(model)
-        message = protocol.decode(sock.recv_multipart(copy=False))
-        if message.get("id") == request_id:
-            assert message.kind is Kind.REPLY, message.fields
+        message = protocol.receive(sock.recv_multipart(copy=False), Link.DISPATCHER_TO_GATEWAY)
+        if message.id == request_id:
+            assert isinstance(message, protocol.Reply), message
             return message
 
 
@@ -185,7 +177,7 @@ def round_trips(
     for label, nbytes in (("1 KiB", 1 << 10), ("16 MiB", 16 << 20)):
         array = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
         reply = call(sock, "echo", "x", array)
-        assert np.array_equal(np.frombuffer(reply.tensors[0][1], np.float32), array)
+        assert np.array_equal(np.frombuffer(reply.outputs[0][1], np.float32), array)
         through = statistics.median(time_calls(lambda a=array: call(sock, "echo", "x", a), seconds))
 
         def bare_trip(a: np.ndarray = array) -> None:
@@ -200,7 +192,7 @@ def round_trips(
         framed = statistics.median(
             time_calls(
                 lambda a=array: protocol.decode(
-                    protocol.encode(Kind.REQUEST, {"id": "x"}, [(TensorMeta("x", "FP32", a.shape), a)])
+                    protocol.Request("x", "m", [(TensorMeta("x", "FP32", a.shape), a)]).frames()
                 ),
                 seconds,
             )
@@ -223,8 +215,8 @@ def served_throughput(context: zmq.Context, stack: Stack, seconds: float, in_fli
     sock = context.socket(zmq.DEALER)
     sock.connect(stack.frontend)
     x = np.random.default_rng(1).integers(0, 17, size=(1, 64)).astype(np.float32)
-    header = lambda: {"id": uuid.uuid4().hex, "model": "digits", "deadline": time.time() + 60}  # noqa: E731
-    frames = lambda: protocol.encode(Kind.REQUEST, header(), [(TensorMeta("input", "FP32", (1, 64)), x)])  # noqa: E731
+    inputs = [(TensorMeta("input", "FP32", (1, 64)), x)]
+    frames = lambda: protocol.Request(uuid.uuid4().hex, "digits", inputs, deadline=time.time() + 60).frames()  # noqa: E731
     for _ in range(in_flight):
         sock.send_multipart(frames())
     done, end = 0, time.perf_counter() + seconds
@@ -232,8 +224,8 @@ def served_throughput(context: zmq.Context, stack: Stack, seconds: float, in_fli
     while time.perf_counter() < end:
         if not sock.poll(60_000):
             raise TimeoutError("digits")
-        message = protocol.decode(sock.recv_multipart(copy=False))
-        assert message.kind is Kind.REPLY, message.fields
+        message = protocol.receive(sock.recv_multipart(copy=False), Link.DISPATCHER_TO_GATEWAY)
+        assert isinstance(message, protocol.Reply), message
         done += 1
         sock.send_multipart(frames())
     elapsed = time.perf_counter() - start

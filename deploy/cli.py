@@ -466,12 +466,12 @@ def rolling_restart(run_dir: Path, slots: tuple[str, ...], ready_timeout: float)
 @_run_dir_option
 def status(run_dir: Path) -> None:
     """Show every process as supervisord and the dispatcher see it, and each model's state and reason."""
-    from deploy.dispatcher_status import model_states, parse_workers, query_status
+    from deploy.dispatcher_status import model_states, query_status
 
     s, sup = _connect(run_dir)
     try:
         fields = query_status(s.frontend_endpoint)
-        ready = {w.name: w for w in parse_workers(fields)}
+        ready = {w.name: w for w in fields.worker_list()}
     except TimeoutError:
         fields, ready = None, {}
         click.echo("dispatcher: no answer")

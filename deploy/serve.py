@@ -25,7 +25,7 @@ from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import assess, last_error
 from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
 from inference_worker import security
-from inference_worker.protocol import ProtocolError
+from inference_worker.protocol import ProtocolError, StatusReply
 from inference_worker.repository import load_repository
 
 SUPERVISOR_UP_TIMEOUT = 30.0
@@ -133,7 +133,7 @@ def wait_until_serving(
     while proc.poll() is None and not stopping():
         processes = _processes(sup)
         try:
-            status: dict[str, Any] | None = query_status(s.frontend_endpoint, timeout=HEALTH_TIMEOUT)
+            status: StatusReply | None = query_status(s.frontend_endpoint, timeout=HEALTH_TIMEOUT)
         except (TimeoutError, ProtocolError, zmq.ZMQError):
             status = None
         progress = assess(
@@ -190,9 +190,9 @@ def _processes(sup: Supervisor) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _reported_models(status: dict[str, Any]) -> set[str]:
+def _reported_models(status: StatusReply) -> set[str]:
     """Return the models some worker reported it cannot load."""
-    return {str(e.get("model")) for e in status.get("unavailable") or [] if isinstance(e, dict)}
+    return {str(e.get("model")) for e in status.unavailable if isinstance(e, dict)}
 
 
 def mark_draining(s: DeploySettings) -> float:

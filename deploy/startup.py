@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.supervisor_rpc import EXITED, FATAL, STOPPED
+from inference_worker.protocol import StatusReply
 
 GAVE_UP = frozenset({FATAL, EXITED})
 _ERROR_LINE = re.compile(r"cannot load|ERROR|Error|error:")
@@ -35,12 +36,12 @@ class Progress:
 def assess(
     processes: dict[str, dict[str, Any]],
     worker_slots: set[str],
-    status: dict[str, Any] | None,
+    status: StatusReply | None,
     expected: list[str],
 ) -> Progress:
     """Judge the slots ``worker_slots`` (supervisord ``processes``) against a dispatcher STATUS_REPLY."""
-    status = status or {}
-    registered = {str(w.get("worker")) for w in status.get("workers") or [] if isinstance(w, dict)}
+    status = status or StatusReply("")
+    registered = status.registered()
     loading, failed = [], []
     for name in sorted(worker_slots):
         state = str((processes.get(name) or {}).get("statename", STOPPED))
@@ -48,15 +49,9 @@ def assess(
             failed.append(name)
         elif state != STOPPED and name not in registered:
             loading.append(name)
-    served = status.get("models") or {}
-    ready = sorted(
-        name
-        for name, versions in served.items()
-        if isinstance(versions, dict)
-        and any(isinstance(v, dict) and int(v.get("ready", 0)) > 0 for v in versions.values())
-    )
+    ready = sorted(name for name in status.models if status.model_ready(name))
     unavailable: dict[str, str] = {}
-    for entry in status.get("unavailable") or []:
+    for entry in status.unavailable:
         if isinstance(entry, dict) and entry.get("model") not in ready:
             unavailable.setdefault(str(entry.get("model")), str(entry.get("reason", "")))
     for name in expected:

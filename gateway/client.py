@@ -24,12 +24,13 @@ import zmq
 from gateway.codec import Tensor
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
 from inference_worker import protocol, shm
-from inference_worker.protocol import ErrorCode, Kind, ProtocolError, TensorMeta
+from inference_worker.protocol import Link, ProtocolError, TensorMeta
+from inference_worker.status import ask_status
 
 log = logging.getLogger("torchgate.gateway")
 
-MAX_ERROR_MESSAGE = 500
-SHM_ENV = "TORCHGATE_SHARED_MEMORY"  # "0": tensors always in frames  # characters of a worker's error message passed on to the client
+MAX_ERROR_MESSAGE = 500  # characters of a worker's error message passed on to the client
+SHM_ENV = "TORCHGATE_SHARED_MEMORY"  # "0": tensors always in frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class DispatcherClient:
             endpoint.startswith("ipc://") and shm.supported() and os.environ.get(SHM_ENV, "1") != "0"
         )
         self._pool = shm.Pool()
-        self._status: tuple[float, dict[str, Any] | GatewayError] | None = None
+        self._status: tuple[float, protocol.StatusReply | GatewayError] | None = None
         self._status_lock = threading.Lock()
 
     # -- sockets ----------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ class DispatcherClient:
             raise Unavailable("the dispatcher is not accepting requests (its connection is full)") from None
 
     @staticmethod
-    def _receive(socket: zmq.Socket[Any], timeout: float) -> protocol.Message | None:
+    def _receive(socket: zmq.Socket[Any], timeout: float) -> Any:
         """Wait up to ``timeout`` seconds for one message (None if malformed); raise ``zmq.Again`` if none came.
 
         One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets go
@@ -152,7 +153,7 @@ class DispatcherClient:
             socket.rcvtimeo = timeout_ms
         frames = socket.recv_multipart(copy=False)
         try:
-            return protocol.decode(frames)
+            return protocol.receive(frames, Link.DISPATCHER_TO_GATEWAY)
         except ProtocolError as exc:
             log.warning("gateway: dropped a malformed message from the dispatcher: %s", exc)
             return None
@@ -230,22 +231,20 @@ class DispatcherClient:
     ) -> InferReply:
         socket = self._socket()
         call_id = self._next_id()
-        fields: dict[str, Any] = {
-            "id": call_id,
-            "request_id": request_id,
-            "model": model,
-            "deadline": deadline,
-            "priority": priority,
-            "outputs": list(outputs),
-        }
-        if version:
-            fields["version"] = version
-        if segment is not None:
-            frames = protocol.encode(Kind.REQUEST, {**fields, "shm": segment[1]})
-        else:
-            frames = protocol.encode(
-                Kind.REQUEST, fields, [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors]
-            )
+        inputs = (
+            [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors] if segment is None else []
+        )
+        frames = protocol.Request(
+            id=call_id,
+            model=model,
+            inputs=inputs,
+            version=version or None,
+            deadline=deadline,
+            request_id=request_id,
+            priority=priority,
+            outputs=tuple(outputs),
+            shm=segment[1] if segment is not None else None,
+        ).frames()
         self._send(socket, frames)
         resent = False
         status_id = call_id + "/s"  # asked while a lost request waits for a worker to come back
@@ -263,33 +262,32 @@ class DispatcherClient:
                         f"the dispatcher has not answered for {self.unresponsive_after:g}s"
                     ) from None
                 if awaiting_worker:
-                    self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
+                    self._send(socket, protocol.Status(status_id).frames())
                 else:
-                    self._send(socket, protocol.encode(Kind.QUERY, {"id": call_id}))
+                    self._send(socket, protocol.Query(call_id).frames())
                 continue
             if message is None:
                 continue
             heard = time.monotonic()
-            answer_to = message.get("id")
-            if answer_to == status_id and message.kind is Kind.STATUS_REPLY and awaiting_worker:
-                if _serves(message.fields, model, version):
+            if isinstance(message, protocol.StatusReply):
+                if message.id == status_id and awaiting_worker and message.model_ready(model, version):
                     awaiting_worker = False
                     self._send(socket, frames)
                 continue
-            if answer_to != call_id:
+            if message.id != call_id:
                 continue  # a late answer to an earlier request of this thread, or to its status query
-            if message.kind is Kind.REPLY:
-                return _reply(message, model, segment[0] if segment else None)
-            if message.kind is Kind.ERROR:
-                if segment is not None and str(message.get("message", "")).startswith(shm.REFUSED):
+            if isinstance(message, protocol.Reply):
+                return _reply(message, segment[0] if segment else None)
+            if isinstance(message, protocol.Error):
+                if segment is not None and message.message.startswith(shm.REFUSED):
                     log.warning(
                         "gateway: a worker cannot map shared memory (%s); tensors go in frames",
-                        message.get("message"),
+                        message.message,
                     )
                     self.shared_memory = False
                     raise _SharedMemoryRefused()
                 raise _error(message)
-            if message.kind is Kind.QUERY_REPLY and message.get("known") is False and not awaiting_worker:
+            if isinstance(message, protocol.QueryReply) and not message.known and not awaiting_worker:
                 if resent:
                     raise Unavailable("the dispatcher lost the request twice (did it restart?)")
                 # A restarted dispatcher lost it; send it again once a worker has registered with the new one.
@@ -297,12 +295,12 @@ class DispatcherClient:
                     "gateway: request %s unknown to the dispatcher; sending it again", request_id or call_id
                 )
                 resent = awaiting_worker = True
-                self._send(socket, protocol.encode(Kind.STATUS, {"id": status_id}))
+                self._send(socket, protocol.Status(status_id).frames())
 
     # -- status -----------------------------------------------------------------------------------------
 
-    def status(self, max_age: float | None = None) -> dict[str, Any]:
-        """Return the dispatcher's STATUS_REPLY fields, reused for ``max_age`` (default ``status_ttl``) seconds.
+    def status(self, max_age: float | None = None) -> protocol.StatusReply:
+        """Return the dispatcher's STATUS_REPLY, reused for ``max_age`` (default ``status_ttl``) seconds.
 
         Raise :class:`Unavailable` within about ``status_timeout`` seconds if the dispatcher does not answer.
         """
@@ -313,7 +311,7 @@ class DispatcherClient:
                 cached = self._status
                 if cached is None or time.monotonic() - cached[0] >= max_age:
                     try:
-                        result: dict[str, Any] | GatewayError = self._fetch_status()
+                        result: protocol.StatusReply | GatewayError = self._fetch_status()
                     except GatewayError as exc:
                         result = exc
                     cached = self._status = (time.monotonic(), result)
@@ -321,37 +319,32 @@ class DispatcherClient:
             raise cached[1]
         return cached[1]
 
-    def _fetch_status(self) -> dict[str, Any]:
-        socket = self._socket()
-        call_id = self._next_id()
-        self._send(socket, protocol.encode(Kind.STATUS, {"id": call_id}))
-        until = time.monotonic() + self.status_timeout
-        while (remaining := until - time.monotonic()) > 0:
-            try:
-                message = self._receive(socket, remaining)
-            except zmq.Again:
-                break
-            if message is not None and message.kind is Kind.STATUS_REPLY and message.get("id") == call_id:
-                return {k: v for k, v in message.fields.items() if k not in ("v", "kind", "id")}
+    def _fetch_status(self) -> protocol.StatusReply:
+        try:
+            reply = ask_status(self._socket(), self.status_timeout, self._next_id())
+        except zmq.Again:
+            raise Unavailable("the dispatcher is not accepting requests (its connection is full)") from None
+        if reply is not None:
+            return reply
         raise Unavailable(f"the dispatcher did not answer a status query within {self.status_timeout:g}s")
 
-    def control(self, action: str, model: str, timeout: float) -> dict[str, Any]:
-        """Ask the dispatcher to load or unload ``model``; return its CONTROL_REPLY fields (``ok``, ``error``).
+    def control(self, action: str, model: str, timeout: float) -> protocol.ControlReply:
+        """Ask the dispatcher to load or unload ``model``; return its CONTROL_REPLY (``ok``, ``error``).
 
         Raise :class:`Unavailable` if no answer comes within ``timeout`` seconds (the job may still finish).
         """
         socket = self._socket()
         call_id = self._next_id()
-        self._send(socket, protocol.encode(Kind.CONTROL, {"id": call_id, "action": action, "model": model}))
+        self._send(socket, protocol.Control(call_id, action, model).frames())
         until = time.monotonic() + timeout
         while (remaining := until - time.monotonic()) > 0:
             try:
                 message = self._receive(socket, remaining)
             except zmq.Again:
                 break
-            if message is not None and message.kind is Kind.CONTROL_REPLY and message.get("id") == call_id:
+            if isinstance(message, protocol.ControlReply) and message.id == call_id:
                 self._status = None  # what this process says next about readiness must include the change
-                return dict(message.fields)
+                return message
         raise Unavailable(f"the {action} of model {model!r} did not finish within {timeout:g}s")
 
 
@@ -359,9 +352,9 @@ class _SharedMemoryRefused(Exception):
     """A worker could not map the request's segment: send it again in frames."""
 
 
-def _reply(message: protocol.Message, model: str, segment: shm.Segment | None = None) -> InferReply:
-    outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.tensors]
-    placed = message.get("shm_outputs")
+def _reply(message: protocol.Reply, segment: shm.Segment | None = None) -> InferReply:
+    outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.outputs]
+    placed = message.shm_outputs
     if placed is not None:
         if segment is None:
             raise Unavailable("the worker answered in shared memory the request did not offer")
@@ -377,29 +370,10 @@ def _reply(message: protocol.Message, model: str, segment: shm.Segment | None = 
             )
             for p in tensors
         ]
-    stats = message.get("stats")
-    return InferReply(
-        model=str(message.get("model", model)),
-        version=str(message.get("version", "")),
-        worker=str(message.get("worker", "")),
-        outputs=outputs,
-        stats=stats if isinstance(stats, dict) else {},
-    )
+    return InferReply(message.model, message.version, message.worker, outputs, message.stats)
 
 
-def _serves(status: dict[str, Any], model: str, version: str | None) -> bool:
-    """Return whether a STATUS_REPLY shows a ready worker for ``model`` (that ``version``, if given)."""
-    versions = status.get("models", {}).get(model)
-    if not isinstance(versions, dict):
-        return False
-    entries = [versions.get(version)] if version else list(versions.values())
-    return any(isinstance(e, dict) and e.get("ready", 0) > 0 for e in entries)
-
-
-def _error(message: protocol.Message) -> GatewayError:
-    code = message.get("code")
-    if code not in ErrorCode.__members__:
-        code = ErrorCode.INTERNAL
-    text = str(message.get("message") or "the request failed").strip()
+def _error(message: protocol.Error) -> GatewayError:
+    text = (message.message or "the request failed").strip()
     text = text.splitlines()[0][:MAX_ERROR_MESSAGE] if text else "the request failed"
-    return GatewayError(text, str(code))
+    return GatewayError(text, str(message.code))

@@ -16,9 +16,9 @@ from gateway.errors import Forbidden, GatewayError, InvalidArgument, NotFound, U
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace
-from gateway.triton import model_ready, repository_index, server_ready, unavailable_reason
+from gateway.triton import repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
-from inference_worker.protocol import BYTES, ErrorCode
+from inference_worker.protocol import BYTES, ErrorCode, StatusReply
 from inference_worker.repository import ModelConfig
 from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
@@ -176,7 +176,7 @@ class Gateway:
 
     # -- health -----------------------------------------------------------------------------------------
 
-    def status_or_none(self, max_age: float | None = None) -> dict[str, Any] | None:
+    def status_or_none(self, max_age: float | None = None) -> StatusReply | None:
         """Return the dispatcher's status, or None when it does not answer."""
         try:
             return self.client.status(max_age)
@@ -206,12 +206,12 @@ class Gateway:
             status = self.status_or_none(max_age)
             if status is None:
                 return False, model, why
-            if model_ready(status, model.name, version):
+            if status.model_ready(model.name, version):
                 return True, model, ""
             why = unavailable_reason(status, model.name, version)
         return False, model, why
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or 503."""
         try:
             return self.client.status(max_age=0)
@@ -231,8 +231,8 @@ class Gateway:
         if model_name not in self.catalog.models:
             raise NotFound(f"unknown model {model_name!r}")
         reply = self.client.control(action, model_name, self.config.control_timeout)
-        if reply.get("ok") is not True:
-            raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.get('error')}")
+        if not reply.ok:
+            raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.error}")
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         models = self.catalog.rescan()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig, TensorSpec
 from inference_worker.stats import add_counters
 
@@ -73,14 +74,13 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
 
 
 def repository_index(
-    models: dict[str, ModelConfig], status: dict[str, Any] | None, ready_only: bool = False
+    models: dict[str, ModelConfig], status: StatusReply | None, ready_only: bool = False
 ) -> list[dict[str, Any]]:
     """Return ``[{name, version, state, reason}]``: READY when a worker serves that version."""
-    served = (status or {}).get("models") or {}
     index = []
     for name in sorted(models):
         for version in sorted(models[name].versions, key=int):
-            ready = _ready_workers(served, name, version) > 0
+            ready = status is not None and status.model_ready(name, version)
             if ready_only and not ready:
                 continue
             reason = (
@@ -101,23 +101,10 @@ def repository_index(
     return index
 
 
-def _ready_workers(served: dict[str, Any], model: str, version: str | None) -> int:
-    versions = served.get(model)
-    if not isinstance(versions, dict):
-        return 0
-    entries = [versions.get(version)] if version else list(versions.values())
-    return sum(int(e.get("ready", 0)) for e in entries if isinstance(e, dict))
-
-
-def model_ready(status: dict[str, Any], model: str, version: str | None) -> bool:
-    """Return whether a worker serves ``model`` (that ``version``, or any when None)."""
-    return _ready_workers(status.get("models") or {}, model, version) > 0
-
-
-def unavailable_reason(status: dict[str, Any], model: str, version: str | None) -> str:
+def unavailable_reason(status: StatusReply, model: str, version: str | None) -> str:
     """Return why no worker serves ``model`` (``version``, or any): what the workers reported, else a default."""
     workers: dict[str, list[str]] = {}  # reason -> the workers that gave it (one reason, said once)
-    for entry in status.get("unavailable") or []:
+    for entry in status.unavailable:
         if (
             isinstance(entry, dict)
             and entry.get("model") == model
@@ -133,13 +120,13 @@ def unavailable_reason(status: dict[str, Any], model: str, version: str | None) 
     )
 
 
-def server_ready(status: dict[str, Any], models: dict[str, ModelConfig]) -> tuple[bool, str]:
+def server_ready(status: StatusReply, models: dict[str, ModelConfig]) -> tuple[bool, str]:
     """Return whether every model of the repository has a ready worker, and if not, which one lacks it."""
     if not models:
         return False, "the model repository holds no model"
-    unloaded = set(status.get("unloaded") or [])  # unloaded on request: not counted, as Triton's
+    # models unloaded on request (status.unloaded) are not counted, as Triton's
     for name in sorted(models):
-        if name not in unloaded and not model_ready(status, name, None):
+        if name not in status.unloaded and not status.model_ready(name):
             return False, f"model {name!r} is not ready: {unavailable_reason(status, name, None)}"
     return True, ""
 
@@ -150,7 +137,7 @@ def _duration(count: int, ns: int) -> dict[str, int]:
 
 def model_stats(
     models: dict[str, ModelConfig],
-    status: dict[str, Any],
+    status: StatusReply,
     only: str | None = None,
     version: str | None = None,
 ) -> dict[str, Any]:
@@ -159,7 +146,7 @@ def model_stats(
     Counters a dispatcher does not report are zeros.
     """
     totals: dict[tuple[str, str], dict[str, Any]] = {}
-    for entry in status.get("stats") or []:
+    for entry in status.stats:
         if not isinstance(entry, dict):
             continue
         key = (str(entry.get("model")), str(entry.get("version")))

@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from inference_worker.protocol import StatusReply
+
 ROW = ["model", "version", "worker"]
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -157,7 +159,7 @@ def dispatcher_families(counters: dict[str, Any]) -> list[Metric]:
     return families
 
 
-def families(status: dict[str, Any] | None) -> list[Metric]:
+def families(status: StatusReply | None) -> list[Metric]:
     """Return every worker-side family of one STATUS answer; None (no answer) gives only ``up`` = 0."""
     up = GaugeMetricFamily(
         "torchgate_dispatcher_up", "Whether the dispatcher answered this scrape's status query"
@@ -167,8 +169,8 @@ def families(status: dict[str, Any] | None) -> list[Metric]:
         return [up]
     return [
         up,
-        *row_families(status.get("stats") or []),
-        *model_families(status.get("models") or {}),
-        *worker_families(status.get("workers") or []),
-        *dispatcher_families(status.get("dispatcher") or {}),
+        *row_families(status.stats),
+        *model_families(status.models),
+        *worker_families(status.workers),
+        *dispatcher_families(status.dispatcher),
     ]

@@ -33,7 +33,15 @@ from harness.procs import (
     wait_for,
 )
 from harness.stack import Stack, short_dir
-from harness.wire import Client, assert_all_match, dispatcher_status, outputs, ready_workers, send_digits
+from harness.wire import (
+    Answer,
+    Client,
+    assert_all_match,
+    dispatcher_status,
+    outputs,
+    ready_workers,
+    send_digits,
+)
 
 __all__ = [
     "DEFAULT_REPOSITORY",
@@ -41,6 +49,7 @@ __all__ = [
     "DIGITS_BODY",
     "DIGIT_BODY",
     "DIGIT_ROW",
+    "Answer",
     "ROOT",
     "Client",
     "HttpLoad",

@@ -17,6 +17,7 @@ from harness.models import slow_body, write_slow_model
 from harness.procs import Processes, usage
 from harness.stack import Stack
 from harness.wire import dispatcher_status
+from inference_worker.protocol import StatusReply
 
 BATCH_SECONDS = 0.1
 MAX_BATCH = 4
@@ -87,11 +88,11 @@ def overload(stack: Stack, clients: int, seconds: float) -> Report:
 
     def watch() -> None:
         while not done.is_set():
-            status = dispatcher_status(stack.frontend, timeout=1.0) or {}
-            for versions in (status.get("models") or {}).values():
+            status = dispatcher_status(stack.frontend, timeout=1.0) or StatusReply("")
+            for versions in status.models.values():
                 for entry in versions.values():
                     peaks["queued"] = max(peaks["queued"], int(entry.get("queued", 0)))
-            for worker in status.get("workers") or []:
+            for worker in status.workers:
                 peaks["in_flight"] = max(peaks["in_flight"], int(worker.get("in_flight", 0)))
             time.sleep(0.02)
 

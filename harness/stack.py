@@ -27,6 +27,7 @@ from harness import commands
 from harness.procs import COMMAND_TIMEOUT, DEFAULT_REPOSITORY, Processes, children, free_port, kill_group, run
 from harness.procs import wait_for as _wait_for
 from harness.wire import dispatcher_status, ready_workers
+from inference_worker.protocol import StatusReply
 
 SERVE = "serve"
 READY = "/v2/health/ready"
@@ -255,7 +256,7 @@ class Stack:
             what=f"workers {sorted(names)} ready",
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         """The dispatcher's STATUS reply; fail if it does not answer."""
         status = dispatcher_status(self.frontend)
         assert status is not None, "the dispatcher did not answer STATUS"

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from deploy.dispatcher_status import parse_workers, query_status
 from inference_worker import protocol
-from inference_worker.protocol import Kind, TensorMeta
+from inference_worker.protocol import Link, StatusReply, TensorMeta
+from inference_worker.status import query_status
 
 if TYPE_CHECKING:
     import torch
 
 
-def dispatcher_status(frontend: str, timeout: float = 2.0) -> dict[str, Any] | None:
+def dispatcher_status(frontend: str, timeout: float = 2.0) -> StatusReply | None:
     """Ask the dispatcher at ``frontend`` for its STATUS; None if it does not answer in time."""
     try:
         return query_status(frontend, timeout)
@@ -30,9 +30,10 @@ def dispatcher_status(frontend: str, timeout: float = 2.0) -> dict[str, Any] | N
 def ready_workers(frontend: str) -> set[str]:
     """Return the names of the workers the dispatcher counts as ready (none if it does not answer)."""
     status = dispatcher_status(frontend)
-    if status is None:
-        return set()
-    return {w.name for w in parse_workers(status) if w.ready}
+    return set() if status is None else status.ready_workers()
+
+
+Answer = protocol.Reply | protocol.Error  # what a REQUEST gets back
 
 
 class Client:
@@ -42,7 +43,7 @@ class Client:
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(frontend)
-        self.answers: dict[str, protocol.Message] = {}  # answers that arrived while waiting for another
+        self.answers: dict[str, Answer] = {}  # answers that arrived while waiting for another
 
     def close(self) -> None:
         """Close the socket at once."""
@@ -58,43 +59,36 @@ class Client:
     ) -> str:
         """Send one REQUEST of FP32 ``inputs``; return its id."""
         request_id = uuid.uuid4().hex
-        fields: dict[str, Any] = {
-            "id": request_id,
-            "model": model,
-            "deadline": deadline or time.time() + timeout,
-            "request_id": request_id,
-            "outputs": [],
-        }
-        if version:
-            fields["version"] = version
         tensors = [
             (TensorMeta(name, "FP32", tuple(a.shape)), np.ascontiguousarray(a)) for name, a in inputs.items()
         ]
-        self.socket.send_multipart(protocol.encode(Kind.REQUEST, fields, tensors))
+        request = protocol.Request(
+            request_id, model, tensors, version, deadline or time.time() + timeout, request_id=request_id
+        )
+        self.socket.send_multipart(request.frames())
         return request_id
 
-    def receive(self, request_id: str, timeout: float = 60.0) -> protocol.Message:
+    def receive(self, request_id: str, timeout: float = 60.0) -> Answer:
         """Wait for the answer to ``request_id``; TimeoutError after ``timeout`` seconds."""
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
             if request_id in self.answers:
                 return self.answers.pop(request_id)
             if self.socket.poll(int(left * 1000) + 1):
-                message = protocol.decode(self.socket.recv_multipart())
-                self.answers[str(message.get("id"))] = message
+                message = protocol.receive(self.socket.recv_multipart(), Link.DISPATCHER_TO_GATEWAY)
+                if isinstance(message, protocol.Reply | protocol.Error):
+                    self.answers[message.id] = message
         raise TimeoutError(f"no answer to {request_id} in {timeout}s")
 
-    def infer(
-        self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, **kw: Any
-    ) -> protocol.Message:
+    def infer(self, model: str, inputs: dict[str, np.ndarray], timeout: float = 30.0, **kw: Any) -> Answer:
         """Send one REQUEST and wait for its answer."""
         return self.receive(self.send(model, inputs, timeout, **kw), timeout + 30)
 
 
-def outputs(message: protocol.Message) -> dict[str, np.ndarray]:
+def outputs(message: Answer) -> dict[str, np.ndarray]:
     """Return the FP32 output tensors of a REPLY by name."""
-    assert message.kind is Kind.REPLY, f"{message.kind}: {message.fields}"
-    return {meta.name: np.frombuffer(buf, np.float32).reshape(meta.shape) for meta, buf in message.tensors}
+    assert isinstance(message, protocol.Reply), message
+    return {meta.name: np.frombuffer(buf, np.float32).reshape(meta.shape) for meta, buf in message.outputs}
 
 
 def send_digits(
@@ -105,7 +99,7 @@ def send_digits(
     samples: int = 3,
     seed: int = 0,
     during: threading.Event | None = None,
-) -> list[tuple[np.ndarray, protocol.Message]]:
+) -> list[tuple[np.ndarray, Answer]]:
     """Send ``requests`` digits requests of 1..``samples`` rows from ``threads`` threads; return (input, answer).
 
     ``during`` is set once the first answer came, so a test can act while the rest are in flight.
@@ -116,7 +110,7 @@ def send_digits(
         for _ in range(requests)
     ]
 
-    def run(chunk: list[np.ndarray]) -> list[tuple[np.ndarray, protocol.Message]]:
+    def run(chunk: list[np.ndarray]) -> list[tuple[np.ndarray, Answer]]:
         client = Client(context, frontend)
         try:
             results = []
@@ -133,7 +127,7 @@ def send_digits(
         return [pair for part in pool.map(run, chunks) for pair in part]
 
 
-def assert_all_match(pairs: list[tuple[np.ndarray, protocol.Message]], model: torch.nn.Module) -> None:
+def assert_all_match(pairs: list[tuple[np.ndarray, Answer]], model: torch.nn.Module) -> None:
     """Every answer is a REPLY whose output is what ``model`` computes for its input."""
     import torch
 

@@ -11,17 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from inference_worker.backends import Runner, load_error
+from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig
 from inference_worker.tensors import TORCH_DTYPES
-
-
-class RequestError(Exception):
-    """A request this model version cannot run, with the code to answer it with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(slots=True)
@@ -38,7 +31,7 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     by_name = {meta.name: meta for meta in metas}
     expected = {spec.name for spec in config.inputs}
     if set(by_name) != expected or len(metas) != len(expected):
-        raise RequestError(
+        raise CodedError(
             ErrorCode.INVALID_ARGUMENT,
             f"model {config.name!r} expects inputs {sorted(expected)}, got {[m.name for m in metas]}",
         )
@@ -46,7 +39,7 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     for spec in config.inputs:
         meta = by_name[spec.name]
         if (why := spec.mismatch(meta.datatype, meta.shape, config.max_batch_size)) is not None:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, why)
+            raise CodedError(ErrorCode.INVALID_ARGUMENT, why)
         if config.max_batch_size > 0:
             samples = meta.shape[0]
     return samples
@@ -150,8 +143,8 @@ _PATH = re.compile(r"(/[\w.\-]+)+")
 
 def describe_failure(exc: BaseException) -> tuple[ErrorCode, str]:
     """Return the code and a short message for a failed batch: no traceback, no file paths."""
-    if isinstance(exc, RequestError):
-        return exc.code, str(exc)
+    if isinstance(exc, CodedError):
+        return ErrorCode(exc.code), str(exc)
     text = str(exc).lower()
     if (
         isinstance(exc, torch.OutOfMemoryError | MemoryError)

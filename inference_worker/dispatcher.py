@@ -20,9 +20,10 @@ import msgpack
 import zmq
 
 from inference_worker import lifeline, logs, protocol, shm
+from inference_worker.errors import CodedError
 from inference_worker.model_control import ACTIONS, UNLOAD, ControlJob, ModelControl
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
-from inference_worker.routing import MAX_ATTEMPTS, Rejected, Request, Router, WorkerState
+from inference_worker.routing import MAX_ATTEMPTS, Request, Router, WorkerState
 from inference_worker.security import CurveServer, SecurityError, is_network
 from inference_worker.stats import StatsBook
 
@@ -284,7 +285,7 @@ class Dispatcher:
         try:
             try:
                 resolved = self.router.resolve_version(model, version if isinstance(version, str) else None)
-            except Rejected:
+            except CodedError:
                 if self.in_startup_grace() and len(self.held) < MAX_HELD:
                     self.held.append((gateway, message))  # workers re-register within a heartbeat or two
                     return
@@ -305,9 +306,9 @@ class Dispatcher:
             self.next_seq += 1
             self.router.enqueue(request)
             self.dispatch()  # so the queue holds only what no worker has credit for
-        except Rejected as exc:
+        except CodedError as exc:
             self.counters["rejected"] += 1
-            self._fail_gateway(gateway, request_id, exc.code, str(exc))
+            self._fail_gateway(gateway, request_id, ErrorCode(exc.code), str(exc))
 
     def in_startup_grace(self) -> bool:
         return time.monotonic() - self.started < self.config.startup_grace
@@ -473,7 +474,7 @@ class Dispatcher:
                     self.router.enqueue(request, front=True)
                     self.counters["resent"] += 1
                     continue
-                except Rejected:
+                except CodedError:
                     pass
             self.router.forget(request)
             self.counters["lost"] += 1

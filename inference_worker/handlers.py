@@ -29,7 +29,7 @@ import orjson
 import torch
 
 from inference_worker import strings
-from inference_worker.compute import RequestError
+from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig, TensorSpec
 from inference_worker.tensors import TORCH_DTYPES, from_torch, to_torch
@@ -96,16 +96,16 @@ class BoundHandler:
         try:
             result = self.preprocess(inputs)
         except Exception as exc:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"preprocessing failed: {_say(exc)}") from exc
+            raise CodedError(ErrorCode.INVALID_ARGUMENT, f"preprocessing failed: {_say(exc)}") from exc
         if not isinstance(result, Mapping) or not result:
-            raise RequestError(
+            raise CodedError(
                 ErrorCode.INTERNAL, f"preprocess returned {type(result).__name__}, expected {{name: tensor}}"
             )
         prepared = {}
         for name, value in result.items():
             tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
             if self.config.max_batch_size > 0 and (tensor.dim() == 0 or tensor.shape[0] != samples):
-                raise RequestError(
+                raise CodedError(
                     ErrorCode.INTERNAL,
                     f"preprocess returned {name!r} of shape {list(tensor.shape)}: "
                     f"its first dim must be the request's {samples} samples",
@@ -120,11 +120,11 @@ class BoundHandler:
         try:
             result = self.postprocess(outputs, inputs)
         except Exception as exc:
-            raise RequestError(ErrorCode.INTERNAL, f"postprocessing failed: {_say(exc)}") from exc
+            raise CodedError(ErrorCode.INTERNAL, f"postprocessing failed: {_say(exc)}") from exc
         names = [spec.name for spec in self.config.outputs]
         if not (isinstance(result, Mapping) and set(result) <= set(names) and result):
             if len(names) != 1:
-                raise RequestError(
+                raise CodedError(
                     ErrorCode.INTERNAL,
                     f"postprocess must return {{output name: value}} for outputs {names}",
                 )
@@ -169,7 +169,7 @@ def _shape(count: int, shape: tuple[int, ...], expected: list[int], spec: Tensor
         return shape
     if -1 not in expected and count == math.prod(expected):
         return tuple(expected)
-    raise RequestError(
+    raise CodedError(
         ErrorCode.INTERNAL,
         f"output {spec.name!r} of shape {list(shape)} does not fit {expected} (-1: any size)",
     )
@@ -183,7 +183,7 @@ def _element(value: Any, spec: TensorSpec) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError as exc:
-        raise RequestError(
+        raise CodedError(
             ErrorCode.INTERNAL, f"output {spec.name!r}: a {type(value).__name__} is not JSON-able: {exc}"
         ) from None
 

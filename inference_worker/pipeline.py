@@ -14,7 +14,8 @@ import torch
 
 from inference_worker import padding as pad
 from inference_worker.backends import load_error, load_module, runner
-from inference_worker.compute import BatchTimes, RequestError
+from inference_worker.compute import BatchTimes
+from inference_worker.errors import CodedError
 from inference_worker.handlers import BoundHandler, load_handler, zeros_inputs
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig
@@ -43,7 +44,7 @@ class Pipeline:
     def admit(
         self, tensors: Sequence[tuple[TensorMeta, memoryview]], samples: int
     ) -> dict[str, torch.Tensor]:
-        """Return one request's model inputs by name; raise :class:`RequestError` for this request alone."""
+        """Return one request's model inputs by name; raise :class:`CodedError` for this request alone."""
         if self.handler is not None:
             prepared = self.handler.prepare(self.handler.request_inputs(tensors), samples)
         else:
@@ -54,7 +55,7 @@ class Pipeline:
                 pad.length(prepared, self.config.padding)
             except pad.PaddingError as exc:
                 code = ErrorCode.INTERNAL if self.handler is not None else ErrorCode.INVALID_ARGUMENT
-                raise RequestError(code, str(exc)) from None
+                raise CodedError(code, str(exc)) from None
         return prepared
 
     def batch_key(self, prepared: dict[str, torch.Tensor]) -> Hashable:

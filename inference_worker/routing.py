@@ -12,17 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
 
 MAX_ATTEMPTS = 2  # the first try and one re-send
-
-
-class Rejected(Exception):
-    """A request the router refuses at once, with the code to answer it with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(slots=True)
@@ -136,14 +129,14 @@ class Router:
         }
 
     def resolve_version(self, model: str, version: str | None) -> str:
-        """Return the version a request will run on; raise :class:`Rejected` if no worker serves it."""
+        """Return the version a request will run on; raise :class:`CodedError` if no worker serves it."""
         versions = self.serves(model)
         if not versions:
-            raise Rejected(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r}")
+            raise CodedError(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r}")
         if not version:
             return max(versions, key=lambda v: int(v) if v.isdigit() else -1)
         if version not in versions:
-            raise Rejected(
+            raise CodedError(
                 ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r} version {version!r}"
             )
         return version
@@ -151,11 +144,13 @@ class Router:
     # -- requests ---------------------------------------------------------------------------------------
 
     def enqueue(self, request: Request, front: bool = False) -> None:
-        """Queue a request for its model, or raise :class:`Rejected` when the queue is full."""
+        """Queue a request for its model, or raise :class:`CodedError` when the queue is full."""
         queue = self.queues.setdefault(request.model, deque())
         limit = self._queue_limit(request.model, request.version)
         if not front and len(queue) >= limit:
-            raise Rejected(ErrorCode.UNAVAILABLE, f"model {request.model!r} queue is full ({limit} requests)")
+            raise CodedError(
+                ErrorCode.UNAVAILABLE, f"model {request.model!r} queue is full ({limit} requests)"
+            )
         queue.appendleft(request) if front else queue.append(request)
         self.requests[request.key] = request
 

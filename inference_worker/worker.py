@@ -25,7 +25,8 @@ import zmq
 from inference_worker import lifeline, logs, protocol, shm
 from inference_worker.backends import LoadError
 from inference_worker.batching import Batcher, Pending
-from inference_worker.compute import BatchTimes, Executor, RequestError, check_inputs, describe_failure
+from inference_worker.compute import BatchTimes, Executor, check_inputs, describe_failure
+from inference_worker.errors import CodedError
 from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, Kind, ProtocolError
 from inference_worker.repository import ConfigError
@@ -298,7 +299,7 @@ class Worker:
                 return
         try:
             if executor is None:
-                raise RequestError(
+                raise CodedError(
                     ErrorCode.NOT_FOUND, f"model {key[0]!r} version {key[1]!r} is not loaded here"
                 )
             metas = [meta for meta, _ in message.tensors]
@@ -307,10 +308,11 @@ class Worker:
                 prepared = executor.admit(message.tensors, samples)
             else:
                 by_name = {meta.name: to_torch(meta, buf) for meta, buf in message.tensors}
-        except RequestError as exc:
+        except CodedError as exc:
+            code = ErrorCode(exc.code)
             if executor is not None:  # counted as Triton counts failed requests (a preprocess error, say)
-                self.stats[key].failure[exc.code.value] += 1
-            self._fail_seq(seq, exc.code, str(exc), request_id)
+                self.stats[key].failure[code.value] += 1
+            self._fail_seq(seq, code, str(exc), request_id)
             return
         inputs: Any
         if isinstance(executor, Pipeline):
@@ -388,9 +390,10 @@ class Worker:
             if isinstance(executor, Pipeline):
                 try:  # a handler's postprocess: a failure fails this request alone
                     tensors = executor.finish(outputs, item.payload[0], item.samples)
-                except RequestError as exc:
-                    stats.failure[exc.code.value] += 1
-                    self._fail_seq(item.seq, exc.code, str(exc), item.request_id)
+                except CodedError as exc:
+                    code = ErrorCode(exc.code)
+                    stats.failure[code.value] += 1
+                    self._fail_seq(item.seq, code, str(exc), item.request_id)
                     continue
                 tensors = [t for t in tensors if not wanted or t[0].name in wanted]
             else:

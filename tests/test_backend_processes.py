@@ -15,6 +15,7 @@ import torch
 
 from harness import (
     DEFAULT_REPOSITORY,
+    Answer,
     Client,
     Processes,
     Stack,
@@ -24,7 +25,8 @@ from harness import (
     slow_repository,
     wait_for,
 )
-from inference_worker.protocol import ErrorCode, Kind, Message
+from inference_worker import protocol
+from inference_worker.protocol import ErrorCode
 
 pytestmark = pytest.mark.processes
 
@@ -42,7 +44,7 @@ def backend(processes: Processes, tmp_path: Path) -> Iterator[Stack]:
 
 def load(
     backend: Stack, requests: int, threads: int = 8, during: threading.Event | None = None
-) -> list[tuple[np.ndarray, Message]]:
+) -> list[tuple[np.ndarray, Answer]]:
     return send_digits(backend.context, backend.frontend, requests, threads, during=during)
 
 
@@ -53,9 +55,9 @@ def test_concurrent_requests_give_exactly_what_the_model_gives(
     backend.start_worker("w1")
     pairs = load(backend, requests=400, threads=8)
     assert_all_match(pairs, digits_model)
-    served_by = {m.get("worker") for _, m in pairs}
+    served_by = {m.worker for _, m in pairs if isinstance(m, protocol.Reply)}
     assert served_by == {"w0", "w1"}
-    batch_sizes = [m.get("stats")["batch_size"] for _, m in pairs]
+    batch_sizes = [m.stats["batch_size"] for _, m in pairs if isinstance(m, protocol.Reply)]
     assert max(batch_sizes) > 3  # requests of at most 3 samples were batched together
 
 
@@ -86,7 +88,7 @@ def test_a_third_worker_started_while_running_receives_work(
     load(backend, requests=50)
     backend.start_worker("w2")
     pairs = load(backend, requests=300, threads=8)
-    assert "w2" in {m.get("worker") for _, m in pairs}
+    assert "w2" in {m.worker for _, m in pairs if isinstance(m, protocol.Reply)}
     assert_all_match(pairs, digits_model)
 
 
@@ -135,9 +137,9 @@ def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Stac
     log = backend.processes.log("bad")
     assert "cannot load" in log and "model.pt2" in log and "READY" not in log
     status = backend.status()
-    assert status is not None and status["workers"] == []
+    assert status is not None and status.workers == []
     # It said why before leaving, so readiness can name the reason.
-    [entry] = status["unavailable"]
+    [entry] = status.unavailable
     assert entry["model"] == "digits" and entry["worker"] == "bad" and "model.pt2" in entry["reason"]
 
 
@@ -150,7 +152,7 @@ def test_no_worker_answers_unavailable_once_the_startup_grace_is_over(backend: S
         reply = client.infer("digits", {"input": np.zeros((1, 64), np.float32)}, timeout=30)
     finally:
         client.close()
-    assert reply.kind is Kind.ERROR and reply.get("code") == ErrorCode.UNAVAILABLE
+    assert isinstance(reply, protocol.Error) and reply.code == ErrorCode.UNAVAILABLE
 
 
 def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(backend: Stack) -> None:
@@ -164,7 +166,7 @@ def test_requests_sent_before_workers_register_wait_for_them_during_the_grace(ba
         reply = client.receive(early, timeout=150)
     finally:
         client.close()
-    assert reply.kind is Kind.REPLY and reply.get("worker") == "w0"
+    assert isinstance(reply, protocol.Reply) and reply.worker == "w0"
 
 
 def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: Stack, tmp_path: Path) -> None:
@@ -175,13 +177,13 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: St
         good = np.ones((1, 4), np.float32)
         ids = [client.send("slow", {"x": good * (i + 1)}) for i in range(10)]
         rejected = client.send("slow", {"x": good})
-        assert client.receive(rejected, timeout=5).get("code") == ErrorCode.UNAVAILABLE  # queue full, at once
+        assert client.receive(rejected, timeout=5).code == ErrorCode.UNAVAILABLE  # type: ignore[union-attr]  # queue full, at once
         for i, request_id in enumerate(ids):
             np.testing.assert_array_equal(outputs(client.receive(request_id))["y"], good * (i + 1) * 2)
         # a past deadline is never computed
         before = _successes(backend)
         late = client.infer("slow", {"x": good}, deadline=time.time() - 1)
-        assert late.kind is Kind.ERROR and late.get("code") == ErrorCode.DEADLINE_EXCEEDED
+        assert isinstance(late, protocol.Error) and late.code == ErrorCode.DEADLINE_EXCEEDED
         # in one batch, the request that makes the model fail fails alone
         ids = [
             client.send("slow", {"x": good}),
@@ -189,8 +191,10 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: St
             client.send("slow", {"x": good}),
         ]
         answers = [client.receive(i) for i in ids]
-        assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
-        assert answers[1].get("code") == ErrorCode.INTERNAL and "ValueError" in answers[1].get("message")
+        assert [type(a) for a in answers] == [protocol.Reply, protocol.Error, protocol.Reply]
+        error = answers[1]
+        assert isinstance(error, protocol.Error)
+        assert error.code == ErrorCode.INTERNAL and "ValueError" in error.message
         # an out-of-memory error fails only its own request, and the worker stays up
         ids = [
             client.send("slow", {"x": good}),
@@ -198,8 +202,8 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: St
             client.send("slow", {"x": good}),
         ]
         answers = [client.receive(i) for i in ids]
-        assert [a.kind for a in answers] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
-        assert answers[1].get("code") == ErrorCode.RESOURCE_EXHAUSTED
+        assert [type(a) for a in answers] == [protocol.Reply, protocol.Error, protocol.Reply]
+        assert answers[1].code == ErrorCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
         assert backend.started["w0"].poll() is None
         wait_for(
             lambda: _successes(backend) == before + 4, timeout=10, what="stats to count four more successes"
@@ -210,4 +214,4 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: St
 
 def _successes(backend: Stack) -> int:
     status = backend.status()
-    return sum(row.get("success", 0) for row in (status or {}).get("stats", []))
+    return sum(row.get("success", 0) for row in (status.stats if status else []))

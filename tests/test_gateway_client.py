@@ -59,7 +59,7 @@ def test_infer_and_status(client: DispatcherClient) -> None:
     reply = client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30, "r1")
     assert doubled(reply) == [2, 4, 6, 8] and reply.version == "1" and reply.worker == "w0"
     status = client.status()
-    assert status["models"]["slow"]["1"]["ready"] == 1
+    assert status.models["slow"]["1"]["ready"] == 1 and status.ready_count("slow") == 1
     assert client.status(max_age=3600) is status  # reused while young enough
     assert client.status(max_age=0) is not status  # asked again once too old
 
@@ -146,7 +146,7 @@ def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(client.infer, "slow", None, [x_tensor([9, 8, 7, 6])], [], time.time() + 60)
         wait_for(
-            lambda: any(w["in_flight"] for w in client.status()["workers"]),
+            lambda: any(w["in_flight"] for w in client.status().workers),
             timeout=30,
             interval=0.01,
             what="the request in flight on the worker",

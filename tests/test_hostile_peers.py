@@ -33,7 +33,6 @@ from harness import (
 )
 from harness.commands import FAST_HEARTBEAT
 from inference_worker import protocol
-from inference_worker.protocol import Kind
 from inference_worker.security import create_keys
 
 
@@ -64,14 +63,16 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(
     plain = zmq_context.socket(zmq.DEALER)
     plain.setsockopt(zmq.LINGER, 0)
     plain.connect(backend)
-    plain.send_multipart(
-        protocol.encode(Kind.READY, {"worker": "plain", "incarnation": "x", "capacity": 1, "models": []})
-    )
+    plain.send_multipart(protocol.Ready(worker="plain", incarnation="x", capacity=1, models=[]).frames())
     client = Client(zmq_context, frontend)
     try:
         for _ in range(20):  # every request is served by the only admitted worker
             reply = client.infer("digits", {"input": np.ones((1, 64), np.float32)})
-            assert reply.get("worker") == "good" and outputs(reply)["output"].shape == (1, 10)
+            assert (
+                isinstance(reply, protocol.Reply)
+                and reply.worker == "good"
+                and outputs(reply)["output"].shape == (1, 10)
+            )
     finally:
         client.close()
         plain.close(linger=0)

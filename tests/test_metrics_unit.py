@@ -20,6 +20,7 @@ from gateway.trace import RequestTrace, choose_request_id
 from harness.prometheus import parse, total, types
 from harness.promql import label_values_metric, metric_names
 from inference_worker.logs import JsonFormatter
+from inference_worker.protocol import StatusReply
 
 STATUS = {
     "stats": [
@@ -76,7 +77,7 @@ STATUS = {
 
 
 def test_worker_families_carry_the_dispatchers_numbers() -> None:
-    text = render(worker_metrics.families(STATUS)).decode()
+    text = render(worker_metrics.families(StatusReply("", **STATUS))).decode()
     samples = parse(text)
     assert total(samples, "nv_inference_count", model="m") == 17
     assert total(samples, "nv_inference_count", worker="w0") == 9

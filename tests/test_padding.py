@@ -11,7 +11,8 @@ import torch
 
 from inference_worker import padding as pad
 from inference_worker import strings
-from inference_worker.compute import BatchTimes, RequestError
+from inference_worker.compute import BatchTimes
+from inference_worker.errors import CodedError
 from inference_worker.handlers import wire_output
 from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, TensorMeta
@@ -158,7 +159,7 @@ def test_handler_failures_fail_their_request_alone(tmp_path: Path) -> None:
     (folder / "config.toml").write_text(config)
     (folder / "word_handler.py").write_text(HANDLER)
     pipeline = Pipeline(load_model_config(folder), "1", torch.device("cpu"))
-    with pytest.raises(RequestError, match="preprocessing failed: ValueError: boom is not a word") as refused:
+    with pytest.raises(CodedError, match="preprocessing failed: ValueError: boom is not a word") as refused:
         pipeline.admit([text("one boom")], 1)
     assert refused.value.code is ErrorCode.INVALID_ARGUMENT
     good = pipeline.admit([text("a bb", "ccc")], 2)
@@ -168,7 +169,7 @@ def test_handler_failures_fail_their_request_alone(tmp_path: Path) -> None:
     assert tokens[0] == TensorMeta("tokens", "FP32", (2, 2))
     # the worker's mask covers the padding between requests; within one, the handler pads (as "ccc" here)
     assert count[0] == TensorMeta("count", "BYTES", (2, 1)) and strings.deserialize(count[1], 2) == [b"2"] * 2
-    with pytest.raises(RequestError, match="postprocessing failed: RuntimeError: three words") as failed:
+    with pytest.raises(CodedError, match="postprocessing failed: RuntimeError: three words") as failed:
         pipeline.finish(upset_out, upset, 1)
     assert failed.value.code is ErrorCode.INTERNAL
 
@@ -183,5 +184,5 @@ def test_wire_output_takes_tensors_strings_and_json() -> None:
         TensorSpec("y", "FP32", (3,)), np.zeros(3, dtype=np.float64), samples=1, batching=True
     )
     assert meta == TensorMeta("y", "FP32", (1, 3))
-    with pytest.raises(RequestError, match=r"output 'y' of shape \[2, 2\] does not fit \[1, 3\]"):
+    with pytest.raises(CodedError, match=r"output 'y' of shape \[2, 2\] does not fit \[1, 3\]"):
         wire_output(TensorSpec("y", "FP32", (3,)), np.zeros((2, 2)), samples=1, batching=True)

@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import requests
 
 from harness import Outcome, Stack, call, slow_body, wait_for, write_slow_model
+from inference_worker.protocol import StatusReply
 
 BATCH_SECONDS = 0.5  # the slow model's time per batch (of up to 4 samples)
 DEFAULT_TIMEOUT = 1.5  # the server's default deadline, for requests that name none
@@ -48,10 +48,10 @@ class Answered:
     at: float
 
 
-def model_counters(status: dict[str, Any], model: str) -> dict[str, int]:
+def model_counters(status: StatusReply, model: str) -> dict[str, int]:
     """Sum a model's worker counters from a STATUS reply: inference_count, success, deadline failures."""
     total = {"inference_count": 0, "success": 0, "deadline": 0}
-    for entry in status.get("stats") or []:
+    for entry in status.stats:
         if entry.get("model") == model:
             total["inference_count"] += int(entry.get("inference_count", 0))
             total["success"] += int(entry.get("success", 0))
@@ -68,7 +68,7 @@ def settled(stack: Stack) -> dict[str, int]:
 
     def idle() -> dict[str, int] | None:
         status = stack.status()
-        busy = any(w["in_flight"] for w in status["workers"]) or status["dispatcher"]["pending"]
+        busy = any(w["in_flight"] for w in status.workers) or status.dispatcher["pending"]
         return None if busy else model_counters(status, "slow")
 
     first = wait_for(idle, timeout=60, what="an idle worker")
@@ -78,7 +78,7 @@ def settled(stack: Stack) -> dict[str, int]:
 
 def received(stack: Stack) -> int:
     """How many requests the dispatcher has received since it started."""
-    return int(stack.status()["dispatcher"]["requests"])
+    return int(stack.status().dispatcher["requests"])
 
 
 def run_expiring(
@@ -97,7 +97,7 @@ def run_expiring(
             pool.submit(post, stack, slow_body(timeout_us=60_000_000)) for _ in range(backlog)
         ]
         wait_for(
-            lambda: any(w["in_flight"] for w in stack.status()["workers"]),
+            lambda: any(w["in_flight"] for w in stack.status().workers),
             timeout=30,
             what="the worker to be busy",
         )
@@ -136,9 +136,9 @@ def test_parameters_timeout_expires_in_the_worker_queue_uncomputed(stack: Stack)
 def test_parameters_timeout_expires_in_the_dispatcher_queue_uncomputed(stack: Stack) -> None:
     # Twelve requests: eight use every credit of the worker, four wait in the dispatcher; the expiring ones
     # queue behind them there and pass their 0.4 s before a credit frees.
-    expired_before = stack.status()["dispatcher"]["expired"]
+    expired_before = stack.status().dispatcher["expired"]
     run_expiring(stack, backlog=12, expiring=[slow_body(rows=3, timeout_us=400_000)] * 3, deadline=0.4)
-    assert stack.status()["dispatcher"]["expired"] >= expired_before + 3
+    assert stack.status().dispatcher["expired"] >= expired_before + 3
 
 
 def test_the_server_default_deadline_applies_without_parameters(stack: Stack) -> None:
@@ -151,7 +151,7 @@ def test_an_already_expired_request_is_answered_at_once(stack: Stack) -> None:
     with ThreadPoolExecutor(2) as pool:
         busy = [pool.submit(post, stack, slow_body(timeout_us=60_000_000)) for _ in range(2)]
         wait_for(
-            lambda: any(w["in_flight"] for w in stack.status()["workers"]),
+            lambda: any(w["in_flight"] for w in stack.status().workers),
             timeout=30,
             what="the worker to be busy",
         )

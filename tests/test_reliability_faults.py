@@ -65,7 +65,7 @@ def healthy(deployment: Stack) -> Stack:
 
 
 def dispatcher_counters(d: Stack) -> dict[str, int]:
-    return dict(d.status()["dispatcher"])
+    return dict(d.status().dispatcher)
 
 
 def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Stack) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
-from inference_worker.routing import Rejected, Request, Router, WorkerState
+from inference_worker.routing import Request, Router, WorkerState
 from inference_worker.stats import StatsBook
 
 SIG = {"name": "m", "version": "1", "max_queue_size": 2}  # a short queue, to see it fill
@@ -68,7 +69,7 @@ def test_queue_is_bounded_and_rejects_at_once() -> None:
     list(router.assignments())  # in flight
     router.enqueue(request(2))
     router.enqueue(request(3))
-    with pytest.raises(Rejected) as caught:
+    with pytest.raises(CodedError) as caught:
         router.enqueue(request(4))
     assert caught.value.code is ErrorCode.UNAVAILABLE and "queue is full" in str(caught.value)
 
@@ -78,9 +79,9 @@ def test_versions_resolve_to_the_highest_or_the_named_one() -> None:
     router.register(worker("a", versions=("1", "10", "2")))
     assert router.resolve_version("m", None) == "10"
     assert router.resolve_version("m", "2") == "2"
-    with pytest.raises(Rejected):
+    with pytest.raises(CodedError):
         router.resolve_version("m", "3")
-    with pytest.raises(Rejected):
+    with pytest.raises(CodedError):
         router.resolve_version("other", None)
 
 

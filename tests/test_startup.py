@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy.startup import assess, last_error
+from inference_worker.protocol import StatusReply
 
 
 def procs(**states: str) -> dict[str, dict[str, str]]:
@@ -12,7 +13,7 @@ def procs(**states: str) -> dict[str, dict[str, str]]:
 
 
 def test_slots_still_loading_are_those_running_but_unknown_to_the_dispatcher() -> None:
-    status = {"workers": [{"worker": "worker-cpu-0"}], "models": {"digits": {"1": {"ready": 1}}}}
+    status = StatusReply("", workers=[{"worker": "worker-cpu-0"}], models={"digits": {"1": {"ready": 1}}})
     p = assess(
         procs(worker_cpu_0="RUNNING", worker_cpu_1="STARTING"),
         {"worker-cpu-0", "worker-cpu-1"},
@@ -23,7 +24,7 @@ def test_slots_still_loading_are_those_running_but_unknown_to_the_dispatcher() -
 
 
 def test_a_host_where_every_slot_gave_up_serves_nothing() -> None:
-    status = {"workers": [], "models": {}}
+    status = StatusReply("")
     p = assess(
         procs(worker_cpu_0="FATAL", worker_cpu_1="EXITED"), {"worker-cpu-0", "worker-cpu-1"}, status, ["m"]
     )
@@ -32,13 +33,12 @@ def test_a_host_where_every_slot_gave_up_serves_nothing() -> None:
 
 
 def test_a_model_a_worker_could_not_load_is_unavailable_with_its_reason() -> None:
-    status = {
-        "workers": [{"worker": "worker-cpu-0"}],
-        "models": {"good": {"1": {"ready": 1}}},
-        "unavailable": [
-            {"model": "bad", "version": "1", "worker": "worker-cpu-0", "reason": "no module PIL"}
-        ],
-    }
+    status = StatusReply(
+        "",
+        workers=[{"worker": "worker-cpu-0"}],
+        models={"good": {"1": {"ready": 1}}},
+        unavailable=[{"model": "bad", "version": "1", "worker": "worker-cpu-0", "reason": "no module PIL"}],
+    )
     p = assess(procs(worker_cpu_0="RUNNING"), {"worker-cpu-0"}, status, ["bad", "good"])
     assert p.settled and not p.nothing_serves and p.unavailable == {"bad": "no module PIL"}
 

@@ -1,17 +1,11 @@
-"""The torchgate wire: versioned msgpack headers with tensor bytes in frames of their own.
+"""The torchgate wire's framing: versioned msgpack headers with tensor bytes in frames of their own.
 
 A message is a list of ZeroMQ frames: ``[header, *tensor_frames]``. The header is a msgpack map with
-``v`` (the protocol version), ``kind`` (one of :class:`Kind`) and the named fields of that kind. Each
-tensor the header describes (in ``inputs`` or ``outputs``: ``{name, datatype, shape}``) owns exactly one
-frame, in order, holding its bytes little-endian and row-major, so large tensors cross without being
-copied into the header. Nothing here imports torch and nothing is ever unpickled.
-
-Message kinds, by direction:
-
-- gateway -> dispatcher: REQUEST, QUERY (is my request still known?), STATUS (health, signatures, stats)
-- dispatcher -> gateway: REPLY, ERROR, QUERY_REPLY, STATUS_REPLY
-- worker -> dispatcher: READY, HEARTBEAT, REPLY, ERROR, DRAIN, DISCONNECT
-- dispatcher -> worker: REQUEST, HEARTBEAT, DRAIN (acknowledged), DISCONNECT (re-register)
+``v`` (the protocol version), ``kind`` (one of :class:`Kind`) and the named fields of that kind (see
+:mod:`inference_worker.protocol.messages`). Each tensor the header describes (in ``inputs`` or ``outputs``:
+``{name, datatype, shape}``) owns exactly one frame, in order, holding its bytes little-endian and row-major, so
+large tensors cross without being copied into the header. Nothing here imports torch or zmq, and nothing is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -202,6 +196,16 @@ def _check_strings(meta: TensorMeta, buf: memoryview, max_tensor_bytes: int) -> 
         raise ProtocolError(str(exc)) from None
 
 
+def header_id(frames: Sequence[Any]) -> str | None:
+    """Return the ``id`` field of a message that failed to decode, if its header can be read at all."""
+    try:
+        header = msgpack.unpackb(_buffer(frames[0]), raw=False, max_bin_len=0, max_ext_len=0)
+    except Exception:  # anything unreadable (or no frame at all) has no id to answer
+        return None
+    value = header.get("id") if isinstance(header, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def _buffer(frame: Any) -> memoryview:
     """Return a flat byte view of a frame (bytes, zmq.Frame or any buffer) without copying."""
     buf = getattr(frame, "buffer", frame)
@@ -213,7 +217,7 @@ def _buffer(frame: Any) -> memoryview:
 
 
 def error_fields(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
-    """Return the fields of an ERROR message."""
+    """Return the fields of an ERROR message (for the code that still builds messages from fields)."""
     return {"code": code.value, "message": message, **extra}
 
 
