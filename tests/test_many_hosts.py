@@ -196,6 +196,10 @@ backend hosts
 
     def states(self) -> dict[str, str]:
         """Each server's state as HAProxy sees it (UP, DOWN, ...)."""
+        return {name: row[17] for name, row in self.stats().items()}
+
+    def stats(self) -> dict[str, list[str]]:
+        """Each server's row of ``show stat`` (17: status, 15: retries, 16: redispatches, 13: connect errors)."""
         data = b""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
@@ -206,12 +210,12 @@ backend hosts
             s.sendall(b"show stat\n")
             while chunk := s.recv(65536):
                 data += chunk
-        states = {}
+        rows = {}
         for line in data.decode().splitlines():
             cols = line.split(",")
             if len(cols) > 17 and cols[0] == "hosts" and cols[1] not in ("FRONTEND", "BACKEND"):
-                states[cols[1]] = cols[17]
-        return states
+                rows[cols[1]] = cols
+        return rows
 
     def wait_state(self, server: str, state: str, timeout: float = 60.0) -> None:
         wait_for(lambda: self.states().get(server, "").startswith(state), timeout, 0.05, f"{server} {state}")
@@ -309,7 +313,11 @@ def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespace
         count, failed = load.between(killed, time.monotonic())
         # At most the requests in flight on b can fail (one per load thread); HAProxy's retries (retry-on
         # all-retryable-errors, redispatch, the request buffered) re-send those, and in our runs none failed.
-        print(f"kill -9 of a host's supervisord: {len(failed)} of {count} requests failed: {failed}")
+        row = lb.stats()[b.name]
+        print(
+            f"kill -9 of a host's supervisord: {len(failed)} of {count} requests failed {failed}; HAProxy on that "
+            f"host: {row[13] or 0} connection errors, {row[15] or 0} retries, {row[16] or 0} redispatches"
+        )
         assert len(failed) <= LOAD_THREADS, failed
         load.stop()
         total, failed = load.between(0, time.monotonic() + 1)
