@@ -28,6 +28,7 @@ from harness import (
     write_sleeper_model,
 )
 from harness.models import LINEAR_SOURCE
+from inference_worker.protocol import StatusReply
 
 pytestmark = pytest.mark.processes
 
@@ -51,17 +52,17 @@ def stack() -> Iterator[Stack]:
                 ready_path="/v2/models/digits/ready",
             )
             wait_for(
-                lambda: {w["worker"] for w in stack.status()["workers"]} == {"w0", "w1"},
+                lambda: stack.status().registered() == {"w0", "w1"},
                 timeout=120,
                 what="both workers registered",
             )
             yield stack
 
 
-def model_counters(status: dict[str, Any], model: str) -> dict[str, int]:
+def model_counters(status: StatusReply, model: str) -> dict[str, int]:
     """Sum a model's worker counters from a STATUS reply."""
     total = {"inference_count": 0, "success": 0}
-    for entry in status.get("stats") or []:
+    for entry in status.stats:
         if entry.get("model") == model:
             total["inference_count"] += int(entry.get("inference_count", 0))
             total["success"] += int(entry.get("success", 0))
