@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import re
 import shutil
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from benchmarks.load import run_wrk, write_script
 from benchmarks.payloads import HttpRequest
@@ -116,17 +118,34 @@ def requests_for(pool: list[str]) -> list[HttpRequest]:
     ]
 
 
-def measure_torchgate(url: str, script: Path, concurrency: int, duration: float) -> dict[str, float]:
+def worker_process(launched: Any) -> psutil.Process:
+    """Return the model worker under ``torchgate serve``."""
+    for child in psutil.Process(launched.proc.pid).children(recursive=True):
+        if "inference_worker.worker" in " ".join(child.cmdline()):
+            return child
+    raise RuntimeError("no worker process under torchgate serve")
+
+
+def cpu_of(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure_torchgate(
+    url: str, worker: psutil.Process, script: Path, concurrency: int, duration: float
+) -> dict[str, float]:
     run_wrk(url, script, concurrency, 2.0, 60)  # warm-up
-    before = batch_counts(url)
+    before, cpu_before = batch_counts(url), cpu_of(worker)
     result = run_wrk(url, script, concurrency, duration, 60)
-    after = batch_counts(url)
+    after, cpu_after = batch_counts(url), cpu_of(worker)
     executions = max(1, after[1] - before[1])
+    sentences_done = max(1, after[0] - before[0])
     return {
         "rps": result.throughput,
         "batch": (after[0] - before[0]) / executions,
         "p50_ms": result.p50_ms,
         "errors": result.errors,
+        "cpu_ms": (cpu_after - cpu_before) / sentences_done * 1000,
     }
 
 
@@ -227,7 +246,9 @@ def main() -> None:
     pool = sentences()
     script = write_script(requests_for(pool), WORK / "wrk")
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    load_before = os.getloadavg()[0]
     servers = {variant: serve(variant) for variant in VARIANTS}  # both up, so that runs interleave
+    workers = {variant: worker_process(launched) for variant, (launched, _) in servers.items()}
     try:
         for _ in range(args.rounds):
             for c in concurrencies:
@@ -235,14 +256,15 @@ def main() -> None:
                 results.setdefault(("sentence-transformers", c), []).append(row)
                 print(f"sentence-transformers batch={c}: {row}", flush=True)
                 for variant, (_, url) in servers.items():
-                    row = measure_torchgate(url, script, c, args.duration)
+                    row = measure_torchgate(url, workers[variant], script, c, args.duration)
                     results.setdefault((variant, c), []).append(row)
                     print(f"{variant} c={c}: {row}", flush=True)
     finally:
         for launched, _ in servers.values():
             launched.stop()
+    load_after = os.getloadavg()[0]
     compute = measure_compute(pool, 8)
-    table = render(results, concurrencies, args, compute)
+    table = render(results, concurrencies, args, compute, (load_before, load_after))
     print(table)
     if args.write is not None:
         write(args.write, table)
@@ -253,6 +275,7 @@ def render(
     concurrencies: list[int],
     args: Any,
     compute: list[tuple[str, float]],
+    load: tuple[float, float],
 ) -> str:
     def median(key: tuple[str, int], field: str) -> float:
         return statistics.median(r[field] for r in results[key])
@@ -277,19 +300,24 @@ def render(
         "`unbatched`: the same folder without `[padding]` (requests of different lengths never batch, as "
         "before this issue); `sentence-transformers`: `encode(sentences, batch_size=c)` called directly in "
         "one process with one torch thread (no HTTP). Average batch = sentences per model execution as the "
-        "worker counts them. The machine is shared with other work: compare ratios within a row.",
+        "worker counts them; worker CPU = CPU seconds the worker process spent per sentence (psutil), which "
+        "the other work on the machine hardly changes. The machine is shared with other work (load average "
+        f"{load[0]:.1f} when the run began and {load[1]:.1f} when it ended, on 2 cores): req/s swing with it, "
+        "so compare within a row and lean on the CPU figures.",
         "",
-        "| concurrency (or batch size) | padded req/s | padded avg batch | unbatched req/s | unbatched avg "
-        "batch | padded / unbatched | sentence-transformers sentences/s | padded / sentence-transformers |",
-        "|---|---|---|---|---|---|---|---|",
+        "| concurrency (or batch size) | padded req/s | padded avg batch | padded worker CPU ms/sentence | "
+        "unbatched req/s | unbatched avg batch | unbatched worker CPU ms/sentence | padded / unbatched req/s | "
+        "sentence-transformers sentences/s | padded / sentence-transformers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in concurrencies:
         padded, unbatched = median(("padded", c), "rps"), median(("unbatched", c), "rps")
         st = median(("sentence-transformers", c), "rps")
         lines.append(
-            f"| {c} | {padded:.1f} | {median(('padded', c), 'batch'):.1f} | {unbatched:.1f} | "
-            f"{median(('unbatched', c), 'batch'):.1f} | {padded / unbatched:.2f}x | {st:.1f} | "
-            f"{padded / st:.2f}x |"
+            f"| {c} | {padded:.1f} | {median(('padded', c), 'batch'):.1f} | "
+            f"{median(('padded', c), 'cpu_ms'):.0f} | {unbatched:.1f} | "
+            f"{median(('unbatched', c), 'batch'):.1f} | {median(('unbatched', c), 'cpu_ms'):.0f} | "
+            f"{padded / unbatched:.2f}x | {st:.1f} | {padded / st:.2f}x |"
         )
     errors = sum(r["errors"] for rows in results.values() for r in rows)
     lines += [
