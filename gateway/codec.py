@@ -31,7 +31,7 @@ from inference_worker.protocol import BYTES, DATATYPE_SIZES, DATATYPES, MAX_DIMS
 from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
 MAX_ID_LENGTH = 256
-MAX_JSON_VALUES = 4 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
+MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
 

@@ -36,8 +36,8 @@ class GatewayConfig:
     max_bytes_element_size: int = 16 << 20
     # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it, 413.
     # Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
-    max_json_values: int = 4 << 20
-    # Bodies over 1 MiB parsed at once per process; the next wait (bounded by the default timeout), then 503.
+    max_json_values: int = 2 << 20
+    # JSON bodies over 64 KiB parsed at once per process; the next wait (at most the default timeout), then 503.
     large_parses: int = 2
     # Seconds a dispatcher STATUS answer is reused for readiness and statistics.
     status_ttl: float = 0.5

@@ -23,7 +23,7 @@ from inference_worker.repository import ModelConfig
 from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
 
-LARGE_BODY = 1 << 20  # bytes past which parsing a body goes through Gateway.parsing
+LARGE_BODY = 64 << 10  # JSON bytes past which parsing goes through Gateway.parsing (large_parses at once)
 
 
 class Gateway:
@@ -86,7 +86,8 @@ class Gateway:
         """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``; ``trace`` learns the request's id and reply."""
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        with self.parsing(len(body)):
+        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
+        with self.parsing(min(json_bytes, len(body))):  # binary tensor data builds no objects
             request = parse_infer_request(
                 body, header_length, trace.header_id, self.limits, self.config.max_json_values
             )
