@@ -22,7 +22,7 @@ import requests
 import zmq
 
 from deploy.settings import DeploySettings
-from deploy.supervisor_rpc import Supervisor
+from deploy.supervisor_rpc import RUNNING, Supervisor
 from harness import commands
 from harness.procs import COMMAND_TIMEOUT, DEFAULT_REPOSITORY, Processes, children, free_port, kill_group, run
 from harness.procs import wait_for as _wait_for
@@ -254,6 +254,24 @@ class Stack:
             timeout=timeout,
             interval=0.1,
             what=f"workers {sorted(names)} ready",
+        )
+
+    def wait_healthy(self, *workers: str, gateway_processes: int = 1, timeout: float = 60.0) -> None:
+        """Wait until every supervisord program runs (under serve), exactly ``workers`` are ready and the
+        gateway has its ``gateway_processes``."""
+        if self.served:
+            _wait_for(
+                lambda: all(i["statename"] == RUNNING for i in self.supervisor.processes().values()),
+                timeout=timeout,
+                interval=0.1,
+                what="every program RUNNING",
+            )
+        self.wait_workers(*workers, timeout=timeout)
+        _wait_for(
+            lambda: len(children(self.pids()["gateway"])) == gateway_processes,
+            timeout=timeout,
+            interval=0.1,
+            what=f"{gateway_processes} gateway processes",
         )
 
     def status(self) -> StatusReply:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from deploy.supervisor_rpc import RUNNING
 from harness import (
     HttpLoad,
     Stack,
@@ -53,15 +52,8 @@ def deployment() -> Iterator[Stack]:
 @pytest.fixture
 def healthy(deployment: Stack) -> Stack:
     """The deployment with every program RUNNING, both workers ready and both gateway processes up."""
-    d = deployment
-    wait_for(
-        lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()),
-        timeout=60,
-        what="every program RUNNING",
-    )
-    wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers ready")
-    wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
-    return d
+    deployment.wait_healthy(*SLOTS, gateway_processes=2)
+    return deployment
 
 
 def dispatcher_counters(d: Stack) -> dict[str, int]:

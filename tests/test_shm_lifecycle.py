@@ -25,7 +25,6 @@ import requests
 import torch
 import zmq
 
-from deploy.supervisor_rpc import RUNNING
 from harness import (
     DEFAULT_REPOSITORY,
     Processes,
@@ -199,15 +198,8 @@ def deployment() -> Iterator[Stack]:
 
 @pytest.fixture
 def healthy(deployment: Stack) -> Stack:
-    d = deployment
-    wait_for(
-        lambda: all(i["statename"] == RUNNING for i in d.supervisor.processes().values()),
-        timeout=60,
-        what="every program RUNNING",
-    )
-    wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers ready")
-    wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=60, what="two gateway processes")
-    return d
+    deployment.wait_healthy(*SLOTS, gateway_processes=2)
+    return deployment
 
 
 def stack_pids(d: Stack) -> set[int]:
