@@ -200,6 +200,8 @@ class DispatcherClient:
         if not self.shared_memory or total < shm.MIN_BYTES:
             return None
         metas = [TensorMeta(t.name, t.datatype, t.shape) for t in tensors]
+        if not shm.placeable(metas):  # BYTES (strings, files) go in frames
+            return None
         offsets, end = shm.layout(metas)
         reply_at = -(-end // 64) * 64
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from inference_worker import padding as pad
+from inference_worker import strings
 from inference_worker.backends import load_error, load_module, runner
 from inference_worker.compute import BatchTimes
 from inference_worker.errors import CodedError
@@ -46,7 +47,11 @@ class Pipeline:
     ) -> dict[str, torch.Tensor]:
         """Return one request's model inputs by name; raise :class:`CodedError` for this request alone."""
         if self.handler is not None:
-            prepared = self.handler.prepare(self.handler.request_inputs(tensors), samples)
+            try:
+                inputs = self.handler.request_inputs(tensors)
+            except strings.StringsError as exc:  # the wire checked frames; this guards any other way in
+                raise CodedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+            prepared = self.handler.prepare(inputs, samples)
         else:
             prepared = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
             prepared = {spec.name: prepared[spec.name] for spec in self.config.inputs}

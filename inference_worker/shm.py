@@ -22,7 +22,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from inference_worker.protocol import DATATYPE_SIZES, MAX_TENSOR_BYTES, ProtocolError, TensorMeta, tensor_meta
+from inference_worker.protocol import (
+    BYTES,
+    DATATYPE_SIZES,
+    MAX_TENSOR_BYTES,
+    ProtocolError,
+    TensorMeta,
+    tensor_meta,
+)
 
 NAME = "torchgate-tensors"  # the memfd's name, as /proc/<pid>/fd/<fd> shows it: "/memfd:torchgate-tensors"
 REFUSED = "shared memory: "  # how a worker's error about a segment it cannot map begins
@@ -203,6 +210,8 @@ def placed_tensors(raw: Any, size: int) -> list[Placed]:
     out = []
     for entry in raw:
         meta = tensor_meta(entry, MAX_TENSOR_BYTES)
+        if meta.datatype == BYTES:
+            raise ProtocolError(f"tensor {meta.name!r}: BYTES tensors travel in frames, not in shared memory")
         offset = entry.get("offset")
         if type(offset) is not int or offset < HEADER or offset + meta.nbytes > size:
             raise ProtocolError(
@@ -210,6 +219,11 @@ def placed_tensors(raw: Any, size: int) -> list[Placed]:
             )
         out.append(Placed(meta, offset))
     return out
+
+
+def placeable(metas: list[TensorMeta]) -> bool:
+    """Return whether these tensors may go in a segment: BYTES ones may not (their size is not their shape's)."""
+    return all(meta.datatype != BYTES for meta in metas)
 
 
 def layout(metas: list[TensorMeta], start: int = HEADER, align: int = 64) -> tuple[list[int], int]:
@@ -243,6 +257,8 @@ class ReplyArea:
 
         Raise :class:`SegmentGone` if the segment has moved on to another request.
         """
+        if not placeable([meta for meta, _ in tensors]):
+            return None
         offsets, end = layout([meta for meta, _ in tensors], self.offset)
         if end > self.offset + self.capacity:
             return None

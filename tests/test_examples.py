@@ -94,6 +94,9 @@ def test_minilm_embeddings_equal_sentence_transformers(
     one = requests.post(f"{stack.url}/predict", json={"model": "minilm", "input": SENTENCES[1]}, timeout=60)
     assert one.status_code == 200, one.text
     assert cosine(np.array(one.json()["output"]), reference[1]) >= 0.9999
+    long_text = " ".join([SENTENCES[1]] * 800)  # ~80 KB, truncated to 256 tokens by the tokenizer
+    long_vector = embed(client, [long_text])
+    assert long_vector.shape == (1, 384) and abs(float(np.linalg.norm(long_vector)) - 1) < 1e-4
     raw = requests.post(f"{stack.url}/predictions/minilm", data=SENTENCES[3].encode(), timeout=60)
     assert raw.status_code == 200, raw.text
     assert cosine(np.array(raw.json()), reference[3]) >= 0.9999
@@ -219,5 +222,13 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     broken = requests.put(url, data=b"\x89PNG\r\n\x1a\n but not really", timeout=60)
     assert broken.status_code == 400
     assert broken.json()["error"].startswith("preprocessing failed: ValueError: not an image Pillow can read")
+    # A photo-sized file (past the 64 KiB at which numeric tensors move to shared memory) travels in frames.
+    grey = np.kron(np.round(x_test[0].reshape(8, 8) * 255 / 16), np.ones((48, 48)))
+    noisy = np.clip(grey + np.random.default_rng(0).integers(-6, 7, grey.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noisy).save(out, format="PNG")
+    assert len(out.getvalue()) > 64 * 1024
+    large = requests.put(url, data=out.getvalue(), timeout=60)
+    assert large.status_code == 200 and large.json()["prediction"]["digit"] == y_test[0], large.text
     tensor_model = requests.post(f"{stack.url}/predictions/digits", json=x_test[0].tolist(), timeout=60)
     assert tensor_model.status_code == 200 and int(np.argmax(tensor_model.json())) == y_test[0]
