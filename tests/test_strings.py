@@ -253,3 +253,12 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
     result = run([sys.executable, "-c", code, str(tmp_path)], timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_bytes_tensors_stay_out_of_shared_memory() -> None:
+    from inference_worker import shm
+
+    text, numbers = TensorMeta("text", "BYTES", (2, 1)), TensorMeta("x", "FP32", (2, 4))
+    assert shm.placeable([numbers]) and not shm.placeable([numbers, text])
+    with pytest.raises(ProtocolError, match="BYTES tensors travel in frames"):
+        shm.placed_tensors([{**text.to_wire(), "offset": shm.HEADER}], 1 << 20)
