@@ -96,6 +96,18 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
         assert proc.poll() is None, log()
         probe = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert probe.returncode == 0, probe.stdout + probe.stderr
+        # `torchgate ctl` is supervisorctl with the run directory's file (and its generated credentials); a worker
+        # counts as RUNNING once it stayed up --worker-startsecs, which may come after readiness.
+        ctl = wait_for(
+            lambda: (
+                (done := run(["torchgate", "ctl", "status"], timeout=30, env=env)).returncode == 0 and done
+            ),
+            timeout=60,
+            interval=0.5,
+            what="torchgate ctl status to show every process RUNNING",
+        )
+        running = {line.split()[0] for line in ctl.stdout.splitlines() if " RUNNING " in line}
+        assert running >= {"gateway", "dispatcher", "worker-cpu-0"}, ctl.stdout
         assert requests.post(infer, json=body, timeout=10).status_code == 200
 
         proc.send_signal(signal.SIGTERM)  # docker stop, or the kubelet
