@@ -14,16 +14,17 @@ from gateway.config import GatewayConfig
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
     PAYLOAD_TOO_LARGE,
-    GatewayError,
     InvalidArgument,
     NotFound,
     Unauthenticated,
     describe_unexpected,
     error_body,
     error_headers,
+    http_status,
 )
 from gateway.routes import EXTENSION, JSON, current_gateway, routes
 from gateway.service import Gateway
+from inference_worker.errors import CodedError
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -38,7 +39,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.extensions[EXTENSION] = gateway or Gateway(config)
     instrument.install(app)  # first: a request is traced before anything can refuse it
     app.before_request(require_token)
-    app.register_error_handler(GatewayError, on_gateway_error)
+    app.register_error_handler(CodedError, on_coded_error)
     app.register_error_handler(HTTPException, on_http_error)
     app.register_error_handler(Exception, on_unexpected)
     app.register_blueprint(routes)
@@ -59,12 +60,13 @@ def error_response(message: str, code: str, status: int) -> Response:
     return Response(error_body(message), status=status, content_type=JSON, headers=headers)
 
 
-def on_gateway_error(exc: GatewayError) -> Response:
-    if exc.status >= 500:
+def on_coded_error(exc: CodedError) -> Response:
+    status = http_status(exc.code)
+    if status >= 500:
         log.warning(
-            "gateway: %s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code, exc.message
+            "gateway: %s %s -> %d %s: %s", request.method, request.path, status, exc.code, exc.message
         )
-    return error_response(exc.message, exc.code, exc.status)
+    return error_response(exc.message, exc.code, status)
 
 
 def on_http_error(exc: HTTPException) -> Response:

@@ -22,8 +22,9 @@ from typing import Any
 import zmq
 
 from gateway.codec import Tensor
-from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+from gateway.errors import DeadlineExceeded, Unavailable
 from inference_worker import protocol, shm
+from inference_worker.errors import CodedError
 from inference_worker.protocol import Link, ProtocolError, TensorMeta
 from inference_worker.status import ask_status
 
@@ -101,7 +102,7 @@ class DispatcherClient:
             endpoint.startswith("ipc://") and shm.supported() and os.environ.get(SHM_ENV, "1") != "0"
         )
         self._pool = shm.Pool()
-        self._status: tuple[float, protocol.StatusReply | GatewayError] | None = None
+        self._status: tuple[float, protocol.StatusReply | CodedError] | None = None
         self._status_lock = threading.Lock()
 
     # -- sockets ----------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class DispatcherClient:
         priority: int = 0,
         reply_bytes: int = 0,
     ) -> InferReply:
-        """Run one request and return its outputs; raise a :class:`GatewayError` for every failure.
+        """Run one request and return its outputs; raise a :class:`CodedError` for every failure.
 
         ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs travel in
         a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host, with room for
@@ -313,11 +314,11 @@ class DispatcherClient:
                 cached = self._status
                 if cached is None or time.monotonic() - cached[0] >= max_age:
                     try:
-                        result: protocol.StatusReply | GatewayError = self._fetch_status()
-                    except GatewayError as exc:
+                        result: protocol.StatusReply | CodedError = self._fetch_status()
+                    except CodedError as exc:
                         result = exc
                     cached = self._status = (time.monotonic(), result)
-        if isinstance(cached[1], GatewayError):
+        if isinstance(cached[1], CodedError):
             raise cached[1]
         return cached[1]
 
@@ -375,7 +376,7 @@ def _reply(message: protocol.Reply, segment: shm.Segment | None = None) -> Infer
     return InferReply(message.model, message.version, message.worker, outputs, message.stats)
 
 
-def _error(message: protocol.Error) -> GatewayError:
+def _error(message: protocol.Error) -> CodedError:
     text = (message.message or "the request failed").strip()
     text = text.splitlines()[0][:MAX_ERROR_MESSAGE] if text else "the request failed"
-    return GatewayError(text, str(message.code))
+    return CodedError(message.code, text)

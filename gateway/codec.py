@@ -25,9 +25,18 @@ from typing import Any, overload
 import numpy as np
 import orjson
 
-from gateway.errors import GatewayError, InvalidArgument, PayloadTooLarge
+from gateway.errors import InvalidArgument, PayloadTooLarge
 from inference_worker import strings
-from inference_worker.protocol import BYTES, DATATYPE_SIZES, DATATYPES, MAX_DIMS, MAX_NAME_LENGTH, MAX_TENSORS
+from inference_worker.errors import CodedError
+from inference_worker.protocol import (
+    BYTES,
+    DATATYPE_SIZES,
+    DATATYPES,
+    MAX_DIMS,
+    MAX_NAME_LENGTH,
+    MAX_TENSORS,
+    ErrorCode,
+)
 from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
 MAX_ID_LENGTH = 256
@@ -454,7 +463,7 @@ def output_strings(tensor: Tensor) -> list[str]:
     try:
         elements = strings.deserialize(tensor.data, count, strings.StringLimits(count, len(tensor.data)))
     except StringsError as exc:  # the worker's reply was checked on the wire; this would be a bug
-        raise GatewayError(f"output {tensor.name!r}: {exc}") from None
+        raise CodedError(ErrorCode.INTERNAL, f"output {tensor.name!r}: {exc}") from None
     try:
         return [element.decode("utf-8") for element in elements]
     except UnicodeDecodeError:

@@ -1,7 +1,8 @@
 """Why a request failed, and the one table that turns each reason into an HTTP status.
 
 Every error body is ``{"error": "<message>"}`` (tritonclient reports anything else as a decoding error).
-Exceptions that are not :class:`GatewayError` become a 500 whose details go only to the log.
+A refusal is a :class:`~inference_worker.errors.CodedError` (the one error class of both sides); the classes
+below name the gateway's reasons. Other exceptions become a 500 whose details go only to the log.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 
 import orjson
 
+from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
 
 log = logging.getLogger("torchgate.gateway")
@@ -34,47 +36,38 @@ STATUS: dict[str, int] = {
 }
 
 
-class GatewayError(Exception):
-    """A request that cannot be answered, with the reason that picks its HTTP status."""
+class Refusal(CodedError):
+    """A :class:`CodedError` whose code is its class's: ``InvalidArgument("why")``."""
 
-    code: str = ErrorCode.INTERNAL
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    @property
-    def status(self) -> int:
-        return http_status(self.code)
+    def __init__(self, message: str) -> None:
+        super().__init__(type(self).code, message)
 
 
-class InvalidArgument(GatewayError):
+class InvalidArgument(Refusal):
     code = ErrorCode.INVALID_ARGUMENT
 
 
-class NotFound(GatewayError):
+class NotFound(Refusal):
     code = ErrorCode.NOT_FOUND
 
 
-class Unavailable(GatewayError):
+class Unavailable(Refusal):
     code = ErrorCode.UNAVAILABLE
 
 
-class DeadlineExceeded(GatewayError):
+class DeadlineExceeded(Refusal):
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
-class PayloadTooLarge(GatewayError):
+class PayloadTooLarge(Refusal):
     code = PAYLOAD_TOO_LARGE
 
 
-class Unauthenticated(GatewayError):
+class Unauthenticated(Refusal):
     code = UNAUTHENTICATED
 
 
-class Forbidden(GatewayError):
+class Forbidden(Refusal):
     code = FORBIDDEN
 
 

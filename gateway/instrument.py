@@ -7,10 +7,10 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 
 from gateway.access_log import log_request
-from gateway.errors import GatewayError
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
 from gateway.trace import RequestTrace
+from inference_worker.errors import CodedError
 
 
 def install(app: Flask) -> None:
@@ -52,6 +52,6 @@ def _name_target(trace: RequestTrace) -> None:
         return
     try:
         model, resolved = current_gateway().catalog.get(name, version if isinstance(version, str) else None)
-    except GatewayError:
+    except CodedError:
         return  # an unknown model has no series, as in Triton
     trace.model, trace.version = model.name, resolved

@@ -18,10 +18,11 @@ from typing import Any
 import orjson
 
 from gateway.codec import Tensor, json_array, output_strings, tensor_array
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import InvalidArgument
 from gateway.validation import bytes_input, check_tensor, describe
 from inference_worker import strings
-from inference_worker.protocol import BYTES
+from inference_worker.errors import CodedError
+from inference_worker.protocol import BYTES, ErrorCode
 from inference_worker.repository import ModelConfig, TensorSpec, fits
 
 
@@ -110,7 +111,9 @@ def _strings(tensor: Tensor, spec: TensorSpec, whole: bool) -> Any:
         try:
             elements = [orjson.loads(e) for e in elements]
         except orjson.JSONDecodeError:
-            raise GatewayError(f"output {tensor.name!r} is not the JSON its config announces") from None
+            raise CodedError(
+                ErrorCode.INTERNAL, f"output {tensor.name!r} is not the JSON its config announces"
+            ) from None
     shape = list(tensor.shape)
     if not whole and shape:
         shape = shape[1:]

@@ -12,12 +12,13 @@ from gateway import torchserve
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
 from gateway.config import GatewayConfig
-from gateway.errors import Forbidden, GatewayError, InvalidArgument, NotFound, Unavailable
+from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace
 from gateway.triton import repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
+from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, StatusReply
 from inference_worker.repository import ModelConfig
 from inference_worker.shm import fixed_nbytes
@@ -181,7 +182,7 @@ class Gateway:
         """Return the dispatcher's status, or None when it does not answer."""
         try:
             return self.client.status(max_age)
-        except GatewayError:
+        except CodedError:
             return None
 
     def ready(self) -> tuple[bool, str]:
@@ -216,7 +217,7 @@ class Gateway:
         """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or 503."""
         try:
             return self.client.status(max_age=0)
-        except GatewayError as exc:
+        except CodedError as exc:
             raise Unavailable(f"statistics are unavailable: {exc.message}") from None
 
     def control(self, action: str, model_name: str) -> None:
@@ -245,7 +246,7 @@ def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:
     by_name = {t.name: t for t in reply.outputs}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise GatewayError(f"the worker returned no output {missing[0]!r}", ErrorCode.INTERNAL)
+        raise CodedError(ErrorCode.INTERNAL, f"the worker returned no output {missing[0]!r}")
     return [by_name[n] for n in names]
 
 

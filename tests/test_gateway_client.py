@@ -17,8 +17,9 @@ import pytest
 
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Tensor
-from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+from gateway.errors import DeadlineExceeded, Unavailable, http_status
 from harness import Stack, slow_repository, wait_for
+from inference_worker.errors import CodedError
 
 SLOW_SECONDS = 0.6
 
@@ -89,12 +90,12 @@ def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherCli
 
 @pytest.mark.processes
 def test_errors_come_back_with_their_code(client: DispatcherClient) -> None:
-    with pytest.raises(GatewayError) as info:
+    with pytest.raises(CodedError) as info:
         client.infer("slow", "9", [x_tensor([1, 2, 3, 4])], [], time.time() + 30)
-    assert info.value.status == 503  # no worker serves version 9
-    with pytest.raises(GatewayError) as info:
+    assert http_status(info.value.code) == 503  # no worker serves version 9
+    with pytest.raises(CodedError) as info:
         client.infer("slow", None, [x_tensor([-1, 2, 3, 4])], [], time.time() + 30)
-    assert info.value.status in (400, 500) and "negative input" in info.value.message
+    assert http_status(info.value.code) in (400, 500) and "negative input" in info.value.message
     assert "Traceback" not in info.value.message and "\n" not in info.value.message
 
 
