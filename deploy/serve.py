@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import signal
@@ -24,7 +25,7 @@ from deploy.rundir import check_run_dir, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import assess, last_error
 from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
-from inference_worker import security
+from inference_worker import lifeline, security
 from inference_worker.protocol import ProtocolError, StatusReply
 from inference_worker.repository import load_repository
 
@@ -269,7 +270,12 @@ def serve(
     every worker drains. SIGINT (Ctrl-C), SIGHUP or a second signal skip the grace.
     """
     conf = prepare(s)
-    proc = subprocess.Popen(supervisord_command(s), start_new_session=True)
+    # Should `torchgate serve` itself be killed (SIGKILL, say), supervisord gets SIGTERM and stops every program.
+    proc = subprocess.Popen(
+        supervisord_command(s),
+        start_new_session=True,
+        preexec_fn=functools.partial(lifeline.die_with_parent, signal.SIGTERM),
+    )
     plan = StopPlan(s, unready_grace)
 
     def forward(signum: int, frame: FrameType | None) -> None:

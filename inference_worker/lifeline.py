@@ -16,7 +16,14 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def die_with_supervisor(sig: int = signal.SIGKILL) -> bool:
     """Ask the kernel to send ``sig`` when our parent (supervisord) dies; return whether it was set."""
-    if os.environ.get("SUPERVISOR_ENABLED") != "1" or not sys.platform.startswith("linux"):
+    if os.environ.get("SUPERVISOR_ENABLED") != "1":
+        return False
+    return die_with_parent(sig)
+
+
+def die_with_parent(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` when our parent dies (Linux only); return whether it was set."""
+    if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
     try:
@@ -25,6 +32,6 @@ def die_with_supervisor(sig: int = signal.SIGKILL) -> bool:
             return False
     except (OSError, AttributeError):
         return False
-    if os.getppid() != parent:  # supervisord died before the request took effect
+    if os.getppid() != parent:  # the parent died before the request took effect
         os.kill(os.getpid(), sig)
     return True
