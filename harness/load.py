@@ -56,6 +56,10 @@ class HttpLoad:
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def __enter__(self) -> HttpLoad:
+        return self.start()
+
+    def start(self) -> HttpLoad:
+        """Start the client threads (``with HttpLoad(...)`` does, and stops them at the end)."""
         for i in range(self.threads):
             thread = threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
             thread.start()
@@ -96,6 +100,11 @@ class HttpLoad:
     def failures(self) -> list[Outcome]:
         """Every outcome that is not a 200."""
         return [o for _, o in self.snapshot() if o.status != 200]
+
+    def between(self, start: float, end: float) -> tuple[int, list[str]]:
+        """Requests answered in [start, end) (``time.monotonic()``): how many, and each failure described."""
+        window = [o for t, o in self.snapshot() if start <= t < end]
+        return len(window), [o.describe() for o in window if o.status != 200]
 
     def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` more requests succeeded (so the load really ran across a change)."""

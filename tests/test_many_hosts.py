@@ -17,16 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
-from harness import free_port, wait_for
+from harness import HttpLoad, free_port, wait_for
 
 pytestmark = pytest.mark.processes
 BIN = Path(sys.executable).parent
@@ -114,46 +112,6 @@ class Host:
         return int((self.run_dir / "supervisord.pid").read_text().strip())
 
 
-@dataclass
-class Load:
-    """Threads posting inferences through the load balancer; every outcome kept with its time."""
-
-    url: str
-    outcomes: list[tuple[float, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> None:
-        for i in range(LOAD_THREADS):
-            thread = threading.Thread(target=self._run, name=f"lb-load-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                try:
-                    reply = session.post(self.url, json=BODY, timeout=15)
-                    outcome = "ok" if reply.status_code == 200 else f"HTTP {reply.status_code}"
-                except requests.RequestException as exc:
-                    outcome = type(exc).__name__
-                with self._lock:
-                    self.outcomes.append((time.monotonic(), outcome))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        assert not any(t.is_alive() for t in self._threads)
-
-    def between(self, start: float, end: float) -> tuple[int, list[str]]:
-        """Requests that ended in [start, end): how many, and the failures."""
-        with self._lock:
-            window = [o for t, o in self.outcomes if start <= t < end]
-        return len(window), [o for o in window if o != "ok"]
-
-
 class HAProxy:
     def __init__(self, folder: Path, hosts: list[Host], binary: str) -> None:
         self.port = free_port()
@@ -192,7 +150,7 @@ backend hosts
         self.proc = subprocess.Popen(
             [binary, "-db", "-f", str(self.config)], stdout=self.out, stderr=subprocess.STDOUT
         )
-        self.url = f"http://127.0.0.1:{self.port}/v2/models/digits/infer"
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def states(self) -> dict[str, str]:
         """Each server's state as HAProxy sees it (UP, DOWN, ...)."""
@@ -263,7 +221,7 @@ def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespace
     binary = _haproxy()
     assert binary is not None
     lb: HAProxy | None = None
-    load: Load | None = None
+    load: HttpLoad | None = None
     try:
         for host in hosts:
             host.start()
@@ -272,8 +230,7 @@ def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespace
         lb = HAProxy(tmp_path, hosts, binary)
         for host in hosts:
             lb.wait_state(host.name, "UP")
-        load = Load(lb.url)
-        load.start()
+        load = HttpLoad(lb.url, body=BODY, threads=LOAD_THREADS, timeout=15).start()
         wait_for(lambda: load is not None and load.between(0, time.monotonic())[0] >= 20, 60, 0.1, "load")
         a, b = hosts
 
