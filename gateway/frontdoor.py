@@ -177,6 +177,10 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.cfg.is_ssl:  # the event loop reads raw bytes: TLS belongs to a proxy in front
+            raise RuntimeError(
+                "the gateway does not terminate TLS itself: put a TLS proxy (HAProxy, nginx) in front"
+            )
         self.limits = FrontDoorLimits.from_env(GatewayConfig.from_env().max_body_bytes)
         self.reading: OrderedDict[TConn, None] = OrderedDict()  # oldest first
         self.lingering: OrderedDict[TConn, float] = OrderedDict()  # connection -> when to close it
@@ -438,7 +442,13 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     def murder_keepalived(self, force: bool = False) -> None:
         super().murder_keepalived(force)
         now = time.monotonic()
-        for conn in [c for c in self.reading if force or self.limits.deadline(c.front) <= now]:
+        stopping = not self.alive  # a stopping process waits for no connection that has not begun a request
+        expired = [
+            c
+            for c in self.reading
+            if force or self.limits.deadline(c.front) <= now or (stopping and not c.front.framer.started)
+        ]
+        for conn in expired:
             self._stop_reading(conn)
             reading: Reading = conn.front
             self.timed_out += 1
