@@ -153,7 +153,7 @@ def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
         ]
 
         def in_flight() -> int:
-            return sum(int(w.get("in_flight", 0)) for w in d.status().get("workers") or [])
+            return sum(int(w.get("in_flight", 0)) for w in d.status().workers)
 
         wait_for(
             lambda: in_flight() >= 4 or any(f.done() for f in pending),
