@@ -213,3 +213,57 @@ def slow_body(rows: int = 1, value: float = 1.0, timeout_us: int | None = None) 
     if timeout_us is not None:
         body["parameters"] = {"timeout": timeout_us}
     return body
+
+
+# A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times the
+# mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
+MASKED_SUM = """
+import torch
+
+class MaskedSum(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, ids, mask):
+        return (ids * mask).float() * self.scale, mask.sum(1, keepdim=True).float()
+
+def build():
+    return MaskedSum()
+"""
+
+
+def write_masked_model(root: Path, handler: str = "") -> Path:
+    """Write ``masked``: a python model with [padding] (ids padded with 0, the worker's mask, tokens cut back)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = root / "masked"
+    (folder / "1").mkdir(parents=True)
+    (folder / "masked_model.py").write_text(MASKED_SUM)
+    save_file({"scale": torch.ones(())}, str(folder / "1" / "model.safetensors"))
+    (folder / "config.toml").write_text(f"""
+name = "masked"
+backend = "python"
+factory = "masked_model:build"
+max_batch_size = 8
+{handler}
+[padding]
+inputs = {{ ids = 0 }}
+mask = "mask"
+outputs = ["tokens"]
+buckets = [4, 16]
+[[input]]
+name = "ids"
+datatype = "INT64"
+dims = [-1]
+[[output]]
+name = "tokens"
+datatype = "FP32"
+dims = [-1]
+[[output]]
+name = "count"
+datatype = "FP32"
+dims = [1]
+""")
+    return folder

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from examples.fetch_minilm import fetch, package_folder
 from examples.train_digits import held_out_split
-from harness import ROOT, Stack, copy_digits
+from harness import ROOT, Stack, copy_digits, write_masked_model
 
 pytestmark = pytest.mark.processes
 
@@ -47,6 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             EXAMPLES / name, repository / name, symlinks=False, ignore=shutil.ignore_patterns("1")
         )
     fetch(repository / "minilm")
+    write_masked_model(repository)
     (repository / "digits_image" / "1").mkdir()
     shutil.copyfile(
         repository / "digits" / "1" / "model.pt2", repository / "digits_image" / "1" / "model.pt2"
@@ -94,7 +95,7 @@ def test_minilm_embeddings_equal_sentence_transformers(
     one = requests.post(f"{stack.url}/predict", json={"model": "minilm", "input": SENTENCES[1]}, timeout=60)
     assert one.status_code == 200, one.text
     assert cosine(np.array(one.json()["output"]), reference[1]) >= 0.9999
-    long_text = " ".join([SENTENCES[1]] * 800)  # ~80 KB, truncated to 256 tokens by the tokenizer
+    long_text = SENTENCES[0] + " " + "x" * 70_000  # 70 KB in one word: cheap to tokenize ([UNK])
     long_vector = embed(client, [long_text])
     assert long_vector.shape == (1, 384) and abs(float(np.linalg.norm(long_vector)) - 1) < 1e-4
     raw = requests.post(f"{stack.url}/predictions/minilm", data=SENTENCES[3].encode(), timeout=60)
@@ -232,3 +233,24 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     assert large.status_code == 200 and large.json()["prediction"]["digit"] == y_test[0], large.text
     tensor_model = requests.post(f"{stack.url}/predictions/digits", json=x_test[0].tolist(), timeout=60)
     assert tensor_model.status_code == 200 and int(np.argmax(tensor_model.json())) == y_test[0]
+
+
+def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stack) -> None:
+    """``masked`` takes INT64 ids [n, L] with -1 for L; answers ids x mask per token and the tokens it saw."""
+
+    def send(length: int) -> tuple[int, dict[str, Any]]:
+        ids = list(range(1, length + 1))
+        body = {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1, length], "data": ids}]}
+        answer = requests.post(f"{stack.url}/v2/models/masked/infer", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return length, {o["name"]: o for o in answer.json()["outputs"]}
+
+    before = batch_counts(stack, "masked")
+    with ThreadPoolExecutor(8) as pool:
+        answers = [job.result(timeout=180) for job in [pool.submit(send, n) for n in [2, 3, 4, 1] * 10]]
+    for length, outputs in answers:  # cut back to its own length: no padding shows
+        assert outputs["tokens"]["shape"] == [1, length]
+        assert outputs["tokens"]["data"] == [float(i) for i in range(1, length + 1)]
+        assert outputs["count"]["data"] == [float(length)]
+    after = batch_counts(stack, "masked")
+    assert any(size > 1 and after[size] > before.get(size, 0) for size in after), after

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import write_masked_model
 from inference_worker import padding as pad
 from inference_worker import strings
 from inference_worker.compute import BatchTimes
@@ -19,57 +20,6 @@ from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import Padding, TensorSpec, load_model_config
 
 PADDING = Padding(inputs={"ids": 0, "other": -1.0}, mask="mask", outputs=["tokens"], buckets=(4, 16))
-
-# A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times the
-# mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
-MASKED_SUM = """
-import torch
-
-class MaskedSum(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, ids, mask):
-        return (ids * mask).float() * self.scale, mask.sum(1, keepdim=True).float()
-
-def build():
-    return MaskedSum()
-"""
-
-
-def write_masked_sum(root: Path, handler: str = "") -> Path:
-    from safetensors.torch import save_file
-
-    folder = root / "masked"
-    (folder / "1").mkdir(parents=True)
-    (folder / "masked_model.py").write_text(MASKED_SUM)
-    save_file({"scale": torch.ones(())}, str(folder / "1" / "model.safetensors"))
-    (folder / "config.toml").write_text(f"""
-name = "masked"
-backend = "python"
-factory = "masked_model:build"
-max_batch_size = 8
-{handler}
-[padding]
-inputs = {{ ids = 0 }}
-mask = "mask"
-outputs = ["tokens"]
-buckets = [4, 16]
-[[input]]
-name = "ids"
-datatype = "INT64"
-dims = [-1]
-[[output]]
-name = "tokens"
-datatype = "FP32"
-dims = [-1]
-[[output]]
-name = "count"
-datatype = "FP32"
-dims = [1]
-""")
-    return folder
 
 
 def test_pad_batch_pads_to_the_longest_and_builds_the_mask() -> None:
@@ -106,7 +56,7 @@ def wire(name: str, datatype: str, value: np.ndarray) -> tuple[TensorMeta, memor
 def test_a_plain_model_gets_padded_batches_with_the_mask_and_answers_each_request_unpadded(
     tmp_path: Path,
 ) -> None:
-    pipeline = Pipeline(load_model_config(write_masked_sum(tmp_path)), "1", torch.device("cpu"))
+    pipeline = Pipeline(load_model_config(write_masked_model(tmp_path)), "1", torch.device("cpu"))
     pipeline.warm_up()
     short = pipeline.admit([wire("ids", "INT64", np.array([[5, 6]], dtype="<i8"))], 1)
     long = pipeline.admit([wire("ids", "INT64", np.array([[1, 2, 3, 4]] * 2, dtype="<i8"))], 2)
@@ -148,7 +98,7 @@ def text(*sentences: str) -> tuple[TensorMeta, memoryview]:
 
 
 def test_handler_failures_fail_their_request_alone(tmp_path: Path) -> None:
-    folder = write_masked_sum(tmp_path, handler='handler = "word_handler:Handler"')
+    folder = write_masked_model(tmp_path, handler='handler = "word_handler:Handler"')
     config = (folder / "config.toml").read_text()
     config = config.replace(
         'name = "ids"\ndatatype = "INT64"\ndims = [-1]', 'name = "text"\ndatatype = "BYTES"\ndims = [1]'
