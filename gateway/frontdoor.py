@@ -343,6 +343,9 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         Return whether it did (the parser then holds it). Otherwise what arrived stays in ``conn.front``,
         and the event loop reads the rest (see :meth:`finish_request`).
         """
+        self.release_body(
+            conn
+        )  # the request just answered gives back its budget before the next one holds any
         pending = getattr(conn, "pending", b"")
         conn.pending = b""
         reading = Reading(RequestFramer(self.limits.max_head, self.limits.max_body), time.monotonic())

@@ -397,3 +397,35 @@ def test_json_that_would_amplify_in_memory_is_refused_before_parsing(stack: Stac
     grown = gateway.memory_info().rss - before
     assert grown < 64 << 20, f"the gateway grew by {grown >> 20} MiB"
     infer_ok(stack)
+
+
+def test_requests_answered_one_after_another_on_a_connection_give_back_their_budget(stack: Stack) -> None:
+    """The next request on a kept-alive connection is read by the thread that answered the previous one: each
+    gives its body budget back. (They once did not: after the budget's worth of large requests on kept-alive
+    connections, every large request was refused with 503 for good.)
+    """
+    padding = b" " * (600 << 10)  # JSON whitespace: a valid body of 600 KiB
+    body = json.dumps(DIGITS_BODY).encode()[:-1] + padding + b"}"
+    request = (
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    count = 2 * BODY_BUDGET // len(body) // 4 + 4  # twice the budget's worth, over four connections
+    statuses: list[int] = []
+
+    def client() -> None:
+        sock = connect(stack)
+        try:
+            pending = bytearray()
+            for _ in range(count):
+                sock.sendall(request)
+                statuses.append(read_response(sock, check_close=False, pending=pending)[0])
+        finally:
+            sock.close()
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(timeout=240)
+    assert statuses == [200] * (4 * count), sorted(set(statuses))
