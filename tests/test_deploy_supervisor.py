@@ -176,7 +176,7 @@ def test_a_model_in_a_slot_of_its_own_that_cannot_load_leaves_the_others_serving
     )
     (repository / "broken" / "1" / "model.pt2").write_bytes(b"not a model")
     options = ("--model-repository", str(repository), "--gpus", "none", "--cpu-workers", "1")
-    with serve(base, *options, "--worker-startsecs", "30", "--worker-startretries", "0") as d:
+    with serve(base, *options, "--worker-startsecs", "2", "--worker-startretries", "0") as d:
         d.wait_serving(timeout=180)
         out = d.log()
         assert "worker-broken-cpu-0: CPU, 1 threads, serves broken" in out, out
