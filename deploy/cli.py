@@ -57,14 +57,14 @@ def _forwarding_command(name: str, target: str, help_text: str) -> click.Command
 main.add_command(
     _forwarding_command(
         "worker",
-        "inference_worker.worker:worker_command",
+        "inference_worker.cli:worker_command",
         "Run one worker process (see `torchgate worker --help`).",
     )
 )
 main.add_command(
     _forwarding_command(
         "dispatcher",
-        "inference_worker.dispatcher:dispatcher_command",
+        "inference_worker.cli:dispatcher_command",
         "Run the dispatcher (see `torchgate dispatcher --help`).",
     )
 )

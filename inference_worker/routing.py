@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_worker.errors import CodedError
-from inference_worker.protocol import ErrorCode
+from inference_worker.protocol import Computing, ErrorCode
+from inference_worker.protocol import Request as RequestMessage
 
 MAX_ATTEMPTS = 2  # the first try and one re-send
 
@@ -28,15 +29,17 @@ class Request:
     model: str
     version: str
     deadline: float  # unix seconds
-    fields: dict[str, Any]  # the header to forward, without v/kind/inputs
-    frames: list[Any]  # tensor frames, forwarded untouched
-    request_id: str = ""
+    message: RequestMessage  # as the gateway sent it; forwarded with its tensor frames untouched
     attempts: int = 0
     worker: bytes | None = None
 
     @property
     def key(self) -> tuple[bytes, str]:
         return self.gateway, self.id
+
+    @property
+    def request_id(self) -> str:
+        return self.message.request_id
 
 
 @dataclass(slots=True)
@@ -56,6 +59,8 @@ class WorkerState:
     overdue: bool = False  # held a request past its deadline: no new work until it answers anything
     assigned: tuple[str, ...] = ()  # the models this slot is configured to serve; empty: every model
     device_memory: dict[str, Any] | None = None  # GPU workers: used and reserved bytes, from heartbeats
+    # What its last heartbeat said it computes (batch number, since when): a busy worker is not a dead one.
+    computing: Computing | None = None
     shared_memory: bool = (
         False  # on this host (ipc): it maps the gateways' tensor segments (inference_worker.shm)
     )
@@ -78,6 +83,7 @@ class WorkerState:
             "in_flight": len(self.in_flight),
             "models": [f"{m}/{v}" for m, v in self.signatures],
             "device_memory": self.device_memory,
+            "computing": self.computing.to_wire() if self.computing else None,
         }
 
 
@@ -241,7 +247,7 @@ class Router:
         signature = self.serves(model).get(version, {})
         return int(signature.get("max_queue_size", 1024))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Return models and workers as STATUS_REPLY carries them."""
         models: dict[str, dict[str, Any]] = {}
         for worker in self.workers.values():
@@ -253,4 +259,4 @@ class Router:
         for model, versions in models.items():
             for version, entry in versions.items():
                 entry["queued"] = sum(1 for r in self.queues.get(model, ()) if r.version == version)
-        return {"models": models, "workers": [w.describe() for w in self.workers.values()]}
+        return models, [w.describe() for w in self.workers.values()]

@@ -1,14 +1,76 @@
-"""Counters gathered from workers' heartbeats that keep counting across worker restarts.
+"""Statistics: a worker's counters per model version, and the dispatcher's book of them across restarts.
 
-Each worker incarnation reports cumulative counters per model version; the dispatcher keeps the last report
-of every incarnation, so a restarted slot's counters continue from where they were (no negative rates).
+Each worker incarnation counts per model version (:class:`ModelStats`) and reports the cumulative counters in
+its heartbeats; the dispatcher keeps the last report of every incarnation (:class:`StatsBook`), so a restarted
+slot's counters continue from where they were (no negative rates).
 """
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 Key = tuple[str, str, str]  # slot name, model, version
+
+
+@dataclass
+class ModelStats:
+    """Cumulative counters of one model version in one worker incarnation (Triton's statistics)."""
+
+    success: int = 0
+    failure: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    inference_count: int = 0
+    execution_count: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    request_ns: int = 0  # per request: its queue time plus its batch's compute time
+    last_inference: int = 0  # unix milliseconds of the last successful batch
+    batch_sizes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    batch_compute_ns: dict[int, list[int]] = field(default_factory=dict)  # size -> [input, infer, output] ns
+
+    def record_batch(self, samples: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """Count one batch that ran."""
+        self.execution_count += 1
+        self.batch_sizes[samples] += 1
+        per_size = self.batch_compute_ns.setdefault(samples, [0, 0, 0])
+        per_size[0] += input_ns
+        per_size[1] += infer_ns
+        per_size[2] += output_ns
+        self.last_inference = int(time.time() * 1000)
+
+    def record_success(
+        self, samples: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
+        """Count one request answered; as Triton, each request counts its batch's compute time."""
+        self.success += 1
+        self.inference_count += samples
+        self.queue_ns += queue_ns
+        self.compute_input_ns += input_ns
+        self.compute_infer_ns += infer_ns
+        self.compute_output_ns += output_ns
+        self.request_ns += queue_ns + input_ns + infer_ns + output_ns
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "failure": dict(self.failure),
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "queue_ns": self.queue_ns,
+            "compute_input_ns": self.compute_input_ns,
+            "compute_infer_ns": self.compute_infer_ns,
+            "compute_output_ns": self.compute_output_ns,
+            "request_ns": self.request_ns,
+            "last_inference": self.last_inference,
+            "batch_sizes": {str(size): count for size, count in self.batch_sizes.items()},
+            "batch_compute_input_ns": {str(size): ns[0] for size, ns in self.batch_compute_ns.items()},
+            "batch_compute_infer_ns": {str(size): ns[1] for size, ns in self.batch_compute_ns.items()},
+            "batch_compute_output_ns": {str(size): ns[2] for size, ns in self.batch_compute_ns.items()},
+        }
 
 
 def add_counters(into: dict[str, Any], more: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from inference_worker import protocol
 from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
 from inference_worker.routing import Request, Router, WorkerState
@@ -33,8 +34,7 @@ def request(seq: int, version: str = "1", deadline: float = 1e12) -> Request:
         model="m",
         version=version,
         deadline=deadline,
-        fields={},
-        frames=[],
+        message=protocol.Request(id=str(seq), model="m", inputs=[]),
     )
 
 
@@ -102,7 +102,7 @@ def test_draining_worker_gets_no_new_work_and_is_not_ready() -> None:
     router.register(a)
     a.draining = True
     assert router.pick("m", "1") is None
-    assert router.status()["models"]["m"]["1"]["ready"] == 0
+    assert router.status()[0]["m"]["1"]["ready"] == 0
 
 
 def test_expired_and_unservable_requests_leave_the_queue() -> None:

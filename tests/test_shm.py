@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from inference_worker import shm
+from inference_worker import protocol, shm
 from inference_worker.dispatcher import inline_segment
 from inference_worker.protocol import ProtocolError, TensorMeta
 
@@ -85,11 +85,11 @@ def test_the_dispatcher_inlines_a_segment_for_a_worker_on_another_host() -> None
     a = np.arange(20000, dtype=np.float32)
     segment, ref = _request({"x": a})
     try:
-        header, frames = inline_segment({"kind": "REQUEST", "model": "m", "shm": ref})
-        assert "shm" not in header and header["inputs"] == [
-            {"name": "x", "datatype": "FP32", "shape": [20000]}
+        inlined = inline_segment(protocol.ForwardedRequest(1, "m", "1", [], shm=ref))
+        assert inlined.shm is None and [meta for meta, _ in inlined.inputs] == [
+            TensorMeta("x", "FP32", (20000,))
         ]
-        assert frames == [a.tobytes()]
+        assert [bytes(buf) for _, buf in inlined.inputs] == [a.tobytes()]
     finally:
         segment.close()
 

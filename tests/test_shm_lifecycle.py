@@ -39,7 +39,7 @@ from harness import (
 )
 from harness.commands import FAST_HEARTBEAT
 from inference_worker import protocol, shm
-from inference_worker.protocol import Kind, TensorMeta
+from inference_worker.protocol import TensorMeta
 from inference_worker.security import create_keys
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
@@ -312,15 +312,15 @@ def test_a_worker_on_another_host_gets_frames(
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(frontend)
     try:
-        fields = {"id": "r1", "model": "digits", "deadline": time.time() + 30, "shm": ref}
-        sock.send_multipart(protocol.encode(Kind.REQUEST, fields))
+        request = protocol.Request("r1", "digits", [], deadline=time.time() + 30, shm=ref)
+        sock.send_multipart(request.frames())
         assert sock.poll(30_000), "no answer"
-        reply = protocol.decode(sock.recv_multipart())
+        reply = protocol.receive(sock.recv_multipart(), protocol.Link.DISPATCHER_TO_GATEWAY)
     finally:
         sock.close(linger=0)
         segment.close()
-    assert reply.kind is Kind.REPLY and reply.get("worker") == "remote", reply.fields
-    assert reply.get("shm_outputs") is None  # the answer came back in frames, as the request went
+    assert isinstance(reply, protocol.Reply) and reply.worker == "remote", reply
+    assert reply.shm_outputs is None  # the answer came back in frames, as the request went
     with torch.inference_mode():
         want = digits_model(torch.from_numpy(x)).numpy()
     ((meta, buf),) = reply.tensors

@@ -1,0 +1,80 @@
+"""The dispatcher's two ROUTER sockets: binding them safely, and sending to a gateway or a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import zmq
+
+from inference_worker.dispatcher.config import DispatcherConfig
+from inference_worker.security import CurveServer, SecurityError, is_network
+
+log = logging.getLogger("torchgate.dispatcher")
+
+
+def bind(socket: zmq.Socket[Any], endpoint: str) -> None:
+    """Bind, making an ipc socket's file reachable by its owner only."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket file of a previous run
+        old = os.umask(0o077)
+        try:
+            socket.bind(endpoint)
+        finally:
+            os.umask(old)
+    else:
+        socket.bind(endpoint)
+
+
+class Endpoints:
+    """The frontend (gateways connect) and the backend (workers connect), with CURVE over TCP."""
+
+    def __init__(self, config: DispatcherConfig, context: zmq.Context[Any]) -> None:
+        self.config = config
+        self.context = context
+        self.curve: CurveServer | None = None
+        if is_network(config.frontend) or is_network(config.backend):
+            if not (config.curve_secret_key and config.curve_authorized):
+                raise SecurityError(
+                    "a TCP endpoint needs --curve-secret-key and --curve-authorized (see `torchgate keys`)"
+                )
+            self.curve = CurveServer(context, config.curve_secret_key, config.curve_authorized)
+        self.frontend = self._socket(config.frontend)
+        self.backend = self._socket(config.backend)
+
+    def _socket(self, endpoint: str) -> zmq.Socket[Any]:
+        socket = self.context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        if self.curve is not None and is_network(endpoint):
+            self.curve.secure(socket)
+        bind(socket, endpoint)
+        return socket
+
+    def to_gateway(self, gateway: bytes, frames: list[Any]) -> None:
+        try:
+            self.frontend.send_multipart([gateway, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            log.info("dispatcher: gateway gone, answer dropped (%s)", exc)
+
+    def to_worker(self, identity: bytes, frames: list[Any]) -> bool:
+        """Send to a worker; return False if its connection is gone."""
+        try:
+            self.backend.send_multipart([identity, *frames], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("dispatcher: worker %r unreachable (%s)", identity, exc)
+            return False
+
+    def close(self, backend_linger: int = 0) -> None:
+        self.frontend.close(linger=0)
+        self.backend.close(linger=backend_linger)
+        if self.curve is not None:
+            self.curve.stop()

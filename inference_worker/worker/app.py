@@ -1,0 +1,272 @@
+"""The worker's application, apart from its session: the models it holds, their queues, computing, answering.
+
+Everything here but :meth:`Application.compute` runs on the worker's main thread; ``compute`` runs on the
+compute thread and touches nothing the main thread changes (statistics are counted in :meth:`finish`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from inference_worker import protocol, shm
+from inference_worker.batching import Batcher, Pending
+from inference_worker.compute import BatchTimes, Executor, check_inputs, describe_failure
+from inference_worker.errors import CodedError
+from inference_worker.pipeline import Pipeline
+from inference_worker.protocol import ErrorCode, ProtocolError, TensorMeta
+from inference_worker.residents import Residents
+from inference_worker.stats import ModelStats
+from inference_worker.tensors import from_torch, to_torch
+from inference_worker.worker.config import WorkerConfig, pick_device
+
+log = logging.getLogger("torchgate.worker")
+
+Key = tuple[str, str]  # model, version
+Answer = tuple[list[Any], bool]  # a message's frames, and whether to copy them on send
+
+
+@dataclass(slots=True)
+class Batch:
+    """Requests of one model version that run together."""
+
+    number: int
+    key: Key
+    items: list[Pending]
+
+    @property
+    def samples(self) -> int:
+        return sum(item.samples for item in self.items)
+
+
+@dataclass(slots=True)
+class Run:
+    """One call of the model: the requests it served, when it started, how long it took, and what came out."""
+
+    items: list[Pending]
+    start_ns: int
+    times: BatchTimes = field(default_factory=BatchTimes)
+    outputs: list[list[tuple[TensorMeta, Any]] | CodedError] | None = None  # per request, for the wire
+    error: tuple[ErrorCode, str] | None = None
+
+
+class Application:
+    """The model versions this worker serves, their batch queues and their statistics."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.tag = f"worker[{config.name}]"
+        self.residents = Residents(config.repository, self.device, self.tag)
+        self.executors: dict[Key, Executor | Pipeline] = self.residents.executors
+        self.batchers: dict[Key, Batcher] = self.residents.batchers
+        self.stats: dict[Key, ModelStats] = defaultdict(ModelStats)
+        self.segments = shm.Mappings()  # gateways' segments mapped here, dropped when their owner lets go
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load and warm up every model version; one that fails is logged and reported, the rest serve.
+
+        Raise :class:`ConfigError` when the repository cannot be read, :class:`LoadError` when nothing loaded.
+        """
+        if self.device.type == "cpu" and self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.residents.load_all(list(self.config.models) or None)
+
+    def control(self, action: str, model: str) -> protocol.WorkerControlReply:
+        """Load (again) or unload one model; call only when nothing is queued or computing."""
+        ok, error = self.residents.apply(action, model)
+        return protocol.WorkerControlReply(action, model, ok, error)
+
+    @property
+    def capacity(self) -> int:
+        if self.config.capacity:
+            return self.config.capacity
+        return max([2 * e.config.max_batch_size for e in self.executors.values()] + [2])
+
+    def signatures(self) -> list[dict[str, Any]]:
+        return [e.config.signature(version) for (_, version), e in self.executors.items()]
+
+    def stats_wire(self) -> list[dict[str, Any]]:
+        return [{"model": m, "version": v, **s.to_wire()} for (m, v), s in self.stats.items()]
+
+    def device_memory(self) -> dict[str, int] | None:
+        if self.device.type != "cuda":
+            return None
+        return {
+            "used_bytes": torch.cuda.memory_allocated(self.device),
+            "reserved_bytes": torch.cuda.memory_reserved(self.device),
+        }
+
+    # -- queueing ---------------------------------------------------------------------------------------
+
+    def enqueue(self, message: protocol.ForwardedRequest) -> protocol.WorkerError | None:
+        """Queue a request for its model version; return the error to answer at once if it cannot run."""
+        key = (message.model, message.version)
+        executor = self.executors.get(key)
+        tensors, reply_area = message.inputs, None
+        if message.shm is not None:  # the inputs are in the gateway's segment: view them there
+            try:
+                tensors, reply_area = shm.request_tensors(message.shm, self.segments)
+            except shm.SegmentGone as exc:
+                return self.fail(
+                    message.seq, ErrorCode.UNAVAILABLE, f"{shm.REFUSED}{exc}", message.request_id
+                )
+            except ProtocolError as exc:
+                text = f"malformed shared-memory reference: {exc}"
+                return self.fail(message.seq, ErrorCode.INVALID_ARGUMENT, text, message.request_id)
+        try:
+            if executor is None:
+                raise CodedError(
+                    ErrorCode.NOT_FOUND, f"model {key[0]!r} version {key[1]!r} is not loaded here"
+                )
+            samples = check_inputs(executor.config, [meta for meta, _ in tensors])
+            inputs: Any
+            if isinstance(executor, Pipeline):  # a handler's preprocess, or padding: a 400 for this one alone
+                inputs = executor.admit(tensors, samples)
+                batch_key = executor.batch_key(inputs)
+            else:
+                by_name = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
+                inputs = [by_name[spec.name] for spec in executor.config.inputs]
+                batch_key = tuple((t.dtype, tuple(t.shape[1:])) for t in inputs)
+        except CodedError as exc:
+            code = ErrorCode(exc.code)
+            if executor is not None:  # counted as Triton counts failed requests (a preprocess error, say)
+                self.stats[key].failure[code.value] += 1
+            return self.fail(message.seq, code, str(exc), message.request_id)
+        self.batchers[key].add(
+            Pending(
+                seq=message.seq,
+                model=key,
+                batch_key=batch_key,
+                samples=samples,
+                arrived_ns=time.monotonic_ns(),
+                deadline=message.deadline,
+                payload=(inputs, message.outputs, reply_area),
+                request_id=message.request_id,
+            )
+        )
+        return None
+
+    def expire(self, now_unix: float) -> list[protocol.WorkerError]:
+        """Take every request whose deadline has passed off the queues; return their answers."""
+        errors = []
+        for key, batcher in self.batchers.items():
+            for item in batcher.expire(now_unix):
+                self.stats[key].failure["deadline"] += 1
+                text = "deadline passed before compute"
+                errors.append(self.fail(item.seq, ErrorCode.DEADLINE_EXCEEDED, text, item.request_id))
+        return errors
+
+    def next_batch(self, number: int, now_ns: int, flush: bool = False) -> Batch | None:
+        """Return the next batch due (every queued one when ``flush``), or None."""
+        for key, batcher in self.batchers.items():
+            items = batcher.next_batch(now_ns, flush=flush)
+            if items is not None:
+                return Batch(number, key, items)
+        return None
+
+    def next_wakeup_ns(self) -> int | None:
+        due = [w for w in (b.next_wakeup_ns() for b in self.batchers.values()) if w is not None]
+        return min(due) if due else None
+
+    def queued(self) -> int:
+        return sum(len(b) for b in self.batchers.values())
+
+    # -- computing (on the compute thread) ------------------------------------------------------------------
+
+    def compute(self, batch: Batch) -> list[Run]:
+        """Run a batch; if it fails, run its requests one by one, so a bad request fails alone."""
+        runs = [self._run(batch.key, batch.items)]
+        if runs[0].error is not None and len(batch.items) > 1:
+            log.warning(
+                "%s: batch of %d failed (%s); retrying one by one",
+                self.tag,
+                len(batch.items),
+                runs[0].error[1],
+            )
+            runs = [self._run(batch.key, [item]) for item in batch.items]
+        for run in runs:
+            if run.error is not None:
+                first = run.items[0]
+                log.error("%s: request %s failed: %s", self.tag, first.request_id or first.seq, run.error[1])
+        return runs
+
+    def _run(self, key: Key, items: list[Pending]) -> Run:
+        executor = self.executors[key]
+        run = Run(items, time.monotonic_ns())
+        try:
+            results: list[Any] = executor.run([item.payload[0] for item in items], run.times)
+        except Exception as exc:
+            run.error = describe_failure(exc)
+            if self.device.type == "cuda" and run.error[0] is ErrorCode.RESOURCE_EXHAUSTED:
+                torch.cuda.empty_cache()
+            return run
+        run.outputs = [self._encode(executor, item, out) for item, out in zip(items, results, strict=True)]
+        return run
+
+    @staticmethod
+    def _encode(
+        executor: Executor | Pipeline, item: Pending, outputs: Any
+    ) -> list[tuple[TensorMeta, Any]] | CodedError:
+        wanted = item.payload[1]
+        if isinstance(executor, Pipeline):
+            try:  # a handler's postprocess: a failure fails this request alone
+                tensors = executor.finish(outputs, item.payload[0], item.samples)
+            except CodedError as exc:
+                return exc
+            return [t for t in tensors if not wanted or t[0].name in wanted]
+        names = [spec.name for spec in executor.config.outputs]
+        return [from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted]
+
+    # -- answering (on the main thread) ------------------------------------------------------------------
+
+    def finish(self, batch: Batch, runs: list[Run]) -> list[Answer]:
+        """Count what the runs did and return each answer's frames."""
+        stats, cuda = self.stats[batch.key], self.executors[batch.key].cuda
+        answers: list[Answer] = []
+        for run in runs:
+            if run.error is not None or run.outputs is None:
+                code, text = run.error or (ErrorCode.INTERNAL, "the batch produced no outputs")
+                stats.failure[code.value] += 1
+                first = run.items[0]
+                answers.append((self.fail(first.seq, code, text, first.request_id).frames(), False))
+                continue
+            t = run.times
+            samples = sum(item.samples for item in run.items)
+            stats.record_batch(samples, t.input_ns, t.infer_ns, t.output_ns)
+            for item, tensors in zip(run.items, run.outputs, strict=True):
+                if isinstance(tensors, CodedError):
+                    code = ErrorCode(tensors.code)
+                    stats.failure[code.value] += 1
+                    answers.append((self.fail(item.seq, code, str(tensors), item.request_id).frames(), False))
+                    continue
+                queue_ns = run.start_ns - item.arrived_ns
+                stats.record_success(item.samples, queue_ns, t.input_ns, t.infer_ns, t.output_ns)
+                reply_stats = {
+                    "queue_ns": queue_ns,
+                    "compute_input_ns": t.input_ns,
+                    "compute_infer_ns": t.infer_ns,
+                    "compute_output_ns": t.output_ns,
+                    "batch_size": samples,
+                }
+                area: shm.ReplyArea | None = item.payload[2]
+                try:
+                    placed = area.place(tensors) if area is not None else None
+                except shm.SegmentGone:  # the gateway gave up on it already: the answer goes in frames
+                    placed = None
+                reply = protocol.WorkerReply(item.seq, tensors if placed is None else [], reply_stats, placed)
+                answers.append((reply.frames(), cuda))
+        return answers
+
+    def fail(self, seq: int, code: ErrorCode, message: str, request_id: str = "") -> protocol.WorkerError:
+        """Return the ERROR for one request (logged unless it is a deadline)."""
+        if code is not ErrorCode.DEADLINE_EXCEEDED:
+            log.info("%s: request %s: %s %s", self.tag, request_id or seq, code.value, message)
+        return protocol.WorkerError(seq, code, message)

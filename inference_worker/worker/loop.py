@@ -1,0 +1,227 @@
+"""The worker process's loop: its session, its application and its compute thread, tied together.
+
+Life cycle: start -> load (a failure exits non-zero, never READY) -> warm up -> READY -> serve ->
+first SIGTERM: DRAIN (the dispatcher stops sending work), finish what is queued, DISCONNECT, exit 0 ->
+a second SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from inference_worker import protocol, shm
+from inference_worker.backends import LoadError
+from inference_worker.protocol import ErrorCode
+from inference_worker.repository import ConfigError
+from inference_worker.security import SecurityError
+from inference_worker.worker.app import Application, Batch, Run
+from inference_worker.worker.compute_thread import ComputeThread
+from inference_worker.worker.config import WorkerConfig
+from inference_worker.worker.session import Session
+
+log = logging.getLogger("torchgate.worker")
+
+DRAIN_POLL = 0.05  # seconds between checks while draining
+
+
+class Worker:
+    """One worker: a :class:`Session` to the dispatcher and an :class:`Application` computing on its own thread."""
+
+    def __init__(self, config: WorkerConfig, context: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.app = Application(config)
+        self.session = Session(
+            config,
+            context or zmq.Context.instance(),
+            f"{config.name}/{self.incarnation}",
+            self._ready,
+            self._heartbeat,
+        )
+        self.compute: ComputeThread[list[Run]] | None = None
+        self.controls: list[protocol.WorkerControl] = []  # loads and unloads waiting for the queues to empty
+        self.stopping = 0  # stop signals received
+        self.batches = 0  # batches started
+
+    @property
+    def tag(self) -> str:
+        return f"worker[{self.config.name}]"
+
+    def load(self) -> None:
+        """Load and warm up every model version; raise on the first that fails."""
+        self.app.load()
+
+    def connect(self) -> None:
+        """Start the compute thread, connect to the dispatcher and announce READY."""
+        if self.compute is None:
+            self.compute = ComputeThread(self.app.compute)
+        self.session.connect()
+
+    def report_and_leave(self) -> None:
+        """Tell the dispatcher what could not load (so readiness says why), then leave; nothing to serve."""
+        if not self.app.residents.failures:
+            return
+        try:
+            self.session.connect()
+            self.session.leave("cannot load any model")
+        except (SecurityError, zmq.ZMQError) as exc:
+            log.warning("%s: could not report to the dispatcher: %s", self.tag, exc)
+        finally:
+            self.session.close(linger=1000)
+
+    def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        """First call: drain. Second call: exit at once."""
+        self.stopping += 1
+        if self.stopping > 1:
+            log.warning("%s: second stop signal, exiting now", self.tag)
+            os._exit(1)
+
+    def close(self) -> None:
+        if self.compute is not None:
+            self.compute.close()
+            self.compute = None
+        self.session.close()
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def serve(self, max_iterations: int | None = None) -> int:
+        """Run until drained (returns 0) or for ``max_iterations`` rounds (tests)."""
+        assert self.compute is not None and self.session.socket is not None, "connect() first"
+        compute, session = self.compute, self.session
+        poller, polled = zmq.Poller(), None
+        poller.register(compute.wake_fd, zmq.POLLIN)
+        iterations = 0
+        while max_iterations is None or iterations < max_iterations:
+            iterations += 1
+            now = time.monotonic()
+            if self.stopping:
+                session.start_drain(now)
+            if session.drain_started and self._idle() and session.may_leave(now):
+                session.leave()
+                return 0
+            if session.socket is not polled:  # a reconnect made a new socket
+                if polled is not None:
+                    poller.unregister(polled)
+                polled = session.socket
+                poller.register(polled, zmq.POLLIN)
+            events = dict(poller.poll(self._poll_timeout_ms(now)))
+            if polled in events:
+                for message in session.receive():
+                    if isinstance(message, protocol.WorkerControl):
+                        self.controls.append(message)  # the dispatcher sends no new work meanwhile
+                    elif (error := self.app.enqueue(message)) is not None:
+                        session.send(error.frames())
+            if compute.pending and (finished := compute.collect()):
+                self._answer(finished)
+                session.hasten_heartbeat(time.monotonic())  # the counters follow the answers closely
+            self._start_batch(flush=bool(session.drain_started or self.controls))
+            if self.controls and self._idle():
+                self._control()
+            session.keep_alive(time.monotonic())
+        return 0
+
+    def _idle(self) -> bool:
+        return not self.app.queued() and not (self.compute and self.compute.pending)
+
+    def _control(self) -> None:
+        """Load or unload on request, once what was queued has run; announce again, then answer."""
+        for control in self.controls:
+            reply = self.app.control(control.action, control.model)
+            self.session.announce()
+            self.session.send(reply.frames())
+        self.controls.clear()
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        wake = self.session.next_heartbeat
+        if self.compute is not None and not self.compute.pending:
+            due = self.app.next_wakeup_ns()
+            if due is not None:
+                wake = min(wake, now + (due - time.monotonic_ns()) / 1e9)
+        if self.session.drain_started or self.controls:
+            wake = min(wake, now + DRAIN_POLL)
+        # Rounded down: ZeroMQ polls in whole milliseconds, and a batch due in 0.4 ms must not wait 1 ms. The
+        # last fraction of a millisecond is spent polling without waiting, only while a batch is filling.
+        return max(0, int((wake - now) * 1000))
+
+    def _start_batch(self, flush: bool) -> None:
+        """Start the next due batch when the compute thread is free; deadlines are checked right before."""
+        assert self.compute is not None
+        if self.compute.pending:
+            return
+        for error in self.app.expire(time.time()):
+            self.session.send(error.frames())
+        batch = self.app.next_batch(self.batches + 1, time.monotonic_ns(), flush=flush)
+        if batch is not None:
+            self.batches += 1
+            self.compute.submit(batch)
+
+    def _answer(self, finished: list[tuple[Batch, list[Run] | BaseException]]) -> None:
+        for batch, result in finished:
+            if isinstance(result, BaseException):
+                text = f"worker error: {type(result).__name__}"
+                for item in batch.items:
+                    self.session.send(
+                        self.app.fail(item.seq, ErrorCode.INTERNAL, text, item.request_id).frames()
+                    )
+                continue
+            for frames, copy in self.app.finish(batch, result):
+                self.session.send(frames, copy=copy)
+
+    # -- what the session announces -----------------------------------------------------------------------
+
+    def _ready(self) -> protocol.Ready:
+        return protocol.Ready(
+            worker=self.config.name,
+            incarnation=self.incarnation,
+            capacity=self.app.capacity,
+            models=self.app.signatures(),
+            pid=os.getpid(),
+            device=str(self.app.device),
+            shm=self.config.dispatcher.startswith("ipc://") and shm.supported(),
+            unavailable=self.app.residents.failures,
+            assigned=list(self.config.models),
+        )
+
+    def _heartbeat(self) -> protocol.Heartbeat:
+        """Return this worker's heartbeat: its counters, device memory, and the batch computing now (if any).
+
+        ``computing`` is what lets the dispatcher tell a worker busy with a long batch from a dead one.
+        """
+        self.app.segments.sweep()  # mappings of segments their gateway let go
+        computing = self.compute.current if self.compute is not None else None
+        return protocol.Heartbeat(
+            self.incarnation, self.app.stats_wire(), self.app.device_memory(), computing
+        )
+
+
+def run_worker(config: WorkerConfig) -> int:
+    """Load, connect and serve until drained; return the exit status."""
+    worker = Worker(config)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    try:
+        worker.load()
+    except (ConfigError, LoadError) as exc:
+        log.error("%s: cannot load models: %s", worker.tag, exc)
+        worker.report_and_leave()
+        return 3
+    except Exception as exc:
+        log.exception("%s: cannot load models: %s", worker.tag, exc)
+        return 3
+    try:
+        worker.connect()
+    except SecurityError as exc:
+        log.error("%s: %s", worker.tag, exc)
+        worker.close()
+        return 2
+    try:
+        return worker.serve()
+    finally:
+        worker.close()
