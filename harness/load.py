@@ -1,4 +1,8 @@
-"""HTTP load: client threads sending one kind of request back to back, every outcome kept in order."""
+"""HTTP load: client threads sending requests back to back, every outcome kept in order.
+
+By default each thread POSTs one fixed body; a ``sender`` makes each thread's requests itself (say, random
+inputs) and may check each answer (:func:`call` with ``check``): a 200 with a wrong answer is no success.
+"""
 
 from __future__ import annotations
 
@@ -21,22 +25,36 @@ class Outcome:
     seconds: float
     body: str
     headers: dict[str, str]
+    wrong: str = ""  # a 200 whose answer the sender's check refused, and why
+
+    @property
+    def ok(self) -> bool:
+        """A 200 with a right answer."""
+        return self.status == 200 and not self.wrong
 
     def describe(self) -> str:
         """Say what came back, for an assertion message."""
-        return f"{self.status} after {self.seconds:.2f}s: {self.body[:200]}"
+        return f"{self.status} after {self.seconds:.2f}s: {self.wrong or self.body[:200]}"
 
 
-def call(send: Callable[[], requests.Response]) -> Outcome:
-    """Time one request; a transport failure is status 0 with the exception as body."""
+def call(
+    send: Callable[[], requests.Response], check: Callable[[requests.Response], str] | None = None
+) -> Outcome:
+    """Time one request; a transport failure is status 0 with the exception as body.
+
+    ``check`` says what is wrong with a 200 answer ('' when it is right).
+    """
     start = time.monotonic()
     try:
         response = send()
-        return Outcome(
-            response.status_code, time.monotonic() - start, response.text[:1000], dict(response.headers)
-        )
+        seconds = time.monotonic() - start
+        wrong = check(response) if check is not None and response.status_code == 200 else ""
+        return Outcome(response.status_code, seconds, response.text[:1000], dict(response.headers), wrong)
     except requests.RequestException as exc:
         return Outcome(0, time.monotonic() - start, f"{type(exc).__name__}: {exc}", {})
+
+
+Sender = Callable[[requests.Session], Outcome]
 
 
 @dataclass
@@ -49,6 +67,8 @@ class HttpLoad:
     threads: int = 2
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 30.0
+    # makes thread i's sender (default: POST ``body`` to ``url + path``)
+    sender: Callable[[int], Sender] | None = None
     # (time.monotonic() when the answer came, outcome), in the order the answers came
     outcomes: list[tuple[float, Outcome]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -61,7 +81,7 @@ class HttpLoad:
     def start(self) -> HttpLoad:
         """Start the client threads (``with HttpLoad(...)`` does, and stops them at the end)."""
         for i in range(self.threads):
-            thread = threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
+            thread = threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
             thread.start()
             self._workers.append(thread)
         return self
@@ -76,14 +96,18 @@ class HttpLoad:
             thread.join(timeout=self.timeout + 10)
         assert not any(t.is_alive() for t in self._workers), "a load thread did not finish"
 
-    def _run(self) -> None:
+    def _post(self, session: requests.Session) -> Outcome:
+        return call(
+            lambda: session.post(
+                self.url + self.path, json=self.body, headers=self.headers, timeout=self.timeout
+            )
+        )
+
+    def _run(self, index: int) -> None:
+        send = self.sender(index) if self.sender is not None else self._post
         with requests.Session() as session:
             while not self._stop.is_set():
-                outcome = call(
-                    lambda: session.post(
-                        self.url + self.path, json=self.body, headers=self.headers, timeout=self.timeout
-                    )
-                )
+                outcome = send(session)
                 with self._lock:
                     self.outcomes.append((time.monotonic(), outcome))
 
@@ -94,17 +118,21 @@ class HttpLoad:
 
     @property
     def ok(self) -> int:
-        """How many requests got a 200 so far."""
-        return sum(1 for _, o in self.snapshot() if o.status == 200)
+        """How many requests got a 200 (with a right answer) so far."""
+        return sum(1 for _, o in self.snapshot() if o.ok)
 
     def failures(self) -> list[Outcome]:
         """Every outcome that is not a 200."""
         return [o for _, o in self.snapshot() if o.status != 200]
 
+    def wrong(self) -> list[str]:
+        """Why each 200 with a wrong answer was wrong."""
+        return [o.wrong for _, o in self.snapshot() if o.wrong]
+
     def between(self, start: float, end: float) -> tuple[int, list[str]]:
         """Requests answered in [start, end) (``time.monotonic()``): how many, and each failure described."""
         window = [o for t, o in self.snapshot() if start <= t < end]
-        return len(window), [o.describe() for o in window if o.status != 200]
+        return len(window), [o.describe() for o in window if not o.ok]
 
     def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` more requests succeeded (so the load really ran across a change)."""

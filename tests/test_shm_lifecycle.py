@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,11 @@ import zmq
 
 from harness import (
     DEFAULT_REPOSITORY,
+    HttpLoad,
+    Outcome,
     Processes,
     Stack,
+    call,
     children,
     commands,
     free_port,
@@ -38,6 +39,7 @@ from harness import (
     write_python_model,
 )
 from harness.commands import FAST_HEARTBEAT
+from harness.load import Sender
 from inference_worker import protocol, shm
 from inference_worker.protocol import TensorMeta
 from inference_worker.security import create_keys
@@ -93,84 +95,53 @@ def orphans() -> dict[int, set[int]]:
     return {pid: inos - held for pid, inos in mapped.items() if inos - held}
 
 
-@dataclass
-class CheckedLoad:
-    """Client threads sending binary requests back to back; every 200 answer is compared with the model."""
+def affine_sender(url: str) -> Callable[[int], Sender]:
+    """Thread i sends binary requests of random rows; each 200 answer is compared with the model."""
 
-    url: str
-    threads: int = 4
-    ok: int = 0
-    wrong: list[str] = field(default_factory=list)
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (status, what); status 0: transport
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> CheckedLoad:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, args=(i,), daemon=True)
-            t.start()
-            self._workers.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in self._workers), "a load thread did not finish"
-
-    def _run(self, index: int) -> None:
+    def for_thread(index: int) -> Sender:
         rng = np.random.default_rng(index)
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                rows = int(rng.integers(1, 3))
-                x = rng.standard_normal((rows, WIDTH), dtype=np.float32)
-                header = json.dumps(
-                    {
-                        "inputs": [
-                            {
-                                "name": "x",
-                                "shape": [rows, WIDTH],
-                                "datatype": "FP32",
-                                "parameters": {"binary_data_size": x.nbytes},
-                            }
-                        ],
-                        "parameters": {"binary_data_output": True},
-                    }
-                ).encode()
-                try:
-                    r = session.post(
-                        f"{self.url}/v2/models/affine/infer",
-                        data=header + x.tobytes(),
-                        headers={"Inference-Header-Content-Length": str(len(header))},
-                        timeout=30,
-                    )
-                except requests.RequestException as exc:
-                    with self._lock:
-                        self.failures.append((0, type(exc).__name__))
-                    continue
-                if r.status_code != 200:
-                    with self._lock:
-                        self.failures.append((r.status_code, r.text[:200]))
-                    continue
+
+        def send(session: requests.Session) -> Outcome:
+            rows = int(rng.integers(1, 3))
+            x = rng.standard_normal((rows, WIDTH), dtype=np.float32)
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": [rows, WIDTH],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": x.nbytes},
+                        }
+                    ],
+                    "parameters": {"binary_data_output": True},
+                }
+            ).encode()
+
+            def check(r: requests.Response) -> str:
                 length = int(r.headers["Inference-Header-Content-Length"])
                 y = np.frombuffer(r.content[length:], dtype="<f4").reshape(rows, WIDTH)
-                with self._lock:
-                    if np.array_equal(y, expected(x)):
-                        self.ok += 1
-                    else:
-                        self.wrong.append(
-                            f"thread {index}: rows {rows}, y[0,:3] {y[0, :3]} vs {expected(x)[0, :3]}"
-                        )
+                if np.array_equal(y, expected(x)):
+                    return ""
+                return f"thread {index}: rows {rows}, y[0,:3] {y[0, :3]} vs {expected(x)[0, :3]}"
 
-    def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
-        target = self.ok + count
-        wait_for(
-            lambda: self.ok >= target or len(self.wrong) + len(self.failures) > 50,
-            timeout=timeout,
-            what=f"{count} more checked answers",
-        )
-        assert self.ok >= target, (self.wrong[:3], self.failures[:3])
+            return call(
+                lambda: session.post(
+                    f"{url}/v2/models/affine/infer",
+                    data=header + x.tobytes(),
+                    headers={"Inference-Header-Content-Length": str(len(header))},
+                    timeout=30,
+                ),
+                check,
+            )
+
+        return send
+
+    return for_thread
+
+
+def checked_load(d: Stack) -> HttpLoad:
+    return HttpLoad(d.url, threads=4, sender=affine_sender(d.url))
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +186,13 @@ def settle(d: Stack) -> None:
 def test_answers_travel_in_shared_memory(healthy: Stack) -> None:
     d = healthy
     seen: dict[int, set[int]] = {}
-    with CheckedLoad(d.url) as load:
+    with checked_load(d) as load:
         load.wait_for_more(10)
         end = time.monotonic() + 10
         while not seen and time.monotonic() < end:
             seen = {pid: inos for pid, inos in segments()[0].items() if pid in stack_pids(d)}
         load.wait_for_more(10)
-    assert load.wrong == [] and load.failures == [], (load.wrong[:3], load.failures[:3])
+    assert load.wrong() == [] and load.failures() == [], (load.wrong()[:3], load.failures()[:3])
     workers = {d.pids()[slot] for slot in SLOTS}
     assert seen and set(seen) & (set(children(d.pids()["gateway"])) | workers), "no segment was ever seen"
     settle(d)
@@ -230,7 +201,7 @@ def test_answers_travel_in_shared_memory(healthy: Stack) -> None:
 def test_kill_9_a_worker_loses_and_crosses_nothing(healthy: Stack) -> None:
     d = healthy
     before = d.pids()
-    with CheckedLoad(d.url) as load:
+    with checked_load(d) as load:
         load.wait_for_more(10)
         os.kill(before["worker-cpu-0"], signal.SIGKILL)
         wait_for(
@@ -240,15 +211,15 @@ def test_kill_9_a_worker_loses_and_crosses_nothing(healthy: Stack) -> None:
         )
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="the restarted worker ready")
         load.wait_for_more(20)
-    assert load.wrong == [], load.wrong[:3]
-    assert load.failures == [], load.failures[:5]
+    assert load.wrong() == [], load.wrong()[:3]
+    assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
     settle(d)
 
 
 def test_kill_9_the_dispatcher_crosses_nothing(healthy: Stack) -> None:
     d = healthy
     before = d.pids()
-    with CheckedLoad(d.url) as load:
+    with checked_load(d) as load:
         load.wait_for_more(10)
         os.kill(before["dispatcher"], signal.SIGKILL)
         wait_for(
@@ -258,8 +229,8 @@ def test_kill_9_the_dispatcher_crosses_nothing(healthy: Stack) -> None:
         )
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers registered again")
         load.wait_for_more(20)
-    assert load.wrong == [], load.wrong[:3]
-    assert all(status == 503 for status, _ in load.failures), load.failures[:5]
+    assert load.wrong() == [], load.wrong()[:3]
+    assert all(o.status == 503 for o in load.failures()), [o.describe() for o in load.failures()[:5]]
     settle(d)
 
 
@@ -267,7 +238,7 @@ def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
     d = healthy
     master = d.pids()["gateway"]
     victim = sorted(children(master))[0]
-    with CheckedLoad(d.url) as load:
+    with checked_load(d) as load:
         load.wait_for_more(10)
         os.kill(victim, signal.SIGKILL)
         wait_for(
@@ -276,8 +247,9 @@ def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
             what="gunicorn to replace the killed process",
         )
         load.wait_for_more(20)
-    assert load.wrong == [], load.wrong[:3]
-    assert len(load.failures) <= load.threads and all(s == 0 for s, _ in load.failures), load.failures[:5]
+    assert load.wrong() == [], load.wrong()[:3]
+    failures = load.failures()
+    assert len(failures) <= load.threads and all(o.status == 0 for o in failures), failures[:5]
     settle(d)
 
 
