@@ -157,7 +157,14 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--worker-threads",
             type=click.IntRange(min=1),
             default=None,
-            help="torch threads per worker (default: the cores left after one, shared among the slots).",
+            help="torch threads per CPU worker (default: the cores left after one, shared among the CPU slots).",
+        ),
+        click.option(
+            "--gpu-worker-threads",
+            type=click.IntRange(min=1),
+            default=defaults.DEFAULT_GPU_WORKER_THREADS,
+            show_default=True,
+            help="torch CPU threads (OMP_NUM_THREADS) per GPU worker: the GPU computes, few are needed.",
         ),
         click.option(
             "--worker-startsecs",
@@ -218,6 +225,7 @@ def build_settings(
     auth_token_file: Path | None = None,
     gateway_queue: int | None = None,
     model_control: str = "none",
+    gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
 ) -> DeploySettings:
     """Turn the command-line options into settings, discovering GPUs when no list is given.
 
@@ -242,9 +250,10 @@ def build_settings(
     shared = shared_models(sorted(configs), placements) if placements else None
     if cpu_workers is None:
         cpu_workers = 0 if gpu_indices else defaults.DEFAULT_CPU_WORKERS
-    if worker_threads is None:
-        slots = len(gpu_indices) * workers_per_gpu + cpu_workers
-        worker_threads = defaults.default_worker_threads(defaults.available_cores(), slots)
+    if worker_threads is None:  # the cores left after the GPU workers' few threads, shared among CPU slots
+        gpu_threads = len(gpu_indices) * workers_per_gpu * gpu_worker_threads
+        cores = max(1, defaults.available_cores() - gpu_threads)
+        worker_threads = defaults.default_worker_threads(cores, max(1, cpu_workers))
     try:
         return DeploySettings(
             run_dir=run_dir,
@@ -260,6 +269,7 @@ def build_settings(
             cpu_workers=cpu_workers,
             spare_slots=spare_slots,
             worker_threads=worker_threads,
+            gpu_worker_threads=gpu_worker_threads,
             worker_startsecs=worker_startsecs,
             worker_startretries=worker_startretries,
             drain_seconds=drain_seconds,

@@ -33,7 +33,7 @@ def next_slot(s: DeploySettings, gpu: int | None, existing: Iterable[str]) -> Sl
     k = 0
     while (name := cpu_slot_name(k) if gpu is None else gpu_slot_name(gpu, k)) in taken:
         k += 1
-    return Slot(name, gpu, s.worker_threads, autostart=True)
+    return Slot(name, gpu, s.threads_for(gpu), autostart=True)
 
 
 def added_slot_path(s: DeploySettings, name: str) -> Path:

@@ -21,6 +21,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_GATEWAY_PROCESSES = 1  # gunicorn processes; each holds its own dispatcher sockets
 DEFAULT_GATEWAY_THREADS = 32  # gthread threads per gateway process: they mostly wait on ZeroMQ with the GIL
+DEFAULT_GPU_WORKER_THREADS = 2  # torch CPU threads of a GPU worker (OMP_NUM_THREADS): staging and launching
 # released, and more requests in flight make bigger batches (docs/benchmarks-seed.md)
 DEFAULT_CPU_WORKERS = 2  # CPU worker slots when no GPU is used (two, so one can restart while one serves)
 DEFAULT_WORKERS_PER_GPU = 1  # one slot per device: a second copy of the model rarely pays on one GPU
@@ -67,7 +68,9 @@ class DeploySettings:
     workers_per_gpu: int = DEFAULT_WORKERS_PER_GPU
     cpu_workers: int = 0
     spare_slots: int = 0  # per GPU, or CPU slots when no GPU is used; rendered with autostart=false
-    worker_threads: int = 1  # torch intra-op threads (and OMP_NUM_THREADS) per worker
+    worker_threads: int = 1  # torch intra-op threads (and OMP_NUM_THREADS) per CPU worker
+    # ... and per GPU worker: the GPU computes, and an OpenMP pool there only spins on cores the gateways need
+    gpu_worker_threads: int = DEFAULT_GPU_WORKER_THREADS
     worker_startsecs: int = DEFAULT_WORKER_STARTSECS
     worker_startretries: int = DEFAULT_WORKER_STARTRETRIES
     drain_seconds: int = DEFAULT_DRAIN_SECONDS
@@ -153,6 +156,10 @@ class DeploySettings:
         """Return the models a default slot loads (empty: every model of the repository)."""
         return self.models if self.shared_models is None else self.shared_models
 
+    def threads_for(self, gpu: int | None) -> int:
+        """Return the torch CPU threads of a slot on ``gpu`` (None: a CPU slot)."""
+        return self.worker_threads if gpu is None else self.gpu_worker_threads
+
     def slots(self) -> list[Slot]:
         """Return every rendered worker slot: per GPU, then CPU, spare slots last on each device; then each
         model's own slots (its ``instance_group``)."""
@@ -161,7 +168,7 @@ class DeploySettings:
             for gpu in self.gpus:
                 for k in range(self.workers_per_gpu + self.spare_slots):
                     slots.append(
-                        Slot(gpu_slot_name(gpu, k), gpu, self.worker_threads, k < self.workers_per_gpu)
+                        Slot(gpu_slot_name(gpu, k), gpu, self.gpu_worker_threads, k < self.workers_per_gpu)
                     )
             cpu_spares = 0 if self.gpus else self.spare_slots
             for k in range(self.cpu_workers + cpu_spares):
@@ -169,7 +176,7 @@ class DeploySettings:
         for p in self.placements:
             for k in range(p.count):
                 name = model_slot_name(p.model, p.gpu, k)
-                slots.append(Slot(name, p.gpu, self.worker_threads, True, (p.model,)))
+                slots.append(Slot(name, p.gpu, self.threads_for(p.gpu), True, (p.model,)))
         return slots
 
     def to_json(self) -> str:
@@ -242,6 +249,7 @@ def _check_settings(s: DeploySettings) -> None:
         "gateway_processes": s.gateway_processes,
         "gateway_threads": s.gateway_threads,
         "worker_threads": s.worker_threads,
+        "gpu_worker_threads": s.gpu_worker_threads,
         "workers_per_gpu": s.workers_per_gpu,
     }
     for name, value in positive.items():

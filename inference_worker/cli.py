@@ -32,7 +32,7 @@ from inference_worker import lifeline, logs
     type=int,
     default=1,
     show_default=True,
-    help="torch threads for a CPU worker (0: torch's default).",
+    help="torch CPU threads (a GPU worker needs few: the GPU computes; 0: torch's default).",
 )
 @click.option(
     "--capacity", type=int, default=None, help="Requests in flight; default 2 x the largest max_batch_size."

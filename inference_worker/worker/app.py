@@ -75,7 +75,7 @@ class Application:
 
         Raise :class:`ConfigError` when the repository cannot be read, :class:`LoadError` when nothing loaded.
         """
-        if self.device.type == "cpu" and self.config.threads:
+        if self.config.threads:  # on a GPU too: its CPU threads stage and launch, and must not spin
             torch.set_num_threads(self.config.threads)
         self.residents.load_all(list(self.config.models) or None)
 

@@ -17,7 +17,9 @@ class WorkerConfig:
     name: str = "worker"
     models: tuple[str, ...] = ()  # empty: every model in the repository
     device: str | None = None  # None: cuda:0 of CUDA_VISIBLE_DEVICES if CUDA is there, else the CPU
-    threads: int | None = 1  # torch intra-op threads for CPU workers; None leaves torch's default
+    threads: int | None = (
+        1  # torch intra-op CPU threads (a GPU worker needs few); None leaves torch's default
+    )
     capacity: int | None = None  # requests in flight the dispatcher may send; None: 2 x the largest batch
     heartbeat_interval: float = 0.5  # seconds between heartbeats
     heartbeat_liveness: int = 8  # missed intervals before the dispatcher is presumed gone
