@@ -158,7 +158,7 @@ def delivery(run_dir: Path, array: np.ndarray, seconds: float) -> dict[str, floa
     bare_sock.connect(bare)
     try:
         reply = call(sock, "echo", "x", array)
-        if bytes(reply.tensors[0][1]) != array.tobytes():
+        if bytes(reply.outputs[0][1]) != array.tobytes():
             raise RuntimeError("the dispatcher's echo differs from the request")
         through: list[float] = []
         direct: list[float] = []

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 import zmq
+from hypothesis import settings
 
 from harness import DEFAULT_REPOSITORY, Processes
 from harness.procs import allow_processes
 from harness.wheel import InstalledWheel, build_and_install
+
+# Property tests check results, never speed: a loaded two-core machine must not fail them on a deadline.
+settings.register_profile("torchgate", deadline=None)
+settings.load_profile("torchgate")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
