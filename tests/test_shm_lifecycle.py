@@ -295,7 +295,7 @@ def test_a_worker_on_another_host_gets_frames(
     assert reply.shm_outputs is None  # the answer came back in frames, as the request went
     with torch.inference_mode():
         want = digits_model(torch.from_numpy(x)).numpy()
-    ((meta, buf),) = reply.tensors
+    ((meta, buf),) = reply.outputs
     assert meta.name == "output" and np.allclose(
         np.frombuffer(buf, "<f4").reshape(meta.shape), want, atol=1e-5
     )
