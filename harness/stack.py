@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -273,6 +274,31 @@ class Stack:
             interval=0.1,
             what=f"{gateway_processes} gateway processes",
         )
+
+    def kill_program(self, name: str, timeout: float = 30.0) -> int:
+        """SIGKILL supervisord's program ``name`` and wait until supervisord started it again; return the new pid."""
+        old = self.pids()[name]
+        os.kill(old, signal.SIGKILL)
+        return _wait_for(
+            lambda: (pid := self.pids().get(name)) not in (None, old) and pid,
+            timeout=timeout,
+            interval=0.1,
+            what=f"supervisord to restart {name}",
+        )
+
+    def kill_gateway_process(self, timeout: float = 30.0) -> int:
+        """SIGKILL one gunicorn process of the gateway and wait until the arbiter replaced it; return its pid."""
+        master = self.pids()["gateway"]
+        processes = sorted(children(master))
+        victim = processes[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(
+            lambda: len(children(master)) == len(processes) and victim not in children(master),
+            timeout=timeout,
+            interval=0.1,
+            what="gunicorn to replace the killed process",
+        )
+        return victim
 
     def status(self) -> StatusReply:
         """The dispatcher's STATUS reply; fail if it does not answer."""

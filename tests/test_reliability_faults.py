@@ -66,12 +66,7 @@ def test_kill_9_a_worker_mid_batch_fails_no_http_request(healthy: Stack) -> None
     resent_before = dispatcher_counters(d)["resent"]
     with HttpLoad(d.url, body=slow_body(rows=2), path="/v2/models/slow/infer", threads=6) as load:
         load.wait_for_more(20)
-        os.kill(before["worker-cpu-0"], signal.SIGKILL)  # the slow model sleeps 0.1 s of every batch
-        wait_for(
-            lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]),
-            timeout=30,
-            what="supervisord to restart worker-cpu-0",
-        )
+        d.kill_program("worker-cpu-0")  # the slow model sleeps 0.1 s of every batch
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="the restarted worker ready")
         load.wait_for_more(40)
     assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
@@ -84,12 +79,7 @@ def test_kill_9_the_dispatcher_gives_503s_at_most_and_comes_back(healthy: Stack)
     before = d.pids()
     with HttpLoad(d.url, threads=4) as load:
         load.wait_for_more(20)
-        os.kill(before["dispatcher"], signal.SIGKILL)
-        wait_for(
-            lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]),
-            timeout=30,
-            what="supervisord to restart the dispatcher",
-        )
+        d.kill_program("dispatcher")
         load.wait_for_more(40, timeout=30)  # served again, by the new dispatcher, with no manual step
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=30, what="both workers registered again")
     for failure in load.failures():  # nothing unclear: a 503 the client may retry, with Retry-After
@@ -106,12 +96,7 @@ def test_kill_9_a_gateway_process_the_other_keeps_serving(healthy: Stack) -> Non
     victim, survivor = sorted(children(master))
     with HttpLoad(d.url, threads=4) as load:
         load.wait_for_more(20)
-        os.kill(victim, signal.SIGKILL)
-        wait_for(
-            lambda: len(children(master)) == 2 and victim not in children(master),
-            timeout=30,
-            what="gunicorn to replace the killed process",
-        )
+        assert d.kill_gateway_process() == victim
         load.wait_for_more(40)
     # Only a request on a connection of the killed process can fail, and only at the transport level.
     assert len(load.failures()) <= load.threads, [o.describe() for o in load.failures()]

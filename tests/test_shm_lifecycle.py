@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,15 +199,9 @@ def test_answers_travel_in_shared_memory(healthy: Stack) -> None:
 
 def test_kill_9_a_worker_loses_and_crosses_nothing(healthy: Stack) -> None:
     d = healthy
-    before = d.pids()
     with checked_load(d) as load:
         load.wait_for_more(10)
-        os.kill(before["worker-cpu-0"], signal.SIGKILL)
-        wait_for(
-            lambda: d.pids().get("worker-cpu-0") not in (None, before["worker-cpu-0"]),
-            timeout=30,
-            what="supervisord to restart worker-cpu-0",
-        )
+        d.kill_program("worker-cpu-0")
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="the restarted worker ready")
         load.wait_for_more(20)
     assert load.wrong() == [], load.wrong()[:3]
@@ -218,15 +211,9 @@ def test_kill_9_a_worker_loses_and_crosses_nothing(healthy: Stack) -> None:
 
 def test_kill_9_the_dispatcher_crosses_nothing(healthy: Stack) -> None:
     d = healthy
-    before = d.pids()
     with checked_load(d) as load:
         load.wait_for_more(10)
-        os.kill(before["dispatcher"], signal.SIGKILL)
-        wait_for(
-            lambda: d.pids().get("dispatcher") not in (None, before["dispatcher"]),
-            timeout=30,
-            what="supervisord to restart the dispatcher",
-        )
+        d.kill_program("dispatcher")
         wait_for(lambda: d.ready_workers() == SLOTS, timeout=60, what="both workers registered again")
         load.wait_for_more(20)
     assert load.wrong() == [], load.wrong()[:3]
@@ -236,16 +223,9 @@ def test_kill_9_the_dispatcher_crosses_nothing(healthy: Stack) -> None:
 
 def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
     d = healthy
-    master = d.pids()["gateway"]
-    victim = sorted(children(master))[0]
     with checked_load(d) as load:
         load.wait_for_more(10)
-        os.kill(victim, signal.SIGKILL)
-        wait_for(
-            lambda: len(children(master)) == 2 and victim not in children(master),
-            timeout=30,
-            what="gunicorn to replace the killed process",
-        )
+        d.kill_gateway_process()
         load.wait_for_more(20)
     assert load.wrong() == [], load.wrong()[:3]
     failures = load.failures()
