@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -482,12 +483,20 @@ def status(run_dir: Path) -> None:
     try:
         fields = query_status(s.frontend_endpoint)
         ready = {w.name: w for w in fields.worker_list()}
+        busy = {str(w.get("worker")): w.get("computing") for w in fields.workers if isinstance(w, dict)}
     except TimeoutError:
-        fields, ready = None, {}
+        fields, ready, busy = None, {}, {}
         click.echo("dispatcher: no answer")
+    now = time.time()
     for name, info in sorted(sup.processes().items()):
         worker = ready.get(name)
         seen = f"  dispatcher: {worker.state}" if worker else ""
+        computing = busy.get(name)
+        if isinstance(computing, dict) and isinstance(computing.get("since"), int | float):
+            seen += (
+                f", computing batch {computing.get('batch')} of {computing.get('model')} "
+                f"for {now - computing['since']:.1f}s"
+            )
         click.echo(f"{name:<22} {info['statename']:<9} {info['description']}{seen}")
     if fields is not None:
         for line in model_states(fields, s.model_repository, list(s.models)):

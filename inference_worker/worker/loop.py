@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -133,10 +134,35 @@ class Worker:
     def _control(self) -> None:
         """Load or unload on request, once what was queued has run; announce again, then answer."""
         for control in self.controls:
-            reply = self.app.control(control.action, control.model)
+            reply = self._act_alive(control)
             self.session.announce()
             self.session.send(reply.frames())
         self.controls.clear()
+
+    def _act_alive(self, control: protocol.WorkerControl) -> protocol.WorkerControlReply:
+        """Act on ``control`` on a thread of its own while this one keeps the session's heartbeats going: a model
+        that takes longer to load than the heartbeat expiry must not make the dispatcher presume this worker dead.
+        """
+        done: list[protocol.WorkerControlReply | BaseException] = []
+
+        def act() -> None:
+            try:
+                done.append(self.app.control(control.action, control.model))
+            except BaseException as exc:  # answered below, never left hanging
+                done.append(exc)
+
+        helper = threading.Thread(target=act, name="torchgate-control", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(timeout=self.config.heartbeat_interval / 2)
+            self.session.keep_alive(time.monotonic())
+        outcome = done[0]
+        if isinstance(outcome, BaseException):
+            log.error("%s: %s of %s failed: %r", self.tag, control.action, control.model, outcome)
+            return protocol.WorkerControlReply(
+                control.action, control.model, False, f"{type(outcome).__name__}: {outcome}"
+            )
+        return outcome
 
     def _poll_timeout_ms(self, now: float) -> int:
         wake = self.session.next_heartbeat
