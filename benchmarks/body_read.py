@@ -1,6 +1,8 @@
-"""Reading one request body, gunicorn's way against gateway.body: ``python -m benchmarks.body_read [--sizes ...]``.
+"""Reading one request body, gunicorn's way against gateway.body: ``python -m benchmarks.body_read [--sizes
+...]``.
 
-A socket pair, a thread sending the body, and gunicorn's own ``wsgi.input`` (``Body`` over ``LengthReader`` over
+A socket pair, a thread sending the body, and gunicorn's own ``wsgi.input`` (``Body`` over ``LengthReader``
+over
 ``SocketUnreader``): the reading thread's CPU time (``time.thread_time``) and wall time for ``Body.read(n)``
 against :func:`gateway.body.read_body`, medians of 10 reads, three interleaved rounds.
 """

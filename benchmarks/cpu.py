@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     total += used
                     if used > 0:
                         print(
-                            f"  {used / answered * 1000:7.3f} ms/request {used / elapsed:6.0%} of a core  {what}"
+                            f"  {used / answered * 1000:7.3f} ms/request {used / elapsed:6.0%} of "
+                            f"a core  {what}"
                         )
                 print(f"  {total / answered * 1000:7.3f} ms/request {total / elapsed:6.0%} of a core  total")
     finally:

@@ -5,7 +5,8 @@
 Starts a real stack with default gateway settings (1 gunicorn process x 32 threads, dispatcher, one digits
 worker), then, one after the other: slow clients (half trickle a request head, half a body, one byte each per
 0.5 s) while liveness and inference are timed; idle connections; 2,000 made-up HTTP methods (then the size of
-/metrics); a JSON body of 3 million empty arrays in an unused field (then the gateway's RSS); chunked bodies past
+/metrics); a JSON body of 3 million empty arrays in an unused field (then the gateway's RSS); chunked bodies
+past
 the limit, with a size of 18 hex digits, and never finished. Run it against two checkouts to compare.
 """
 
@@ -38,7 +39,8 @@ def timed(send: Any) -> tuple[int, float]:
 
 
 def probe(url: str, count: int, timeout: float) -> dict[str, Any]:
-    """Liveness and inference ``count`` times each: how many answered 200 within ``timeout``, worst latency."""
+    """Liveness and inference ``count`` times each: how many answered 200 within ``timeout``, worst
+    latency."""
     results = []
     for _ in range(count):
         results.append(timed(lambda: requests.get(url + "/v2/health/live", timeout=timeout)))

@@ -1,9 +1,9 @@
 """The GPU benchmark: ``python -m benchmarks.gpu`` (on a GPU host) or ``python -m benchmarks.gpu --mode cpu``.
 
-Side by side in one run, on ResNet-50 FP32 (torchvision when installed, else a stand-in of the same input size)
-and on ``digits``: the raw model on its device (batch 1 to 64), torchgate (binary and JSON), the seed's way
-(the model in every gunicorn process) and LitServe. For every run it records requests/s, p50/p99, torchgate's
-average batch size and its workers' queue and compute times, CPU cores per process class (gateway,
+Side by side in one run, on ResNet-50 FP32 (torchvision when installed, else a stand-in of the same input
+size) and on ``digits``: the raw model on its device (batch 1 to 64), torchgate (binary and JSON), the seed's
+way (the model in every gunicorn process) and LitServe. For every run it records requests/s, p50/p99,
+torchgate's average batch size and its workers' queue and compute times, CPU cores per process class (gateway,
 dispatcher, worker, ...) and GPU busy (NVML or nvidia-smi, sampled every 0.5 s); it writes
 ``docs/benchmarks-gpu.md`` (``--output``) and the raw figures as JSON next to the work files.
 
@@ -116,7 +116,8 @@ def check_host(mode: str, load: str) -> dict[str, Any]:
     if mode == "gpu":
         if not torch.cuda.is_available():
             problems.append(
-                f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False): run on a "
+                f"torch {torch.__version__} sees no CUDA device "
+                "(torch.cuda.is_available() is False): run on a "
                 "GPU host, or pass --mode cpu for the small CPU check"
             )
         else:
@@ -308,7 +309,8 @@ class Bench:
             self.report.raw[model.workload] = [asdict(p) for p in points]
             for p in points:
                 log(
-                    f"{model.workload}: raw batch {p.batch}: {p.samples_per_s:,.0f} samples/s, p50 {p.p50_ms:.2f} ms"
+                    f"{model.workload}: raw batch {p.batch}: {p.samples_per_s:,.0f} "
+                    f"samples/s, p50 {p.p50_ms:.2f} ms"
                 )
         except Exception as exc:  # the raw loop is one figure among several: report it, go on
             log(f"{model.workload}: raw loop failed: {exc}")
@@ -382,7 +384,8 @@ class Bench:
         busy = f", GPU {run.gpu_busy:.0f}% busy" if run.gpu_busy is not None else ""
         avg = f", batch {batch['batch']:.1f}" if batch else ""
         log(
-            f"{model.workload} {system.name} {fmt} c={c}: {result.throughput:,.1f} req/s, p50 {result.p50_ms:.2f} ms, "
+            f"{model.workload} {system.name} {fmt} c={c}: "
+            f"{result.throughput:,.1f} req/s, p50 {result.p50_ms:.2f} ms, "
             f"p99 {result.p99_ms:.2f} ms, errors {result.errors}{avg}{busy}, cores "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(run.cores.items()))
         )

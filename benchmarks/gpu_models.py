@@ -1,9 +1,10 @@
 """The GPU benchmark's two models, in one torchgate model repository, and the requests sent to them.
 
-- ``resnet50``: torchvision's ``resnet50(weights=None)`` traced to TorchScript, FP32 ``[3, 224, 224]`` in (602 KB
-  per request), ``[1000]`` out, ``max_batch_size = 64``, ``max_queue_delay_us = 2000`` (as issue 11 measured it).
-  Without torchvision, or with ``stand_in``, a small convolutional network with the same input and output sizes
-  takes its place (the report says which ran).
+- ``resnet50``: torchvision's ``resnet50(weights=None)`` traced to TorchScript, FP32 ``[3, 224, 224]`` in (602
+KB
+  per request), ``[1000]`` out, ``max_batch_size = 64``, ``max_queue_delay_us = 2000`` (as issue 11 measured
+  it). Without torchvision, or with ``stand_in``, a small convolutional network with the same input and output
+  sizes takes its place (the report says which ran).
 - ``digits``: the shipped default model (``deploy/model_repository/digits``, an exported ``.pt2``), 64 grey
   levels in, 10 logits out, ``max_batch_size = 64``, no batch delay, as shipped.
 """
@@ -64,7 +65,8 @@ class GpuModel:
 
 
 class StandIn(nn.Module):
-    """3x224x224 -> 1000 in a few stride-2 convolutions: ResNet-50's input and output, little of its compute."""
+    """3x224x224 -> 1000 in a few stride-2 convolutions: ResNet-50's input and output, little of its
+    compute."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -78,7 +78,8 @@ def loop(
 def measure(
     model_path: Path, workload: str, device: str, batches: list[int], duration_s: float, threads: int
 ) -> list[RawPoint]:
-    """Run :func:`loop` in a process of its own (its own CUDA context, like a worker's) and return its points."""
+    """Run :func:`loop` in a process of its own (its own CUDA context, like a worker's) and return its
+    points."""
     cmd = [
         sys.executable,
         "-m",

@@ -23,8 +23,8 @@ then, with the device tool, one command that carries `.gpu/` and brings the resu
     run(command="bash benchmarks/gpu_host.sh", carry=[".gpu"], timeout_s=600)
 
 `benchmarks/gpu_host.sh` installs the wheels into `/tmp/tg-site` (LitServe's into `/tmp/tg-litserve`, apart,
-as its pinned fastapi must not shadow anything), unpacks wrk, checks the host (`python3 -m benchmarks.gpu` says
-what is missing and stops), runs `python3 -m benchmarks.gpu --mode gpu` bounded by `timeout`, and copies
+as its pinned fastapi must not shadow anything), unpacks wrk, checks the host (`python3 -m benchmarks.gpu`
+says what is missing and stops), runs `python3 -m benchmarks.gpu --mode gpu` bounded by `timeout`, and copies
 `docs/benchmarks-gpu.md`, `results.json` and the systems' logs to `$OUT`. Read them here, then commit
 `docs/benchmarks-gpu.md` from `$OUT`. A run takes about 5-6 minutes (two models, four systems, two
 concurrencies, 10 s per load run, the raw model at batch 1 to 64); `GPU_BENCH_ARGS` passes more flags (say
@@ -127,7 +127,8 @@ def workload_section(report: Report, workload: str) -> list[str]:
     raw = report.raw.get(workload, [])
     if raw:
         how = (
-            "The raw model on the GPU, called in a loop (input copied from pinned memory, output back, synchronised):"
+            "The raw model on the GPU, called in a loop (input copied from pinned "
+            "memory, output back, synchronised):"
             if report.mode == "gpu"
             else "The raw model on the CPU (1 thread), called in a loop:"
         )
@@ -150,7 +151,8 @@ def workload_section(report: Report, workload: str) -> list[str]:
             "torchgate's average batch and its workers' queue / input staging / compute time per request; "
             "cores: CPU cores used per process class over the run, (n) processes):",
             "",
-            "| system | format | conns | req/s | ÷ raw | p50 ms | p99 ms | errors | batch (queue / input / infer ms) | GPU busy | CPU cores |",
+            "| system | format | conns | req/s | ÷ raw | p50 ms | p99 ms | errors "
+            "| batch (queue / input / infer ms) | GPU busy | CPU cores |",
             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
         ]
         for r in sorted(runs, key=lambda r: (r.concurrency, r.system != "torchgate", r.system, r.fmt)):
@@ -164,7 +166,8 @@ def workload_section(report: Report, workload: str) -> list[str]:
             busy = f"{r.gpu_busy:.0f}%" if r.gpu_busy is not None else "–"
             out.append(
                 f"| {r.system} | {r.fmt} | {r.concurrency} | {_rate(r.load['throughput'])} | {ratio} | "
-                f"{_ms(r.load['p50_ms'])} | {_ms(r.load['p99_ms'])} | {r.load['errors']} / {r.load['requests']} | "
+                f"{_ms(r.load['p50_ms'])} | {_ms(r.load['p99_ms'])} | "
+                f"{r.load['errors']} / {r.load['requests']} | "
                 f"{batch} | {busy} | {_cores(r)} |"
             )
         out.append("")
@@ -184,18 +187,22 @@ def render(report: Report) -> str:
         head = [
             "# torchgate on one GPU (issue 11)",
             "",
-            f"Measured {when} on {host.get('gpu', '?')} ({host.get('cores')} cores), Python {host.get('python')}, "
+            f"Measured {when} on {host.get('gpu', '?')} ({host.get('cores')} "
+            f"cores), Python {host.get('python')}, "
             f"torch {host.get('torch')}; load from {report.load_tool}. Command: `{report.command}`.",
         ]
     else:
         head = [
             "# GPU benchmark: CPU check run (no GPU figures)",
             "",
-            f"A small, short run of the GPU benchmark on a CPU-only machine ({when}, {host.get('cores')} cores, "
-            f"torch {host.get('torch')}, load from {report.load_tool}), to check that it works: the figures below "
+            "A small, short run of the GPU benchmark on a CPU-only machine "
+            f"({when}, {host.get('cores')} cores, "
+            f"torch {host.get('torch')}, load from {report.load_tool}), to check "
+            "that it works: the figures below "
             f"are not GPU figures and not comparable to them. Command: `{report.command}`.",
             "",
-            "**No GPU figure has been measured with this benchmark yet.** On a GPU host, the recipe at the end "
+            "**No GPU figure has been measured with this benchmark yet.** On a "
+            "GPU host, the recipe at the end "
             "runs it in one call and writes this page anew with the GPU figures and issue 11's targets.",
         ]
     out = head + [""]

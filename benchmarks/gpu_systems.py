@@ -3,7 +3,8 @@
 - torchgate: ``python -m deploy.cli serve`` (what ``torchgate serve`` runs), GPU worker slots or CPU slots.
 - the seed's way: the seed app (``benchmarks/systems/seed_app.py``) under gunicorn gthread, the model in every
   process, on the GPU.
-- LitServe: ``benchmarks/systems/litserve_app.py``, dynamic batching, JSON; optionally from a folder of its own
+- LitServe: ``benchmarks/systems/litserve_app.py``, dynamic batching, JSON; optionally from a folder of its
+own
   (``--litserve-path``: LitServe's pinned dependencies must not shadow the host's).
 """
 
@@ -104,7 +105,10 @@ class TorchgateGpu(GpuSystem):
     def unavailable(self) -> str | None:
         missing = _missing_modules(self.MODULES)
         if missing:
-            return f"missing Python modules {', '.join(missing)} (install the wheelhouse: docs/benchmarks-gpu.md)"
+            return (
+                f"missing Python modules {', '.join(missing)} (install the "
+                "wheelhouse: docs/benchmarks-gpu.md)"
+            )
         return None
 
     def launch(self, model: GpuModel, port: int, work_dir: Path) -> Launched:
@@ -169,7 +173,8 @@ class TorchgateGpu(GpuSystem):
             f" x {p.worker_threads} torch threads" if p.worker_threads else " (torch threads: its default)"
         )
         return (
-            f"`torchgate serve`: gateway {p.gateway_processes} x {p.gateway_threads} threads, {slots}{threads}, "
+            f"`torchgate serve`: gateway {p.gateway_processes} x "
+            f"{p.gateway_threads} threads, {slots}{threads}, "
             f"max_batch_size {model.max_batch_size}, max_queue_delay_us {model.delay_us}"
         )
 
@@ -258,7 +263,8 @@ class SeedGpu(GpuSystem):
     def describe(self, model: GpuModel) -> str:
         p = self.plan
         return (
-            f"gunicorn gthread {p.seed_processes} processes x {p.seed_threads} threads, the model loaded in each "
+            f"gunicorn gthread {p.seed_processes} processes x {p.seed_threads} "
+            "threads, the model loaded in each "
             f"on {'the GPU' if p.device == 'cuda' else 'the CPU'}, one request per model call, JSON"
         )
 

@@ -67,7 +67,8 @@ def count_by_class(after: dict[int, tuple[str, float]]) -> dict[str, int]:
 
 
 class GpuSampler:
-    """Sample GPU ``index``'s busy percentage while in a ``with`` block; :attr:`mean` and :attr:`peak` after."""
+    """Sample GPU ``index``'s busy percentage while in a ``with`` block; :attr:`mean` and :attr:`peak`
+    after."""
 
     def __init__(self, index: int = 0) -> None:
         self.index = index

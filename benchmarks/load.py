@@ -1,7 +1,8 @@
-"""Load generation with wrk: fixed concurrency and duration, a pool of request bodies, non-2xx counted as errors.
+"""Load generation with wrk: fixed concurrency and duration, a pool of request bodies, non-2xx counted as
+errors.
 
-One wrk thread drives every connection (wrk is an event loop in C; one thread leaves more of this machine's two
-cores to the server under test). The Lua script cycles through the bodies, counts non-2xx answers in its
+One wrk thread drives every connection (wrk is an event loop in C; one thread leaves more of this machine's
+two cores to the server under test). The Lua script cycles through the bodies, counts non-2xx answers in its
 ``response`` hook and prints one JSON line from ``done`` with wrk's latency percentiles.
 """
 
@@ -61,8 +62,10 @@ function done(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    '%(prefix)s{"requests":%%.0f,"duration_us":%%.0f,"bytes":%%.0f,"connect":%%.0f,"read":%%.0f,"write":%%.0f,' ..
-    '"status":%%.0f,"timeout":%%.0f,"non2xx":%%.0f,"p50_us":%%.0f,"p90_us":%%.0f,"p99_us":%%.0f,"max_us":%%.0f,' ..
+    '%(prefix)s{"requests":%%.0f,"duration_us":%%.0f,"bytes":%%.0f,' ..
+    '"connect":%%.0f,"read":%%.0f,"write":%%.0f,' ..
+    '"status":%%.0f,"timeout":%%.0f,"non2xx":%%.0f,' ..
+    '"p50_us":%%.0f,"p90_us":%%.0f,"p99_us":%%.0f,"max_us":%%.0f,' ..
     '"mean_us":%%.1f}\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout, bad,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
@@ -164,7 +167,8 @@ def run_wrk(
     sample: Callable[[], None] | None = None,
     sample_every_s: float = 0.5,
 ) -> LoadResult:
-    """Run wrk against ``url`` at ``concurrency`` connections for ``duration_s``; call ``sample`` meanwhile."""
+    """Run wrk against ``url`` at ``concurrency`` connections for ``duration_s``; call ``sample``
+    meanwhile."""
     cmd = [
         wrk_path(),
         "-t",

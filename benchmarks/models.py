@@ -282,7 +282,8 @@ def write_repository(
 
 
 def verify(workload: str, path: Path, module: nn.Module, tolerance: float = 1e-4) -> float:
-    """Load ``path`` with ``torch.export.load(...).module()`` and check it against eager on batches of 1 and 3."""
+    """Load ``path`` with ``torch.export.load(...).module()`` and check it against eager on batches of 1 and
+    3."""
     loaded = torch.export.load(str(path)).module()
     pool = samples(workload)
     worst = 0.0

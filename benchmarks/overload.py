@@ -1,4 +1,5 @@
-"""Overload: offer a slow model ten times what it can serve and measure what the clients and the processes see.
+"""Overload: offer a slow model ten times what it can serve and measure what the clients and the processes
+see.
 
     .venv/bin/python -m benchmarks.overload [--seconds 10] [--clients 40]
 

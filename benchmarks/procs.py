@@ -1,4 +1,5 @@
-"""Process life cycle for the systems under test: launch in their own session, poll readiness, kill the tree."""
+"""Process life cycle for the systems under test: launch in their own session, poll readiness, kill the
+tree."""
 
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ class Launched:
             return ""
 
     def stop(self, grace_s: float = 20.0, stop_signal: int = signal.SIGTERM) -> None:
-        """Signal the root (and its process group), wait up to ``grace_s``, then SIGKILL every process seen."""
+        """Signal the root (and its process group), wait up to ``grace_s``, then SIGKILL every process
+        seen."""
         self.tree()
         if self.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -1,6 +1,7 @@
 """The compute limit: the exported model called in a loop, no HTTP, in processes like the systems' workers.
 
-``python -m benchmarks.raw --workload mlp --batch 1 --threads 1 --duration 5 --repository DIR`` prints one JSON
+``python -m benchmarks.raw --workload mlp --batch 1 --threads 1 --duration 5 --repository DIR`` prints one
+JSON
 line; :func:`measure` runs ``processes`` of them side by side and sums their throughput.
 """
 
@@ -36,11 +37,16 @@ class RawResult:
     @property
     def label(self) -> str:
         kind = "unbatched" if self.batch == 1 else f"batched ({self.batch})"
-        return f"raw {kind}, {self.processes} process{'es' if self.processes > 1 else ''} x {self.threads} threads"
+        return (
+            f"raw {kind}, {self.processes} "
+            f"process{'es' if self.processes > 1 else ''} x {self.threads} "
+            "threads"
+        )
 
 
 def loop(workload: str, batch: int, threads: int, duration_s: float, repository: Path) -> dict[str, float]:
-    """Call the model on batches from the sample pool for ``duration_s``; return throughput and call latency."""
+    """Call the model on batches from the sample pool for ``duration_s``; return throughput and call
+    latency."""
     import torch
 
     from benchmarks.models import collate, load_exported, samples

@@ -1,4 +1,5 @@
-"""The benchmark's settings: one frozen object, the same threads and batching for every system that has them."""
+"""The benchmark's settings: one frozen object, the same threads and batching for every system that has
+them."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class BenchSettings:
     )
     torch_threads: int = 1  # torch intra-op threads per model worker (2 cores / 2 workers)
     seed_torch_threads: int = 2  # the seed app holds the model in its single process: it gets both cores
-    # The seed app's own gunicorn size when not the Flask systems' (say 2 x 8, as a user runs it); None: the same
+    # The seed app's own gunicorn size when not the Flask systems' (say 2 x 8, as a user runs it); None: the
+    # same
     seed_http_processes: int | None = None
     seed_http_threads: int | None = None
     max_batch_size: dict[str, int] = field(default_factory=lambda: {"mlp": 32, "minilm": 16, "conv": 4})

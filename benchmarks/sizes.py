@@ -1,4 +1,5 @@
-"""What a tensor's size costs each process: ``python -m benchmarks.sizes [--seconds 3] [--sizes 1K,600K,16M]``.
+"""What a tensor's size costs each process: ``python -m benchmarks.sizes [--seconds 3] [--sizes
+1K,600K,16M]``.
 
 Starts ``torchgate serve`` (1 gateway process, the dispatcher, 1 CPU worker) on an echo model (returns its
 input) and, for each tensor size, sends binary infer requests one after the other on one kept-alive connection
@@ -199,10 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         proc.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(
-        f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}` (one request at a time, echo model, binary in and out)\n"
+        f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}` (one "
+        "request at a time, echo model, binary in and out)\n"
     )
     print(
-        "| tensor | HTTP round trip p50 | gateway CPU / request | dispatcher CPU / request | worker CPU / request "
+        "| tensor | HTTP round trip p50 | gateway CPU / request | dispatcher "
+        "CPU / request | worker CPU / request "
         "| worker staging / request | through dispatcher + worker, no HTTP (p50) | bare pyzmq, 2 hops (p50) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

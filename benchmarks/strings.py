@@ -1,12 +1,16 @@
-"""MiniLM from raw sentences: torchgate with padded batching, the same model unbatched, and sentence-transformers.
+"""MiniLM from raw sentences: torchgate with padded batching, the same model unbatched, and
+sentence-transformers.
 
-    python -m benchmarks.strings [--concurrency 1,8,32] [--duration 10] [--rounds 1] [--write docs/benchmarks.md]
+    python -m benchmarks.strings [--concurrency 1,8,32] [--duration 10] [--rounds 1] [--write
+    docs/benchmarks.md]
 
 Three ways to embed the same pool of sentences (6 to 120 words, so their token lengths differ):
 
-- ``padded``: the shipped ``examples/repository/minilm`` (tokenized by its handler, requests of different lengths
+- ``padded``: the shipped ``examples/repository/minilm`` (tokenized by its handler, requests of different
+lengths
   padded into one batch, in length buckets), one Open Inference Protocol JSON request per sentence;
-- ``unbatched``: the same model folder without ``[padding]``: requests of different lengths never batch together,
+- ``unbatched``: the same model folder without ``[padding]``: requests of different lengths never batch
+together,
   which is how torchgate ran a text model before;
 - ``sentence-transformers``: ``SentenceTransformer.encode(pool, batch_size=B)`` called directly, in this
   process, with B equal to the concurrency (no HTTP, no tokenization in another process).
@@ -291,9 +295,11 @@ def render(
         f"--rounds {args.rounds} --write docs/benchmarks.md",
         "```",
         "",
-        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, 2 shared cores, CPU "
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on "
+        f"{platform.machine()}, 2 shared cores, CPU "
         "only. all-MiniLM-L6-v2 (`examples/repository/minilm`) embeds 64 sentences of 6 to 120 words, one "
-        "sentence per request (Open Inference Protocol JSON, BYTES input), through `torchgate serve` with one "
+        "sentence per request (Open Inference Protocol JSON, BYTES input), "
+        "through `torchgate serve` with one "
         "gateway process and one CPU worker of one torch thread. `padded`: the shipped config (requests of "
         "different lengths padded into one batch of up to 8, length buckets 16/32/64/128 tokens, 2 ms batch "
         "delay); "
@@ -302,11 +308,13 @@ def render(
         "one process with one torch thread (no HTTP). Average batch = sentences per model execution as the "
         "worker counts them; worker CPU = CPU seconds the worker process spent per sentence (psutil), which "
         "the other work on the machine hardly changes. The machine is shared with other work (load average "
-        f"{load[0]:.1f} when the run began and {load[1]:.1f} when it ended, on 2 cores): req/s swing with it, "
+        f"{load[0]:.1f} when the run began and {load[1]:.1f} when it ended, "
+        "on 2 cores): req/s swing with it, "
         "so compare within a row and lean on the CPU figures.",
         "",
         "| concurrency (or batch size) | padded req/s | padded avg batch | padded worker CPU ms/sentence | "
-        "unbatched req/s | unbatched avg batch | unbatched worker CPU ms/sentence | padded / unbatched req/s | "
+        "unbatched req/s | unbatched avg batch | unbatched worker CPU "
+        "ms/sentence | padded / unbatched req/s | "
         "sentence-transformers sentences/s | padded / sentence-transformers |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -256,7 +256,8 @@ def main() -> None:
         try:
             stack.wait_ready(context)
             print(
-                f"## Round trips (median of {args.seconds:.0f} s each)\n\n| tensor | path | median |\n|---|---|---|"
+                f"## Round trips (median of {args.seconds:.0f} s each)\n\n| tensor | "
+                "path | median |\n|---|---|---|"
             )
             for label, path, seconds in round_trips(context, stack, run_dir, args.seconds):
                 print(f"| {label} | {path} | {seconds * 1e3:.3f} ms |")
@@ -271,7 +272,8 @@ def main() -> None:
                     )
                 )
             print(
-                "\n## Digits throughput (two interleaved rounds)\n\n| system | samples/s | ratio to direct batch 64 |\n|---|---|---|"
+                "\n## Digits throughput (two interleaved rounds)\n\n| system | "
+                "samples/s | ratio to direct batch 64 |\n|---|---|---|"
             )
             best = {name: max(v for n, v in rows if n == name) for name, _ in rows}
             for name, value in best.items():

@@ -1,4 +1,5 @@
-"""``torchgate check``: validate every config of a repository, then load and warm up each model in a subprocess."""
+"""``torchgate check``: validate every config of a repository, then load and warm up each model in a
+subprocess."""
 
 from __future__ import annotations
 

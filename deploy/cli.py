@@ -158,7 +158,8 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--worker-threads",
             type=click.IntRange(min=1),
             default=None,
-            help="torch threads per CPU worker (default: the cores left after one, shared among the CPU slots).",
+            help="torch threads per CPU worker (default: the cores left after one, "
+            "shared among the CPU slots).",
         ),
         click.option(
             "--gpu-worker-threads",

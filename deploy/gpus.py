@@ -75,7 +75,8 @@ def _discover_nvml() -> list[Gpu]:
 
 
 def parse_gpu_spec(spec: str | None) -> tuple[int, ...] | None:
-    """Parse ``--gpus``: ``"0,1,3"`` -> (0, 1, 3); ``"none"``/``""`` -> (); ``"all"``/``"auto"``/None -> None (discover)."""
+    """Parse ``--gpus``: ``"0,1,3"`` -> (0, 1, 3); ``"none"``/``""`` -> (); ``"all"``/``"auto"``/None -> None
+    (discover)."""
     if spec is None:
         return None
     spec = spec.strip().lower()

@@ -34,13 +34,15 @@ def place(models: dict[str, ModelConfig], host_gpus: tuple[int, ...]) -> tuple[P
                 continue
             if not host_gpus:
                 raise ConfigError(
-                    f"{model.config_path}: instance_group[{i}] asks for KIND_GPU, but this host serves without "
+                    f"{model.config_path}: instance_group[{i}] asks for KIND_GPU, but "
+                    "this host serves without "
                     "GPUs (see --gpus); use KIND_CPU, or KIND_AUTO to take a GPU where there is one"
                 )
             missing = [g for g in group.gpus if g not in host_gpus]
             if missing:
                 raise ConfigError(
-                    f"{model.config_path}: instance_group[{i}].gpus lists {missing}, which this host does not "
+                    f"{model.config_path}: instance_group[{i}].gpus lists {missing}, "
+                    "which this host does not "
                     f"serve with (GPUs in use: {list(host_gpus)})"
                 )
             for gpu in group.gpus or host_gpus:

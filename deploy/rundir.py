@@ -23,7 +23,8 @@ CONF_D_README = "README.conf"
 
 
 class RunDirError(RuntimeError):
-    """A run directory (or a part of it) that is not safely this user's own; the message says which and why."""
+    """A run directory (or a part of it) that is not safely this user's own; the message says which and
+    why."""
 
 
 def check_owned(path: Path, what: str = "run directory") -> bool:
@@ -40,7 +41,8 @@ def check_owned(path: Path, what: str = "run directory") -> bool:
     if info.st_uid != os.geteuid():
         raise RunDirError(
             f"{what} {path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): refusing to "
-            "use it (another user could plant programs or symlinks there); remove it or choose another --run-dir"
+            "use it (another user could plant programs or symlinks there); remove "
+            "it or choose another --run-dir"
         )
     if info.st_mode & 0o022:
         raise RunDirError(
@@ -62,7 +64,8 @@ def check_run_dir(s: DeploySettings) -> None:
 
 
 def prepare_run_dir(s: DeploySettings) -> None:
-    """Create the run directory layout after checking what exists; the sockets directory is its owner's only."""
+    """Create the run directory layout after checking what exists; the sockets directory is its owner's
+    only."""
     check_run_dir(s)
     s.run_dir.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
     for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir):
@@ -73,12 +76,14 @@ def prepare_run_dir(s: DeploySettings) -> None:
     if not readme.exists():
         write_atomically(
             readme,
-            "; Worker slots added live by `torchgate add-worker` are written beside this file, one per slot.\n",
+            "; Worker slots added live by `torchgate add-worker` are written "
+            "beside this file, one per slot.\n",
         )
 
 
 def control_credentials(s: DeploySettings) -> Credentials:
-    """Return the control socket's credentials: those already rendered here (a running supervisord keeps them), else new."""
+    """Return the control socket's credentials: those already rendered here (a running supervisord keeps
+    them), else new."""
     parser = configparser.RawConfigParser()
     try:
         parser.read(s.conf_path)
@@ -92,7 +97,8 @@ def control_credentials(s: DeploySettings) -> Credentials:
 
 
 def write_run_dir(s: DeploySettings) -> Path:
-    """Write ``supervisord.conf`` and ``deploy.json`` into the run directory; return the configuration path."""
+    """Write ``supervisord.conf`` and ``deploy.json`` into the run directory; return the configuration
+    path."""
     prepare_run_dir(s)
     write_atomically(s.conf_path, render_supervisord_conf(s, control_credentials(s)))
     write_atomically(s.settings_path, s.to_json())
@@ -100,7 +106,8 @@ def write_run_dir(s: DeploySettings) -> Path:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` in one step, so supervisord never reads half a file (the temporary name matches no glob).
+    """Replace ``path`` in one step, so supervisord never reads half a file (the temporary name matches no
+    glob).
 
     The temporary file gets a random name and is created exclusively without following a symlink; the rename
     replaces whatever ``path`` was (a symlink included) without writing through it.

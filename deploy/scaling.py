@@ -58,7 +58,8 @@ def add_worker(
     start: bool = True,
     ready_timeout: float = 120.0,
 ) -> Slot:
-    """Write a new slot into ``conf.d`` and activate just that group; wait until the dispatcher has it ready."""
+    """Write a new slot into ``conf.d`` and activate just that group; wait until the dispatcher has it
+    ready."""
     slot = next_slot(s, gpu, known_names(s, sup))
     if not start:
         slot = Slot(slot.name, slot.gpu, slot.threads, autostart=False)

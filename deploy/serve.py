@@ -89,7 +89,8 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def prepare(s: DeploySettings) -> Path:
-    """Check the model repository, the port and that nothing runs in the run directory; write the configuration."""
+    """Check the model repository, the port and that nothing runs in the run directory; write the
+    configuration."""
     check_run_dir(s)  # before anything is read from it (a planted socket, say)
     load_repository(s.model_repository, list(s.models) or None)  # raises ConfigError naming file and key
     read_token(s.auth_token_file)
@@ -167,7 +168,8 @@ def wait_until_serving(
             if not health_ready(s.url, token=token):
                 missing = ", ".join(sorted(progress.unavailable))
                 echo(
-                    f"torchgate: not every model is ready (strict readiness: /v2/health/ready is 400): {missing}"
+                    "torchgate: not every model is ready (strict readiness: "
+                    f"/v2/health/ready is 400): {missing}"
                 )
             return SERVING
         now = time.monotonic()
@@ -197,7 +199,8 @@ def _reported_models(status: StatusReply) -> set[str]:
 
 
 def mark_draining(s: DeploySettings) -> float:
-    """Turn readiness to 503 (the gateway checks this flag); return when draining began, keeping an earlier start."""
+    """Turn readiness to 503 (the gateway checks this flag); return when draining began, keeping an earlier
+    start."""
     try:
         fd = os.open(s.drain_flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
@@ -210,7 +213,8 @@ def mark_draining(s: DeploySettings) -> float:
 
 
 class StopPlan:
-    """When to stop supervisord: at once (SIGINT, SIGHUP, a second signal) or after the unready grace (SIGTERM)."""
+    """When to stop supervisord: at once (SIGINT, SIGHUP, a second signal) or after the unready grace
+    (SIGTERM)."""
 
     def __init__(self, s: DeploySettings, unready_grace: float) -> None:
         self.s = s
@@ -231,7 +235,8 @@ class StopPlan:
 
 
 def stop_supervisord(s: DeploySettings, proc: subprocess.Popen[bytes]) -> None:
-    """Ask supervisord to stop every program, each drained (over XML-RPC: no WARN line); SIGTERM if it does not answer."""
+    """Ask supervisord to stop every program, each drained (over XML-RPC: no WARN line); SIGTERM if it does
+    not answer."""
     try:
         Supervisor.from_conf(s.conf_path, timeout=5.0).shutdown()
     except (OSError, ValueError, xmlrpc.client.Error, http.client.HTTPException):
@@ -240,7 +245,8 @@ def stop_supervisord(s: DeploySettings, proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_step(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """Wait up to ``timeout`` for supervisord's exit status; as PID 1 (a container) also reap orphaned processes."""
+    """Wait up to ``timeout`` for supervisord's exit status; as PID 1 (a container) also reap orphaned
+    processes."""
     if os.getpid() != 1:
         try:
             return proc.wait(timeout=timeout)
@@ -266,11 +272,12 @@ def serve(
     """Render, start supervisord (its own session, so a terminal's Ctrl-C reaches only us) and wait for it.
 
     SIGTERM turns readiness to 503 at once and keeps serving ``unready_grace`` seconds (load balancers and
-    Kubernetes endpoints stop sending meanwhile), then stops supervisord: the gateway finishes its requests and
-    every worker drains. SIGINT (Ctrl-C), SIGHUP or a second signal skip the grace.
+    Kubernetes endpoints stop sending meanwhile), then stops supervisord: the gateway finishes its requests
+    and every worker drains. SIGINT (Ctrl-C), SIGHUP or a second signal skip the grace.
     """
     conf = prepare(s)
-    # Should `torchgate serve` itself be killed (SIGKILL, say), supervisord gets SIGTERM and stops every program.
+    # Should `torchgate serve` itself be killed (SIGKILL, say), supervisord gets SIGTERM and stops every
+    # program.
     proc = subprocess.Popen(
         supervisord_command(s),
         start_new_session=True,

@@ -1,4 +1,5 @@
-"""How far a starting host has come: which slots still load, which gave up, and whether any model serves. No I/O."""
+"""How far a starting host has come: which slots still load, which gave up, and whether any model serves. No
+I/O."""
 
 from __future__ import annotations
 

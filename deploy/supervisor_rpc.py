@@ -1,4 +1,5 @@
-"""Talk to a running supervisord over its unix socket with supervisor's own XML-RPC transport, every call bounded."""
+"""Talk to a running supervisord over its unix socket with supervisor's own XML-RPC transport, every call
+bounded."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ BACKOFF = "BACKOFF"
 STARTING = "STARTING"
 
 
-class _TimedUnixConnection(UnixStreamHTTPConnection):
+class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]  # supervisor is untyped
     """supervisor's unix-socket connection, with the timeout set before connecting."""
 
     socketfile: str
@@ -39,7 +40,7 @@ class _TimedUnixConnection(UnixStreamHTTPConnection):
         self.sock = sock
 
 
-class TimedTransport(SupervisorTransport):
+class TimedTransport(SupervisorTransport):  # type: ignore[misc]  # supervisor is untyped
     """supervisor's transport (basic auth, unix socket) with a timeout; a fresh connection per call."""
 
     def __init__(self, socket_path: str | Path, timeout: float, username: str | None, password: str | None):
@@ -102,7 +103,7 @@ class Supervisor:
     def is_up(self) -> bool:
         """Return True when supervisord answers and is running (not starting up or shutting down)."""
         try:
-            return cast(dict[str, Any], self.rpc.getState())["statename"] == "RUNNING"
+            return bool(cast(dict[str, Any], self.rpc.getState())["statename"] == "RUNNING")
         except (OSError, xmlrpc.client.Error, http.client.HTTPException):
             return False
 
@@ -132,7 +133,8 @@ class Supervisor:
         self.rpc.stopProcess(name, wait)
 
     def reread(self) -> tuple[list[str], list[str], list[str]]:
-        """Reload the configuration files; return the groups (added, changed, removed). Nothing starts or stops."""
+        """Reload the configuration files; return the groups (added, changed, removed). Nothing starts or
+        stops."""
         added, changed, removed = self.rpc.reloadConfig()[0]
         return list(added), list(changed), list(removed)
 

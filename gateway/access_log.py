@@ -1,8 +1,8 @@
 """The gateway's log lines: one access line per request, and the request id on every line logged during one.
 
-Plain text by default; JSON lines (:class:`inference_worker.logs.JsonFormatter`) when ``TORCHGATE_LOG_FORMAT=json``,
-where the access line's fields (method, path, status, duration_ms, model, version, samples, batch_size, worker,
-request_id) are JSON fields of their own.
+Plain text by default; JSON lines (:class:`inference_worker.logs.JsonFormatter`) when
+``TORCHGATE_LOG_FORMAT=json``, where the access line's fields (method, path, status, duration_ms, model,
+version, samples, batch_size, worker, request_id) are JSON fields of their own.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logs.TextFormatter):
-    """Plain lines, control characters escaped; a record with a request id gets `` request_id=...`` appended."""
+    """Plain lines, control characters escaped; a record with a request id gets `` request_id=...``
+    appended."""
 
     def __init__(self, fmt: str = TEXT_FORMAT, datefmt: str | None = None) -> None:
         super().__init__(fmt, datefmt)

@@ -2,14 +2,16 @@
 
 gthread hands every readable connection to its thread pool; when all threads are busy (each waits on the
 dispatcher), further requests wait inside the process without limit (up to ``worker_connections``) and their
-clients hear nothing. :class:`AdmittingThreadWorker` lets at most ``TORCHGATE_GATEWAY_QUEUE`` requests wait for a
-thread; the next ones are answered at once by a refusing thread: 503, ``Retry-After`` and an ``{"error": ...}``
-body, and the connection is closed. The dispatcher's queue and the workers' credits bound the later stages.
+clients hear nothing. :class:`AdmittingThreadWorker` lets at most ``TORCHGATE_GATEWAY_QUEUE`` requests wait
+for a thread; the next ones are answered at once by a refusing thread: 503, ``Retry-After`` and an ``{"error":
+...}`` body, and the connection is closed. The dispatcher's queue and the workers' credits bound the later
+stages.
 
 It also saves two thread hand-offs per request on a kept-alive connection: gthread returns every answered
 connection to its main thread, which waits for the next request and hands it to a pool thread again. When no
-request waits for a thread, the pool thread that answered instead waits up to ``LINGER`` seconds for the client's
-next request and serves it itself (the gateway's CPU went mostly to such context switches; docs/benchmarks.md).
+request waits for a thread, the pool thread that answered instead waits up to ``LINGER`` seconds for the
+client's next request and serves it itself (the gateway's CPU went mostly to such context switches;
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class AdmittingThreadWorker(FrontDoorWorker):
     def handle(self, conn: Any) -> Any:
         """Answer a request; then, while no other request waits for a thread, the connection's next ones.
 
-        A next request is served here only if it arrives whole within ``LINGER``; else the event loop reads it.
+        A next request is served here only if it arrives whole within ``LINGER``; else the event loop reads
+        it.
         """
         keepalive = super().handle(conn)
         while (

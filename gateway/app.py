@@ -55,7 +55,8 @@ def require_token() -> None:
 
 
 def error_response(message: str, code: str, status: int) -> Response:
-    """The JSON error body with its status and headers (``Retry-After`` on 503, ``WWW-Authenticate`` on 401)."""
+    """The JSON error body with its status and headers (``Retry-After`` on 503, ``WWW-Authenticate`` on
+    401)."""
     headers = error_headers(code, current_gateway().config.retry_after)
     return Response(error_body(message), status=status, content_type=JSON, headers=headers)
 

@@ -20,7 +20,8 @@ RECV_STEP = 16 << 20  # most bytes asked of one recv_into (the kernel returns wh
 
 
 class BodyDisconnected(OSError):
-    """The client closed the connection (or stalled past the socket's timeout) before sending the whole body."""
+    """The client closed the connection (or stalled past the socket's timeout) before sending the whole
+    body."""
 
 
 def _parts(stream: Any, length: int) -> tuple[Any, Any, socket.socket] | None:

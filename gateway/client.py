@@ -46,7 +46,8 @@ class InferReply:
 
 
 class _OwnedSocket(zmq.Socket):  # type: ignore[type-arg]
-    """A socket collected with its thread or client closes itself quietly, but only in the process that made it.
+    """A socket collected with its thread or client closes itself quietly, but only in the process that made
+    it.
 
     The gateway's per-thread sockets may be collected in any order with the objects that own them (say, an
     app in a reference cycle); pyzmq would warn about each one. One inherited across fork is never touched.
@@ -144,10 +145,11 @@ class DispatcherClient:
 
     @staticmethod
     def _receive(socket: zmq.Socket[Any], timeout: float) -> Any:
-        """Wait up to ``timeout`` seconds for one message (None if malformed); raise ``zmq.Again`` if none came.
+        """Wait up to ``timeout`` seconds for one message (None if malformed); raise ``zmq.Again`` if none
+        came.
 
-        One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets go
-        of the GIL and takes it back, and with dozens of request threads every hand-over costs futex calls.
+        One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets
+        go of the GIL and takes it back, and with dozens of request threads every hand-over costs futex calls.
         """
         timeout_ms = max(1, int(timeout * 1000))
         if socket.rcvtimeo != timeout_ms:
@@ -174,8 +176,10 @@ class DispatcherClient:
     ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`CodedError` for every failure.
 
-        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs travel in
-        a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host, with room for
+        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs travel
+        in
+        a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host, with room
+        for
         ``reply_bytes`` of outputs; only the header crosses the dispatcher.
         """
         segment = self._segment(tensors, reply_bytes)

@@ -8,10 +8,11 @@ Decisions a client may rely on:
   tensors, and written back the same way in JSON outputs.
 - Nested and flat ``data`` are both accepted when the element count matches the shape; ragged data is not.
 - A body may be gzip or deflate encoded; decoding stops at the body limit (413), so a zip bomb costs nothing.
-- BYTES tensors are strings in JSON (UTF-8; nested or flat) and, as binary data, Triton's layout: each element a
+- BYTES tensors are strings in JSON (UTF-8; nested or flat) and, as binary data, Triton's layout: each element
+a
   4-byte little-endian length, then its bytes. Their element count and element size are limited
-  (:class:`~inference_worker.strings.StringLimits`). A BYTES output goes back as JSON strings when it is UTF-8;
-  other bytes need ``binary_data``.
+  (:class:`~inference_worker.strings.StringLimits`). A BYTES output goes back as JSON strings when it is
+  UTF-8; other bytes need ``binary_data``.
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ def decode_content(body: bytes | bytearray, encoding: str | None, limit: int) ->
 def json_values_bound(text: bytes | bytearray, start: int = 0, end: int | None = None) -> int:
     """Return an upper bound on how many values the JSON in ``text[start:end]`` holds, without parsing it.
 
-    Every value but the first follows a ``,``, ``:``, ``[`` or ``{`` (one inside a string counts too: the bound
-    only errs high). Parsed, each value costs 24 to 70 bytes of Python objects whatever its text's length: 60 MB
-    of ``{},`` took the gateway to 1.86 GiB.
+    Every value but the first follows a ``,``, ``:``, ``[`` or ``{`` (one inside a string counts too: the
+    bound only errs high). Parsed, each value costs 24 to 70 bytes of Python objects whatever its text's
+    length: 60 MB of ``{},`` took the gateway to 1.86 GiB.
     """
     end = len(text) if end is None else end
     return sum(text.count(c, start, end) for c in (b",", b":", b"[", b"{")) + 1
@@ -344,7 +345,8 @@ def json_to_bytes(name: str, datatype: str, shape: tuple[int, ...], data: Any) -
 
 
 def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
-    """Turn JSON numbers into a numpy array of ``datatype`` (BF16 as its uint16 bits), refusing wrong kinds."""
+    """Turn JSON numbers into a numpy array of ``datatype`` (BF16 as its uint16 bits), refusing wrong
+    kinds."""
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, RecursionError):

@@ -34,14 +34,17 @@ class GatewayConfig:
     max_bytes_elements: int = 1 << 16
     # Longest one BYTES element (a string, an image file) may be, in bytes: beyond it, 400.
     max_bytes_element_size: int = 16 << 20
-    # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it, 413.
+    # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it,
+    # 413.
     # Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
     max_json_values: int = 2 << 20
-    # JSON bodies over 64 KiB parsed at once per process; the next wait (at most the default timeout), then 503.
+    # JSON bodies over 64 KiB parsed at once per process; the next wait (at most the default timeout), then
+    # 503.
     large_parses: int = 2
     # Seconds a dispatcher STATUS answer is reused for readiness and statistics.
     status_ttl: float = 0.5
-    # Seconds to wait for a STATUS answer before calling the dispatcher unreachable (and the server not ready).
+    # Seconds to wait for a STATUS answer before calling the dispatcher unreachable (and the server not
+    # ready).
     status_timeout: float = 1.0
     # Seconds of a waiting request between liveness checks (QUERY) of the dispatcher.
     poll_interval: float = 0.5

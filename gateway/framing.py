@@ -7,10 +7,12 @@ decided here, before any body byte is buffered past the limit:
 
 - a head over ``max_head`` bytes: 431;
 - a ``Content-Length`` over ``max_body``, or chunk sizes adding up past it: 413 as soon as it is known;
-- a malformed chunk (a size that is not 1 to 16 hex digits, a missing CRLF, an overlong size line or trailer): 400.
+- a malformed chunk (a size that is not 1 to 16 hex digits, a missing CRLF, an overlong size line or trailer):
+400.
 
-Anything else odd in the head (conflicting lengths, a transfer coding other than chunked, a bad request line) is
-left to gunicorn's parser, which refuses it from the head alone: the request counts as complete at its head.
+Anything else odd in the head (conflicting lengths, a transfer coding other than chunked, a bad request line)
+is left to gunicorn's parser, which refuses it from the head alone: the request counts as complete at its
+head.
 """
 
 from __future__ import annotations

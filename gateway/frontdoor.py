@@ -1,22 +1,26 @@
 """The gateway's front door: every request is read whole on gunicorn's event loop before a thread sees it.
 
-gunicorn's gthread hands a connection to a request thread as soon as it is readable, and the thread then blocks
-reading the rest: a client sending one byte a second holds a thread for as long as it likes, and a few dozen such
-clients (or idle connections) hold them all, liveness included. :class:`FrontDoorWorker` reads instead, as nginx
-does, on the event loop without blocking, and hands a connection to a thread only once its whole request (head
-and body) is in memory; the thread parses it from there and never reads the socket. On the event loop:
+gunicorn's gthread hands a connection to a request thread as soon as it is readable, and the thread then
+blocks reading the rest: a client sending one byte a second holds a thread for as long as it likes, and a few
+dozen such clients (or idle connections) hold them all, liveness included. :class:`FrontDoorWorker` reads
+instead, as nginx does, on the event loop without blocking, and hands a connection to a thread only once its
+whole request (head and body) is in memory; the thread parses it from there and never reads the socket. On the
+event loop:
 
 - the head must arrive within ``TORCHGATE_HEADER_TIMEOUT`` seconds of the connection (or of its previous
   request), as nginx's ``client_header_timeout``; a client that sent part of a head then gets 408;
 - the body must keep a minimum pace, as Apache's ``RequestReadTimeout body=...,MinRate=...``: it may take
   ``TORCHGATE_BODY_TIMEOUT`` seconds plus one second per ``TORCHGATE_BODY_MIN_RATE`` bytes received, else 408;
-- framing is checked as bytes arrive (:mod:`gateway.framing`): a ``Content-Length`` or chunked body past the body
+- framing is checked as bytes arrive (:mod:`gateway.framing`): a ``Content-Length`` or chunked body past the
+body
   limit gets 413 at once, a malformed chunk 400, a head past ``TORCHGATE_MAX_HEAD_BYTES`` 431; the connection
   is then closed (after a short lingering read, so that the client sees the answer);
 - idle kept-alive connections are bounded (gunicorn's keep-alive timeout and count) and, when the process
-  nears ``worker_connections``, the oldest idle ones (then connections that sent nothing yet) are closed first.
+  nears ``worker_connections``, the oldest idle ones (then connections that sent nothing yet) are closed
+  first.
 
-gunicorn's own error pages (a bad request line, a header too long) are JSON ``{"error": ...}`` like every other.
+gunicorn's own error pages (a bad request line, a header too long) are JSON ``{"error": ...}`` like every
+other.
 """
 
 from __future__ import annotations
@@ -506,7 +510,8 @@ def _load(conn: TConn, reading: Reading) -> None:
 
 
 def _send_some(sock: socket.socket, data: bytes) -> None:
-    """Send a short answer without blocking; whatever does not fit is dropped (the connection closes anyway)."""
+    """Send a short answer without blocking; whatever does not fit is dropped (the connection closes
+    anyway)."""
     try:
         sock.setblocking(False)
         sock.send(data)

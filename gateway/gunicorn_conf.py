@@ -3,7 +3,8 @@
 Requests mostly wait on the dispatcher, so each process runs threads (gthread). Override with:
 ``TORCHGATE_BIND`` (default 127.0.0.1:8000), ``TORCHGATE_GATEWAY_PROCESSES`` (default 1),
 ``TORCHGATE_GATEWAY_THREADS`` (default 32), ``TORCHGATE_GATEWAY_QUEUE`` (requests waiting for a thread, per
-process, before the next get 503 at once; default 4 x threads), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS`` (default 30).
+process, before the next get 503 at once; default 4 x threads), ``TORCHGATE_GATEWAY_GRACEFUL_SECONDS``
+(default 30).
 `torchgate serve` loads this file too (``--config python:gateway.gunicorn_conf``): the worker class and the
 timeout are set here only; its flags set the bind address, processes, threads and graceful timeout.
 """
@@ -35,10 +36,11 @@ control_socket_disable = True  # gunicorn 23+ would share one ~/.gunicorn/gunico
 accesslog = None
 
 
-class QuietAccessLogger(_Logger):
+class QuietAccessLogger(_Logger):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's logger without its access log: the gateway writes its own access line (gateway.access_log).
 
-    With ``logconfig_dict`` set, gunicorn would otherwise build every request's access-log atoms and drop them.
+    With ``logconfig_dict`` set, gunicorn would otherwise build every request's access-log atoms and drop
+    them.
     """
 
     def _compute_access_log_enabled(self) -> bool:

@@ -2,8 +2,8 @@
 
 Each gateway process counts the requests it answered. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` names a
 folder where every process keeps its counters (prometheus-client's multiprocess mode), and a scrape, whichever
-process answers it, sums them all. Without that variable (``flask run``, tests in one process) the counters live
-in this process only. What only the workers know comes from the dispatcher at scrape time
+process answers it, sums them all. Without that variable (``flask run``, tests in one process) the counters
+live in this process only. What only the workers know comes from the dispatcher at scrape time
 (:mod:`gateway.worker_metrics`); it is never written to the multiprocess files, so it is counted once.
 
 Triton's names are kept exactly (``nv_inference_request_success``, not ``..._total``) so that dashboards built
@@ -144,6 +144,11 @@ def request_metrics() -> RequestMetrics:
         return _metrics
 
 
+def _go_float(value: float) -> str:
+    """Prometheus' text for a float (prometheus_client's floatToGoString, which is untyped)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
 def render(families: Iterable[Metric]) -> bytes:
     """Return Prometheus' text format (0.0.4) for ``families``; Triton's counters keep their exact names."""
     lines: list[str] = []
@@ -165,9 +170,9 @@ def render(families: Iterable[Metric]) -> bytes:
             sample_name = name if triton_counter and sample.name == name + "_total" else sample.name
             labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
             lines.append(
-                f"{sample_name}{{{labels}}} {floatToGoString(sample.value)}\n"
+                f"{sample_name}{{{labels}}} {_go_float(sample.value)}\n"
                 if labels
-                else f"{sample_name} {floatToGoString(sample.value)}\n"
+                else f"{sample_name} {_go_float(sample.value)}\n"
             )
     return "".join(lines).encode()
 

@@ -32,8 +32,8 @@ class ModelCatalog:
         self.rescan()
 
     def rescan(self) -> dict[str, ModelConfig]:
-        """Read the repository again; keep the previous models if it cannot be read, and the previous config of
-        a model whose config.toml is refused now (its workers still serve that one)."""
+        """Read the repository again; keep the previous models if it cannot be read, and the previous config
+        of a model whose config.toml is refused now (its workers still serve that one)."""
         with self._lock:
             self._last_scan = time.monotonic()
             try:

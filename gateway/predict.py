@@ -5,9 +5,9 @@ input's dims) answers one sample; a list of samples (a batch, for a batching mod
 is taken as one sample when the input's dims hold one element. A model with several outputs answers
 ``{"output": {name: value}}``.
 
-For a BYTES input (text, say), ``input`` is a string (one sample) or a list of strings (a batch). A BYTES output
-is a string per element (one element per sample: the string itself), or the JSON document when the output's
-config says ``format = "json"``.
+For a BYTES input (text, say), ``input`` is a string (one sample) or a list of strings (a batch). A BYTES
+output is a string per element (one element per sample: the string itself), or the JSON document when the
+output's config says ``format = "json"``.
 """
 
 from __future__ import annotations

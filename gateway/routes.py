@@ -1,8 +1,8 @@
-"""The HTTP routes: the seed's ``/predict``, TorchServe's ``/predictions``, the Open Inference Protocol, Triton's
-extras (statistics, repository index, model control) and ``/metrics``.
+"""The HTTP routes: the seed's ``/predict``, TorchServe's ``/predictions``, the Open Inference Protocol,
+Triton's extras (statistics, repository index, model control) and ``/metrics``.
 
-Each view reads the process's :class:`gateway.service.Gateway` from ``current_app.extensions``, turns the request
-into a call on it and its answer into a response; errors are raised and mapped in :mod:`gateway.app`.
+Each view reads the process's :class:`gateway.service.Gateway` from ``current_app.extensions``, turns the
+request into a call on it and its answer into a response; errors are raised and mapped in :mod:`gateway.app`.
 """
 
 from __future__ import annotations

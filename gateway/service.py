@@ -52,7 +52,8 @@ class Gateway:
 
     @contextmanager
     def parsing(self, size: int) -> Iterator[None]:
-        """Bound how many bodies over ``LARGE_BODY`` are parsed at once (the objects they build, in memory)."""
+        """Bound how many bodies over ``LARGE_BODY`` are parsed at once (the objects they build, in
+        memory)."""
         if size <= LARGE_BODY:
             yield
             return
@@ -84,7 +85,8 @@ class Gateway:
         content_encoding: str | None = None,
         header_length: str | None = None,
     ) -> Body:
-        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``; ``trace`` learns the request's id and reply."""
+        """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``; ``trace`` learns the request's id and
+        reply."""
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
         json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
@@ -153,7 +155,8 @@ class Gateway:
         content_type: str | None = None,
         content_encoding: str | None = None,
     ) -> Any:
-        """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only input."""
+        """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only
+        input."""
         model, resolved = self.catalog.get(model_name, version)
         if len(model.inputs) != 1:
             raise InvalidArgument(
@@ -214,7 +217,8 @@ class Gateway:
         return False, model, why
 
     def status(self) -> StatusReply:
-        """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or 503."""
+        """Return the dispatcher's status, fresh (statistics must never run backwards across processes), or
+        503."""
         try:
             return self.client.status(max_age=0)
         except CodedError as exc:

@@ -1,4 +1,5 @@
-"""TorchServe's inference API, ``/predictions/{model}[/{version}]``: raw or multipart bodies in, JSON out; no I/O.
+"""TorchServe's inference API, ``/predictions/{model}[/{version}]``: raw or multipart bodies in, JSON out; no
+I/O.
 
 As TorchServe takes them: ``curl -T kitten.jpg .../predictions/M`` (the body is the data),
 ``curl -F data=@kitten.jpg ...`` (multipart: the part named like the model's input, else ``data`` or ``body``,

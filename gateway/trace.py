@@ -1,7 +1,8 @@
 """What the gateway learned about one request while answering it: its id, model, batch and the reply; no I/O.
 
 :mod:`gateway.instrument` opens one :class:`RequestTrace` per HTTP request, which decides the request's id;
-:class:`gateway.service.Gateway` fills it in, and the access log and the metrics read it when the response is done.
+:class:`gateway.service.Gateway` fills it in, and the access log and the metrics read it when the response is
+done.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def new_request_id() -> str:
 
 
 def choose_request_id(header: str | None, body: str | None, fallback: str | None = None) -> str:
-    """Return the request id: ``X-Request-ID`` if valid, else the OIP body ``id`` if valid, else ``fallback``/new."""
+    """Return the request id: ``X-Request-ID`` if valid, else the OIP body ``id`` if valid, else
+    ``fallback``/new."""
     for candidate in (header, body, fallback):
         if candidate is not None and valid_request_id(candidate):
             return candidate

@@ -102,7 +102,8 @@ def repository_index(
 
 
 def unavailable_reason(status: StatusReply, model: str, version: str | None) -> str:
-    """Return why no worker serves ``model`` (``version``, or any): what the workers reported, else a default."""
+    """Return why no worker serves ``model`` (``version``, or any): what the workers reported, else a
+    default."""
     workers: dict[str, list[str]] = {}  # reason -> the workers that gave it (one reason, said once)
     for entry in status.unavailable:
         if (

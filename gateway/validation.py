@@ -62,7 +62,8 @@ def check_tensor(
     max_batch_size: int,
     limits: strings.StringLimits = strings.DEFAULT_LIMITS,
 ) -> None:
-    """Check one input's datatype, shape, batch size and byte count (BYTES: layout and limits) against its spec."""
+    """Check one input's datatype, shape, batch size and byte count (BYTES: layout and limits) against its
+    spec."""
     name = tensor.name
     if (why := spec.mismatch(tensor.datatype, tensor.shape, max_batch_size)) is not None:
         raise InvalidArgument(why)
@@ -162,8 +163,8 @@ def bytes_input(
 ) -> Tensor:
     """Return the single BYTES input of ``model`` holding ``elements``, one sample each.
 
-    The input's dims must hold one element (``[1]``, ``[-1]`` or ``[]``); a batching model gets the elements as
-    a batch of ``len(elements)``, a model that does not batch needs exactly one.
+    The input's dims must hold one element (``[1]``, ``[-1]`` or ``[]``); a batching model gets the elements
+    as a batch of ``len(elements)``, a model that does not batch needs exactly one.
     """
     if len(model.inputs) != 1 or model.inputs[0].datatype != BYTES:
         inputs = ", ".join(describe(s, model.max_batch_size) for s in model.inputs)

@@ -1,8 +1,9 @@
-"""Prometheus families for what only the workers and the dispatcher know, built from one STATUS answer; no I/O.
+"""Prometheus families for what only the workers and the dispatcher know, built from one STATUS answer; no
+I/O.
 
-The dispatcher's ``stats`` rows are cumulative per (worker slot, model, version) and keep counting across worker
-restarts (:class:`inference_worker.stats.StatsBook`), so these counters never go backwards while the dispatcher
-lives. Durations are reported in microseconds under Triton's names.
+The dispatcher's ``stats`` rows are cumulative per (worker slot, model, version) and keep counting across
+worker restarts (:class:`inference_worker.stats.StatsBook`), so these counters never go backwards while the
+dispatcher lives. Durations are reported in microseconds under Triton's names.
 
 ``nv_inference_pending_request_count`` is what waits in the dispatcher's queue for a worker with credit;
 ``torchgate_batch_size`` is a histogram of the batch sizes the workers ran (``le`` powers of two), and

@@ -1,7 +1,8 @@
-"""The WSGI entry point: ``gunicorn -c gateway/gunicorn_conf.py gateway.wsgi:app``, or ``flask --app gateway.wsgi run``.
+"""The WSGI entry point: ``gunicorn -c gateway/gunicorn_conf.py gateway.wsgi:app``, or ``flask --app
+gateway.wsgi run``.
 
-Settings come from ``TORCHGATE_*`` variables (see :class:`gateway.config.GatewayConfig`), read when gunicorn or
-flask loads this module, which is the process's start-up.
+Settings come from ``TORCHGATE_*`` variables (see :class:`gateway.config.GatewayConfig`), read when gunicorn
+or flask loads this module, which is the process's start-up.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def dispatcher(frontend: str, backend: str, *extra: str) -> list[str]:
 
 
 def worker(repository: Path, backend: str, name: str, *extra: str) -> list[str]:
-    """``python -m inference_worker.worker`` on the CPU with one thread, serving ``repository`` as ``name``."""
+    """``python -m inference_worker.worker`` on the CPU with one thread, serving ``repository`` as
+    ``name``."""
     return [
         sys.executable,
         "-m",

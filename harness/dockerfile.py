@@ -1,4 +1,5 @@
-"""Read a Dockerfile's instructions (continuations joined, comments dropped): enough to test a recipe offline."""
+"""Read a Dockerfile's instructions (continuations joined, comments dropped): enough to test a recipe
+offline."""
 
 from __future__ import annotations
 

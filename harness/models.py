@@ -45,7 +45,8 @@ def write_slow_model(
     max_batch_size: int = 4,
     max_queue_size: int = 8,
 ) -> None:
-    """Write ``name``, a python-backend model (harness/slow_double.py) that sleeps then doubles FP32 [-1, 4]."""
+    """Write ``name``, a python-backend model (harness/slow_double.py) that sleeps then doubles FP32 [-1,
+    4]."""
     import torch
     from safetensors.torch import save_file
 
@@ -136,7 +137,8 @@ def write_python_model(
     out: int = 1,
     datatype: str = "FP32",
 ) -> Path:
-    """Write a python-backend model ``name``: ``model.py`` (``source``), ``helper.py`` and safetensors weights."""
+    """Write a python-backend model ``name``: ``model.py`` (``source``), ``helper.py`` and safetensors
+    weights."""
     from safetensors.torch import save_file
 
     folder = root / name
@@ -215,7 +217,8 @@ def slow_body(rows: int = 1, value: float = 1.0, timeout_us: int | None = None) 
     return body
 
 
-# A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times the
+# A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times
+# the
 # mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
 MASKED_SUM = """
 import torch
@@ -234,7 +237,8 @@ def build():
 
 
 def write_masked_model(root: Path, handler: str = "") -> Path:
-    """Write ``masked``: a python model with [padding] (ids padded with 0, the worker's mask, tokens cut back)."""
+    """Write ``masked``: a python model with [padding] (ids padded with 0, the worker's mask, tokens cut
+    back)."""
     import torch
     from safetensors.torch import save_file
 

@@ -1,4 +1,5 @@
-"""Overload: closed-loop clients offer a slow model ten times what it serves while a thread watches the queues.
+"""Overload: closed-loop clients offer a slow model ten times what it serves while a thread watches the
+queues.
 
 The model takes 0.1 s per batch of 4 (40 requests/s at most), with a dispatcher queue of 8 and 8 worker
 credits. Used by tests/test_reliability_overload.py (counts and order) and benchmarks/overload.py (figures).

@@ -1,4 +1,5 @@
-"""Processes for tests and benchmarks: free ports, polling with a deadline, process groups killed at the end."""
+"""Processes for tests and benchmarks: free ports, polling with a deadline, process groups killed at the
+end."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def free_port() -> int:
 def wait_for(
     predicate: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.05, what: str = "condition"
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy and return it; AssertionError after ``timeout``."""
+    """Poll ``predicate`` until it returns something truthy and return it; AssertionError after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -82,7 +84,8 @@ class Processes:
     def start(
         self, name: str, args: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
-        """Start ``args`` in a new session (from ``cwd``); stdout and stderr go to ``<log_dir>/<name>.log``."""
+        """Start ``args`` in a new session (from ``cwd``); stdout and stderr go to
+        ``<log_dir>/<name>.log``."""
         if not _allowed:
             raise Forbidden(f"a test that starts {name} needs @pytest.mark.processes")
         self.log_dir.mkdir(parents=True, exist_ok=True)

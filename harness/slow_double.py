@@ -1,7 +1,7 @@
 """A test model for the python backend: doubles its input after sleeping, so queues can fill.
 
-Negative input raises ValueError, a value above 1e30 allocates 1 PiB, 7777 raises an error that names this file
-and carries a traceback-looking text.
+Negative input raises ValueError, a value above 1e30 allocates 1 PiB, 7777 raises an error that names this
+file and carries a traceback-looking text.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ READY = "/v2/health/ready"
 
 @contextlib.contextmanager
 def short_dir() -> Iterator[Path]:
-    """A temporary directory with a short path (unix socket paths must stay under 107 bytes), removed after."""
+    """A temporary directory with a short path (unix socket paths must stay under 107 bytes), removed
+    after."""
     base = Path(tempfile.mkdtemp(prefix="tg-"))
     try:
         yield base
@@ -211,7 +212,8 @@ class Stack:
         return run(commands.torchgate(*args, "--run-dir", str(self.run_dir)))
 
     def terminate(self, timeout: float = 90.0) -> int | None:
-        """SIGTERM ``torchgate serve``, as Ctrl-C or systemd would; return its exit status (None: still running)."""
+        """SIGTERM ``torchgate serve``, as Ctrl-C or systemd would; return its exit status (None: still
+        running)."""
         proc = self.started[SERVE]
         self._note_serve_children()
         if proc.poll() is None:
@@ -276,7 +278,8 @@ class Stack:
         )
 
     def kill_program(self, name: str, timeout: float = 30.0) -> int:
-        """SIGKILL supervisord's program ``name`` and wait until supervisord started it again; return the new pid."""
+        """SIGKILL supervisord's program ``name`` and wait until supervisord started it again; return the new
+        pid."""
         old = self.pids()[name]
         os.kill(old, signal.SIGKILL)
         return _wait_for(
@@ -287,7 +290,8 @@ class Stack:
         )
 
     def kill_gateway_process(self, timeout: float = 30.0) -> int:
-        """SIGKILL one gunicorn process of the gateway and wait until the arbiter replaced it; return its pid."""
+        """SIGKILL one gunicorn process of the gateway and wait until the arbiter replaced it; return its
+        pid."""
         master = self.pids()["gateway"]
         processes = sorted(children(master))
         victim = processes[0]

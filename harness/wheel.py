@@ -31,7 +31,8 @@ class InstalledWheel:
 
 
 def build_and_install(out: Path) -> InstalledWheel:
-    """Build the wheel into ``out`` with ``python -m build`` and install it, without dependencies, beside it."""
+    """Build the wheel into ``out`` with ``python -m build`` and install it, without dependencies, beside
+    it."""
     run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
         timeout=300,

@@ -100,7 +100,8 @@ def send_digits(
     seed: int = 0,
     during: threading.Event | None = None,
 ) -> list[tuple[np.ndarray, Answer]]:
-    """Send ``requests`` digits requests of 1..``samples`` rows from ``threads`` threads; return (input, answer).
+    """Send ``requests`` digits requests of 1..``samples`` rows from ``threads`` threads; return (input,
+    answer).
 
     ``during`` is set once the first answer came, so a test can act while the rest are in flight.
     """

@@ -1,8 +1,8 @@
 """Load one version of a model from the repository, safely: nothing from disk is unpickled.
 
 A ``torch_export`` archive is checked before ``torch.export.load`` sees it, and loaded with unpickling refused
-(:mod:`inference_worker.pt2_safety`): torch itself would unpickle weights marked ``use_pickle``, opaque constants
-and sample inputs that fail a ``weights_only`` load.
+(:mod:`inference_worker.pt2_safety`): torch itself would unpickle weights marked ``use_pickle``, opaque
+constants and sample inputs that fail a ``weights_only`` load.
 
 A python model's factory module found beside its ``config.toml`` is imported under a name of its own
 (``torchgate_model_<model>_<n>_<module>``), and the helper modules it imports from its folder are dropped from
@@ -39,7 +39,8 @@ def load_error(
     """Return a :class:`LoadError` saying which model version and file failed, why, and what to check."""
     cause = f": {type(exc).__name__}: {_first_line(exc)}" if exc is not None else ""
     return LoadError(
-        f"model {config.name!r} version {version} ({config.model_file(version)}): {what}{cause}; check {check}"
+        f"model {config.name!r} version {version} "
+        f"({config.model_file(version)}): {what}{cause}; check {check}"
     )
 
 
@@ -113,7 +114,7 @@ def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
 def _torchscript(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location=device)
+        module: torch.nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     return module.eval()
 
 
@@ -122,7 +123,7 @@ def _torch_export(config: ModelConfig, path: Path, device: torch.device) -> torc
         program = load_pt2(path)  # checked first: nothing in the archive is unpickled
     except UnsafeArchive as exc:
         raise LoadError(str(exc)) from None
-    module = program.module()
+    module: torch.nn.Module = program.module()
     return module.to(device) if device.type != "cpu" else module
 
 

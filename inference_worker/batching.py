@@ -1,9 +1,9 @@
 """The dynamic batching policy, without I/O: which queued requests run together, and when.
 
-Requests queue per model version and per *batch key* (the datatypes and non-batch shapes of their inputs),
-so requests whose shapes differ are never batched together. A queue runs when it holds ``max_batch_size``
-samples, when it can fill a preferred batch size, or when its oldest request has waited ``max_queue_delay_us``;
-a model with ``max_batch_size`` 0 runs each request alone, at once.
+Requests queue per model version and per *batch key* (the datatypes and non-batch shapes of their inputs), so
+requests whose shapes differ are never batched together. A queue runs when it holds ``max_batch_size``
+samples, when it can fill a preferred batch size, or when its oldest request has waited
+``max_queue_delay_us``; a model with ``max_batch_size`` 0 runs each request alone, at once.
 
 The delay is an upper bound, as in Triton. When requests arrive further apart than the delay (a moving average
 of the gaps between arrivals says the next one would come too late to join), a queue runs at once instead of
@@ -48,7 +48,8 @@ class Batcher:
     ) -> None:
         self.max_batch_size = max_batch_size
         self.delay_ns = max_queue_delay_us * 1000
-        # As Triton: a queue that can fill a preferred size runs at once, as the largest preferred size it can fill.
+        # As Triton: a queue that can fill a preferred size runs at once, as the largest preferred size it can
+        # fill.
         self.preferred = sorted(p for p in preferred_batch_sizes if 0 < p <= max_batch_size)
         self._queues: dict[Hashable, _Queue] = {}
         self._last_arrival_ns: int | None = None

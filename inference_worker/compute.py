@@ -100,7 +100,9 @@ class Executor:
                     raise RuntimeError(
                         f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first"
                     )
-            per_request = [list(parts) for parts in zip(*(out.split(sizes) for out in outputs), strict=True)]
+            per_request = [
+                list(parts) for parts in zip(*(torch.split(out, sizes) for out in outputs), strict=True)
+            ]
         else:
             per_request = [outputs]
         t3 = time.perf_counter_ns()

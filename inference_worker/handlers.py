@@ -4,7 +4,8 @@
 python backend's factory is, under a name of its own). Hooks, each optional (see :class:`Handler`):
 
 - ``setup(model_dir, device)``: once, before the first request (load a tokenizer, say);
-- ``preprocess(inputs)``: one request's inputs (strings and bytes as ``np.object_`` arrays of ``bytes``, numbers
+- ``preprocess(inputs)``: one request's inputs (strings and bytes as ``np.object_`` arrays of ``bytes``,
+numbers
   as tensors) -> the model's inputs for that request, each with the request's samples first. An exception here
   fails that request alone, with a 400 that carries its message; the rest of the batch runs;
 - ``inference(model, batch)``: the batched (and padded) model inputs -> the model's outputs by name;
@@ -80,7 +81,8 @@ class BoundHandler:
     warmup_inputs: Any
 
     def request_inputs(self, tensors: Sequence[tuple[TensorMeta, memoryview]]) -> dict[str, Any]:
-        """Return a request's wire tensors as the hooks see them: BYTES as object arrays, numbers as tensors."""
+        """Return a request's wire tensors as the hooks see them: BYTES as object arrays, numbers as
+        tensors."""
         inputs: dict[str, Any] = {}
         for meta, buf in tensors:
             if meta.datatype == BYTES:
@@ -205,7 +207,8 @@ def _say(exc: BaseException) -> str:
 
 
 def load_handler(config: ModelConfig, version: str, device: torch.device) -> BoundHandler:
-    """Import ``config.handler``, make one instance and run its ``setup``; raise a LoadError saying why not."""
+    """Import ``config.handler``, make one instance and run its ``setup``; raise a LoadError saying why
+    not."""
     from inference_worker.backends import _import_local, load_error
 
     assert config.handler is not None

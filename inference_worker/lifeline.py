@@ -1,7 +1,8 @@
 """Die with supervisord: a process it started is killed when supervisord itself dies, kill -9 included.
 
-Without this, a killed supervisord leaves its gateway, dispatcher and workers running unsupervised: the port stays
-taken (a new ``torchgate serve`` cannot start) and a load balancer keeps sending to a host nobody restarts.
+Without this, a killed supervisord leaves its gateway, dispatcher and workers running unsupervised: the port
+stays taken (a new ``torchgate serve`` cannot start) and a load balancer keeps sending to a host nobody
+restarts.
 """
 
 from __future__ import annotations

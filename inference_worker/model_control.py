@@ -1,10 +1,11 @@
-"""Model control in the dispatcher: load, reload or unload one model across its worker slots, one slot at a time.
+"""Model control in the dispatcher: load, reload or unload one model across its worker slots, one slot at a
+time.
 
-No I/O: the dispatcher feeds in what happens (a job asked for, a worker's answer, a worker lost, the clock) and
-sends what :meth:`ModelControl.next_step` returns. One job runs at a time; each slot in turn stops taking new work,
-finishes what it holds, loads (or drops) the model, announces itself again and answers; the next slot starts only
-then, so the model's other slots keep serving throughout. A load stops at the first slot that fails (that slot
-keeps the versions it had), as a rolling restart does.
+No I/O: the dispatcher feeds in what happens (a job asked for, a worker's answer, a worker lost, the clock)
+and sends what :meth:`ModelControl.next_step` returns. One job runs at a time; each slot in turn stops taking
+new work, finishes what it holds, loads (or drops) the model, announces itself again and answers; the next
+slot starts only then, so the model's other slots keep serving throughout. A load stops at the first slot that
+fails (that slot keeps the versions it had), as a rolling restart does.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class ModelControl:
     def note_ready(
         self, slot: str, failures: list[Any], signatures: dict[tuple[str, str], dict[str, Any]]
     ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
-        """Record what a registering slot could not load; return the signatures to route by, without the models
-        unloaded on request, and those models (the slot is to be told to unload them)."""
+        """Record what a registering slot could not load; return the signatures to route by, without the
+        models unloaded on request, and those models (the slot is to be told to unload them)."""
         self.failures[slot] = [
             {"model": str(f.get("model")), "version": f.get("version"), "reason": str(f.get("reason", ""))}
             for f in failures

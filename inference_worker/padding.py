@@ -1,7 +1,8 @@
 """Variable-length batching: pad requests along dim 1 to the longest of their batch, build the mask, and cut
 each request's outputs back to its own length. Pure functions over tensors; no I/O.
 
-A request's *length* is the size of dim 1 (the first after the samples) of its padded inputs, which must agree.
+A request's *length* is the size of dim 1 (the first after the samples) of its padded inputs, which must
+agree.
 """
 
 from __future__ import annotations

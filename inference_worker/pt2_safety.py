@@ -1,8 +1,10 @@
 """Load a ``torch.export`` archive (.pt2) without unpickling anything from it.
 
 ``torch.export.load`` unpickles parts of an archive: weights and constants its config marks ``use_pickle``
-(``torch.load(weights_only=False)``), custom and opaque objects (``pickle.loads``), and sample inputs that fail a
-``weights_only`` load are loaded again without it. A planted archive then runs its payload in the worker. So an
+(``torch.load(weights_only=False)``), custom and opaque objects (``pickle.loads``), and sample inputs that
+fail a
+``weights_only`` load are loaded again without it. A planted archive then runs its payload in the worker. So
+an
 archive is checked first, and refused with a message naming the entry, if any entry would be unpickled:
 
 - only the ``pt2`` archive format is accepted;
@@ -89,7 +91,8 @@ def check_pt2(path: Path) -> None:
                     name = str(meta.get("path_name", ""))
                     if kind == "constants" and not name.startswith("tensor_"):
                         raise UnsafeArchive(
-                            f"{path}: constant {fqn!r} is a pickled object ({name}); torchgate never unpickles "
+                            f"{path}: constant {fqn!r} is a pickled object ({name}); torchgate "
+                            "never unpickles "
                             "model files"
                         )
             sample = f"data/sample_inputs/{model}.pt"
@@ -121,14 +124,14 @@ def no_unpickling() -> Iterator[None]:
         kwargs["weights_only"] = True
         return original_load(*args, **kwargs)
 
-    torch.load = weights_only_load  # type: ignore[assignment]
+    torch.load = weights_only_load
     for (owner, name), value in saved.items():
         if value is not None:
             setattr(owner, name, _refuse)
     try:
         yield
     finally:
-        torch.load = original_load  # type: ignore[assignment]
+        torch.load = original_load
         for (owner, name), value in saved.items():
             if value is not None:
                 setattr(owner, name, value)

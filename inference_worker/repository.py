@@ -84,7 +84,10 @@ class TensorSpec:
         if not fits(shape, full):
             return f"input {self.name!r}: shape {list(shape)} does not fit {full} (-1: any size)"
         if max_batch_size > 0 and shape[0] > max_batch_size:
-            return f"input {self.name!r}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch_size}"
+            return (
+                f"input {self.name!r}: batch size {shape[0]} exceeds the model's "
+                f"max_batch_size {max_batch_size}"
+            )
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +98,8 @@ class TensorSpec:
 class InstanceGroup:
     """Where a model runs and how many processes serve it, as one of Triton's ``instance_group`` entries.
 
-    ``kind`` is GPU, CPU or AUTO (a GPU when the host has one, else the CPU); ``count`` is the number of worker
+    ``kind`` is GPU, CPU or AUTO (a GPU when the host has one, else the CPU); ``count`` is the number of
+    worker
     processes on each listed GPU (every GPU of the host when ``gpus`` is empty), or on the CPU.
     """
 
@@ -187,7 +191,8 @@ class ModelConfig:
 
 
 def load_repository(root: str | Path, only: list[str] | None = None) -> dict[str, ModelConfig]:
-    """Read every model folder under ``root`` (or just those named in ``only``); raise on the first bad one."""
+    """Read every model folder under ``root`` (or just those named in ``only``); raise on the first bad
+    one."""
     models, errors = scan_repository(root, only)
     if errors:
         raise next(iter(errors.values()))
@@ -197,7 +202,8 @@ def load_repository(root: str | Path, only: list[str] | None = None) -> dict[str
 def scan_repository(
     root: str | Path, only: list[str] | None = None
 ) -> tuple[dict[str, ModelConfig], dict[str, ConfigError]]:
-    """Read every model folder under ``root`` (or those in ``only``): the good models, and an error per bad one.
+    """Read every model folder under ``root`` (or those in ``only``): the good models, and an error per bad
+    one.
 
     A repository that is not a folder, holds no model, or lacks a model named in ``only`` raises at once.
     """
@@ -294,7 +300,8 @@ def load_model_config(folder: Path) -> ModelConfig:
     versions = {str(int(v)): p for v, p in versions.items()}
     if not versions:
         raise ConfigError(
-            f"{folder}: no version folders (expected {folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
+            f"{folder}: no version folders (expected "
+            f"{folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
         )
     model = ModelConfig(
         name=name,
@@ -436,7 +443,8 @@ def _padding(
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pads.values())
     ):
         raise ConfigError(
-            f"{path}: key 'padding.inputs' must map each padded input to its pad value, e.g. {{input_ids = 0}}"
+            f"{path}: key 'padding.inputs' must map each padded input to its pad "
+            f"value, e.g. {{input_ids = 0}}"
         )
     if inputs is not None:
         specs = {spec.name: spec for spec in inputs}
@@ -444,7 +452,8 @@ def _padding(
             spec = specs.get(name)
             if spec is None or not spec.dims or spec.dims[0] != -1:
                 raise ConfigError(
-                    f"{path}: key 'padding.inputs' names {name!r}, which is not an input whose first dim is -1"
+                    f"{path}: key 'padding.inputs' names {name!r}, which is not an input "
+                    "whose first dim is -1"
                 )
     mask = table.get("mask")
     if mask is not None and (not isinstance(mask, str) or not mask or mask in pads):

@@ -1,8 +1,9 @@
 """The model versions one worker holds: each loaded on its own, so one that fails leaves the others serving.
 
 A failure (a bad config, a missing package, a broken file, a warm-up error) is logged and kept in
-:attr:`Residents.failures`, which the worker sends in READY so the dispatcher can say why a model is not served.
-Model control reloads or drops one model; a reload that fails keeps the versions the worker had, as Triton does.
+:attr:`Residents.failures`, which the worker sends in READY so the dispatcher can say why a model is not
+served. Model control reloads or drops one model; a reload that fails keeps the versions the worker had, as
+Triton does.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Residents:
             raise LoadError("; ".join(f["reason"] for f in self.failures) or "no model to load")
 
     def load_versions(self, model: ModelConfig) -> tuple[dict[str, Resident], list[dict[str, Any]]]:
-        """Load and warm up each version of ``model``; return those that loaded and a failure per other one."""
+        """Load and warm up each version of ``model``; return those that loaded and a failure per other
+        one."""
         loaded: dict[str, Resident] = {}
         failures: list[dict[str, Any]] = []
         for version in sorted(model.versions, key=int):

@@ -174,7 +174,8 @@ class Router:
                 yield request, worker
 
     def pick(self, model: str, version: str) -> WorkerState | None:
-        """Return the least-loaded ready worker with credit that serves ``model`` ``version``; ties take turns."""
+        """Return the least-loaded ready worker with credit that serves ``model`` ``version``; ties take
+        turns."""
         best: list[WorkerState] = []
         best_load = 2.0
         for worker in self.workers.values():
@@ -212,9 +213,9 @@ class Router:
         return expired
 
     def overdue(self, now_unix: float, grace: float) -> list[Request]:
-        """Remove and return in-flight requests ``grace`` seconds past their deadline (their client has had its
-        504); each worker that held one takes no new work until it answers something (it is slow or hung, not
-        silent: its heartbeats still come)."""
+        """Remove and return in-flight requests ``grace`` seconds past their deadline (their client has had
+        its 504); each worker that held one takes no new work until it answers something (it is slow or hung,
+        not silent: its heartbeats still come)."""
         late: list[Request] = []
         for worker in self.workers.values():
             for seq, request in list(worker.in_flight.items()):

@@ -23,8 +23,8 @@ class SecurityError(RuntimeError):
 def read_token(path: Path) -> str:
     """Return the bearer token in the file ``path``; SecurityError if it cannot be read or holds none.
 
-    An empty file is an error: it must not quietly turn authentication off. The gateway and ``torchgate serve``
-    both read the token here.
+    An empty file is an error: it must not quietly turn authentication off. The gateway and ``torchgate
+    serve`` both read the token here.
     """
     try:
         token = path.read_text(encoding="utf-8").strip()
@@ -40,7 +40,8 @@ def is_network(endpoint: str) -> bool:
 
 
 def create_keys(folder: Path, name: str) -> tuple[Path, Path]:
-    """Write a key pair ``folder/name.key`` and ``folder/name.key_secret`` (secret readable by the owner only)."""
+    """Write a key pair ``folder/name.key`` and ``folder/name.key_secret`` (secret readable by the owner
+    only)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     public, secret = zmq.auth.create_certificates(str(folder), name)
     Path(secret).chmod(0o600)
@@ -60,7 +61,7 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
 class CurveServer:
     """Make server sockets require CURVE, admitting only the public keys found in ``authorized``."""
 
-    def __init__(self, context: zmq.Context, secret_key_file: Path, authorized: Path) -> None:
+    def __init__(self, context: zmq.Context[Any], secret_key_file: Path, authorized: Path) -> None:
         if not authorized.is_dir():
             raise SecurityError(f"{authorized}: authorized keys folder missing")
         self.public, self.secret = _load(secret_key_file, secret=True)

@@ -3,12 +3,13 @@
 A :class:`Segment` is an anonymous memory file (``memfd_create``) made and owned by one process, a gateway
 process for one request. Another process of the same host and user maps it through ``/proc/<owner>/fd/<fd>``,
 checking that the file there is still the one the reference names (its inode: file descriptor numbers are
-reused). Nothing is ever created in ``/dev/shm``: the kernel frees a segment's memory once its owner has closed
-it (or died, kill -9 included) and the last mapping of it is gone, so no process can leak one past its life.
+reused). Nothing is ever created in ``/dev/shm``: the kernel frees a segment's memory once its owner has
+closed it (or died, kill -9 included) and the last mapping of it is gone, so no process can leak one past its
+life.
 
 A request's segment holds its input tensors at the offsets its reference gives, and room for the outputs the
-gateway expects (``reply``); a worker that maps it reads the inputs in place and writes the outputs there. Only
-the reference, a few dozen bytes, travels through the dispatcher. Nothing here imports torch.
+gateway expects (``reply``); a worker that maps it reads the inputs in place and writes the outputs there.
+Only the reference, a few dozen bytes, travels through the dispatcher. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class Pool:
 
 
 class Mappings:
-    """The segments a worker has mapped, kept for their next use; those whose owner closed them are dropped."""
+    """The segments a worker has mapped, kept for their next use; those whose owner closed them are
+    dropped."""
 
     def __init__(self, max_entries: int = 256) -> None:
         self.max_entries = max_entries
@@ -146,7 +148,8 @@ class Mappings:
         return memory
 
     def sweep(self) -> int:
-        """Drop the mappings of segments their owner no longer holds (closed, or the owner died); return how many."""
+        """Drop the mappings of segments their owner no longer holds (closed, or the owner died); return how
+        many."""
         gone = [key for key in self._maps if not _still_there(*key)]
         for key in gone:
             del self._maps[key]  # unmapped once no request's tensors view it any more
@@ -222,7 +225,8 @@ def placed_tensors(raw: Any, size: int) -> list[Placed]:
 
 
 def placeable(metas: list[TensorMeta]) -> bool:
-    """Return whether these tensors may go in a segment: BYTES ones may not (their size is not their shape's)."""
+    """Return whether these tensors may go in a segment: BYTES ones may not (their size is not their
+    shape's)."""
     return all(meta.datatype != BYTES for meta in metas)
 
 

@@ -74,9 +74,11 @@ class ModelStats:
 
 
 def add_counters(into: dict[str, Any], more: dict[str, Any]) -> None:
-    """Add the counters of ``more`` to ``into``, maps of counters key by key; a ``last_`` time stamp: the latest.
+    """Add the counters of ``more`` to ``into``, maps of counters key by key; a ``last_`` time stamp: the
+    latest.
 
-    The one way counters from several workers or incarnations are merged (the dispatcher, the gateway's stats).
+    The one way counters from several workers or incarnations are merged (the dispatcher, the gateway's
+    stats).
     """
     for name, value in more.items():
         if isinstance(value, dict):

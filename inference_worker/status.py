@@ -15,7 +15,8 @@ STATUS_TIMEOUT = 2.0  # seconds
 
 
 def ask_status(socket: zmq.Socket[Any], timeout: float, call_id: str | None = None) -> StatusReply | None:
-    """Send STATUS on a connected DEALER ``socket`` and return the matching reply; None if none in ``timeout`` s.
+    """Send STATUS on a connected DEALER ``socket`` and return the matching reply; None if none in ``timeout``
+    s.
 
     Other messages arriving meanwhile (late answers to earlier calls on the socket) are skipped.
     """

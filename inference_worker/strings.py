@@ -1,8 +1,8 @@
 """BYTES tensors as Triton's binary extension lays them out: each element a 4-byte little-endian length, then
 its bytes; no torch, no I/O.
 
-The same layout travels on torchgate's own wire (one frame per tensor, as for every other datatype), so a BYTES
-tensor crosses the gateway, the dispatcher and the worker without being re-encoded, and never as pickle.
+The same layout travels on torchgate's own wire (one frame per tensor, as for every other datatype), so a
+BYTES tensor crosses the gateway, the dispatcher and the worker without being re-encoded, and never as pickle.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def serialize(elements: Iterable[bytes | bytearray | memoryview]) -> bytes:
 def spans(
     buf: bytes | memoryview, count: int, limits: StringLimits = DEFAULT_LIMITS, name: str = "tensor"
 ) -> list[tuple[int, int]]:
-    """Return ``(start, end)`` of each of ``count`` elements in ``buf``, checking that they fill it exactly."""
+    """Return ``(start, end)`` of each of ``count`` elements in ``buf``, checking that they fill it
+    exactly."""
     if count > limits.max_elements:
         raise StringsError(
             f"{name}: BYTES tensor of {count} elements exceeds the limit of {limits.max_elements}"

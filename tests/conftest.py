@@ -37,8 +37,8 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-def zmq_context() -> Iterator[zmq.Context]:  # type: ignore[type-arg]
-    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+def zmq_context() -> Iterator[zmq.Context]:
+    context: zmq.Context = zmq.Context()
     try:
         yield context
     finally:

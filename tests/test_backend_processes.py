@@ -67,7 +67,12 @@ def test_kill_9_a_worker_in_flight_and_every_request_completes(
     backend.start_worker("w0")
     victim = backend.start_worker("w1")
     started = threading.Event()
-    killer = threading.Thread(target=lambda: started.wait(60) and os.kill(victim.pid, signal.SIGKILL))
+
+    def act() -> None:
+        if started.wait(60):
+            os.kill(victim.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=act)
     killer.start()
     pairs = load(backend, requests=600, threads=8, during=started)
     killer.join(timeout=60)
@@ -115,7 +120,12 @@ def test_sigterm_drains_a_worker_with_no_failed_requests(
     backend.start_worker("w0")
     leaving = backend.start_worker("w1")
     started = threading.Event()
-    stopper = threading.Thread(target=lambda: started.wait(60) and leaving.send_signal(signal.SIGTERM))
+
+    def act() -> None:
+        if started.wait(60):
+            leaving.send_signal(signal.SIGTERM)
+
+    stopper = threading.Thread(target=act)
     stopper.start()
     pairs = load(backend, requests=400, threads=8, during=started)
     stopper.join(timeout=60)

@@ -1,4 +1,5 @@
-"""The container recipe: hadolint finds nothing, and the image's exact start command serves and stops on the host.
+"""The container recipe: hadolint finds nothing, and the image's exact start command serves and stops on the
+host.
 
 No image can be built here (no container daemon, no base images), so the test runs the image's ENTRYPOINT with
 the image's environment, only the run directory and the port moved into the test's own, and checks what a
@@ -14,6 +15,7 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -81,7 +83,9 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
     proc = processes.start("serve", exec_form(DOCKERFILE, "ENTRYPOINT"), env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     infer = f"{url}/v2/models/digits/infer"
-    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]}
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT}]
+    }
 
     def log() -> str:
         return processes.log("serve")
@@ -96,11 +100,14 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
         assert proc.poll() is None, log()
         probe = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert probe.returncode == 0, probe.stdout + probe.stderr
-        # `torchgate ctl` is supervisorctl with the run directory's file (and its generated credentials); a worker
+        # `torchgate ctl` is supervisorctl with the run directory's file (and its generated credentials); a
+        # worker
         # counts as RUNNING once it stayed up --worker-startsecs, which may come after readiness.
         ctl = wait_for(
             lambda: (
-                (done := run(["torchgate", "ctl", "status"], timeout=30, env=env)).returncode == 0 and done
+                done
+                if (done := run(["torchgate", "ctl", "status"], timeout=30, env=env)).returncode == 0
+                else None
             ),
             timeout=60,
             interval=0.5,

@@ -1,6 +1,6 @@
-"""Kubernetes and KServe manifests, validated offline: the Kubernetes schemas (kubernetes-validate, strict) and
-KServe's CRD schemas (tests/schemas/kserve/, taken from KServe's repository), plus what the schemas cannot say:
-probes on the right paths, a stop that outlasts the drain, and an autoscaling metric the server exports.
+"""Kubernetes and KServe manifests, validated offline: the Kubernetes schemas (kubernetes-validate, strict)
+and KServe's CRD schemas (tests/schemas/kserve/, taken from KServe's repository), plus what the schemas cannot
+say: probes on the right paths, a stop that outlasts the drain, and an autoscaling metric the server exports.
 """
 
 from __future__ import annotations
@@ -53,13 +53,15 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def kserve_validator(name: str) -> jsonschema.protocols.Validator:
-    """A validator for one CRD schema (not itself checked against the meta-schema: slow on 600 KB, done by KServe)."""
+    """A validator for one CRD schema (not itself checked against the meta-schema: slow on 600 KB, done by
+    KServe)."""
     schema = strict(json.loads(gzip.decompress((SCHEMAS / name).read_bytes())))
     return jsonschema.Draft7Validator(schema)
 
 
 def kubernetes_errors(docs: list[dict[str, Any]]) -> list[str]:
-    """Validate against the Kubernetes schemas kubernetes-validate carries (the newest), unknown fields refused."""
+    """Validate against the Kubernetes schemas kubernetes-validate carries (the newest), unknown fields
+    refused."""
     errors = []
     for doc in docs:
         try:
@@ -91,7 +93,8 @@ def _prestop_wait(container: dict[str, Any]) -> float:
 
 
 def _stop_budget(container: dict[str, Any]) -> float:
-    """Longest stop: preStop wait, what is left of the grace, the gateway's stop, the workers', the dispatcher's."""
+    """Longest stop: preStop wait, what is left of the grace, the gateway's stop, the workers', the
+    dispatcher's."""
     env = _env(container)
     grace = float(env.get("TORCHGATE_SERVE_UNREADY_GRACE_SECONDS", "0"))
     drain = float(env.get("TORCHGATE_SERVE_DRAIN_SECONDS", "30"))

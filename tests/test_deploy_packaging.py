@@ -1,4 +1,5 @@
-"""Packaging: torch as a supported range in the worker extra, a torch-free core, SPDX metadata, the control socket.
+"""Packaging: torch as a supported range in the worker extra, a torch-free core, SPDX metadata, the control
+socket.
 
 The wheel is built with ``python -m build`` as a user would; the rendered supervisord configuration is parsed
 by supervisord's own option parsers.
@@ -55,7 +56,8 @@ def test_wheel_metadata(installed_wheel: InstalledWheel) -> None:
 
 @pytest.mark.processes
 def test_gateway_and_dispatcher_import_without_torch(tmp_path: Path) -> None:
-    """What a gateway-only host runs: the CLI, the gateway app and the dispatcher, with torch made unimportable."""
+    """What a gateway-only host runs: the CLI, the gateway app and the dispatcher, with torch made
+    unimportable."""
     code = (
         "import sys\nsys.modules['torch'] = None\n"
         "import deploy.cli, deploy.serve, gateway.app, gateway.wsgi, inference_worker.dispatcher\n"

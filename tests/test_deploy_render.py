@@ -45,7 +45,8 @@ def test_eight_gpu_host_pins_one_slot_per_device(tmp_path: Path) -> None:
         p = workers[f"worker-gpu{n}-0"]
         assert p.environment["CUDA_VISIBLE_DEVICES"] == str(n)
         assert p.environment["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-        # A GPU worker's OpenMP pool is small: the GPU computes, and spinning threads took the gateways' cores.
+        # A GPU worker's OpenMP pool is small: the GPU computes, and spinning threads took the gateways'
+        # cores.
         assert p.environment["OMP_NUM_THREADS"] == p.environment["MKL_NUM_THREADS"] == "2"
         assert "--device cuda" in p.command and "--threads 2" in p.command
         assert f"--name worker-gpu{n}-0" in p.command
@@ -109,7 +110,8 @@ def test_process_settings_are_robust(tmp_path: Path) -> None:
     assert "--daemon" not in procs["gateway"].command
     assert procs["gateway"].autorestart is RestartUnconditionally
     assert procs["dispatcher"].autorestart is RestartUnconditionally
-    # A worker that cannot load its models (exit 3) stays down instead of looping; a crash is restarted; 0 (drained
+    # A worker that cannot load its models (exit 3) stays down instead of looping; a crash is restarted; 0
+    # (drained
     # after a stop request) is expected, so a clean stop logs no WARN.
     assert worker.autorestart is RestartWhenExitUnexpected and sorted(worker.exitcodes) == [0, 2, 3]
     for name, p in procs.items():

@@ -1,4 +1,5 @@
-"""`torchgate serve` under real supervisord: scaling, draining and rolling restarts under load; a broken model.
+"""`torchgate serve` under real supervisord: scaling, draining and rolling restarts under load; a broken
+model.
 
 Each test starts `torchgate serve` the way an operator does, in a temporary run directory, waits for readiness
 by polling (never a fixed sleep), drives it with `supervisorctl` and `torchgate`, and always tears it down.

@@ -1,6 +1,6 @@
-"""The two shipped examples end to end, as a user runs them: all-MiniLM-L6-v2 embeddings from raw sentences and
-the digits model from PNG/JPEG images, through tritonclient, TorchServe-style raw and multipart bodies, and
-/predict; one stack (gateway, dispatcher, one worker) for the whole module.
+"""The two shipped examples end to end, as a user runs them: all-MiniLM-L6-v2 embeddings from raw sentences
+and the digits model from PNG/JPEG images, through tritonclient, TorchServe-style raw and multipart bodies,
+and /predict; one stack (gateway, dispatcher, one worker) for the whole module.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ def embed(client: httpclient.InferenceServerClient, sentences: list[str], binary
 
 
 def embed_http(stack: Stack, sentence: str) -> np.ndarray:
-    """One sentence as plain OIP JSON (a requests call: safe from threads, unlike tritonclient's gevent client)."""
-    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}]}
+    """One sentence as plain OIP JSON (a requests call: safe from threads, unlike tritonclient's gevent
+    client)."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}]
+    }
     response = requests.post(f"{stack.url}/v2/models/minilm/infer", json=body, timeout=120)
     assert response.status_code == 200, response.text
     return np.array(response.json()["outputs"][0]["data"], dtype=np.float32)
@@ -240,7 +243,9 @@ def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stac
 
     def send(length: int) -> tuple[int, dict[str, Any]]:
         ids = list(range(1, length + 1))
-        body = {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1, length], "data": ids}]}
+        body: dict[str, Any] = {
+            "inputs": [{"name": "ids", "datatype": "INT64", "shape": [1, length], "data": ids}]
+        }
         answer = requests.post(f"{stack.url}/v2/models/masked/infer", json=body, timeout=120)
         assert answer.status_code == 200, answer.text
         return length, {o["name"]: o for o in answer.json()["outputs"]}

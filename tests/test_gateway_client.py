@@ -99,7 +99,7 @@ def test_errors_come_back_with_their_code(client: DispatcherClient) -> None:
     assert "Traceback" not in info.value.message and "\n" not in info.value.message
 
 
-def _infer_in_child(client: DispatcherClient, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _infer_in_child(client: DispatcherClient, queue: multiprocessing.Queue) -> None:
     try:
         queue.put(doubled(client.infer("slow", None, [x_tensor([3, 3, 3, 3])], [], time.time() + 30)))
     except Exception as exc:  # the parent reports it

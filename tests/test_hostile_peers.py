@@ -88,7 +88,12 @@ def test_a_hung_worker_leaves_rotation_and_its_requests_are_resent(
         backend.start_worker("w0")
         hung = backend.start_worker("w1")
         started = threading.Event()
-        stopper = threading.Thread(target=lambda: started.wait(60) and os.kill(hung.pid, signal.SIGSTOP))
+
+        def act() -> None:
+            if started.wait(60):
+                os.kill(hung.pid, signal.SIGSTOP)
+
+        stopper = threading.Thread(target=act)
         stopper.start()
         try:
             pairs = send_digits(backend.context, backend.frontend, 400, threads=8, during=started)
@@ -158,7 +163,7 @@ def test_no_code_path_can_unpickle() -> None:
 
 
 class _Payload:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (os.system, ("touch /tmp/torchgate-pwned",))
 
 
@@ -197,12 +202,13 @@ class _Touch:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (open, (str(self.path), "w"))
 
 
 def _plant_pt2(source: Path, target: Path, payload: bytes, entry: str) -> None:
-    """Copy a .pt2 archive; mark layers.0.bias pickled (entry "weight") or swap its sample inputs ("sample")."""
+    """Copy a .pt2 archive; mark layers.0.bias pickled (entry "weight") or swap its sample inputs
+    ("sample")."""
     import json
     import zipfile
 

@@ -1,8 +1,11 @@
-"""Many hosts behind a real load balancer: two `torchgate serve` hosts in network namespaces, HAProxy in front.
+"""Many hosts behind a real load balancer: two `torchgate serve` hosts in network namespaces, HAProxy in
+front.
 
-Each host is a network namespace made for this test (its own loopback; the host serves on 127.0.1.N:8000 there),
-running a full `torchgate serve`. Debian's HAProxy runs in this namespace and reaches each host through its
-``namespace`` server option, checking ``/v2/health/ready``. Under steady load through HAProxy the test drains a
+Each host is a network namespace made for this test (its own loopback; the host serves on 127.0.1.N:8000
+there), running a full `torchgate serve`. Debian's HAProxy runs in this namespace and reaches each host
+through its
+``namespace`` server option, checking ``/v2/health/ready``. Under steady load through HAProxy the test drains
+a
 host (SIGTERM), restarts the hosts one at a time, and kills one host's supervisord with kill -9, counting the
 requests that fail at each step. Every address lies inside the namespaces the test made (or 127.0.0.1), and
 everything is torn down at the end. Skips where ``ip netns`` or HAProxy is missing (``make test`` installs
@@ -157,7 +160,8 @@ backend hosts
         return {name: row[17] for name, row in self.stats().items()}
 
     def stats(self) -> dict[str, list[str]]:
-        """Each server's row of ``show stat`` (17: status, 15: retries, 16: redispatches, 13: connect errors)."""
+        """Each server's row of ``show stat`` (17: status, 15: retries, 16: redispatches, 13: connect
+        errors)."""
         data = b""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
@@ -255,7 +259,8 @@ def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespace
         count, failed = load.between(drained, rolled)
         assert count > 0 and failed == [], failed
 
-        # 3. kill -9 b's supervisord: its processes die with it (no orphan keeps the port), HAProxy sees it DOWN.
+        # 3. kill -9 b's supervisord: its processes die with it (no orphan keeps the port), HAProxy sees it
+        # DOWN.
         killed = time.monotonic()
         os.kill(b.supervisord_pid(), signal.SIGKILL)
         lb.wait_state(b.name, "DOWN", timeout=10)
@@ -272,7 +277,8 @@ def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespace
         # all-retryable-errors, redispatch, the request buffered) re-send those, and in our runs none failed.
         row = lb.stats()[b.name]
         print(
-            f"kill -9 of a host's supervisord: {len(failed)} of {count} requests failed {failed}; HAProxy on that "
+            f"kill -9 of a host's supervisord: {len(failed)} of {count} requests "
+            f"failed {failed}; HAProxy on that "
             f"host: {row[13] or 0} connection errors, {row[15] or 0} retries, {row[16] or 0} redispatches"
         )
         assert len(failed) <= LOAD_THREADS, failed

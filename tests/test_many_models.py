@@ -2,8 +2,8 @@
 collide, a 20 s forward pass is served once, and models load and unload under load with no failed request.
 
 One stack for the module (a dispatcher, two CPU workers loading every model, a gunicorn gateway with model
-control on): `digits`, two python models `a` and `b` that each ship a model.py, `sleeper` (sleeps as many seconds
-as its input says), and `broken` (its model.py imports a package that is not installed).
+control on): `digits`, two python models `a` and `b` that each ship a model.py, `sleeper` (sleeps as many
+seconds as its input says), and `broken` (its model.py imports a package that is not installed).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from inference_worker.protocol import StatusReply
 pytestmark = pytest.mark.processes
 
 LONG_FORWARD = 20.0  # seconds: 20 times the heartbeat expiry these workers and dispatcher use (1 s)
-ABC = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+ABC: dict[str, Any] = {
+    "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,8 @@ def test_a_model_that_cannot_load_leaves_the_others_serving_and_says_why(stack: 
         "model 'broken' version 1 (" in reason and "No module named 'no_such_package_for_torchgate'" in reason
     )
     assert reason.endswith("(on w0, w1)") and reason.count("No module named") == 1
-    # Strict readiness, as Triton's default: the server is ready only when every model is; it says which is not.
+    # Strict readiness, as Triton's default: the server is ready only when every model is; it says which is
+    # not.
     health = get(stack, "/v2/health/ready")
     assert health.status_code == 400 and "model 'broken' is not ready" in health.json()["error"]
     index = {e["name"]: e for e in post(stack, "/v2/repository/index").json()}

@@ -1,7 +1,8 @@
-"""Metrics, statistics, request ids and access lines, end to end: gunicorn (2 processes), a dispatcher, 2 CPU workers.
+"""Metrics, statistics, request ids and access lines, end to end: gunicorn (2 processes), a dispatcher, 2 CPU
+workers.
 
-Traffic of known batch sizes goes in; the numbers that come out of ``/metrics`` and ``/v2/models/.../stats`` must
-match it, whichever gateway process answers the scrape, and must keep counting across a worker's kill -9.
+Traffic of known batch sizes goes in; the numbers that come out of ``/metrics`` and ``/v2/models/.../stats``
+must match it, whichever gateway process answers the scrape, and must keep counting across a worker's kill -9.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
     assert delta("nv_inference_queue_duration_us", model="digits") > 0
     assert delta("nv_inference_compute_infer_duration_us", model="digits") > 0
 
-    # Counters live in the multiprocess folder: whichever process answers a scrape reports every process's sum.
+    # Counters live in the multiprocess folder: whichever process answers a scrape reports every process's
+    # sum.
     expected = total(after, "nv_inference_request_success", model="digits")
     answered_by: dict[int, float] = {}
     for attempt in range(100):

@@ -1,10 +1,12 @@
-"""Metrics, traces and log lines without processes: rendering, worker families, ids, formatters, deploy env."""
+"""Metrics, traces and log lines without processes: rendering, worker families, ids, formatters, deploy
+env."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask, g
@@ -22,7 +24,7 @@ from harness.promql import label_values_metric, metric_names
 from inference_worker.logs import JsonFormatter
 from inference_worker.protocol import StatusReply
 
-STATUS = {
+STATUS: dict[str, Any] = {
     "stats": [
         {
             "worker": "w0",

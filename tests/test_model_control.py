@@ -1,4 +1,5 @@
-"""Model control's order of work in the dispatcher, without processes: one slot at a time, stop at a failure."""
+"""Model control's order of work in the dispatcher, without processes: one slot at a time, stop at a
+failure."""
 
 from __future__ import annotations
 

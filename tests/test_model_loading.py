@@ -1,4 +1,5 @@
-"""Loading models as a worker does: python models isolated from each other, and errors that name what failed."""
+"""Loading models as a worker does: python models isolated from each other, and errors that name what
+failed."""
 
 from __future__ import annotations
 

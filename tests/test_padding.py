@@ -19,7 +19,7 @@ from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import Padding, TensorSpec, load_model_config
 
-PADDING = Padding(inputs={"ids": 0, "other": -1.0}, mask="mask", outputs=["tokens"], buckets=(4, 16))
+PADDING = Padding(inputs={"ids": 0, "other": -1.0}, mask="mask", outputs=("tokens",), buckets=(4, 16))
 
 
 def test_pad_batch_pads_to_the_longest_and_builds_the_mask() -> None:

@@ -1,7 +1,9 @@
 """Access: `torchgate serve --auth-token-file` under supervisord; loopback by default; owner-only sockets.
 
-Every endpoint but liveness needs the bearer token; a wrong or missing one is a 401 with ``{"error": ...}`` and
-``WWW-Authenticate: Bearer``. The gateway listens on 127.0.0.1 unless told otherwise, and every ipc socket lies in
+Every endpoint but liveness needs the bearer token; a wrong or missing one is a 401 with ``{"error": ...}``
+and
+``WWW-Authenticate: Bearer``. The gateway listens on 127.0.0.1 unless told otherwise, and every ipc socket
+lies in
 a directory only its owner can enter.
 """
 

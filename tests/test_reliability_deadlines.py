@@ -3,8 +3,8 @@
 A request whose deadline passes while it waits (in the dispatcher's queue or a worker's batch queue) is never
 computed, and the client gets its 504 once the deadline passed, before any request queued behind it is served.
 "Never computed" is checked with the workers' own counters: a sentinel request sent after the expired ones is
-computed after them (queues are FIFO), so once its samples are counted, any computed expired request would have
-been counted too.
+computed after them (queues are FIFO), so once its samples are counted, any computed expired request would
+have been counted too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
@@ -35,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack.start(gateway_threads=32, gateway_env=env)
 
 
-def post(stack: Stack, body: dict[str, object]) -> Answered:
+def post(stack: Stack, body: dict[str, Any]) -> Answered:
     outcome = call(lambda: requests.post(f"{stack.url}/v2/models/slow/infer", json=body, timeout=60))
     return Answered(outcome, time.monotonic())
 

@@ -1,8 +1,9 @@
 """Faults under load, at the HTTP level, with `torchgate serve` running everything under supervisord.
 
-One deployment (two CPU workers, one gunicorn with two processes) is shared by the module; each test first waits
-until every process is back and ready, kills one with SIGKILL while clients keep sending, and checks what the
-clients saw and that supervisord (or gunicorn's arbiter) brought the process back with no manual step.
+One deployment (two CPU workers, one gunicorn with two processes) is shared by the module; each test first
+waits until every process is back and ready, kills one with SIGKILL while clients keep sending, and checks
+what the clients saw and that supervisord (or gunicorn's arbiter) brought the process back with no manual
+step.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy:
 
 
 def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
-    """`supervisorctl restart all` signals every program at once, the dispatcher first: nothing in flight drops."""
+    """`supervisorctl restart all` signals every program at once, the dispatcher first: nothing in flight
+    drops."""
     d = healthy
     before = d.pids()
     url = f"{d.url}/v2/models/slower/infer"

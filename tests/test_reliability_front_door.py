@@ -1,9 +1,9 @@
 """The gateway's front door against hostile clients: one real stack (gunicorn, dispatcher, a digits worker).
 
-Each test reproduces an attack from an outside probe over a raw socket or HTTP: numbers that overflow, forged log
-lines, unbounded metric labels, gunicorn's own error pages, malformed or oversized chunked bodies, slow and idle
-clients, JSON that amplifies in memory. The gateway runs 4 request threads and a 4 MiB body limit so that
-exhausting them is cheap; timeouts are shortened the same way (settings a user could choose).
+Each test reproduces an attack from an outside probe over a raw socket or HTTP: numbers that overflow, forged
+log lines, unbounded metric labels, gunicorn's own error pages, malformed or oversized chunked bodies, slow
+and idle clients, JSON that amplifies in memory. The gateway runs 4 request threads and a 4 MiB body limit so
+that exhausting them is cheap; timeouts are shortened the same way (settings a user could choose).
 """
 
 from __future__ import annotations
@@ -259,7 +259,8 @@ def test_an_unterminated_chunked_body_gets_408_and_holds_no_thread(stack: Stack)
 
 
 class SlowClients:
-    """Connections that each send one byte of a request now and then, reconnecting when the server closes them."""
+    """Connections that each send one byte of a request now and then, reconnecting when the server closes
+    them."""
 
     def __init__(self, stack: Stack, count: int, request: bytes, interval: float = 0.5) -> None:
         self.stack, self.count, self.request, self.interval = stack, count, request, interval
@@ -303,7 +304,8 @@ class SlowClients:
 
 
 def test_slow_clients_leave_liveness_and_inference_answering(stack: Stack) -> None:
-    """100 clients trickle a request head, 100 a body of 256 KiB, a byte every half second each (slowloris)."""
+    """100 clients trickle a request head, 100 a body of 256 KiB, a byte every half second each
+    (slowloris)."""
     body_head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 18}\r\n\r\n".encode()
     with (
         SlowClients(stack, 100, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1000) as heads,
@@ -335,7 +337,8 @@ def test_expect_100_continue_and_pipelined_requests(stack: Stack) -> None:
     doc = json.dumps(DIGITS_BODY).encode()
     with connect(stack) as sock:
         sock.sendall(
-            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(doc)}\r\n\r\n".encode()
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: "
+            f"100-continue\r\nContent-Length: {len(doc)}\r\n\r\n".encode()
         )
         assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(doc)
@@ -372,7 +375,8 @@ def test_request_bodies_held_at_once_are_bounded(stack: Stack) -> None:
 
 
 def test_json_that_would_amplify_in_memory_is_refused_before_parsing(stack: Stack) -> None:
-    """A valid request with 1.3 million empty arrays in an unused field (was 200, ~70 bytes of memory each)."""
+    """A valid request with 1.3 million empty arrays in an unused field (was 200, ~70 bytes of memory
+    each)."""
     junk = b"[" + b"[]," * 1_300_000 + b"[]]"
     body = json.dumps(DIGITS_BODY).encode()[:-1] + b', "junk": ' + junk + b"}"
     assert len(body) < MAX_BODY

@@ -1,9 +1,9 @@
 """Hostile input against a real running gateway while other clients keep using it.
 
-Schemathesis fuzzes every operation of the gateway's own OpenAPI document (valid and invalid data); then a list
-of requests built to hurt (absurd shapes, nesting, lying sizes, truncated bodies, bad gzip, NaN, empty tensors)
-each gets a precise answer. A background load runs throughout and must see no failure; no process may die or
-restart; no answer may carry a traceback or a file path.
+Schemathesis fuzzes every operation of the gateway's own OpenAPI document (valid and invalid data); then a
+list of requests built to hurt (absurd shapes, nesting, lying sizes, truncated bodies, bad gzip, NaN, empty
+tensors) each gets a precise answer. A background load runs throughout and must see no failure; no process may
+die or restart; no answer may carry a traceback or a file path.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_fuzz_every_operation_from_the_openapi_document(stack: Stack, load: Http
     schema = schemathesis.openapi.from_dict(document)
     seen: dict[int, int] = {}
     problems: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 15
     session = requests.Session()
     for operation in operations:
@@ -107,7 +107,8 @@ def infer_doc(shape: list[int], data: Any = None, datatype: str = "FP32", **para
 
 
 def raw_post(stack: Stack, head: bytes, body: bytes) -> tuple[int, str]:
-    """Send bytes on a socket as they are (a lying Content-Length, a body cut short), half-close, read the answer."""
+    """Send bytes on a socket as they are (a lying Content-Length, a body cut short), half-close, read the
+    answer."""
     with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as conn:
         conn.sendall(head + body)
         conn.shutdown(socket.SHUT_WR)

@@ -1,14 +1,14 @@
 """Overload at ten times capacity: the excess gets a 503 with Retry-After at once, every queue stays bounded,
 accepted requests wait only for the requests ahead of them and memory stays flat.
 
-Each stage that can refuse is tried: the dispatcher's queue (a gateway with threads to spare), and the gateway's
-own wait for a request thread (a gateway of 2 threads with its default queue of 4 x threads).
+Each stage that can refuse is tried: the dispatcher's queue (a gateway with threads to spare), and the
+gateway's own wait for a request thread (a gateway of 2 threads with its default queue of 4 x threads).
 
 The model serves at most 40 requests/s (0.1 s per batch of 4); 40 closed-loop clients that ignore Retry-After
-offer far more. "At once" and "bounded" are checked by order and counts, not by the clock: a refusal comes back
-while requests accepted before it still wait, and an accepted request sees only about as many others answered
-while it waits as there can be ahead of it. The latencies themselves are `python -m benchmarks.overload`'s
-figures (docs/reliability.md).
+offer far more. "At once" and "bounded" are checked by order and counts, not by the clock: a refusal comes
+back while requests accepted before it still wait, and an accepted request sees only about as many others
+answered while it waits as there can be ahead of it. The latencies themselves are `python -m
+benchmarks.overload`'s figures (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.processes
 
 CLIENTS = 40
 SECONDS = 6.0
-# Answers that may overtake an accepted request, as a multiple of how many can be ahead of it and in its batch:
+# Answers that may overtake an accepted request, as a multiple of how many can be ahead of it and in its
+# batch:
 # the clients' own threads (40 of them, on a busy machine) see their answers late, never early.
 SLACK = 3
 

@@ -74,7 +74,7 @@ def test_highest_version_folder_is_the_default(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_bad_configs_name_file_key_and_expectation(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_configs_name_file_key_and_expectation(tmp_path: Path, edit, message: str) -> None:
     folder = make(tmp_path, edit(GOOD))
     with pytest.raises(ConfigError) as caught:
         load_model_config(folder)
@@ -130,7 +130,8 @@ def test_missing_versions_and_configs_are_reported(tmp_path: Path) -> None:
             lambda c: c.replace(
                 "[dynamic_batching]", '[[instance_group]]\nkind = "KIND_GUP"\n[dynamic_batching]'
             ),
-            "key 'instance_group[0].kind' is 'KIND_GUP', expected KIND_GPU, KIND_CPU or KIND_AUTO (did you mean KIND_GPU?)",
+            "key 'instance_group[0].kind' is 'KIND_GUP', expected KIND_GPU, "
+            "KIND_CPU or KIND_AUTO (did you mean KIND_GPU?)",
         ),
         (
             lambda c: c.replace("[dynamic_batching]", "[[instance_group]]\ncount = 0\n[dynamic_batching]"),
@@ -146,7 +147,7 @@ def test_missing_versions_and_configs_are_reported(tmp_path: Path) -> None:
         (lambda c: c.replace('name = "m"', 'name = "m"\ncolour = 1'), "valid keys here: name, backend"),
     ],
 )
-def test_unknown_keys_and_tables_name_the_closest_valid_one(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_keys_and_tables_name_the_closest_valid_one(tmp_path: Path, edit, message: str) -> None:
     folder = make(tmp_path, edit(GOOD))
     with pytest.raises(ConfigError) as caught:
         load_model_config(folder)

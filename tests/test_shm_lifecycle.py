@@ -1,4 +1,5 @@
-"""Tensors in shared memory (inference_worker.shm) under kill -9 of each process kind, as a user runs torchgate.
+"""Tensors in shared memory (inference_worker.shm) under kill -9 of each process kind, as a user runs
+torchgate.
 
 One deployment (two gateway processes, the dispatcher, two CPU workers) serves a python model, ``y = 2 x + 1``
 on 256 KiB tensors (inputs and outputs both travel in the gateways' segments). Clients send binary requests
@@ -236,7 +237,8 @@ def test_kill_9_a_gateway_process_crosses_nothing(healthy: Stack) -> None:
 def test_a_worker_on_another_host_gets_frames(
     processes: Processes, zmq_context: zmq.Context, tmp_path: Path, digits_model: torch.nn.Module
 ) -> None:
-    """A worker that reaches the dispatcher over tcp cannot map segments: the dispatcher inlines the tensors."""
+    """A worker that reaches the dispatcher over tcp cannot map segments: the dispatcher inlines the
+    tensors."""
     keys, authorized = tmp_path / "keys", tmp_path / "authorized"
     authorized.mkdir(mode=0o700)
     server_public, server_secret = create_keys(keys, "dispatcher")

@@ -17,7 +17,8 @@ from inference_worker.worker.session import Session
 
 
 class FakeDispatcher:
-    """A ROUTER socket that reads what the worker sends, with a timeout, and answers as the dispatcher would."""
+    """A ROUTER socket that reads what the worker sends, with a timeout, and answers as the dispatcher
+    would."""
 
     def __init__(self, context: zmq.Context[Any], endpoint: str) -> None:
         self.socket = context.socket(zmq.ROUTER)
@@ -67,11 +68,11 @@ def test_connect_announces_ready_and_requests_come_back_to_the_caller(
     dispatcher.send(identity, request)
     dispatcher.send(identity, protocol.Heartbeat())
     assert session.socket is not None and session.socket.poll(5000)
-    received: list[protocol.ForwardedRequest] = []
+    received: list[protocol.ForwardedRequest | protocol.WorkerControl] = []
     while len(received) < 1:
         session.socket.poll(5000)
         received += session.receive()
-    assert [r.seq for r in received] == [5]
+    assert [r.seq for r in received if isinstance(r, protocol.ForwardedRequest)] == [5] and len(received) == 1
 
 
 def test_disconnect_from_the_dispatcher_means_announce_again(pair: tuple[Session, FakeDispatcher]) -> None:

@@ -1,4 +1,5 @@
-"""The empty Flask endpoint (the gateway limit) and the seed's app, both under torchgate's gunicorn settings."""
+"""The empty Flask endpoint (the gateway limit) and the seed's app, both under torchgate's gunicorn
+settings."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ class LitServeSystem(System):
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
         return (
-            f"{settings.http_processes} API server, {settings.model_workers} workers x {settings.torch_threads} "
+            f"{settings.http_processes} API server, {settings.model_workers} "
+            f"workers x {settings.torch_threads} "
             f"torch threads, max_batch_size {settings.batch_size(workload)}, "
             f"batch_timeout {settings.max_batch_delay_ms / 1000} s, fast_queue (ZeroMQ, LitServe's advice "
             "above 100 req/s); JSON only"

@@ -1,8 +1,10 @@
 """The seed tutorial's app: one Flask app with the model in its memory, JSON in and out.
 
 ``POST /predict {"input": ...}`` answers ``{"output": ...}``; a model with several inputs takes
-``{"input": {name: list, ...}}``. The model (``BENCH_MODEL``, an exported ``.pt2`` or a TorchScript ``.pt``) loads
-once, at start-up, onto ``BENCH_DEVICE`` (default the CPU), as the tutorial advises; each request runs it under
+``{"input": {name: list, ...}}``. The model (``BENCH_MODEL``, an exported ``.pt2`` or a TorchScript ``.pt``)
+loads
+once, at start-up, onto ``BENCH_DEVICE`` (default the CPU), as the tutorial advises; each request runs it
+under
 ``torch.inference_mode()``.
 """
 

@@ -1,4 +1,5 @@
-"""torchgate, started the way a user starts it: ``torchgate serve --run-dir ... --model-repository ... --port P``."""
+"""torchgate, started the way a user starts it: ``torchgate serve --run-dir ... --model-repository ... --port
+P``."""
 
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ class Torchgate(System):
             "(gthread with torchgate's admission, gateway/admission.py), "
             f"{settings.model_workers} CPU workers x {settings.torch_threads} torch threads, "
             f"max_batch_size {settings.batch_size(workload)}, "
-            f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}, max_queue_size {settings.queue_size}; "
+            f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}, "
+            f"max_queue_size {settings.queue_size}; "
             "OIP JSON or Triton binary (binary outputs)"
         )

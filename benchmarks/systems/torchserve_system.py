@@ -27,7 +27,9 @@ RESPONSE_TIMEOUT_S = 120
 LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
   <Appenders>
-    <Console name="STDOUT" target="SYSTEM_OUT"><PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/></Console>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </Console>
   </Appenders>
   <Loggers>
     <Logger name="ACCESS_LOG" level="off"/>
@@ -174,7 +176,9 @@ class TorchServeSystem(System):
     def describe(self, settings: BenchSettings, workload: str) -> str:
         return (
             f"{settings.model_workers} workers x {settings.torch_threads} torch threads, "
-            f"batchSize {settings.batch_size(workload)}, maxBatchDelay {max(1, round(settings.max_batch_delay_ms))} ms (TorchServe reads 0 as 100 ms), "
+            f"batchSize {settings.batch_size(workload)}, maxBatchDelay "
+            f"{max(1, round(settings.max_batch_delay_ms))} ms (TorchServe reads 0 "
+            "as 100 ms), "
             f"job_queue_size {settings.queue_size}, token auth, model API, metrics API, system metrics and "
             'access log off, async logging; JSON `{"input": ...}` or raw tensor bytes'
         )

@@ -1,9 +1,9 @@
 """TorchServe handler for the benchmark models (packed into the .mar by torch-model-archiver).
 
 JSON requests ``{"input": ...}`` (a dict of named lists for several inputs) answer ``{"output": [...]}``;
-binary requests (any body TorchServe does not decode: the inputs' little-endian bytes, concatenated) answer the
-output's FP32 bytes. TorchServe hands the handler up to ``batchSize`` requests at once; they run as one batch,
-sentences right-padded to the longest one.
+binary requests (any body TorchServe does not decode: the inputs' little-endian bytes, concatenated) answer
+the output's FP32 bytes. TorchServe hands the handler up to ``batchSize`` requests at once; they run as one
+batch, sentences right-padded to the longest one.
 """
 
 from __future__ import annotations

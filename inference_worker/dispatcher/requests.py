@@ -1,8 +1,8 @@
 """The dispatcher's application: accept requests (and model control) from gateways, route, answer.
 
 The routing choice and the queues are :class:`inference_worker.routing.Router`'s and the control policy is
-:class:`inference_worker.model_control.ModelControl`'s (no I/O); this module does the sending, the startup grace
-(requests held while workers re-register), the re-sending of orphaned requests and the STATUS answer.
+:class:`inference_worker.model_control.ModelControl`'s (no I/O); this module does the sending, the startup
+grace (requests held while workers re-register), the re-sending of orphaned requests and the STATUS answer.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ log = logging.getLogger("torchgate.dispatcher")
 
 
 class Requests:
-    """Every request between its arrival from a gateway and its answer, and the loads and unloads asked for."""
+    """Every request between its arrival from a gateway and its answer, and the loads and unloads asked
+    for."""
 
     def __init__(self, config: DispatcherConfig, router: Router, endpoints: Endpoints) -> None:
         self.config = config
@@ -197,7 +198,8 @@ class Requests:
         for request in self.router.overdue(time.time(), OVERDUE_GRACE):
             holder = self.router.workers.get(request.worker or b"")
             log.warning(
-                "dispatcher: worker %s still computing request %s past its deadline; no new work for it until it "
+                "dispatcher: worker %s still computing request %s past its deadline; "
+                "no new work for it until it "
                 "answers",
                 holder.name if holder else "?",
                 request.request_id or request.id,

@@ -47,7 +47,7 @@ class Endpoints:
         self.backend = self._socket(config.backend)
 
     def _socket(self, endpoint: str) -> zmq.Socket[Any]:
-        socket = self.context.socket(zmq.ROUTER)
+        socket: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)

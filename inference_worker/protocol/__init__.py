@@ -1,4 +1,5 @@
-"""The torchgate wire: framing (:mod:`.frames`) and every message kind (:mod:`.messages`); no torch, no zmq."""
+"""The torchgate wire: framing (:mod:`.frames`) and every message kind (:mod:`.messages`); no torch, no
+zmq."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 A message is a list of ZeroMQ frames: ``[header, *tensor_frames]``. The header is a msgpack map with
 ``v`` (the protocol version), ``kind`` (one of :class:`Kind`) and the named fields of that kind (see
 :mod:`inference_worker.protocol.messages`). Each tensor the header describes (in ``inputs`` or ``outputs``:
-``{name, datatype, shape}``) owns exactly one frame, in order, holding its bytes little-endian and row-major, so
+``{name, datatype, shape}``) owns exactly one frame, in order, holding its bytes little-endian and row-major,
+so
 large tensors cross without being copied into the header. Nothing here imports torch or zmq, and nothing is
 ever unpickled.
 """

@@ -1,4 +1,5 @@
-"""Every message kind of the torchgate wire: a typed builder (``frames``) and reader (``read``) per kind and link.
+"""Every message kind of the torchgate wire: a typed builder (``frames``) and reader (``read``) per kind and
+link.
 
 No other module writes a header field name or calls msgpack. Readers check what they rely on and raise
 :class:`ProtocolError`; fields a reader does not know are ignored, so adding an optional field keeps the wire
@@ -109,7 +110,8 @@ class Request:
         "deadline": "float, unix seconds",
         "priority": "int",
         "outputs": "list of str, the outputs wanted, empty = all",
-        "shm": "the inputs' shared-memory segment (`inference_worker/shm.py`) instead of frames; absent = frames",
+        "shm": "the inputs' shared-memory segment (`inference_worker/shm.py`) "
+        "instead of frames; absent = frames",
         "inputs": "tensor metas, one frame each",
     }
 
@@ -547,7 +549,8 @@ class Disconnect:
         return cls(_text(message.fields, "reason"))
 
 
-# -- gateway queries ------------------------------------------------------------------------------------------
+# -- gateway queries
+# ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,7 +635,8 @@ class StatusReply:
         "`device_memory`, `computing`}]",
         "stats": "[{`worker`, `model`, `version`, counters...}], summed over the slot's incarnations",
         "dispatcher": "{`requests`, `rejected`, `expired`, `resent`, `lost`, `pending`, `pid`}",
-        "unavailable": "[{`model`, `version` (absent = every version), `reason`, `worker`}]: why a model is not served",
+        "unavailable": "[{`model`, `version` (absent = every version), `reason`, `worker`}]: "
+        "why a model is not served",
         "unloaded": "list of str, the models unloaded on request",
     }
 
@@ -806,7 +810,8 @@ class WorkerControlReply:
         )
 
 
-# -- reading ----------------------------------------------------------------------------------------------------
+# -- reading
+# ----------------------------------------------------------------------------------------------------
 
 MESSAGES: tuple[type[Any], ...] = (
     Request,
@@ -864,7 +869,8 @@ ACCEPTS: dict[Link, dict[Kind, type[Any]]] = {
 
 
 def read(message: Message, link: Link) -> Any:
-    """Return the typed message ``message`` is on ``link``; raise :class:`ProtocolError` if it does not belong."""
+    """Return the typed message ``message`` is on ``link``; raise :class:`ProtocolError` if it does not
+    belong."""
     reader = ACCEPTS[link].get(message.kind)
     if reader is None:
         raise ProtocolError(f"unexpected {message.kind} on {link.value}")

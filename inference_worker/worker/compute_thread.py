@@ -1,7 +1,7 @@
 """The compute thread: runs one batch at a time, so the worker's session keeps heartbeating while it computes.
 
-The main thread submits batches and polls :attr:`ComputeThread.wake_fd`, which becomes readable whenever a batch
-is done; :attr:`ComputeThread.current` says what is computing now (for the heartbeat).
+The main thread submits batches and polls :attr:`ComputeThread.wake_fd`, which becomes readable whenever a
+batch is done; :attr:`ComputeThread.current` says what is computing now (for the heartbeat).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class ComputeThread(Generic[R]):
         self._jobs.put(batch)
 
     def collect(self) -> list[tuple[Batch, R | BaseException]]:
-        """Return the batches finished since the last call, each with its result (or the exception it raised)."""
+        """Return the batches finished since the last call, each with its result (or the exception it
+        raised)."""
         try:
             os.read(self._read_fd, 4096)
         except BlockingIOError:

@@ -34,7 +34,8 @@ class WorkerConfig:
 
 
 def pick_device(explicit: str | None) -> torch.device:
-    """Return the explicit device, else ``cuda:0`` (the GPU ``CUDA_VISIBLE_DEVICES`` selects), else the CPU."""
+    """Return the explicit device, else ``cuda:0`` (the GPU ``CUDA_VISIBLE_DEVICES`` selects), else the
+    CPU."""
     if explicit:
         return torch.device(explicit)
     return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")

@@ -33,7 +33,8 @@ DRAIN_POLL = 0.05  # seconds between checks while draining
 
 
 class Worker:
-    """One worker: a :class:`Session` to the dispatcher and an :class:`Application` computing on its own thread."""
+    """One worker: a :class:`Session` to the dispatcher and an :class:`Application` computing on its own
+    thread."""
 
     def __init__(self, config: WorkerConfig, context: zmq.Context[Any] | None = None) -> None:
         self.config = config

@@ -1,9 +1,9 @@
 """The worker's half of the dispatcher session, apart from the application (as MDP's ``mdwrkapi``).
 
 It connects a DEALER socket, announces READY, sends heartbeats, judges the dispatcher alive or gone (and then
-reconnects on a new socket), answers DISCONNECT with READY again, and runs the drain handshake: DRAIN, wait for
-the acknowledgement (or the dispatcher's silence, or a timeout), DISCONNECT. What to announce and what a heartbeat
-carries come from the application through two callables; requests are handed back to the caller.
+reconnects on a new socket), answers DISCONNECT with READY again, and runs the drain handshake: DRAIN, wait
+for the acknowledgement (or the dispatcher's silence, or a timeout), DISCONNECT. What to announce and what a
+heartbeat carries come from the application through two callables; requests are handed back to the caller.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class Session:
     # -- sending ----------------------------------------------------------------------------------------
 
     def send(self, frames: list[Any], copy: bool = False) -> None:
-        """Send without blocking; pyzmq copies frames under ``zmq.COPY_THRESHOLD`` (64 KiB) even without ``copy``."""
+        """Send without blocking; pyzmq copies frames under ``zmq.COPY_THRESHOLD`` (64 KiB) even without
+        ``copy``."""
         assert self.socket is not None, "connect() first"
         try:
             self.socket.send_multipart(frames, copy=copy, flags=zmq.NOBLOCK)
@@ -123,14 +124,16 @@ class Session:
             self.last_heartbeat = now
             self.send(self.heartbeat().frames())
         silent = now - self.last_seen
-        # A message waiting to be read proves the dispatcher alive: read it before judging the dispatcher gone.
+        # A message waiting to be read proves the dispatcher alive: read it before judging the dispatcher
+        # gone.
         waiting = self.socket is not None and self.socket.poll(0, zmq.POLLIN)
         if not self.drain_started and silent > self.config.liveness_seconds and not waiting:
             log.warning("%s: no word from the dispatcher for %.1fs; reconnecting", self.tag, silent)
             self.connect()
 
     def hasten_heartbeat(self, now: float) -> None:
-        """Send the next heartbeat (and so fresh counters) soon: at once, or a tenth of an interval after the last."""
+        """Send the next heartbeat (and so fresh counters) soon: at once, or a tenth of an interval after the
+        last."""
         self.next_heartbeat = min(
             self.next_heartbeat, max(now, self.last_heartbeat + self.config.heartbeat_interval / 10)
         )

@@ -1,8 +1,8 @@
 """Sentences in, normalised sentence embeddings out, as sentence-transformers' all-MiniLM-L6-v2 computes them.
 
 preprocess tokenizes one request's sentences (the ``tokenizers`` library, tokenizer.json beside the weights,
-truncated at 256 tokens as the model was trained); the worker pads requests of different lengths into one batch;
-postprocess mean-pools each sentence's token embeddings over its own tokens and normalises the result.
+truncated at 256 tokens as the model was trained); the worker pads requests of different lengths into one
+batch; postprocess mean-pools each sentence's token embeddings over its own tokens and normalises the result.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Extract the schemas tests/test_deploy_kubernetes.py checks KServe resources against, from a KServe checkout.
+"""Extract the schemas tests/test_deploy_kubernetes.py checks KServe resources against, from a KServe
+checkout.
 
     python tests/schemas/kserve/extract.py /path/to/kserve   # writes the *.json.gz beside this file
 
