@@ -141,8 +141,9 @@ class Worker:
         self.controls.clear()
 
     def _act_alive(self, control: protocol.WorkerControl) -> protocol.WorkerControlReply:
-        """Act on ``control`` on a thread of its own while this one keeps the session's heartbeats going: a model
-        that takes longer to load than the heartbeat expiry must not make the dispatcher presume this worker dead.
+        """Act on ``control`` on a thread of its own while this one keeps the session's heartbeats going: a
+        model that takes longer to load than the heartbeat expiry must not make the dispatcher presume this
+        worker dead.
         """
         done: list[protocol.WorkerControlReply | BaseException] = []
 
