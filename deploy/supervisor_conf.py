@@ -24,11 +24,9 @@ DISPATCHER_STOPWAITSECS = 15  # the dispatcher answers what is in flight first (
 GATEWAY_STARTSECS = 3
 GATEWAY_STARTRETRIES = 10
 # A worker exits 3 when its models cannot load and 2 when its configuration is refused: restarting it cannot
-# help.
-# Before startsecs such an exit is a failed start (retried, then FATAL); after it, the slot stays EXITED, with
-# the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted. It exits 0 only
-# once
-# drained after a stop request: expected, so supervisord logs the stop at INFO, not WARN.
+# help. Before startsecs such an exit is a failed start (retried, then FATAL); after it, the slot stays
+# EXITED, with the reason in its log, instead of looping. Any other exit (a crash, a kill) is restarted. It
+# exits 0 only once drained after a stop request: expected, so supervisord logs the stop at INFO, not WARN.
 WORKER_FINAL_EXIT_CODES = "0,2,3"
 
 

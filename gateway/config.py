@@ -35,8 +35,7 @@ class GatewayConfig:
     # Longest one BYTES element (a string, an image file) may be, in bytes: beyond it, 400.
     max_bytes_element_size: int = 16 << 20
     # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it,
-    # 413.
-    # Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
+    # 413. Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
     max_json_values: int = 2 << 20
     # JSON bodies over 64 KiB parsed at once per process; the next wait (at most the default timeout), then
     # 503.

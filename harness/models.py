@@ -218,8 +218,7 @@ def slow_body(rows: int = 1, value: float = 1.0, timeout_us: int | None = None) 
 
 
 # A plain model (no handler) that takes padded ids and the worker's mask: it returns, per token, the id times
-# the
-# mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
+# the mask (so padding shows as zeros) and, per sample, how many tokens the mask let through.
 MASKED_SUM = """
 import torch
 

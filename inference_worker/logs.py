@@ -12,8 +12,7 @@ from typing import Any
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # Control characters (C0, DEL, C1, Unicode line breaks) and the backslash, as nginx writes them in its access
-# log:
-# a client's "%0a" in a path cannot start a forged line, nor "%00" make the log a binary file.
+# log: a client's "%0a" in a path cannot start a forged line, nor "%00" make the log a binary file.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES.update({0x5C: "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 

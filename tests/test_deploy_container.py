@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -100,15 +101,20 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
         assert proc.poll() is None, log()
         probe = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert probe.returncode == 0, probe.stdout + probe.stderr
+
         # `torchgate ctl` is supervisorctl with the run directory's file (and its generated credentials); a
-        # worker
-        # counts as RUNNING once it stayed up --worker-startsecs, which may come after readiness.
-        ctl = wait_for(
-            lambda: (
+        # worker counts as RUNNING once it stayed up --worker-startsecs, which may come after readiness.
+        def every_program_running() -> subprocess.CompletedProcess[str] | None:
+            done = run(["torchgate", "ctl", "status"], timeout=30, env=env)
+            running = {line.split()[0] for line in done.stdout.splitlines() if " RUNNING " in line}
+            return (
                 done
-                if (done := run(["torchgate", "ctl", "status"], timeout=30, env=env)).returncode == 0
+                if done.returncode == 0 and running >= {"gateway", "dispatcher", "worker-cpu-0"}
                 else None
-            ),
+            )
+
+        ctl = wait_for(
+            every_program_running,
             timeout=60,
             interval=0.5,
             what="torchgate ctl status to show every process RUNNING",

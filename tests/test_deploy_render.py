@@ -111,8 +111,7 @@ def test_process_settings_are_robust(tmp_path: Path) -> None:
     assert procs["gateway"].autorestart is RestartUnconditionally
     assert procs["dispatcher"].autorestart is RestartUnconditionally
     # A worker that cannot load its models (exit 3) stays down instead of looping; a crash is restarted; 0
-    # (drained
-    # after a stop request) is expected, so a clean stop logs no WARN.
+    # (drained after a stop request) is expected, so a clean stop logs no WARN.
     assert worker.autorestart is RestartWhenExitUnexpected and sorted(worker.exitcodes) == [0, 2, 3]
     for name, p in procs.items():
         assert p.stopasgroup and p.killasgroup, name

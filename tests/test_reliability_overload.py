@@ -26,8 +26,7 @@ pytestmark = pytest.mark.processes
 CLIENTS = 40
 SECONDS = 6.0
 # Answers that may overtake an accepted request, as a multiple of how many can be ahead of it and in its
-# batch:
-# the clients' own threads (40 of them, on a busy machine) see their answers late, never early.
+# batch: the clients' own threads (40 of them, on a busy machine) see their answers late, never early.
 SLACK = 3
 
 
