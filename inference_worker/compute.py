@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference_worker import gpu
 from inference_worker.backends import Runner, load_error
 from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode, TensorMeta
@@ -45,13 +45,26 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     return samples
 
 
+@dataclass(slots=True)
+class Launched:
+    """A batch on its way: its request sizes, its outputs (valid once ``done`` is, on a GPU), its timings."""
+
+    sizes: list[int]
+    batching: bool
+    outputs: list[torch.Tensor]
+    done: torch.cuda.Event | None
+    t0: int
+    t1: int
+    empty: int = 0  # a batch of zero samples: this many requests, answered with empty outputs
+
+
 class Executor:
     """A model version resident on one device, with pinned staging buffers when that device is a GPU."""
 
     def __init__(self, config: ModelConfig, version: str, runner: Runner, device: torch.device) -> None:
         self.config, self.version, self.runner, self.device = config, version, runner, device
         self.cuda = device.type == "cuda"
-        self._staging: dict[int, torch.Tensor] = {}
+        self.streams = gpu.Streams(device) if self.cuda else None
 
     def warm_up(self) -> None:
         """Run one sample of zeros through the model so the first request pays no first-call costs."""
@@ -75,26 +88,46 @@ class Executor:
                 f"{self.config.config_path} against what the model takes and returns",
             ) from exc
 
+    def stage(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Prepare one request's inputs as it arrives: on a GPU, copied into pinned memory now, not later."""
+        return [gpu.stage(t) for t in inputs] if self.streams is not None else inputs
+
     def run(self, requests: Sequence[Sequence[torch.Tensor]], times: BatchTimes) -> list[list[torch.Tensor]]:
         """Run requests (each a list of inputs in config order) as one batch; return outputs per request."""
+        return self.finish(self.launch(requests, times), times)
+
+    def launch(self, requests: Sequence[Sequence[torch.Tensor]], times: BatchTimes) -> Launched:
+        """Start a batch: on a GPU, queue the copy in, the model and the copy out, and return without waiting
+        (the next batch's copy in then overlaps this one's compute); on the CPU, compute it."""
         t0 = time.perf_counter_ns()
         batching = self.config.max_batch_size > 0
         sizes = [int(inputs[0].shape[0]) for inputs in requests] if batching else [1]
         if batching and sum(sizes) == 0:
-            return [self._empty_outputs() for _ in requests]
-        inputs = [
-            self._to_device(index, [r[index] for r in requests]) for index in range(len(self.config.inputs))
-        ]
+            return Launched(sizes, batching, [], None, t0, t0, empty=len(requests))
+        streams = self.streams
+        if streams is None:
+            inputs = [self._concat([r[i] for r in requests]) for i in range(len(self.config.inputs))]
+            t1 = time.perf_counter_ns()
+            with torch.inference_mode():
+                outputs = self.runner(inputs)
+            return Launched(sizes, batching, list(outputs), None, t0, t1)
+        inputs = [streams.to_device([r[i] for r in requests]) for i in range(len(self.config.inputs))]
+        streams.inputs_ready()
         t1 = time.perf_counter_ns()
-        with torch.inference_mode():
-            outputs = self.runner(inputs)
-            outputs = [self._to_host(out) for out in outputs]
-        if self.cuda:
-            torch.cuda.current_stream(
-                self.device
-            ).synchronize()  # outputs copied back before anyone reads them
+        with torch.cuda.stream(streams.compute), torch.inference_mode():
+            outputs = [streams.to_host(out) for out in self.runner(inputs)]
+            done = streams.done()
+        return Launched(sizes, batching, outputs, done, t0, t1)
+
+    def finish(self, launched: Launched, times: BatchTimes) -> list[list[torch.Tensor]]:
+        """Wait for a launched batch (a GPU's event) and return its outputs split per request."""
+        if launched.empty:
+            return [self._empty_outputs() for _ in range(launched.empty)]
+        if launched.done is not None:
+            launched.done.synchronize()  # lets go of the GIL: the session and the next launch carry on
         t2 = time.perf_counter_ns()
-        if batching:
+        sizes, outputs = launched.sizes, launched.outputs
+        if launched.batching:
             for spec, out in zip(self.config.outputs, outputs, strict=True):
                 if out.dim() == 0 or out.shape[0] != sum(sizes):
                     raise RuntimeError(
@@ -106,32 +139,13 @@ class Executor:
         else:
             per_request = [outputs]
         t3 = time.perf_counter_ns()
-        times.input_ns, times.infer_ns, times.output_ns = t1 - t0, t2 - t1, t3 - t2
+        times.input_ns, times.infer_ns = launched.t1 - launched.t0, t2 - launched.t1
+        times.output_ns = t3 - t2
         return per_request
 
-    def _to_device(self, index: int, parts: list[torch.Tensor]) -> torch.Tensor:
-        if not self.cuda:
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
-        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
-        staging = self._pinned(index, parts[0].dtype, math.prod(shape)).view(shape)
-        torch.cat(parts, out=staging) if len(parts) > 1 else staging.copy_(parts[0])
-        return staging.to(self.device, non_blocking=True)
-
-    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        if not self.cuda:
-            return tensor
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        return host.copy_(tensor, non_blocking=True)
-
-    def _pinned(self, index: int, dtype: torch.dtype, numel: int) -> torch.Tensor:
-        """Return a pinned flat buffer for input ``index``, grown geometrically and reused across batches."""
-        buf = self._staging.get(index)
-        if buf is None or buf.dtype != dtype or buf.numel() < numel:
-            buf = torch.empty(
-                max(numel, 2 * (buf.numel() if buf is not None else 0)), dtype=dtype, pin_memory=True
-            )
-            self._staging[index] = buf
-        return buf[:numel]
+    @staticmethod
+    def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _empty_outputs(self) -> list[torch.Tensor]:
         return [

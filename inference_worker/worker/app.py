@@ -16,7 +16,7 @@ import torch
 
 from inference_worker import protocol, shm
 from inference_worker.batching import Batcher, Pending
-from inference_worker.compute import BatchTimes, Executor, check_inputs, describe_failure
+from inference_worker.compute import BatchTimes, Executor, Launched, check_inputs, describe_failure
 from inference_worker.errors import CodedError
 from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, ProtocolError, TensorMeta
@@ -28,6 +28,7 @@ from inference_worker.worker.config import WorkerConfig, pick_device
 log = logging.getLogger("torchgate.worker")
 
 Key = tuple[str, str]  # model, version
+INLINE_NS = 2_000_000  # a CPU batch expected to take less runs on the main thread: heartbeats wait no longer
 Answer = tuple[list[Any], bool]  # a message's frames, and whether to copy them on send
 
 
@@ -42,6 +43,24 @@ class Batch:
     @property
     def samples(self) -> int:
         return sum(item.samples for item in self.items)
+
+
+@dataclass(slots=True)
+class Launch:
+    """A batch started on the launcher thread: the requests left out (past their deadline), and the run."""
+
+    expired: list[Pending]
+    run: Run
+    handle: Launched | None = None  # an Executor's batch on its way
+    failed: Exception | None = None  # launching raised: the finisher runs the requests one by one
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a batch: requests left out past their deadline, and the runs of the model."""
+
+    expired: list[Pending]
+    runs: list[Run]
 
 
 @dataclass(slots=True)
@@ -67,6 +86,7 @@ class Application:
         self.batchers: dict[Key, Batcher] = self.residents.batchers
         self.stats: dict[Key, ModelStats] = defaultdict(ModelStats)
         self.segments = shm.Mappings()  # gateways' segments mapped here, dropped when their owner lets go
+        self.sample_ns: dict[Key, float] = {}  # moving average of a batch's compute time per sample
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -75,9 +95,15 @@ class Application:
 
         Raise :class:`ConfigError` when the repository cannot be read, :class:`LoadError` when nothing loaded.
         """
+        self.setup_thread()
+        self.residents.load_all(list(self.config.models) or None)
+
+    def setup_thread(self) -> None:
+        """Apply ``--threads`` to the calling thread: OpenMP's thread count is per thread, so each compute
+        thread needs it (unset, a new thread's pool took every core: a batch of digits took 7 ms, not 0.1).
+        """
         if self.config.threads:  # on a GPU too: its CPU threads stage and launch, and must not spin
             torch.set_num_threads(self.config.threads)
-        self.residents.load_all(list(self.config.models) or None)
 
     def control(self, action: str, model: str) -> protocol.WorkerControlReply:
         """Load (again) or unload one model; call only when nothing is queued or computing."""
@@ -133,7 +159,7 @@ class Application:
                 batch_key = executor.batch_key(inputs)
             else:
                 by_name = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
-                inputs = [by_name[spec.name] for spec in executor.config.inputs]
+                inputs = executor.stage([by_name[spec.name] for spec in executor.config.inputs])
                 batch_key = tuple((t.dtype, tuple(t.shape[1:])) for t in inputs)
         except CodedError as exc:
             code = ErrorCode(exc.code)
@@ -179,19 +205,74 @@ class Application:
     def queued(self) -> int:
         return sum(len(b) for b in self.batchers.values())
 
-    # -- computing (on the compute thread) ------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Batches in the compute threads at once: two on a GPU (one computes while the next copies in)."""
+        return 2 if self.device.type == "cuda" else 1
 
-    def compute(self, batch: Batch) -> list[Run]:
-        """Run a batch; if it fails, run its requests one by one, so a bad request fails alone."""
-        runs = [self._run(batch.key, batch.items)]
-        if runs[0].error is not None and len(batch.items) > 1:
-            log.warning(
-                "%s: batch of %d failed (%s); retrying one by one",
-                self.tag,
-                len(batch.items),
-                runs[0].error[1],
-            )
-            runs = [self._run(batch.key, [item]) for item in batch.items]
+    def inline(self, batch: Batch) -> bool:
+        """Whether to run ``batch`` on the calling (main) thread: a CPU batch known to take < ``INLINE_NS``.
+
+        Two thread hand-offs cost more than such a batch (digits: c=1 +0.5 ms, 32 in flight 0.88x); anything
+        longer, or not yet measured, goes to the compute threads so heartbeats keep flowing.
+        """
+        per_sample = self.sample_ns.get(batch.key)
+        return self.depth == 1 and per_sample is not None and per_sample * max(1, batch.samples) < INLINE_NS
+
+    # -- computing (on the compute threads) --------------------------------------------------------------
+
+    def launch(self, batch: Batch) -> Launch:
+        """Start a batch (launcher thread); a request whose deadline has passed is left out, never run."""
+        now = time.time()
+        live = [item for item in batch.items if item.deadline > now]
+        launch = Launch(
+            [item for item in batch.items if item.deadline <= now], Run(live, time.monotonic_ns())
+        )
+        executor = self.executors[batch.key]
+        if live and isinstance(executor, Executor):
+            try:
+                launch.handle = executor.launch([item.payload[0] for item in live], launch.run.times)
+            except Exception as exc:  # the finisher runs the requests one by one
+                launch.failed = exc
+        return launch
+
+    def finish(self, batch: Batch, launch: Launch) -> Outcome:
+        """Wait for a launched batch (finisher thread); if it failed, run its requests one by one."""
+        runs = [launch.run] if launch.run.items else []
+        if runs:
+            executor = self.executors[batch.key]
+            try:
+                if launch.failed is not None:
+                    raise launch.failed
+                results: list[Any] = (
+                    executor.finish(launch.handle, launch.run.times)
+                    if launch.handle is not None and isinstance(executor, Executor)
+                    else executor.run([item.payload[0] for item in launch.run.items], launch.run.times)
+                )
+                launch.run.outputs = [
+                    self._encode(executor, item, out)
+                    for item, out in zip(launch.run.items, results, strict=True)
+                ]
+            except Exception as exc:
+                launch.run.error = describe_failure(exc)
+                self._after_failure(launch.run.error)
+        if runs and runs[0].error is not None and len(runs[0].items) > 1:
+            runs = self._one_by_one(batch, runs[0])
+        elif runs and runs[0].error is not None:
+            first = runs[0].items[0]
+            log.error("%s: request %s failed: %s", self.tag, first.request_id or first.seq, runs[0].error[1])
+        return Outcome(launch.expired, runs)
+
+    def _after_failure(self, error: tuple[ErrorCode, str]) -> None:
+        if self.device.type == "cuda" and error[0] is ErrorCode.RESOURCE_EXHAUSTED:
+            torch.cuda.empty_cache()
+
+    def _one_by_one(self, batch: Batch, failed: Run) -> list[Run]:
+        assert failed.error is not None
+        log.warning(
+            "%s: batch of %d failed (%s); retrying one by one", self.tag, len(failed.items), failed.error[1]
+        )
+        runs = [self._run(batch.key, [item]) for item in failed.items]
         for run in runs:
             if run.error is not None:
                 first = run.items[0]
@@ -227,11 +308,17 @@ class Application:
 
     # -- answering (on the main thread) ------------------------------------------------------------------
 
-    def finish(self, batch: Batch, runs: list[Run]) -> list[Answer]:
-        """Count what the runs did and return each answer's frames."""
+    def answer(self, batch: Batch, outcome: Outcome) -> list[Answer]:
+        """Count what became of a batch and return each answer's frames (main thread)."""
         stats, cuda = self.stats[batch.key], self.executors[batch.key].cuda
         answers: list[Answer] = []
-        for run in runs:
+        for item in outcome.expired:  # its deadline passed while the batch waited for the one before it
+            stats.failure["deadline"] += 1
+            text = "deadline passed before compute"
+            answers.append(
+                (self.fail(item.seq, ErrorCode.DEADLINE_EXCEEDED, text, item.request_id).frames(), False)
+            )
+        for run in outcome.runs:
             if run.error is not None or run.outputs is None:
                 code, text = run.error or (ErrorCode.INTERNAL, "the batch produced no outputs")
                 stats.failure[code.value] += 1
@@ -241,6 +328,9 @@ class Application:
             t = run.times
             samples = sum(item.samples for item in run.items)
             stats.record_batch(samples, t.input_ns, t.infer_ns, t.output_ns)
+            per_sample = (t.input_ns + t.infer_ns + t.output_ns) / max(1, samples)
+            last = self.sample_ns.get(batch.key, per_sample)
+            self.sample_ns[batch.key] = last + (per_sample - last) / 4
             for item, tensors in zip(run.items, run.outputs, strict=True):
                 if isinstance(tensors, CodedError):
                     code = ErrorCode(tensors.code)

@@ -22,7 +22,7 @@ from inference_worker.backends import LoadError
 from inference_worker.protocol import ErrorCode
 from inference_worker.repository import ConfigError
 from inference_worker.security import SecurityError
-from inference_worker.worker.app import Application, Batch, Run
+from inference_worker.worker.app import Application, Batch, Launch, Outcome
 from inference_worker.worker.compute_thread import ComputeThread
 from inference_worker.worker.config import WorkerConfig
 from inference_worker.worker.session import Session
@@ -47,7 +47,7 @@ class Worker:
             self._ready,
             self._heartbeat,
         )
-        self.compute: ComputeThread[list[Run]] | None = None
+        self.compute: ComputeThread[Launch, Outcome] | None = None
         self.controls: list[protocol.WorkerControl] = []  # loads and unloads waiting for the queues to empty
         self.stopping = 0  # stop signals received
         self.batches = 0  # batches started
@@ -63,7 +63,9 @@ class Worker:
     def connect(self) -> None:
         """Start the compute thread, connect to the dispatcher and announce READY."""
         if self.compute is None:
-            self.compute = ComputeThread(self.app.compute)
+            self.compute = ComputeThread(
+                self.app.launch, self.app.finish, overlap=self.app.depth > 1, setup=self.app.setup_thread
+            )
         self.session.connect()
 
     def report_and_leave(self) -> None:
@@ -97,8 +99,10 @@ class Worker:
         """Run until drained (returns 0) or for ``max_iterations`` rounds (tests)."""
         assert self.compute is not None and self.session.socket is not None, "connect() first"
         compute, session = self.compute, self.session
-        poller, polled = zmq.Poller(), None
+        poller, polled = zmq.Poller(), None  # the compute threads' wake-up, and the socket when there is room
+        busy = zmq.Poller()  # the wake-up alone
         poller.register(compute.wake_fd, zmq.POLLIN)
+        busy.register(compute.wake_fd, zmq.POLLIN)
         iterations = 0
         while max_iterations is None or iterations < max_iterations:
             iterations += 1
@@ -113,7 +117,12 @@ class Worker:
                     poller.unregister(polled)
                 polled = session.socket
                 poller.register(polled, zmq.POLLIN)
-            events = dict(poller.poll(self._poll_timeout_ms(now)))
+            # With the compute threads full, requests wait in ZeroMQ's queue and are read in one go when a
+            # batch is done (the next batch takes them all): reading each as it came cost the computing thread
+            # the GIL. A waiting message still proves the dispatcher alive (Session.keep_alive).
+            # Draining, every message is read: the drain's acknowledgement (or silence) decides when to leave.
+            full = compute.pending >= self.app.depth and not session.drain_started
+            events = dict((busy if full else poller).poll(self._poll_timeout_ms(now)))
             if polled in events:
                 for message in session.receive():
                     if isinstance(message, protocol.WorkerControl):
@@ -168,7 +177,7 @@ class Worker:
 
     def _poll_timeout_ms(self, now: float) -> int:
         wake = self.session.next_heartbeat
-        if self.compute is not None and not self.compute.pending:
+        if self.compute is not None and self.compute.pending < self.app.depth:
             due = self.app.next_wakeup_ns()
             if due is not None:
                 wake = min(wake, now + (due - time.monotonic_ns()) / 1e9)
@@ -179,18 +188,24 @@ class Worker:
         return max(0, int((wake - now) * 1000))
 
     def _start_batch(self, flush: bool) -> None:
-        """Start the next due batch when the compute thread is free; deadlines are checked right before."""
+        """Start the next due batch when the compute threads have room; deadlines are checked before, and
+        again when it is launched (a batch may wait for the one computing)."""
         assert self.compute is not None
-        if self.compute.pending:
+        if self.compute.pending >= self.app.depth:
             return
         for error in self.app.expire(time.time()):
             self.session.send(error.frames())
         batch = self.app.next_batch(self.batches + 1, time.monotonic_ns(), flush=flush)
-        if batch is not None:
-            self.batches += 1
+        if batch is None:
+            return
+        self.batches += 1
+        if self.app.inline(batch):  # the same launch and finish, on this thread: no hand-offs
+            self._answer([(batch, self.app.finish(batch, self.app.launch(batch)))])
+            self.session.hasten_heartbeat(time.monotonic())
+        else:
             self.compute.submit(batch)
 
-    def _answer(self, finished: list[tuple[Batch, list[Run] | BaseException]]) -> None:
+    def _answer(self, finished: list[tuple[Batch, Outcome | BaseException]]) -> None:
         for batch, result in finished:
             if isinstance(result, BaseException):
                 text = f"worker error: {type(result).__name__}"
@@ -199,7 +214,7 @@ class Worker:
                         self.app.fail(item.seq, ErrorCode.INTERNAL, text, item.request_id).frames()
                     )
                 continue
-            for frames, copy in self.app.finish(batch, result):
+            for frames, copy in self.app.answer(batch, result):
                 self.session.send(frames, copy=copy)
 
     # -- what the session announces -----------------------------------------------------------------------
