@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from inference_worker.protocol.fields import Link, Tensors
 from inference_worker.protocol.frames import (
     BYTES,
     DATATYPE_SIZES,
@@ -29,33 +30,32 @@ from inference_worker.protocol.frames import (
     require,
     tensor_meta,
 )
+from inference_worker.protocol.kinds import ACCEPTS, MESSAGES, message_table, read
 from inference_worker.protocol.messages import (
-    ACCEPTS,
-    MESSAGES,
-    Computing,
-    Control,
-    ControlReply,
-    Disconnect,
-    Drain,
     Error,
     ForwardedRequest,
-    Heartbeat,
-    Link,
-    Query,
-    QueryReply,
-    Ready,
     Reply,
     Request,
-    Status,
-    StatusReply,
-    Tensors,
-    WorkerControl,
-    WorkerControlReply,
     WorkerError,
     WorkerReply,
+)
+from inference_worker.protocol.queries import (
+    Control,
+    ControlReply,
+    Query,
+    QueryReply,
+    Status,
+    StatusReply,
     WorkerStatus,
-    message_table,
-    read,
+)
+from inference_worker.protocol.session import (
+    Computing,
+    Disconnect,
+    Drain,
+    Heartbeat,
+    Ready,
+    WorkerControl,
+    WorkerControlReply,
 )
 
 

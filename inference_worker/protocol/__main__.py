@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from inference_worker.protocol.messages import message_table
+from inference_worker.protocol.kinds import message_table
 
 print(message_table(), end="")

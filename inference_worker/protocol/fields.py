@@ -1,0 +1,82 @@
+"""What every message kind shares: the links, the tensors, and the checks that read one header field."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+from inference_worker.protocol.frames import (
+    ErrorCode,
+    Kind,
+    ProtocolError,
+    TensorMeta,
+    encode,
+)
+
+Tensors = Sequence[tuple[TensorMeta, Any]]  # each tensor's meta and its frame (any buffer)
+
+
+class Link(enum.StrEnum):
+    """Which way a message travels."""
+
+    GATEWAY_TO_DISPATCHER = "gateway -> dispatcher"
+    DISPATCHER_TO_GATEWAY = "dispatcher -> gateway"
+    WORKER_TO_DISPATCHER = "worker -> dispatcher"
+    DISPATCHER_TO_WORKER = "dispatcher -> worker"
+
+
+def _text(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key)
+    return "" if value is None else str(value)
+
+
+def _optional_text(fields: dict[str, Any], key: str) -> str | None:
+    value = fields.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _number(fields: dict[str, Any], key: str) -> float | None:
+    value = fields.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _integer(fields: dict[str, Any], key: str, default: int = 0) -> int:
+    value = fields.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _names(fields: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = fields.get(key) or []
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"field {key!r} must be a list of names")
+    return tuple(value)
+
+
+def _code(fields: dict[str, Any]) -> ErrorCode:
+    value = fields.get("code")
+    return ErrorCode(str(value)) if value in ErrorCode.__members__ else ErrorCode.INTERNAL
+
+
+def _map(fields: dict[str, Any], key: str) -> dict[str, Any]:
+    value = fields.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _optional_map(fields: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = fields.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def _optional_list(fields: dict[str, Any], key: str) -> list[Any] | None:
+    value = fields.get(key)
+    return value if isinstance(value, list) else None
+
+
+def _list(fields: dict[str, Any], key: str) -> list[Any]:
+    value = fields.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _header(kind: Kind, fields: dict[str, Any], tensors: Tensors = (), key: str = "inputs") -> list[Any]:
+    return encode(kind, {k: v for k, v in fields.items() if v is not None}, tensors, tensor_key=key)
