@@ -217,11 +217,6 @@ def _buffer(frame: Any) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-def error_fields(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
-    """Return the fields of an ERROR message (for the code that still builds messages from fields)."""
-    return {"code": code.value, "message": message, **extra}
-
-
 def require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     """Return ``fields[key]`` if it has the expected type, else raise :class:`ProtocolError`."""
     value = fields.get(key)
