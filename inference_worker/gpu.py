@@ -5,15 +5,72 @@ event per batch to wait on. Nothing here runs on a CPU-only worker.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import mmap
 from collections.abc import Sequence
 
 import torch
 
+from inference_worker import shm
+
+log = logging.getLogger("torchgate.worker")
+
 
 def stage(tensor: torch.Tensor) -> torch.Tensor:
-    """Return a copy of ``tensor`` in pinned host memory (torch's caching host allocator reuses blocks)."""
+    """Return ``tensor`` in pinned host memory: itself when it is already (a registered shared-memory
+    segment), else a copy (torch's caching host allocator reuses blocks)."""
+    if tensor.is_pinned():
+        return tensor
     pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return pinned.copy_(tensor)
+
+
+class HostPinning:
+    """Page-lock shared-memory mappings with ``cudaHostRegister``, so copies to the GPU read them in place
+    (no staging copy); a mapping is unregistered before it is unmapped (``shm.Mappings`` sees to it)."""
+
+    def __init__(self) -> None:
+        self.cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+        self.registered = 0  # mappings registered now
+        self._warned = False
+
+    @staticmethod
+    def available() -> bool:
+        """Return whether this process can register host memory (torch built with CUDA and a device seen)."""
+        return torch.cuda.is_available()
+
+    def register(self, memory: mmap.mmap) -> bool:
+        error = int(self.cudart.cudaHostRegister(shm.address(memory), len(memory), 0))
+        if error:
+            _clear_last_error()  # else the next kernel launch check on this thread reports it
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "worker: cudaHostRegister of a %d-byte shared-memory segment failed (%s): its inputs are "
+                    "staged through pinned buffers instead",
+                    len(memory),
+                    self.cudart.cudaGetErrorString(error),
+                )
+            return False
+        self.registered += 1
+        return True
+
+    def unregister(self, memory: mmap.mmap) -> None:
+        error = int(self.cudart.cudaHostUnregister(shm.address(memory)))
+        if error:
+            _clear_last_error()
+            log.warning("worker: cudaHostUnregister failed (%s)", self.cudart.cudaGetErrorString(error))
+            return
+        self.registered -= 1
+
+
+def _clear_last_error() -> None:
+    """Reset the CUDA runtime's last error on this thread (torch's bindings leave it set)."""
+    try:
+        ctypes.CDLL(None).cudaGetLastError()  # torch loads the runtime with its symbols global
+    except (AttributeError, OSError):
+        pass
 
 
 class Streams:

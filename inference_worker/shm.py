@@ -15,13 +15,14 @@ Only the reference, a few dozen bytes, travels through the dispatcher. Nothing h
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import mmap
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from inference_worker.protocol import (
     BYTES,
@@ -93,6 +94,11 @@ class Segment:
             self.fd = -1
 
 
+def address(buffer: Any) -> int:
+    """Return where a writable buffer (a mapping, a view of one) starts in this process's memory."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
 class Pool:
     """Segments this process made and may use again (thread-safe); sizes round up to powers of two."""
 
@@ -128,35 +134,102 @@ class Pool:
         segment.close()
 
 
+class Pinning(Protocol):
+    """Page-locks mappings for a device's copies (CUDA: ``inference_worker.gpu.HostPinning``)."""
+
+    def register(self, memory: mmap.mmap) -> bool:
+        """Page-lock ``memory``; return whether it is now registered."""
+        ...
+
+    def unregister(self, memory: mmap.mmap) -> None:
+        """Undo :meth:`register` (before the mapping is unmapped)."""
+        ...
+
+
 class Mappings:
     """The segments a worker has mapped, kept for their next use; those whose owner closed them are
-    dropped."""
+    dropped.
 
-    def __init__(self, max_entries: int = 256) -> None:
+    With a :class:`Pinning` (a GPU worker), each mapping is registered once when it is mapped, so a copy to
+    the device reads the segment in place. A dropped mapping is retired, not unmapped: it is unregistered and
+    unmapped by :meth:`sweep` once no request's tensors view it any more (a copy may still be reading it).
+    """
+
+    def __init__(self, max_entries: int = 256, pinning: Pinning | None = None) -> None:
         self.max_entries = max_entries
+        self.pinning = pinning
         self._maps: OrderedDict[tuple[int, int, int], mmap.mmap] = OrderedDict()
+        self._pinned: set[int] = set()  # id() of the mappings registered with ``pinning``
+        self._retired: list[mmap.mmap] = []  # dropped, unmapped once no view of them is left
 
     def get(self, ref: Any) -> mmap.mmap:
         key = (_int(ref, "pid"), _int(ref, "fd"), _int(ref, "ino"))
         memory = self._maps.get(key)
         if memory is None or len(memory) < _int(ref, "size"):
-            memory = attach(ref)
+            fresh = attach(ref)
+            if memory is not None:  # outgrown: the segment was made anew under the same descriptor
+                self._retired.append(memory)
+            memory = fresh
+            if self.pinning is not None and self.pinning.register(memory):
+                self._pinned.add(id(memory))
             self._maps[key] = memory
             while len(self._maps) > self.max_entries:
-                self._maps.popitem(last=False)
+                self._retired.append(self._maps.popitem(last=False)[1])
         self._maps.move_to_end(key)
         return memory
 
+    def pinned(self, memory: mmap.mmap) -> bool:
+        """Return whether ``memory`` is registered with the pinning."""
+        return id(memory) in self._pinned
+
     def sweep(self) -> int:
-        """Drop the mappings of segments their owner no longer holds (closed, or the owner died); return how
-        many."""
+        """Drop the mappings of segments their owner no longer holds (closed, or the owner died), unmap the
+        dropped ones no view is left of; return how many were dropped."""
         gone = [key for key in self._maps if not _still_there(*key)]
         for key in gone:
-            del self._maps[key]  # unmapped once no request's tensors view it any more
+            self._retired.append(self._maps.pop(key))
+        self._release()
         return len(gone)
+
+    def close(self) -> None:
+        """Drop every mapping (at exit); those still viewed are unmapped by a later :meth:`sweep`."""
+        self._retired.extend(self._maps.values())
+        self._maps.clear()
+        self._release()
+
+    @property
+    def retired(self) -> int:
+        """How many dropped mappings wait for their last view to go."""
+        return len(self._retired)
+
+    def _release(self) -> None:
+        kept = []
+        for memory in self._retired:
+            if in_use(memory):
+                kept.append(memory)
+                continue
+            if id(memory) in self._pinned:
+                self._pinned.discard(id(memory))
+                if self.pinning is not None:
+                    self.pinning.unregister(memory)
+            close_quietly(memory)
+        self._retired = kept
 
     def __len__(self) -> int:
         return len(self._maps)
+
+
+def in_use(memory: mmap.mmap) -> bool:
+    """Return whether a view of ``memory`` is alive (a tensor, a memoryview): it must stay mapped then."""
+    if memory.closed:
+        return False
+    try:
+        memory.resize(-1)  # refuses with BufferError while views exist, else with ValueError: changes nothing
+    except BufferError:
+        return True
+    except (ValueError, OSError, SystemError):
+        return False
+    return True  # not expected: keep it mapped rather than risk it
 
 
 def _still_there(pid: int, fd: int, ino: int) -> bool:

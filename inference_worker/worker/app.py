@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from inference_worker import protocol, shm
+from inference_worker import gpu, protocol, shm
 from inference_worker.batching import Batcher, Pending
 from inference_worker.compute import BatchTimes, Executor, Launched, check_inputs, describe_failure
 from inference_worker.errors import CodedError
@@ -85,7 +85,8 @@ class Application:
         self.executors: dict[Key, Executor | Pipeline] = self.residents.executors
         self.batchers: dict[Key, Batcher] = self.residents.batchers
         self.stats: dict[Key, ModelStats] = defaultdict(ModelStats)
-        self.segments = shm.Mappings()  # gateways' segments mapped here, dropped when their owner lets go
+        # gateways' segments mapped here (page-locked on a GPU), dropped when their owner lets go
+        self.segments = shm.Mappings(pinning=gpu.HostPinning() if self.device.type == "cuda" else None)
         self.sample_ns: dict[Key, float] = {}  # moving average of a batch's compute time per sample
 
     # -- life cycle -------------------------------------------------------------------------------------
