@@ -107,6 +107,17 @@ def answered(stack: Stack, request_id: str) -> int:
     return int(wait_for(pid, timeout=10, what=f"the access line of {request_id}"))
 
 
+def access_lines_of(stack: Stack, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Return the JSON access lines of ``ids`` by request id, once all are written (a writer thread writes
+    them)."""
+
+    def lines() -> dict[str, dict[str, Any]] | None:
+        found = {e["access"]["request_id"]: e for e in stack.access_lines()}
+        return found if all(i in found for i in ids) else None
+
+    return wait_for(lines, timeout=10, what=f"the access lines of {len(ids)} requests")
+
+
 def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None:
     before = scrape(stack.url)[1]
     ids = [f"metrics-{i}" for i in range(len(SIZES))]
@@ -136,8 +147,8 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
 
     # Each request ran in a batch of the size its access line (from the worker's reply) reports; a batch of B
     # samples holding this request's n samples is n/B of one execution.
-    lines = {e["access"]["request_id"]: e["access"] for e in stack.access_lines() if e["access"].get("model")}
-    ran = [lines[i] for i in ids]
+    lines = access_lines_of(stack, ids)
+    ran = [lines[i]["access"] for i in ids]
     assert [a["samples"] for a in ran] == SIZES and all(a["status"] == 200 for a in ran)
     assert all(a["batch_size"] >= a["samples"] for a in ran)
     assert delta("nv_inference_exec_count", model="digits") == pytest.approx(
@@ -175,7 +186,7 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
         )
     assert len(answered_by) == 2, "only one gateway process ever answered"
     assert set(answered_by.values()) == {expected}
-    served = {e["pid"] for e in stack.access_lines() if e["access"]["request_id"] in ids}
+    served = {e["pid"] for e in access_lines_of(stack, ids).values()}
     assert expected - total(before, "nv_inference_request_success", model="digits") == len(SIZES)
     print("gateway processes that served the traffic:", served)
 
@@ -197,7 +208,7 @@ def test_request_ids_reach_the_worker_and_every_log_line(stack: Stack) -> None:
         timeout=10,
         what="the worker to log the failed request's id",
     )
-    accesses = {e["access"]["request_id"]: e for e in stack.access_lines()}
+    accesses = access_lines_of(stack, ["will-fail-42", "oip-id-7", made.headers["X-Request-ID"], "hdr-1"])
     assert accesses["will-fail-42"]["access"]["status"] == 500
     assert accesses["will-fail-42"]["request_id"] == "will-fail-42"  # the JSON line's own field
     assert accesses["oip-id-7"]["access"]["model"] == "digits"
