@@ -198,6 +198,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=None, help="default docs/benchmarks-gpu.md (GPU mode)")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR / "gpu")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="the raw figures as JSON (default WORK_DIR/results.json)"
+    )
     return parser.parse_args(argv)
 
 
@@ -444,17 +447,25 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(command, mode, host, asdict(plan) | {"sizes": asdict(sizes)}, load_tool=host["load"])
     report.plan["litserve_path"] = str(plan.litserve_path) if plan.litserve_path else None
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    results = args.results or args.work_dir / "results.json"
     log(f"{command}: mode {mode}, {host}")
     models = write_gpu_repository(args.work_dir / "repository", tuple(workloads), args.stand_in or not gpu)
     bench = Bench(report, plan, sizes, systems, formats, args.work_dir)
-    for workload in workloads:
-        model = models[workload]
-        report.models[workload] = model.description
-        log(f"== {workload}: {model.description}")
-        bench.run_workload(model)
-        (args.work_dir / "results.json").write_text(json.dumps(report.to_dict(), indent=1))
-        write_report(report, output)
-        log(f"wrote {output} and {args.work_dir / 'results.json'}")
+    try:
+        for workload in workloads:
+            model = models[workload]
+            report.models[workload] = model.description
+            log(f"== {workload}: {model.description}")
+            bench.run_workload(model)
+            results.write_text(json.dumps(report.to_dict(), indent=1))
+            write_report(report, output)
+            log(f"wrote {output} and {results}")
+    except SystemExit:  # cut short (timeout's SIGTERM): keep what was measured
+        if report.runs or report.raw:
+            results.write_text(json.dumps(report.to_dict(), indent=1))
+            write_report(report, output)
+            log(f"cut short: wrote what was measured to {output} and {results}")
+        raise
     return 0
 
 

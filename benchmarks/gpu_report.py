@@ -12,23 +12,46 @@ if TYPE_CHECKING:
 RECIPE = """\
 ## How to run it on the offline GPU host (one call)
 
-The GPU host has Python 3.12, torch 2.11 (CUDA 13.0), torchvision, numpy, msgpack, werkzeug, click, psutil and
-nvidia-smi, but not flask, gunicorn, pyzmq, supervisor, orjson, LitServe or wrk, and no network
-(`/work/shared/gpu/README.md`). So, here, once (network needed; `.gpu/` is git-ignored, ~15 MB):
+The GPU host has Python 3.12, torch 2.11 (CUDA 13.0), torchvision, numpy, msgpack, werkzeug, click, psutil,
+pytest and nvidia-smi, but not flask, gunicorn, pyzmq, supervisor, orjson, LitServe or wrk, and no network
+(`/work/shared/gpu/README.md`). So, here, once (network needed; `.gpu/` is git-ignored, ~6 MB):
 
     bash benchmarks/gpu_wheelhouse.sh            # .gpu/whl, .gpu/litserve, .gpu/deb (wrk)
 
-then, with the device tool, one command that carries `.gpu/` and brings the results back in `$OUT`:
+It downloads pyproject.toml's dependencies with theirs, for CPython 3.12 on manylinux x86-64, less what the
+host has (a dependency added later comes along by itself); LitServe 0.2.19's pinned set with anyio, sniffio
+and h11; wrk's Debian packages. Then, with the device tool, one command that carries `.gpu/` and brings the
+results back in `$OUT`:
 
     run(command="bash benchmarks/gpu_host.sh", carry=[".gpu"], timeout_s=600)
 
 `benchmarks/gpu_host.sh` installs the wheels into `/tmp/tg-site` (LitServe's into `/tmp/tg-litserve`, apart,
-as its pinned fastapi must not shadow anything), unpacks wrk, checks the host (`python3 -m benchmarks.gpu`
-says what is missing and stops), runs `python3 -m benchmarks.gpu --mode gpu` bounded by `timeout`, and copies
-`docs/benchmarks-gpu.md`, `results.json` and the systems' logs to `$OUT`. Read them here, then commit
-`docs/benchmarks-gpu.md` from `$OUT`. A run takes about 5-6 minutes (two models, four systems, two
-concurrencies, 10 s per load run, the raw model at batch 1 to 64); `GPU_BENCH_ARGS` passes more flags (say
-`--workers-per-gpu 2`, `--concurrency 1,64,256`).
+so that its pinned fastapi shadows nothing), unpacks wrk (and drops it for the Python load if it does not
+run), puts `torchgate` and `supervisorctl` wrappers on PATH (`TORCHGATE_TEST_BIN` for the tests), runs the
+tests that need CUDA (`-m gpu`: tests/test_pipeline.py, tests/test_pinned.py, tests/test_deploy_supervisor.py,
+bounded to 90 s, what they started ended after), then `python3 -m benchmarks.gpu --mode gpu` (it checks the
+host first and says what is missing), bounded so that the whole script ends within 580 s (`GPU_HOST_SECONDS`).
+`$OUT` gets 7 files: host.txt (nvidia-smi, torch, the tests' verdict), gpu-tests.log, install.log, bench.log,
+benchmarks-gpu.md and results.json (written after each model, and when a run is cut short: it keeps what was
+measured), logs.tgz (the systems' logs). Commit `docs/benchmarks-gpu.md` from `$OUT`. A run takes about 6
+minutes (two models, three systems, torchgate in two formats, two concurrencies, 10 s per load run, the raw
+model at batch 1 to 64); `GPU_BENCH_ARGS` passes more flags (say `--workers-per-gpu 2`, `--concurrency
+1,64,256`), `GPU_TESTS=0` skips the tests.
+
+Dry run (not on a GPU: no GPU host has run it yet), 2026-11-30 on the 2-core CPU box: `bash
+benchmarks/gpu_wheelhouse.sh`, then `PYTHON=<venv> OUT=/tmp/h4-out GPU_BENCH_ARGS="--mode cpu" bash
+benchmarks/gpu_host.sh`, where `<venv>` is a fresh CPython 3.12.1 venv holding only what the GPU host has
+(torch 2.11.0+cu130 and torchvision 0.26.0 from PyPI, CUDA unavailable; numpy, msgpack, werkzeug, jinja2,
+click, prometheus-client, psutil, safetensors, requests, pytest, pytest-timeout, hypothesis) and no flask,
+gunicorn, pyzmq, supervisor or orjson. The wheels installed and imported; the GPU tests were collected and
+skipped (no CUDA); torchgate (binary and JSON), the seed's way and LitServe each served both models (16 load
+runs, no error); exit 0 in 233 s with the 7 files in `$OUT` (the run that was cut short first had left
+LitServe's processes behind: the script now ends what is left under its work folder). Cut short on purpose
+(`GPU_HOST_SECONDS=230 GPU_TESTS=0`): exit 124 after 174 s of a 230 s budget, the systems stopped, no process
+left, the report and results.json keeping the 8 runs measured. Found and fixed on the way: LitServe did not
+start (anyio missing from its set), the wrk check failed under pipefail, the tests' clean-up killed itself.
+Not dry-run: anything CUDA does (the GPU worker's streams, the pinned registration, NVML/nvidia-smi sampling),
+the host's own glibc and wrk's libraries there.
 """
 
 

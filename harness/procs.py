@@ -18,7 +18,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = ROOT / "deploy" / "model_repository"
-BIN = Path(sys.executable).parent
+# Where `torchgate` and `supervisorctl` are: beside this Python, or in TORCHGATE_TEST_BIN (gpu_host.sh).
+BIN = Path(os.environ.get("TORCHGATE_TEST_BIN") or Path(sys.executable).parent)
 COMMAND_TIMEOUT = 120.0
 
 T = TypeVar("T")
