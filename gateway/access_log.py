@@ -60,7 +60,7 @@ def log_request(method: str, path: str, status: int, seconds: float, trace: Requ
             "level": "INFO",
             "logger": access.name,
             "message": message,
-            "pid": os.getpid(),
+            "pid": _pid,
             "access": access_fields(method, path, status, seconds, trace),
         }
         request_id = current_request_id()
@@ -91,6 +91,15 @@ def access_fields(method: str, path: str, status: int, seconds: float, trace: Re
 
 # ISO (JSON lines) or not: the last second whose text was made, and that text
 _seconds: dict[bool, tuple[int, str]] = {}
+_pid = os.getpid()
+
+
+def _new_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_new_pid)
 
 
 def _clock(now: float, iso: bool = False) -> str:
@@ -111,7 +120,7 @@ def _clock(now: float, iso: bool = False) -> str:
 
 def text_line(message: str) -> str:
     """Return an INFO line of ``torchgate.access`` as :class:`TextFormatter` writes it (no record made)."""
-    line = f"{_clock(time.time())} gateway[{os.getpid()}] INFO {message}"
+    line = f"{_clock(time.time())} gateway[{_pid}] INFO {message}"
     if line.isascii() and line.isprintable() and "\\" not in line:
         return line  # nothing to escape (the common case, checked in C)
     return logs.escape_controls(line)

@@ -5,6 +5,8 @@ bearer token check, and the one place that turns an exception into an HTTP error
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -31,10 +33,24 @@ log = logging.getLogger("torchgate.gateway")
 LIVENESS = "/v2/health/live"  # the one endpoint that needs no token
 
 
+class GatewayFlask(Flask):
+    """Flask, but a hook or view is checked for ``async`` once, not on every request (``inspect`` is slow)."""
+
+    def __init__(self, import_name: str) -> None:
+        super().__init__(import_name)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
+
+
 def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = None) -> Flask:
     """Build the gateway application; ``config`` defaults to :meth:`GatewayConfig.from_env`."""
     config = config or (gateway.config if gateway else GatewayConfig.from_env())
-    app = Flask("gateway")
+    app = GatewayFlask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.extensions[EXTENSION] = gateway or Gateway(config)
     instrument.install(app)  # first: a request is traced before anything can refuse it

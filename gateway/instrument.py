@@ -5,6 +5,7 @@ it is answered, echo the id as ``X-Request-ID``, count it in the metrics and wri
 from __future__ import annotations
 
 from flask import Flask, Response, g, request
+from flask.globals import request_ctx
 
 from gateway.access_log import log_request
 from gateway.metrics import request_metrics
@@ -22,7 +23,7 @@ def install(app: Flask) -> None:
 
 def open_trace() -> None:
     """Start the request's trace; its id is a valid ``X-Request-ID`` or a new one."""
-    g.trace = RequestTrace.open(request.headers.get("X-Request-ID"))
+    g.trace = RequestTrace.open(request.environ.get("HTTP_X_REQUEST_ID"))
 
 
 def close_trace(response: Response) -> Response:
@@ -32,15 +33,16 @@ def close_trace(response: Response) -> Response:
         trace = g.trace = RequestTrace.open(None)
     response.headers["X-Request-ID"] = trace.request_id
     seconds = trace.elapsed()
+    req = request_ctx.request  # one context lookup, not one per attribute
+    method, rule, status = req.method, req.url_rule, response.status_code
     metrics = request_metrics()
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.observe_http(request.method, rule, response.status_code)
-    if request.endpoint in INFER_ENDPOINTS:
+    metrics.observe_http(method, rule.rule if rule is not None else "unmatched", status)
+    if req.endpoint in INFER_ENDPOINTS:
         if not trace.model:
             _name_target(trace)
         if trace.model:
-            metrics.observe_inference(trace.model, trace.version, seconds, response.status_code)
-    log_request(request.method, request.path, response.status_code, seconds, trace)
+            metrics.observe_inference(trace.model, trace.version, seconds, status)
+    log_request(method, req.path, status, seconds, trace)
     return response
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
@@ -34,6 +36,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TRITON_PREFIX = "nv_"
 # Label values come from bounded sets only: any method token a client sends would otherwise be a new series.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+M = TypeVar("M", bound=MetricWrapperBase)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -65,6 +68,8 @@ class RequestMetrics:
     http: Counter
     refused: Counter
     registry: CollectorRegistry | None  # None in multiprocess mode: the values live in the folder
+    # The labelled series already used, by label values: ``labels()`` takes a lock and checks every value.
+    _series: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> RequestMetrics:
@@ -112,16 +117,24 @@ class RequestMetrics:
 
     def observe_inference(self, model: str, version: str, seconds: float, status: int) -> None:
         """Count one inference request for a known model: its outcome and how long it took."""
-        self.latency.labels(model, version).observe(seconds)
+        self._child(self.latency, model, version).observe(seconds)
         if status < 400:
-            self.success.labels(model, version).inc()
-            self.duration_us.labels(model, version).inc(seconds * 1e6)
+            self._child(self.success, model, version).inc()
+            self._child(self.duration_us, model, version).inc(seconds * 1e6)
         else:
-            self.failure.labels(model, version, failure_reason(status)).inc()
+            self._child(self.failure, model, version, failure_reason(status)).inc()
 
     def observe_http(self, method: str, route: str, status: int) -> None:
         """Count one answered request; ``route`` is the matched rule (or "unmatched"), a bounded set too."""
-        self.http.labels(method_label(method), route, str(status)).inc()
+        self._child(self.http, method_label(method), route, status).inc()
+
+    def _child(self, metric: M, *labels: str | int) -> M:
+        """Return ``metric.labels(*labels)``, made once (label values are bounded sets)."""
+        key = (id(metric), *labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*(str(value) for value in labels))
+        return cast(M, child)
 
     def collect(self) -> Iterable[Metric]:
         """Yield the counters of every gateway process (multiprocess mode) or of this one."""
@@ -138,6 +151,8 @@ _metrics: RequestMetrics | None = None
 def request_metrics() -> RequestMetrics:
     """Return this process's counters, made on first use (metrics may be declared only once per process)."""
     global _metrics
+    if _metrics is not None:
+        return _metrics
     with _lock:
         if _metrics is None:
             _metrics = RequestMetrics.create(None if multiproc_dir() else CollectorRegistry())

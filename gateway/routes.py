@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from gateway import codec, triton, worker_metrics
@@ -47,17 +48,18 @@ def json_response(doc: Any, status: int = 200) -> Response:
     return Response(codec.dumps(doc), status=status, content_type=JSON)
 
 
-def request_body() -> bytes:
+def request_body(limit: int | None = None) -> bytes:
     """Read the request body in one call when its length is known.
 
     werkzeug reads 64 KiB at a time, and gunicorn answers each read by copying whatever it buffered past it
     (up to 1 MiB): a 3 MiB tensor cost ~100 MB of copies, three quarters of the gateway's time.
     """
-    length = request.content_length
-    stream = request.environ.get("wsgi.input")
+    req = request_ctx.request
+    length = req.content_length
+    stream = req.environ.get("wsgi.input")
     if length is None or stream is None:  # chunked: werkzeug reads it, enforcing MAX_CONTENT_LENGTH
-        return request.get_data(cache=False)
-    if length > current_gateway().config.max_body_bytes:
+        return req.get_data(cache=False)
+    if length > (current_gateway().config.max_body_bytes if limit is None else limit):
         raise RequestEntityTooLarge()
     try:
         data: bytes = stream.read(length)
@@ -68,17 +70,19 @@ def request_body() -> bytes:
     return data
 
 
-def tensor_body() -> bytes | bytearray:
-    """Read an infer request's body: a large one straight from the socket into one buffer (gateway.body)."""
-    length = request.content_length
-    if length is not None and length <= current_gateway().config.max_body_bytes:
+def tensor_body(limit: int) -> bytes | bytearray:
+    """Read an infer request's body (at most ``limit`` bytes): a large one straight from the socket into one
+    buffer (gateway.body)."""
+    req = request_ctx.request
+    length = req.content_length
+    if length is not None and length <= limit:
         try:
-            data = read_body(request.environ.get("wsgi.input"), length)
+            data = read_body(req.environ.get("wsgi.input"), length)
         except BodyDisconnected:
             raise ClientDisconnected() from None
         if data is not None:
             return data
-    return request_body()
+    return request_body(limit)
 
 
 def _version() -> str:
@@ -98,7 +102,7 @@ _OPENAPI = OPENAPI_PATH.read_bytes()
 @routes.post("/predict")
 def predict() -> Response:
     doc = current_gateway().predict(
-        request_body(), current_trace(), content_encoding=request.headers.get("Content-Encoding")
+        request_body(), current_trace(), content_encoding=request.environ.get("HTTP_CONTENT_ENCODING")
     )
     return json_response(doc)
 
@@ -109,13 +113,14 @@ def predict() -> Response:
 @routes.route("/predictions/<model>", methods=["POST", "PUT"])
 @routes.route("/predictions/<model>/<version>", methods=["POST", "PUT"])
 def predictions(model: str, version: str | None = None) -> Response:
-    doc = current_gateway().predictions(
+    gateway, environ = current_gateway(), request.environ
+    doc = gateway.predictions(
         model,
         version,
-        tensor_body(),
+        tensor_body(gateway.config.max_body_bytes),
         current_trace(),
-        content_type=request.headers.get("Content-Type"),
-        content_encoding=request.headers.get("Content-Encoding"),
+        content_type=environ.get("CONTENT_TYPE"),
+        content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
     )
     return json_response(doc)
 
@@ -162,13 +167,14 @@ def model_ready(model: str, version: str | None = None) -> Response:
 @routes.post("/v2/models/<model>/infer")
 @routes.post("/v2/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None) -> Response:
-    result = current_gateway().infer(
+    gateway, environ = current_gateway(), request.environ  # headers read from the environ: no Headers view
+    result = gateway.infer(
         model,
         version,
-        tensor_body(),
+        tensor_body(gateway.config.max_body_bytes),
         current_trace(),
-        content_encoding=request.headers.get("Content-Encoding"),
-        header_length=request.headers.get("Inference-Header-Content-Length"),
+        content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
+        header_length=environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"),
     )
     return Response(result.data, content_type=result.content_type, headers=result.headers)
 

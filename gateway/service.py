@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from gateway import torchserve
@@ -25,6 +25,7 @@ from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
 
 LARGE_BODY = 64 << 10  # JSON bytes past which parsing goes through Gateway.parsing (large_parses at once)
+_UNBOUNDED: AbstractContextManager[None] = nullcontext()  # reusable: it holds nothing
 
 
 class Gateway:
@@ -50,13 +51,13 @@ class Gateway:
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
 
-    @contextmanager
-    def parsing(self, size: int) -> Iterator[None]:
+    def parsing(self, size: int) -> AbstractContextManager[None]:
         """Bound how many bodies over ``LARGE_BODY`` are parsed at once (the objects they build, in
         memory)."""
-        if size <= LARGE_BODY:
-            yield
-            return
+        return _UNBOUNDED if size <= LARGE_BODY else self._large_parse()
+
+    @contextmanager
+    def _large_parse(self) -> Iterator[None]:
         if not self._large_parses.acquire(timeout=self.config.default_timeout):
             raise Unavailable(
                 f"{self.config.large_parses} large request bodies are being parsed; retry later"

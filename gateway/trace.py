@@ -27,15 +27,23 @@ def valid_request_id(value: str | None) -> bool:
     return bool(value) and REQUEST_ID.match(value or "") is not None
 
 
-_ids: tuple[int, str, itertools.count[int]] | None = None
+_ids: tuple[str, itertools.count[int]] | None = None
+
+
+def _forget_ids() -> None:
+    global _ids
+    _ids = None  # a forked child draws its own prefix
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 def new_request_id() -> str:
     """Return a fresh id, unique across processes: a random per-process prefix and a counter (no syscall)."""
     global _ids
-    if _ids is None or _ids[0] != os.getpid():
-        _ids = (os.getpid(), uuid.uuid4().hex[:16], itertools.count(1))
-    return f"{_ids[1]}{next(_ids[2]):016x}"
+    if _ids is None:
+        _ids = (uuid.uuid4().hex[:16], itertools.count(1))
+    return f"{_ids[0]}{next(_ids[1]):016x}"
 
 
 def choose_request_id(header: str | None, body: str | None, fallback: str | None = None) -> str:
@@ -64,8 +72,9 @@ class RequestTrace:
     @classmethod
     def open(cls, header: str | None) -> RequestTrace:
         """Start the trace of a request: its id is ``header`` (its X-Request-ID) if valid, else a new one."""
-        header_id = header if valid_request_id(header) else None
-        return cls(request_id=choose_request_id(header_id, None), header_id=header_id)
+        if header is not None and valid_request_id(header):
+            return cls(request_id=header, header_id=header)
+        return cls(request_id=new_request_id())
 
     def begin(
         self, model: ModelConfig, version: str, tensors: Sequence[Tensor], body_id: str | None = None
