@@ -1,10 +1,12 @@
-"""The worker loop before and after a change, side by side: digits through a real dispatcher and CPU worker.
+"""The worker loop before and after a change, side by side: a model through a real dispatcher and CPU worker.
 
-    python -m benchmarks.worker_pipeline --before 13b909c [--seconds 4] [--rounds 2]
+    python -m benchmarks.worker_pipeline --before 13b909c [--workload digits|mlp] [--seconds 4] [--rounds 2]
 
 Checks the ``--before`` revision out in a temporary git worktree and runs its dispatcher and worker (one torch
 thread) against this tree's, alternately, ``--rounds`` times each: one request at a time (p50/p99 round trip)
-and 32 one-sample requests in flight (samples/s). No HTTP: what the worker loop costs, not the gateway.
+and 32 one-sample requests in flight (samples/s, and the CPU milliseconds the worker and the dispatcher spent
+per answered request). No HTTP: what the worker loop costs, not the gateway. ``digits`` is the shipped
+repository's model; ``mlp`` is the benchmarks' MLP 784-1024-1024-10 (``benchmarks.models``), exported once.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import zmq
 
 from inference_worker import protocol
@@ -31,10 +35,31 @@ from inference_worker.status import query_status
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass(frozen=True, slots=True)
+class Model:
+    """What the worker serves: its repository (None: the tree's shipped one), name and input width."""
+
+    name: str
+    width: int
+    repository: Path | None = None
+
+
+def pick_model(workload: str) -> Model:
+    if workload == "digits":
+        return Model("digits", 64)
+    from benchmarks.models import WORKLOAD_SPECS, write_repository
+    from benchmarks.settings import WORK_DIR, BenchSettings
+
+    settings = replace(BenchSettings(), max_batch_delay_ms=0.0)  # as benchmarks.cpu runs it
+    root = write_repository(settings, (workload,), root=WORK_DIR / "worker_pipeline_repository")
+    spec = WORKLOAD_SPECS[workload]
+    return Model(spec.model_name, spec.inputs[0].dims[0], root)
+
+
 class Backend:
     """A dispatcher and one CPU worker of the code in ``tree``."""
 
-    def __init__(self, tree: Path, run: Path) -> None:
+    def __init__(self, tree: Path, run: Path, model: Model) -> None:
         run.mkdir(parents=True, exist_ok=True)
         self.frontend, backend = f"ipc://{run}/f.sock", f"ipc://{run}/b.sock"
         env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -56,7 +81,7 @@ class Backend:
                     "-m",
                     "inference_worker.worker",
                     "--model-repository",
-                    str(tree / "deploy" / "model_repository"),
+                    str(model.repository or tree / "deploy" / "model_repository"),
                     "--dispatcher",
                     backend,
                     "--name",
@@ -65,6 +90,8 @@ class Backend:
                     "cpu",
                     "--threads",
                     "1",
+                    "--model",
+                    model.name,
                 ],
                 **common,
             ),
@@ -90,9 +117,9 @@ class Backend:
             proc.wait(timeout=10)
 
 
-def request(x: np.ndarray) -> list[Any]:
+def request(x: np.ndarray, model: str) -> list[Any]:
     inputs = [(TensorMeta("input", "FP32", x.shape), x)]
-    return protocol.Request(uuid.uuid4().hex, "digits", inputs, deadline=time.time() + 60).frames()
+    return protocol.Request(uuid.uuid4().hex, model, inputs, deadline=time.time() + 60).frames()
 
 
 def answer(sock: zmq.Socket[Any]) -> None:
@@ -102,47 +129,62 @@ def answer(sock: zmq.Socket[Any]) -> None:
     assert isinstance(message, protocol.Reply), message
 
 
-def latency_ms(sock: zmq.Socket[Any], seconds: float) -> tuple[float, float]:
-    x = np.random.default_rng(1).integers(0, 17, size=(1, 64)).astype(np.float32)
+def latency_ms(sock: zmq.Socket[Any], seconds: float, model: Model) -> tuple[float, float]:
+    x = np.random.default_rng(1).integers(0, 17, size=(1, model.width)).astype(np.float32)
     times, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        sock.send_multipart(request(x))
+        sock.send_multipart(request(x, model.name))
         answer(sock)
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.99)]
 
 
-def throughput(sock: zmq.Socket[Any], seconds: float, in_flight: int = 32) -> float:
-    x = np.random.default_rng(2).integers(0, 17, size=(1, 64)).astype(np.float32)
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> list[float]:
+    """User + system CPU seconds of each process so far."""
+    return [sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs]
+
+
+def throughput(
+    sock: zmq.Socket[Any],
+    seconds: float,
+    model: Model,
+    procs: list[subprocess.Popen[bytes]],
+    in_flight: int = 32,
+) -> tuple[float, list[float]]:
+    """Return samples/s with ``in_flight`` requests outstanding, and each process's CPU ms per answer."""
+    x = np.random.default_rng(2).integers(0, 17, size=(1, model.width)).astype(np.float32)
     for _ in range(in_flight):
-        sock.send_multipart(request(x))
-    done, start = 0, time.perf_counter()
+        sock.send_multipart(request(x, model.name))
+    done, start, before = 0, time.perf_counter(), cpu_seconds(procs)
     while time.perf_counter() - start < seconds:
         answer(sock)
         done += 1
-        sock.send_multipart(request(x))
-    elapsed = time.perf_counter() - start
+        sock.send_multipart(request(x, model.name))
+    elapsed, after = time.perf_counter() - start, cpu_seconds(procs)
     for _ in range(in_flight):
         answer(sock)
-    return done / elapsed
+    return done / elapsed, [(a - b) * 1000 / max(1, done) for a, b in zip(after, before, strict=True)]
 
 
-def measure(tree: Path, run: Path, seconds: float, context: zmq.Context[Any]) -> tuple[float, float, float]:
-    backend = Backend(tree, run)
+Row = tuple[float, float, float, float, float]  # p50 ms, p99 ms, samples/s, dispatcher and worker CPU ms
+
+
+def measure(tree: Path, run: Path, seconds: float, context: zmq.Context[Any], model: Model) -> Row:
+    backend = Backend(tree, run, model)
     try:
         backend.wait_ready(context)
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(backend.frontend)
         try:
-            latency_ms(sock, 1.0)  # warm
-            p50, p99 = latency_ms(sock, seconds)
-            rate = throughput(sock, seconds)
+            latency_ms(sock, 1.0, model)  # warm
+            p50, p99 = latency_ms(sock, seconds, model)
+            rate, (dispatcher_ms, worker_ms) = throughput(sock, seconds, model, backend.procs)
         finally:
             sock.close(linger=0)
-        return p50, p99, rate
+        return p50, p99, rate, dispatcher_ms, worker_ms
     finally:
         backend.stop()
 
@@ -152,9 +194,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--workload", default="digits", choices=("digits", "mlp"))
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    model = pick_model(args.workload)
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         before = Path(tmp) / "before"
         subprocess.run(
@@ -164,30 +208,29 @@ def main() -> None:
             capture_output=True,
         )
         try:
-            rows: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
+            rows: dict[str, list[Row]] = {"before": [], "after": []}
             with zmq.Context() as context:
                 for k in range(args.rounds):
                     for label, tree in (("before", before), ("after", ROOT)):
                         rows[label].append(
-                            measure(tree, Path(tmp) / f"run-{label}-{k}", args.seconds, context)
+                            measure(tree, Path(tmp) / f"run-{label}-{k}", args.seconds, context, model)
                         )
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
     print(
-        f"| code | c=1 p50 ms | c=1 p99 ms | 32 in flight, samples/s |"
-        f"  (rounds: {args.rounds}, {args.seconds:g} s each)"
+        f"| code | c=1 p50 ms | c=1 p99 ms | 32 in flight, samples/s | worker CPU ms/request | "
+        f"dispatcher CPU ms/request |  ({model.name}, rounds: {args.rounds}, {args.seconds:g} s each)"
     )
-    print("|---|---|---|---|")
-    for label, results in rows.items():
-        p50 = statistics.median(r[0] for r in results)
-        p99 = statistics.median(r[1] for r in results)
-        rate = statistics.median(r[2] for r in results)
-        print(f"| {label} | {p50:.2f} | {p99:.2f} | {rate:.0f} |")
-    b, a = rows["before"], rows["after"]
+    print("|---|---|---|---|---|---|")
+    med = {
+        label: [statistics.median(r[i] for r in results) for i in range(5)] for label, results in rows.items()
+    }
+    for label, (p50, p99, rate, dispatcher_ms, worker_ms) in med.items():
+        print(f"| {label} | {p50:.2f} | {p99:.2f} | {rate:.0f} | {worker_ms:.3f} | {dispatcher_ms:.3f} |")
+    b, a = med["before"], med["after"]
     print(
-        f"after/before: c=1 p50 x"
-        f"{statistics.median(r[0] for r in a) / statistics.median(r[0] for r in b):.2f}, "
-        f"throughput x{statistics.median(r[2] for r in a) / statistics.median(r[2] for r in b):.2f}"
+        f"after/before: c=1 p50 x{a[0] / b[0]:.2f}, throughput x{a[2] / b[2]:.2f}, "
+        f"worker CPU per request x{a[4] / b[4]:.2f}"
     )
 
 
