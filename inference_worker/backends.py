@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from inference_worker.exported import direct_call
 from inference_worker.pt2_safety import UnsafeArchive, load_pt2
 from inference_worker.repository import ModelConfig
 
@@ -95,9 +96,10 @@ def load_module(config: ModelConfig, version: str, device: torch.device) -> torc
 def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
     """Return a function from inputs (positional) to outputs (in config order) around ``module``."""
     output_names = [spec.name for spec in config.outputs]
+    call = (direct_call(module) if config.backend == "torch_export" else None) or module
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        result = module(*inputs)
+        result = call(*inputs)
         if isinstance(result, torch.Tensor):
             result = [result]
         elif isinstance(result, dict):
