@@ -1,4 +1,10 @@
-"""The dispatcher's two ROUTER sockets: binding them safely, and sending to a gateway or a worker."""
+"""The dispatcher's two ROUTER sockets: binding them safely, and sending to a gateway or a worker.
+
+The hot path calls pyzmq's Cython ``send``/``recv`` with plain integer flags: ``send_multipart`` builds an
+enum flag (``SNDMORE | flags``) and checks every part's type per frame, ``recv_multipart`` asks ``RCVMORE``
+through the Python layer per frame, and an empty socket answered by ``zmq.Again`` costs an exception;
+``EVENTS`` says whether a message waits for a fraction of that.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,37 @@ from inference_worker.dispatcher.config import DispatcherConfig
 from inference_worker.security import CurveServer, SecurityError, is_network
 
 log = logging.getLogger("torchgate.dispatcher")
+
+SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+
+
+def send_frames(socket: zmq.Socket[Any], frames: list[Any]) -> None:
+    """Send one multipart message; received frames go on untouched, small buffers are copied (as
+    ``send_multipart(copy=False)``)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send(socket, frame, SNDMORE if i < last else 0, copy=False)
+
+
+def receive(socket: zmq.Socket[Any]) -> list[Any] | None:
+    """Return the next message's frames (``zmq.Frame``, not copied) without blocking; None if none waits."""
+    if not _get(socket, EVENTS) & POLLIN:  # type: ignore[operator]
+        return None
+    try:
+        frame = _recv(socket, NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames = [frame]
+    while frame.more:  # the parts of one message arrive together
+        frame = _recv(socket, NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def bind(socket: zmq.Socket[Any], endpoint: str) -> None:
@@ -60,14 +97,14 @@ class Endpoints:
 
     def to_gateway(self, gateway: bytes, frames: list[Any]) -> None:
         try:
-            self.frontend.send_multipart([gateway, *frames], copy=False)
+            send_frames(self.frontend, [gateway, *frames])
         except zmq.ZMQError as exc:
             log.info("dispatcher: gateway gone, answer dropped (%s)", exc)
 
     def to_worker(self, identity: bytes, frames: list[Any]) -> bool:
         """Send to a worker; return False if its connection is gone."""
         try:
-            self.backend.send_multipart([identity, *frames], copy=False)
+            send_frames(self.backend, [identity, *frames])
             return True
         except zmq.ZMQError as exc:
             log.warning("dispatcher: worker %r unreachable (%s)", identity, exc)
