@@ -7,11 +7,12 @@ for a thread; the next ones are answered at once by a refusing thread: 503, ``Re
 ...}`` body, and the connection is closed. The dispatcher's queue and the workers' credits bound the later
 stages.
 
-It also saves two thread hand-offs per request on a kept-alive connection: gthread returns every answered
-connection to its main thread, which waits for the next request and hands it to a pool thread again. When no
-request waits for a thread, the pool thread that answered instead waits up to ``LINGER`` seconds for the
-client's next request and serves it itself (the gateway's CPU went mostly to such context switches;
-docs/benchmarks.md).
+It also saves the thread hand-offs of a kept-alive connection: gthread returns every answered connection to
+its main thread, which waits for the next request and hands it to a pool thread again (each hand-off a GIL
+hand-over, futex calls and context switches: most of the gateway's kernel time). While no request waits for
+a thread, the pool thread that answered instead waits up to ``LINGER`` seconds for the client's next request
+and serves it itself; the moment a request has to wait for a thread, a wake-up pipe ends every such wait, so
+a lingering thread never delays another client (docs/performance.md, "Gateway threading model").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ QUEUE_ENV = "TORCHGATE_GATEWAY_QUEUE"
 READ_TIMEOUT = 1.0  # seconds a refused client gets to send its request head
 MAX_DRAIN = 1 << 20  # bytes of a refused request's body read before answering (the rest: close_graceful)
 REFUSE_BACKLOG = 256  # connections waiting for their 503; past that (a flood) they are closed unanswered
-LINGER = 0.002  # seconds a pool thread waits for the next request on the connection it just answered
+LINGER = 0.05  # seconds a pool thread waits for the next request on the connection it just answered
 LOG_EVERY = 10.0  # seconds between two "refusing" warnings
 
 
@@ -77,12 +78,18 @@ class AdmittingThreadWorker(FrontDoorWorker):
         self._logged = 0.0
 
     def init_process(self) -> None:
+        # Readable while a request waits for a thread: lingering threads (see handle) give up at once.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.waking = False
         self.refuser = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="refuser")
         super().init_process()
 
     def enqueue_req(self, conn: Any) -> None:
         if self.admitted - self.cfg.threads < self.queue_limit:
             self.admitted += 1
+            if self.admitted > self.cfg.threads and not self.waking:
+                self.waking = True
+                os.write(self.wake_w, b"w")
             super().enqueue_req(conn)
             return
         self.refused += 1
@@ -110,21 +117,27 @@ class AdmittingThreadWorker(FrontDoorWorker):
     def handle(self, conn: Any) -> Any:
         """Answer a request; then, while no other request waits for a thread, the connection's next ones.
 
-        A next request is served here only if it arrives whole within ``LINGER``; else the event loop reads
-        it.
+        A next request is served here only if it arrives whole within ``LINGER`` and no other request waits
+        for a thread meanwhile (the wake-up pipe); else the event loop reads it.
         """
         keepalive = super().handle(conn)
         while (
             keepalive is True
             and self.alive
             and self.admitted <= self.cfg.threads
-            and self.next_request_ready(conn, LINGER)
+            and self.next_request_ready(conn, LINGER, self.wake_r)
         ):
             keepalive = super().handle(conn)
         return keepalive
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         self.admitted -= 1
+        if self.waking and self.admitted <= self.cfg.threads:
+            self.waking = False
+            try:
+                os.read(self.wake_r, 64)
+            except BlockingIOError:
+                pass
         super().finish_request(conn, fs)
 
     def _refused(self, conn: Any) -> None:

@@ -35,10 +35,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -93,6 +95,64 @@ def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
 # gunicorn writes its own error pages (a request it cannot parse) with util.write_error: HTML. Every error of
 # the gateway is JSON, so this process's gunicorn writes JSON instead.
 util.write_error = _write_json_error
+
+
+ONE_WRITE_COPY = 64 << 10  # bodies up to this size are joined to the head; larger ones are sent vectored
+
+
+class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
+    """gunicorn's response, but a whole body of known length leaves with its head in one system call."""
+
+    headers_sent: bool
+
+    def write(self, arg: bytes) -> None:
+        if (
+            self.headers_sent
+            or self.chunked
+            or self._omits_body
+            or not isinstance(arg, bytes)
+            or self.response_length != len(arg)
+        ):
+            super().write(arg)
+            return
+        tosend = self.default_headers()
+        tosend.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        tosend.append("\r\n")
+        head = "".join(tosend).encode("latin-1")
+        self.headers_sent = True
+        self.sent += len(arg)
+        if len(arg) <= ONE_WRITE_COPY:
+            self.sock.sendall(head + arg)
+        else:
+            _sendall_vectored(self.sock, [memoryview(head), memoryview(arg)])
+
+
+def _sendall_vectored(sock: socket.socket, parts: list[memoryview]) -> None:
+    """Send ``parts`` in order with as few system calls as the socket allows."""
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts and sent:
+            parts[0] = parts[0][sent:]
+
+
+class ClientSocket(socket.socket):
+    """A client connection whose ``setblocking`` makes no system call when the mode is already set.
+
+    gthread and the front door switch a connection between the event loop (non-blocking) and a request
+    thread (blocking) several times per request; each switch is an ``ioctl`` during which the GIL is let go,
+    and with dozens of request threads every GIL hand-over costs futex calls and a context switch.
+    """
+
+    __slots__ = ()
+
+    def setblocking(self, flag: bool) -> None:
+        timeout = self.gettimeout()  # None: blocking, 0.0: non-blocking (no system call)
+        if (timeout is None) if flag else (timeout == 0.0):
+            return
+        super().setblocking(flag)
 
 
 class BufferUnreader(Unreader):  # type: ignore[misc]
@@ -179,6 +239,8 @@ class FrontDoorLimits:
 class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     """gthread that reads each request whole on its event loop; request threads get complete requests only."""
 
+    alive: bool
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.cfg.is_ssl:  # the event loop reads raw bytes: TLS belongs to a proxy in front
@@ -200,7 +262,10 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
 
     def accept(self, listener: socket.socket) -> None:
         try:
-            client_sock, client_addr = listener.accept()
+            accepted, client_addr = listener.accept()
+            client_sock = ClientSocket(
+                listener.family, listener.type, listener.proto, fileno=accepted.detach()
+            )
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
@@ -339,9 +404,60 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     def handle_request(self, req: Any, conn: TConn) -> Any:
         if getattr(conn, "continued", False):  # we answered "100 Continue" already, on the event loop
             req._expected_100_continue = False
-        return super().handle_request(req, conn)
+        return self._handle_request(req, conn)
 
-    def next_request_ready(self, conn: TConn, wait: float) -> bool:
+    def _handle_request(self, req: Any, conn: TConn) -> bool:
+        """gthread's ``handle_request``, answering with :class:`OneWriteResponse`."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(
+                req, conn.sock, conn.client, conn.server, self.cfg, response_class=OneWriteResponse
+            )
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                if getattr(
+                    self.log, "access_log_enabled", True
+                ):  # gunicorn's own access log (the gateway writes its own)
+                    self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                return False
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:  # a 500 written now would corrupt the answer begun
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+        return True
+
+    def next_request_ready(self, conn: TConn, wait: float, wake: int = -1) -> bool:
         """On a thread, after a request: read the next one if it arrives whole within ``wait`` seconds.
 
         Return whether it did (the parser then holds it). Otherwise what arrived stays in ``conn.front``,
@@ -355,21 +471,16 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         reading = Reading(RequestFramer(self.limits.max_head, self.limits.max_body), time.monotonic())
         reading.buf += pending
         conn.front = reading
-        if not pending and not _readable(conn.sock, wait):
+        if not pending and not _readable(conn.sock, wait, wake):
             return False
-        conn.sock.setblocking(False)
-        try:
+        try:  # the socket stays blocking: MSG_DONTWAIT reads without a mode switch
             while reading.framer.feed(reading.buf) not in (State.COMPLETE, State.ERROR):
-                data = conn.sock.recv(self._recv_size(reading))
+                data = conn.sock.recv(self._recv_size(reading), socket.MSG_DONTWAIT)
                 if not data:
                     return False
                 reading.buf += data
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # BlockingIOError: the rest has not arrived; the event loop reads it
             return False
-        except OSError:
-            return False
-        finally:
-            conn.sock.setblocking(True)
         if reading.framer.state is not State.COMPLETE or not self._reserve(
             reading, reading.framer.body_bytes
         ):
@@ -519,11 +630,18 @@ def _send_some(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Return whether ``sock`` has data (or its peer closed) within ``timeout`` seconds."""
+def _readable(sock: socket.socket, timeout: float, wake: int = -1) -> bool:
+    """Return whether ``sock`` has data (or its peer closed) within ``timeout`` seconds.
+
+    False at once if the file descriptor ``wake`` (when given) is readable.
+    """
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    fd = sock.fileno()
+    poller.register(fd, select.POLLIN)
+    if wake >= 0:
+        poller.register(wake, select.POLLIN)
     try:
-        return bool(poller.poll(timeout * 1000))
+        events = poller.poll(timeout * 1000)
     except (OSError, ValueError):
         return False
+    return bool(events) and all(ready == fd for ready, _ in events)
