@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
 from harness import DEFAULT_REPOSITORY
 from inference_worker.backends import load_model
+from inference_worker.batching import Pending
 from inference_worker.compute import BatchTimes, Executor
 from inference_worker.repository import load_repository
+from inference_worker.worker.app import Application, Batch
+from inference_worker.worker.config import WorkerConfig
 
 
 def executor(device: str) -> Executor:
@@ -60,3 +66,16 @@ def test_batches_launched_back_to_back_on_the_gpu_match_the_cpu() -> None:
     staged = ex.stage(requests(4, [2])[0])
     assert staged[0].is_pinned()  # staged as the request arrived, so its batch's copy to the GPU is a DMA
     check_back_to_back(ex, executor("cpu"))
+
+
+def test_a_cpu_batch_runs_inline_only_when_measured_and_short_beside_the_heartbeat(tmp_path: Path) -> None:
+    app = Application(WorkerConfig(tmp_path, "ipc://unused", device="cpu", heartbeat_interval=0.5))
+    key = ("m", "1")
+
+    def batch(samples: int) -> Batch:
+        return Batch(1, key, [Pending(i, key, (), 1, 0, math.inf) for i in range(samples)])
+
+    assert not app.inline(batch(1))  # not measured yet: the compute thread, so heartbeats flow
+    app.sample_ns[key] = 1_000_000  # 1 ms a sample; a fifth of the 0.5 s interval is 100 ms
+    assert app.inline(batch(32)) and app.inline(batch(99))
+    assert not app.inline(batch(100))

@@ -28,7 +28,9 @@ from inference_worker.worker.config import WorkerConfig, pick_device
 log = logging.getLogger("torchgate.worker")
 
 Key = tuple[str, str]  # model, version
-INLINE_NS = 2_000_000  # a CPU batch expected to take less runs on the main thread: heartbeats wait no longer
+# A CPU batch expected to take less than this share of a heartbeat interval runs on the main thread:
+# heartbeats wait no longer than that (the dispatcher allows them liveness x interval, 8 x 0.5 s by default).
+INLINE_SHARE = 0.2
 Answer = tuple[list[Any], bool]  # a message's frames, and whether to copy them on send
 
 
@@ -88,6 +90,7 @@ class Application:
         # gateways' segments mapped here (page-locked on a GPU), dropped when their owner lets go
         self.segments = shm.Mappings(pinning=gpu.HostPinning() if self.device.type == "cuda" else None)
         self.sample_ns: dict[Key, float] = {}  # moving average of a batch's compute time per sample
+        self.inline_ns = config.heartbeat_interval * INLINE_SHARE * 1e9
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -212,13 +215,18 @@ class Application:
         return 2 if self.device.type == "cuda" else 1
 
     def inline(self, batch: Batch) -> bool:
-        """Whether to run ``batch`` on the calling (main) thread: a CPU batch known to take < ``INLINE_NS``.
+        """Whether to run ``batch`` on the calling (main) thread: a CPU batch known to take less than
+        ``INLINE_SHARE`` of a heartbeat interval.
 
-        Two thread hand-offs cost more than such a batch (digits: c=1 +0.5 ms, 32 in flight 0.88x); anything
-        longer, or not yet measured, goes to the compute threads so heartbeats keep flowing.
+        On the CPU the main thread only waits while the compute thread runs a batch (it reads no requests
+        then), so the two thread hand-offs and their GIL exchanges are pure cost (digits: c=1 +0.5 ms, 32 in
+        flight 0.88x); with a 2 ms limit, batches of the MLP at 32 connections went to the compute thread on
+        a loaded box. Anything longer, or not yet measured, goes to the compute threads so heartbeats flow.
         """
         per_sample = self.sample_ns.get(batch.key)
-        return self.depth == 1 and per_sample is not None and per_sample * max(1, batch.samples) < INLINE_NS
+        return (
+            self.depth == 1 and per_sample is not None and per_sample * max(1, batch.samples) < self.inline_ns
+        )
 
     # -- computing (on the compute threads) --------------------------------------------------------------
 
