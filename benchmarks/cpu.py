@@ -2,11 +2,15 @@
 
     python -m benchmarks.cpu [--workload mlp] [--systems torchgate,seed] [--formats json,binary]
                              [--concurrency 32] [--duration 8] [--rounds 2] [--batch-delay-ms 0]
+                             [--torchgate-defaults | --gateway-processes N --model-workers N
+                                                     --torch-threads N]
 
 When throughput stops growing, this says which process ran out of CPU and what a request costs each one. For
 every system, format and round it prints requests/s, then, for each process of the system's tree, the CPU
 milliseconds (user + system) it spent per answered request and its share of one core. Systems are started and
 loaded exactly as ``benchmarks.run`` starts and loads them, one after the other, interleaved across rounds.
+``--torchgate-defaults`` starts torchgate as ``torchgate serve`` sizes itself on this machine (gateway
+processes and threads, CPU workers, torch threads), not with the benchmark's shared sizes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--torchgate-defaults", action="store_true", help="torchgate sized by `torchgate serve` itself"
+    )
+    parser.add_argument("--gateway-processes", type=int, default=None, help="torchgate's (default 1)")
+    parser.add_argument("--model-workers", type=int, default=None, help="torchgate's CPU workers (default 2)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="per torchgate CPU worker (default 1)"
+    )
     parser.add_argument("--seed-processes", type=int, default=None, help="the seed app's gunicorn processes")
     parser.add_argument("--seed-threads", type=int, default=None, help="threads per seed app process")
     args = parser.parse_args(argv)
@@ -66,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         seed_http_processes=args.seed_processes,
         seed_http_threads=args.seed_threads,
+        torchgate_defaults=args.torchgate_defaults,
     )
+    if args.torchgate_defaults and (args.gateway_processes or args.model_workers or args.torch_threads):
+        parser.error("--torchgate-defaults leaves the sizes to torchgate: give no size with it")
+    sizes = {"gateway_processes": args.gateway_processes, "model_workers": args.model_workers}
+    sizes["torch_threads"] = args.torch_threads
+    settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
     systems = choose(args.systems, ALL_SYSTEMS, "systems")
     formats = choose(args.formats, ("json", "binary"), "formats")
     repository = write_repository(settings, (args.workload,), log=log)

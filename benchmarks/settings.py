@@ -31,6 +31,9 @@ class BenchSettings:
     # same
     seed_http_processes: int | None = None
     seed_http_threads: int | None = None
+    # torchgate sized by `torchgate serve` itself (its defaults on this machine), not by the sizes above
+    torchgate_defaults: bool = False
+    gateway_processes: int | None = None  # torchgate's gunicorn processes when not http_processes
     max_batch_size: dict[str, int] = field(default_factory=lambda: {"mlp": 32, "minilm": 16, "conv": 4})
     max_batch_delay_ms: float = (
         1.0  # TorchServe maxBatchDelay, LitServe batch_timeout, torchgate max_queue_delay_us

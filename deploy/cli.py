@@ -110,9 +110,9 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--gateway-processes",
             type=click.IntRange(min=1),
-            default=defaults.DEFAULT_GATEWAY_PROCESSES,
-            show_default=True,
-            help="gunicorn processes.",
+            default=None,
+            help="gunicorn processes (default: one per core, at most "
+            f"{defaults.MAX_DEFAULT_GATEWAY_PROCESSES}).",
         ),
         click.option(
             "--gateway-threads",
@@ -144,7 +144,8 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--cpu-workers",
             type=click.IntRange(min=0),
             default=None,
-            help=f"CPU worker slots (default: {defaults.DEFAULT_CPU_WORKERS} without GPUs, 0 with).",
+            help=f"CPU worker slots (default without GPUs: {defaults.DEFAULT_CPU_WORKERS}, 1 on two cores or "
+            "fewer; 0 with GPUs).",
         ),
         click.option(
             "--spare-slots",
@@ -214,7 +215,7 @@ def build_settings(
     models: tuple[str, ...],
     host: str,
     port: int,
-    gateway_processes: int,
+    gateway_processes: int | None,
     gateway_threads: int,
     gpus: str | None,
     workers_per_gpu: int,
@@ -250,8 +251,10 @@ def build_settings(
     except ConfigError as exc:
         raise click.ClickException(f"the model repository cannot be served as it is:\n{exc}") from None
     shared = shared_models(sorted(configs), placements) if placements else None
+    if gateway_processes is None:
+        gateway_processes = defaults.default_gateway_processes(defaults.available_cores())
     if cpu_workers is None:
-        cpu_workers = 0 if gpu_indices else defaults.DEFAULT_CPU_WORKERS
+        cpu_workers = 0 if gpu_indices else defaults.default_cpu_workers(defaults.available_cores())
     if worker_threads is None:  # the cores left after the GPU workers' few threads, shared among CPU slots
         gpu_threads = len(gpu_indices) * workers_per_gpu * gpu_worker_threads
         cores = max(1, defaults.available_cores() - gpu_threads)

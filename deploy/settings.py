@@ -19,11 +19,17 @@ from deploy.placement import Placement
 # Defaults, each chosen for a two-core laptop without a GPU; every one has a command-line option.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_GATEWAY_PROCESSES = 1  # gunicorn processes; each holds its own dispatcher sockets
+# gunicorn processes: one per core, at most this many (each holds its own dispatcher sockets). One process is
+# bound by its GIL at about one core: on two cores, MLP at 32 connections, a second one took torchgate from
+# 0.85x to 1.2-1.5x the seed's app (docs/performance.md).
+MAX_DEFAULT_GATEWAY_PROCESSES = 8
 DEFAULT_GATEWAY_THREADS = 32  # gthread threads per gateway process: they mostly wait on ZeroMQ with the GIL
-DEFAULT_GPU_WORKER_THREADS = 2  # torch CPU threads of a GPU worker (OMP_NUM_THREADS): staging and launching
 # released, and more requests in flight make bigger batches (docs/benchmarks-seed.md)
-DEFAULT_CPU_WORKERS = 2  # CPU worker slots when no GPU is used (two, so one can restart while one serves)
+DEFAULT_GPU_WORKER_THREADS = 2  # torch CPU threads of a GPU worker (OMP_NUM_THREADS): staging and launching
+# CPU worker slots when no GPU is used: two, so one can restart while one serves, where there are more than
+# two cores; on two, one worker (its batches twice as big) costs less CPU per request than two sharing the
+# cores with the gateways (docs/performance.md).
+DEFAULT_CPU_WORKERS = 2
 DEFAULT_WORKERS_PER_GPU = 1  # one slot per device: a second copy of the model rarely pays on one GPU
 DEFAULT_WORKER_STARTSECS = 10  # a worker must stay up this long to count as started: covers model load
 DEFAULT_WORKER_STARTRETRIES = 3  # failed starts (with supervisord's growing back-off) before FATAL
@@ -61,7 +67,7 @@ class DeploySettings:
     models: tuple[str, ...] = ()  # models each worker loads; empty: every model in the repository
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    gateway_processes: int = DEFAULT_GATEWAY_PROCESSES
+    gateway_processes: int = 1
     gateway_threads: int = DEFAULT_GATEWAY_THREADS
     gateway_queue: int | None = None  # requests per gateway process waiting for a thread; None: 4 x threads
     gpus: tuple[int, ...] = ()
@@ -234,6 +240,16 @@ def default_worker_threads(cores: int | None, worker_slots: int) -> int:
     """Share the cores among the worker slots, leaving one for the gateway and dispatcher."""
     cores = cores or 1
     return max(1, (cores - 1) // max(1, worker_slots))
+
+
+def default_gateway_processes(cores: int | None) -> int:
+    """One gateway process per core, at most :data:`MAX_DEFAULT_GATEWAY_PROCESSES`."""
+    return max(1, min(cores or 1, MAX_DEFAULT_GATEWAY_PROCESSES))
+
+
+def default_cpu_workers(cores: int | None) -> int:
+    """:data:`DEFAULT_CPU_WORKERS` CPU worker slots, one on a machine of two cores or fewer."""
+    return DEFAULT_CPU_WORKERS if (cores or 1) > 2 else 1
 
 
 def available_cores() -> int:

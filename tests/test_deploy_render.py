@@ -19,7 +19,13 @@ from supervisor.options import ServerOptions
 from deploy.gpus import Gpu, parse_gpu_spec, parse_nvidia_smi, resolve_gpus
 from deploy.rundir import write_run_dir
 from deploy.scaling import added_slot_path, next_slot
-from deploy.settings import DeploySettings, default_worker_threads
+from deploy.settings import (
+    DeploySettings,
+    available_cores,
+    default_cpu_workers,
+    default_gateway_processes,
+    default_worker_threads,
+)
 from deploy.supervisor_conf import render_worker
 from harness import ROOT, run
 
@@ -222,6 +228,13 @@ def test_default_worker_threads_share_the_cores() -> None:
     assert default_worker_threads(None, 0) == 1
 
 
+def test_default_sizes_follow_the_cores() -> None:
+    # one gateway process per core (a process is bound by its GIL at about one), at most 8
+    assert [default_gateway_processes(n) for n in (None, 1, 2, 4, 16, 64)] == [1, 1, 2, 4, 8, 8]
+    # two CPU workers (one restarts while the other serves), one on two cores or fewer
+    assert [default_cpu_workers(n) for n in (None, 1, 2, 3, 16)] == [1, 1, 1, 2, 2]
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     code = (
         "import sys\nfrom deploy.cli import main\n"
@@ -248,7 +261,11 @@ def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "none", "--spare-slots", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     s = DeploySettings.load(tmp_path / "run")
-    assert [slot.name for slot in s.slots()] == ["worker-cpu-0", "worker-cpu-1", "worker-cpu-2"]
+    cores = available_cores()  # the sizes follow this machine's cores
+    workers = default_cpu_workers(cores)
+    assert [slot.name for slot in s.slots()] == [f"worker-cpu-{k}" for k in range(workers + 1)]
+    assert [slot.autostart for slot in s.slots()] == [True] * workers + [False]
+    assert s.gateway_processes == default_gateway_processes(cores)
     assert s.model_repository == ROOT / "deploy" / "model_repository"
 
 
@@ -341,9 +358,8 @@ def test_a_model_with_an_instance_group_gets_slots_of_its_own(tmp_path: Path) ->
 @pytest.mark.processes
 def test_cpu_instance_groups_on_a_host_without_gpus(tmp_path: Path) -> None:
     repo = placed_repository(tmp_path / "repo", '[[instance_group]]\nkind = "KIND_AUTO"')
-    done = run_cli(
-        "render", "--run-dir", "run", "--gpus", "none", "--model-repository", str(repo), cwd=tmp_path
-    )
+    options = ("--gpus", "none", "--cpu-workers", "2", "--model-repository", str(repo))
+    done = run_cli("render", "--run-dir", "run", *options, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     s = DeploySettings.load(tmp_path / "run")
     assert [(x.name, x.gpu, x.models) for x in s.slots()] == [

@@ -50,7 +50,7 @@ class Torchgate(System):
 
     def command(self, ctx: StartContext, run_dir: Path) -> list[str]:
         s = ctx.settings
-        return [
+        command = [
             str(TORCHGATE),
             "serve",
             "--run-dir",
@@ -63,18 +63,23 @@ class Torchgate(System):
             "127.0.0.1",
             "--port",
             str(ctx.port),
-            "--gateway-processes",
-            str(s.http_processes),
-            "--gateway-threads",
-            str(s.http_threads),
             "--gpus",
             "none",
+            "--ready-timeout",
+            str(int(s.ready_timeout_s)),
+        ]
+        if s.torchgate_defaults:  # sized as `torchgate serve` sizes itself on this machine
+            return command
+        return [
+            *command,
+            "--gateway-processes",
+            str(s.gateway_processes or s.http_processes),
+            "--gateway-threads",
+            str(s.http_threads),
             "--cpu-workers",
             str(s.model_workers),
             "--worker-threads",
             str(s.torch_threads),
-            "--ready-timeout",
-            str(int(s.ready_timeout_s)),
         ]
 
     def launch(self, ctx: StartContext) -> Launched:
@@ -96,8 +101,15 @@ class Torchgate(System):
         return oip_json(workload, sample) if fmt == "json" else oip_binary(workload, sample)
 
     def describe(self, settings: BenchSettings, workload: str) -> str:
+        if settings.torchgate_defaults:
+            return (
+                "sized by `torchgate serve` itself on this machine (gateway processes and threads, CPU "
+                f"workers, torch threads), max_batch_size {settings.batch_size(workload)}, "
+                f"max_queue_delay_us {int(settings.max_batch_delay_ms * 1000)}; OIP JSON or Triton binary"
+            )
         return (
-            f"gateway {settings.http_processes} process x {settings.http_threads} threads "
+            f"gateway {settings.gateway_processes or settings.http_processes} process x "
+            f"{settings.http_threads} threads "
             "(gthread with torchgate's admission, gateway/admission.py), "
             f"{settings.model_workers} CPU workers x {settings.torch_threads} torch threads, "
             f"max_batch_size {settings.batch_size(workload)}, "
