@@ -6,7 +6,9 @@ way to the application (57 ms of the gateway's CPU per 16 MiB request, docs/perf
 gunicorn already holds (read with the request head) are taken first, then the rest is received with
 ``recv_into`` directly into a ``bytearray`` of the body's size: one copy, out of the kernel, and as few system
 calls as the socket allows. gunicorn's reader is then told that the body has been read, so that it neither
-waits for it nor takes the next pipelined request for part of it.
+waits for it nor takes the next pipelined request for part of it. The buffer may be the caller's (``into``):
+a binary infer body is received straight into the shared-memory segment its tensors travel in
+(``gateway.client.DispatcherClient.lease_body``), so they are never copied on the gateway.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ def _parts(stream: Any, length: int) -> tuple[Any, Any, socket.socket] | None:
     return reader, unreader, sock
 
 
-def read_body(stream: Any, length: int) -> bytearray | None:
-    """Read ``length`` bytes of gunicorn's ``wsgi.input`` into one ``bytearray``.
+def read_body(stream: Any, length: int, into: memoryview | None = None) -> bytearray | memoryview | None:
+    """Read ``length`` bytes of gunicorn's ``wsgi.input`` into one buffer: ``into`` (``length`` bytes) when
+    given, else a new ``bytearray``; return that buffer.
 
     Return None when ``stream`` is not gunicorn's (a test client, a chunked body) or the body is small: the
     caller then reads it the ordinary way. Raise :class:`BodyDisconnected` if the body ends early.
     """
-    if length < LARGE_BODY:
+    if length < LARGE_BODY or (into is not None and into.nbytes != length):
         return None
     reader: Any = getattr(stream, "reader", None)
     take = getattr(getattr(reader, "unreader", None), "take_body", None)
@@ -55,12 +58,15 @@ def read_body(stream: Any, length: int) -> bytearray | None:
         whole: bytearray | None = take(length)
         if whole is not None:
             reader.length = 0
-            return whole
+            if into is None:
+                return whole
+            into[:] = whole  # the front door's buffer is its own: one copy, as the segment would take later
+            return into
     parts = _parts(stream, length)
     if parts is None:
         return None
     reader, unreader, sock = parts
-    buffer = bytearray(length)
+    buffer: bytearray | memoryview = bytearray(length) if into is None else into
     view = memoryview(buffer)
     held = unreader.buf.getvalue()
     unreader.buf = io.BytesIO()

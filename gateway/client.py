@@ -32,6 +32,17 @@ log = logging.getLogger("torchgate.gateway")
 
 MAX_ERROR_MESSAGE = 500  # characters of a worker's error message passed on to the client
 SHM_ENV = "TORCHGATE_SHARED_MEMORY"  # "0": tensors always in frames
+REPLY_ROOM = 64 * 1024  # room a body's segment keeps for the outputs, past the body (sizes round up too)
+
+
+@dataclass(slots=True)
+class BodyLease:
+    """A request body's place in a segment (:meth:`DispatcherClient.lease_body`): its tensors then travel
+    from where the body was received."""
+
+    segment: shm.Segment
+    view: memoryview  # where the body goes
+    end: int  # the body's end in the segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,7 @@ class DispatcherClient:
             endpoint.startswith("ipc://") and shm.supported() and os.environ.get(SHM_ENV, "1") != "0"
         )
         self._pool = shm.Pool()
+        self._leases: dict[int, BodyLease] = {}  # id of a leased segment's mapping -> its lease, until used
         self._status: tuple[float, protocol.StatusReply | CodedError] | None = None
         self._status_lock = threading.Lock()
 
@@ -197,16 +209,71 @@ class DispatcherClient:
             self._pool.give(segment[0])
         return reply
 
+    def lease_body(self, length: int, json_bytes: int, reply_bytes: int = 0) -> BodyLease | None:
+        """Lend a segment to receive a binary infer body of ``length`` bytes into, its JSON header of
+        ``json_bytes`` placed so that the binary tensors after it start 64-byte aligned, with room for
+        ``reply_bytes`` of outputs after it; None when its tensors would not travel in shared memory.
+        :meth:`infer` takes the segment over when the request's tensors are views of it; else
+        :meth:`release_body` gives it back."""
+        if not self.shared_memory or not 0 <= json_bytes <= length or length - json_bytes < shm.MIN_BYTES:
+            return None
+        base = -(-(shm.HEADER + json_bytes) // 64) * 64 - json_bytes
+        try:
+            segment = self._pool.take(base + length + max(REPLY_ROOM, reply_bytes))
+        except OSError:
+            return None
+        lease = BodyLease(segment, memoryview(segment.memory)[base : base + length], base + length)
+        with self._lock:
+            self._leases[id(segment.memory)] = lease
+        return lease
+
+    def release_body(self, lease: BodyLease) -> None:
+        """Give back a lease's segment unless a request took it over (call once the request is answered)."""
+        with self._lock:
+            if self._leases.get(id(lease.segment.memory)) is not lease:
+                return
+            del self._leases[id(lease.segment.memory)]
+        self._pool.give(lease.segment)
+
+    def _in_place(
+        self, tensors: Sequence[Tensor], metas: list[TensorMeta], reply_bytes: int
+    ) -> tuple[shm.Segment, dict[str, Any]] | None:
+        """Take over the leased segment the inputs were received into, if they all lie in it and the
+        outputs fit after the body; return it with its reference."""
+        owner = next((t.data.obj for t in tensors if isinstance(t.data, memoryview)), None)
+        with self._lock:
+            lease = self._leases.pop(id(owner), None) if owner is not None else None
+        if lease is None:
+            return None
+        segment = lease.segment
+        offsets = [segment.offset_of(t.data) if t.data else shm.HEADER for t in tensors]
+        reply_at = -(-lease.end // 64) * 64
+        if any(o is None for o in offsets) or reply_at + max(0, reply_bytes) > segment.size:
+            with self._lock:  # still lent: the inputs are copied to another; given back once answered
+                self._leases[id(segment.memory)] = lease
+            return None
+        ref: dict[str, Any] = {
+            **segment.ref(),
+            "inputs": [
+                shm.Placed(m, o).to_wire() for m, o in zip(metas, offsets, strict=True) if o is not None
+            ],
+            "reply": [reply_at, segment.size - reply_at],
+        }
+        return segment, ref
+
     def _segment(
         self, tensors: Sequence[Tensor], reply_bytes: int
     ) -> tuple[shm.Segment, dict[str, Any]] | None:
-        """Copy the inputs into a new segment and return it with its reference, or None (frames, then)."""
+        """Return the segment the inputs travel in with its reference, or None (frames, then): the one the
+        body was received into (:meth:`lease_body`), else a new one the inputs are copied into."""
         total = sum(len(t.data) for t in tensors)
         if not self.shared_memory or total < shm.MIN_BYTES:
             return None
         metas = [TensorMeta(t.name, t.datatype, t.shape) for t in tensors]
         if not shm.placeable(metas):  # BYTES (strings, files) go in frames
             return None
+        if self._leases and (in_place := self._in_place(tensors, metas, reply_bytes)) is not None:
+            return in_place
         offsets, end = shm.layout(metas)
         reply_at = -(-end // 64) * 64
         try:

@@ -108,7 +108,13 @@ class InferRequest:
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes: ...
 @overload
 def decode_content(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray: ...
-def decode_content(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray:
+@overload
+def decode_content(
+    body: bytes | bytearray | memoryview, encoding: str | None, limit: int
+) -> bytes | bytearray | memoryview: ...
+def decode_content(
+    body: bytes | bytearray | memoryview, encoding: str | None, limit: int
+) -> bytes | bytearray | memoryview:
     """Undo a ``Content-Encoding`` of gzip or deflate, refusing more than ``limit`` decoded bytes."""
     enc = (encoding or "").strip().lower()
     if enc in ("", "identity"):
@@ -177,7 +183,7 @@ def loads(text: bytes | bytearray | memoryview, max_values: int = MAX_JSON_VALUE
 
 
 def parse_infer_request(
-    body: bytes | bytearray,
+    body: bytes | bytearray | memoryview,  # memoryview: received into a shared-memory segment
     header_length: str | None,
     header_id: str | None = None,
     limits: StringLimits = DEFAULT_LIMITS,
@@ -201,7 +207,7 @@ def parse_infer_request(
         if length == 0:
             return InferRequest(id=header_id, inputs=[], binary_data_output=True, raw=view)
         header, binary = view[:length], view[length:]
-    check_json_values(body, max_values, 0, len(header))
+    check_json_values(bytes(header) if isinstance(body, memoryview) else body, max_values, 0, len(header))
     doc = loads(header, max_values)
     if not isinstance(doc, dict):
         raise InvalidArgument("infer request must be a JSON object")
@@ -411,14 +417,21 @@ def tensor_array(datatype: str, data: bytes | memoryview, shape: tuple[int, ...]
 
 # -- responses -------------------------------------------------------------------------------------------
 
+LARGE_OUTPUTS = 64 * 1024  # binary outputs past this are sent as they are, after the header
+
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """An HTTP response body with its content type and extra headers."""
+    """An HTTP response body with its content type and extra headers; a large binary one is its parts,
+    written one after the other (never joined: a copy of every output byte)."""
 
-    data: bytes
+    data: bytes | list[bytes]
     content_type: str
     headers: dict[str, str]
+
+    def whole(self) -> bytes:
+        """Return the body as one ``bytes`` (joined if in parts)."""
+        return self.data if isinstance(self.data, bytes) else b"".join(self.data)
 
 
 def infer_response(
@@ -452,8 +465,13 @@ def infer_response(
     header = dumps(doc) if finite else _dumps_non_finite(doc)
     if not blobs:
         return Body(header, "application/json", {})
+    parts: bytes | list[bytes]
+    if sum(len(b) for b in blobs) < LARGE_OUTPUTS:
+        parts = b"".join([header, *blobs])
+    else:  # the WSGI server writes bytes: a view (a frame) is copied once, bytes (out of a segment) never
+        parts = [header, *(b if isinstance(b, bytes) else bytes(b) for b in blobs)]
     return Body(
-        b"".join([header, *blobs]),
+        parts,
         "application/octet-stream",
         {"Inference-Header-Content-Length": str(len(header))},
     )

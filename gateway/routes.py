@@ -22,8 +22,9 @@ from gateway import codec, triton, worker_metrics
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
-from gateway.service import Gateway
+from gateway.service import Gateway, reply_room
 from gateway.trace import RequestTrace
+from inference_worker.errors import CodedError
 
 EXTENSION = "torchgate"  # the app.extensions key of the process's Gateway
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -82,8 +83,53 @@ def tensor_body(limit: int) -> bytes | bytearray:
         except BodyDisconnected:
             raise ClientDisconnected() from None
         if data is not None:
+            assert not isinstance(data, memoryview)  # only a body read into a lease is one
             return data
     return request_body(limit)
+
+
+def infer_body(gateway: Gateway, model: str, version: str | None) -> bytes | bytearray | memoryview:
+    """Read an OIP infer body: a binary one into the shared-memory segment its tensors then travel in
+    (gateway.client), no copy of them on the gateway; else as :func:`tensor_body`."""
+    req = request_ctx.request
+    length = req.content_length
+    limit = gateway.config.max_body_bytes
+    if length is not None and length <= limit:
+        into = _body_lease(gateway, req.environ, length, model, version)
+        if into is not None:
+            try:
+                data = read_body(req.environ.get("wsgi.input"), length, into)
+            except BodyDisconnected:
+                raise ClientDisconnected() from None
+            if data is not None:
+                return data
+    return tensor_body(limit)
+
+
+def _body_lease(
+    gateway: Gateway, environ: dict[str, Any], length: int, model: str, version: str | None
+) -> memoryview | None:
+    """Return where in a shared-memory segment a binary infer body goes, or None (read it the usual way)."""
+    header = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH", "")
+    if not header.isdigit() or environ.get("HTTP_CONTENT_ENCODING") or int(header) > length:
+        return None
+    try:
+        config, _ = gateway.catalog.get(model, version)
+    except CodedError:  # an unknown model: answered once the body is read
+        return None
+    lease = gateway.client.lease_body(length, int(header), reply_room(config, length - int(header)))
+    if lease is None:
+        return None
+    g.body_lease = lease
+    return lease.view
+
+
+@routes.teardown_request
+def _release_body(_: BaseException | None) -> None:
+    """Give back a body's segment that no request to a worker took over."""
+    lease = g.pop("body_lease", None)
+    if lease is not None:
+        current_gateway().client.release_body(lease)
 
 
 def _version() -> str:
@@ -172,7 +218,7 @@ def infer(model: str, version: str | None = None) -> Response:
     result = gateway.infer(
         model,
         version,
-        tensor_body(gateway.config.max_body_bytes),
+        infer_body(gateway, model, version),
         current_trace(),
         content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
         header_length=environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"),

@@ -80,7 +80,7 @@ class Gateway:
         self,
         model_name: str,
         version: str | None,
-        body: bytes | bytearray,
+        body: bytes | bytearray | memoryview,  # memoryview: in a segment
         trace: RequestTrace,
         *,
         content_encoding: str | None = None,
@@ -253,6 +253,24 @@ def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:
     if missing:
         raise CodedError(ErrorCode.INTERNAL, f"the worker returned no output {missing[0]!r}")
     return [by_name[n] for n in names]
+
+
+def reply_room(model: ModelConfig, input_bytes: int) -> int:
+    """Return room enough for the outputs of a request whose inputs take ``input_bytes`` (its batch is at most
+    that many samples' worth), before its header is parsed; 0 where a size is not known ahead."""
+    batch: tuple[int, ...] = ()
+    if model.max_batch_size > 0:
+        sample = [fixed_nbytes(spec.datatype, tuple(spec.dims)) for spec in model.inputs]
+        if not sample or any(not size for size in sample):
+            return 0
+        batch = (input_bytes // sum(s for s in sample if s),)
+    total = 0
+    for spec in model.outputs:
+        size = fixed_nbytes(spec.datatype, batch + tuple(spec.dims))
+        if size is None:
+            return 0
+        total += size + 64
+    return total
 
 
 def reply_bytes(model: ModelConfig, inputs: list[Tensor]) -> int:

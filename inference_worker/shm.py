@@ -87,6 +87,14 @@ class Segment:
         """Return what another process needs to map this segment."""
         return {"pid": os.getpid(), "fd": self.fd, "ino": self.ino, "size": self.size, "token": self.token}
 
+    def offset_of(self, data: object) -> int | None:
+        """Return where ``data`` starts in this segment if it is a writable, non-empty view of it."""
+        if not isinstance(data, memoryview) or data.obj is not self.memory or data.readonly:
+            return None
+        if not data.nbytes or not data.c_contiguous:
+            return None
+        return address(data) - address(self.memory)
+
     def close(self) -> None:
         """Close the file (others can no longer map it); the mapping here lives on while views of it do."""
         if self.fd >= 0:

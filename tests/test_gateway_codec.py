@@ -277,7 +277,7 @@ def test_json_response() -> None:
     y = np.array([[0.5, -1.25]], dtype=np.float32)
     body = infer_response("m", "3", "req-1", [(Tensor("y", "FP32", (1, 2), y.tobytes()), False)])
     assert body.content_type == "application/json" and body.headers == {}
-    doc = orjson.loads(body.data)
+    doc = orjson.loads(body.whole())
     assert doc == {
         "model_name": "m",
         "model_version": "3",
@@ -297,13 +297,13 @@ def test_binary_response_is_sliced_by_binary_data_size() -> None:
     )
     assert body.content_type == "application/octet-stream"
     length = int(body.headers["Inference-Header-Content-Length"])
-    header = orjson.loads(body.data[:length])
+    header = orjson.loads(body.whole()[:length])
     assert "id" not in header and "model_version" not in header
     assert (
         header["outputs"][0]["parameters"] == {"binary_data_size": 6} and "data" not in header["outputs"][0]
     )
     assert header["outputs"][1]["data"] == [1, 2]
-    assert np.array_equal(np.frombuffer(body.data[length:], np.float16), y)
+    assert np.array_equal(np.frombuffer(body.whole()[length:], np.float16), y)
 
 
 def test_bf16_round_trip_through_bits() -> None:
@@ -323,7 +323,7 @@ def test_fp32_json_round_trip(values: list[float]) -> None:
     data = parse_infer_request(doc.encode(), None).inputs[0].data
     assert np.array_equal(np.frombuffer(data, "<f4"), np.array(values, dtype=np.float32))
     out = json.loads(
-        infer_response("m", None, None, [(Tensor("x", "FP32", (len(values),), data), False)]).data
+        infer_response("m", None, None, [(Tensor("x", "FP32", (len(values),), data), False)]).whole()
     )
     assert np.array_equal(
         np.array(out["outputs"][0]["data"], dtype=np.float32), np.array(values, dtype=np.float32)

@@ -175,7 +175,7 @@ def test_bytes_outputs_as_json_binary_and_values(tmp_path: Path) -> None:
     model = text_model(tmp_path)
     label = Tensor("label", "BYTES", (2, 1), strings.serialize([b'{"digit":7}', b'{"digit":1}']))
     score = Tensor("score", "FP32", (2, 2), np.arange(4, dtype="<f4").tobytes())
-    doc = json.loads(infer_response("text", "1", None, [(label, False), (score, False)]).data)
+    doc = json.loads(infer_response("text", "1", None, [(label, False), (score, False)]).whole())
     assert doc["outputs"][0] == {
         "name": "label",
         "datatype": "BYTES",
