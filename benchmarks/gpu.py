@@ -41,6 +41,7 @@ from benchmarks.payloads import HttpRequest, decode_output
 from benchmarks.procs import Launched, StartError, http_call, wait_ready
 from benchmarks.pyload import run_python_load
 from benchmarks.settings import DOCS_DIR, WORK_DIR
+from deploy.settings import available_cores, default_gateway_processes
 from harness.procs import free_port
 
 REQUEST_TIMEOUT_S = 60.0
@@ -182,7 +183,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stand-in", action="store_true", help="the stand-in even where torchvision is installed"
     )
     parser.add_argument(
-        "--gateway-processes", type=int, default=None, help="default 8 on a GPU, 1 on the CPU"
+        "--gateway-processes", type=int, default=None, help="default: torchgate's (one per core, at most 8)"
     )
     parser.add_argument(
         "--gateway-threads", type=int, default=None, help="default 16 on a GPU, 32 on the CPU"
@@ -207,7 +208,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_plan(args: argparse.Namespace, gpu: bool) -> GpuPlan:
     return GpuPlan(
         device="cuda" if gpu else "cpu",
-        gateway_processes=args.gateway_processes or (8 if gpu else 1),
+        gateway_processes=args.gateway_processes or default_gateway_processes(available_cores()),
         gateway_threads=args.gateway_threads or (16 if gpu else 32),
         workers_per_gpu=args.workers_per_gpu,
         cpu_workers=1,
