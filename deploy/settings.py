@@ -20,8 +20,8 @@ from deploy.placement import Placement
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # gunicorn processes: one per core, at most this many (each holds its own dispatcher sockets). One process is
-# bound by its GIL at about one core: on two cores, MLP at 32 connections, a second one took torchgate from
-# 0.85x to 1.2-1.5x the seed's app (docs/performance.md).
+# bound by its GIL at about one core: on two cores, MLP at 32 connections, two processes (and one CPU worker)
+# served 1,240 requests/s where one served 730-860 (docs/performance.md, "Session 5").
 MAX_DEFAULT_GATEWAY_PROCESSES = 8
 DEFAULT_GATEWAY_THREADS = 32  # gthread threads per gateway process: they mostly wait on ZeroMQ with the GIL
 # released, and more requests in flight make bigger batches (docs/benchmarks-seed.md)
