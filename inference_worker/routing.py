@@ -14,7 +14,7 @@ from typing import Any
 
 from inference_worker.errors import CodedError
 from inference_worker.protocol import Computing, ErrorCode
-from inference_worker.protocol import Request as RequestMessage
+from inference_worker.protocol.relay import RelayedRequest
 
 MAX_ATTEMPTS = 2  # the first try and one re-send
 
@@ -29,7 +29,7 @@ class Request:
     model: str
     version: str
     deadline: float  # unix seconds
-    message: RequestMessage  # as the gateway sent it; forwarded with its tensor frames untouched
+    message: RelayedRequest  # as the gateway sent it; forwarded with its tensor frames untouched
     attempts: int = 0
     worker: bytes | None = None
 

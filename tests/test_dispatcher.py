@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from inference_worker import protocol
+from inference_worker import protocol, shm
 from inference_worker.dispatcher import Dispatcher, DispatcherConfig
 from inference_worker.protocol import ErrorCode, Link, TensorMeta
 
@@ -49,36 +50,54 @@ class Peers:
         return self.receive(self.gateway, Link.DISPATCHER_TO_GATEWAY)
 
 
-@pytest.fixture(scope="module")
-def peers() -> Iterator[Peers]:
-    context: zmq.Context[Any] = zmq.Context()
+@contextmanager
+def serving(context: zmq.Context[Any], **config: Any) -> Iterator[Dispatcher]:
+    """Run a dispatcher on inproc:// in a thread until the block ends."""
     name = uuid.uuid4().hex
-    dispatcher = Dispatcher(
-        DispatcherConfig(f"inproc://{name}-f", f"inproc://{name}-b", 0.2, 25, startup_grace=0), context
-    )
+    dispatcher = Dispatcher(DispatcherConfig(f"inproc://{name}-f", f"inproc://{name}-b", **config), context)
     thread = threading.Thread(target=dispatcher.serve, daemon=True)
     thread.start()
-    worker = context.socket(zmq.DEALER)
-    worker.setsockopt(zmq.IDENTITY, b"w0-socket")
-    worker.connect(f"inproc://{name}-b")
-    model = {"name": "m", "version": "1", "max_queue_size": 8}
-    worker.send_multipart(protocol.Ready("w0", "i1", 4, [model]).frames())
-    gateway = context.socket(zmq.DEALER)
-    gateway.connect(f"inproc://{name}-f")
-    peers = Peers(dispatcher, gateway, worker)
     try:
-        end = time.monotonic() + 10
-        while "w0" not in {w.name for w in dispatcher.router.workers.values()}:
-            assert time.monotonic() < end, "the worker never registered"
-            time.sleep(0.01)
-        yield peers
+        yield dispatcher
     finally:
         dispatcher.stopping = True
         thread.join(10)
-        for socket in (gateway, worker):
-            socket.close(linger=0)
         dispatcher.close()
-        context.term()
+
+
+def connect(context: zmq.Context[Any], endpoint: str, identity: bytes | None = None) -> zmq.Socket[Any]:
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        socket.setsockopt(zmq.IDENTITY, identity)
+    socket.connect(endpoint)
+    return socket
+
+
+MODEL = {"name": "m", "version": "1", "max_queue_size": 8}
+
+
+def register(dispatcher: Dispatcher, worker: zmq.Socket[Any], name: str, shared_memory: bool = False) -> None:
+    worker.send_multipart(protocol.Ready(name, f"{name}-i", 4, [MODEL], shm=shared_memory).frames())
+    end = time.monotonic() + 10
+    while name not in {w.name for w in dispatcher.router.workers.values()}:
+        assert time.monotonic() < end, f"worker {name} never registered"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[Peers]:
+    context: zmq.Context[Any] = zmq.Context()
+    with serving(context, heartbeat_interval=0.2, heartbeat_liveness=25, startup_grace=0) as dispatcher:
+        worker = connect(context, dispatcher.config.backend, b"w0-socket")
+        gateway = connect(context, dispatcher.config.frontend)
+        try:
+            register(dispatcher, worker, "w0")
+            yield Peers(dispatcher, gateway, worker)
+        finally:
+            for socket in (gateway, worker):
+                socket.close(linger=0)
+    context.term()
 
 
 def test_a_request_and_its_reply_cross_with_their_fields_and_tensor_bytes(peers: Peers) -> None:
@@ -143,3 +162,138 @@ def test_query_and_status_are_answered_between_requests(peers: Peers) -> None:
     peers.gateway.send_multipart(protocol.Query("c5").frames())
     known, _ = peers.to_gateway()
     assert isinstance(known, protocol.QueryReply) and not known.known
+
+
+def test_what_crosses_decodes_field_for_field_as_the_typed_path_built_it(peers: Peers) -> None:
+    """The dispatcher re-encodes only headers: peers read what ForwardedRequest and Reply would build."""
+    request = protocol.Request(
+        "c6",
+        "m",
+        [(X, X_BYTES), (Y, Y_BYTES)],
+        deadline=time.time() + 30,
+        request_id="trace-6",
+        priority=1,
+        outputs=("y", "z"),
+    )
+    peers.gateway.send_multipart(request.frames())
+    forwarded, frames = peers.to_worker()
+    typed = protocol.receive(request.frames(), Link.GATEWAY_TO_DISPATCHER)
+    want = protocol.ForwardedRequest.of(typed, forwarded.seq, "1", request.deadline or 0.0)
+    assert forwarded == protocol.receive(want.frames(), Link.DISPATCHER_TO_WORKER)
+    assert frames[1:] == [X_BYTES, Y_BYTES]
+    stats = {"queue_ns": 3, "compute_infer_ns": 4, "batch_size": 2}
+    placed = [{"name": "z", "datatype": "FP32", "shape": [1], "offset": 64}]
+    answer = protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], stats, placed).frames()
+    peers.worker.send_multipart(answer)
+    reply, frames = peers.to_gateway()
+    worker_reply = protocol.receive(answer, Link.WORKER_TO_DISPATCHER)
+    old = protocol.Reply(
+        "c6", "m", "1", "w0", worker_reply.outputs, worker_reply.stats, worker_reply.shm_outputs
+    )
+    assert isinstance(reply, protocol.Reply)
+    expected = protocol.receive(old.frames(), Link.DISPATCHER_TO_GATEWAY)
+    for name in ("id", "model", "version", "worker", "stats", "shm_outputs", "outputs"):
+        assert getattr(reply, name) == getattr(expected, name), name
+    assert frames[1:] == [Y_BYTES]
+
+
+def test_a_deadline_passed_before_routing_is_answered_deadline_exceeded(peers: Peers) -> None:
+    peers.gateway.send_multipart(
+        protocol.Request("c7", "m", [(X, X_BYTES)], deadline=time.time() - 1).frames()
+    )
+    error, _ = peers.to_gateway()
+    assert isinstance(error, protocol.Error) and error.id == "c7"
+    assert error.code is ErrorCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.skipif(not shm.supported(), reason="needs memfd_create and /proc")
+def test_a_worker_without_shared_memory_gets_the_segments_tensors_in_frames(peers: Peers) -> None:
+    segment = shm.Segment.create(shm.HEADER + len(X_BYTES))
+    segment.stamp()
+    memoryview(segment.memory)[shm.HEADER : shm.HEADER + len(X_BYTES)] = X_BYTES
+    ref = {**segment.ref(), "inputs": [shm.Placed(X, shm.HEADER).to_wire()], "reply": [0, 0]}
+    try:
+        peers.gateway.send_multipart(protocol.Request("c8", "m", [], request_id="t8", shm=ref).frames())
+        forwarded, frames = peers.to_worker()
+        assert (forwarded.id, forwarded.request_id, forwarded.shm) == ("c8", "t8", None)
+        assert [meta for meta, _ in forwarded.inputs] == [X] and frames[1:] == [X_BYTES]
+        peers.worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)]).frames())
+        reply, _ = peers.to_gateway()
+        assert isinstance(reply, protocol.Reply) and reply.id == "c8"
+    finally:
+        segment.close()
+    peers.gateway.send_multipart(protocol.Request("c9", "m", [], shm=ref).frames())  # closed: refused
+    error, _ = peers.to_gateway()
+    assert isinstance(error, protocol.Error) and error.id == "c9" and error.code is ErrorCode.UNAVAILABLE
+    assert error.message.startswith(shm.REFUSED)
+
+
+def test_requests_wait_for_a_worker_and_go_again_when_theirs_is_lost() -> None:
+    """Held while no worker is registered; re-sent, frames and all, when the worker computing it leaves or
+    falls silent (as a worker killed with -9 does)."""
+    context: zmq.Context[Any] = zmq.Context()
+    config = {"heartbeat_interval": 0.05, "heartbeat_liveness": 20, "startup_grace": 30}
+    with serving(context, **config) as dispatcher:
+        gateway = connect(context, dispatcher.config.frontend)
+        workers = [connect(context, dispatcher.config.backend, f"w{i}-socket".encode()) for i in range(3)]
+        try:
+            request = protocol.Request("h1", "m", [(X, X_BYTES)], deadline=time.time() + 60, request_id="t")
+            gateway.send_multipart(request.frames())
+            gateway.send_multipart(protocol.Query("h1").frames())
+            assert gateway.poll(TIMEOUT_MS)
+            known = protocol.receive(gateway.recv_multipart(), Link.DISPATCHER_TO_GATEWAY)
+            assert isinstance(known, protocol.QueryReply) and known.known  # held, not refused
+            register(dispatcher, workers[0], "w0")
+            first = next_request(workers[0])
+            register(dispatcher, workers[1], "w1")
+            workers[0].send_multipart(protocol.Disconnect("leaving").frames())
+            again = next_request(workers[1], heartbeat=True)
+            assert again[0].seq == first[0].seq and again[1] == first[1]  # the same header, the same frames
+            answer(workers[1], again[0].seq)
+            assert reply_to(gateway) == ("h1", "w1")
+            # the next one falls on w1, which falls silent: after its liveness the request goes to w2
+            request = protocol.Request("h2", "m", [(X, X_BYTES)], deadline=time.time() + 60)
+            gateway.send_multipart(request.frames())
+            first = next_request(workers[1], heartbeat=True)
+            register(dispatcher, workers[2], "w2")
+            again = next_request(workers[2], heartbeat=True)
+            assert again[0].seq == first[0].seq and again[1] == first[1]
+            answer(workers[2], again[0].seq)
+            assert reply_to(gateway) == ("h2", "w2")
+            assert dispatcher.requests.counters["resent"] == 2 and dispatcher.requests.counters["lost"] == 0
+        finally:
+            for socket in (gateway, *workers):
+                socket.close(linger=0)
+    context.term()
+
+
+def next_request(
+    worker: zmq.Socket[Any], heartbeat: bool = False
+) -> tuple[protocol.ForwardedRequest, list[bytes]]:
+    """Return the next REQUEST ``worker`` gets, answering heartbeats with heartbeats if asked."""
+    end = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < end:
+        if heartbeat:
+            worker.send_multipart(protocol.Heartbeat().frames())
+        if not worker.poll(20):
+            continue
+        frames = worker.recv_multipart()
+        message = protocol.receive(frames, Link.DISPATCHER_TO_WORKER)
+        if isinstance(message, protocol.ForwardedRequest):
+            return message, frames
+    raise AssertionError("no request arrived")
+
+
+def answer(worker: zmq.Socket[Any], seq: int) -> None:
+    worker.send_multipart(protocol.WorkerReply(seq, [(Y, Y_BYTES)], {"batch_size": 1}).frames())
+
+
+def reply_to(gateway: zmq.Socket[Any]) -> tuple[str, str]:
+    """Return the id and the worker of the next REPLY ``gateway`` gets."""
+    while True:
+        assert gateway.poll(TIMEOUT_MS), "no answer"
+        message = protocol.receive(gateway.recv_multipart(), Link.DISPATCHER_TO_GATEWAY)
+        assert not isinstance(message, protocol.Error), message
+        if isinstance(message, protocol.Reply):
+            assert message.version == "1" and [meta for meta, _ in message.outputs] == [Y]
+            return message.id, message.worker

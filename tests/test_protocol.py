@@ -78,6 +78,7 @@ def header(**fields: object) -> bytes:
         ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}])], "0 frames follow"),
         ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}]), b"1234567"], "need 8"),
         ([header(inputs=[{"name": "x", "datatype": "FP33", "shape": [2]}]), b""], "unknown datatype"),
+        ([header(inputs=[{"name": "x", "datatype": ["FP32"], "shape": [2]}]), b""], "unknown datatype"),
         ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}]), b""], "non-negative"),
         (
             [header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2147483647, 2147483647]}]), b""],

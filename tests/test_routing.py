@@ -7,6 +7,7 @@ import pytest
 from inference_worker import protocol
 from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
+from inference_worker.protocol.relay import RelayedRequest
 from inference_worker.routing import Request, Router, WorkerState
 from inference_worker.stats import StatsBook
 
@@ -34,7 +35,7 @@ def request(seq: int, version: str = "1", deadline: float = 1e12) -> Request:
         model="m",
         version=version,
         deadline=deadline,
-        message=protocol.Request(id=str(seq), model="m", inputs=[]),
+        message=RelayedRequest.of(protocol.Request(id=str(seq), model="m", inputs=[])),
     )
 
 

@@ -15,7 +15,7 @@ from inference_worker.dispatcher.config import DispatcherConfig
 from inference_worker.dispatcher.requests import Requests
 from inference_worker.dispatcher.sockets import POLLIN, Endpoints, receive
 from inference_worker.dispatcher.workers import WorkerSessions
-from inference_worker.protocol import ErrorCode, Link, ProtocolError
+from inference_worker.protocol import ErrorCode, Link, ProtocolError, relay
 from inference_worker.routing import Router
 from inference_worker.security import SecurityError
 
@@ -117,7 +117,7 @@ class Dispatcher:
             count += 1
             identity, body = frames[0].bytes, frames[1:]
             try:
-                handle(identity, protocol.receive(body, link))
+                handle(identity, relay.receive(body, link))
             except ProtocolError as exc:
                 log.warning("dispatcher: dropped a malformed message from %r: %s", identity, exc)
                 request_id = protocol.header_id(body) if link is Link.GATEWAY_TO_DISPATCHER else None

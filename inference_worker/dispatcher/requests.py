@@ -19,6 +19,7 @@ from inference_worker.dispatcher.sockets import Endpoints
 from inference_worker.errors import CodedError
 from inference_worker.model_control import ACTIONS, ControlJob, ModelControl
 from inference_worker.protocol import ErrorCode, ProtocolError
+from inference_worker.protocol.relay import RelayedReply, RelayedRequest
 from inference_worker.routing import MAX_ATTEMPTS, Request, Router
 from inference_worker.stats import StatsBook
 
@@ -41,12 +42,12 @@ class Requests:
         self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
         self.next_seq = 1
         self.started = time.monotonic()
-        self.held: list[tuple[bytes, protocol.Request]] = []  # arrived before any worker registered
+        self.held: list[tuple[bytes, RelayedRequest]] = []  # arrived before any worker registered
 
     # -- from gateways ----------------------------------------------------------------------------------
 
     def on_gateway_message(self, gateway: bytes, message: Any, stats: StatsBook) -> None:
-        if isinstance(message, protocol.Request):
+        if isinstance(message, RelayedRequest):
             self.accept(gateway, message)
         elif isinstance(message, protocol.Query):
             known = (gateway, message.id) in self.router.requests or any(
@@ -58,7 +59,7 @@ class Requests:
         elif isinstance(message, protocol.Control):
             self.accept_control(gateway, message)
 
-    def accept(self, gateway: bytes, message: protocol.Request, held: bool = False) -> None:
+    def accept(self, gateway: bytes, message: RelayedRequest, held: bool = False) -> None:
         deadline = message.deadline if message.deadline is not None else time.time() + DEFAULT_TIMEOUT
         if not held:
             self.counters["requests"] += 1
@@ -137,20 +138,22 @@ class Requests:
                     request.gateway, request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed in queue"
                 )
                 continue
-            forwarded = protocol.ForwardedRequest.of(
-                request.message, request.seq, request.version, request.deadline
-            )
-            if forwarded.shm is not None and not worker.shared_memory:  # a worker on another host gets frames
+            if request.message.shm and not worker.shared_memory:  # a worker on another host gets frames
                 try:
-                    forwarded = inline_segment(forwarded)
+                    forwarded = inline_segment(
+                        request.message.forwarded(request.seq, request.version, request.deadline)
+                    )
                 except (shm.SegmentGone, ProtocolError) as exc:
                     self.router.complete(worker.identity, request.seq)
                     self.fail(request.gateway, request.id, ErrorCode.UNAVAILABLE, f"{shm.REFUSED}{exc}")
                     continue
-            if not self.endpoints.to_worker(worker.identity, forwarded.frames()):
+                frames = forwarded.frames()
+            else:
+                frames = request.message.frames(request.seq, request.version, request.deadline)
+            if not self.endpoints.to_worker(worker.identity, frames):
                 self.lose_worker(worker.identity, "unreachable")
 
-    def on_result(self, identity: bytes, message: protocol.WorkerReply | protocol.WorkerError) -> None:
+    def on_result(self, identity: bytes, message: RelayedReply | protocol.WorkerError) -> None:
         """Pass a worker's answer on to the gateway that asked."""
         worker = self.router.workers[identity]
         worker.overdue = False  # it answers again: back in rotation
@@ -161,16 +164,9 @@ class Requests:
             answer = protocol.Error(request.id, message.code, message.message, worker=worker.name)
             self.endpoints.to_gateway(request.gateway, answer.frames())
             return
-        reply = protocol.Reply(
-            request.id,
-            request.model,
-            request.version,
-            worker.name,
-            message.outputs,
-            message.stats,
-            message.shm_outputs,  # when set, the outputs are in the gateway's segment
-        )
-        self.endpoints.to_gateway(request.gateway, reply.frames())
+        # the header gets the request's fields; the outputs (or their place in the gateway's segment) go on
+        frames = message.frames(request.id, request.model, request.version, worker.name)
+        self.endpoints.to_gateway(request.gateway, frames)
 
     def lose_worker(self, identity: bytes, why: str) -> None:
         self.control.on_lost(identity)

@@ -17,6 +17,7 @@ from inference_worker.dispatcher.config import DispatcherConfig
 from inference_worker.dispatcher.requests import Requests
 from inference_worker.dispatcher.sockets import Endpoints
 from inference_worker.model_control import UNLOAD
+from inference_worker.protocol.relay import RelayedReply
 from inference_worker.routing import Router, WorkerState
 from inference_worker.stats import StatsBook
 
@@ -49,7 +50,7 @@ class WorkerSessions:
                 self.send(identity, protocol.Disconnect("unknown worker").frames())
             return
         worker.expires = time.monotonic() + self.config.liveness
-        if isinstance(message, protocol.WorkerReply | protocol.WorkerError):
+        if isinstance(message, RelayedReply | protocol.WorkerError):
             self.requests.on_result(identity, message)
         elif isinstance(message, protocol.Heartbeat):
             if message.stats is not None:

@@ -55,7 +55,9 @@ def _names(fields: dict[str, Any], key: str) -> tuple[str, ...]:
 
 def _code(fields: dict[str, Any]) -> ErrorCode:
     value = fields.get("code")
-    return ErrorCode(str(value)) if value in ErrorCode.__members__ else ErrorCode.INTERNAL
+    return (
+        ErrorCode(value) if isinstance(value, str) and value in ErrorCode.__members__ else ErrorCode.INTERNAL
+    )
 
 
 def _map(fields: dict[str, Any], key: str) -> dict[str, Any]:

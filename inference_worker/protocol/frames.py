@@ -120,7 +120,7 @@ def tensor_meta(raw: Any, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> TensorMet
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise ProtocolError(f"tensor name must be a string of 1..{MAX_NAME_LENGTH} characters")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list here is unhashable
         raise ProtocolError(f"tensor {name!r}: unknown datatype {datatype!r}")
     if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS:
         raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {MAX_DIMS} dims")

@@ -1,7 +1,8 @@
 """Every message kind of the torchgate wire by link, and the one reader: ``read(message, link)``.
 
 Each kind has a typed builder (``frames``) and reader (``read``) in :mod:`.messages`, :mod:`.session` or
-:mod:`.queries`; no other module writes a header field name or calls msgpack. Readers check what they rely on
+:mod:`.queries` (the dispatcher relays REQUEST and REPLY through :mod:`.relay`, which rewrites only the
+fields it sets); no other module writes a header field name or calls msgpack. Readers check what they rely on
 and raise :class:`ProtocolError`; fields a reader does not know are ignored, so adding an optional field keeps
 the wire compatible within a version. ``FIELDS`` of each class documents its header fields;
 ``docs/architecture.md`` holds :func:`message_table`, and a unit test keeps the two equal.
