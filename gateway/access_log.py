@@ -53,7 +53,8 @@ def log_request(method: str, path: str, status: int, seconds: float, trace: Requ
     message = f"{method} {path} {status} {seconds * 1000:.1f}ms {extra}request_id={trace.request_id}"
     handler = direct_handler()
     if handler is None:  # logging configured otherwise: the record goes the ordinary way
-        access.info("%s", message, extra={"access": access_fields(method, path, status, seconds, trace)})
+        fields = access_fields(method, path, status, seconds, trace)
+        access.info("%s", message, extra={"access": fields, "request_id": trace.request_id})
     elif handler.line_style() == "json":
         entry = {
             "time": _clock(time.time(), iso=True),
@@ -63,9 +64,8 @@ def log_request(method: str, path: str, status: int, seconds: float, trace: Requ
             "pid": _pid,
             "access": access_fields(method, path, status, seconds, trace),
         }
-        request_id = current_request_id()
-        if request_id:
-            entry["request_id"] = request_id
+        if trace.request_id:  # the line may be written after the request's context is gone
+            entry["request_id"] = trace.request_id
         data = orjson.dumps(entry, default=str)
         # orjson writes other characters as they are, U+2028 among them: a line break to some readers
         handler.write_line(data.decode() if data.isascii() else json.dumps(entry, default=str))

@@ -26,6 +26,7 @@ from typing import Any
 
 from gunicorn import util
 
+from gateway import afterwork
 from gateway.config import GatewayConfig
 from gateway.errors import error_body
 from gateway.frontdoor import FrontDoorWorker
@@ -128,6 +129,7 @@ class AdmittingThreadWorker(FrontDoorWorker):
             and self.next_request_ready(conn, LINGER, self.wake_r)
         ):
             keepalive = super().handle(conn)
+        afterwork.run_pending()  # before the connection goes back to the event loop
         return keepalive
 
     def finish_request(self, conn: Any, fs: Any) -> None:

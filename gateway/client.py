@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,10 @@ class DispatcherClient:
         status_timeout: float = 1.0,
         poll_interval: float = 0.5,
         unresponsive_after: float = 5.0,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.idle = idle  # run once a request is sent, while its reply is awaited (gateway.afterwork)
         self.status_ttl = status_ttl
         self.status_timeout = status_timeout
         self.poll_interval = poll_interval
@@ -320,6 +322,8 @@ class DispatcherClient:
             shm=segment[1] if segment is not None else None,
         ).frames()
         self._send(socket, frames)
+        if self.idle is not None:
+            self.idle()
         resent = False
         status_id = call_id + "/s"  # asked while a lost request waits for a worker to come back
         awaiting_worker = False

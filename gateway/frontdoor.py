@@ -44,6 +44,7 @@ from gunicorn.http import wsgi
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from gateway import afterwork
 from gateway.config import GatewayConfig
 from gateway.errors import error_body
 from gateway.framing import RequestFramer, State
@@ -257,6 +258,9 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         )
         self.body_held = 0  # bytes of the budget held by requests read, queued or being answered
         self._budget_lock = threading.Lock()  # request threads reserve too (next_request_ready)
+        # gunicorn's settings are looked up by name on every access: the per-request ones, read once
+        self._pre_request, self._post_request = self.cfg.pre_request, self.cfg.post_request
+        self._keepalive = self.cfg.keepalive
 
     # -- accepting and reading on the event loop ---------------------------------------------------------
 
@@ -411,19 +415,21 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         environ: dict[str, Any] = {}
         resp = None
         try:
-            self.cfg.pre_request(self, req)
-            request_start = datetime.now()
+            self._pre_request(self, req)
+            logged = getattr(self.log, "access_log_enabled", True)  # gunicorn's own access log (off here)
+            request_start = datetime.now() if logged else None
             resp, environ = wsgi.create(
                 req, conn.sock, conn.client, conn.server, self.cfg, response_class=OneWriteResponse
             )
             environ["wsgi.multithread"] = True
+            environ[afterwork.ENVIRON_KEY] = True  # its bookkeeping waits for a thread's idle moment
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
                     self.log.info("Autorestarting worker after current request.")
                     self.alive = False
                 resp.force_close()
-            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+            if not self.alive or not self._keepalive or len(self.keepalived_conns) >= self.max_keepalived:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
             try:
@@ -434,9 +440,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
                         resp.write(item)
                 resp.close()
             finally:
-                if getattr(
-                    self.log, "access_log_enabled", True
-                ):  # gunicorn's own access log (the gateway writes its own)
+                if request_start is not None:  # the gateway writes its own access line (gateway.afterwork)
                     self.log.access(resp, req, environ, datetime.now() - request_start)
                 if hasattr(respiter, "close"):
                     respiter.close()
@@ -452,7 +456,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
             raise
         finally:
             try:
-                self.cfg.post_request(self, req, environ, resp)
+                self._post_request(self, req, environ, resp)
             except Exception:
                 self.log.exception("Exception in post_request hook")
         return True
@@ -461,7 +465,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         """On a thread, after a request: read the next one if it arrives whole within ``wait`` seconds.
 
         Return whether it did (the parser then holds it). Otherwise what arrived stays in ``conn.front``,
-        and the event loop reads the rest (see :meth:`finish_request`).
+        and the event loop reads the rest (see :meth:`finish_request`). If nothing came within
+        ``afterwork.GRACE``, the answered requests' bookkeeping runs before the rest of the wait.
         """
         self.release_body(
             conn
@@ -471,8 +476,10 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         reading = Reading(RequestFramer(self.limits.max_head, self.limits.max_body), time.monotonic())
         reading.buf += pending
         conn.front = reading
-        if not pending and not _readable(conn.sock, wait, wake):
-            return False
+        if not pending and not _readable(conn.sock, min(wait, afterwork.GRACE), wake):
+            afterwork.run_pending()  # no next request yet: the answered ones' bookkeeping, while waiting
+            if wait <= afterwork.GRACE or not _readable(conn.sock, wait - afterwork.GRACE, wake):
+                return False
         try:  # the socket stays blocking: MSG_DONTWAIT reads without a mode switch
             while reading.framer.feed(reading.buf) not in (State.COMPLETE, State.ERROR):
                 data = conn.sock.recv(self._recv_size(reading), socket.MSG_DONTWAIT)
@@ -492,6 +499,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     # -- back on the event loop ---------------------------------------------------------------------------
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
+        afterwork.run_pending()  # left by a thread (as a rule none: AdmittingThreadWorker.handle runs it)
         self.release_body(conn)
         try:
             keepalive = fs.result() if not fs.cancelled() else False
@@ -558,6 +566,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     # -- timeouts and pressure (the event loop calls murder_keepalived about once a second) ----------------
 
     def murder_keepalived(self, force: bool = False) -> None:
+        afterwork.run_pending()
         super().murder_keepalived(force)
         now = time.monotonic()
         stopping = not self.alive  # a stopping process waits for no connection that has not begun a request

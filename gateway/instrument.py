@@ -1,12 +1,16 @@
 """Trace every request with plain Flask hooks: open its :class:`RequestTrace` (and so its id) first, and once
-it is answered, echo the id as ``X-Request-ID``, count it in the metrics and write its access line.
+it is answered, echo the id as ``X-Request-ID``; counting it in the metrics and writing its access line are
+deferred (:mod:`gateway.afterwork`) until a request thread waits anyway, off the answer's critical path.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from flask import Flask, Response, g, request
 from flask.globals import request_ctx
 
+from gateway import afterwork
 from gateway.access_log import log_request
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
@@ -27,23 +31,42 @@ def open_trace() -> None:
 
 
 def close_trace(response: Response) -> Response:
-    """Echo the request id, count the request and log it."""
+    """Echo the request id; count the request and log it once a thread has time (gateway.afterwork)."""
     trace = g.get("trace")
     if not isinstance(trace, RequestTrace):  # a request Flask refused before any hook ran
         trace = g.trace = RequestTrace.open(None)
     response.headers["X-Request-ID"] = trace.request_id
     seconds = trace.elapsed()
     req = request_ctx.request  # one context lookup, not one per attribute
-    method, rule, status = req.method, req.url_rule, response.status_code
-    metrics = request_metrics()
-    metrics.observe_http(method, rule.rule if rule is not None else "unmatched", status)
-    if req.endpoint in INFER_ENDPOINTS:
-        if not trace.model:
-            _name_target(trace)
-        if trace.model:
-            metrics.observe_inference(trace.model, trace.version, seconds, status)
-    log_request(method, req.path, status, seconds, trace)
+    rule = req.url_rule
+    inference = req.endpoint in INFER_ENDPOINTS
+    if inference and not trace.model:
+        _name_target(trace)
+    afterwork.defer_or_run(
+        req.environ,
+        partial(
+            account,
+            req.method,
+            rule.rule if rule is not None else "unmatched",
+            req.path,
+            response.status_code,
+            seconds,
+            trace,
+            inference,
+        ),
+    )
     return response
+
+
+def account(
+    method: str, route: str, path: str, status: int, seconds: float, trace: RequestTrace, inference: bool
+) -> None:
+    """Count one answered request in the metrics and write its access line (no request context needed)."""
+    metrics = request_metrics()
+    metrics.observe_http(method, route, status)
+    if inference and trace.model:
+        metrics.observe_inference(trace.model, trace.version, seconds, status)
+    log_request(method, path, status, seconds, trace)
 
 
 def _name_target(trace: RequestTrace) -> None:

@@ -18,7 +18,7 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from gateway import codec, triton, worker_metrics
+from gateway import afterwork, codec, triton, worker_metrics
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
@@ -283,6 +283,7 @@ def openapi_document() -> Response:
 
 @routes.get("/metrics")
 def metrics() -> Response:
+    afterwork.run_pending()  # this process's answered requests are counted before it reports
     # a fresh status: a cached one from another gateway process could make counters run backwards
     status = current_gateway().status_or_none(max_age=0)
     families = itertools.chain(request_metrics().collect(), worker_metrics.families(status))

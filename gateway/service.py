@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from gateway import torchserve
+from gateway import afterwork, torchserve
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
 from gateway.config import GatewayConfig
@@ -47,6 +47,7 @@ class Gateway:
             status_timeout=config.status_timeout,
             poll_interval=config.poll_interval,
             unresponsive_after=config.unresponsive_after,
+            idle=afterwork.run_pending,
         )
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
