@@ -3,10 +3,11 @@
     python -m benchmarks.worker_pipeline --before 13b909c [--workload digits|mlp] [--seconds 4] [--rounds 2]
 
 Checks the ``--before`` revision out in a temporary git worktree and runs its dispatcher and worker (one torch
-thread) against this tree's, alternately, ``--rounds`` times each: one request at a time (p50/p99 round trip)
-and 32 one-sample requests in flight (samples/s, and the CPU milliseconds the worker and the dispatcher spent
-per answered request). No HTTP: what the worker loop costs, not the gateway. ``digits`` is the shipped
-repository's model; ``mlp`` is the benchmarks' MLP 784-1024-1024-10 (``benchmarks.models``), exported once.
+thread) against this tree's, alternately, ``--rounds`` times each: one request at a time (p50/p99 round trip,
+and the worker's CPU milliseconds per request) and 32 one-sample requests in flight (samples/s, and the CPU
+milliseconds the worker and the dispatcher spent per answered request). No HTTP: what the worker loop costs,
+not the gateway. ``digits`` is the shipped repository's model; ``mlp`` is the benchmarks' MLP 784-1024-1024-10
+(``benchmarks.models``), exported once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,16 +131,21 @@ def answer(sock: zmq.Socket[Any]) -> None:
     assert isinstance(message, protocol.Reply), message
 
 
-def latency_ms(sock: zmq.Socket[Any], seconds: float, model: Model) -> tuple[float, float]:
+def latency_ms(
+    sock: zmq.Socket[Any], seconds: float, model: Model, procs: list[subprocess.Popen[bytes]]
+) -> tuple[float, float, list[float]]:
+    """Return the p50 and p99 round trip one request at a time, and each process's CPU ms per request."""
     x = np.random.default_rng(1).integers(0, 17, size=(1, model.width)).astype(np.float32)
-    times, end = [], time.perf_counter() + seconds
+    times, end, before = [], time.perf_counter() + seconds, cpu_seconds(procs)
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         sock.send_multipart(request(x, model.name))
         answer(sock)
         times.append((time.perf_counter() - t0) * 1000)
+    after = cpu_seconds(procs)
     times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99)]
+    per_request = [(a - b) * 1000 / max(1, len(times)) for a, b in zip(after, before, strict=True)]
+    return statistics.median(times), times[int(len(times) * 0.99)], per_request
 
 
 def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> list[float]:
@@ -168,7 +175,8 @@ def throughput(
     return done / elapsed, [(a - b) * 1000 / max(1, done) for a, b in zip(after, before, strict=True)]
 
 
-Row = tuple[float, float, float, float, float]  # p50 ms, p99 ms, samples/s, dispatcher and worker CPU ms
+# p50 ms, p99 ms, worker CPU ms per request at c=1, samples/s, dispatcher and worker CPU ms at 32 in flight
+Row = tuple[float, float, float, float, float, float]
 
 
 def measure(tree: Path, run: Path, seconds: float, context: zmq.Context[Any], model: Model) -> Row:
@@ -179,12 +187,12 @@ def measure(tree: Path, run: Path, seconds: float, context: zmq.Context[Any], mo
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(backend.frontend)
         try:
-            latency_ms(sock, 1.0, model)  # warm
-            p50, p99 = latency_ms(sock, seconds, model)
+            latency_ms(sock, 1.0, model, backend.procs)  # warm
+            p50, p99, (_, worker_c1_ms) = latency_ms(sock, seconds, model, backend.procs)
             rate, (dispatcher_ms, worker_ms) = throughput(sock, seconds, model, backend.procs)
         finally:
             sock.close(linger=0)
-        return p50, p99, rate, dispatcher_ms, worker_ms
+        return p50, p99, worker_c1_ms, rate, dispatcher_ms, worker_ms
     finally:
         backend.stop()
 
@@ -218,20 +226,36 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
     print(
-        f"| code | c=1 p50 ms | c=1 p99 ms | 32 in flight, samples/s | worker CPU ms/request | "
-        f"dispatcher CPU ms/request |  ({model.name}, rounds: {args.rounds}, {args.seconds:g} s each)"
+        f"| code | c=1 p50 ms | c=1 p99 ms | c=1 worker CPU ms/request | 32 in flight, samples/s | "
+        f"worker CPU ms/request | dispatcher CPU ms/request |  "
+        f"({model.name}, rounds: {args.rounds}, {args.seconds:g} s each)"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
+    for label, results in rows.items():  # every round, then the medians
+        for k, r in enumerate(results):
+            print(f"| {label} round {k + 1} | " + " | ".join(_cells(r)) + " |")
     med = {
-        label: [statistics.median(r[i] for r in results) for i in range(5)] for label, results in rows.items()
+        label: [statistics.median(r[i] for r in results) for i in range(6)] for label, results in rows.items()
     }
-    for label, (p50, p99, rate, dispatcher_ms, worker_ms) in med.items():
-        print(f"| {label} | {p50:.2f} | {p99:.2f} | {rate:.0f} | {worker_ms:.3f} | {dispatcher_ms:.3f} |")
+    for label, row in med.items():
+        print(f"| {label} (median) | " + " | ".join(_cells(row)) + " |")
     b, a = med["before"], med["after"]
     print(
-        f"after/before: c=1 p50 x{a[0] / b[0]:.2f}, throughput x{a[2] / b[2]:.2f}, "
-        f"worker CPU per request x{a[4] / b[4]:.2f}"
+        f"after/before: c=1 p50 x{a[0] / b[0]:.2f}, c=1 worker CPU per request x{a[2] / b[2]:.2f}, "
+        f"throughput x{a[3] / b[3]:.2f}, worker CPU per request at 32 in flight x{a[5] / b[5]:.2f}"
     )
+
+
+def _cells(row: Sequence[float]) -> list[str]:
+    p50, p99, worker_c1_ms, rate, dispatcher_ms, worker_ms = row
+    return [
+        f"{p50:.2f}",
+        f"{p99:.2f}",
+        f"{worker_c1_ms:.3f}",
+        f"{rate:.0f}",
+        f"{worker_ms:.3f}",
+        f"{dispatcher_ms:.3f}",
+    ]
 
 
 if __name__ == "__main__":

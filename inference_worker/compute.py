@@ -133,9 +133,11 @@ class Executor:
                     raise RuntimeError(
                         f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first"
                     )
-            per_request = [
-                list(parts) for parts in zip(*(torch.split(out, sizes) for out in outputs), strict=True)
-            ]
+            if len(sizes) == 1:  # one request: its outputs are the batch's, nothing to split
+                per_request = [list(outputs)]
+            else:
+                split = (torch.split(out, sizes) for out in outputs)
+                per_request = [list(parts) for parts in zip(*split, strict=True)]
         else:
             per_request = [outputs]
         t3 = time.perf_counter_ns()

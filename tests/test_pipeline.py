@@ -59,6 +59,17 @@ def test_an_empty_batch_gives_empty_outputs() -> None:
     assert outputs[0].shape == (0, 10)
 
 
+def test_a_batch_of_one_request_answers_with_the_whole_outputs_and_still_checks_their_batch() -> None:
+    ex, reference = executor("cpu"), executor("cpu")
+    (inputs,) = requests(5, [3])
+    times = BatchTimes()
+    (outputs,) = ex.finish(ex.launch([inputs], times), times)
+    torch.testing.assert_close(outputs[0], reference.run([inputs], BatchTimes())[0][0])
+    wrong = Executor(ex.config, "1", lambda batch: [torch.zeros(2, 10)], torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="expected batch 3 first"):
+        wrong.run([inputs], BatchTimes())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batches_launched_back_to_back_on_the_gpu_match_the_cpu() -> None:

@@ -63,6 +63,38 @@ def test_large_tensor_frames_are_not_copied_on_decode() -> None:
     assert tensor[0].item() == 1.0
 
 
+def test_a_read_only_frame_is_viewed_without_a_warning_and_a_writable_one_in_place() -> None:
+    values = torch.arange(6, dtype=torch.float32)
+    read_only = memoryview(values.numpy().tobytes())  # bytes: torch warns about such a buffer, once
+    assert read_only.readonly
+    torch.testing.assert_close(to_torch(TensorMeta("t", "FP32", (2, 3)), read_only), values.view(2, 3))
+    writable = bytearray(values.numpy().tobytes())
+    tensor = to_torch(TensorMeta("t", "FP32", (6,)), memoryview(writable))
+    writable[0:4] = b"\x00\x00\x80\x3f"
+    assert tensor[0].item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.arange(12, dtype=torch.float32).view(3, 4).t(),  # not contiguous
+        torch.arange(4, dtype=torch.float32).requires_grad_(),  # needs detaching first
+        torch.tensor(7, dtype=torch.int64),  # no dims
+        torch.arange(6, dtype=torch.bfloat16).view(2, 3),  # numpy has no bfloat16
+        torch.tensor([True, False]),
+    ],
+)
+def test_an_output_goes_to_the_wire_as_its_contiguous_bytes(tensor: torch.Tensor) -> None:
+    meta, buf = from_torch("out", tensor)
+    expected = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    assert meta == TensorMeta("out", protocol_datatype(tensor.dtype), tuple(tensor.shape))
+    assert bytes(memoryview(buf)) == bytes(expected.numpy())
+
+
+def protocol_datatype(dtype: torch.dtype) -> str:
+    return {v: k for k, v in TORCH_DTYPES.items()}[dtype]
+
+
 def header(**fields: object) -> bytes:
     return msgpack.packb({"v": protocol.VERSION, "kind": "REQUEST", **fields})
 
@@ -75,6 +107,9 @@ def header(**fields: object) -> bytes:
         ([msgpack.packb([1, 2])], "must be a map"),
         ([msgpack.packb({"v": 99, "kind": "REQUEST"})], "version"),
         ([msgpack.packb({"v": 1, "kind": "PICKLE"})], "unknown message kind"),
+        ([msgpack.packb({"v": 1, "kind": 3})], "unknown message kind"),
+        ([msgpack.packb({"v": 1, "kind": ["REQUEST"]})], "unknown message kind"),
+        ([msgpack.packb({"v": 1})], "unknown message kind"),
         ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}])], "0 frames follow"),
         ([header(inputs=[{"name": "x", "datatype": "FP32", "shape": [2]}]), b"1234567"], "need 8"),
         ([header(inputs=[{"name": "x", "datatype": "FP33", "shape": [2]}]), b""], "unknown datatype"),

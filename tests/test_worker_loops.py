@@ -20,6 +20,7 @@ from inference_worker.dispatcher import Dispatcher, DispatcherConfig
 from inference_worker.protocol import ErrorCode, Link, TensorMeta
 from inference_worker.status import ask_status
 from inference_worker.worker import Worker, WorkerConfig
+from inference_worker.worker.loop import wait_ms
 
 INTERVAL, LIVENESS = 0.05, 10  # a peer silent for 0.5 s is gone
 BATCH_SECONDS = 1.0  # each batch of the slow model: twice the liveness
@@ -110,6 +111,17 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
         worker.close()
         dispatcher.close()
         context.term()
+
+
+def test_the_loop_waits_for_a_timer_rounded_up_and_for_a_batch_rounded_down() -> None:
+    assert wait_ms(10.0, 10.0004) == 1  # a heartbeat 0.4 ms away: one wait, not a spin of waits of 0 ms
+    assert wait_ms(10.0, 10.002) == 2
+    assert wait_ms(10.0, 10.25) == 250
+    assert wait_ms(10.0, 9.0) == 0  # due already
+    assert wait_ms(10.0, 10.5, batch_due=10.0004) == 0  # a batch due in 0.4 ms must not wait 1 ms
+    assert wait_ms(10.0, 10.5, batch_due=10.0123) == 12
+    assert wait_ms(10.0, 10.002, batch_due=10.9) == 2  # whichever comes first
+    assert wait_ms(10.0, 10.5, batch_due=9.0) == 0
 
 
 def test_heartbeats_flow_while_a_batch_computes_longer_than_the_liveness(loops: Loops) -> None:

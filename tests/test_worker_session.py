@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,34 @@ def test_connect_announces_ready_and_requests_come_back_to_the_caller(
         session.socket.poll(5000)
         received += session.receive()
     assert [r.seq for r in received if isinstance(r, protocol.ForwardedRequest)] == [5] and len(received) == 1
+
+
+def test_every_waiting_request_is_read_in_one_go(pair: tuple[Session, FakeDispatcher]) -> None:
+    session, dispatcher = pair
+    session.connect()
+    identity, _ = dispatcher.receive()
+    for seq in range(5):
+        dispatcher.send(identity, protocol.ForwardedRequest(seq, "m", "1", []))
+    dispatcher.send(identity, protocol.Drain())  # the last one sent: once it is read, all were
+    assert session.socket is not None
+    received: list[protocol.ForwardedRequest | protocol.WorkerControl] = []
+    end = time.monotonic() + 5
+    while not session.drain_acked and time.monotonic() < end:
+        session.socket.poll(100)
+        received += session.receive()
+    assert [r.seq for r in received if isinstance(r, protocol.ForwardedRequest)] == [0, 1, 2, 3, 4]
+    assert session.receive() == []  # nothing left: asking again reads nothing and does not block
+
+
+def test_a_waiting_message_proves_the_dispatcher_alive(pair: tuple[Session, FakeDispatcher]) -> None:
+    session, dispatcher = pair
+    session.connect()
+    identity, _ = dispatcher.receive()
+    dispatcher.send(identity, protocol.Heartbeat())
+    assert session.socket is not None and session.socket.poll(5000)
+    first_socket = session.socket
+    session.keep_alive(session.last_seen + 1.0)  # silent for longer than 3 x 0.01 s, but a message waits
+    assert session.socket is first_socket
 
 
 def test_disconnect_from_the_dispatcher_means_announce_again(pair: tuple[Session, FakeDispatcher]) -> None:

@@ -91,6 +91,8 @@ class Application:
         self.segments = shm.Mappings(pinning=gpu.HostPinning() if self.device.type == "cuda" else None)
         self.sample_ns: dict[Key, float] = {}  # moving average of a batch's compute time per sample
         self.inline_ns = config.heartbeat_interval * INLINE_SHARE * 1e9
+        # Batches in the compute threads at once: two on a GPU (one computes while the next copies in).
+        self.depth = 2 if self.device.type == "cuda" else 1
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -208,11 +210,6 @@ class Application:
 
     def queued(self) -> int:
         return sum(len(b) for b in self.batchers.values())
-
-    @property
-    def depth(self) -> int:
-        """Batches in the compute threads at once: two on a GPU (one computes while the next copies in)."""
-        return 2 if self.device.type == "cuda" else 1
 
     def inline(self, batch: Batch) -> bool:
         """Whether to run ``batch`` on the calling (main) thread: a CPU batch known to take less than

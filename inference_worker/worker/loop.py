@@ -8,6 +8,7 @@ a second SIGTERM exits at once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -176,16 +177,15 @@ class Worker:
         return outcome
 
     def _poll_timeout_ms(self, now: float) -> int:
-        wake = self.session.next_heartbeat
+        timer = self.session.next_heartbeat
+        if self.session.drain_started or self.controls:
+            timer = min(timer, now + DRAIN_POLL)
+        batch_due = None
         if self.compute is not None and self.compute.pending < self.app.depth:
             due = self.app.next_wakeup_ns()
             if due is not None:
-                wake = min(wake, now + (due - time.monotonic_ns()) / 1e9)
-        if self.session.drain_started or self.controls:
-            wake = min(wake, now + DRAIN_POLL)
-        # Rounded down: ZeroMQ polls in whole milliseconds, and a batch due in 0.4 ms must not wait 1 ms. The
-        # last fraction of a millisecond is spent polling without waiting, only while a batch is filling.
-        return max(0, int((wake - now) * 1000))
+                batch_due = now + (due - time.monotonic_ns()) / 1e9
+        return wait_ms(now, timer, batch_due)
 
     def _start_batch(self, flush: bool) -> None:
         """Start the next due batch when the compute threads have room; deadlines are checked before, and
@@ -242,6 +242,21 @@ class Worker:
         return protocol.Heartbeat(
             self.incarnation, self.app.stats_wire(), self.app.device_memory(), computing
         )
+
+
+def wait_ms(now: float, timer: float, batch_due: float | None = None) -> int:
+    """Return how long the loop may wait for a message, in ZeroMQ's whole milliseconds: until ``timer`` (the
+    next heartbeat, a drain's next check) is due, rounded up, or until ``batch_due``, rounded down.
+
+    A batch due in 0.4 ms must not wait 1 ms: the last fraction of a millisecond is spent polling without
+    waiting, only while a batch is filling. A timer may be a fraction late instead: rounded down, the loop
+    spun through the last fraction of a millisecond before every heartbeat (a dozen turns each, 20
+    heartbeats a second while answers hasten them).
+    """
+    timeout = math.ceil(round(max(0.0, timer - now) * 1000, 3))  # to the microsecond first: float noise
+    if batch_due is not None:
+        timeout = min(timeout, max(0, int((batch_due - now) * 1000)))
+    return timeout
 
 
 def run_worker(config: WorkerConfig) -> int:
