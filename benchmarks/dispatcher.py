@@ -28,6 +28,7 @@ import numpy as np
 import psutil
 import zmq
 
+from benchmarks.procs import checkout
 from inference_worker import protocol
 from inference_worker.protocol import TensorMeta
 
@@ -202,34 +203,24 @@ def main() -> None:
         help="requests/s the gateways send at most; 0: as fast as answered",
     )
     args = parser.parse_args()
+    rows: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        before = Path(tmp) / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(before), args.before],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        rows: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
-        try:
-            with zmq.Context() as context:
-                for k in range(args.rounds):
-                    for label, tree in (("before", before), ("after", ROOT)):
-                        rate, ms = measure(
-                            tree,
-                            Path(tmp) / f"run-{label}-{k}",
-                            args.seconds,
-                            args.in_flight,
-                            args.rate,
-                            context,
-                        )
-                        rows[label].append((rate, ms))
-                        print(
-                            f"round {k + 1} {label}: {rate:,.0f} req/s, dispatcher {ms:.3f} ms CPU/request",
-                            flush=True,
-                        )
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+        with checkout(args.before, ROOT, Path(tmp) / "before") as before, zmq.Context() as context:
+            for k in range(args.rounds):
+                for label, tree in (("before", before), ("after", ROOT)):
+                    rate, ms = measure(
+                        tree,
+                        Path(tmp) / f"run-{label}-{k}",
+                        args.seconds,
+                        args.in_flight,
+                        args.rate,
+                        context,
+                    )
+                    rows[label].append((rate, ms))
+                    print(
+                        f"round {k + 1} {label}: {rate:,.0f} req/s, dispatcher {ms:.3f} ms CPU/request",
+                        flush=True,
+                    )
     print(
         f"| dispatcher | requests/s | CPU ms/request |  ({args.rounds} rounds of {args.seconds:g} s, "
         f"{args.in_flight} in flight, at most {args.rate:g}/s)"

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,3 +176,19 @@ def wait_ready(launched: Launched, ready: Callable[[], bool], timeout_s: float) 
     raise StartError(
         f"{launched.name} not ready after {timeout_s:.0f} s; log {launched.log_path}:\n{launched.log_tail()}"
     )
+
+
+@contextlib.contextmanager
+def checkout(revision: str, repository: Path, where: Path) -> Iterator[Path]:
+    """Check ``revision`` of ``repository`` out at ``where`` (a detached git worktree) for a before/after
+    comparison; remove it afterwards."""
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(where), revision],
+        cwd=repository,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=repository, check=False)

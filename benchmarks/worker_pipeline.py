@@ -30,6 +30,7 @@ import numpy as np
 import psutil
 import zmq
 
+from benchmarks.procs import checkout
 from inference_worker import protocol
 from inference_worker.protocol import Link, TensorMeta
 from inference_worker.status import query_status
@@ -207,24 +208,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     model = pick_model(args.workload)
+    rows: dict[str, list[Row]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        before = Path(tmp) / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(before), args.before],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            rows: dict[str, list[Row]] = {"before": [], "after": []}
-            with zmq.Context() as context:
-                for k in range(args.rounds):
-                    for label, tree in (("before", before), ("after", ROOT)):
-                        rows[label].append(
-                            measure(tree, Path(tmp) / f"run-{label}-{k}", args.seconds, context, model)
-                        )
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+        with checkout(args.before, ROOT, Path(tmp) / "before") as before, zmq.Context() as context:
+            for k in range(args.rounds):
+                for label, tree in (("before", before), ("after", ROOT)):
+                    rows[label].append(
+                        measure(tree, Path(tmp) / f"run-{label}-{k}", args.seconds, context, model)
+                    )
     print(
         f"| code | c=1 p50 ms | c=1 p99 ms | c=1 worker CPU ms/request | 32 in flight, samples/s | "
         f"worker CPU ms/request | dispatcher CPU ms/request |  "
