@@ -40,6 +40,8 @@ def defer_or_run(environ: dict[str, object], job: Callable[[], None]) -> None:
 
 def run_pending() -> None:
     """Run every deferred job, oldest first; a job that fails is logged and the rest still run."""
+    if not _pending:  # the common case, asked on every request: no exception raised for it
+        return
     while True:
         try:
             job = _pending.popleft()
