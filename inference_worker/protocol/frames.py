@@ -69,7 +69,7 @@ class Kind(enum.StrEnum):
     CONTROL_REPLY = "CONTROL_REPLY"
 
 
-_KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}  # a lookup costs less than calling the enum
+KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}  # a lookup costs less than calling the enum
 
 
 class ErrorCode(enum.StrEnum):
@@ -166,7 +166,7 @@ def decode(frames: Sequence[Any], max_tensor_bytes: int = MAX_TENSOR_BYTES) -> M
     if header.get("v") != VERSION:
         raise ProtocolError(f"unsupported protocol version {header.get('v')!r}, expected {VERSION}")
     raw_kind = header.get("kind")
-    kind = _KINDS.get(raw_kind) if isinstance(raw_kind, str) else None
+    kind = KINDS.get(raw_kind) if isinstance(raw_kind, str) else None
     if kind is None:
         raise ProtocolError(f"unknown message kind {raw_kind!r}")
     key = "outputs" if kind is Kind.REPLY else "inputs"

@@ -20,6 +20,7 @@ import msgpack
 from inference_worker.protocol.fields import Link, _integer, _number, _optional_text, _text
 from inference_worker.protocol.frames import (
     DATATYPE_SIZES,
+    KINDS,
     MAX_DIMS,
     MAX_HEADER_BYTES,
     MAX_NAME_LENGTH,
@@ -32,7 +33,6 @@ from inference_worker.protocol.frames import (
 from inference_worker.protocol.kinds import read
 from inference_worker.protocol.messages import ForwardedRequest, Request, WorkerReply
 
-KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}
 _packer = msgpack.Packer(use_bin_type=True)
 
 
