@@ -22,8 +22,9 @@ from typing import Any
 import zmq
 
 from gateway.codec import Tensor
+from gateway.direct import DirectLink, DirectLinks
 from gateway.errors import DeadlineExceeded, Unavailable
-from inference_worker import protocol, shm
+from inference_worker import direct_lane, protocol, shm
 from inference_worker.errors import CodedError
 from inference_worker.protocol import Link, ProtocolError, TensorMeta
 from inference_worker.status import ask_status
@@ -33,6 +34,7 @@ log = logging.getLogger("torchgate.gateway")
 MAX_ERROR_MESSAGE = 500  # characters of a worker's error message passed on to the client
 SHM_ENV = "TORCHGATE_SHARED_MEMORY"  # "0": tensors always in frames
 REPLY_ROOM = 64 * 1024  # room a body's segment keeps for the outputs, past the body (sizes round up too)
+DIRECT_STATUS_AGE = 1.0  # seconds the workers' direct endpoints (from STATUS) are trusted before asking again
 
 
 @dataclass(slots=True)
@@ -74,15 +76,18 @@ class _OwnedSocket(zmq.Socket):  # type: ignore[type-arg]
 
 
 class _Holder:
-    """One thread's socket; closes it when the thread (and so its thread-local storage) goes away."""
+    """One thread's sockets (to the dispatcher, and its direct links to workers); closes them when the
+    thread (and so its thread-local storage) goes away."""
 
     def __init__(self, socket: zmq.Socket[Any]) -> None:
         self.socket = socket
+        self.links = DirectLinks()
         self.pid = os.getpid()
 
     def close(self) -> None:
         if self.pid == os.getpid() and not self.socket.closed:
             self.socket.close(linger=0)
+            self.links.close()
 
     def __del__(self) -> None:
         self.close()
@@ -119,6 +124,10 @@ class DispatcherClient:
         self._leases: dict[int, BodyLease] = {}  # id of a leased segment's mapping -> its lease, until used
         self._status: tuple[float, protocol.StatusReply | CodedError] | None = None
         self._status_lock = threading.Lock()
+        # Straight to a worker when this process has no other request in flight (gateway.direct).
+        self.direct = direct_lane.enabled(endpoint)
+        self._in_flight = 0
+        self._turns = itertools.count()
 
     # -- sockets ----------------------------------------------------------------------------------------
 
@@ -165,15 +174,20 @@ class DispatcherClient:
         One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets
         go of the GIL and takes it back, and with dozens of request threads every hand-over costs futex calls.
         """
-        timeout_ms = max(1, int(timeout * 1000))
-        if socket.rcvtimeo != timeout_ms:
-            socket.rcvtimeo = timeout_ms
-        frames = socket.recv_multipart(copy=False)
+        frames = DispatcherClient._receive_frames(socket, timeout)
         try:
             return protocol.receive(frames, Link.DISPATCHER_TO_GATEWAY)
         except ProtocolError as exc:
             log.warning("gateway: dropped a malformed message from the dispatcher: %s", exc)
             return None
+
+    @staticmethod
+    def _receive_frames(socket: zmq.Socket[Any], timeout: float) -> list[Any]:
+        timeout_ms = max(1, int(timeout * 1000))
+        if socket.rcvtimeo != timeout_ms:
+            socket.rcvtimeo = timeout_ms
+        frames: list[Any] = socket.recv_multipart(copy=False)
+        return frames
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -196,9 +210,42 @@ class DispatcherClient:
         for
         ``reply_bytes`` of outputs; only the header crosses the dispatcher.
         """
-        segment = self._segment(tensors, reply_bytes)
+        with self._lock:
+            alone = self._in_flight == 0
+            self._in_flight += 1
         try:
-            reply = self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
+            return self._infer_any(
+                model, version, tensors, outputs, deadline, request_id, priority, reply_bytes, alone
+            )
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _infer_any(
+        self,
+        model: str,
+        version: str | None,
+        tensors: Sequence[Tensor],
+        outputs: Sequence[str],
+        deadline: float,
+        request_id: str,
+        priority: int,
+        reply_bytes: int,
+        alone: bool,
+    ) -> InferReply:
+        """:meth:`infer` down the direct lane when ``alone`` and a worker takes it, else (or then) through
+        the dispatcher."""
+        segment = self._segment(tensors, reply_bytes)
+        abandoned = False  # a worker took it directly and may still write the segment: never reused
+        try:
+            reply = None
+            lane = self._direct_lane(model, version) if alone else None
+            if lane is not None:
+                reply, abandoned = self._infer_direct(
+                    *lane, model, tensors, outputs, deadline, request_id, priority, segment
+                )
+            if reply is None:
+                reply = self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
         except _SharedMemoryRefused:
             if segment is not None:
                 segment[0].close()
@@ -208,7 +255,7 @@ class DispatcherClient:
                 segment[0].close()
             raise
         if segment is not None:  # answered: no worker touches it any more, and the outputs were copied out
-            self._pool.give(segment[0])
+            segment[0].close() if abandoned else self._pool.give(segment[0])
         return reply
 
     def lease_body(self, length: int, json_bytes: int, reply_bytes: int = 0) -> BodyLease | None:
@@ -374,6 +421,98 @@ class DispatcherClient:
                 )
                 resent = awaiting_worker = True
                 self._send(socket, protocol.Status(status_id).frames())
+
+    # -- the direct lane ----------------------------------------------------------------------------------
+
+    def _direct_lane(self, model: str, version: str | None) -> tuple[DirectLink, str] | None:
+        """Return a link (up) to a ready worker serving ``model`` and the version it would run, or None."""
+        if not self.direct:
+            return None
+        try:
+            status = self.status(max_age=DIRECT_STATUS_AGE)
+        except CodedError:
+            return None
+        lanes = status.direct_lanes(model, version)
+        links = self._holder().links
+        links.prune(status, {str(w.get("direct")) for w in status.workers if isinstance(w, dict)})
+        if lanes is None or not lanes[1]:
+            return None
+        resolved, endpoints = lanes
+        link = links.get(self._ctx(), endpoints[next(self._turns) % len(endpoints)])
+        return (link, resolved) if link is not None else None
+
+    def _infer_direct(
+        self,
+        link: DirectLink,
+        version: str,
+        model: str,
+        tensors: Sequence[Tensor],
+        outputs: Sequence[str],
+        deadline: float,
+        request_id: str,
+        priority: int,
+        segment: tuple[shm.Segment, dict[str, Any]] | None,
+    ) -> tuple[InferReply | None, bool]:
+        """Send one request straight to a worker; return its answer, or None when it must go through the
+        dispatcher after all, with whether the worker may still hold it (declined: no; dropped or silent:
+        yes)."""
+        call_id = self._next_id()
+        inputs = (
+            [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors] if segment is None else []
+        )
+        frames = protocol.Request(
+            id=call_id,
+            model=model,
+            inputs=inputs,
+            version=version,
+            deadline=deadline,
+            request_id=request_id,
+            priority=priority,
+            outputs=tuple(outputs),
+            shm=segment[1] if segment is not None else None,
+        ).frames()
+        socket = link.socket
+        try:
+            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None, False
+        if self.idle is not None:
+            self.idle()
+        sent = time.monotonic()
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"request {request_id or call_id} passed its deadline")
+            try:
+                frames = self._receive_frames(socket, min(remaining, self.poll_interval))
+            except zmq.Again:  # a silent slice: is the worker still there?
+                if not link.refresh():
+                    log.info("gateway: worker at %s went away; request sent to the dispatcher", link.endpoint)
+                    return None, True
+                if time.monotonic() - sent >= self.unresponsive_after:
+                    log.warning("gateway: worker at %s silent; request sent to the dispatcher", link.endpoint)
+                    return None, True
+                continue
+            try:
+                message = protocol.receive(frames, Link.WORKER_TO_GATEWAY)
+            except ProtocolError as exc:
+                log.warning("gateway: dropped a malformed message from a worker: %s", exc)
+                continue
+            if message.id != call_id:
+                continue  # a late answer to an earlier request of this thread
+            if isinstance(message, protocol.Reply):
+                return _reply(message, segment[0] if segment else None), False
+            if message.code is protocol.ErrorCode.DECLINED:
+                return None, False
+            if segment is not None and message.message.startswith(shm.REFUSED):
+                self.shared_memory = False
+                raise _SharedMemoryRefused()
+            raise _error(message)
+
+    def _holder(self) -> _Holder:
+        self._socket()
+        holder: _Holder = self._local.holder
+        return holder
 
     # -- status -----------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ STATUS: dict[str, int] = {
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.RESOURCE_EXHAUSTED: 500,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.DECLINED: 503,  # never answered as such: the gateway sends a declined request to the dispatcher
     PAYLOAD_TOO_LARGE: 413,
     UNAUTHENTICATED: 401,
     METHOD_NOT_ALLOWED: 405,

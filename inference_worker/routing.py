@@ -14,6 +14,7 @@ from typing import Any
 
 from inference_worker.errors import CodedError
 from inference_worker.protocol import Computing, ErrorCode
+from inference_worker.protocol.queries import default_version
 from inference_worker.protocol.relay import RelayedRequest
 
 MAX_ATTEMPTS = 2  # the first try and one re-send
@@ -65,6 +66,7 @@ class WorkerState:
         False  # on this host (ipc): it maps the gateways' tensor segments (inference_worker.shm)
     )
     in_flight: dict[int, Request] = field(default_factory=dict)
+    direct: str | None = None  # where gateways on this host may send it requests directly (its READY)
 
     @property
     def credit(self) -> int:
@@ -84,6 +86,7 @@ class WorkerState:
             "models": [f"{m}/{v}" for m, v in self.signatures],
             "device_memory": self.device_memory,
             "computing": self.computing.to_wire() if self.computing else None,
+            "direct": self.direct,
         }
 
 
@@ -140,7 +143,7 @@ class Router:
         if not versions:
             raise CodedError(ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r}")
         if not version:
-            return max(versions, key=lambda v: int(v) if v.isdigit() else -1)
+            return default_version(versions)
         if version not in versions:
             raise CodedError(
                 ErrorCode.UNAVAILABLE, f"no ready worker serves model {model!r} version {version!r}"

@@ -8,6 +8,7 @@ only peers whose public keys lie in its authorized folder. Keys are ZeroMQ certi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,22 @@ def read_token(path: Path) -> str:
 
 def is_network(endpoint: str) -> bool:
     return not (endpoint.startswith("ipc://") or endpoint.startswith("inproc://"))
+
+
+def bind(socket: zmq.Socket[Any], endpoint: str) -> None:
+    """Bind, making an ipc socket's file reachable by its owner only."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket file of a previous run
+        old = os.umask(0o077)
+        try:
+            socket.bind(endpoint)
+        finally:
+            os.umask(old)
+    else:
+        socket.bind(endpoint)
 
 
 def create_keys(folder: Path, name: str) -> tuple[Path, Path]:

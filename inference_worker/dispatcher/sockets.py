@@ -9,13 +9,12 @@ through the Python layer per frame, and an empty socket answered by ``zmq.Again`
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import zmq
 
 from inference_worker.dispatcher.config import DispatcherConfig
-from inference_worker.security import CurveServer, SecurityError, is_network
+from inference_worker.security import CurveServer, SecurityError, bind, is_network
 
 log = logging.getLogger("torchgate.dispatcher")
 
@@ -49,22 +48,6 @@ def receive(socket: zmq.Socket[Any]) -> list[Any] | None:
         frame = _recv(socket, NOBLOCK, copy=False)
         frames.append(frame)
     return frames
-
-
-def bind(socket: zmq.Socket[Any], endpoint: str) -> None:
-    """Bind, making an ipc socket's file reachable by its owner only."""
-    if endpoint.startswith("ipc://"):
-        path = endpoint[len("ipc://") :]
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a stale socket file of a previous run
-        old = os.umask(0o077)
-        try:
-            socket.bind(endpoint)
-        finally:
-            os.umask(old)
-    else:
-        socket.bind(endpoint)
 
 
 class Endpoints:

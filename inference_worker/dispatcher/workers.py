@@ -90,6 +90,7 @@ class WorkerSessions:
             pid=message.pid,
             shared_memory=message.shm,
             assigned=tuple(message.assigned),
+            direct=message.direct,
         )
         known = self.router.workers.get(identity)
         if known is None or known.incarnation != worker.incarnation:

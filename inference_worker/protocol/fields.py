@@ -24,6 +24,8 @@ class Link(enum.StrEnum):
     DISPATCHER_TO_GATEWAY = "dispatcher -> gateway"
     WORKER_TO_DISPATCHER = "worker -> dispatcher"
     DISPATCHER_TO_WORKER = "dispatcher -> worker"
+    GATEWAY_TO_WORKER = "gateway -> worker (direct lane)"
+    WORKER_TO_GATEWAY = "worker -> gateway (direct lane)"
 
 
 def _text(fields: dict[str, Any], key: str) -> str:

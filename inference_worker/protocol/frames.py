@@ -81,6 +81,7 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # 504
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # 507-ish; mapped to 500 with a clear message
     INTERNAL = "INTERNAL"  # 500
+    DECLINED = "DECLINED"  # a worker did not take a direct request: the gateway sends it to the dispatcher
 
 
 class ProtocolError(ValueError):

@@ -86,6 +86,10 @@ ACCEPTS: dict[Link, dict[Kind, type[Any]]] = {
         Kind.DISCONNECT: Disconnect,
         Kind.CONTROL: WorkerControl,
     },
+    # The direct lane (inference_worker/worker/direct.py, gateway/direct.py): a gateway's REQUEST as it
+    # would send it to the dispatcher, with its version resolved; answered as the dispatcher answers.
+    Link.GATEWAY_TO_WORKER: {Kind.REQUEST: Request},
+    Link.WORKER_TO_GATEWAY: {Kind.REPLY: Reply, Kind.ERROR: Error},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -159,6 +160,28 @@ class StatusReply:
         """Return whether some ready worker serves ``model`` (that ``version``, or any when None)."""
         return self.ready_count(model, version) > 0
 
+    def direct_lanes(self, model: str, version: str | None) -> tuple[str, list[str]] | None:
+        """Return the version the dispatcher would run ``model`` on (``version``, or its default when None)
+        and the direct endpoints of the ready workers serving that version; None when no ready worker does.
+        """
+        versions = self.models.get(model)
+        if not isinstance(versions, dict):
+            return None
+        ready = [v for v, e in versions.items() if isinstance(e, dict) and _integer(e, "ready") > 0]
+        chosen = version or (default_version(ready) if ready else None)
+        if chosen is None or chosen not in ready:
+            return None
+        tag = f"{model}/{chosen}"
+        endpoints = [
+            w["direct"]
+            for w in self.workers
+            if isinstance(w, dict)
+            and w.get("state") == "READY"
+            and isinstance(w.get("direct"), str)
+            and tag in (w.get("models") or ())
+        ]
+        return chosen, endpoints
+
     def worker_list(self) -> list[WorkerStatus]:
         """Return the workers, raising :class:`ProtocolError` on an entry without a name."""
         result = []
@@ -236,3 +259,8 @@ class ControlReply:
         return cls(
             require(fields, "id", str), fields.get("ok") is True, _optional_text(fields, "error"), workers
         )
+
+
+def default_version(versions: Iterable[str]) -> str:
+    """Return the version a request that names none runs on: the highest number (Triton's "latest")."""
+    return max(versions, key=lambda v: int(v) if v.isdigit() else -1)

@@ -42,6 +42,7 @@ class Ready:
         "models": "list of `ModelConfig.signature(version)`, each with `name` and `version`",
         "unavailable": "[{`model`, `version`, `reason`}]: what it could not load",
         "assigned": "list of str, its `--model` list; empty: every model",
+        "direct": "str, the ipc endpoint where it takes requests from gateways directly; absent = none",
     }
 
     worker: str
@@ -53,6 +54,7 @@ class Ready:
     shm: bool = False
     unavailable: list[Any] = field(default_factory=list)
     assigned: list[str] = field(default_factory=list)
+    direct: str | None = None
 
     def frames(self) -> list[Any]:
         fields = {
@@ -65,6 +67,7 @@ class Ready:
             "models": self.models,
             "unavailable": self.unavailable,
             "assigned": self.assigned,
+            "direct": self.direct,
         }
         return _header(Kind.READY, fields)
 
@@ -89,6 +92,7 @@ class Ready:
             shm=fields.get("shm") is True,
             unavailable=_list(fields, "unavailable"),
             assigned=[m for m in _list(fields, "assigned") if isinstance(m, str)],
+            direct=_optional_text(fields, "direct"),
         )
 
     def signatures(self) -> dict[tuple[str, str], dict[str, Any]]:

@@ -31,7 +31,8 @@ Key = tuple[str, str]  # model, version
 # A CPU batch expected to take less than this share of a heartbeat interval runs on the main thread:
 # heartbeats wait no longer than that (the dispatcher allows them liveness x interval, 8 x 0.5 s by default).
 INLINE_SHARE = 0.2
-Answer = tuple[list[Any], bool]  # a message's frames, and whether to copy them on send
+Result = protocol.WorkerReply | protocol.WorkerError
+Answer = tuple[Result, bool]  # one request's answer, and whether to copy its frames on send
 
 
 @dataclass(slots=True)
@@ -315,21 +316,20 @@ class Application:
     # -- answering (on the main thread) ------------------------------------------------------------------
 
     def answer(self, batch: Batch, outcome: Outcome) -> list[Answer]:
-        """Count what became of a batch and return each answer's frames (main thread)."""
+        """Count what became of a batch and return each answer, and whether to copy its frames (main
+        thread)."""
         stats, cuda = self.stats[batch.key], self.executors[batch.key].cuda
         answers: list[Answer] = []
         for item in outcome.expired:  # its deadline passed while the batch waited for the one before it
             stats.failure["deadline"] += 1
             text = "deadline passed before compute"
-            answers.append(
-                (self.fail(item.seq, ErrorCode.DEADLINE_EXCEEDED, text, item.request_id).frames(), False)
-            )
+            answers.append((self.fail(item.seq, ErrorCode.DEADLINE_EXCEEDED, text, item.request_id), False))
         for run in outcome.runs:
             if run.error is not None or run.outputs is None:
                 code, text = run.error or (ErrorCode.INTERNAL, "the batch produced no outputs")
                 stats.failure[code.value] += 1
                 first = run.items[0]
-                answers.append((self.fail(first.seq, code, text, first.request_id).frames(), False))
+                answers.append((self.fail(first.seq, code, text, first.request_id), False))
                 continue
             t = run.times
             samples = sum(item.samples for item in run.items)
@@ -341,7 +341,7 @@ class Application:
                 if isinstance(tensors, CodedError):
                     code = ErrorCode(tensors.code)
                     stats.failure[code.value] += 1
-                    answers.append((self.fail(item.seq, code, str(tensors), item.request_id).frames(), False))
+                    answers.append((self.fail(item.seq, code, str(tensors), item.request_id), False))
                     continue
                 queue_ns = run.start_ns - item.arrived_ns
                 stats.record_success(item.samples, queue_ns, t.input_ns, t.infer_ns, t.output_ns)
@@ -358,7 +358,7 @@ class Application:
                 except shm.SegmentGone:  # the gateway gave up on it already: the answer goes in frames
                     placed = None
                 reply = protocol.WorkerReply(item.seq, tensors if placed is None else [], reply_stats, placed)
-                answers.append((reply.frames(), cuda))
+                answers.append((reply, cuda))
         return answers
 
     def fail(self, seq: int, code: ErrorCode, message: str, request_id: str = "") -> protocol.WorkerError:

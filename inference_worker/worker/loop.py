@@ -18,14 +18,15 @@ from typing import Any
 
 import zmq
 
-from inference_worker import protocol, shm
+from inference_worker import direct_lane, protocol, shm
 from inference_worker.backends import LoadError
 from inference_worker.protocol import ErrorCode
 from inference_worker.repository import ConfigError
 from inference_worker.security import SecurityError
-from inference_worker.worker.app import Application, Batch, Launch, Outcome
+from inference_worker.worker.app import Application, Batch, Launch, Outcome, Result
 from inference_worker.worker.compute_thread import ComputeThread
 from inference_worker.worker.config import WorkerConfig
+from inference_worker.worker.direct import DirectLane
 from inference_worker.worker.session import Session
 
 log = logging.getLogger("torchgate.worker")
@@ -41,9 +42,11 @@ class Worker:
         self.config = config
         self.incarnation = uuid.uuid4().hex[:12]
         self.app = Application(config)
+        self.context = context or zmq.Context.instance()
+        self.lane: DirectLane | None = None  # requests from gateways on this host, past the dispatcher
         self.session = Session(
             config,
-            context or zmq.Context.instance(),
+            self.context,
             f"{config.name}/{self.incarnation}",
             self._ready,
             self._heartbeat,
@@ -62,11 +65,18 @@ class Worker:
         self.app.load()
 
     def connect(self) -> None:
-        """Start the compute thread, connect to the dispatcher and announce READY."""
+        """Start the compute thread, open the direct lane, connect to the dispatcher and announce READY."""
         if self.compute is None:
             self.compute = ComputeThread(
                 self.app.launch, self.app.finish, overlap=self.app.depth > 1, setup=self.app.setup_thread
             )
+        if self.lane is None and direct_lane.enabled(self.config.dispatcher):
+            endpoint = direct_lane.endpoint_for(self.config.dispatcher, self.config.name, os.getpid())
+            if endpoint is not None:
+                try:
+                    self.lane = DirectLane(self.context, endpoint, self.config.name)
+                except zmq.ZMQError as exc:
+                    log.warning("%s: no direct lane at %s: %s", self.tag, endpoint, exc)
         self.session.connect()
 
     def report_and_leave(self) -> None:
@@ -92,6 +102,11 @@ class Worker:
         if self.compute is not None:
             self.compute.close()
             self.compute = None
+        if self.lane is not None:
+            taken, declined = self.lane.taken, self.lane.declined
+            log.info("%s: direct lane: %d requests taken, %d declined", self.tag, taken, declined)
+            self.lane.close()
+            self.lane = None
         self.session.close()
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -104,6 +119,9 @@ class Worker:
         busy = zmq.Poller()  # the wake-up alone
         poller.register(compute.wake_fd, zmq.POLLIN)
         busy.register(compute.wake_fd, zmq.POLLIN)
+        lane = self.lane.socket if self.lane is not None else None
+        if lane is not None:
+            poller.register(lane, zmq.POLLIN)
         iterations = 0
         while max_iterations is None or iterations < max_iterations:
             iterations += 1
@@ -130,6 +148,8 @@ class Worker:
                         self.controls.append(message)  # the dispatcher sends no new work meanwhile
                     elif (error := self.app.enqueue(message)) is not None:
                         session.send(error.frames())
+            if lane is not None and lane in events:
+                self._take_direct()
             if compute.pending and (finished := compute.collect()):
                 self._answer(finished)
                 session.hasten_heartbeat(time.monotonic())  # the counters follow the answers closely
@@ -138,6 +158,37 @@ class Worker:
                 self._control()
             session.keep_alive(time.monotonic())
         return 0
+
+    def _take_direct(self) -> None:
+        """Queue the direct requests this worker would run in its next batch; decline the others."""
+        assert self.lane is not None
+        for identity, request in self.lane.receive():
+            why = self._declines(request)
+            if why is not None:
+                self.lane.decline(identity, request, why)
+            elif (error := self.app.enqueue(self.lane.take(identity, request))) is not None:
+                self._send_result(error)
+
+    def _declines(self, request: protocol.Request) -> str | None:
+        """Return why this worker does not take ``request`` directly, or None when it does: not while
+        draining or loading, and only what its next batch would take (more waits in the dispatcher's queue,
+        where any worker with room gets it)."""
+        if self.stopping or self.session.drain_started or self.controls:
+            return "draining"
+        key = (request.model, request.version or "")
+        executor = self.app.executors.get(key)
+        if executor is None:
+            return f"model {key[0]!r} version {key[1]!r} is not loaded here"
+        if len(self.app.batchers[key]) >= max(1, executor.config.max_batch_size):
+            return "busy"
+        return None
+
+    def _send_result(self, message: Result, copy: bool = False) -> None:
+        """Send one request's answer the way the request came: to the dispatcher, or down the direct lane."""
+        if self.lane is not None and self.lane.owns(message.seq):
+            self.lane.answer(message, copy)
+        else:
+            self.session.send(message.frames(), copy=copy)
 
     def _idle(self) -> bool:
         return not self.app.queued() and not (self.compute and self.compute.pending)
@@ -194,7 +245,7 @@ class Worker:
         if self.compute.pending >= self.app.depth:
             return
         for error in self.app.expire(time.time()):
-            self.session.send(error.frames())
+            self._send_result(error)
         batch = self.app.next_batch(self.batches + 1, time.monotonic_ns(), flush=flush)
         if batch is None:
             return
@@ -210,12 +261,10 @@ class Worker:
             if isinstance(result, BaseException):
                 text = f"worker error: {type(result).__name__}"
                 for item in batch.items:
-                    self.session.send(
-                        self.app.fail(item.seq, ErrorCode.INTERNAL, text, item.request_id).frames()
-                    )
+                    self._send_result(self.app.fail(item.seq, ErrorCode.INTERNAL, text, item.request_id))
                 continue
-            for frames, copy in self.app.answer(batch, result):
-                self.session.send(frames, copy=copy)
+            for message, copy in self.app.answer(batch, result):
+                self._send_result(message, copy)
 
     # -- what the session announces -----------------------------------------------------------------------
 
@@ -230,6 +279,7 @@ class Worker:
             shm=self.config.dispatcher.startswith("ipc://") and shm.supported(),
             unavailable=self.app.residents.failures,
             assigned=list(self.config.models),
+            direct=self.lane.endpoint if self.lane is not None else None,
         )
 
     def _heartbeat(self) -> protocol.Heartbeat:

@@ -1,0 +1,263 @@
+"""The direct lane: a gateway with no other request in flight sends it straight to a worker on its host.
+
+The rules without I/O (which version and which workers a STATUS offers, where a lane's socket lives), then a
+dispatcher and a worker on threads of this process over ipc with a raw socket on the lane (what the worker
+takes, what it declines), and the gateway's client against them. Killing a worker while it computes a direct
+request is in tests/test_direct_lane_faults.py, with real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from gateway.client import DispatcherClient
+from gateway.codec import Tensor
+from harness import short_dir, write_slow_model
+from inference_worker import direct_lane, protocol
+from inference_worker.dispatcher import Dispatcher, DispatcherConfig
+from inference_worker.protocol import ErrorCode, Link, TensorMeta
+from inference_worker.status import ask_status
+from inference_worker.worker import Worker, WorkerConfig
+
+INTERVAL, LIVENESS = 0.05, 40
+BATCH_SECONDS = 1.0  # each batch of the slow model
+
+
+def status_of(models: dict[str, Any], workers: list[dict[str, Any]]) -> protocol.StatusReply:
+    return protocol.StatusReply("s", models, workers, [], {}, [], [])
+
+
+def test_a_lane_runs_the_version_the_dispatcher_would_on_a_ready_worker_that_serves_it() -> None:
+    models = {"m": {"2": {"ready": 1}, "10": {"ready": 1}, "11": {"ready": 0}}}
+    workers = [
+        {"worker": "a", "state": "READY", "models": ["m/10", "m/2"], "direct": "ipc:///r/a"},
+        {"worker": "b", "state": "READY", "models": ["m/2"], "direct": "ipc:///r/b"},
+        {"worker": "c", "state": "DRAINING", "models": ["m/10"], "direct": "ipc:///r/c"},
+        {"worker": "d", "state": "READY", "models": ["m/10"]},  # on another host: no lane
+    ]
+    status = status_of(models, workers)
+    assert status.direct_lanes("m", None) == ("10", ["ipc:///r/a"])  # the highest number, as the dispatcher
+    assert status.direct_lanes("m", "2") == ("2", ["ipc:///r/a", "ipc:///r/b"])
+    assert status.direct_lanes("m", "11") is None  # no ready worker serves it
+    assert status.direct_lanes("m", "3") is None
+    assert status.direct_lanes("other", None) is None
+    assert status_of({"m": {"1": {"ready": 1}}}, []).direct_lanes("m", None) == ("1", [])
+
+
+def test_a_lane_lives_beside_the_dispatcher_socket_and_only_on_its_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert direct_lane.endpoint_for("ipc:///run/tg/sockets/backend.sock", "worker-cpu-0", 42) == (
+        "ipc:///run/tg/sockets/direct-worker-cpu-0-42.sock"
+    )
+    assert (
+        direct_lane.endpoint_for("ipc:///r/backend.sock", "a b/../c", 7) == "ipc:///r/direct-a_b_.._c-7.sock"
+    )
+    assert direct_lane.endpoint_for("tcp://10.0.0.1:5556", "w", 1) is None
+    assert direct_lane.endpoint_for("ipc:///" + "x" * 120 + "/backend.sock", "w", 1) is None
+    assert direct_lane.enabled("ipc:///r/frontend.sock")
+    assert not direct_lane.enabled("tcp://10.0.0.1:5555")
+    monkeypatch.setenv(direct_lane.DIRECT_ENV, "0")
+    assert not direct_lane.enabled("ipc:///r/frontend.sock")
+
+
+def test_socket_files_of_dead_processes_of_the_slot_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(dead.stdout)
+    left = tmp_path / f"direct-w-{dead_pid}.sock"
+    live = tmp_path / f"direct-w-{os.getpid()}.sock"
+    other = tmp_path / f"direct-v-{dead_pid}.sock"
+    for path in (left, live, other):
+        path.touch()
+    direct_lane.remove_stale(f"ipc://{tmp_path}/direct-w-1.sock", "w")
+    assert not left.exists() and live.exists() and other.exists()
+
+
+# -- a dispatcher and a worker on threads, over ipc ---------------------------------------------------------
+
+
+@dataclass
+class Loops:
+    context: zmq.Context[Any]
+    dispatcher: Dispatcher
+    worker: Worker
+    threads: list[threading.Thread]
+    frontend: str
+
+    def status(self) -> protocol.StatusReply:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.frontend)
+        try:
+            reply = ask_status(socket, 10.0)
+        finally:
+            socket.close()
+        assert reply is not None
+        return reply
+
+    def lane(self) -> zmq.Socket[Any]:
+        (entry,) = self.status().workers
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(entry["direct"])
+        return socket
+
+    def wait_computing(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while not self.status().workers[0].get("computing"):
+            assert time.monotonic() < end, "the worker never said it was computing"
+            time.sleep(0.005)
+
+
+def request(value: float, version: str | None = "1") -> protocol.Request:
+    x = np.full((1, 4), value, np.float32)
+    deadline = time.time() + 60
+    return protocol.Request(
+        uuid.uuid4().hex, "slow", [(TensorMeta("x", "FP32", (1, 4)), x)], version, deadline
+    )
+
+
+def answer(socket: zmq.Socket[Any], timeout: float = 30.0) -> protocol.Reply | protocol.Error:
+    assert socket.poll(int(timeout * 1000)), f"no answer within {timeout}s"
+    message = protocol.receive(socket.recv_multipart(), Link.WORKER_TO_GATEWAY)
+    assert isinstance(message, protocol.Reply | protocol.Error)
+    return message
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[Loops]:
+    write_slow_model(tmp_path, "slow", seconds=BATCH_SECONDS, max_batch_size=1, max_queue_size=16)
+    context: zmq.Context[Any] = zmq.Context()
+    with short_dir() as run:
+        frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
+        dispatcher = Dispatcher(
+            DispatcherConfig(frontend, backend, INTERVAL, LIVENESS, startup_grace=0), context
+        )
+        config = WorkerConfig(
+            tmp_path, backend, "w0", heartbeat_interval=INTERVAL, heartbeat_liveness=LIVENESS
+        )
+        worker = Worker(config, context)
+        worker.load()
+        worker.connect()
+        threads = [
+            threading.Thread(target=dispatcher.serve, daemon=True),
+            threading.Thread(target=worker.serve, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        loops = Loops(context, dispatcher, worker, threads, frontend)
+        try:
+            end = time.monotonic() + 30
+            while loops.status().ready_workers() != {"w0"}:
+                assert time.monotonic() < end, "the worker never registered"
+                time.sleep(0.01)
+            yield loops
+        finally:
+            worker.stopping = max(worker.stopping, 1)
+            threads[1].join(30)
+            dispatcher.stopping = True
+            threads[0].join(30)
+            worker.close()
+            dispatcher.close()
+            context.destroy(linger=0)
+
+
+def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops: Loops) -> None:
+    lane = loops.lane()
+    first = request(1.0)
+    lane.send_multipart(first.frames())
+    loops.wait_computing()  # the first computes; the next batch (of one) has room for one more
+    second, third = request(2.0), request(3.0)
+    lane.send_multipart(second.frames())
+    lane.send_multipart(third.frames())
+    unknown = request(4.0, version="9")
+    lane.send_multipart(unknown.frames())
+    answers = {a.id: a for a in (answer(lane) for _ in range(4))}
+    for sent, value in ((first, 1.0), (second, 2.0)):
+        reply = answers[sent.id]
+        assert isinstance(reply, protocol.Reply), reply
+        assert (reply.model, reply.version, reply.worker) == ("slow", "1", "w0")
+        assert np.frombuffer(reply.outputs[0][1], np.float32).tolist() == [2 * value] * 4
+        assert reply.stats["batch_size"] == 1
+    declined = answers[third.id]
+    assert isinstance(declined, protocol.Error) and declined.code is ErrorCode.DECLINED
+    assert declined.message == "busy" and declined.worker == "w0"
+    not_here = answers[unknown.id]
+    assert isinstance(not_here, protocol.Error) and not_here.code is ErrorCode.DECLINED
+    assert "not loaded here" in not_here.message
+    assert loops.status().dispatcher["requests"] == 0  # none of them crossed the dispatcher
+    lane.close()
+
+
+def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> None:
+    lane = loops.lane()
+    first = request(1.0)
+    lane.send_multipart(first.frames())
+    loops.wait_computing()
+    loops.worker.stopping = 1  # as SIGTERM: drain
+    end = time.monotonic() + 10
+    while not loops.worker.session.drain_started:
+        assert time.monotonic() < end, "the worker never started draining"
+        time.sleep(0.005)
+    late = request(2.0)
+    lane.send_multipart(late.frames())
+    answers = {a.id: a for a in (answer(lane) for _ in range(2))}
+    assert isinstance(answers[first.id], protocol.Reply)
+    declined = answers[late.id]
+    assert isinstance(declined, protocol.Error) and declined.code is ErrorCode.DECLINED
+    assert declined.message == "draining"
+    lane.close()
+
+
+def test_a_malformed_direct_request_gets_an_error_and_the_lane_carries_on(loops: Loops) -> None:
+    lane = loops.lane()
+    lane.send_multipart(protocol.encode(protocol.Kind.REQUEST, {"id": "bad"}))  # no model
+    lane.send_multipart([b"\xff\x00garbage"])  # no header at all: dropped
+    good = request(5.0)
+    lane.send_multipart(good.frames())
+    answers = {a.id: a for a in (answer(lane) for _ in range(2))}
+    bad = answers["bad"]
+    assert isinstance(bad, protocol.Error) and bad.code is ErrorCode.INVALID_ARGUMENT
+    assert isinstance(answers[good.id], protocol.Reply)
+    lane.close()
+
+
+def test_the_gateway_client_goes_direct_when_its_link_is_up_and_through_the_dispatcher_when_off(
+    loops: Loops,
+) -> None:
+    client = DispatcherClient(loops.frontend, poll_interval=0.2)
+    x = np.full((1, 4), 3.0, np.float32)
+    tensors = [Tensor("x", "FP32", (1, 4), memoryview(x.tobytes()))]
+
+    def infer(version: str | None = None) -> list[float]:
+        reply = client.infer("slow", version, tensors, [], time.time() + 60)
+        assert (reply.model, reply.version, reply.worker) == ("slow", "1", "w0")
+        return np.frombuffer(reply.outputs[0].data, np.float32).tolist()
+
+    try:
+        end = time.monotonic() + 10
+        while client._direct_lane("slow", None) is None:  # the link comes up on its first use
+            assert time.monotonic() < end, "the direct link never came up"
+            time.sleep(0.01)
+        before = loops.status().dispatcher["requests"]
+        assert infer() == [6.0] * 4
+        assert infer("1") == [6.0] * 4
+        assert loops.status().dispatcher["requests"] == before  # both went straight to the worker
+        client.direct = False
+        assert infer() == [6.0] * 4
+        assert loops.status().dispatcher["requests"] == before + 1
+    finally:
+        client.close()
