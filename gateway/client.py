@@ -432,9 +432,9 @@ class DispatcherClient:
             status = self.status(max_age=DIRECT_STATUS_AGE)
         except CodedError:
             return None
-        lanes = status.direct_lanes(model, version)
         links = self._holder().links
-        links.prune(status, {str(w.get("direct")) for w in status.workers if isinstance(w, dict)})
+        links.prune(status)
+        lanes = status.direct_lanes(model, version)
         if lanes is None or not lanes[1]:
             return None
         resolved, endpoints = lanes
@@ -454,8 +454,8 @@ class DispatcherClient:
         segment: tuple[shm.Segment, dict[str, Any]] | None,
     ) -> tuple[InferReply | None, bool]:
         """Send one request straight to a worker; return its answer, or None when it must go through the
-        dispatcher after all, with whether the worker may still hold it (declined: no; dropped or silent:
-        yes)."""
+        dispatcher after all, with whether the worker may still hold it (declined: no; its connection dropped,
+        or the dispatcher took it out of rotation for silence: yes)."""
         call_id = self._next_id()
         inputs = (
             [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors] if segment is None else []
@@ -478,7 +478,6 @@ class DispatcherClient:
             return None, False
         if self.idle is not None:
             self.idle()
-        sent = time.monotonic()
         while True:
             remaining = deadline - time.time()
             if remaining <= 0:
@@ -489,8 +488,10 @@ class DispatcherClient:
                 if not link.refresh():
                     log.info("gateway: worker at %s went away; request sent to the dispatcher", link.endpoint)
                     return None, True
-                if time.monotonic() - sent >= self.unresponsive_after:
-                    log.warning("gateway: worker at %s silent; request sent to the dispatcher", link.endpoint)
+                if not self._still_listed(link.endpoint):  # slow is not dead: only silence takes it out
+                    log.warning(
+                        "gateway: worker at %s out of rotation; request sent to the dispatcher", link.endpoint
+                    )
                     return None, True
                 continue
             try:
@@ -508,6 +509,15 @@ class DispatcherClient:
                 self.shared_memory = False
                 raise _SharedMemoryRefused()
             raise _error(message)
+
+    def _still_listed(self, endpoint: str) -> bool:
+        """Whether the dispatcher still counts the worker at ``endpoint`` in (it takes out a worker whose
+        heartbeats stopped, not a busy one); True when the dispatcher cannot say."""
+        try:
+            status = self.status(max_age=DIRECT_STATUS_AGE)
+        except CodedError:
+            return True
+        return any(isinstance(w, dict) and w.get("direct") == endpoint for w in status.workers)
 
     def _holder(self) -> _Holder:
         self._socket()

@@ -19,9 +19,12 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from inference_worker import protocol
+
 log = logging.getLogger("torchgate.gateway")
 
 UP, DOWN = int(zmq.EVENT_HANDSHAKE_SUCCEEDED), int(zmq.EVENT_DISCONNECTED)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class DirectLink:
@@ -39,18 +42,16 @@ class DirectLink:
 
     def refresh(self) -> bool:
         """Read what the monitor saw; return whether the connection is up."""
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return self.up
-            except zmq.ZMQError:
-                self.up = False
-                return False
-            if event["event"] == UP:
-                self.up = True
-            elif event["event"] == DOWN:
-                self.up = False
+        monitor = self.monitor
+        try:
+            # asked before reading: once a request, and a zmq.Again raised each time cost more than the ask
+            while int(monitor.getsockopt(EVENTS)) & POLLIN:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+                if event == UP or event == DOWN:
+                    self.up = event == UP
+        except zmq.ZMQError:
+            self.up = False
+        return self.up
 
     def close(self) -> None:
         if self.pid != os.getpid() or self.socket.closed:
@@ -81,11 +82,12 @@ class DirectLinks:
             return None
         return link if link.refresh() else None
 
-    def prune(self, status: object, endpoints: set[str]) -> None:
-        """Close the links to endpoints ``status`` no longer lists (once per STATUS_REPLY)."""
+    def prune(self, status: protocol.StatusReply) -> None:
+        """Close the links to workers ``status`` no longer lists (once per STATUS_REPLY)."""
         if status is self.listed:
             return
         self.listed = status
+        endpoints = {w.get("direct") for w in status.workers if isinstance(w, dict)}
         for endpoint in [e for e in self.links if e not in endpoints]:
             self.links.pop(endpoint).close()
 

@@ -6,6 +6,8 @@ worker (as it does with a request of its own that a killed worker held)."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,17 +57,22 @@ def computing(d: Stack) -> str | None:
     return next((w["worker"] for w in d.status().workers if w.get("computing")), None)
 
 
-def test_kill_9_of_a_worker_computing_a_direct_request_loses_nothing(deployment: Stack) -> None:
-    d = deployment
-    d.wait_healthy(*SLOTS)
-    # Each gateway thread opens its link to a worker on its first request (which crosses the dispatcher).
+def warm_up(d: Stack) -> None:
+    """Send requests until one goes straight to a worker: each gateway thread opens its link to a worker on
+    its first request to it (which crosses the dispatcher)."""
     deadline = time.monotonic() + 60
     while True:
         before = dispatched(d)
         assert infer(d, 1.0) == [2.0] * 4
         if dispatched(d) == before:
-            break
+            return
         assert time.monotonic() < deadline, "no request ever went straight to a worker"
+
+
+def test_kill_9_of_a_worker_computing_a_direct_request_loses_nothing(deployment: Stack) -> None:
+    d = deployment
+    d.wait_healthy(*SLOTS)
+    warm_up(d)
     pids = d.pids()
     for slot in SLOTS:
         assert lanes(d, slot) == [f"direct-{slot}-{pids[slot]}.sock"]
@@ -84,3 +91,29 @@ def test_kill_9_of_a_worker_computing_a_direct_request_loses_nothing(deployment:
     # the killed process's socket file is gone once its slot runs again
     wait_for(lambda: lanes(d, killed) == [f"direct-{killed}-{new_pid}.sock"], timeout=30, what="one lane")
     assert infer(d, 4.0) == [8.0] * 4
+
+
+def test_a_hung_worker_holding_a_direct_request_is_passed_over_once_out_of_rotation(
+    deployment: Stack,
+) -> None:
+    """SIGSTOP (hung, not slow: its heartbeats stop): once the dispatcher takes the worker out of rotation the
+    gateway sends the request to the dispatcher, and the other worker answers it."""
+    d = deployment
+    d.wait_healthy(*SLOTS)
+    warm_up(d)
+    wait_for(lambda: computing(d) is None, timeout=30, what="the workers idle")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        before = dispatched(d)
+        answer = pool.submit(infer, d, 5.0)
+        wait_for(lambda: computing(d) is not None, timeout=30, what="a worker computing")
+        hung = computing(d)
+        assert hung is not None and dispatched(d) == before
+        pid = d.pids()[hung]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert answer.result(timeout=90) == [10.0] * 4
+            assert dispatched(d) == before + 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    d.wait_healthy(*SLOTS)  # back, registered again
+    assert infer(d, 6.0) == [12.0] * 4

@@ -173,8 +173,10 @@ class Worker:
         """Return why this worker does not take ``request`` directly, or None when it does: not while
         draining or loading, and only what its next batch would take (more waits in the dispatcher's queue,
         where any worker with room gets it)."""
-        if self.stopping or self.session.drain_started or self.controls:
+        if self.stopping or self.session.drain_started:
             return "draining"
+        if self.controls:
+            return "loading or unloading a model"
         key = (request.model, request.version or "")
         executor = self.app.executors.get(key)
         if executor is None:
