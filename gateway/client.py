@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from gateway.codec import Tensor
-from gateway.direct import DirectLink, DirectLinks
+from gateway.direct import DirectLink, DirectLinks, LinkDown
 from gateway.errors import DeadlineExceeded, Unavailable
 from inference_worker import direct_lane, protocol, shm
 from inference_worker.errors import CodedError
@@ -174,20 +174,15 @@ class DispatcherClient:
         One blocking receive with a timeout instead of a poll and then a receive: each call into ZeroMQ lets
         go of the GIL and takes it back, and with dozens of request threads every hand-over costs futex calls.
         """
-        frames = DispatcherClient._receive_frames(socket, timeout)
+        timeout_ms = max(1, int(timeout * 1000))
+        if socket.rcvtimeo != timeout_ms:
+            socket.rcvtimeo = timeout_ms
+        frames = socket.recv_multipart(copy=False)
         try:
             return protocol.receive(frames, Link.DISPATCHER_TO_GATEWAY)
         except ProtocolError as exc:
             log.warning("gateway: dropped a malformed message from the dispatcher: %s", exc)
             return None
-
-    @staticmethod
-    def _receive_frames(socket: zmq.Socket[Any], timeout: float) -> list[Any]:
-        timeout_ms = max(1, int(timeout * 1000))
-        if socket.rcvtimeo != timeout_ms:
-            socket.rcvtimeo = timeout_ms
-        frames: list[Any] = socket.recv_multipart(copy=False)
-        return frames
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -438,7 +433,7 @@ class DispatcherClient:
         if lanes is None or not lanes[1]:
             return None
         resolved, endpoints = lanes
-        link = links.get(self._ctx(), endpoints[next(self._turns) % len(endpoints)])
+        link = links.get(endpoints[next(self._turns) % len(endpoints)])
         return (link, resolved) if link is not None else None
 
     def _infer_direct(
@@ -471,11 +466,11 @@ class DispatcherClient:
             outputs=tuple(outputs),
             shm=segment[1] if segment is not None else None,
         ).frames()
-        socket = link.socket
         try:
-            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return None, False
+            link.send(frames)
+        except LinkDown:
+            self._holder().links.drop(link)
+            return None, False  # the worker was gone before it had read the request whole
         if self.idle is not None:
             self.idle()
         while True:
@@ -483,19 +478,20 @@ class DispatcherClient:
             if remaining <= 0:
                 raise DeadlineExceeded(f"request {request_id or call_id} passed its deadline")
             try:
-                frames = self._receive_frames(socket, min(remaining, self.poll_interval))
-            except zmq.Again:  # a silent slice: is the worker still there?
-                if not link.refresh():
-                    log.info("gateway: worker at %s went away; request sent to the dispatcher", link.endpoint)
-                    return None, True
-                if not self._still_listed(link.endpoint):  # slow is not dead: only silence takes it out
+                received = link.receive(min(remaining, self.poll_interval))
+            except LinkDown as exc:
+                self._holder().links.drop(link)
+                log.info("gateway: worker at %s: %s; request sent to the dispatcher", link.endpoint, exc)
+                return None, True
+            if received is None:  # a silent slice: slow is not dead, only silence takes a worker out
+                if not self._still_listed(link.endpoint):
                     log.warning(
                         "gateway: worker at %s out of rotation; request sent to the dispatcher", link.endpoint
                     )
                     return None, True
                 continue
             try:
-                message = protocol.receive(frames, Link.WORKER_TO_GATEWAY)
+                message = protocol.receive(received, Link.WORKER_TO_GATEWAY)
             except ProtocolError as exc:
                 log.warning("gateway: dropped a malformed message from a worker: %s", exc)
                 continue

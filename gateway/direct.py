@@ -1,67 +1,92 @@
 """The gateway's end of the direct lane: one thread's connections to the workers on this host.
 
-A worker on the dispatcher's host takes requests straight from a gateway while it has room for them in its
-next batch (inference_worker/worker/direct.py): at one connection that skips the dispatcher's two ZeroMQ
-hops each way. :class:`gateway.client.DispatcherClient` uses the lane only when its process has no other
-request in flight (under load the dispatcher's queue and balancing are worth their hop) and falls back to
-the dispatcher when the worker declines, when its connection drops (killed) or when it stays silent.
+A worker on the dispatcher's host takes requests straight from a gateway thread while it has room for them in
+its next batch (inference_worker/worker/direct.py): at one connection that skips the dispatcher's two hops
+each way, and the lane's plain unix socket wakes no I/O thread on either side.
+:class:`gateway.client.DispatcherClient` uses the lane only when its process has no other request in flight
+(under load the dispatcher's queue and balancing are worth their hop) and falls back to the dispatcher when
+the worker declines, when the connection ends (the worker was killed) or when the dispatcher takes the worker
+out of rotation for silence.
 
-Each thread has a DEALER socket per worker endpoint, with a monitor: a link is used only once its handshake
-succeeded, and a dropped connection is seen at once rather than after a timeout.
+Each thread connects to a worker on its first request for it and keeps the connection; it is closed when the
+worker leaves STATUS or when it fails.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
 from typing import Any
 
-import zmq
-from zmq.utils.monitor import recv_monitor_message
-
 from inference_worker import protocol
+from inference_worker.direct_lane import path_of
+from inference_worker.protocol import ProtocolError, stream
 
-log = logging.getLogger("torchgate.gateway")
+RECV_SIZE = 256 << 10  # largest read
+CONNECT_TIMEOUT = 1.0  # seconds; a connection is made at once unless the worker stopped accepting (hung)
 
-UP, DOWN = int(zmq.EVENT_HANDSHAKE_SUCCEEDED), int(zmq.EVENT_DISCONNECTED)
-EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+class LinkDown(Exception):
+    """The connection to the worker ended or failed: it was killed, or it closed a connection it could not
+    read."""
 
 
 class DirectLink:
-    """One thread's connection to one worker's direct lane, and whether it is up."""
+    """One thread's connection to one worker's direct lane."""
 
-    def __init__(self, context: zmq.Context[Any], endpoint: str) -> None:
+    def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.pid = os.getpid()
-        self.up = False
-        socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        self.monitor = socket.get_monitor_socket(UP | DOWN)
-        socket.connect(endpoint)
-        self.socket: zmq.Socket[Any] = socket
-
-    def refresh(self) -> bool:
-        """Read what the monitor saw; return whether the connection is up."""
-        monitor = self.monitor
+        self.received = bytearray()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
         try:
-            # asked before reading: once a request, and a zmq.Again raised each time cost more than the ask
-            while int(monitor.getsockopt(EVENTS)) & POLLIN:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
-                if event == UP or event == DOWN:
-                    self.up = event == UP
-        except zmq.ZMQError:
-            self.up = False
-        return self.up
+            sock.connect(path_of(endpoint))  # at once on one host: refused if the worker is gone
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def send(self, frames: list[Any]) -> None:
+        """Send one message whole (blocking: the worker reads as it comes); raise :class:`LinkDown`."""
+        buffers = [memoryview(b).cast("B") for b in stream.pack(frames)]
+        try:
+            self.sock.settimeout(None)
+            while buffers:
+                sent = self.sock.sendmsg(buffers)
+                while buffers and sent >= len(buffers[0]):
+                    sent -= len(buffers[0])
+                    buffers.pop(0)
+                if buffers and sent:
+                    buffers[0] = buffers[0][sent:]
+        except OSError as exc:
+            raise LinkDown(str(exc)) from None
+
+    def receive(self, timeout: float) -> list[memoryview] | None:
+        """Return the frames of the next message, or None if it did not come whole within ``timeout`` seconds
+        (what came of it is kept for the next call); raise :class:`LinkDown`."""
+        received = self.received
+        self.sock.settimeout(max(timeout, 0.001))
+        while True:
+            try:
+                frames = stream.take(received)
+            except ProtocolError as exc:
+                raise LinkDown(f"the worker sent {exc}") from None
+            if frames is not None:
+                return frames
+            try:
+                data = self.sock.recv(max(RECV_SIZE, stream.needed(received) - len(received)))
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise LinkDown(str(exc)) from None
+            if not data:
+                raise LinkDown("the worker closed the connection")
+            received += data
 
     def close(self) -> None:
-        if self.pid != os.getpid() or self.socket.closed:
-            return  # inherited across fork: never touched
-        try:
-            self.socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(linger=0)
-        self.socket.close(linger=0)
+        if self.pid == os.getpid():  # inherited across fork: never touched
+            self.sock.close()
 
     def __del__(self) -> None:
         self.close()
@@ -74,13 +99,21 @@ class DirectLinks:
         self.links: dict[str, DirectLink] = {}
         self.listed: object = None  # the STATUS_REPLY the links were last pruned against
 
-    def get(self, context: zmq.Context[Any], endpoint: str) -> DirectLink | None:
-        """Return the link to ``endpoint`` if it is up; connect one if there is none yet (used once up)."""
+    def get(self, endpoint: str) -> DirectLink | None:
+        """Return the link to ``endpoint``, connecting it first if need be; None if the worker cannot be
+        reached."""
         link = self.links.get(endpoint)
         if link is None:
-            self.links[endpoint] = DirectLink(context, endpoint)
-            return None
-        return link if link.refresh() else None
+            try:
+                link = self.links[endpoint] = DirectLink(endpoint)
+            except (OSError, ValueError):
+                return None
+        return link
+
+    def drop(self, link: DirectLink) -> None:
+        if self.links.get(link.endpoint) is link:
+            del self.links[link.endpoint]
+        link.close()
 
     def prune(self, status: protocol.StatusReply) -> None:
         """Close the links to workers ``status`` no longer lists (once per STATUS_REPLY)."""

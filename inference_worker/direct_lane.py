@@ -13,6 +13,7 @@ import os
 import re
 
 DIRECT_ENV = "TORCHGATE_DIRECT"
+SCHEME = "unix://"
 MAX_SOCKET_PATH = 100  # a unix socket's path must fit in sockaddr_un (108 bytes)
 
 
@@ -22,18 +23,26 @@ def enabled(dispatcher: str) -> bool:
 
 
 def endpoint_for(dispatcher: str, name: str, pid: int) -> str | None:
-    """Return where a worker named ``name`` takes direct requests: beside the dispatcher's ipc socket; None
-    for a dispatcher on another host (tcp), or a path too long for a unix socket."""
+    """Return where a worker named ``name`` takes direct requests, ``unix://<path>``: a unix stream socket
+    beside the dispatcher's ipc socket; None for a dispatcher on another host (tcp), or a path too long for a
+    unix socket."""
     if not dispatcher.startswith("ipc://"):
         return None
     folder = os.path.dirname(dispatcher[len("ipc://") :])
     path = os.path.join(folder, f"direct-{_safe(name)}-{pid}.sock")
-    return f"ipc://{path}" if len(path) <= MAX_SOCKET_PATH else None
+    return f"{SCHEME}{path}" if len(path) <= MAX_SOCKET_PATH else None
+
+
+def path_of(endpoint: str) -> str:
+    """Return the socket's path in a ``unix://`` endpoint; raise ValueError for anything else."""
+    if not endpoint.startswith(SCHEME) or len(endpoint) == len(SCHEME):
+        raise ValueError(f"not a direct lane endpoint: {endpoint!r}")
+    return endpoint[len(SCHEME) :]
 
 
 def remove_stale(endpoint: str, name: str) -> None:
     """Remove the socket files that earlier processes of slot ``name`` left (killed before they could)."""
-    folder = os.path.dirname(endpoint[len("ipc://") :])
+    folder = os.path.dirname(path_of(endpoint))
     for path in glob.glob(os.path.join(glob.escape(folder), f"direct-{glob.escape(_safe(name))}-*.sock")):
         pid = path.rsplit("-", 1)[-1].removesuffix(".sock")
         if pid.isdigit() and not _alive(int(pid)):

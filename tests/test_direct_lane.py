@@ -25,10 +25,11 @@ import zmq
 
 from gateway.client import DispatcherClient
 from gateway.codec import Tensor
+from gateway.direct import DirectLink, LinkDown
 from harness import short_dir, write_slow_model
 from inference_worker import direct_lane, protocol
 from inference_worker.dispatcher import Dispatcher, DispatcherConfig
-from inference_worker.protocol import ErrorCode, Link, TensorMeta
+from inference_worker.protocol import ErrorCode, Link, TensorMeta, stream
 from inference_worker.status import ask_status
 from inference_worker.worker import Worker, WorkerConfig
 
@@ -61,11 +62,14 @@ def test_a_lane_lives_beside_the_dispatcher_socket_and_only_on_its_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert direct_lane.endpoint_for("ipc:///run/tg/sockets/backend.sock", "worker-cpu-0", 42) == (
-        "ipc:///run/tg/sockets/direct-worker-cpu-0-42.sock"
+        "unix:///run/tg/sockets/direct-worker-cpu-0-42.sock"
     )
     assert (
-        direct_lane.endpoint_for("ipc:///r/backend.sock", "a b/../c", 7) == "ipc:///r/direct-a_b_.._c-7.sock"
+        direct_lane.endpoint_for("ipc:///r/backend.sock", "a b/../c", 7) == "unix:///r/direct-a_b_.._c-7.sock"
     )
+    assert direct_lane.path_of("unix:///r/direct-w-7.sock") == "/r/direct-w-7.sock"
+    with pytest.raises(ValueError):
+        direct_lane.path_of("ipc:///r/direct-w-7.sock")
     assert direct_lane.endpoint_for("tcp://10.0.0.1:5556", "w", 1) is None
     assert direct_lane.endpoint_for("ipc:///" + "x" * 120 + "/backend.sock", "w", 1) is None
     assert direct_lane.enabled("ipc:///r/frontend.sock")
@@ -82,7 +86,7 @@ def test_socket_files_of_dead_processes_of_the_slot_are_removed(tmp_path: Path) 
     other = tmp_path / f"direct-v-{dead_pid}.sock"
     for path in (left, live, other):
         path.touch()
-    direct_lane.remove_stale(f"ipc://{tmp_path}/direct-w-1.sock", "w")
+    direct_lane.remove_stale(f"unix://{tmp_path}/direct-w-1.sock", "w")
     assert not left.exists() and live.exists() and other.exists()
 
 
@@ -108,12 +112,9 @@ class Loops:
         assert reply is not None
         return reply
 
-    def lane(self) -> zmq.Socket[Any]:
+    def lane(self) -> DirectLink:
         (entry,) = self.status().workers
-        socket = self.context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(entry["direct"])
-        return socket
+        return DirectLink(entry["direct"])
 
     def wait_computing(self, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
@@ -130,9 +131,10 @@ def request(value: float, version: str | None = "1") -> protocol.Request:
     )
 
 
-def answer(socket: zmq.Socket[Any], timeout: float = 30.0) -> protocol.Reply | protocol.Error:
-    assert socket.poll(int(timeout * 1000)), f"no answer within {timeout}s"
-    message = protocol.receive(socket.recv_multipart(), Link.WORKER_TO_GATEWAY)
+def answer(lane: DirectLink, timeout: float = 30.0) -> protocol.Reply | protocol.Error:
+    frames = lane.receive(timeout)
+    assert frames is not None, f"no answer within {timeout}s"
+    message = protocol.receive(frames, Link.WORKER_TO_GATEWAY)
     assert isinstance(message, protocol.Reply | protocol.Error)
     return message
 
@@ -178,13 +180,13 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
 def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops: Loops) -> None:
     lane = loops.lane()
     first = request(1.0)
-    lane.send_multipart(first.frames())
+    lane.send(first.frames())
     loops.wait_computing()  # the first computes; the next batch (of one) has room for one more
     second, third = request(2.0), request(3.0)
-    lane.send_multipart(second.frames())
-    lane.send_multipart(third.frames())
+    lane.send(second.frames())
+    lane.send(third.frames())
     unknown = request(4.0, version="9")
-    lane.send_multipart(unknown.frames())
+    lane.send(unknown.frames())
     answers = {a.id: a for a in (answer(lane) for _ in range(4))}
     for sent, value in ((first, 1.0), (second, 2.0)):
         reply = answers[sent.id]
@@ -205,7 +207,7 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
 def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> None:
     lane = loops.lane()
     first = request(1.0)
-    lane.send_multipart(first.frames())
+    lane.send(first.frames())
     loops.wait_computing()
     loops.worker.stopping = 1  # as SIGTERM: drain
     end = time.monotonic() + 10
@@ -213,7 +215,7 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
         assert time.monotonic() < end, "the worker never started draining"
         time.sleep(0.005)
     late = request(2.0)
-    lane.send_multipart(late.frames())
+    lane.send(late.frames())
     answers = {a.id: a for a in (answer(lane) for _ in range(2))}
     assert isinstance(answers[first.id], protocol.Reply)
     declined = answers[late.id]
@@ -224,15 +226,49 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
 
 def test_a_malformed_direct_request_gets_an_error_and_the_lane_carries_on(loops: Loops) -> None:
     lane = loops.lane()
-    lane.send_multipart(protocol.encode(protocol.Kind.REQUEST, {"id": "bad"}))  # no model
-    lane.send_multipart([b"\xff\x00garbage"])  # no header at all: dropped
+    lane.send(protocol.encode(protocol.Kind.REQUEST, {"id": "bad"}))  # no model
+    lane.send([b"\xff\x00garbage"])  # no header at all: dropped
     good = request(5.0)
-    lane.send_multipart(good.frames())
+    lane.send(good.frames())
     answers = {a.id: a for a in (answer(lane) for _ in range(2))}
     bad = answers["bad"]
     assert isinstance(bad, protocol.Error) and bad.code is ErrorCode.INVALID_ARGUMENT
     assert isinstance(answers[good.id], protocol.Reply)
     lane.close()
+
+
+def test_bytes_that_are_no_message_close_that_connection_only(loops: Loops) -> None:
+    rogue, lane = loops.lane(), loops.lane()
+    rogue.sock.sendall(stream.PREFIX.pack(4, 9) + b"\0" * 4)  # nine frames in four bytes
+    with pytest.raises(LinkDown):
+        while rogue.receive(30) is not None:
+            pass
+    good = request(6.0)
+    lane.send(good.frames())
+    reply = answer(lane)
+    assert isinstance(reply, protocol.Reply) and reply.id == good.id
+    rogue.close()
+    lane.close()
+
+
+def test_messages_on_a_stream_go_and_come_back_whole() -> None:
+    frames: list[Any] = [b"header", memoryview(b"x" * 70_000), b"", np.arange(6, dtype=np.float32)]
+    wire = b"".join(bytes(memoryview(b).cast("B")) for b in stream.pack(frames))
+    received = bytearray(wire[:5])
+    assert stream.take(received) is None and stream.needed(received) == 8
+    received += wire[5:-1]
+    assert stream.take(received) is None and stream.needed(received) == len(wire)
+    received += wire[-1:] + wire[:3]  # the next message begins
+    taken = stream.take(received)
+    assert taken is not None and [bytes(f) for f in taken] == [bytes(memoryview(f).cast("B")) for f in frames]
+    assert not taken[0].readonly  # tensors are viewed in place: a writable copy of its own
+    assert received == wire[:3]
+    for bad in (
+        stream.PREFIX.pack(4, 9) + b"\0" * 4,
+        stream.PREFIX.pack(8, 1) + (5).to_bytes(4, "little") * 2,
+    ):
+        with pytest.raises(protocol.ProtocolError):
+            stream.take(bytearray(bad))
 
 
 def test_the_gateway_client_goes_direct_when_its_link_is_up_and_through_the_dispatcher_when_off(
@@ -249,7 +285,7 @@ def test_the_gateway_client_goes_direct_when_its_link_is_up_and_through_the_disp
 
     try:
         end = time.monotonic() + 10
-        while client._direct_lane("slow", None) is None:  # the link comes up on its first use
+        while client._direct_lane("slow", None) is None:  # once STATUS lists the lane
             assert time.monotonic() < end, "the direct link never came up"
             time.sleep(0.01)
         before = loops.status().dispatcher["requests"]

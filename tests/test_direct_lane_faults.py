@@ -58,8 +58,8 @@ def computing(d: Stack) -> str | None:
 
 
 def warm_up(d: Stack) -> None:
-    """Send requests until one goes straight to a worker: each gateway thread opens its link to a worker on
-    its first request to it (which crosses the dispatcher)."""
+    """Send requests until one goes straight to a worker (the gateway learns of the workers' lanes from
+    STATUS)."""
     deadline = time.monotonic() + 60
     while True:
         before = dispatched(d)

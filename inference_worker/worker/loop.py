@@ -74,8 +74,8 @@ class Worker:
             endpoint = direct_lane.endpoint_for(self.config.dispatcher, self.config.name, os.getpid())
             if endpoint is not None:
                 try:
-                    self.lane = DirectLane(self.context, endpoint, self.config.name)
-                except zmq.ZMQError as exc:
+                    self.lane = DirectLane(endpoint, self.config.name)
+                except OSError as exc:
                     log.warning("%s: no direct lane at %s: %s", self.tag, endpoint, exc)
         self.session.connect()
 
@@ -119,7 +119,7 @@ class Worker:
         busy = zmq.Poller()  # the wake-up alone
         poller.register(compute.wake_fd, zmq.POLLIN)
         busy.register(compute.wake_fd, zmq.POLLIN)
-        lane = self.lane.socket if self.lane is not None else None
+        lane = self.lane.fileno() if self.lane is not None else None
         if lane is not None:
             poller.register(lane, zmq.POLLIN)
         iterations = 0
@@ -186,9 +186,10 @@ class Worker:
         return None
 
     def _send_result(self, message: Result, copy: bool = False) -> None:
-        """Send one request's answer the way the request came: to the dispatcher, or down the direct lane."""
+        """Send one request's answer the way the request came: to the dispatcher, or down the direct lane
+        (whose socket copies what it sends: ``copy`` is for ZeroMQ's zero-copy frames)."""
         if self.lane is not None and self.lane.owns(message.seq):
-            self.lane.answer(message, copy)
+            self.lane.answer(message)
         else:
             self.session.send(message.frames(), copy=copy)
 
