@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from gateway.codec import Tensor
-from gateway.direct import DirectLink, DirectLinks, LinkDown
+from gateway.direct import SEND_TIMEOUT, DirectLink, DirectLinks, LinkDown
 from gateway.errors import DeadlineExceeded, Unavailable
 from inference_worker import direct_lane, protocol, shm
 from inference_worker.errors import CodedError
@@ -467,7 +467,7 @@ class DispatcherClient:
             shm=segment[1] if segment is not None else None,
         ).frames()
         try:
-            link.send(frames)
+            link.send(frames, min(SEND_TIMEOUT, deadline - time.time()))
         except LinkDown:
             self._holder().links.drop(link)
             return None, False  # the worker was gone before it had read the request whole

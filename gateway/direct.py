@@ -22,7 +22,9 @@ from inference_worker import protocol
 from inference_worker.direct_lane import path_of
 from inference_worker.protocol import ProtocolError, stream
 
-RECV_SIZE = 256 << 10  # largest read
+RECV_SIZE = 256 << 10  # smallest read
+MAX_RECV = 16 << 20  # largest read (the rest of a large message, at most)
+SEND_TIMEOUT = 5.0  # seconds a request may take to go out whole (a hung worker stops reading)
 CONNECT_TIMEOUT = 1.0  # seconds; a connection is made at once unless the worker stopped accepting (hung)
 
 
@@ -47,11 +49,12 @@ class DirectLink:
             raise
         self.sock = sock
 
-    def send(self, frames: list[Any]) -> None:
-        """Send one message whole (blocking: the worker reads as it comes); raise :class:`LinkDown`."""
+    def send(self, frames: list[Any], timeout: float) -> None:
+        """Send one message whole within ``timeout`` seconds (the worker reads as it comes); raise
+        :class:`LinkDown` (the connection is then of no more use: part of a message may have gone)."""
         buffers = [memoryview(b).cast("B") for b in stream.pack(frames)]
         try:
-            self.sock.settimeout(None)
+            self.sock.settimeout(max(timeout, 0.001))
             while buffers:
                 sent = self.sock.sendmsg(buffers)
                 while buffers and sent >= len(buffers[0]):
@@ -75,7 +78,7 @@ class DirectLink:
             if frames is not None:
                 return frames
             try:
-                data = self.sock.recv(max(RECV_SIZE, stream.needed(received) - len(received)))
+                data = self.sock.recv(min(max(RECV_SIZE, stream.needed(received) - len(received)), MAX_RECV))
             except TimeoutError:
                 return None
             except OSError as exc:

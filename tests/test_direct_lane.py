@@ -180,13 +180,13 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
 def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops: Loops) -> None:
     lane = loops.lane()
     first = request(1.0)
-    lane.send(first.frames())
+    lane.send(first.frames(), 10)
     loops.wait_computing()  # the first computes; the next batch (of one) has room for one more
     second, third = request(2.0), request(3.0)
-    lane.send(second.frames())
-    lane.send(third.frames())
+    lane.send(second.frames(), 10)
+    lane.send(third.frames(), 10)
     unknown = request(4.0, version="9")
-    lane.send(unknown.frames())
+    lane.send(unknown.frames(), 10)
     answers = {a.id: a for a in (answer(lane) for _ in range(4))}
     for sent, value in ((first, 1.0), (second, 2.0)):
         reply = answers[sent.id]
@@ -207,7 +207,7 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
 def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> None:
     lane = loops.lane()
     first = request(1.0)
-    lane.send(first.frames())
+    lane.send(first.frames(), 10)
     loops.wait_computing()
     loops.worker.stopping = 1  # as SIGTERM: drain
     end = time.monotonic() + 10
@@ -215,7 +215,7 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
         assert time.monotonic() < end, "the worker never started draining"
         time.sleep(0.005)
     late = request(2.0)
-    lane.send(late.frames())
+    lane.send(late.frames(), 10)
     answers = {a.id: a for a in (answer(lane) for _ in range(2))}
     assert isinstance(answers[first.id], protocol.Reply)
     declined = answers[late.id]
@@ -226,10 +226,10 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
 
 def test_a_malformed_direct_request_gets_an_error_and_the_lane_carries_on(loops: Loops) -> None:
     lane = loops.lane()
-    lane.send(protocol.encode(protocol.Kind.REQUEST, {"id": "bad"}))  # no model
-    lane.send([b"\xff\x00garbage"])  # no header at all: dropped
+    lane.send(protocol.encode(protocol.Kind.REQUEST, {"id": "bad"}), 10)  # no model
+    lane.send([b"\xff\x00garbage"], 10)  # no header at all: dropped
     good = request(5.0)
-    lane.send(good.frames())
+    lane.send(good.frames(), 10)
     answers = {a.id: a for a in (answer(lane) for _ in range(2))}
     bad = answers["bad"]
     assert isinstance(bad, protocol.Error) and bad.code is ErrorCode.INVALID_ARGUMENT
@@ -244,7 +244,7 @@ def test_bytes_that_are_no_message_close_that_connection_only(loops: Loops) -> N
         while rogue.receive(30) is not None:
             pass
     good = request(6.0)
-    lane.send(good.frames())
+    lane.send(good.frames(), 10)
     reply = answer(lane)
     assert isinstance(reply, protocol.Reply) and reply.id == good.id
     rogue.close()

@@ -42,7 +42,7 @@ class Ready:
         "models": "list of `ModelConfig.signature(version)`, each with `name` and `version`",
         "unavailable": "[{`model`, `version`, `reason`}]: what it could not load",
         "assigned": "list of str, its `--model` list; empty: every model",
-        "direct": "str, the ipc endpoint where it takes requests from gateways directly; absent = none",
+        "direct": "str, `unix://<path>`: where it takes requests from gateways on its host; absent = none",
     }
 
     worker: str

@@ -39,7 +39,8 @@ from inference_worker.protocol import ErrorCode, Link, ProtocolError, stream
 log = logging.getLogger("torchgate.worker")
 
 DEFAULT_TIMEOUT = 30.0  # seconds a request without a deadline may take (as the dispatcher's)
-RECV_SIZE = 256 << 10  # largest read
+RECV_SIZE = 256 << 10  # smallest read
+MAX_RECV = 16 << 20  # largest read (the rest of a large message, at most)
 MAX_UNSENT = 64 << 20  # answers a gateway does not read, at most, before its connection is closed
 MAX_CONNECTIONS = 4096
 IN, OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLOUT
@@ -146,7 +147,8 @@ class DirectLane:
     def _read(self, connection: Connection, requests: list[tuple[Connection, protocol.Request]]) -> None:
         while not connection.closed:
             try:
-                data = connection.sock.recv(max(RECV_SIZE, stream.needed(connection.received)))
+                rest = stream.needed(connection.received) - len(connection.received)
+                data = connection.sock.recv(min(max(RECV_SIZE, rest), MAX_RECV))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
