@@ -204,6 +204,28 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
     lane.close()
 
 
+def test_a_direct_request_whose_deadline_passes_in_the_worker_queue_is_504_uncomputed(loops: Loops) -> None:
+    lane = loops.lane()
+    first = request(1.0)
+    lane.send(first.frames(), 10)
+    loops.wait_computing()
+    x = np.full((1, 4), 2.0, np.float32)
+    short = protocol.Request(
+        uuid.uuid4().hex, "slow", [(TensorMeta("x", "FP32", (1, 4)), x)], "1", time.time() + 0.2
+    )
+    lane.send(short.frames(), 10)  # taken (the next batch has room), then waits behind the 1 s batch
+    answers = {a.id: a for a in (answer(lane) for _ in range(2))}
+    expired = answers[short.id]
+    assert isinstance(expired, protocol.Error) and expired.code is ErrorCode.DEADLINE_EXCEEDED, expired
+    assert isinstance(answers[first.id], protocol.Reply)
+    end = time.monotonic() + 10
+    while (count := loops.status().stats[0]["inference_count"]) < 1:  # the first batch's, reported
+        assert time.monotonic() < end, "the worker never reported its batch"
+        time.sleep(0.01)
+    assert count == 1, "the expired request was computed"
+    lane.close()
+
+
 def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> None:
     lane = loops.lane()
     first = request(1.0)

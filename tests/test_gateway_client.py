@@ -144,6 +144,7 @@ def test_a_request_lost_in_a_dispatcher_restart_is_sent_again(
 ) -> None:
     """Kill -9 the dispatcher while a request computes; the new one does not know it, so it is sent again."""
     caplog.set_level(logging.INFO, logger="torchgate.gateway")
+    client.direct = False  # through the dispatcher (a request on the direct lane never meets it)
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(client.infer, "slow", None, [x_tensor([9, 8, 7, 6])], [], time.time() + 60)
         wait_for(

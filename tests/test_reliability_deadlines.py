@@ -32,7 +32,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("deadlines")
     write_slow_model(root / "repo", seconds=BATCH_SECONDS, max_batch_size=4, max_queue_size=64)
     with Stack.at(root, root / "repo") as stack:
-        env = {"TORCHGATE_DEFAULT_TIMEOUT": str(DEFAULT_TIMEOUT)}
+        # Where a deadline passes on the dispatcher's way (its queue, then the worker's); the direct lane's
+        # is in tests/test_direct_lane.py.
+        env = {"TORCHGATE_DEFAULT_TIMEOUT": str(DEFAULT_TIMEOUT), "TORCHGATE_DIRECT": "0"}
         yield stack.start(gateway_threads=32, gateway_env=env)
 
 
