@@ -58,6 +58,38 @@ class InferReply:
     stats: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One infer call's arguments, as each way of sending it (the dispatcher, the direct lane) needs them."""
+
+    model: str
+    version: str | None  # as asked: None or "" is the default version
+    tensors: Sequence[Tensor]
+    outputs: Sequence[str]
+    deadline: float  # unix seconds
+    request_id: str
+    priority: int
+
+    def frames(
+        self, call_id: str, version: str | None, segment: tuple[shm.Segment, dict[str, Any]] | None
+    ) -> list[Any]:
+        """The REQUEST's frames: the tensors in frames, or only the segment's reference when there is one."""
+        inputs = []
+        if segment is None:
+            inputs = [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in self.tensors]
+        return protocol.Request(
+            id=call_id,
+            model=self.model,
+            inputs=inputs,
+            version=version or None,
+            deadline=self.deadline,
+            request_id=self.request_id,
+            priority=self.priority,
+            outputs=tuple(self.outputs),
+            shm=segment[1] if segment is not None else None,
+        ).frames()
+
+
 class _OwnedSocket(zmq.Socket):  # type: ignore[type-arg]
     """A socket collected with its thread or client closes itself quietly, but only in the process that made
     it.
@@ -205,52 +237,40 @@ class DispatcherClient:
         for
         ``reply_bytes`` of outputs; only the header crosses the dispatcher.
         """
+        call = _Call(model, version, tensors, outputs, deadline, request_id, priority)
         with self._lock:
             alone = self._in_flight == 0
             self._in_flight += 1
         try:
-            return self._infer_any(
-                model, version, tensors, outputs, deadline, request_id, priority, reply_bytes, alone
-            )
+            return self._infer_any(call, reply_bytes, alone)
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    def _infer_any(
-        self,
-        model: str,
-        version: str | None,
-        tensors: Sequence[Tensor],
-        outputs: Sequence[str],
-        deadline: float,
-        request_id: str,
-        priority: int,
-        reply_bytes: int,
-        alone: bool,
-    ) -> InferReply:
+    def _infer_any(self, call: _Call, reply_bytes: int, alone: bool) -> InferReply:
         """:meth:`infer` down the direct lane when ``alone`` and a worker takes it, else (or then) through
         the dispatcher."""
-        segment = self._segment(tensors, reply_bytes)
+        segment = self._segment(call.tensors, reply_bytes)
         abandoned = False  # a worker took it directly and may still write the segment: never reused
         try:
             reply = None
-            lane = self._direct_lane(model, version) if alone else None
+            lane = self._direct_lane(call.model, call.version) if alone else None
             if lane is not None:
-                reply, abandoned = self._infer_direct(
-                    *lane, model, tensors, outputs, deadline, request_id, priority, segment
-                )
+                reply, abandoned = self._infer_direct(*lane, call, segment)
             if reply is None:
-                reply = self._infer(model, version, tensors, outputs, deadline, request_id, priority, segment)
+                reply = self._infer(call, segment)
         except _SharedMemoryRefused:
             if segment is not None:
                 segment[0].close()
-            return self._infer(model, version, tensors, outputs, deadline, request_id, priority, None)
+            return self._infer(call, None)
         except BaseException:
             if segment is not None:  # a worker may still hold it: never used again, freed when all let go
                 segment[0].close()
             raise
-        if segment is not None:  # answered: no worker touches it any more, and the outputs were copied out
-            segment[0].close() if abandoned else self._pool.give(segment[0])
+        if segment is not None and abandoned:  # a worker may still hold it: freed when all let go
+            segment[0].close()
+        elif segment is not None:  # answered: no worker touches it any more, and the outputs were copied out
+            self._pool.give(segment[0])
         return reply
 
     def lease_body(self, length: int, json_bytes: int, reply_bytes: int = 0) -> BodyLease | None:
@@ -336,33 +356,13 @@ class DispatcherClient:
         }
         return segment, ref
 
-    def _infer(
-        self,
-        model: str,
-        version: str | None,
-        tensors: Sequence[Tensor],
-        outputs: Sequence[str],
-        deadline: float,
-        request_id: str,
-        priority: int,
-        segment: tuple[shm.Segment, dict[str, Any]] | None,
-    ) -> InferReply:
+    def _infer(self, call: _Call, segment: tuple[shm.Segment, dict[str, Any]] | None) -> InferReply:
+        """Send one request through the dispatcher and wait for its answer (re-sent once if the dispatcher
+        restarted and lost it)."""
         socket = self._socket()
         call_id = self._next_id()
-        inputs = (
-            [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors] if segment is None else []
-        )
-        frames = protocol.Request(
-            id=call_id,
-            model=model,
-            inputs=inputs,
-            version=version or None,
-            deadline=deadline,
-            request_id=request_id,
-            priority=priority,
-            outputs=tuple(outputs),
-            shm=segment[1] if segment is not None else None,
-        ).frames()
+        model, version, deadline, request_id = call.model, call.version, call.deadline, call.request_id
+        frames = call.frames(call_id, version, segment)
         self._send(socket, frames)
         if self.idle is not None:
             self.idle()
@@ -420,7 +420,7 @@ class DispatcherClient:
     # -- the direct lane ----------------------------------------------------------------------------------
 
     def _direct_lane(self, model: str, version: str | None) -> tuple[DirectLink, str] | None:
-        """Return a link (up) to a ready worker serving ``model`` and the version it would run, or None."""
+        """Return a connection to a ready worker serving ``model`` and the version it would run, or None."""
         if not self.direct:
             return None
         try:
@@ -440,34 +440,16 @@ class DispatcherClient:
         self,
         link: DirectLink,
         version: str,
-        model: str,
-        tensors: Sequence[Tensor],
-        outputs: Sequence[str],
-        deadline: float,
-        request_id: str,
-        priority: int,
+        call: _Call,
         segment: tuple[shm.Segment, dict[str, Any]] | None,
     ) -> tuple[InferReply | None, bool]:
         """Send one request straight to a worker; return its answer, or None when it must go through the
         dispatcher after all, with whether the worker may still hold it (declined: no; its connection dropped,
         or the dispatcher took it out of rotation for silence: yes)."""
         call_id = self._next_id()
-        inputs = (
-            [(TensorMeta(t.name, t.datatype, t.shape), t.data) for t in tensors] if segment is None else []
-        )
-        frames = protocol.Request(
-            id=call_id,
-            model=model,
-            inputs=inputs,
-            version=version,
-            deadline=deadline,
-            request_id=request_id,
-            priority=priority,
-            outputs=tuple(outputs),
-            shm=segment[1] if segment is not None else None,
-        ).frames()
+        deadline, request_id = call.deadline, call.request_id
         try:
-            link.send(frames, min(SEND_TIMEOUT, deadline - time.time()))
+            link.send(call.frames(call_id, version, segment), min(SEND_TIMEOUT, deadline - time.time()))
         except LinkDown:
             self._holder().links.drop(link)
             return None, False  # the worker was gone before it had read the request whole

@@ -162,11 +162,11 @@ class Worker:
     def _take_direct(self) -> None:
         """Queue the direct requests this worker would run in its next batch; decline the others."""
         assert self.lane is not None
-        for identity, request in self.lane.receive():
+        for connection, request in self.lane.receive():
             why = self._declines(request)
             if why is not None:
-                self.lane.decline(identity, request, why)
-            elif (error := self.app.enqueue(self.lane.take(identity, request))) is not None:
+                self.lane.decline(connection, request, why)
+            elif (error := self.app.enqueue(self.lane.take(connection, request))) is not None:
                 self._send_result(error)
 
     def _declines(self, request: protocol.Request) -> str | None:
