@@ -281,6 +281,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
         """A kept-alive connection sends its next request: read it here, not on a thread."""
+        if _closed(conn):
+            return
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         self._start_reading(conn, b"")
@@ -306,6 +308,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn: TConn, client: Any) -> None:
+        if _closed(conn):
+            return
         reading: Reading = conn.front
         try:
             data = conn.sock.recv(self._recv_size(reading))
@@ -540,6 +544,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
 
     def _on_lingering_readable(self, conn: TConn, client: Any) -> None:
+        if _closed(conn):
+            return
         try:
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -627,6 +633,13 @@ def _load(conn: TConn, reading: Reading) -> None:
         body = buf[start:end]
     reading.buf = bytearray()
     conn.parser.unreader.load(request_head, body)
+
+
+def _closed(conn: TConn) -> bool:
+    """Whether ``conn`` was closed earlier in the event loop's current round of events (under pressure, say,
+    an idle connection makes way while its own readiness is still in the round): its event is stale, and
+    acting on it would unregister a closed socket (ValueError: the gateway process died of it once)."""
+    return bool(conn.sock.fileno() < 0)
 
 
 def _send_some(sock: socket.socket, data: bytes) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import fcntl
+import functools
 import os
+import selectors
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from gateway.frontdoor import ONE_WRITE_COPY, ClientSocket, OneWriteResponse, _readable
+from gateway.frontdoor import ONE_WRITE_COPY, ClientSocket, FrontDoorWorker, OneWriteResponse, _readable
 
 
 class CountingSocket(socket.socket):
@@ -125,3 +128,44 @@ def test_the_linger_wait_gives_up_when_woken() -> None:
             os.close(fd)
         a.close()
         b.close()
+
+
+class IdleConnection:
+    """What the front door's pressure relief touches of a kept-alive connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reserved = 0
+        self.front = None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_event_of_a_connection_closed_earlier_in_the_same_round_is_skipped() -> None:
+    """Under pressure a new connection makes an idle kept-alive one give way; when that one's next request
+    is in the same round of events, its callback finds it closed and must leave it (a process died of it)."""
+    worker = FrontDoorWorker.__new__(FrontDoorWorker)  # the event loop's state only; no gunicorn arbiter
+    worker.poller = selectors.DefaultSelector()
+    worker.keepalived_conns = collections.deque()
+    worker.reading, worker.lingering = collections.OrderedDict(), collections.OrderedDict()
+    worker.nr_conns, worker.worker_connections = 2, 2
+    worker._budget_lock, worker.body_held = threading.Lock(), 0
+    server, client = socket.socketpair()
+    idle = IdleConnection(server)
+    worker.keepalived_conns.append(idle)
+    worker.poller.register(
+        server, selectors.EVENT_READ, functools.partial(worker.on_client_socket_readable, idle)
+    )
+    try:
+        client.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        events = worker.poller.select(10)  # the round: the idle connection's next request is in it
+        assert len(events) == 1
+        worker._relieve_pressure()  # an earlier event of the round (an accept) made it give way
+        assert server.fileno() < 0 and worker.nr_conns == 1
+        for key, _ in events:
+            key.data(key.fileobj)  # as gunicorn's loop calls it: nothing happens, nothing raises
+        assert worker.nr_conns == 1 and not worker.keepalived_conns
+    finally:
+        worker.poller.close()
+        client.close()
