@@ -22,7 +22,6 @@ descriptor, which is what the worker's loop polls.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -267,8 +266,4 @@ class DirectLane:
             self.epoll.unregister(fd)
         except (OSError, ValueError):
             pass
-        try:
-            connection.sock.close()
-        except OSError as exc:  # pragma: no cover - close of a socket does not fail in practice
-            if exc.errno != errno.EBADF:
-                raise
+        connection.sock.close()
