@@ -18,6 +18,7 @@ import os
 import socket
 from typing import Any
 
+from gateway.sockets import sendall_vectored
 from inference_worker import protocol
 from inference_worker.direct_lane import path_of
 from inference_worker.protocol import ProtocolError, stream
@@ -52,16 +53,9 @@ class DirectLink:
     def send(self, frames: list[Any], timeout: float) -> None:
         """Send one message whole within ``timeout`` seconds (the worker reads as it comes); raise
         :class:`LinkDown` (the connection is then of no more use: part of a message may have gone)."""
-        buffers = [memoryview(b).cast("B") for b in stream.pack(frames)]
         try:
             self.sock.settimeout(max(timeout, 0.001))
-            while buffers:
-                sent = self.sock.sendmsg(buffers)
-                while buffers and sent >= len(buffers[0]):
-                    sent -= len(buffers[0])
-                    buffers.pop(0)
-                if buffers and sent:
-                    buffers[0] = buffers[0][sent:]
+            sendall_vectored(self.sock, [memoryview(b).cast("B") for b in stream.pack(frames)])
         except OSError as exc:
             raise LinkDown(str(exc)) from None
 

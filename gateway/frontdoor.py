@@ -48,6 +48,7 @@ from gateway import afterwork
 from gateway.config import GatewayConfig
 from gateway.errors import error_body
 from gateway.framing import RequestFramer, State
+from gateway.sockets import sendall_vectored
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -125,18 +126,7 @@ class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
         if len(arg) <= ONE_WRITE_COPY:
             self.sock.sendall(head + arg)
         else:
-            _sendall_vectored(self.sock, [memoryview(head), memoryview(arg)])
-
-
-def _sendall_vectored(sock: socket.socket, parts: list[memoryview]) -> None:
-    """Send ``parts`` in order with as few system calls as the socket allows."""
-    while parts:
-        sent = sock.sendmsg(parts)
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts[0])
-            parts.pop(0)
-        if parts and sent:
-            parts[0] = parts[0][sent:]
+            sendall_vectored(self.sock, [memoryview(head), memoryview(arg)])
 
 
 class ClientSocket(socket.socket):
