@@ -34,6 +34,9 @@ class GatewayConfig:
     max_bytes_elements: int = 1 << 16
     # Longest one BYTES element (a string, an image file) may be, in bytes: beyond it, 400.
     max_bytes_element_size: int = 16 << 20
+    # Bytes of freed memory each heap of a gateway process keeps for the next requests rather than give back
+    # to the kernel, which would fault it in and zero it again (glibc; gateway/heap.py); 0: glibc's defaults.
+    heap_keep_bytes: int = 64 << 20
     # Values (numbers, strings, objects, arrays) one JSON body may hold, counted before parsing: beyond it,
     # 413. Parsed, each costs 24 to 70 bytes however short its text; large tensors belong in binary data.
     max_json_values: int = 2 << 20
@@ -92,6 +95,8 @@ class GatewayConfig:
             raise ValueError(
                 f"{PREFIX}MAX_BYTES_ELEMENT_SIZE must be positive, got {self.max_bytes_element_size}"
             )
+        if self.heap_keep_bytes < 0:
+            raise ValueError(f"{PREFIX}HEAP_KEEP_BYTES must be 0 or more, got {self.heap_keep_bytes}")
         if self.default_timeout > self.max_timeout:
             object.__setattr__(self, "max_timeout", self.default_timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway import heap
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 
@@ -17,4 +18,6 @@ if not logging.getLogger().handlers:
         level=logging.INFO, format="%(asctime)s gateway[%(process)d] %(levelname)s %(message)s"
     )
 
-app = create_app(GatewayConfig.from_env())
+config = GatewayConfig.from_env()
+heap.keep_freed(config.heap_keep_bytes)
+app = create_app(config)
