@@ -67,6 +67,7 @@ class WorkerState:
     )
     in_flight: dict[int, Request] = field(default_factory=dict)
     direct: str | None = None  # where gateways on this host may send it requests directly (its READY)
+    direct_requests: int = 0  # how many of those it holds, by its last heartbeat
 
     @property
     def credit(self) -> int:
@@ -87,6 +88,7 @@ class WorkerState:
             "device_memory": self.device_memory,
             "computing": self.computing.to_wire() if self.computing else None,
             "direct": self.direct,
+            "direct_requests": self.direct_requests,
         }
 
 

@@ -116,6 +116,12 @@ class Loops:
         (entry,) = self.status().workers
         return DirectLink(entry["direct"])
 
+    def wait_direct_requests(self, count: int, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while (held := self.status().workers[0]["direct_requests"]) != count:
+            assert time.monotonic() < end, f"the worker said it held {held} direct requests, not {count}"
+            time.sleep(0.005)
+
     def wait_computing(self, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
         while not self.status().workers[0].get("computing"):
@@ -182,6 +188,7 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
     first = request(1.0)
     lane.send(first.frames(), 10)
     loops.wait_computing()  # the first computes; the next batch (of one) has room for one more
+    loops.wait_direct_requests(1)  # STATUS counts the direct requests a worker holds
     second, third = request(2.0), request(3.0)
     lane.send(second.frames(), 10)
     lane.send(third.frames(), 10)
@@ -201,6 +208,7 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
     assert isinstance(not_here, protocol.Error) and not_here.code is ErrorCode.DECLINED
     assert "not loaded here" in not_here.message
     assert loops.status().dispatcher["requests"] == 0  # none of them crossed the dispatcher
+    loops.wait_direct_requests(0)
     lane.close()
 
 
@@ -233,8 +241,8 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
     loops.wait_computing()
     loops.worker.stopping = 1  # as SIGTERM: drain
     end = time.monotonic() + 10
-    while not loops.worker.session.drain_started:
-        assert time.monotonic() < end, "the worker never started draining"
+    while not loops.worker.session.drain_acked:  # the dispatcher sends it no more work
+        assert time.monotonic() < end, "the dispatcher never acknowledged the drain"
         time.sleep(0.005)
     late = request(2.0)
     lane.send(late.frames(), 10)
@@ -244,6 +252,38 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
     assert isinstance(declined, protocol.Error) and declined.code is ErrorCode.DECLINED
     assert declined.message == "draining"
     lane.close()
+
+
+def test_a_worker_draining_under_a_stopping_dispatcher_still_takes_direct_requests(loops: Loops) -> None:
+    """``restart all``: the dispatcher, stopping too, acknowledges drains only when it stops; a direct request
+    declined meanwhile would reach a dispatcher about to stop, so the worker runs it itself."""
+    routed = loops.context.socket(zmq.DEALER)
+    routed.setsockopt(zmq.LINGER, 0)
+    routed.connect(loops.frontend)
+    lane = loops.lane()
+    try:
+        through = request(1.0)
+        routed.send_multipart(through.frames())  # keeps the stopping dispatcher up until answered
+        loops.wait_computing()
+        loops.dispatcher.request_stop()  # as its SIGTERM
+        loops.worker.stopping = 1  # as the worker's
+        end = time.monotonic() + 10
+        while not loops.worker.session.drain_started:
+            assert time.monotonic() < end, "the worker never started draining"
+            time.sleep(0.005)
+        assert not loops.worker.session.drain_acked
+        late = request(2.0)
+        lane.send(late.frames(), 10)
+        reply = answer(lane)
+        assert isinstance(reply, protocol.Reply), reply
+        assert reply.id == late.id
+        assert np.frombuffer(reply.outputs[0][1], np.float32).tolist() == [4.0] * 4
+        assert routed.poll(30_000), "the request through the dispatcher was not answered"
+        answered = protocol.receive(routed.recv_multipart(), Link.DISPATCHER_TO_GATEWAY)
+        assert isinstance(answered, protocol.Reply) and answered.id == through.id
+    finally:
+        routed.close()
+        lane.close()
 
 
 def test_a_malformed_direct_request_gets_an_error_and_the_lane_carries_on(loops: Loops) -> None:

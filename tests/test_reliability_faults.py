@@ -139,15 +139,18 @@ def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
             for _ in range(8)
         ]
 
-        def in_flight() -> int:
-            return sum(int(w.get("in_flight", 0)) for w in d.status().workers)
+        def arrived() -> int:  # queued or computing, through the dispatcher or a worker's direct lane
+            status = d.status()
+            return int(status.dispatcher["pending"]) + sum(w["direct_requests"] for w in status.workers)
 
+        # Every request in the servers first: one still on its way could reach a gateway as it stops (a 503,
+        # docs/reliability.md). One sent down the lane of a busy worker is read when its batch is done.
         wait_for(
-            lambda: in_flight() >= 4 or any(f.done() for f in pending),
+            lambda: arrived() == 8 or any(f.done() for f in pending),
             timeout=30,
-            what="requests computing (2 s each)",
+            what="the 8 requests queued or computing (2 s each)",
         )
-        assert not any(f.done() for f in pending), [f.result().describe() for f in pending if f.done()]
+        assert sum(not f.done() for f in pending) >= 4, [f.result().describe() for f in pending if f.done()]
         restart = d.ctl("restart", "all")
         outcomes = [f.result(timeout=90) for f in pending]
     assert restart.returncode == 0, restart.stdout + restart.stderr

@@ -57,6 +57,7 @@ class WorkerSessions:
                 self.stats.report(worker.name, worker.incarnation, message.stats)
             worker.device_memory = message.device_memory
             worker.computing = message.computing
+            worker.direct_requests = message.direct_requests
         elif isinstance(message, protocol.Drain) and self.stopping:
             # Stopping too: keep the worker routing until our requests are answered; acknowledged then.
             log.info("dispatcher: worker %s asked to drain; kept until the dispatcher stops", worker.name)

@@ -142,12 +142,15 @@ class Heartbeat:
         "stats": "cumulative counters per model version; absent from the dispatcher",
         "device_memory": "{`used_bytes`, `reserved_bytes`}, GPU workers only",
         "computing": "{`batch`, `since` (unix s), `model`, `version`, `size`}, absent when idle",
+        "direct_requests": "int, requests from its direct lane it holds (queued or computing); the "
+        "dispatcher does not see them otherwise",
     }
 
     incarnation: str | None = None
     stats: list[dict[str, Any]] | None = None
     device_memory: dict[str, Any] | None = None
     computing: Computing | None = None
+    direct_requests: int = 0
 
     def frames(self) -> list[Any]:
         fields = {
@@ -155,6 +158,7 @@ class Heartbeat:
             "stats": self.stats,
             "device_memory": self.device_memory,
             "computing": self.computing.to_wire() if self.computing else None,
+            "direct_requests": self.direct_requests,
         }
         return _header(Kind.HEARTBEAT, fields)
 
@@ -168,6 +172,7 @@ class Heartbeat:
             stats=stats if isinstance(stats, list) else None,
             device_memory=memory if isinstance(memory, dict) else None,
             computing=Computing.from_wire(fields.get("computing")),
+            direct_requests=max(0, _integer(fields, "direct_requests")),
         )
 
 

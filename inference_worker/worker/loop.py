@@ -170,10 +170,16 @@ class Worker:
                 self._send_result(error)
 
     def _declines(self, request: protocol.Request) -> str | None:
-        """Return why this worker does not take ``request`` directly, or None when it does: not while
-        draining or loading, and only what its next batch would take (more waits in the dispatcher's queue,
-        where any worker with room gets it)."""
-        if self.stopping or self.session.drain_started:
+        """Return why this worker does not take ``request`` directly, or None when it does: not once it may
+        leave (its drain acknowledged, say), nor while loading, and only what its next batch would take (more
+        waits in the dispatcher's queue, where any worker with room gets it).
+
+        Draining, it takes direct requests as long as the dispatcher would still send it work: a stopping
+        dispatcher (``restart all``) acknowledges drains only when it stops, and a request sent to this lane
+        while this worker was busy, declined then, could reach that dispatcher after it stopped.
+        """
+        session = self.session
+        if self.stopping > 1 or (session.drain_started and session.may_leave(time.monotonic())):
             return "draining"
         if self.controls:
             return "loading or unloading a model"
@@ -292,8 +298,9 @@ class Worker:
         """
         self.app.segments.sweep()  # mappings of segments their gateway let go
         computing = self.compute.current if self.compute is not None else None
+        direct = len(self.lane.callers) if self.lane is not None else 0
         return protocol.Heartbeat(
-            self.incarnation, self.app.stats_wire(), self.app.device_memory(), computing
+            self.incarnation, self.app.stats_wire(), self.app.device_memory(), computing, direct
         )
 
 
