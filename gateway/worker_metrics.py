@@ -114,7 +114,9 @@ def model_families(models: dict[str, Any]) -> list[Metric]:
 def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
     """Return each connected worker's load and, for GPU workers, its device memory."""
     in_flight = GaugeMetricFamily(
-        "torchgate_worker_in_flight", "Requests a worker holds", labels=["worker", "device", "state"]
+        "torchgate_worker_in_flight",
+        "Requests a worker holds, from the dispatcher or down its direct lane",
+        labels=["worker", "device", "state"],
     )
     capacity = GaugeMetricFamily(
         "torchgate_worker_capacity", "Requests a worker can hold at once", labels=["worker", "device"]
@@ -133,7 +135,8 @@ def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
         if not isinstance(w, dict):
             continue
         name, device = str(w.get("worker", "")), str(w.get("device", ""))
-        in_flight.add_metric([name, device, str(w.get("state", ""))], _number(w.get("in_flight")))
+        held = _number(w.get("in_flight")) + _number(w.get("direct_requests"))
+        in_flight.add_metric([name, device, str(w.get("state", ""))], held)
         capacity.add_metric([name, device], _number(w.get("capacity")))
         memory = w.get("device_memory")
         if isinstance(memory, dict):
