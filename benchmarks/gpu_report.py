@@ -136,12 +136,16 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
 
 
 def _cores(run: Run) -> str:
+    """Cores per process class, then (with the processes' count) the CPU milliseconds per answered request."""
     parts = []
+    rate = run.load["throughput"]
     for name, cores in sorted(run.cores.items(), key=lambda kv: -kv[1]):
         if cores < 0.005:
             continue
         n = run.processes.get(name, 1)
-        parts.append(f"{name} {cores:.2f}" + (f" ({n})" if n > 1 else ""))
+        per = f"{1000 * cores / rate:.2f} ms/req" if rate > 0 else ""
+        detail = "; ".join(part for part in (f"{n}" if n > 1 else "", per) if part)
+        parts.append(f"{name} {cores:.2f}" + (f" ({detail})" if detail else ""))
     return ", ".join(parts)
 
 
@@ -172,7 +176,8 @@ def workload_section(report: Report, workload: str) -> list[str]:
         out += [
             "Served, one sample per request (÷ raw: requests/s over the raw model's best samples/s; batch: "
             "torchgate's average batch and its workers' queue / input staging / compute time per request; "
-            "cores: CPU cores used per process class over the run, (n) processes):",
+            "cores: CPU cores used per process class over the run (n processes; CPU ms per answered "
+            "request)):",
             "",
             "| system | format | conns | req/s | ÷ raw | p50 ms | p99 ms | errors "
             "| batch (queue / input / infer ms) | GPU busy | CPU cores |",
