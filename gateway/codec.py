@@ -370,10 +370,8 @@ def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
         if datatype == "BF16":
             return _to_bf16_bits(array.astype(np.float32))
         target = NUMPY_DTYPES[datatype]
-        if datatype != "FP64" and array.size and kind == "f":
-            finite = array[np.isfinite(array)]
-            if finite.size and np.abs(finite).max() > np.finfo(target).max:
-                raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
+        if datatype != "FP64" and array.size and kind == "f" and _past(array, np.finfo(target).max):
+            raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
         return array.astype(target, copy=False)
     if kind not in _INT_KINDS:
         raise InvalidArgument(f"input {name!r}: {datatype} data must be integers, got {_kind_name(kind)}")
@@ -383,6 +381,15 @@ def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
         if array.min() < info.min or array.max() > info.max:
             raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
     return array.astype(target, copy=False)
+
+
+def _past(array: np.ndarray[Any, Any], limit: float) -> bool:
+    """Whether a finite value of ``array`` is beyond ``limit`` in magnitude (NaN and infinities pass)."""
+    peak = np.abs(array).max()  # one pass; only data holding NaN or an infinity needs the second
+    if np.isfinite(peak):
+        return bool(peak > limit)
+    finite = array[np.isfinite(array)]
+    return bool(finite.size and np.abs(finite).max() > limit)
 
 
 def _kind_name(kind: str) -> str:

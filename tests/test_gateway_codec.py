@@ -153,6 +153,14 @@ def test_raw_binary_request_keeps_the_body() -> None:
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e300]}]},
             "out of the range of FP32",
         ),
+        (
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [3], "data": [-1e300, 0.5, float("inf")]}
+                ]
+            },
+            "out of the range of FP32",
+        ),
         ({"inputs": [{"name": "x", "datatype": "BOOL", "shape": [2], "data": [1, 0]}]}, "true/false"),
         (
             {"inputs": [{"name": "x", "datatype": "FP16", "shape": [1], "data": [1.0]}]},
@@ -200,6 +208,9 @@ def test_nan_and_infinity_are_accepted_for_floats_only() -> None:
     )
     values = np.frombuffer(parse_infer_request(body, None).inputs[0].data, "<f4")
     assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf
+    mixed = body.replace(b"[3]", b"[4]").replace(b"NaN,", b"NaN, 3.4e38,")  # the largest FP32 is ~3.40282e38
+    values = np.frombuffer(parse_infer_request(mixed, None).inputs[0].data, "<f4")
+    assert values[1] == np.float32(3.4e38) and values[2] == np.inf
     with pytest.raises(InvalidArgument, match="must be integers"):
         parse_infer_request(body.replace(b"FP32", b"INT32"), None)
 
