@@ -27,11 +27,12 @@ from gateway.client import DispatcherClient
 from gateway.codec import Tensor
 from gateway.direct import DirectLink, LinkDown
 from harness import short_dir, write_slow_model
+from harness.loops import serving_threads
 from inference_worker import direct_lane, protocol
-from inference_worker.dispatcher import Dispatcher, DispatcherConfig
+from inference_worker.dispatcher import Dispatcher
 from inference_worker.protocol import ErrorCode, Link, TensorMeta, stream
 from inference_worker.status import ask_status
-from inference_worker.worker import Worker, WorkerConfig
+from inference_worker.worker import Worker
 
 INTERVAL, LIVENESS = 0.05, 40
 BATCH_SECONDS = 1.0  # each batch of the slow model
@@ -149,38 +150,13 @@ def answer(lane: DirectLink, timeout: float = 30.0) -> protocol.Reply | protocol
 def loops(tmp_path: Path) -> Iterator[Loops]:
     write_slow_model(tmp_path, "slow", seconds=BATCH_SECONDS, max_batch_size=1, max_queue_size=16)
     context: zmq.Context[Any] = zmq.Context()
-    with short_dir() as run:
-        frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
-        dispatcher = Dispatcher(
-            DispatcherConfig(frontend, backend, INTERVAL, LIVENESS, startup_grace=0), context
-        )
-        config = WorkerConfig(
-            tmp_path, backend, "w0", heartbeat_interval=INTERVAL, heartbeat_liveness=LIVENESS
-        )
-        worker = Worker(config, context)
-        worker.load()
-        worker.connect()
-        threads = [
-            threading.Thread(target=dispatcher.serve, daemon=True),
-            threading.Thread(target=worker.serve, daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        loops = Loops(context, dispatcher, worker, threads, frontend)
-        try:
-            end = time.monotonic() + 30
-            while loops.status().ready_workers() != {"w0"}:
-                assert time.monotonic() < end, "the worker never registered"
-                time.sleep(0.01)
-            yield loops
-        finally:
-            worker.stopping = max(worker.stopping, 1)
-            threads[1].join(30)
-            dispatcher.stopping = True
-            threads[0].join(30)
-            worker.close()
-            dispatcher.close()
-            context.destroy(linger=0)
+    try:
+        with short_dir() as run:
+            frontend, backend = f"ipc://{run}/frontend.sock", f"ipc://{run}/backend.sock"
+            with serving_threads(context, tmp_path, frontend, backend, INTERVAL, LIVENESS) as served:
+                yield Loops(context, served.dispatcher, served.worker, served.threads, frontend)
+    finally:
+        context.destroy(linger=0)
 
 
 def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops: Loops) -> None:

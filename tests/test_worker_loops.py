@@ -15,11 +15,12 @@ import pytest
 import zmq
 
 from harness import write_slow_model
+from harness.loops import serving_threads
 from inference_worker import protocol
-from inference_worker.dispatcher import Dispatcher, DispatcherConfig
+from inference_worker.dispatcher import Dispatcher
 from inference_worker.protocol import ErrorCode, Link, TensorMeta
 from inference_worker.status import ask_status
-from inference_worker.worker import Worker, WorkerConfig
+from inference_worker.worker import Worker
 from inference_worker.worker.loop import wait_ms
 
 INTERVAL, LIVENESS = 0.05, 10  # a peer silent for 0.5 s is gone
@@ -74,42 +75,15 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
     write_slow_model(tmp_path, "slow", seconds=BATCH_SECONDS, max_batch_size=4, max_queue_size=16)
     context: zmq.Context[Any] = zmq.Context()
     name = uuid.uuid4().hex
-    dispatcher = Dispatcher(
-        DispatcherConfig(f"inproc://{name}-f", f"inproc://{name}-b", INTERVAL, LIVENESS, startup_grace=0),
-        context,
-    )
-    worker = Worker(
-        WorkerConfig(
-            tmp_path, f"inproc://{name}-b", "w0", heartbeat_interval=INTERVAL, heartbeat_liveness=LIVENESS
-        ),
-        context,
-    )
-    worker.load()
-    worker.connect()
-    threads = [
-        threading.Thread(target=dispatcher.serve, daemon=True),
-        threading.Thread(target=worker.serve, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    frontend, backend = f"inproc://{name}-f", f"inproc://{name}-b"
     client = context.socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
-    client.connect(f"inproc://{name}-f")
-    loops = Loops(context, dispatcher, worker, threads, client)
     try:
-        end = time.monotonic() + 30
-        while loops.status().ready_workers() != {"w0"}:
-            assert time.monotonic() < end, "the worker never registered"
-            time.sleep(0.01)
-        yield loops
+        with serving_threads(context, tmp_path, frontend, backend, INTERVAL, LIVENESS) as served:
+            client.connect(frontend)
+            yield Loops(context, served.dispatcher, served.worker, served.threads, client)
     finally:
-        worker.stopping = 1
-        threads[1].join(30)
-        dispatcher.stopping = True
-        threads[0].join(30)
         client.close(linger=0)
-        worker.close()
-        dispatcher.close()
         context.term()
 
 
