@@ -154,11 +154,20 @@ class Stack:
         timeout: float = 180.0,
         ready_path: str = READY,
     ) -> Stack:
-        """Start the dispatcher, the named workers and the gateway; wait until ``ready_path`` answers 200."""
+        """Start the dispatcher, the named workers and the gateway; wait until every named worker is ready and
+        ``ready_path`` answers 200 (readiness alone needs one worker per model: a test could otherwise begin
+        while a second worker still loads, and find it had computed nothing)."""
         self.start_dispatcher()
-        for name in workers:
+        names = set(workers)
+        for name in names:
             self.start_worker(name, wait=False)
         self.start_gateway(gateway_processes, gateway_threads, gateway_env)
+        _wait_for(
+            lambda: names <= self.ready_workers(),
+            timeout=timeout,
+            interval=0.1,
+            what=f"workers {sorted(names)} ready",
+        )
         self.wait_ready(timeout, ready_path)
         return self
 
