@@ -26,7 +26,7 @@ import zmq
 from gateway.client import DispatcherClient
 from gateway.codec import Tensor
 from gateway.direct import DirectLink, LinkDown
-from harness import short_dir, write_slow_model
+from harness import short_dir, wait_for, write_slow_model
 from harness.loops import serving_threads
 from inference_worker import direct_lane, protocol
 from inference_worker.dispatcher import Dispatcher
@@ -117,17 +117,28 @@ class Loops:
         (entry,) = self.status().workers
         return DirectLink(entry["direct"])
 
-    def wait_direct_requests(self, count: int, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while (held := self.status().workers[0]["direct_requests"]) != count:
-            assert time.monotonic() < end, f"the worker said it held {held} direct requests, not {count}"
-            time.sleep(0.005)
+    def wait_direct_requests(self, count: int) -> None:
+        wait_for(
+            lambda: self.status().workers[0]["direct_requests"] == count,
+            timeout=30,
+            interval=0.005,
+            what=f"the worker to say it holds {count} direct requests",
+        )
 
-    def wait_computing(self, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while not self.status().workers[0].get("computing"):
-            assert time.monotonic() < end, "the worker never said it was computing"
-            time.sleep(0.005)
+    def wait_computing(self) -> None:
+        wait_for(
+            lambda: self.status().workers[0].get("computing"),
+            timeout=30,
+            interval=0.005,
+            what="the worker to say it computes",
+        )
+
+    def computing(self, lane: DirectLink) -> protocol.Request:
+        """Send a request down ``lane``; return it once the worker computes it (a 1 s batch)."""
+        first = request(1.0)
+        lane.send(first.frames(), 10)
+        self.wait_computing()
+        return first
 
 
 def request(value: float, version: str | None = "1") -> protocol.Request:
@@ -161,9 +172,7 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
 
 def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops: Loops) -> None:
     lane = loops.lane()
-    first = request(1.0)
-    lane.send(first.frames(), 10)
-    loops.wait_computing()  # the first computes; the next batch (of one) has room for one more
+    first = loops.computing(lane)  # the next batch (of one) has room for one more
     loops.wait_direct_requests(1)  # STATUS counts the direct requests a worker holds
     second, third = request(2.0), request(3.0)
     lane.send(second.frames(), 10)
@@ -190,9 +199,7 @@ def test_the_worker_takes_what_its_next_batch_would_and_declines_the_rest(loops:
 
 def test_a_direct_request_whose_deadline_passes_in_the_worker_queue_is_504_uncomputed(loops: Loops) -> None:
     lane = loops.lane()
-    first = request(1.0)
-    lane.send(first.frames(), 10)
-    loops.wait_computing()
+    first = loops.computing(lane)
     x = np.full((1, 4), 2.0, np.float32)
     short = protocol.Request(
         uuid.uuid4().hex, "slow", [(TensorMeta("x", "FP32", (1, 4)), x)], "1", time.time() + 0.2
@@ -202,24 +209,20 @@ def test_a_direct_request_whose_deadline_passes_in_the_worker_queue_is_504_uncom
     expired = answers[short.id]
     assert isinstance(expired, protocol.Error) and expired.code is ErrorCode.DEADLINE_EXCEEDED, expired
     assert isinstance(answers[first.id], protocol.Reply)
-    end = time.monotonic() + 10
-    while (count := loops.status().stats[0]["inference_count"]) < 1:  # the first batch's, reported
-        assert time.monotonic() < end, "the worker never reported its batch"
-        time.sleep(0.01)
+    count = wait_for(  # the first batch's, reported
+        lambda: loops.status().stats[0]["inference_count"], timeout=10, what="the worker to report its batch"
+    )
     assert count == 1, "the expired request was computed"
     lane.close()
 
 
 def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> None:
     lane = loops.lane()
-    first = request(1.0)
-    lane.send(first.frames(), 10)
-    loops.wait_computing()
+    first = loops.computing(lane)
     loops.worker.stopping = 1  # as SIGTERM: drain
-    end = time.monotonic() + 10
-    while not loops.worker.session.drain_acked:  # the dispatcher sends it no more work
-        assert time.monotonic() < end, "the dispatcher never acknowledged the drain"
-        time.sleep(0.005)
+    wait_for(  # the dispatcher sends it no more work
+        lambda: loops.worker.session.drain_acked, timeout=10, interval=0.005, what="the drain acknowledged"
+    )
     late = request(2.0)
     lane.send(late.frames(), 10)
     answers = {a.id: a for a in (answer(lane) for _ in range(2))}
@@ -243,10 +246,9 @@ def test_a_worker_draining_under_a_stopping_dispatcher_still_takes_direct_reques
         loops.wait_computing()
         loops.dispatcher.request_stop()  # as its SIGTERM
         loops.worker.stopping = 1  # as the worker's
-        end = time.monotonic() + 10
-        while not loops.worker.session.drain_started:
-            assert time.monotonic() < end, "the worker never started draining"
-            time.sleep(0.005)
+        wait_for(
+            lambda: loops.worker.session.drain_started, timeout=10, interval=0.005, what="the worker draining"
+        )
         assert not loops.worker.session.drain_acked
         late = request(2.0)
         lane.send(late.frames(), 10)
@@ -322,10 +324,9 @@ def test_the_gateway_client_goes_direct_when_its_link_is_up_and_through_the_disp
         return np.frombuffer(reply.outputs[0].data, np.float32).tolist()
 
     try:
-        end = time.monotonic() + 10
-        while client._direct_lane("slow", None) is None:  # once STATUS lists the lane
-            assert time.monotonic() < end, "the direct link never came up"
-            time.sleep(0.01)
+        wait_for(  # once STATUS lists the lane
+            lambda: client._direct_lane("slow", None), timeout=10, interval=0.01, what="the direct link up"
+        )
         before = loops.status().dispatcher["requests"]
         assert infer() == [6.0] * 4
         assert infer("1") == [6.0] * 4
