@@ -143,14 +143,15 @@ def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
             status = d.status()
             return int(status.dispatcher["pending"]) + sum(w["direct_requests"] for w in status.workers)
 
-        # Every request in the servers first: one still on its way could reach a gateway as it stops (a 503,
-        # docs/reliability.md). One sent down the lane of a busy worker is read when its batch is done.
+        # Every request in the servers (or answered) first: one still on its way could reach a gateway as it
+        # stops, and one sent down the lane of a busy worker waits unread until its batch is done (a 503
+        # either way: the limits in docs/reliability.md).
         wait_for(
-            lambda: arrived() == 8 or any(f.done() for f in pending),
+            lambda: arrived() + sum(f.done() for f in pending) >= 8,
             timeout=30,
-            what="the 8 requests queued or computing (2 s each)",
+            what="the 8 requests queued, computing or answered (2 s each)",
         )
-        assert sum(not f.done() for f in pending) >= 4, [f.result().describe() for f in pending if f.done()]
+        assert not all(f.done() for f in pending), "every request was answered before the restart"
         restart = d.ctl("restart", "all")
         outcomes = [f.result(timeout=90) for f in pending]
     assert restart.returncode == 0, restart.stdout + restart.stderr
