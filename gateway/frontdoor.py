@@ -58,6 +58,7 @@ BODY_MIN_RATE_ENV = "TORCHGATE_BODY_MIN_RATE"
 MAX_HEAD_ENV = "TORCHGATE_MAX_HEAD_BYTES"
 BODY_BUDGET_ENV = "TORCHGATE_GATEWAY_BODY_BUDGET"
 DEFAULT_HEADER_TIMEOUT = 10.0
+STOP_LINGER = 1.0  # seconds a connection taken as the process stops has to begin its request
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_BODY_MIN_RATE = 64 << 10  # bytes per second
 DEFAULT_MAX_HEAD = 64 << 10
@@ -251,23 +252,50 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         # gunicorn's settings are looked up by name on every access: the per-request ones, read once
         self._pre_request, self._post_request = self.cfg.pre_request, self.cfg.post_request
         self._keepalive = self.cfg.keepalive
+        self.listening = True  # until the process stops (_stop_listening)
 
     # -- accepting and reading on the event loop ---------------------------------------------------------
 
-    def accept(self, listener: socket.socket) -> None:
+    def accept(self, listener: socket.socket) -> bool:
+        """Take one connection from ``listener``'s backlog and start reading it; return whether there was
+        one."""
         try:
             accepted, client_addr = listener.accept()
             client_sock = ClientSocket(
                 listener.family, listener.type, listener.proto, fileno=accepted.detach()
             )
         except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+            if e.errno == errno.ECONNABORTED:  # that one gave up meanwhile: the next may be there
+                return True
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise
-            return
+            return False
         self.nr_conns += 1
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
         self._relieve_pressure()
         self._start_reading(conn, b"")
+        return True
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive and self.listening:
+            self.listening = False
+            self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        """Stopping: take the connections already in the listen backlog, then close the listening sockets.
+
+        The kernel completes connections to a listening socket until its last descriptor is closed; gunicorn's
+        master closes its own at once, but each process kept its own until it exited, after finishing its
+        requests in flight. A client that connected meanwhile sent its request into a backlog nobody read and
+        was reset when the process exited: a failure it cannot tell from a request lost after it ran. Closed
+        here, the next connections are refused, which a client or load balancer can safely try elsewhere;
+        those already waiting are served (docs/reliability.md).
+        """
+        for listener in self.sockets:
+            while self.accept(listener):
+                pass
+            listener.close()
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
         """A kept-alive connection sends its next request: read it here, not on a thread."""
@@ -565,11 +593,15 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         afterwork.run_pending()
         super().murder_keepalived(force)
         now = time.monotonic()
-        stopping = not self.alive  # a stopping process waits for no connection that has not begun a request
+        # A stopping process waits for no connection that has not begun a request, once it had STOP_LINGER to
+        # (one taken from the backlog at the stop may not have sent its first bytes yet).
+        stopping = not self.alive
         expired = [
             c
             for c in self.reading
-            if force or self.limits.deadline(c.front) <= now or (stopping and not c.front.framer.started)
+            if force
+            or self.limits.deadline(c.front) <= now
+            or (stopping and not c.front.framer.started and now - c.front.opened >= STOP_LINGER)
         ]
         for conn in expired:
             self._stop_reading(conn)
