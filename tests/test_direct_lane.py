@@ -233,9 +233,14 @@ def test_a_draining_worker_declines_and_finishes_what_it_took(loops: Loops) -> N
     lane.close()
 
 
-def test_a_worker_draining_under_a_stopping_dispatcher_still_takes_direct_requests(loops: Loops) -> None:
+@pytest.mark.parametrize("sent", ["before the stop, unread", "while draining"])
+def test_a_worker_draining_under_a_stopping_dispatcher_still_takes_direct_requests(
+    loops: Loops, sent: str
+) -> None:
     """``restart all``: the dispatcher, stopping too, acknowledges drains only when it stops; a direct request
-    declined meanwhile would reach a dispatcher about to stop, so the worker runs it itself."""
+    declined meanwhile would reach a dispatcher about to stop, so the worker runs it itself. One sent before
+    the stop waits unread while the worker computes (its lane is not read then); the worker reads it once it
+    drains, before the drain can be acknowledged."""
     routed = loops.context.socket(zmq.DEALER)
     routed.setsockopt(zmq.LINGER, 0)
     routed.connect(loops.frontend)
@@ -244,14 +249,17 @@ def test_a_worker_draining_under_a_stopping_dispatcher_still_takes_direct_reques
         through = request(1.0)
         routed.send_multipart(through.frames())  # keeps the stopping dispatcher up until answered
         loops.wait_computing()
+        late = request(2.0)
+        if sent == "before the stop, unread":
+            lane.send(late.frames(), 10)
         loops.dispatcher.request_stop()  # as its SIGTERM
         loops.worker.stopping = 1  # as the worker's
         wait_for(
             lambda: loops.worker.session.drain_started, timeout=10, interval=0.005, what="the worker draining"
         )
-        assert not loops.worker.session.drain_acked
-        late = request(2.0)
-        lane.send(late.frames(), 10)
+        if sent == "while draining":
+            assert not loops.worker.session.drain_acked
+            lane.send(late.frames(), 10)
         reply = answer(lane)
         assert isinstance(reply, protocol.Reply), reply
         assert reply.id == late.id
