@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,7 @@ import requests
 
 from harness import (
     HttpLoad,
+    Outcome,
     Stack,
     call,
     children,
@@ -32,6 +34,7 @@ from harness import (
 pytestmark = pytest.mark.processes
 
 SLOTS = {"worker-cpu-0", "worker-cpu-1"}
+RESTARTS = int(os.environ.get("TORCHGATE_RESTARTS", "5"))  # the soak test's restarts
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +161,45 @@ def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
     assert [o.status for o in outcomes] == [200] * 8, [o.describe() for o in outcomes]
     after = d.pids()
     assert all(after[name] != before[name] for name in ("dispatcher", "gateway", *SLOTS)), (before, after)
+
+
+def kind(outcome: Outcome) -> str:
+    """What a client saw: answered, refused (its connection was never taken, or no worker was ready yet: both
+    say so at once and ran nothing), or something else."""
+    if outcome.status == 200:
+        return "answered"
+    if outcome.status == 0 and "Connection refused" in outcome.body:
+        return "refused"
+    if outcome.status == 503 and "no ready worker" in outcome.body and outcome.headers.get("Retry-After"):
+        return "503 no worker ready yet"
+    if outcome.status == 0:
+        return "reset or dropped"
+    return f"HTTP {outcome.status}"
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(120 + 90 * RESTARTS)
+def test_restart_all_under_load_refuses_connections_and_drops_no_request(healthy: Stack) -> None:
+    """`supervisorctl restart all`, ``TORCHGATE_RESTARTS`` times (default 5), while 6 clients keep sending
+    (`make soak`). While the servers are down a client's connections are refused, and until a worker is ready
+    again it gets 503 "no ready worker" with Retry-After: nothing ran, it may send again. Anything else (a
+    reset after its request went out, another 5xx) is a request taken and not answered. It prints what the
+    clients saw per restart (the table in docs/reliability.md)."""
+    d = healthy
+    rows, others = [], []
+    for restart in range(RESTARTS):
+        d.wait_healthy(*SLOTS, gateway_processes=2)
+        with HttpLoad(d.url, body=slow_body(rows=2), path="/v2/models/slow/infer", threads=6) as load:
+            load.wait_for_more(20)
+            started = time.monotonic()
+            result = d.ctl("restart", "all")
+            assert result.returncode == 0, result.stdout + result.stderr
+            load.wait_for_more(20, timeout=90)  # served again
+        seen = Counter(kind(o) for _, o in load.snapshot())
+        what = ", ".join(f"{name} {count}" for name, count in sorted(seen.items()))
+        rows.append(f"| {restart + 1} | {time.monotonic() - started:.1f} s | {what} |")
+        others += [
+            o for _, o in load.snapshot() if kind(o) not in ("answered", "refused", "503 no worker ready yet")
+        ]
+    print("\n| restart | until served again | what the 6 clients saw |\n|---|---|---|\n" + "\n".join(rows))
+    assert others == [], [o.describe() for o in others[:5]]
