@@ -278,7 +278,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
-        if not enabled and not self.alive and self.listening:
+        stopping = not self.alive or self.ppid != os.getppid()  # stopped, or its master is gone (kill -9)
+        if not enabled and stopping and self.listening:
             self.listening = False
             self._stop_listening()
 
