@@ -20,7 +20,7 @@ PRIORITY_WORKER = 200
 PRIORITY_GATEWAY = 300
 DISPATCHER_STARTSECS = 2
 DISPATCHER_STARTRETRIES = 10
-DISPATCHER_STOPWAITSECS = 15  # the dispatcher answers what is in flight first (its --stop-grace, 10 s)
+DISPATCHER_STOPWAITSECS = 15  # it answers what is in flight first (--stop-grace 10 s, --stop-linger 2.5 s)
 GATEWAY_STARTSECS = 3
 GATEWAY_STARTRETRIES = 10
 # A worker exits 3 when its models cannot load and 2 when its configuration is refused: restarting it cannot

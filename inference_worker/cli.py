@@ -101,6 +101,13 @@ def worker_command(
     help="Seconds a stop signal waits for the requests in flight to be answered (a second signal: at once).",
 )
 @click.option(
+    "--stop-linger",
+    type=float,
+    default=2.5,
+    show_default=True,
+    help="Seconds a stop signal keeps routing at least (requests that stopping gateways still take).",
+)
+@click.option(
     "--curve-secret-key",
     type=click.Path(path_type=Path),
     default=None,
@@ -119,6 +126,7 @@ def dispatcher_command(
     heartbeat_liveness: int,
     startup_grace: float,
     stop_grace: float,
+    stop_linger: float,
     curve_secret_key: Path | None,
     curve_authorized: Path | None,
 ) -> None:
@@ -136,6 +144,7 @@ def dispatcher_command(
                 heartbeat_liveness,
                 startup_grace=startup_grace,
                 stop_grace=stop_grace,
+                stop_linger=stop_linger,
                 curve_secret_key=curve_secret_key,
                 curve_authorized=curve_authorized,
             )

@@ -297,3 +297,38 @@ def reply_to(gateway: zmq.Socket[Any]) -> tuple[str, str]:
         if isinstance(message, protocol.Reply):
             assert message.version == "1" and [meta for meta, _ in message.outputs] == [Y]
             return message.id, message.worker
+
+
+@pytest.mark.parametrize("linger", [60.0, 0.0])
+def test_a_stopping_dispatcher_routes_what_comes_within_its_linger_then_stops(linger: float) -> None:
+    """``restart all``: a stopping gateway still takes requests for a moment (kept-alive connections); a
+    dispatcher that stopped as soon as it was idle left them unanswered. It routes for ``stop_linger`` at
+    least, then stops once idle."""
+    context: zmq.Context[Any] = zmq.Context()
+    config = {"heartbeat_interval": 0.2, "startup_grace": 0, "stop_grace": 120.0, "stop_linger": linger}
+    try:
+        with serving(context, **config) as dispatcher:
+            worker = connect(context, dispatcher.config.backend, b"w0-socket")
+            gateway = connect(context, dispatcher.config.frontend)
+            try:
+                register(dispatcher, worker, "w0")
+                dispatcher.request_stop()  # as its SIGTERM, with nothing in flight
+                if linger == 0.0:  # idle, with no linger: it stops at once, as before
+                    end = time.monotonic() + 10
+                    while not dispatcher.stopping:
+                        assert time.monotonic() < end, "the idle dispatcher did not stop"
+                        time.sleep(0.01)
+                else:
+                    peers = Peers(dispatcher, gateway, worker)
+                    late = protocol.Request("late", "m", [(X, X_BYTES)], deadline=time.time() + 30)
+                    gateway.send_multipart(late.frames())
+                    forwarded, _ = peers.to_worker()
+                    worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], {}).frames())
+                    reply, _ = peers.to_gateway()
+                    assert isinstance(reply, protocol.Reply) and reply.id == "late"
+                    assert not dispatcher.stopping
+            finally:
+                for socket in (gateway, worker):
+                    socket.close(linger=0)
+    finally:
+        context.term()

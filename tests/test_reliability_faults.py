@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -179,17 +179,30 @@ def kind(outcome: Outcome) -> str:
 
 @pytest.mark.soak
 @pytest.mark.timeout(120 + 90 * RESTARTS)
-def test_restart_all_under_load_refuses_connections_and_drops_no_request(healthy: Stack) -> None:
-    """`supervisorctl restart all`, ``TORCHGATE_RESTARTS`` times (default 5), while 6 clients keep sending
-    (`make soak`). While the servers are down a client's connections are refused, and until a worker is ready
-    again it gets 503 "no ready worker" with Retry-After: nothing ran, it may send again. Anything else (a
-    reset after its request went out, another 5xx) is a request taken and not answered. It prints what the
-    clients saw per restart (the table in docs/reliability.md)."""
+@pytest.mark.parametrize("pause", [0.0, 0.3], ids=["back to back", "every 0.3 s"])
+def test_restart_all_under_load_refuses_connections_and_drops_no_request(
+    healthy: Stack, pause: float
+) -> None:
+    """`supervisorctl restart all`, ``TORCHGATE_RESTARTS`` times (default 5), while 6 clients keep sending,
+    back to back or pausing between requests on their kept-alive connections (`make soak`). While the servers
+    are down a client's connections are refused, and until a worker is ready again it gets 503 "no ready
+    worker" with Retry-After: nothing ran, it may send again. Anything else (a reset after its request went
+    out, another 5xx) is a request taken and not answered. It prints what the clients saw per restart (the
+    tables in docs/reliability.md)."""
     d = healthy
+    url = f"{d.url}/v2/models/slow/infer"
+
+    def sender(index: int) -> Callable[[requests.Session], Outcome]:
+        def send(session: requests.Session) -> Outcome:
+            time.sleep(pause)
+            return call(lambda: session.post(url, json=slow_body(rows=2), timeout=30))
+
+        return send
+
     rows, others = [], []
     for restart in range(RESTARTS):
         d.wait_healthy(*SLOTS, gateway_processes=2)
-        with HttpLoad(d.url, body=slow_body(rows=2), path="/v2/models/slow/infer", threads=6) as load:
+        with HttpLoad(d.url, threads=6, sender=sender) as load:
             load.wait_for_more(20)
             started = time.monotonic()
             result = d.ctl("restart", "all")
@@ -201,5 +214,6 @@ def test_restart_all_under_load_refuses_connections_and_drops_no_request(healthy
         others += [
             o for _, o in load.snapshot() if kind(o) not in ("answered", "refused", "503 no worker ready yet")
         ]
-    print("\n| restart | until served again | what the 6 clients saw |\n|---|---|---|\n" + "\n".join(rows))
+    head = "| restart | until served again | what the 6 clients saw |\n|---|---|---|"
+    print(f"\n{pause} s between requests\n{head}\n" + "\n".join(rows))
     assert others == [], [o.describe() for o in others[:5]]

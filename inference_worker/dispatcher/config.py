@@ -21,6 +21,7 @@ class DispatcherConfig:
     stop_grace: float = (
         10.0  # seconds a stop waits for the requests in flight (supervisord's stopwaitsecs is more)
     )
+    stop_linger: float = 2.5  # seconds a stop keeps routing at least (requests stopping gateways still take)
 
     @property
     def liveness(self) -> float:

@@ -48,7 +48,9 @@ class Dispatcher:
         ``supervisorctl restart all`` signals every program at once, the dispatcher first. Stopping at once
         dropped the gateway's requests in flight; the dispatcher keeps routing (to workers that are draining
         too: their drain is acknowledged only when it stops) until no request is queued or in flight, at most
-        ``stop_grace`` seconds.
+        ``stop_grace`` seconds. And it keeps routing for ``stop_linger`` seconds at least: a stopping gateway
+        still answers, for up to 2 s (gunicorn's stop), a request that comes on a kept-alive connection, and
+        sent it to a dispatcher already gone (a 503 after 5 s: docs/reliability.md, "Restarts under load").
         """
         if self.stop_requested is not None:
             self.stopping = True
@@ -56,15 +58,17 @@ class Dispatcher:
         self.stop_requested = time.monotonic()
         self.workers.stopping = True
         log.info(
-            "dispatcher: stopping once %d requests queued or in flight are answered (at most %gs)",
+            "dispatcher: stopping once %d requests queued or in flight are answered, in %g to %gs",
             len(self.router.requests),
+            min(self.config.stop_linger, self.config.stop_grace),
             self.config.stop_grace,
         )
 
     def _maybe_stop(self, now: float) -> None:
         assert self.stop_requested is not None
         idle = not self.router.requests and not self.requests.held
-        if not idle and now - self.stop_requested < self.config.stop_grace:
+        waited = now - self.stop_requested
+        if waited < self.config.stop_grace and (not idle or waited < self.config.stop_linger):
             return
         if not idle:
             log.warning("dispatcher: stopping with %d requests unanswered", len(self.router.requests))
