@@ -130,6 +130,26 @@ def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy:
     wait_for(lambda: len(children(d.pids()["gateway"])) == 2, timeout=30, what="two gateway processes again")
 
 
+def test_hup_replaces_the_gateway_processes_and_fails_no_request(healthy: Stack) -> None:
+    """`torchgate ctl signal HUP gateway`: gunicorn starts new processes (new code, say), then stops the old
+    ones, which finish what they took; the listening socket stays open throughout."""
+    d = healthy
+    master = d.pids()["gateway"]
+    old = set(children(master))
+    with HttpLoad(d.url, threads=4) as load:
+        load.wait_for_more(20)
+        result = d.ctl("signal", "HUP", "gateway")
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(
+            lambda: len(new := set(children(master))) == 2 and not new & old,
+            timeout=60,
+            what="two new gateway processes and none of the old",
+        )
+        load.wait_for_more(20)
+    assert load.failures() == [], [o.describe() for o in load.failures()[:5]]
+    assert d.pids()["gateway"] == master
+
+
 def test_restart_all_answers_the_requests_in_flight(healthy: Stack) -> None:
     """`supervisorctl restart all` signals every program at once, the dispatcher first: nothing in flight
     drops."""
