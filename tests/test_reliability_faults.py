@@ -131,8 +131,8 @@ def test_kill_9_the_gunicorn_master_supervisord_brings_the_gateway_back(healthy:
 
 
 def test_hup_replaces_the_gateway_processes_and_fails_no_request(healthy: Stack) -> None:
-    """`torchgate ctl signal HUP gateway`: gunicorn starts new processes (new code, say), then stops the old
-    ones, which finish what they took; the listening socket stays open throughout."""
+    """`torchgate ctl signal HUP gateway`: gunicorn starts new processes, then stops the old ones, which
+    finish what they took; the listening socket stays open throughout."""
     d = healthy
     master = d.pids()["gateway"]
     old = set(children(master))
