@@ -58,10 +58,10 @@ BODY_MIN_RATE_ENV = "TORCHGATE_BODY_MIN_RATE"
 MAX_HEAD_ENV = "TORCHGATE_MAX_HEAD_BYTES"
 BODY_BUDGET_ENV = "TORCHGATE_GATEWAY_BODY_BUDGET"
 DEFAULT_HEADER_TIMEOUT = 10.0
-STOP_LINGER = 1.0  # seconds a connection taken as the process stops has to begin its request
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_BODY_MIN_RATE = 64 << 10  # bytes per second
 DEFAULT_MAX_HEAD = 64 << 10
+STOP_LINGER = 1.0  # seconds a connection taken as the process stops has to begin its request
 DEFAULT_BODY_BUDGET = 512 << 20  # bytes of request bodies one process holds at once (read, queued, parsed)
 RECV_SIZE = 256 << 10  # largest read of a head or of a chunked body
 RECV_BODY = 4 << 20  # largest read of a body of known length
@@ -276,10 +276,14 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         self._start_reading(conn, b"")
         return True
 
+    @property
+    def stopping(self) -> bool:
+        """Whether this process is on its way out: told to stop, or its master is gone (kill -9)."""
+        return not self.alive or self.ppid != os.getppid()
+
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
-        stopping = not self.alive or self.ppid != os.getppid()  # stopped, or its master is gone (kill -9)
-        if not enabled and stopping and self.listening:
+        if not enabled and self.listening and self.stopping:
             self.listening = False
             self._stop_listening()
 
@@ -596,7 +600,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         # A stopping process waits for no connection that has not begun a request, once it had STOP_LINGER to
         # (one taken from the backlog at the stop may not have sent its first bytes yet).
-        stopping = not self.alive
+        stopping = self.stopping
         expired = [
             c
             for c in self.reading

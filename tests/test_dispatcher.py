@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import zmq
 
+from harness import short_dir
 from inference_worker import protocol, shm
 from inference_worker.dispatcher import Dispatcher, DispatcherConfig
 from inference_worker.protocol import ErrorCode, Link, TensorMeta
@@ -330,5 +331,44 @@ def test_a_stopping_dispatcher_routes_what_comes_within_its_linger_then_stops(li
             finally:
                 for socket in (gateway, worker):
                     socket.close(linger=0)
+    finally:
+        context.term()
+
+
+def test_a_stopping_dispatcher_lingers_only_while_a_gateway_is_connected() -> None:
+    """Over ipc the dispatcher counts the gateways connected: once the last has gone (``torchgate serve``
+    stops the gateway first), nothing more can come, and an idle dispatcher stops without waiting its
+    linger."""
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        with short_dir() as run:
+            config = DispatcherConfig(
+                f"ipc://{run}/f", f"ipc://{run}/b", 0.2, startup_grace=0, stop_grace=120.0, stop_linger=60.0
+            )
+            dispatcher = Dispatcher(config, context)
+            thread = threading.Thread(target=dispatcher.serve, daemon=True)
+            thread.start()
+            worker = connect(context, config.backend, b"w0-socket")
+            gateway = connect(context, config.frontend)
+            try:
+                register(dispatcher, worker, "w0")
+                peers = Peers(dispatcher, gateway, worker)
+                dispatcher.request_stop()
+                late = protocol.Request("late", "m", [(X, X_BYTES)], deadline=time.time() + 30)
+                gateway.send_multipart(late.frames())
+                forwarded, _ = peers.to_worker()
+                worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], {}).frames())
+                reply, _ = peers.to_gateway()
+                assert isinstance(reply, protocol.Reply) and reply.id == "late"
+                assert not dispatcher.stopping
+                gateway.close(linger=0)  # the last gateway goes
+                thread.join(10)
+                assert not thread.is_alive(), "the dispatcher waited out its linger with no gateway left"
+            finally:
+                for socket in (gateway, worker):
+                    socket.close(linger=0)
+                dispatcher.stopping = True
+                thread.join(10)
+                dispatcher.close()
     finally:
         context.term()

@@ -48,9 +48,11 @@ class Dispatcher:
         ``supervisorctl restart all`` signals every program at once, the dispatcher first. Stopping at once
         dropped the gateway's requests in flight; the dispatcher keeps routing (to workers that are draining
         too: their drain is acknowledged only when it stops) until no request is queued or in flight, at most
-        ``stop_grace`` seconds. And it keeps routing for ``stop_linger`` seconds at least: a stopping gateway
-        still answers, for up to 2 s (gunicorn's stop), a request that comes on a kept-alive connection, and
-        sent it to a dispatcher already gone (a 503 after 5 s: docs/reliability.md, "Restarts under load").
+        ``stop_grace`` seconds. And while a gateway is still connected it keeps routing for ``stop_linger``
+        seconds at least: a stopping gateway still answers, for up to 2 s (gunicorn's stop), a request that
+        comes on a kept-alive connection, and sent it to a dispatcher already gone (a 503 after 5 s:
+        docs/reliability.md, "Restarts under load"). Once the gateways have gone (``torchgate serve`` stops
+        them first), nothing more can come.
         """
         if self.stop_requested is not None:
             self.stopping = True
@@ -58,9 +60,11 @@ class Dispatcher:
         self.stop_requested = time.monotonic()
         self.workers.stopping = True
         log.info(
-            "dispatcher: stopping once %d requests queued or in flight are answered, in %g to %gs",
+            "dispatcher: stopping once %d requests queued or in flight are answered (%d gateway connections: "
+            "at least %gs while any is connected; at most %gs)",
             len(self.router.requests),
-            min(self.config.stop_linger, self.config.stop_grace),
+            self.endpoints.gateways.count() or 0,
+            self.config.stop_linger,
             self.config.stop_grace,
         )
 
@@ -68,7 +72,8 @@ class Dispatcher:
         assert self.stop_requested is not None
         idle = not self.router.requests and not self.requests.held
         waited = now - self.stop_requested
-        if waited < self.config.stop_grace and (not idle or waited < self.config.stop_linger):
+        lingering = waited < self.config.stop_linger and self.endpoints.gateways.count() != 0
+        if waited < self.config.stop_grace and (not idle or lingering):
             return
         if not idle:
             log.warning("dispatcher: stopping with %d requests unanswered", len(self.router.requests))
@@ -102,6 +107,7 @@ class Dispatcher:
             if now >= self.next_sweep:
                 self.next_sweep = now + SWEEP_INTERVAL
                 self.workers.purge(now)
+                self.endpoints.gateways.count()  # its monitor's events read as they come (a bounded queue)
                 self.requests.sweep()
                 self.requests.dispatch()  # credit freed by a purge, requests released after the grace
             self.requests.step_control()

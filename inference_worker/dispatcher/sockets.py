@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from inference_worker.dispatcher.config import DispatcherConfig
 from inference_worker.security import CurveServer, SecurityError, bind, is_network
@@ -50,6 +51,38 @@ def receive(socket: zmq.Socket[Any]) -> list[Any] | None:
     return frames
 
 
+class Peers:
+    """How many peers are connected to a bound socket, counted from its monitor's events.
+
+    libzmq reports connections made over ipc and tcp, not over inproc: there the count is None (unknown).
+    """
+
+    def __init__(self, socket: zmq.Socket[Any], endpoint: str) -> None:
+        self.socket = socket
+        self.connected = 0
+        self.monitor: zmq.Socket[Any] | None = None
+        if endpoint.startswith(("ipc://", "tcp://")):
+            self.monitor = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+
+    def count(self) -> int | None:
+        """Take in the events that arrived; return how many peers are connected now (None: unknown)."""
+        if self.monitor is None:
+            return None
+        while (frames := receive(self.monitor)) is not None:
+            event = parse_monitor_message([f.bytes for f in frames])["event"]
+            if event == zmq.EVENT_ACCEPTED:
+                self.connected += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connected = max(0, self.connected - 1)
+        return self.connected
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+
+
 class Endpoints:
     """The frontend (gateways connect) and the backend (workers connect), with CURVE over TCP."""
 
@@ -65,6 +98,7 @@ class Endpoints:
             self.curve = CurveServer(context, config.curve_secret_key, config.curve_authorized)
         self.frontend = self._socket(config.frontend)
         self.backend = self._socket(config.backend)
+        self.gateways = Peers(self.frontend, config.frontend)  # what a stopping dispatcher waits for
 
     def _socket(self, endpoint: str) -> zmq.Socket[Any]:
         socket: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
@@ -94,6 +128,7 @@ class Endpoints:
             return False
 
     def close(self, backend_linger: int = 0) -> None:
+        self.gateways.close()
         self.frontend.close(linger=0)
         self.backend.close(linger=backend_linger)
         if self.curve is not None:
