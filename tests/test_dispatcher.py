@@ -300,6 +300,16 @@ def reply_to(gateway: zmq.Socket[Any]) -> tuple[str, str]:
             return message.id, message.worker
 
 
+def route_one(peers: Peers) -> None:
+    """Send a request; check that it reaches the worker and that the worker's answer reaches the gateway."""
+    late = protocol.Request("late", "m", [(X, X_BYTES)], deadline=time.time() + 30)
+    peers.gateway.send_multipart(late.frames())
+    forwarded, _ = peers.to_worker()
+    peers.worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], {}).frames())
+    reply, _ = peers.to_gateway()
+    assert isinstance(reply, protocol.Reply) and reply.id == "late"
+
+
 @pytest.mark.parametrize("linger", [60.0, 0.0])
 def test_a_stopping_dispatcher_routes_what_comes_within_its_linger_then_stops(linger: float) -> None:
     """``restart all``: a stopping gateway still takes requests for a moment (kept-alive connections); a
@@ -320,13 +330,7 @@ def test_a_stopping_dispatcher_routes_what_comes_within_its_linger_then_stops(li
                         assert time.monotonic() < end, "the idle dispatcher did not stop"
                         time.sleep(0.01)
                 else:
-                    peers = Peers(dispatcher, gateway, worker)
-                    late = protocol.Request("late", "m", [(X, X_BYTES)], deadline=time.time() + 30)
-                    gateway.send_multipart(late.frames())
-                    forwarded, _ = peers.to_worker()
-                    worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], {}).frames())
-                    reply, _ = peers.to_gateway()
-                    assert isinstance(reply, protocol.Reply) and reply.id == "late"
+                    route_one(Peers(dispatcher, gateway, worker))
                     assert not dispatcher.stopping
             finally:
                 for socket in (gateway, worker):
@@ -352,14 +356,8 @@ def test_a_stopping_dispatcher_lingers_only_while_a_gateway_is_connected() -> No
             gateway = connect(context, config.frontend)
             try:
                 register(dispatcher, worker, "w0")
-                peers = Peers(dispatcher, gateway, worker)
                 dispatcher.request_stop()
-                late = protocol.Request("late", "m", [(X, X_BYTES)], deadline=time.time() + 30)
-                gateway.send_multipart(late.frames())
-                forwarded, _ = peers.to_worker()
-                worker.send_multipart(protocol.WorkerReply(forwarded.seq, [(Y, Y_BYTES)], {}).frames())
-                reply, _ = peers.to_gateway()
-                assert isinstance(reply, protocol.Reply) and reply.id == "late"
+                route_one(Peers(dispatcher, gateway, worker))
                 assert not dispatcher.stopping
                 gateway.close(linger=0)  # the last gateway goes
                 thread.join(10)
