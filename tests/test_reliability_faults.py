@@ -200,15 +200,16 @@ def kind(outcome: Outcome) -> str:
 @pytest.mark.soak
 @pytest.mark.timeout(120 + 90 * RESTARTS)
 @pytest.mark.parametrize("pause", [0.0, 0.3], ids=["back to back", "every 0.3 s"])
-def test_restart_all_under_load_refuses_connections_and_drops_no_request(
-    healthy: Stack, pause: float
+@pytest.mark.parametrize("program", ["all", "dispatcher", "worker-cpu-0", "gateway"])
+def test_restarts_under_load_refuse_connections_and_drop_no_request(
+    healthy: Stack, program: str, pause: float
 ) -> None:
-    """`supervisorctl restart all`, ``TORCHGATE_RESTARTS`` times (default 5), while 6 clients keep sending,
-    back to back or pausing between requests on their kept-alive connections (`make soak`). While the servers
-    are down a client's connections are refused, and until a worker is ready again it gets 503 "no ready
-    worker" with Retry-After: nothing ran, it may send again. Anything else (a reset after its request went
-    out, another 5xx) is a request taken and not answered. It prints what the clients saw per restart (the
-    tables in docs/reliability.md)."""
+    """`supervisorctl restart all` (or one program), ``TORCHGATE_RESTARTS`` times (default 5), while 6 clients
+    keep sending, back to back or pausing between requests on their kept-alive connections (`make soak`).
+    While the servers are down a client's connections are refused, and until a worker is ready again it gets
+    503 "no ready worker" with Retry-After: nothing ran, it may send again. Anything else (a reset after its
+    request went out, another 5xx) is a request taken and not answered. It prints what the clients saw per
+    restart (the tables in docs/reliability.md)."""
     d = healthy
     url = f"{d.url}/v2/models/slow/infer"
 
@@ -225,7 +226,7 @@ def test_restart_all_under_load_refuses_connections_and_drops_no_request(
         with HttpLoad(d.url, threads=6, sender=sender) as load:
             load.wait_for_more(20)
             started = time.monotonic()
-            result = d.ctl("restart", "all")
+            result = d.ctl("restart", program)
             assert result.returncode == 0, result.stdout + result.stderr
             load.wait_for_more(20, timeout=90)  # served again
         seen = Counter(kind(o) for _, o in load.snapshot())
@@ -235,5 +236,5 @@ def test_restart_all_under_load_refuses_connections_and_drops_no_request(
             o for _, o in load.snapshot() if kind(o) not in ("answered", "refused", "503 no worker ready yet")
         ]
     head = "| restart | until served again | what the 6 clients saw |\n|---|---|---|"
-    print(f"\n{pause} s between requests\n{head}\n" + "\n".join(rows))
+    print(f"\nrestart {program}, {pause} s between requests\n{head}\n" + "\n".join(rows))
     assert others == [], [o.describe() for o in others[:5]]
