@@ -298,8 +298,11 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         those already waiting are served (docs/reliability.md).
         """
         for listener in self.sockets:
-            while self.accept(listener):
-                pass
+            try:  # as many as the process may hold (a flood must not keep it here)
+                while self.nr_conns < self.worker_connections and self.accept(listener):
+                    pass
+            except OSError as exc:  # out of descriptors, say: what was taken is served, the rest refused
+                log.warning("gateway: stopping: could not take the waiting connections: %s", exc)
             listener.close()
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:

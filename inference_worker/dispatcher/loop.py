@@ -59,11 +59,12 @@ class Dispatcher:
             return
         self.stop_requested = time.monotonic()
         self.workers.stopping = True
+        gateways = self.endpoints.gateways.count()
         log.info(
-            "dispatcher: stopping once %d requests queued or in flight are answered (%d gateway connections: "
+            "dispatcher: stopping once %d requests queued or in flight are answered (%s gateway connections: "
             "at least %gs while any is connected; at most %gs)",
             len(self.router.requests),
-            self.endpoints.gateways.count() or 0,
+            "unknown" if gateways is None else gateways,
             self.config.stop_linger,
             self.config.stop_grace,
         )
