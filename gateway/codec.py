@@ -82,10 +82,12 @@ class Tensor:
 
 @dataclass(frozen=True, slots=True)
 class RequestedOutput:
-    """An output the client asked for; ``binary`` None follows the request's ``binary_data_output``."""
+    """An output the client asked for; ``binary`` None follows the request's ``binary_data_output``;
+    ``classification`` > 0 asks for its top classes instead of its values (:mod:`gateway.classification`)."""
 
     name: str
     binary: bool | None = None
+    classification: int = 0
 
 
 @dataclass(slots=True)
@@ -266,10 +268,17 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidArgument(f"outputs[{i}] must be a JSON object with a 'name'")
-        binary = _parameters(entry.get("parameters"), f"output {entry['name']!r}").get("binary_data")
+        params = _parameters(entry.get("parameters"), f"output {entry['name']!r}")
+        binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise InvalidArgument(f"output {entry['name']!r}: parameter 'binary_data' must be true or false")
-        outputs.append(RequestedOutput(entry["name"], binary))
+        classes = params.get("classification", 0)
+        if type(classes) is not int or not 0 <= classes <= MAX_UINT64:
+            raise InvalidArgument(
+                f"output {entry['name']!r}: parameter 'classification' must be a non-negative integer "
+                "(the number of classes to return)"
+            )
+        outputs.append(RequestedOutput(entry["name"], binary, classes))
     return outputs
 
 

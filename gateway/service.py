@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from gateway import afterwork, torchserve
+from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
 from gateway.config import GatewayConfig
@@ -103,24 +104,33 @@ class Gateway:
             )
         plan = output_plan(request, model)
         trace.begin(model, resolved, inputs, request.id)
+        names = [p.name for p in plan]
         reply = self.client.infer(
             model.name,
             resolved if version else None,
             inputs,
-            [n for n, _ in plan] if request.outputs else [],
+            names if request.outputs else [],
             self.deadline(request.timeout_us),
             trace.request_id,
             request.priority,
             reply_bytes=reply_bytes(model, inputs),
         )
         trace.finish(reply.version, reply.worker, reply.stats)
-        outputs = _pick(reply, [n for n, _ in plan])
+        outputs = _pick(reply, names)
         return infer_response(
             model.name,
             reply.version or None,
             request.id,
-            [(t, binary) for t, (_, binary) in zip(outputs, plan, strict=True)],
+            [
+                (self._classes(t, p.classes, model) if p.classes else t, p.binary)
+                for t, p in zip(outputs, plan, strict=True)
+            ],
         )
+
+    def _classes(self, tensor: Tensor, count: int, model: ModelConfig) -> Tensor:
+        """Return an output's top ``count`` classes (Triton's classification extension), with its labels."""
+        labels = next((spec.labels for spec in model.outputs if spec.name == tensor.name), ())
+        return top_classes(tensor, count, model.max_batch_size > 0, labels, self.limits.max_elements)
 
     def predict(
         self, body: bytes, trace: RequestTrace, *, content_encoding: str | None = None

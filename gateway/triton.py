@@ -14,6 +14,7 @@ EXTENSIONS = [
     "model_configuration",
     "statistics",
     "model_repository",
+    "classification",
 ]
 
 
@@ -44,7 +45,10 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         kind = (
             "STRING" if spec.datatype == "BYTES" else spec.datatype
         )  # Triton's config calls BYTES TYPE_STRING
-        return {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(spec.dims)}
+        entry: dict[str, Any] = {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(spec.dims)}
+        if spec.label_filename:
+            entry["label_filename"] = spec.label_filename
+        return entry
 
     config: dict[str, Any] = {
         "name": model.name,

@@ -7,7 +7,9 @@ was expected.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+from gateway.classification import UNRANKABLE
 from gateway.codec import JSON_UNSUPPORTED, InferRequest, Tensor
 from gateway.errors import InvalidArgument
 from inference_worker import strings
@@ -90,10 +92,20 @@ def check_tensor(
         )
 
 
-def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bool]]:
-    """Return the outputs to compute, each with whether it goes back as binary data.
+class Planned(NamedTuple):
+    """An output to answer: whether it goes back as binary data, and how many top classes instead of its
+    values (0: its values)."""
 
-    FP16 and BF16 outputs asked for as JSON are refused here, before any inference.
+    name: str
+    binary: bool
+    classes: int = 0
+
+
+def output_plan(request: InferRequest, model: ModelConfig) -> list[Planned]:
+    """Return the outputs to compute, each with how it goes back.
+
+    FP16 and BF16 outputs asked for as JSON, and classes of an output that has none, are refused here,
+    before any inference.
     """
     specs = {spec.name: spec for spec in model.outputs}
     default_binary = request.binary_data_output or request.raw is not None
@@ -109,11 +121,17 @@ def output_plan(request: InferRequest, model: ModelConfig) -> list[tuple[str, bo
             if out.name in seen:
                 raise InvalidArgument(f"output {out.name!r} is requested twice")
             seen.add(out.name)
-            plan.append((out.name, default_binary if out.binary is None else out.binary))
+            binary = default_binary if out.binary is None else out.binary
+            plan.append(Planned(out.name, binary, out.classification))
     else:
-        plan = [(spec.name, default_binary) for spec in model.outputs]
-    for name, binary in plan:
-        if not binary and specs[name].datatype in JSON_UNSUPPORTED:
+        plan = [Planned(spec.name, default_binary) for spec in model.outputs]
+    for name, binary, classes in plan:
+        if classes and specs[name].datatype in UNRANKABLE:
+            raise InvalidArgument(
+                f"output {name!r} is {specs[name].datatype}: its values cannot be ranked, so it has no "
+                "classes (parameter 'classification')"
+            )
+        if not binary and not classes and specs[name].datatype in JSON_UNSUPPORTED:
             raise InvalidArgument(
                 f"output {name!r} is {specs[name].datatype}, which travels only as binary data: "
                 "request it with parameters.binary_data true"

@@ -45,7 +45,8 @@ TOP_KEYS = (
     "padding",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
-TENSOR_KEYS = ("name", "datatype", "dims", "format")
+TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
+MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
 TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding")
@@ -68,6 +69,8 @@ class TensorSpec:
     datatype: str
     dims: tuple[int, ...]
     format: str = ""  # "json": each BYTES element is a JSON document (what a handler's postprocess returned)
+    label_filename: str = ""  # an output's class labels, one per line, beside config.toml
+    labels: tuple[str, ...] = field(default=(), repr=False)  # that file's lines
 
     def full_shape(self, max_batch_size: int) -> list[int]:
         """Return the shape clients see: ``[-1] + dims`` for batching models, else ``dims``."""
@@ -360,8 +363,34 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             raise ConfigError(
                 f"{path}: key '{key}[{i}].dims' is {dims!r}, expected a list of sizes (-1 for variable)"
             )
-        specs.append(TensorSpec(name, datatype, tuple(dims), fmt))
+        label_file = entry.get("label_filename", "")
+        if label_file and key != "output":
+            raise ConfigError(f"{path}: key '{key}[{i}].label_filename': only an output has labels")
+        labels = _labels(path, f"{key}[{i}].label_filename", label_file) if label_file else ()
+        specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels))
     return tuple(specs)
+
+
+def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
+    """Read an output's label file beside ``path`` (config.toml): line ``i`` labels class index ``i``."""
+    if not isinstance(filename, str) or "/" in filename or filename in (".", ".."):
+        raise ConfigError(f"{path}: key '{key}' must be the name of a file beside config.toml")
+    file = path.parent / filename
+    try:
+        with file.open("rb") as f:
+            data = f.read(MAX_LABELS_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: key '{key}': cannot read {file}: {exc.strerror}") from None
+    if len(data) > MAX_LABELS_BYTES:
+        raise ConfigError(f"{path}: key '{key}': {file} is larger than {MAX_LABELS_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: key '{key}': {file} is not UTF-8 text") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's last newline ends a line; it does not begin one
+    return tuple(line.removesuffix("\r") for line in lines)
 
 
 def _instance_groups(path: Path, raw: dict[str, Any]) -> tuple[InstanceGroup, ...]:

@@ -46,12 +46,18 @@ def test_request_fields_and_parameters() -> None:
         "id": "abc",
         "parameters": {"timeout": 1500, "priority": 2, "binary_data_output": True},
         "inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, -2]}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": False}}, {"name": "z"}],
+        "outputs": [
+            {"name": "y", "parameters": {"binary_data": False}},
+            {"name": "z", "parameters": {"classification": 3}},
+        ],
     }
     request = parse_infer_request(json.dumps(doc).encode(), None, header_id="from-header")
     assert request.id == "abc" and request.timeout_us == 1500 and request.priority == 2
     assert request.binary_data_output is True
-    assert [(o.name, o.binary) for o in request.outputs] == [("y", False), ("z", None)]
+    assert [(o.name, o.binary, o.classification) for o in request.outputs] == [
+        ("y", False, 0),
+        ("z", None, 3),
+    ]
     assert np.frombuffer(request.inputs[0].data, "<i4").tolist() == [1, -2]
     no_id = parse_infer_request(json.dumps({"inputs": doc["inputs"]}).encode(), None, header_id="from-header")
     assert no_id.id == "from-header"
@@ -194,6 +200,16 @@ def test_raw_binary_request_keeps_the_body() -> None:
                 "outputs": [{"nom": "y"}],
             },
             "'name'",
+        ),
+        *(
+            (
+                {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                    "outputs": [{"name": "y", "parameters": {"classification": bad}}],
+                },
+                "'classification' must be a non-negative integer",
+            )
+            for bad in (-1, 2.5, "3", True, 1 << 64)
         ),
     ],
 )

@@ -65,12 +65,19 @@ dims = [1]
 """
 
 
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
 def write_repository(root: Path) -> Path:
-    """digits (the default model), half (FP16 in; FP16, BF16 and FP32 out) and slow (sleeps, then doubles)."""
+    """digits (the default model, with labels), half (FP16 in; FP16, BF16 and FP32 out) and slow (sleeps,
+    then doubles)."""
     from safetensors.torch import save_file
 
     slow_repository(root, seconds=0.3, max_queue_size=64, max_batch_size=4)
     shutil.copytree(DEFAULT_REPOSITORY / "digits", root / "digits")
+    with (root / "digits" / "config.toml").open("a") as config:  # the last table is the output's
+        config.write('label_filename = "labels.txt"\n')
+    (root / "digits" / "labels.txt").write_text("\n".join(DIGIT_NAMES) + "\n")
     half = root / "half"
     (half / "1").mkdir(parents=True)
     (half / "half_ops.py").write_text(HALF_MODEL)
@@ -202,6 +209,39 @@ def test_tritonclient_fp16_model(server: Stack) -> None:
         with pytest.raises(InferenceServerException) as info:
             client.infer("half", [json_in])
         assert info.value.status() == "400" and "FP16" in info.value.message()
+
+
+@pytest.mark.parametrize("binary_out", [True, False])
+def test_tritonclient_class_count_answers_the_top_classes_with_labels(
+    server: Stack, digits: torch.nn.Module, binary_out: bool
+) -> None:
+    x = digits_batch(4, seed=21)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    asked = httpclient.InferRequestedOutput("output", binary_data=binary_out, class_count=3)
+    with triton(server) as client:
+        assert "classification" in client.get_server_metadata()["extensions"]
+        assert client.get_model_config("digits")["output"][0]["label_filename"] == "labels.txt"
+        classes = client.infer("digits", [inp], outputs=[asked]).as_numpy("output")
+    assert classes.shape == (4, 3)
+    logits = reference(digits, x)
+    for sample, row in zip(logits, classes, strict=True):
+        # tritonclient gives a BYTES element as bytes from binary data, as str from JSON (so with Triton)
+        parsed = [(e.decode() if isinstance(e, bytes) else e).split(":") for e in row]
+        assert [int(index) for _, index, _ in parsed] == list(np.argsort(-sample, kind="stable")[:3])
+        assert [label for _, _, label in parsed] == [DIGIT_NAMES[int(index)] for _, index, _ in parsed]
+        np.testing.assert_allclose(
+            [float(value) for value, _, _ in parsed], sample[[int(i) for _, i, _ in parsed]], atol=1e-4
+        )
+
+
+def test_classification_that_cannot_be_is_a_400(server: Stack) -> None:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}],
+        "outputs": [{"name": "output", "parameters": {"classification": -2}}],
+    }
+    r = requests.post(f"{server.url}/v2/models/digits/infer", json=body, timeout=30)
+    assert r.status_code == 400 and "'classification' must be a non-negative integer" in r.json()["error"]
 
 
 def test_tritonclient_sees_errors_as_json(server: Stack) -> None:

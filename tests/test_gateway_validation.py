@@ -91,12 +91,12 @@ def test_a_model_that_does_not_batch_takes_its_dims_exactly() -> None:
 
 def test_output_plan() -> None:
     m = model(outputs=(TensorSpec("y", "FP32", (2,)), TensorSpec("h", "FP16", (2,))))
-    assert output_plan(request(outputs=[RequestedOutput("y")]), m) == [("y", False)]
-    assert output_plan(request(binary=True), m) == [("y", True), ("h", True)]
+    assert output_plan(request(outputs=[RequestedOutput("y")]), m) == [("y", False, 0)]
+    assert output_plan(request(binary=True), m) == [("y", True, 0), ("h", True, 0)]
     assert output_plan(
         request(outputs=[RequestedOutput("h", True), RequestedOutput("y", None)], binary=True), m
-    ) == [("h", True), ("y", True)]
-    assert output_plan(request(outputs=[RequestedOutput("y", False)], binary=True), m) == [("y", False)]
+    ) == [("h", True, 0), ("y", True, 0)]
+    assert output_plan(request(outputs=[RequestedOutput("y", False)], binary=True), m) == [("y", False, 0)]
     with pytest.raises(InvalidArgument, match="'h' is FP16, which travels only as binary"):
         output_plan(request(), m)
     with pytest.raises(InvalidArgument, match="'h' is FP16"):
@@ -105,6 +105,16 @@ def test_output_plan() -> None:
         output_plan(request(outputs=[RequestedOutput("q")]), m)
     with pytest.raises(InvalidArgument, match="requested twice"):
         output_plan(request(outputs=[RequestedOutput("y"), RequestedOutput("y")]), m)
+
+
+def test_output_plan_with_classes() -> None:
+    m = model(
+        outputs=(TensorSpec("y", "FP32", (2,)), TensorSpec("h", "FP16", (2,)), TensorSpec("b", "BOOL", (2,)))
+    )
+    asked = [RequestedOutput("h", False, 3), RequestedOutput("y", None, 1)]
+    assert output_plan(request(outputs=asked), m) == [("h", False, 3), ("y", False, 1)]  # classes are JSON
+    with pytest.raises(InvalidArgument, match="'b' is BOOL: its values cannot be ranked"):
+        output_plan(request(outputs=[RequestedOutput("b", None, 2)]), m)
 
 
 def test_raw_binary_request() -> None:

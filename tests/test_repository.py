@@ -184,3 +184,39 @@ def test_a_scan_keeps_good_models_and_names_each_bad_one(tmp_path: Path) -> None
         ConfigError, match=r"no model 'mm' .*\(did you mean m\?\); the repository holds: bad, m"
     ):
         scan_repository(tmp_path, ["mm"])
+
+
+def test_an_output_reads_its_labels_one_per_line(tmp_path: Path) -> None:
+    config = GOOD + 'label_filename = "labels.txt"\n'  # the last table is the output's
+    folder = make(tmp_path, config)
+    (folder / "labels.txt").write_bytes("tench\r\ngoldfish ✓\n\nshark\n".encode())
+    output = load_model_config(folder).outputs[0]
+    assert output.label_filename == "labels.txt"
+    assert output.labels == ("tench", "goldfish ✓", "", "shark")
+    assert "label" not in str(load_model_config(folder).signature("1"))  # labels stay off the wire
+
+
+@pytest.mark.parametrize(
+    "filename, content, message",
+    [
+        ("labels.txt", None, "cannot read"),
+        ("../labels.txt", b"a\n", "must be the name of a file beside config.toml"),
+        ("labels.txt", b"\xff\xfe\n", "is not UTF-8 text"),
+    ],
+)
+def test_bad_label_files_are_named(
+    tmp_path: Path, filename: str, content: bytes | None, message: str
+) -> None:
+    folder = make(tmp_path, GOOD + f'label_filename = "{filename}"\n')
+    if content is not None:
+        (folder / "labels.txt").write_bytes(content)
+    with pytest.raises(ConfigError, match=f"output\\[0\\].label_filename.*{message}"):
+        load_model_config(folder)
+
+
+def test_only_an_output_has_labels(tmp_path: Path) -> None:
+    config = GOOD.replace("dims = [-1, 3]", 'dims = [-1, 3]\nlabel_filename = "labels.txt"')
+    folder = make(tmp_path, config)
+    (folder / "labels.txt").write_text("a\n")
+    with pytest.raises(ConfigError, match="input\\[0\\].label_filename': only an output has labels"):
+        load_model_config(folder)
