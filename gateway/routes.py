@@ -172,6 +172,47 @@ def predictions(model: str, version: str | None = None) -> Response:
     return json_response(doc)
 
 
+@routes.post("/invocations")
+def invocations() -> Response:
+    """TorchServe's (and SageMaker's) ``/invocations``: ``?model_name=M``, or the only model."""
+    name = request.args.get("model_name")
+    if not name:
+        models = current_gateway().catalog.models
+        if len(models) != 1:
+            raise InvalidArgument(
+                f"parameter model_name is required: the server has {len(models)} models ("
+                + ", ".join(sorted(models))
+                + "); POST /invocations?model_name=M"
+            )
+        name = next(iter(models))
+    return predictions(name)
+
+
+@routes.post("/models/<model>/invoke")
+def invoke(model: str) -> Response:
+    """TorchServe's (and SageMaker's) ``/models/{model}/invoke``: ``/predictions/{model}``."""
+    return predictions(model)
+
+
+DRAINING = "the server is stopping (draining)"
+
+
+def _draining(gateway: Gateway) -> bool:
+    """Whether this host is being drained (``torchgate drain`` wrote its drain file)."""
+    return bool(gateway.config.drain_file) and os.path.exists(gateway.config.drain_file)
+
+
+@routes.get("/ping")
+def ping() -> Response:
+    """TorchServe's health check: ``{"status": "Healthy" | "Partial Healthy" | "Unhealthy"}``; 503 when
+    Unhealthy or draining (TorchServe answered 200 even then, which a load balancer cannot act on)."""
+    gateway = current_gateway()
+    if _draining(gateway):
+        return json_response({"status": "Unhealthy", "error": DRAINING}, 503)
+    health = gateway.health()
+    return json_response({"status": health}, 503 if health == "Unhealthy" else 200)
+
+
 # -- Open Inference Protocol ----------------------------------------------------------------------------
 
 
@@ -183,8 +224,8 @@ def live() -> Response:
 @routes.get("/v2/health/ready")
 def ready() -> Response:
     gateway = current_gateway()
-    if gateway.config.drain_file and os.path.exists(gateway.config.drain_file):
-        return json_response({"ready": False, "error": "the server is stopping (draining)"}, 503)
+    if _draining(gateway):
+        return json_response({"ready": False, "error": DRAINING}, 503)
     ok, why = gateway.ready()
     return json_response({"ready": True}) if ok else json_response({"ready": False, "error": why}, 400)
 

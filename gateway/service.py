@@ -214,6 +214,16 @@ class Gateway:
             ok, why = server_ready(status, self.catalog.models)
         return ok, why
 
+    def health(self) -> str:
+        """Return TorchServe's ``/ping`` status: ``Healthy`` when every model has a ready worker, ``Partial
+        Healthy`` when some has, ``Unhealthy`` when none has (or the dispatcher does not answer)."""
+        if self.ready()[0]:
+            return "Healthy"
+        status = self.status_or_none()
+        if status is not None and any(status.model_ready(name) for name in self.catalog.models):
+            return "Partial Healthy"
+        return "Unhealthy"
+
     def model_ready(self, model_name: str, version: str | None) -> tuple[bool, ModelConfig, str]:
         """Return whether a worker serves the model (version), the model, and why not."""
         model, resolved = self.catalog.get(model_name, version)

@@ -236,6 +236,15 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     assert large.status_code == 200 and large.json()["prediction"]["digit"] == y_test[0], large.text
     tensor_model = requests.post(f"{stack.url}/predictions/digits", json=x_test[0].tolist(), timeout=60)
     assert tensor_model.status_code == 200 and int(np.argmax(tensor_model.json())) == y_test[0]
+    # TorchServe's (and SageMaker's) other doors to the same inference, and its health check.
+    invoked = requests.post(f"{stack.url}/models/digits_image/invoke", data=png, timeout=60)
+    assert invoked.status_code == 200 and invoked.json()["prediction"] == answer["prediction"], invoked.text
+    invocations = requests.post(f"{stack.url}/invocations?model_name=digits_image", data=png, timeout=60)
+    assert invocations.status_code == 200 and invocations.json()["prediction"] == answer["prediction"]
+    unnamed = requests.post(f"{stack.url}/invocations", data=png, timeout=60)
+    assert unnamed.status_code == 400 and "parameter model_name is required" in unnamed.json()["error"]
+    ping = requests.get(f"{stack.url}/ping", timeout=60)
+    assert ping.status_code == 200 and ping.json() == {"status": "Healthy"}
 
 
 def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stack) -> None:

@@ -100,12 +100,19 @@ def test_readiness_without_a_dispatcher_is_false(client: FlaskClient) -> None:
     }
     assert client.get("/v2/models/digits/ready").status_code == 400
     assert client.get("/v2/models/stats").status_code == 503
+    ping = client.get("/ping")  # TorchServe's health check, which a load balancer acts on by its status
+    assert ping.status_code == 503 and ping.get_json() == {"status": "Unhealthy"}
 
 
 def test_inference_without_a_dispatcher_is_503_with_retry_after(client: FlaskClient) -> None:
     response = client.post("/v2/models/digits/infer", data=infer_body([1, 64], DIGITS_ROW))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "dispatcher" in response.get_json()["error"]
+    # /invocations without model_name goes to the only model (so it got as far as asking the dispatcher)
+    for path in ("/invocations", "/invocations?model_name=digits", "/models/digits/invoke"):
+        response = client.post(path, json=DIGITS_ROW)
+        assert response.status_code == 503 and "dispatcher" in response.get_json()["error"], path
+    assert client.post("/invocations?model_name=nope", json=DIGITS_ROW).status_code == 404
 
 
 def test_deadline_without_an_answer_is_504(tmp_path: Path) -> None:

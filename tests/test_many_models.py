@@ -96,6 +96,8 @@ def test_a_model_that_cannot_load_leaves_the_others_serving_and_says_why(stack: 
     # not.
     health = get(stack, "/v2/health/ready")
     assert health.status_code == 400 and "model 'broken' is not ready" in health.json()["error"]
+    ping = get(stack, "/ping")  # TorchServe's health check: some models serve
+    assert ping.status_code == 200 and ping.json() == {"status": "Partial Healthy"}
     index = {e["name"]: e for e in post(stack, "/v2/repository/index").json()}
     assert index["digits"]["state"] == "READY" and index["broken"]["state"] == "UNAVAILABLE"
     assert "cannot import factory 'model:build'" in index["broken"]["reason"]
