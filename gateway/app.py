@@ -12,6 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from gateway import auth, instrument
+from gateway.codec import SHARED_MEMORY_UNSUPPORTED
 from gateway.config import GatewayConfig
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
@@ -30,6 +31,7 @@ from inference_worker.errors import CodedError
 
 log = logging.getLogger("torchgate.gateway")
 
+SHARED_MEMORY_PATHS = ("/v2/systemsharedmemory", "/v2/cudasharedmemory")
 LIVENESS = "/v2/health/live"  # the one endpoint that needs no token
 
 
@@ -95,6 +97,8 @@ def on_http_error(exc: HTTPException) -> Response:
         message, code = f"method {request.method} is not allowed on {request.path}", METHOD_NOT_ALLOWED
     elif status == 404:
         message, code = f"no such endpoint: {request.path}", NotFound.code
+        if request.path.startswith(SHARED_MEMORY_PATHS):
+            message += f" ({SHARED_MEMORY_UNSUPPORTED})"
     else:
         message, code = exc.description or exc.name, InvalidArgument.code
     response = error_response(message, code, status)

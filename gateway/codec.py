@@ -44,6 +44,11 @@ MAX_ID_LENGTH = 256
 MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
+SHARED_MEMORY_UNSUPPORTED = (
+    "Triton's shared-memory extension is not supported: send tensors in the request and take outputs "
+    "from the response, as binary data (on one host the gateway moves large tensors through shared memory "
+    "itself)"
+)
 
 # Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -269,6 +274,8 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidArgument(f"outputs[{i}] must be a JSON object with a 'name'")
         params = _parameters(entry.get("parameters"), f"output {entry['name']!r}")
+        if "shared_memory_region" in params:
+            raise InvalidArgument(f"output {entry['name']!r}: {SHARED_MEMORY_UNSUPPORTED}")
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise InvalidArgument(f"output {entry['name']!r}: parameter 'binary_data' must be true or false")
@@ -306,6 +313,8 @@ def _input(
         )
     shape_t = tuple(shape)
     params = _parameters(raw.get("parameters"), f"input {name!r}")
+    if "shared_memory_region" in params:
+        raise InvalidArgument(f"input {name!r}: {SHARED_MEMORY_UNSUPPORTED}")
     size = params.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:

@@ -211,6 +211,26 @@ def test_raw_binary_request_keeps_the_body() -> None:
             )
             for bad in (-1, 2.5, "3", True, 1 << 64)
         ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [1],
+                        "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4},
+                    }
+                ]
+            },
+            "input 'x': Triton's shared-memory extension is not supported",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r"}}],
+            },
+            "output 'y': Triton's shared-memory extension is not supported",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_arguments(doc: object, message: str) -> None:
