@@ -244,6 +244,25 @@ def test_classification_that_cannot_be_is_a_400(server: Stack) -> None:
     assert r.status_code == 400 and "'classification' must be a non-negative integer" in r.json()["error"]
 
 
+def test_tritonclient_shared_memory_regions_are_refused_clearly(server: Stack) -> None:
+    x = digits_batch(1)
+    in_region = httpclient.InferInput("input", list(x.shape), "FP32")
+    in_region.set_shared_memory("input_data", x.nbytes)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out_region = httpclient.InferRequestedOutput("output")
+    out_region.set_shared_memory("output_data", 40)
+    with triton(server) as client:
+        for inputs, outputs in (([in_region], None), ([inp], [out_region])):
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("digits", inputs, outputs=outputs)
+            assert info.value.status() == "400"
+            assert "shared-memory extension is not supported" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            client.register_system_shared_memory("input_data", "/input_data", x.nbytes)
+        assert "shared-memory extension is not supported" in info.value.message()
+
+
 def test_tritonclient_sees_errors_as_json(server: Stack) -> None:
     x = digits_batch(2)[:, :60]
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
