@@ -22,7 +22,7 @@ from gateway import afterwork, codec, triton, worker_metrics
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
-from gateway.service import Gateway, reply_room
+from gateway.service import CONTROL_BODY, Gateway, reply_room
 from gateway.trace import RequestTrace
 from inference_worker.errors import CodedError
 
@@ -291,13 +291,13 @@ def repository_index() -> Response:
 
 @routes.post("/v2/repository/models/<model>/load")
 def load_model(model: str) -> Response:
-    current_gateway().control("load", model)
+    current_gateway().control("load", model, request_body(CONTROL_BODY))
     return json_response({})
 
 
 @routes.post("/v2/repository/models/<model>/unload")
 def unload_model(model: str) -> Response:
-    current_gateway().control("unload", model)
+    current_gateway().control("unload", model, request_body(CONTROL_BODY))
     return json_response({})
 
 

@@ -246,12 +246,16 @@ class Gateway:
         except CodedError as exc:
             raise Unavailable(f"statistics are unavailable: {exc.message}") from None
 
-    def control(self, action: str, model_name: str) -> None:
-        """Load (again, from disk) or unload a model on every slot that serves it, one slot at a time."""
+    def control(self, action: str, model_name: str, body: bytes = b"") -> None:
+        """Load (again, from disk) or unload a model on every slot that serves it, one slot at a time.
+
+        ``body`` is the request's: its parameters are checked (:func:`control_parameters`).
+        """
         if self.config.model_control != "explicit":
             raise Forbidden(
                 f"model control is off: start the server with --model-control explicit to {action} models"
             )
+        control_parameters(body, action)
         if action == "load":
             self.catalog.rescan()
             if model_name in self.catalog.errors:
@@ -265,6 +269,33 @@ class Gateway:
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         models = self.catalog.rescan()
         return repository_index(models, self.status_or_none(), ready_only)
+
+
+CONTROL_BODY = 64 << 10  # the largest body a load or unload request may have (it holds no files here)
+UNLOAD_PARAMETERS = frozenset({"unload_dependents"})  # no ensembles: nothing depends on a model
+
+
+def control_parameters(body: bytes, action: str) -> dict[str, Any]:
+    """Return a load or unload request's ``parameters`` (Triton's model repository extension), refusing
+    what this server would otherwise ignore: a load that overrides the config or the files (edit the
+    repository instead), or an unknown parameter."""
+    if not body.strip():
+        return {}
+    doc = loads(body)
+    params = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise InvalidArgument(f"a {action} request's body must be a JSON object, with 'parameters' an object")
+    for key in params:
+        if action == "load" and (key == "config" or key.startswith("file:")):
+            raise InvalidArgument(
+                f"load parameter {key!r}: overriding a model's config or files in the request is not "
+                "supported; edit its config.toml and version folders in the model repository, then load it"
+            )
+        if action == "load" or key not in UNLOAD_PARAMETERS:
+            raise InvalidArgument(f"unknown {action} parameter {key!r}")
+    if not isinstance(params.get("unload_dependents", False), bool):
+        raise InvalidArgument("unload parameter 'unload_dependents' must be true or false")
+    return dict(params)
 
 
 def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:

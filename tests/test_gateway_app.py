@@ -355,12 +355,33 @@ def test_model_control_is_off_unless_explicit_and_checks_the_model_first(tmp_pat
     refused = explicit.post("/v2/repository/models/digits/load")
     assert refused.status_code == 400 and "did you mean max_batch_size?" in refused.get_json()["error"]
     config.write_text(config.read_text().replace("max_batch_sise", "max_batch_size"))
+    # Triton's load may override the config or files in its body: refused, not ignored.
+    for body, message in (
+        ({"parameters": {"config": "{}"}}, "load parameter 'config': overriding a model's config or files"),
+        ({"parameters": {"file:1/model.pt2": "AAAA"}}, "load parameter 'file:1/model.pt2': overriding"),
+        ({"parameters": {"unload_dependents": True}}, "unknown load parameter 'unload_dependents'"),
+        ({"parameters": []}, "must be a JSON object"),
+    ):
+        response = explicit.post("/v2/repository/models/digits/load", json=body)
+        assert response.status_code == 400 and message in response.get_json()["error"], body
+    response = explicit.post(
+        "/v2/repository/models/digits/unload", json={"parameters": {"unload_dependents": 1}}
+    )
+    assert (
+        response.status_code == 400
+        and "'unload_dependents' must be true or false" in response.get_json()["error"]
+    )
     # Behind the bearer token when authentication is on.
     guarded = make_app(tmp_path, repository, model_control="explicit", auth_token="s3cret").test_client()
     assert guarded.post("/v2/repository/models/digits/unload").status_code == 401
     # The dispatcher does not answer here: the call says so, with Retry-After, rather than hanging.
     unanswered = explicit.post("/v2/repository/models/digits/unload")
     assert unanswered.status_code == 503 and "did not finish within 0.3s" in unanswered.get_json()["error"]
+    # tritonclient's unload_model(name, unload_dependents=True) sends this body
+    dependents = explicit.post(
+        "/v2/repository/models/digits/unload", json={"parameters": {"unload_dependents": True}}
+    )
+    assert dependents.status_code == 503
 
 
 def test_model_config_shows_the_instance_groups(tmp_path: Path) -> None:
