@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import requests
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from harness import (
     DEFAULT_REPOSITORY,
@@ -153,16 +155,19 @@ def test_unload_and_load_under_load_fail_no_request_on_the_other_models(stack: S
         HttpLoad(stack.url, body=ABC, path="/v2/models/b/infer", threads=1) as b,
     ):
         digits.wait_for_more(10)
-        response = post(stack, "/v2/repository/models/a/unload")
-        assert response.status_code == 200 and response.json() == {}, response.text
+        triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", network_timeout=120)
+        triton.unload_model("a")  # its body: {"parameters": {"unload_dependents": false}}
         not_ready = get(stack, "/v2/models/a/ready")
         assert not_ready.status_code == 400 and "unloaded" in not_ready.json()["error"]
         assert post(stack, "/v2/models/a/infer", ABC).status_code == 503
         index = {e["name"]: e for e in post(stack, "/v2/repository/index").json()}
         assert index["a"]["state"] == "UNAVAILABLE" and index["a"]["reason"].startswith("unloaded")
         digits.wait_for_more(10)
-        response = post(stack, "/v2/repository/models/a/load")
-        assert response.status_code == 200, response.text
+        with pytest.raises(InferenceServerException, match="overriding a model's config or files"):
+            triton.load_model("a", config='{"max_batch_size": 2}')  # refused, not a load of what is on disk
+        assert get(stack, "/v2/models/a/ready").status_code == 400
+        triton.load_model("a")  # its body: {}
+        triton.close()
         assert post(stack, "/v2/models/a/infer", ABC).json()["outputs"][0]["data"] == [6.0]
         # Reloading a model that serves, under load on it: its slots reload one at a time.
         response = post(stack, "/v2/repository/models/digits/load")
