@@ -7,6 +7,7 @@ Every problem raises :class:`ConfigError` naming the file, the key and what was 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ TOP_KEYS = (
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
 TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
 MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
+MAX_LABELS = 1 << 20  # class indices a JSON label file may name
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
 TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding")
@@ -372,7 +374,8 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
 
 
 def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
-    """Read an output's label file beside ``path`` (config.toml): line ``i`` labels class index ``i``."""
+    """Read an output's label file beside ``path`` (config.toml): line ``i`` labels class index ``i`` (as
+    Triton's), or a ``.json`` file as TorchServe's ``index_to_name.json``."""
     if not isinstance(filename, str) or "/" in filename or filename in (".", ".."):
         raise ConfigError(f"{path}: key '{key}' must be the name of a file beside config.toml")
     file = path.parent / filename
@@ -387,10 +390,36 @@ def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: key '{key}': {file} is not UTF-8 text") from None
+    if filename.endswith(".json"):
+        return _json_labels(f"{path}: key '{key}': {file}", text)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the file's last newline ends a line; it does not begin one
     return tuple(line.removesuffix("\r") for line in lines)
+
+
+def _json_labels(where: str, text: str) -> tuple[str, ...]:
+    """Read TorchServe's ``index_to_name.json``: ``{"0": "tench"}`` or ``{"0": ["n01440764", "tench"]}``
+    (the last string is the label); an index it leaves out has no label."""
+    try:
+        mapping = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f'{where} must map class indices to labels: {{"0": "label", ...}}')
+    labels: dict[int, str] = {}
+    for index, value in mapping.items():
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = value[-1]
+        if not (index.isascii() and index.isdigit() and int(index) < MAX_LABELS) or not isinstance(
+            value, str
+        ):
+            raise ConfigError(
+                f"{where}: entry {index!r} must map a class index below {MAX_LABELS} to a label "
+                'or a list of strings ending with the label ("0": ["n01440764", "tench"])'
+            )
+        labels[int(index)] = value
+    return tuple(labels.get(i, "") for i in range(max(labels, default=-1) + 1))
 
 
 def _instance_groups(path: Path, raw: dict[str, Any]) -> tuple[InstanceGroup, ...]:

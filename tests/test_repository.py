@@ -220,3 +220,21 @@ def test_only_an_output_has_labels(tmp_path: Path) -> None:
     (folder / "labels.txt").write_text("a\n")
     with pytest.raises(ConfigError, match="input\\[0\\].label_filename': only an output has labels"):
         load_model_config(folder)
+
+
+def test_torchserve_index_to_name_json_labels_too(tmp_path: Path) -> None:
+    folder = make(tmp_path, GOOD + 'label_filename = "index_to_name.json"\n')
+    (folder / "index_to_name.json").write_text(
+        '{"0": ["n01440764", "tench"], "1": "goldfish", "3": ["shark"]}'
+    )
+    assert load_model_config(folder).outputs[0].labels == ("tench", "goldfish", "", "shark")
+    for bad, message in (
+        ("[1, 2]", "must map class indices to labels"),
+        ('{"x": "a"}', "entry 'x' must map a class index below"),
+        ('{"0": 5}', "entry '0' must map"),
+        ('{"99999999": "a"}', "entry '99999999' must map"),
+        ("{", "is not valid JSON"),
+    ):
+        (folder / "index_to_name.json").write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            load_model_config(folder)
