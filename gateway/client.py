@@ -69,6 +69,7 @@ class _Call:
     deadline: float  # unix seconds
     request_id: str
     priority: int
+    parameters: protocol.Parameters
 
     def frames(
         self, call_id: str, version: str | None, segment: tuple[shm.Segment, dict[str, Any]] | None
@@ -87,6 +88,7 @@ class _Call:
             priority=self.priority,
             outputs=tuple(self.outputs),
             shm=segment[1] if segment is not None else None,
+            parameters=self.parameters,
         ).frames()
 
 
@@ -228,16 +230,16 @@ class DispatcherClient:
         request_id: str = "",
         priority: int = 0,
         reply_bytes: int = 0,
+        parameters: protocol.Parameters | None = None,
     ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`CodedError` for every failure.
 
-        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs travel
-        in
-        a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host, with room
-        for
-        ``reply_bytes`` of outputs; only the header crosses the dispatcher.
+        ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs
+        travel in a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host,
+        with room for ``reply_bytes`` of outputs; only the header crosses the dispatcher. ``parameters`` go
+        to the model's handler.
         """
-        call = _Call(model, version, tensors, outputs, deadline, request_id, priority)
+        call = _Call(model, version, tensors, outputs, deadline, request_id, priority, parameters or {})
         with self._lock:
             alone = self._in_flight == 0
             self._in_flight += 1

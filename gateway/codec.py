@@ -35,8 +35,11 @@ from inference_worker.protocol import (
     DATATYPES,
     MAX_DIMS,
     MAX_NAME_LENGTH,
+    MAX_PARAMETERS,
     MAX_TENSORS,
     ErrorCode,
+    Parameters,
+    parameter_problem,
 )
 from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
@@ -44,6 +47,7 @@ MAX_ID_LENGTH = 256
 MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
+RESERVED_PARAMETERS = frozenset({"timeout", "priority", "binary_data_output"})  # read here, not passed on
 SHARED_MEMORY_UNSUPPORTED = (
     "Triton's shared-memory extension is not supported: send tensors in the request and take outputs "
     "from the response, as binary data (on one host the gateway moves large tensors through shared memory "
@@ -106,6 +110,7 @@ class InferRequest:
     priority: int = 0
     binary_data_output: bool = False
     raw: bytes | memoryview | None = None  # the whole body of a raw binary request (header length 0)
+    parameters: Parameters = field(default_factory=dict)  # the others, for the model's handler
 
 
 # -- bodies ----------------------------------------------------------------------------------------------
@@ -253,7 +258,20 @@ def parse_infer_request(
         timeout_us=timeout,
         priority=priority,
         binary_data_output=binary_output,
+        parameters=handler_parameters(params, RESERVED_PARAMETERS),
     )
+
+
+def handler_parameters(raw: dict[str, Any], reserved: frozenset[str] = frozenset()) -> Parameters:
+    """Return the parameters a request passes on to its model's handler (all but ``reserved``), or raise
+    (400) naming one that cannot travel: a value that is not a string, a number or a boolean, say."""
+    chosen = {name: value for name, value in raw.items() if name not in reserved}
+    if len(chosen) > MAX_PARAMETERS:
+        raise InvalidArgument(f"a request may have at most {MAX_PARAMETERS} parameters, not {len(chosen)}")
+    for name, value in chosen.items():
+        if (why := parameter_problem(name, value)) is not None:
+            raise InvalidArgument(why)
+    return chosen
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:

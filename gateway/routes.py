@@ -25,6 +25,7 @@ from gateway.metrics import CONTENT_TYPE, render, request_metrics
 from gateway.service import CONTROL_BODY, Gateway, reply_room
 from gateway.trace import RequestTrace
 from inference_worker.errors import CodedError
+from inference_worker.protocol import Parameters
 
 EXTENSION = "torchgate"  # the app.extensions key of the process's Gateway
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -168,8 +169,17 @@ def predictions(model: str, version: str | None = None) -> Response:
         current_trace(),
         content_type=environ.get("CONTENT_TYPE"),
         content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
+        parameters=query_parameters(),
     )
     return json_response(doc)
+
+
+def query_parameters() -> Parameters:
+    """Return the query string as TorchServe passes it to a handler (the last value of a repeated name),
+    less ``/invocations``' ``model_name``."""
+    if not request.environ.get("QUERY_STRING"):
+        return {}
+    return {name: value for name, value in request.args.items(multi=True) if name != "model_name"}
 
 
 @routes.post("/invocations")

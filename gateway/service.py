@@ -11,7 +11,15 @@ from typing import Any
 from gateway import afterwork, torchserve
 from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
-from gateway.codec import Body, Tensor, decode_content, infer_response, loads, parse_infer_request
+from gateway.codec import (
+    Body,
+    Tensor,
+    decode_content,
+    handler_parameters,
+    infer_response,
+    loads,
+    parse_infer_request,
+)
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
@@ -20,7 +28,7 @@ from gateway.trace import RequestTrace
 from gateway.triton import repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.errors import CodedError
-from inference_worker.protocol import BYTES, ErrorCode, StatusReply
+from inference_worker.protocol import BYTES, ErrorCode, Parameters, StatusReply
 from inference_worker.repository import ModelConfig
 from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
@@ -114,6 +122,7 @@ class Gateway:
             trace.request_id,
             request.priority,
             reply_bytes=reply_bytes(model, inputs),
+            parameters=request.parameters,
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, names)
@@ -148,12 +157,18 @@ class Gateway:
             version = str(version)
         if version is not None and not isinstance(version, str):
             raise InvalidArgument('"version" must be a string or an integer')
+        raw_parameters = doc.get("parameters", {})
+        if not isinstance(raw_parameters, dict):
+            raise InvalidArgument('"parameters" must be a JSON object')
+        parameters = handler_parameters(raw_parameters)
         model = self.catalog.get(name)[0] if name is not None else self.catalog.only()
         resolved = self.catalog.get(model.name, version)[1] if version else None
         with self.parsing(len(body)):
             tensor, whole = predict_input(doc["input"], model, self.limits)
         trace.begin(model, resolved or self.catalog.get(model.name)[1], [tensor])
-        reply = self.client.infer(model.name, resolved, [tensor], [], self.deadline(None), trace.request_id)
+        reply = self.client.infer(
+            model.name, resolved, [tensor], [], self.deadline(None), trace.request_id, parameters=parameters
+        )
         trace.finish(reply.version, reply.worker, reply.stats)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
 
@@ -166,9 +181,10 @@ class Gateway:
         *,
         content_type: str | None = None,
         content_encoding: str | None = None,
+        parameters: Parameters | None = None,
     ) -> Any:
         """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only
-        input."""
+        input; ``parameters`` (its query string) go to the model's handler."""
         model, resolved = self.catalog.get(model_name, version)
         if len(model.inputs) != 1:
             raise InvalidArgument(
@@ -185,7 +201,13 @@ class Gateway:
                 tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)
         trace.begin(model, resolved, [tensor])
         reply = self.client.infer(
-            model.name, resolved if version else None, [tensor], [], self.deadline(None), trace.request_id
+            model.name,
+            resolved if version else None,
+            [tensor],
+            [],
+            self.deadline(None),
+            trace.request_id,
+            parameters=handler_parameters(parameters or {}),
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         values = output_values(_pick(reply, [s.name for s in model.outputs]), model, whole)

@@ -14,12 +14,17 @@ numbers
   A value is a tensor or array, or for a BYTES output strings, bytes or JSON-able objects, one per sample;
 - ``warmup_inputs()``: one request's inputs to warm the model up with before the worker says READY.
 
+``preprocess`` and ``postprocess`` get the request's parameters (``{name: str, int, float or bool}``: an Open
+Inference Protocol request's ``parameters``, the query string of ``/predictions``, ``/predict``'s
+``"parameters"``) when they declare a ``parameters`` argument: ``preprocess(self, inputs, parameters)``.
+
 The gateway never imports a handler or its dependencies; only the worker does.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,6 +77,9 @@ class BoundHandler:
         default = Handler()
         for hook in ("setup", "preprocess", "inference", "postprocess", "warmup_inputs"):
             setattr(self, hook, getattr(instance, hook, getattr(default, hook)))
+        # A hook that declares ``parameters`` gets the request's (its OIP request parameters, say).
+        self.preprocess_parameters = takes_parameters(self.preprocess)
+        self.postprocess_parameters = takes_parameters(self.postprocess)
 
     # The hooks, bound in __init__ (declared for the type checker).
     setup: Any
@@ -93,10 +101,15 @@ class BoundHandler:
                 inputs[meta.name] = to_torch(meta, buf)
         return inputs
 
-    def prepare(self, inputs: dict[str, Any], samples: int) -> dict[str, torch.Tensor]:
+    def prepare(
+        self, inputs: dict[str, Any], samples: int, parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Run ``preprocess`` on one request; a failure is that request's 400, with the handler's message."""
         try:
-            result = self.preprocess(inputs)
+            if self.preprocess_parameters:
+                result = self.preprocess(inputs, parameters=dict(parameters or {}))
+            else:
+                result = self.preprocess(inputs)
         except Exception as exc:
             raise CodedError(ErrorCode.INVALID_ARGUMENT, f"preprocessing failed: {_say(exc)}") from exc
         if not isinstance(result, Mapping) or not result:
@@ -116,11 +129,18 @@ class BoundHandler:
         return prepared
 
     def finish(
-        self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], samples: int
+        self,
+        outputs: dict[str, torch.Tensor],
+        inputs: dict[str, torch.Tensor],
+        samples: int,
+        parameters: Mapping[str, Any] | None = None,
     ) -> list[tuple[TensorMeta, Any]]:
         """Run ``postprocess`` on one request and return its outputs as wire tensors, in config order."""
         try:
-            result = self.postprocess(outputs, inputs)
+            if self.postprocess_parameters:
+                result = self.postprocess(outputs, inputs, parameters=dict(parameters or {}))
+            else:
+                result = self.postprocess(outputs, inputs)
         except Exception as exc:
             raise CodedError(ErrorCode.INTERNAL, f"postprocessing failed: {_say(exc)}") from exc
         names = [spec.name for spec in self.config.outputs]
@@ -136,6 +156,18 @@ class BoundHandler:
             for spec in self.config.outputs
             if spec.name in result
         ]
+
+
+def takes_parameters(hook: Any) -> bool:
+    """Whether a hook declares a ``parameters`` argument (or takes ``**kwargs``)."""
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # a builtin or an odd callable: call it as documented
+        return False
+    return any(
+        p.name == "parameters" or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in signature.parameters.values()
+    )
 
 
 def wire_output(spec: TensorSpec, value: Any, samples: int, batching: bool) -> tuple[TensorMeta, Any]:

@@ -7,7 +7,7 @@ Models with neither run through :class:`inference_worker.compute.Executor` as be
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,15 +43,20 @@ class Pipeline:
     # -- one request ------------------------------------------------------------------------------------
 
     def admit(
-        self, tensors: Sequence[tuple[TensorMeta, memoryview]], samples: int
+        self,
+        tensors: Sequence[tuple[TensorMeta, memoryview]],
+        samples: int,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return one request's model inputs by name; raise :class:`CodedError` for this request alone."""
+        """Return one request's model inputs by name; raise :class:`CodedError` for this request alone.
+
+        ``parameters`` are the request's, for a handler that takes them."""
         if self.handler is not None:
             try:
                 inputs = self.handler.request_inputs(tensors)
             except strings.StringsError as exc:  # the wire checked frames; this guards any other way in
                 raise CodedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
-            prepared = self.handler.prepare(inputs, samples)
+            prepared = self.handler.prepare(inputs, samples, parameters)
         else:
             prepared = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
             prepared = {spec.name: prepared[spec.name] for spec in self.config.inputs}
@@ -67,11 +72,15 @@ class Pipeline:
         return pad.batch_key(prepared, self.config.padding)
 
     def finish(
-        self, outputs: dict[str, torch.Tensor], prepared: dict[str, torch.Tensor], samples: int
+        self,
+        outputs: dict[str, torch.Tensor],
+        prepared: dict[str, torch.Tensor],
+        samples: int,
+        parameters: Mapping[str, Any] | None = None,
     ) -> list[tuple[TensorMeta, Any]]:
         """Return one request's outputs as wire tensors (postprocessed when there is a handler)."""
         if self.handler is not None:
-            return self.handler.finish(outputs, prepared, samples)
+            return self.handler.finish(outputs, prepared, samples, parameters)
         return [from_torch(spec.name, outputs[spec.name]) for spec in self.config.outputs]
 
     # -- a batch ----------------------------------------------------------------------------------------

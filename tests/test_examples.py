@@ -247,6 +247,36 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     assert ping.status_code == 200 and ping.json() == {"status": "Healthy"}
 
 
+def test_request_parameters_reach_the_handler(stack: Stack) -> None:
+    _, x_test, _, y_test = held_out_split()
+    png = render(x_test[:1], "PNG")[0]
+    url = f"{stack.url}/predictions/digits_image"
+    top = requests.put(f"{url}?top_k=3", data=png, timeout=60)  # TorchServe's query string
+    assert top.status_code == 200, top.text
+    prediction = top.json()["prediction"]
+    assert [t["digit"] for t in prediction["top"]][0] == prediction["digit"] == y_test[0]
+    assert (
+        len(prediction["top"]) == 3
+        and "top" not in requests.put(url, data=png, timeout=60).json()["prediction"]
+    )
+    bad = requests.put(f"{url}?top_k=eleven", data=png, timeout=60)  # the handler's preprocess refuses it
+    assert bad.status_code == 400 and "parameter top_k must be a whole number" in bad.json()["error"]
+    # The Open Inference Protocol's request parameters, as tritonclient sends them
+    image = httpclient.InferInput("image", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[png]], dtype=object))
+    triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", network_timeout=60)
+    try:
+        result = triton.infer("digits_image", [image], parameters={"top_k": 2})
+        oip = json.loads(result.as_numpy("prediction")[0, 0])
+        assert oip["digit"] == y_test[0] and [t["digit"] for t in oip["top"]] == [
+            t["digit"] for t in prediction["top"][:2]
+        ]
+        with pytest.raises(InferenceServerException, match="must be a string, a number or a boolean"):
+            triton.infer("digits_image", [image], parameters={"top_k": [1, 2]})
+    finally:
+        triton.close()
+
+
 def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stack) -> None:
     """``masked`` takes INT64 ids [n, L] with -1 for L; answers ids x mask per token and the tokens it saw."""
 

@@ -195,6 +195,12 @@ def test_predict_contract_errors(client: FlaskClient) -> None:
     assert client.post("/predict", json={"input": DIGITS_ROW, "model": "nope"}).status_code == 404
     assert client.post("/predict", json={"input": DIGITS_ROW, "version": "9"}).status_code == 404
     assert client.post("/predict", data=b"").status_code == 400
+    for parameters, message in (
+        ([1], '"parameters" must be a JSON object'),
+        ({"k": None}, "parameter 'k' must be"),
+    ):
+        response = client.post("/predict", json={"input": DIGITS_ROW, "parameters": parameters})
+        assert response.status_code == 400 and message in response.get_json()["error"]
 
 
 def test_predict_needs_a_model_name_when_there_are_several(tmp_path: Path) -> None:

@@ -13,13 +13,16 @@ import pytest
 
 from inference_worker import protocol
 from inference_worker.protocol import ErrorCode, Link, ProtocolError, TensorMeta
+from inference_worker.protocol.relay import RelayedRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR = [(TensorMeta("x", "FP32", (1, 2)), b"\0" * 8)]
 
 EXAMPLES: list[Any] = [
-    protocol.Request("r1", "m", TENSOR, "2", 12.5, "trace", 3, ("y",), {"fd": 3}),
-    protocol.ForwardedRequest(7, "m", "2", TENSOR, 12.5, "r1", "trace", 3, ("y",), {"fd": 3}),
+    protocol.Request("r1", "m", TENSOR, "2", 12.5, "trace", 3, ("y",), {"fd": 3}, {"top_k": 3, "lang": "en"}),
+    protocol.ForwardedRequest(
+        7, "m", "2", TENSOR, 12.5, "r1", "trace", 3, ("y",), {"fd": 3}, {"top_k": 3, "on": True, "t": 0.5}
+    ),
     protocol.WorkerReply(7, TENSOR, {"batch_size": 1}, [{"offset": 0}]),
     protocol.Reply("r1", "m", "2", "w0", TENSOR, {"batch_size": 1}, [{"offset": 0}]),
     protocol.WorkerError(7, ErrorCode.INVALID_ARGUMENT, "bad"),
@@ -155,3 +158,20 @@ def test_the_shared_wire_code_imports_neither_torch_nor_zmq() -> None:
         "bad = {'torch', 'zmq'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
+
+
+def test_request_parameters_travel_through_the_dispatcher_untouched() -> None:
+    params: protocol.Parameters = {"top_k": 3, "lang": "en", "on": False, "t": 0.25}
+    relayed = RelayedRequest.of(protocol.Request("r1", "m", TENSOR, parameters=params))
+    forwarded = protocol.ForwardedRequest.read(protocol.decode(relayed.frames(9, "1", math.inf)))
+    assert forwarded.parameters == params and forwarded.seq == 9
+    assert "parameters" not in header(protocol.Request("r1", "m", TENSOR).frames())  # none: no field
+
+
+def test_request_parameters_a_gateway_would_refuse_are_left_out() -> None:
+    raw = {"ok": 1, "nested": {"a": 1}, "list": [1], "": 2, "long": "x" * (17 << 10), "x" * 300: 1}
+    frames = protocol.encode(protocol.Kind.REQUEST, {"id": "x", "model": "m", "parameters": raw})
+    assert protocol.Request.read(protocol.decode(frames)).parameters == {"ok": 1}
+    many = {f"p{i}": i for i in range(100)}
+    frames = protocol.encode(protocol.Kind.REQUEST, {"id": "x", "model": "m", "parameters": many})
+    assert len(protocol.Request.read(protocol.decode(frames)).parameters) == protocol.MAX_PARAMETERS

@@ -4,6 +4,7 @@ handler's failures cost (its request alone)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from inference_worker import padding as pad
 from inference_worker import strings
 from inference_worker.compute import BatchTimes
 from inference_worker.errors import CodedError
-from inference_worker.handlers import wire_output
+from inference_worker.handlers import BoundHandler, wire_output
 from inference_worker.pipeline import Pipeline
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import Padding, TensorSpec, load_model_config
@@ -136,3 +137,25 @@ def test_wire_output_takes_tensors_strings_and_json() -> None:
     assert meta == TensorMeta("y", "FP32", (1, 3))
     with pytest.raises(CodedError, match=r"output 'y' of shape \[2, 2\] does not fit \[1, 3\]"):
         wire_output(TensorSpec("y", "FP32", (3,)), np.zeros((2, 2)), samples=1, batching=True)
+
+
+def test_a_hook_that_declares_parameters_gets_the_requests(tmp_path: Path) -> None:
+    class WithParameters:
+        def preprocess(self, inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {"ids": inputs["ids"] * int(parameters.get("scale", 1))}
+
+        def postprocess(self, outputs: dict[str, Any], inputs: dict[str, Any], **extra: Any) -> Any:
+            return {"count": outputs["count"] + extra["parameters"].get("offset", 0)}
+
+    class Without:
+        def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {"ids": inputs["ids"]}
+
+    config = load_model_config(write_masked_model(tmp_path))
+    with_parameters, without = BoundHandler(WithParameters(), config), BoundHandler(Without(), config)
+    ids = torch.tensor([[1, 2]])
+    assert with_parameters.prepare({"ids": ids}, 1, {"scale": 3})["ids"].tolist() == [[3, 6]]
+    assert with_parameters.prepare({"ids": ids}, 1)["ids"].tolist() == [[1, 2]]  # none: an empty dict
+    assert without.prepare({"ids": ids}, 1, {"scale": 3})["ids"].tolist() == [[1, 2]]
+    (meta, blob), *_ = with_parameters.finish({"count": torch.tensor([[2.0]])}, {}, 1, {"offset": 5})
+    assert meta.name == "count" and np.frombuffer(blob, "<f4").tolist() == [7.0]

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inference_worker.protocol.fields import Link, Tensors
+from inference_worker.protocol.fields import (
+    MAX_PARAMETERS,
+    Link,
+    Parameters,
+    Tensors,
+    parameter_problem,
+)
 from inference_worker.protocol.frames import (
     BYTES,
     DATATYPE_SIZES,
@@ -87,6 +93,9 @@ __all__ = [
     "Heartbeat",
     "Kind",
     "Link",
+    "MAX_PARAMETERS",
+    "Parameters",
+    "parameter_problem",
     "Message",
     "ProtocolError",
     "Query",

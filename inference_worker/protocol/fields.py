@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from inference_worker.protocol.frames import (
+    MAX_NAME_LENGTH,
     ErrorCode,
     Kind,
     ProtocolError,
@@ -15,6 +16,9 @@ from inference_worker.protocol.frames import (
 )
 
 Tensors = Sequence[tuple[TensorMeta, Any]]  # each tensor's meta and its frame (any buffer)
+Parameters = dict[str, str | int | float | bool]  # a request's parameters, for its model's handler
+MAX_PARAMETERS = 64
+MAX_PARAMETER_TEXT = 16 << 10  # characters of a string parameter
 
 
 class Link(enum.StrEnum):
@@ -65,6 +69,30 @@ def _code(fields: dict[str, Any]) -> ErrorCode:
 def _map(fields: dict[str, Any], key: str) -> dict[str, Any]:
     value = fields.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def parameter_problem(name: Any, value: Any) -> str | None:
+    """Say why one request parameter cannot travel to a handler; None when it can."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        return f"parameter names must be strings of 1 to {MAX_NAME_LENGTH} characters"
+    if isinstance(value, bool | float):
+        return None
+    if isinstance(value, int):
+        return None if -(1 << 63) <= value < 1 << 64 else f"parameter {name!r}: integer out of range"
+    if isinstance(value, str):
+        if len(value) > MAX_PARAMETER_TEXT:
+            return f"parameter {name!r}: longer than {MAX_PARAMETER_TEXT} characters"
+        return None
+    return f"parameter {name!r} must be a string, a number or a boolean"
+
+
+def _parameters(fields: dict[str, Any], key: str = "parameters") -> Parameters:
+    """Read a request's parameters; entries a gateway would have refused are left out."""
+    value = fields.get(key)
+    if not isinstance(value, dict):
+        return {}
+    entries = list(value.items())[:MAX_PARAMETERS]
+    return {k: v for k, v in entries if parameter_problem(k, v) is None}
 
 
 def _optional_map(fields: dict[str, Any], key: str) -> dict[str, Any] | None:

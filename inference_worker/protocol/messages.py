@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from inference_worker.protocol.fields import (
     Link,
+    Parameters,
     Tensors,
     _code,
     _header,
@@ -21,6 +22,7 @@ from inference_worker.protocol.fields import (
     _optional_list,
     _optional_map,
     _optional_text,
+    _parameters,
     _text,
 )
 from inference_worker.protocol.frames import (
@@ -49,6 +51,8 @@ class Request:
         "outputs": "list of str, the outputs wanted, empty = all",
         "shm": "the inputs' shared-memory segment (`inference_worker/shm.py`) "
         "instead of frames; absent = frames",
+        "parameters": "{str: str, int, float or bool}, the request's parameters for the model's handler; "
+        "absent = none",
         "inputs": "tensor metas, one frame each",
     }
 
@@ -61,6 +65,7 @@ class Request:
     priority: int = 0
     outputs: tuple[str, ...] = ()
     shm: dict[str, Any] | None = None
+    parameters: Parameters = field(default_factory=dict)
 
     def frames(self) -> list[Any]:
         fields = {
@@ -72,6 +77,7 @@ class Request:
             "priority": self.priority,
             "outputs": list(self.outputs),
             "shm": self.shm,
+            "parameters": self.parameters or None,
         }
         return _header(Kind.REQUEST, fields, self.inputs)
 
@@ -88,6 +94,7 @@ class Request:
             priority=_integer(fields, "priority"),
             outputs=_names(fields, "outputs"),
             shm=_optional_map(fields, "shm"),
+            parameters=_parameters(fields),
         )
 
 
@@ -107,6 +114,7 @@ class ForwardedRequest:
         "priority": "int",
         "outputs": "list of str",
         "shm": "as the gateway's REQUEST (workers on this host only)",
+        "parameters": "as the gateway's REQUEST",
         "inputs": "tensor metas, one frame each",
     }
 
@@ -120,6 +128,7 @@ class ForwardedRequest:
     priority: int = 0
     outputs: tuple[str, ...] = ()
     shm: dict[str, Any] | None = None
+    parameters: Parameters = field(default_factory=dict)
 
     @classmethod
     def of(cls, request: Request, seq: int, version: str, deadline: float) -> ForwardedRequest:
@@ -135,6 +144,7 @@ class ForwardedRequest:
             priority=request.priority,
             outputs=request.outputs,
             shm=request.shm,
+            parameters=request.parameters,
         )
 
     def frames(self) -> list[Any]:
@@ -148,6 +158,7 @@ class ForwardedRequest:
             "priority": self.priority,
             "outputs": list(self.outputs),
             "shm": self.shm,
+            "parameters": self.parameters or None,
         }
         return _header(Kind.REQUEST, fields, self.inputs)
 
@@ -166,6 +177,7 @@ class ForwardedRequest:
             priority=_integer(fields, "priority"),
             outputs=_names(fields, "outputs"),
             shm=_optional_map(fields, "shm"),
+            parameters=_parameters(fields),
         )
 
 

@@ -162,7 +162,7 @@ class Application:
             samples = check_inputs(executor.config, [meta for meta, _ in tensors])
             inputs: Any
             if isinstance(executor, Pipeline):  # a handler's preprocess, or padding: a 400 for this one alone
-                inputs = executor.admit(tensors, samples)
+                inputs = executor.admit(tensors, samples, message.parameters)
                 batch_key = executor.batch_key(inputs)
             else:
                 by_name = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
@@ -181,7 +181,7 @@ class Application:
                 samples=samples,
                 arrived_ns=time.monotonic_ns(),
                 deadline=message.deadline,
-                payload=(inputs, message.outputs, reply_area),
+                payload=(inputs, message.outputs, reply_area, message.parameters),
                 request_id=message.request_id,
             )
         )
@@ -306,7 +306,7 @@ class Application:
         wanted = item.payload[1]
         if isinstance(executor, Pipeline):
             try:  # a handler's postprocess: a failure fails this request alone
-                tensors = executor.finish(outputs, item.payload[0], item.samples)
+                tensors = executor.finish(outputs, item.payload[0], item.samples, item.payload[3])
             except CodedError as exc:
                 return exc
             return [t for t in tensors if not wanted or t[0].name in wanted]

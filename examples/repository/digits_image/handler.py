@@ -3,7 +3,7 @@
 preprocess decodes each image (PNG, JPEG, anything Pillow reads; on a GPU worker with torchvision, JPEGs are
 decoded on the GPU), makes it grey, shrinks it to 8x8 by averaging, and scales it to the 0..16 the model was
 trained on; light-background images (dark ink on paper) are inverted. postprocess turns logits into
-probabilities and a JSON answer per image.
+probabilities and a JSON answer per image, with the ``top_k`` digits when the request's parameters ask.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class DigitsImageHandler:
             else:
                 self.decode_jpeg = decode_jpeg
 
-    def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def preprocess(self, inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, torch.Tensor]:
+        top_k(parameters)  # a bad one fails here, as the client's 400, before any compute
         images = [self.grey(bytes(data)) for data in inputs["image"].reshape(-1)]
         return {"input": torch.stack([self.digit(image) for image in images])}
 
@@ -68,15 +69,35 @@ class DigitsImageHandler:
         return {"output": model(batch["input"])}
 
     def postprocess(
-        self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+        self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], parameters: dict[str, Any]
     ) -> dict[str, Any]:
         probabilities = torch.softmax(outputs["output"], dim=1)
         best = probabilities.max(dim=1)
-        predictions = [
+        predictions: list[dict[str, Any]] = [
             {"digit": int(d), "probability": round(float(p), 4)}
             for d, p in zip(best.indices, best.values, strict=True)
         ]
+        k = top_k(parameters)
+        if k > 1:  # ?top_k=3 (TorchServe's query string) or "parameters": {"top_k": 3}
+            top = probabilities.topk(k, dim=1)
+            for prediction, values, digits in zip(predictions, top.values, top.indices, strict=True):
+                prediction["top"] = [
+                    {"digit": int(d), "probability": round(float(p), 4)}
+                    for d, p in zip(digits, values, strict=True)
+                ]
         return {"prediction": predictions, "probabilities": probabilities}
+
+
+def top_k(parameters: dict[str, Any]) -> int:
+    """The request's ``top_k`` (1 to 10; a query string's is text), 1 when it has none."""
+    raw = parameters.get("top_k", 1)
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter top_k must be a whole number from 1 to 10, got {raw!r}") from None
+    if not 1 <= k <= 10 or isinstance(raw, bool | float):
+        raise ValueError(f"parameter top_k must be a whole number from 1 to 10, got {raw!r}")
+    return k
 
     def warmup_inputs(self) -> dict[str, Any]:
         buffer = io.BytesIO()
