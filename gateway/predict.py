@@ -104,8 +104,8 @@ def output_values(outputs: list[Tensor], model: ModelConfig, whole: bool) -> dic
     return values
 
 
-def _strings(tensor: Tensor, spec: TensorSpec, whole: bool) -> Any:
-    """Return a BYTES output as nested lists of strings (or JSON documents); one element alone unnested."""
+def string_elements(tensor: Tensor, spec: TensorSpec) -> list[Any]:
+    """Return a BYTES output's elements, flat: strings, or the JSON documents its config announces."""
     elements: list[Any] = output_strings(tensor)
     if spec.format == "json":
         try:
@@ -114,6 +114,12 @@ def _strings(tensor: Tensor, spec: TensorSpec, whole: bool) -> Any:
             raise CodedError(
                 ErrorCode.INTERNAL, f"output {tensor.name!r} is not the JSON its config announces"
             ) from None
+    return elements
+
+
+def _strings(tensor: Tensor, spec: TensorSpec, whole: bool) -> Any:
+    """Return a BYTES output as nested lists of strings (or JSON documents); one element alone unnested."""
+    elements = string_elements(tensor, spec)
     shape = list(tensor.shape)
     if not whole and shape:
         shape = shape[1:]
@@ -122,11 +128,12 @@ def _strings(tensor: Tensor, spec: TensorSpec, whole: bool) -> Any:
         return elements[0]
     if whole and shape and math.prod(shape[1:]) == 1:
         return elements  # one element per sample: a list of them
-    return _nest(elements, shape)
+    return nest(elements, shape)
 
 
-def _nest(flat: list[Any], shape: list[int]) -> Any:
+def nest(flat: list[Any], shape: list[int]) -> Any:
+    """Return ``flat`` as nested lists of ``shape`` (row-major)."""
     if len(shape) <= 1:
         return flat
     step = math.prod(shape[1:])
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+    return [nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]

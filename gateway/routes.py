@@ -223,6 +223,34 @@ def ping() -> Response:
     return json_response({"status": health}, 503 if health == "Unhealthy" else 200)
 
 
+# -- KServe's v1 protocol -------------------------------------------------------------------------------
+
+
+@routes.get("/v1/models")
+def v1_models() -> Response:
+    return json_response({"models": sorted(current_gateway().catalog.models)})
+
+
+@routes.get("/v1/models/<model>")
+def v1_model_ready(model: str) -> Response:
+    ok, config, why = current_gateway().model_ready(model, None)
+    if ok:
+        return json_response({"name": config.name, "ready": True})
+    return json_response({"name": config.name, "ready": False, "error": why}, 503)
+
+
+@routes.post("/v1/models/<model>:predict")
+def v1_predict(model: str) -> Response:
+    gateway = current_gateway()
+    doc = gateway.v1_predict(
+        model,
+        request_body(),
+        current_trace(),
+        content_encoding=request.environ.get("HTTP_CONTENT_ENCODING"),
+    )
+    return json_response(doc)
+
+
 # -- Open Inference Protocol ----------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from gateway import afterwork, torchserve
+from gateway import afterwork, kserve_v1, torchserve
 from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import (
@@ -171,6 +171,23 @@ class Gateway:
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
+
+    def v1_predict(
+        self, model_name: str, body: bytes, trace: RequestTrace, *, content_encoding: str | None = None
+    ) -> dict[str, Any]:
+        """Answer KServe's v1 ``POST /v1/models/{m}:predict``: ``{"instances": [...]}`` ->
+        ``{"predictions": [...]}``."""
+        model, resolved = self.catalog.get(model_name)
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        with self.parsing(len(body)):
+            tensor, count = kserve_v1.instances_input(
+                loads(body, self.config.max_json_values), model, self.limits
+            )
+        trace.begin(model, resolved, [tensor])
+        reply = self.client.infer(model.name, None, [tensor], [], self.deadline(None), trace.request_id)
+        trace.finish(reply.version, reply.worker, reply.stats)
+        outputs = _pick(reply, [s.name for s in model.outputs])
+        return {"predictions": kserve_v1.predictions(outputs, model, count)}
 
     def predictions(
         self,

@@ -145,7 +145,7 @@ def test_kserve_schema_accepts_the_serving_runtime() -> None:
     runtime = by_kind(KSERVE / "servingruntime.yaml")["ServingRuntime"]
     kserve_validator("servingruntimes.v1alpha1.json.gz").validate(runtime)
     spec = runtime["spec"]
-    assert spec["protocolVersions"] == ["v2"]
+    assert spec["protocolVersions"] == ["v2", "v1"]  # both are served (gateway/kserve_v1.py)
     (container,) = spec["containers"]
     port = int(_env(container)["TORCHGATE_SERVE_PORT"])
     assert container["ports"][0]["containerPort"] == port == 8080  # where KServe sends traffic

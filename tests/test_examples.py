@@ -5,6 +5,7 @@ and /predict; one stack (gateway, dispatcher, one worker) for the whole module.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -245,6 +246,16 @@ def test_digits_torchserve_style_bodies(stack: Stack) -> None:
     assert unnamed.status_code == 400 and "parameter model_name is required" in unnamed.json()["error"]
     ping = requests.get(f"{stack.url}/ping", timeout=60)
     assert ping.status_code == 200 and ping.json() == {"status": "Healthy"}
+    # KServe's v1 protocol, files as {"b64": ...} instances (what TorchServe's KServe wrapper took)
+    v1 = requests.post(
+        f"{stack.url}/v1/models/digits_image:predict",
+        json={
+            "instances": [{"b64": base64.b64encode(png).decode()}, {"b64": base64.b64encode(jpeg).decode()}]
+        },
+        timeout=60,
+    )
+    assert v1.status_code == 200, v1.text
+    assert [p["prediction"]["digit"] for p in v1.json()["predictions"]] == [y_test[0]] * 2
 
 
 def test_request_parameters_reach_the_handler(stack: Stack) -> None:

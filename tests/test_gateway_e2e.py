@@ -310,6 +310,27 @@ def test_predict_like_the_seed(server: Stack, digits: torch.nn.Module) -> None:
     }
 
 
+def test_kserve_v1_protocol(server: Stack, digits: torch.nn.Module) -> None:
+    x = digits_batch(3, seed=5)
+    r = requests.post(f"{server.url}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["predictions"]), reference(digits, x), rtol=1e-4, atol=1e-4)
+    # several outputs: a {name: value} per instance (FP16 and BF16 widened to float32, as /predict does)
+    several = requests.post(
+        f"{server.url}/v1/models/half:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=60
+    )
+    assert several.status_code == 200, several.text
+    assert several.json() == {"predictions": [{"y": [2, 4, 6, 8], "z": [2, 4, 6, 8], "s": [10]}]}
+    assert requests.get(f"{server.url}/v1/models", timeout=30).json() == {
+        "models": ["digits", "half", "slow"]
+    }
+    ready = requests.get(f"{server.url}/v1/models/digits", timeout=30)
+    assert ready.status_code == 200 and ready.json() == {"name": "digits", "ready": True}
+    assert requests.get(f"{server.url}/v1/models/nope", timeout=30).status_code == 404
+    bad = requests.post(f"{server.url}/v1/models/digits:predict", json={"instances": [[1, 2]]}, timeout=60)
+    assert bad.status_code == 400 and "[-1, 64]" in bad.json()["error"]
+
+
 def test_raw_binary_request_and_request_ids(server: Stack, digits: torch.nn.Module) -> None:
     x = digits_batch(2, seed=9)
     response = requests.post(
