@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from gateway import auth, instrument
 from gateway.codec import SHARED_MEMORY_UNSUPPORTED
 from gateway.config import GatewayConfig
+from gateway.cors import CorsPolicy
 from gateway.errors import (
     METHOD_NOT_ALLOWED,
     PAYLOAD_TOO_LARGE,
@@ -56,12 +57,35 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.extensions[EXTENSION] = gateway or Gateway(config)
     instrument.install(app)  # first: a request is traced before anything can refuse it
+    policy = CorsPolicy(config.cors_origins)
+    if policy.enabled:
+        install_cors(app, policy)  # before the token check: a browser's preflight carries no token
     app.before_request(require_token)
     app.register_error_handler(CodedError, on_coded_error)
     app.register_error_handler(HTTPException, on_http_error)
     app.register_error_handler(Exception, on_unexpected)
     app.register_blueprint(routes)
     return app
+
+
+def install_cors(app: Flask, policy: CorsPolicy) -> None:
+    """Answer browsers' preflights, and tell an allowed origin on every answer (gateway/cors.py)."""
+
+    def preflight() -> Response | None:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            answer = Response(status=204, headers=policy.preflight(request.headers.get("Origin")))
+            del answer.headers["Content-Type"]  # no body
+            return answer
+        return None
+
+    def allow(response: Response) -> Response:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            for name, value in policy.answer(request.headers.get("Origin")).items():
+                response.headers[name] = value
+        return response
+
+    app.before_request(preflight)
+    app.after_request(allow)
 
 
 def require_token() -> None:

@@ -67,6 +67,8 @@ class GatewayConfig:
     drain_file: str = ""
     # Comma-separated models to serve from the repository (what the workers load); empty: every model in it.
     models: str = ""
+    # Comma-separated origins web pages may call the API from (CORS; gateway/cors.py), or "*"; empty: none.
+    cors_origins: str = ""
 
     @property
     def model_names(self) -> list[str]:

@@ -242,6 +242,41 @@ def test_bearer_token(tmp_path: Path) -> None:
     assert client.get("/v2/models/digits", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
+def test_cors_is_off_by_default_and_answers_browsers_from_allowed_origins(tmp_path: Path) -> None:
+    page = {"Origin": "https://app.example"}
+    preflight = {
+        **page,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    off = make_app(tmp_path).test_client()
+    assert "Access-Control-Allow-Origin" not in off.get("/v2/health/live", headers=page).headers
+    client = make_app(
+        tmp_path, auth_token="s3cret", cors_origins="https://app.example, http://localhost:3000/"
+    ).test_client()
+    # the preflight carries no token, and needs none; an origin not listed gets no permission
+    answer = client.options("/v2/models/digits/infer", headers=preflight)
+    assert (
+        answer.status_code == 204 and answer.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    )
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in answer.headers["Access-Control-Allow-Headers"]
+    other = client.options("/v2/models/digits/infer", headers={**preflight, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers and other.headers["Vary"] == "Origin"
+    # answers, errors included, tell the allowed origin, so the page can read them
+    ok = client.get("/v2/models/digits", headers={**page, "Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "X-Request-ID" in ok.headers["Access-Control-Expose-Headers"]
+    refused = client.get("/v2/models/digits", headers={"Origin": "http://localhost:3000"})
+    assert (
+        refused.status_code == 401
+        and refused.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    )
+    assert client.options("/v2/models/digits").status_code == 401  # a plain OPTIONS is no preflight
+    anyone = make_app(tmp_path, cors_origins="*").test_client()
+    assert anyone.get("/v2/health/live", headers=page).headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_unexpected_errors_are_500_without_details(app: Flask, client: FlaskClient) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("/secret/path/model.py line 3")

@@ -65,6 +65,7 @@ dims = [1]
 """
 
 
+PAGE = "http://localhost:3000"  # a web page allowed to call the API (CORS)
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -90,7 +91,13 @@ def write_repository(root: Path) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
     with Stack.at(root, write_repository(root / "repo"), heartbeat=()) as stack:
-        stack.start(("w0", "w1"), gateway_processes=2, gateway_threads=8, timeout=240)
+        stack.start(
+            ("w0", "w1"),
+            gateway_processes=2,
+            gateway_threads=8,
+            timeout=240,
+            gateway_env={"TORCHGATE_CORS_ORIGINS": PAGE},
+        )
         stack.wait_workers("w0", "w1", timeout=240)  # both loaded: no start-up left to compete for the cores
         yield stack
 
@@ -329,6 +336,33 @@ def test_kserve_v1_protocol(server: Stack, digits: torch.nn.Module) -> None:
     assert requests.get(f"{server.url}/v1/models/nope", timeout=30).status_code == 404
     bad = requests.post(f"{server.url}/v1/models/digits:predict", json={"instances": [[1, 2]]}, timeout=60)
     assert bad.status_code == 400 and "[-1, 64]" in bad.json()["error"]
+
+
+def test_a_web_page_on_an_allowed_origin_may_call_the_api(server: Stack) -> None:
+    preflight = requests.options(
+        f"{server.url}/v2/models/digits/infer",
+        headers={
+            "Origin": PAGE,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 204 and preflight.headers["Access-Control-Allow-Origin"] == PAGE
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]
+    }
+    answer = requests.post(
+        f"{server.url}/v2/models/digits/infer", json=body, headers={"Origin": PAGE}, timeout=60
+    )
+    assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == PAGE
+    other = requests.post(
+        f"{server.url}/v2/models/digits/infer",
+        json=body,
+        headers={"Origin": "https://elsewhere.example"},
+        timeout=60,
+    )
+    assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
 
 
 def test_raw_binary_request_and_request_ids(server: Stack, digits: torch.nn.Module) -> None:
