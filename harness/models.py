@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.procs import DEFAULT_REPOSITORY
+from inference_worker.repository import ModelConfig, TensorSpec
 
 SLOW_MODEL = Path(__file__).with_name("slow_double.py")
 SLEEPER_MODEL = Path(__file__).with_name("sleeper.py")
@@ -31,6 +32,25 @@ DIGIT_ROW = [float((i * 7) % 17) for i in range(64)]
 DIGITS_BODY: dict[str, Any] = {
     "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}]
 }
+
+
+def signature(
+    max_batch_size: int,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    backend: str = "python",
+) -> ModelConfig:
+    """A model config ``m`` with these tensors and nothing on disk: for what reads only the signature."""
+    return ModelConfig(
+        name="m",
+        backend=backend,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=0,
+        inputs=inputs,
+        outputs=outputs,
+        path=Path("/nonexistent/m"),
+        versions={"1": Path("/nonexistent/m/1")},
+    )
 
 
 def copy_digits(repository: Path) -> None:

@@ -13,7 +13,7 @@ from gateway.errors import InvalidArgument, NotFound
 from gateway.models import ModelCatalog
 from gateway.predict import predict_input, predict_output
 from gateway.validation import check_inputs, output_plan, raw_input
-from harness import write_unloadable_model
+from harness import signature, write_unloadable_model
 from inference_worker.repository import ModelConfig, TensorSpec
 
 
@@ -22,15 +22,11 @@ def model(
     inputs: tuple[TensorSpec, ...] | None = None,
     outputs: tuple[TensorSpec, ...] | None = None,
 ) -> ModelConfig:
-    return ModelConfig(
-        name="m",
+    return signature(
+        max_batch_size,
+        inputs or (TensorSpec("x", "FP32", (4,)),),
+        outputs or (TensorSpec("y", "FP32", (2,)),),
         backend="torchscript",
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=0,
-        inputs=inputs or (TensorSpec("x", "FP32", (4,)),),
-        outputs=outputs or (TensorSpec("y", "FP32", (2,)),),
-        path=Path("/nonexistent/m"),
-        versions={"1": Path("/nonexistent/m/1")},
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from gateway.codec import Tensor, dumps
 from gateway.errors import InvalidArgument
 from gateway.kserve_v1 import instances_input, predictions
+from harness import signature
 from inference_worker import strings
 from inference_worker.repository import ModelConfig, TensorSpec
 
@@ -22,16 +22,7 @@ def model(
     inputs: tuple[TensorSpec, ...] = (TensorSpec("x", "FP32", (2,)),),
     outputs: tuple[TensorSpec, ...] = (TensorSpec("y", "FP32", (3,)),),
 ) -> ModelConfig:
-    return ModelConfig(
-        name="m",
-        backend="python",
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=0,
-        inputs=inputs,
-        outputs=outputs,
-        path=Path("/nonexistent/m"),
-        versions={"1": Path("/nonexistent/m/1")},
-    )
+    return signature(max_batch_size, inputs, outputs)
 
 
 def fp32(name: str, array: Any) -> Tensor:
