@@ -48,8 +48,8 @@ def instances_input(
         elements = [_instance_bytes(instance, i) for i, instance in enumerate(instances)]
         return bytes_input(elements, model, limits), len(instances)
     if model.max_batch_size == 0:
-        return predict_input(instances[0], model, limits)[0], 1
-    tensor, whole = predict_input(instances, model, limits)
+        return predict_input(instances[0], model, limits, '"instances[0]"')[0], 1
+    tensor, whole = predict_input(instances, model, limits, '"instances"')
     if not whole or tensor.shape[0] != len(instances):
         spec = model.inputs[0]
         raise InvalidArgument(

@@ -27,12 +27,15 @@ from inference_worker.repository import ModelConfig, TensorSpec, fits
 
 
 def predict_input(
-    value: Any, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
+    value: Any,
+    model: ModelConfig,
+    limits: strings.StringLimits = strings.DEFAULT_LIMITS,
+    field: str = '"input"',
 ) -> tuple[Tensor, bool]:
     """Return the input tensor for ``value`` and whether its outputs go back whole.
 
     Outputs go back whole for a batch, or for a model that does not batch; a single sample sent to a batching
-    model ran as a batch of one, and its outputs lose that batch dim.
+    model ran as a batch of one, and its outputs lose that batch dim. Errors name ``value`` as ``field``.
     """
     if len(model.inputs) != 1:
         raise InvalidArgument(
@@ -49,10 +52,10 @@ def predict_input(
             except strings.StringsError as exc:
                 raise InvalidArgument(str(exc)) from None
             if len(elements) != len(value):
-                raise InvalidArgument(f'"input" for {spec.name!r} must be a string or a list of strings')
+                raise InvalidArgument(f"{field} for {spec.name!r} must be a string or a list of strings")
             return bytes_input(elements, model, limits), True
         expected = "a string" + (" or a list of strings" if model.max_batch_size > 0 else "")
-        raise InvalidArgument(f'"input" for BYTES input {spec.name!r} must be {expected}')
+        raise InvalidArgument(f"{field} for BYTES input {spec.name!r} must be {expected}")
     array = json_array(spec.name, spec.datatype, value)
     dims, batching = spec.dims, model.max_batch_size > 0
     if fits(array.shape, dims):
@@ -66,14 +69,14 @@ def predict_input(
         if batching:
             expected += f" or a list of up to {model.max_batch_size} such samples"
         raise InvalidArgument(
-            f'"input" has shape {list(array.shape)}; model {model.name!r} expects {expected} '
+            f"{field} has shape {list(array.shape)}; model {model.name!r} expects {expected} "
             f"(input {describe(spec, model.max_batch_size)})"
         )
     shape = tuple(array.shape)
     if batching and not batched:
         shape = (1, *shape)
     if math.prod(shape) == 0:
-        raise InvalidArgument(f'"input" of shape {list(array.shape)} holds no elements')
+        raise InvalidArgument(f"{field} of shape {list(array.shape)} holds no elements")
     tensor = Tensor(spec.name, spec.datatype, shape, array.tobytes())
     check_tensor(tensor, spec, model.max_batch_size)
     return tensor, batched or not batching

@@ -53,7 +53,7 @@ def test_instances_are_a_batch_of_samples() -> None:
         ({"instances": []}, '"instances" must be a list'),
         ({"instance": [[1, 2]]}, '"instances" must be a list'),
         ({"instances": [1, 2]}, "each instance must be one sample of input 'x', shaped \\[2\\]"),
-        ({"instances": [[1, 2, 3]]}, "has shape \\[1, 3\\]"),
+        ({"instances": [[1, 2, 3]]}, '"instances" has shape \\[1, 3\\]'),
         ({"instances": [["a", "b"]]}, "FP32 data must be numbers"),
     ],
 )
