@@ -54,7 +54,7 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         "name": model.name,
         "platform": model.platform,
         "backend": "pytorch",
-        "version_policy": {"all": {}},
+        "version_policy": model.version_policy,
         "max_batch_size": model.max_batch_size,
         "input": [tensor(s) for s in model.inputs],
         "output": [tensor(s) for s in model.outputs],

@@ -44,6 +44,7 @@ TOP_KEYS = (
     "instance_group",
     "handler",
     "padding",
+    "version_policy",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
 TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
@@ -51,7 +52,8 @@ MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by 
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
-TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding")
+TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding", "version_policy")
+VERSION_POLICY_KEYS = ("latest", "all", "specific")
 
 
 class ConfigError(ValueError):
@@ -159,6 +161,8 @@ class ModelConfig:
 
     handler: str | None = None  # "module:Class" beside config.toml: pre- and post-processing in the worker
     padding: Padding | None = None
+    # Which version folders are served, as Triton's version_policy (JSON form); ``versions`` holds only those.
+    version_policy: dict[str, Any] = field(default_factory=lambda: {"all": {}})
 
     @property
     def config_path(self) -> Path:
@@ -308,6 +312,7 @@ def load_model_config(folder: Path) -> ModelConfig:
             f"{folder}: no version folders (expected "
             f"{folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
         )
+    policy, versions = _version_policy(path, raw, versions)
     model = ModelConfig(
         name=name,
         backend=backend,
@@ -324,12 +329,50 @@ def load_model_config(folder: Path) -> ModelConfig:
         instance_groups=groups,
         handler=handler,
         padding=padding,
+        version_policy=policy,
     )
     for version in versions:
         file = model.model_file(version)
         if not file.is_file():
             raise ConfigError(f"{file}: missing (backend {backend!r} loads this file for version {version})")
     return model
+
+
+def _version_policy(
+    path: Path, raw: dict[str, Any], versions: dict[str, Path]
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Return the ``[version_policy]`` (Triton's JSON form) and the version folders it serves: ``latest = N``
+    (the N highest), ``specific = [1, 3]``, or ``all = true`` (also when there is no table)."""
+    table = raw.get("version_policy", {"all": True})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: key 'version_policy' must be a table")
+    _check_keys(path, table, VERSION_POLICY_KEYS, "version_policy.")
+    if len(table) != 1:
+        raise ConfigError(
+            f"{path}: [version_policy] takes one of latest = N, specific = [versions] or all = true"
+        )
+    ((kind, value),) = table.items()
+    if kind == "all":
+        if value is not True:
+            raise ConfigError(f"{path}: key 'version_policy.all' must be true")
+        return {"all": {}}, versions
+    if kind == "latest":
+        if type(value) is not int or value < 1:
+            raise ConfigError(
+                f"{path}: key 'version_policy.latest' is {value!r}, expected a count of 1 or more"
+            )
+        chosen = sorted(versions, key=int)[-value:]
+        return {"latest": {"num_versions": value}}, {v: versions[v] for v in chosen}
+    if not isinstance(value, list) or not value or not all(type(v) is int and v > 0 for v in value):
+        raise ConfigError(f"{path}: key 'version_policy.specific' must be a list of version numbers")
+    missing = [v for v in value if str(v) not in versions]
+    if missing:
+        raise ConfigError(
+            f"{path}: key 'version_policy.specific' names version {missing[0]}, which has no folder; "
+            f"the folders are {', '.join(sorted(versions, key=int))}"
+        )
+    chosen = sorted({str(v) for v in value}, key=int)
+    return {"specific": {"versions": [int(v) for v in chosen]}}, {v: versions[v] for v in chosen}
 
 
 def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:

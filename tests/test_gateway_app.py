@@ -442,3 +442,15 @@ def test_model_config_shows_the_instance_groups(tmp_path: Path) -> None:
         .get_json()["instance_group"]
     )
     assert groups == [{"name": "digits_0", "kind": "KIND_GPU", "count": 2, "gpus": [0]}]
+
+
+def test_versions_a_version_policy_leaves_out_are_not_served(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    write_model(repository, "m", [1, 2, 3])
+    config = repository / "m" / "config.toml"
+    config.write_text(config.read_text() + "[version_policy]\nlatest = 1\n")
+    client = make_app(tmp_path, repository).test_client()
+    assert client.get("/v2/models/m").get_json()["versions"] == ["3"]
+    assert client.get("/v2/models/m/config").get_json()["version_policy"] == {"latest": {"num_versions": 1}}
+    missing = client.get("/v2/models/m/versions/2")
+    assert missing.status_code == 404 and "it has versions 3" in missing.get_json()["error"]

@@ -3,6 +3,7 @@ failed."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from harness.models import (
     LINEAR_SOURCE,
     PYTHON_CONFIG,
+    copy_digits,
     write_linear_model,
     write_python_model,
     write_scale_model,
@@ -18,6 +20,7 @@ from harness.models import (
 from inference_worker.backends import LoadError, load_model
 from inference_worker.compute import Executor
 from inference_worker.repository import load_model_config
+from inference_worker.residents import Residents
 
 CPU = torch.device("cpu")
 
@@ -93,3 +96,18 @@ def test_a_broken_file_names_the_backend_and_the_file(tmp_path: Path) -> None:
         f"model 'exported' version 1 ({folder / '1' / 'model.pt2'}): cannot load as backend"
     )
     assert "how model.pt2 was saved" in text
+
+
+def test_a_worker_loads_only_the_versions_its_policy_serves(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    copy_digits(repository)
+    folder = repository / "digits"
+    shutil.copytree(folder / "1", folder / "2")
+    (folder / "3").mkdir()
+    (folder / "3" / "model.pt2").write_bytes(b"a broken file no one reads")
+    (folder / "config.toml").write_text(
+        (folder / "config.toml").read_text() + "[version_policy]\nspecific = [1, 2]\n"
+    )
+    residents = Residents(repository, CPU, "test")
+    residents.load_all(None)
+    assert sorted(residents.executors) == [("digits", "1"), ("digits", "2")] and residents.failures == []

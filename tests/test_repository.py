@@ -238,3 +238,39 @@ def test_torchserve_index_to_name_json_labels_too(tmp_path: Path) -> None:
         (folder / "index_to_name.json").write_text(bad)
         with pytest.raises(ConfigError, match=message):
             load_model_config(folder)
+
+
+def test_the_version_policy_picks_the_folders_served_as_tritons(tmp_path: Path) -> None:
+    folder = make(tmp_path, GOOD, versions=("1", "2", "3", "10"))
+    config = folder / "config.toml"
+    assert sorted(load_model_config(folder).versions, key=int) == ["1", "2", "3", "10"]  # no table: all
+    assert load_model_config(folder).version_policy == {"all": {}}
+    config.write_text(GOOD + "[version_policy]\nlatest = 2\n")
+    model = load_model_config(folder)
+    assert sorted(model.versions, key=int) == ["3", "10"] and model.default_version == "10"
+    assert model.version_policy == {"latest": {"num_versions": 2}}
+    config.write_text(GOOD + "[version_policy]\nspecific = [2, 1]\n")
+    model = load_model_config(folder)
+    assert sorted(model.versions) == ["1", "2"] and model.version_policy == {"specific": {"versions": [1, 2]}}
+    (folder / "3" / "model.pt2").unlink()  # a folder not served is not read
+    assert load_model_config(folder).default_version == "2"
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("latest = 0", "'version_policy.latest' is 0, expected a count of 1 or more"),
+        (
+            "specific = [4]",
+            "'version_policy.specific' names version 4, which has no folder; the folders are 1, 2",
+        ),
+        ("specific = []", "must be a list of version numbers"),
+        ("all = false", "'version_policy.all' must be true"),
+        ("latest = 1\nall = true", "takes one of latest = N"),
+        ("newest = 1", "unknown key 'version_policy.newest'"),
+    ],
+)
+def test_a_bad_version_policy_is_named(tmp_path: Path, table: str, message: str) -> None:
+    folder = make(tmp_path, GOOD + f"[version_policy]\n{table}\n", versions=("1", "2"))
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(folder)
