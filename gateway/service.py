@@ -201,7 +201,8 @@ class Gateway:
         parameters: Parameters | None = None,
     ) -> Any:
         """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only
-        input; ``parameters`` (its query string) go to the model's handler."""
+        input; ``parameters`` (its query string) and a multipart body's other text fields go to the model's
+        handler."""
         model, resolved = self.catalog.get(model_name, version)
         if len(model.inputs) != 1:
             raise InvalidArgument(
@@ -210,7 +211,8 @@ class Gateway:
             )
         spec = model.inputs[0]
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        data = torchserve.body_data(body, content_type, spec.name, self.config.max_body_bytes)
+        data, fields = torchserve.body_data(body, content_type, spec.name, self.config.max_body_bytes)
+        parameters = {**(parameters or {}), **fields}
         if spec.datatype == BYTES:
             tensor, whole = bytes_input([bytes(data)], model, self.limits), False
         else:
@@ -224,7 +226,7 @@ class Gateway:
             [],
             self.deadline(None),
             trace.request_id,
-            parameters=handler_parameters(parameters or {}),
+            parameters=handler_parameters(parameters),
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         values = output_values(_pick(reply, [s.name for s in model.outputs]), model, whole)

@@ -3,8 +3,9 @@ I/O.
 
 As TorchServe takes them: ``curl -T kitten.jpg .../predictions/M`` (the body is the data),
 ``curl -F data=@kitten.jpg ...`` (multipart: the part named like the model's input, else ``data`` or ``body``,
-else the only part). A model whose single input is BYTES gets the bytes as one element; any other single-input
-model takes a JSON body, read as ``/predict`` reads its ``"input"``.
+else the only part, else the only file). A multipart body's other text fields (``-F top_k=3``) go to the
+model's handler as its parameters, with the query string's. A model whose single input is BYTES gets the bytes
+as one element; any other single-input model takes a JSON body, read as ``/predict`` reads its ``"input"``.
 
 The answer is the model's output, as ``/predict`` gives it (one sample, without the batch dim), or
 ``{name: value}`` for a model with several outputs. A BYTES output is a string, or the JSON document itself
@@ -28,11 +29,12 @@ MAX_PARTS = 16
 
 def body_data(
     body: bytes | bytearray, content_type: str | None, input_name: str, limit: int
-) -> bytes | bytearray:
-    """Return the data a request carries: the body, or the right part of a multipart body."""
+) -> tuple[bytes | bytearray, dict[str, str]]:
+    """Return the data a request carries (the body, or the right part of a multipart body) and the multipart
+    body's other text fields, which TorchServe handed a handler beside the data (its parameters here)."""
     mimetype, options = parse_options_header(content_type or "")
     if mimetype != "multipart/form-data":
-        return body
+        return body, {}
     boundary = options.get("boundary", "")
     if not boundary:
         raise InvalidArgument("a multipart/form-data body needs a boundary in its Content-Type")
@@ -43,21 +45,25 @@ def body_data(
         raise PayloadTooLarge(f"a multipart body of more than {MAX_PARTS} parts or {limit} bytes") from None
     except ValueError as exc:
         raise InvalidArgument(f"the multipart/form-data body cannot be parsed: {exc}") from None
-    parts: dict[str, bytes] = {}
+    file_parts: dict[str, bytes] = {}
     for name, storage in files.items(multi=True):
-        parts.setdefault(name, storage.read())
+        file_parts.setdefault(name, storage.read())
         storage.close()
+    fields: dict[str, str] = {}
     for name, value in form.items(multi=True):
-        parts.setdefault(name, value.encode("utf-8"))
-    for name in (input_name, *PART_NAMES):
-        if name in parts:
-            return parts[name]
-    if len(parts) == 1:
-        return next(iter(parts.values()))
-    names = ", ".join(sorted(parts)) or "none"
-    raise InvalidArgument(
-        f"the multipart body has parts {names}; send one part, or name it {input_name!r} or 'data'"
-    )
+        fields.setdefault(name, value)
+    parts = {**{name: value.encode("utf-8") for name, value in fields.items()}, **file_parts}
+    chosen = next((name for name in (input_name, *PART_NAMES) if name in parts), None)
+    if chosen is None and len(parts) == 1:
+        chosen = next(iter(parts))
+    if chosen is None and len(file_parts) == 1:  # one file among text fields: the file is the data
+        chosen = next(iter(file_parts))
+    if chosen is None:
+        names = ", ".join(sorted(parts)) or "none"
+        raise InvalidArgument(
+            f"the multipart body has parts {names}; send one part, or name it {input_name!r} or 'data'"
+        )
+    return parts[chosen], {name: value for name, value in fields.items() if name != chosen}
 
 
 def _in_memory(*_: Any, **__: Any) -> io.BytesIO:

@@ -270,6 +270,8 @@ def test_request_parameters_reach_the_handler(stack: Stack) -> None:
         len(prediction["top"]) == 3
         and "top" not in requests.put(url, data=png, timeout=60).json()["prediction"]
     )
+    form = requests.post(url, files={"file": ("seven.png", png)}, data={"top_k": "2"}, timeout=60)  # curl -F
+    assert form.status_code == 200 and len(form.json()["prediction"]["top"]) == 2, form.text
     bad = requests.put(f"{url}?top_k=eleven", data=png, timeout=60)  # the handler's preprocess refuses it
     assert bad.status_code == 400 and "parameter top_k must be a whole number" in bad.json()["error"]
     # The Open Inference Protocol's request parameters, as tritonclient sends them

@@ -158,17 +158,20 @@ def test_multipart_bodies_pick_the_part_torchserve_would() -> None:
         return b"".join(chunks) + b"--XyZ--\r\n", "multipart/form-data; boundary=XyZ"
 
     body, ctype = multipart(("data", b"\x89PNG\x00", True))
-    assert torchserve.body_data(body, ctype, "image", 1 << 20) == b"\x89PNG\x00"
+    assert torchserve.body_data(body, ctype, "image", 1 << 20) == (b"\x89PNG\x00", {})
     body, ctype = multipart(("other", b"x", False), ("image", b"\x00y", True))
-    assert torchserve.body_data(body, ctype, "image", 1 << 20) == b"\x00y"
+    assert torchserve.body_data(body, ctype, "image", 1 << 20) == (b"\x00y", {"other": "x"})
+    # curl -F file=@seven.png -F top_k=3: the only file is the data, the text fields its parameters
+    body, ctype = multipart(("file", b"\x89PNG", True), ("top_k", b"3", False))
+    assert torchserve.body_data(body, ctype, "image", 1 << 20) == (b"\x89PNG", {"top_k": "3"})
     body, ctype = multipart(("a", b"x", False), ("b", b"y", False))
     with pytest.raises(InvalidArgument, match="the multipart body has parts a, b"):
         torchserve.body_data(body, ctype, "image", 1 << 20)
     body, ctype = multipart(("data", b"x" * 5000, True))
     with pytest.raises(PayloadTooLarge):
         torchserve.body_data(body, ctype, "image", 1024)
-    assert torchserve.body_data(b"plain", "image/jpeg", "image", 1024) == b"plain"
-    assert torchserve.body_data(b"plain", None, "image", 1024) == b"plain"
+    assert torchserve.body_data(b"plain", "image/jpeg", "image", 1024) == (b"plain", {})
+    assert torchserve.body_data(b"plain", None, "image", 1024) == (b"plain", {})
 
 
 def test_bytes_outputs_as_json_binary_and_values(tmp_path: Path) -> None:
