@@ -108,6 +108,13 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--port", type=int, default=defaults.DEFAULT_PORT, show_default=True),
         click.option(
+            "--grpc-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="Also serve the Open Inference Protocol over gRPC here (Triton's is 8001), on --host; "
+            "default: no gRPC.",
+        ),
+        click.option(
             "--gateway-processes",
             type=click.IntRange(min=1),
             default=None,
@@ -229,6 +236,7 @@ def build_settings(
     gateway_queue: int | None = None,
     model_control: str = "none",
     gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
+    grpc_port: int | None = None,
 ) -> DeploySettings:
     """Turn the command-line options into settings, discovering GPUs when no list is given.
 
@@ -266,6 +274,7 @@ def build_settings(
             models=models,
             host=host,
             port=port,
+            grpc_port=grpc_port,
             gateway_processes=gateway_processes,
             gateway_threads=gateway_threads,
             gateway_queue=gateway_queue,
@@ -290,6 +299,7 @@ def build_settings(
 def _describe(s: DeploySettings) -> str:
     lines = [
         f"gateway: {s.url} ({s.gateway_processes} x {s.gateway_threads} threads)",
+        *([f"grpc: {s.grpc_address} ({s.gateway_threads} threads)"] if s.grpc_address else []),
         f"dispatcher: {s.frontend_endpoint}",
     ]
     for slot in s.slots():

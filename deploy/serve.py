@@ -23,8 +23,8 @@ import zmq
 from deploy.dispatcher_status import query_status
 from deploy.rundir import check_run_dir, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
-from deploy.startup import assess, last_error
-from deploy.supervisor_rpc import FATAL, Supervisor, wait_for_supervisor
+from deploy.startup import GAVE_UP, assess, last_error
+from deploy.supervisor_rpc import FATAL, RUNNING, Supervisor, wait_for_supervisor
 from inference_worker import lifeline, security
 from inference_worker.protocol import ProtocolError, StatusReply
 from inference_worker.repository import load_repository
@@ -32,6 +32,7 @@ from inference_worker.repository import load_repository
 SUPERVISOR_UP_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 2.0
 PROGRESS_EVERY = 10.0  # seconds between "still loading" lines while slots load
+GRPC_PROGRAM = "grpc"  # the supervisord program of gateway/grpc_server.py (deploy/supervisor_conf.py)
 SERVING, NOTHING_SERVES, GAVE_UP_WAITING = "serving", "nothing serves", "gave up waiting"
 
 
@@ -102,6 +103,10 @@ def prepare(s: DeploySettings) -> Path:
         raise ServeError(
             f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port"
         )
+    if s.grpc_port is not None and port_in_use(s.host, s.grpc_port):
+        raise ServeError(
+            f"{s.host}:{s.grpc_port} is already in use (another torchgate?); choose another with --grpc-port"
+        )
     s.drain_flag.unlink(missing_ok=True)  # a previous stop's flag: this start is ready again
     return write_run_dir(s)
 
@@ -155,6 +160,8 @@ def wait_until_serving(
                     f"torchgate: {name} is {info['statename']} ({how}): {why or 'no error in its log'}; "
                     f"see {info.get('stdout_logfile')}"
                 )
+        if s.grpc_port is not None:
+            _report_grpc(s, processes.get(GRPC_PROGRAM) or {}, reported, echo)
         for model, why in progress.unavailable.items():
             if status is not None and f"model:{model}" not in reported and model in _reported_models(status):
                 reported.add(f"model:{model}")
@@ -164,7 +171,12 @@ def wait_until_serving(
                 f"torchgate: no model can be served (every worker slot gave up); stopping. Logs: {s.log_dir}"
             )
             return NOTHING_SERVES
-        if progress.settled and progress.ready_models and health_live(s.url, token=token):
+        if (
+            progress.settled
+            and progress.ready_models
+            and _grpc_settled(s, processes)
+            and health_live(s.url, token=token)
+        ):
             if not health_ready(s.url, token=token):
                 missing = ", ".join(sorted(progress.unavailable))
                 echo(
@@ -184,6 +196,27 @@ def wait_until_serving(
             return GAVE_UP_WAITING
         time.sleep(0.25)
     return GAVE_UP_WAITING
+
+
+def _grpc_settled(s: DeploySettings, processes: dict[str, dict[str, Any]]) -> bool:
+    """Whether the gRPC server (when there is one) is up, or has given up (reported on its own)."""
+    if s.grpc_port is None:
+        return True
+    return str((processes.get(GRPC_PROGRAM) or {}).get("statename")) in (RUNNING, *GAVE_UP)
+
+
+def _report_grpc(
+    s: DeploySettings, info: dict[str, Any], reported: set[str], echo: Callable[[str], None]
+) -> None:
+    """Say once, with the reason from its log, that the gRPC server gave up (HTTP serves on)."""
+    if GRPC_PROGRAM in reported or info.get("statename") not in GAVE_UP:
+        return
+    reported.add(GRPC_PROGRAM)
+    log = Path(str(info.get("stdout_logfile") or s.log_dir / f"{GRPC_PROGRAM}.log"))
+    echo(
+        f"torchgate: grpc is {info['statename']}: {last_error(log) or 'no error in its log'}; "
+        f"gRPC is not served (HTTP is); see {log}"
+    )
 
 
 def _processes(sup: Supervisor) -> dict[str, dict[str, Any]]:
@@ -292,9 +325,12 @@ def serve(
     try:
         outcome = wait_until_serving(s, proc, ready_timeout, lambda: plan.requested, echo)
         if outcome == SERVING:
-            slots = [n for n in Supervisor.from_conf(conf, timeout=5.0).processes() if is_worker_slot(n)]
+            processes = Supervisor.from_conf(conf, timeout=5.0).processes()
+            slots = [n for n in processes if is_worker_slot(n)]
+            grpc_up = (processes.get(GRPC_PROGRAM) or {}).get("statename") == RUNNING
             echo(
-                f"torchgate: serving {s.url} ({len(slots)} worker slots). "
+                f"torchgate: serving {s.url}{f' and gRPC {s.grpc_address}' if grpc_up else ''} "
+                f"({len(slots)} worker slots). "
                 f"Operate: torchgate ctl --run-dir {s.run_dir} status; stop: Ctrl-C"
             )
         elif outcome == NOTHING_SERVES:

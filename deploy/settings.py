@@ -67,6 +67,7 @@ class DeploySettings:
     models: tuple[str, ...] = ()  # models each worker loads; empty: every model in the repository
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    grpc_port: int | None = None  # the Open Inference Protocol over gRPC (gateway/grpc_server.py); None: off
     gateway_processes: int = 1
     gateway_threads: int = DEFAULT_GATEWAY_THREADS
     gateway_queue: int | None = None  # requests per gateway process waiting for a thread; None: 4 x threads
@@ -148,6 +149,14 @@ class DeploySettings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return f"http://{host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        """Where gRPC clients connect (``host:port``), or None when gRPC is off."""
+        if self.grpc_port is None:
+            return None
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     @property
     def worker_stopwaitsecs(self) -> int:
@@ -286,6 +295,10 @@ def _check_settings(s: DeploySettings) -> None:
             raise ValueError(f"{name} must not be negative, got {value}")
     if s.port > 65535:
         raise ValueError(f"port must be at most 65535, got {s.port}")
+    if s.grpc_port is not None and not 0 < s.grpc_port <= 65535:
+        raise ValueError(f"grpc_port must be 1 to 65535, got {s.grpc_port}")
+    if s.grpc_port == s.port:
+        raise ValueError(f"the gRPC port must differ from the HTTP port ({s.port})")
     if len(set(s.gpus)) != len(s.gpus) or any(g < 0 for g in s.gpus):
         raise ValueError(f"gpus must be distinct non-negative indices, got {list(s.gpus)}")
     if not s.gpus and s.cpu_workers + s.spare_slots == 0 and s.shared_models != ():

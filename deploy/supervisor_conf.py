@@ -73,6 +73,7 @@ def render_supervisord_conf(s: DeploySettings, credentials: Credentials, as_root
         render_dispatcher(s),
         *(render_worker(s, slot) for slot in s.slots()),
         render_gateway(s),
+        *([render_grpc(s)] if s.grpc_port is not None else []),
         "; Slots added live by `torchgate add-worker` (one file, one program, one group each).\n"
         + _section("include", [("files", "conf.d/*.conf")]),
     ]
@@ -199,6 +200,38 @@ def render_gateway(s: DeploySettings) -> str:
         "gateway",
         gateway_command(s),
         gateway_environment(s),
+        priority=PRIORITY_GATEWAY,
+        startsecs=GATEWAY_STARTSECS,
+        startretries=GATEWAY_STARTRETRIES,
+        stopwaitsecs=s.gateway_stopwaitsecs,
+    )
+
+
+def grpc_command(s: DeploySettings) -> list[str]:
+    assert s.grpc_port is not None
+    return [
+        s.python,
+        "-m",
+        "gateway.grpc_server",
+        "--host",
+        s.host,
+        "--port",
+        str(s.grpc_port),
+        "--threads",
+        str(s.gateway_threads),
+        "--grace-seconds",
+        str(s.gateway_graceful_seconds),
+    ]
+
+
+def render_grpc(s: DeploySettings) -> str:
+    """The Open Inference Protocol over gRPC: one process beside the HTTP gateway, with its settings."""
+    environment = {k: v for k, v in gateway_environment(s).items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    return _program(
+        s,
+        "grpc",
+        grpc_command(s),
+        environment,
         priority=PRIORITY_GATEWAY,
         startsecs=GATEWAY_STARTSECS,
         startretries=GATEWAY_STARTRETRIES,

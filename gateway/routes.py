@@ -7,9 +7,7 @@ request into a call on it and its answer into a response; errors are raised and 
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +131,7 @@ def _release_body(_: BaseException | None) -> None:
         current_gateway().client.release_body(lease)
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("torchgate")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-_SERVER_DOC = codec.dumps(triton.server_metadata(_version()))
+_SERVER_DOC = codec.dumps(triton.server_metadata(triton.server_version()))
 _OPENAPI = OPENAPI_PATH.read_bytes()
 
 
@@ -207,17 +198,12 @@ def invoke(model: str) -> Response:
 DRAINING = "the server is stopping (draining)"
 
 
-def _draining(gateway: Gateway) -> bool:
-    """Whether this host is being drained (``torchgate drain`` wrote its drain file)."""
-    return bool(gateway.config.drain_file) and os.path.exists(gateway.config.drain_file)
-
-
 @routes.get("/ping")
 def ping() -> Response:
     """TorchServe's health check: ``{"status": "Healthy" | "Partial Healthy" | "Unhealthy"}``; 503 when
     Unhealthy or draining (TorchServe answered 200 even then, which a load balancer cannot act on)."""
     gateway = current_gateway()
-    if _draining(gateway):
+    if gateway.draining():
         return json_response({"status": "Unhealthy", "error": DRAINING}, 503)
     health = gateway.health()
     return json_response({"status": health}, 503 if health == "Unhealthy" else 200)
@@ -262,7 +248,7 @@ def live() -> Response:
 @routes.get("/v2/health/ready")
 def ready() -> Response:
     gateway = current_gateway()
-    if _draining(gateway):
+    if gateway.draining():
         return json_response({"ready": False, "error": DRAINING}, 503)
     ok, why = gateway.ready()
     return json_response({"ready": True}) if ok else json_response({"ready": False, "error": why}, 400)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import (
     Body,
+    InferRequest,
     Tensor,
     decode_content,
     handler_parameters,
@@ -110,12 +112,27 @@ class Gateway:
                 if request.raw is not None
                 else check_inputs(request, model, self.limits)
             )
+        answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
+        return infer_response(model.name, answered, request.id, outputs)
+
+    def run_infer(
+        self,
+        model: ModelConfig,
+        resolved: str,
+        pinned: bool,
+        request: InferRequest,
+        inputs: list[Tensor],
+        trace: RequestTrace,
+    ) -> tuple[str | None, list[tuple[Tensor, bool]]]:
+        """Run a parsed infer request whose ``inputs`` fit ``model`` (version ``resolved``, asked for by the
+        client when ``pinned``); return the version that ran and each output with whether it goes back as
+        binary data. Shared by every transport of the protocol (HTTP here, :mod:`gateway.grpc_server`)."""
         plan = output_plan(request, model)
         trace.begin(model, resolved, inputs, request.id)
         names = [p.name for p in plan]
         reply = self.client.infer(
             model.name,
-            resolved if version else None,
+            resolved if pinned else None,
             inputs,
             names if request.outputs else [],
             self.deadline(request.timeout_us),
@@ -126,15 +143,10 @@ class Gateway:
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, names)
-        return infer_response(
-            model.name,
-            reply.version or None,
-            request.id,
-            [
-                (self._classes(t, p.classes, model) if p.classes else t, p.binary)
-                for t, p in zip(outputs, plan, strict=True)
-            ],
-        )
+        return reply.version or None, [
+            (self._classes(t, p.classes, model) if p.classes else t, p.binary)
+            for t, p in zip(outputs, plan, strict=True)
+        ]
 
     def _classes(self, tensor: Tensor, count: int, model: ModelConfig) -> Tensor:
         """Return an output's top ``count`` classes (Triton's classification extension), with its labels."""
@@ -233,6 +245,10 @@ class Gateway:
         return torchserve.answer(values)
 
     # -- health -----------------------------------------------------------------------------------------
+
+    def draining(self) -> bool:
+        """Whether this host is being drained (``torchgate drain`` wrote its drain file)."""
+        return bool(self.config.drain_file) and os.path.exists(self.config.drain_file)
 
     def status_or_none(self, max_age: float | None = None) -> StatusReply | None:
         """Return the dispatcher's status, or None when it does not answer."""

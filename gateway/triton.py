@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 from inference_worker.protocol import StatusReply
@@ -16,6 +17,14 @@ EXTENSIONS = [
     "model_repository",
     "classification",
 ]
+
+
+def server_version() -> str:
+    """Return the installed torchgate's version ("0" when run from a source tree not installed)."""
+    try:
+        return importlib.metadata.version("torchgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def server_metadata(version: str) -> dict[str, Any]:

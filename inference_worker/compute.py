@@ -65,6 +65,11 @@ class Executor:
         self.config, self.version, self.runner, self.device = config, version, runner, device
         self.cuda = device.type == "cuda"
         self.streams = gpu.Streams(device) if self.cuda else None
+        if self.cuda:
+            # The model was built and loaded on the default stream; the copy and compute streams are
+            # non-blocking ones, which never wait for it: a buffer filled by a kernel there (not by a
+            # synchronous copy) could still be in flight when the first batch reads it.
+            torch.cuda.synchronize(device)
 
     def warm_up(self) -> None:
         """Run one sample of zeros through the model so the first request pays no first-call costs."""

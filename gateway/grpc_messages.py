@@ -1,0 +1,212 @@
+"""The Open Inference Protocol's gRPC messages, as Triton serves them (``inference.GRPCInferenceService``, the
+service ``tritonclient.grpc`` and KServe's v2 gRPC clients call); no I/O.
+
+The messages are built from the table below when this module is imported, into a descriptor pool of their
+own: no generated code and no ``protoc``, so any protobuf from 4.25 on will do, and a process that also
+imports ``tritonclient.grpc`` (which registers the same names in protobuf's default pool) sees no clash.
+Field names and numbers are those of Triton's ``grpc_service.proto``; ``tests/test_grpc.py`` checks each one
+against the descriptors ``tritonclient`` ships.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+PACKAGE = "inference"
+SERVICE = f"{PACKAGE}.GRPCInferenceService"
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {
+    "bool": _F.TYPE_BOOL,
+    "int32": _F.TYPE_INT32,
+    "int64": _F.TYPE_INT64,
+    "uint32": _F.TYPE_UINT32,
+    "uint64": _F.TYPE_UINT64,
+    "float": _F.TYPE_FLOAT,
+    "double": _F.TYPE_DOUBLE,
+    "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
+}
+
+# Each message (a dotted name is nested in its parent): its fields as (name, number, type), where the type is
+# a scalar, a message's full name, either one after "repeated ", or "map InferParameter" (map<string, ...>).
+MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
+    "ServerLiveRequest": (),
+    "ServerLiveResponse": (("live", 1, "bool"),),
+    "ServerReadyRequest": (),
+    "ServerReadyResponse": (("ready", 1, "bool"),),
+    "ModelReadyRequest": (("name", 1, "string"), ("version", 2, "string")),
+    "ModelReadyResponse": (("ready", 1, "bool"),),
+    "ServerMetadataRequest": (),
+    "ServerMetadataResponse": (
+        ("name", 1, "string"),
+        ("version", 2, "string"),
+        ("extensions", 3, "repeated string"),
+    ),
+    "ModelMetadataRequest": (("name", 1, "string"), ("version", 2, "string")),
+    "ModelMetadataResponse": (
+        ("name", 1, "string"),
+        ("versions", 2, "repeated string"),
+        ("platform", 3, "string"),
+        ("inputs", 4, "repeated ModelMetadataResponse.TensorMetadata"),
+        ("outputs", 5, "repeated ModelMetadataResponse.TensorMetadata"),
+    ),
+    "ModelMetadataResponse.TensorMetadata": (
+        ("name", 1, "string"),
+        ("datatype", 2, "string"),
+        ("shape", 3, "repeated int64"),
+    ),
+    "InferParameter": (  # one of them (the oneof parameter_choice)
+        ("bool_param", 1, "bool"),
+        ("int64_param", 2, "int64"),
+        ("string_param", 3, "string"),
+        ("double_param", 4, "double"),
+        ("uint64_param", 5, "uint64"),
+    ),
+    "InferTensorContents": (
+        ("bool_contents", 1, "repeated bool"),
+        ("int_contents", 2, "repeated int32"),
+        ("int64_contents", 3, "repeated int64"),
+        ("uint_contents", 4, "repeated uint32"),
+        ("uint64_contents", 5, "repeated uint64"),
+        ("fp32_contents", 6, "repeated float"),
+        ("fp64_contents", 7, "repeated double"),
+        ("bytes_contents", 8, "repeated bytes"),
+    ),
+    "ModelInferRequest": (
+        ("model_name", 1, "string"),
+        ("model_version", 2, "string"),
+        ("id", 3, "string"),
+        ("parameters", 4, "map InferParameter"),
+        ("inputs", 5, "repeated ModelInferRequest.InferInputTensor"),
+        ("outputs", 6, "repeated ModelInferRequest.InferRequestedOutputTensor"),
+        ("raw_input_contents", 7, "repeated bytes"),
+    ),
+    "ModelInferRequest.InferInputTensor": (
+        ("name", 1, "string"),
+        ("datatype", 2, "string"),
+        ("shape", 3, "repeated int64"),
+        ("parameters", 4, "map InferParameter"),
+        ("contents", 5, "InferTensorContents"),
+    ),
+    "ModelInferRequest.InferRequestedOutputTensor": (
+        ("name", 1, "string"),
+        ("parameters", 2, "map InferParameter"),
+    ),
+    "ModelInferResponse": (
+        ("model_name", 1, "string"),
+        ("model_version", 2, "string"),
+        ("id", 3, "string"),
+        ("parameters", 4, "map InferParameter"),
+        ("outputs", 5, "repeated ModelInferResponse.InferOutputTensor"),
+        ("raw_output_contents", 6, "repeated bytes"),
+    ),
+    "ModelInferResponse.InferOutputTensor": (
+        ("name", 1, "string"),
+        ("datatype", 2, "string"),
+        ("shape", 3, "repeated int64"),
+        ("parameters", 4, "map InferParameter"),
+        ("contents", 5, "InferTensorContents"),
+    ),
+    "RepositoryIndexRequest": (("repository_name", 1, "string"), ("ready", 2, "bool")),
+    "RepositoryIndexResponse": (("models", 1, "repeated RepositoryIndexResponse.ModelIndex"),),
+    "RepositoryIndexResponse.ModelIndex": (
+        ("name", 1, "string"),
+        ("version", 2, "string"),
+        ("state", 3, "string"),
+        ("reason", 4, "string"),
+    ),
+    "ModelRepositoryParameter": (  # one of them (the oneof parameter_choice)
+        ("bool_param", 1, "bool"),
+        ("int64_param", 2, "int64"),
+        ("string_param", 3, "string"),
+        ("bytes_param", 4, "bytes"),
+    ),
+    "RepositoryModelLoadRequest": (
+        ("repository_name", 1, "string"),
+        ("model_name", 2, "string"),
+        ("parameters", 3, "map ModelRepositoryParameter"),
+    ),
+    "RepositoryModelLoadResponse": (),
+    "RepositoryModelUnloadRequest": (
+        ("repository_name", 1, "string"),
+        ("model_name", 2, "string"),
+        ("parameters", 3, "map ModelRepositoryParameter"),
+    ),
+    "RepositoryModelUnloadResponse": (),
+}
+ONEOFS = {"InferParameter": "parameter_choice", "ModelRepositoryParameter": "parameter_choice"}
+
+# The calls served: name -> (request message, response message). Any other (ModelStreamInfer, ModelConfig,
+# ModelStatistics, the shared-memory, trace and log calls) is answered UNIMPLEMENTED by gRPC itself.
+METHODS = {
+    "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
+    "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
+    "ModelReady": ("ModelReadyRequest", "ModelReadyResponse"),
+    "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
+    "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
+    "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+    "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
+    "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
+    "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
+}
+
+
+def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
+    """Return the ``.proto`` file the table describes, as protobuf's own description of it."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="torchgate/grpc_service.proto", package=PACKAGE, syntax="proto3"
+    )
+    built: dict[str, descriptor_pb2.DescriptorProto] = {}
+    for full_name, fields in MESSAGES.items():  # parents come before their nested messages
+        parent, _, name = full_name.rpartition(".")
+        message = (built[parent].nested_type if parent else proto.message_type).add(name=name)
+        built[full_name] = message
+        oneof = ONEOFS.get(full_name)
+        if oneof is not None:
+            message.oneof_decl.add(name=oneof)
+        for field_name, number, kind in fields:
+            field = message.field.add(name=field_name, number=number, json_name=_camel(field_name))
+            repeated, _, kind = kind.rpartition(" ")
+            if repeated == "map":
+                entry = message.nested_type.add(name=_camel(field_name, upper=True) + "Entry")
+                entry.options.map_entry = True
+                entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+                entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL)
+                entry.field[0].json_name, entry.field[1].json_name = "key", "value"
+                entry.field[1].type_name = f".{PACKAGE}.{kind}"
+                kind, repeated = f"{full_name}.{entry.name}", "repeated"
+            field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+            if kind in _SCALARS:
+                field.type = _SCALARS[kind]
+            else:
+                field.type, field.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{kind}"
+            if oneof is not None:
+                field.oneof_index = 0
+    service = proto.service.add(name=SERVICE.rpartition(".")[2])
+    for method, (request, response) in METHODS.items():
+        service.method.add(
+            name=method, input_type=f".{PACKAGE}.{request}", output_type=f".{PACKAGE}.{response}"
+        )
+    return proto
+
+
+def _camel(name: str, upper: bool = False) -> str:
+    words = name.split("_")
+    head = words[0].capitalize() if upper else words[0]
+    return head + "".join(w.capitalize() for w in words[1:])
+
+
+POOL = descriptor_pool.DescriptorPool()
+FILE = POOL.Add(file_descriptor())
+CLASSES: dict[str, Any] = {
+    name: message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    for name in MESSAGES
+}
+
+
+def message(kind: str, /, **fields: Any) -> Any:
+    """Return a new message of ``kind`` (``"ModelInferResponse"``) with ``fields`` set."""
+    return CLASSES[kind](**fields)

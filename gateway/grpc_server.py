@@ -1,0 +1,241 @@
+"""The Open Inference Protocol over gRPC (Triton's port 8001): ``tritonclient.grpc`` and KServe's v2 gRPC
+clients work unchanged. One process of its own under supervisord (``torchgate serve --grpc-port 8001``),
+beside the HTTP gateway and sharing everything behind it: :class:`gateway.service.Gateway` validates, asks
+the dispatcher and picks the outputs, exactly as for HTTP.
+
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, RepositoryIndex,
+RepositoryModelLoad and RepositoryModelUnload. gRPC answers every other call (streaming inference, model
+configuration and statistics, shared memory, trace and log settings) with UNIMPLEMENTED.
+
+Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
+bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import click
+import grpc
+import orjson
+
+from gateway import afterwork, grpc_codec, heap, triton
+from gateway.auth import authorized
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    FORBIDDEN,
+    PAYLOAD_TOO_LARGE,
+    UNAUTHENTICATED,
+    Unauthenticated,
+    describe_unexpected,
+)
+from gateway.grpc_messages import CLASSES, METHODS, SERVICE, message
+from gateway.service import Gateway
+from gateway.trace import RequestTrace
+from gateway.validation import check_inputs
+from inference_worker.errors import CodedError
+from inference_worker.protocol import ErrorCode
+
+log = logging.getLogger("torchgate.grpc")
+
+CODES: dict[str, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+}
+DEFAULT_PORT = 8001  # Triton's
+DEFAULT_THREADS = 16
+QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
+DEFAULT_GRACE_SECONDS = 30.0
+# The extensions served over gRPC (Triton lists the same as over HTTP; ModelConfig and ModelStatistics are not
+# served here: use GET /v2/models/M/config and /stats).
+EXTENSIONS = ["classification", "model_repository"]
+
+
+def status_code(code: str) -> grpc.StatusCode:
+    """Return the gRPC status of an error code; unknown codes are INTERNAL."""
+    return CODES.get(code, grpc.StatusCode.INTERNAL)
+
+
+class Servicer:
+    """The calls of ``inference.GRPCInferenceService``, each answered from one :class:`Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.server_metadata = message(
+            "ServerMetadataResponse",
+            name=triton.SERVER_NAME,
+            version=triton.server_version(),
+            extensions=EXTENSIONS,
+        )
+
+    # -- health and metadata ----------------------------------------------------------------------------
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return message("ServerLiveResponse", live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ready = not self.gateway.draining() and self.gateway.ready()[0]
+        return message("ServerReadyResponse", ready=ready)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ready = self.gateway.model_ready(request.name, request.version or None)[0]
+        return message("ModelReadyResponse", ready=ready)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.server_metadata
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        version = request.version or None
+        model, resolved = self.gateway.catalog.get(request.name, version)
+        return grpc_codec.model_metadata(triton.model_metadata(model, resolved if version else None))
+
+    # -- inference --------------------------------------------------------------------------------------
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        gateway = self.gateway
+        trace = RequestTrace.open(_metadata(context).get("x-request-id"))
+        version = request.model_version or None
+        model, resolved = gateway.catalog.get(request.model_name, version)
+        infer = grpc_codec.infer_request(request, gateway.limits)
+        remaining = context.time_remaining()  # the client's deadline, if it set one, bounds the request's
+        if remaining is not None and remaining < gateway.config.max_timeout:
+            left_us = max(1, int(remaining * 1e6))
+            infer.timeout_us = min(infer.timeout_us or left_us, left_us)
+        inputs = check_inputs(infer, model, gateway.limits)
+        answered, outputs = gateway.run_infer(model, resolved, version is not None, infer, inputs, trace)
+        return grpc_codec.infer_response(model.name, answered, infer.id, [t for t, _ in outputs])
+
+    # -- model repository -------------------------------------------------------------------------------
+
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return grpc_codec.repository_index(self.gateway.repository_index(request.ready))
+
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.gateway.control("load", request.model_name, _control_body(request.parameters))
+        return message("RepositoryModelLoadResponse")
+
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.gateway.control("unload", request.model_name, _control_body(request.parameters))
+        return message("RepositoryModelUnloadResponse")
+
+
+def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+
+
+def _control_body(entries: Any) -> bytes:
+    """The HTTP body of a load or unload call with these parameters (file contents are refused by name)."""
+    params = {key: _plain(entry) for key, entry in entries.items()}
+    return orjson.dumps({"parameters": params}) if params else b""
+
+
+def _plain(entry: Any) -> Any:
+    which = entry.WhichOneof("parameter_choice")
+    value = None if which is None else getattr(entry, which)
+    return f"<{len(value)} bytes>" if isinstance(value, bytes) else value
+
+
+def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
+    """Return the service's handler: each call checked for the token (but ServerLive), its errors
+    answered with their gRPC code."""
+    methods = {}
+    for name, (request, response) in METHODS.items():
+        methods[name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, name), token if name != "ServerLive" else ""),
+            request_deserializer=CLASSES[request].FromString,
+            response_serializer=CLASSES[response].SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            if token and not authorized(_metadata(context).get("authorization", ""), token):
+                raise Unauthenticated("missing or wrong bearer token (metadata 'authorization')")
+            return call(request, context)
+        except CodedError as exc:
+            context.abort(status_code(exc.code), exc.message)
+        except Exception as exc:  # a bug: its details go to the log only
+            context.abort(grpc.StatusCode.INTERNAL, describe_unexpected(exc, call.__name__))
+        finally:
+            afterwork.run_pending()
+
+    guarded.__name__ = call.__name__
+    return guarded
+
+
+def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Server, int]:
+    """Return a server for ``gateway`` bound to ``address`` (``host:port``; port 0 picks one) and its
+    port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchgate-grpc"),
+        handlers=[handler(Servicer(gateway), gateway.config.auth_token)],
+        maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD,
+        options=[
+            ("grpc.max_receive_message_length", gateway.config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a second server on the port fails to start, as gunicorn does
+        ],
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True)
+@click.option(
+    "--grace-seconds",
+    type=float,
+    default=DEFAULT_GRACE_SECONDS,
+    show_default=True,
+    help="On TERM or INT, how long calls in flight may take to finish.",
+)
+def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
+    """Serve the Open Inference Protocol over gRPC; settings come from TORCHGATE_* as for the HTTP gateway."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s grpc[%(process)d] %(levelname)s %(message)s")
+    config = GatewayConfig.from_env()
+    heap.keep_freed(config.heap_keep_bytes)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server, bound = build_server(Gateway(config), address, threads)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    stopping = threading.Event()
+
+    def stop(signum: int, _: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info(
+                "grpc: %s: finishing the calls in flight (at most %.0fs)",
+                signal.strsignal(signum),
+                grace_seconds,
+            )
+            server.stop(grace_seconds)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    log.info("grpc: serving inference.GRPCInferenceService on %s:%d (%d threads)", host, bound, threads)
+    server.wait_for_termination()
+    log.info("grpc: stopped")
+
+
+if __name__ == "__main__":
+    main()
