@@ -31,6 +31,7 @@ from gateway.errors import (
     FORBIDDEN,
     PAYLOAD_TOO_LARGE,
     UNAUTHENTICATED,
+    NotFound,
     Unauthenticated,
     describe_unexpected,
 )
@@ -90,7 +91,10 @@ class Servicer:
         return message("ServerReadyResponse", ready=ready)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        ready = self.gateway.model_ready(request.name, request.version or None)[0]
+        try:  # as Triton answers: a model it does not know is not ready, and that is no error
+            ready = self.gateway.model_ready(request.name, request.version or None)[0]
+        except NotFound:
+            ready = False
         return message("ModelReadyResponse", ready=ready)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -1,0 +1,442 @@
+"""The gRPC front (Triton's ``inference.GRPCInferenceService``): its messages are Triton's, field for field;
+the codec reads raw and typed contents and refuses what it cannot serve; and under ``torchgate serve
+--grpc-port``, ``tritonclient.grpc`` works unchanged, gets the same answers as over HTTP, the right status
+codes for bad calls, and survives garbage."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import descriptor_pb2
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+from gateway import grpc_codec, grpc_messages
+from gateway.codec import Tensor
+from gateway.errors import InvalidArgument
+from gateway.grpc_server import CODES, status_code
+from harness import DIGIT, DIGIT_ROW, Stack, free_port, short_dir
+from inference_worker import strings
+from inference_worker.protocol import ErrorCode
+from inference_worker.strings import StringLimits
+
+LIMITS = StringLimits(max_elements=1000)
+TOKEN = "grpc-test-token"
+BEARER = {"authorization": f"Bearer {TOKEN}"}
+TIMEOUT = 30.0  # every client call's deadline, in seconds
+
+# -- the messages are Triton's --------------------------------------------------------------------------
+
+
+def _theirs(name: str) -> Any:
+    return service_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"inference.{name}")
+
+
+def _ours(name: str) -> Any:
+    return grpc_messages.POOL.FindMessageTypeByName(f"inference.{name}")
+
+
+def _shape(field: Any) -> tuple[Any, ...]:
+    """What a client depends on in a field: name, number, type, label, message type, oneof, map-ness."""
+    message = field.message_type
+    entry = message is not None and message.GetOptions().map_entry
+    return (
+        field.name,
+        field.number,
+        field.type,
+        field.is_repeated,
+        None if message is None or entry else message.full_name,
+        field.containing_oneof.name if field.containing_oneof else None,
+        (message.fields_by_name["value"].message_type.full_name if entry else None),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(grpc_messages.MESSAGES))
+def test_each_message_matches_tritonclients_field_for_field(name: str) -> None:
+    ours, theirs = _ours(name), _theirs(name)
+    assert sorted(map(_shape, ours.fields)) == sorted(map(_shape, theirs.fields))
+
+
+def test_each_method_takes_and_gives_tritonclients_messages() -> None:
+    theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    ours = grpc_messages.FILE.services_by_name["GRPCInferenceService"]
+    assert ours.full_name == grpc_messages.SERVICE
+    for method in ours.methods:
+        other = theirs.methods_by_name[method.name]
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            other.input_type.full_name,
+            other.output_type.full_name,
+        )
+        assert not other.client_streaming and not other.server_streaming
+
+
+def test_the_descriptor_is_a_valid_proto3_file() -> None:
+    proto = descriptor_pb2.FileDescriptorProto()
+    grpc_messages.FILE.CopyToProto(proto)
+    assert proto.syntax == "proto3" and proto.package == "inference"
+    # a message built here reads as tritonclient's and back, byte for byte
+    ours = grpc_messages.message("ModelInferRequest", model_name="m", id="x")
+    ours.parameters["priority"].int64_param = 3
+    ours.inputs.add(name="input", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1.5, 2])
+    theirs = service_pb2.ModelInferRequest.FromString(ours.SerializeToString())
+    assert theirs.inputs[0].contents.fp32_contents == [1.5, 2.0]
+    assert theirs.parameters["priority"].int64_param == 3
+    assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
+
+
+# -- the codec, without a server ------------------------------------------------------------------------
+
+
+def _request(**fields: Any) -> Any:
+    return grpc_messages.message("ModelInferRequest", model_name="digits", **fields)
+
+
+def test_raw_input_contents_are_the_tensors_bytes() -> None:
+    data = np.arange(6, dtype=np.float32).tobytes()
+    msg = _request(raw_input_contents=[data])
+    msg.inputs.add(name="input", datatype="FP32", shape=[2, 3])
+    request = grpc_codec.infer_request(msg, LIMITS)
+    [tensor] = request.inputs
+    assert (tensor.name, tensor.datatype, tuple(tensor.shape), bytes(tensor.data)) == (
+        "input",
+        "FP32",
+        (2, 3),
+        data,
+    )
+    assert request.binary_data_output and request.id is None and request.timeout_us is None
+
+
+@pytest.mark.parametrize(
+    "datatype, field, values, packed",
+    [
+        ("FP32", "fp32_contents", [1.5, -2.0], struct.pack("<2f", 1.5, -2.0)),
+        ("FP64", "fp64_contents", [0.25, 3.0], struct.pack("<2d", 0.25, 3.0)),
+        ("INT8", "int_contents", [-3, 7], struct.pack("<2b", -3, 7)),
+        ("INT32", "int_contents", [-70000, 1], struct.pack("<2i", -70000, 1)),
+        ("INT64", "int64_contents", [-(2**40), 5], struct.pack("<2q", -(2**40), 5)),
+        ("UINT16", "uint_contents", [65535, 0], struct.pack("<2H", 65535, 0)),
+        ("BOOL", "bool_contents", [True, False], b"\x01\x00"),
+    ],
+)
+def test_typed_contents_become_little_endian_bytes(
+    datatype: str, field: str, values: list[Any], packed: bytes
+) -> None:
+    msg = _request()
+    getattr(msg.inputs.add(name="x", datatype=datatype, shape=[2]).contents, field).extend(values)
+    [tensor] = grpc_codec.infer_request(msg, LIMITS).inputs
+    assert bytes(tensor.data) == packed
+
+
+def test_bytes_contents_travel_in_tritons_length_prefixed_layout() -> None:
+    msg = _request()
+    msg.inputs.add(name="text", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"ab", b""])
+    [tensor] = grpc_codec.infer_request(msg, LIMITS).inputs
+    assert bytes(tensor.data) == strings.serialize([b"ab", b""]) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+
+
+def _bad(msg: Any) -> str:
+    with pytest.raises(InvalidArgument) as caught:
+        grpc_codec.infer_request(msg, LIMITS)
+    return str(caught.value)
+
+
+def test_bad_requests_are_refused_naming_what_is_wrong() -> None:
+    both = _request(raw_input_contents=[b"\0" * 4])
+    both.inputs.add(name="a", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    assert "both contents and raw_input_contents" in _bad(both)
+
+    miscounted = _request(raw_input_contents=[b"\0" * 4, b"\0" * 4])
+    miscounted.inputs.add(name="a", datatype="FP32", shape=[1])
+    assert "2 entries but there are 1 inputs" in _bad(miscounted)
+
+    empty = _request()
+    empty.inputs.add(name="a", datatype="FP32", shape=[1])
+    assert "has no data" in _bad(empty)
+
+    half = _request()
+    half.inputs.add(name="a", datatype="FP16", shape=[1]).contents.fp32_contents.append(1.0)
+    assert "FP16 data must be sent in raw_input_contents" in _bad(half)
+
+    wrong_field = _request()
+    wrong_field.inputs.add(name="a", datatype="FP32", shape=[1]).contents.int_contents.append(1)
+    assert "goes in contents.fp32_contents" in _bad(wrong_field)
+
+    short = _request()
+    short.inputs.add(name="a", datatype="FP32", shape=[2, 2]).contents.fp32_contents.extend([1, 2, 3])
+    assert "holds 3 elements, shape [2, 2] needs 4" in _bad(short)
+
+    unknown = _request(raw_input_contents=[b""])
+    unknown.inputs.add(name="a", datatype="COMPLEX64", shape=[0])
+    assert "datatype 'COMPLEX64' is not supported" in _bad(unknown)
+
+    assert "'inputs' must hold" in _bad(_request())
+
+    negative = _request(raw_input_contents=[b""])
+    negative.inputs.add(name="a", datatype="FP32", shape=[-1])
+    assert "non-negative" in _bad(negative)
+
+    many = _request()
+    many.inputs.add(name="s", datatype="BYTES", shape=[1001]).contents.bytes_contents.extend([b""] * 1001)
+    assert "1001 strings, more than 1000" in _bad(many)
+
+
+def test_shared_memory_is_refused_on_inputs_and_outputs() -> None:
+    on_input = _request()
+    tensor = on_input.inputs.add(name="a", datatype="FP32", shape=[1])
+    tensor.parameters["shared_memory_region"].string_param = "region"
+    assert "shared-memory extension is not supported" in _bad(on_input)
+
+    on_output = _request(raw_input_contents=[b"\0" * 4])
+    on_output.inputs.add(name="a", datatype="FP32", shape=[1])
+    on_output.outputs.add(name="out").parameters["shared_memory_byte_size"].int64_param = 64
+    assert "shared-memory extension is not supported" in _bad(on_output)
+
+
+def test_parameters_timeout_priority_classification_and_the_rest() -> None:
+    msg = _request(raw_input_contents=[b"\0" * 4], id="req-1")
+    msg.inputs.add(name="a", datatype="FP32", shape=[1])
+    msg.parameters["timeout"].int64_param = 1500
+    msg.parameters["priority"].uint64_param = 2
+    msg.parameters["top_k"].int64_param = 3
+    msg.parameters["lang"].string_param = "en"
+    msg.outputs.add(name="out").parameters["classification"].int64_param = 4
+    request = grpc_codec.infer_request(msg, LIMITS)
+    assert (request.id, request.timeout_us, request.priority) == ("req-1", 1500, 2)
+    assert request.parameters == {"top_k": 3, "lang": "en"}
+    [output] = request.outputs
+    assert (output.name, output.binary, output.classification) == ("out", True, 4)
+
+    msg.parameters["timeout"].string_param = "soon"
+    assert "'timeout' must be a non-negative integer" in _bad(msg)
+    msg.parameters["timeout"].int64_param = -1
+    assert "'timeout' must be a non-negative integer" in _bad(msg)
+    del msg.parameters["timeout"]
+    msg.outputs[0].parameters["classification"].bool_param = True
+    assert "'classification' must be a non-negative integer" in _bad(msg)
+
+
+def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
+    scores = np.array([[0.5, -1.0, 2.0]], dtype=np.float32)
+    labels = strings.serialize([b"2.000000:2:two"])
+    response = grpc_codec.infer_response(
+        "digits",
+        "1",
+        "req-9",
+        [
+            Tensor("output", "FP32", (1, 3), scores.tobytes()),
+            Tensor("top", "BYTES", (1,), labels),
+        ],
+    )
+    result = grpcclient.InferResult(service_pb2.ModelInferResponse.FromString(response.SerializeToString()))
+    assert np.array_equal(result.as_numpy("output"), scores)
+    assert result.as_numpy("top").tolist() == [b"2.000000:2:two"]
+    reply = result.get_response()
+    assert (reply.model_name, reply.model_version, reply.id) == ("digits", "1", "req-9")
+
+
+def test_every_error_code_has_its_grpc_status() -> None:
+    for code in ErrorCode:
+        if code is not ErrorCode.DECLINED:  # internal to the gateway, never answered
+            assert code in CODES, code
+    assert status_code(ErrorCode.NOT_FOUND) is grpc.StatusCode.NOT_FOUND
+    assert status_code(ErrorCode.UNAVAILABLE) is grpc.StatusCode.UNAVAILABLE
+    assert status_code("SOMETHING_NEW") is grpc.StatusCode.INTERNAL
+
+
+# -- under `torchgate serve --grpc-port` -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Stack, int]]:
+    with short_dir() as base:
+        token_file = base / "token"
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
+        port = free_port()
+        stack = Stack.at(base, headers={"Authorization": f"Bearer {TOKEN}"})
+        options = [
+            "--gpus",
+            "none",
+            "--cpu-workers",
+            "1",
+            "--worker-threads",
+            "1",
+            "--worker-startsecs",
+            "2",
+            "--gateway-threads",
+            "4",
+            "--grpc-port",
+            str(port),
+            "--auth-token-file",
+            str(token_file),
+        ]
+        with stack.serve(*options) as d:
+            d.wait_serving(timeout=120)
+            yield d, port
+
+
+@pytest.fixture
+def client(served: tuple[Stack, int]) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(url=f"127.0.0.1:{served[1]}") as c:
+        yield c
+
+
+def _status(call: Any) -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    return str(caught.value.status())
+
+
+def _digits(rows: np.ndarray) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    return [tensor]
+
+
+@pytest.mark.processes
+def test_serve_says_it_serves_grpc(served: tuple[Stack, int]) -> None:
+    stack, port = served
+    assert f"and gRPC 127.0.0.1:{port}" in stack.log()
+    assert stack.supervisor.processes()["grpc"]["statename"] == "RUNNING"
+
+
+@pytest.mark.processes
+def test_health_and_metadata(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live(client_timeout=TIMEOUT)  # liveness needs no token
+    assert client.is_server_ready(headers=BEARER, client_timeout=TIMEOUT)
+    assert client.is_model_ready("digits", headers=BEARER, client_timeout=TIMEOUT)
+    assert not client.is_model_ready("nope", headers=BEARER, client_timeout=TIMEOUT)
+    server = client.get_server_metadata(headers=BEARER, client_timeout=TIMEOUT, as_json=True)
+    assert server["name"] == "torchgate" and "classification" in server["extensions"]
+    model = client.get_model_metadata("digits", headers=BEARER, client_timeout=TIMEOUT, as_json=True)
+    assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "64"]}]
+    assert model["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "10"]}]
+    index = client.get_model_repository_index(headers=BEARER, client_timeout=TIMEOUT, as_json=True)
+    assert {"name": "digits", "version": "1", "state": "READY"}.items() <= index["models"][0].items()
+
+
+@pytest.mark.processes
+def test_infer_gives_what_http_gives(
+    served: tuple[Stack, int], client: grpcclient.InferenceServerClient
+) -> None:
+    stack, _ = served
+    rows = np.array([DIGIT, DIGIT_ROW, [0.0] * 64], dtype=np.float32)
+    result = client.infer("digits", _digits(rows), request_id="r-1", headers=BEARER, client_timeout=TIMEOUT)
+    reply = result.get_response()
+    assert (reply.model_name, reply.model_version, reply.id) == ("digits", "1", "r-1")
+    ours = result.as_numpy("output")
+    assert ours.shape == (3, 10) and ours.dtype == np.float32
+
+    with httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", network_timeout=TIMEOUT) as http:
+        tensor = httpclient.InferInput("input", [3, 64], "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=True)
+        over_http = http.infer("digits", [tensor], headers={"Authorization": f"Bearer {TOKEN}"}).as_numpy(
+            "output"
+        )
+    assert np.array_equal(ours, over_http)
+    assert int(ours[0].argmax()) == 0  # DIGIT is a zero
+
+
+@pytest.mark.processes
+def test_typed_contents_give_the_same_answer_as_raw(
+    served: tuple[Stack, int], client: grpcclient.InferenceServerClient
+) -> None:
+    """A client that fills ``contents.fp32_contents`` (as KServe's and hand-written clients do)."""
+    raw = client.infer("digits", _digits(np.array([DIGIT], np.float32)), headers=BEARER).as_numpy("output")
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64]).contents.fp32_contents.extend(DIGIT)
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        reply = infer(request, metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+    typed = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(1, 10)
+    assert np.array_equal(typed, raw)
+
+
+@pytest.mark.processes
+def test_classification(client: grpcclient.InferenceServerClient) -> None:
+    rows = np.array([DIGIT], dtype=np.float32)
+    wanted = [grpcclient.InferRequestedOutput("output", class_count=3)]
+    result = client.infer("digits", _digits(rows), outputs=wanted, headers=BEARER, client_timeout=TIMEOUT)
+    top = result.as_numpy("output")
+    assert top.shape == (1, 3)
+    assert top[0][0].split(b":")[1] == b"0"
+
+
+@pytest.mark.processes
+def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClient) -> None:
+    rows = np.zeros((1, 64), np.float32)
+    assert _status(lambda: client.infer("nope", _digits(rows), headers=BEARER)) == "StatusCode.NOT_FOUND"
+    wrong = np.zeros((1, 63), np.float32)
+    assert _status(lambda: client.infer("digits", _digits(wrong), headers=BEARER)) == (
+        "StatusCode.INVALID_ARGUMENT"
+    )
+    assert _status(lambda: client.infer("digits", _digits(rows))) == "StatusCode.UNAUTHENTICATED"
+    wrong_token = {"authorization": "Bearer nope"}
+    assert _status(lambda: client.is_server_ready(headers=wrong_token)) == "StatusCode.UNAUTHENTICATED"
+    assert _status(lambda: client.get_model_config("digits", headers=BEARER)) == ("StatusCode.UNIMPLEMENTED")
+    assert _status(lambda: client.get_model_metadata("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
+    shm = grpcclient.InferRequestedOutput("output")
+    shm.set_shared_memory("region", 40)
+    assert (
+        _status(lambda: client.infer("digits", _digits(rows), outputs=[shm], headers=BEARER))
+        == "StatusCode.INVALID_ARGUMENT"
+    )
+
+
+@pytest.mark.processes
+def test_garbage_fails_alone(served: tuple[Stack, int], client: grpcclient.InferenceServerClient) -> None:
+    port = served[1]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(b"\xff\xff\xff\xff not a protobuf", metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+        assert caught.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    # not even HTTP/2: bytes on the socket, then a half-sent preface left hanging
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)))
+    trickle = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    trickle.sendall(b"PRI * HTTP/2.0\r\n")
+    try:
+        rows = np.array([DIGIT], dtype=np.float32)
+        result = client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT)
+        assert int(result.as_numpy("output")[0].argmax()) == 0
+    finally:
+        trickle.close()
+
+
+@pytest.mark.processes
+def test_a_call_past_its_deadline_fails_alone(client: grpcclient.InferenceServerClient) -> None:
+    """A call whose deadline passes at once ends with DEADLINE_EXCEEDED (the server cancels its side) and
+    the next call is served."""
+    rows = np.array([DIGIT], dtype=np.float32)
+    status = _status(lambda: client.infer("digits", _digits(rows), headers=BEARER, client_timeout=1e-6))
+    assert status == "StatusCode.DEADLINE_EXCEEDED"
+    assert (
+        client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT).as_numpy("output")
+        is not None
+    )
+
+
+@pytest.mark.processes
+def test_terminate_stops_the_grpc_server_too(served: tuple[Stack, int]) -> None:
+    """Last in this module: SIGTERM to `torchgate serve` ends it cleanly, gRPC server included."""
+    stack, port = served
+    grpc_pid = stack.supervisor.processes()["grpc"]["pid"]
+    assert stack.terminate() == 0, stack.log()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(grpc_pid, 0)
