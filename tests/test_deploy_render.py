@@ -91,6 +91,35 @@ def test_laptop_defaults_render_cpu_slots_and_a_stopped_spare(tmp_path: Path) ->
         assert "--device cpu" in procs[f"worker-cpu-{k}"].command
 
 
+def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> None:
+    assert "grpc" not in programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, grpc_port=8001, gateway_threads=6)
+    procs = programs(realize(s))
+    grpc, gateway = procs["grpc"], procs["gateway"]
+    assert shlex.split(grpc.command)[1:] == [
+        "-m",
+        "gateway.grpc_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--threads",
+        "6",
+        "--grace-seconds",
+        str(s.gateway_graceful_seconds),
+    ]
+    # the same settings as the HTTP gateway, but not gunicorn's shared metrics folder, which gunicorn empties
+    assert grpc.environment == {
+        k: v for k, v in gateway.environment.items() if k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    assert grpc.autorestart is RestartUnconditionally and grpc.stopsignal == 15
+    assert grpc.stopwaitsecs > s.gateway_graceful_seconds
+    assert s.grpc_address == "127.0.0.1:8001"
+    assert DeploySettings(run_dir=tmp_path / "v6", cpu_workers=1, host="::1", grpc_port=9).grpc_address == (
+        "[::1]:9"
+    )
+
+
 def test_every_program_is_its_own_group_so_update_restarts_nothing_else(tmp_path: Path) -> None:
     options = realize(DeploySettings(run_dir=tmp_path / "run", cpu_workers=2))
     for group in options.process_group_configs:
@@ -200,6 +229,9 @@ def test_settings_round_trip_through_the_run_directory(tmp_path: Path) -> None:
         ({"run_dir": Path("/tmp") / ("x" * 120)}, "socket path"),
         ({"models": ("a,b",)}, "commas"),
         ({"run_dir": Path("/tmp/100%")}, "'%'"),
+        ({"grpc_port": 8000}, "gRPC port must differ"),
+        ({"grpc_port": 0}, "grpc_port must be 1 to 65535"),
+        ({"grpc_port": 70000}, "grpc_port must be 1 to 65535"),
     ],
 )
 def test_impossible_settings_are_refused(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
