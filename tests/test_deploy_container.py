@@ -2,10 +2,10 @@
 host.
 
 No image can be built here (no container daemon, no base images), so the test runs the image's ENTRYPOINT with
-the image's environment, only the run directory and the port moved into the test's own, and checks what a
+the image's environment, only the run directory and the ports moved into the test's own, and checks what a
 container runtime would see: readiness through the HEALTHCHECK command, SIGTERM (``docker stop``) turning
-readiness to 503 while requests are still served, then a clean exit with every process drained and no
-supervisord CRIT or WARN line.
+readiness to 503 (gRPC's ServerReady to false) while requests are still served over HTTP and gRPC, then a
+clean exit with every process drained and no supervisord CRIT or WARN line.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 from packaging.requirements import Requirement
 
 from harness import ROOT, Processes, free_port, run, wait_for
@@ -70,12 +72,14 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
 ) -> None:
     """As the image does: the wheel installed (here into a folder of its own), started from another folder."""
     env = {**os.environ, **environment(DOCKERFILE), **installed_wheel.environment}
-    port = free_port()
+    assert (env["TORCHGATE_SERVE_PORT"], env["TORCHGATE_SERVE_GRPC_PORT"]) == ("8000", "8001")  # Triton's
+    port, grpc_port = free_port(), free_port()
     env.update(
         PATH=f"{installed_wheel.target / 'bin'}:{BIN}:{os.environ['PATH']}",
         TORCHGATE_RUN_DIR=str(tmp_path / "run"),
         TORCHGATE_SERVE_HOST="127.0.0.1",  # the image binds 0.0.0.0 inside its own network namespace
         TORCHGATE_SERVE_PORT=str(port),
+        TORCHGATE_SERVE_GRPC_PORT=str(grpc_port),
         TORCHGATE_SERVE_CPU_WORKERS="1",
         TORCHGATE_SERVE_GPUS="none",
     )
@@ -109,7 +113,7 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
             running = {line.split()[0] for line in done.stdout.splitlines() if " RUNNING " in line}
             return (
                 done
-                if done.returncode == 0 and running >= {"gateway", "dispatcher", "worker-cpu-0"}
+                if done.returncode == 0 and running >= {"gateway", "grpc", "dispatcher", "worker-cpu-0"}
                 else None
             )
 
@@ -120,8 +124,10 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
             what="torchgate ctl status to show every process RUNNING",
         )
         running = {line.split()[0] for line in ctl.stdout.splitlines() if " RUNNING " in line}
-        assert running >= {"gateway", "dispatcher", "worker-cpu-0"}, ctl.stdout
+        assert running >= {"gateway", "grpc", "dispatcher", "worker-cpu-0"}, ctl.stdout
         assert requests.post(infer, json=body, timeout=10).status_code == 200
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert grpc.is_server_ready(client_timeout=10)
 
         proc.send_signal(signal.SIGTERM)  # docker stop, or the kubelet
         wait_for(
@@ -132,6 +138,11 @@ def test_the_image_start_command_serves_and_drains_on_sigterm(
         )
         # Still serving during the grace period: the load balancer has not caught up yet.
         assert requests.post(infer, json=body, timeout=10).status_code == 200
+        assert not grpc.is_server_ready(client_timeout=10)
+        tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        assert grpc.infer("digits", [tensor], client_timeout=10).as_numpy("output").shape == (1, 10)
+        grpc.close()
         assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
         unhealthy = run(healthcheck(DOCKERFILE), timeout=30, env=env)
         assert unhealthy.returncode != 0
