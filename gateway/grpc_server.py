@@ -194,9 +194,12 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
             ("grpc.so_reuseport", 0),  # a second server on the port fails to start, as gunicorn does
         ],
     )
-    port = server.add_insecure_port(address)
+    try:  # grpcio raises RuntimeError where a port is taken (older versions return 0)
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: is another server on that port?")
     return server, port
 
 
