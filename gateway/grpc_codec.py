@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from google.protobuf import json_format
+
 from gateway.codec import (
     JSON_UNSUPPORTED,
     MAX_ID_LENGTH,
@@ -191,3 +193,15 @@ def repository_index(entries: list[dict[str, Any]]) -> Any:
             reason=entry.get("reason", ""),
         )
     return response
+
+
+def model_config(doc: dict[str, Any]) -> Any:
+    """Build a ``ModelConfigResponse`` from the HTTP endpoint's document (:func:`gateway.triton.model_config`,
+    the JSON form of the same message)."""
+    return json_format.ParseDict({"config": doc}, message("ModelConfigResponse"))
+
+
+def model_statistics(doc: dict[str, Any]) -> Any:
+    """Build a ``ModelStatisticsResponse`` from the HTTP endpoint's document
+    (:func:`gateway.triton.model_stats`, the JSON form of the same message)."""
+    return json_format.ParseDict(doc, message("ModelStatisticsResponse"))

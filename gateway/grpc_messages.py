@@ -31,7 +31,9 @@ _SCALARS = {
 }
 
 # Each message (a dotted name is nested in its parent): its fields as (name, number, type), where the type is
-# a scalar, a message's full name, either one after "repeated ", or "map InferParameter" (map<string, ...>).
+# a scalar, a message's name, either one after "repeated ", "enum " and an enum's name (ENUMS), or
+# "map InferParameter" (map<string, ...>). A message marked in PARTIAL holds only the fields torchgate fills
+# of Triton's larger message (model configuration and statistics): a client reads the rest as unset.
 MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
     "ServerLiveRequest": (),
     "ServerLiveResponse": (("live", 1, "bool"),),
@@ -110,6 +112,91 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("parameters", 4, "map InferParameter"),
         ("contents", 5, "InferTensorContents"),
     ),
+    "ModelConfigRequest": (("name", 1, "string"), ("version", 2, "string")),
+    "ModelConfigResponse": (("config", 1, "ModelConfig"),),
+    "ModelConfig": (
+        ("name", 1, "string"),
+        ("platform", 2, "string"),
+        ("backend", 17, "string"),
+        ("version_policy", 3, "ModelVersionPolicy"),
+        ("max_batch_size", 4, "int32"),
+        ("input", 5, "repeated ModelInput"),
+        ("output", 6, "repeated ModelOutput"),
+        ("dynamic_batching", 11, "ModelDynamicBatching"),  # one of them (the oneof scheduling_choice)
+        ("instance_group", 7, "repeated ModelInstanceGroup"),
+    ),
+    "ModelVersionPolicy": (  # one of them (the oneof policy_choice)
+        ("latest", 1, "ModelVersionPolicy.Latest"),
+        ("all", 2, "ModelVersionPolicy.All"),
+        ("specific", 3, "ModelVersionPolicy.Specific"),
+    ),
+    "ModelVersionPolicy.Latest": (("num_versions", 1, "uint32"),),
+    "ModelVersionPolicy.All": (),
+    "ModelVersionPolicy.Specific": (("versions", 1, "repeated int64"),),
+    "ModelInput": (
+        ("name", 1, "string"),
+        ("data_type", 2, "enum DataType"),
+        ("format", 3, "enum ModelInput.Format"),
+        ("dims", 4, "repeated int64"),
+    ),
+    "ModelOutput": (
+        ("name", 1, "string"),
+        ("data_type", 2, "enum DataType"),
+        ("dims", 3, "repeated int64"),
+        ("label_filename", 4, "string"),
+    ),
+    "ModelInstanceGroup": (
+        ("name", 1, "string"),
+        ("kind", 4, "enum ModelInstanceGroup.Kind"),
+        ("count", 2, "int32"),
+        ("gpus", 3, "repeated int32"),
+    ),
+    "ModelDynamicBatching": (
+        ("preferred_batch_size", 1, "repeated int32"),
+        ("max_queue_delay_microseconds", 2, "uint64"),
+        ("preserve_ordering", 3, "bool"),
+        ("default_queue_policy", 6, "ModelQueuePolicy"),
+    ),
+    "ModelQueuePolicy": (
+        ("timeout_action", 1, "enum ModelQueuePolicy.TimeoutAction"),
+        ("default_timeout_microseconds", 2, "uint64"),
+        ("allow_timeout_override", 3, "bool"),
+        ("max_queue_size", 4, "uint32"),
+    ),
+    "ModelStatisticsRequest": (("name", 1, "string"), ("version", 2, "string")),
+    "ModelStatisticsResponse": (("model_stats", 1, "repeated ModelStatistics"),),
+    "ModelStatistics": (
+        ("name", 1, "string"),
+        ("version", 2, "string"),
+        ("last_inference", 3, "uint64"),
+        ("inference_count", 4, "uint64"),
+        ("execution_count", 5, "uint64"),
+        ("inference_stats", 6, "InferStatistics"),
+        ("batch_stats", 7, "repeated InferBatchStatistics"),
+    ),
+    "InferStatistics": tuple(
+        (name, number, "StatisticDuration")
+        for number, name in enumerate(
+            (
+                "success",
+                "fail",
+                "queue",
+                "compute_input",
+                "compute_infer",
+                "compute_output",
+                "cache_hit",
+                "cache_miss",
+            ),
+            start=1,
+        )
+    ),
+    "StatisticDuration": (("count", 1, "uint64"), ("ns", 2, "uint64")),
+    "InferBatchStatistics": (
+        ("batch_size", 1, "uint64"),
+        ("compute_input", 2, "StatisticDuration"),
+        ("compute_infer", 3, "StatisticDuration"),
+        ("compute_output", 4, "StatisticDuration"),
+    ),
     "RepositoryIndexRequest": (("repository_name", 1, "string"), ("ready", 2, "bool")),
     "RepositoryIndexResponse": (("models", 1, "repeated RepositoryIndexResponse.ModelIndex"),),
     "RepositoryIndexResponse.ModelIndex": (
@@ -137,10 +224,57 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
     ),
     "RepositoryModelUnloadResponse": (),
 }
-ONEOFS = {"InferParameter": "parameter_choice", "ModelRepositoryParameter": "parameter_choice"}
+PARTIAL = frozenset(
+    {
+        "ModelConfig",
+        "ModelInput",
+        "ModelOutput",
+        "ModelInstanceGroup",
+        "ModelDynamicBatching",
+        "ModelStatistics",
+    }
+)
+# The oneofs: message -> (oneof, its fields).
+ONEOFS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "InferParameter": ("parameter_choice", tuple(f[0] for f in MESSAGES["InferParameter"])),
+    "ModelRepositoryParameter": (
+        "parameter_choice",
+        tuple(f[0] for f in MESSAGES["ModelRepositoryParameter"]),
+    ),
+    "ModelVersionPolicy": ("policy_choice", ("latest", "all", "specific")),
+    "ModelConfig": ("scheduling_choice", ("dynamic_batching",)),
+}
+# The enums (a dotted name is nested in its message): their values' names and numbers.
+ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
+    "DataType": tuple(
+        (f"TYPE_{name}", number)
+        for number, name in enumerate(
+            (
+                "INVALID",
+                "BOOL",
+                "UINT8",
+                "UINT16",
+                "UINT32",
+                "UINT64",
+                "INT8",
+                "INT16",
+                "INT32",
+                "INT64",
+                "FP16",
+                "FP32",
+                "FP64",
+                "STRING",
+                "BF16",
+            )
+        )
+    ),
+    "ModelInput.Format": (("FORMAT_NONE", 0), ("FORMAT_NHWC", 1), ("FORMAT_NCHW", 2)),
+    "ModelInstanceGroup.Kind": (("KIND_AUTO", 0), ("KIND_GPU", 1), ("KIND_CPU", 2), ("KIND_MODEL", 3)),
+    "ModelQueuePolicy.TimeoutAction": (("REJECT", 0), ("DELAY", 1)),
+}
 
-# The calls served: name -> (request message, response message). Any other (ModelStreamInfer, ModelConfig,
-# ModelStatistics, the shared-memory, trace and log calls) is answered UNIMPLEMENTED by gRPC itself.
+# The calls served: name -> (request message, response message). Any other (ModelStreamInfer, the
+# shared-memory, trace and log calls) is answered UNIMPLEMENTED by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
     "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
@@ -148,6 +282,8 @@ METHODS = {
     "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
     "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+    "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse"),
+    "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse"),
     "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
     "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
     "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
@@ -164,12 +300,16 @@ def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
         parent, _, name = full_name.rpartition(".")
         message = (built[parent].nested_type if parent else proto.message_type).add(name=name)
         built[full_name] = message
-        oneof = ONEOFS.get(full_name)
-        if oneof is not None:
+        oneof, members = ONEOFS.get(full_name, ("", ()))
+        if oneof:
             message.oneof_decl.add(name=oneof)
         for field_name, number, kind in fields:
             field = message.field.add(name=field_name, number=number, json_name=_camel(field_name))
             repeated, _, kind = kind.rpartition(" ")
+            if repeated == "enum":
+                field.label, field.type = _F.LABEL_OPTIONAL, _F.TYPE_ENUM
+                field.type_name = f".{PACKAGE}.{kind}"
+                continue
             if repeated == "map":
                 entry = message.nested_type.add(name=_camel(field_name, upper=True) + "Entry")
                 entry.options.map_entry = True
@@ -183,8 +323,13 @@ def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
                 field.type = _SCALARS[kind]
             else:
                 field.type, field.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{kind}"
-            if oneof is not None:
+            if field_name in members:
                 field.oneof_index = 0
+    for full_name, values in ENUMS.items():
+        parent, _, name = full_name.rpartition(".")
+        enum = (built[parent].enum_type if parent else proto.enum_type).add(name=name)
+        for value, number in values:
+            enum.value.add(name=value, number=number)
     service = proto.service.add(name=SERVICE.rpartition(".")[2])
     for method, (request, response) in METHODS.items():
         service.method.add(

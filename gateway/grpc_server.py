@@ -3,9 +3,9 @@ clients work unchanged. One process of its own under supervisord (``torchgate se
 beside the HTTP gateway and sharing everything behind it: :class:`gateway.service.Gateway` validates, asks
 the dispatcher and picks the outputs, exactly as for HTTP.
 
-Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, RepositoryIndex,
-RepositoryModelLoad and RepositoryModelUnload. gRPC answers every other call (streaming inference, model
-configuration and statistics, shared memory, trace and log settings) with UNIMPLEMENTED.
+Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
+ModelInfer, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload. gRPC answers every other call
+(streaming inference, shared memory, trace and log settings) with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
 bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata.
@@ -59,9 +59,8 @@ DEFAULT_PORT = 8001  # Triton's
 DEFAULT_THREADS = 16
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
 DEFAULT_GRACE_SECONDS = 30.0
-# The extensions served over gRPC (Triton lists the same as over HTTP; ModelConfig and ModelStatistics are not
-# served here: use GET /v2/models/M/config and /stats).
-EXTENSIONS = ["classification", "model_repository"]
+# The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
+EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]
 
 
 def status_code(code: str) -> grpc.StatusCode:
@@ -104,6 +103,14 @@ class Servicer:
         version = request.version or None
         model, resolved = self.gateway.catalog.get(request.name, version)
         return grpc_codec.model_metadata(triton.model_metadata(model, resolved if version else None))
+
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+        model, _ = self.gateway.catalog.get(request.name, request.version or None)
+        return grpc_codec.model_config(triton.model_config(model))
+
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name = request.name or None  # none: every model
+        return grpc_codec.model_statistics(self.gateway.model_stats(name, request.version or None))
 
     # -- inference --------------------------------------------------------------------------------------
 

@@ -329,13 +329,7 @@ def unload_model(model: str) -> Response:
 @routes.get("/v2/models/<model>/stats")
 @routes.get("/v2/models/<model>/versions/<version>/stats")
 def model_stats(model: str | None = None, version: str | None = None) -> Response:
-    gateway = current_gateway()
-    resolved = None
-    if model is not None:
-        _, resolved = gateway.catalog.get(model, version)
-    return json_response(
-        triton.model_stats(gateway.catalog.models, gateway.status(), model, resolved if version else None)
-    )
+    return json_response(current_gateway().model_stats(model, version))
 
 
 # -- documents ------------------------------------------------------------------------------------------

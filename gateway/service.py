@@ -27,7 +27,7 @@ from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace
-from gateway.triton import repository_index, server_ready, unavailable_reason
+from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, Parameters, StatusReply
@@ -326,6 +326,13 @@ class Gateway:
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         models = self.catalog.rescan()
         return repository_index(models, self.status_or_none(), ready_only)
+
+    def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Return Triton's statistics document for every model, one model, or one of its versions."""
+        resolved = None
+        if model is not None:
+            _, resolved = self.catalog.get(model, version)
+        return model_stats(self.catalog.models, self.status(), model, resolved if version else None)
 
 
 CONTROL_BODY = 64 << 10  # the largest body a load or unload request may have (it holds no files here)

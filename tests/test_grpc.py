@@ -6,6 +6,7 @@ codes for bad calls, and survives garbage."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -18,19 +19,31 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, json_format
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway import grpc_codec, grpc_messages
+from gateway import grpc_codec, grpc_messages, triton
 from gateway.codec import Tensor
 from gateway.errors import InvalidArgument
 from gateway.grpc_server import CODES, status_code
-from harness import DEFAULT_REPOSITORY, DIGIT, DIGIT_ROW, Processes, Stack, free_port, short_dir, wait_for
+from harness import (
+    DEFAULT_REPOSITORY,
+    DIGIT,
+    DIGIT_ROW,
+    ROOT,
+    Processes,
+    Stack,
+    free_port,
+    short_dir,
+    wait_for,
+)
 from inference_worker import strings
 from inference_worker.protocol import ErrorCode
+from inference_worker.repository import load_model_config
 from inference_worker.strings import StringLimits
 
 LIMITS = StringLimits(max_elements=1000)
@@ -49,25 +62,41 @@ def _ours(name: str) -> Any:
     return grpc_messages.POOL.FindMessageTypeByName(f"inference.{name}")
 
 
+def _type(field: Any) -> str | None:
+    kind = field.message_type or field.enum_type
+    return None if kind is None else kind.full_name
+
+
 def _shape(field: Any) -> tuple[Any, ...]:
-    """What a client depends on in a field: name, number, type, label, message type, oneof, map-ness."""
+    """What a client depends on in a field: name, number, type (message or enum), label, oneof, map-ness."""
     message = field.message_type
     entry = message is not None and message.GetOptions().map_entry
+    value = message.fields_by_name["value"] if entry else None
     return (
         field.name,
         field.number,
         field.type,
         field.is_repeated,
-        None if message is None or entry else message.full_name,
+        None if entry else _type(field),
         field.containing_oneof.name if field.containing_oneof else None,
-        (message.fields_by_name["value"].message_type.full_name if entry else None),
+        None if value is None else (value.type, _type(value)),
     )
 
 
 @pytest.mark.parametrize("name", sorted(grpc_messages.MESSAGES))
 def test_each_message_matches_tritonclients_field_for_field(name: str) -> None:
     ours, theirs = _ours(name), _theirs(name)
-    assert sorted(map(_shape, ours.fields)) == sorted(map(_shape, theirs.fields))
+    if name in grpc_messages.PARTIAL:  # a subset of Triton's fields, each exactly as Triton's
+        assert set(map(_shape, ours.fields)) <= set(map(_shape, theirs.fields))
+    else:
+        assert sorted(map(_shape, ours.fields)) == sorted(map(_shape, theirs.fields))
+
+
+@pytest.mark.parametrize("name", sorted(grpc_messages.ENUMS))
+def test_each_enum_matches_tritonclients(name: str) -> None:
+    ours = grpc_messages.POOL.FindEnumTypeByName(f"inference.{name}")
+    theirs = service_pb2.DESCRIPTOR.pool.FindEnumTypeByName(f"inference.{name}")
+    assert [(v.name, v.number) for v in ours.values] == [(v.name, v.number) for v in theirs.values]
 
 
 def test_each_method_takes_and_gives_tritonclients_messages() -> None:
@@ -247,6 +276,54 @@ def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
     assert (reply.model_name, reply.model_version, reply.id) == ("digits", "1", "req-9")
 
 
+@pytest.mark.parametrize(
+    "folder", [DEFAULT_REPOSITORY / "digits", *sorted((ROOT / "examples" / "repository").iterdir())]
+)
+def test_every_shipped_models_configuration_reads_as_tritons_model_config(
+    folder: Path, tmp_path: Path
+) -> None:
+    """The HTTP document is the JSON form of ModelConfig: every key of it has its field over gRPC, and
+    tritonclient reads back what HTTP says."""
+    # the configuration alone: the examples' weights are fetched when used, and no weights are read here
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("[0-9]*"))
+    (copy / "1").mkdir()
+    for name in ("model.pt", "model.pt2", "model.safetensors"):
+        (copy / "1" / name).touch()
+    model = load_model_config(copy)
+    doc = triton.model_config(model)
+    response = grpc_codec.model_config(doc)
+    theirs = service_pb2.ModelConfigResponse.FromString(response.SerializeToString())
+    back = json_format.MessageToDict(theirs.config, preserving_proto_field_name=True)
+    assert back["name"] == model.name and back.get("max_batch_size", 0) == model.max_batch_size
+    assert [i["name"] for i in back["input"]] == [t.name for t in model.inputs]
+    assert [i["data_type"] for i in back["input"]] == [i["data_type"] for i in doc["input"]]
+    assert [int(d) for d in back["output"][0]["dims"]] == list(model.outputs[0].dims)
+    assert ("dynamic_batching" in back) == (model.max_batch_size > 0)
+
+
+def test_statistics_read_as_tritons() -> None:
+    doc = {
+        "model_stats": [
+            {
+                "name": "digits",
+                "version": "1",
+                "last_inference": 1700000000000,
+                "inference_count": 7,
+                "execution_count": 3,
+                "inference_stats": {"success": {"count": 7, "ns": 12345}, "fail": {"count": 0, "ns": 0}},
+                "batch_stats": [{"batch_size": 2, "compute_infer": {"count": 2, "ns": 900}}],
+            }
+        ]
+    }
+    response = grpc_codec.model_statistics(doc)
+    theirs = service_pb2.ModelStatisticsResponse.FromString(response.SerializeToString())
+    [stats] = theirs.model_stats
+    assert (stats.name, stats.inference_count, stats.execution_count) == ("digits", 7, 3)
+    assert stats.inference_stats.success.ns == 12345
+    assert stats.batch_stats[0].batch_size == 2 and stats.batch_stats[0].compute_infer.ns == 900
+
+
 def test_every_error_code_has_its_grpc_status() -> None:
     for code in ErrorCode:
         if code is not ErrorCode.DECLINED:  # internal to the gateway, never answered
@@ -314,7 +391,8 @@ def test_serve_says_it_serves_grpc(served: tuple[Stack, int]) -> None:
 
 
 @pytest.mark.processes
-def test_health_and_metadata(client: grpcclient.InferenceServerClient) -> None:
+def test_health_and_metadata(served: tuple[Stack, int], client: grpcclient.InferenceServerClient) -> None:
+    stack, _ = served
     assert client.is_server_live(client_timeout=TIMEOUT)  # liveness needs no token
     assert client.is_server_ready(headers=BEARER, client_timeout=TIMEOUT)
     assert client.is_model_ready("digits", headers=BEARER, client_timeout=TIMEOUT)
@@ -324,6 +402,13 @@ def test_health_and_metadata(client: grpcclient.InferenceServerClient) -> None:
     model = client.get_model_metadata("digits", headers=BEARER, client_timeout=TIMEOUT, as_json=True)
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "64"]}]
     assert model["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "10"]}]
+    config = client.get_model_config("digits", headers=BEARER, client_timeout=TIMEOUT, as_json=True)
+    over_http = requests.get(
+        f"{stack.url}/v2/models/digits/config", headers=stack.headers, timeout=TIMEOUT
+    ).json()
+    assert config["config"]["name"] == "digits" and config["config"]["max_batch_size"] == 64
+    assert config["config"]["input"][0]["data_type"] == over_http["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["config"]["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
     index = client.get_model_repository_index(headers=BEARER, client_timeout=TIMEOUT, as_json=True)
     assert {"name": "digits", "version": "1", "state": "READY"}.items() <= index["models"][0].items()
 
@@ -348,6 +433,18 @@ def test_infer_gives_what_http_gives(
         )
     assert np.array_equal(ours, over_http)
     assert int(ours[0].argmax()) == 0  # DIGIT is a zero
+
+    def counted() -> dict[str, Any] | None:
+        stats = client.get_inference_statistics(
+            "digits", headers=BEARER, client_timeout=TIMEOUT, as_json=True
+        )
+        [model] = stats["model_stats"]
+        return model if int(model.get("inference_count", 0)) >= 6 else None  # 3 rows each way
+
+    model = wait_for(counted, timeout=TIMEOUT, what="the statistics to count both calls")
+    assert (model["name"], model["version"]) == ("digits", "1")
+    everything = client.get_inference_statistics(headers=BEARER, client_timeout=TIMEOUT, as_json=True)
+    assert [m["name"] for m in everything["model_stats"]] == ["digits"]
 
 
 @pytest.mark.processes
@@ -390,7 +487,8 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
     assert _status(lambda: client.infer("digits", _digits(rows))) == "StatusCode.UNAUTHENTICATED"
     wrong_token = {"authorization": "Bearer nope"}
     assert _status(lambda: client.is_server_ready(headers=wrong_token)) == "StatusCode.UNAUTHENTICATED"
-    assert _status(lambda: client.get_model_config("digits", headers=BEARER)) == ("StatusCode.UNIMPLEMENTED")
+    assert _status(lambda: client.get_log_settings(headers=BEARER)) == "StatusCode.UNIMPLEMENTED"
+    assert _status(lambda: client.get_model_config("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     assert _status(lambda: client.get_model_metadata("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     shm = grpcclient.InferRequestedOutput("output")
     shm.set_shared_memory("region", 40)
