@@ -112,6 +112,10 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("parameters", 4, "map InferParameter"),
         ("contents", 5, "InferTensorContents"),
     ),
+    "ModelStreamInferResponse": (
+        ("error_message", 1, "string"),
+        ("infer_response", 2, "ModelInferResponse"),
+    ),
     "ModelConfigRequest": (("name", 1, "string"), ("version", 2, "string")),
     "ModelConfigResponse": (("config", 1, "ModelConfig"),),
     "ModelConfig": (
@@ -273,8 +277,9 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
     "ModelQueuePolicy.TimeoutAction": (("REJECT", 0), ("DELAY", 1)),
 }
 
-# The calls served: name -> (request message, response message). Any other (ModelStreamInfer, the
-# shared-memory, trace and log calls) is answered UNIMPLEMENTED by gRPC itself.
+# The calls served: name -> (request message, response message); those in STREAMING take a stream of requests
+# and give a stream of responses. Any other (the shared-memory, trace and log calls) is answered UNIMPLEMENTED
+# by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
     "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
@@ -282,12 +287,14 @@ METHODS = {
     "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
     "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+    "ModelStreamInfer": ("ModelInferRequest", "ModelStreamInferResponse"),
     "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse"),
     "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse"),
     "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
     "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
     "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
 }
+STREAMING = frozenset({"ModelStreamInfer"})
 
 
 def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
@@ -332,8 +339,13 @@ def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
             enum.value.add(name=value, number=number)
     service = proto.service.add(name=SERVICE.rpartition(".")[2])
     for method, (request, response) in METHODS.items():
+        streaming = method in STREAMING
         service.method.add(
-            name=method, input_type=f".{PACKAGE}.{request}", output_type=f".{PACKAGE}.{response}"
+            name=method,
+            input_type=f".{PACKAGE}.{request}",
+            output_type=f".{PACKAGE}.{response}",
+            client_streaming=streaming,
+            server_streaming=streaming,
         )
     return proto
 

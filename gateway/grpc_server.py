@@ -4,8 +4,8 @@ beside the HTTP gateway and sharing everything behind it: :class:`gateway.servic
 the dispatcher and picks the outputs, exactly as for HTTP.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
-ModelInfer, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload. gRPC answers every other call
-(streaming inference, shared memory, trace and log settings) with UNIMPLEMENTED.
+ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload. gRPC answers
+every other call (shared memory, trace and log settings) with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
 bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata.
@@ -14,9 +14,10 @@ bearer token configured, every call but ServerLive needs ``authorization: Bearer
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -35,7 +36,7 @@ from gateway.errors import (
     Unauthenticated,
     describe_unexpected,
 )
-from gateway.grpc_messages import CLASSES, METHODS, SERVICE, message
+from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.service import Gateway
 from gateway.trace import RequestTrace
 from gateway.validation import check_inputs
@@ -57,6 +58,7 @@ CODES: dict[str, grpc.StatusCode] = {
 }
 DEFAULT_PORT = 8001  # Triton's
 DEFAULT_THREADS = 16
+STREAM_IN_FLIGHT = 64  # requests of one stream running at once
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
 DEFAULT_GRACE_SECONDS = 30.0
 # The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
@@ -71,8 +73,10 @@ def status_code(code: str) -> grpc.StatusCode:
 class Servicer:
     """The calls of ``inference.GRPCInferenceService``, each answered from one :class:`Gateway`."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, threads: int = DEFAULT_THREADS) -> None:
         self.gateway = gateway
+        # the requests of every stream run here (a stream's own call only reads and answers)
+        self.stream_pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="torchgate-grpc-stream")
         self.server_metadata = message(
             "ServerMetadataResponse",
             name=triton.SERVER_NAME,
@@ -115,8 +119,55 @@ class Servicer:
     # -- inference --------------------------------------------------------------------------------------
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._infer(request, context, _metadata(context).get("x-request-id"))
+
+    def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        """Each request of the stream answered as it finishes, several at once (a client matches answers by
+        id, as with Triton); a failed one is answered with its error and the stream goes on. At most
+        :data:`STREAM_IN_FLIGHT` run at once: the stream is not read further until one finishes."""
+        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        room = threading.Semaphore(STREAM_IN_FLIGHT)
+
+        def answer(request: Any) -> None:
+            response = None
+            try:
+                response = message(
+                    "ModelStreamInferResponse", infer_response=self._infer(request, context, None)
+                )
+            except CodedError as exc:
+                response = _stream_error(request, exc.message)
+            except Exception as exc:  # a bug: its details go to the log only
+                response = _stream_error(request, describe_unexpected(exc, "ModelStreamInfer"))
+            finally:
+                if response is not None:
+                    answers.put(response)  # before its room is given back: the stream ends after it
+                room.release()
+                afterwork.run_pending()
+
+        def read() -> None:
+            try:
+                for request in requests:
+                    room.acquire()
+                    try:
+                        self.stream_pool.submit(answer, request)
+                    except RuntimeError:  # the pool is shut down: the process is exiting
+                        room.release()
+                        answers.put(_stream_error(request, "the server is stopping"))
+                        break
+            except Exception:  # the client cancelled, or the connection broke: nobody reads answers now
+                pass
+            finally:
+                for _ in range(STREAM_IN_FLIGHT):  # every request of the stream answered
+                    room.acquire()
+                answers.put(None)
+
+        threading.Thread(target=read, name="torchgate-grpc-stream", daemon=True).start()
+        while (response := answers.get()) is not None:
+            yield response
+
+    def _infer(self, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
         gateway = self.gateway
-        trace = RequestTrace.open(_metadata(context).get("x-request-id"))
+        trace = RequestTrace.open(request_id)
         version = request.model_version or None
         model, resolved = gateway.catalog.get(request.model_name, version)
         infer = grpc_codec.infer_request(request, gateway.limits)
@@ -142,6 +193,12 @@ class Servicer:
         return message("RepositoryModelUnloadResponse")
 
 
+def _stream_error(request: Any, error: str) -> Any:
+    """A stream's answer to a request that failed: its error, and which request it was."""
+    failed = message("ModelInferResponse", model_name=request.model_name, id=request.id)
+    return message("ModelStreamInferResponse", error_message=error, infer_response=failed)
+
+
 def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
     return {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
 
@@ -163,8 +220,14 @@ def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
     answered with their gRPC code."""
     methods = {}
     for name, (request, response) in METHODS.items():
-        methods[name] = grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, name), token if name != "ServerLive" else ""),
+        call = getattr(servicer, name)
+        make, guard = (
+            (grpc.stream_stream_rpc_method_handler, _guarded_stream)
+            if name in STREAMING
+            else (grpc.unary_unary_rpc_method_handler, _guarded)
+        )
+        methods[name] = make(
+            guard(call, token if name != "ServerLive" else ""),
             request_deserializer=CLASSES[request].FromString,
             response_serializer=CLASSES[response].SerializeToString,
         )
@@ -188,12 +251,26 @@ def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Ca
     return guarded
 
 
+def _guarded_stream(
+    call: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], token: str
+) -> Callable[..., Iterator[Any]]:
+    def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        if token and not authorized(_metadata(context).get("authorization", ""), token):
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization')"
+            )
+        yield from call(requests, context)
+
+    guarded.__name__ = call.__name__
+    return guarded
+
+
 def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Server, int]:
     """Return a server for ``gateway`` bound to ``address`` (``host:port``; port 0 picks one) and its
     port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchgate-grpc"),
-        handlers=[handler(Servicer(gateway), gateway.config.auth_token)],
+        handlers=[handler(Servicer(gateway, threads), gateway.config.auth_token)],
         maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),

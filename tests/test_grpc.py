@@ -6,6 +6,7 @@ codes for bad calls, and survives garbage."""
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -109,7 +110,10 @@ def test_each_method_takes_and_gives_tritonclients_messages() -> None:
             other.input_type.full_name,
             other.output_type.full_name,
         )
-        assert not other.client_streaming and not other.server_streaming
+        assert (method.client_streaming, method.server_streaming) == (
+            other.client_streaming,
+            other.server_streaming,
+        )
 
 
 def test_the_descriptor_is_a_valid_proto3_file() -> None:
@@ -464,6 +468,54 @@ def test_typed_contents_give_the_same_answer_as_raw(
         reply = infer(request, metadata=tuple(BEARER.items()), timeout=TIMEOUT)
     typed = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(1, 10)
     assert np.array_equal(typed, raw)
+
+
+@pytest.mark.processes
+def test_a_stream_answers_every_request_by_id_and_a_bad_one_alone(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    """tritonclient's stream (start_stream, async_stream_infer): 40 requests, every tenth to a model that
+    does not exist; each good one is answered with its own rows' answer, each bad one with its error, the
+    stream carries on, and it ends cleanly."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    kinds = {
+        (p, q): np.array([DIGIT if p else DIGIT_ROW], np.float32) * (1 + q) for p in (0, 1) for q in (0, 1, 2)
+    }
+    expected = {
+        kind: client.infer("digits", _digits(x), headers=BEARER, client_timeout=TIMEOUT).as_numpy("output")
+        for kind, x in kinds.items()
+    }
+    kind_of = {i: (i % 2, i % 3) for i in range(40)}
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=BEARER)
+    try:
+        for i, kind in kind_of.items():
+            model = "nope" if i % 10 == 9 else "digits"
+            client.async_stream_infer(model, _digits(kinds[kind]), request_id=f"s-{i}")
+        got = [answers.get(timeout=TIMEOUT) for _ in kind_of]
+    finally:
+        client.stop_stream()
+    results = {r.get_response().id: r for r, e in got if e is None}
+    errors = [str(e) for r, e in got if e is not None]
+    assert sorted(results) == sorted(f"s-{i}" for i in kind_of if i % 10 != 9)
+    assert errors == ["unknown model 'nope'"] * 4
+    for i, kind in kind_of.items():
+        if i % 10 != 9:  # batched with others, the last bits may differ from the request alone
+            output = results[f"s-{i}"].as_numpy("output")
+            assert np.allclose(output, expected[kind], rtol=1e-4, atol=1e-4), (i, output, expected[kind])
+    assert answers.empty()
+
+
+@pytest.mark.processes
+def test_a_stream_needs_the_token(served: tuple[Stack, int]) -> None:
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{served[1]}") as client:
+        errors: queue.Queue[Any] = queue.Queue()
+        client.start_stream(callback=lambda result, error: errors.put(error))
+        try:
+            client.async_stream_infer("digits", _digits(np.zeros((1, 64), np.float32)))
+            error = errors.get(timeout=TIMEOUT)
+        finally:
+            client.stop_stream()
+    assert "missing or wrong bearer token" in str(error)
 
 
 @pytest.mark.processes
