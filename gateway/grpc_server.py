@@ -8,15 +8,20 @@ ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad and Repositor
 every other call (shared memory, trace and log settings) with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
-bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata.
+bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata. Each
+infer request writes one access line, as over HTTP: method ``GRPC``, the call as path, and the status the
+same answer has over HTTP.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.config
+import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -26,6 +31,7 @@ import grpc
 import orjson
 
 from gateway import afterwork, grpc_codec, heap, triton
+from gateway.access_log import log_request, logconfig
 from gateway.auth import authorized
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -35,6 +41,7 @@ from gateway.errors import (
     NotFound,
     Unauthenticated,
     describe_unexpected,
+    http_status,
 )
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.service import Gateway
@@ -119,7 +126,7 @@ class Servicer:
     # -- inference --------------------------------------------------------------------------------------
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._infer(request, context, _metadata(context).get("x-request-id"))
+        return self._infer("ModelInfer", request, context, _metadata(context).get("x-request-id"))
 
     def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Each request of the stream answered as it finishes, several at once (a client matches answers by
@@ -132,7 +139,8 @@ class Servicer:
             response = None
             try:
                 response = message(
-                    "ModelStreamInferResponse", infer_response=self._infer(request, context, None)
+                    "ModelStreamInferResponse",
+                    infer_response=self._infer("ModelStreamInfer", request, context, None),
                 )
             except CodedError as exc:
                 response = _stream_error(request, exc.message)
@@ -165,9 +173,23 @@ class Servicer:
         while (response := answers.get()) is not None:
             yield response
 
-    def _infer(self, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
-        gateway = self.gateway
+    def _infer(self, call: str, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
+        """Run one infer request and write its access line, as the HTTP gateway does (the status the same
+        answer has over HTTP)."""
         trace = RequestTrace.open(request_id)
+        began, status = time.monotonic(), 500
+        try:
+            response = self._run(request, context, trace)
+            status = 200
+            return response
+        except CodedError as exc:
+            status = http_status(exc.code)
+            raise
+        finally:
+            log_request("GRPC", f"/{SERVICE}/{call}", status, time.monotonic() - began, trace)
+
+    def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
+        gateway = self.gateway
         version = request.model_version or None
         model, resolved = gateway.catalog.get(request.model_name, version)
         infer = grpc_codec.infer_request(request, gateway.limits)
@@ -300,7 +322,9 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
 )
 def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
     """Serve the Open Inference Protocol over gRPC; settings come from TORCHGATE_* as for the HTTP gateway."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s grpc[%(process)d] %(levelname)s %(message)s")
+    # the gateway's log lines: text or JSON (TORCHGATE_LOG_FORMAT), one access line per infer request
+    level = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
+    logging.config.dictConfig(logconfig(level, os.environ.get("TORCHGATE_LOG_FORMAT", "text")))
     config = GatewayConfig.from_env()
     heap.keep_freed(config.heap_keep_bytes)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -437,6 +437,20 @@ def test_infer_gives_what_http_gives(
         )
     assert np.array_equal(ours, over_http)
     assert int(ours[0].argmax()) == 0  # DIGIT is a zero
+    line = wait_for(
+        lambda: next(
+            (
+                x
+                for x in (stack.settings.log_dir / "grpc.log").read_text().splitlines()
+                if "request_id=r-1" in x
+            ),
+            None,
+        ),
+        timeout=TIMEOUT,
+        what="the call's access line",
+    )
+    assert " GRPC /inference.GRPCInferenceService/ModelInfer 200 " in line
+    assert "model=digits version=1 samples=3 batch_size=" in line
 
     def counted() -> dict[str, Any] | None:
         stats = client.get_inference_statistics(
