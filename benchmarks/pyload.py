@@ -71,14 +71,21 @@ def run_python_load(
     start_barrier.wait()
     for t in threads:
         t.join(timeout=duration_s + timeout_s + 30)
-    elapsed = time.monotonic() - started
+    return summarize(concurrency, latencies, sum(non2xx), sum(failures), time.monotonic() - started)
+
+
+def summarize(
+    concurrency: int, latencies: list[list[float]], refused: int, failures: int, elapsed: float
+) -> LoadResult:
+    """Return what wrk would report from each connection's latencies (seconds), the answers that were errors
+    (non-2xx) and the calls that got no answer."""
     values = sorted(v for per in latencies for v in per)
     mean = sum(values) / len(values) if values else 0.0
     return LoadResult(
         concurrency=concurrency,
         requests=len(values),
-        non2xx=sum(non2xx),
-        socket_errors=sum(failures),
+        non2xx=refused,
+        socket_errors=failures,
         duration_s=elapsed,
         p50_ms=_percentile(values, 0.50) * 1e3,
         p90_ms=_percentile(values, 0.90) * 1e3,
