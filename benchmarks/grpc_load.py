@@ -8,7 +8,6 @@ error.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import grpc
 import numpy as np
 
 from benchmarks.load import LoadResult
-from benchmarks.pyload import summarize
+from benchmarks.pyload import Clock, drive, summarize
 from gateway.grpc_messages import SERVICE, message
 
 NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -42,16 +41,14 @@ def run_grpc_load(
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     refused = [0] * concurrency
     failures = [0] * concurrency
-    start_barrier = threading.Barrier(concurrency + 1)
-    end = [0.0]
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
 
-    def connection(index: int) -> None:
+    def connection(index: int, clock: Clock) -> None:
         with grpc.insecure_channel(address, options=options) as channel:
             call = channel.unary_unary(f"/{SERVICE}/ModelInfer")  # bytes in, bytes out
-            start_barrier.wait()
+            clock.wait_start()
             i = index
-            while time.monotonic() < end[0]:
+            while clock.going():
                 body = requests[i % len(requests)]
                 i += 1
                 t0 = time.perf_counter()
@@ -65,12 +62,5 @@ def run_grpc_load(
                         latencies[index].append(time.perf_counter() - t0)
                         refused[index] += 1
 
-    threads = [threading.Thread(target=connection, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    started = time.monotonic()
-    end[0] = started + duration_s
-    start_barrier.wait()
-    for t in threads:
-        t.join(timeout=duration_s + timeout_s + 30)
-    return summarize(concurrency, latencies, sum(refused), sum(failures), time.monotonic() - started)
+    elapsed = drive(concurrency, duration_s, timeout_s, connection)
+    return summarize(concurrency, latencies, sum(refused), sum(failures), elapsed)

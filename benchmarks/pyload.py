@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from benchmarks.load import LoadResult
@@ -32,14 +32,12 @@ def run_python_load(
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     non2xx = [0] * concurrency
     failures = [0] * concurrency
-    start_barrier = threading.Barrier(concurrency + 1)
-    end = [0.0]
 
-    def connection(index: int) -> None:
+    def connection(index: int, clock: Clock) -> None:
         conn: http.client.HTTPConnection | None = None
-        start_barrier.wait()
+        clock.wait_start()
         i = index
-        while time.monotonic() < end[0]:
+        while clock.going():
             req = requests[i % len(requests)]
             i += 1
             try:
@@ -63,15 +61,41 @@ def run_python_load(
         if conn is not None:
             conn.close()
 
-    threads = [threading.Thread(target=connection, args=(i,), daemon=True) for i in range(concurrency)]
+    elapsed = drive(concurrency, duration_s, timeout_s, connection)
+    return summarize(concurrency, latencies, sum(non2xx), sum(failures), elapsed)
+
+
+class Clock:
+    """When the connections of one load start (together) and stop."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.barrier = threading.Barrier(concurrency + 1)
+        self.end = 0.0
+
+    def wait_start(self) -> None:
+        """Wait until every connection is ready (each calls this once, after connecting)."""
+        self.barrier.wait()
+
+    def going(self) -> bool:
+        """Whether the load's time is still running."""
+        return time.monotonic() < self.end
+
+
+def drive(
+    concurrency: int, duration_s: float, timeout_s: float, connection: Callable[[int, Clock], None]
+) -> float:
+    """Run ``connection(index, clock)`` on ``concurrency`` threads for ``duration_s`` from the moment all are
+    ready; return the seconds it took."""
+    clock = Clock(concurrency)
+    threads = [threading.Thread(target=connection, args=(i, clock), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
     started = time.monotonic()
-    end[0] = started + duration_s
-    start_barrier.wait()
+    clock.end = started + duration_s
+    clock.barrier.wait()
     for t in threads:
         t.join(timeout=duration_s + timeout_s + 30)
-    return summarize(concurrency, latencies, sum(non2xx), sum(failures), time.monotonic() - started)
+    return time.monotonic() - started
 
 
 def summarize(
