@@ -30,7 +30,7 @@ import click
 import grpc
 import orjson
 
-from gateway import afterwork, grpc_codec, heap, triton
+from gateway import afterwork, grpc_codec, grpc_health, heap, triton
 from gateway.access_log import log_request, logconfig
 from gateway.auth import authorized
 from gateway.config import GatewayConfig
@@ -106,6 +106,14 @@ class Servicer:
         except NotFound:
             ready = False
         return message("ModelReadyResponse", ready=ready)
+
+    def HealthCheck(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """``grpc.health.v1.Health/Check`` (:mod:`gateway.grpc_health`)."""
+        ready = not self.gateway.draining() and self.gateway.ready()[0]
+        serving = grpc_health.status(request.service, frozenset({SERVICE}), ready)
+        if serving is None:
+            raise NotFound(f"unknown service {request.service!r}; known: '' (the server) and {SERVICE!r}")
+        return grpc_health.Response(status=serving)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.server_metadata
@@ -256,6 +264,20 @@ def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+def health_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
+    """Return ``grpc.health.v1.Health``'s handler: ``Check`` only, no token (:mod:`gateway.grpc_health`)."""
+    return grpc.method_handlers_generic_handler(
+        grpc_health.SERVICE,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                _guarded(servicer.HealthCheck, ""),
+                request_deserializer=grpc_health.Request.FromString,
+                response_serializer=grpc_health.Response.SerializeToString,
+            )
+        },
+    )
+
+
 def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -290,9 +312,10 @@ def _guarded_stream(
 def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Server, int]:
     """Return a server for ``gateway`` bound to ``address`` (``host:port``; port 0 picks one) and its
     port."""
+    servicer = Servicer(gateway, threads)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchgate-grpc"),
-        handlers=[handler(Servicer(gateway, threads), gateway.config.auth_token)],
+        handlers=[handler(servicer, gateway.config.auth_token), health_handler(servicer)],
         maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),

@@ -27,7 +27,7 @@ from google.protobuf import descriptor_pb2, json_format
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway import grpc_codec, grpc_messages, triton
+from gateway import grpc_codec, grpc_health, grpc_messages, triton
 from gateway.codec import Tensor
 from gateway.errors import InvalidArgument
 from gateway.grpc_server import CODES, status_code
@@ -328,6 +328,31 @@ def test_statistics_read_as_tritons() -> None:
     assert stats.batch_stats[0].batch_size == 2 and stats.batch_stats[0].compute_infer.ns == 900
 
 
+def test_health_messages_are_the_standard_ones_on_the_wire() -> None:
+    """grpc.health.v1 as its health.proto defines it: request field 1 the service name, response field 1 the
+    status enum (SERVING 1, NOT_SERVING 2)."""
+    assert grpc_health.Request(service="x").SerializeToString() == b"\n\x01x"
+    assert grpc_health.Response(status=grpc_health.SERVING).SerializeToString() == b"\x08\x01"
+    assert grpc_health.Response.FromString(b"\x08\x02").status == grpc_health.NOT_SERVING
+    method = grpc_health.FILE.services_by_name["Health"].methods_by_name["Check"]
+    assert method.full_name == "grpc.health.v1.Health.Check"
+    known = frozenset({"inference.GRPCInferenceService"})
+    assert grpc_health.status("", known, True) == grpc_health.SERVING
+    assert grpc_health.status("inference.GRPCInferenceService", known, False) == grpc_health.NOT_SERVING
+    assert grpc_health.status("other", known, True) is None
+
+
+def _health(port: int, service: str = "") -> int:
+    """Call grpc.health.v1.Health/Check with no metadata, as a kubelet probe does; return the status."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=grpc_health.Request.SerializeToString,
+            response_deserializer=grpc_health.Response.FromString,
+        )
+        return int(check(grpc_health.Request(service=service), timeout=TIMEOUT).status)
+
+
 def test_every_error_code_has_its_grpc_status() -> None:
     for code in ErrorCode:
         if code is not ErrorCode.DECLINED:  # internal to the gateway, never answered
@@ -398,6 +423,10 @@ def test_serve_says_it_serves_grpc(served: tuple[Stack, int]) -> None:
 def test_health_and_metadata(served: tuple[Stack, int], client: grpcclient.InferenceServerClient) -> None:
     stack, _ = served
     assert client.is_server_live(client_timeout=TIMEOUT)  # liveness needs no token
+    assert _health(served[1]) == _health(served[1], "inference.GRPCInferenceService") == grpc_health.SERVING
+    with pytest.raises(grpc.RpcError) as unknown:
+        _health(served[1], "no.such.Service")
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
     assert client.is_server_ready(headers=BEARER, client_timeout=TIMEOUT)
     assert client.is_model_ready("digits", headers=BEARER, client_timeout=TIMEOUT)
     assert not client.is_model_ready("nope", headers=BEARER, client_timeout=TIMEOUT)
@@ -643,6 +672,7 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         assert client.is_server_live(client_timeout=TIMEOUT)
         assert not client.is_server_ready(client_timeout=TIMEOUT)
+        assert _health(port) == grpc_health.NOT_SERVING
 
         def infer(rows: int) -> str:
             call = lambda: client.infer(  # noqa: E731
