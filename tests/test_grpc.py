@@ -466,6 +466,11 @@ def test_infer_gives_what_http_gives(
         )
     assert np.array_equal(ours, over_http)
     assert int(ours[0].argmax()) == 0  # DIGIT is a zero
+    for compression in ("gzip", "deflate"):  # compressed messages, as tritonclient sends them when asked
+        squeezed = client.infer(
+            "digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT, compression_algorithm=compression
+        )
+        assert np.array_equal(squeezed.as_numpy("output"), ours)
     line = wait_for(
         lambda: next(
             (
@@ -486,7 +491,7 @@ def test_infer_gives_what_http_gives(
             "digits", headers=BEARER, client_timeout=TIMEOUT, as_json=True
         )
         [model] = stats["model_stats"]
-        return model if int(model.get("inference_count", 0)) >= 6 else None  # 3 rows each way
+        return model if int(model.get("inference_count", 0)) >= 12 else None  # 3 rows, 4 calls
 
     model = wait_for(counted, timeout=TIMEOUT, what="the statistics to count both calls")
     assert (model["name"], model["version"]) == ("digits", "1")
