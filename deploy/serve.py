@@ -24,6 +24,7 @@ from deploy.dispatcher_status import query_status
 from deploy.rundir import check_run_dir, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import GAVE_UP, assess, last_error
+from deploy.supervisor_conf import GRPC_PROGRAM
 from deploy.supervisor_rpc import FATAL, RUNNING, Supervisor, wait_for_supervisor
 from inference_worker import lifeline, security
 from inference_worker.protocol import ProtocolError, StatusReply
@@ -32,7 +33,6 @@ from inference_worker.repository import load_repository
 SUPERVISOR_UP_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 2.0
 PROGRESS_EVERY = 10.0  # seconds between "still loading" lines while slots load
-GRPC_PROGRAM = "grpc"  # the supervisord program of gateway/grpc_server.py (deploy/supervisor_conf.py)
 SERVING, NOTHING_SERVES, GAVE_UP_WAITING = "serving", "nothing serves", "gave up waiting"
 
 

@@ -145,18 +145,19 @@ class DeploySettings:
         return f"ipc://{self.sockets_dir / 'backend.sock'}"
 
     @property
-    def url(self) -> str:
+    def connect_host(self) -> str:
+        """The host clients on this machine connect to (loopback for a wildcard bind; IPv6 in brackets)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        return f"http://{host}:{self.port}"
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.connect_host}:{self.port}"
 
     @property
     def grpc_address(self) -> str | None:
         """Where gRPC clients connect (``host:port``), or None when gRPC is off."""
-        if self.grpc_port is None:
-            return None
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+        return None if self.grpc_port is None else f"{self.connect_host}:{self.grpc_port}"
 
     @property
     def worker_stopwaitsecs(self) -> int:

@@ -207,6 +207,9 @@ def render_gateway(s: DeploySettings) -> str:
     )
 
 
+GRPC_PROGRAM = "grpc"  # the program of gateway/grpc_server.py
+
+
 def grpc_command(s: DeploySettings) -> list[str]:
     assert s.grpc_port is not None
     return [
@@ -229,7 +232,7 @@ def render_grpc(s: DeploySettings) -> str:
     environment = {k: v for k, v in gateway_environment(s).items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     return _program(
         s,
-        "grpc",
+        GRPC_PROGRAM,
         grpc_command(s),
         environment,
         priority=PRIORITY_GATEWAY,

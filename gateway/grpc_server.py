@@ -64,6 +64,7 @@ CODES: dict[str, grpc.StatusCode] = {
     FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
 }
 DEFAULT_PORT = 8001  # Triton's
+NO_TOKEN = "missing or wrong bearer token (metadata 'authorization')"
 DEFAULT_THREADS = 16
 STREAM_IN_FLIGHT = 64  # requests of one stream running at once
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
@@ -97,8 +98,11 @@ class Servicer:
         return message("ServerLiveResponse", live=True)
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        ready = not self.gateway.draining() and self.gateway.ready()[0]
-        return message("ServerReadyResponse", ready=ready)
+        return message("ServerReadyResponse", ready=self._ready())
+
+    def _ready(self) -> bool:
+        """Whether every model has a ready worker and the host is not draining."""
+        return not self.gateway.draining() and self.gateway.ready()[0]
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:  # as Triton answers: a model it does not know is not ready, and that is no error
@@ -109,8 +113,7 @@ class Servicer:
 
     def HealthCheck(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``grpc.health.v1.Health/Check`` (:mod:`gateway.grpc_health`)."""
-        ready = not self.gateway.draining() and self.gateway.ready()[0]
-        serving = grpc_health.status(request.service, frozenset({SERVICE}), ready)
+        serving = grpc_health.status(request.service, frozenset({SERVICE}), self._ready())
         if serving is None:
             raise NotFound(f"unknown service {request.service!r}; known: '' (the server) and {SERVICE!r}")
         return grpc_health.Response(status=serving)
@@ -282,7 +285,7 @@ def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Ca
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             if token and not authorized(_metadata(context).get("authorization", ""), token):
-                raise Unauthenticated("missing or wrong bearer token (metadata 'authorization')")
+                raise Unauthenticated(NO_TOKEN)
             return call(request, context)
         except CodedError as exc:
             context.abort(status_code(exc.code), exc.message)
@@ -300,9 +303,7 @@ def _guarded_stream(
 ) -> Callable[..., Iterator[Any]]:
     def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         if token and not authorized(_metadata(context).get("authorization", ""), token):
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization')"
-            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN)
         yield from call(requests, context)
 
     guarded.__name__ = call.__name__
