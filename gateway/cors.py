@@ -8,7 +8,7 @@ and every answer to an allowed origin, errors included, says so, so a page can r
 
 from __future__ import annotations
 
-ALLOW_METHODS = "GET, POST, PUT, OPTIONS"
+ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, Inference-Header-Content-Length, X-Request-ID"
 EXPOSE_HEADERS = "Inference-Header-Content-Length, X-Request-ID, Retry-After, WWW-Authenticate"
 MAX_AGE = "600"  # seconds a browser may keep a preflight's answer

@@ -16,7 +16,7 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from gateway import afterwork, codec, triton, worker_metrics
+from gateway import afterwork, codec, torchserve_management, triton, worker_metrics
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
@@ -207,6 +207,44 @@ def ping() -> Response:
         return json_response({"status": "Unhealthy", "error": DRAINING}, 503)
     health = gateway.health()
     return json_response({"status": health}, 503 if health == "Unhealthy" else 200)
+
+
+# -- TorchServe's management API (on this port: gateway.torchserve_management) -------------------------
+
+
+@routes.get("/models")
+def list_models() -> Response:
+    size, start = torchserve_management.page(request.args.get("limit"), request.args.get("next_page_token"))
+    return json_response(torchserve_management.list_models(current_gateway().registered(), size, start))
+
+
+@routes.post("/models")
+def register_model() -> Response:
+    return json_response({"status": current_gateway().register(dict(request.args.items()))})
+
+
+@routes.get("/models/<model>")
+@routes.get("/models/<model>/<version>")
+def describe_model(model: str, version: str | None = None) -> Response:
+    return json_response(current_gateway().describe(model, version))
+
+
+@routes.delete("/models/<model>")
+@routes.delete("/models/<model>/<version>")
+def unregister_model(model: str, version: str | None = None) -> Response:
+    return json_response({"status": current_gateway().unregister(model, version)})
+
+
+@routes.put("/models/<model>")
+@routes.put("/models/<model>/<version>")
+@routes.put("/models/<model>/<version>/set-default")
+def scale_workers(model: str, version: str | None = None) -> Response:
+    current_gateway().catalog.get(model, version)  # an unknown model is a 404 first
+    if request.path.endswith("/set-default"):
+        raise InvalidArgument(
+            "the default version is the highest one the model serves; name the version in the request's path"
+        )
+    raise InvalidArgument(torchserve_management.SCALING)
 
 
 # -- KServe's v1 protocol -------------------------------------------------------------------------------

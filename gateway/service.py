@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from gateway import afterwork, kserve_v1, torchserve
+from gateway import afterwork, kserve_v1, torchserve, torchserve_management
 from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import (
@@ -326,6 +326,49 @@ class Gateway:
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         models = self.catalog.rescan()
         return repository_index(models, self.status_or_none(), ready_only)
+
+    # -- TorchServe's management API ----------------------------------------------------------------------
+
+    def registered(self) -> list[str]:
+        """Return the models TorchServe's management API calls registered: those not unloaded on request."""
+        status = self.status_or_none(max_age=0)  # another gateway process may have unloaded one a moment ago
+        unloaded = set(status.unloaded) if status is not None else set()
+        return sorted(name for name in self.catalog.models if name not in unloaded)
+
+    def describe(self, model_name: str, version: str | None) -> list[dict[str, Any]]:
+        """Return ``GET /models/{name}[/{version}|/all]``: its default version, one version, or every one."""
+        model, resolved = self.catalog.get(
+            model_name, None if version == torchserve_management.ALL_VERSIONS else version
+        )
+        status = self.status_or_none(max_age=0)
+        if status is not None and model.name in status.unloaded:
+            raise NotFound(f"Model not found: {model.name} (unregistered; POST /models?url={model.name})")
+        versions = (
+            sorted(model.versions, key=int) if version == torchserve_management.ALL_VERSIONS else [resolved]
+        )
+        return torchserve_management.describe(model, versions, status)
+
+    def register(self, args: dict[str, str]) -> str:
+        """Load the model ``POST /models`` names (model control); return TorchServe's status message."""
+        name = torchserve_management.register_target(args)
+        self.control("load", name)
+        model, version = self.catalog.get(name)
+        status = self.status_or_none(max_age=0)
+        workers = status.ready_count(name, version) if status is not None else 0
+        return f'Model "{model.name}" Version: {version} registered with {workers} initial workers'
+
+    def unregister(self, model_name: str, version: str | None) -> str:
+        """Unload a model (``DELETE /models/{name}[/{version}]``); return TorchServe's status message."""
+        model, _ = self.catalog.get(model_name, version)
+        if version is not None and len(model.versions) > 1:
+            raise InvalidArgument(
+                f"model {model.name!r} has versions {', '.join(sorted(model.versions, key=int))}: unregister "
+                f"unloads every version of a model here (DELETE /models/{model.name})"
+            )
+        if model.name not in self.registered():
+            raise NotFound(f"Model not found: {model.name} (already unregistered)")
+        self.control("unload", model.name)
+        return f'Model "{model.name}" unregistered'
 
     def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
         """Return Triton's statistics document for every model, one model, or one of its versions."""

@@ -68,6 +68,8 @@ class WorkerState:
     in_flight: dict[int, Request] = field(default_factory=dict)
     direct: str | None = None  # where gateways on this host may send it requests directly (its READY)
     direct_requests: int = 0  # how many of those it holds, by its last heartbeat
+    rss_bytes: int = 0  # its resident memory, by its last heartbeat
+    since: float = 0.0  # when this incarnation first registered (unix s)
 
     @property
     def credit(self) -> int:
@@ -89,6 +91,8 @@ class WorkerState:
             "computing": self.computing.to_wire() if self.computing else None,
             "direct": self.direct,
             "direct_requests": self.direct_requests,
+            "rss_bytes": self.rss_bytes,
+            "since": self.since,
         }
 
 

@@ -194,3 +194,36 @@ def test_a_load_that_fails_says_where_and_why_and_unknown_models_are_404(stack: 
     assert "No module named 'no_such_package_for_torchgate'" in error
     assert post(stack, "/v2/repository/models/nosuch/load").status_code == 404
     assert post(stack, "/v2/models/digits/infer", DIGITS_BODY).status_code == 200
+
+
+def test_torchserve_management_api_lists_describes_unregisters_and_registers(stack: Stack) -> None:
+    listed = get(stack, "/models").json()
+    assert listed == {
+        "models": [{"modelName": n, "modelUrl": n} for n in ("a", "b", "broken", "digits", "sleeper")]
+    }
+    (digits,) = get(stack, "/models/digits").json()
+    assert (digits["modelName"], digits["modelVersion"], digits["batchSize"]) == ("digits", "1", 64)
+    pids = {w["worker"]: w["pid"] for w in stack.status().workers}
+    assert {w["id"]: w["pid"] for w in digits["workers"]} == pids and digits["minWorkers"] == 2
+    for w in digits["workers"]:
+        assert w["status"] == "READY" and w["gpu"] is False and w["gpuUsage"] == "N/A"
+        assert w["memoryUsage"] > 50 << 20, w  # a worker holding torch and its models
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", w["startTime"]), w
+    (broken,) = get(stack, "/models/broken").json()
+    assert broken["workers"] == [] and broken["minWorkers"] == 0
+
+    # Unregister: the model leaves the list and its requests get 503; register brings it back on both slots.
+    started = {w["id"]: (w["pid"], w["startTime"]) for w in get(stack, "/models/a").json()[0]["workers"]}
+    response = requests.delete(f"{stack.url}/models/a", timeout=120)
+    assert response.status_code == 200 and response.json() == {"status": 'Model "a" unregistered'}
+    assert "a" not in [m["modelName"] for m in get(stack, "/models").json()["models"]]
+    gone = get(stack, "/models/a")
+    assert gone.status_code == 404 and "Model not found: a" in gone.json()["error"]
+    assert requests.delete(f"{stack.url}/models/a", timeout=120).status_code == 404
+    assert post(stack, "/predictions/a", [1.0, 2.0, 3.0]).status_code == 503
+    response = post(stack, "/models?url=a&initial_workers=1&synchronous=true")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": 'Model "a" Version: 1 registered with 2 initial workers'}
+    assert post(stack, "/predictions/a", [1.0, 2.0, 3.0]).json() == [6.0]
+    workers = get(stack, "/models/a").json()[0]["workers"]
+    assert {w["id"]: (w["pid"], w["startTime"]) for w in workers} == started  # the same processes

@@ -45,6 +45,8 @@ ENDPOINTS = [
     ("POST", "/invocations"),
     ("POST", "/models/digits/invoke"),
     ("GET", "/ping"),
+    ("GET", "/models"),
+    ("GET", "/models/digits"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/digits"),
     ("POST", "/v1/models/digits:predict"),

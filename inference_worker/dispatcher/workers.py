@@ -58,6 +58,7 @@ class WorkerSessions:
             worker.device_memory = message.device_memory
             worker.computing = message.computing
             worker.direct_requests = message.direct_requests
+            worker.rss_bytes = message.rss_bytes
         elif isinstance(message, protocol.Drain) and self.stopping:
             # Stopping too: keep the worker routing until our requests are answered; acknowledged then.
             log.info("dispatcher: worker %s asked to drain; kept until the dispatcher stops", worker.name)
@@ -92,9 +93,13 @@ class WorkerSessions:
             shared_memory=message.shm,
             assigned=tuple(message.assigned),
             direct=message.direct,
+            since=time.time(),
         )
         known = self.router.workers.get(identity)
-        if known is None or known.incarnation != worker.incarnation:
+        if known is not None and known.incarnation == worker.incarnation:
+            # READY again (after a model load): the same process
+            worker.since, worker.rss_bytes = known.since, known.rss_bytes
+        else:
             log.info(
                 "dispatcher: worker %s ready on %s (pid %d) with %s",
                 worker.name,

@@ -105,7 +105,8 @@ class StatusReply:
         "id": "str",
         "models": "{name: {version: {`ready`: n workers, `queued`: n, `signature`}}}",
         "workers": "[{`worker`, `incarnation`, `device`, `pid`, `state`, `capacity`, `in_flight`, `models`, "
-        "`device_memory`, `computing`, `direct`, `direct_requests`}]",
+        "`device_memory`, `computing`, `direct`, `direct_requests`, `rss_bytes`, "
+        "`since` (registered, unix s)}]",
         "stats": "[{`worker`, `model`, `version`, counters...}], summed over the slot's incarnations",
         "dispatcher": "{`requests`, `rejected`, `expired`, `resent`, `lost`, `pending`, `pid`}",
         "unavailable": "[{`model`, `version` (absent = every version), `reason`, `worker`}]: "

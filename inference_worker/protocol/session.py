@@ -144,6 +144,7 @@ class Heartbeat:
         "computing": "{`batch`, `since` (unix s), `model`, `version`, `size`}, absent when idle",
         "direct_requests": "int, requests from its direct lane it holds (queued or computing); the "
         "dispatcher does not see them otherwise",
+        "rss_bytes": "int, the worker process's resident memory (0: unknown)",
     }
 
     incarnation: str | None = None
@@ -151,6 +152,7 @@ class Heartbeat:
     device_memory: dict[str, Any] | None = None
     computing: Computing | None = None
     direct_requests: int = 0
+    rss_bytes: int = 0
 
     def frames(self) -> list[Any]:
         fields = {
@@ -159,6 +161,7 @@ class Heartbeat:
             "device_memory": self.device_memory,
             "computing": self.computing.to_wire() if self.computing else None,
             "direct_requests": self.direct_requests,
+            "rss_bytes": self.rss_bytes,
         }
         return _header(Kind.HEARTBEAT, fields)
 
@@ -173,6 +176,7 @@ class Heartbeat:
             device_memory=memory if isinstance(memory, dict) else None,
             computing=Computing.from_wire(fields.get("computing")),
             direct_requests=max(0, _integer(fields, "direct_requests")),
+            rss_bytes=max(0, _integer(fields, "rss_bytes")),
         )
 
 

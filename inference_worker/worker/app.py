@@ -7,6 +7,7 @@ compute thread and touches nothing the main thread changes (statistics are count
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -136,6 +137,15 @@ class Application:
             "used_bytes": torch.cuda.memory_allocated(self.device),
             "reserved_bytes": torch.cuda.memory_reserved(self.device),
         }
+
+    @staticmethod
+    def resident_bytes() -> int:
+        """Return this process's resident memory (``/proc/self/statm``), or 0 where that cannot be read."""
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
 
     # -- queueing ---------------------------------------------------------------------------------------
 

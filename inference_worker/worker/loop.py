@@ -300,7 +300,12 @@ class Worker:
         computing = self.compute.current if self.compute is not None else None
         direct = len(self.lane.callers) if self.lane is not None else 0
         return protocol.Heartbeat(
-            self.incarnation, self.app.stats_wire(), self.app.device_memory(), computing, direct
+            self.incarnation,
+            self.app.stats_wire(),
+            self.app.device_memory(),
+            computing,
+            direct,
+            self.app.resident_bytes(),
         )
 
 
