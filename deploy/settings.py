@@ -124,6 +124,10 @@ class DeploySettings:
         return self.run_dir / "metrics"
 
     @property
+    def grpc_metrics_dir(self) -> Path:
+        return self.run_dir / "metrics-grpc"
+
+    @property
     def sockets_dir(self) -> Path:
         return self.run_dir / "sockets"
 

@@ -178,7 +178,7 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         "TORCHGATE_DISPATCHER": s.frontend_endpoint,
         "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
         # Every gunicorn process keeps its metrics here; gateway.multiproc empties it when gunicorn starts.
-        "PROMETHEUS_MULTIPROC_DIR": str(s.run_dir / "metrics"),
+        "PROMETHEUS_MULTIPROC_DIR": str(s.metrics_dir),
         "TORCHGATE_DRAIN_FILE": str(s.drain_flag),  # readiness answers 503 while it exists
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
@@ -191,6 +191,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         env["TORCHGATE_MODEL_CONTROL"] = s.model_control
     if s.auth_token_file is not None:  # the path, never the token: the configuration may be read by others
         env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
+    if s.grpc_port is not None:  # /metrics counts the gRPC server's requests too, from its own folder
+        env["TORCHGATE_GRPC_METRICS_DIR"] = str(s.grpc_metrics_dir)
     return env
 
 
@@ -229,7 +231,9 @@ def grpc_command(s: DeploySettings) -> list[str]:
 
 def render_grpc(s: DeploySettings) -> str:
     """The Open Inference Protocol over gRPC: one process beside the HTTP gateway, with its settings."""
-    environment = {k: v for k, v in gateway_environment(s).items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # Its metrics live in a folder of its own: gunicorn empties the gateway's whenever it starts.
+    environment = {**gateway_environment(s), "PROMETHEUS_MULTIPROC_DIR": str(s.grpc_metrics_dir)}
+    del environment["TORCHGATE_GRPC_METRICS_DIR"]
     return _program(
         s,
         GRPC_PROGRAM,

@@ -30,7 +30,7 @@ import click
 import grpc
 import orjson
 
-from gateway import afterwork, grpc_codec, grpc_health, heap, triton
+from gateway import afterwork, grpc_codec, grpc_health, heap, multiproc, triton
 from gateway.access_log import log_request, logconfig
 from gateway.auth import authorized
 from gateway.config import GatewayConfig
@@ -44,6 +44,7 @@ from gateway.errors import (
     http_status,
 )
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
+from gateway.metrics import multiproc_dir, request_metrics
 from gateway.service import Gateway
 from gateway.trace import RequestTrace
 from gateway.validation import check_inputs
@@ -197,7 +198,20 @@ class Servicer:
             status = http_status(exc.code)
             raise
         finally:
-            log_request("GRPC", f"/{SERVICE}/{call}", status, time.monotonic() - began, trace)
+            seconds = time.monotonic() - began
+            named = bool(trace.model) or self._name_target(request, trace)
+            log_request("GRPC", f"/{SERVICE}/{call}", status, seconds, trace)
+            if named:  # Triton's inference metrics count every protocol; an unknown model has no series
+                request_metrics().observe_inference(trace.model, trace.version, seconds, status)
+
+    def _name_target(self, request: Any, trace: RequestTrace) -> bool:
+        """Name the model version of a request that failed before it was named (say, a bad shape)."""
+        try:
+            model, version = self.gateway.catalog.get(request.model_name, request.model_version or None)
+        except CodedError:
+            return False
+        trace.model, trace.version = model.name, version
+        return True
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
         gateway = self.gateway
@@ -351,6 +365,10 @@ def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
     logging.config.dictConfig(logconfig(level, os.environ.get("TORCHGATE_LOG_FORMAT", "text")))
     config = GatewayConfig.from_env()
     heap.keep_freed(config.heap_keep_bytes)
+    folder = multiproc_dir()  # this server's own metrics folder: counters of an earlier run must not add up
+    if folder:
+        multiproc.clear(folder)
+    request_metrics()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server, bound = build_server(Gateway(config), address, threads)

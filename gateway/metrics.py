@@ -3,8 +3,10 @@
 Each gateway process counts the requests it answered. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` names a
 folder where every process keeps its counters (prometheus-client's multiprocess mode), and a scrape, whichever
 process answers it, sums them all. Without that variable (``flask run``, tests in one process) the counters
-live in this process only. What only the workers know comes from the dispatcher at scrape time
-(:mod:`gateway.worker_metrics`); it is never written to the multiprocess files, so it is counted once.
+live in this process only. The gRPC server (:mod:`gateway.grpc_server`) counts its inference requests the same
+way in a folder of its own (``TORCHGATE_GRPC_METRICS_DIR`` tells the gateway where), which a scrape sums in.
+What only the workers know comes from the dispatcher at scrape time (:mod:`gateway.worker_metrics`); it is
+never written to the multiprocess files, so it is counted once.
 
 Triton's names are kept exactly (``nv_inference_request_success``, not ``..._total``) so that dashboards built
 for Triton work unchanged; torchgate's own counters end in ``_total`` as Prometheus recommends.
@@ -19,6 +21,7 @@ Failure reasons follow Triton's (``nv_inference_request_failure{reason}``):
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from collections.abc import Iterable
@@ -32,6 +35,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The gRPC server's own multiprocess folder (`torchgate serve --grpc-port`): a scrape sums it in.
+GRPC_METRICS_ENV = "TORCHGATE_GRPC_METRICS_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TRITON_PREFIX = "nv_"
 # Label values come from bounded sets only: any method token a client sends would otherwise be a new series.
@@ -137,9 +142,12 @@ class RequestMetrics:
         return cast(M, child)
 
     def collect(self) -> Iterable[Metric]:
-        """Yield the counters of every gateway process (multiprocess mode) or of this one."""
+        """Yield the counters of every gateway process and the gRPC server's (multiprocess mode), or this
+        process's."""
         if self.registry is None:
-            yield from MultiProcessCollector(None).collect()  # type: ignore[no-untyped-call]
+            folders = [folder for folder in (multiproc_dir(), os.environ.get(GRPC_METRICS_ENV)) if folder]
+            files = [path for folder in folders for path in glob.glob(os.path.join(folder, "*.db"))]
+            yield from MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
         else:
             yield from self.registry.collect()
 

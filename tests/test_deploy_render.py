@@ -92,7 +92,8 @@ def test_laptop_defaults_render_cpu_slots_and_a_stopped_spare(tmp_path: Path) ->
 
 
 def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> None:
-    assert "grpc" not in programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
+    off = programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
+    assert "grpc" not in off and "TORCHGATE_GRPC_METRICS_DIR" not in off["gateway"].environment
     s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, grpc_port=8001, gateway_threads=6)
     procs = programs(realize(s))
     grpc, gateway = procs["grpc"], procs["gateway"]
@@ -109,8 +110,12 @@ def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> Non
         str(s.gateway_graceful_seconds),
     ]
     # the same settings as the HTTP gateway, but not gunicorn's shared metrics folder, which gunicorn empties
+    # Each keeps its metrics in a folder of its own (gunicorn empties the gateway's when it starts); the
+    # gateway's /metrics sums in the gRPC server's.
+    assert gateway.environment["TORCHGATE_GRPC_METRICS_DIR"] == str(s.run_dir / "metrics-grpc")
     assert grpc.environment == {
-        k: v for k, v in gateway.environment.items() if k != "PROMETHEUS_MULTIPROC_DIR"
+        **{k: v for k, v in gateway.environment.items() if k != "TORCHGATE_GRPC_METRICS_DIR"},
+        "PROMETHEUS_MULTIPROC_DIR": str(s.run_dir / "metrics-grpc"),
     }
     assert grpc.autorestart is RestartUnconditionally and grpc.stopsignal == 15
     assert grpc.stopwaitsecs > s.gateway_graceful_seconds

@@ -42,6 +42,7 @@ from harness import (
     short_dir,
     wait_for,
 )
+from harness.prometheus import parse, total
 from inference_worker import strings
 from inference_worker.protocol import ErrorCode
 from inference_worker.repository import load_model_config
@@ -599,6 +600,39 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
         _status(lambda: client.infer("digits", _digits(rows), outputs=[shm], headers=BEARER))
         == "StatusCode.INVALID_ARGUMENT"
     )
+
+
+@pytest.mark.processes
+def test_grpc_requests_count_in_tritons_inference_metrics(
+    served: tuple[Stack, int], client: grpcclient.InferenceServerClient
+) -> None:
+    stack, _ = served
+    digits = {"model": "digits", "version": "1"}
+
+    def counts() -> tuple[float, float, float]:
+        text = requests.get(f"{stack.url}/metrics", headers=stack.headers, timeout=TIMEOUT).text
+        samples = parse(text)
+        return (
+            total(samples, "nv_inference_request_success", **digits),
+            total(samples, "nv_inference_request_failure", reason="OTHER", **digits),
+            total(samples, "torchgate_request_duration_seconds_count", **digits),
+        )
+
+    def settled() -> tuple[float, float, float] | None:  # earlier tests' HTTP requests all counted
+        first = counts()
+        return first if counts() == first else None
+
+    before = wait_for(settled, timeout=30, interval=0.1, what="the metrics to settle")
+    rows = np.array([DIGIT], dtype=np.float32)
+    for _ in range(3):
+        client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT)
+    wrong = np.zeros((1, 63), np.float32)
+    assert _status(lambda: client.infer("digits", _digits(wrong), headers=BEARER)) == (
+        "StatusCode.INVALID_ARGUMENT"
+    )
+    assert _status(lambda: client.infer("nope", _digits(rows), headers=BEARER)) == "StatusCode.NOT_FOUND"
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (3, 1, 4)
 
 
 @pytest.mark.processes
