@@ -220,7 +220,10 @@ def list_models() -> Response:
 
 @routes.post("/models")
 def register_model() -> Response:
-    return json_response({"status": current_gateway().register(dict(request.args.items()))})
+    """Its parameters come in the query string or, as TorchServe also took them, a JSON object body."""
+    raw = request_body(CONTROL_BODY)
+    args = torchserve_management.body_parameters(codec.loads(raw)) if raw.strip() else {}
+    return json_response({"status": current_gateway().register({**args, **request.args.to_dict()})})
 
 
 @routes.get("/models/<model>")

@@ -150,6 +150,18 @@ def register_target(args: Mapping[str, str]) -> str:
     return name
 
 
+def body_parameters(doc: Any) -> dict[str, str]:
+    """Return a JSON registration body's parameters as the query string would give them."""
+    if not isinstance(doc, dict) or not all(
+        isinstance(value, str | int | bool) and not isinstance(value, float) for value in doc.values()
+    ):
+        raise InvalidArgument("a register body must be a JSON object of strings, integers and booleans")
+    return {
+        str(key): (str(value).lower() if isinstance(value, bool) else str(value))
+        for key, value in doc.items()
+    }
+
+
 def _integer(raw: str | None, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from gateway import GatewayConfig, create_app
 from gateway.errors import InvalidArgument
-from gateway.torchserve_management import describe, list_models, page, register_target
+from gateway.torchserve_management import body_parameters, describe, list_models, page, register_target
 from harness import write_unloadable_model
 from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig, load_model_config
@@ -145,6 +145,14 @@ def test_a_registration_names_a_model_of_the_repository() -> None:
     assert register_target({"url": "digits", "synchronous": "true"}) == "digits"
 
 
+def test_a_json_registration_body_reads_as_the_query_string() -> None:
+    doc = {"url": "digits", "initial_workers": 1, "synchronous": True}
+    assert body_parameters(doc) == {"url": "digits", "initial_workers": "1", "synchronous": "true"}
+    for bad in ([], {"url": ["digits"]}, {"url": None}, {"initial_workers": 1.5}):
+        with pytest.raises(InvalidArgument, match="JSON object"):
+            body_parameters(bad)
+
+
 # -- the routes, with no dispatcher --------------------------------------------------------------------
 
 
@@ -188,6 +196,9 @@ def test_the_routes_refuse_what_needs_model_control_or_is_done_otherwise_here(cl
     refused = client.post("/models?url=a")
     assert refused.status_code == 403 and "--model-control explicit" in refused.get_json()["error"]
     assert client.post("/models?url=a.mar").status_code == 400
+    assert client.post("/models", json={"url": "a.mar"}).status_code == 400
+    assert client.post("/models", json={"url": "a", "initial_workers": 1}).status_code == 403
+    assert client.post("/models", data=b"{not json", content_type="application/json").status_code == 400
     assert client.post("/models?url=nope").status_code == 403  # model control is off: that comes first
     assert client.delete("/models/b").status_code == 403
     assert client.delete("/models/nope").status_code == 404
