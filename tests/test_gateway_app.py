@@ -17,25 +17,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway import GatewayConfig, create_app
+from gateway import GatewayConfig
 from gateway.routes import OPENAPI_PATH
 from harness import DEFAULT_REPOSITORY, run
 from harness import write_unloadable_model as write_model
+from harness.apps import gateway_app as make_app
 from inference_worker.repository import load_repository
 
 DIGITS_ROW = [float(i % 17) for i in range(64)]
-
-
-def make_app(tmp_path: Path, repository: Path = DEFAULT_REPOSITORY, **overrides: object) -> Flask:
-    settings: dict[str, object] = {
-        "dispatcher": f"ipc://{tmp_path}/nobody-listens.sock",
-        "model_repository": str(repository),
-        "status_timeout": 0.2,
-        "unresponsive_after": 0.3,
-        "poll_interval": 0.1,
-        **overrides,
-    }
-    return create_app(GatewayConfig(**settings))  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway import GatewayConfig, create_app
 from gateway.errors import InvalidArgument
 from gateway.torchserve_management import body_parameters, describe, list_models, page, register_target
 from harness import write_unloadable_model
+from harness.apps import gateway_app
 from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig, load_model_config
 
@@ -148,7 +148,8 @@ def test_a_registration_names_a_model_of_the_repository() -> None:
 def test_a_json_registration_body_reads_as_the_query_string() -> None:
     doc = {"url": "digits", "initial_workers": 1, "synchronous": True}
     assert body_parameters(doc) == {"url": "digits", "initial_workers": "1", "synchronous": "true"}
-    for bad in ([], {"url": ["digits"]}, {"url": None}, {"initial_workers": 1.5}):
+    bad_docs: list[object] = [[], {"url": ["digits"]}, {"url": None}, {"initial_workers": 1.5}]
+    for bad in bad_docs:
         with pytest.raises(InvalidArgument, match="JSON object"):
             body_parameters(bad)
 
@@ -160,14 +161,7 @@ def test_a_json_registration_body_reads_as_the_query_string() -> None:
 def app(tmp_path: Path) -> Iterator[Flask]:
     for name in ("b", "a"):
         write_unloadable_model(tmp_path / "repo", name, [1, 2] if name == "a" else [1])
-    config = GatewayConfig(
-        dispatcher=f"ipc://{tmp_path}/nobody-listens.sock",
-        model_repository=str(tmp_path / "repo"),
-        status_timeout=0.2,
-        unresponsive_after=0.3,
-        poll_interval=0.1,
-    )
-    app = create_app(config)
+    app = gateway_app(tmp_path, tmp_path / "repo")
     yield app
     app.extensions["torchgate"].client.close()
 
