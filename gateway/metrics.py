@@ -38,7 +38,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The gRPC server's own multiprocess folder (`torchgate serve --grpc-port`): a scrape sums it in.
 GRPC_METRICS_ENV = "TORCHGATE_GRPC_METRICS_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TRITON_PREFIX = "nv_"
+# Counters whose names are kept exactly, without "_total" added: Triton's and TorchServe's
+# (gateway.torchserve_metrics).
+EXACT_NAMES = ("nv_", "ts_", "Requests")
 # Label values come from bounded sets only: any method token a client sends would otherwise be a new series.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -173,12 +175,13 @@ def _go_float(value: float) -> str:
 
 
 def render(families: Iterable[Metric]) -> bytes:
-    """Return Prometheus' text format (0.0.4) for ``families``; Triton's counters keep their exact names."""
+    """Return Prometheus' text format (0.0.4) for ``families``; Triton's and TorchServe's counters keep their
+    exact names."""
     lines: list[str] = []
     for family in families:
         name, kind = family.name, family.type
-        triton_counter = kind == "counter" and name.startswith(TRITON_PREFIX)
-        shown = name if triton_counter or kind != "counter" else name + "_total"
+        exact = kind == "counter" and name.startswith(EXACT_NAMES)
+        shown = name if exact or kind != "counter" else name + "_total"
         kind = {
             "unknown": "untyped",
             "info": "gauge",
@@ -190,7 +193,7 @@ def render(families: Iterable[Metric]) -> bytes:
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue
-            sample_name = name if triton_counter and sample.name == name + "_total" else sample.name
+            sample_name = name if exact and sample.name == name + "_total" else sample.name
             labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
             lines.append(
                 f"{sample_name}{{{labels}}} {_go_float(sample.value)}\n"

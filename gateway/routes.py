@@ -7,7 +7,7 @@ request into a call on it and its answer into a response; errors are raised and 
 
 from __future__ import annotations
 
-import itertools
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from gateway import afterwork, codec, torchserve_management, triton, worker_metrics
+from gateway import afterwork, codec, torchserve_management, torchserve_metrics, triton, worker_metrics
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
@@ -386,5 +386,6 @@ def metrics() -> Response:
     afterwork.run_pending()  # this process's answered requests are counted before it reports
     # a fresh status: a cached one from another gateway process could make counters run backwards
     status = current_gateway().status_or_none(max_age=0)
-    families = itertools.chain(request_metrics().collect(), worker_metrics.families(status))
+    families = [*request_metrics().collect(), *worker_metrics.families(status)]
+    families += torchserve_metrics.families(families, socket.gethostname())
     return Response(render(families), content_type=CONTENT_TYPE)

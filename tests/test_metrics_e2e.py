@@ -170,6 +170,14 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
         assert delta("nv_inference_count", model="digits", worker=worker) == sum(a["samples"] for a in mine)
     assert delta("nv_inference_queue_duration_us", model="digits") > 0
     assert delta("nv_inference_compute_infer_duration_us", model="digits") > 0
+    # TorchServe's names for the same numbers (its metrics API's, for dashboards and autoscalers built on it).
+    assert delta("ts_inference_requests_total", model_name="digits", model_version="1") == len(SIZES)
+    assert delta("ts_queue_latency_microseconds", model_name="digits") == pytest.approx(
+        delta("nv_inference_queue_duration_us", model="digits")
+    )
+    assert delta("ts_inference_latency_microseconds", model_name="digits") == pytest.approx(
+        delta("torchgate_request_duration_seconds_sum", model="digits") * 1e6
+    )
 
     # Counters live in the multiprocess folder: whichever process answers a scrape reports every process's
     # sum.

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import gateway_environment
-from gateway import worker_metrics
+from gateway import torchserve_metrics, worker_metrics
 from gateway.access_log import RequestIdFilter, TextFormatter, log_request
 from gateway.metrics import RequestMetrics, failure_reason, render
 from gateway.multiproc import clear
@@ -130,6 +130,27 @@ def test_request_counters_keep_triton_names_and_reasons() -> None:
     assert total(samples, "torchgate_http_requests_total", status="200") == 1
     assert "# TYPE nv_inference_request_success counter" in text
     assert "nv_inference_request_success_total" not in text and "_created" not in text
+
+
+def test_torchserve_counters_are_derived_with_torchserves_names_and_labels() -> None:
+    metrics = RequestMetrics.create(CollectorRegistry())
+    for seconds, status in ((0.002, 200), (0.004, 200), (0.5, 503), (0.1, 400)):
+        metrics.observe_inference("m", "1", seconds, status)
+    for status in (200, 200, 404, 503, 503, 503):
+        metrics.observe_http("POST", "/v2/models/<model>/infer", status)
+    collected = [*metrics.collect(), *worker_metrics.families(StatusReply("", **STATUS))]
+    text = render([*collected, *torchserve_metrics.families(collected, "host-1")]).decode()
+    samples = parse(text)
+    labels = {"model_name": "m", "model_version": "1", "hostname": "host-1"}
+    assert total(samples, "ts_inference_requests_total", **labels) == 4  # successful or not
+    assert total(samples, "ts_inference_latency_microseconds", **labels) == pytest.approx(606_000)
+    assert total(samples, "ts_queue_latency_microseconds", **labels) == 4.0  # both workers' queues
+    host = {"Level": "Host", "Hostname": "host-1"}
+    assert [total(samples, f"Requests{c}XX", **host) for c in "245"] == [2, 1, 3]
+    declared = types(text)
+    assert declared["ts_inference_requests_total"] == declared["ts_queue_latency_microseconds"] == "counter"
+    assert declared["Requests2XX"] == "counter" and "Requests2XX_total" not in text
+    assert "ts_inference_latency_microseconds_total" not in text
 
 
 @pytest.mark.parametrize(
