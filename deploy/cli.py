@@ -497,15 +497,18 @@ def status(run_dir: Path) -> None:
     try:
         fields = query_status(s.frontend_endpoint)
         ready = {w.name: w for w in fields.worker_list()}
-        busy = {str(w.get("worker")): w.get("computing") for w in fields.workers if isinstance(w, dict)}
+        entries = {str(w.get("worker")): w for w in fields.workers if isinstance(w, dict)}
     except TimeoutError:
-        fields, ready, busy = None, {}, {}
+        fields, ready, entries = None, {}, {}
         click.echo("dispatcher: no answer")
     now = time.time()
     for name, info in sorted(sup.processes().items()):
         worker = ready.get(name)
         seen = f"  dispatcher: {worker.state}" if worker else ""
-        computing = busy.get(name)
+        entry = entries.get(name) or {}
+        if worker and isinstance(entry.get("rss_bytes"), int) and entry["rss_bytes"] > 0:
+            seen += f", {entry['rss_bytes'] >> 20} MiB resident"
+        computing = entry.get("computing")
         if isinstance(computing, dict) and isinstance(computing.get("since"), int | float):
             seen += (
                 f", computing batch {computing.get('batch')} of {computing.get('model')} "

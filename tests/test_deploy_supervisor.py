@@ -19,7 +19,7 @@ import requests
 
 from deploy.dispatcher_status import wait_until_ready, worker_statuses
 from deploy.supervisor_rpc import FATAL, STOPPED
-from harness import DEFAULT_REPOSITORY, DIGIT_BODY, HttpLoad, Stack, run, short_dir
+from harness import DEFAULT_REPOSITORY, DIGIT_BODY, HttpLoad, Stack, run, short_dir, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -193,6 +193,10 @@ def test_a_model_in_a_slot_of_its_own_that_cannot_load_leaves_the_others_serving
         assert ready.status_code == 400 and "cannot load as backend 'torch_export'" in ready.json()["error"]
         status = d.torchgate("status")
         assert "model digits version 1: READY on 1 worker(s)" in status.stdout, status.stdout
+        resident = re.compile(r"worker-cpu-0 +RUNNING .*dispatcher: READY, \d+ MiB resident")
+        wait_for(  # from the worker's heartbeats, the first of which may still be on its way
+            lambda: resident.search(d.torchgate("status").stdout), timeout=30, what="the worker's memory"
+        )
         assert "model broken version 1: UNAVAILABLE: model 'broken' version 1 (" in status.stdout
 
 
