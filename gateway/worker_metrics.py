@@ -112,7 +112,7 @@ def model_families(models: dict[str, Any]) -> list[Metric]:
 
 
 def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
-    """Return each connected worker's load and, for GPU workers, its device memory."""
+    """Return each connected worker's load, its resident memory and, for GPU workers, its device memory."""
     in_flight = GaugeMetricFamily(
         "torchgate_worker_in_flight",
         "Requests a worker holds, from the dispatcher or down its direct lane",
@@ -131,6 +131,11 @@ def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
         "Device memory a GPU worker's caching allocator holds",
         labels=["worker", "device"],
     )
+    resident = GaugeMetricFamily(
+        "torchgate_worker_resident_bytes",
+        "A worker process's resident memory, by its last heartbeat",
+        labels=["worker", "device"],
+    )
     for w in workers:
         if not isinstance(w, dict):
             continue
@@ -138,11 +143,13 @@ def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
         held = _number(w.get("in_flight")) + _number(w.get("direct_requests"))
         in_flight.add_metric([name, device, str(w.get("state", ""))], held)
         capacity.add_metric([name, device], _number(w.get("capacity")))
+        if _number(w.get("rss_bytes")) > 0:
+            resident.add_metric([name, device], _number(w.get("rss_bytes")))
         memory = w.get("device_memory")
         if isinstance(memory, dict):
             used.add_metric([name, device], _number(memory.get("used_bytes")))
             reserved.add_metric([name, device], _number(memory.get("reserved_bytes")))
-    return [in_flight, capacity, used, reserved]
+    return [in_flight, capacity, used, reserved, resident]
 
 
 def dispatcher_families(counters: dict[str, Any]) -> list[Metric]:

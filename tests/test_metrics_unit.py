@@ -65,6 +65,7 @@ STATUS: dict[str, Any] = {
             "direct_requests": 2,
             "capacity": 4,
             "device_memory": {"used_bytes": 1024, "reserved_bytes": 4096},
+            "rss_bytes": 3 << 30,
         },
         {
             "worker": "w1",
@@ -97,6 +98,8 @@ def test_worker_families_carry_the_dispatchers_numbers() -> None:
     assert total(samples, "torchgate_workers_ready", model="m", version="1") == 2
     assert total(samples, "nv_inference_pending_request_count", model="m") == 4
     assert total(samples, "nv_gpu_memory_used_bytes", worker="w0") == 1024
+    assert total(samples, "torchgate_worker_resident_bytes", worker="w0") == 3 << 30
+    assert not any(n == "torchgate_worker_resident_bytes" and ("worker", "w1") in ls for n, ls in samples)
     assert total(samples, "torchgate_worker_in_flight", worker="w0") == 3  # through the dispatcher or direct
     assert total(samples, "torchgate_worker_in_flight", worker="w1") == 0
     assert not any(dict(ls).get("worker") == "w1" for n, ls in samples if n == "nv_gpu_memory_used_bytes")
