@@ -9,9 +9,10 @@ bearer token. Its documents come from the model repository and the dispatcher's 
   next page, is there while more follow).
 - ``GET /models/{name}[/{version}|/all]``: a list with one entry per version: ``modelName``, ``modelVersion``,
   ``modelUrl`` (the model's folder in the repository), ``runtime``, ``minWorkers``/``maxWorkers`` (the
-  workers serving that version now), ``batchSize``, ``maxBatchDelay`` (ms), ``workers`` (``id``,
-  ``startTime``, ``status`` READY or UNLOADING while it drains, ``memoryUsage`` (its resident bytes),
-  ``pid``, ``gpu``, ``gpuUsage``) and ``jobQueueStatus``.
+  workers serving that version now), ``batchSize``, ``maxBatchDelay`` (ms), ``deviceType``, ``workers``
+  (``id``, ``startTime``, ``status`` READY or UNLOADING while it drains, ``memoryUsage`` (its resident
+  bytes), ``pid``, ``gpu``, ``gpuUsage``) and ``jobQueueStatus``. TorchServe's other fields (timeouts,
+  parallelism, sequences) have no counterpart here and are left out.
 - ``POST /models?url={name}`` and ``DELETE /models/{name}[/{version}]``: load and unload through model control
   (``--model-control explicit``, as TorchServe's ``--enable-model-api``). ``url`` names a model folder of the
   repository: archives (``.mar``) and URLs are not fetched, and what a ``.mar`` would carry (handler, batch
@@ -74,6 +75,7 @@ def describe(model: ModelConfig, versions: list[str], status: StatusReply | None
 
 def _describe_version(model: ModelConfig, version: str, status: StatusReply | None) -> dict[str, Any]:
     workers = [_worker(w) for w in _serving(status, model.name, version)]
+    gpu = any(w["gpu"] for w in workers)
     queued = int(((status.models if status else {}).get(model.name) or {}).get(version, {}).get("queued", 0))
     return {
         "modelName": model.name,
@@ -84,6 +86,7 @@ def _describe_version(model: ModelConfig, version: str, status: StatusReply | No
         "maxWorkers": len(workers),
         "batchSize": max(model.max_batch_size, 1),
         "maxBatchDelay": model.max_queue_delay_us // 1000,
+        "deviceType": "gpu" if gpu else "cpu",
         "workers": workers,
         "jobQueueStatus": {
             "remainingCapacity": max(model.max_queue_size - queued, 0),

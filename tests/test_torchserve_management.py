@@ -91,6 +91,7 @@ def test_a_description_has_an_entry_per_version_with_the_workers_serving_it(tmp_
         "maxWorkers": 1,
         "batchSize": 4,
         "maxBatchDelay": m.max_queue_delay_us // 1000,
+        "deviceType": "cpu",
         "workers": [
             {
                 "id": "w1",
@@ -116,6 +117,7 @@ def test_a_gpu_worker_says_so_and_an_unreachable_dispatcher_leaves_no_worker(tmp
     )
     (gpu,) = describe(m, ["1"], status)[0]["workers"]
     assert gpu["gpu"] is True and gpu["gpuUsage"] == "gpuId::1 memory.used [MiB]::3 MiB"
+    assert describe(m, ["1"], status)[0]["deviceType"] == "gpu"
     assert gpu["startTime"] is None and gpu["memoryUsage"] == 0
     (alone,) = describe(m, ["1"], None)
     assert alone["workers"] == [] and alone["minWorkers"] == 0
