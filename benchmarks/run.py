@@ -90,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="gunicorn processes of every Flask-based system, LitServe API servers (default 1)",
     )
+    parser.add_argument(
+        "--torchgate-defaults",
+        action="store_true",
+        help="torchgate sized by `torchgate serve` itself (the other systems keep the common sizes)",
+    )
     parser.add_argument("--seed-processes", type=int, default=None, help="the seed app's gunicorn processes")
     parser.add_argument("--seed-threads", type=int, default=None, help="threads per seed app process")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-model loops")
@@ -116,6 +121,8 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
         s = replace(s, http_threads=args.http_threads)
     if args.http_processes is not None:
         s = replace(s, http_processes=args.http_processes)
+    if args.torchgate_defaults:
+        s = replace(s, torchgate_defaults=True)
     if args.seed_processes is not None or args.seed_threads is not None:
         s = replace(s, seed_http_processes=args.seed_processes, seed_http_threads=args.seed_threads)
     return s
