@@ -206,12 +206,10 @@ class Servicer:
 
     def _name_target(self, request: Any, trace: RequestTrace) -> bool:
         """Name the model version of a request that failed before it was named (say, a bad shape)."""
-        try:
-            model, version = self.gateway.catalog.get(request.model_name, request.model_version or None)
-        except CodedError:
-            return False
-        trace.model, trace.version = model.name, version
-        return True
+        found = self.gateway.catalog.target(request.model_name, request.model_version or None)
+        if found is not None:
+            trace.model, trace.version = found
+        return found is not None
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
         gateway = self.gateway

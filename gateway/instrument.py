@@ -15,7 +15,6 @@ from gateway.access_log import log_request
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
 from gateway.trace import RequestTrace
-from inference_worker.errors import CodedError
 
 
 def install(app: Flask) -> None:
@@ -75,8 +74,6 @@ def _name_target(trace: RequestTrace) -> None:
     name, version = args.get("model"), args.get("version")
     if not isinstance(name, str):
         return
-    try:
-        model, resolved = current_gateway().catalog.get(name, version if isinstance(version, str) else None)
-    except CodedError:
-        return  # an unknown model has no series, as in Triton
-    trace.model, trace.version = model.name, resolved
+    found = current_gateway().catalog.target(name, version if isinstance(version, str) else None)
+    if found is not None:
+        trace.model, trace.version = found

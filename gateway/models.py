@@ -75,6 +75,15 @@ class ModelCatalog:
             )
         return model, version
 
+    def target(self, name: str, version: str | None) -> tuple[str, str] | None:
+        """Return the model and version a request named, or None for an unknown one: what a request that
+        failed before it was routed is counted under (an unknown model has no series, as in Triton)."""
+        try:
+            model, resolved = self.get(name, version)
+        except NotFound:
+            return None
+        return model.name, resolved
+
     def only(self) -> ModelConfig:
         """Return the single model of the repository, or raise if there is not exactly one."""
         models = self.models
