@@ -205,6 +205,13 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="explicit: POST /v2/repository/models/M/load and /unload are allowed (behind auth when on).",
         ),
         click.option(
+            "--allow-client-shm",
+            is_flag=True,
+            default=False,
+            help="Let clients on this host register system shared-memory regions and pass tensors in them "
+            "(Triton's extension and flag; off by default, as in Triton).",
+        ),
+        click.option(
             "--auth-token-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
@@ -235,6 +242,7 @@ def build_settings(
     auth_token_file: Path | None = None,
     gateway_queue: int | None = None,
     model_control: str = "none",
+    allow_client_shm: bool = False,
     gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
     grpc_port: int | None = None,
 ) -> DeploySettings:
@@ -291,6 +299,7 @@ def build_settings(
             placements=placements,
             shared_models=shared,
             model_control=model_control,
+            allow_client_shm=allow_client_shm,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -55,7 +55,7 @@ def check_owned(path: Path, what: str = "run directory") -> bool:
 def check_run_dir(s: DeploySettings) -> None:
     """Refuse a run directory, or any folder of it, that is not this user's own (see :func:`check_owned`)."""
     check_owned(s.run_dir)
-    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir):
+    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir, s.client_shm_dir):
         check_owned(folder, f"run directory folder {folder.name}/ of")
     if s.conf_d.is_dir():
         for entry in s.conf_d.iterdir():
@@ -68,7 +68,7 @@ def prepare_run_dir(s: DeploySettings) -> None:
     only."""
     check_run_dir(s)
     s.run_dir.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
-    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir):
+    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir, s.client_shm_dir):
         folder.mkdir(mode=PRIVATE, exist_ok=True)
     check_run_dir(s)  # again: nothing may have been swapped in between
     os.chmod(s.sockets_dir, PRIVATE)  # ours (checked): also when it existed with a looser mode

@@ -108,7 +108,10 @@ def prepare(s: DeploySettings) -> Path:
             f"{s.host}:{s.grpc_port} is already in use (another torchgate?); choose another with --grpc-port"
         )
     s.drain_flag.unlink(missing_ok=True)  # a previous stop's flag: this start is ready again
-    return write_run_dir(s)
+    path = write_run_dir(s)
+    for record in s.client_shm_dir.iterdir():  # a previous run's registrations: a new server knows none
+        record.unlink()
+    return path
 
 
 def wait_until_serving(

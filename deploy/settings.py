@@ -88,6 +88,9 @@ class DeploySettings:
     placements: tuple[Placement, ...] = ()  # slots of their own for models with an instance_group
     shared_models: tuple[str, ...] | None = None  # what default slots load; None: `models` (empty: all)
     model_control: str = "none"  # "explicit": the HTTP API may load and unload models
+    allow_client_shm: bool = (
+        False  # clients may register system shared-memory regions (gateway/client_shm.py)
+    )
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,12 @@ class DeploySettings:
     @property
     def grpc_metrics_dir(self) -> Path:
         return self.run_dir / "metrics-grpc"
+
+    @property
+    def client_shm_dir(self) -> Path:
+        """Where clients' shared-memory regions are registered (emptied at every start, as Triton forgets
+        them)."""
+        return self.run_dir / "client-shm"
 
     @property
     def sockets_dir(self) -> Path:

@@ -193,6 +193,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
     if s.grpc_port is not None:  # /metrics counts the gRPC server's requests too, from its own folder
         env["TORCHGATE_GRPC_METRICS_DIR"] = str(s.grpc_metrics_dir)
+    if s.allow_client_shm:  # one folder of registrations for every gateway process and the gRPC server
+        env["TORCHGATE_CLIENT_SHM_DIR"] = str(s.client_shm_dir)
     return env
 
 

@@ -12,7 +12,6 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from gateway import auth, instrument
-from gateway.codec import SHARED_MEMORY_UNSUPPORTED
 from gateway.config import GatewayConfig
 from gateway.cors import CorsPolicy
 from gateway.errors import (
@@ -32,7 +31,11 @@ from inference_worker.errors import CodedError
 
 log = logging.getLogger("torchgate.gateway")
 
-SHARED_MEMORY_PATHS = ("/v2/systemsharedmemory", "/v2/cudasharedmemory")
+CUDA_SHARED_MEMORY = "/v2/cudasharedmemory"
+CUDA_UNSUPPORTED = (
+    "Triton's CUDA shared-memory extension is not supported (a gateway never touches a GPU): use system "
+    "shared memory (register_system_shared_memory) or send tensors as binary data"
+)
 LIVENESS = "/v2/health/live"  # the one endpoint that needs no token
 
 
@@ -121,8 +124,8 @@ def on_http_error(exc: HTTPException) -> Response:
         message, code = f"method {request.method} is not allowed on {request.path}", METHOD_NOT_ALLOWED
     elif status == 404:
         message, code = f"no such endpoint: {request.path}", NotFound.code
-        if request.path.startswith(SHARED_MEMORY_PATHS):
-            message += f" ({SHARED_MEMORY_UNSUPPORTED})"
+        if request.path.startswith(CUDA_SHARED_MEMORY):
+            message += f" ({CUDA_UNSUPPORTED})"
     else:
         message, code = exc.description or exc.name, InvalidArgument.code
     response = error_response(message, code, status)

@@ -48,11 +48,7 @@ MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_js
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
 RESERVED_PARAMETERS = frozenset({"timeout", "priority", "binary_data_output"})  # read here, not passed on
-SHARED_MEMORY_UNSUPPORTED = (
-    "Triton's shared-memory extension is not supported: send tensors in the request and take outputs "
-    "from the response, as binary data (on one host the gateway moves large tensors through shared memory "
-    "itself)"
-)
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 # Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -90,13 +86,25 @@ class Tensor:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionSlice:
+    """Where a tensor lies in a client's registered system shared-memory region (Triton's shared-memory
+    extension, :mod:`gateway.client_shm`): ``byte_size`` bytes from ``offset``."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RequestedOutput:
     """An output the client asked for; ``binary`` None follows the request's ``binary_data_output``;
-    ``classification`` > 0 asks for its top classes instead of its values (:mod:`gateway.classification`)."""
+    ``classification`` > 0 asks for its top classes instead of its values (:mod:`gateway.classification`);
+    ``region``: written there instead of into the response."""
 
     name: str
     binary: bool | None = None
     classification: int = 0
+    region: RegionSlice | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +119,8 @@ class InferRequest:
     binary_data_output: bool = False
     raw: bytes | memoryview | None = None  # the whole body of a raw binary request (header length 0)
     parameters: Parameters = field(default_factory=dict)  # the others, for the model's handler
+    # inputs (by index) whose bytes are still in a client's shared-memory region (gateway.client_shm)
+    in_regions: dict[int, RegionSlice] = field(default_factory=dict)
 
 
 # -- bodies ----------------------------------------------------------------------------------------------
@@ -241,9 +251,12 @@ def parse_infer_request(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
         raise InvalidArgument(f"'inputs' must be a list of 1 to {MAX_TENSORS} tensors")
-    inputs, offset = [], 0
+    inputs, offset, in_regions = [], 0, {}
     for i, raw in enumerate(raw_inputs):
         tensor, used = _input(raw, i, binary, offset, limits)
+        where = region_slice(_parameters(raw.get("parameters"), ""), f"input {tensor.name!r}")
+        if where is not None:
+            in_regions[i] = where
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -259,7 +272,26 @@ def parse_infer_request(
         priority=priority,
         binary_data_output=binary_output,
         parameters=handler_parameters(params, RESERVED_PARAMETERS),
+        in_regions=in_regions,
     )
+
+
+def region_slice(params: dict[str, Any], where: str) -> RegionSlice | None:
+    """Return where a tensor's shared-memory parameters place it, None without them, or raise (400)."""
+    if not any(key in params for key in SHARED_MEMORY_PARAMETERS):
+        return None
+    region, size = params.get("shared_memory_region"), params.get("shared_memory_byte_size")
+    offset = params.get("shared_memory_offset", 0)
+    if region is None or size is None:
+        raise InvalidArgument(
+            f"{where}: shared memory needs both 'shared_memory_region' and 'shared_memory_byte_size'"
+        )
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument(f"{where}: 'shared_memory_region' must be a region's name")
+    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if type(value) is not int or not 0 <= value <= MAX_UINT64:
+            raise InvalidArgument(f"{where}: '{key}' must be a non-negative integer")
+    return RegionSlice(region, size, offset)
 
 
 def handler_parameters(raw: dict[str, Any], reserved: frozenset[str] = frozenset()) -> Parameters:
@@ -291,19 +323,24 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidArgument(f"outputs[{i}] must be a JSON object with a 'name'")
-        params = _parameters(entry.get("parameters"), f"output {entry['name']!r}")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"output {entry['name']!r}: {SHARED_MEMORY_UNSUPPORTED}")
+        where = f"output {entry['name']!r}"
+        params = _parameters(entry.get("parameters"), where)
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise InvalidArgument(f"output {entry['name']!r}: parameter 'binary_data' must be true or false")
+            raise InvalidArgument(f"{where}: parameter 'binary_data' must be true or false")
         classes = params.get("classification", 0)
         if type(classes) is not int or not 0 <= classes <= MAX_UINT64:
             raise InvalidArgument(
                 f"output {entry['name']!r}: parameter 'classification' must be a non-negative integer "
                 "(the number of classes to return)"
             )
-        outputs.append(RequestedOutput(entry["name"], binary, classes))
+        region = region_slice(params, where)
+        if region is not None and (binary or classes):
+            raise InvalidArgument(
+                f"{where}: an output in shared memory ('shared_memory_region') cannot also be "
+                + ("'binary_data'" if binary else "'classification'")
+            )
+        outputs.append(RequestedOutput(entry["name"], binary, classes, region))
     return outputs
 
 
@@ -331,8 +368,12 @@ def _input(
         )
     shape_t = tuple(shape)
     params = _parameters(raw.get("parameters"), f"input {name!r}")
-    if "shared_memory_region" in params:
-        raise InvalidArgument(f"input {name!r}: {SHARED_MEMORY_UNSUPPORTED}")
+    if "shared_memory_region" in params:  # its bytes are read from the region (gateway.client_shm)
+        if "data" in raw or "binary_data_size" in params:
+            raise InvalidArgument(
+                f"input {name!r}: set only one of 'data', 'binary_data_size' and 'shared_memory_region'"
+            )
+        return Tensor(name, datatype, shape_t, b""), 0
     size = params.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -461,6 +502,7 @@ def tensor_array(datatype: str, data: bytes | memoryview, shape: tuple[int, ...]
 # -- responses -------------------------------------------------------------------------------------------
 
 LARGE_OUTPUTS = 64 * 1024  # binary outputs past this are sent as they are, after the header
+Placement = bool | RegionSlice  # how an output goes back: binary data (True), JSON (False), or in a region
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,9 +520,10 @@ class Body:
 
 
 def infer_response(
-    model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, bool]]
+    model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, Placement]]
 ) -> Body:
-    """Build an infer response: each ``(tensor, binary)`` as JSON data or as binary data after the header."""
+    """Build an infer response: each ``(tensor, placement)`` as JSON data, as binary data after the header,
+    or (a :class:`RegionSlice`) as the shared-memory region it was written to, without its data."""
     doc: dict[str, Any] = {"model_name": model}
     if version:
         doc["model_version"] = version
@@ -493,7 +536,9 @@ def infer_response(
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if binary:
+        if isinstance(binary, RegionSlice):
+            entry["parameters"] = region_parameters(binary, len(tensor.data))
+        elif binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             blobs.append(tensor.data)
         elif tensor.datatype == BYTES:
@@ -518,6 +563,14 @@ def infer_response(
         "application/octet-stream",
         {"Inference-Header-Content-Length": str(len(header))},
     )
+
+
+def region_parameters(where: RegionSlice, written: int) -> dict[str, Any]:
+    """The parameters of an output written to a shared-memory region: where, and how many bytes."""
+    params: dict[str, Any] = {"shared_memory_region": where.region, "shared_memory_byte_size": written}
+    if where.offset:
+        params["shared_memory_offset"] = where.offset
+    return params
 
 
 def output_strings(tensor: Tensor) -> list[str]:

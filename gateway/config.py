@@ -69,6 +69,9 @@ class GatewayConfig:
     models: str = ""
     # Comma-separated origins web pages may call the API from (CORS; gateway/cors.py), or "*"; empty: none.
     cors_origins: str = ""
+    # Folder where clients' system shared-memory regions are registered (Triton's extension,
+    # gateway/client_shm.py), shared by every gateway process of a server; empty: the extension is off.
+    client_shm_dir: str = ""
 
     @property
     def model_names(self) -> list[str]:

@@ -10,7 +10,9 @@ Decisions a client may rely on:
   them; clients read either form.
 - Request parameters ``timeout`` (microseconds) and ``priority`` are read here; the others go to the model's
   handler, as over HTTP. An output's ``classification`` asks for its top classes (a BYTES output).
-- Triton's shared-memory parameters are refused: the extension is not supported.
+- Triton's shared-memory parameters place an input or an output in a client's registered system
+  shared-memory region (:mod:`gateway.client_shm`); an input in a region takes no ``raw_input_contents``
+  entry (the entries belong to the other inputs, in order), and an output in one gets an empty entry.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from gateway.codec import (
     MAX_ID_LENGTH,
     MAX_UINT64,
     RESERVED_PARAMETERS,
-    SHARED_MEMORY_UNSUPPORTED,
     InferRequest,
+    Placement,
+    RegionSlice,
     RequestedOutput,
     Tensor,
     handler_parameters,
     json_to_bytes,
+    region_slice,
 )
 from gateway.errors import InvalidArgument
 from gateway.grpc_messages import message
@@ -53,7 +57,6 @@ CONTENTS = {
     "FP64": "fp64_contents",
     BYTES: "bytes_contents",
 }
-SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 def parameters(entries: Any) -> dict[str, Any]:
@@ -80,17 +83,27 @@ def infer_request(msg: Any, limits: StringLimits) -> InferRequest:
         raise InvalidArgument("parameter 'priority' must be a non-negative integer")
     if not 0 < len(msg.inputs) <= MAX_TENSORS:
         raise InvalidArgument(f"'inputs' must hold 1 to {MAX_TENSORS} tensors")
-    raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    in_regions = {
+        i: where
+        for i, t in enumerate(msg.inputs)
+        if (where := region_slice(parameters(t.parameters), f"input {t.name!r}")) is not None
+    }
+    raw = list(msg.raw_input_contents)
+    carried = len(msg.inputs) - len(in_regions)  # the inputs not in a region, each with an entry when raw
+    if raw and len(raw) != carried:
         raise InvalidArgument(
-            f"raw_input_contents holds {len(raw)} entries but there are {len(msg.inputs)} inputs: "
-            "give one entry per input, in order, or none and each input's contents"
+            f"raw_input_contents holds {len(raw)} entries but there are {carried} inputs not in shared "
+            "memory: give one entry per such input, in order, or none and each input's contents"
         )
     if len(msg.outputs) > MAX_TENSORS:
         raise InvalidArgument(f"'outputs' must hold at most {MAX_TENSORS} outputs")
+    entries = iter(raw)
     return InferRequest(
         id=msg.id or None,
-        inputs=[_input(t, raw[i] if raw else None, limits) for i, t in enumerate(msg.inputs)],
+        inputs=[
+            _input(t, i in in_regions, None if i in in_regions or not raw else next(entries), limits)
+            for i, t in enumerate(msg.inputs)
+        ],
         outputs=[_output(o) for o in msg.outputs],
         timeout_us=timeout,
         priority=priority,
@@ -98,10 +111,11 @@ def infer_request(msg: Any, limits: StringLimits) -> InferRequest:
         parameters=handler_parameters(
             {k: v for k, v in params.items() if v is not None}, RESERVED_PARAMETERS
         ),
+        in_regions=in_regions,
     )
 
 
-def _input(tensor: Any, raw: bytes | None, limits: StringLimits) -> Tensor:
+def _input(tensor: Any, in_region: bool, raw: bytes | None, limits: StringLimits) -> Tensor:
     name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
     if not 0 < len(name) <= MAX_NAME_LENGTH:
         raise InvalidArgument(f"an input's name must be 1 to {MAX_NAME_LENGTH} characters")
@@ -112,8 +126,11 @@ def _input(tensor: Any, raw: bytes | None, limits: StringLimits) -> Tensor:
         )
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise InvalidArgument(f"input {name!r}: shape must hold at most {MAX_DIMS} non-negative integers")
-    _refuse_shared_memory(tensor.parameters, f"input {name!r}")
     given = [field.name for field, _ in tensor.contents.ListFields()]
+    if in_region:  # its bytes are read from the region (gateway.client_shm)
+        if given:
+            raise InvalidArgument(f"input {name!r}: has both contents and 'shared_memory_region'")
+        return Tensor(name, datatype, shape, b"")
     if raw is not None:
         if given:
             raise InvalidArgument(f"input {name!r}: has both contents and raw_input_contents")
@@ -141,29 +158,39 @@ def _input(tensor: Any, raw: bytes | None, limits: StringLimits) -> Tensor:
 
 def _output(output: Any) -> RequestedOutput:
     params = parameters(output.parameters)
-    _refuse_shared_memory(output.parameters, f"output {output.name!r}")
     classes = params.get("classification", 0)
     if type(classes) is not int or not 0 <= classes <= MAX_UINT64:
         raise InvalidArgument(
             f"output {output.name!r}: parameter 'classification' must be a non-negative integer "
             "(the number of classes to return)"
         )
-    return RequestedOutput(output.name, True, classes)
+    region = region_slice(params, f"output {output.name!r}")
+    if region is not None and classes:
+        raise InvalidArgument(
+            f"output {output.name!r}: an output in shared memory ('shared_memory_region') cannot also be "
+            "'classification'"
+        )
+    return RequestedOutput(output.name, True, classes, region)
 
 
-def _refuse_shared_memory(entries: Any, where: str) -> None:
-    if any(key in entries for key in SHARED_MEMORY_PARAMETERS):
-        raise InvalidArgument(f"{where}: {SHARED_MEMORY_UNSUPPORTED}")
-
-
-def infer_response(model: str, version: str | None, request_id: str | None, outputs: list[Tensor]) -> Any:
-    """Build a ``ModelInferResponse``: each output's metadata, its bytes in ``raw_output_contents``."""
+def infer_response(
+    model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, Placement]]
+) -> Any:
+    """Build a ``ModelInferResponse``: each output's metadata, its bytes in ``raw_output_contents`` (an
+    empty entry for one written to a shared-memory region, as Triton sends it)."""
     response = message(
         "ModelInferResponse", model_name=model, model_version=version or "", id=request_id or ""
     )
-    for tensor in outputs:
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-    response.raw_output_contents.extend(bytes(t.data) for t in outputs)
+    for tensor, placement in outputs:
+        entry = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if isinstance(placement, RegionSlice):
+            entry.parameters["shared_memory_region"].string_param = placement.region
+            entry.parameters["shared_memory_byte_size"].int64_param = len(tensor.data)
+            if placement.offset:
+                entry.parameters["shared_memory_offset"].int64_param = placement.offset
+    response.raw_output_contents.extend(
+        b"" if isinstance(p, RegionSlice) else bytes(t.data) for t, p in outputs
+    )
     return response
 
 

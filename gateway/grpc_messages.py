@@ -227,6 +227,25 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("parameters", 3, "map ModelRepositoryParameter"),
     ),
     "RepositoryModelUnloadResponse": (),
+    "SystemSharedMemoryStatusRequest": (("name", 1, "string"),),
+    "SystemSharedMemoryStatusResponse": (
+        ("regions", 1, "map SystemSharedMemoryStatusResponse.RegionStatus"),
+    ),
+    "SystemSharedMemoryStatusResponse.RegionStatus": (
+        ("name", 1, "string"),
+        ("key", 2, "string"),
+        ("offset", 3, "uint64"),
+        ("byte_size", 4, "uint64"),
+    ),
+    "SystemSharedMemoryRegisterRequest": (
+        ("name", 1, "string"),
+        ("key", 2, "string"),
+        ("offset", 3, "uint64"),
+        ("byte_size", 4, "uint64"),
+    ),
+    "SystemSharedMemoryRegisterResponse": (),
+    "SystemSharedMemoryUnregisterRequest": (("name", 1, "string"),),
+    "SystemSharedMemoryUnregisterResponse": (),
 }
 PARTIAL = frozenset(
     {
@@ -278,8 +297,8 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 
 # The calls served: name -> (request message, response message); those in STREAMING take a stream of requests
-# and give a stream of responses. Any other (the shared-memory, trace and log calls) is answered UNIMPLEMENTED
-# by gRPC itself.
+# and give a stream of responses. Any other (CUDA shared memory, trace and log settings) is answered
+# UNIMPLEMENTED by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
     "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
@@ -293,6 +312,15 @@ METHODS = {
     "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
     "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
     "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
+    "SystemSharedMemoryStatus": ("SystemSharedMemoryStatusRequest", "SystemSharedMemoryStatusResponse"),
+    "SystemSharedMemoryRegister": (
+        "SystemSharedMemoryRegisterRequest",
+        "SystemSharedMemoryRegisterResponse",
+    ),
+    "SystemSharedMemoryUnregister": (
+        "SystemSharedMemoryUnregisterRequest",
+        "SystemSharedMemoryUnregisterResponse",
+    ),
 }
 STREAMING = frozenset({"ModelStreamInfer"})
 

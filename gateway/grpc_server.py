@@ -4,8 +4,9 @@ beside the HTTP gateway and sharing everything behind it: :class:`gateway.servic
 the dispatcher and picks the outputs, exactly as for HTTP.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
-ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload. gRPC answers
-every other call (shared memory, trace and log settings) with UNIMPLEMENTED.
+ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload and the system
+shared-memory calls (:mod:`gateway.client_shm`). gRPC answers every other call (CUDA shared memory, trace and
+log settings) with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
 bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata. Each
@@ -220,9 +221,10 @@ class Servicer:
         if remaining is not None and remaining < gateway.config.max_timeout:
             left_us = max(1, int(remaining * 1e6))
             infer.timeout_us = min(infer.timeout_us or left_us, left_us)
+        gateway.read_regions(infer)
         inputs = check_inputs(infer, model, gateway.limits)
         answered, outputs = gateway.run_infer(model, resolved, version is not None, infer, inputs, trace)
-        return grpc_codec.infer_response(model.name, answered, infer.id, [t for t, _ in outputs])
+        return grpc_codec.infer_response(model.name, answered, infer.id, outputs)
 
     # -- model repository -------------------------------------------------------------------------------
 
@@ -236,6 +238,28 @@ class Servicer:
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.gateway.control("unload", request.model_name, _control_body(request.parameters))
         return message("RepositoryModelUnloadResponse")
+
+    # -- system shared memory (gateway/client_shm.py) -----------------------------------------------------
+
+    def SystemSharedMemoryStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = message("SystemSharedMemoryStatusResponse")
+        for doc in self.gateway.regions.status(request.name or None):
+            entry = response.regions[doc["name"]]
+            entry.name, entry.key, entry.offset, entry.byte_size = (
+                doc["name"],
+                doc["key"],
+                doc["offset"],
+                doc["byte_size"],
+            )
+        return response
+
+    def SystemSharedMemoryRegister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.gateway.regions.register(request.name, request.key, request.offset, request.byte_size)
+        return message("SystemSharedMemoryRegisterResponse")
+
+    def SystemSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.gateway.regions.unregister(request.name or None)
+        return message("SystemSharedMemoryUnregisterResponse")
 
 
 def _stream_error(request: Any, error: str) -> Any:

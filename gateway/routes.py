@@ -16,7 +16,15 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from gateway import afterwork, codec, torchserve_management, torchserve_metrics, triton, worker_metrics
+from gateway import (
+    afterwork,
+    client_shm,
+    codec,
+    torchserve_management,
+    torchserve_metrics,
+    triton,
+    worker_metrics,
+)
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
@@ -371,6 +379,34 @@ def unload_model(model: str) -> Response:
 @routes.get("/v2/models/<model>/versions/<version>/stats")
 def model_stats(model: str | None = None, version: str | None = None) -> Response:
     return json_response(current_gateway().model_stats(model, version))
+
+
+# -- Triton's system shared-memory extension (gateway/client_shm.py) -------------------------------------
+
+
+@routes.get("/v2/systemsharedmemory/status")
+@routes.get("/v2/systemsharedmemory/region/<region>/status")
+def shared_memory_status(region: str | None = None) -> Response:
+    return json_response(current_gateway().regions.status(region))
+
+
+@routes.post("/v2/systemsharedmemory/region/<region>/register")
+def shared_memory_register(region: str) -> Response:
+    regions = current_gateway().regions
+    if not regions.enabled:  # refused before the body is read, as Triton does
+        raise InvalidArgument(client_shm.DISABLED)
+    doc = codec.loads(request_body(CONTROL_BODY) or b"{}")
+    if not isinstance(doc, dict):
+        raise InvalidArgument('the body must be {"key": ..., "offset": ..., "byte_size": ...}')
+    regions.register(region, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+    return json_response({})
+
+
+@routes.post("/v2/systemsharedmemory/unregister")
+@routes.post("/v2/systemsharedmemory/region/<region>/unregister")
+def shared_memory_unregister(region: str | None = None) -> Response:
+    current_gateway().regions.unregister(region)
+    return json_response({})
 
 
 # -- documents ------------------------------------------------------------------------------------------

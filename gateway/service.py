@@ -12,9 +12,11 @@ from typing import Any
 from gateway import afterwork, kserve_v1, torchserve, torchserve_management
 from gateway.classification import top_classes
 from gateway.client import DispatcherClient, InferReply
+from gateway.client_shm import ClientRegions
 from gateway.codec import (
     Body,
     InferRequest,
+    Placement,
     Tensor,
     decode_content,
     handler_parameters,
@@ -61,6 +63,7 @@ class Gateway:
             idle=afterwork.run_pending,
         )
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
+        self.regions = ClientRegions(config.client_shm_dir or None)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
 
     def parsing(self, size: int) -> AbstractContextManager[None]:
@@ -107,6 +110,7 @@ class Gateway:
             request = parse_infer_request(
                 body, header_length, trace.header_id, self.limits, self.config.max_json_values
             )
+            self.read_regions(request)
             inputs = (
                 [raw_input(request, model, self.limits)]
                 if request.raw is not None
@@ -114,6 +118,13 @@ class Gateway:
             )
         answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
         return infer_response(model.name, answered, request.id, outputs)
+
+    def read_regions(self, request: InferRequest) -> None:
+        """Fill in the inputs a client left in its shared-memory regions (:mod:`gateway.client_shm`)."""
+        for index, where in request.in_regions.items():
+            given = request.inputs[index]
+            data = self.regions.read(where, self.config.max_body_bytes, f"input {given.name!r}")
+            request.inputs[index] = Tensor(given.name, given.datatype, given.shape, data)
 
     def run_infer(
         self,
@@ -123,10 +134,11 @@ class Gateway:
         request: InferRequest,
         inputs: list[Tensor],
         trace: RequestTrace,
-    ) -> tuple[str | None, list[tuple[Tensor, bool]]]:
+    ) -> tuple[str | None, list[tuple[Tensor, Placement]]]:
         """Run a parsed infer request whose ``inputs`` fit ``model`` (version ``resolved``, asked for by the
-        client when ``pinned``); return the version that ran and each output with whether it goes back as
-        binary data. Shared by every transport of the protocol (HTTP here, :mod:`gateway.grpc_server`)."""
+        client when ``pinned``); return the version that ran and each output with how it goes back: as
+        binary data or not, or the client's shared-memory region it was written to. Shared by every
+        transport of the protocol (HTTP here, :mod:`gateway.grpc_server`)."""
         plan = output_plan(request, model)
         trace.begin(model, resolved, inputs, request.id)
         names = [p.name for p in plan]
@@ -142,11 +154,16 @@ class Gateway:
             parameters=request.parameters,
         )
         trace.finish(reply.version, reply.worker, reply.stats)
-        outputs = _pick(reply, names)
-        return reply.version or None, [
-            (self._classes(t, p.classes, model) if p.classes else t, p.binary)
-            for t, p in zip(outputs, plan, strict=True)
-        ]
+        answers: list[tuple[Tensor, Placement]] = []
+        for tensor, planned in zip(_pick(reply, names), plan, strict=True):
+            if planned.region is not None:
+                self.regions.write(planned.region, tensor.data, f"output {tensor.name!r}")
+                answers.append((tensor, planned.region))
+            elif planned.classes:
+                answers.append((self._classes(tensor, planned.classes, model), planned.binary))
+            else:
+                answers.append((tensor, planned.binary))
+        return reply.version or None, answers
 
     def _classes(self, tensor: Tensor, count: int, model: ModelConfig) -> Tensor:
         """Return an output's top ``count`` classes (Triton's classification extension), with its labels."""

@@ -16,6 +16,7 @@ EXTENSIONS = [
     "statistics",
     "model_repository",
     "classification",
+    "system_shared_memory",
 ]
 
 

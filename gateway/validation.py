@@ -10,7 +10,7 @@ import math
 from typing import NamedTuple
 
 from gateway.classification import UNRANKABLE
-from gateway.codec import JSON_UNSUPPORTED, InferRequest, Tensor
+from gateway.codec import JSON_UNSUPPORTED, InferRequest, RegionSlice, Tensor
 from gateway.errors import InvalidArgument
 from inference_worker import strings
 from inference_worker.protocol import BYTES, DATATYPE_SIZES, MAX_TENSOR_BYTES
@@ -99,6 +99,7 @@ class Planned(NamedTuple):
     name: str
     binary: bool
     classes: int = 0
+    region: RegionSlice | None = None  # written to this client's shared-memory region (gateway.client_shm)
 
 
 def output_plan(request: InferRequest, model: ModelConfig) -> list[Planned]:
@@ -122,16 +123,16 @@ def output_plan(request: InferRequest, model: ModelConfig) -> list[Planned]:
                 raise InvalidArgument(f"output {out.name!r} is requested twice")
             seen.add(out.name)
             binary = default_binary if out.binary is None else out.binary
-            plan.append(Planned(out.name, binary, out.classification))
+            plan.append(Planned(out.name, binary, out.classification, out.region))
     else:
         plan = [Planned(spec.name, default_binary) for spec in model.outputs]
-    for name, binary, classes in plan:
+    for name, binary, classes, region in plan:
         if classes and specs[name].datatype in UNRANKABLE:
             raise InvalidArgument(
                 f"output {name!r} is {specs[name].datatype}: its values cannot be ranked, so it has no "
                 "classes (parameter 'classification')"
             )
-        if not binary and not classes and specs[name].datatype in JSON_UNSUPPORTED:
+        if not binary and not classes and not region and specs[name].datatype in JSON_UNSUPPORTED:
             raise InvalidArgument(
                 f"output {name!r} is {specs[name].datatype}, which travels only as binary data: "
                 "request it with parameters.binary_data true"

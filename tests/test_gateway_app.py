@@ -203,10 +203,14 @@ def test_predict_needs_a_model_name_when_there_are_several(tmp_path: Path) -> No
 def test_routing_errors_are_json(client: FlaskClient) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404 and response.get_json() == {"error": "no such endpoint: /nowhere"}
-    # what tritonclient's register_system_shared_memory calls: an extension this server does not list
-    response = client.post("/v2/systemsharedmemory/region/r/register", json={"key": "/r", "byte_size": 64})
+    # what tritonclient's register_cuda_shared_memory calls: an extension this server does not list
+    response = client.post("/v2/cudasharedmemory/region/r/register", json={"byte_size": 64})
     assert response.status_code == 404
-    assert "Triton's shared-memory extension is not supported" in response.get_json()["error"]
+    assert "CUDA shared-memory extension is not supported" in response.get_json()["error"]
+    # system shared memory is served, and off unless the server allows it (as Triton's --allow-client-shm)
+    response = client.post("/v2/systemsharedmemory/region/r/register", json={"key": "/r", "byte_size": 64})
+    assert response.status_code == 400 and "--allow-client-shm" in response.get_json()["error"]
+    assert client.get("/v2/systemsharedmemory/status").get_json() == []
     response = client.get("/v2/models/digits/infer")
     assert (
         response.status_code == 405 and "POST" in response.headers["Allow"] and "error" in response.get_json()

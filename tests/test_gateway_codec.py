@@ -219,17 +219,47 @@ def test_raw_binary_request_keeps_the_body() -> None:
                         "datatype": "FP32",
                         "shape": [1],
                         "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4},
+                        "data": [1],
                     }
                 ]
             },
-            "input 'x': Triton's shared-memory extension is not supported",
+            "input 'x': set only one of 'data', 'binary_data_size' and 'shared_memory_region'",
         ),
         (
             {
                 "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
                 "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r"}}],
             },
-            "output 'y': Triton's shared-memory extension is not supported",
+            "output 'y': shared memory needs both 'shared_memory_region' and 'shared_memory_byte_size'",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                "outputs": [
+                    {
+                        "name": "y",
+                        "parameters": {
+                            "shared_memory_region": "r",
+                            "shared_memory_byte_size": 4,
+                            "classification": 1,
+                        },
+                    }
+                ],
+            },
+            "output 'y': an output in shared memory .'shared_memory_region'. cannot also be 'classification'",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [1],
+                        "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": -4},
+                    }
+                ]
+            },
+            "input 'x': 'shared_memory_byte_size' must be a non-negative integer",
         ),
     ],
 )

@@ -12,7 +12,7 @@ from gateway.codec import InferRequest, RequestedOutput, Tensor, parse_infer_req
 from gateway.errors import InvalidArgument, NotFound
 from gateway.models import ModelCatalog
 from gateway.predict import predict_input, predict_output
-from gateway.validation import check_inputs, output_plan, raw_input
+from gateway.validation import Planned, check_inputs, output_plan, raw_input
 from harness import signature, write_unloadable_model
 from inference_worker.repository import ModelConfig, TensorSpec
 
@@ -87,12 +87,14 @@ def test_a_model_that_does_not_batch_takes_its_dims_exactly() -> None:
 
 def test_output_plan() -> None:
     m = model(outputs=(TensorSpec("y", "FP32", (2,)), TensorSpec("h", "FP16", (2,))))
-    assert output_plan(request(outputs=[RequestedOutput("y")]), m) == [("y", False, 0)]
-    assert output_plan(request(binary=True), m) == [("y", True, 0), ("h", True, 0)]
+    assert output_plan(request(outputs=[RequestedOutput("y")]), m) == [Planned("y", False, 0)]
+    assert output_plan(request(binary=True), m) == [Planned("y", True, 0), Planned("h", True, 0)]
     assert output_plan(
         request(outputs=[RequestedOutput("h", True), RequestedOutput("y", None)], binary=True), m
-    ) == [("h", True, 0), ("y", True, 0)]
-    assert output_plan(request(outputs=[RequestedOutput("y", False)], binary=True), m) == [("y", False, 0)]
+    ) == [Planned("h", True, 0), Planned("y", True, 0)]
+    assert output_plan(request(outputs=[RequestedOutput("y", False)], binary=True), m) == [
+        Planned("y", False, 0)
+    ]
     with pytest.raises(InvalidArgument, match="'h' is FP16, which travels only as binary"):
         output_plan(request(), m)
     with pytest.raises(InvalidArgument, match="'h' is FP16"):
@@ -108,7 +110,10 @@ def test_output_plan_with_classes() -> None:
         outputs=(TensorSpec("y", "FP32", (2,)), TensorSpec("h", "FP16", (2,)), TensorSpec("b", "BOOL", (2,)))
     )
     asked = [RequestedOutput("h", False, 3), RequestedOutput("y", None, 1)]
-    assert output_plan(request(outputs=asked), m) == [("h", False, 3), ("y", False, 1)]  # classes are JSON
+    assert output_plan(request(outputs=asked), m) == [
+        Planned("h", False, 3),
+        Planned("y", False, 1),
+    ]  # classes are JSON
     with pytest.raises(InvalidArgument, match="'b' is BOOL: its values cannot be ranked"):
         output_plan(request(outputs=[RequestedOutput("b", None, 2)]), m)
 

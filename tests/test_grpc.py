@@ -28,7 +28,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from gateway import grpc_codec, grpc_health, grpc_messages, triton
-from gateway.codec import Tensor
+from gateway.codec import RegionSlice, Tensor
 from gateway.errors import InvalidArgument
 from gateway.grpc_server import CODES, status_code
 from harness import (
@@ -227,16 +227,49 @@ def test_bad_requests_are_refused_naming_what_is_wrong() -> None:
     assert "1001 strings, more than 1000" in _bad(many)
 
 
-def test_shared_memory_is_refused_on_inputs_and_outputs() -> None:
-    on_input = _request()
-    tensor = on_input.inputs.add(name="a", datatype="FP32", shape=[1])
+def test_shared_memory_parameters_are_read_and_checked() -> None:
+    half = _request()
+    tensor = half.inputs.add(name="a", datatype="FP32", shape=[1])
     tensor.parameters["shared_memory_region"].string_param = "region"
-    assert "shared-memory extension is not supported" in _bad(on_input)
+    assert "needs both 'shared_memory_region' and 'shared_memory_byte_size'" in _bad(half)
 
     on_output = _request(raw_input_contents=[b"\0" * 4])
     on_output.inputs.add(name="a", datatype="FP32", shape=[1])
     on_output.outputs.add(name="out").parameters["shared_memory_byte_size"].int64_param = 64
-    assert "shared-memory extension is not supported" in _bad(on_output)
+    assert "needs both" in _bad(on_output)
+
+    # an input in a region takes no raw_input_contents entry: the entries are the other inputs', in order
+    mixed = _request(raw_input_contents=[b"\1\0\0\0"])
+    in_region = mixed.inputs.add(name="a", datatype="INT32", shape=[1])
+    in_region.parameters["shared_memory_region"].string_param = "in"
+    in_region.parameters["shared_memory_byte_size"].int64_param = 4
+    in_region.parameters["shared_memory_offset"].int64_param = 8
+    mixed.inputs.add(name="b", datatype="INT32", shape=[1])
+    out = mixed.outputs.add(name="y")
+    out.parameters["shared_memory_region"].string_param = "out"
+    out.parameters["shared_memory_byte_size"].int64_param = 40
+    parsed = grpc_codec.infer_request(mixed, strings.DEFAULT_LIMITS)
+    assert parsed.in_regions == {0: RegionSlice("in", 4, 8)}
+    assert [bytes(t.data) for t in parsed.inputs] == [b"", b"\1\0\0\0"]
+    assert parsed.outputs[0].region == RegionSlice("out", 40)
+
+    both = type(mixed)()
+    both.CopyFrom(mixed)
+    both.raw_input_contents.append(b"\0" * 4)
+    assert "2 entries but there are 1 inputs not in shared memory" in _bad(both)
+
+    out.parameters["classification"].int64_param = 1
+    assert "cannot also be 'classification'" in _bad(mixed)
+
+
+def test_an_output_written_to_a_region_reads_back_as_triton_sends_it() -> None:
+    scores = np.array([[0.5, -1.0]], dtype=np.float32)
+    response = grpc_codec.infer_response(
+        "m", "1", "", [(Tensor("y", "FP32", (1, 2), scores.tobytes()), RegionSlice("out", 64, 16))]
+    )
+    assert list(response.raw_output_contents) == [b""]  # one entry per output, empty for a region's
+    params = grpc_codec.parameters(response.outputs[0].parameters)
+    assert params == {"shared_memory_region": "out", "shared_memory_byte_size": 8, "shared_memory_offset": 16}
 
 
 def test_parameters_timeout_priority_classification_and_the_rest() -> None:
@@ -270,8 +303,8 @@ def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
         "1",
         "req-9",
         [
-            Tensor("output", "FP32", (1, 3), scores.tobytes()),
-            Tensor("top", "BYTES", (1,), labels),
+            (Tensor("output", "FP32", (1, 3), scores.tobytes()), True),
+            (Tensor("top", "BYTES", (1,), labels), True),
         ],
     )
     result = grpcclient.InferResult(service_pb2.ModelInferResponse.FromString(response.SerializeToString()))

@@ -1,0 +1,265 @@
+"""Triton's system shared-memory extension: regions a client on this host registers by name, and the
+tensors it leaves in them or asks for in them (``tritonclient.utils.shared_memory``,
+``register_system_shared_memory``, ``set_shared_memory``).
+
+Off unless the server was started with ``--allow-client-shm`` (Triton's default since 2.60 too): the regions
+are then recorded in one folder of the run directory, one small file per region, so that every gateway
+process and the gRPC server see the same registrations, as Triton's one process does. Each process maps a
+region the first time one of its requests uses it and keeps the mapping until the region's record changes
+or goes (unregistered, or registered again). The client owns the memory: a region is a POSIX shared-memory
+object (``/dev/shm/<key>``) the client created; torchgate never creates, resizes or unlinks one.
+
+Inputs are copied out of a region when a request is parsed (the client may write the region again as soon as
+it has its answer, and what the gateway checked is what the worker computes); outputs are written into their
+region before the answer is sent. Errors read as Triton's, with the HTTP status of their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+import stat
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.codec import RegionSlice
+from gateway.errors import InvalidArgument, NotFound
+
+SHM_ROOT = "/dev/shm"  # where shm_open(3) puts a key's object on Linux
+DISABLED = (
+    "Client shared memory is disabled. Start the server with '--allow-client-shm' to enable "
+    "(torchgate serve --allow-client-shm; TORCHGATE_CLIENT_SHM_DIR for a gateway run by hand)."
+)
+MAX_NAME = 256
+_KEY = re.compile(r"/?[^/\x00]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A registered region: ``byte_size`` bytes from ``offset`` into the shared-memory object ``key``."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the object when it was registered
+
+    def status(self) -> dict[str, Any]:
+        """The region as Triton's status endpoints list it."""
+        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+
+
+def check_registration(name: str, key: Any, offset: Any, byte_size: Any) -> Region:
+    """Return the region a register request describes, or raise (400) naming what is wrong; no I/O."""
+    if not 0 < len(name) <= MAX_NAME:
+        raise InvalidArgument(f"a region's name must be 1 to {MAX_NAME} characters")
+    if key is None:
+        raise InvalidArgument("Shared memory register request has no 'key' field")
+    if byte_size is None:
+        raise InvalidArgument("Shared memory register request has no 'byte_size' field")
+    if not isinstance(key, str) or _KEY.fullmatch(key) is None or key.lstrip("/") in (".", ".."):
+        raise InvalidArgument(
+            f"shared memory key {key!r} is not a POSIX shared-memory name (like '/input_data': one name, "
+            "no other '/')"
+        )
+    for field, value in (("offset", offset), ("byte_size", byte_size)):
+        if type(value) is not int or value < 0:
+            raise InvalidArgument(f"Shared memory register request: '{field}' must be a non-negative integer")
+    if byte_size == 0:
+        raise InvalidArgument(f"failed to register shared memory region '{name}': byte_size must be positive")
+    return Region(name, key, offset, byte_size)
+
+
+def check_slice(region: Region, where: RegionSlice) -> None:
+    """Raise (400) unless ``where`` lies inside ``region``, as Triton words it; no I/O."""
+    if where.offset >= region.byte_size:
+        raise InvalidArgument(f"Invalid offset for shared memory region: '{region.name}'")
+    if where.offset + where.byte_size > region.byte_size:
+        raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{region.name}'")
+
+
+@dataclass(slots=True)
+class _Mapped:
+    stamp: tuple[int, int]  # the record file's (st_ino, st_mtime_ns) when it was mapped
+    region: Region
+    view: memoryview  # the region's bytes; the mapping lives as long as a view of it
+
+
+class ClientRegions:
+    """The registered regions of one server, seen from one process; ``folder`` None: the extension is off."""
+
+    def __init__(self, folder: str | Path | None, shm_root: str = SHM_ROOT) -> None:
+        self.folder = Path(folder) if folder else None
+        self.shm_root = shm_root
+        self._mapped: dict[str, _Mapped] = {}
+        self._seen = 0  # the folder's st_mtime_ns when the mappings were last pruned
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    # -- the status, register and unregister endpoints ----------------------------------------------------
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every registered region, or the one named (404 when there is none)."""
+        if name:
+            region = self._record(name)
+            if region is None:
+                raise NotFound(f"Unable to find system shared memory region: '{name}'")
+            return [region.status()]
+        if self.folder is None:
+            return []
+        regions = (self._read(path) for path in sorted(self.folder.glob("*.json")))
+        return sorted((r.status() for r in regions if r is not None), key=lambda doc: doc["name"])
+
+    def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
+        """Record a region after checking that its object exists and holds it (400 otherwise)."""
+        folder = self._folder()
+        region = check_registration(name, key, offset, byte_size)
+        fd = self._open(region)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if region.offset + region.byte_size > info.st_size:
+            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args")
+        record = {**region.status(), "inode": [info.st_dev, info.st_ino]}
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".register-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(orjson.dumps(record))
+            try:  # link, not rename: a name already taken is refused, never replaced
+                os.link(temporary, self._path(name))
+            except FileExistsError:
+                raise InvalidArgument(f"shared memory region '{name}' already in manager") from None
+        finally:
+            os.unlink(temporary)
+
+    def unregister(self, name: str | None = None) -> None:
+        """Forget the region named, or every region; a name not registered is no error (as in Triton)."""
+        folder = self._folder()
+        paths = [self._path(name)] if name else list(folder.glob("*.json"))
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        with self._lock:
+            self._prune()
+
+    # -- tensors in regions -------------------------------------------------------------------------------
+
+    def read(self, where: RegionSlice, limit: int, tensor: str) -> bytes:
+        """Return a copy of an input's bytes in a region (400 past ``limit`` bytes, the largest body)."""
+        if where.byte_size > limit:
+            raise InvalidArgument(
+                f"{tensor}: shared_memory_byte_size {where.byte_size} is more than the {limit} bytes a "
+                "request may carry"
+            )
+        view = self._view(where)
+        return bytes(view[where.offset : where.offset + where.byte_size])
+
+    def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> None:
+        """Write an output's bytes at the start of its slice of a region (400 when they do not fit)."""
+        view = self._view(where)
+        if len(data) > where.byte_size:
+            raise InvalidArgument(
+                f"shared memory size specified with the request for {tensor} ({where.byte_size} bytes) "
+                f"should be at least {len(data)} bytes to hold the results"
+            )
+        view[where.offset : where.offset + len(data)] = data
+
+    def _view(self, where: RegionSlice) -> memoryview:
+        """The bytes of the region ``where`` names, mapped in this process once per registration."""
+        folder = self._folder()
+        path = self._path(where.region)
+        with self._lock:
+            try:
+                now = os.stat(folder).st_mtime_ns
+                if now != self._seen:
+                    self._seen = now
+                    self._prune()
+                info = os.stat(path)
+            except FileNotFoundError:
+                raise NotFound(f"Unable to find shared memory region: '{where.region}'") from None
+            stamp = (info.st_ino, info.st_mtime_ns)
+            mapped = self._mapped.get(where.region)
+            if mapped is None or mapped.stamp != stamp:
+                region = self._read(path)
+                if region is None:
+                    raise NotFound(f"Unable to find shared memory region: '{where.region}'")
+                mapped = self._mapped[where.region] = _Mapped(stamp, region, self._map(region))
+        check_slice(mapped.region, where)
+        return mapped.view
+
+    def _map(self, region: Region) -> memoryview:
+        fd = self._open(region)
+        try:
+            info = os.fstat(fd)
+            if region.inode != (0, 0) and (info.st_dev, info.st_ino) != region.inode:
+                raise InvalidArgument(
+                    f"the shared memory object '{region.key}' of region '{region.name}' was replaced since "
+                    "the region was registered: register it again"
+                )
+            if region.offset + region.byte_size > info.st_size:
+                raise InvalidArgument(
+                    f"shared memory region '{region.name}': its object '{region.key}' now holds only "
+                    f"{info.st_size} bytes"
+                )
+            start = region.offset - region.offset % mmap.ALLOCATIONGRANULARITY
+            lead = region.offset - start
+            memory = mmap.mmap(fd, lead + region.byte_size, mmap.MAP_SHARED, offset=start)
+        finally:
+            os.close(fd)
+        return memoryview(memory)[lead : lead + region.byte_size]
+
+    def _open(self, region: Region) -> int:
+        path = os.path.join(self.shm_root, region.key.lstrip("/"))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            raise InvalidArgument(f"Unable to open shared memory region: '{region.key}'") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidArgument(f"Invalid shared memory region: '{region.key}'")
+        return fd
+
+    def _prune(self) -> None:
+        """Drop the mappings of regions whose record is gone or changed (the caller holds the lock)."""
+        for name, mapped in list(self._mapped.items()):
+            try:
+                info = os.stat(self._path(name))
+            except FileNotFoundError:
+                info = None
+            if info is None or (info.st_ino, info.st_mtime_ns) != mapped.stamp:
+                del self._mapped[name]  # unmapped once no request still holds a view of it
+
+    # -- the records ---------------------------------------------------------------------------------------
+
+    def _folder(self) -> Path:
+        if self.folder is None:
+            raise InvalidArgument(DISABLED)
+        return self.folder
+
+    def _path(self, name: str) -> Path:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return self._folder() / f"{digest}.json"
+
+    def _record(self, name: str) -> Region | None:
+        return self._read(self._path(name)) if self.folder is not None else None
+
+    @staticmethod
+    def _read(path: Path) -> Region | None:
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        return Region(doc["name"], doc["key"], doc["offset"], doc["byte_size"], tuple(doc["inode"]))
