@@ -251,7 +251,7 @@ def test_classification_that_cannot_be_is_a_400(server: Stack) -> None:
     assert r.status_code == 400 and "'classification' must be a non-negative integer" in r.json()["error"]
 
 
-def test_tritonclient_shared_memory_regions_are_refused_clearly(server: Stack) -> None:
+def test_tritonclient_shared_memory_is_refused_clearly_unless_allowed(server: Stack) -> None:
     x = digits_batch(1)
     in_region = httpclient.InferInput("input", list(x.shape), "FP32")
     in_region.set_shared_memory("input_data", x.nbytes)
@@ -264,10 +264,11 @@ def test_tritonclient_shared_memory_regions_are_refused_clearly(server: Stack) -
             with pytest.raises(InferenceServerException) as info:
                 client.infer("digits", inputs, outputs=outputs)
             assert info.value.status() == "400"
-            assert "shared-memory extension is not supported" in info.value.message()
+            assert "Client shared memory is disabled" in info.value.message()
         with pytest.raises(InferenceServerException) as info:
             client.register_system_shared_memory("input_data", "/input_data", x.nbytes)
-        assert "shared-memory extension is not supported" in info.value.message()
+        assert info.value.status() == "400" and "'--allow-client-shm'" in info.value.message()
+        assert client.get_system_shared_memory_status() == []
 
 
 def test_tritonclient_sees_errors_as_json(server: Stack) -> None:

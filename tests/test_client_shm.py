@@ -1,0 +1,317 @@
+"""Triton's system shared-memory extension (gateway/client_shm.py): regions clients register, tensors read
+from and written to them; first the registry alone on real POSIX shared memory, then under `torchgate serve
+--allow-client-shm` with tritonclient over HTTP and gRPC, across gateway processes and a kill -9."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+from gateway.client_shm import DISABLED, ClientRegions
+from gateway.codec import RegionSlice
+from gateway.errors import InvalidArgument, NotFound
+from harness import Stack, free_port, short_dir
+
+TIMEOUT = 30.0
+
+
+class Objects:
+    """POSIX shared-memory objects a test creates, as a client would; every one unlinked afterwards."""
+
+    def __init__(self) -> None:
+        self.made: list[shared_memory.SharedMemory] = []
+
+    def make(self, size: int) -> shared_memory.SharedMemory:
+        memory = shared_memory.SharedMemory(f"/tg-test-{uuid.uuid4().hex[:12]}", create=True, size=size)
+        self.made.append(memory)
+        return memory
+
+    def close(self) -> None:
+        for memory in self.made:
+            memory.close()
+            try:
+                memory.unlink()
+            except FileNotFoundError:
+                pass
+
+
+@pytest.fixture
+def objects() -> Iterator[Objects]:
+    made = Objects()
+    yield made
+    made.close()
+
+
+def test_register_status_and_unregister_as_triton_words_them(tmp_path: Path, objects: Objects) -> None:
+    regions = ClientRegions(tmp_path)
+    memory = objects.make(4096)
+    regions.register("in", memory.name, 16, 1024)
+    assert regions.status() == [{"name": "in", "key": memory.name, "offset": 16, "byte_size": 1024}]
+    assert regions.status("in") == regions.status()
+    with pytest.raises(InvalidArgument, match="shared memory region 'in' already in manager"):
+        regions.register("in", memory.name, 0, 8)
+    with pytest.raises(InvalidArgument, match="'in2': invalid args"):
+        regions.register("in2", memory.name, 4000, 1024)  # past the end of the object
+    with pytest.raises(InvalidArgument, match="Unable to open shared memory region: '/tg-test-none'"):
+        regions.register("gone", "/tg-test-none", 0, 8)
+    for key in ("/a/b", "../etc/passwd", "/..", ""):
+        with pytest.raises(InvalidArgument, match="is not a POSIX shared-memory name"):
+            regions.register("bad", key, 0, 8)
+    with pytest.raises(InvalidArgument, match="no 'byte_size' field"):
+        regions.register("bad", memory.name, 0, None)
+    with pytest.raises(InvalidArgument, match="'offset' must be a non-negative integer"):
+        regions.register("bad", memory.name, -1, 8)
+    regions.unregister("never registered")  # no error, as in Triton
+    regions.unregister("in")
+    assert regions.status() == []
+    with pytest.raises(NotFound, match="Unable to find system shared memory region: 'in'"):
+        regions.status("in")
+    assert os.listdir(tmp_path) == []  # no record or temporary file left
+
+
+def test_off_unless_allowed(objects: Objects) -> None:
+    regions = ClientRegions(None)
+    assert regions.status() == [] and not regions.enabled
+    for call in (
+        lambda: regions.register("r", objects.make(64).name, 0, 64),
+        lambda: regions.unregister(),
+        lambda: regions.read(RegionSlice("r", 4), 1 << 20, "input 'x'"),
+    ):
+        with pytest.raises(InvalidArgument, match="--allow-client-shm"):
+            call()
+    assert "--allow-client-shm" in DISABLED
+
+
+def test_inputs_are_copied_out_and_outputs_written_in_place(tmp_path: Path, objects: Objects) -> None:
+    regions = ClientRegions(tmp_path)
+    memory = objects.make(8192)
+    memory.buf[5000:5008] = b"abcdefgh"
+    regions.register("r", memory.name, 4096, 4096)  # a region that starts past a page boundary
+    data = regions.read(RegionSlice("r", 8, 904), 1 << 20, "input 'x'")
+    assert data == b"abcdefgh" and isinstance(data, bytes)
+    memory.buf[5000:5008] = b"changed!"
+    assert data == b"abcdefgh"  # a copy: what the gateway checked is what the worker computes
+    regions.write(RegionSlice("r", 16, 100), b"0123456789", "output 'y'")
+    assert bytes(memory.buf[4196:4206]) == b"0123456789"
+    with pytest.raises(InvalidArgument, match=r"for output 'y' \(4 bytes\) should be at least 10 bytes"):
+        regions.write(RegionSlice("r", 4, 0), b"0123456789", "output 'y'")
+    with pytest.raises(InvalidArgument, match="Invalid offset \\+ byte size for shared memory region: 'r'"):
+        regions.read(RegionSlice("r", 8, 4090), 1 << 20, "input 'x'")
+    with pytest.raises(InvalidArgument, match="Invalid offset for shared memory region: 'r'"):
+        regions.read(RegionSlice("r", 1, 4096), 1 << 20, "input 'x'")
+    with pytest.raises(InvalidArgument, match="more than the 1024 bytes a request may carry"):
+        regions.read(RegionSlice("r", 2048), 1024, "input 'x'")
+    with pytest.raises(NotFound, match="Unable to find shared memory region: 'other'"):
+        regions.read(RegionSlice("other", 8), 1 << 20, "input 'x'")
+
+
+def test_every_process_sees_the_same_registrations(tmp_path: Path, objects: Objects) -> None:
+    here, there = ClientRegions(tmp_path), ClientRegions(tmp_path)  # two gateway processes
+    first, second = objects.make(64), objects.make(64)
+    first.buf[:4], second.buf[:4] = b"one!", b"two!"
+    here.register("r", first.name, 0, 64)
+    assert there.read(RegionSlice("r", 4), 64, "input 'x'") == b"one!"
+    here.unregister("r")
+    with pytest.raises(NotFound):
+        there.read(RegionSlice("r", 4), 64, "input 'x'")
+    here.register("r", second.name, 0, 64)  # the same name again, another object: mapped anew
+    assert there.read(RegionSlice("r", 4), 64, "input 'x'") == b"two!"
+    here.unregister()
+    assert there.status() == []
+    with pytest.raises(NotFound):
+        there.read(RegionSlice("r", 4), 64, "input 'x'")
+    assert there._mapped == {}  # its mapping dropped: unmapped once no request holds a view of it
+
+
+def test_an_object_replaced_after_registration_is_refused(tmp_path: Path, objects: Objects) -> None:
+    regions = ClientRegions(tmp_path)
+    memory = objects.make(64)
+    regions.register("r", memory.name, 0, 64)
+    memory.unlink()
+    objects.made.append(shared_memory.SharedMemory(memory.name, create=True, size=64))
+    with pytest.raises(InvalidArgument, match="was replaced since the region was registered"):
+        ClientRegions(tmp_path).read(RegionSlice("r", 4), 64, "input 'x'")
+
+
+def test_a_symbolic_link_or_a_folder_is_no_region(tmp_path: Path) -> None:
+    root = tmp_path / "shm"
+    root.mkdir()
+    (root / "secret").write_bytes(b"x" * 64)
+    (root / "link").symlink_to(root / "secret")
+    (root / "folder").mkdir()
+    regions = ClientRegions(tmp_path / "records", shm_root=str(root))
+    (tmp_path / "records").mkdir()
+    with pytest.raises(InvalidArgument, match="Unable to open shared memory region: '/link'"):
+        regions.register("r", "/link", 0, 8)
+    with pytest.raises(InvalidArgument, match="Unable to open|Invalid shared memory region"):
+        regions.register("r", "/folder", 0, 8)
+
+
+# -- under `torchgate serve --allow-client-shm` -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Stack, int]]:
+    before = set(os.listdir("/dev/shm"))
+    with short_dir() as base:
+        grpc_port = free_port()
+        stack = Stack.at(base)
+        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
+        options += ["--gateway-processes", "2", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
+        with stack.serve(*options, "--allow-client-shm") as d:
+            d.wait_serving(timeout=120)
+            yield d, grpc_port
+    left = {name for name in set(os.listdir("/dev/shm")) - before if not name.startswith("tg-test-")}
+    assert not left, f"torchgate left {left} in /dev/shm"
+
+
+def _digits() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 17, (4, 64)).astype(np.float32)
+
+
+def _expected(url: str, x: np.ndarray) -> np.ndarray:
+    with httpclient.InferenceServerClient(url, network_timeout=TIMEOUT) as client:
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result: np.ndarray = client.infer("digits", [inp]).as_numpy("output")
+        return result
+
+
+@pytest.mark.processes
+def test_tritonclient_passes_tensors_in_shared_memory_over_http_and_grpc(served: tuple[Stack, int]) -> None:
+    stack, grpc_port = served
+    url = stack.url.removeprefix("http://")
+    x = _digits()
+    expected = _expected(url, x)
+    out_bytes = expected.nbytes
+    key = f"/tg-test-{uuid.uuid4().hex[:12]}"
+    in_handle = shm.create_shared_memory_region("in", key + "-in", x.nbytes)
+    out_handle = shm.create_shared_memory_region("out", key + "-out", 64 + 2 * out_bytes)
+    try:
+        shm.set_shared_memory_region(in_handle, [x])
+        http = httpclient.InferenceServerClient(url, network_timeout=TIMEOUT)
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        http.register_system_shared_memory("in", key + "-in", x.nbytes)
+        grpc.register_system_shared_memory("out", key + "-out", 64 + 2 * out_bytes)
+        # registered through either server process, seen by the other
+        assert {r["name"] for r in http.get_system_shared_memory_status()} == {"in", "out"}
+        assert set(grpc.get_system_shared_memory_status().regions) == {"in", "out"}
+
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_shared_memory("in", x.nbytes)
+        out = httpclient.InferRequestedOutput("output")
+        out.set_shared_memory("out", out_bytes, offset=64)
+        result = http.infer("digits", [inp], outputs=[out])
+        assert result.get_output("output")["shape"] == list(expected.shape)
+        got = shm.get_contents_as_numpy(out_handle, np.float32, expected.shape, offset=64)
+        assert np.array_equal(got, expected)
+
+        g_inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        g_inp.set_shared_memory("in", x.nbytes)
+        g_out = grpcclient.InferRequestedOutput("output")
+        g_out.set_shared_memory("out", out_bytes, offset=64 + out_bytes)
+        g_result = grpc.infer("digits", [g_inp], outputs=[g_out], client_timeout=TIMEOUT)
+        assert list(g_result.get_output("output").shape) == list(expected.shape)
+        got = shm.get_contents_as_numpy(out_handle, np.float32, expected.shape, offset=64 + out_bytes)
+        assert np.array_equal(got, expected)
+
+        # plain JSON on a new connection each time, so both gateway processes answer
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {
+                    "name": "output",
+                    "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": out_bytes},
+                }
+            ],
+        }
+        for i in range(6):
+            shm.set_shared_memory_region(out_handle, [np.zeros(expected.shape, np.float32)])
+            response = requests.post(
+                f"{stack.url}/v2/models/digits/infer",
+                json=body,
+                headers={"Connection": "close"},
+                timeout=TIMEOUT,
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()["outputs"][0]
+            assert "data" not in answer
+            assert answer["parameters"] == {
+                "shared_memory_region": "out",
+                "shared_memory_byte_size": out_bytes,
+            }
+            got = shm.get_contents_as_numpy(out_handle, np.float32, expected.shape)
+            assert np.array_equal(got, expected), f"request {i}"
+
+        # a region too small for the output fails that request alone, with a 400
+        small = httpclient.InferRequestedOutput("output")
+        small.set_shared_memory("out", 8)
+        with pytest.raises(InferenceServerException) as info:
+            http.infer("digits", [inp], outputs=[small])
+        assert info.value.status() == "400" and "should be at least" in info.value.message()
+        assert np.array_equal(_expected(url, x), expected)
+
+        # unregistered through gRPC: HTTP no longer finds it, in any process
+        grpc.unregister_system_shared_memory("in")
+        for _ in range(4):
+            response = requests.post(
+                f"{stack.url}/v2/models/digits/infer",
+                json=body,
+                headers={"Connection": "close"},
+                timeout=TIMEOUT,
+            )
+            assert response.status_code == 404
+            assert response.json()["error"] == "Unable to find shared memory region: 'in'"
+        http.unregister_system_shared_memory()
+        assert http.get_system_shared_memory_status() == []
+        http.close()
+        grpc.close()
+    finally:
+        shm.destroy_shared_memory_region(in_handle)
+        shm.destroy_shared_memory_region(out_handle)
+
+
+@pytest.mark.processes
+def test_registrations_outlive_a_gateway_process_killed_with_kill_9(served: tuple[Stack, int]) -> None:
+    stack, _ = served
+    url = stack.url.removeprefix("http://")
+    x = _digits()
+    expected = _expected(url, x)
+    key = f"/tg-test-{uuid.uuid4().hex[:12]}"
+    handle = shm.create_shared_memory_region("both", key, x.nbytes + expected.nbytes)
+    try:
+        shm.set_shared_memory_region(handle, [x])
+        with httpclient.InferenceServerClient(url, network_timeout=TIMEOUT) as http:
+            http.register_system_shared_memory("both", key, x.nbytes + expected.nbytes)
+            stack.kill_gateway_process()
+            stack.wait_ready()
+        with httpclient.InferenceServerClient(url, network_timeout=TIMEOUT) as http:
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_shared_memory("both", x.nbytes)
+            out = httpclient.InferRequestedOutput("output")
+            out.set_shared_memory("both", expected.nbytes, offset=x.nbytes)
+            http.infer("digits", [inp], outputs=[out])
+            got = shm.get_contents_as_numpy(handle, np.float32, expected.shape, offset=x.nbytes)
+            assert np.array_equal(got, expected)
+            http.unregister_system_shared_memory("both")
+    finally:
+        shm.destroy_shared_memory_region(handle)
