@@ -1,5 +1,5 @@
 """What a tensor's size costs each process: ``python -m benchmarks.sizes [--seconds 3] [--sizes
-1K,600K,16M]``.
+1K,600K,16M] [--client-shm]``.
 
 Starts ``torchgate serve`` (1 gateway process, the dispatcher, 1 CPU worker) on an echo model (returns its
 input) and, for each tensor size, sends binary infer requests one after the other on one kept-alive connection
@@ -11,6 +11,10 @@ for ``--seconds``, checking every answer's bytes. It prints, per size:
   REPLY back (p50), against two bare pyzmq hops;
 - staging: the worker's own ``compute_input`` per request (turning the received frames into the batch's input
   tensors; on a GPU, pinned memory and the copy to the device).
+
+With ``--client-shm`` (the server runs with ``--allow-client-shm``) each size also runs as a Triton client on
+this host would with system shared memory: the input and the output in regions the client registered, only a
+small JSON body over HTTP; every answer's bytes are checked in the output region.
 
 Figures are for one request at a time, so each process's CPU is its cost, not a queue's.
 """
@@ -26,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +58,7 @@ def fixed_echo(repository: Path, label: str) -> str:
     return name
 
 
-def start(root: Path, port: int) -> tuple[Launched, Path]:
+def start(root: Path, port: int, client_shm: bool = False) -> tuple[Launched, Path]:
     repository = echo_repository(root / "repo")
     for label in SIZES:
         fixed_echo(repository, label)
@@ -78,6 +84,7 @@ def start(root: Path, port: int) -> tuple[Launched, Path]:
         "1",
         "--worker-threads",
         "1",
+        *(["--allow-client-shm"] if client_shm else []),
     ]
     proc = launch("torchgate", cmd, root / "torchgate.log", f"http://127.0.0.1:{port}", cwd=REPO_ROOT)
     wait_ready(proc, lambda: http_status(proc.url + "/v2/health/ready", timeout=2) == 200, 180)
@@ -114,9 +121,82 @@ def worker_stats(url: str, model: str) -> dict[str, float]:
     return {"count": s["success"]["count"], "input_ns": s["compute_input"]["ns"]}
 
 
+def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    conn.request("POST", path, body=body, headers=headers)
+    response = conn.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: {response.status} {answer[:200]!r}")
+    return answer
+
+
 def http_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) -> dict[str, Any]:
     body, headers = binary_request(array)
     expected = array.tobytes()
+
+    def check(answer: bytes, length: int) -> None:
+        if answer[length:] != expected:
+            raise RuntimeError(f"wrong answer: {answer[:200]!r}")
+
+    return measured(proc, model, body, headers, check, seconds)
+
+
+def client_shm_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) -> dict[str, Any]:
+    """As :func:`http_costs`, with the input and the output in the client's registered shared memory."""
+    regions = {side: shared_memory.SharedMemory(create=True, size=array.nbytes) for side in ("in", "out")}
+    conn = http.client.HTTPConnection(proc.url.split("//")[1], timeout=60)
+    json_headers = {"Content-Type": "application/json"}
+    try:
+        np.ndarray(array.shape, array.dtype, regions["in"].buf)[:] = array
+        for side, memory in regions.items():
+            doc = {"key": f"/{memory.name.lstrip('/')}", "offset": 0, "byte_size": array.nbytes}
+            post(
+                conn, f"/v2/systemsharedmemory/region/{side}/register", json.dumps(doc).encode(), json_headers
+            )
+        where = {"shared_memory_byte_size": array.nbytes}
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [int(array.size)],
+                        "datatype": "FP32",
+                        "parameters": {"shared_memory_region": "in", **where},
+                    }
+                ],
+                "outputs": [{"name": "y", "parameters": {"shared_memory_region": "out", **where}}],
+            }
+        ).encode()
+        expected, out = array.tobytes(), regions["out"].buf
+        assert out is not None
+
+        def check(answer: bytes, length: int) -> None:
+            if out[: len(expected)] != expected:
+                raise RuntimeError(f"wrong bytes in the output region; answer {answer[:200]!r}")
+            out[:8] = b"\0" * 8  # the next answer must write it again
+
+        return measured(proc, model, body, json_headers, check, seconds)
+    finally:
+        try:
+            post(conn, "/v2/systemsharedmemory/unregister", b"", json_headers)
+        finally:
+            conn.close()
+            for memory in regions.values():
+                memory.close()
+                memory.unlink()
+
+
+def measured(
+    proc: Launched,
+    model: str,
+    body: bytes,
+    headers: dict[str, str],
+    check: Callable[[bytes, int], None],
+    seconds: float,
+) -> dict[str, Any]:
+    """Send ``body`` one request at a time on one connection for ``seconds``; ``check`` each answer (and the
+    length of its JSON header); return the round trip p50, the rate, each process's CPU per request and the
+    worker's staging per request."""
     conn = http.client.HTTPConnection(proc.url.split("//")[1], timeout=60)
     times: list[float] = []
     stats0 = worker_stats(proc.url, model)
@@ -127,9 +207,9 @@ def http_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) ->
         response = conn.getresponse()
         answer = response.read()
         times.append(time.perf_counter() - start)
-        length = int(response.getheader("Inference-Header-Content-Length") or 0)
-        if response.status != 200 or answer[length:] != expected:
+        if response.status != 200:
             raise RuntimeError(f"wrong answer: {response.status} {answer[:200]!r}")
+        check(answer, int(response.getheader("Inference-Header-Content-Length") or 0))
     elapsed = time.monotonic() - t0
     after = gpumon.cpu_by_class(proc.tree())
     conn.close()
@@ -185,36 +265,47 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument(
+        "--client-shm",
+        action="store_true",
+        help="also send each size with its input and output in the client's shared memory",
+    )
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="tgsizes-"))
-    proc, run_dir = start(root, free_port())
-    rows = []
+    proc, run_dir = start(root, free_port(), args.client_shm)
+    rows: list[tuple[str, str, dict[str, Any], dict[str, float] | None]] = []
     try:
         for label in args.sizes.split(","):
             array = np.random.default_rng(0).random(SIZES[label] // 4, dtype=np.float32)
             costs = http_costs(proc, f"echo_{label}", array, args.seconds)
             wire = delivery(run_dir, array, args.seconds)
-            rows.append((label, costs, wire))
+            rows.append((label, "binary body", costs, wire))
             print(f"{label}: {costs} {wire}", file=sys.stderr, flush=True)
+            if args.client_shm:
+                costs = client_shm_costs(proc, f"echo_{label}", array, args.seconds)
+                rows.append((label, "client shared memory", costs, None))
+                print(f"{label} in shared memory: {costs}", file=sys.stderr, flush=True)
     finally:
         proc.stop()
         shutil.rmtree(root, ignore_errors=True)
+    flag = " --client-shm" if args.client_shm else ""
     print(
-        f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}` (one "
+        f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}{flag}` (one "
         "request at a time, echo model, binary in and out)\n"
     )
     print(
-        "| tensor | HTTP round trip p50 | gateway CPU / request | dispatcher "
+        "| tensor | tensors travel as | HTTP round trip p50 | gateway CPU / request | dispatcher "
         "CPU / request | worker CPU / request "
         "| worker staging / request | through dispatcher + worker, no HTTP (p50) | bare pyzmq, 2 hops (p50) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, c, w in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, path, c, w in rows:
         cpu = c["cpu_ms"]
+        wire = f"{w['through_ms']:.2f} ms | {w['bare_ms']:.2f} ms" if w else "| "
         print(
-            f"| {label}iB | {c['http_p50_ms']:.2f} ms | {cpu.get('gateway', 0):.2f} ms | "
+            f"| {label}iB | {path} | {c['http_p50_ms']:.2f} ms | {cpu.get('gateway', 0):.2f} ms | "
             f"{cpu.get('dispatcher', 0):.2f} ms | {cpu.get('worker', 0):.2f} ms | {c['staging_ms']:.3f} ms | "
-            f"{w['through_ms']:.2f} ms | {w['bare_ms']:.2f} ms |"
+            f"{wire} |"
         )
     return 0
 

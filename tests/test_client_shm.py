@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,6 +45,11 @@ class Objects:
                 memory.unlink()
             except FileNotFoundError:
                 pass
+
+
+def buf(memory: shared_memory.SharedMemory) -> memoryview:
+    assert memory.buf is not None
+    return memory.buf
 
 
 @pytest.fixture
@@ -96,14 +102,14 @@ def test_off_unless_allowed(objects: Objects) -> None:
 def test_inputs_are_copied_out_and_outputs_written_in_place(tmp_path: Path, objects: Objects) -> None:
     regions = ClientRegions(tmp_path)
     memory = objects.make(8192)
-    memory.buf[5000:5008] = b"abcdefgh"
+    buf(memory)[5000:5008] = b"abcdefgh"
     regions.register("r", memory.name, 4096, 4096)  # a region that starts past a page boundary
     data = regions.read(RegionSlice("r", 8, 904), 1 << 20, "input 'x'")
     assert data == b"abcdefgh" and isinstance(data, bytes)
-    memory.buf[5000:5008] = b"changed!"
+    buf(memory)[5000:5008] = b"changed!"
     assert data == b"abcdefgh"  # a copy: what the gateway checked is what the worker computes
     regions.write(RegionSlice("r", 16, 100), b"0123456789", "output 'y'")
-    assert bytes(memory.buf[4196:4206]) == b"0123456789"
+    assert bytes(buf(memory)[4196:4206]) == b"0123456789"
     with pytest.raises(InvalidArgument, match=r"for output 'y' \(4 bytes\) should be at least 10 bytes"):
         regions.write(RegionSlice("r", 4, 0), b"0123456789", "output 'y'")
     with pytest.raises(InvalidArgument, match="Invalid offset \\+ byte size for shared memory region: 'r'"):
@@ -119,7 +125,7 @@ def test_inputs_are_copied_out_and_outputs_written_in_place(tmp_path: Path, obje
 def test_every_process_sees_the_same_registrations(tmp_path: Path, objects: Objects) -> None:
     here, there = ClientRegions(tmp_path), ClientRegions(tmp_path)  # two gateway processes
     first, second = objects.make(64), objects.make(64)
-    first.buf[:4], second.buf[:4] = b"one!", b"two!"
+    buf(first)[:4], buf(second)[:4] = b"one!", b"two!"
     here.register("r", first.name, 0, 64)
     assert there.read(RegionSlice("r", 4), 64, "input 'x'") == b"one!"
     here.unregister("r")
@@ -228,7 +234,7 @@ def test_tritonclient_passes_tensors_in_shared_memory_over_http_and_grpc(served:
         assert np.array_equal(got, expected)
 
         # plain JSON on a new connection each time, so both gateway processes answer
-        body = {
+        body: dict[str, Any] = {
             "inputs": [
                 {
                     "name": "input",
