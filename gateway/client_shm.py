@@ -170,12 +170,15 @@ class ClientRegions:
     def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> None:
         """Write an output's bytes at the start of its slice of a region (400 when they do not fit)."""
         view = self._view(where)
-        if len(data) > where.byte_size:
+        source = memoryview(data)
+        if source.format != "B":
+            source = source.cast("B")
+        if source.nbytes > where.byte_size:
             raise InvalidArgument(
                 f"shared memory size specified with the request for {tensor} ({where.byte_size} bytes) "
-                f"should be at least {len(data)} bytes to hold the results"
+                f"should be at least {source.nbytes} bytes to hold the results"
             )
-        view[where.offset : where.offset + len(data)] = data
+        view[where.offset : where.offset + source.nbytes] = source
 
     def _view(self, where: RegionSlice) -> memoryview:
         """The bytes of the region ``where`` names, mapped in this process once per registration."""
