@@ -199,35 +199,49 @@ class ClientRegions:
                 region = self._read(path)
                 if region is None:
                     raise NotFound(f"Unable to find shared memory region: '{where.region}'")
+                self._check_object(region)
                 mapped = self._mapped[where.region] = _Mapped(stamp, region, self._map(region))
         check_slice(mapped.region, where)
+        self._check_object(mapped.region)  # at every use: the client may have changed it since
         return mapped.view
+
+    def _check_object(self, region: Region) -> None:
+        """Raise (400) unless the region's object is still the one registered, and still holds the region:
+        touching a mapped page past the end of a shrunk object would kill this process (SIGBUS)."""
+        try:
+            info = os.stat(self._object_path(region), follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != region.inode:
+            raise InvalidArgument(
+                f"the shared memory object '{region.key}' of region '{region.name}' was removed or replaced "
+                "since the region was registered: register it again"
+            )
+        if region.offset + region.byte_size > info.st_size:
+            raise InvalidArgument(
+                f"shared memory region '{region.name}': its object '{region.key}' now holds only "
+                f"{info.st_size} bytes"
+            )
 
     def _map(self, region: Region) -> memoryview:
         fd = self._open(region)
         try:
-            info = os.fstat(fd)
-            if region.inode != (0, 0) and (info.st_dev, info.st_ino) != region.inode:
-                raise InvalidArgument(
-                    f"the shared memory object '{region.key}' of region '{region.name}' was replaced since "
-                    "the region was registered: register it again"
-                )
-            if region.offset + region.byte_size > info.st_size:
-                raise InvalidArgument(
-                    f"shared memory region '{region.name}': its object '{region.key}' now holds only "
-                    f"{info.st_size} bytes"
-                )
             start = region.offset - region.offset % mmap.ALLOCATIONGRANULARITY
             lead = region.offset - start
-            memory = mmap.mmap(fd, lead + region.byte_size, mmap.MAP_SHARED, offset=start)
+            try:
+                memory = mmap.mmap(fd, lead + region.byte_size, mmap.MAP_SHARED, offset=start)
+            except (OSError, ValueError) as exc:  # changed since it was checked, say
+                raise InvalidArgument(f"cannot map shared memory region '{region.name}': {exc}") from None
         finally:
             os.close(fd)
         return memoryview(memory)[lead : lead + region.byte_size]
 
+    def _object_path(self, region: Region) -> str:
+        return os.path.join(self.shm_root, region.key.lstrip("/"))
+
     def _open(self, region: Region) -> int:
-        path = os.path.join(self.shm_root, region.key.lstrip("/"))
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(self._object_path(region), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             raise InvalidArgument(f"Unable to open shared memory region: '{region.key}'") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -140,14 +140,27 @@ def test_every_process_sees_the_same_registrations(tmp_path: Path, objects: Obje
     assert there._mapped == {}  # its mapping dropped: unmapped once no request holds a view of it
 
 
-def test_an_object_replaced_after_registration_is_refused(tmp_path: Path, objects: Objects) -> None:
+def test_an_object_replaced_removed_or_shrunk_after_registration_is_refused(
+    tmp_path: Path, objects: Objects
+) -> None:
     regions = ClientRegions(tmp_path)
-    memory = objects.make(64)
-    regions.register("r", memory.name, 0, 64)
-    memory.unlink()
-    objects.made.append(shared_memory.SharedMemory(memory.name, create=True, size=64))
-    with pytest.raises(InvalidArgument, match="was replaced since the region was registered"):
-        ClientRegions(tmp_path).read(RegionSlice("r", 4), 64, "input 'x'")
+    memory = objects.make(8192)
+    regions.register("r", memory.name, 0, 8192)
+    assert regions.read(RegionSlice("r", 4), 64, "input 'x'") == b"\0" * 4  # mapped here
+    # shrunk: touching the mapping past the object's end would kill the process (SIGBUS); refused instead
+    fd = os.open(f"/dev/shm/{memory.name.lstrip('/')}", os.O_RDWR)
+    os.ftruncate(fd, 4096)
+    os.close(fd)
+    for process in (regions, ClientRegions(tmp_path)):  # mapped before, or mapping now
+        with pytest.raises(InvalidArgument, match="now holds only 4096 bytes"):
+            process.write(RegionSlice("r", 4, 8000), b"boom", "output 'y'")
+    memory.unlink()  # removed: the client's writes would go nowhere the server reads
+    with pytest.raises(InvalidArgument, match="was removed or replaced since the region was registered"):
+        regions.read(RegionSlice("r", 4), 64, "input 'x'")
+    objects.made.append(shared_memory.SharedMemory(memory.name, create=True, size=8192))  # replaced
+    for process in (regions, ClientRegions(tmp_path)):
+        with pytest.raises(InvalidArgument, match="was removed or replaced"):
+            process.read(RegionSlice("r", 4), 64, "input 'x'")
 
 
 def test_a_symbolic_link_or_a_folder_is_no_region(tmp_path: Path) -> None:
