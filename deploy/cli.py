@@ -115,6 +115,18 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "default: no gRPC.",
         ),
         click.option(
+            "--management-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="Also serve TorchServe's management API (/models), and only it, here (TorchServe's: 8081).",
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="Also serve /metrics, and only it, here (TorchServe's is 8082).",
+        ),
+        click.option(
             "--gateway-processes",
             type=click.IntRange(min=1),
             default=None,
@@ -243,6 +255,8 @@ def build_settings(
     gateway_queue: int | None = None,
     model_control: str = "none",
     allow_client_shm: bool = False,
+    management_port: int | None = None,
+    metrics_port: int | None = None,
     gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
     grpc_port: int | None = None,
 ) -> DeploySettings:
@@ -300,6 +314,8 @@ def build_settings(
             shared_models=shared,
             model_control=model_control,
             allow_client_shm=allow_client_shm,
+            management_port=management_port,
+            metrics_port=metrics_port,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -103,10 +103,15 @@ def prepare(s: DeploySettings) -> Path:
         raise ServeError(
             f"{s.host}:{s.port} is already in use (another torchgate?); choose another with --port"
         )
-    if s.grpc_port is not None and port_in_use(s.host, s.grpc_port):
-        raise ServeError(
-            f"{s.host}:{s.grpc_port} is already in use (another torchgate?); choose another with --grpc-port"
-        )
+    for port, option in (
+        (s.grpc_port, "--grpc-port"),
+        (s.management_port, "--management-port"),
+        (s.metrics_port, "--metrics-port"),
+    ):
+        if port is not None and port_in_use(s.host, port):
+            raise ServeError(
+                f"{s.host}:{port} is already in use (another torchgate?); choose another with {option}"
+            )
     s.drain_flag.unlink(missing_ok=True)  # a previous stop's flag: this start is ready again
     path = write_run_dir(s)
     for record in s.client_shm_dir.iterdir():  # a previous run's registrations: a new server knows none
@@ -331,8 +336,10 @@ def serve(
             processes = Supervisor.from_conf(conf, timeout=5.0).processes()
             slots = [n for n in processes if is_worker_slot(n)]
             grpc_up = (processes.get(GRPC_PROGRAM) or {}).get("statename") == RUNNING
+            extra = [f"gRPC {s.grpc_address}"] if grpc_up else []
+            extra += [f"{what} port {port}" for what, port in s.torchserve_ports]
             echo(
-                f"torchgate: serving {s.url}{f' and gRPC {s.grpc_address}' if grpc_up else ''} "
+                f"torchgate: serving {s.url}{''.join(f' and {e}' for e in extra)} "
                 f"({len(slots)} worker slots). "
                 f"Operate: torchgate ctl --run-dir {s.run_dir} status; stop: Ctrl-C"
             )

@@ -88,9 +88,10 @@ class DeploySettings:
     placements: tuple[Placement, ...] = ()  # slots of their own for models with an instance_group
     shared_models: tuple[str, ...] | None = None  # what default slots load; None: `models` (empty: all)
     model_control: str = "none"  # "explicit": the HTTP API may load and unload models
-    allow_client_shm: bool = (
-        False  # clients may register system shared-memory regions (gateway/client_shm.py)
-    )
+    management_port: int | None = None  # TorchServe's management API here too (its 8081), and only it
+    metrics_port: int | None = None  # /metrics here too (TorchServe's 8082), and only it
+    # clients may register system shared-memory regions (gateway/client_shm.py)
+    allow_client_shm: bool = False
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -166,6 +167,12 @@ class DeploySettings:
     @property
     def url(self) -> str:
         return f"http://{self.connect_host}:{self.port}"
+
+    @property
+    def torchserve_ports(self) -> list[tuple[str, int]]:
+        """TorchServe's extra ports the gateway also listens on: ``[("management", 8081), ...]``."""
+        ports = [("management", self.management_port), ("metrics", self.metrics_port)]
+        return [(what, port) for what, port in ports if port is not None]
 
     @property
     def grpc_address(self) -> str | None:
@@ -313,6 +320,14 @@ def _check_settings(s: DeploySettings) -> None:
         raise ValueError(f"grpc_port must be 1 to 65535, got {s.grpc_port}")
     if s.grpc_port == s.port:
         raise ValueError(f"the gRPC port must differ from the HTTP port ({s.port})")
+    ports = [("management", s.management_port), ("metrics", s.metrics_port)]
+    for what, port in ports:
+        if port is not None and not 0 < port <= 65535:
+            raise ValueError(f"the {what} port must be 1 to 65535, got {port}")
+    named = [(w, p) for w, p in [("HTTP", s.port), ("gRPC", s.grpc_port), *ports] if p is not None]
+    if len({p for _, p in named}) != len(named):
+        listed = ", ".join(f"{w} {p}" for w, p in named)
+        raise ValueError(f"the HTTP, gRPC, management and metrics ports must all differ: {listed}")
     if len(set(s.gpus)) != len(s.gpus) or any(g < 0 for g in s.gpus):
         raise ValueError(f"gpus must be distinct non-negative indices, got {list(s.gpus)}")
     if not s.gpus and s.cpu_workers + s.spare_slots == 0 and s.shared_models != ():

@@ -153,14 +153,17 @@ def render_worker(s: DeploySettings, slot: Slot) -> str:
 
 
 def gateway_command(s: DeploySettings) -> list[str]:
+    binds = []
+    for port in (s.port, s.management_port, s.metrics_port):  # TorchServe's ports too, when asked for
+        if port is not None:
+            binds += ["--bind", f"[{s.host}]:{port}" if ":" in s.host else f"{s.host}:{port}"]
     return [
         s.python,
         "-m",
         "gunicorn",
         "--config",
         "python:gateway.gunicorn_conf",  # worker class, timeout, logging, keep-alive; the flags below win
-        "--bind",
-        f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+        *binds,
         "--workers",
         str(s.gateway_processes),
         "--threads",
@@ -193,6 +196,10 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         env["TORCHGATE_AUTH_TOKEN_FILE"] = str(s.auth_token_file)
     if s.grpc_port is not None:  # /metrics counts the gRPC server's requests too, from its own folder
         env["TORCHGATE_GRPC_METRICS_DIR"] = str(s.grpc_metrics_dir)
+    if s.management_port is not None:  # that port answers TorchServe's management API only
+        env["TORCHGATE_MANAGEMENT_PORT"] = str(s.management_port)
+    if s.metrics_port is not None:  # that port answers /metrics only
+        env["TORCHGATE_METRICS_PORT"] = str(s.metrics_port)
     if s.allow_client_shm:  # one folder of registrations for every gateway process and the gRPC server
         env["TORCHGATE_CLIENT_SHM_DIR"] = str(s.client_shm_dir)
     return env

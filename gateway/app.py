@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from gateway import auth, instrument
+from gateway import auth, instrument, torchserve_management
 from gateway.config import GatewayConfig
 from gateway.cors import CorsPolicy
 from gateway.errors import (
@@ -64,6 +64,8 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     if policy.enabled:
         install_cors(app, policy)  # before the token check: a browser's preflight carries no token
     app.before_request(require_token)
+    if config.management_port or config.metrics_port:
+        app.before_request(keep_to_the_port)
     app.register_error_handler(CodedError, on_coded_error)
     app.register_error_handler(HTTPException, on_http_error)
     app.register_error_handler(Exception, on_unexpected)
@@ -97,6 +99,17 @@ def require_token() -> None:
     if token and request.path != LIVENESS:
         if not auth.authorized(request.headers.get("Authorization", ""), token):
             raise Unauthenticated("missing or wrong bearer token")
+
+
+def keep_to_the_port() -> None:
+    """On TorchServe's management or metrics port, answer only that API (404 otherwise, as TorchServe)."""
+    config = current_gateway().config
+    port = request.environ.get("SERVER_PORT", "")
+    why = torchserve_management.port_refusal(
+        int(port) if port.isdigit() else 0, request.endpoint, config.management_port, config.metrics_port
+    )
+    if why is not None:
+        raise NotFound(f"no such endpoint on this port: {request.path} ({why})")
 
 
 def error_response(message: str, code: str, status: int) -> Response:

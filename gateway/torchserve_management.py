@@ -1,8 +1,10 @@
 """TorchServe's management API on the inference port: list and describe models, register and unregister them;
 no I/O.
 
-TorchServe served it on a port of its own (8081); here it shares the port of everything else, with the same
-bearer token. Its documents come from the model repository and the dispatcher's status:
+TorchServe served it on a port of its own (8081) and its metrics on another (8082); here it shares the port of
+everything else, with the same bearer token, and ``torchgate serve --management-port 8081 --metrics-port
+8082`` also serves it, and only it, on TorchServe's ports (:func:`port_refusal`). Its documents come from the
+model repository and the dispatcher's status:
 
 - ``GET /models?limit=&next_page_token=``: ``{"models": [{"modelName", "modelUrl"}], "nextPageToken"}``, names
   sorted, paged as TorchServe pages them (a limit outside 0-100 is 100; ``nextPageToken``, the index of the
@@ -172,3 +174,21 @@ def _integer(raw: str | None, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidArgument(f"parameter {name} must be an integer, not {raw!r}") from None
+
+
+# What each of TorchServe's extra ports answers (the endpoints' names, gateway/routes.py); the inference port
+# answers everything.
+MANAGEMENT_ENDPOINTS = frozenset(
+    f"torchgate.{view}"
+    for view in ("list_models", "register_model", "describe_model", "unregister_model", "scale_workers")
+)
+METRICS_ENDPOINTS = frozenset({"torchgate.metrics"})
+
+
+def port_refusal(port: int, endpoint: str | None, management_port: int, metrics_port: int) -> str | None:
+    """Why a request that arrived on ``port`` for ``endpoint`` is not answered there (a 404), or None."""
+    if port and port == management_port and endpoint not in MANAGEMENT_ENDPOINTS:
+        return "this is the management port: it serves TorchServe's management API (/models) only"
+    if port and port == metrics_port and endpoint not in METRICS_ENDPOINTS:
+        return "this is the metrics port: it serves /metrics only"
+    return None

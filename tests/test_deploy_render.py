@@ -91,6 +91,39 @@ def test_laptop_defaults_render_cpu_slots_and_a_stopped_spare(tmp_path: Path) ->
         assert "--device cpu" in procs[f"worker-cpu-{k}"].command
 
 
+def test_torchserve_ports_and_client_shared_memory_reach_the_gateway(tmp_path: Path) -> None:
+    off = programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))["gateway"]
+    assert shlex.split(off.command).count("--bind") == 1
+    assert not {"TORCHGATE_MANAGEMENT_PORT", "TORCHGATE_METRICS_PORT", "TORCHGATE_CLIENT_SHM_DIR"} & set(
+        off.environment
+    )
+    s = DeploySettings(
+        run_dir=tmp_path / "run",
+        cpu_workers=1,
+        port=8080,
+        management_port=8081,
+        metrics_port=8082,
+        grpc_port=8001,
+        allow_client_shm=True,
+    )
+    procs = programs(realize(s))
+    command = shlex.split(procs["gateway"].command)
+    assert [command[i + 1] for i, word in enumerate(command) if word == "--bind"] == [
+        "127.0.0.1:8080",
+        "127.0.0.1:8081",
+        "127.0.0.1:8082",
+    ]
+    env = procs["gateway"].environment
+    assert env["TORCHGATE_MANAGEMENT_PORT"] == "8081" and env["TORCHGATE_METRICS_PORT"] == "8082"
+    # every gateway process and the gRPC server share one folder of registrations
+    assert env["TORCHGATE_CLIENT_SHM_DIR"] == procs["grpc"].environment["TORCHGATE_CLIENT_SHM_DIR"]
+    assert env["TORCHGATE_CLIENT_SHM_DIR"] == str(s.run_dir / "client-shm")
+    with pytest.raises(ValueError, match="ports must all differ: HTTP 8080, gRPC 8001, management 8080"):
+        DeploySettings(
+            run_dir=tmp_path / "clash", cpu_workers=1, port=8080, grpc_port=8001, management_port=8080
+        )
+
+
 def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> None:
     off = programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
     assert "grpc" not in off and "TORCHGATE_GRPC_METRICS_DIR" not in off["gateway"].environment

@@ -11,7 +11,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.errors import InvalidArgument
-from gateway.torchserve_management import body_parameters, describe, list_models, page, register_target
+from gateway.torchserve_management import (
+    body_parameters,
+    describe,
+    list_models,
+    page,
+    port_refusal,
+    register_target,
+)
 from harness import write_unloadable_model
 from harness.apps import gateway_app
 from inference_worker.protocol import StatusReply
@@ -205,3 +212,36 @@ def test_the_routes_refuse_what_needs_model_control_or_is_done_otherwise_here(cl
     assert client.put("/models/nope?min_worker=3").status_code == 404
     default = client.put("/models/a/1/set-default")
     assert default.status_code == 400 and "highest" in default.get_json()["error"]
+
+
+# -- TorchServe's ports: management (8081) and metrics (8082) answer only their API --------------------------
+
+
+def test_each_torchserve_port_answers_only_its_api() -> None:
+    assert port_refusal(8081, "torchgate.list_models", 8081, 8082) is None
+    assert port_refusal(8082, "torchgate.metrics", 8081, 8082) is None
+    assert port_refusal(8000, "torchgate.infer", 8081, 8082) is None  # the inference port answers everything
+    assert "management port" in (port_refusal(8081, "torchgate.infer", 8081, 8082) or "")
+    assert "metrics port" in (port_refusal(8082, "torchgate.list_models", 8081, 8082) or "")
+    assert "management port" in (port_refusal(8081, None, 8081, 0) or "")  # no such route: still refused
+    assert port_refusal(8081, "torchgate.infer", 0, 0) is None  # no extra ports configured
+
+
+def test_the_app_keeps_each_request_to_its_port(tmp_path: Path) -> None:
+    write_unloadable_model(tmp_path / "repo", "a", [1])
+    app = gateway_app(tmp_path, tmp_path / "repo", management_port=8081, metrics_port=8082)
+    client = app.test_client()
+    try:
+        management, metrics = "http://localhost:8081", "http://localhost:8082"
+        assert client.get("/models", base_url=management).get_json() == {
+            "models": [{"modelName": "a", "modelUrl": "a"}]
+        }
+        refused = client.post("/v2/models/a/infer", base_url=management, json={})
+        assert refused.status_code == 404
+        why = "management port: it serves TorchServe's management API (/models) only"
+        assert why in refused.get_json()["error"]
+        assert client.get("/models", base_url=metrics).status_code == 404
+        assert client.get("/ping", base_url=metrics).status_code == 404
+        assert client.get("/models").status_code == 200  # the inference port keeps everything
+    finally:
+        app.extensions["torchgate"].client.close()
