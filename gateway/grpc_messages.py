@@ -10,6 +10,7 @@ against the descriptors ``tritonclient`` ships.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -325,17 +326,29 @@ METHODS = {
 STREAMING = frozenset({"ModelStreamInfer"})
 
 
-def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    """Return the ``.proto`` file the table describes, as protobuf's own description of it."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="torchgate/grpc_service.proto", package=PACKAGE, syntax="proto3"
-    )
+def file_descriptor(
+    name: str = "torchgate/grpc_service.proto",
+    package: str = PACKAGE,
+    messages: Mapping[str, tuple[tuple[str, int, str], ...]] = MESSAGES,
+    services: Mapping[str, Mapping[str, tuple[str, str]]] | None = None,
+    streaming: Mapping[str, tuple[bool, bool]] | None = None,
+    oneofs: Mapping[str, tuple[str, tuple[str, ...]]] = ONEOFS,
+    enums: Mapping[str, tuple[tuple[str, int], ...]] = ENUMS,
+) -> descriptor_pb2.FileDescriptorProto:
+    """Return the ``.proto`` file a table describes (by default this module's), as protobuf's own description
+    of it: ``services`` maps each service's name to its calls, ``streaming`` a call to whether the client and
+    the server stream."""
+    if services is None:
+        services = {SERVICE.rpartition(".")[2]: METHODS}
+    if streaming is None:
+        streaming = {method: (True, True) for method in STREAMING}
+    proto = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3")
     built: dict[str, descriptor_pb2.DescriptorProto] = {}
-    for full_name, fields in MESSAGES.items():  # parents come before their nested messages
-        parent, _, name = full_name.rpartition(".")
-        message = (built[parent].nested_type if parent else proto.message_type).add(name=name)
+    for full_name, fields in messages.items():  # parents come before their nested messages
+        parent, _, short = full_name.rpartition(".")
+        message = (built[parent].nested_type if parent else proto.message_type).add(name=short)
         built[full_name] = message
-        oneof, members = ONEOFS.get(full_name, ("", ()))
+        oneof, members = oneofs.get(full_name, ("", ()))
         if oneof:
             message.oneof_decl.add(name=oneof)
         for field_name, number, kind in fields:
@@ -343,39 +356,58 @@ def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
             repeated, _, kind = kind.rpartition(" ")
             if repeated == "enum":
                 field.label, field.type = _F.LABEL_OPTIONAL, _F.TYPE_ENUM
-                field.type_name = f".{PACKAGE}.{kind}"
+                field.type_name = f".{package}.{kind}"
                 continue
             if repeated == "map":
                 entry = message.nested_type.add(name=_camel(field_name, upper=True) + "Entry")
                 entry.options.map_entry = True
                 entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-                entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL)
-                entry.field[0].json_name, entry.field[1].json_name = "key", "value"
-                entry.field[1].type_name = f".{PACKAGE}.{kind}"
+                value = entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL)
+                entry.field[0].json_name, value.json_name = "key", "value"
+                if kind in _SCALARS:
+                    value.type = _SCALARS[kind]
+                else:
+                    value.type, value.type_name = _F.TYPE_MESSAGE, f".{package}.{kind}"
                 kind, repeated = f"{full_name}.{entry.name}", "repeated"
             field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
             if kind in _SCALARS:
                 field.type = _SCALARS[kind]
             else:
-                field.type, field.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{kind}"
+                field.type, field.type_name = _F.TYPE_MESSAGE, f".{package}.{kind}"
             if field_name in members:
                 field.oneof_index = 0
-    for full_name, values in ENUMS.items():
-        parent, _, name = full_name.rpartition(".")
-        enum = (built[parent].enum_type if parent else proto.enum_type).add(name=name)
-        for value, number in values:
-            enum.value.add(name=value, number=number)
-    service = proto.service.add(name=SERVICE.rpartition(".")[2])
-    for method, (request, response) in METHODS.items():
-        streaming = method in STREAMING
-        service.method.add(
-            name=method,
-            input_type=f".{PACKAGE}.{request}",
-            output_type=f".{PACKAGE}.{response}",
-            client_streaming=streaming,
-            server_streaming=streaming,
-        )
+    for full_name, values in enums.items():
+        parent, _, short = full_name.rpartition(".")
+        enum = (built[parent].enum_type if parent else proto.enum_type).add(name=short)
+        for value_name, number in values:
+            enum.value.add(name=value_name, number=number)
+    for service_name, methods in services.items():
+        service = proto.service.add(name=service_name)
+        for method, (request, response) in methods.items():
+            client_streams, server_streams = streaming.get(method, (False, False))
+            service.method.add(
+                name=method,
+                input_type=f".{package}.{request}",
+                output_type=f".{package}.{response}",
+                client_streaming=client_streams,
+                server_streaming=server_streams,
+            )
     return proto
+
+
+def message_classes(
+    proto: descriptor_pb2.FileDescriptorProto, names: Iterable[str]
+) -> tuple[descriptor_pool.DescriptorPool, Any, dict[str, Any]]:
+    """Add ``proto`` to a descriptor pool of its own; return the pool, the file's descriptor and the classes
+    of the messages ``names`` (``"ModelInferRequest"``, ``"ModelMetadataResponse.TensorMetadata"``)."""
+    pool = descriptor_pool.DescriptorPool()
+    file = pool.Add(proto)
+    find = pool.FindMessageTypeByName
+    return (
+        pool,
+        file,
+        {name: message_factory.GetMessageClass(find(f"{proto.package}.{name}")) for name in names},
+    )
 
 
 def _camel(name: str, upper: bool = False) -> str:
@@ -384,12 +416,7 @@ def _camel(name: str, upper: bool = False) -> str:
     return head + "".join(w.capitalize() for w in words[1:])
 
 
-POOL = descriptor_pool.DescriptorPool()
-FILE = POOL.Add(file_descriptor())
-CLASSES: dict[str, Any] = {
-    name: message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-    for name in MESSAGES
-}
+POOL, FILE, CLASSES = message_classes(file_descriptor(), MESSAGES)
 
 
 def message(kind: str, /, **fields: Any) -> Any:

@@ -22,7 +22,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -31,8 +30,8 @@ import click
 import grpc
 import orjson
 
-from gateway import afterwork, grpc_codec, grpc_health, heap, multiproc, triton
-from gateway.access_log import log_request, logconfig
+from gateway import afterwork, grpc_codec, grpc_health, heap, multiproc, torchserve_grpc, triton
+from gateway.access_log import logconfig
 from gateway.auth import authorized
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -42,11 +41,12 @@ from gateway.errors import (
     NotFound,
     Unauthenticated,
     describe_unexpected,
-    http_status,
 )
+from gateway.grpc_calls import recorded
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.metrics import multiproc_dir, request_metrics
 from gateway.service import Gateway
+from gateway.torchserve_grpc import TorchServeServicer
 from gateway.trace import RequestTrace
 from gateway.validation import check_inputs
 from inference_worker.errors import CodedError
@@ -187,30 +187,15 @@ class Servicer:
             yield response
 
     def _infer(self, call: str, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
-        """Run one infer request and write its access line, as the HTTP gateway does (the status the same
-        answer has over HTTP)."""
-        trace = RequestTrace.open(request_id)
-        began, status = time.monotonic(), 500
-        try:
-            response = self._run(request, context, trace)
-            status = 200
-            return response
-        except CodedError as exc:
-            status = http_status(exc.code)
-            raise
-        finally:
-            seconds = time.monotonic() - began
-            named = bool(trace.model) or self._name_target(request, trace)
-            log_request("GRPC", f"/{SERVICE}/{call}", status, seconds, trace)
-            if named:  # Triton's inference metrics count every protocol; an unknown model has no series
-                request_metrics().observe_inference(trace.model, trace.version, seconds, status)
-
-    def _name_target(self, request: Any, trace: RequestTrace) -> bool:
-        """Name the model version of a request that failed before it was named (say, a bad shape)."""
-        found = self.gateway.catalog.target(request.model_name, request.model_version or None)
-        if found is not None:
-            trace.model, trace.version = found
-        return found is not None
+        """Run one infer request, with its access line and metrics (:func:`gateway.grpc_calls.recorded`)."""
+        return recorded(
+            self.gateway.catalog,
+            f"/{SERVICE}/{call}",
+            request.model_name,
+            request.model_version or None,
+            request_id,
+            lambda trace: self._run(request, context, trace),
+        )
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
         gateway = self.gateway
@@ -303,6 +288,28 @@ def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.GenericRpcHandler]:
+    """Return TorchServe's services' handlers (:mod:`gateway.torchserve_grpc`): the token checked on every
+    call but Ping, errors answered with their gRPC code."""
+    handlers = []
+    for service, calls in torchserve_grpc.SERVICES.items():
+        methods = {}
+        for name, (request, response, streams) in calls.items():
+            needed = "" if name in torchserve_grpc.NO_TOKEN_NEEDED else token
+            make, guard = (
+                (grpc.unary_stream_rpc_method_handler, _guarded_responses)
+                if streams
+                else (grpc.unary_unary_rpc_method_handler, _guarded)
+            )
+            methods[name] = make(
+                guard(getattr(servicer, name), needed),
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+        handlers.append(grpc.method_handlers_generic_handler(service, methods))
+    return handlers
+
+
 def health_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
     """Return ``grpc.health.v1.Health``'s handler: ``Check`` only, no token (:mod:`gateway.grpc_health`)."""
     return grpc.method_handlers_generic_handler(
@@ -334,6 +341,27 @@ def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Ca
     return guarded
 
 
+def _guarded_responses(
+    call: Callable[[Any, grpc.ServicerContext], Iterator[Any]], token: str
+) -> Callable[..., Iterator[Any]]:
+    """:func:`_guarded` for a call that answers one request with a stream of responses."""
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            if token and not authorized(_metadata(context).get("authorization", ""), token):
+                raise Unauthenticated(NO_TOKEN)
+            yield from call(request, context)
+        except CodedError as exc:
+            context.abort(status_code(exc.code), exc.message)
+        except Exception as exc:  # a bug: its details go to the log only
+            context.abort(grpc.StatusCode.INTERNAL, describe_unexpected(exc, call.__name__))
+        finally:
+            afterwork.run_pending()
+
+    guarded.__name__ = call.__name__
+    return guarded
+
+
 def _guarded_stream(
     call: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], token: str
 ) -> Callable[..., Iterator[Any]]:
@@ -352,7 +380,11 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
     servicer = Servicer(gateway, threads)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchgate-grpc"),
-        handlers=[handler(servicer, gateway.config.auth_token), health_handler(servicer)],
+        handlers=[
+            handler(servicer, gateway.config.auth_token),
+            health_handler(servicer),
+            *torchserve_handlers(TorchServeServicer(gateway), gateway.config.auth_token),
+        ],
         maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),
@@ -411,7 +443,12 @@ def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     server.start()
-    log.info("grpc: serving inference.GRPCInferenceService on %s:%d (%d threads)", host, bound, threads)
+    log.info(
+        "grpc: serving inference.GRPCInferenceService and TorchServe's gRPC APIs on %s:%d (%d threads)",
+        host,
+        bound,
+        threads,
+    )
     server.wait_for_termination()
     log.info("grpc: stopped")
 

@@ -232,17 +232,36 @@ class Gateway:
         """Answer TorchServe's ``/predictions/{m}[/{v}]``: a raw, multipart or JSON body for the only
         input; ``parameters`` (its query string) and a multipart body's other text fields go to the model's
         handler."""
-        model, resolved = self.catalog.get(model_name, version)
+        model = self.single_input_model(model_name, version)
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        data, fields = torchserve.body_data(
+            body, content_type, model.inputs[0].name, self.config.max_body_bytes
+        )
+        return self.predictions_of(model_name, version, data, trace, {**(parameters or {}), **fields})
+
+    def single_input_model(self, model_name: str, version: str | None) -> ModelConfig:
+        """Return the model TorchServe's inference API names, which must have one input."""
+        model, _ = self.catalog.get(model_name, version)
         if len(model.inputs) != 1:
             raise InvalidArgument(
                 f"/predictions needs a model with one input; model {model.name!r} has "
                 f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
             )
-        spec = model.inputs[0]
-        body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        data, fields = torchserve.body_data(body, content_type, spec.name, self.config.max_body_bytes)
-        parameters = {**(parameters or {}), **fields}
-        if spec.datatype == BYTES:
+        return model
+
+    def predictions_of(
+        self,
+        model_name: str,
+        version: str | None,
+        data: bytes | bytearray,
+        trace: RequestTrace,
+        parameters: Parameters,
+    ) -> Any:
+        """Run TorchServe's prediction on ``data`` (the input, taken out of its request); answer as
+        ``/predictions`` does. Shared by HTTP and TorchServe's gRPC API (:mod:`gateway.torchserve_grpc`)."""
+        model = self.single_input_model(model_name, version)
+        resolved = self.catalog.get(model_name, version)[1]
+        if model.inputs[0].datatype == BYTES:
             tensor, whole = bytes_input([bytes(data)], model, self.limits), False
         else:
             with self.parsing(len(data)):

@@ -53,17 +53,22 @@ def body_data(
     for name, value in form.items(multi=True):
         fields.setdefault(name, value)
     parts = {**{name: value.encode("utf-8") for name, value in fields.items()}, **file_parts}
+    chosen = choose_part(parts, set(file_parts), input_name, "the multipart body")
+    return parts[chosen], {name: value for name, value in fields.items() if name != chosen}
+
+
+def choose_part(parts: dict[str, bytes], files: set[str], input_name: str, what: str) -> str:
+    """Return which of a request's named parts is the data: the one named like the model's input, else
+    ``data`` or ``body``, else the only part, else the only file among text fields."""
     chosen = next((name for name in (input_name, *PART_NAMES) if name in parts), None)
     if chosen is None and len(parts) == 1:
         chosen = next(iter(parts))
-    if chosen is None and len(file_parts) == 1:  # one file among text fields: the file is the data
-        chosen = next(iter(file_parts))
+    if chosen is None and len(files) == 1:  # one file among text fields: the file is the data
+        chosen = next(iter(files))
     if chosen is None:
         names = ", ".join(sorted(parts)) or "none"
-        raise InvalidArgument(
-            f"the multipart body has parts {names}; send one part, or name it {input_name!r} or 'data'"
-        )
-    return parts[chosen], {name: value for name, value in fields.items() if name != chosen}
+        raise InvalidArgument(f"{what} has parts {names}; send one part, or name it {input_name!r} or 'data'")
+    return chosen
 
 
 def _in_memory(*_: Any, **__: Any) -> io.BytesIO:
