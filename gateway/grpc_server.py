@@ -5,8 +5,9 @@ the dispatcher and picks the outputs, exactly as for HTTP.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
 ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload and the system
-shared-memory calls (:mod:`gateway.client_shm`). gRPC answers every other call (CUDA shared memory, trace and
-log settings) with UNIMPLEMENTED.
+shared-memory calls (:mod:`gateway.client_shm`); and, on the same port, TorchServe's gRPC APIs
+(:mod:`gateway.torchserve_grpc`). gRPC answers every other call (CUDA shared memory, trace and log settings)
+with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
 bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata. Each
