@@ -565,6 +565,36 @@ def infer_response(
     )
 
 
+def response_encoding(accept_encoding: str | None) -> str | None:
+    """Return ``gzip`` or ``deflate``, whichever ``Accept-Encoding`` names first (and does not refuse with
+    ``q=0``), as Triton picks the encoding of an infer response; None: send it as it is."""
+    for item in (accept_encoding or "").split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        if name in ("gzip", "deflate"):
+            quality = params.strip().lower().replace(" ", "")
+            if quality.startswith("q=") and quality[2:].rstrip("0").rstrip(".") in ("0", ""):
+                continue
+            return name
+    return None
+
+
+def encode_body(body: Body, encoding: str) -> Body:
+    """Return ``body`` compressed with ``encoding`` (gzip, or deflate in zlib's wrapping as HTTP means it);
+    ``Inference-Header-Content-Length`` still counts the uncompressed JSON header, as Triton sends it.
+
+    A body with large binary outputs (past :data:`LARGE_OUTPUTS`) is left as it is, which HTTP allows:
+    tensor bytes barely compress (float32 values by 10%) and cost the gateway ~25 ms of CPU per MiB.
+    """
+    parts = body.data if isinstance(body.data, list) else [body.data]
+    if "Inference-Header-Content-Length" in body.headers and sum(len(p) for p in parts) > LARGE_OUTPUTS:
+        return body
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    encoder = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    data = b"".join([*(encoder.compress(part) for part in parts), encoder.flush()])
+    return Body(data, body.content_type, {**body.headers, "Content-Encoding": encoding})
+
+
 def region_parameters(where: RegionSlice, written: int) -> dict[str, Any]:
     """The parameters of an output written to a shared-memory region: where, and how many bytes."""
     params: dict[str, Any] = {"shared_memory_region": where.region, "shared_memory_byte_size": written}

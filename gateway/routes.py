@@ -337,6 +337,9 @@ def infer(model: str, version: str | None = None) -> Response:
         content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
         header_length=environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"),
     )
+    encoding = codec.response_encoding(environ.get("HTTP_ACCEPT_ENCODING"))
+    if encoding is not None:  # what tritonclient's response_compression_algorithm asks for
+        result = codec.encode_body(result, encoding)
     response = Response(result.data, content_type=result.content_type)
     for name, value in result.headers.items():  # cheaper than headers=: no Headers built to copy from
         response.headers[name] = value

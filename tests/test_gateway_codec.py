@@ -14,12 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.codec import (
+    LARGE_OUTPUTS,
     Tensor,
     decode_content,
+    encode_body,
     infer_response,
     json_array,
     loads,
     parse_infer_request,
+    response_encoding,
     tensor_array,
 )
 from gateway.errors import InvalidArgument, PayloadTooLarge
@@ -405,3 +408,39 @@ def test_fp32_json_round_trip(values: list[float]) -> None:
     assert np.array_equal(
         np.array(out["outputs"][0]["data"], dtype=np.float32), np.array(values, dtype=np.float32)
     )
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        (None, None),
+        ("", None),
+        ("gzip, deflate", "gzip"),  # what requests sends by default
+        ("deflate;q=1.0, gzip", "deflate"),
+        ("GZIP", "gzip"),
+        ("gzip;q=0, deflate", "deflate"),
+        ("gzip; q=0.0", None),
+        ("br, identity", None),
+    ],
+)
+def test_the_response_encoding_is_the_first_one_asked_for(accept: str | None, chosen: str | None) -> None:
+    assert response_encoding(accept) == chosen
+
+
+def test_a_response_is_compressed_unless_it_carries_large_binary_outputs() -> None:
+    y = np.arange(12, dtype=np.float32).reshape(3, 4)
+    as_json = infer_response("m", None, None, [(Tensor("y", "FP32", y.shape, y.tobytes()), False)])
+    zipped = encode_body(as_json, "gzip")
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped.whole()) == as_json.whole()
+    small = infer_response("m", None, None, [(Tensor("y", "FP32", y.shape, y.tobytes()), True)])
+    deflated = encode_body(small, "deflate")
+    assert zlib.decompress(deflated.whole()) == small.whole()
+    # the header length still counts the uncompressed JSON header, as Triton sends it
+    assert (
+        deflated.headers["Inference-Header-Content-Length"]
+        == small.headers["Inference-Header-Content-Length"]
+    )
+    big = np.zeros(LARGE_OUTPUTS, dtype=np.float32)
+    large = infer_response("m", None, None, [(Tensor("y", "FP32", big.shape, big.tobytes()), True)])
+    assert encode_body(large, "gzip") is large  # tensor bytes barely compress: sent as they are

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,9 +184,27 @@ def test_tritonclient_default_outputs_and_gzip(server: Stack, digits: torch.nn.M
         plain = client.infer("digits", [inp])  # no outputs named: the client asks binary_data_output
         zipped = client.infer("digits", [inp], request_compression_algorithm="gzip")
         deflated = client.infer("digits", [inp], request_compression_algorithm="deflate", model_version="1")
+        answers = [  # responses compressed as asked (Accept-Encoding), read back by tritonclient
+            client.infer("digits", [inp], response_compression_algorithm=algorithm)
+            for algorithm in ("gzip", "deflate")
+        ]
     want = reference(digits, x)
-    for result in (plain, zipped, deflated):
+    for result in (plain, zipped, deflated, *answers):
         np.testing.assert_allclose(result.as_numpy("output"), want, rtol=1e-4, atol=1e-4)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 64], "data": x.tolist()}]}
+    for algorithm in ("gzip", "deflate"):
+        raw = requests.post(
+            f"{server.url}/v2/models/digits/infer",
+            json=body,
+            headers={"Accept-Encoding": algorithm},
+            timeout=30,
+            stream=True,
+        )
+        assert raw.headers["Content-Encoding"] == algorithm
+        decoded = gzip.decompress(raw.raw.read()) if algorithm == "gzip" else zlib.decompress(raw.raw.read())
+        np.testing.assert_allclose(
+            json.loads(decoded)["outputs"][0]["data"], want.ravel(), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_tritonclient_fp16_model(server: Stack) -> None:
