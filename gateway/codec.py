@@ -584,7 +584,7 @@ def encode_body(body: Body, encoding: str) -> Body:
     ``Inference-Header-Content-Length`` still counts the uncompressed JSON header, as Triton sends it.
 
     A body with large binary outputs (past :data:`LARGE_OUTPUTS`) is left as it is, which HTTP allows:
-    tensor bytes barely compress (float32 values by 10%) and cost the gateway ~25 ms of CPU per MiB.
+    tensor bytes barely compress (random float32 by 10%) and cost the gateway ~30 ms of CPU per MiB.
     """
     parts = body.data if isinstance(body.data, list) else [body.data]
     if "Inference-Header-Content-Length" in body.headers and sum(len(p) for p in parts) > LARGE_OUTPUTS:
