@@ -38,6 +38,7 @@ DISABLED = (
     "(torchgate serve --allow-client-shm; TORCHGATE_CLIENT_SHM_DIR for a gateway run by hand)."
 )
 MAX_NAME = 256
+MAX_REGIONS = 1024  # registered at once: each costs a record file, and a mapping in each process that uses it
 _KEY = re.compile(r"/?[^/\x00]{1,255}")
 
 
@@ -124,6 +125,11 @@ class ClientRegions:
         """Record a region after checking that its object exists and holds it (400 otherwise)."""
         folder = self._folder()
         region = check_registration(name, key, offset, byte_size)
+        if sum(1 for _ in folder.glob("*.json")) >= MAX_REGIONS:
+            raise InvalidArgument(
+                f"{MAX_REGIONS} shared memory regions are registered, the most a server keeps: "
+                "unregister some"
+            )
         fd = self._open(region)
         try:
             info = os.fstat(fd)

@@ -59,7 +59,9 @@ def objects() -> Iterator[Objects]:
     made.close()
 
 
-def test_register_status_and_unregister_as_triton_words_them(tmp_path: Path, objects: Objects) -> None:
+def test_register_status_and_unregister_as_triton_words_them(
+    tmp_path: Path, objects: Objects, monkeypatch: pytest.MonkeyPatch
+) -> None:
     regions = ClientRegions(tmp_path)
     memory = objects.make(4096)
     regions.register("in", memory.name, 16, 1024)
@@ -78,6 +80,10 @@ def test_register_status_and_unregister_as_triton_words_them(tmp_path: Path, obj
         regions.register("bad", memory.name, 0, None)
     with pytest.raises(InvalidArgument, match="'offset' must be a non-negative integer"):
         regions.register("bad", memory.name, -1, 8)
+    with monkeypatch.context() as patched:
+        patched.setattr("gateway.client_shm.MAX_REGIONS", 1)
+        with pytest.raises(InvalidArgument, match="1 shared memory regions are registered, the most"):
+            regions.register("in3", memory.name, 0, 8)
     regions.unregister("never registered")  # no error, as in Triton
     regions.unregister("in")
     assert regions.status() == []
