@@ -1,12 +1,15 @@
-"""TorchServe's gRPC APIs (gateway/torchserve_grpc.py): the messages byte for byte as TorchServe's .proto
-files lay them out, then a TorchServe client's calls against `torchgate serve --grpc-port`, answered as the
-REST API answers."""
+"""TorchServe's clients against torchgate: its gRPC APIs (gateway/torchserve_grpc.py), the messages byte for
+byte as TorchServe's .proto files lay them out, then its gRPC and REST clients against one `torchgate serve
+--grpc-port --management-port --metrics-port`: answered as the REST API answers, each of TorchServe's extra
+ports answering only its API, as TorchServe's do."""
 
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -71,20 +74,28 @@ def test_the_data_is_the_entry_named_like_the_input_or_data_and_the_rest_are_par
 # -- under `torchgate serve --grpc-port` -------------------------------------------------------------------
 
 
+class Served(NamedTuple):
+    stack: Stack
+    channel: grpc.Channel  # to the gRPC port
+    management: str  # TorchServe's management port's URL
+    metrics: str  # and its metrics port's
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Stack, grpc.Channel]]:
+def served() -> Iterator[Served]:
     with short_dir() as base:
         token_file = base / "token"
         token_file.write_text(TOKEN + "\n")
         token_file.chmod(0o600)
-        port = free_port()
+        port, management, metrics = free_port(), free_port(), free_port()
         stack = Stack.at(base, headers={"Authorization": f"Bearer {TOKEN}"})
         options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
         options += ["--grpc-port", str(port), "--auth-token-file", str(token_file)]
+        options += ["--management-port", str(management), "--metrics-port", str(metrics)]
         with stack.serve(*options) as d:
             d.wait_serving(timeout=120)
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                yield d, channel
+                yield Served(d, channel, f"http://127.0.0.1:{management}", f"http://127.0.0.1:{metrics}")
 
 
 def _call(channel: grpc.Channel, service: str, name: str, request: Any, response: Any, **kw: Any) -> Any:
@@ -103,8 +114,8 @@ def _code(call: Any) -> grpc.StatusCode:
 
 
 @pytest.mark.processes
-def test_a_torchserve_client_pings_predicts_and_manages(served: tuple[Stack, grpc.Channel]) -> None:
-    stack, channel = served
+def test_a_torchserve_grpc_client_pings_predicts_and_manages(served: Served) -> None:
+    stack, channel = served.stack, served.channel
     auth = {"Authorization": f"Bearer {TOKEN}"}
     ping = _call(
         channel, INFERENCE_SERVICE, "Ping", INFERENCE["Empty"](), INFERENCE["TorchServeHealthResponse"]
@@ -206,3 +217,51 @@ def test_a_torchserve_client_pings_predicts_and_manages(served: tuple[Stack, grp
         timeout=TIMEOUT,
         what="an access line for each Predictions answer",
     )
+
+
+@pytest.mark.processes
+def test_a_torchserve_client_finds_management_and_metrics_on_their_ports(served: Served) -> None:
+    stack, management, metrics = served.stack, served.management, served.metrics
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert f"and management port {management.rsplit(':', 1)[1]}" in stack.log()
+    listed = requests.get(f"{management}/models", headers=auth, timeout=TIMEOUT)
+    assert listed.status_code == 200 and listed.json()["models"] == [
+        {"modelName": "digits", "modelUrl": "digits"}
+    ]
+    described = requests.get(f"{management}/models/digits", headers=auth, timeout=TIMEOUT).json()
+    assert described[0]["modelName"] == "digits" and described[0]["workers"]
+
+    sample = {"input": [0.0] * 64}
+    assert (
+        requests.post(f"{stack.url}/predict", json=sample, headers=auth, timeout=TIMEOUT).status_code == 200
+    )
+    scraped = requests.get(f"{metrics}/metrics", headers=auth, timeout=TIMEOUT)
+    assert scraped.status_code == 200
+    assert re.search(r'^ts_inference_requests_total\{[^}]*model_name="digits"', scraped.text, re.MULTILINE)
+
+    # each extra port answers only its API (behind the same token); the inference port answers everything
+    for url, method, path in (
+        (management, "POST", "/predictions/digits"),
+        (management, "GET", "/v2/health/ready"),
+        (management, "GET", "/metrics"),
+        (metrics, "GET", "/models"),
+        (metrics, "GET", "/ping"),
+    ):
+        refused = requests.request(method, f"{url}{path}", json=sample, headers=auth, timeout=TIMEOUT)
+        assert refused.status_code == 404, (url, path)
+        assert "no such endpoint on this port" in refused.json()["error"]
+    assert requests.get(f"{management}/models", timeout=TIMEOUT).status_code == 401
+    for path in ("/models", "/metrics", "/ping"):
+        assert requests.get(f"{stack.url}{path}", headers=auth, timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.processes
+def test_a_taken_management_port_is_named_before_anything_starts() -> None:
+    with short_dir() as base, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = Stack.at(base)
+        done = stack.torchgate("serve", "--port", str(free_port()), "--management-port", str(port))
+        assert done.returncode != 0
+        assert f"127.0.0.1:{port} is already in use" in done.stderr and "--management-port" in done.stderr
