@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from gateway.codec import RegionSlice
-from gateway.errors import InvalidArgument, NotFound
+from gateway.errors import Forbidden, InvalidArgument, NotFound
 
 SHM_ROOT = "/dev/shm"  # where shm_open(3) puts a key's object on Linux
 DISABLED = (
@@ -269,7 +269,7 @@ class ClientRegions:
 
     def _folder(self) -> Path:
         if self.folder is None:
-            raise InvalidArgument(DISABLED)
+            raise Forbidden(DISABLED)
         return self.folder
 
     def _path(self, name: str) -> Path:

@@ -26,7 +26,7 @@ from gateway import (
     worker_metrics,
 )
 from gateway.body import BodyDisconnected, read_body
-from gateway.errors import InvalidArgument
+from gateway.errors import Forbidden, InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
 from gateway.service import CONTROL_BODY, Gateway, reply_room
 from gateway.trace import RequestTrace
@@ -397,7 +397,7 @@ def shared_memory_status(region: str | None = None) -> Response:
 def shared_memory_register(region: str) -> Response:
     regions = current_gateway().regions
     if not regions.enabled:  # refused before the body is read, as Triton does
-        raise InvalidArgument(client_shm.DISABLED)
+        raise Forbidden(client_shm.DISABLED)
     doc = codec.loads(request_body(CONTROL_BODY) or b"{}")
     if not isinstance(doc, dict):
         raise InvalidArgument('the body must be {"key": ..., "offset": ..., "byte_size": ...}')

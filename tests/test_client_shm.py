@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.client_shm import DISABLED, ClientRegions
 from gateway.codec import RegionSlice
-from gateway.errors import InvalidArgument, NotFound
+from gateway.errors import Forbidden, InvalidArgument, NotFound
 from harness import Stack, free_port, short_dir
 
 TIMEOUT = 30.0
@@ -100,7 +100,7 @@ def test_off_unless_allowed(objects: Objects) -> None:
         lambda: regions.unregister(),
         lambda: regions.read(RegionSlice("r", 4), 1 << 20, "input 'x'"),
     ):
-        with pytest.raises(InvalidArgument, match="--allow-client-shm"):
+        with pytest.raises(Forbidden, match="--allow-client-shm"):
             call()
     assert "--allow-client-shm" in DISABLED
 

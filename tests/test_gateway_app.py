@@ -209,7 +209,7 @@ def test_routing_errors_are_json(client: FlaskClient) -> None:
     assert "CUDA shared-memory extension is not supported" in response.get_json()["error"]
     # system shared memory is served, and off unless the server allows it (as Triton's --allow-client-shm)
     response = client.post("/v2/systemsharedmemory/region/r/register", json={"key": "/r", "byte_size": 64})
-    assert response.status_code == 400 and "--allow-client-shm" in response.get_json()["error"]
+    assert response.status_code == 403 and "--allow-client-shm" in response.get_json()["error"]
     assert client.get("/v2/systemsharedmemory/status").get_json() == []
     response = client.get("/v2/models/digits/infer")
     assert (

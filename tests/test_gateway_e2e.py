@@ -282,11 +282,11 @@ def test_tritonclient_shared_memory_is_refused_clearly_unless_allowed(server: St
         for inputs, outputs in (([in_region], None), ([inp], [out_region])):
             with pytest.raises(InferenceServerException) as info:
                 client.infer("digits", inputs, outputs=outputs)
-            assert info.value.status() == "400"
+            assert info.value.status() == "403"
             assert "Client shared memory is disabled" in info.value.message()
         with pytest.raises(InferenceServerException) as info:
             client.register_system_shared_memory("input_data", "/input_data", x.nbytes)
-        assert info.value.status() == "400" and "'--allow-client-shm'" in info.value.message()
+        assert info.value.status() == "403" and "'--allow-client-shm'" in info.value.message()
         assert client.get_system_shared_memory_status() == []
 
 

@@ -629,9 +629,9 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
     assert _status(lambda: client.get_model_metadata("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     shm = grpcclient.InferRequestedOutput("output")
     shm.set_shared_memory("region", 40)
-    assert (
+    assert (  # client shared memory is off unless the server allows it
         _status(lambda: client.infer("digits", _digits(rows), outputs=[shm], headers=BEARER))
-        == "StatusCode.INVALID_ARGUMENT"
+        == "StatusCode.PERMISSION_DENIED"
     )
 
 
@@ -692,10 +692,21 @@ def test_garbage_fails_alone(served: tuple[Stack, int], client: grpcclient.Infer
 @pytest.mark.processes
 def test_a_call_past_its_deadline_fails_alone(client: grpcclient.InferenceServerClient) -> None:
     """A call whose deadline passes at once ends with DEADLINE_EXCEEDED (the server cancels its side) and
-    the next call is served."""
+    the next call is served.
+
+    gRPC keeps deadlines in milliseconds: a 1 us deadline reaches the server as 1 ms, and on a loaded machine
+    the client's own timer can fire after a fast answer arrived (seen: 14 of 200 such calls answered). So
+    several calls: none may fail otherwise, and the deadline must end some."""
     rows = np.array([DIGIT], dtype=np.float32)
-    status = _status(lambda: client.infer("digits", _digits(rows), headers=BEARER, client_timeout=1e-6))
-    assert status == "StatusCode.DEADLINE_EXCEEDED"
+    outcomes = []
+    for _ in range(10):
+        try:
+            client.infer("digits", _digits(rows), headers=BEARER, client_timeout=1e-6)
+            outcomes.append("answered")
+        except InferenceServerException as exc:
+            outcomes.append(str(exc.status()))
+    assert set(outcomes) <= {"StatusCode.DEADLINE_EXCEEDED", "answered"}, outcomes
+    assert "StatusCode.DEADLINE_EXCEEDED" in outcomes
     assert (
         client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT).as_numpy("output")
         is not None
