@@ -37,7 +37,7 @@ from benchmarks.gpu_models import GPU_WORKLOADS, GpuModel, expected_output, gpu_
 from benchmarks.gpu_raw import measure as measure_raw
 from benchmarks.gpu_systems import GPU_SYSTEMS, GpuPlan, GpuSystem, TorchgateGpu
 from benchmarks.load import LoadError, LoadResult, run_wrk, write_script
-from benchmarks.payloads import HttpRequest, decode_output
+from benchmarks.payloads import HttpRequest
 from benchmarks.procs import Launched, StartError, http_call, wait_ready
 from benchmarks.pyload import run_python_load
 from benchmarks.settings import DOCS_DIR, WORK_DIR
@@ -278,7 +278,7 @@ class Bench:
                         raise StartError(
                             f"probe {fmt} answered {status}: {body[:300]!r}; log {proc.log_path}"
                         )
-                    got = decode_output(system.answer_kind, body, headers)
+                    got = system.decode(fmt, body, headers)
                     if got.shape != expected.shape or not np.allclose(
                         got, expected, atol=tolerance, rtol=tolerance
                     ):

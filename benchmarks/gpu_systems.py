@@ -18,9 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.client_regions import ClientRegions
 from benchmarks.gpu_models import GpuModel
 from benchmarks.models import Sample
-from benchmarks.payloads import HttpRequest, oip_binary, oip_json, seed_json
+from benchmarks.payloads import HttpRequest, decode_output, oip_binary, oip_json, seed_json
 from benchmarks.procs import Launched, http_call, http_status, launch
 from benchmarks.settings import REPO_ROOT
 
@@ -79,6 +82,10 @@ class GpuSystem:
     def request(self, model: GpuModel, fmt: str, sample: Sample) -> HttpRequest:
         return seed_json(model.workload, sample, "/predict")
 
+    def decode(self, fmt: str, body: bytes, headers: dict[str, str]) -> np.ndarray:
+        """The first output of the answer to the request :meth:`request` built last."""
+        return decode_output(self.answer_kind, body, headers)
+
     def describe(self, model: GpuModel) -> str:
         raise NotImplementedError
 
@@ -95,12 +102,25 @@ def _missing_modules(modules: tuple[str, ...], extra_path: Path | None = None) -
 
 
 class TorchgateGpu(GpuSystem):
-    """torchgate as ``torchgate serve`` starts it; OIP JSON and Triton binary."""
+    """torchgate as ``torchgate serve`` starts it; OIP JSON, Triton binary, and (``shm``, asked for with
+    ``--formats``) tensors in the client's shared memory (benchmarks/client_regions.py)."""
 
     name = "torchgate"
-    formats = ("binary", "json")
+    formats = ("binary", "json", "shm")
     answer_kind = "oip"
     MODULES = ("flask", "gunicorn", "zmq", "supervisor", "orjson", "msgpack", "werkzeug", "click")
+
+    def __init__(self, plan: GpuPlan) -> None:
+        super().__init__(plan)
+        self.url = ""
+        self.regions: ClientRegions | None = None
+        self.last_output: tuple[str, int] = ("", 0)  # the region and size of the last shm request's output
+
+    def cleanup(self) -> None:
+        if self.regions is not None:
+            self.regions.close()
+            self.regions = None
+        super().cleanup()
 
     def unavailable(self) -> str | None:
         missing = _missing_modules(self.MODULES)
@@ -143,7 +163,9 @@ class TorchgateGpu(GpuSystem):
             str(p.gateway_threads),
             "--ready-timeout",
             str(int(p.ready_timeout_s)),
+            "--allow-client-shm",  # the shm format's regions
         ]
+        self.url = f"http://127.0.0.1:{port}"
         if p.device == "cuda":
             cmd += ["--gpus", "0", "--workers-per-gpu", str(p.workers_per_gpu), "--cpu-workers", "0"]
         else:
@@ -159,8 +181,22 @@ class TorchgateGpu(GpuSystem):
         return http_status(url + "/v2/health/ready", timeout=2) == 200
 
     def request(self, model: GpuModel, fmt: str, sample: Sample) -> HttpRequest:
+        if fmt == "shm":
+            if self.regions is None or self.regions.url != self.url:
+                if self.regions is not None:
+                    self.regions.close()
+                self.regions = ClientRegions(self.url)
+            request, region, size = self.regions.request(model.workload, sample)
+            self.last_output = (region, size)
+            return request
         build = oip_binary if fmt == "binary" else oip_json
         return build(model.workload, sample)
+
+    def decode(self, fmt: str, body: bytes, headers: dict[str, str]) -> np.ndarray:
+        if fmt != "shm" or self.regions is None:
+            return super().decode(fmt, body, headers)
+        region, size = self.last_output
+        return np.frombuffer(self.regions.read(region, size), dtype="<f4")
 
     def describe(self, model: GpuModel) -> str:
         p = self.plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.processes]
 @pytest.mark.processes
 def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> None:
     output = tmp_path / "report.md"
+    before = set(os.listdir("/dev/shm"))
     done = run(
         [
             sys.executable,
@@ -27,6 +29,8 @@ def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> N
             "resnet50",
             "--systems",
             "torchgate,seed",
+            "--formats",
+            "binary,json,shm",  # shm: the client's shared memory, each answer checked in its region
             "--concurrency",
             "2",
             "--duration",
@@ -43,7 +47,13 @@ def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     runs = {(r["system"], r["fmt"]): r for r in results["runs"]}
-    assert set(runs) == {("torchgate", "binary"), ("torchgate", "json"), ("seed", "json")}, results["skipped"]
+    assert set(runs) == {
+        ("torchgate", "binary"),
+        ("torchgate", "json"),
+        ("torchgate", "shm"),
+        ("seed", "json"),
+    }, results["skipped"]
+    assert set(os.listdir("/dev/shm")) <= before  # the benchmark's regions are unlinked
     for one in runs.values():
         assert one["load"]["requests"] > 0 and one["load"]["errors"] == 0, one
     tg = runs[("torchgate", "binary")]
