@@ -37,8 +37,8 @@ measured), logs.tgz (the systems' logs). Commit `docs/benchmarks-gpu.md` from `$
 minutes (two models, three systems, torchgate in two formats, two concurrencies, 10 s per load run, the raw
 model at batch 1 to 64); `GPU_BENCH_ARGS` passes more flags (say `--workers-per-gpu 2`, `--concurrency
 1,64,256`, or `--formats binary,json,shm` for torchgate with the tensors in a local client's shared memory:
-regions registered once per request body, answers of concurrent sends sharing one output region), `GPU_TESTS=0`
-skips the tests.
+regions registered once per request body, answers of concurrent sends sharing one output region),
+`GPU_TESTS=0` skips the tests.
 
 Dry run (not on a GPU: no GPU host has run it yet), 2026-11-30 on the 2-core CPU box: `bash
 benchmarks/gpu_wheelhouse.sh`, then `PYTHON=<venv> OUT=/tmp/h4-out GPU_BENCH_ARGS="--mode cpu" bash
