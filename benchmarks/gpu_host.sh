@@ -63,7 +63,8 @@ limit=$(($(left) - 75))  # room to stop the systems (up to 45 s), then pack the 
 if [ "$limit" -lt 60 ]; then echo "only $limit s left for the benchmark: not started" >&2; exit 3; fi
 # shellcheck disable=SC2086
 timeout --signal=TERM --kill-after=45 "$limit" "$py" -m benchmarks.gpu --mode gpu --output "$out/benchmarks-gpu.md" \
-  --results "$out/results.json" --work-dir "$work" "${lit_args[@]}" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
+  --results "$out/results.json" --work-dir "$work" --formats binary,json,shm "${lit_args[@]}" ${GPU_BENCH_ARGS:-} \
+  2>&1 | tee "$out/bench.log"
 rc=${PIPESTATUS[0]}
 end_under "$work"  # what a benchmark killed mid-stop left running
 tar -czf "$out/logs.tgz" -C "$work" --exclude='*.pt' --exclude='*.pt2' --exclude='*.bin' systems 2>/dev/null
