@@ -33,12 +33,12 @@ bounded to 90 s, what they started ended after), then `python3 -m benchmarks.gpu
 host first and says what is missing), bounded so that the whole script ends within 580 s (`GPU_HOST_SECONDS`).
 `$OUT` gets 7 files: host.txt (nvidia-smi, torch, the tests' verdict), gpu-tests.log, install.log, bench.log,
 benchmarks-gpu.md and results.json (written after each model, and when a run is cut short: it keeps what was
-measured), logs.tgz (the systems' logs). Commit `docs/benchmarks-gpu.md` from `$OUT`. A run should take about 7
-minutes, an estimate: no GPU host has run it yet (two models, three systems, torchgate in three formats: binary, JSON and `shm`, its tensors in a local
-client's shared memory, regions registered once per request body and answers of concurrent sends sharing one
-output region; two concurrencies, 10 s per load run, the raw model at batch 1 to 64); `GPU_BENCH_ARGS` passes
-more flags (say `--workers-per-gpu 2`, `--concurrency 1,64,256`, `--formats binary,json`), `GPU_TESTS=0` skips
-the tests.
+measured), logs.tgz (the systems' logs). Commit `docs/benchmarks-gpu.md` from `$OUT`. A run should take about
+7 minutes, an estimate: no GPU host has run it yet (two models, three systems, torchgate in three formats:
+binary, JSON and `shm`, its tensors in a local client's shared memory, regions registered once per request
+body and answers of concurrent sends sharing one output region; two concurrencies, 10 s per load run, the raw
+model at batch 1 to 64); `GPU_BENCH_ARGS` passes more flags (say `--workers-per-gpu 2`, `--concurrency
+1,64,256`, `--formats binary,json`), `GPU_TESTS=0` skips the tests.
 
 Dry run (not on a GPU: no GPU host has run it yet), 2026-11-30 on the 2-core CPU box: `bash
 benchmarks/gpu_wheelhouse.sh`, then `PYTHON=<venv> OUT=/tmp/h4-out GPU_BENCH_ARGS="--mode cpu" bash
