@@ -164,11 +164,12 @@ class ClientRegions:
     # -- tensors in regions -------------------------------------------------------------------------------
 
     def read(self, where: RegionSlice, limit: int, tensor: str) -> bytes:
-        """Return a copy of an input's bytes in a region (400 past ``limit`` bytes, the largest body)."""
+        """Return a copy of an input's bytes in a region (400 past ``limit`` bytes: what is left of the
+        largest body once the request's other inputs are read)."""
         if where.byte_size > limit:
             raise InvalidArgument(
-                f"{tensor}: shared_memory_byte_size {where.byte_size} is more than the {limit} bytes a "
-                "request may carry"
+                f"{tensor}: shared_memory_byte_size {where.byte_size} is more than the {limit} bytes left "
+                "of what a request may carry"
             )
         view = self._view(where)
         return bytes(view[where.offset : where.offset + where.byte_size])

@@ -120,10 +120,13 @@ class Gateway:
         return infer_response(model.name, answered, request.id, outputs)
 
     def read_regions(self, request: InferRequest) -> None:
-        """Fill in the inputs a client left in its shared-memory regions (:mod:`gateway.client_shm`)."""
+        """Fill in the inputs a client left in its shared-memory regions (:mod:`gateway.client_shm`): at
+        most ``max_body_bytes`` in all, as a body."""
+        room = self.config.max_body_bytes
         for index, where in request.in_regions.items():
             given = request.inputs[index]
-            data = self.regions.read(where, self.config.max_body_bytes, f"input {given.name!r}")
+            data = self.regions.read(where, room, f"input {given.name!r}")
+            room -= len(data)
             request.inputs[index] = Tensor(given.name, given.datatype, given.shape, data)
 
     def run_infer(

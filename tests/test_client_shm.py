@@ -4,6 +4,7 @@ from and written to them; first the registry alone on real POSIX shared memory, 
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from gateway.client_shm import DISABLED, ClientRegions
-from gateway.codec import RegionSlice
+from gateway.codec import RegionSlice, parse_infer_request
 from gateway.errors import Forbidden, InvalidArgument, NotFound
 from harness import Stack, free_port, short_dir
+from harness.apps import gateway_app
 
 TIMEOUT = 30.0
 
@@ -122,10 +124,36 @@ def test_inputs_are_copied_out_and_outputs_written_in_place(tmp_path: Path, obje
         regions.read(RegionSlice("r", 8, 4090), 1 << 20, "input 'x'")
     with pytest.raises(InvalidArgument, match="Invalid offset for shared memory region: 'r'"):
         regions.read(RegionSlice("r", 1, 4096), 1 << 20, "input 'x'")
-    with pytest.raises(InvalidArgument, match="more than the 1024 bytes a request may carry"):
+    with pytest.raises(InvalidArgument, match="more than the 1024 bytes left of what a request may carry"):
         regions.read(RegionSlice("r", 2048), 1024, "input 'x'")
     with pytest.raises(NotFound, match="Unable to find shared memory region: 'other'"):
         regions.read(RegionSlice("other", 8), 1 << 20, "input 'x'")
+
+
+def test_a_requests_inputs_in_regions_are_bounded_together_as_a_body(
+    tmp_path: Path, objects: Objects
+) -> None:
+    app = gateway_app(tmp_path, client_shm_dir=str(tmp_path / "regions"), max_body_bytes=1024)
+    (tmp_path / "regions").mkdir()
+    gateway = app.extensions["torchgate"]
+    try:
+        memory = objects.make(4096)
+        gateway.regions.register("r", memory.name, 0, 4096)
+        shared = {"shared_memory_region": "r", "shared_memory_byte_size": 700}
+        doc = {
+            "inputs": [{"name": n, "datatype": "UINT8", "shape": [700], "parameters": shared} for n in "ab"]
+        }
+        request = parse_infer_request(json.dumps(doc).encode(), None)
+        with pytest.raises(
+            InvalidArgument, match="input 'b': shared_memory_byte_size 700 is more than the 324"
+        ):
+            gateway.read_regions(request)  # 700 + 700 bytes: more than one body may carry
+        del doc["inputs"][1]
+        request = parse_infer_request(json.dumps(doc).encode(), None)
+        gateway.read_regions(request)
+        assert request.inputs[0].data == bytes(700)
+    finally:
+        gateway.client.close()
 
 
 def test_every_process_sees_the_same_registrations(tmp_path: Path, objects: Objects) -> None:
