@@ -163,16 +163,22 @@ class ClientRegions:
 
     # -- tensors in regions -------------------------------------------------------------------------------
 
-    def read(self, where: RegionSlice, limit: int, tensor: str) -> bytes:
-        """Return a copy of an input's bytes in a region (400 past ``limit`` bytes: what is left of the
-        largest body once the request's other inputs are read)."""
+    def read(
+        self, where: RegionSlice, limit: int, tensor: str, into: memoryview | None = None
+    ) -> bytes | memoryview:
+        """Return a copy of an input's bytes in a region: new ``bytes``, or ``into`` once they are copied
+        there (400 past ``limit`` bytes: what is left of the largest body once the request's other inputs
+        are read)."""
         if where.byte_size > limit:
             raise InvalidArgument(
                 f"{tensor}: shared_memory_byte_size {where.byte_size} is more than the {limit} bytes left "
                 "of what a request may carry"
             )
-        view = self._view(where)
-        return bytes(view[where.offset : where.offset + where.byte_size])
+        view = self._view(where)[where.offset : where.offset + where.byte_size]
+        if into is None:
+            return bytes(view)
+        into[:] = view
+        return into
 
     def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> None:
         """Write an output's bytes at the start of its slice of a region (400 when they do not fit)."""

@@ -207,9 +207,13 @@ class Servicer:
         if remaining is not None and remaining < gateway.config.max_timeout:
             left_us = max(1, int(remaining * 1e6))
             infer.timeout_us = min(infer.timeout_us or left_us, left_us)
-        gateway.read_regions(infer)
-        inputs = check_inputs(infer, model, gateway.limits)
-        answered, outputs = gateway.run_infer(model, resolved, version is not None, infer, inputs, trace)
+        lease = gateway.read_regions(infer, model)
+        try:
+            inputs = check_inputs(infer, model, gateway.limits)
+            answered, outputs = gateway.run_infer(model, resolved, version is not None, infer, inputs, trace)
+        finally:
+            if lease is not None:
+                gateway.client.release_body(lease)
         return grpc_codec.infer_response(model.name, answered, infer.id, outputs)
 
     # -- model repository -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import afterwork, kserve_v1, torchserve, torchserve_management
 from gateway.classification import top_classes
-from gateway.client import DispatcherClient, InferReply
+from gateway.client import BodyLease, DispatcherClient, InferReply
 from gateway.client_shm import ClientRegions
 from gateway.codec import (
     Body,
@@ -31,6 +31,7 @@ from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace
 from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
+from inference_worker import shm
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, Parameters, StatusReply
 from inference_worker.repository import ModelConfig
@@ -110,24 +111,45 @@ class Gateway:
             request = parse_infer_request(
                 body, header_length, trace.header_id, self.limits, self.config.max_json_values
             )
-            self.read_regions(request)
+        lease = self.read_regions(request, model)
+        try:
             inputs = (
                 [raw_input(request, model, self.limits)]
                 if request.raw is not None
                 else check_inputs(request, model, self.limits)
             )
-        answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
+            answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
+        finally:
+            if lease is not None:
+                self.client.release_body(lease)
         return infer_response(model.name, answered, request.id, outputs)
 
-    def read_regions(self, request: InferRequest) -> None:
+    def read_regions(self, request: InferRequest, model: ModelConfig) -> BodyLease | None:
         """Fill in the inputs a client left in its shared-memory regions (:mod:`gateway.client_shm`): at
-        most ``max_body_bytes`` in all, as a body."""
-        room = self.config.max_body_bytes
-        for index, where in request.in_regions.items():
-            given = request.inputs[index]
-            data = self.regions.read(where, room, f"input {given.name!r}")
-            room -= len(data)
-            request.inputs[index] = Tensor(given.name, given.datatype, given.shape, data)
+        most ``max_body_bytes`` in all, as a body. Large numeric ones are copied straight into a segment
+        they then travel in (as a binary body is received into one, gateway/body.py): return its lease,
+        which :meth:`DispatcherClient.release_body` gives back once the request is answered."""
+        if not request.in_regions:
+            return None
+        room, lease, at = self.config.max_body_bytes, None, {}
+        wanted = [(i, w) for i, w in request.in_regions.items() if request.inputs[i].datatype != BYTES]
+        end = 0
+        for index, where in wanted:  # each 64-byte aligned, as the worker maps them
+            at[index], end = end, end + -(-where.byte_size // 64) * 64
+        if shm.MIN_BYTES <= end <= room:
+            lease = self.client.lease_body(end, 0, reply_room(model, end))
+        try:
+            for index, where in request.in_regions.items():
+                given = request.inputs[index]
+                into = lease.view[at[index] : at[index] + where.byte_size] if lease and index in at else None
+                data = self.regions.read(where, room, f"input {given.name!r}", into)
+                room -= len(data)
+                request.inputs[index] = Tensor(given.name, given.datatype, given.shape, data)
+        except BaseException:
+            if lease is not None:
+                self.client.release_body(lease)
+            raise
+        return lease
 
     def run_infer(
         self,

@@ -136,6 +136,7 @@ def test_a_requests_inputs_in_regions_are_bounded_together_as_a_body(
     app = gateway_app(tmp_path, client_shm_dir=str(tmp_path / "regions"), max_body_bytes=1024)
     (tmp_path / "regions").mkdir()
     gateway = app.extensions["torchgate"]
+    model = gateway.catalog.get("digits", None)[0]
     try:
         memory = objects.make(4096)
         gateway.regions.register("r", memory.name, 0, 4096)
@@ -147,11 +148,45 @@ def test_a_requests_inputs_in_regions_are_bounded_together_as_a_body(
         with pytest.raises(
             InvalidArgument, match="input 'b': shared_memory_byte_size 700 is more than the 324"
         ):
-            gateway.read_regions(request)  # 700 + 700 bytes: more than one body may carry
+            gateway.read_regions(request, model)  # 700 + 700 bytes: more than one body may carry
         del doc["inputs"][1]
         request = parse_infer_request(json.dumps(doc).encode(), None)
-        gateway.read_regions(request)
+        assert gateway.read_regions(request, model) is None  # small: copied out, no segment
         assert request.inputs[0].data == bytes(700)
+    finally:
+        gateway.client.close()
+
+
+def test_large_inputs_are_copied_straight_into_the_segment_they_travel_in(
+    tmp_path: Path, objects: Objects
+) -> None:
+    app = gateway_app(tmp_path, client_shm_dir=str(tmp_path / "regions"))
+    (tmp_path / "regions").mkdir()
+    gateway = app.extensions["torchgate"]
+    model = gateway.catalog.get("digits", None)[0]
+    try:
+        memory = objects.make(1 << 20)
+        buf(memory)[:8] = b"12345678"
+        gateway.regions.register("r", memory.name, 0, 1 << 20)
+        doc = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [1024, 64],
+                    "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 1024 * 64 * 4},
+                }
+            ]
+        }
+        request = parse_infer_request(json.dumps(doc).encode(), None)
+        lease = gateway.read_regions(request, model)
+        assert lease is not None
+        data = request.inputs[0].data
+        assert isinstance(data, memoryview) and data.obj is lease.segment.memory  # no copy of its own
+        assert bytes(data[:8]) == b"12345678"
+        buf(memory)[:8] = b"changed!"
+        assert bytes(data[:8]) == b"12345678"  # still a copy of what the client had
+        gateway.client.release_body(lease)
     finally:
         gateway.client.close()
 
