@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,9 @@ class _Call:
     request_id: str
     priority: int
     parameters: protocol.Parameters
+    # outputs (by name) that, answered in the request's segment, are handed straight to a function (which
+    # copies them where they go and returns what stands for their data) instead of being copied out
+    sinks: Mapping[str, Callable[[memoryview], memoryview]] | None = None
 
     def frames(
         self, call_id: str, version: str | None, segment: tuple[shm.Segment, dict[str, Any]] | None
@@ -231,15 +234,19 @@ class DispatcherClient:
         priority: int = 0,
         reply_bytes: int = 0,
         parameters: protocol.Parameters | None = None,
+        sinks: Mapping[str, Callable[[memoryview], memoryview]] | None = None,
     ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`CodedError` for every failure.
 
         ``deadline`` is in unix seconds; ``version`` None or "" runs the default version. Large inputs
         travel in a shared-memory segment (:mod:`inference_worker.shm`) when the dispatcher is on this host,
         with room for ``reply_bytes`` of outputs; only the header crosses the dispatcher. ``parameters`` go
-        to the model's handler.
+        to the model's handler. An output named in ``sinks`` that comes back in the segment is given to its
+        function, a view of the segment, rather than copied out (a client's shared-memory region takes it).
         """
-        call = _Call(model, version, tensors, outputs, deadline, request_id, priority, parameters or {})
+        call = _Call(
+            model, version, tensors, outputs, deadline, request_id, priority, parameters or {}, sinks
+        )
         with self._lock:
             alone = self._in_flight == 0
             self._in_flight += 1
@@ -399,7 +406,7 @@ class DispatcherClient:
             if message.id != call_id:
                 continue  # a late answer to an earlier request of this thread, or to its status query
             if isinstance(message, protocol.Reply):
-                return _reply(message, segment[0] if segment else None)
+                return _reply(message, segment[0] if segment else None, call.sinks)
             if isinstance(message, protocol.Error):
                 if segment is not None and message.message.startswith(shm.REFUSED):
                     log.warning(
@@ -482,7 +489,7 @@ class DispatcherClient:
             if message.id != call_id:
                 continue  # a late answer to an earlier request of this thread
             if isinstance(message, protocol.Reply):
-                return _reply(message, segment[0] if segment else None), False
+                return _reply(message, segment[0] if segment else None, call.sinks), False
             if message.code is protocol.ErrorCode.DECLINED:
                 return None, False
             if segment is not None and message.message.startswith(shm.REFUSED):
@@ -559,7 +566,11 @@ class _SharedMemoryRefused(Exception):
     """A worker could not map the request's segment: send it again in frames."""
 
 
-def _reply(message: protocol.Reply, segment: shm.Segment | None = None) -> InferReply:
+def _reply(
+    message: protocol.Reply,
+    segment: shm.Segment | None = None,
+    sinks: Mapping[str, Callable[[memoryview], memoryview]] | None = None,
+) -> InferReply:
     outputs = [Tensor(meta.name, meta.datatype, meta.shape, buf) for meta, buf in message.outputs]
     placed = message.shm_outputs
     if placed is not None:
@@ -570,13 +581,13 @@ def _reply(message: protocol.Reply, segment: shm.Segment | None = None) -> Infer
         except ProtocolError as exc:
             raise Unavailable(f"malformed answer from the worker: {exc}") from None
         view = memoryview(segment.memory)
-        # Copied out: the segment serves the next request as soon as this one is answered.
-        outputs += [
-            Tensor(
-                p.meta.name, p.meta.datatype, p.meta.shape, bytes(view[p.offset : p.offset + p.meta.nbytes])
+        sinks = sinks or {}
+        for p in tensors:  # copied out: the segment serves the next request as soon as this one is answered
+            data = view[p.offset : p.offset + p.meta.nbytes]
+            sink = sinks.get(p.meta.name)
+            outputs.append(
+                Tensor(p.meta.name, p.meta.datatype, p.meta.shape, sink(data) if sink else bytes(data))
             )
-            for p in tensors
-        ]
     return InferReply(message.model, message.version, message.worker, outputs, message.stats)
 
 

@@ -180,8 +180,9 @@ class ClientRegions:
         into[:] = view
         return into
 
-    def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> None:
-        """Write an output's bytes at the start of its slice of a region (400 when they do not fit)."""
+    def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> memoryview:
+        """Write an output's bytes at the start of its slice of a region (400 when they do not fit); return
+        where they now are."""
         view = self._view(where)
         source = memoryview(data)
         if source.format != "B":
@@ -191,7 +192,9 @@ class ClientRegions:
                 f"shared memory size specified with the request for {tensor} ({where.byte_size} bytes) "
                 f"should be at least {source.nbytes} bytes to hold the results"
             )
-        view[where.offset : where.offset + source.nbytes] = source
+        written = view[where.offset : where.offset + source.nbytes]
+        written[:] = source
+        return written
 
     def _view(self, where: RegionSlice) -> memoryview:
         """The bytes of the region ``where`` names, mapped in this process once per registration."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 from gateway import afterwork, kserve_v1, torchserve, torchserve_management
@@ -17,6 +18,7 @@ from gateway.codec import (
     Body,
     InferRequest,
     Placement,
+    RegionSlice,
     Tensor,
     decode_content,
     handler_parameters,
@@ -167,6 +169,12 @@ class Gateway:
         plan = output_plan(request, model)
         trace.begin(model, resolved, inputs, request.id)
         names = [p.name for p in plan]
+        # outputs for a client's regions go there straight from the segment they come back in
+        sinks: dict[str, Callable[[memoryview], memoryview]] = {}
+        written: set[str] = set()
+        for planned in plan:
+            if planned.region is not None:
+                sinks[planned.name] = partial(self._into_region, planned.name, planned.region, written)
         reply = self.client.infer(
             model.name,
             resolved if pinned else None,
@@ -177,18 +185,26 @@ class Gateway:
             request.priority,
             reply_bytes=reply_bytes(model, inputs),
             parameters=request.parameters,
+            sinks=sinks,
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         answers: list[tuple[Tensor, Placement]] = []
         for tensor, planned in zip(_pick(reply, names), plan, strict=True):
             if planned.region is not None:
-                self.regions.write(planned.region, tensor.data, f"output {tensor.name!r}")
+                if tensor.name not in written:  # it came in frames
+                    self.regions.write(planned.region, tensor.data, f"output {tensor.name!r}")
                 answers.append((tensor, planned.region))
             elif planned.classes:
                 answers.append((self._classes(tensor, planned.classes, model), planned.binary))
             else:
                 answers.append((tensor, planned.binary))
         return reply.version or None, answers
+
+    def _into_region(self, name: str, where: RegionSlice, written: set[str], data: memoryview) -> memoryview:
+        """Write an output into the client's region it is asked in; note it ``written``."""
+        placed = self.regions.write(where, data, f"output {name!r}")
+        written.add(name)
+        return placed
 
     def _classes(self, tensor: Tensor, count: int, model: ModelConfig) -> Tensor:
         """Return an output's top ``count`` classes (Triton's classification extension), with its labels."""

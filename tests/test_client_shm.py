@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.client_shm import DISABLED, ClientRegions
 from gateway.codec import RegionSlice, parse_infer_request
 from gateway.errors import Forbidden, InvalidArgument, NotFound
-from harness import Stack, free_port, short_dir
+from harness import Stack, copy_digits, free_port, short_dir, write_python_model
 from harness.apps import gateway_app
 
 TIMEOUT = 30.0
@@ -249,14 +249,31 @@ def test_a_symbolic_link_or_a_folder_is_no_region(tmp_path: Path) -> None:
 # -- under `torchgate serve --allow-client-shm` -------------------------------------------------------------
 
 
+DOUBLE = """
+import torch
+
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+def build():
+    return Double()
+"""
+WIDE = 32768  # the double model's samples: 128 KiB each, past the 64 KiB from which tensors take segments
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[Stack, int]]:
     before = set(os.listdir("/dev/shm"))
     with short_dir() as base:
         grpc_port = free_port()
-        stack = Stack.at(base)
+        repository = base / "repo"
+        copy_digits(repository)
+        write_python_model(repository, "double", DOUBLE, {}, width=WIDE, out=WIDE)
+        stack = Stack.at(base, repository)
         options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
         options += ["--gateway-processes", "2", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
+        options += ["--model-repository", str(repository)]
         with stack.serve(*options, "--allow-client-shm") as d:
             d.wait_serving(timeout=120)
             yield d, grpc_port
@@ -403,3 +420,61 @@ def test_registrations_outlive_a_gateway_process_killed_with_kill_9(served: tupl
             http.unregister_system_shared_memory("both")
     finally:
         shm.destroy_shared_memory_region(handle)
+
+
+@pytest.mark.processes
+def test_large_tensors_go_between_regions_and_segments_and_come_back_right(served: tuple[Stack, int]) -> None:
+    """Inputs past 64 KiB are copied from the client's region into the segment they travel in, and outputs
+    from the segment they come back in straight into the client's region: every byte checked, over HTTP and
+    gRPC, with requests at once."""
+    stack, grpc_port = served
+    url = stack.url.removeprefix("http://")
+    rows = [np.random.default_rng(seed).random((2, WIDE), dtype=np.float32) for seed in range(4)]
+    key = f"/tg-test-{uuid.uuid4().hex[:12]}"
+    size = rows[0].nbytes
+    handles = [shm.create_shared_memory_region(f"big-{i}", f"{key}-{i}", 2 * size) for i in range(4)]
+    try:
+        with httpclient.InferenceServerClient(url, network_timeout=TIMEOUT, concurrency=4) as http:
+            for i, (handle, x) in enumerate(zip(handles, rows, strict=True)):
+                shm.set_shared_memory_region(handle, [x])
+                http.register_system_shared_memory(f"big-{i}", f"{key}-{i}", 2 * size)
+
+            def send(i: int) -> Any:
+                inp = httpclient.InferInput("x", [2, WIDE], "FP32")
+                inp.set_shared_memory(f"big-{i}", size)
+                out = httpclient.InferRequestedOutput("y")
+                out.set_shared_memory(f"big-{i}", size, offset=size)
+                return http.async_infer("double", [inp], outputs=[out])
+
+            def answer(i: int) -> np.ndarray:
+                return shm.get_contents_as_numpy(handles[i], np.float32, [2, WIDE], offset=size)
+
+            for pending in [send(i) for i in range(4)]:  # four at once
+                pending.get_result(timeout=TIMEOUT)
+            for i, x in enumerate(rows):
+                assert np.array_equal(answer(i), x * 2)
+            grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            shm.set_shared_memory_region(handles[0], [np.zeros((2, WIDE), np.float32)], offset=size)
+            inp = grpcclient.InferInput("x", [2, WIDE], "FP32")
+            inp.set_shared_memory("big-0", size)
+            out = grpcclient.InferRequestedOutput("y")
+            out.set_shared_memory("big-0", size, offset=size)
+            grpc.infer("double", [inp], outputs=[out], client_timeout=TIMEOUT)
+            got = shm.get_contents_as_numpy(handles[0], np.float32, [2, WIDE], offset=size)
+            assert np.array_equal(got, rows[0] * 2)
+            grpc.close()
+            # an output region too small for a large output: that request alone fails, with a 400
+            small = httpclient.InferRequestedOutput("y")
+            small.set_shared_memory("big-1", 1024)
+            inp = httpclient.InferInput("x", [2, WIDE], "FP32")
+            inp.set_shared_memory("big-1", size)
+            with pytest.raises(InferenceServerException) as info:
+                http.infer("double", [inp], outputs=[small])
+            assert info.value.status() == "400" and "should be at least" in info.value.message()
+            shm.set_shared_memory_region(handles[2], [np.zeros((2, WIDE), np.float32)], offset=size)
+            send(2).get_result(timeout=TIMEOUT)
+            assert np.array_equal(answer(2), rows[2] * 2)
+            http.unregister_system_shared_memory()
+    finally:
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
