@@ -301,13 +301,9 @@ def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.G
         methods = {}
         for name, (request, response, streams) in calls.items():
             needed = "" if name in torchserve_grpc.NO_TOKEN_NEEDED else token
-            make, guard = (
-                (grpc.unary_stream_rpc_method_handler, _guarded_responses)
-                if streams
-                else (grpc.unary_unary_rpc_method_handler, _guarded)
-            )
-            methods[name] = make(
-                guard(getattr(servicer, name), needed),
+            make = grpc.unary_stream_rpc_method_handler if streams else grpc.unary_unary_rpc_method_handler
+            methods[name] = make(  # a streaming call answers in full before it returns its responses
+                _guarded(getattr(servicer, name), needed),
                 request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
@@ -335,27 +331,6 @@ def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Ca
             if token and not authorized(_metadata(context).get("authorization", ""), token):
                 raise Unauthenticated(NO_TOKEN)
             return call(request, context)
-        except CodedError as exc:
-            context.abort(status_code(exc.code), exc.message)
-        except Exception as exc:  # a bug: its details go to the log only
-            context.abort(grpc.StatusCode.INTERNAL, describe_unexpected(exc, call.__name__))
-        finally:
-            afterwork.run_pending()
-
-    guarded.__name__ = call.__name__
-    return guarded
-
-
-def _guarded_responses(
-    call: Callable[[Any, grpc.ServicerContext], Iterator[Any]], token: str
-) -> Callable[..., Iterator[Any]]:
-    """:func:`_guarded` for a call that answers one request with a stream of responses."""
-
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            if token and not authorized(_metadata(context).get("authorization", ""), token):
-                raise Unauthenticated(NO_TOKEN)
-            yield from call(request, context)
         except CodedError as exc:
             context.abort(status_code(exc.code), exc.message)
         except Exception as exc:  # a bug: its details go to the log only

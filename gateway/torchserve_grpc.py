@@ -20,6 +20,7 @@ configured, every call but ``Ping`` needs ``authorization: Bearer <token>`` meta
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -183,8 +184,9 @@ class TorchServeServicer:
         path = f"/{INFERENCE_SERVICE}/Predictions"
         return recorded(self.gateway.catalog, path, request.model_name, version, None, run)
 
-    def StreamPredictions(self, request: Any, context: grpc.ServicerContext) -> Any:
-        yield self.Predictions(request, context)
+    def StreamPredictions(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """One response: no model here streams (its errors are raised here, before any response)."""
+        return iter([self.Predictions(request, context)])
 
     # -- management -----------------------------------------------------------------------------------
 

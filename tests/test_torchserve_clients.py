@@ -136,6 +136,10 @@ def test_a_torchserve_grpc_client_pings_predicts_and_manages(served: Served) -> 
     )
     responses = list(streamed(request, timeout=TIMEOUT, metadata=BEARER))
     assert [json.loads(r.prediction) for r in responses] == [rest.json()]
+    nowhere = INFERENCE["PredictionsRequest"](model_name="nope", input={"data": sample})
+    with pytest.raises(grpc.RpcError) as caught:
+        list(streamed(nowhere, timeout=TIMEOUT, metadata=BEARER))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     listed = _call(
         channel,
