@@ -253,8 +253,7 @@ def parse_infer_request(
         raise InvalidArgument(f"'inputs' must be a list of 1 to {MAX_TENSORS} tensors")
     inputs, offset, in_regions = [], 0, {}
     for i, raw in enumerate(raw_inputs):
-        tensor, used = _input(raw, i, binary, offset, limits)
-        where = region_slice(_parameters(raw.get("parameters"), ""), f"input {tensor.name!r}")
+        tensor, used, where = _input(raw, i, binary, offset, limits)
         if where is not None:
             in_regions[i] = where
         inputs.append(tensor)
@@ -346,8 +345,9 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
 
 def _input(
     raw: Any, index: int, binary: memoryview, offset: int, limits: StringLimits = DEFAULT_LIMITS
-) -> tuple[Tensor, int]:
-    """Parse ``inputs[index]``; return the tensor and how many binary bytes it took."""
+) -> tuple[Tensor, int, RegionSlice | None]:
+    """Parse ``inputs[index]``; return the tensor, how many binary bytes it took and, for one whose bytes
+    are in a client's shared-memory region (:mod:`gateway.client_shm`), where (its data then empty)."""
     if not isinstance(raw, dict):
         raise InvalidArgument(f"inputs[{index}] must be a JSON object")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
@@ -368,12 +368,13 @@ def _input(
         )
     shape_t = tuple(shape)
     params = _parameters(raw.get("parameters"), f"input {name!r}")
-    if "shared_memory_region" in params:  # its bytes are read from the region (gateway.client_shm)
+    where = region_slice(params, f"input {name!r}")
+    if where is not None:
         if "data" in raw or "binary_data_size" in params:
             raise InvalidArgument(
                 f"input {name!r}: set only one of 'data', 'binary_data_size' and 'shared_memory_region'"
             )
-        return Tensor(name, datatype, shape_t, b""), 0
+        return Tensor(name, datatype, shape_t, b""), 0, where
     size = params.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -390,7 +391,7 @@ def _input(
                 f"input {name!r}: binary_data_size {size} runs past the end of the body "
                 f"({len(binary) - offset} bytes left)"
             )
-        return Tensor(name, datatype, shape_t, binary[offset : offset + size]), size
+        return Tensor(name, datatype, shape_t, binary[offset : offset + size]), size, None
     if "data" not in raw:
         raise InvalidArgument(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     if datatype in JSON_UNSUPPORTED:
@@ -398,8 +399,8 @@ def _input(
             f"input {name!r}: {datatype} data must be sent as binary (binary_data_size), not JSON"
         )
     if datatype == BYTES:
-        return Tensor(name, datatype, shape_t, strings_to_bytes(name, shape_t, raw["data"], limits)), 0
-    return Tensor(name, datatype, shape_t, json_to_bytes(name, datatype, shape_t, raw["data"])), 0
+        return Tensor(name, datatype, shape_t, strings_to_bytes(name, shape_t, raw["data"], limits)), 0, None
+    return Tensor(name, datatype, shape_t, json_to_bytes(name, datatype, shape_t, raw["data"])), 0, None
 
 
 def strings_to_bytes(name: str, shape: tuple[int, ...], data: Any, limits: StringLimits) -> bytes:

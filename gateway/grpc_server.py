@@ -207,13 +207,9 @@ class Servicer:
         if remaining is not None and remaining < gateway.config.max_timeout:
             left_us = max(1, int(remaining * 1e6))
             infer.timeout_us = min(infer.timeout_us or left_us, left_us)
-        lease = gateway.read_regions(infer, model)
-        try:
+        with gateway.regions_read(infer, model):
             inputs = check_inputs(infer, model, gateway.limits)
             answered, outputs = gateway.run_infer(model, resolved, version is not None, infer, inputs, trace)
-        finally:
-            if lease is not None:
-                gateway.client.release_body(lease)
         return grpc_codec.infer_response(model.name, answered, infer.id, outputs)
 
     # -- model repository -------------------------------------------------------------------------------

@@ -113,18 +113,26 @@ class Gateway:
             request = parse_infer_request(
                 body, header_length, trace.header_id, self.limits, self.config.max_json_values
             )
-        lease = self.read_regions(request, model)
-        try:
+        with self.regions_read(request, model):
             inputs = (
                 [raw_input(request, model, self.limits)]
                 if request.raw is not None
                 else check_inputs(request, model, self.limits)
             )
             answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
+        return infer_response(model.name, answered, request.id, outputs)
+
+    @contextmanager
+    def regions_read(self, request: InferRequest, model: ModelConfig) -> Iterator[None]:
+        """Within it, the inputs a client left in its shared-memory regions are in the request (see
+        :meth:`read_regions`); the segment they were copied into is given back when it ends, unless the
+        request took it over."""
+        lease = self.read_regions(request, model)
+        try:
+            yield
         finally:
             if lease is not None:
                 self.client.release_body(lease)
-        return infer_response(model.name, answered, request.id, outputs)
 
     def read_regions(self, request: InferRequest, model: ModelConfig) -> BodyLease | None:
         """Fill in the inputs a client left in its shared-memory regions (:mod:`gateway.client_shm`): at
