@@ -224,6 +224,14 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "(Triton's extension and flag; off by default, as in Triton).",
         ),
         click.option(
+            "--trace-config",
+            "trace_config",
+            multiple=True,
+            metavar="[triton,]SETTING=VALUE",
+            help="Trace requests as Triton does (its flag and values): triton,file=PATH turns tracing on; "
+            "level=TIMESTAMPS, rate=N, count=N, triton,log-frequency=N. Changed live at /v2/trace/setting.",
+        ),
+        click.option(
             "--auth-token-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
@@ -255,6 +263,7 @@ def build_settings(
     gateway_queue: int | None = None,
     model_control: str = "none",
     allow_client_shm: bool = False,
+    trace_config: tuple[str, ...] = (),
     management_port: int | None = None,
     metrics_port: int | None = None,
     gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
@@ -314,6 +323,7 @@ def build_settings(
             shared_models=shared,
             model_control=model_control,
             allow_client_shm=allow_client_shm,
+            trace_config=trace_config,
             management_port=management_port,
             metrics_port=metrics_port,
         )

@@ -9,6 +9,7 @@ Files are written under a fresh random name (``O_CREAT|O_EXCL|O_NOFOLLOW``) and 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import secrets
 import stat
@@ -20,6 +21,7 @@ from deploy.supervisor_conf import Credentials, render_supervisord_conf
 PRIVATE = 0o700
 # conf.d/ always holds this file, so supervisord's include glob matches something (else a WARN line at start).
 CONF_D_README = "README.conf"
+TRACE_SETTINGS = "settings.json"  # gateway/tracing.py reads it
 
 
 class RunDirError(RuntimeError):
@@ -55,7 +57,7 @@ def check_owned(path: Path, what: str = "run directory") -> bool:
 def check_run_dir(s: DeploySettings) -> None:
     """Refuse a run directory, or any folder of it, that is not this user's own (see :func:`check_owned`)."""
     check_owned(s.run_dir)
-    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir, s.client_shm_dir):
+    for folder in s.folders():
         check_owned(folder, f"run directory folder {folder.name}/ of")
     if s.conf_d.is_dir():
         for entry in s.conf_d.iterdir():
@@ -68,7 +70,7 @@ def prepare_run_dir(s: DeploySettings) -> None:
     only."""
     check_run_dir(s)
     s.run_dir.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
-    for folder in (s.log_dir, s.conf_d, s.sockets_dir, s.metrics_dir, s.grpc_metrics_dir, s.client_shm_dir):
+    for folder in s.folders():
         folder.mkdir(mode=PRIVATE, exist_ok=True)
     check_run_dir(s)  # again: nothing may have been swapped in between
     os.chmod(s.sockets_dir, PRIVATE)  # ours (checked): also when it existed with a looser mode
@@ -102,6 +104,11 @@ def write_run_dir(s: DeploySettings) -> Path:
     prepare_run_dir(s)
     write_atomically(s.conf_path, render_supervisord_conf(s, control_credentials(s)))
     write_atomically(s.settings_path, s.to_json())
+    trace = s.trace_document()  # a start's trace settings: what a previous run changed is gone
+    if trace is None:
+        (s.trace_dir / TRACE_SETTINGS).unlink(missing_ok=True)
+    else:
+        write_atomically(s.trace_dir / TRACE_SETTINGS, json.dumps(trace))
     return s.conf_path
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.placement import Placement
+from gateway import trace_settings
+from inference_worker.errors import CodedError
 
 # Defaults, each chosen for a two-core laptop without a GPU; every one has a command-line option.
 DEFAULT_HOST = "127.0.0.1"
@@ -92,6 +94,8 @@ class DeploySettings:
     metrics_port: int | None = None  # /metrics here too (TorchServe's 8082), and only it
     # clients may register system shared-memory regions (gateway/client_shm.py)
     allow_client_shm: bool = False
+    # Triton's --trace-config values (gateway/trace_settings.py): a trace file turns request tracing on
+    trace_config: tuple[str, ...] = ()
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -102,6 +106,7 @@ class DeploySettings:
         object.__setattr__(self, "gpus", tuple(self.gpus))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "placements", tuple(self.placements))
+        object.__setattr__(self, "trace_config", tuple(self.trace_config))
         if self.shared_models is not None:
             object.__setattr__(self, "shared_models", tuple(self.shared_models))
         _check_settings(self)
@@ -130,6 +135,30 @@ class DeploySettings:
     @property
     def grpc_metrics_dir(self) -> Path:
         return self.run_dir / "metrics-grpc"
+
+    def folders(self) -> tuple[Path, ...]:
+        """Return the run directory's folders."""
+        return (
+            self.log_dir,
+            self.conf_d,
+            self.sockets_dir,
+            self.metrics_dir,
+            self.grpc_metrics_dir,
+            self.client_shm_dir,
+            self.trace_dir,
+        )
+
+    @property
+    def trace_dir(self) -> Path:
+        """Where the trace settings every gateway process shares are kept (written anew at every start)."""
+        return self.run_dir / "trace"
+
+    def trace_document(self) -> dict[str, Any] | None:
+        """Return the trace settings a start writes (gateway/tracing.py), or None when nothing is traced."""
+        trace_file, settings = trace_settings.parse_cli(self.trace_config)
+        if not trace_file:
+            return None
+        return trace_settings.new_document(str(Path(trace_file).absolute()), settings)
 
     @property
     def client_shm_dir(self) -> Path:
@@ -236,6 +265,7 @@ class DeploySettings:
         raw["gpus"] = tuple(raw.get("gpus", ()))
         raw["models"] = tuple(raw.get("models", ()))
         raw["placements"] = tuple(Placement(**p) for p in raw.get("placements", ()))
+        raw["trace_config"] = tuple(raw.get("trace_config", ()))
         return cls(**raw)
 
     @classmethod
@@ -290,6 +320,10 @@ def available_cores() -> int:
 
 
 def _check_settings(s: DeploySettings) -> None:
+    try:
+        trace_settings.parse_cli(s.trace_config)
+    except CodedError as exc:
+        raise ValueError(exc.message) from None
     positive = {
         "port": s.port,
         "gateway_processes": s.gateway_processes,

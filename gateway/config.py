@@ -72,6 +72,9 @@ class GatewayConfig:
     # Folder where clients' system shared-memory regions are registered (Triton's extension,
     # gateway/client_shm.py), shared by every gateway process of a server; empty: the extension is off.
     client_shm_dir: str = ""
+    # Folder of the trace settings every gateway process of a server shares (Triton's trace extension,
+    # gateway/tracing.py; `torchgate serve --trace-config` writes them); empty: nothing is traced.
+    trace_dir: str = ""
     # TorchServe's management port (8081) and metrics port (8082), when the gateway also listens there: each
     # answers only its API (the management endpoints, /metrics); 0: none.
     management_port: int = 0

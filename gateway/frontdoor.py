@@ -49,6 +49,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import error_body
 from gateway.framing import RequestFramer, State
 from gateway.sockets import sendall_vectored
+from gateway.trace import RECEIVED_KEY
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -189,6 +190,7 @@ class Reading:
     opened: float  # monotonic time the wait for this request began
     buf: bytearray = field(default_factory=bytearray)
     body_started: float | None = None
+    arrived: float | None = None  # monotonic time its first bytes were read (a trace's HTTP_RECV_START)
     continued: bool = False  # we sent "100 Continue"
     reserved: int = 0  # bytes of the body budget held for this request
 
@@ -352,6 +354,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
             else:
                 self._close(conn)
             return
+        if reading.arrived is None:
+            reading.arrived = time.monotonic()
         reading.buf += data
         self._advance(conn, reading)
 
@@ -453,6 +457,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
             )
             environ["wsgi.multithread"] = True
             environ[afterwork.ENVIRON_KEY] = True  # its bookkeeping waits for a thread's idle moment
+            environ[RECEIVED_KEY] = getattr(conn, "received", None)
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
@@ -510,6 +515,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
             afterwork.run_pending()  # no next request yet: the answered ones' bookkeeping, while waiting
             if wait <= afterwork.GRACE or not _readable(conn.sock, wait - afterwork.GRACE, wake):
                 return False
+        reading.arrived = time.monotonic()
         try:  # the socket stays blocking: MSG_DONTWAIT reads without a mode switch
             while reading.framer.feed(reading.buf) not in (State.COMPLETE, State.ERROR):
                 data = conn.sock.recv(self._recv_size(reading), socket.MSG_DONTWAIT)
@@ -646,6 +652,7 @@ def _load(conn: TConn, reading: Reading) -> None:
     """Hand ``reading``'s complete request to the connection's parser; keep any bytes past it for later."""
     framer, buf = reading.framer, reading.buf
     end = framer.end
+    conn.received = (reading.arrived or reading.opened, time.monotonic())  # for a trace (gateway.tracing)
     conn.pending = bytes(buf[end:])
     conn.reserved = reading.reserved  # held until the request is answered
     reading.reserved = 0

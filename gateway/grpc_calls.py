@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.access_log import log_request
 from gateway.errors import http_status
 from gateway.metrics import request_metrics
-from gateway.models import ModelCatalog
 from gateway.trace import RequestTrace
+from gateway.trace_settings import entries
 from inference_worker.errors import CodedError
+
+if TYPE_CHECKING:
+    from gateway.service import Gateway
 
 
 def recorded(
-    catalog: ModelCatalog,
+    gateway: Gateway,
     path: str,
     model: str,
     version: str | None,
@@ -28,6 +31,7 @@ def recorded(
     answer has over HTTP) and count it in the inference metrics under the model version it named."""
     trace = RequestTrace.open(request_id)
     began, status = time.monotonic(), 500
+    began_ns = time.monotonic_ns()
     try:
         answer = run(trace)
         status = 200
@@ -38,9 +42,17 @@ def recorded(
     finally:
         seconds = time.monotonic() - began
         if not trace.model:  # failed before it was routed (say, a bad shape): name what it asked for
-            found = catalog.target(model, version)
+            found = gateway.catalog.target(model, version)
             if found is not None:
                 trace.model, trace.version = found
         log_request("GRPC", path, status, seconds, trace)
         if trace.model:  # Triton's inference metrics count every protocol; an unknown model has no series
             request_metrics().observe_inference(trace.model, trace.version, seconds, status)
+        if (
+            trace.stamps is not None and gateway.tracing is not None
+        ):  # the message was read when the call began
+            trace.stamp("GRPC_WAITREAD_END", began_ns)
+            trace.stamp("GRPC_SEND_START")
+            gateway.tracing.write(
+                entries(trace.trace_id, trace.model, trace.version, trace.request_id, trace.stamps)
+            )

@@ -247,6 +247,13 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
     "SystemSharedMemoryRegisterResponse": (),
     "SystemSharedMemoryUnregisterRequest": (("name", 1, "string"),),
     "SystemSharedMemoryUnregisterResponse": (),
+    "TraceSettingRequest": (
+        ("settings", 1, "map TraceSettingRequest.SettingValue"),
+        ("model_name", 2, "string"),
+    ),
+    "TraceSettingRequest.SettingValue": (("value", 1, "repeated string"),),
+    "TraceSettingResponse": (("settings", 1, "map TraceSettingResponse.SettingValue"),),
+    "TraceSettingResponse.SettingValue": (("value", 1, "repeated string"),),
 }
 PARTIAL = frozenset(
     {
@@ -298,7 +305,7 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 
 # The calls served: name -> (request message, response message); those in STREAMING take a stream of requests
-# and give a stream of responses. Any other (CUDA shared memory, trace and log settings) is answered
+# and give a stream of responses. Any other (CUDA shared memory, log settings) is answered
 # UNIMPLEMENTED by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
@@ -322,6 +329,7 @@ METHODS = {
         "SystemSharedMemoryUnregisterRequest",
         "SystemSharedMemoryUnregisterResponse",
     ),
+    "TraceSetting": ("TraceSettingRequest", "TraceSettingResponse"),
 }
 STREAMING = frozenset({"ModelStreamInfer"})
 

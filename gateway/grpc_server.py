@@ -190,7 +190,7 @@ class Servicer:
     def _infer(self, call: str, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
         """Run one infer request, with its access line and metrics (:func:`gateway.grpc_calls.recorded`)."""
         return recorded(
-            self.gateway.catalog,
+            self.gateway,
             f"/{SERVICE}/{call}",
             request.model_name,
             request.model_version or None,
@@ -246,6 +246,17 @@ class Servicer:
     def SystemSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.gateway.regions.unregister(request.name or None)
         return message("SystemSharedMemoryUnregisterResponse")
+
+    # -- trace settings (gateway/tracing.py) -----------------------------------------------------------
+
+    def TraceSetting(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Change (an empty value: clear) and return trace settings, as /v2[/models/M]/trace/setting does."""
+        update = {key: list(entry.value) or None for key, entry in request.settings.items()}
+        settings = self.gateway.trace_setting(request.model_name or None, update or None)
+        response = message("TraceSettingResponse")
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
 
 
 def _stream_error(request: Any, error: str) -> Any:

@@ -6,6 +6,7 @@ deferred (:mod:`gateway.afterwork`) until a request thread waits anyway, off the
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from flask import Flask, Response, g, request
 from flask.globals import request_ctx
@@ -14,7 +15,9 @@ from gateway import afterwork
 from gateway.access_log import log_request
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
-from gateway.trace import RequestTrace
+from gateway.trace import RECEIVED_KEY, RequestTrace
+from gateway.trace_settings import entries
+from gateway.tracing import Tracing
 
 
 def install(app: Flask) -> None:
@@ -37,6 +40,8 @@ def close_trace(response: Response) -> Response:
     response.headers["X-Request-ID"] = trace.request_id
     seconds = trace.elapsed()
     req = request_ctx.request  # one context lookup, not one per attribute
+    if trace.stamps is not None:
+        _trace_http(trace, req.environ, response)
     rule = req.url_rule
     inference = req.endpoint in INFER_ENDPOINTS
     if inference and not trace.model:
@@ -66,6 +71,29 @@ def account(
     if inference and trace.model:
         metrics.observe_inference(trace.model, trace.version, seconds, status)
     log_request(method, path, status, seconds, trace)
+
+
+def _trace_http(trace: RequestTrace, environ: dict[str, Any], response: Response) -> None:
+    """Add a traced request's HTTP times (Triton's names) and write its trace once the answer is sent."""
+    received = environ.get(RECEIVED_KEY)  # the front door read it whole before a thread took it
+    first, last = received if received is not None else (trace.started, trace.started)
+    trace.stamp("HTTP_RECV_START", int(first * 1e9))
+    trace.stamp("HTTP_RECV_END", int(last * 1e9))
+    trace.stamp("HTTP_SEND_START")
+    tracing = current_gateway().tracing
+    if tracing is not None:
+        response.call_on_close(partial(_sent, tracing, trace, environ))
+
+
+def _sent(tracing: Tracing, trace: RequestTrace, environ: dict[str, Any]) -> None:
+    trace.stamp("HTTP_SEND_END")
+    afterwork.defer_or_run(environ, partial(write_trace, tracing, trace))
+
+
+def write_trace(tracing: Tracing, trace: RequestTrace) -> None:
+    """Write a traced request's entries to the trace file (gateway.tracing)."""
+    assert trace.stamps is not None
+    tracing.write(entries(trace.trace_id, trace.model, trace.version, trace.request_id, trace.stamps))
 
 
 def _name_target(trace: RequestTrace) -> None:

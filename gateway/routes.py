@@ -412,6 +412,22 @@ def shared_memory_unregister(region: str | None = None) -> Response:
     return json_response({})
 
 
+# -- Triton's trace extension (gateway/tracing.py) -------------------------------------------------------
+
+
+@routes.get("/v2/trace/setting")
+@routes.get("/v2/models/<model>/trace/setting")
+def trace_setting(model: str | None = None) -> Response:
+    return json_response(current_gateway().trace_setting(model))
+
+
+@routes.post("/v2/trace/setting")
+@routes.post("/v2/models/<model>/trace/setting")
+def trace_update(model: str | None = None) -> Response:
+    doc = codec.loads(request_body(CONTROL_BODY) or b"{}")
+    return json_response(current_gateway().trace_setting(model, doc))
+
+
 # -- documents ------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
-from gateway import afterwork, kserve_v1, torchserve, torchserve_management
+from gateway import afterwork, kserve_v1, torchserve, torchserve_management, trace_settings
 from gateway.classification import top_classes
 from gateway.client import BodyLease, DispatcherClient, InferReply
 from gateway.client_shm import ClientRegions
@@ -31,6 +31,7 @@ from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
 from gateway.trace import RequestTrace
+from gateway.tracing import Tracing
 from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
 from inference_worker import shm
@@ -67,6 +68,7 @@ class Gateway:
         )
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
         self.regions = ClientRegions(config.client_shm_dir or None)
+        self.tracing = Tracing(config.trace_dir) if config.trace_dir else None
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
 
     def parsing(self, size: int) -> AbstractContextManager[None]:
@@ -161,6 +163,19 @@ class Gateway:
             raise
         return lease
 
+    def begin(
+        self,
+        trace: RequestTrace,
+        model: ModelConfig,
+        version: str,
+        tensors: list[Tensor],
+        body_id: str | None = None,
+    ) -> None:
+        """Name the request's model version and batch in its ``trace``; choose whether it is traced."""
+        trace.begin(model, version, tensors, body_id)
+        if self.tracing is not None and (trace_id := self.tracing.sample(model.name)):
+            trace.start_timeline(trace_id)
+
     def run_infer(
         self,
         model: ModelConfig,
@@ -175,7 +190,7 @@ class Gateway:
         binary data or not, or the client's shared-memory region it was written to. Shared by every
         transport of the protocol (HTTP here, :mod:`gateway.grpc_server`)."""
         plan = output_plan(request, model)
-        trace.begin(model, resolved, inputs, request.id)
+        self.begin(trace, model, resolved, inputs, request.id)
         names = [p.name for p in plan]
         # outputs for a client's regions go there straight from the segment they come back in
         sinks: dict[str, Callable[[memoryview], memoryview]] = {}
@@ -243,7 +258,7 @@ class Gateway:
         resolved = self.catalog.get(model.name, version)[1] if version else None
         with self.parsing(len(body)):
             tensor, whole = predict_input(doc["input"], model, self.limits)
-        trace.begin(model, resolved or self.catalog.get(model.name)[1], [tensor])
+        self.begin(trace, model, resolved or self.catalog.get(model.name)[1], [tensor])
         reply = self.client.infer(
             model.name, resolved, [tensor], [], self.deadline(None), trace.request_id, parameters=parameters
         )
@@ -261,7 +276,7 @@ class Gateway:
             tensor, count = kserve_v1.instances_input(
                 loads(body, self.config.max_json_values), model, self.limits
             )
-        trace.begin(model, resolved, [tensor])
+        self.begin(trace, model, resolved, [tensor])
         reply = self.client.infer(model.name, None, [tensor], [], self.deadline(None), trace.request_id)
         trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, [s.name for s in model.outputs])
@@ -315,7 +330,7 @@ class Gateway:
         else:
             with self.parsing(len(data)):
                 tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)
-        trace.begin(model, resolved, [tensor])
+        self.begin(trace, model, resolved, [tensor])
         reply = self.client.infer(
             model.name,
             resolved if version else None,
@@ -454,6 +469,18 @@ class Gateway:
             raise NotFound(f"Model not found: {model.name} (already unregistered)")
         self.control("unload", model.name)
         return f'Model "{model.name}" unregistered'
+
+    def trace_setting(self, model: str | None, update: Any = None) -> dict[str, Any]:
+        """Answer Triton's trace setting request for ``model`` (or the server): change the settings with
+        ``update`` (a POST's body), then return them."""
+        name = self.catalog.get(model)[0].name if model else ""
+        if self.tracing is None:
+            if update:
+                raise InvalidArgument(trace_settings.NO_FILE)
+            return trace_settings.response(trace_settings.new_document(""), name)
+        if update is not None:
+            return self.tracing.update(name, update)
+        return self.tracing.setting(name)
 
     def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
         """Return Triton's statistics document for every model, one model, or one of its versions."""

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.codec import Tensor
+from gateway.trace_settings import worker_stamps
 from inference_worker.repository import ModelConfig
 
+RECEIVED_KEY = (
+    "torchgate.received"  # in a WSGI environ: (monotonic) when the request's first and last bytes came
+)
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII without spaces: safe in a header and a log
 
 
@@ -68,6 +72,8 @@ class RequestTrace:
     answered: bool = False  # whether a worker answered it
     worker: str = ""
     batch_size: int = 0  # the size of the batch the worker ran it in
+    trace_id: int = 0  # traced (Triton's trace extension, gateway/tracing.py): its id there, and its times
+    stamps: list[tuple[str, int]] | None = None
 
     @classmethod
     def open(cls, header: str | None) -> RequestTrace:
@@ -89,8 +95,21 @@ class RequestTrace:
         else:
             self.samples = 1
 
+    def start_timeline(self, trace_id: int) -> None:
+        """Trace this request: it is about to be sent (REQUEST_START)."""
+        self.trace_id, self.stamps = trace_id, [("REQUEST_START", time.monotonic_ns())]
+
+    def stamp(self, name: str, ns: int | None = None) -> None:
+        """Record that the traced request reached ``name`` now (or at monotonic ``ns``)."""
+        if self.stamps is not None:
+            self.stamps.append((name, time.monotonic_ns() if ns is None else ns))
+
     def finish(self, version: str, worker: str, stats: Mapping[str, Any]) -> None:
         """Record the dispatcher's reply: the version that really ran, the worker and its batch statistics."""
+        if self.stamps is not None:
+            answered = time.monotonic_ns()
+            self.stamps += worker_stamps(stats, self.stamps[0][1], answered)
+            self.stamps.append(("REQUEST_END", answered))
         self.answered, self.worker = True, worker
         if version:
             self.version = version

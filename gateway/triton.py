@@ -17,6 +17,7 @@ EXTENSIONS = [
     "model_repository",
     "classification",
     "system_shared_memory",
+    "trace",
 ]
 
 

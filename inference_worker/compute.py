@@ -24,6 +24,7 @@ class BatchTimes:
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
+    start_ns: int = 0  # when the inputs began to move in (monotonic, as time.monotonic_ns)
 
 
 def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
@@ -146,7 +147,11 @@ class Executor:
         else:
             per_request = [outputs]
         t3 = time.perf_counter_ns()
-        times.input_ns, times.infer_ns = launched.t1 - launched.t0, t2 - launched.t1
+        times.start_ns, times.input_ns, times.infer_ns = (
+            launched.t0,
+            launched.t1 - launched.t0,
+            t2 - launched.t1,
+        )
         times.output_ns = t3 - t2
         return per_request
 

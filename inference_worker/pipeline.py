@@ -116,7 +116,12 @@ class Pipeline:
             torch.cuda.current_stream(self.device).synchronize()
         t2 = time.perf_counter_ns()
         if not batching:  # one request, run alone: its outputs are whole
-            times.input_ns, times.infer_ns, times.output_ns = t1 - t0, t2 - t1, time.perf_counter_ns() - t2
+            times.start_ns, times.input_ns, times.infer_ns, times.output_ns = (
+                t0,
+                t1 - t0,
+                t2 - t1,
+                time.perf_counter_ns() - t2,
+            )
             return [outputs]
         total = sum(sizes)
         for name, out in outputs.items():
@@ -133,7 +138,7 @@ class Pipeline:
                 for outs, size in zip(per_request, lengths, strict=True)
             ]
         t3 = time.perf_counter_ns()
-        times.input_ns, times.infer_ns, times.output_ns = t1 - t0, t2 - t1, t3 - t2
+        times.start_ns, times.input_ns, times.infer_ns, times.output_ns = t0, t1 - t0, t2 - t1, t3 - t2
         return per_request
 
     def warm_up(self) -> None:

@@ -192,7 +192,8 @@ class WorkerReply:
     LINK: ClassVar[Link] = Link.WORKER_TO_DISPATCHER
     FIELDS: ClassVar[dict[str, str]] = {
         "seq": "int",
-        "stats": "{`queue_ns`, `compute_input_ns`, `compute_infer_ns`, `compute_output_ns`, `batch_size`}",
+        "stats": "{`queue_ns`, `compute_input_ns`, `compute_infer_ns`, `compute_output_ns`, `batch_size`, "
+        "`queue_start_ns`, `compute_start_ns` (monotonic clock)}",
         "shm_outputs": "the outputs placed in the request's segment instead of frames; absent = frames",
         "outputs": "tensor metas, one frame each",
     }

@@ -361,6 +361,8 @@ class Application:
                     "compute_infer_ns": t.infer_ns,
                     "compute_output_ns": t.output_ns,
                     "batch_size": samples,
+                    "queue_start_ns": item.arrived_ns,  # monotonic: a trace's timestamps (gateway/tracing.py)
+                    "compute_start_ns": t.start_ns,
                 }
                 area: shm.ReplyArea | None = item.payload[2]
                 try:
