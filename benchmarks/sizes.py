@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -58,7 +59,7 @@ def fixed_echo(repository: Path, label: str) -> str:
     return name
 
 
-def start(root: Path, port: int, client_shm: bool = False) -> tuple[Launched, Path]:
+def start(root: Path, port: int, client_shm: bool = False, trace: bool = False) -> tuple[Launched, Path]:
     repository = echo_repository(root / "repo")
     for label in SIZES:
         fixed_echo(repository, label)
@@ -85,6 +86,11 @@ def start(root: Path, port: int, client_shm: bool = False) -> tuple[Launched, Pa
         "--worker-threads",
         "1",
         *(["--allow-client-shm"] if client_shm else []),
+        *(
+            ["--trace-config", f"triton,file={root / 'trace.json'}", "--trace-config", "rate=1"]
+            if trace
+            else []
+        ),
     ]
     proc = launch("torchgate", cmd, root / "torchgate.log", f"http://127.0.0.1:{port}", cwd=REPO_ROOT)
     wait_ready(proc, lambda: http_status(proc.url + "/v2/health/ready", timeout=2) == 200, 180)
@@ -139,6 +145,38 @@ def http_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) ->
             raise RuntimeError(f"wrong answer: {answer[:200]!r}")
 
     return measured(proc, model, body, headers, check, seconds)
+
+
+def traced_costs(
+    proc: Launched, model: str, array: np.ndarray, seconds: float, trace_file: Path
+) -> dict[str, Any]:
+    """As :func:`http_costs`, with every request traced (Triton's trace extension, TIMESTAMPS, rate 1); check
+    that the trace file holds one trace per request."""
+    before = _traces(trace_file)
+    _trace_level(proc.url, ["TIMESTAMPS"])
+    try:
+        costs = http_costs(proc, model, array, seconds)
+    finally:
+        _trace_level(proc.url, ["OFF"])
+    deadline = time.monotonic() + 30
+    while _traces(trace_file) - before < costs["requests"] and time.monotonic() < deadline:
+        time.sleep(0.1)  # a trace is written once its answer is sent, when the gateway process is idle
+    if _traces(trace_file) - before != costs["requests"]:
+        raise RuntimeError(f"{_traces(trace_file) - before} traces for {costs['requests']} requests")
+    return costs
+
+
+def _trace_level(url: str, level: list[str]) -> None:
+    body = json.dumps({"trace_level": level}).encode()
+    request = urllib.request.Request(f"{url}/v2/trace/setting", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+
+
+def _traces(trace_file: Path) -> int:
+    return (
+        sum(1 for e in json.loads(trace_file.read_text()) if "timestamps" in e) if trace_file.exists() else 0
+    )
 
 
 def client_shm_costs(proc: Launched, model: str, array: np.ndarray, seconds: float) -> dict[str, Any]:
@@ -222,6 +260,7 @@ def measured(
     return {
         "http_p50_ms": statistics.median(times) * 1e3,
         "requests_per_s": n / elapsed,
+        "requests": n,
         "cpu_ms": cpu,
         "staging_ms": (stats1["input_ns"] - stats0["input_ns"]) / staged / 1e6,
     }
@@ -270,9 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also send each size with its input and output in the client's shared memory",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="serve with a trace file (--trace-config) and send each size again with every request traced",
+    )
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="tgsizes-"))
-    proc, run_dir = start(root, free_port(), args.client_shm)
+    proc, run_dir = start(root, free_port(), args.client_shm, args.trace)
     rows: list[tuple[str, str, dict[str, Any], dict[str, float] | None]] = []
     try:
         for label in args.sizes.split(","):
@@ -285,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                 costs = client_shm_costs(proc, f"echo_{label}", array, args.seconds)
                 rows.append((label, "client shared memory", costs, None))
                 print(f"{label} in shared memory: {costs}", file=sys.stderr, flush=True)
+            if args.trace:
+                costs = traced_costs(proc, f"echo_{label}", array, args.seconds, root / "trace.json")
+                rows.append((label, "binary body, every request traced", costs, None))
+                print(f"{label} traced: {costs}", file=sys.stderr, flush=True)
     finally:
         proc.stop()
         shutil.rmtree(root, ignore_errors=True)
-    flag = " --client-shm" if args.client_shm else ""
+    flag = (" --client-shm" if args.client_shm else "") + (" --trace" if args.trace else "")
     print(
         f"\n`python -m benchmarks.sizes --seconds {args.seconds:g}{flag}` (one "
         "request at a time, echo model, binary in and out)\n"
