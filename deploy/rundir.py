@@ -17,6 +17,7 @@ from pathlib import Path
 
 from deploy.settings import DeploySettings
 from deploy.supervisor_conf import Credentials, render_supervisord_conf
+from inference_worker import log_settings
 
 PRIVATE = 0o700
 # conf.d/ always holds this file, so supervisord's include glob matches something (else a WARN line at start).
@@ -104,6 +105,7 @@ def write_run_dir(s: DeploySettings) -> Path:
     prepare_run_dir(s)
     write_atomically(s.conf_path, render_supervisord_conf(s, control_credentials(s)))
     write_atomically(s.settings_path, s.to_json())
+    log_settings.write(s.log_settings_path, log_settings.DEFAULTS)  # a start logs as the defaults say
     trace = s.trace_document()  # a start's trace settings: what a previous run changed is gone
     if trace is None:
         (s.trace_dir / TRACE_SETTINGS).unlink(missing_ok=True)

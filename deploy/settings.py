@@ -149,6 +149,11 @@ class DeploySettings:
         )
 
     @property
+    def log_settings_path(self) -> Path:
+        """The log settings every process follows (Triton's logging extension; defaults at every start)."""
+        return self.run_dir / "log-settings.json"
+
+    @property
     def trace_dir(self) -> Path:
         """Where the trace settings every gateway process shares are kept (written anew at every start)."""
         return self.run_dir / "trace"

@@ -276,7 +276,10 @@ def _program(
         [
             ("command", _escape(shlex.join(command))),
             ("directory", _escape(str(s.run_dir))),
-            ("environment", ",".join(f'{key}="{_escape(value)}"' for key, value in environment.items())),
+            (
+                "environment",
+                ",".join(f'{key}="{_escape(value)}"' for key, value in _with_logs(s, environment)),
+            ),
             ("priority", str(priority)),
             ("autostart", _bool(autostart)),
             ("autorestart", autorestart),
@@ -293,6 +296,11 @@ def _program(
             ("stdout_logfile_backups", str(s.log_backups)),
         ],
     )
+
+
+def _with_logs(s: DeploySettings, environment: dict[str, str]) -> Iterable[tuple[str, str]]:
+    """A program's environment, with the log settings every process follows (Triton's logging extension)."""
+    return {**environment, "TORCHGATE_LOG_SETTINGS": str(s.log_settings_path)}.items()
 
 
 def _section(name: str, options: Iterable[tuple[str, str]]) -> str:

@@ -75,6 +75,9 @@ class GatewayConfig:
     # Folder of the trace settings every gateway process of a server shares (Triton's trace extension,
     # gateway/tracing.py; `torchgate serve --trace-config` writes them); empty: nothing is traced.
     trace_dir: str = ""
+    # The log settings file every process of a server follows (Triton's logging extension,
+    # inference_worker/log_settings.py; `torchgate serve` writes it); empty: POST /v2/logging is refused.
+    log_settings: str = ""
     # TorchServe's management port (8081) and metrics port (8082), when the gateway also listens there: each
     # answers only its API (the management endpoints, /metrics); 0: none.
     management_port: int = 0

@@ -254,6 +254,18 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
     "TraceSettingRequest.SettingValue": (("value", 1, "repeated string"),),
     "TraceSettingResponse": (("settings", 1, "map TraceSettingResponse.SettingValue"),),
     "TraceSettingResponse.SettingValue": (("value", 1, "repeated string"),),
+    "LogSettingsRequest": (("settings", 1, "map LogSettingsRequest.SettingValue"),),
+    "LogSettingsRequest.SettingValue": (  # one of them (the oneof parameter_choice)
+        ("bool_param", 1, "bool"),
+        ("uint32_param", 2, "uint32"),
+        ("string_param", 3, "string"),
+    ),
+    "LogSettingsResponse": (("settings", 1, "map LogSettingsResponse.SettingValue"),),
+    "LogSettingsResponse.SettingValue": (
+        ("bool_param", 1, "bool"),
+        ("uint32_param", 2, "uint32"),
+        ("string_param", 3, "string"),
+    ),
 }
 PARTIAL = frozenset(
     {
@@ -274,6 +286,8 @@ ONEOFS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "ModelVersionPolicy": ("policy_choice", ("latest", "all", "specific")),
     "ModelConfig": ("scheduling_choice", ("dynamic_batching",)),
+    "LogSettingsRequest.SettingValue": ("parameter_choice", ("bool_param", "uint32_param", "string_param")),
+    "LogSettingsResponse.SettingValue": ("parameter_choice", ("bool_param", "uint32_param", "string_param")),
 }
 # The enums (a dotted name is nested in its message): their values' names and numbers.
 ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -305,7 +319,7 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 
 # The calls served: name -> (request message, response message); those in STREAMING take a stream of requests
-# and give a stream of responses. Any other (CUDA shared memory, log settings) is answered
+# and give a stream of responses. Any other (CUDA shared memory) is answered
 # UNIMPLEMENTED by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
@@ -330,6 +344,7 @@ METHODS = {
         "SystemSharedMemoryUnregisterResponse",
     ),
     "TraceSetting": ("TraceSettingRequest", "TraceSettingResponse"),
+    "LogSettings": ("LogSettingsRequest", "LogSettingsResponse"),
 }
 STREAMING = frozenset({"ModelStreamInfer"})
 

@@ -258,6 +258,26 @@ class Servicer:
             response.settings[key].value.extend(value if isinstance(value, list) else [value])
         return response
 
+    # -- log settings (inference_worker/log_settings.py) ---------------------------------------------------
+
+    def LogSettings(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Change and return the log settings, as /v2/logging does (a value left unset changes nothing)."""
+        update = {}
+        for key, entry in request.settings.items():
+            which = entry.WhichOneof("parameter_choice")
+            update[key] = None if which is None else getattr(entry, which)
+        settings = self.gateway.log_setting(update or None)
+        response = message("LogSettingsResponse")
+        for key, value in settings.items():
+            entry = response.settings[key]
+            if isinstance(value, bool):
+                entry.bool_param = value
+            elif isinstance(value, int):
+                entry.uint32_param = value
+            else:
+                entry.string_param = value
+        return response
+
 
 def _stream_error(request: Any, error: str) -> Any:
     """A stream's answer to a request that failed: its error, and which request it was."""

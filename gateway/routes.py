@@ -428,6 +428,19 @@ def trace_update(model: str | None = None) -> Response:
     return json_response(current_gateway().trace_setting(model, doc))
 
 
+# -- Triton's logging extension (inference_worker/log_settings.py) -----------------------------------------
+
+
+@routes.get("/v2/logging")
+def log_setting() -> Response:
+    return json_response(current_gateway().log_setting())
+
+
+@routes.post("/v2/logging")
+def log_update() -> Response:
+    return json_response(current_gateway().log_setting(codec.loads(request_body(CONTROL_BODY) or b"{}")))
+
+
 # -- documents ------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ from gateway.trace import RequestTrace
 from gateway.tracing import Tracing
 from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
 from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
-from inference_worker import shm
+from inference_worker import log_settings, shm
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, Parameters, StatusReply
 from inference_worker.repository import ModelConfig
@@ -43,6 +44,8 @@ from inference_worker.strings import StringLimits
 
 LARGE_BODY = 64 << 10  # JSON bytes past which parsing goes through Gateway.parsing (large_parses at once)
 _UNBOUNDED: AbstractContextManager[None] = nullcontext()  # reusable: it holds nothing
+
+log = logging.getLogger("torchgate.gateway")
 
 
 class Gateway:
@@ -69,6 +72,7 @@ class Gateway:
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
         self.regions = ClientRegions(config.client_shm_dir or None)
         self.tracing = Tracing(config.trace_dir) if config.trace_dir else None
+        log_settings.watch(config.log_settings or None)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
 
     def parsing(self, size: int) -> AbstractContextManager[None]:
@@ -173,6 +177,11 @@ class Gateway:
     ) -> None:
         """Name the request's model version and batch in its ``trace``; choose whether it is traced."""
         trace.begin(model, version, tensors, body_id)
+        if log.isEnabledFor(logging.DEBUG):  # log_verbose_level > 0 (Triton's logging extension)
+            shapes = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in tensors)
+            log.debug(
+                "gateway: request %s to %s version %s: %s", trace.request_id, model.name, version, shapes
+            )
         if self.tracing is not None and (trace_id := self.tracing.sample(model.name)):
             trace.start_timeline(trace_id)
 
@@ -481,6 +490,19 @@ class Gateway:
         if update is not None:
             return self.tracing.update(name, update)
         return self.tracing.setting(name)
+
+    def log_setting(self, update: Any = None) -> dict[str, Any]:
+        """Answer Triton's log setting request: change the server's settings with ``update`` (a POST's
+        body), then return them."""
+        path = self.config.log_settings
+        if update is not None:
+            if not path:
+                raise InvalidArgument(
+                    "the log settings are shared through the file `torchgate serve` gives every process "
+                    f"({log_settings.ENV}); this gateway has none"
+                )
+            return log_settings.update(path, update)
+        return log_settings.read(path or None)
 
     def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
         """Return Triton's statistics document for every model, one model, or one of its versions."""

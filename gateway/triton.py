@@ -18,6 +18,7 @@ EXTENSIONS = [
     "classification",
     "system_shared_memory",
     "trace",
+    "logging",
 ]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from inference_worker import lifeline, logs
+from inference_worker import lifeline, log_settings, logs
 
 
 @click.command("worker")
@@ -63,6 +64,7 @@ def worker_command(
 
     lifeline.die_with_supervisor()
     logs.configure()
+    log_settings.watch(os.environ.get(log_settings.ENV))  # Triton's logging extension
     config = WorkerConfig(
         repository=repository,
         dispatcher=dispatcher,
@@ -135,6 +137,7 @@ def dispatcher_command(
 
     lifeline.die_with_supervisor()
     logs.configure()
+    log_settings.watch(os.environ.get(log_settings.ENV))  # Triton's logging extension
     sys.exit(
         run_dispatcher(
             DispatcherConfig(

@@ -624,7 +624,7 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
     assert _status(lambda: client.infer("digits", _digits(rows))) == "StatusCode.UNAUTHENTICATED"
     wrong_token = {"authorization": "Bearer nope"}
     assert _status(lambda: client.is_server_ready(headers=wrong_token)) == "StatusCode.UNAUTHENTICATED"
-    assert _status(lambda: client.get_log_settings(headers=BEARER)) == "StatusCode.UNIMPLEMENTED"
+    assert _status(lambda: client.get_cuda_shared_memory_status(headers=BEARER)) == "StatusCode.UNIMPLEMENTED"
     assert _status(lambda: client.get_model_config("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     assert _status(lambda: client.get_model_metadata("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     shm = grpcclient.InferRequestedOutput("output")

@@ -221,12 +221,14 @@ def test_a_server_without_a_trace_file_says_how_to_have_one(tmp_path: Path) -> N
     try:
         client = app.test_client()
         answer = client.get("/v2/trace/setting")
-        assert answer.status_code == 200 and answer.json["trace_level"] == ["OFF"]
-        assert answer.json["trace_file"] == ""
+        assert answer.status_code == 200 and json.loads(answer.data)["trace_level"] == ["OFF"]
+        assert json.loads(answer.data)["trace_file"] == ""
         refused = client.post("/v2/trace/setting", json={"trace_level": ["TIMESTAMPS"]})
-        assert refused.status_code == 400 and "--trace-config triton,file=" in refused.json["error"]
+        assert (
+            refused.status_code == 400 and "--trace-config triton,file=" in json.loads(refused.data)["error"]
+        )
         assert client.get("/v2/models/nonesuch/trace/setting").status_code == 404
-        assert "trace" in client.get("/v2").json["extensions"]
+        assert "trace" in json.loads(client.get("/v2").data)["extensions"]
     finally:
         app.extensions["torchgate"].client.close()
 

@@ -343,6 +343,19 @@ class Application:
                 continue
             t = run.times
             samples = sum(item.samples for item in run.items)
+            if log.isEnabledFor(logging.DEBUG):  # log_verbose_level > 0 (Triton's logging extension)
+                log.debug(
+                    "%s: %s version %s: batch of %d requests, %d samples: input %.3f ms, infer %.3f ms, "
+                    "output %.3f ms",
+                    self.tag,
+                    batch.key[0],
+                    batch.key[1],
+                    len(run.items),
+                    samples,
+                    t.input_ns / 1e6,
+                    t.infer_ns / 1e6,
+                    t.output_ns / 1e6,
+                )
             stats.record_batch(samples, t.input_ns, t.infer_ns, t.output_ns)
             per_sample = (t.input_ns + t.infer_ns + t.output_ns) / max(1, samples)
             last = self.sample_ns.get(batch.key, per_sample)
