@@ -290,6 +290,9 @@ def build_settings(
     except ConfigError as exc:
         raise click.ClickException(f"the model repository cannot be served as it is:\n{exc}") from None
     shared = shared_models(sorted(configs), placements) if placements else None
+    for value in trace_config:  # the trace file's folder: there now, or every trace would fail
+        if value.startswith("triton,file=") and not Path(value.partition("=")[2]).absolute().parent.is_dir():
+            raise click.BadParameter(f"{value}: no such folder", param_hint="--trace-config")
     if gateway_processes is None:
         gateway_processes = defaults.default_gateway_processes(defaults.available_cores())
     if cpu_workers is None:

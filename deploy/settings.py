@@ -326,9 +326,12 @@ def available_cores() -> int:
 
 def _check_settings(s: DeploySettings) -> None:
     try:
-        trace_settings.parse_cli(s.trace_config)
+        trace_file, _ = trace_settings.parse_cli(s.trace_config)
     except CodedError as exc:
         raise ValueError(exc.message) from None
+    if s.trace_config and not trace_file:
+        raise ValueError("--trace-config needs the trace file: --trace-config triton,file=PATH")
+
     positive = {
         "port": s.port,
         "gateway_processes": s.gateway_processes,

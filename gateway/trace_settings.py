@@ -107,6 +107,8 @@ def apply(doc: Mapping[str, Any], model: str, update: Mapping[str, Any]) -> dict
     ``model`` is empty, else to that model's own (a None there: the model follows the global value again)."""
     if update.get("trace_level") not in (None, ["OFF"]) and not doc["trace_file"]:
         raise InvalidArgument(NO_FILE)
+    if model and "log_frequency" in update:
+        raise InvalidArgument("log_frequency is one for the whole server: set it without a model")
     new = {**doc, "global": dict(doc["global"]), "models": {k: dict(v) for k, v in doc["models"].items()}}
     if not model:
         for name, value in update.items():

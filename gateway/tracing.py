@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from gateway import trace_settings
+from gateway.errors import InvalidArgument
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -46,7 +47,6 @@ class Tracing:
         self._doc: dict[str, Any] = trace_settings.new_document("")
         self._counters: dict[str, int] = {}
         self._held: list[Any] = []  # with log_frequency N: this process's traces not yet written
-        self._frequency = 0
         self._ids = itertools.count(1)
         self._id_base = (
             secrets.randbelow(1 << 20) << 32
@@ -87,6 +87,8 @@ class Tracing:
     def update(self, model: str, doc: Any) -> dict[str, Any]:
         """Apply a trace setting request for ``model`` (or the server, when empty); return the settings."""
         update = trace_settings.parse_update(doc)
+        if not (self.folder / SETTINGS).exists():  # no server started with a trace file here
+            raise InvalidArgument(trace_settings.NO_FILE)
         with self._shared():
             current = self._read()
             _write_json(self.folder / SETTINGS, trace_settings.apply(current, model, update))
@@ -119,18 +121,19 @@ class Tracing:
         if not trace_file:
             return
         with self._lock:
-            self._frequency = frequency
             if frequency:
                 self._held.extend(entries)
                 if len(self._held) < 2 * frequency:  # two entries per trace
                     return
                 batch, self._held = self._held, []
+            else:  # with any held while log_frequency was N
+                batch, self._held = [*self._held, *entries], []
         try:
             if frequency:
                 _write_new(trace_file, batch)
             else:
                 with self._shared():
-                    _append(trace_file, entries)
+                    _append(trace_file, batch)
         except OSError as exc:
             log.warning("gateway: trace not written to %s: %s", trace_file, exc)
 
@@ -156,7 +159,10 @@ class Tracing:
         return True
 
     def _read(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads((self.folder / SETTINGS).read_bytes())
+        try:
+            loaded: dict[str, Any] = orjson.loads((self.folder / SETTINGS).read_bytes())
+        except FileNotFoundError:  # no server wrote settings here: no trace file either
+            return trace_settings.new_document("")
         return loaded
 
     @contextmanager

@@ -124,6 +124,35 @@ def test_torchserve_ports_and_client_shared_memory_reach_the_gateway(tmp_path: P
         )
 
 
+def test_every_start_writes_the_trace_and_log_settings_every_process_follows(tmp_path: Path) -> None:
+    config = ("triton,file=trace.json", "rate=1", "level=TIMESTAMPS", "triton,log-frequency=10")
+    s = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, grpc_port=8001, trace_config=config)
+    procs = programs(realize(s))
+    for name in ("gateway", "grpc"):  # one folder of trace settings for every gateway process
+        assert procs[name].environment["TORCHGATE_TRACE_DIR"] == str(s.trace_dir)
+    for name, proc in procs.items():  # the log settings: every process, the workers and dispatcher too
+        assert proc.environment["TORCHGATE_LOG_SETTINGS"] == str(s.log_settings_path), name
+    trace = json.loads((s.trace_dir / "settings.json").read_text())
+    assert trace["trace_file"] == str(Path("trace.json").absolute())
+    assert trace["global"] == {
+        "trace_level": ["TIMESTAMPS"],
+        "trace_rate": 1,
+        "trace_count": -1,
+        "log_frequency": 10,
+    }
+    s.log_settings_path.write_text('{"log_info": false}')  # changed while serving; the next start forgets it
+    programs(realize(DeploySettings(run_dir=tmp_path / "run", cpu_workers=1)))
+    assert json.loads(s.log_settings_path.read_text())["log_info"] is True
+    assert not (s.trace_dir / "settings.json").exists()  # started without a trace file: nothing traced
+    for bad, words in (
+        (("rate=1",), "needs the trace file"),
+        (("triton,file=t.json", "level=TENSORS"), "TENSORS is not supported"),
+        (("opentelemetry,url=x",), "OpenTelemetry"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            DeploySettings(run_dir=tmp_path / "bad", cpu_workers=1, trace_config=bad)
+
+
 def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> None:
     off = programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
     assert "grpc" not in off and "TORCHGATE_GRPC_METRICS_DIR" not in off["gateway"].environment

@@ -216,6 +216,23 @@ def test_log_frequency_writes_every_n_traces_to_a_file_of_their_own(tmp_path: Pa
     assert sorted(ids) == list(range(7)) and not (tmp_path / "t.json").exists()
 
 
+def test_held_traces_go_to_the_file_once_log_frequency_is_0_again(tmp_path: Path) -> None:
+    _started(tmp_path / "trace", tmp_path / "t.json", log_frequency=5)
+    tracing = Tracing(tmp_path / "trace")
+    tracing.write(trace_settings.entries(1, "m", "1", "", [("REQUEST_START", 1)]))
+    assert not list(tmp_path.glob("t.json*"))  # held: 1 of 5
+    with pytest.raises(InvalidArgument, match="one for the whole server"):
+        tracing.update("m", {"log_frequency": "0"})
+    tracing.update("", {"log_frequency": "0"})
+    tracing.write(trace_settings.entries(2, "m", "1", "", [("REQUEST_START", 2)]))
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert [e["id"] for e in written if "timestamps" in e] == [1, 2]
+    empty = Tracing(tmp_path / "no-server-wrote-here")
+    with pytest.raises(InvalidArgument, match="no trace file"):
+        empty.update("", {"trace_level": ["TIMESTAMPS"]})
+    assert empty.sample("m") == 0
+
+
 def test_a_server_without_a_trace_file_says_how_to_have_one(tmp_path: Path) -> None:
     app = gateway_app(tmp_path)
     try:
