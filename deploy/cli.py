@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import os
 import sys
@@ -523,6 +524,27 @@ def rolling_restart(run_dir: Path, slots: tuple[str, ...], ready_timeout: float)
     except (RollingRestartError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"restarted {len(done)} slots: {' '.join(done) or '(none running)'}")
+
+
+@main.command("trace-summary")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def trace_summary(files: tuple[Path, ...]) -> None:
+    """Say where traced requests spent their time, per model and protocol (trace files written with
+    --trace-config, FILE and FILE.<index>, or Triton's)."""
+    from gateway import trace_summary as summary
+
+    entries: list[Any] = []
+    for path in files:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"{path}: not a trace file ({exc})") from None
+        if not isinstance(doc, list):
+            raise click.ClickException(f"{path}: not a trace file (a JSON array of trace entries)")
+        entries += doc
+    click.echo(summary.report(summary.summarize(summary.traces(entries))), nl=False)
 
 
 @main.command()

@@ -138,7 +138,7 @@ def apply(settings: Mapping[str, Any]) -> None:
     off = frozenset(level for name, level in SWITCHES.items() if not settings.get(name, True))
     verbose = settings.get("log_verbose_level", 0) > 0
     GATE.off = off
-    logging.getLogger("torchgate").setLevel(logging.DEBUG if verbose else logging.NOTSET)  # ours, no library's
+    logging.getLogger("torchgate").setLevel(logging.DEBUG if verbose else logging.NOTSET)  # ours only
     for handler in logging.getLogger().handlers:
         if GATE not in handler.filters:
             handler.addFilter(GATE)

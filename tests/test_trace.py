@@ -17,9 +17,11 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from click.testing import CliRunner
 from tritonclient.utils import InferenceServerException
 
-from gateway import trace_settings
+from deploy.cli import main as torchgate
+from gateway import trace_settings, trace_summary
 from gateway.errors import InvalidArgument
 from gateway.tracing import Tracing
 from harness import Stack, copy_digits, free_port, short_dir
@@ -153,6 +155,27 @@ def test_entries_and_a_workers_stamps() -> None:
     head, times = trace_settings.entries(9, "digits", "1", "r-1", [("REQUEST_END", 300), *stamps])
     assert head == {"id": 9, "model_name": "digits", "model_version": 1, "request_id": "r-1"}
     assert [t["name"] for t in times["timestamps"]][-1] == "REQUEST_END" and times["id"] == 9
+
+
+def test_a_summary_says_where_the_time_went() -> None:
+    stamps = list(zip(HTTP_ORDER, (0, 10, 30, 60, 100, 110, 150, 155, 175, 185, 200), strict=True))
+    entries = trace_settings.entries(1, "digits", "1", "a", [(name, ns * 1000) for name, ns in stamps])
+    # Triton's own files give each timestamp an entry of its own
+    entries += [{"id": 2, "model_name": "digits", "model_version": 1}]
+    entries += [{"id": 2, "timestamps": [{"name": name, "ns": ns * 3000}]} for name, ns in stamps]
+    groups = trace_summary.summarize(trace_summary.traces(entries))
+    assert [(g.model, g.version, g.protocol, g.count) for g in groups] == [("digits", "1", "HTTP", 2)]
+    assert groups[0].spans["request"] == [200_000, 600_000]
+    assert groups[0].spans["worker queue"] == [40_000, 120_000]
+    assert groups[0].spans["compute infer"] == [40_000, 120_000]
+    assert "worker, no timestamps (another host)" not in groups[0].spans
+    text = trace_summary.report(groups)
+    assert "digits version 1, HTTP: 2 traces" in text and "| send | 30.0 | 30.0 | 44.7 |" in text
+    remote = trace_settings.entries(
+        3, "m", "2", "", [("GRPC_WAITREAD_END", 0), ("REQUEST_START", 5), ("REQUEST_END", 50)]
+    )
+    (group,) = trace_summary.summarize(trace_summary.traces(remote))
+    assert group.protocol == "gRPC" and group.spans["worker, no timestamps (another host)"] == [45]
 
 
 # -- shared by processes, on real files ----------------------------------------------------------------------
@@ -341,6 +364,10 @@ def test_requests_are_traced_as_triton_traces_them(served: tuple[Stack, int, Pat
                 assert names == ["GRPC_WAITREAD_END", *HTTP_ORDER[2:9], "GRPC_SEND_START"]
             else:
                 assert names == HTTP_ORDER, names
+        summary = CliRunner().invoke(torchgate, ["trace-summary", str(trace_file)])
+        assert summary.exit_code == 0, summary.output
+        assert "digits version 1, HTTP: 4 traces" in summary.output and "| compute infer |" in summary.output
+        assert "digits version 1, gRPC: 2 traces" in summary.output
         client.update_trace_settings(settings={"trace_count": None, "trace_level": None})
         assert client.get_trace_settings() == {
             "trace_level": ["OFF"],
