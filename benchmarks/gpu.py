@@ -69,6 +69,7 @@ class Run:
     processes: dict[str, int]
     gpu_busy: float | None
     batch: dict[str, float] | None = None  # torchgate: average batch size and worker times per request
+    spans: dict[str, float] | None = None  # torchgate: each span's median over the traced requests (us)
 
 
 @dataclass(slots=True)
@@ -197,6 +198,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--litserve-path", type=Path, default=None, help="folder holding LitServe and its deps"
     )
+    parser.add_argument(
+        "--trace-rate",
+        type=int,
+        default=50,
+        help="torchgate traces one request in N (Triton's trace extension): where the time went; 0: none",
+    )
     parser.add_argument("--output", type=Path, default=None, help="default docs/benchmarks-gpu.md (GPU mode)")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR / "gpu")
     parser.add_argument(
@@ -220,6 +227,7 @@ def build_plan(args: argparse.Namespace, gpu: bool) -> GpuPlan:
         litserve_batch_timeout_s=0.002,
         ready_timeout_s=300.0 if gpu else 180.0,
         litserve_path=args.litserve_path.resolve() if args.litserve_path else None,
+        trace_rate=max(0, args.trace_rate),
     )
 
 
@@ -355,6 +363,7 @@ class Bench:
         folder = self.work_dir / "scripts" / model.workload / f"{system.name}_{fmt}"
         counts_before = TorchgateGpu.batch_counts(proc.url, model) if system.name == "torchgate" else None
         before, t0 = gpumon.cpu_by_class(proc.tree(), system.name), time.monotonic()
+        start_ns = time.monotonic_ns()
         sampler = gpumon.GpuSampler() if self.plan.device == "cuda" else None
         try:
             if sampler is not None:
@@ -365,9 +374,10 @@ class Bench:
         except LoadError as exc:
             log(f"{model.workload} {system.name} {fmt} c={c}: load failed: {exc}")
             return
-        elapsed = time.monotonic() - t0
+        elapsed, end_ns = time.monotonic() - t0, time.monotonic_ns()
         after = gpumon.cpu_by_class(proc.tree(), system.name)
         proc.wait_idle(60)
+        spans = system.spans(start_ns, end_ns) if isinstance(system, TorchgateGpu) else None
         batch = None
         if counts_before is not None:
             counts_after = TorchgateGpu.batch_counts(proc.url, model)
@@ -383,6 +393,7 @@ class Bench:
             gpumon.count_by_class(after),
             sampler.mean if sampler else None,
             batch,
+            spans,
         )
         self.report.runs.append(run)
         busy = f", GPU {run.gpu_busy:.0f}% busy" if run.gpu_busy is not None else ""

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.trace_summary import ORDER
+
 if TYPE_CHECKING:
     from benchmarks.gpu import Report, Run
 
@@ -201,6 +203,7 @@ def workload_section(report: Report, workload: str) -> list[str]:
                 f"{batch} | {busy} | {_cores(r)} |"
             )
         out.append("")
+    out += spans_table(report, runs)
     described = report.describe.get(workload, {})
     if described:
         out += ["Settings:", ""] + [f"- {name}: {text}" for name, text in described.items()] + [""]
@@ -208,6 +211,29 @@ def workload_section(report: Report, workload: str) -> list[str]:
     if skipped:
         out += ["Not measured:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
     return out
+
+
+def spans_table(report: Report, runs: list[Run]) -> list[str]:
+    """Return the table of where torchgate's traced requests spent their time, run by run (none: [])."""
+    traced = sorted((r for r in runs if r.spans), key=lambda r: (r.concurrency, r.fmt))
+    if not traced:
+        return []
+    names = [n for n in ORDER if n != "request" and any(n in (r.spans or {}) for r in traced)]
+    out = [
+        "Where torchgate's requests spent their time: each span's median over the requests traced in the "
+        f"run (one in {report.plan.get('trace_rate')}; Triton's trace extension, read as `torchgate "
+        "trace-summary` reads it), in microseconds:",
+        "",
+        "| format | conns | traced | " + " | ".join(names) + " |",
+        "|---|---:|---:|" + "---:|" * len(names),
+    ]
+    for r in traced:
+        spans = r.spans or {}
+        cells = [f"{spans[n]:.0f}" if n in spans else "–" for n in names]
+        out.append(
+            f"| {r.fmt} | {r.concurrency} | {spans.get('traces', 0):.0f} | " + " | ".join(cells) + " |"
+        )
+    return [*out, ""]
 
 
 def render(report: Report) -> str:

@@ -10,8 +10,10 @@ own
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from benchmarks.models import Sample
 from benchmarks.payloads import HttpRequest, decode_output, oip_binary, oip_json, seed_json
 from benchmarks.procs import Launched, http_call, http_status, launch
 from benchmarks.settings import REPO_ROOT
+from gateway import trace_summary
 
 PYTHON = sys.executable
 
@@ -47,6 +50,7 @@ class GpuPlan:
     litserve_batch_timeout_s: float
     ready_timeout_s: float
     litserve_path: Path | None = None
+    trace_rate: int = 0  # torchgate traces one request in so many (Triton's trace extension); 0: none
 
 
 def _pythonpath(extra: Path | None) -> dict[str, str]:
@@ -172,6 +176,11 @@ class TorchgateGpu(GpuSystem):
             cmd += ["--gpus", "none", "--cpu-workers", str(p.cpu_workers)]
         if p.worker_threads:
             cmd += ["--worker-threads", str(p.worker_threads)]
+        self.trace_file = work_dir / "trace.json"
+        self.trace_file.unlink(missing_ok=True)
+        if p.trace_rate:  # where a request's time goes, from traces of one request in trace_rate
+            cmd += ["--trace-config", f"triton,file={self.trace_file}", "--trace-config", "level=TIMESTAMPS"]
+            cmd += ["--trace-config", f"rate={p.trace_rate}"]
         env = {"TORCHGATE_LOG_LEVEL": "warning", **_pythonpath(None)}
         return launch(
             self.name, cmd, work_dir / "torchgate.log", f"http://127.0.0.1:{port}", env=env, cwd=REPO_ROOT
@@ -214,11 +223,28 @@ class TorchgateGpu(GpuSystem):
             f"max_batch_size {model.max_batch_size}, max_queue_delay_us {model.delay_us}"
         )
 
+    def spans(self, start_ns: int, end_ns: int) -> dict[str, float] | None:
+        """Return the median of each span of the requests traced between two monotonic times (microseconds),
+        and how many were traced (``traces``); None when none was (gateway/trace_summary.py)."""
+        try:
+            entries = json.loads(self.trace_file.read_text())
+        except (OSError, ValueError):
+            return None
+        chosen = [
+            t
+            for t in trace_summary.traces(entries)
+            if start_ns <= t["timestamps"].get("REQUEST_START", -1) <= end_ns
+        ]
+        groups = trace_summary.summarize(chosen)
+        if len(groups) != 1:
+            return None
+        group = groups[0]
+        medians = {name: statistics.median(values) / 1e3 for name, values in group.spans.items()}
+        return {"traces": float(group.count), **medians}
+
     @staticmethod
     def batch_counts(url: str, model: GpuModel) -> dict[str, float] | None:
         """Return the model's cumulative counters from ``/v2/models/<m>/stats`` (None if unreadable)."""
-        import json
-
         status, _, body = http_call_get(f"{url}/v2/models/{model.name}/stats")
         if status != 200:
             return None

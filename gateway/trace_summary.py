@@ -2,10 +2,10 @@
 :mod:`gateway.tracing` writes them (and as Triton does); no I/O.
 
 Each traced request's timestamps become spans between consecutive stages, named for what torchgate does
-there: reading the request, the gateway's work before sending it (parsing, checking), the way to the worker
-(the dispatcher, the wire), the worker's queue, the batch's input, infer and output, the way back, the
-gateway's work on the answer, and sending it. Spans are gathered per model version and protocol (HTTP or
-gRPC) and given as the mean, median and 99th percentile in microseconds.
+there: reading the request, its wait for a gateway thread, the thread's work before sending it (parsing,
+checking), the way to the worker (the dispatcher, the wire), the worker's queue, the batch's input, infer
+and output, the way back, the gateway's work on the answer, and sending it. Spans are gathered per model
+version and protocol (HTTP or gRPC) and given as the mean, median and 99th percentile in microseconds.
 """
 
 from __future__ import annotations
@@ -14,25 +14,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# (span, from, to): what each stretch between two timestamps is
+# (span, from, to, unless): what each stretch between two timestamps is; a span whose "unless" timestamp is
+# there is told by finer ones
 SPANS = (
-    ("request", "HTTP_RECV_START", "HTTP_SEND_END"),
-    ("request", "GRPC_WAITREAD_END", "GRPC_SEND_START"),
-    ("receive", "HTTP_RECV_START", "HTTP_RECV_END"),
-    ("gateway: read, check, send", "HTTP_RECV_END", "REQUEST_START"),
-    ("gateway: read, check, send", "GRPC_WAITREAD_END", "REQUEST_START"),
-    ("to the worker (dispatcher, wire)", "REQUEST_START", "QUEUE_START"),
-    ("worker queue", "QUEUE_START", "COMPUTE_START"),
-    ("compute input", "COMPUTE_START", "COMPUTE_INPUT_END"),
-    ("compute infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
-    ("compute output", "COMPUTE_OUTPUT_START", "COMPUTE_END"),
-    ("back to the gateway", "COMPUTE_END", "REQUEST_END"),
-    ("worker, no timestamps (another host)", "REQUEST_START", "REQUEST_END"),
-    ("gateway: the answer", "REQUEST_END", "HTTP_SEND_START"),
-    ("gateway: the answer", "REQUEST_END", "GRPC_SEND_START"),
-    ("send", "HTTP_SEND_START", "HTTP_SEND_END"),
+    ("request", "HTTP_RECV_START", "HTTP_SEND_END", ""),
+    ("request", "GRPC_WAITREAD_END", "GRPC_SEND_START", ""),
+    ("receive", "HTTP_RECV_START", "HTTP_RECV_END", ""),
+    ("gateway: wait for a thread", "HTTP_RECV_END", "HANDLER_START", ""),
+    ("gateway: parse, check, send", "HANDLER_START", "REQUEST_START", ""),
+    ("gateway: parse, check, send", "HTTP_RECV_END", "REQUEST_START", "HANDLER_START"),  # Triton's
+    ("gateway: parse, check, send", "GRPC_WAITREAD_END", "REQUEST_START", ""),
+    ("to the worker (dispatcher, wire)", "REQUEST_START", "QUEUE_START", ""),
+    ("worker queue", "QUEUE_START", "COMPUTE_START", ""),
+    ("compute input", "COMPUTE_START", "COMPUTE_INPUT_END", ""),
+    ("compute infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", ""),
+    ("compute output", "COMPUTE_OUTPUT_START", "COMPUTE_END", ""),
+    ("back to the gateway", "COMPUTE_END", "REQUEST_END", ""),
+    ("worker, no timestamps (another host)", "REQUEST_START", "REQUEST_END", "QUEUE_START"),
+    ("gateway: the answer", "REQUEST_END", "HTTP_SEND_START", ""),
+    ("gateway: the answer", "REQUEST_END", "GRPC_SEND_START", ""),
+    ("send", "HTTP_SEND_START", "HTTP_SEND_END", ""),
 )
-ORDER = list(dict.fromkeys(name for name, _, _ in SPANS))
+ORDER = list(dict.fromkeys(span[0] for span in SPANS))
 
 
 @dataclass
@@ -72,12 +75,8 @@ def summarize(all_traces: Sequence[Mapping[str, Any]]) -> list[Group]:
         key = (str(trace.get("model_name", "?")), str(trace.get("model_version", "?")), protocol)
         group = groups.setdefault(key, Group(*key))
         group.count += 1
-        for name, start, end in SPANS:
-            if (
-                start in stamps
-                and end in stamps
-                and not (name.startswith("worker, no") and "QUEUE_START" in stamps)
-            ):
+        for name, start, end, unless in SPANS:
+            if start in stamps and end in stamps and unless not in stamps:
                 group.spans.setdefault(name, []).append(stamps[end] - stamps[start])
     return list(groups.values())
 

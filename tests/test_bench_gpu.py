@@ -37,6 +37,8 @@ def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> N
             "1",
             "--load",
             "python",
+            "--trace-rate",
+            "1",  # every torchgate request traced: where its time went, in the report
             "--work-dir",
             str(tmp_path / "work"),
             "--output",
@@ -58,10 +60,13 @@ def test_cpu_mode_serves_every_system_and_writes_the_report(tmp_path: Path) -> N
         assert one["load"]["requests"] > 0 and one["load"]["errors"] == 0, one
     tg = runs[("torchgate", "binary")]
     assert tg["batch"]["batch"] >= 1.0  # the worker's own statistics were read
+    assert tg["spans"]["traces"] == tg["load"]["requests"] and tg["spans"]["compute infer"] > 0
+    assert runs[("seed", "json")]["spans"] is None
     assert tg["processes"]["worker"] == 1 and tg["processes"]["dispatcher"] == 1
     assert [p["batch"] for p in results["raw"]["resnet50"]] == [1, 8]
     text = output.read_text()
     assert "CPU check run" in text and "| torchgate | binary | 2 |" in text and "| seed | json | 2 |" in text
+    assert "Where torchgate's requests spent their time" in text and "| binary | 2 |" in text
     assert "bash benchmarks/gpu_host.sh" in text  # the GPU host's recipe travels with every report
 
 

@@ -31,6 +31,7 @@ TIMEOUT = 30.0
 HTTP_ORDER = [
     "HTTP_RECV_START",
     "HTTP_RECV_END",
+    "HANDLER_START",
     "REQUEST_START",
     "QUEUE_START",
     "COMPUTE_START",
@@ -158,17 +159,22 @@ def test_entries_and_a_workers_stamps() -> None:
 
 
 def test_a_summary_says_where_the_time_went() -> None:
-    stamps = list(zip(HTTP_ORDER, (0, 10, 30, 60, 100, 110, 150, 155, 175, 185, 200), strict=True))
+    stamps = list(zip(HTTP_ORDER, (0, 10, 20, 30, 60, 100, 110, 150, 155, 175, 185, 200), strict=True))
     entries = trace_settings.entries(1, "digits", "1", "a", [(name, ns * 1000) for name, ns in stamps])
     # Triton's own files give each timestamp an entry of its own
     entries += [{"id": 2, "model_name": "digits", "model_version": 1}]
-    entries += [{"id": 2, "timestamps": [{"name": name, "ns": ns * 3000}]} for name, ns in stamps]
+    # ... and no HANDLER_START, torchgate's own
+    entries += [
+        {"id": 2, "timestamps": [{"name": n, "ns": ns * 3000}]} for n, ns in stamps if n != "HANDLER_START"
+    ]
     groups = trace_summary.summarize(trace_summary.traces(entries))
     assert [(g.model, g.version, g.protocol, g.count) for g in groups] == [("digits", "1", "HTTP", 2)]
     assert groups[0].spans["request"] == [200_000, 600_000]
     assert groups[0].spans["worker queue"] == [40_000, 120_000]
     assert groups[0].spans["compute infer"] == [40_000, 120_000]
     assert "worker, no timestamps (another host)" not in groups[0].spans
+    assert groups[0].spans["gateway: wait for a thread"] == [10_000]
+    assert groups[0].spans["gateway: parse, check, send"] == [10_000, 60_000]
     text = trace_summary.report(groups)
     assert "digits version 1, HTTP: 2 traces" in text and "| send | 30.0 | 30.0 | 44.7 |" in text
     remote = trace_settings.entries(
@@ -361,7 +367,7 @@ def test_requests_are_traced_as_triton_traces_them(served: tuple[Stack, int, Pat
             times = [s["ns"] for s in trace["timestamps"]]
             assert times == sorted(times)
             if request_id.startswith("grpc"):
-                assert names == ["GRPC_WAITREAD_END", *HTTP_ORDER[2:9], "GRPC_SEND_START"]
+                assert names == ["GRPC_WAITREAD_END", *HTTP_ORDER[3:10], "GRPC_SEND_START"]
             else:
                 assert names == HTTP_ORDER, names
         summary = CliRunner().invoke(torchgate, ["trace-summary", str(trace_file)])
