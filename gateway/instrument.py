@@ -79,7 +79,7 @@ def _trace_http(trace: RequestTrace, environ: dict[str, Any], response: Response
     first, last = received if received is not None else (trace.started, trace.started)
     trace.stamp("HTTP_RECV_START", int(first * 1e9))
     trace.stamp("HTTP_RECV_END", int(last * 1e9))
-    trace.stamp("HANDLER_START", int(trace.started * 1e9))  # torchgate's own: a thread took the request
+    trace.stamp("HANDLER_START", int(trace.started * 1e9))  # torchgate's own: its first Flask hook began
     trace.stamp("HTTP_SEND_START")
     tracing = current_gateway().tracing
     if tracing is not None:

@@ -2,10 +2,11 @@
 :mod:`gateway.tracing` writes them (and as Triton does); no I/O.
 
 Each traced request's timestamps become spans between consecutive stages, named for what torchgate does
-there: reading the request, its wait for a gateway thread, the thread's work before sending it (parsing,
-checking), the way to the worker (the dispatcher, the wire), the worker's queue, the batch's input, infer
-and output, the way back, the gateway's work on the answer, and sending it. Spans are gathered per model
-version and protocol (HTTP or gRPC) and given as the mean, median and 99th percentile in microseconds.
+there: reading the request, handing it to a gateway thread (gunicorn's WSGI environ, Flask's routing), the
+thread's work before sending it (parsing, checking), the way to the worker (the dispatcher, the wire), the
+worker's queue, the batch's input, infer and output, the way back, the gateway's work on the answer, and
+sending it. Spans are gathered per model version and protocol (HTTP or gRPC) and given as the mean, median
+and 99th percentile in microseconds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ SPANS = (
     ("request", "HTTP_RECV_START", "HTTP_SEND_END", ""),
     ("request", "GRPC_WAITREAD_END", "GRPC_SEND_START", ""),
     ("receive", "HTTP_RECV_START", "HTTP_RECV_END", ""),
-    ("gateway: wait for a thread", "HTTP_RECV_END", "HANDLER_START", ""),
+    ("gateway: to a thread, WSGI, routing", "HTTP_RECV_END", "HANDLER_START", ""),
     ("gateway: parse, check, send", "HANDLER_START", "REQUEST_START", ""),
     ("gateway: parse, check, send", "HTTP_RECV_END", "REQUEST_START", "HANDLER_START"),  # Triton's
     ("gateway: parse, check, send", "GRPC_WAITREAD_END", "REQUEST_START", ""),

@@ -173,7 +173,7 @@ def test_a_summary_says_where_the_time_went() -> None:
     assert groups[0].spans["worker queue"] == [40_000, 120_000]
     assert groups[0].spans["compute infer"] == [40_000, 120_000]
     assert "worker, no timestamps (another host)" not in groups[0].spans
-    assert groups[0].spans["gateway: wait for a thread"] == [10_000]
+    assert groups[0].spans["gateway: to a thread, WSGI, routing"] == [10_000]
     assert groups[0].spans["gateway: parse, check, send"] == [10_000, 60_000]
     text = trace_summary.report(groups)
     assert "digits version 1, HTTP: 2 traces" in text and "| send | 30.0 | 30.0 | 44.7 |" in text
