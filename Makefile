@@ -11,7 +11,7 @@ RUN_DIR ?= run
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_PIN := $(if $(HAS_GPU),,torch==2.13.0)
 
-.PHONY: install serve test lint typecheck unit bench bench-quick soak haproxy clean
+.PHONY: install serve test lint typecheck unit bench bench-quick soak haproxy perf-analyzer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ haproxy:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
 	  else echo "haproxy is not installed: the many-hosts test will skip (apt-get install haproxy)"; fi; }
 
+# Triton's own load generator, perf_analyzer, which tests/test_perf_analyzer.py runs against torchgate: the
+# binary and CUDA's runtime library it links from PyPI wheels (harness/perf_analyzer.py), libb64 from Debian.
+# CI (root, apt-get) installs libb64; elsewhere the test says it skips without it.
+perf-analyzer: $(TEST_STAMP)
+	@test -x $(VENV)/perf_analyzer/perf_analyzer || $(BIN)/python -m harness.perf_analyzer install $(VENV)/perf_analyzer
+	@/sbin/ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d' || { \
+	  if [ "$$CI" = true ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null; \
+	  else echo "libb64 is not installed: the perf_analyzer test will skip (apt-get install libb64-0d)"; fi; }
+
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check gateway inference_worker deploy harness tests benchmarks examples
 	$(BIN)/ruff format --check gateway inference_worker deploy harness tests benchmarks examples
@@ -52,7 +62,7 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck haproxy
+test: lint typecheck haproxy perf-analyzer
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The tests that start no process (every process test is marked `processes`): seconds, not minutes.

@@ -524,7 +524,9 @@ def infer_response(
     model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, Placement]]
 ) -> Body:
     """Build an infer response: each ``(tensor, placement)`` as JSON data, as binary data after the header,
-    or (a :class:`RegionSlice`) as the shared-memory region it was written to, without its data."""
+    or (a :class:`RegionSlice`) written to a shared-memory region: its name, datatype and shape only, as
+    Triton answers (Triton's C++ client, perf_analyzer's, refuses an output's ``parameters`` without
+    ``binary_data_size``)."""
     doc: dict[str, Any] = {"model_name": model}
     if version:
         doc["model_version"] = version
@@ -538,7 +540,7 @@ def infer_response(
             "shape": list(tensor.shape),
         }
         if isinstance(binary, RegionSlice):
-            entry["parameters"] = region_parameters(binary, len(tensor.data))
+            pass  # its data is in the region
         elif binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             blobs.append(tensor.data)
@@ -594,14 +596,6 @@ def encode_body(body: Body, encoding: str) -> Body:
     encoder = zlib.compressobj(6, zlib.DEFLATED, wbits)
     data = b"".join([*(encoder.compress(part) for part in parts), encoder.flush()])
     return Body(data, body.content_type, {**body.headers, "Content-Encoding": encoding})
-
-
-def region_parameters(where: RegionSlice, written: int) -> dict[str, Any]:
-    """The parameters of an output written to a shared-memory region: where, and how many bytes."""
-    params: dict[str, Any] = {"shared_memory_region": where.region, "shared_memory_byte_size": written}
-    if where.offset:
-        params["shared_memory_offset"] = where.offset
-    return params
 
 
 def output_strings(tensor: Tensor) -> list[str]:

@@ -176,18 +176,13 @@ def _output(output: Any) -> RequestedOutput:
 def infer_response(
     model: str, version: str | None, request_id: str | None, outputs: list[tuple[Tensor, Placement]]
 ) -> Any:
-    """Build a ``ModelInferResponse``: each output's metadata, its bytes in ``raw_output_contents`` (an
-    empty entry for one written to a shared-memory region, as Triton sends it)."""
+    """Build a ``ModelInferResponse``: each output's metadata, its bytes in ``raw_output_contents`` (for one
+    written to a shared-memory region, an empty entry and no parameters, as Triton sends it)."""
     response = message(
         "ModelInferResponse", model_name=model, model_version=version or "", id=request_id or ""
     )
-    for tensor, placement in outputs:
-        entry = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        if isinstance(placement, RegionSlice):
-            entry.parameters["shared_memory_region"].string_param = placement.region
-            entry.parameters["shared_memory_byte_size"].int64_param = len(tensor.data)
-            if placement.offset:
-                entry.parameters["shared_memory_offset"].int64_param = placement.offset
+    for tensor, _ in outputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
     response.raw_output_contents.extend(
         b"" if isinstance(p, RegionSlice) else bytes(t.data) for t, p in outputs
     )
