@@ -233,6 +233,14 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "level=TIMESTAMPS, rate=N, count=N, triton,log-frequency=N. Changed live at /v2/trace/setting.",
         ),
         click.option(
+            "--cache-config",
+            "cache_config",
+            multiple=True,
+            metavar="local,size=BYTES",
+            help="A response cache of BYTES (Triton's flag and local cache) for the models whose config.toml "
+            "says [response_cache] enable = true; shared out among the gateway processes.",
+        ),
+        click.option(
             "--auth-token-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
@@ -265,6 +273,7 @@ def build_settings(
     model_control: str = "none",
     allow_client_shm: bool = False,
     trace_config: tuple[str, ...] = (),
+    cache_config: tuple[str, ...] = (),
     management_port: int | None = None,
     metrics_port: int | None = None,
     gpu_worker_threads: int = defaults.DEFAULT_GPU_WORKER_THREADS,
@@ -328,11 +337,29 @@ def build_settings(
             model_control=model_control,
             allow_client_shm=allow_client_shm,
             trace_config=trace_config,
+            response_cache_bytes=cache_size(cache_config),
             management_port=management_port,
             metrics_port=metrics_port,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def cache_size(values: tuple[str, ...]) -> int:
+    """Read ``--cache-config`` as Triton does (``local,size=BYTES``): return the cache's size in bytes."""
+    size = 0
+    for value in values:
+        kind, _, setting = value.partition(",")
+        name, equals, number = setting.partition("=")
+        if kind != "local" or name != "size" or not equals:
+            raise click.BadParameter(
+                f"{value!r}: takes local,size=BYTES (Triton's local cache; redis is not supported)",
+                param_hint="--cache-config",
+            )
+        if not number.isdigit() or int(number) < 1:
+            raise click.BadParameter(f"{value!r}: size= takes a number of bytes", param_hint="--cache-config")
+        size = int(number)
+    return size
 
 
 def _describe(s: DeploySettings) -> str:

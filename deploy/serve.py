@@ -147,6 +147,12 @@ def wait_until_serving(
     next_progress = started + PROGRESS_EVERY
     while proc.poll() is None and not stopping():
         processes = _processes(sup)
+        if processes is None:  # supervisord did not answer this time (busy): judge nothing on this look
+            if time.monotonic() >= deadline:
+                echo(f"torchgate: supervisord does not answer after {timeout:.0f} s. Logs: {s.log_dir}")
+                return GAVE_UP_WAITING
+            time.sleep(0.25)
+            continue
         try:
             status: StatusReply | None = query_status(s.frontend_endpoint, timeout=HEALTH_TIMEOUT)
         except (TimeoutError, ProtocolError, zmq.ZMQError):
@@ -227,11 +233,13 @@ def _report_grpc(
     )
 
 
-def _processes(sup: Supervisor) -> dict[str, dict[str, Any]]:
+def _processes(sup: Supervisor) -> dict[str, dict[str, Any]] | None:
+    """Return supervisord's processes, or None when it did not answer: not an empty host, which would read
+    as every slot stopped (and so as nothing that can serve)."""
     try:
         return sup.processes()
     except (OSError, xmlrpc.client.Error, http.client.HTTPException):
-        return {}
+        return None
 
 
 def _reported_models(status: StatusReply) -> set[str]:

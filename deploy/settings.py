@@ -96,6 +96,9 @@ class DeploySettings:
     allow_client_shm: bool = False
     # Triton's --trace-config values (gateway/trace_settings.py): a trace file turns request tracing on
     trace_config: tuple[str, ...] = ()
+    # Triton's response cache (--cache-config local,size=N): N bytes shared out among the gateway processes
+    # and the gRPC server, for models with [response_cache] enable = true; 0: none
+    response_cache_bytes: int = 0
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,13 @@ class DeploySettings:
             self.client_shm_dir,
             self.trace_dir,
         )
+
+    @property
+    def response_cache_share(self) -> int:
+        """The bytes of answers each gateway process and the gRPC server keep (the cache's size, shared)."""
+        if not self.response_cache_bytes:
+            return 0
+        return max(1, self.response_cache_bytes // (self.gateway_processes + (self.grpc_port is not None)))
 
     @property
     def log_settings_path(self) -> Path:
@@ -351,6 +361,7 @@ def _check_settings(s: DeploySettings) -> None:
         "drain_seconds": s.drain_seconds,
         "gateway_graceful_seconds": s.gateway_graceful_seconds,
         "log_backups": s.log_backups,
+        "response_cache_bytes": s.response_cache_bytes,
         "gateway_queue": 0 if s.gateway_queue is None else s.gateway_queue,
     }
     for name, value in non_negative.items():

@@ -202,6 +202,8 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
         env["TORCHGATE_METRICS_PORT"] = str(s.metrics_port)
     if s.allow_client_shm:  # one folder of registrations for every gateway process and the gRPC server
         env["TORCHGATE_CLIENT_SHM_DIR"] = str(s.client_shm_dir)
+    if s.response_cache_bytes:  # each process's share of the response cache
+        env["TORCHGATE_RESPONSE_CACHE_BYTES"] = str(s.response_cache_share)
     if s.trace_config:  # the trace settings every gateway process and the gRPC server share
         env["TORCHGATE_TRACE_DIR"] = str(s.trace_dir)
     return env

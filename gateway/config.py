@@ -78,6 +78,9 @@ class GatewayConfig:
     # The log settings file every process of a server follows (Triton's logging extension,
     # inference_worker/log_settings.py; `torchgate serve` writes it); empty: POST /v2/logging is refused.
     log_settings: str = ""
+    # Bytes of answers this process keeps for models with [response_cache] enable = true (Triton's response
+    # cache, gateway/response_cache.py; `torchgate serve --cache-config local,size=N` shares N out); 0: none.
+    response_cache_bytes: int = 0
     # TorchServe's management port (8081) and metrics port (8082), when the gateway also listens there: each
     # answers only its API (the management endpoints, /metrics); 0: none.
     management_port: int = 0

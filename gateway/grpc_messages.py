@@ -129,7 +129,9 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("output", 6, "repeated ModelOutput"),
         ("dynamic_batching", 11, "ModelDynamicBatching"),  # one of them (the oneof scheduling_choice)
         ("instance_group", 7, "repeated ModelInstanceGroup"),
+        ("response_cache", 24, "ModelResponseCache"),
     ),
+    "ModelResponseCache": (("enable", 1, "bool"),),
     "ModelVersionPolicy": (  # one of them (the oneof policy_choice)
         ("latest", 1, "ModelVersionPolicy.Latest"),
         ("all", 2, "ModelVersionPolicy.All"),

@@ -74,6 +74,10 @@ class RequestMetrics:
     latency: Histogram
     http: Counter
     refused: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    cache_hit_us: Counter
+    cache_miss_us: Counter
     registry: CollectorRegistry | None  # None in multiprocess mode: the values live in the folder
     # The labelled series already used, by label values: ``labels()`` takes a lock and checks every value.
     _series: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -119,8 +123,61 @@ class RequestMetrics:
                 "every gateway thread busy and TORCHGATE_GATEWAY_QUEUE requests waiting",
                 registry=registry,
             ),
+            cache_hits=Counter(
+                "nv_cache_num_hits_per_model",
+                "Requests answered from the response cache",
+                model,
+                registry=registry,
+            ),
+            cache_misses=Counter(
+                "nv_cache_num_misses_per_model",
+                "Requests of models with a response cache that the cache could not answer",
+                model,
+                registry=registry,
+            ),
+            cache_hit_us=Counter(
+                "nv_cache_hit_duration_per_model",
+                "Time spent finding the answers in the response cache, in microseconds",
+                model,
+                registry=registry,
+            ),
+            cache_miss_us=Counter(
+                "nv_cache_miss_duration_per_model",
+                "Time spent looking in the response cache and keeping the new answers, in microseconds",
+                model,
+                registry=registry,
+            ),
             registry=registry,
         )
+
+    def observe_cache(self, model: str, version: str, hit: bool, seconds: float) -> None:
+        """Count one look in the response cache: a hit or a miss, and its time (a miss's includes keeping)."""
+        if hit:
+            self._child(self.cache_hits, model, version).inc()
+            self._child(self.cache_hit_us, model, version).inc(seconds * 1e6)
+        else:
+            self._child(self.cache_misses, model, version).inc()
+            self._child(self.cache_miss_us, model, version).inc(seconds * 1e6)
+
+    def cache_counts(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Return every process's response-cache counters by model version: hits, misses and their us."""
+        names = {
+            "nv_cache_num_hits_per_model": "hits",
+            "nv_cache_num_misses_per_model": "misses",
+            "nv_cache_hit_duration_per_model": "hit_us",
+            "nv_cache_miss_duration_per_model": "miss_us",
+        }
+        counts: dict[tuple[str, str], dict[str, float]] = {}
+        for family in self.collect():
+            if family.name not in names:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.labels.get("model", ""), sample.labels.get("version", ""))
+                entry = counts.setdefault(key, {})
+                entry[names[family.name]] = entry.get(names[family.name], 0.0) + sample.value
+        return counts
 
     def observe_inference(self, model: str, version: str, seconds: float, status: int) -> None:
         """Count one inference request for a known model: its outcome and how long it took."""

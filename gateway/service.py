@@ -29,8 +29,10 @@ from gateway.codec import (
 )
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
+from gateway.metrics import request_metrics
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
+from gateway.response_cache import ResponseCache
 from gateway.trace import RequestTrace
 from gateway.tracing import Tracing
 from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
@@ -72,6 +74,7 @@ class Gateway:
         self.limits = StringLimits(config.max_bytes_elements, config.max_bytes_element_size)
         self.regions = ClientRegions(config.client_shm_dir or None)
         self.tracing = Tracing(config.trace_dir) if config.trace_dir else None
+        self.cache = ResponseCache(config.response_cache_bytes) if config.response_cache_bytes else None
         log_settings.watch(config.log_settings or None)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
 
@@ -207,8 +210,9 @@ class Gateway:
         for planned in plan:
             if planned.region is not None:
                 sinks[planned.name] = partial(self._into_region, planned.name, planned.region, written)
-        reply = self.client.infer(
-            model.name,
+        reply = self.call(
+            model,
+            resolved,
             resolved if pinned else None,
             inputs,
             names if request.outputs else [],
@@ -231,6 +235,60 @@ class Gateway:
             else:
                 answers.append((tensor, planned.binary))
         return reply.version or None, answers
+
+    def call(
+        self,
+        model: ModelConfig,
+        resolved: str,
+        asked: str | None,
+        inputs: list[Tensor],
+        outputs: list[str],
+        deadline: float,
+        request_id: str,
+        priority: int = 0,
+        *,
+        reply_bytes: int = 0,
+        parameters: Parameters | None = None,
+        sinks: dict[str, Callable[[memoryview], memoryview]] | None = None,
+    ) -> InferReply:
+        """Run a request of ``model`` (version ``asked``, None: the default, which is ``resolved``) on a
+        worker, or answer it from the response cache when the model enables one and the server has one."""
+        if self.cache is None or not model.response_cache:
+            return self.client.infer(
+                model.name,
+                asked,
+                inputs,
+                outputs,
+                deadline,
+                request_id,
+                priority,
+                reply_bytes=reply_bytes,
+                parameters=parameters,
+                sinks=sinks,
+            )
+        began = time.perf_counter()
+        key = ResponseCache.key(model.name, resolved, inputs, parameters or {})
+        kept = self.cache.get(key)
+        if kept is not None:
+            request_metrics().observe_cache(model.name, resolved, True, time.perf_counter() - began)
+            return InferReply(model.name, resolved, "cache", kept, {})
+        looked = time.perf_counter() - began
+        # every output, and none written into a client's region on the way: the answer is kept whole
+        reply = self.client.infer(
+            model.name,
+            asked,
+            inputs,
+            [],
+            deadline,
+            request_id,
+            priority,
+            reply_bytes=reply_bytes,
+            parameters=parameters,
+        )
+        began = time.perf_counter()
+        self.cache.put(key, reply.outputs)
+        request_metrics().observe_cache(model.name, resolved, False, looked + time.perf_counter() - began)
+        return reply
 
     def _into_region(self, name: str, where: RegionSlice, written: set[str], data: memoryview) -> memoryview:
         """Write an output into the client's region it is asked in; note it ``written``."""
@@ -267,9 +325,17 @@ class Gateway:
         resolved = self.catalog.get(model.name, version)[1] if version else None
         with self.parsing(len(body)):
             tensor, whole = predict_input(doc["input"], model, self.limits)
-        self.begin(trace, model, resolved or self.catalog.get(model.name)[1], [tensor])
-        reply = self.client.infer(
-            model.name, resolved, [tensor], [], self.deadline(None), trace.request_id, parameters=parameters
+        running = resolved or self.catalog.get(model.name)[1]
+        self.begin(trace, model, running, [tensor])
+        reply = self.call(
+            model,
+            running,
+            resolved,
+            [tensor],
+            [],
+            self.deadline(None),
+            trace.request_id,
+            parameters=parameters,
         )
         trace.finish(reply.version, reply.worker, reply.stats)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
@@ -286,7 +352,7 @@ class Gateway:
                 loads(body, self.config.max_json_values), model, self.limits
             )
         self.begin(trace, model, resolved, [tensor])
-        reply = self.client.infer(model.name, None, [tensor], [], self.deadline(None), trace.request_id)
+        reply = self.call(model, resolved, None, [tensor], [], self.deadline(None), trace.request_id)
         trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, [s.name for s in model.outputs])
         return {"predictions": kserve_v1.predictions(outputs, model, count)}
@@ -340,8 +406,9 @@ class Gateway:
             with self.parsing(len(data)):
                 tensor, whole = predict_input(loads(data, self.config.max_json_values), model, self.limits)
         self.begin(trace, model, resolved, [tensor])
-        reply = self.client.infer(
-            model.name,
+        reply = self.call(
+            model,
+            resolved,
             resolved if version else None,
             [tensor],
             [],
@@ -509,7 +576,8 @@ class Gateway:
         resolved = None
         if model is not None:
             _, resolved = self.catalog.get(model, version)
-        return model_stats(self.catalog.models, self.status(), model, resolved if version else None)
+        cache = request_metrics().cache_counts()
+        return model_stats(self.catalog.models, self.status(), model, resolved if version else None, cache)
 
 
 CONTROL_BODY = 64 << 10  # the largest body a load or unload request may have (it holds no files here)

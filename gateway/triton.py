@@ -75,6 +75,8 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         ]
         or [{"name": model.name, "kind": "KIND_AUTO", "count": 1, "gpus": []}],
     }
+    if model.response_cache:
+        config["response_cache"] = {"enable": True}
     if model.max_batch_size > 0:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(model.preferred_batch_sizes),
@@ -157,8 +159,10 @@ def model_stats(
     status: StatusReply,
     only: str | None = None,
     version: str | None = None,
+    cache: dict[tuple[str, str], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Return ``{"model_stats": [...]}`` in Triton's shape, summing the workers' counters per version.
+    """Return ``{"model_stats": [...]}`` in Triton's shape, summing the workers' counters per version, with
+    the gateways' response-cache counts (``cache``: hits, misses and their microseconds per version).
 
     Counters a dispatcher does not report are zeros.
     """
@@ -176,16 +180,19 @@ def model_stats(
         for v in sorted(models[name].versions, key=int):
             if version is not None and v != version:
                 continue
-            result.append(_one_model_stats(name, v, totals.get((name, v), {})))
+            result.append(
+                _one_model_stats(name, v, totals.get((name, v), {}), (cache or {}).get((name, v), {}))
+            )
     return {"model_stats": result}
 
 
-def _one_model_stats(name: str, version: str, t: dict[str, Any]) -> dict[str, Any]:
+def _one_model_stats(name: str, version: str, t: dict[str, Any], cached: dict[str, float]) -> dict[str, Any]:
     success = int(t.get("success", 0))
     failures = t.get("failure") or {}
     failed = int(sum(failures.values())) if isinstance(failures, dict) else 0
     executions = int(t.get("execution_count", 0))
     batch_sizes = t.get("batch_sizes") or {}
+    hits, hit_ns = int(cached.get("hits", 0)), int(cached.get("hit_us", 0) * 1000)
     return {
         "name": name,
         "version": version,
@@ -193,14 +200,15 @@ def _one_model_stats(name: str, version: str, t: dict[str, Any]) -> dict[str, An
         "inference_count": int(t.get("inference_count", 0)),
         "execution_count": executions,
         "inference_stats": {
-            "success": _duration(success, t.get("request_ns", 0)),
+            # as Triton counts them: success and queue include the response cache's hits, compute does not
+            "success": _duration(success + hits, t.get("request_ns", 0) + hit_ns),
             "fail": _duration(failed, 0),
-            "queue": _duration(success, t.get("queue_ns", 0)),
+            "queue": _duration(success + hits, t.get("queue_ns", 0)),
             "compute_input": _duration(success, t.get("compute_input_ns", 0)),
             "compute_infer": _duration(success, t.get("compute_infer_ns", 0)),
             "compute_output": _duration(success, t.get("compute_output_ns", 0)),
-            "cache_hit": _duration(0, 0),
-            "cache_miss": _duration(0, 0),
+            "cache_hit": _duration(hits, hit_ns),
+            "cache_miss": _duration(int(cached.get("misses", 0)), int(cached.get("miss_us", 0) * 1000)),
         },
         "batch_stats": [
             {

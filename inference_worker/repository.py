@@ -45,6 +45,7 @@ TOP_KEYS = (
     "handler",
     "padding",
     "version_policy",
+    "response_cache",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
 TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
@@ -52,7 +53,16 @@ MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by 
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
-TABLES = ("dynamic_batching", "input", "output", "instance_group", "padding", "version_policy")
+TABLES = (
+    "dynamic_batching",
+    "input",
+    "output",
+    "instance_group",
+    "padding",
+    "version_policy",
+    "response_cache",
+)
+RESPONSE_CACHE_KEYS = ("enable",)
 VERSION_POLICY_KEYS = ("latest", "all", "specific")
 
 
@@ -163,6 +173,9 @@ class ModelConfig:
     padding: Padding | None = None
     # Which version folders are served, as Triton's version_policy (JSON form); ``versions`` holds only those.
     version_policy: dict[str, Any] = field(default_factory=lambda: {"all": {}})
+    # Triton's response_cache: the gateway answers a request with the same inputs as an earlier one from its
+    # cache (gateway/response_cache.py), when the server has one (--cache-config)
+    response_cache: bool = False
 
     @property
     def config_path(self) -> Path:
@@ -313,6 +326,12 @@ def load_model_config(folder: Path) -> ModelConfig:
             f"{folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
         )
     policy, versions = _version_policy(path, raw, versions)
+    cache = raw.get("response_cache", {})
+    if not isinstance(cache, dict):
+        raise ConfigError(f"{path}: key 'response_cache' must be a table: [response_cache] enable = true")
+    _check_keys(path, cache, RESPONSE_CACHE_KEYS, "response_cache.")
+    if not isinstance(cache.get("enable", False), bool):
+        raise ConfigError(f"{path}: key 'response_cache.enable' must be true or false")
     model = ModelConfig(
         name=name,
         backend=backend,
@@ -330,6 +349,7 @@ def load_model_config(folder: Path) -> ModelConfig:
         handler=handler,
         padding=padding,
         version_policy=policy,
+        response_cache=cache.get("enable", False),
     )
     for version in versions:
         file = model.model_file(version)

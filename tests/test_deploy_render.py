@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
+from deploy.cli import cache_size
 from deploy.gpus import Gpu, parse_gpu_spec, parse_nvidia_smi, resolve_gpus
 from deploy.rundir import write_run_dir
 from deploy.scaling import added_slot_path, next_slot
@@ -151,6 +153,25 @@ def test_every_start_writes_the_trace_and_log_settings_every_process_follows(tmp
     ):
         with pytest.raises(ValueError, match=words):
             DeploySettings(run_dir=tmp_path / "bad", cpu_workers=1, trace_config=bad)
+
+
+def test_the_response_cache_is_shared_out_among_the_processes_that_answer(tmp_path: Path) -> None:
+    s = DeploySettings(
+        run_dir=tmp_path / "run",
+        cpu_workers=1,
+        gateway_processes=3,
+        grpc_port=8001,
+        response_cache_bytes=4000,
+    )
+    procs = programs(realize(s))
+    assert procs["gateway"].environment["TORCHGATE_RESPONSE_CACHE_BYTES"] == "1000"  # 3 gateways and gRPC
+    assert procs["grpc"].environment["TORCHGATE_RESPONSE_CACHE_BYTES"] == "1000"
+    off = programs(realize(DeploySettings(run_dir=tmp_path / "off", cpu_workers=1)))
+    assert "TORCHGATE_RESPONSE_CACHE_BYTES" not in off["gateway"].environment
+    assert cache_size(("local,size=1048576",)) == 1 << 20
+    for bad in ("redis,host=localhost", "local,size=lots", "local,size=0", "local"):
+        with pytest.raises(click.BadParameter, match="--cache-config|local,size"):
+            cache_size((bad,))
 
 
 def test_grpc_is_a_program_of_its_own_only_when_asked_for(tmp_path: Path) -> None:
