@@ -28,7 +28,8 @@ def _tensor(data: bytes | memoryview, name: str = "x", shape: tuple[int, ...] = 
 def test_a_key_is_the_model_version_inputs_and_parameters() -> None:
     x = _tensor(b"\0" * 16)
     key = ResponseCache.key("m", "1", [x], {})
-    assert key == ResponseCache.key("m", "1", [_tensor(memoryview(bytearray(16)))], {})  # the bytes, whatever holds them
+    held = memoryview(bytearray(16))
+    assert key == ResponseCache.key("m", "1", [_tensor(held)], {})  # the bytes, whatever holds them
     others = [
         ResponseCache.key("m", "2", [x], {}),
         ResponseCache.key("n", "1", [x], {}),
