@@ -4,7 +4,9 @@ no I/O.
 A model whose ``config.toml`` says ``[response_cache] enable = true`` is answered from the cache when the
 server has one (``torchgate serve --cache-config local,size=BYTES``, Triton's flag and its ``local`` cache):
 a request whose model version, inputs (name, datatype, shape and bytes, in order) and handler parameters are
-those of an earlier answered request gets that request's outputs at once, with no worker involved. As in
+those of an earlier answered request gets that request's outputs at once, with no worker involved (the
+caller puts what tells the version's files apart in the version it gives, so that a model loaded again from
+new files is not answered with the old one's answers). As in
 Triton, the key is a hash of those (BLAKE2b, 128 bits), the whole outputs are kept (a request asking for some
 of them is answered from the same entry), failures are never kept, and the least recently used answers go
 first once the cache is full. Each gateway process, and the gRPC server, keeps a share of ``size``.

@@ -253,7 +253,11 @@ class Gateway:
     ) -> InferReply:
         """Run a request of ``model`` (version ``asked``, None: the default, which is ``resolved``) on a
         worker, or answer it from the response cache when the model enables one and the server has one."""
-        if self.cache is None or not model.response_cache:
+        began = time.perf_counter()
+        cache = self.cache if model.response_cache else None
+        # what tells this version's files from earlier ones: none readable, no answer is told from an old one
+        files = _files_stamp(model, resolved) if cache is not None else None
+        if cache is None or files is None:
             return self.client.infer(
                 model.name,
                 asked,
@@ -266,9 +270,8 @@ class Gateway:
                 parameters=parameters,
                 sinks=sinks,
             )
-        began = time.perf_counter()
-        key = ResponseCache.key(model.name, resolved, inputs, parameters or {})
-        kept = self.cache.get(key)
+        key = ResponseCache.key(model.name, f"{resolved}:{files}", inputs, parameters or {})
+        kept = cache.get(key)
         if kept is not None:
             request_metrics().observe_cache(model.name, resolved, True, time.perf_counter() - began)
             return InferReply(model.name, resolved, "cache", kept, {})
@@ -286,7 +289,7 @@ class Gateway:
             parameters=parameters,
         )
         began = time.perf_counter()
-        self.cache.put(key, reply.outputs)
+        cache.put(key, reply.outputs)
         request_metrics().observe_cache(model.name, resolved, False, looked + time.perf_counter() - began)
         return reply
 
@@ -605,6 +608,16 @@ def control_parameters(body: bytes, action: str) -> dict[str, Any]:
     if not isinstance(params.get("unload_dependents", False), bool):
         raise InvalidArgument("unload parameter 'unload_dependents' must be true or false")
     return dict(params)
+
+
+def _files_stamp(model: ModelConfig, version: str) -> str | None:
+    """Return what tells this version's files from earlier ones (a model loaded again from new files must
+    not be answered with the old one's cached answers): its config's and model file's size and mtime."""
+    try:
+        stats = [os.stat(model.config_path), os.stat(model.model_file(version))]
+    except (OSError, KeyError):
+        return None
+    return ",".join(f"{st.st_size}.{st.st_mtime_ns}" for st in stats)
 
 
 def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import zmq
 from hypothesis import settings
 
-from harness import DEFAULT_REPOSITORY, Processes
+from harness import DEFAULT_REPOSITORY, Processes, Stack, copy_digits, free_port, short_dir
 from harness.procs import allow_processes
 from harness.wheel import InstalledWheel, build_and_install
 
@@ -57,3 +57,26 @@ def digits_model() -> object:
 def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
     """torchgate's wheel, built as a user would and installed into a folder of its own, once per session."""
     return build_and_install(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def extensions_server() -> Iterator[tuple[Stack, int]]:
+    """One `torchgate serve` (and its gRPC port) for the tests of Triton's logging extension, response cache
+    and perf_analyzer: one gateway process, client shared memory allowed, a response cache; ``digits``, and
+    ``digits_cached``, the same model with ``[response_cache] enable = true``."""
+    with short_dir() as base:
+        grpc_port = free_port()
+        repository = base / "repo"
+        copy_digits(repository)
+        copy_digits(base / "copy")
+        (base / "copy" / "digits").rename(repository / "digits_cached")
+        config = repository / "digits_cached" / "config.toml"
+        text = config.read_text().replace('name = "digits"', 'name = "digits_cached"')
+        config.write_text(text + "\n[response_cache]\nenable = true\n")
+        stack = Stack.at(base, repository)
+        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
+        options += ["--gateway-processes", "1", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
+        options += ["--model-repository", str(repository), "--allow-client-shm"]
+        with stack.serve(*options, "--cache-config", "local,size=1048576") as d:
+            d.wait_serving(timeout=120)
+            yield d, grpc_port

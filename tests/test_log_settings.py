@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -16,14 +17,14 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from harness import Stack, copy_digits, free_port, short_dir, wait_for
+from harness import Stack, wait_for
 from harness.apps import gateway_app
 from harness.models import DIGIT_ROW
 from inference_worker import log_settings
 from inference_worker.errors import CodedError
 
 TIMEOUT = 30.0
-DIGIT = {"input": [DIGIT_ROW]}  # POST /predict
+DIGIT: dict[str, Any] = {"model": "digits", "input": [DIGIT_ROW]}  # POST /predict
 
 
 @pytest.fixture
@@ -120,18 +121,9 @@ def test_a_gateway_without_the_shared_file_refuses_changes(tmp_path: Path) -> No
 # -- under `torchgate serve` ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Stack, int]]:
-    with short_dir() as base:
-        grpc_port = free_port()
-        repository = base / "repo"
-        copy_digits(repository)
-        stack = Stack.at(base, repository)
-        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
-        options += ["--gateway-processes", "1", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
-        with stack.serve(*options, "--model-repository", str(repository)) as d:
-            d.wait_serving(timeout=120)
-            yield d, grpc_port
+@pytest.fixture
+def served(extensions_server: tuple[Stack, int]) -> tuple[Stack, int]:
+    return extensions_server  # one gateway process: a setting changed through it applies there at once
 
 
 def _log(stack: Stack, program: str) -> str:

@@ -8,11 +8,10 @@ import json
 import re
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
-from harness import Stack, copy_digits, free_port, short_dir
+from harness import Stack
 from harness import perf_analyzer as pa
 
 TIMEOUT = 120.0  # one perf_analyzer run, at most
@@ -20,22 +19,12 @@ TIMEOUT = 120.0  # one perf_analyzer run, at most
 BOUNDED = ["--measurement-mode", "count_windows", "--measurement-request-count", "100", "-s", "100"]
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Stack, int]]:
+@pytest.fixture
+def served(extensions_server: tuple[Stack, int]) -> tuple[Stack, int]:
     why = pa.missing()
     if why:
         pytest.skip(why)
-    with short_dir() as base:
-        grpc_port = free_port()
-        repository = base / "repo"
-        copy_digits(repository)
-        stack = Stack.at(base, repository)
-        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
-        options += ["--gateway-processes", "2", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
-        options += ["--model-repository", str(repository), "--allow-client-shm"]
-        with stack.serve(*options) as d:
-            d.wait_serving(timeout=120)
-            yield d, grpc_port
+    return extensions_server
 
 
 def _successes(url: str) -> int:
@@ -57,7 +46,7 @@ def _run(*args: str) -> str:
 @pytest.mark.parametrize(
     "how",
     [
-        ["--concurrency-range", "1:2"],  # HTTP, binary tensors
+        ["--concurrency-range", "2"],  # HTTP, binary tensors
         ["-i", "grpc", "--concurrency-range", "2", "-b", "4"],
         ["-i", "grpc", "--streaming", "--concurrency-range", "2"],
         ["--shared-memory", "system", "--output-shared-memory-size", "64", "--concurrency-range", "2"],

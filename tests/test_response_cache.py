@@ -4,7 +4,8 @@ worker, over HTTP and gRPC, counted as Triton counts them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import tritonclient.http as httpclient
 
 from gateway.codec import Tensor
 from gateway.response_cache import ENTRY_OVERHEAD, ResponseCache
-from harness import Stack, copy_digits, free_port, short_dir
+from harness import Stack, copy_digits, wait_for
 from inference_worker.repository import ConfigError, load_model_config
 
 TIMEOUT = 30.0
@@ -81,25 +82,13 @@ def test_the_response_cache_table_is_checked(tmp_path: Path) -> None:
 # -- under `torchgate serve --cache-config` ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Stack, int]]:
-    with short_dir() as base:
-        grpc_port = free_port()
-        repository = base / "repo"
-        copy_digits(repository)
-        config = repository / "digits" / "config.toml"
-        config.write_text(config.read_text() + "\n[response_cache]\nenable = true\n")
-        stack = Stack.at(base, repository)
-        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
-        options += ["--gateway-processes", "1", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
-        options += ["--model-repository", str(repository), "--cache-config", "local,size=1048576"]
-        with stack.serve(*options) as d:
-            d.wait_serving(timeout=120)
-            yield d, grpc_port
+@pytest.fixture
+def served(extensions_server: tuple[Stack, int]) -> tuple[Stack, int]:
+    return extensions_server  # digits_cached: digits with [response_cache] enable = true
 
 
 def _stats(url: str) -> dict[str, int]:
-    doc = requests.get(f"{url}/v2/models/digits/stats", timeout=TIMEOUT).json()["model_stats"][0]
+    doc = requests.get(f"{url}/v2/models/digits_cached/stats", timeout=TIMEOUT).json()["model_stats"][0]
     inference = doc["inference_stats"]
     return {
         "executions": doc["execution_count"],
@@ -117,50 +106,60 @@ def _digits(seed: int) -> np.ndarray:
 def test_a_repeated_request_is_answered_from_the_cache(served: tuple[Stack, int]) -> None:
     stack, grpc_port = served
     url = stack.url.removeprefix("http://")
-    config = requests.get(f"{stack.url}/v2/models/digits/config", timeout=TIMEOUT).json()
+    config = requests.get(f"{stack.url}/v2/models/digits_cached/config", timeout=TIMEOUT).json()
     assert config["response_cache"] == {"enable": True}
     x = _digits(1)
     with httpclient.InferenceServerClient(url, network_timeout=TIMEOUT) as client:
         inp = httpclient.InferInput("input", [1, 64], "FP32")
         inp.set_data_from_numpy(x)
         before = _stats(stack.url)
-        first = client.infer("digits", [inp]).as_numpy("output")
-        after_miss = _stats(stack.url)
-        assert (
-            after_miss["misses"] == before["misses"] + 1
-            and after_miss["executions"] == before["executions"] + 1
-        )
-        second = client.infer("digits", [inp]).as_numpy("output")  # the same inputs: no worker
+        first = client.infer("digits_cached", [inp]).as_numpy("output")
+        second = client.infer("digits_cached", [inp]).as_numpy("output")  # the same inputs: no worker
         top = client.infer(
-            "digits", [inp], outputs=[httpclient.InferRequestedOutput("output", class_count=2)]
+            "digits_cached", [inp], outputs=[httpclient.InferRequestedOutput("output", class_count=2)]
         )
-        after_hits = _stats(stack.url)
         assert np.array_equal(first, second)
-        assert (
-            after_hits["hits"] == after_miss["hits"] + 2
-            and after_hits["executions"] == after_miss["executions"]
-        )
-        assert after_hits["success"] == after_miss["success"] + 2  # as Triton counts: hits are successes too
         best = int(np.argmax(first))
         assert top.as_numpy("output")[0][0].decode().split(":")[1] == str(best)
-        other = _digits(2)
-        inp.set_data_from_numpy(other)
-        client.infer("digits", [inp])  # other inputs: computed
-        assert _stats(stack.url)["misses"] == after_hits["misses"] + 1
+        inp.set_data_from_numpy(_digits(2))
+        client.infer("digits_cached", [inp])  # other inputs: computed
+    now = _stats(stack.url)  # the gateway's own counts are there at once
+    assert now["hits"] == before["hits"] + 2 and now["misses"] == before["misses"] + 2
+
+    # the workers' counts come with their heartbeats: once they show the two misses, they show all there is
+    def workers_counted() -> dict[str, int] | None:
+        stats = _stats(stack.url)
+        return stats if stats["executions"] >= before["executions"] + 2 else None
+
+    settled = wait_for(workers_counted, timeout=TIMEOUT, what="the worker's statistics")
+    assert settled["executions"] == before["executions"] + 2  # the hits never reached a worker
+    assert settled["success"] == before["success"] + 4  # as Triton counts: hits are successes too
+    after_hits = settled
     # /predict and gRPC go through the same cache: the gRPC server keeps its own share
-    answer = requests.post(f"{stack.url}/predict", json={"input": x.tolist()}, timeout=TIMEOUT).json()
+    answer = requests.post(
+        f"{stack.url}/predict", json={"model": "digits_cached", "input": x.tolist()}, timeout=TIMEOUT
+    ).json()
     assert np.allclose(answer["output"], first, atol=1e-6)
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     try:
         for _ in range(2):
             g = grpcclient.InferInput("input", [1, 64], "FP32")
             g.set_data_from_numpy(x)
-            assert np.array_equal(grpc.infer("digits", [g], client_timeout=TIMEOUT).as_numpy("output"), first)
+            assert np.array_equal(
+                grpc.infer("digits_cached", [g], client_timeout=TIMEOUT).as_numpy("output"), first
+            )
     finally:
         grpc.close()
     final = _stats(stack.url)
     assert final["hits"] == after_hits["hits"] + 2  # /predict's and the second gRPC call
+    # new files for the version (as a model loaded again from a new model.pt2): the old answers are not used
+    model_file = stack.repository / "digits_cached" / "1" / "model.pt2"
+    os.utime(model_file, ns=(time.time_ns(), time.time_ns()))
+    requests.post(
+        f"{stack.url}/predict", json={"model": "digits_cached", "input": x.tolist()}, timeout=TIMEOUT
+    ).raise_for_status()
+    assert _stats(stack.url)["misses"] == final["misses"] + 1
     metrics = requests.get(f"{stack.url}/metrics", timeout=TIMEOUT).text
-    assert 'nv_cache_num_hits_per_model{model="digits",version="1"}' in metrics
+    assert 'nv_cache_num_hits_per_model{model="digits_cached",version="1"}' in metrics
     log = (stack.settings.log_dir / "gateway.log").read_text()
     assert "worker=cache" in log  # the access line says who answered
