@@ -19,7 +19,9 @@ _ERROR_LINE = re.compile(r"cannot load|ERROR|Error|error:")
 class Progress:
     """One look at a starting host."""
 
-    loading: tuple[str, ...]  # slots running (or being started) that the dispatcher does not know yet
+    loading: tuple[
+        str, ...
+    ]  # slots running (or being started) that serve no model through the dispatcher yet
     failed: tuple[str, ...]  # slots supervisord gave up on (FATAL) or that exited for good (EXITED)
     ready_models: tuple[str, ...]  # models at least one registered worker serves
     unavailable: dict[str, str] = field(default_factory=dict)  # model -> why it is not served
@@ -42,13 +44,17 @@ def assess(
 ) -> Progress:
     """Judge the slots ``worker_slots`` (supervisord ``processes``) against a dispatcher STATUS_REPLY."""
     status = status or StatusReply("")
-    registered = status.registered()
+    # A worker that loaded nothing registers only to say why, then leaves and exits (supervisord retries it or
+    # gives up): until then it is not settled, however briefly the dispatcher lists it.
+    serving = {
+        str(e["worker"]) for e in status.workers if isinstance(e, dict) and "worker" in e and e.get("models")
+    }
     loading, failed = [], []
     for name in sorted(worker_slots):
         state = str((processes.get(name) or {}).get("statename", STOPPED))
         if state in GAVE_UP:
             failed.append(name)
-        elif state != STOPPED and name not in registered:
+        elif state != STOPPED and name not in serving:
             loading.append(name)
     ready = sorted(name for name in status.models if status.model_ready(name))
     unavailable: dict[str, str] = {}

@@ -131,6 +131,11 @@ def _log(stack: Stack, program: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _predict(session: requests.Session, url: str, request_id: str) -> None:
+    answer = session.post(f"{url}/predict", json=DIGIT, headers={"X-Request-ID": request_id}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+
+
 def _access_line(text: str, request_id: str) -> str:
     """Return ``text`` if it holds the access line of request ``request_id``, else ""."""
     found = any(
@@ -151,24 +156,13 @@ def test_verbose_lines_and_info_lines_switch_in_every_process(served: tuple[Stac
         client.update_log_settings({"log_info": False})
         with requests.Session() as session:  # one connection: the one gateway process
             for i in range(3):
-                answer = session.post(
-                    f"{stack.url}/predict",
-                    json=DIGIT,
-                    headers={"X-Request-ID": f"quiet-{marker}-{i}"},
-                    timeout=TIMEOUT,
-                )
-                assert answer.status_code == 200
+                _predict(session, stack.url, f"quiet-{marker}-{i}")
             assert session.get(f"{stack.url}/metrics", timeout=TIMEOUT).status_code == 200  # their lines: now
         client.update_log_settings({"log_info": True, "log_verbose_level": 1})
 
         def debug_lines() -> bool:  # the worker follows the file from a thread of its own, within a second
-            answer = requests.post(
-                f"{stack.url}/predict",
-                json=DIGIT,
-                headers={"X-Request-ID": f"loud-{marker}"},
-                timeout=TIMEOUT,
-            )
-            assert answer.status_code == 200
+            with requests.Session() as session:
+                _predict(session, stack.url, f"loud-{marker}")
             return "DEBUG worker[" in _log(stack, "worker-cpu-0") and f"loud-{marker}" in _log(
                 stack, "gateway"
             )

@@ -13,7 +13,11 @@ def procs(**states: str) -> dict[str, dict[str, str]]:
 
 
 def test_slots_still_loading_are_those_running_but_unknown_to_the_dispatcher() -> None:
-    status = StatusReply("", workers=[{"worker": "worker-cpu-0"}], models={"digits": {"1": {"ready": 1}}})
+    status = StatusReply(
+        "",
+        workers=[{"worker": "worker-cpu-0", "models": ["digits/1"]}],
+        models={"digits": {"1": {"ready": 1}}},
+    )
     p = assess(
         procs(worker_cpu_0="RUNNING", worker_cpu_1="STARTING"),
         {"worker-cpu-0", "worker-cpu-1"},
@@ -35,12 +39,25 @@ def test_a_host_where_every_slot_gave_up_serves_nothing() -> None:
 def test_a_model_a_worker_could_not_load_is_unavailable_with_its_reason() -> None:
     status = StatusReply(
         "",
-        workers=[{"worker": "worker-cpu-0"}],
+        workers=[{"worker": "worker-cpu-0", "models": ["good/1"]}],
         models={"good": {"1": {"ready": 1}}},
         unavailable=[{"model": "bad", "version": "1", "worker": "worker-cpu-0", "reason": "no module PIL"}],
     )
     p = assess(procs(worker_cpu_0="RUNNING"), {"worker-cpu-0"}, status, ["bad", "good"])
     assert p.settled and not p.nothing_serves and p.unavailable == {"bad": "no module PIL"}
+
+
+def test_a_worker_that_loaded_nothing_is_not_settled_while_it_says_why() -> None:
+    # it registers only to report its failures, then leaves and exits; supervisord retries it or gives up
+    status = StatusReply(
+        "",
+        workers=[{"worker": "worker-cpu-0", "models": []}],
+        unavailable=[{"model": "m", "version": "1", "worker": "worker-cpu-0", "reason": "not a .pt2"}],
+    )
+    p = assess(procs(worker_cpu_0="STARTING"), {"worker-cpu-0"}, status, ["m"])
+    assert p.loading == ("worker-cpu-0",) and not p.nothing_serves and p.unavailable == {"m": "not a .pt2"}
+    gave_up = assess(procs(worker_cpu_0="FATAL"), {"worker-cpu-0"}, status, ["m"])
+    assert gave_up.failed == ("worker-cpu-0",) and gave_up.nothing_serves
 
 
 def test_the_reason_a_slot_gave_up_is_its_last_error_line(tmp_path: Path) -> None:
