@@ -31,11 +31,6 @@ from inference_worker.errors import CodedError
 
 log = logging.getLogger("torchgate.gateway")
 
-CUDA_SHARED_MEMORY = "/v2/cudasharedmemory"
-CUDA_UNSUPPORTED = (
-    "Triton's CUDA shared-memory extension is not supported (a gateway never touches a GPU): use system "
-    "shared memory (register_system_shared_memory) or send tensors as binary data"
-)
 LIVENESS = "/v2/health/live"  # the one endpoint that needs no token
 
 
@@ -137,8 +132,6 @@ def on_http_error(exc: HTTPException) -> Response:
         message, code = f"method {request.method} is not allowed on {request.path}", METHOD_NOT_ALLOWED
     elif status == 404:
         message, code = f"no such endpoint: {request.path}", NotFound.code
-        if request.path.startswith(CUDA_SHARED_MEMORY):
-            message += f" ({CUDA_UNSUPPORTED})"
     else:
         message, code = exc.description or exc.name, InvalidArgument.code
     response = error_response(message, code, status)

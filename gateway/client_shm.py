@@ -32,6 +32,10 @@ import orjson
 from gateway.codec import RegionSlice
 from gateway.errors import Forbidden, InvalidArgument, NotFound
 
+CUDA_UNSUPPORTED = (
+    "Triton's CUDA shared-memory extension is not supported (a gateway never touches a GPU): use system "
+    "shared memory (register_system_shared_memory)"
+)
 SHM_ROOT = "/dev/shm"  # where shm_open(3) puts a key's object on Linux
 DISABLED = (
     "Client shared memory is disabled. Start the server with '--allow-client-shm' to enable "
@@ -296,3 +300,15 @@ class ClientRegions:
         except (FileNotFoundError, orjson.JSONDecodeError):
             return None
         return Region(doc["name"], doc["key"], doc["offset"], doc["byte_size"], tuple(doc["inode"]))
+
+
+def cuda_status(name: str | None = None) -> list[dict[str, Any]]:
+    """CUDA regions, as a Triton without GPU support lists them: none (404 for one named)."""
+    if name:
+        raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+    return []
+
+
+def cuda_register(name: str) -> None:
+    """Refuse a CUDA region (400), as a Triton without GPU support does, saying what to use instead."""
+    raise InvalidArgument(f"failed to register CUDA shared memory region '{name}': {CUDA_UNSUPPORTED}")

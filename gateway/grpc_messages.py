@@ -249,6 +249,22 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
     "SystemSharedMemoryRegisterResponse": (),
     "SystemSharedMemoryUnregisterRequest": (("name", 1, "string"),),
     "SystemSharedMemoryUnregisterResponse": (),
+    "CudaSharedMemoryStatusRequest": (("name", 1, "string"),),
+    "CudaSharedMemoryStatusResponse": (("regions", 1, "map CudaSharedMemoryStatusResponse.RegionStatus"),),
+    "CudaSharedMemoryStatusResponse.RegionStatus": (
+        ("name", 1, "string"),
+        ("device_id", 2, "uint64"),
+        ("byte_size", 3, "uint64"),
+    ),
+    "CudaSharedMemoryRegisterRequest": (
+        ("name", 1, "string"),
+        ("raw_handle", 2, "bytes"),
+        ("device_id", 3, "int64"),
+        ("byte_size", 4, "uint64"),
+    ),
+    "CudaSharedMemoryRegisterResponse": (),
+    "CudaSharedMemoryUnregisterRequest": (("name", 1, "string"),),
+    "CudaSharedMemoryUnregisterResponse": (),
     "TraceSettingRequest": (
         ("settings", 1, "map TraceSettingRequest.SettingValue"),
         ("model_name", 2, "string"),
@@ -321,8 +337,7 @@ ENUMS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 
 # The calls served: name -> (request message, response message); those in STREAMING take a stream of requests
-# and give a stream of responses. Any other (CUDA shared memory) is answered
-# UNIMPLEMENTED by gRPC itself.
+# and give a stream of responses. Any other is answered UNIMPLEMENTED by gRPC itself.
 METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
     "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
@@ -345,6 +360,9 @@ METHODS = {
         "SystemSharedMemoryUnregisterRequest",
         "SystemSharedMemoryUnregisterResponse",
     ),
+    "CudaSharedMemoryStatus": ("CudaSharedMemoryStatusRequest", "CudaSharedMemoryStatusResponse"),
+    "CudaSharedMemoryRegister": ("CudaSharedMemoryRegisterRequest", "CudaSharedMemoryRegisterResponse"),
+    "CudaSharedMemoryUnregister": ("CudaSharedMemoryUnregisterRequest", "CudaSharedMemoryUnregisterResponse"),
     "TraceSetting": ("TraceSettingRequest", "TraceSettingResponse"),
     "LogSettings": ("LogSettingsRequest", "LogSettingsResponse"),
 }

@@ -4,10 +4,10 @@ beside the HTTP gateway and sharing everything behind it: :class:`gateway.servic
 the dispatcher and picks the outputs, exactly as for HTTP.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics,
-ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload and the system
-shared-memory calls (:mod:`gateway.client_shm`); and, on the same port, TorchServe's gRPC APIs
-(:mod:`gateway.torchserve_grpc`). gRPC answers every other call (CUDA shared memory, trace and log settings)
-with UNIMPLEMENTED.
+ModelInfer, ModelStreamInfer, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload, the system
+shared-memory calls (:mod:`gateway.client_shm`), the CUDA ones as a Triton without GPU support answers them
+(none registered, none can be), TraceSetting and LogSettings; and, on the same port, TorchServe's gRPC APIs
+(:mod:`gateway.torchserve_grpc`). gRPC answers any other call with UNIMPLEMENTED.
 
 Errors carry the gRPC code of their reason (:data:`CODES`) and the same message the HTTP API gives. With a
 bearer token configured, every call but ServerLive needs ``authorization: Bearer <token>`` metadata. Each
@@ -31,7 +31,16 @@ import click
 import grpc
 import orjson
 
-from gateway import afterwork, grpc_codec, grpc_health, heap, multiproc, torchserve_grpc, triton
+from gateway import (
+    afterwork,
+    client_shm,
+    grpc_codec,
+    grpc_health,
+    heap,
+    multiproc,
+    torchserve_grpc,
+    triton,
+)
 from gateway.access_log import logconfig
 from gateway.auth import authorized
 from gateway.config import GatewayConfig
@@ -246,6 +255,19 @@ class Servicer:
     def SystemSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.gateway.regions.unregister(request.name or None)
         return message("SystemSharedMemoryUnregisterResponse")
+
+    # -- CUDA shared memory, as a Triton without GPU support answers it (gateway/client_shm.py) -------------
+
+    def CudaSharedMemoryStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        client_shm.cuda_status(request.name or None)
+        return message("CudaSharedMemoryStatusResponse")
+
+    def CudaSharedMemoryRegister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        client_shm.cuda_register(request.name)
+        return message("CudaSharedMemoryRegisterResponse")
+
+    def CudaSharedMemoryUnregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return message("CudaSharedMemoryUnregisterResponse")  # none is registered: nothing to forget
 
     # -- trace settings (gateway/tracing.py) -----------------------------------------------------------
 

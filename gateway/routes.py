@@ -412,6 +412,27 @@ def shared_memory_unregister(region: str | None = None) -> Response:
     return json_response({})
 
 
+# -- Triton's CUDA shared-memory extension, as a Triton without GPU support answers it -----------------------
+
+
+@routes.get("/v2/cudasharedmemory/status")
+@routes.get("/v2/cudasharedmemory/region/<region>/status")
+def cuda_shared_memory_status(region: str | None = None) -> Response:
+    return json_response(client_shm.cuda_status(region))
+
+
+@routes.post("/v2/cudasharedmemory/region/<region>/register")
+def cuda_shared_memory_register(region: str) -> Response:
+    client_shm.cuda_register(region)
+    return json_response({})
+
+
+@routes.post("/v2/cudasharedmemory/unregister")
+@routes.post("/v2/cudasharedmemory/region/<region>/unregister")
+def cuda_shared_memory_unregister(region: str | None = None) -> Response:
+    return json_response({})  # none is registered: nothing to forget, as in Triton
+
+
 # -- Triton's trace extension (gateway/tracing.py) -------------------------------------------------------
 
 

@@ -203,10 +203,14 @@ def test_predict_needs_a_model_name_when_there_are_several(tmp_path: Path) -> No
 def test_routing_errors_are_json(client: FlaskClient) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404 and response.get_json() == {"error": "no such endpoint: /nowhere"}
-    # what tritonclient's register_cuda_shared_memory calls: an extension this server does not list
+    # CUDA shared memory as a Triton without GPU support answers it: none registered, none can be
     response = client.post("/v2/cudasharedmemory/region/r/register", json={"byte_size": 64})
-    assert response.status_code == 404
+    assert response.status_code == 400
     assert "CUDA shared-memory extension is not supported" in response.get_json()["error"]
+    assert client.get("/v2/cudasharedmemory/status").get_json() == []
+    assert client.get("/v2/cudasharedmemory/region/r/status").status_code == 404
+    for path in ("/v2/cudasharedmemory/unregister", "/v2/cudasharedmemory/region/r/unregister"):
+        assert client.post(path).status_code == 200  # perf_analyzer unregisters them all when it ends
     # system shared memory is served, and off unless the server allows it (as Triton's --allow-client-shm)
     response = client.post("/v2/systemsharedmemory/region/r/register", json={"key": "/r", "byte_size": 64})
     assert response.status_code == 403 and "--allow-client-shm" in response.get_json()["error"]

@@ -625,7 +625,12 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
     assert _status(lambda: client.infer("digits", _digits(rows))) == "StatusCode.UNAUTHENTICATED"
     wrong_token = {"authorization": "Bearer nope"}
     assert _status(lambda: client.is_server_ready(headers=wrong_token)) == "StatusCode.UNAUTHENTICATED"
-    assert _status(lambda: client.get_cuda_shared_memory_status(headers=BEARER)) == "StatusCode.UNIMPLEMENTED"
+    # CUDA shared memory as a Triton without GPU support answers it: none registered, none can be
+    assert client.get_cuda_shared_memory_status(headers=BEARER, as_json=True) == {}
+    client.unregister_cuda_shared_memory(headers=BEARER)
+    assert _status(lambda: client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64, headers=BEARER)) == (
+        "StatusCode.INVALID_ARGUMENT"
+    )
     assert _status(lambda: client.get_model_config("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     assert _status(lambda: client.get_model_metadata("nope", headers=BEARER)) == "StatusCode.NOT_FOUND"
     shm = grpcclient.InferRequestedOutput("output")

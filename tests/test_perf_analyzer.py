@@ -65,3 +65,4 @@ def test_perf_analyzer_measures_torchgate(served: tuple[Stack, int], how: list[s
     assert counted and all(x > 0 for x in counted), output
     assert _successes(stack.url) - before >= sum(counted)
     assert "Failed" not in output and "error" not in output.lower(), output
+    assert "Unable to unregister" not in output  # it unregisters system and CUDA regions when it ends
