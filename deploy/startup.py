@@ -19,9 +19,7 @@ _ERROR_LINE = re.compile(r"cannot load|ERROR|Error|error:")
 class Progress:
     """One look at a starting host."""
 
-    loading: tuple[
-        str, ...
-    ]  # slots running (or being started) that serve no model through the dispatcher yet
+    loading: tuple[str, ...]  # slots running (or starting) that serve no model through the dispatcher yet
     failed: tuple[str, ...]  # slots supervisord gave up on (FATAL) or that exited for good (EXITED)
     ready_models: tuple[str, ...]  # models at least one registered worker serves
     unavailable: dict[str, str] = field(default_factory=dict)  # model -> why it is not served

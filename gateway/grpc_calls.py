@@ -12,7 +12,6 @@ from gateway.access_log import log_request
 from gateway.errors import http_status
 from gateway.metrics import request_metrics
 from gateway.trace import RequestTrace
-from gateway.trace_settings import entries
 from inference_worker.errors import CodedError
 
 if TYPE_CHECKING:
@@ -53,6 +52,4 @@ def recorded(
         ):  # the message was read when the call began
             trace.stamp("GRPC_WAITREAD_END", began_ns)
             trace.stamp("GRPC_SEND_START")
-            gateway.tracing.write(
-                entries(trace.trace_id, trace.model, trace.version, trace.request_id, trace.stamps)
-            )
+            gateway.tracing.record(trace)

@@ -16,7 +16,6 @@ from gateway.access_log import log_request
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
 from gateway.trace import RECEIVED_KEY, RequestTrace
-from gateway.trace_settings import entries
 from gateway.tracing import Tracing
 
 
@@ -88,13 +87,7 @@ def _trace_http(trace: RequestTrace, environ: dict[str, Any], response: Response
 
 def _sent(tracing: Tracing, trace: RequestTrace, environ: dict[str, Any]) -> None:
     trace.stamp("HTTP_SEND_END")
-    afterwork.defer_or_run(environ, partial(write_trace, tracing, trace))
-
-
-def write_trace(tracing: Tracing, trace: RequestTrace) -> None:
-    """Write a traced request's entries to the trace file (gateway.tracing)."""
-    assert trace.stamps is not None
-    tracing.write(entries(trace.trace_id, trace.model, trace.version, trace.request_id, trace.stamps))
+    afterwork.defer_or_run(environ, partial(tracing.record, trace))
 
 
 def _name_target(trace: RequestTrace) -> None:

@@ -253,8 +253,8 @@ class Gateway:
     ) -> InferReply:
         """Run a request of ``model`` (version ``asked``, None: the default, which is ``resolved``) on a
         worker, or answer it from the response cache when the model enables one and the server has one."""
-        began = time.perf_counter()
         cache = self.cache if model.response_cache else None
+        began = time.perf_counter() if cache is not None else 0.0
         # what tells this version's files from earlier ones: none readable, no answer is told from an old one
         files = _files_stamp(model, resolved) if cache is not None else None
         if cache is None or files is None:

@@ -30,6 +30,7 @@ import orjson
 
 from gateway import trace_settings
 from gateway.errors import InvalidArgument
+from gateway.trace import RequestTrace
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -111,6 +112,13 @@ class Tracing:
         if chosen.count >= 0 and not self._take(chosen.counted_by):
             return 0
         return self._id_base + next(self._ids)
+
+    def record(self, trace: RequestTrace) -> None:
+        """Write a traced request's entries: who it was, and its timestamps."""
+        assert trace.stamps is not None
+        self.write(
+            trace_settings.entries(trace.trace_id, trace.model, trace.version, trace.request_id, trace.stamps)
+        )
 
     def write(self, entries: Sequence[Any]) -> None:
         """Record one trace's entries: in the trace file now (log_frequency 0), or once this process holds
