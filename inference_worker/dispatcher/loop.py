@@ -59,7 +59,7 @@ class Dispatcher:
             return
         self.stop_requested = time.monotonic()
         self.workers.stopping = True
-        gateways = self.endpoints.gateways.count()
+        gateways = self.endpoints.gateways.known  # a handler reads no socket: the loop may be reading it
         log.info(
             "dispatcher: stopping once %d requests queued or in flight are answered (%s gateway connections: "
             "at least %gs while any is connected; at most %gs)",

@@ -64,14 +64,23 @@ class Peers:
         if endpoint.startswith(("ipc://", "tcp://")):
             self.monitor = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
+    @property
+    def known(self) -> int | None:
+        """How many peers were connected when the events were last taken in (None: unknown); no socket call,
+        so a signal handler may ask it while the loop is reading the monitor."""
+        return None if self.monitor is None else self.connected
+
     def count(self) -> int | None:
-        """Take in the events that arrived; return how many peers are connected now (None: unknown)."""
+        """Take in the events that arrived; return how many peers are connected now (None: unknown).
+
+        Only the serving thread calls it: a socket read from a signal handler could interleave with the loop's
+        own read of one event's two frames."""
         if self.monitor is None:
             return None
         while (frames := receive(self.monitor)) is not None:
             try:
                 event = parse_monitor_message([f.bytes for f in frames])["event"]
-            except RuntimeError:  # a torn event (seen once while a test stopped the dispatcher): not counted
+            except RuntimeError:  # a torn event (a monitor is not expected to send one): not counted
                 continue
             if event == zmq.EVENT_ACCEPTED:
                 self.connected += 1
