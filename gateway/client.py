@@ -23,7 +23,7 @@ import zmq
 
 from gateway.codec import Tensor
 from gateway.direct import SEND_TIMEOUT, DirectLink, DirectLinks, LinkDown
-from gateway.errors import DeadlineExceeded, Unavailable
+from gateway.errors import Cancelled, DeadlineExceeded, Unavailable
 from inference_worker import direct_lane, protocol, shm
 from inference_worker.errors import CodedError
 from inference_worker.protocol import Link, ProtocolError, TensorMeta
@@ -73,6 +73,7 @@ class _Call:
     # outputs (by name) that, answered in the request's segment, are handed straight to a function (which
     # copies them where they go and returns what stands for their data) instead of being copied out
     sinks: Mapping[str, Callable[[memoryview], memoryview]] | None = None
+    gone: Callable[[], bool] | None = None  # whether the client went away (asked after each silent slice)
 
     def frames(
         self, call_id: str, version: str | None, segment: tuple[shm.Segment, dict[str, Any]] | None
@@ -235,6 +236,7 @@ class DispatcherClient:
         reply_bytes: int = 0,
         parameters: protocol.Parameters | None = None,
         sinks: Mapping[str, Callable[[memoryview], memoryview]] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> InferReply:
         """Run one request and return its outputs; raise a :class:`CodedError` for every failure.
 
@@ -243,9 +245,13 @@ class DispatcherClient:
         with room for ``reply_bytes`` of outputs; only the header crosses the dispatcher. ``parameters`` go
         to the model's handler. An output named in ``sinks`` that comes back in the segment is given to its
         function, a view of the segment, rather than copied out (a client's shared-memory region takes it).
+
+        ``gone`` says whether the client went away. It is asked each time an answer has not come for
+        ``poll_interval`` seconds: once it says yes, the request is withdrawn (CANCEL: a worker that has not
+        started it never will) and :class:`Cancelled` is raised.
         """
         call = _Call(
-            model, version, tensors, outputs, deadline, request_id, priority, parameters or {}, sinks
+            model, version, tensors, outputs, deadline, request_id, priority, parameters or {}, sinks, gone
         )
         with self._lock:
             alone = self._in_flight == 0
@@ -386,6 +392,9 @@ class DispatcherClient:
             try:
                 message = self._receive(socket, min(remaining, self.poll_interval))
             except zmq.Again:  # a silent slice: is the request still known, or is a worker back?
+                if call.gone is not None and call.gone():
+                    self._send(socket, protocol.Cancel(call_id).frames())
+                    raise Cancelled(f"request {request_id or call_id}: the client went away") from None
                 if time.monotonic() - heard >= self.unresponsive_after:
                     raise Unavailable(
                         f"the dispatcher has not answered for {self.unresponsive_after:g}s"
@@ -475,6 +484,12 @@ class DispatcherClient:
                 log.info("gateway: worker at %s: %s; request sent to the dispatcher", link.endpoint, exc)
                 return None, True
             if received is None:  # a silent slice: slow is not dead, only silence takes a worker out
+                if call.gone is not None and call.gone():
+                    try:
+                        link.send(protocol.Cancel(call_id).frames(), SEND_TIMEOUT)
+                    except LinkDown:
+                        self._holder().links.drop(link)
+                    raise Cancelled(f"request {request_id or call_id}: the client went away")
                 if not self._still_listed(link.endpoint):
                     log.warning(
                         "gateway: worker at %s out of rotation; request sent to the dispatcher", link.endpoint

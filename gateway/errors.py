@@ -30,6 +30,7 @@ STATUS: dict[str, int] = {
     ErrorCode.RESOURCE_EXHAUSTED: 500,
     ErrorCode.INTERNAL: 500,
     ErrorCode.DECLINED: 503,  # never answered as such: the gateway sends a declined request to the dispatcher
+    ErrorCode.CANCELLED: 499,  # nginx's "client closed request": its client has gone; logs and metrics see it
     PAYLOAD_TOO_LARGE: 413,
     UNAUTHENTICATED: 401,
     METHOD_NOT_ALLOWED: 405,
@@ -58,6 +59,10 @@ class Unavailable(Refusal):
 
 class DeadlineExceeded(Refusal):
     code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(Refusal):
+    code = ErrorCode.CANCELLED
 
 
 class PayloadTooLarge(Refusal):

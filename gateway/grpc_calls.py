@@ -15,6 +15,8 @@ from gateway.trace import RequestTrace
 from inference_worker.errors import CodedError
 
 if TYPE_CHECKING:
+    import grpc
+
     from gateway.service import Gateway
 
 
@@ -25,10 +27,14 @@ def recorded(
     version: str | None,
     request_id: str | None,
     run: Callable[[RequestTrace], Any],
+    context: grpc.ServicerContext | None = None,
 ) -> Any:
     """Return ``run(trace)``; write the call's access line (method ``GRPC``, ``path``, the status the same
-    answer has over HTTP) and count it in the inference metrics under the model version it named."""
+    answer has over HTTP) and count it in the inference metrics under the model version it named. The
+    client has gone once the call's ``context`` is no longer active (cancelled, or its deadline passed)."""
     trace = RequestTrace.open(request_id)
+    if context is not None:
+        trace.gone = lambda: not context.is_active()
     began, status = time.monotonic(), 500
     began_ns = time.monotonic_ns()
     try:

@@ -71,6 +71,7 @@ CODES: dict[str, grpc.StatusCode] = {
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
     PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
@@ -205,6 +206,7 @@ class Servicer:
             request.model_version or None,
             request_id,
             lambda trace: self._run(request, context, trace),
+            context,
         )
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:

@@ -5,6 +5,7 @@ deferred (:mod:`gateway.afterwork`) until a request thread waits anyway, off the
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from gateway import afterwork
 from gateway.access_log import log_request
 from gateway.metrics import request_metrics
 from gateway.routes import INFER_ENDPOINTS, current_gateway
+from gateway.sockets import peer_closed
 from gateway.trace import RECEIVED_KEY, RequestTrace
 from gateway.tracing import Tracing
 
@@ -27,8 +29,13 @@ def install(app: Flask) -> None:
 
 
 def open_trace() -> None:
-    """Start the request's trace; its id is a valid ``X-Request-ID`` or a new one."""
-    g.trace = RequestTrace.open(request.environ.get("HTTP_X_REQUEST_ID"))
+    """Start the request's trace; its id is a valid ``X-Request-ID`` or a new one; its client has gone once
+    it closes its connection."""
+    environ = request.environ
+    trace = g.trace = RequestTrace.open(environ.get("HTTP_X_REQUEST_ID"))
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        trace.gone = partial(peer_closed, sock)
 
 
 def close_trace(response: Response) -> Response:

@@ -16,6 +16,7 @@ Failure reasons follow Triton's (``nv_inference_request_failure{reason}``):
 - ``REJECTED``: the server would not run it: queue full or no worker (UNAVAILABLE), or its deadline passed
   (DEADLINE_EXCEEDED);
 - ``BACKEND``: the model failed while computing (INTERNAL, RESOURCE_EXHAUSTED);
+- ``CANCELED``: its client went away (closed its connection, cancelled its gRPC call) while it waited;
 - ``OTHER``: the request was refused before it ran (INVALID_ARGUMENT, NOT_FOUND, a body too large, ...).
 """
 
@@ -51,6 +52,8 @@ def failure_reason(status: int) -> str:
     """Return Triton's failure reason for the HTTP status of a failed request (one status per error code)."""
     if status in (503, 504):  # UNAVAILABLE, DEADLINE_EXCEEDED
         return "REJECTED"
+    if status == 499:  # CANCELLED: its client went away first
+        return "CANCELED"
     return "BACKEND" if status >= 500 else "OTHER"  # INTERNAL, RESOURCE_EXHAUSTED / client errors
 
 
@@ -94,7 +97,7 @@ class RequestMetrics:
             ),
             failure=Counter(
                 "nv_inference_request_failure",
-                "Inference requests that failed, by reason (REJECTED, BACKEND, OTHER)",
+                "Inference requests that failed, by reason (REJECTED, CANCELED, BACKEND, OTHER)",
                 [*model, "reason"],
                 registry=registry,
             ),

@@ -217,7 +217,7 @@ class Gateway:
             inputs,
             names if request.outputs else [],
             self.deadline(request.timeout_us),
-            trace.request_id,
+            trace,
             request.priority,
             reply_bytes=reply_bytes(model, inputs),
             parameters=request.parameters,
@@ -244,7 +244,7 @@ class Gateway:
         inputs: list[Tensor],
         outputs: list[str],
         deadline: float,
-        request_id: str,
+        trace: RequestTrace,
         priority: int = 0,
         *,
         reply_bytes: int = 0,
@@ -252,7 +252,8 @@ class Gateway:
         sinks: dict[str, Callable[[memoryview], memoryview]] | None = None,
     ) -> InferReply:
         """Run a request of ``model`` (version ``asked``, None: the default, which is ``resolved``) on a
-        worker, or answer it from the response cache when the model enables one and the server has one."""
+        worker, or answer it from the response cache when the model enables one and the server has one;
+        withdraw it if its client goes away meanwhile (``trace.gone``)."""
         cache = self.cache if model.response_cache else None
         began = time.perf_counter() if cache is not None else 0.0
         # what tells this version's files from earlier ones: none readable, no answer is told from an old one
@@ -264,11 +265,12 @@ class Gateway:
                 inputs,
                 outputs,
                 deadline,
-                request_id,
+                trace.request_id,
                 priority,
                 reply_bytes=reply_bytes,
                 parameters=parameters,
                 sinks=sinks,
+                gone=trace.gone,
             )
         key = ResponseCache.key(model.name, f"{resolved}:{files}", inputs, parameters or {})
         kept = cache.get(key)
@@ -283,10 +285,11 @@ class Gateway:
             inputs,
             [],
             deadline,
-            request_id,
+            trace.request_id,
             priority,
             reply_bytes=reply_bytes,
             parameters=parameters,
+            gone=trace.gone,
         )
         began = time.perf_counter()
         cache.put(key, reply.outputs)
@@ -337,7 +340,7 @@ class Gateway:
             [tensor],
             [],
             self.deadline(None),
-            trace.request_id,
+            trace,
             parameters=parameters,
         )
         trace.finish(reply.version, reply.worker, reply.stats)
@@ -355,7 +358,7 @@ class Gateway:
                 loads(body, self.config.max_json_values), model, self.limits
             )
         self.begin(trace, model, resolved, [tensor])
-        reply = self.call(model, resolved, None, [tensor], [], self.deadline(None), trace.request_id)
+        reply = self.call(model, resolved, None, [tensor], [], self.deadline(None), trace)
         trace.finish(reply.version, reply.worker, reply.stats)
         outputs = _pick(reply, [s.name for s in model.outputs])
         return {"predictions": kserve_v1.predictions(outputs, model, count)}
@@ -416,7 +419,7 @@ class Gateway:
             [tensor],
             [],
             self.deadline(None),
-            trace.request_id,
+            trace,
             parameters=handler_parameters(parameters),
         )
         trace.finish(reply.version, reply.worker, reply.stats)

@@ -182,7 +182,7 @@ class TorchServeServicer:
             return INFERENCE["PredictionResponse"](prediction=codec.dumps(answer))
 
         path = f"/{INFERENCE_SERVICE}/Predictions"
-        return recorded(self.gateway, path, request.model_name, version, None, run)
+        return recorded(self.gateway, path, request.model_name, version, None, run, context)
 
     def StreamPredictions(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """One response: no model here streams (its errors are raised here, before any response)."""

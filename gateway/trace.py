@@ -12,7 +12,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,9 @@ class RequestTrace:
     batch_size: int = 0  # the size of the batch the worker ran it in
     trace_id: int = 0  # traced (Triton's trace extension, gateway/tracing.py): its id there, and its times
     stamps: list[tuple[str, int]] | None = None
+    # whether its client went away (closed its connection, cancelled its gRPC call): the request is then
+    # withdrawn (gateway.client); None: not known
+    gone: Callable[[], bool] | None = None
 
     @classmethod
     def open(cls, header: str | None) -> RequestTrace:

@@ -155,7 +155,7 @@ def worker_families(workers: Iterable[dict[str, Any]]) -> list[Metric]:
 def dispatcher_families(counters: dict[str, Any]) -> list[Metric]:
     """Return the dispatcher's own counters (they restart from zero with the dispatcher)."""
     families: list[Metric] = []
-    for key in ("requests", "rejected", "expired", "resent", "lost"):
+    for key in ("requests", "rejected", "expired", "resent", "lost", "cancelled"):
         family = CounterMetricFamily(
             f"torchgate_dispatcher_{key}",
             f"Requests the dispatcher {key}" if key != "requests" else "Requests the dispatcher accepted",

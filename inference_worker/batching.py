@@ -80,6 +80,19 @@ class Batcher:
                 del self._queues[key]
         return expired
 
+    def withdraw(self, seq: int) -> Pending | None:
+        """Remove and return the queued request ``seq`` (its client went away); None if it is not queued."""
+        for key, queue in self._queues.items():
+            at = next((i for i, item in enumerate(queue.items) if item.seq == seq), None)
+            if at is not None:
+                item = queue.items[at]
+                del queue.items[at]
+                queue.samples -= item.samples
+                if not queue.items:
+                    del self._queues[key]
+                return item
+        return None
+
     def next_batch(self, now_ns: int, flush: bool = False) -> list[Pending] | None:
         """Return the next batch due at ``now_ns`` (all queues due if ``flush``), or None."""
         due = [

@@ -210,6 +210,19 @@ class Router:
     def forget(self, request: Request) -> None:
         self.requests.pop(request.key, None)
 
+    def withdraw(self, key: tuple[bytes, str]) -> Request | None:
+        """Take the request ``key`` off its queue, never to run (its client went away), and return it; None
+        when it is not queued (unknown, or in flight: its worker decides, see ``Requests.cancel``)."""
+        request = self.requests.get(key)
+        if request is None or request.worker is not None:
+            return None
+        queue = self.queues.get(request.model, deque())
+        at = next((i for i, queued in enumerate(queue) if queued is request), None)
+        if at is not None:
+            del queue[at]
+        del self.requests[key]
+        return request
+
     def expired_requests(self, now_unix: float) -> list[Request]:
         """Remove and return queued requests whose deadline has passed (they are never computed)."""
         expired: list[Request] = []

@@ -66,6 +66,20 @@ def test_expired_requests_are_removed_before_they_run() -> None:
     assert [p.seq for p in batcher.next_batch(0) or []] == [2]
 
 
+def test_a_withdrawn_request_never_runs_and_frees_its_samples() -> None:
+    batcher = Batcher(max_batch_size=4, max_queue_delay_us=10_000)
+    batcher.add(item(1, 0, samples=2))
+    batcher.add(item(2, 0, samples=2))
+    batcher.add(item(3, 0, samples=1, key="other"))
+    withdrawn = batcher.withdraw(2)
+    assert withdrawn is not None and withdrawn.seq == 2
+    assert batcher.withdraw(2) is None and batcher.withdraw(99) is None
+    assert batcher.next_batch(0) is None  # 2 samples left of 4: not full any more, the delay not over
+    assert batcher.withdraw(3) is not None and len(batcher) == 1  # its queue, emptied, is gone
+    assert batcher.next_wakeup_ns() == 10 * MS
+    assert [p.seq for p in batcher.next_batch(10 * MS) or []] == [1]
+
+
 def test_flush_runs_everything_regardless_of_delay() -> None:
     batcher = Batcher(max_batch_size=8, max_queue_delay_us=1_000_000)
     batcher.add(item(1, 0))

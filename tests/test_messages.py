@@ -23,6 +23,8 @@ EXAMPLES: list[Any] = [
     protocol.ForwardedRequest(
         7, "m", "2", TENSOR, 12.5, "r1", "trace", 3, ("y",), {"fd": 3}, {"top_k": 3, "on": True, "t": 0.5}
     ),
+    protocol.Cancel("r1"),
+    protocol.WorkerCancel(7),
     protocol.WorkerReply(7, TENSOR, {"batch_size": 1}, [{"offset": 0}]),
     protocol.Reply("r1", "m", "2", "w0", TENSOR, {"batch_size": 1}, [{"offset": 0}]),
     protocol.WorkerError(7, ErrorCode.INVALID_ARGUMENT, "bad"),

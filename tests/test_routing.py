@@ -120,6 +120,23 @@ def test_expired_and_unservable_requests_leave_the_queue() -> None:
     assert router.pending() == 1  # request 1 is the caller's to re-send (it came back from remove)
 
 
+def test_only_a_queued_request_is_withdrawn_at_once() -> None:
+    router = Router()
+    a = worker("a", capacity=1)
+    router.register(a)
+    router.enqueue(request(1))
+    assert [r.seq for r, _ in router.assignments()] == [1]
+    router.enqueue(request(2))
+    router.enqueue(request(3))
+    assert router.withdraw((b"g", "1")) is None  # in flight: its worker decides
+    withdrawn = router.withdraw((b"g", "2"))
+    assert withdrawn is not None and withdrawn.seq == 2
+    assert router.withdraw((b"g", "2")) is None and router.withdraw((b"other", "3")) is None
+    assert router.queued("m") == 1 and router.pending() == 2
+    router.complete(a.identity, 1)
+    assert [r.seq for r, _ in router.assignments()] == [3]
+
+
 def test_stats_keep_counting_across_worker_restarts() -> None:
     book = StatsBook()
     book.report("w0", "first", [{"model": "m", "version": "1", "success": 5, "batch_sizes": {"2": 1}}])

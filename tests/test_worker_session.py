@@ -69,7 +69,7 @@ def test_connect_announces_ready_and_requests_come_back_to_the_caller(
     dispatcher.send(identity, request)
     dispatcher.send(identity, protocol.Heartbeat())
     assert session.socket is not None and session.socket.poll(5000)
-    received: list[protocol.ForwardedRequest | protocol.WorkerControl] = []
+    received: list[protocol.ForwardedRequest | protocol.WorkerCancel | protocol.WorkerControl] = []
     while len(received) < 1:
         session.socket.poll(5000)
         received += session.receive()
@@ -84,7 +84,7 @@ def test_every_waiting_request_is_read_in_one_go(pair: tuple[Session, FakeDispat
         dispatcher.send(identity, protocol.ForwardedRequest(seq, "m", "1", []))
     dispatcher.send(identity, protocol.Drain())  # the last one sent: once it is read, all were
     assert session.socket is not None
-    received: list[protocol.ForwardedRequest | protocol.WorkerControl] = []
+    received: list[protocol.ForwardedRequest | protocol.WorkerCancel | protocol.WorkerControl] = []
     end = time.monotonic() + 5
     while not session.drain_acked and time.monotonic() < end:
         session.socket.poll(100)

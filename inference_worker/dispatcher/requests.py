@@ -39,7 +39,14 @@ class Requests:
         self.router = router
         self.endpoints = endpoints
         self.control = ModelControl()
-        self.counters: dict[str, int] = {"requests": 0, "rejected": 0, "expired": 0, "resent": 0, "lost": 0}
+        self.counters: dict[str, int] = {
+            "requests": 0,
+            "rejected": 0,
+            "expired": 0,
+            "resent": 0,
+            "lost": 0,
+            "cancelled": 0,  # withdrawn from this queue (a worker counts those it withdraws)
+        }
         self.next_seq = 1
         self.started = time.monotonic()
         self.held: list[tuple[bytes, RelayedRequest]] = []  # arrived before any worker registered
@@ -58,6 +65,8 @@ class Requests:
             self.endpoints.to_gateway(gateway, self.status(message.id, stats).frames())
         elif isinstance(message, protocol.Control):
             self.accept_control(gateway, message)
+        elif isinstance(message, protocol.Cancel):
+            self.cancel(gateway, message.id)
 
     def accept(self, gateway: bytes, message: RelayedRequest, held: bool = False) -> None:
         deadline = message.deadline if message.deadline is not None else time.time() + DEFAULT_TIMEOUT
@@ -86,6 +95,23 @@ class Requests:
         except CodedError as exc:
             self.counters["rejected"] += 1
             self.fail(gateway, message.id, exc.code, str(exc))
+
+    def cancel(self, gateway: bytes, request_id: str) -> None:
+        """Withdraw a request whose client went away: from this queue (or the startup grace's hold) at once;
+        on a worker, by passing the CANCEL on (a worker drops it if it has not started it, and answers). The
+        gateway has stopped waiting: nothing is answered to it."""
+        key = (gateway, request_id)
+        withdrawn = self.router.withdraw(key)
+        held = [i for i, (g, m) in enumerate(self.held) if g == gateway and m.id == request_id]
+        if withdrawn is not None or held:
+            for index in reversed(held):
+                del self.held[index]
+            self.counters["cancelled"] += 1
+            return
+        request = self.router.requests.get(key)
+        if request is not None and request.worker is not None:
+            if not self.endpoints.to_worker(request.worker, protocol.WorkerCancel(request.seq).frames()):
+                self.lose_worker(request.worker, "unreachable")
 
     def in_startup_grace(self) -> bool:
         return time.monotonic() - self.started < self.config.startup_grace

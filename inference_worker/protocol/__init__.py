@@ -37,10 +37,12 @@ from inference_worker.protocol.frames import (
 )
 from inference_worker.protocol.kinds import ACCEPTS, MESSAGES, message_table, read
 from inference_worker.protocol.messages import (
+    Cancel,
     Error,
     ForwardedRequest,
     Reply,
     Request,
+    WorkerCancel,
     WorkerError,
     WorkerReply,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "MESSAGES",
     "STRING_LIMITS",
     "VERSION",
+    "Cancel",
     "Computing",
     "Control",
     "ControlReply",
@@ -107,6 +110,7 @@ __all__ = [
     "StatusReply",
     "TensorMeta",
     "Tensors",
+    "WorkerCancel",
     "WorkerControl",
     "WorkerControlReply",
     "WorkerError",

@@ -67,6 +67,7 @@ class Kind(enum.StrEnum):
     STATUS_REPLY = "STATUS_REPLY"
     CONTROL = "CONTROL"
     CONTROL_REPLY = "CONTROL_REPLY"
+    CANCEL = "CANCEL"
 
 
 KINDS: dict[str, Kind] = {kind.value: kind for kind in Kind}  # a lookup costs less than calling the enum
@@ -82,6 +83,7 @@ class ErrorCode(enum.StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # 507-ish; mapped to 500 with a clear message
     INTERNAL = "INTERNAL"  # 500
     DECLINED = "DECLINED"  # a worker did not take a direct request: the gateway sends it to the dispatcher
+    CANCELLED = "CANCELLED"  # 499: its client went away before it ran (nobody reads the answer)
 
 
 class ProtocolError(ValueError):

@@ -15,10 +15,12 @@ from typing import Any
 from inference_worker.protocol.fields import Link
 from inference_worker.protocol.frames import Kind, Message, ProtocolError
 from inference_worker.protocol.messages import (
+    Cancel,
     Error,
     ForwardedRequest,
     Reply,
     Request,
+    WorkerCancel,
     WorkerError,
     WorkerReply,
 )
@@ -37,6 +39,8 @@ from inference_worker.protocol.session import (
 MESSAGES: tuple[type[Any], ...] = (
     Request,
     ForwardedRequest,
+    Cancel,
+    WorkerCancel,
     WorkerReply,
     Reply,
     WorkerError,
@@ -59,6 +63,7 @@ MESSAGES: tuple[type[Any], ...] = (
 ACCEPTS: dict[Link, dict[Kind, type[Any]]] = {
     Link.GATEWAY_TO_DISPATCHER: {
         Kind.REQUEST: Request,
+        Kind.CANCEL: Cancel,
         Kind.QUERY: Query,
         Kind.STATUS: Status,
         Kind.CONTROL: Control,
@@ -81,6 +86,7 @@ ACCEPTS: dict[Link, dict[Kind, type[Any]]] = {
     },
     Link.DISPATCHER_TO_WORKER: {
         Kind.REQUEST: ForwardedRequest,
+        Kind.CANCEL: WorkerCancel,
         Kind.HEARTBEAT: Heartbeat,
         Kind.DRAIN: Drain,
         Kind.DISCONNECT: Disconnect,
@@ -88,7 +94,7 @@ ACCEPTS: dict[Link, dict[Kind, type[Any]]] = {
     },
     # The direct lane (inference_worker/worker/direct.py, gateway/direct.py): a gateway's REQUEST as it
     # would send it to the dispatcher, with its version resolved; answered as the dispatcher answers.
-    Link.GATEWAY_TO_WORKER: {Kind.REQUEST: Request},
+    Link.GATEWAY_TO_WORKER: {Kind.REQUEST: Request, Kind.CANCEL: Cancel},
     Link.WORKER_TO_GATEWAY: {Kind.REPLY: Reply, Kind.ERROR: Error},
 }
 

@@ -1,4 +1,5 @@
-"""The message kinds that carry a request and its answer: REQUEST (both hops), REPLY and ERROR (both hops).
+"""The message kinds that carry a request and its answer: REQUEST (both hops), REPLY and ERROR (both hops),
+and CANCEL (both hops), which withdraws a request whose client went away.
 
 No other module writes a header field name or calls msgpack: see :mod:`inference_worker.protocol`.
 """
@@ -179,6 +180,45 @@ class ForwardedRequest:
             shm=_optional_map(fields, "shm"),
             parameters=_parameters(fields),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Withdraw my request: its client went away (its connection closed, its gRPC call was cancelled).
+
+    Nothing answers a CANCEL itself. A request still queued is dropped there and never computed (a worker
+    answers it ERROR ``CANCELLED``, so that its dispatcher frees its place); one computing runs to its end."""
+
+    KIND: ClassVar[Kind] = Kind.CANCEL
+    LINK: ClassVar[Link] = Link.GATEWAY_TO_DISPATCHER
+    FIELDS: ClassVar[dict[str, str]] = {"id": "str, the request's"}
+
+    id: str
+
+    def frames(self) -> list[Any]:
+        return _header(Kind.CANCEL, {"id": self.id})
+
+    @classmethod
+    def read(cls, message: Message) -> Cancel:
+        return cls(require(message.fields, "id", str))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCancel:
+    """The dispatcher passes a CANCEL on to the worker holding the request."""
+
+    KIND: ClassVar[Kind] = Kind.CANCEL
+    LINK: ClassVar[Link] = Link.DISPATCHER_TO_WORKER
+    FIELDS: ClassVar[dict[str, str]] = {"seq": "int, the dispatcher's key"}
+
+    seq: int
+
+    def frames(self) -> list[Any]:
+        return _header(Kind.CANCEL, {"seq": self.seq})
+
+    @classmethod
+    def read(cls, message: Message) -> WorkerCancel:
+        return cls(require(message.fields, "seq", int))
 
 
 # -- results ----------------------------------------------------------------------------------------------

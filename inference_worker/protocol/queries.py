@@ -108,7 +108,7 @@ class StatusReply:
         "`device_memory`, `computing`, `direct`, `direct_requests`, `rss_bytes`, "
         "`since` (registered, unix s)}]",
         "stats": "[{`worker`, `model`, `version`, counters...}], summed over the slot's incarnations",
-        "dispatcher": "{`requests`, `rejected`, `expired`, `resent`, `lost`, `pending`, `pid`}",
+        "dispatcher": "{`requests`, `rejected`, `expired`, `resent`, `lost`, `cancelled`, `pending`, `pid`}",
         "unavailable": "[{`model`, `version` (absent = every version), `reason`, `worker`}]: "
         "why a model is not served",
         "unloaded": "list of str, the models unloaded on request",

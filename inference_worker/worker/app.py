@@ -207,6 +207,17 @@ class Application:
                 errors.append(self.fail(item.seq, ErrorCode.DEADLINE_EXCEEDED, text, item.request_id))
         return errors
 
+    def cancel(self, seq: int) -> protocol.WorkerError | None:
+        """Take request ``seq`` off its queue, never to run (its client went away); return its answer, or
+        None when it is not queued (computing already, or answered: it runs to its end)."""
+        for key, batcher in self.batchers.items():
+            item = batcher.withdraw(seq)
+            if item is not None:
+                self.stats[key].failure["cancelled"] += 1
+                text = "its client went away before it ran"
+                return self.fail(item.seq, ErrorCode.CANCELLED, text, item.request_id)
+        return None
+
     def next_batch(self, number: int, now_ns: int, flush: bool = False) -> Batch | None:
         """Return the next batch due (every queued one when ``flush``), or None."""
         for key, batcher in self.batchers.items():

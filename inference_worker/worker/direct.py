@@ -13,7 +13,9 @@ The worker takes a direct request only when its next batch would run it (``Worke
 answers it here as the dispatcher would (REPLY or ERROR, with the request's ``id``); otherwise it answers
 DECLINED, and the gateway sends the request to the dispatcher, which queues and balances it as any other.
 The dispatcher never learns of a direct request: a worker killed while computing one is noticed by the
-gateway (its connection ends) and the request goes to the dispatcher then.
+gateway (its connection ends) and the request goes to the dispatcher then. A gateway whose client went away
+sends CANCEL with the request's ``id`` down the same connection; the worker drops the request if it has not
+started it, and answers ERROR CANCELLED.
 
 Direct requests are keyed by negative sequence numbers in the worker (the dispatcher's are positive), so
 each answer finds its way back. One connection per gateway thread; all of them are watched through one epoll
@@ -111,12 +113,13 @@ class DirectLane:
 
     # -- requests -------------------------------------------------------------------------------------
 
-    def receive(self) -> list[tuple[Connection, protocol.Request]]:
-        """Accept, read and write what is ready without blocking; return the requests that arrived whole.
+    def receive(self) -> list[tuple[Connection, protocol.Request | protocol.Cancel]]:
+        """Accept, read and write what is ready without blocking; return the requests (and cancellations of
+        requests sent earlier) that arrived whole.
 
         A malformed request is answered INVALID_ARGUMENT when its id can be read; a connection that sends
         something that is not a message at all is closed."""
-        requests: list[tuple[Connection, protocol.Request]] = []
+        requests: list[tuple[Connection, protocol.Request | protocol.Cancel]] = []
         for fd, events in self.epoll.poll(0):
             if fd == self.listener.fileno():
                 self._accept()
@@ -143,7 +146,9 @@ class DirectLane:
             self.connections[sock.fileno()] = Connection(sock)
             self.epoll.register(sock.fileno(), IN)
 
-    def _read(self, connection: Connection, requests: list[tuple[Connection, protocol.Request]]) -> None:
+    def _read(
+        self, connection: Connection, requests: list[tuple[Connection, protocol.Request | protocol.Cancel]]
+    ) -> None:
         while not connection.closed:
             try:
                 rest = stream.needed(connection.received) - len(connection.received)
@@ -158,7 +163,9 @@ class DirectLane:
             connection.received += data
             self._messages(connection, requests)
 
-    def _messages(self, connection: Connection, requests: list[tuple[Connection, protocol.Request]]) -> None:
+    def _messages(
+        self, connection: Connection, requests: list[tuple[Connection, protocol.Request | protocol.Cancel]]
+    ) -> None:
         while connection.received:
             try:
                 frames = stream.take(connection.received)
@@ -187,6 +194,14 @@ class DirectLane:
         self.taken += 1
         deadline = request.deadline if request.deadline is not None else time.time() + DEFAULT_TIMEOUT
         return protocol.ForwardedRequest.of(request, seq, request.version, deadline or math.inf)
+
+    def seq_of(self, connection: Connection, request_id: str) -> int | None:
+        """Return the key here of the request ``request_id`` that ``connection`` sent and that is not
+        answered yet, or None."""
+        return next(
+            (seq for seq, c in self.callers.items() if c.connection is connection and c.id == request_id),
+            None,
+        )
 
     def decline(self, connection: Connection, request: protocol.Request, why: str) -> None:
         """Tell the gateway to send ``request`` to the dispatcher instead."""

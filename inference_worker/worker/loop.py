@@ -146,6 +146,9 @@ class Worker:
                 for message in session.receive():
                     if isinstance(message, protocol.WorkerControl):
                         self.controls.append(message)  # the dispatcher sends no new work meanwhile
+                    elif isinstance(message, protocol.WorkerCancel):
+                        if (error := self.app.cancel(message.seq)) is not None:
+                            session.send(error.frames())
                     elif (error := self.app.enqueue(message)) is not None:
                         session.send(error.frames())
             if lane is not None and lane in events:
@@ -160,9 +163,15 @@ class Worker:
         return 0
 
     def _take_direct(self) -> None:
-        """Queue the direct requests this worker would run in its next batch; decline the others."""
+        """Queue the direct requests this worker would run in its next batch; decline the others; withdraw
+        those cancelled."""
         assert self.lane is not None
         for connection, request in self.lane.receive():
+            if isinstance(request, protocol.Cancel):
+                seq = self.lane.seq_of(connection, request.id)
+                if seq is not None and (error := self.app.cancel(seq)) is not None:
+                    self._send_result(error)
+                continue
             why = self._declines(request)
             if why is not None:
                 self.lane.decline(connection, request, why)

@@ -82,10 +82,10 @@ class Session:
 
     # -- receiving --------------------------------------------------------------------------------------
 
-    def receive(self) -> list[protocol.ForwardedRequest | protocol.WorkerControl]:
+    def receive(self) -> list[protocol.ForwardedRequest | protocol.WorkerCancel | protocol.WorkerControl]:
         """Read every waiting message without blocking; handle the session's own, return the application's."""
         assert self.socket is not None, "connect() first"
-        requests: list[protocol.ForwardedRequest | protocol.WorkerControl] = []
+        requests: list[protocol.ForwardedRequest | protocol.WorkerCancel | protocol.WorkerControl] = []
         socket = self.socket
         for count in range(MAX_RECEIVE):
             # After the first message, ask whether another waits rather than read until zmq.Again: raising
@@ -102,7 +102,9 @@ class Session:
             except ProtocolError as exc:
                 log.warning("%s: dropped a malformed message: %s", self.tag, exc)
                 continue
-            if isinstance(message, protocol.ForwardedRequest | protocol.WorkerControl):
+            if isinstance(
+                message, protocol.ForwardedRequest | protocol.WorkerCancel | protocol.WorkerControl
+            ):
                 requests.append(message)
             elif isinstance(message, protocol.Drain):
                 self.drain_acked = True
