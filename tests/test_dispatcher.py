@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from harness import short_dir
+from harness import short_dir, wait_for
 from inference_worker import protocol, shm
 from inference_worker.dispatcher import Dispatcher, DispatcherConfig
 from inference_worker.protocol import ErrorCode, Link, TensorMeta
@@ -266,6 +266,61 @@ def test_requests_wait_for_a_worker_and_go_again_when_theirs_is_lost() -> None:
             for socket in (gateway, *workers):
                 socket.close(linger=0)
     context.term()
+
+
+def test_a_cancelled_request_is_dropped_while_held_and_passed_on_to_its_worker() -> None:
+    """CANCEL of a request held while no worker is registered drops it; of one on a worker, goes on to that
+    worker under the worker's key, and the worker's answer (ERROR CANCELLED) frees its place."""
+    context: zmq.Context[Any] = zmq.Context()
+    config = {"heartbeat_interval": 0.05, "heartbeat_liveness": 20, "startup_grace": 30}
+    with serving(context, **config) as dispatcher:
+        gateway = connect(context, dispatcher.config.frontend)
+        worker = connect(context, dispatcher.config.backend, b"w0-socket")
+        try:
+            for call in ("k1", "k2"):
+                gateway.send_multipart(protocol.Request(call, "m", [(X, X_BYTES)]).frames())
+            gateway.send_multipart(protocol.Cancel("k1").frames())
+            assert not known(gateway, "k1")
+            register(dispatcher, worker, "w0")
+            forwarded, _ = next_request(worker, heartbeat=True)
+            assert forwarded.id == "k2"  # k1 never reaches a worker
+            gateway.send_multipart(protocol.Cancel("k2").frames())
+            assert next_cancel(worker) == forwarded.seq
+            assert known(gateway, "k2")  # the worker decides: it may be computing it
+            text = "its client went away before it ran"
+            worker.send_multipart(protocol.WorkerError(forwarded.seq, ErrorCode.CANCELLED, text).frames())
+            wait_for(lambda: not known(gateway, "k2"), timeout=10, what="the answer to free its place")
+            gateway.send_multipart(protocol.Cancel("unknown").frames())  # too late, or never sent: nothing
+            assert not known(gateway, "unknown")
+            assert (
+                dispatcher.requests.counters["cancelled"] == 1
+                and not dispatcher.router.workers[b"w0-socket"].in_flight
+            )
+        finally:
+            for socket in (gateway, worker):
+                socket.close(linger=0)
+    context.term()
+
+
+def known(gateway: zmq.Socket[Any], call: str) -> bool:
+    """Ask the dispatcher whether it still holds request ``call`` (QUERY); answers to earlier ones skipped."""
+    gateway.send_multipart(protocol.Query(call).frames())
+    while True:
+        assert gateway.poll(TIMEOUT_MS), "no answer"
+        message = protocol.receive(gateway.recv_multipart(), Link.DISPATCHER_TO_GATEWAY)
+        if isinstance(message, protocol.QueryReply) and message.id == call:
+            return message.known
+
+
+def next_cancel(worker: zmq.Socket[Any]) -> int:
+    """Return the key of the next CANCEL ``worker`` gets (heartbeats skipped)."""
+    end = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < end:
+        if worker.poll(20):
+            message = protocol.receive(worker.recv_multipart(), Link.DISPATCHER_TO_WORKER)
+            if isinstance(message, protocol.WorkerCancel):
+                return message.seq
+    raise AssertionError("no CANCEL arrived")
 
 
 def next_request(
