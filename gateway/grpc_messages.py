@@ -162,6 +162,8 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("preferred_batch_size", 1, "repeated int32"),
         ("max_queue_delay_microseconds", 2, "uint64"),
         ("preserve_ordering", 3, "bool"),
+        ("priority_levels", 4, "uint64"),
+        ("default_priority_level", 5, "uint64"),
         ("default_queue_policy", 6, "ModelQueuePolicy"),
     ),
     "ModelQueuePolicy": (

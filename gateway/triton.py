@@ -19,6 +19,7 @@ EXTENSIONS = [
     "system_shared_memory",
     "trace",
     "logging",
+    "schedule_policy",
 ]
 
 
@@ -81,6 +82,8 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(model.preferred_batch_sizes),
             "max_queue_delay_microseconds": model.max_queue_delay_us,
+            "priority_levels": model.priority_levels,
+            "default_priority_level": model.default_priority_level,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": 0,

@@ -5,6 +5,11 @@ requests whose shapes differ are never batched together. A queue runs when it ho
 samples, when it can fill a preferred batch size, or when its oldest request has waited
 ``max_queue_delay_us``; a model with ``max_batch_size`` 0 runs each request alone, at once.
 
+With priority levels (Triton's ``priority_levels``; a request's ``priority`` parameter, 1 the highest), a
+queue keeps its requests in level order, each level first come first served: a batch takes the highest
+first, and of the queues due the one whose head has the highest level runs first. The delay still counts
+from the oldest request queued.
+
 The delay is an upper bound, as in Triton. When requests arrive further apart than the delay (a moving average
 of the gaps between arrivals says the next one would come too late to join), a queue runs at once instead of
 waiting for nobody: at concurrency 1 the delay then costs no latency, and under load batches still fill.
@@ -20,6 +25,15 @@ from typing import Any
 GAP_WEIGHT = 4  # the moving average of arrival gaps gives each new gap 1/GAP_WEIGHT of the weight
 
 
+def priority_level(asked: int, levels: int, default: int) -> int:
+    """Return the level a request runs at, as Triton sets it: the one it asked for (``priority``, 1 the
+    highest), or the model's default when it asked for none (0), for one past the model's levels, or the model
+    has none (then every request is at level 0)."""
+    if not levels:
+        return 0
+    return asked if 1 <= asked <= levels else default
+
+
 @dataclass(slots=True)
 class Pending:
     """One request waiting in the worker: where it came from, what it holds, and when it arrived."""
@@ -32,12 +46,20 @@ class Pending:
     deadline: float
     payload: Any = None
     request_id: str = ""
+    level: int = 0  # its priority level (:func:`priority_level`): lower runs first
 
 
 @dataclass(slots=True)
 class _Queue:
     items: deque[Pending] = field(default_factory=deque)
     samples: int = 0
+    reordered: bool = False  # a request went ahead of earlier ones (a higher level): the head may be newer
+
+    def oldest_ns(self) -> int:
+        """When the request that has waited longest arrived."""
+        if self.reordered:
+            return min(item.arrived_ns for item in self.items)
+        return self.items[0].arrived_ns
 
 
 class Batcher:
@@ -65,8 +87,13 @@ class Batcher:
             self._gap_ns = gap if self._gap_ns is None else self._gap_ns + (gap - self._gap_ns) / GAP_WEIGHT
         self._last_arrival_ns = item.arrived_ns
         queue = self._queues.setdefault(item.batch_key, _Queue())
-        queue.items.append(item)
         queue.samples += item.samples
+        if not queue.items or queue.items[-1].level <= item.level:
+            queue.items.append(item)
+            return
+        at = next(i for i, queued in enumerate(queue.items) if queued.level > item.level)
+        queue.items.insert(at, item)  # after every request of its level or a higher one
+        queue.reordered = True
 
     def expire(self, now_unix: float) -> list[Pending]:
         """Remove and return every queued request whose deadline has passed."""
@@ -96,18 +123,18 @@ class Batcher:
     def next_batch(self, now_ns: int, flush: bool = False) -> list[Pending] | None:
         """Return the next batch due at ``now_ns`` (all queues due if ``flush``), or None."""
         due = [
-            (q.items[0].arrived_ns, key)
+            (q.items[0].level, q.oldest_ns(), key)
             for key, q in self._queues.items()
             if flush or self._is_due(q, now_ns)
         ]
         if not due:
             return None
-        _, key = min(due, key=lambda pair: pair[0])
+        *_, key = min(due, key=lambda entry: entry[:2])
         return self._take(key)
 
     def next_wakeup_ns(self) -> int | None:
         """Return when the oldest queued request's delay runs out, if anything is queued."""
-        heads = [q.items[0].arrived_ns for q in self._queues.values()]
+        heads = [q.oldest_ns() for q in self._queues.values()]
         return min(heads) + self.delay_ns if heads else None
 
     def _is_due(self, queue: _Queue, now_ns: int) -> bool:
@@ -115,7 +142,7 @@ class Batcher:
             return True
         if self.preferred and queue.samples >= self.preferred[0]:
             return True
-        head = queue.items[0].arrived_ns
+        head = queue.oldest_ns()
         if now_ns - head >= self.delay_ns:
             return True
         # The next request is expected after the delay runs out: it would not join this batch, so do not wait.

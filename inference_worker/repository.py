@@ -47,7 +47,7 @@ TOP_KEYS = (
     "version_policy",
     "response_cache",
 )
-BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size")
+BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size", "priority_levels", "default_priority_level")
 TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
 MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
@@ -167,6 +167,9 @@ class ModelConfig:
     weights: str | None = None
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     preferred_batch_sizes: tuple[int, ...] = ()
+    # Triton's priority levels (schedule_policy extension): 1 is the highest; 0 levels: one queue, in order
+    priority_levels: int = 0
+    default_priority_level: int = 0
     instance_groups: tuple[InstanceGroup, ...] = ()  # empty: served by the host's default slots
 
     handler: str | None = None  # "module:Class" beside config.toml: pre- and post-processing in the worker
@@ -207,6 +210,8 @@ class ModelConfig:
             "max_batch_size": self.max_batch_size,
             "max_queue_delay_us": self.max_queue_delay_us,
             "max_queue_size": self.max_queue_size,
+            "priority_levels": self.priority_levels,
+            "default_priority_level": self.default_priority_level,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
@@ -288,6 +293,13 @@ def load_model_config(folder: Path) -> ModelConfig:
             f"{path}: key 'dynamic_batching.preferred_batch_size' is {preferred!r}, "
             f"expected a list of sizes from 1 to max_batch_size"
         )
+    levels = _Getter(path, batching, "dynamic_batching.").integer("priority_levels", 0)
+    default_level = _Getter(path, batching, "dynamic_batching.").integer("default_priority_level", 0)
+    if levels and not 1 <= default_level <= levels or not levels and default_level:
+        raise ConfigError(
+            f"{path}: key 'dynamic_batching.default_priority_level' is {default_level}, expected "
+            + (f"1 to priority_levels ({levels})" if levels else "0 when priority_levels is 0")
+        )
     queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
@@ -345,6 +357,8 @@ def load_model_config(folder: Path) -> ModelConfig:
         weights=weights,
         max_queue_size=queue_size,
         preferred_batch_sizes=tuple(preferred),
+        priority_levels=levels,
+        default_priority_level=default_level,
         instance_groups=groups,
         handler=handler,
         padding=padding,

@@ -2,7 +2,8 @@
 
 Workers register with their capacity (credits) and the model versions they serve. A request goes to the
 least-loaded ready worker that serves its model version and has credit; otherwise it waits in a bounded
-queue per model. Requests in flight on a worker that is lost are re-sent once, then failed.
+queue per model, in priority order (Triton's levels, each first come first served). Requests in flight on a
+worker that is lost are re-sent once, then failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_worker.batching import priority_level
 from inference_worker.errors import CodedError
 from inference_worker.protocol import Computing, ErrorCode
 from inference_worker.protocol.queries import default_version
@@ -33,6 +35,7 @@ class Request:
     message: RelayedRequest  # as the gateway sent it; forwarded with its tensor frames untouched
     attempts: int = 0
     worker: bytes | None = None
+    level: int = 0  # its priority level (inference_worker.batching.priority_level): lower goes first
 
     @property
     def key(self) -> tuple[bytes, str]:
@@ -166,7 +169,12 @@ class Router:
             raise CodedError(
                 ErrorCode.UNAVAILABLE, f"model {request.model!r} queue is full ({limit} requests)"
             )
-        queue.appendleft(request) if front else queue.append(request)
+        if front:
+            queue.appendleft(request)
+        elif not queue or queue[-1].level <= request.level:
+            queue.append(request)
+        else:  # after every request of its level or a higher one
+            queue.insert(next(i for i, queued in enumerate(queue) if queued.level > request.level), request)
         self.requests[request.key] = request
 
     def assignments(self) -> Iterator[tuple[Request, WorkerState]]:
@@ -265,6 +273,14 @@ class Router:
 
     def pending(self) -> int:
         return len(self.requests)
+
+    def level(self, model: str, version: str, asked: int) -> int:
+        """Return the priority level a request of ``model`` ``version`` that asked for ``asked`` runs at."""
+        signature = self.serves(model).get(version, {})
+        levels, default = signature.get("priority_levels", 0), signature.get("default_priority_level", 0)
+        if type(levels) is not int or type(default) is not int:
+            return 0
+        return priority_level(asked, levels, default)
 
     def _queue_limit(self, model: str, version: str) -> int:
         signature = self.serves(model).get(version, {})

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from inference_worker.batching import Batcher, Pending
+from inference_worker.batching import Batcher, Pending, priority_level
 
 MS = 1_000_000
 
 
 def item(
-    seq: int, at_ms: float, samples: int = 1, key: object = "k", deadline: float = float("inf")
+    seq: int,
+    at_ms: float,
+    samples: int = 1,
+    key: object = "k",
+    deadline: float = float("inf"),
+    level: int = 0,
 ) -> Pending:
     return Pending(
         seq=seq,
@@ -17,6 +22,7 @@ def item(
         samples=samples,
         arrived_ns=int(at_ms * MS),
         deadline=deadline,
+        level=level,
     )
 
 
@@ -78,6 +84,41 @@ def test_a_withdrawn_request_never_runs_and_frees_its_samples() -> None:
     assert batcher.withdraw(3) is not None and len(batcher) == 1  # its queue, emptied, is gone
     assert batcher.next_wakeup_ns() == 10 * MS
     assert [p.seq for p in batcher.next_batch(10 * MS) or []] == [1]
+
+
+def test_the_level_a_request_runs_at_is_tritons() -> None:
+    assert priority_level(1, levels=3, default=2) == 1  # 1 is the highest
+    assert priority_level(3, levels=3, default=2) == 3
+    assert priority_level(0, levels=3, default=2) == 2  # none asked: the model's default
+    assert priority_level(4, levels=3, default=2) == 2  # past the model's levels: the default
+    assert priority_level(1, levels=0, default=0) == 0  # a model without levels: one queue, in order
+
+
+def test_higher_levels_run_first_each_level_in_order() -> None:
+    batcher = Batcher(max_batch_size=2, max_queue_delay_us=5000)
+    for seq, level in ((1, 2), (2, 2), (3, 1), (4, 1), (5, 3)):
+        batcher.add(item(seq, seq, level=level))
+    assert [p.seq for p in batcher.next_batch(5 * MS) or []] == [3, 4]  # full: at once
+    assert [p.seq for p in batcher.next_batch(5 * MS) or []] == [1, 2]
+    assert batcher.next_batch(5 * MS) is None  # 5 alone waits for its delay
+    assert [p.seq for p in batcher.next_batch(10 * MS) or []] == [5]
+
+
+def test_the_delay_counts_from_the_oldest_request_not_the_head() -> None:
+    batcher = Batcher(max_batch_size=4, max_queue_delay_us=5000)
+    batcher.add(item(1, 0, level=2))
+    batcher.add(item(2, 2, level=1))  # ahead of 1, but 1 has waited longer
+    assert batcher.next_wakeup_ns() == 5 * MS
+    assert batcher.next_batch(4 * MS) is None
+    assert [p.seq for p in batcher.next_batch(5 * MS) or []] == [2, 1]
+
+
+def test_of_the_queues_due_the_one_with_the_highest_level_runs_first() -> None:
+    batcher = Batcher(max_batch_size=4, max_queue_delay_us=0)
+    batcher.add(item(1, 0, key="a", level=2))
+    batcher.add(item(2, 1, key="b", level=1))
+    assert [p.seq for p in batcher.next_batch(2 * MS) or []] == [2]
+    assert [p.seq for p in batcher.next_batch(2 * MS) or []] == [1]
 
 
 def test_flush_runs_everything_regardless_of_delay() -> None:

@@ -143,6 +143,14 @@ def test_missing_versions_and_configs_are_reported(tmp_path: Path) -> None:
             ),
             "key 'instance_group[0].gpus' is set but kind is 'KIND_CPU'",
         ),
+        (
+            lambda c: c.replace("[dynamic_batching]", "[dynamic_batching]\npriority_levels = 2"),
+            "key 'dynamic_batching.default_priority_level' is 0, expected 1 to priority_levels (2)",
+        ),
+        (
+            lambda c: c.replace("[dynamic_batching]", "[dynamic_batching]\ndefault_priority_level = 1"),
+            "key 'dynamic_batching.default_priority_level' is 1, expected 0 when priority_levels is 0",
+        ),
         (lambda c: c.replace('name = "m"', 'name = "m"\nfactory = "x:y"'), "key 'factory' is for the python"),
         (lambda c: c.replace('name = "m"', 'name = "m"\ncolour = 1'), "valid keys here: name, backend"),
     ],
@@ -153,6 +161,18 @@ def test_unknown_keys_and_tables_name_the_closest_valid_one(tmp_path: Path, edit
         load_model_config(folder)
     assert str(folder / "config.toml") in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_priority_levels_are_read_and_announced(tmp_path: Path) -> None:
+    config = GOOD.replace(
+        "[dynamic_batching]", "[dynamic_batching]\npriority_levels = 3\ndefault_priority_level = 2"
+    )
+    model = load_model_config(make(tmp_path, config))
+    assert (model.priority_levels, model.default_priority_level) == (3, 2)
+    signature = model.signature("1")
+    assert (signature["priority_levels"], signature["default_priority_level"]) == (3, 2)
+    (tmp_path / "plain").mkdir()
+    assert load_model_config(make(tmp_path / "plain", GOOD)).priority_levels == 0
 
 
 def test_instance_groups_are_read_with_triton_kinds(tmp_path: Path) -> None:

@@ -120,6 +120,36 @@ def test_expired_and_unservable_requests_leave_the_queue() -> None:
     assert router.pending() == 1  # request 1 is the caller's to re-send (it came back from remove)
 
 
+def test_the_queue_goes_by_priority_level_then_arrival_and_a_resent_request_goes_first() -> None:
+    router = Router()
+    a = worker("a", capacity=1)
+    a.signatures[("m", "1")] = {**SIG, "max_queue_size": 16}
+    router.register(a)
+    router.enqueue(request(1))
+    assert [r.seq for r, _ in router.assignments()] == [1]  # a has no credit left: the rest queue
+    for seq, level in ((2, 2), (3, 1), (4, 2), (5, 1)):
+        queued = request(seq)
+        queued.level = level
+        router.enqueue(queued)
+    orphan = request(6)
+    orphan.level = 2
+    router.enqueue(orphan, front=True)  # re-sent after its worker was lost
+    order = []
+    for _ in range(5):
+        router.complete(a.identity, next(iter(a.in_flight)))
+        order += [r.seq for r, _ in router.assignments()]
+    assert order == [6, 3, 5, 2, 4]
+
+
+def test_a_request_runs_at_the_level_its_model_version_gives_it() -> None:
+    router = Router()
+    leveled = worker("a")
+    leveled.signatures[("m", "1")] = {**SIG, "priority_levels": 3, "default_priority_level": 2}
+    router.register(leveled)
+    assert [router.level("m", "1", asked) for asked in (0, 1, 3, 4)] == [2, 1, 3, 2]
+    assert router.level("m", "9", 1) == 0  # a version nobody serves: no levels
+
+
 def test_only_a_queued_request_is_withdrawn_at_once() -> None:
     router = Router()
     a = worker("a", capacity=1)

@@ -88,6 +88,7 @@ class Requests:
                 version=resolved,
                 deadline=deadline,
                 message=message,
+                level=self.router.level(message.model, resolved, message.priority),
             )
             self.next_seq += 1
             self.router.enqueue(request)

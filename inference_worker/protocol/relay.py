@@ -101,7 +101,7 @@ class RelayedRequest:
     """A gateway's REQUEST as the dispatcher holds it: the fields it routes on, the header, the tensor
     frames."""
 
-    __slots__ = ("body", "deadline", "header", "id", "model", "request_id", "shm", "version")
+    __slots__ = ("body", "deadline", "header", "id", "model", "priority", "request_id", "shm", "version")
 
     def __init__(self, header: dict[str, Any], body: list[Any]) -> None:
         self.header = header
@@ -111,6 +111,7 @@ class RelayedRequest:
         self.version: str | None = _optional_text(header, "version") or None
         self.deadline: float | None = _number(header, "deadline")
         self.request_id: str = _text(header, "request_id")
+        self.priority: int = _integer(header, "priority")
         self.shm: bool = type(header.get("shm")) is dict
 
     @classmethod

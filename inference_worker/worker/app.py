@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from inference_worker import gpu, protocol, shm
-from inference_worker.batching import Batcher, Pending
+from inference_worker.batching import Batcher, Pending, priority_level
 from inference_worker.compute import BatchTimes, Executor, Launched, check_inputs, describe_failure
 from inference_worker.errors import CodedError
 from inference_worker.pipeline import Pipeline
@@ -193,6 +193,9 @@ class Application:
                 deadline=message.deadline,
                 payload=(inputs, message.outputs, reply_area, message.parameters),
                 request_id=message.request_id,
+                level=priority_level(
+                    message.priority, executor.config.priority_levels, executor.config.default_priority_level
+                ),
             )
         )
         return None

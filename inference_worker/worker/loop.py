@@ -142,6 +142,10 @@ class Worker:
             # Draining, every message is read: the drain's acknowledgement (or silence) decides when to leave.
             full = compute.pending >= self.app.depth and not session.drain_started
             events = dict((busy if full else poller).poll(self._poll_timeout_ms(now)))
+            if full and events:  # a batch is done: what came meanwhile is read before the next is chosen
+                events.setdefault(polled, zmq.POLLIN)  # (a higher priority level goes first, say)
+                if lane is not None:
+                    events.setdefault(lane, zmq.POLLIN)
             if polled in events:
                 for message in session.receive():
                     if isinstance(message, protocol.WorkerControl):
