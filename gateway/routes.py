@@ -25,6 +25,7 @@ from gateway import (
     triton,
     worker_metrics,
 )
+from gateway import generate as generate_answer
 from gateway.body import BodyDisconnected, read_body
 from gateway.errors import Forbidden, InvalidArgument
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
@@ -38,7 +39,14 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
 
 routes = Blueprint("torchgate", __name__)
-INFER_ENDPOINTS = ("torchgate.infer", "torchgate.predict", "torchgate.predictions")  # those that run a model
+# those that run a model
+INFER_ENDPOINTS = (
+    "torchgate.infer",
+    "torchgate.predict",
+    "torchgate.predictions",
+    "torchgate.generate",
+    "torchgate.generate_stream",
+)
 
 
 def current_gateway() -> Gateway:
@@ -344,6 +352,34 @@ def infer(model: str, version: str | None = None) -> Response:
     for name, value in result.headers.items():  # cheaper than headers=: no Headers built to copy from
         response.headers[name] = value
     return response
+
+
+@routes.post("/v2/models/<model>/generate")
+@routes.post("/v2/models/<model>/versions/<version>/generate")
+def generate(model: str, version: str | None = None) -> Response:
+    """Triton's generate extension (gateway.generate): a flat JSON object in and out."""
+    doc = current_gateway().generate(
+        model,
+        version,
+        request_body(),
+        current_trace(),
+        content_encoding=request.environ.get("HTTP_CONTENT_ENCODING"),
+    )
+    return Response(generate_answer.dumps(doc), content_type=JSON)
+
+
+@routes.post("/v2/models/<model>/generate_stream")
+@routes.post("/v2/models/<model>/versions/<version>/generate_stream")
+def generate_stream(model: str, version: str | None = None) -> Response:
+    """The same as Server-Sent Events: one event, the answer (no model here answers more than once)."""
+    doc = current_gateway().generate(
+        model,
+        version,
+        request_body(),
+        current_trace(),
+        content_encoding=request.environ.get("HTTP_CONTENT_ENCODING"),
+    )
+    return Response(generate_answer.event(doc), content_type=generate_answer.EVENT_STREAM)
 
 
 # -- Triton extras --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
-from gateway import afterwork, kserve_v1, torchserve, torchserve_management, trace_settings
+from gateway import afterwork, generate, kserve_v1, torchserve, torchserve_management, trace_settings
 from gateway.classification import top_classes
 from gateway.client import BodyLease, DispatcherClient, InferReply
 from gateway.client_shm import ClientRegions
@@ -22,6 +22,7 @@ from gateway.codec import (
     RegionSlice,
     Tensor,
     decode_content,
+    dumps,
     handler_parameters,
     infer_response,
     loads,
@@ -130,6 +131,28 @@ class Gateway:
             )
             answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
         return infer_response(model.name, answered, request.id, outputs)
+
+    def generate(
+        self,
+        model_name: str,
+        version: str | None,
+        body: bytes,
+        trace: RequestTrace,
+        *,
+        content_encoding: str | None = None,
+    ) -> dict[str, Any]:
+        """Answer Triton's generate extension (:mod:`gateway.generate`): the flat request read as the infer
+        request it stands for, checked and run as one; its answer flat too."""
+        model, resolved = self.catalog.get(model_name, version)
+        body = decode_content(body, content_encoding, self.config.max_body_bytes)
+        with self.parsing(len(body)):
+            document = generate.infer_document(loads(body, self.config.max_json_values), model)
+            request = parse_infer_request(
+                dumps(document), None, trace.header_id, self.limits, self.config.max_json_values
+            )
+        inputs = check_inputs(request, model, self.limits)
+        answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
+        return generate.response(model.name, answered, [tensor for tensor, _ in outputs])
 
     @contextmanager
     def regions_read(self, request: InferRequest, model: ModelConfig) -> Iterator[None]:

@@ -105,6 +105,22 @@ def test_minilm_embeddings_equal_sentence_transformers(
     raw = requests.post(f"{stack.url}/predictions/minilm", data=SENTENCES[3].encode(), timeout=60)
     assert raw.status_code == 200, raw.text
     assert cosine(np.array(raw.json()), reference[3]) >= 0.9999
+    # Triton's generate extension: the text by its input's name, the embedding by its output's
+    generated = requests.post(
+        f"{stack.url}/v2/models/minilm/generate", json={"text": SENTENCES[4]}, timeout=60
+    )
+    assert generated.status_code == 200, generated.text
+    answer = generated.json()
+    assert answer["model_name"] == "minilm" and answer["model_version"] == "1"
+    assert cosine(np.array(answer["embedding"]), reference[4]) >= 0.9999
+    streamed = requests.post(
+        f"{stack.url}/v2/models/minilm/generate_stream",
+        json={"parameters": {"text": SENTENCES[4]}},
+        timeout=60,
+    )
+    assert streamed.status_code == 200 and streamed.headers["Content-Type"].startswith("text/event-stream")
+    assert streamed.text.startswith("data: ") and streamed.text.endswith("\n\n")
+    assert json.loads(streamed.text[len("data: ") :])["embedding"] == answer["embedding"]
 
 
 def test_minilm_batches_requests_of_different_lengths(

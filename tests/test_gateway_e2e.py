@@ -176,6 +176,26 @@ def test_tritonclient_infer_digits(
     assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) == binary_out
 
 
+def test_generate_answers_a_flat_request_as_triton_does(server: Stack, digits: torch.nn.Module) -> None:
+    x = digits_batch(1, seed=5)
+    url = f"{server.url}/v2/models/digits/generate"
+    response = requests.post(url, json={"input": x[0].tolist(), "timeout": 30_000_000}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model_name"] == "digits" and answer["model_version"] == "1"
+    np.testing.assert_allclose(answer["output"], reference(digits, x)[0], rtol=1e-4, atol=1e-4)
+    versioned = requests.post(
+        f"{server.url}/v2/models/digits/versions/1/generate", json={"input": x[0].tolist()}, timeout=60
+    )
+    assert versioned.status_code == 200 and versioned.json()["output"] == answer["output"]
+    wrong = requests.post(url, json={"input": x[0].tolist()[:63]}, timeout=60)
+    assert wrong.status_code == 400 and "63 values do not fit its shape [-1, 64]" in wrong.json()["error"]
+    missing = requests.post(url, json={"text": "seven"}, timeout=60)
+    assert missing.status_code == 400 and "needs the input(s) 'input'" in missing.json()["error"]
+    nested = requests.post(url, json={"input": [x[0].tolist()]}, timeout=60)
+    assert nested.status_code == 400 and "one value or a flat list" in nested.json()["error"]
+
+
 def test_tritonclient_default_outputs_and_gzip(server: Stack, digits: torch.nn.Module) -> None:
     x = digits_batch(3, seed=11)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
