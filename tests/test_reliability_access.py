@@ -40,6 +40,8 @@ ENDPOINTS = [
     ("GET", "/v2/models/stats"),
     ("POST", "/v2/repository/index"),
     ("POST", "/v2/models/digits/infer"),
+    ("POST", "/v2/models/digits/generate"),
+    ("POST", "/v2/models/digits/generate_stream"),
     ("POST", "/predict"),
     ("POST", "/predictions/digits"),
     ("POST", "/invocations"),
