@@ -18,6 +18,24 @@ settings.register_profile("torchgate", deadline=None)
 settings.load_profile("torchgate")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "xdist_group(name): tests that run one after another in one xdist worker, whatever their files",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test`` runs two xdist workers with ``--dist loadgroup``: a file's tests stay together (its
+    module-scoped deployment starts once) unless a test names a group of its own, such as the tests that look
+    at everything in /dev/shm, which must not see another test's regions come and go. Runs before xdist's own
+    hook, which reads the groups."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Only a test marked ``processes`` may start one (``make unit`` runs the others, quickly)."""
     allow_processes(item.get_closest_marker("processes") is not None)

@@ -46,12 +46,14 @@ def only_handler() -> Iterator[list[BackgroundStreamHandler]]:
     handlers: list[BackgroundStreamHandler] = []
     logger = access_log.access
     saved = (logger.handlers[:], logger.propagate, logger.level)
-    logger.propagate, logger.level = False, logging.INFO
+    logger.propagate = False
+    logger.setLevel(logging.INFO)  # not ``level =``: setLevel empties what isEnabledFor remembers
     logger.handlers[:] = []
     try:
         yield handlers
     finally:
-        logger.handlers[:], logger.propagate, logger.level = saved
+        logger.handlers[:], logger.propagate = saved[:2]
+        logger.setLevel(saved[2])
         for handler in handlers:
             handler.flush_all()
 

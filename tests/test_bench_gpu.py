@@ -11,7 +11,7 @@ import pytest
 
 from harness import run
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.processes]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.processes, pytest.mark.xdist_group("dev-shm")]
 
 
 @pytest.mark.processes

@@ -26,6 +26,7 @@ from gateway.errors import Forbidden, InvalidArgument, NotFound
 from harness import Stack, copy_digits, free_port, short_dir, write_python_model
 from harness.apps import gateway_app
 
+pytestmark = pytest.mark.xdist_group("dev-shm")  # looks at all of /dev/shm: never beside another such test
 TIMEOUT = 30.0
 
 

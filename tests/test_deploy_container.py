@@ -28,6 +28,7 @@ from harness import ROOT, Processes, free_port, run, wait_for
 from harness.dockerfile import environment, exec_form, healthcheck, instructions
 from harness.wheel import InstalledWheel
 
+pytestmark = pytest.mark.xdist_group("wheel")  # one wheel build per session, never two at once in one tree
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
 BIN = Path(sys.executable).parent
 DIGIT = [0.0] * 64

@@ -23,6 +23,7 @@ from deploy.supervisor_rpc import read_client_section
 from harness import ROOT, run
 from harness.wheel import InstalledWheel
 
+pytestmark = pytest.mark.xdist_group("wheel")  # one wheel build per session, never two at once in one tree
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 

@@ -14,6 +14,7 @@ import pytest
 from harness import Stack
 from harness import perf_analyzer as pa
 
+pytestmark = pytest.mark.xdist_group("dev-shm")  # looks at all of /dev/shm: never beside another such test
 TIMEOUT = 120.0  # one perf_analyzer run, at most
 # bounded runs: windows of a fixed number of requests, any spread between them accepted as stable
 BOUNDED = ["--measurement-mode", "count_windows", "--measurement-request-count", "100", "-s", "100"]

@@ -44,7 +44,7 @@ from inference_worker import protocol, shm
 from inference_worker.protocol import TensorMeta
 from inference_worker.security import create_keys
 
-pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(300), pytest.mark.xdist_group("dev-shm")]
 
 MEMFD = "memfd:torchgate-tensors"
 WIDTH = 65536  # FP32: 256 KiB per tensor, above inference_worker.shm.MIN_BYTES
