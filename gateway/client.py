@@ -246,10 +246,13 @@ class DispatcherClient:
         to the model's handler. An output named in ``sinks`` that comes back in the segment is given to its
         function, a view of the segment, rather than copied out (a client's shared-memory region takes it).
 
-        ``gone`` says whether the client went away. It is asked each time an answer has not come for
-        ``poll_interval`` seconds: once it says yes, the request is withdrawn (CANCEL: a worker that has not
-        started it never will) and :class:`Cancelled` is raised.
+        ``gone`` says whether the client went away. It is asked before the request is sent (a client may
+        leave while its request waits for a gateway thread: it is then never sent), and each time an answer
+        has not come for ``poll_interval`` seconds: once it says yes, the request is withdrawn (CANCEL: a
+        worker that has not started it never will) and :class:`Cancelled` is raised.
         """
+        if gone is not None and gone():
+            raise Cancelled(f"request {request_id or 'of ' + model}: the client went away before it was sent")
         call = _Call(
             model, version, tensors, outputs, deadline, request_id, priority, parameters or {}, sinks, gone
         )

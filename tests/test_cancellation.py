@@ -5,16 +5,17 @@ A withdrawn request is never computed (the worker's counters say so), every othe
 the cancellation shows where an operator looks: the access line (499), Triton's failure metric (CANCELED),
 the dispatcher's and the worker's counters.
 
-One `torchgate serve` for the module: one CPU worker, one gateway process, the gRPC port, and `sleeper`
-(sleeps as many seconds as its input, then doubles it) with ``max_batch_size = 1``: the worker takes two
-requests at once from the dispatcher (its capacity), computes one and queues the other; a third waits in the
-dispatcher.
+One `torchgate serve` for the module: one CPU worker, one gateway process of four threads, the gRPC port, and
+`sleeper` (sleeps as many seconds as its input, then doubles it) with ``max_batch_size = 1``: the worker takes
+two requests at once from the dispatcher (its capacity), computes one and queues the other; a third waits in
+the dispatcher; with four requests in the gateway's threads, a fifth waits for a thread.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,7 +44,7 @@ def served() -> Iterator[tuple[Stack, int]]:
         grpc_port = free_port()
         stack = Stack.at(base, repository)
         options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
-        options += ["--gateway-processes", "1", "--gateway-threads", "8", "--grpc-port", str(grpc_port)]
+        options += ["--gateway-processes", "1", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
         with stack.serve(*options, "--model-repository", str(repository)) as started:
             started.wait_serving(timeout=120)
             yield started, grpc_port
@@ -74,6 +75,19 @@ def send_unread(stack: Stack, seconds: float, request_id: str) -> socket.socket:
     return sock
 
 
+def unread_in_lanes(stack: Stack) -> int:
+    """Bytes waiting unread at the workers' ends of their direct lanes: the kernel's receive queues, as `ss`
+    shows them (a worker reads its lane between batches)."""
+    lanes = str(stack.run_dir / "sockets" / "direct-")
+    shown = subprocess.run(["ss", "-x", "-n", "-H"], capture_output=True, text=True, timeout=10, check=True)
+    total = 0
+    for line in shown.stdout.splitlines():
+        cols = line.split()  # kind, state, Recv-Q, Send-Q, local address, ...
+        if len(cols) > 4 and cols[4].startswith(lanes):
+            total += int(cols[2])
+    return total
+
+
 def worker_counters(stack: Stack) -> dict[str, int]:
     """The sleeper's counters as the worker's heartbeats carry them: samples computed, requests withdrawn."""
     computed = cancelled = 0
@@ -100,7 +114,7 @@ def access_lines(stack: Stack, request_id: str) -> list[str]:
     return lines
 
 
-def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queues(
+def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queues_or_never_sent(
     served: tuple[Stack, int],
 ) -> None:
     stack, _ = served
@@ -122,7 +136,9 @@ def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queu
             timeout=TIMEOUT,
             what="a request queued in the dispatcher",
         )
-        for sock in gone:
+        # Every one of the four threads has a request: the next waits for one, and its client leaves first.
+        send_unread(stack, 0.5, "c1-waiting-for-a-thread").close()
+        for sock in gone:  # then the three others: their threads come free, the waiting request gets one
             sock.close()
         wait_for(
             lambda: stack.status().dispatcher["cancelled"] == dispatcher["cancelled"] + 1,
@@ -130,8 +146,15 @@ def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queu
             what="the dispatcher to withdraw the request it queued",
         )
         answer = first.result(timeout=TIMEOUT + LONG)
+        wait_for(
+            lambda: access_lines(stack, "c1-waiting-for-a-thread"),
+            timeout=TIMEOUT,
+            what="the gateway to give up the request that waited for a thread",
+        )
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == [2 * LONG]
+    # the one that waited for a thread was never sent: three reached the dispatcher, the first went direct
+    assert stack.status().dispatcher["requests"] == dispatcher["requests"] + 3
     after = post(stack, 0.0, "c1-after")  # the worker serves on
     assert after.status_code == 200 and after.json()["outputs"][0]["data"] == [0.0]
     wait_for(
@@ -143,12 +166,17 @@ def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queu
     assert counted == {"computed": worker["computed"] + 2, "cancelled": worker["cancelled"] + 2}
     status = stack.status()
     assert status.dispatcher["pending"] == dispatcher["pending"] and status.models[MODEL]["1"]["queued"] == 0
-    assert canceled_metric(stack) == canceled + 3
+    assert canceled_metric(stack) == canceled + 4
     _, samples = scrape(stack.url)  # and the counters behind them
     failed = total(samples, "torchgate_worker_request_failure_total", model=MODEL, reason="cancelled")
     assert failed == counted["cancelled"]
     assert total(samples, "torchgate_dispatcher_cancelled_total") == status.dispatcher["cancelled"]
-    for request_id in ("c1-queued-on-worker-a", "c1-queued-on-worker-b", "c1-queued-in-dispatcher"):
+    for request_id in (
+        "c1-queued-on-worker-a",
+        "c1-queued-on-worker-b",
+        "c1-queued-in-dispatcher",
+        "c1-waiting-for-a-thread",
+    ):
         (line,) = access_lines(stack, request_id)
         assert f"POST /v2/models/{MODEL}/infer 499 " in line, line
 
@@ -167,7 +195,10 @@ def test_a_direct_request_whose_client_went_away_is_withdrawn_from_the_lane(
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.infer, MODEL, [x], client_timeout=TIMEOUT + LONG)
         wait_for(lambda: computing(stack), timeout=TIMEOUT, what="the worker to compute the first request")
-        send_unread(stack, 0.5, "c2-direct").close()
+        sock = send_unread(stack, 0.5, "c2-direct")
+        # its client leaves once it is in the lane (left sooner, it would never have been sent at all)
+        wait_for(lambda: unread_in_lanes(stack) > 0, timeout=TIMEOUT, what="the request unread in the lane")
+        sock.close()
         wait_for(
             lambda: canceled_metric(stack) == canceled + 1 and access_lines(stack, "c2-direct"),
             timeout=TIMEOUT,

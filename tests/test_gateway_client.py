@@ -17,7 +17,7 @@ import pytest
 
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Tensor
-from gateway.errors import DeadlineExceeded, Unavailable, http_status
+from gateway.errors import Cancelled, DeadlineExceeded, Unavailable, http_status
 from harness import Stack, slow_repository, wait_for
 from inference_worker.errors import CodedError
 
@@ -86,6 +86,22 @@ def test_a_late_answer_is_never_taken_for_the_next_request(client: DispatcherCli
         14,
         16,
     ]
+
+
+@pytest.mark.processes
+def test_a_request_whose_client_has_gone_is_never_sent(client: DispatcherClient) -> None:
+    def computed() -> int:  # samples of `slow` the worker has computed, as its heartbeats report them
+        stats = client.status(max_age=0).stats
+        return sum(int(e.get("inference_count", 0)) for e in stats if e.get("model") == "slow")
+
+    before = computed()
+    with pytest.raises(Cancelled, match="went away before it was sent"):
+        client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30, "r", gone=lambda: True)
+    reply = client.infer("slow", None, [x_tensor([5, 6, 7, 8])], [], time.time() + 30, gone=lambda: False)
+    assert doubled(reply) == [10, 12, 14, 16]
+    # had the first been sent, the worker would have computed it before the second
+    wait_for(lambda: computed() > before, timeout=30, what="the worker to report the second request")
+    assert computed() == before + 1
 
 
 @pytest.mark.processes
