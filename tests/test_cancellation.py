@@ -75,14 +75,19 @@ def send_unread(stack: Stack, seconds: float, request_id: str) -> socket.socket:
     return sock
 
 
-def unread_in_lanes(stack: Stack) -> int:
-    """Bytes waiting unread at the workers' ends of their direct lanes: the kernel's receive queues, as `ss`
-    shows them (a worker reads its lane between batches)."""
+def waiting_in_lanes(stack: Stack) -> int:
+    """What waits at the workers' ends of their direct lanes, as `ss` shows the kernel's queues: bytes unread
+    on a connection, or a new connection not yet accepted (a worker takes both between batches). A gateway
+    connects only after it asked whether its client is still there, and then sends at once."""
     lanes = str(stack.run_dir / "sockets" / "direct-")
-    shown = subprocess.run(["ss", "-x", "-n", "-H"], capture_output=True, text=True, timeout=10, check=True)
+    shown = subprocess.run(
+        ["ss", "-x", "-a", "-n", "-H"], capture_output=True, text=True, timeout=10, check=True
+    )
     total = 0
     for line in shown.stdout.splitlines():
-        cols = line.split()  # kind, state, Recv-Q, Send-Q, local address, ...
+        cols = (
+            line.split()
+        )  # kind, state, Recv-Q (a listener's: connections to accept), Send-Q, local address
         if len(cols) > 4 and cols[4].startswith(lanes):
             total += int(cols[2])
     return total
@@ -125,21 +130,26 @@ def test_http_clients_gone_are_withdrawn_from_the_worker_and_the_dispatcher_queu
         wait_for(lambda: computing(stack), timeout=TIMEOUT, what="the worker to compute the first request")
         # Through the dispatcher (the gateway process has a request in flight): two reach the worker (its
         # capacity), which queues them behind the one computing; the third waits in the dispatcher.
-        gone = [
-            send_unread(stack, 0.5, "c1-queued-on-worker-a"),
-            send_unread(stack, 0.5, "c1-queued-on-worker-b"),
-        ]
-        wait_for(lambda: stack.status().dispatcher["pending"] == dispatcher["pending"] + 2, timeout=TIMEOUT)
-        gone.append(send_unread(stack, 0.5, "c1-queued-in-dispatcher"))
-        wait_for(
-            lambda: stack.status().models[MODEL]["1"]["queued"] == 1,
-            timeout=TIMEOUT,
-            what="a request queued in the dispatcher",
-        )
-        # Every one of the four threads has a request: the next waits for one, and its client leaves first.
-        send_unread(stack, 0.5, "c1-waiting-for-a-thread").close()
-        for sock in gone:  # then the three others: their threads come free, the waiting request gets one
-            sock.close()
+        gone: list[socket.socket] = []
+        try:
+            gone.append(send_unread(stack, 0.5, "c1-queued-on-worker-a"))
+            gone.append(send_unread(stack, 0.5, "c1-queued-on-worker-b"))
+            wait_for(
+                lambda: stack.status().dispatcher["pending"] == dispatcher["pending"] + 2,
+                timeout=TIMEOUT,
+                what="two requests on the worker",
+            )
+            gone.append(send_unread(stack, 0.5, "c1-queued-in-dispatcher"))
+            wait_for(
+                lambda: stack.status().models[MODEL]["1"]["queued"] == 1,
+                timeout=TIMEOUT,
+                what="a request queued in the dispatcher",
+            )
+            # Each of the four threads has a request: the next waits for one, and its client leaves first.
+            send_unread(stack, 0.5, "c1-waiting-for-a-thread").close()
+        finally:  # then the three others: their threads come free, the waiting request gets one
+            for sock in gone:
+                sock.close()
         wait_for(
             lambda: stack.status().dispatcher["cancelled"] == dispatcher["cancelled"] + 1,
             timeout=TIMEOUT,
@@ -196,9 +206,10 @@ def test_a_direct_request_whose_client_went_away_is_withdrawn_from_the_lane(
         first = pool.submit(client.infer, MODEL, [x], client_timeout=TIMEOUT + LONG)
         wait_for(lambda: computing(stack), timeout=TIMEOUT, what="the worker to compute the first request")
         sock = send_unread(stack, 0.5, "c2-direct")
-        # its client leaves once it is in the lane (left sooner, it would never have been sent at all)
-        wait_for(lambda: unread_in_lanes(stack) > 0, timeout=TIMEOUT, what="the request unread in the lane")
-        sock.close()
+        try:  # its client leaves once it is in the lane (left sooner, it would never have been sent at all)
+            wait_for(lambda: waiting_in_lanes(stack) > 0, timeout=TIMEOUT, what="the request in the lane")
+        finally:
+            sock.close()
         wait_for(
             lambda: canceled_metric(stack) == canceled + 1 and access_lines(stack, "c2-direct"),
             timeout=TIMEOUT,
