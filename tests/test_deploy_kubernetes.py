@@ -1,6 +1,7 @@
 """Kubernetes and KServe manifests, validated offline: the Kubernetes schemas (kubernetes-validate, strict)
 and KServe's CRD schemas (tests/schemas/kserve/, taken from KServe's repository), plus what the schemas cannot
 say: probes on the right paths, a stop that outlasts the drain, and an autoscaling metric the server exports.
+The gRPC runtime's container is also run as KServe would start it, and probed as Knative probes it.
 """
 
 from __future__ import annotations
@@ -8,18 +9,25 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import kubernetes_validate
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import yaml
 
 from deploy.settings import STOP_MARGIN_SECONDS
 from deploy.supervisor_conf import DISPATCHER_STOPWAITSECS
+from gateway import grpc_health
 from gateway.worker_metrics import model_families
-from harness import ROOT
+from harness import ROOT, Processes, copy_digits, free_port, run, short_dir, wait_for
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KSERVE = ROOT / "deploy" / "kserve"
@@ -162,6 +170,96 @@ def test_kserve_schema_accepts_the_inference_service() -> None:
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     (container,) = runtime["spec"]["containers"]
     assert service["spec"]["predictor"]["terminationGracePeriodSeconds"] > _stop_budget(container)
+
+
+def test_kserve_schema_accepts_the_grpc_serving_runtime() -> None:
+    runtime = by_kind(KSERVE / "servingruntime-grpc.yaml")["ServingRuntime"]
+    kserve_validator("servingruntimes.v1alpha1.json.gz").validate(runtime)
+    spec = runtime["spec"]
+    assert spec["protocolVersions"] == ["grpc-v2"]
+    (container,) = spec["containers"]
+    env = _env(container)
+    grpc_port = int(env["TORCHGATE_SERVE_GRPC_PORT"])
+    # the one port KServe sends traffic to, named for HTTP/2 without TLS, is the gRPC server's
+    assert container["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port}  # grpc.health.v1, readiness
+    assert container["livenessProbe"]["exec"]["command"] == ["torchgate", "probe", "--live"]
+    assert "/mnt/models" in container["args"]
+    http = by_kind(KSERVE / "servingruntime.yaml")["ServingRuntime"]["spec"]["containers"][0]
+    assert (container["image"], container["args"]) == (http["image"], http["args"])
+
+
+def test_kserve_schema_accepts_the_grpc_inference_service() -> None:
+    service = by_kind(KSERVE / "inferenceservice-grpc.yaml")["InferenceService"]
+    kserve_validator("inferenceservices.v1beta1.json.gz").validate(service)
+    runtime = by_kind(KSERVE / "servingruntime-grpc.yaml")["ServingRuntime"]
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert (
+        model["protocolVersion"] == "grpc-v2"
+        and model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    )
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    (container,) = runtime["spec"]["containers"]
+    assert service["spec"]["predictor"]["terminationGracePeriodSeconds"] > _stop_budget(container)
+
+
+def _check(port: int) -> int:
+    """grpc.health.v1.Health/Check for the whole server, no metadata: what a Knative or kubelet gRPC probe
+    sends."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=grpc_health.Request.SerializeToString,
+            response_deserializer=grpc_health.Response.FromString,
+        )
+        return int(check(grpc_health.Request(service=""), timeout=10).status)
+
+
+@pytest.mark.processes
+def test_the_grpc_runtime_container_serves_grpc_and_answers_its_probes(processes: Processes) -> None:
+    """The container as KServe starts it (the image's `torchgate serve`, the runtime's args and env), with
+    this host's ports and a copy of `digits` where the storage initializer puts the model repository; probed
+    as the runtime says, asked over its h2c port with tritonclient, then stopped as the kubelet stops it."""
+    (container,) = by_kind(KSERVE / "servingruntime-grpc.yaml")["ServingRuntime"]["spec"]["containers"]
+    with short_dir() as base:
+        copy_digits(base / "models")
+        args = [str(base / "models") if a == "/mnt/models" else a for a in container["args"]]
+        port, grpc_port = free_port(), free_port()
+        env = {
+            **_env(container),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "TORCHGATE_RUN_DIR": str(base / "run"),
+            "TORCHGATE_SERVE_HOST": "127.0.0.1",  # 0.0.0.0 in the pod's own network namespace
+            "TORCHGATE_SERVE_PORT": str(port),
+            "TORCHGATE_SERVE_GRPC_PORT": str(grpc_port),
+            "TORCHGATE_SERVE_CPU_WORKERS": "1",
+            "TORCHGATE_SERVE_GPUS": "none",
+            "TORCHGATE_SERVE_UNREADY_GRACE_SECONDS": "2",  # the runtime's 10, shorter for the test
+        }
+        proc = processes.start("serve", ["torchgate", "serve", *args], env=env, cwd=base)
+
+        def probe() -> int | None:
+            assert proc.poll() is None, processes.log("serve")
+            try:
+                return _check(grpc_port)
+            except grpc.RpcError:  # not listening yet
+                return None
+
+        wait_for(lambda: probe() == grpc_health.SERVING, timeout=120, interval=0.2, what="SERVING")
+        live = run(container["livenessProbe"]["exec"]["command"], timeout=30, env={**os.environ, **env})
+        assert live.returncode == 0, live.stdout + live.stderr
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        x = grpcclient.InferInput("input", [1, 64], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+        assert client.infer("digits", [x], client_timeout=30).as_numpy("output").shape == (1, 10)
+
+        proc.send_signal(signal.SIGTERM)  # the kubelet stopping the pod, after the preStop hook
+        wait_for(lambda: probe() == grpc_health.NOT_SERVING, timeout=10, what="NOT_SERVING")
+        # still answering meanwhile: the probe takes the pod out before anything stops
+        assert client.infer("digits", [x], client_timeout=30).as_numpy("output").shape == (1, 10)
+        client.close()
+        assert proc.wait(timeout=90) == 0, processes.log("serve")
 
 
 def test_kserve_schema_rejects_a_misspelt_field() -> None:
