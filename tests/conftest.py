@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +18,27 @@ from harness.wheel import InstalledWheel, build_and_install
 # Property tests check results, never speed: a loaded two-core machine must not fail them on a deadline.
 settings.register_profile("torchgate", deadline=None)
 settings.load_profile("torchgate")
+_MADE_BASETEMP = pytest.StashKey[str]()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own, which reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "xdist_group(name): tests that run one after another in one xdist worker, whatever their files",
     )
+    # A run directory under tmp_path holds unix sockets, whose paths must stay under 100 bytes; pytest's own
+    # folders (/tmp/pytest-of-USER/pytest-N/popen-gwN/...) grow with N and the user's name. A folder of this
+    # run's own, unless one is given; xdist's workers get one inside it (popen-gwN).
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="tgt-")
+        config.stash[_MADE_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_MADE_BASETEMP, None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
