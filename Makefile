@@ -62,7 +62,7 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-# Two streams of tests (pytest-xdist), a file's tests in one stream: about 7 minutes on two cores, against 12
+# Two streams of tests (pytest-xdist), a file's tests in one stream: about 8 minutes on two cores, against 12
 # one after another. TEST_JOBS=0 runs them in this process, one after another.
 TEST_JOBS ?= 2
 test: lint typecheck haproxy perf-analyzer
