@@ -80,14 +80,12 @@ def waiting_in_lanes(stack: Stack) -> int:
     on a connection, or a new connection not yet accepted (a worker takes both between batches). A gateway
     connects only after it asked whether its client is still there, and then sends at once."""
     lanes = str(stack.run_dir / "sockets" / "direct-")
-    shown = subprocess.run(
-        ["ss", "-x", "-a", "-n", "-H"], capture_output=True, text=True, timeout=10, check=True
-    )
+    ss = ["ss", "-x", "-a", "-n", "-H"]  # unix sockets, listeners too, numbers, no heading
+    shown = subprocess.run(ss, capture_output=True, text=True, timeout=10, check=True)
     total = 0
     for line in shown.stdout.splitlines():
-        cols = (
-            line.split()
-        )  # kind, state, Recv-Q (a listener's: connections to accept), Send-Q, local address
+        # kind, state, Recv-Q (a listener's: connections waiting to be accepted), Send-Q, local address
+        cols = line.split()
         if len(cols) > 4 and cols[4].startswith(lanes):
             total += int(cols[2])
     return total

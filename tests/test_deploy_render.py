@@ -29,7 +29,7 @@ from deploy.settings import (
     default_worker_threads,
 )
 from deploy.supervisor_conf import render_worker
-from harness import ROOT, run, short_dir
+from harness import ROOT, run
 
 
 def realize(settings: DeploySettings) -> ServerOptions:
@@ -273,15 +273,14 @@ def test_supervisorctl_finds_the_server_from_the_rendered_file(tmp_path: Path) -
     assert client.serverurl == f"unix://{s.supervisor_socket}"
 
 
-def test_spaces_in_paths_survive_supervisord_parsing() -> None:
-    with short_dir() as base:  # a socket path must stay under 100 bytes, whatever pytest's folders
-        run_dir = base / "my run"
-        s = DeploySettings(run_dir=run_dir, cpu_workers=1)
-        procs = programs(realize(s))
-        assert procs["worker-cpu-0"].directory == str(run_dir)
-        assert procs["worker-cpu-0"].stdout_logfile == str(run_dir / "logs" / "worker-cpu-0.log")
-        argv = shlex.split(procs["worker-cpu-0"].command)
-        assert argv[argv.index("--dispatcher") + 1] == f"ipc://{run_dir}/sockets/backend.sock"
+def test_spaces_in_paths_survive_supervisord_parsing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "my run"
+    s = DeploySettings(run_dir=run_dir, cpu_workers=1)
+    procs = programs(realize(s))
+    assert procs["worker-cpu-0"].directory == str(run_dir)
+    assert procs["worker-cpu-0"].stdout_logfile == str(run_dir / "logs" / "worker-cpu-0.log")
+    argv = shlex.split(procs["worker-cpu-0"].command)
+    assert argv[argv.index("--dispatcher") + 1] == f"ipc://{run_dir}/sockets/backend.sock"
 
 
 def test_added_slot_file_is_included_as_a_new_group(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import HttpLoad, free_port, short_dir, wait_for
+from harness import HttpLoad, free_port, wait_for
 
 pytestmark = pytest.mark.processes
 BIN = Path(sys.executable).parent
@@ -220,17 +220,8 @@ def namespaces() -> Iterator[list[str]]:
             _run("ip", "netns", "del", name)
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """The hosts' folders: socket paths must stay under 100 bytes, whatever pytest's folders."""
-    with short_dir() as folder:
-        yield folder
-
-
-def test_drain_rolling_restart_and_kill_behind_haproxy(
-    tmp_path: Path, base: Path, namespaces: list[str]
-) -> None:
-    hosts = [Host(name, f"127.0.1.{i}", base / f"h{i}" / "run") for i, name in enumerate(namespaces, 1)]
+def test_drain_rolling_restart_and_kill_behind_haproxy(tmp_path: Path, namespaces: list[str]) -> None:
+    hosts = [Host(name, f"127.0.1.{i}", tmp_path / f"h{i}" / "run") for i, name in enumerate(namespaces, 1)]
     binary = _haproxy()
     assert binary is not None
     lb: HAProxy | None = None
