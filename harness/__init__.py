@@ -23,6 +23,7 @@ from harness.models import (
     write_slow_model,
     write_unloadable_model,
 )
+from harness.probes import grpc_health_check
 from harness.procs import (
     DEFAULT_REPOSITORY,
     ROOT,
@@ -55,6 +56,7 @@ __all__ = [
     "ROOT",
     "Client",
     "HttpLoad",
+    "grpc_health_check",
     "Outcome",
     "Processes",
     "Stack",

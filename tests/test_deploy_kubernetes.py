@@ -27,7 +27,16 @@ from deploy.settings import STOP_MARGIN_SECONDS
 from deploy.supervisor_conf import DISPATCHER_STOPWAITSECS
 from gateway import grpc_health
 from gateway.worker_metrics import model_families
-from harness import ROOT, Processes, copy_digits, free_port, run, short_dir, wait_for
+from harness import (
+    ROOT,
+    Processes,
+    copy_digits,
+    free_port,
+    grpc_health_check,
+    run,
+    short_dir,
+    wait_for,
+)
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KSERVE = ROOT / "deploy" / "kserve"
@@ -204,18 +213,6 @@ def test_kserve_schema_accepts_the_grpc_inference_service() -> None:
     assert service["spec"]["predictor"]["terminationGracePeriodSeconds"] > _stop_budget(container)
 
 
-def _check(port: int) -> int:
-    """grpc.health.v1.Health/Check for the whole server, no metadata: what a Knative or kubelet gRPC probe
-    sends."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=grpc_health.Request.SerializeToString,
-            response_deserializer=grpc_health.Response.FromString,
-        )
-        return int(check(grpc_health.Request(service=""), timeout=10).status)
-
-
 @pytest.mark.processes
 def test_the_grpc_runtime_container_serves_grpc_and_answers_its_probes(processes: Processes) -> None:
     """The container as KServe starts it (the image's `torchgate serve`, the runtime's args and env), with
@@ -242,7 +239,7 @@ def test_the_grpc_runtime_container_serves_grpc_and_answers_its_probes(processes
         def probe() -> int | None:
             assert proc.poll() is None, processes.log("serve")
             try:
-                return _check(grpc_port)
+                return grpc_health_check(grpc_port, timeout=10)
             except grpc.RpcError:  # not listening yet
                 return None
 

@@ -39,6 +39,7 @@ from harness import (
     Processes,
     Stack,
     free_port,
+    grpc_health_check,
     short_dir,
     wait_for,
 )
@@ -377,17 +378,6 @@ def test_health_messages_are_the_standard_ones_on_the_wire() -> None:
     assert grpc_health.status("other", known, True) is None
 
 
-def _health(port: int, service: str = "") -> int:
-    """Call grpc.health.v1.Health/Check with no metadata, as a kubelet probe does; return the status."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=grpc_health.Request.SerializeToString,
-            response_deserializer=grpc_health.Response.FromString,
-        )
-        return int(check(grpc_health.Request(service=service), timeout=TIMEOUT).status)
-
-
 def test_every_error_code_has_its_grpc_status() -> None:
     for code in ErrorCode:
         if code is not ErrorCode.DECLINED:  # internal to the gateway, never answered
@@ -458,9 +448,13 @@ def test_serve_says_it_serves_grpc(served: tuple[Stack, int]) -> None:
 def test_health_and_metadata(served: tuple[Stack, int], client: grpcclient.InferenceServerClient) -> None:
     stack, _ = served
     assert client.is_server_live(client_timeout=TIMEOUT)  # liveness needs no token
-    assert _health(served[1]) == _health(served[1], "inference.GRPCInferenceService") == grpc_health.SERVING
+    assert (
+        grpc_health_check(served[1])
+        == grpc_health_check(served[1], "inference.GRPCInferenceService")
+        == grpc_health.SERVING
+    )
     with pytest.raises(grpc.RpcError) as unknown:
-        _health(served[1], "no.such.Service")
+        grpc_health_check(served[1], "no.such.Service")
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
     assert client.is_server_ready(headers=BEARER, client_timeout=TIMEOUT)
     assert client.is_model_ready("digits", headers=BEARER, client_timeout=TIMEOUT)
@@ -761,7 +755,7 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         assert client.is_server_live(client_timeout=TIMEOUT)
         assert not client.is_server_ready(client_timeout=TIMEOUT)
-        assert _health(port) == grpc_health.NOT_SERVING
+        assert grpc_health_check(port) == grpc_health.NOT_SERVING
 
         def infer(rows: int) -> str:
             call = lambda: client.infer(  # noqa: E731
