@@ -53,7 +53,7 @@ def infer_document(doc: Any, model: ModelConfig) -> dict[str, Any]:
         raise InvalidArgument("'parameters' must be a JSON object")
     for key, value in nested.items():
         take(key, value)
-    missing = [name for name in specs if name not in inputs]
+    missing = [name for name, spec in specs.items() if name not in inputs and not spec.optional]
     if missing:
         raise InvalidArgument(
             f"model {model.name!r} needs the input(s) {', '.join(repr(m) for m in missing)}: a generate "

@@ -145,6 +145,7 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("data_type", 2, "enum DataType"),
         ("format", 3, "enum ModelInput.Format"),
         ("dims", 4, "repeated int64"),
+        ("optional", 8, "bool"),
     ),
     "ModelOutput": (
         ("name", 1, "string"),

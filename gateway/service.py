@@ -660,10 +660,13 @@ def reply_room(model: ModelConfig, input_bytes: int) -> int:
     that many samples' worth), before its header is parsed; 0 where a size is not known ahead."""
     batch: tuple[int, ...] = ()
     if model.max_batch_size > 0:
-        sample = [fixed_nbytes(spec.datatype, tuple(spec.dims)) for spec in model.inputs]
-        if not sample or any(not size for size in sample):
+        sizes = {spec.name: fixed_nbytes(spec.datatype, tuple(spec.dims)) for spec in model.inputs}
+        if not sizes or any(not size for size in sizes.values()):
             return 0
-        batch = (input_bytes // sum(s for s in sample if s),)
+        # the most samples those bytes can hold: optional inputs may be left out
+        required = [size for spec in model.inputs if not spec.optional and (size := sizes[spec.name])]
+        per_sample = sum(required) if required else min(size for size in sizes.values() if size)
+        batch = (input_bytes // per_sample,)
     total = 0
     for spec in model.outputs:
         size = fixed_nbytes(spec.datatype, batch + tuple(spec.dims))

@@ -63,13 +63,16 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
             entry["label_filename"] = spec.label_filename
         return entry
 
+    def model_input(spec: TensorSpec) -> dict[str, Any]:
+        return {**tensor(spec), "optional": spec.optional}
+
     config: dict[str, Any] = {
         "name": model.name,
         "platform": model.platform,
         "backend": "pytorch",
         "version_policy": model.version_policy,
         "max_batch_size": model.max_batch_size,
-        "input": [tensor(s) for s in model.inputs],
+        "input": [model_input(s) for s in model.inputs],
         "output": [tensor(s) for s in model.outputs],
         "instance_group": [
             {"name": f"{model.name}_{i}", **group.to_dict()} for i, group in enumerate(model.instance_groups)

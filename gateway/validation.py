@@ -25,7 +25,9 @@ def describe(spec: TensorSpec, max_batch_size: int) -> str:
 def check_inputs(
     request: InferRequest, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
 ) -> list[Tensor]:
-    """Return the request's inputs in the model's order, or raise naming the first that does not fit."""
+    """Return the request's inputs in the model's order, or raise naming the first that does not fit.
+
+    An ``optional`` input the request leaves out is left out of the list: the worker passes None for it."""
     given: dict[str, Tensor] = {}
     for tensor in request.inputs:
         if tensor.name in given:
@@ -42,6 +44,8 @@ def check_inputs(
     batch: tuple[str, int] | None = None
     for spec in model.inputs:
         if spec.name not in given:
+            if spec.optional:
+                continue
             raise InvalidArgument(
                 f"missing input {describe(spec, model.max_batch_size)} for model {model.name!r}"
             )

@@ -290,3 +290,78 @@ datatype = "FP32"
 dims = [1]
 """)
     return folder
+
+
+# A model with an optional input (Triton's ``optional``): y = 2x, plus the bias when a request sends one. The
+# same source is the python backend's model.py and, scripted, the torchscript file.
+OFFSET = """
+from typing import Optional
+
+import torch
+
+class Offset(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.full((), 2.0))
+
+    def forward(self, x, bias: Optional[torch.Tensor] = None):
+        y = x * self.scale
+        if bias is not None:
+            y = y + bias
+        return y
+
+def build():
+    return Offset()
+"""
+OFFSET_CONFIG = """
+name = "{name}"
+backend = "{backend}"
+{factory}
+max_batch_size = 8
+[dynamic_batching]
+max_queue_delay_us = {delay}
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [3]
+[[input]]
+name = "bias"
+datatype = "FP32"
+dims = [3]
+optional = true
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [3]
+"""
+
+
+def write_offset_model(root: Path, name: str, backend: str = "python", delay_us: int = 0) -> Path:
+    """Write ``name``: y = 2x (+ bias, an optional input), as a python model or as a TorchScript file."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = root / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "offset_model.py").write_text(OFFSET)
+    factory = 'factory = "offset_model:build"' if backend == "python" else ""
+    (folder / "config.toml").write_text(
+        OFFSET_CONFIG.format(name=name, backend=backend, factory=factory, delay=delay_us)
+    )
+    if backend == "python":
+        save_file({"scale": torch.full((), 2.0)}, str(folder / "1" / "model.safetensors"))
+    else:
+        import importlib.util
+        import sys
+
+        module_name = f"_offset_{name}_{id(folder)}"  # scripting reads the class's source from its module
+        spec = importlib.util.spec_from_file_location(module_name, folder / "offset_model.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+            torch.jit.save(torch.jit.script(module.build()), str(folder / "1" / "model.pt"))
+        finally:
+            del sys.modules[module_name]
+    return folder

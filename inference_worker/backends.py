@@ -51,7 +51,7 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else "")[:300] + (" ..." if len(lines) > 1 or len(text) > 300 else "")
 
 
-Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+Runner = Callable[[Sequence[torch.Tensor | None]], list[torch.Tensor]]  # None: an optional input left out
 
 
 def load_model(config: ModelConfig, version: str, device: torch.device) -> Runner:
@@ -98,7 +98,7 @@ def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
     output_names = [spec.name for spec in config.outputs]
     call = (direct_call(module) if config.backend == "torch_export" else None) or module
 
-    def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def run(inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         result = call(*inputs)
         if isinstance(result, torch.Tensor):
             result = [result]

@@ -31,14 +31,18 @@ def check_inputs(config: ModelConfig, metas: Sequence[TensorMeta]) -> int:
     """Check a request's inputs against the model's signature; return its number of samples."""
     by_name = {meta.name: meta for meta in metas}
     expected = {spec.name for spec in config.inputs}
-    if set(by_name) != expected or len(metas) != len(expected):
+    required = {spec.name for spec in config.inputs if not spec.optional}
+    if not required <= set(by_name) <= expected or len(metas) != len(by_name) or not metas:
         raise CodedError(
             ErrorCode.INVALID_ARGUMENT,
-            f"model {config.name!r} expects inputs {sorted(expected)}, got {[m.name for m in metas]}",
+            f"model {config.name!r} expects inputs {sorted(expected)}"
+            + (f" (optional: {sorted(expected - required)})" if required != expected else "")
+            + f", got {[m.name for m in metas]}",
         )
     samples = 1
     for spec in config.inputs:
-        meta = by_name[spec.name]
+        if (meta := by_name.get(spec.name)) is None:
+            continue  # an optional input left out
         if (why := spec.mismatch(meta.datatype, meta.shape, config.max_batch_size)) is not None:
             raise CodedError(ErrorCode.INVALID_ARGUMENT, why)
         if config.max_batch_size > 0:

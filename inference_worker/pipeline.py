@@ -1,5 +1,6 @@
-"""A model version with a handler or with variable-length batching: admit each request (preprocess it, or name
-its inputs), batch (padding to the longest), run, and finish each request (cut back, postprocess).
+"""A model version with a handler, variable-length batching or optional inputs: admit each request (preprocess
+it, or name its inputs), batch (padding to the longest; only requests with the same inputs together), run, and
+finish each request (cut back, postprocess).
 
 Models with neither run through :class:`inference_worker.compute.Executor` as before.
 """
@@ -24,8 +25,8 @@ from inference_worker.tensors import from_torch, to_torch
 
 
 def needs_pipeline(config: ModelConfig) -> bool:
-    """Return whether ``config`` runs through a :class:`Pipeline` (a handler, or padding)."""
-    return config.handler is not None or config.padding is not None
+    """Return whether ``config`` runs through a :class:`Pipeline` (a handler, padding, optional inputs)."""
+    return config.handler is not None or config.padding is not None or config.has_optional_inputs
 
 
 class Pipeline:
@@ -59,7 +60,9 @@ class Pipeline:
             prepared = self.handler.prepare(inputs, samples, parameters)
         else:
             prepared = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
-            prepared = {spec.name: prepared[spec.name] for spec in self.config.inputs}
+            prepared = {
+                spec.name: prepared[spec.name] for spec in self.config.inputs if spec.name in prepared
+            }
         if self.config.padding is not None:
             try:
                 pad.length(prepared, self.config.padding)
@@ -110,7 +113,9 @@ class Pipeline:
                 if self.config.padding is not None and self.config.padding.mask is not None:
                     order.append(self.config.padding.mask)
                 names = [spec.name for spec in self.config.outputs]
-                outputs = dict(zip(names, self.runner([batch[n] for n in order]), strict=True))
+                # an optional input the batch's requests left out is None (they all leave out the same:
+                # the batch key holds their names)
+                outputs = dict(zip(names, self.runner([batch.get(n) for n in order]), strict=True))
             outputs = {name: t.detach().to("cpu") for name, t in outputs.items()}
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
@@ -142,12 +147,29 @@ class Pipeline:
         return per_request
 
     def warm_up(self) -> None:
-        """Run one request through every stage (the handler's ``warmup_inputs``, or zeros) before READY."""
+        """Run one request through every stage (the handler's ``warmup_inputs``, or zeros) before READY.
+
+        Without a handler, a model with optional inputs also runs once without them, so one that cannot take
+        None for them fails to load, not at its first such request."""
         inputs = self.handler.warmup_inputs() if self.handler is not None else None
         if inputs is None:
             inputs = zeros_inputs(self.config)
         if inputs is None:
             return  # BYTES inputs and no warmup_inputs: the first request pays the first-call costs
+        tables = f"the handler and the [[input]]/[[output]] tables in {self.config.config_path}"
+        self._warm_up(inputs, "warm-up failed", tables)
+        left_out = [spec.name for spec in self.config.inputs if spec.optional]
+        if self.handler is None and left_out and len(left_out) < len(inputs):
+            required = {name: t for name, t in inputs.items() if name not in left_out}
+            quoted = ", ".join(repr(name) for name in left_out)
+            self._warm_up(
+                required,
+                f"warm-up without the optional input(s) {quoted} (passed as None) failed",
+                f"that the model takes None for them (a default of None), or drop 'optional' in "
+                f"{self.config.config_path}",
+            )
+
+    def _warm_up(self, inputs: dict[str, Any], what: str, check: str) -> None:
         try:
             if self.handler is not None:
                 samples = _samples(inputs, self.config.max_batch_size)
@@ -160,9 +182,9 @@ class Pipeline:
             raise load_error(
                 self.config,
                 self.version,
-                "warm-up failed",
+                what,
                 exc,
-                f"the handler and the [[input]]/[[output]] tables in {self.config.config_path}",
+                check,
             ) from exc
 
 

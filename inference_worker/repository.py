@@ -48,7 +48,7 @@ TOP_KEYS = (
     "response_cache",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size", "priority_levels", "default_priority_level")
-TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename")
+TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename", "optional")
 MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
@@ -85,6 +85,7 @@ class TensorSpec:
     format: str = ""  # "json": each BYTES element is a JSON document (what a handler's postprocess returned)
     label_filename: str = ""  # an output's class labels, one per line, beside config.toml
     labels: tuple[str, ...] = field(default=(), repr=False)  # that file's lines
+    optional: bool = False  # an input a request may leave out (Triton's ``optional``): the model gets None
 
     def full_shape(self, max_batch_size: int) -> list[int]:
         """Return the shape clients see: ``[-1] + dims`` for batching models, else ``dims``."""
@@ -108,7 +109,10 @@ class TensorSpec:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "dims": list(self.dims)}
+        entry: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "dims": list(self.dims)}
+        if self.optional:
+            entry["optional"] = True
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,10 @@ class ModelConfig:
     @property
     def config_path(self) -> Path:
         return self.path / "config.toml"
+
+    @property
+    def has_optional_inputs(self) -> bool:
+        return any(spec.optional for spec in self.inputs)
 
     @property
     def default_version(self) -> str:
@@ -446,7 +454,12 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
         if label_file and key != "output":
             raise ConfigError(f"{path}: key '{key}[{i}].label_filename': only an output has labels")
         labels = _labels(path, f"{key}[{i}].label_filename", label_file) if label_file else ()
-        specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels))
+        optional = entry.get("optional", False)
+        if not isinstance(optional, bool) or optional and key != "input":
+            raise ConfigError(
+                f"{path}: key '{key}[{i}].optional' is {optional!r}; only an input may say optional = true"
+            )
+        specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels, optional))
     return tuple(specs)
 
 
@@ -589,6 +602,11 @@ def _padding(
                 raise ConfigError(
                     f"{path}: key 'padding.inputs' names {name!r}, which is not an input "
                     "whose first dim is -1"
+                )
+            if spec.optional:
+                raise ConfigError(
+                    f"{path}: key 'padding.inputs' names {name!r}, an optional input: a padded input "
+                    "sets each request's length, so every request must send it"
                 )
     mask = table.get("mask")
     if mask is not None and (not isinstance(mask, str) or not mask or mask in pads):

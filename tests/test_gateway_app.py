@@ -60,7 +60,7 @@ def test_liveness_and_metadata(client: FlaskClient) -> None:
     assert client.get("/v2/models/digits/versions/1").get_json()["versions"] == ["1"]
     config = client.get("/v2/models/digits/config").get_json()
     assert config["max_batch_size"] == 64
-    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64], "optional": False}]
     expected = load_repository(DEFAULT_REPOSITORY)["digits"]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == expected.max_queue_delay_us
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == expected.max_queue_size

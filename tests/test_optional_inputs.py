@@ -1,0 +1,218 @@
+"""Triton's optional inputs (``optional = true`` on an ``[[input]]``): a request may leave the input out, and
+the model gets None for it.
+
+First without processes (the config, both checks, the worker's pipeline, the config as Triton's clients read
+it), then as a user would: a dispatcher, a worker and a gunicorn gateway, with tritonclient sending requests
+with and without the input at once, each answer compared with the model called directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2
+
+from gateway import grpc_codec, triton
+from gateway.codec import InferRequest, Tensor
+from gateway.errors import InvalidArgument
+from gateway.service import reply_room
+from gateway.validation import check_inputs as gateway_check
+from harness import Stack, short_dir, write_offset_model
+from inference_worker.backends import LoadError
+from inference_worker.compute import BatchTimes
+from inference_worker.compute import check_inputs as worker_check
+from inference_worker.errors import CodedError
+from inference_worker.pipeline import Pipeline, needs_pipeline
+from inference_worker.protocol import TensorMeta
+from inference_worker.repository import ConfigError, ModelConfig, load_repository
+
+CPU = torch.device("cpu")
+TIMEOUT = 30.0
+
+
+def offset(root: Path, backend: str = "python") -> ModelConfig:
+    write_offset_model(root, "offset", backend)
+    return load_repository(root)["offset"]
+
+
+def tensor(name: str, rows: int = 1) -> Tensor:
+    return Tensor(name, "FP32", (rows, 3), np.ones((rows, 3), np.float32).tobytes())
+
+
+# -- the config -------------------------------------------------------------------------------------------
+
+
+def test_an_optional_input_is_read_and_shown_as_tritons(tmp_path: Path) -> None:
+    model = offset(tmp_path)
+    assert [(s.name, s.optional) for s in model.inputs] == [("x", False), ("bias", True)]
+    assert model.has_optional_inputs and needs_pipeline(model)
+    config = triton.model_config(model)
+    assert [(i["name"], i["optional"]) for i in config["input"]] == [("x", False), ("bias", True)]
+    assert "optional" not in config["output"][0]
+    # gRPC clients read the same field: tritonclient's own message parses what the server sends
+    sent = grpc_codec.model_config(config).SerializeToString()
+    parsed = service_pb2.ModelConfigResponse.FromString(sent)
+    assert [i.optional for i in parsed.config.input] == [False, True]
+
+
+def padded_bias(text: str) -> str:
+    """Pad the optional input (a padded input has a variable first dim)."""
+    text = text.replace(
+        'name = "bias"\ndatatype = "FP32"\ndims = [3]', 'name = "bias"\ndatatype = "FP32"\ndims = [-1]'
+    )
+    return text.replace("max_queue_delay_us = 0", "max_queue_delay_us = 0\n[padding]\ninputs = { bias = 0 }")
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (
+            lambda text: text + "optional = true\n",
+            "output\\[0\\].optional' is True; only an input",
+        ),  # the last table
+        (lambda text: text.replace("optional = true", 'optional = "yes"'), "optional' is 'yes'"),
+        (padded_bias, "names 'bias', an optional input"),
+    ],
+    ids=["on-an-output", "not-a-boolean", "padded"],
+)
+def test_optional_is_refused_where_it_cannot_hold(
+    tmp_path: Path, edit: Callable[[str], str], error: str
+) -> None:
+    config = write_offset_model(tmp_path, "offset") / "config.toml"
+    config.write_text(edit(config.read_text()))
+    with pytest.raises(ConfigError, match=error):
+        load_repository(tmp_path)
+
+
+# -- the two checks -----------------------------------------------------------------------------------------
+
+
+def test_the_gateway_lets_an_optional_input_be_left_out_but_not_a_required_one(tmp_path: Path) -> None:
+    model = offset(tmp_path)
+    both = gateway_check(InferRequest("r", inputs=[tensor("bias"), tensor("x")]), model)
+    assert [t.name for t in both] == ["x", "bias"]  # in the model's order
+    assert [t.name for t in gateway_check(InferRequest("r", inputs=[tensor("x")]), model)] == ["x"]
+    with pytest.raises(InvalidArgument, match="missing input 'x' FP32"):
+        gateway_check(InferRequest("r", inputs=[tensor("bias")]), model)
+    with pytest.raises(InvalidArgument, match="batch size 2 but input 'x' has 1"):
+        gateway_check(InferRequest("r", inputs=[tensor("x"), tensor("bias", 2)]), model)
+
+
+def test_the_worker_checks_the_same(tmp_path: Path) -> None:
+    model = offset(tmp_path)
+
+    def meta(name: str, rows: int = 2) -> TensorMeta:
+        return TensorMeta(name, "FP32", (rows, 3))
+
+    assert worker_check(model, [meta("x")]) == 2
+    assert worker_check(model, [meta("x"), meta("bias")]) == 2
+    for wrong in ([meta("bias")], [meta("x"), meta("x")], [meta("x"), meta("other")], []):
+        with pytest.raises(CodedError, match=r"expects inputs \['bias', 'x'\] \(optional: \['bias'\]\)"):
+            worker_check(model, wrong)
+
+
+# -- the worker's pipeline ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["python", "torchscript"])
+def test_requests_with_and_without_the_input_batch_apart_and_get_their_own_answers(
+    tmp_path: Path, backend: str
+) -> None:
+    pipeline = Pipeline(offset(tmp_path, backend), "1", CPU)
+    pipeline.warm_up()
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    bias = torch.full((2, 3), 10.0)
+    with_bias, without = {"x": x, "bias": bias}, {"x": x + 1}
+    assert pipeline.batch_key(with_bias) != pipeline.batch_key(without)
+    (alone,) = pipeline.run([without], BatchTimes())
+    torch.testing.assert_close(alone["y"], (x + 1) * 2)
+    first, second = pipeline.run([with_bias, {"x": x, "bias": -bias}], BatchTimes())
+    torch.testing.assert_close(first["y"], x * 2 + 10)
+    torch.testing.assert_close(second["y"], x * 2 - 10)
+
+
+def test_a_model_that_cannot_take_none_fails_to_load_saying_so(tmp_path: Path) -> None:
+    model = offset(tmp_path)
+    source = model.path / "offset_model.py"
+    source.write_text(source.read_text().replace("bias: Optional[torch.Tensor] = None", "bias"))
+    source.write_text(source.read_text().replace("if bias is not None:", "if True:"))
+    pipeline = Pipeline(model, "1", CPU)
+    with pytest.raises(LoadError, match=r"warm-up without the optional input\(s\) 'bias' \(passed as None\)"):
+        pipeline.warm_up()
+
+
+# -- as a user would ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with short_dir() as root:
+        repository = root / "repo"
+        # a 50 ms batching window: requests sent together meet in the worker's queue
+        write_offset_model(repository, "offset", "python", delay_us=50_000)
+        with Stack.at(root, repository) as stack:
+            stack.start(workers=("w0",), gateway_threads=16)
+            yield stack
+
+
+@pytest.mark.processes
+def test_tritonclient_requests_with_and_without_the_input_are_each_answered_right(stack: Stack) -> None:
+    rng = np.random.default_rng(7)
+    cases = [(rng.normal(size=(1, 3)).astype(np.float32), i % 2 == 0) for i in range(16)]
+    answers: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        x, with_bias = cases[i]
+        try:
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", network_timeout=TIMEOUT)
+            inputs = [httpclient.InferInput("x", [1, 3], "FP32")]
+            inputs[0].set_data_from_numpy(x)
+            if with_bias:
+                inputs.append(httpclient.InferInput("bias", [1, 3], "FP32"))
+                inputs[1].set_data_from_numpy(np.full((1, 3), 100.0 + i, np.float32))
+            answers[i] = client.infer("offset", inputs).as_numpy("y")
+            client.close()
+        except BaseException as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 2)
+    assert not errors and len(answers) == len(cases)
+    for i, (x, with_bias) in enumerate(cases):
+        want = x * 2 + (100.0 + i if with_bias else 0.0)
+        np.testing.assert_allclose(answers[i], want, rtol=1e-6)
+    stats = requests.get(f"{stack.url}/v2/models/offset/stats", timeout=TIMEOUT).json()
+    (entry,) = stats["model_stats"]
+    assert entry["inference_count"] >= len(cases)
+
+
+@pytest.mark.processes
+def test_the_served_config_says_optional_and_a_missing_required_input_is_a_400(stack: Stack) -> None:
+    config = requests.get(f"{stack.url}/v2/models/offset/config", timeout=TIMEOUT).json()
+    assert [(i["name"], i["optional"]) for i in config["input"]] == [("x", False), ("bias", True)]
+    body: dict[str, Any] = {
+        "inputs": [{"name": "bias", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
+    }
+    answer = requests.post(f"{stack.url}/v2/models/offset/infer", json=body, timeout=TIMEOUT)
+    assert answer.status_code == 400 and "missing input 'x' FP32 [-1, 3]" in answer.json()["error"]
+    # Triton's generate extension names inputs as keys: the optional one may be left out there too
+    answer = requests.post(f"{stack.url}/v2/models/offset/generate", json={"x": [1, 2, 3]}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["y"] == [2.0, 4.0, 6.0]
+
+
+def test_the_reply_room_counts_samples_by_the_required_inputs(tmp_path: Path) -> None:
+    # five samples of x alone (12 bytes each) need room for five answers: 5 x 12 bytes of y, and a header
+    assert reply_room(offset(tmp_path), 5 * 12) == 5 * 12 + 64
