@@ -21,7 +21,7 @@ from typing import Any
 from gateway.codec import Tensor, tensor_array
 from gateway.errors import InvalidArgument
 from gateway.predict import nest, output_values, predict_input, string_elements
-from gateway.validation import bytes_input
+from gateway.validation import bytes_input, sole_input
 from inference_worker import strings
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode
@@ -37,21 +37,16 @@ def instances_input(
     instances = doc.get("instances", doc.get("inputs"))
     if not isinstance(instances, list) or not instances:
         raise InvalidArgument('"instances" must be a list with one instance per sample')
-    if len(model.inputs) != 1:
-        raise InvalidArgument(
-            f"the v1 protocol needs a model with one input; model {model.name!r} has "
-            f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
-        )
+    spec = sole_input(model, "the v1 protocol")
     if model.max_batch_size == 0 and len(instances) != 1:
         raise InvalidArgument(f"model {model.name!r} does not batch: send one instance, not {len(instances)}")
-    if model.inputs[0].datatype == BYTES:
+    if spec.datatype == BYTES:
         elements = [_instance_bytes(instance, i) for i, instance in enumerate(instances)]
         return bytes_input(elements, model, limits), len(instances)
     if model.max_batch_size == 0:
         return predict_input(instances[0], model, limits, '"instances[0]"')[0], 1
     tensor, whole = predict_input(instances, model, limits, '"instances"')
     if not whole or tensor.shape[0] != len(instances):
-        spec = model.inputs[0]
         raise InvalidArgument(
             f"each instance must be one sample of input {spec.name!r}, shaped {list(spec.dims)}"
         )

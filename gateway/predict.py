@@ -19,7 +19,7 @@ import orjson
 
 from gateway.codec import Tensor, json_array, output_strings, tensor_array
 from gateway.errors import InvalidArgument
-from gateway.validation import bytes_input, check_tensor, describe
+from gateway.validation import bytes_input, check_tensor, describe, sole_input
 from inference_worker import strings
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode
@@ -37,12 +37,7 @@ def predict_input(
     Outputs go back whole for a batch, or for a model that does not batch; a single sample sent to a batching
     model ran as a batch of one, and its outputs lose that batch dim. Errors name ``value`` as ``field``.
     """
-    if len(model.inputs) != 1:
-        raise InvalidArgument(
-            f"/predict needs a model with one input; model {model.name!r} has "
-            f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
-        )
-    spec = model.inputs[0]
+    spec = sole_input(model, "/predict")
     if spec.datatype == BYTES:
         if isinstance(value, str):
             return bytes_input([value.encode("utf-8", "surrogatepass")], model, limits), False

@@ -37,7 +37,7 @@ from gateway.response_cache import ResponseCache
 from gateway.trace import RequestTrace
 from gateway.tracing import Tracing
 from gateway.triton import model_stats, repository_index, server_ready, unavailable_reason
-from gateway.validation import bytes_input, check_inputs, output_plan, raw_input
+from gateway.validation import bytes_input, check_inputs, output_plan, raw_input, sole_input
 from inference_worker import log_settings, shm
 from inference_worker.errors import CodedError
 from inference_worker.protocol import BYTES, ErrorCode, Parameters, StatusReply
@@ -403,18 +403,15 @@ class Gateway:
         model = self.single_input_model(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
         data, fields = torchserve.body_data(
-            body, content_type, model.inputs[0].name, self.config.max_body_bytes
+            body, content_type, sole_input(model, "/predictions").name, self.config.max_body_bytes
         )
         return self.predictions_of(model_name, version, data, trace, {**(parameters or {}), **fields})
 
     def single_input_model(self, model_name: str, version: str | None) -> ModelConfig:
-        """Return the model TorchServe's inference API names, which must have one input."""
+        """Return the model TorchServe's inference API names, which must have one input (besides optional
+        ones)."""
         model, _ = self.catalog.get(model_name, version)
-        if len(model.inputs) != 1:
-            raise InvalidArgument(
-                f"/predictions needs a model with one input; model {model.name!r} has "
-                f"{len(model.inputs)}: use /v2/models/{model.name}/infer"
-            )
+        sole_input(model, "/predictions")
         return model
 
     def predictions_of(
@@ -429,7 +426,7 @@ class Gateway:
         ``/predictions`` does. Shared by HTTP and TorchServe's gRPC API (:mod:`gateway.torchserve_grpc`)."""
         model = self.single_input_model(model_name, version)
         resolved = self.catalog.get(model_name, version)[1]
-        if model.inputs[0].datatype == BYTES:
+        if sole_input(model, "/predictions").datatype == BYTES:
             tensor, whole = bytes_input([bytes(data)], model, self.limits), False
         else:
             with self.parsing(len(data)):

@@ -31,6 +31,7 @@ from gateway.grpc_calls import recorded
 from gateway.grpc_messages import file_descriptor, message_classes
 from gateway.service import Gateway
 from gateway.torchserve import choose_part
+from gateway.validation import sole_input
 from inference_worker.protocol import Parameters
 
 INFERENCE_PACKAGE = "org.pytorch.serve.grpc.inference"
@@ -177,7 +178,7 @@ class TorchServeServicer:
 
         def run(trace: Any) -> Any:
             model = self.gateway.single_input_model(request.model_name, version)
-            data, fields = prediction_input(dict(request.input), model.inputs[0].name)
+            data, fields = prediction_input(dict(request.input), sole_input(model, "Predictions").name)
             answer = self.gateway.predictions_of(request.model_name, version, data, trace, fields)
             return INFERENCE["PredictionResponse"](prediction=codec.dumps(answer))
 

@@ -22,6 +22,22 @@ def describe(spec: TensorSpec, max_batch_size: int) -> str:
     return f"{spec.name!r} {spec.datatype} {spec.full_shape(max_batch_size)}"
 
 
+def sole_input(model: ModelConfig, what: str) -> TensorSpec:
+    """Return the one input ``what`` (a kind of request that carries one tensor) fills, or refuse the model:
+    it needs one input, or one required with the others optional (:attr:`ModelConfig.sole_input`)."""
+    spec = model.sole_input
+    if spec is None:
+        required = sum(not s.optional for s in model.inputs)
+        has = f"{len(model.inputs)}" + (
+            f", {required} of them required" if required < len(model.inputs) else ""
+        )
+        raise InvalidArgument(
+            f"{what} needs a model with one input (besides optional ones); model {model.name!r} has {has}: "
+            f"use /v2/models/{model.name}/infer"
+        )
+    return spec
+
+
 def check_inputs(
     request: InferRequest, model: ModelConfig, limits: strings.StringLimits = strings.DEFAULT_LIMITS
 ) -> list[Tensor]:
@@ -153,12 +169,7 @@ def raw_input(
     BYTES input the whole body is one element (an image, say), as a raw body is to TorchServe.
     """
     data = request.raw if request.raw is not None else b""
-    if len(model.inputs) != 1:
-        raise InvalidArgument(
-            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
-            f"input; model {model.name!r} has {len(model.inputs)}"
-        )
-    spec = model.inputs[0]
+    spec = sole_input(model, "a raw binary request (Inference-Header-Content-Length: 0)")
     if spec.datatype == BYTES:
         return bytes_input([bytes(data)], model, limits)
     if -1 in spec.dims:
@@ -189,10 +200,10 @@ def bytes_input(
     The input's dims must hold one element (``[1]``, ``[-1]`` or ``[]``); a batching model gets the elements
     as a batch of ``len(elements)``, a model that does not batch needs exactly one.
     """
-    if len(model.inputs) != 1 or model.inputs[0].datatype != BYTES:
+    spec = model.sole_input
+    if spec is None or spec.datatype != BYTES:
         inputs = ", ".join(describe(s, model.max_batch_size) for s in model.inputs)
         raise InvalidArgument(f"model {model.name!r} does not take one BYTES input (its inputs: {inputs})")
-    spec = model.inputs[0]
     if not all(d in (1, -1) for d in spec.dims):
         raise InvalidArgument(
             f"input {describe(spec, model.max_batch_size)} holds several strings per sample: "

@@ -193,6 +193,15 @@ class ModelConfig:
         return any(spec.optional for spec in self.inputs)
 
     @property
+    def sole_input(self) -> TensorSpec | None:
+        """Return the input a one-input request fills (``/predict``, ``/predictions``, a raw body): the
+        model's only input, or its only required one when the others are optional; None when it has none."""
+        required = [spec for spec in self.inputs if not spec.optional]
+        if len(self.inputs) == 1:
+            return self.inputs[0]
+        return required[0] if len(required) == 1 else None
+
+    @property
     def default_version(self) -> str:
         return max(self.versions, key=int)
 

@@ -216,3 +216,29 @@ def test_the_served_config_says_optional_and_a_missing_required_input_is_a_400(s
 def test_the_reply_room_counts_samples_by_the_required_inputs(tmp_path: Path) -> None:
     # five samples of x alone (12 bytes each) need room for five answers: 5 x 12 bytes of y, and a header
     assert reply_room(offset(tmp_path), 5 * 12) == 5 * 12 + 64
+
+
+@pytest.mark.processes
+def test_one_input_requests_fill_the_one_required_input(stack: Stack) -> None:
+    """/predict, TorchServe's /predictions, KServe's v1 and a raw binary body carry one tensor: for this
+    model, x (bias is optional)."""
+    row = [1.0, -2.0, 0.5]
+    want = [2.0, -4.0, 1.0]
+    predict = requests.post(f"{stack.url}/predict", json={"model": "offset", "input": row}, timeout=TIMEOUT)
+    assert predict.status_code == 200, predict.text
+    assert predict.json() == {"output": want}  # the seed's contract: the only output, as "output"
+    predictions = requests.post(f"{stack.url}/predictions/offset", json=row, timeout=TIMEOUT)
+    assert predictions.status_code == 200 and predictions.json() == want, predictions.text
+    v1 = requests.post(
+        f"{stack.url}/v1/models/offset:predict", json={"instances": [row, row]}, timeout=TIMEOUT
+    )
+    assert v1.status_code == 200 and v1.json()["predictions"] == [want, want], v1.text
+    raw = requests.post(
+        f"{stack.url}/v2/models/offset/infer",
+        data=np.array([row], np.float32).tobytes(),
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
+        timeout=TIMEOUT,
+    )
+    assert raw.status_code == 200, raw.text
+    header = int(raw.headers["Inference-Header-Content-Length"])
+    assert np.frombuffer(raw.content[header:], np.float32).tolist() == want
