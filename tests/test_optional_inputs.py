@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gateway.codec import InferRequest, Tensor
 from gateway.errors import InvalidArgument
 from gateway.service import reply_room
 from gateway.validation import check_inputs as gateway_check
+from gateway.validation import sole_input
 from harness import Stack, short_dir, write_offset_model
 from inference_worker.backends import LoadError
 from inference_worker.compute import BatchTimes
@@ -242,3 +244,13 @@ def test_one_input_requests_fill_the_one_required_input(stack: Stack) -> None:
     assert raw.status_code == 200, raw.text
     header = int(raw.headers["Inference-Header-Content-Length"])
     assert np.frombuffer(raw.content[header:], np.float32).tolist() == want
+
+
+def test_one_tensor_requests_refuse_a_model_with_two_required_inputs(tmp_path: Path) -> None:
+    model = offset(tmp_path)
+    assert model.sole_input is not None and model.sole_input.name == "x"
+    both = replace(model, inputs=(model.inputs[0], replace(model.inputs[1], optional=False), model.inputs[1]))
+    with pytest.raises(
+        InvalidArgument, match="/predict needs a model with one input .* has 3, 2 of them required"
+    ):
+        sole_input(both, "/predict")
