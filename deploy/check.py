@@ -34,10 +34,15 @@ class CheckResult:
 
 
 def describe_signature(model: ModelConfig) -> str:
-    """Return ``input FP32 [-1, 64] -> output FP32 [-1, 10]`` for a model's config."""
+    """Return ``input FP32 [-1, 64] -> output FP32 [-1, 10]`` for a model's config (``(optional)`` after an
+    optional input)."""
 
     def tensors(specs: tuple[TensorSpec, ...]) -> str:
-        return ", ".join(f"{s.name} {s.datatype} {s.full_shape(model.max_batch_size)}" for s in specs)
+        return ", ".join(
+            f"{s.name} {s.datatype} {s.full_shape(model.max_batch_size)}"
+            + (" (optional)" if s.optional else "")
+            for s in specs
+        )
 
     return f"{tensors(model.inputs)} -> {tensors(model.outputs)} ({model.backend})"
 

@@ -27,7 +27,8 @@ from gateway.errors import InvalidArgument
 from gateway.service import reply_room
 from gateway.validation import check_inputs as gateway_check
 from gateway.validation import sole_input
-from harness import Stack, short_dir, write_offset_model
+from harness import Stack, run, short_dir, write_offset_model
+from harness.commands import torchgate
 from inference_worker.backends import LoadError
 from inference_worker.compute import BatchTimes
 from inference_worker.compute import check_inputs as worker_check
@@ -254,3 +255,11 @@ def test_one_tensor_requests_refuse_a_model_with_two_required_inputs(tmp_path: P
         InvalidArgument, match="/predict needs a model with one input .* has 3, 2 of them required"
     ):
         sole_input(both, "/predict")
+
+
+@pytest.mark.processes
+def test_torchgate_check_loads_the_model_both_ways_and_says_which_input_is_optional(tmp_path: Path) -> None:
+    write_offset_model(tmp_path / "repo", "offset", "torchscript")
+    result = run(torchgate("check", "--model-repository", str(tmp_path / "repo")), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "x FP32 [-1, 3], bias FP32 [-1, 3] (optional) -> y FP32 [-1, 3] (torchscript)" in result.stdout
