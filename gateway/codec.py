@@ -148,16 +148,25 @@ def decode_content(
         wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
     else:
         raise InvalidArgument(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
-    decoder = zlib.decompressobj(wbits)
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except zlib.error:
-        raise InvalidArgument(f"request body is not valid {enc} data") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"decoded request body exceeds the limit of {limit} bytes")
-    if not decoder.eof:
-        raise InvalidArgument(f"request body is truncated {enc} data")
-    return out
+    parts: list[bytes] = []
+    size, rest = 0, memoryview(body)
+    while True:  # gzip: one member after another, as gzip -d reads them (RFC 1952 2.2)
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(rest, limit + 1 - size)
+        except zlib.error:
+            raise InvalidArgument(f"request body is not valid {enc} data") from None
+        size += len(out)
+        if size > limit:
+            raise PayloadTooLarge(f"decoded request body exceeds the limit of {limit} bytes")
+        parts.append(out)
+        if not decoder.eof:
+            raise InvalidArgument(f"request body is truncated {enc} data")
+        rest = rest[len(rest) - len(decoder.unused_data) :]
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if enc == "deflate":
+            raise InvalidArgument(f"request body has {len(rest)} bytes after its {enc} data")
 
 
 def json_values_bound(text: bytes | bytearray, start: int = 0, end: int | None = None) -> int:

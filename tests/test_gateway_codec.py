@@ -330,6 +330,15 @@ def test_gzip_and_both_deflates_decode() -> None:
     assert decode_content(data, "identity", 1 << 20) == data
 
 
+def test_a_gzip_body_of_several_members_decodes_whole_as_gzip_d_does() -> None:
+    data = b'{"hello": "world"}' * 100
+    members = gzip.compress(data[:700]) + gzip.compress(data[700:1000]) + gzip.compress(data[1000:])
+    assert gzip.decompress(members) == data
+    assert decode_content(members, "gzip", 1 << 20) == data
+    with pytest.raises(PayloadTooLarge):  # the limit counts every member
+        decode_content(members, "gzip", len(data) - 1)
+
+
 def test_zip_bomb_is_refused_without_decoding_it_all() -> None:
     bomb = gzip.compress(b"\x00" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
     assert len(bomb) < 1 << 20
@@ -343,6 +352,8 @@ def test_zip_bomb_is_refused_without_decoding_it_all() -> None:
         (b"not gzip at all", "gzip", "not valid gzip"),
         (gzip.compress(b"x" * 1000, mtime=0)[:-12], "gzip", "truncated"),  # mtime 0: one id in every worker
         (b"abc", "br", "unsupported Content-Encoding"),
+        (gzip.compress(b"x" * 1000, mtime=0) + b"GARBAGE", "gzip", "not valid gzip"),  # junk after a member
+        (zlib.compress(b"x" * 1000) + b"GARBAGE", "deflate", "7 bytes after its deflate data"),
     ],
 )
 def test_bad_encodings(body: bytes, encoding: str, message: str) -> None:
