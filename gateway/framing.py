@@ -8,11 +8,12 @@ decided here, before any body byte is buffered past the limit:
 - a head over ``max_head`` bytes: 431;
 - a ``Content-Length`` over ``max_body``, or chunk sizes adding up past it: 413 as soon as it is known;
 - a malformed chunk (a size that is not 1 to 16 hex digits, a missing CRLF, an overlong size line or trailer):
-400.
+400;
+- a transfer coding other than chunked (``Transfer-Encoding: gzip, chunked``): 501, which RFC 9112 6.1 asks
+  for (gunicorn would pass the body on still gzipped).
 
-Anything else odd in the head (conflicting lengths, a transfer coding other than chunked, a bad request line)
-is left to gunicorn's parser, which refuses it from the head alone: the request counts as complete at its
-head.
+Anything else odd in the head (conflicting lengths, chunked twice or not last, a bad request line) is left to
+gunicorn's parser, which refuses it from the head alone: the request counts as complete at its head.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Head:
     chunked: bool = False
     expect_continue: bool = False
     keep_alive: bool = True
+    coding: str = ""  # a transfer coding the gateway does not undo (gzip, say): the request is a 501
 
 
 class RequestFramer:
@@ -67,6 +69,7 @@ class RequestFramer:
         self.error: FramingError | None = None
         self.body_bytes = 0  # body bytes announced so far (Content-Length, or the chunk sizes seen)
         self._pos = 0  # everything before this offset is framed
+        self._began = False  # a byte of a request line has arrived (its head may not be whole yet)
         self._remaining = 0  # bytes left of the body or of the current chunk
         self._trailers_start = 0
         self.body_start = 0  # once the head is framed: where the body begins in the buffer
@@ -77,8 +80,9 @@ class RequestFramer:
 
     @property
     def started(self) -> bool:
-        """Whether a byte of the request (past leading empty lines) has been seen."""
-        return self._pos > 0 or self.state is not State.HEAD
+        """Whether a byte of the request (past empty lines before it) has been seen: a timeout answers it 408,
+        where an idle connection is closed quietly."""
+        return self._began or self.state is not State.HEAD
 
     def feed(self, buf: bytes | bytearray) -> State:
         """Frame what ``buf`` (the request's bytes so far, from its first) holds beyond the last call."""
@@ -129,6 +133,7 @@ class RequestFramer:
         while buf[self._pos : self._pos + 2] == b"\r\n":  # empty lines before a request line (RFC 9112 2.2)
             self._pos += 2
         start = self._pos
+        self._began = self._began or len(buf) > start
         end = buf.find(b"\r\n\r\n", start)
         if end < 0:
             if len(buf) - start > self.max_head:
@@ -140,7 +145,13 @@ class RequestFramer:
         head = parse_head(bytes(buf[start : end + 4]))
         self.head = head
         self._pos = self.body_start = end + 4
-        if head.chunked:
+        if head.coding:
+            self._fail(
+                501,
+                f"transfer coding {head.coding!r} is not implemented: send the body chunked or with a "
+                "Content-Length, compressed with Content-Encoding if you like",
+            )
+        elif head.chunked:
             self.state = State.CHUNK_SIZE
         elif head.content_length:
             if head.content_length > self.max_body:
@@ -223,6 +234,8 @@ def parse_head(head: bytes) -> Head:
             elif b"keep-alive" in tokens:
                 result.keep_alive = True
     if codings:
+        other = [c for c in codings if c not in (b"chunked", b"")]
+        result.coding = other[0].decode("latin-1") if other else ""
         result.chunked = not lengths and codings[-1] == b"chunked" and codings.count(b"chunked") == 1
         if not result.chunked:
             result.expect_continue = False

@@ -63,11 +63,34 @@ def test_ambiguous_framing_is_left_to_gunicorn_at_the_head() -> None:
     for head in (
         b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
         b"POST /p HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
     ):
         framer = framed(head + b"hello")
         assert framer.state is State.COMPLETE and framer.end == len(head), head
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"gzip", b"deflate,chunked", b"x-custom, chunked"])
+def test_a_transfer_coding_other_than_chunked_is_a_501_naming_it(codings: bytes) -> None:
+    framer = framed(b"POST /p HTTP/1.1\r\nTransfer-Encoding: " + codings + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert framer.state is State.ERROR and framer.error is not None
+    assert framer.error.status == 501
+    assert f"transfer coding {codings.split(b',')[0].decode()!r} is not implemented" in str(framer.error)
+
+
+def test_a_head_begun_counts_as_started_before_it_is_whole() -> None:
+    """A head that stops part way is a request begun: its timeout is a 408, not an idle connection's quiet
+    close; empty lines before a request line are not a request."""
+    assert not framed(b"").started
+    assert not framed(b"\r\n").started and framed(b"\r\n").state is State.HEAD
+    for partial in (
+        b"P",
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n",
+        b"\r\nGET /",
+        b"\x16\x03\x01",
+    ):
+        framer = framed(partial)
+        assert framer.state is State.HEAD and framer.started, partial
 
 
 def test_expect_continue_only_for_a_body_on_http_1_1() -> None:

@@ -255,6 +255,20 @@ def test_an_unterminated_chunked_body_gets_408_and_holds_no_thread(stack: Stack)
             sock.close()
 
 
+def test_a_head_that_stops_part_way_gets_408(stack: Stack) -> None:
+    """A request line and a header, then nothing: a request begun, answered 408 when its head times out (an
+    idle connection, one that sent nothing, is closed without an answer)."""
+    stalled = connect(stack)
+    try:
+        stalled.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\n".encode())
+        status, _, body, closed = read_response(stalled)
+    finally:
+        stalled.close()
+    assert status == 408, body
+    assert "the request head did not arrive in time" in assert_json_error(body)
+    assert closed
+
+
 # -- slow and idle clients -----------------------------------------------------------------------------------
 
 
