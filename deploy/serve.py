@@ -32,6 +32,9 @@ from inference_worker.repository import load_repository
 
 SUPERVISOR_UP_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 2.0
+TOKEN_VARIABLE = (
+    "TORCHGATE_AUTH_TOKEN"  # the gateway's token when set (gateway.config), before its token file
+)
 PROGRESS_EVERY = 10.0  # seconds between "still loading" lines while slots load
 SERVING, NOTHING_SERVES, GAVE_UP_WAITING = "serving", "nothing serves", "gave up waiting"
 
@@ -45,7 +48,11 @@ def supervisord_command(s: DeploySettings) -> list[str]:
 
 
 def read_token(path: Path | None) -> str:
-    """Return the bearer token in ``path`` (empty without one); an unreadable or empty file is an error."""
+    """Return the bearer token the gateway asks for: ``TORCHGATE_AUTH_TOKEN`` when set (the gateway inherits
+    it, and it wins there too), else the one in ``path`` (empty without one); an unreadable or empty file is
+    an error."""
+    if os.environ.get(TOKEN_VARIABLE):
+        return os.environ[TOKEN_VARIABLE]
     if path is None:
         return ""
     try:

@@ -173,10 +173,11 @@ class Stack:
 
     # -- or all of them by `torchgate serve` ---------------------------------------------------------------
 
-    def serve(self, *options: str) -> Stack:
-        """Start ``torchgate serve --run-dir run_dir --port port options`` (returns at once)."""
+    def serve(self, *options: str, env: dict[str, str] | None = None) -> Stack:
+        """Start ``torchgate serve --run-dir run_dir --port port options`` (returns at once); ``env`` adds to
+        its environment."""
         args = ["serve", "--run-dir", str(self.run_dir), "--port", str(self.port), *options]
-        self.started[SERVE] = self.processes.start(SERVE, commands.torchgate(*args))
+        self.started[SERVE] = self.processes.start(SERVE, commands.torchgate(*args), env)
         return self
 
     @property

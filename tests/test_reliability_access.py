@@ -30,6 +30,7 @@ from harness.commands import torchgate
 pytestmark = pytest.mark.processes
 
 TOKEN = "correct-horse-battery-staple"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 ENDPOINTS = [
     ("GET", "/v2/health/ready"),
     ("GET", "/v2"),
@@ -133,6 +134,22 @@ def test_sockets_live_in_an_owner_only_directory(deployment: Stack) -> None:
     for name in found:  # and each socket is its owner's alone, whatever the directory
         assert stat.S_IMODE(os.stat(sockets / name).st_mode) & 0o077 == 0, name
     assert stat.S_IMODE(os.stat(deployment.run_dir).st_mode) & 0o077 == 0
+
+
+def test_a_token_given_as_torchgate_auth_token_reaches_serve_and_probe() -> None:
+    """The token in the environment, not in a file: the gateway asks for it, `serve` passes it to see
+    readiness (else it would never say it serves), and so does `torchgate probe` run where it is set."""
+    options = ("--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2")
+    with short_dir() as base, Stack.at(base).serve(*options, env={"TORCHGATE_AUTH_TOKEN": TOKEN}) as d:
+        d.wait_serving(timeout=120)
+        assert "not every model is ready" not in d.log()  # what it said when it asked without the token
+        assert requests.get(d.url + "/v2/health/ready", timeout=10).status_code == 401
+        assert requests.get(d.url + "/v2/health/ready", headers=BEARER, timeout=10).status_code == 200
+        probe = ("probe", "--run-dir", str(d.run_dir))
+        with_token = run(torchgate(*probe), env={**os.environ, "TORCHGATE_AUTH_TOKEN": TOKEN}, timeout=60)
+        assert with_token.returncode == 0, with_token.stderr
+        without = run(torchgate(*probe), env={k: v for k, v in os.environ.items() if "AUTH_TOKEN" not in k})
+        assert without.returncode == 1 and "401" in without.stderr
 
 
 def test_an_empty_token_file_is_refused_not_ignored(tmp_path: Path) -> None:
