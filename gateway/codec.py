@@ -225,12 +225,9 @@ def parse_infer_request(
     if header_length is None:
         header, binary = view, view[len(view) :]
     else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise InvalidArgument(
-                f"Inference-Header-Content-Length {header_length!r} is not an integer"
-            ) from None
+        if not (header_length.isascii() and header_length.isdigit()):  # int() would take "+1", " 1", "1_0"
+            raise InvalidArgument(f"Inference-Header-Content-Length {header_length!r} is not an integer")
+        length = int(header_length)
         if not 0 <= length <= len(view):
             raise InvalidArgument(
                 f"Inference-Header-Content-Length {length} does not fit a body of {len(view)} bytes"

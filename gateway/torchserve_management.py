@@ -26,6 +26,7 @@ model repository and the dispatcher's status:
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ from gateway.errors import InvalidArgument
 from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig
 
+_DECIMAL = re.compile(r"-?[0-9]+")
 MAX_LIMIT = 100  # TorchServe's page size, and its largest
 ALL_VERSIONS = "all"
 # Register parameters TorchServe takes that change nothing here: every slot serving the model loads it, and a
@@ -170,10 +172,9 @@ def body_parameters(doc: Any) -> dict[str, str]:
 def _integer(raw: str | None, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidArgument(f"parameter {name} must be an integer, not {raw!r}") from None
+    if not _DECIMAL.fullmatch(raw):  # int() would take " 1", "+1", "1_0"
+        raise InvalidArgument(f"parameter {name} must be an integer, not {raw!r}")
+    return int(raw)
 
 
 # What each of TorchServe's extra ports answers (the endpoints' names, gateway/routes.py); the inference port

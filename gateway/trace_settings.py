@@ -11,6 +11,7 @@ them as Triton does, numbers as strings. ``TENSORS`` and the OpenTelemetry mode 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from gateway.errors import InvalidArgument
 
 MODE = "triton"
+_DECIMAL = re.compile(r"-?[0-9]+")
 DEFAULTS: dict[str, Any] = {"trace_level": ["OFF"], "trace_rate": 1000, "trace_count": -1, "log_frequency": 0}
 NUMBERS = {"trace_rate": (1, 2**32 - 1), "trace_count": (-1, 2**31 - 1), "log_frequency": (0, 2**32 - 1)}
 NO_FILE = "no trace file: start the server with '--trace-config triton,file=PATH' to trace requests"
@@ -220,10 +222,9 @@ def _number(name: str, value: Any) -> int:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidArgument(f"Unable to parse '{name}', got: {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidArgument(f"Unable to parse '{name}', got: {value}") from None
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):  # int() would take " 1", "+1", "1_0"
+        raise InvalidArgument(f"Unable to parse '{name}', got: {value}")
+    number = int(value)
     if not low <= number <= high:
         raise InvalidArgument(
             f"Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {value}"

@@ -111,7 +111,7 @@ def test_binary_sizes_without_the_header_length() -> None:
         parse_infer_request(json.dumps(header).encode(), None)
 
 
-@pytest.mark.parametrize("length", ["abc", "-1", "100000"])
+@pytest.mark.parametrize("length", ["abc", "-1", "100000", "1_4", "+14", " 14", "١٤"])
 def test_bad_header_length(length: str) -> None:
     with pytest.raises(InvalidArgument, match="Inference-Header-Content-Length"):
         parse_infer_request(b'{"inputs": []}', length)

@@ -52,7 +52,9 @@ def test_a_page_is_read_as_torchserve_reads_it(
     assert page(limit, token) == expected
 
 
-@pytest.mark.parametrize(("limit", "token"), [("ten", None), (None, "1.5")])
+@pytest.mark.parametrize(
+    ("limit", "token"), [("ten", None), (None, "1.5"), ("1_0", None), (None, " 2"), ("+3", None)]
+)
 def test_a_page_that_is_not_a_number_is_refused(limit: str | None, token: str | None) -> None:
     with pytest.raises(InvalidArgument, match="must be an integer"):
         page(limit, token)

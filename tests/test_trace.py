@@ -73,6 +73,9 @@ def test_settings_read_as_triton_reads_them() -> None:
     for name, words in refused.items():
         with pytest.raises(InvalidArgument, match=words):
             trace_settings.parse_update({name: values.get(name, "x")})
+    for spelt in ("1_0", " 10", "+10", "10 "):  # what int() would take
+        with pytest.raises(InvalidArgument, match="Unable to parse 'trace_rate'"):
+            trace_settings.parse_update({"trace_rate": spelt})
     with pytest.raises(InvalidArgument, match="only one trace level 'OFF'"):
         trace_settings.parse_update({"trace_level": ["OFF", "TIMESTAMPS"]})
     with pytest.raises(InvalidArgument, match="TENSORS is not supported"):
