@@ -206,11 +206,20 @@ def loads(text: bytes | bytearray | memoryview, max_values: int = MAX_JSON_VALUE
     except orjson.JSONDecodeError:
         pass  # orjson refuses NaN/Infinity literals and nesting past 1024: let the standard parser decide
     try:
-        return json.loads(bytes(text))
+        return json.loads(bytes(text), parse_float=_finite)
     except RecursionError:
         raise InvalidArgument("request JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+
+
+def _finite(literal: str) -> float:
+    """Read a JSON number with a fraction or an exponent; one past a double's range (``1e400``) is refused
+    rather than read as infinity (only the literal ``Infinity`` is one)."""
+    value = float(literal)
+    if math.isinf(value):
+        raise InvalidArgument(f"number {literal[:40]} is beyond the range of a double")
+    return value
 
 
 def parse_infer_request(

@@ -284,6 +284,16 @@ def test_nan_and_infinity_are_accepted_for_floats_only() -> None:
         parse_infer_request(body.replace(b"FP32", b"INT32"), None)
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1.5e309"])
+def test_a_number_past_a_doubles_range_is_a_400_not_infinity(number: bytes) -> None:
+    """Only the literal Infinity is infinite: 1e400 is a number no float holds, refused whatever the datatype
+    (with or without a NaN in the document, which sends it to the slower parser)."""
+    for data in (b"[" + number + b", 1, 2]", b"[NaN, " + number + b", 2]"):
+        body = b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [3], "data": ' + data + b"}]}"
+        with pytest.raises(InvalidArgument, match="beyond the range of a double"):
+            parse_infer_request(body, None)
+
+
 def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
     deep = (
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
