@@ -445,7 +445,7 @@ def serve(ready_timeout: float, unready_grace_seconds: float, **options: Any) ->
 @click.option("--device", default="cpu", show_default=True, help="Where to load: cpu, cuda, cuda:N.")
 @click.option("--no-load", is_flag=True, help="Check the configs only; load nothing.")
 def check(model_repository: Path | None, models: tuple[str, ...], device: str, no_load: bool) -> None:
-    """Check every model's config, then load and warm up each version in a subprocess; one line per version."""
+    """Check every model's config, then load and warm up each version in a subprocess; a line per version."""
     from deploy.check import check_repository
     from inference_worker.repository import ConfigError
 

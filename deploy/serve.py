@@ -350,13 +350,16 @@ def serve(
         if outcome == SERVING:
             processes = Supervisor.from_conf(conf, timeout=5.0).processes()
             slots = [n for n in processes if is_worker_slot(n)]
+            running = sum((processes[n] or {}).get("statename") == RUNNING for n in slots)
+            spare = f", {len(slots) - running} not started" if running < len(slots) else ""
             grpc_up = (processes.get(GRPC_PROGRAM) or {}).get("statename") == RUNNING
             extra = [f"gRPC {s.grpc_address}"] if grpc_up else []
             extra += [f"{what} port {port}" for what, port in s.torchserve_ports]
             echo(
                 f"torchgate: serving {s.url}{''.join(f' and {e}' for e in extra)} "
-                f"({len(slots)} worker slots). "
-                f"Operate: torchgate ctl --run-dir {s.run_dir} status; stop: Ctrl-C"
+                f"({running} worker slots running{spare}). "
+                f"Operate: torchgate ctl --run-dir {s.run_dir} status; "
+                "stop: Ctrl-C, or torchgate ctl shutdown"
             )
         elif outcome == NOTHING_SERVES:
             stop_supervisord(s, proc)

@@ -48,6 +48,7 @@ def deployment(base: Path) -> Iterator[Stack]:
 def test_scale_up_and_down_under_load_fails_no_request(deployment: Stack) -> None:
     d = deployment
     assert d.ready_workers() == {"worker-cpu-0", "worker-cpu-1"}
+    assert "(2 worker slots running, 1 not started)" in d.log()  # what serve said: the spare is not started
     status = d.ctl("status")
     assert "worker-cpu-2" in status.stdout and "STOPPED" in status.stdout
     before = d.pids()
