@@ -157,8 +157,13 @@ class Pipeline:
         if inputs is None:
             return  # BYTES inputs and no warmup_inputs: the first request pays the first-call costs
         tables = f"the handler and the [[input]]/[[output]] tables in {self.config.config_path}"
-        self._warm_up(inputs, "warm-up failed", tables)
         left_out = [spec.name for spec in self.config.inputs if spec.optional]
+        if left_out and self.handler is None:  # warmed up with them first: the model must take each
+            tables += (
+                f" (the model must also take its optional input(s) {', '.join(map(repr, left_out))}; a "
+                "torch.export program takes just the inputs it was exported with)"
+            )
+        self._warm_up(inputs, "warm-up failed", tables)
         if self.handler is None and left_out and len(left_out) < len(inputs):
             required = {name: t for name, t in inputs.items() if name not in left_out}
             quoted = ", ".join(repr(name) for name in left_out)

@@ -29,7 +29,7 @@ from gateway.validation import check_inputs as gateway_check
 from gateway.validation import sole_input
 from harness import Stack, run, short_dir, write_offset_model
 from harness.commands import torchgate
-from inference_worker.backends import LoadError
+from inference_worker.backends import LoadError, load_module
 from inference_worker.compute import BatchTimes
 from inference_worker.compute import check_inputs as worker_check
 from inference_worker.errors import CodedError
@@ -263,3 +263,24 @@ def test_torchgate_check_loads_the_model_both_ways_and_says_which_input_is_optio
     result = run(torchgate("check", "--model-repository", str(tmp_path / "repo")), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x FP32 [-1, 3], bias FP32 [-1, 3] (optional) -> y FP32 [-1, 3] (torchscript)" in result.stdout
+
+
+@pytest.mark.parametrize("exported_with", [("x",), ("x", "bias")])
+def test_a_torch_export_program_fails_to_load_saying_which_way_it_cannot_take_the_input(
+    tmp_path: Path, exported_with: tuple[str, ...]
+) -> None:
+    """A program exported without the optional input cannot take it; one exported with it cannot take None.
+    Either fails its warm-up, before any request, saying what to check."""
+    folder = write_offset_model(tmp_path, "offset", "torchscript")
+    config = folder / "config.toml"
+    config.write_text(config.read_text().replace('backend = "torchscript"', 'backend = "torch_export"'))
+    (folder / "1" / "model.pt").unlink()
+    module = load_module(offset(tmp_path / "python"), "1", CPU)  # the python model: y = 2x (+ bias)
+    example = tuple(torch.ones(2, 3) for _ in exported_with)
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example))
+    torch.export.save(program, str(folder / "1" / "model.pt2"))
+    pipeline = Pipeline(load_repository(tmp_path, ["offset"])["offset"], "1", CPU)
+    said = "exported with" if exported_with == ("x",) else r"without the optional input\(s\) 'bias'"
+    with pytest.raises(LoadError, match=said):
+        pipeline.warm_up()
