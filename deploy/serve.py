@@ -350,7 +350,8 @@ def serve(
         if outcome == SERVING:
             processes = Supervisor.from_conf(conf, timeout=5.0).processes()
             slots = [n for n in processes if is_worker_slot(n)]
-            running = sum((processes[n] or {}).get("statename") == RUNNING for n in slots)
+            stopped = sum((processes[n] or {}).get("statename") == "STOPPED" for n in slots)  # spares
+            running = len(slots) - stopped  # RUNNING, or STARTING within --worker-startsecs
             spare = f", {len(slots) - running} not started" if running < len(slots) else ""
             grpc_up = (processes.get(GRPC_PROGRAM) or {}).get("statename") == RUNNING
             extra = [f"gRPC {s.grpc_address}"] if grpc_up else []

@@ -464,10 +464,10 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             raise ConfigError(f"{path}: key '{key}[{i}].label_filename': only an output has labels")
         labels = _labels(path, f"{key}[{i}].label_filename", label_file) if label_file else ()
         optional = entry.get("optional", False)
-        if not isinstance(optional, bool) or optional and key != "input":
-            raise ConfigError(
-                f"{path}: key '{key}[{i}].optional' is {optional!r}; only an input may say optional = true"
-            )
+        if not isinstance(optional, bool):
+            raise ConfigError(f"{path}: key '{key}[{i}].optional' is {optional!r}, expected true or false")
+        if optional and key != "input":
+            raise ConfigError(f"{path}: key '{key}[{i}].optional': only an input may say optional = true")
         specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels, optional))
     return tuple(specs)
 

@@ -79,9 +79,12 @@ def padded_bias(text: str) -> str:
     [
         (
             lambda text: text + "optional = true\n",
-            "output\\[0\\].optional' is True; only an input",
+            "output\\[0\\].optional': only an input",
         ),  # the last table
-        (lambda text: text.replace("optional = true", 'optional = "yes"'), "optional' is 'yes'"),
+        (
+            lambda text: text.replace("optional = true", 'optional = "yes"'),
+            "optional' is 'yes', expected true or false",
+        ),
         (padded_bias, "names 'bias', an optional input"),
     ],
     ids=["on-an-output", "not-a-boolean", "padded"],
