@@ -164,15 +164,18 @@ class Pipeline:
                 "torch.export program takes just the inputs it was exported with)"
             )
         self._warm_up(inputs, "warm-up failed", tables)
-        if self.handler is None and left_out and len(left_out) < len(inputs):
+        if self.handler is None and left_out:
             required = {name: t for name, t in inputs.items() if name not in left_out}
-            quoted = ", ".join(repr(name) for name in left_out)
-            self._warm_up(
-                required,
-                f"warm-up without the optional input(s) {quoted} (passed as None) failed",
-                f"that the model takes None for them (a default of None), or drop 'optional' in "
-                f"{self.config.config_path}",
-            )
+            # every input optional: a request still sends one, so each is tried alone
+            trials = [required] if required else [{name: inputs[name]} for name in left_out]
+            for trial in (t for t in trials if len(t) < len(inputs)):
+                quoted = ", ".join(repr(name) for name in inputs if name not in trial)
+                self._warm_up(
+                    trial,
+                    f"warm-up without the optional input(s) {quoted} (passed as None) failed",
+                    f"that the model takes None for them (a default of None), or drop 'optional' in "
+                    f"{self.config.config_path}",
+                )
 
     def _warm_up(self, inputs: dict[str, Any], what: str, check: str) -> None:
         try:
