@@ -532,21 +532,24 @@ class DispatcherClient:
     # -- status -----------------------------------------------------------------------------------------
 
     def status(self, max_age: float | None = None) -> protocol.StatusReply:
-        """Return the dispatcher's STATUS_REPLY, reused for ``max_age`` (default ``status_ttl``) seconds.
+        """Return the dispatcher's STATUS_REPLY, reused for ``max_age`` (default ``status_ttl``) seconds: one
+        asked for at most that long before this call (with 0, after it began; concurrent callers share one).
 
         Raise :class:`Unavailable` within about ``status_timeout`` seconds if the dispatcher does not answer.
         """
         max_age = self.status_ttl if max_age is None else max_age
+        oldest = time.monotonic() - max_age  # the earliest a status may have been asked for
         cached = self._status
-        if cached is None or time.monotonic() - cached[0] >= max_age:
-            with self._status_lock:  # one refresh at a time; the others then find it fresh
+        if cached is None or cached[0] < oldest or (max_age == 0 and cached[0] <= oldest):
+            with self._status_lock:  # one refresh at a time; those waiting then find it fresh enough
                 cached = self._status
-                if cached is None or time.monotonic() - cached[0] >= max_age:
+                if cached is None or cached[0] < oldest or (max_age == 0 and cached[0] <= oldest):
+                    asked = time.monotonic()
                     try:
                         result: protocol.StatusReply | CodedError = self._fetch_status()
                     except CodedError as exc:
                         result = exc
-                    cached = self._status = (time.monotonic(), result)
+                    cached = self._status = (asked, result)
         if isinstance(cached[1], CodedError):
             raise cached[1]
         return cached[1]

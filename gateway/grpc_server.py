@@ -136,11 +136,11 @@ class Servicer:
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         version = request.version or None
-        model, resolved = self.gateway.catalog.get(request.name, version)
+        model, resolved = self.gateway.catalog.get(request.name, version, max_age=0)  # after a load: its own
         return grpc_codec.model_metadata(triton.model_metadata(model, resolved if version else None))
 
     def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
-        model, _ = self.gateway.catalog.get(request.name, request.version or None)
+        model, _ = self.gateway.catalog.get(request.name, request.version or None, max_age=0)
         return grpc_codec.model_config(triton.model_config(model))
 
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -205,7 +205,7 @@ class Servicer:
             request.model_name,
             request.model_version or None,
             request_id,
-            lambda trace: self._run(request, context, trace),
+            lambda trace: self.gateway.rechecking(trace, lambda: self._run(request, context, trace)),
             context,
         )
 

@@ -1,7 +1,12 @@
 """The model signatures the gateway validates against, read from the model repository (no torch).
 
-The repository is read once at start-up, again on ``POST /v2/repository/index``, and, at most once per
-``rescan_interval``, when a request names a model or version that is not known yet.
+The repository is read once at start-up, again on ``POST /v2/repository/index`` and before a load, and, at
+most once per ``rescan_interval``, when a request names a model or version that is not known yet; those reads
+add new models and drop models gone from disk. A known model's config changes once workers serve another one:
+each worker announces the config.toml text it loaded (in its signatures, which the dispatcher's status
+carries), and the catalog reads that text. So every gateway process and the gRPC front validate against the
+config the workers run, whichever of them asked for a load, never against an edit not loaded yet (or whose
+load failed).
 """
 
 from __future__ import annotations
@@ -9,35 +14,57 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import InvalidArgument, NotFound
-from inference_worker.repository import ConfigError, ModelConfig, scan_repository
+from inference_worker.repository import ConfigError, ModelConfig, load_model_config, scan_repository
 
 log = logging.getLogger("torchgate.gateway")
 
+Served = Callable[[float | None], "dict[str, Any] | None"]
+"""Return what the workers serve, as the dispatcher's status says (``StatusReply.models``: name -> version ->
+``signature``...), from a status at most ``max_age`` seconds old (None: the usual age); None when the
+dispatcher does not answer."""
+
 
 class ModelCatalog:
-    """The current model configurations; lookups are lock-free, re-scans are serialized and rate-limited."""
+    """The current model configurations; lookups are lock-free, re-reads are serialized and rate-limited.
 
-    def __init__(self, root: str | Path, rescan_interval: float = 2.0, only: list[str] | None = None) -> None:
+    ``served`` tells what the workers serve; without it (a catalog alone, in tests), every re-scan reads
+    known models again too.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        rescan_interval: float = 2.0,
+        only: list[str] | None = None,
+        served: Served | None = None,
+    ) -> None:
         self.root = Path(root)
         self.rescan_interval = rescan_interval
-        self.served = only or None  # the models the workers serve; None: every model in the repository
+        self.names = only or None  # the models the workers serve; None: every model in the repository
         self.models: dict[str, ModelConfig] = {}
         self.error: str | None = None
         self.errors: dict[str, ConfigError] = {}  # models whose config.toml is refused now, and why
+        self._served = served
+        self._followed: dict[str, Any] | None = None  # the served models last compared with
+        self._tried: dict[str, tuple[str, frozenset[str]]] = {}  # model -> the served config and versions
         self._lock = threading.Lock()
         self._last_scan = float("-inf")
         self.rescan()
 
     def rescan(self) -> dict[str, ModelConfig]:
-        """Read the repository again; keep the previous models if it cannot be read, and the previous config
-        of a model whose config.toml is refused now (its workers still serve that one)."""
+        """Read the repository again: add new models, drop those gone. Keep the previous models if it cannot
+        be read, the previous config of a model whose config.toml is refused now (its workers still serve
+        that one), and, when what workers serve is followed, the config of every known model (what they
+        loaded: an edit counts once they have loaded it, :meth:`follow`)."""
         with self._lock:
             self._last_scan = time.monotonic()
             try:
-                models, errors = scan_repository(self.root, self.served)
+                models, errors = scan_repository(self.root, self.names)
             except ConfigError as exc:
                 self.error = str(exc)
                 log.warning("gateway: model repository %s: %s", self.root, exc)
@@ -45,20 +72,74 @@ class ModelCatalog:
             for name, error in errors.items():
                 if name not in self.errors:
                     log.warning("gateway: model %s: %s", name, error)
-                if name in self.models:
-                    models[name] = self.models[name]
+            for name, model in self.models.items():
+                if name in errors or (self._served is not None and name in models):
+                    models[name] = model
             self.error, self.errors = None, errors
             if set(models) != set(self.models):
                 log.info("gateway: models in %s: %s", self.root, ", ".join(sorted(models)) or "none")
             self.models = models  # one reference swap: readers see the old or the new dict, never half
             return models
 
+    def check(self, name: str) -> None:
+        """Raise :class:`InvalidArgument` if model ``name``'s config.toml on disk is refused now (before it
+        is loaded); adopt nothing: what workers load is read by :meth:`follow` once they serve it."""
+        self.rescan()  # a model added since is known from now on
+        folder = self.root / name
+        if name not in self.models or not (folder / "config.toml").is_file():
+            return  # unknown: the caller answers 404
+        try:
+            load_model_config(folder)
+        except ConfigError as exc:
+            raise InvalidArgument(f"cannot load model {name!r}: {exc}") from None
+
+    def follow(self, max_age: float | None = None) -> bool:
+        """Read each model whose workers serve a config (or a version) other than this catalog's, from the
+        config text they loaded, as a status at most ``max_age`` seconds old says; return whether any was
+        read."""
+        served = self._served(max_age) if self._served is not None else None
+        if served is None or served is self._followed:  # the same status as last time: nothing new
+            return False
+        with self._lock:
+            self._followed = served
+            changed = {}
+            for name, versions in served.items():
+                text = _served_text(versions)
+                if text is None or (self.names and name not in self.names):
+                    continue
+                known, tried = self.models.get(name), (text, frozenset(versions))
+                if known is not None and known.source == text and tried[1] <= set(known.versions):
+                    continue
+                if self._tried.get(name) != tried:  # once: this host may lack a version, or refuse the text
+                    self._tried[name] = tried
+                    changed[name] = text
+            if not changed:
+                return False
+            models, errors, read = dict(self.models), dict(self.errors), False
+            for name, text in sorted(changed.items()):
+                try:
+                    models[name] = load_model_config(self.root / name, text)
+                except ConfigError as exc:  # say, its folder is gone from this host
+                    log.warning("gateway: model %s: the config its workers loaded is refused: %s", name, exc)
+                    continue
+                errors.pop(name, None)
+                read = True
+                log.info("gateway: model %s: its workers serve a new config; read", name)
+            self.models, self.errors = models, errors  # reference swaps, as in rescan
+            return read
+
     def _maybe_rescan(self) -> None:
         if time.monotonic() - self._last_scan >= self.rescan_interval:
             self.rescan()
 
-    def get(self, name: str, version: str | None = None) -> tuple[ModelConfig, str]:
-        """Return a model and the version a request runs on (its default if none is named); 404 if unknown."""
+    def get(
+        self, name: str, version: str | None = None, max_age: float | None = None
+    ) -> tuple[ModelConfig, str]:
+        """Return a model and the version a request runs on (its default if none is named); 404 if unknown.
+
+        A model whose workers serve another config is read again first, as a status at most ``max_age``
+        seconds old says (None: the client's ``status_ttl``)."""
+        self.follow(max_age)
         version = _normalize(version)
         model = self.models.get(name)
         if model is None or (version is not None and version not in model.versions):
@@ -101,3 +182,16 @@ def _normalize(version: str | None) -> str | None:
     if not (version.isascii() and version.isdigit()) or int(version) <= 0:
         raise NotFound(f"unknown version {version!r}: versions are positive integers")
     return str(int(version))
+
+
+def _served_text(versions: Any) -> str | None:
+    """Return the config.toml text the workers serving a model loaded (from ``StatusReply.models[name]``),
+    None if they do not say."""
+    if not isinstance(versions, dict):
+        return None
+    for entry in versions.values():
+        signature = entry.get("signature") if isinstance(entry, dict) else None
+        text = signature.get("config") if isinstance(signature, dict) else None
+        if isinstance(text, str) and text:
+            return text
+    return None

@@ -319,7 +319,7 @@ def server_metadata() -> Response:
 @routes.get("/v2/models/<model>")
 @routes.get("/v2/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None) -> Response:
-    config, resolved = current_gateway().catalog.get(model, version)
+    config, resolved = current_gateway().catalog.get(model, version, max_age=0)  # after a load: its config
     return json_response(triton.model_metadata(config, resolved if version else None))
 
 
@@ -388,7 +388,7 @@ def generate_stream(model: str, version: str | None = None) -> Response:
 @routes.get("/v2/models/<model>/config")
 @routes.get("/v2/models/<model>/versions/<version>/config")
 def model_config(model: str, version: str | None = None) -> Response:
-    return json_response(triton.model_config(current_gateway().catalog.get(model, version)[0]))
+    return json_response(triton.model_config(current_gateway().catalog.get(model, version, max_age=0)[0]))
 
 
 @routes.post("/v2/repository/index")

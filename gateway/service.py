@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from functools import partial
-from typing import Any
+from functools import partial, wraps
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway import afterwork, generate, kserve_v1, torchserve, torchserve_management, trace_settings
 from gateway.classification import top_classes
@@ -45,10 +46,24 @@ from inference_worker.repository import ModelConfig
 from inference_worker.shm import fixed_nbytes
 from inference_worker.strings import StringLimits
 
+P = ParamSpec("P")
+R = TypeVar("R")
 LARGE_BODY = 64 << 10  # JSON bytes past which parsing goes through Gateway.parsing (large_parses at once)
 _UNBOUNDED: AbstractContextManager[None] = nullcontext()  # reusable: it holds nothing
 
 log = logging.getLogger("torchgate.gateway")
+
+
+def rechecked(method: Callable[Concatenate[Gateway, P], R]) -> Callable[Concatenate[Gateway, P], R]:
+    """Run a request method of :class:`Gateway` (one taking the request's trace) through
+    :meth:`Gateway.rechecking`."""
+
+    @wraps(method)
+    def run(gateway: Gateway, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        trace = next(a for a in (*args, *kwargs.values()) if isinstance(a, RequestTrace))
+        return gateway.rechecking(trace, lambda: method(gateway, *args, **kwargs))
+
+    return run
 
 
 class Gateway:
@@ -62,7 +77,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.catalog = catalog or ModelCatalog(
-            config.model_repository, config.rescan_interval, config.model_names
+            config.model_repository, config.rescan_interval, config.model_names, self._served
         )
         self.client = client or DispatcherClient(
             config.dispatcher,
@@ -78,6 +93,18 @@ class Gateway:
         self.cache = ResponseCache(config.response_cache_bytes) if config.response_cache_bytes else None
         log_settings.watch(config.log_settings or None)
         self._large_parses = threading.BoundedSemaphore(config.large_parses)
+
+    def rechecking(self, trace: RequestTrace, run: Callable[[], R]) -> R:
+        """Return ``run()``, run once more when the gateway itself refused the request (400 or 404, before
+        any worker saw it: ``trace`` has not begun) and, by a fresh status, the workers serve a config this
+        process had not read yet: say, a load another gateway process, or the gRPC front, answered a moment
+        ago. The request is then checked against the config the workers now run."""
+        try:
+            return run()
+        except (InvalidArgument, NotFound):
+            if trace.model or not self.catalog.follow(max_age=0):
+                raise
+        return run()
 
     def parsing(self, size: int) -> AbstractContextManager[None]:
         """Bound how many bodies over ``LARGE_BODY`` are parsed at once (the objects they build, in
@@ -104,6 +131,7 @@ class Gateway:
         )
         return time.time() + timeout
 
+    @rechecked
     def infer(
         self,
         model_name: str,
@@ -132,6 +160,7 @@ class Gateway:
             answered, outputs = self.run_infer(model, resolved, bool(version), request, inputs, trace)
         return infer_response(model.name, answered, request.id, outputs)
 
+    @rechecked
     def generate(
         self,
         model_name: str,
@@ -330,6 +359,7 @@ class Gateway:
         labels = next((spec.labels for spec in model.outputs if spec.name == tensor.name), ())
         return top_classes(tensor, count, model.max_batch_size > 0, labels, self.limits.max_elements)
 
+    @rechecked
     def predict(
         self, body: bytes, trace: RequestTrace, *, content_encoding: str | None = None
     ) -> dict[str, Any]:
@@ -369,6 +399,7 @@ class Gateway:
         trace.finish(reply.version, reply.worker, reply.stats)
         return predict_output(_pick(reply, [s.name for s in model.outputs]), model, whole)
 
+    @rechecked
     def v1_predict(
         self, model_name: str, body: bytes, trace: RequestTrace, *, content_encoding: str | None = None
     ) -> dict[str, Any]:
@@ -386,6 +417,7 @@ class Gateway:
         outputs = _pick(reply, [s.name for s in model.outputs])
         return {"predictions": kserve_v1.predictions(outputs, model, count)}
 
+    @rechecked
     def predictions(
         self,
         model_name: str,
@@ -414,6 +446,7 @@ class Gateway:
         sole_input(model, "/predictions")
         return model
 
+    @rechecked
     def predictions_of(
         self,
         model_name: str,
@@ -451,6 +484,12 @@ class Gateway:
     def draining(self) -> bool:
         """Whether this host is being drained (``torchgate drain`` wrote its drain file)."""
         return bool(self.config.drain_file) and os.path.exists(self.config.drain_file)
+
+    def _served(self, max_age: float | None) -> dict[str, Any] | None:
+        """What the workers serve, by the dispatcher's status (what :class:`ModelCatalog` follows), None
+        when it does not answer."""
+        status = self.status_or_none(max_age)
+        return status.models if status is not None else None
 
     def status_or_none(self, max_age: float | None = None) -> StatusReply | None:
         """Return the dispatcher's status, or None when it does not answer."""
@@ -516,16 +555,18 @@ class Gateway:
             )
         control_parameters(body, action)
         if action == "load":
-            self.catalog.rescan()
-            if model_name in self.catalog.errors:
-                raise InvalidArgument(f"cannot load model {model_name!r}: {self.catalog.errors[model_name]}")
+            self.catalog.check(model_name)  # what is on disk, before any worker is asked
         if model_name not in self.catalog.models:
             raise NotFound(f"unknown model {model_name!r}")
-        reply = self.client.control(action, model_name, self.config.control_timeout)
+        try:
+            reply = self.client.control(action, model_name, self.config.control_timeout)
+        finally:
+            self.catalog.follow(max_age=0)  # what the workers now run, whether the job succeeded or not
         if not reply.ok:
             raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.error}")
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
+        self.catalog.follow(max_age=0)
         models = self.catalog.rescan()
         return repository_index(models, self.status_or_none(), ready_only)
 
@@ -635,12 +676,30 @@ def control_parameters(body: bytes, action: str) -> dict[str, Any]:
 
 def _files_stamp(model: ModelConfig, version: str) -> str | None:
     """Return what tells this version's files from earlier ones (a model loaded again from new files must
-    not be answered with the old one's cached answers): its config's and model file's size and mtime."""
+    not be answered with the old one's cached answers): the name, size and mtime of every file in the model's
+    folder but the other versions' (its config.toml, its code beside it, the version's weights), as a digest;
+    None when they cannot be read."""
+    digest = hashlib.blake2b(digest_size=16)
     try:
-        stats = [os.stat(model.config_path), os.stat(model.model_file(version))]
+        _stamp_folder(digest, str(model.path), model.versions[version].name)
     except (OSError, KeyError):
         return None
-    return ",".join(f"{st.st_size}.{st.st_mtime_ns}" for st in stats)
+    return digest.hexdigest()
+
+
+def _stamp_folder(digest: Any, folder: str, version: str | None) -> None:
+    """Add every file under ``folder`` to ``digest``; at the top (``version`` given), of the numbered
+    folders only ``version``'s."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_dir():
+            numbered = entry.name.isascii() and entry.name.isdigit()
+            if entry.name != "__pycache__" and (version is None or not numbered or entry.name == version):
+                _stamp_folder(digest, entry.path, None)
+        else:
+            stat = entry.stat()
+            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
 
 
 def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:

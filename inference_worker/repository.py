@@ -183,6 +183,9 @@ class ModelConfig:
     # Triton's response_cache: the gateway answers a request with the same inputs as an earlier one from its
     # cache (gateway/response_cache.py), when the server has one (--cache-config)
     response_cache: bool = False
+    # the config.toml text this was read from: workers announce it, so gateways check requests against the
+    # config the workers loaded (gateway/models.py)
+    source: str = field(default="", repr=False, compare=False)
 
     @property
     def config_path(self) -> Path:
@@ -231,6 +234,7 @@ class ModelConfig:
             "default_priority_level": self.default_priority_level,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
+            "config": self.source,
         }
 
 
@@ -275,13 +279,15 @@ def scan_repository(
     return models, errors
 
 
-def load_model_config(folder: Path) -> ModelConfig:
-    """Read and check ``folder/config.toml`` and the version folders beside it."""
+def load_model_config(folder: Path, text: str | None = None) -> ModelConfig:
+    """Read and check ``folder/config.toml`` (or ``text``, what it held when a worker read it) and the
+    version folders beside it."""
     path = folder / "config.toml"
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise ConfigError(f"{path}: missing (every model folder needs a config.toml)")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text() if text is None else text
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _check_keys(path, raw, TOP_KEYS, "", tables=TABLES)
@@ -381,6 +387,7 @@ def load_model_config(folder: Path) -> ModelConfig:
         padding=padding,
         version_policy=policy,
         response_cache=cache.get("enable", False),
+        source=text,
     )
     for version in versions:
         file = model.model_file(version)

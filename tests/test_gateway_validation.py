@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +205,52 @@ def test_catalog_keeps_its_models_when_the_repository_breaks(tmp_path: Path) -> 
     catalog = ModelCatalog(tmp_path, rescan_interval=0)
     (tmp_path / "a" / "config.toml").write_text("name = ")
     assert "a" in catalog.rescan() and "not valid TOML" in str(catalog.errors["a"])
+
+
+def test_catalog_follows_the_config_workers_loaded_not_edits_on_disk(tmp_path: Path) -> None:
+    """With what workers serve followed, a known model's config is the config.toml text its workers loaded
+    (whichever gateway process asked for the load), never an edit on disk alone, even one read later."""
+    write_unloadable_model(tmp_path, "a", [1])
+    config = tmp_path / "a" / "config.toml"
+    status: dict[str, Any] = {}  # the dispatcher's StatusReply.models, as a new status each time
+
+    def serve(text: str, versions: tuple[str, ...] = ("1",)) -> None:
+        status["models"] = {"a": {v: {"ready": 1, "signature": {"config": text}} for v in versions}}
+
+    serve(config.read_text())
+    catalog = ModelCatalog(tmp_path, rescan_interval=0, served=lambda max_age: status["models"])
+    loaded = config.read_text().replace("max_batch_size = 4", "max_batch_size = 8")
+    config.write_text(loaded)
+    write_unloadable_model(tmp_path, "b", [1])
+    catalog.rescan()
+    assert catalog.get("a")[0].max_batch_size == 4 and "b" in catalog.models  # new models come in at once
+    catalog.check("a")  # sound on disk: a load may go ahead; nothing adopted yet
+    assert catalog.get("a")[0].max_batch_size == 4
+    serve(loaded)  # the workers loaded it
+    assert catalog.get("a")[0].max_batch_size == 8
+    assert not catalog.follow()  # the same status: nothing to compare
+    config.write_text(loaded.replace("max_batch_size = 8", "max_batch_size = many"))
+    with pytest.raises(InvalidArgument, match="cannot load model .a.: .*not valid TOML"):
+        catalog.check("a")
+    config.write_text(loaded.replace("max_batch_size = 8", "max_batch_size = 2"))
+    serve(loaded)  # a load of that edit failed: the workers run what they had; the disk is not read
+    assert not catalog.follow() and catalog.get("a")[0].max_batch_size == 8
+    (tmp_path / "a" / "2").mkdir()
+    (tmp_path / "a" / "2" / "model.pt").write_bytes(b"v2")
+    with pytest.raises(NotFound, match="unknown version '2'"):
+        catalog.get("a", "2")  # on disk, not served
+    serve(loaded, ("1", "2"))  # loaded with its config unchanged
+    assert catalog.get("a", "2")[0].max_batch_size == 8
+    serve("name = 'a'")  # a config this gateway refuses (say, from a worker on another host) is kept out
+    assert not catalog.follow() and catalog.get("a")[0].max_batch_size == 8
+    write_unloadable_model(tmp_path, "c", [1])
+    status["models"] = {"c": {"1": {"signature": {"config": (tmp_path / "c" / "config.toml").read_text()}}}}
+    assert catalog.follow() and "c" in catalog.models  # served before any request named it here
+
+
+def test_a_catalog_alone_reads_known_models_on_each_rescan(tmp_path: Path) -> None:
+    write_unloadable_model(tmp_path, "a", [1])
+    catalog = ModelCatalog(tmp_path, rescan_interval=0)
+    config = tmp_path / "a" / "config.toml"
+    config.write_text(config.read_text().replace("max_batch_size = 4", "max_batch_size = 8"))
+    assert catalog.rescan()["a"].max_batch_size == 8 and not catalog.follow()

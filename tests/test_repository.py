@@ -213,7 +213,9 @@ def test_an_output_reads_its_labels_one_per_line(tmp_path: Path) -> None:
     output = load_model_config(folder).outputs[0]
     assert output.label_filename == "labels.txt"
     assert output.labels == ("tench", "goldfish ✓", "", "shark")
-    assert "label" not in str(load_model_config(folder).signature("1"))  # labels stay off the wire
+    signature = load_model_config(folder).signature("1")
+    assert "tench" not in str(signature) and "label" not in str(signature["outputs"])  # labels: off the wire
+    assert signature["config"] == config  # the text workers announce: gateways read it (gateway/models.py)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,139 @@
+"""A model loaded again from edited files, under `torchgate serve` with two gateway processes and the gRPC
+front: whichever front asked for the load, every front then validates against and describes the config the
+workers run; a load that fails changes no front; a code-only edit is never answered from the response cache.
+
+The model `b` is a python model (y = 10 * sum(x), any width) with the response cache on. The tests run in
+order, each editing `b` on disk and loading it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from harness import Stack, free_port, short_dir, write_scale_model
+
+pytestmark = pytest.mark.processes
+
+TIMEOUT = 60.0
+ATTEMPTS = 12  # fresh connections, spread over the gateway processes
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Stack, grpcclient.InferenceServerClient]]:
+    with short_dir() as base:
+        repository = base / "repo"
+        folder = write_scale_model(repository, "b")
+        config = folder / "config.toml"
+        config.write_text(config.read_text() + "\n[response_cache]\nenable = true\n")
+        grpc_port = free_port()
+        options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
+        options += ["--gateway-processes", "2", "--gateway-threads", "4", "--grpc-port", str(grpc_port)]
+        options += ["--model-repository", str(repository), "--model-control", "explicit"]
+        with Stack.at(base, repository).serve(*options, "--cache-config", "local,size=1048576") as stack:
+            stack.wait_serving(timeout=120)
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            try:
+                yield stack, client
+            finally:
+                client.close()
+
+
+def edit(stack: Stack, file: str, old: str, new: str) -> None:
+    path: Path = stack.repository / "b" / file
+    text = path.read_text()
+    assert old in text, text
+    path.write_text(text.replace(old, new))
+
+
+def http_infer(stack: Stack, values: list[float]) -> requests.Response:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "shape": [1, len(values)], "datatype": "FP32", "data": values}]
+    }
+    return requests.post(f"{stack.url}/v2/models/b/infer", json=body, timeout=TIMEOUT)
+
+
+def grpc_infer(client: grpcclient.InferenceServerClient, values: list[float]) -> Any:
+    x = grpcclient.InferInput("x", [1, len(values)], "FP32")
+    x.set_data_from_numpy(np.array([values], dtype=np.float32))
+    return client.infer("b", [x], client_timeout=TIMEOUT).as_numpy("y").tolist()
+
+
+def http_dims(stack: Stack) -> list[tuple[list[int], int]]:
+    """Each of ``ATTEMPTS`` fresh connections' view of b's input dims and max_batch_size."""
+    seen = []
+    for _ in range(ATTEMPTS):
+        doc = requests.get(f"{stack.url}/v2/models/b/config", timeout=TIMEOUT).json()
+        seen.append((doc["input"][0]["dims"], doc["max_batch_size"]))
+    return seen
+
+
+def grpc_dims(client: grpcclient.InferenceServerClient) -> tuple[list[int], int]:
+    config = client.get_model_config("b", as_json=True, client_timeout=TIMEOUT)["config"]
+    return [int(d) for d in config["input"][0]["dims"]], int(config["max_batch_size"])
+
+
+def test_a_load_over_grpc_is_seen_by_every_http_process(
+    served: tuple[Stack, grpcclient.InferenceServerClient],
+) -> None:
+    stack, client = served
+    assert http_infer(stack, [1, 2, 3]).json()["outputs"][0]["data"] == [60.0]
+    edit(stack, "config.toml", "dims = [3]", "dims = [5]")
+    edit(stack, "config.toml", "max_batch_size = 4", "max_batch_size = 6")
+    client.load_model("b", client_timeout=TIMEOUT)
+    assert http_dims(stack) == [([5], 6)] * ATTEMPTS
+    for _ in range(ATTEMPTS):  # valid only under the new config: no process refuses it
+        response = http_infer(stack, [1, 2, 3, 4, 5])
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [150.0]
+    refused = http_infer(stack, [1, 2, 3])
+    assert refused.status_code == 400 and "[-1, 5]" in refused.json()["error"], refused.text
+
+
+def test_a_load_over_http_is_seen_by_grpc(served: tuple[Stack, grpcclient.InferenceServerClient]) -> None:
+    stack, client = served
+    assert grpc_infer(client, [1, 2, 3, 4, 5]) == [[150.0]]
+    edit(stack, "config.toml", "dims = [5]", "dims = [4]")
+    response = requests.post(f"{stack.url}/v2/repository/models/b/load", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert grpc_dims(client) == ([4], 6)
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[100.0]]
+    with pytest.raises(InferenceServerException, match=r"\[-1, 4\]"):
+        grpc_infer(client, [1, 2, 3, 4, 5])
+
+
+def test_a_failed_load_changes_no_front(served: tuple[Stack, grpcclient.InferenceServerClient]) -> None:
+    stack, client = served
+    edit(stack, "config.toml", "dims = [4]", "dims = [7]")
+    edit(stack, "config.toml", 'factory = "model:build"', 'factory = "model:no_such_function"')
+    with pytest.raises(InferenceServerException, match="load of model 'b' failed: .*no_such_function"):
+        client.load_model("b", client_timeout=TIMEOUT)
+    assert grpc_dims(client) == ([4], 6)  # the front that asked for the load too
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[100.0]]
+    assert http_dims(stack) == [([4], 6)] * ATTEMPTS
+    assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [100.0]
+    edit(stack, "config.toml", 'factory = "model:no_such_function"', 'factory = "model:build"')
+    edit(stack, "config.toml", "dims = [7]", "dims = [4]")
+
+
+def test_a_code_edit_loaded_again_is_not_answered_from_the_cache(
+    served: tuple[Stack, grpcclient.InferenceServerClient],
+) -> None:
+    stack, client = served
+    stats = client.get_inference_statistics("b", as_json=True, client_timeout=TIMEOUT)
+    hits = int(stats["model_stats"][0]["inference_stats"].get("cache_hit", {}).get("count", 0))
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[100.0]]
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[100.0]]  # from the gRPC front's cache
+    stats = client.get_inference_statistics("b", as_json=True, client_timeout=TIMEOUT)
+    assert int(stats["model_stats"][0]["inference_stats"]["cache_hit"]["count"]) > hits
+    edit(stack, "model.py", "keepdim=True)", "keepdim=True) + 1")  # model.py only: config and weights alike
+    client.load_model("b", client_timeout=TIMEOUT)
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]
+    assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [101.0]
