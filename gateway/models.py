@@ -107,6 +107,8 @@ class ModelCatalog:
                 text = _served_text(versions)
                 if text is None or (self.names and name not in self.names):
                     continue
+                if not (self.root / name / "config.toml").is_file():
+                    continue  # gone from this repository (a re-scan dropped it), or never in it
                 known, tried = self.models.get(name), (text, frozenset(versions))
                 if known is not None and known.source == text and tried[1] <= set(known.versions):
                     continue
@@ -119,7 +121,7 @@ class ModelCatalog:
             for name, text in sorted(changed.items()):
                 try:
                     models[name] = load_model_config(self.root / name, text)
-                except ConfigError as exc:  # say, its folder is gone from this host
+                except (ConfigError, OSError) as exc:  # say, a version folder it serves is gone
                     log.warning("gateway: model %s: the config its workers loaded is refused: %s", name, exc)
                     continue
                 errors.pop(name, None)

@@ -246,6 +246,16 @@ def test_catalog_follows_the_config_workers_loaded_not_edits_on_disk(tmp_path: P
     write_unloadable_model(tmp_path, "c", [1])
     status["models"] = {"c": {"1": {"signature": {"config": (tmp_path / "c" / "config.toml").read_text()}}}}
     assert catalog.follow() and "c" in catalog.models  # served before any request named it here
+    served_c = status["models"]["c"]
+    (tmp_path / "c").rename(tmp_path / "c-moved")  # while its workers still serve it
+    catalog.rescan()
+    status["models"] = {"c": dict(served_c)}
+    assert not catalog.follow() and "c" not in catalog.models  # gone here: not read, and no error
+    (tmp_path / "c-moved").rename(tmp_path / "c")
+    (tmp_path / "c" / "1").rename(tmp_path / "c" / "7")
+    status["models"] = {"c": {"1": served_c["1"], "7": served_c["1"]}}
+    catalog.follow()  # version 1 is gone from disk, 7 is new: read, whatever a folder it lists is
+    assert catalog.get("c")[1] == "7"
 
 
 def test_a_catalog_alone_reads_known_models_on_each_rescan(tmp_path: Path) -> None:
