@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import InvalidArgument, NotFound
+from inference_worker.protocol import StatusReply
 from inference_worker.repository import ConfigError, ModelConfig, load_model_config, scan_repository
 
 log = logging.getLogger("torchgate.gateway")
 
-Served = Callable[[float | None], "dict[str, Any] | None"]
-"""Return what the workers serve, as the dispatcher's status says (``StatusReply.models``: name -> version ->
-``signature``...), from a status at most ``max_age`` seconds old (None: the usual age); None when the
-dispatcher does not answer."""
+Served = Callable[[float | None], "StatusReply | None"]
+"""Return the dispatcher's status (what the workers serve: ``models``, name -> version -> ``signature``...;
+what they failed to load: ``unavailable``), at most ``max_age`` seconds old (None: the usual age); None when
+the dispatcher does not answer."""
 
 
 class ModelCatalog:
@@ -50,7 +51,7 @@ class ModelCatalog:
         self.error: str | None = None
         self.errors: dict[str, ConfigError] = {}  # models whose config.toml is refused now, and why
         self._served = served
-        self._followed: dict[str, Any] | None = None  # the served models last compared with
+        self._followed: StatusReply | None = None  # the status last compared with
         self._tried: dict[str, tuple[str, frozenset[str]]] = {}  # model -> the served config and versions
         self._lock = threading.Lock()
         self._last_scan = float("-inf")
@@ -94,39 +95,39 @@ class ModelCatalog:
             raise InvalidArgument(f"cannot load model {name!r}: {exc}") from None
 
     def follow(self, max_age: float | None = None) -> bool:
-        """Read each model whose workers serve a config (or a version) other than this catalog's, from the
-        config text they loaded, as a status at most ``max_age`` seconds old says; return whether any was
-        read."""
-        served = self._served(max_age) if self._served is not None else None
-        if served is None or served is self._followed:  # the same status as last time: nothing new
+        """Read each model whose workers serve a config, or versions, other than this catalog's: from the
+        config text they loaded, with the versions they serve or failed to load (whatever the folder holds
+        now), as a status at most ``max_age`` seconds old says; return whether any was read."""
+        status = self._served(max_age) if self._served is not None else None
+        if status is None or status is self._followed:  # the same status as last time: nothing new
             return False
         with self._lock:
-            self._followed = served
-            changed = {}
-            for name, versions in served.items():
-                text = _served_text(versions)
+            self._followed = status
+            changed: dict[str, tuple[str, frozenset[str]]] = {}
+            for name, served in status.models.items():
+                text = _served_text(served)
                 if text is None or (self.names and name not in self.names):
                     continue
                 if not (self.root / name / "config.toml").is_file():
                     continue  # gone from this repository (a re-scan dropped it), or never in it
-                known, tried = self.models.get(name), (text, frozenset(versions))
-                if known is not None and known.source == text and tried[1] <= set(known.versions):
+                versions = frozenset(v for v in served if _is_version(v)) | _failed_versions(status, name)
+                known = self.models.get(name)
+                if known is not None and known.source == text and set(known.versions) == versions:
                     continue
-                if self._tried.get(name) != tried:  # once: this host may lack a version, or refuse the text
-                    self._tried[name] = tried
-                    changed[name] = text
+                if self._tried.get(name) != (text, versions):  # once: this host may refuse the text
+                    changed[name] = self._tried[name] = (text, versions)
             if not changed:
                 return False
             models, errors, read = dict(self.models), dict(self.errors), False
-            for name, text in sorted(changed.items()):
+            for name, (text, versions) in sorted(changed.items()):
                 try:
-                    models[name] = load_model_config(self.root / name, text)
-                except (ConfigError, OSError) as exc:  # say, a version folder it serves is gone
+                    models[name] = load_model_config(self.root / name, text, versions)
+                except ConfigError as exc:
                     log.warning("gateway: model %s: the config its workers loaded is refused: %s", name, exc)
                     continue
                 errors.pop(name, None)
                 read = True
-                log.info("gateway: model %s: its workers serve a new config; read", name)
+                log.info("gateway: model %s: its workers serve a new config or versions; read", name)
             self.models, self.errors = models, errors  # reference swaps, as in rescan
             return read
 
@@ -197,3 +198,16 @@ def _served_text(versions: Any) -> str | None:
         if isinstance(text, str) and text:
             return text
     return None
+
+
+def _failed_versions(status: StatusReply, name: str) -> frozenset[str]:
+    """Return the versions of model ``name`` some worker failed to load (they are listed, unavailable)."""
+    return frozenset(
+        entry["version"]
+        for entry in status.unavailable
+        if isinstance(entry, dict) and entry.get("model") == name and _is_version(entry.get("version"))
+    )
+
+
+def _is_version(version: Any) -> bool:
+    return isinstance(version, str) and version.isascii() and version.isdigit() and int(version) > 0

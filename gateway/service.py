@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -77,7 +76,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.catalog = catalog or ModelCatalog(
-            config.model_repository, config.rescan_interval, config.model_names, self._served
+            config.model_repository, config.rescan_interval, config.model_names, self.status_or_none
         )
         self.client = client or DispatcherClient(
             config.dispatcher,
@@ -99,10 +98,14 @@ class Gateway:
         any worker saw it: ``trace`` has not begun) and, by a fresh status, the workers serve a config this
         process had not read yet: say, a load another gateway process, or the gRPC front, answered a moment
         ago. The request is then checked against the config the workers now run."""
+        models = self.catalog.models
         try:
             return run()
         except (InvalidArgument, NotFound):
-            if trace.model or not self.catalog.follow(max_age=0):
+            if trace.model:
+                raise
+            self.catalog.follow(max_age=0)
+            if self.catalog.models is models:  # read again meanwhile (by this request or another): rerun
                 raise
         return run()
 
@@ -308,8 +311,9 @@ class Gateway:
         withdraw it if its client goes away meanwhile (``trace.gone``)."""
         cache = self.cache if model.response_cache else None
         began = time.perf_counter() if cache is not None else 0.0
-        # what tells this version's files from earlier ones: none readable, no answer is told from an old one
-        files = _files_stamp(model, resolved) if cache is not None else None
+        # what tells the files the workers loaded this version from from earlier ones (as they announced it):
+        # none known, no answer is told from an old one's
+        files = self._served_files(model.name, resolved) if cache is not None else None
         if cache is None or files is None:
             return self.client.infer(
                 model.name,
@@ -330,10 +334,11 @@ class Gateway:
             request_metrics().observe_cache(model.name, resolved, True, time.perf_counter() - began)
             return InferReply(model.name, resolved, "cache", kept, {})
         looked = time.perf_counter() - began
-        # every output, and none written into a client's region on the way: the answer is kept whole
+        # every output, and none written into a client's region on the way: the answer is kept whole; run on
+        # the version the key names, whatever the dispatcher's default is by now
         reply = self.client.infer(
             model.name,
-            asked,
+            resolved,
             inputs,
             [],
             deadline,
@@ -344,9 +349,19 @@ class Gateway:
             gone=trace.gone,
         )
         began = time.perf_counter()
-        cache.put(key, reply.outputs)
+        if reply.version in ("", resolved):
+            cache.put(key, reply.outputs)
         request_metrics().observe_cache(model.name, resolved, False, looked + time.perf_counter() - began)
         return reply
+
+    def _served_files(self, model: str, version: str) -> str | None:
+        """Return the stamp of the files the workers loaded ``model`` ``version`` from, by the dispatcher's
+        status (:func:`inference_worker.repository.files_stamp`); None when it is not known."""
+        status = self.status_or_none()
+        entry = status.models.get(model, {}).get(version) if status is not None else None
+        signature = entry.get("signature") if isinstance(entry, dict) else None
+        files = signature.get("files") if isinstance(signature, dict) else None
+        return files if isinstance(files, str) and files else None
 
     def _into_region(self, name: str, where: RegionSlice, written: set[str], data: memoryview) -> memoryview:
         """Write an output into the client's region it is asked in; note it ``written``."""
@@ -485,12 +500,6 @@ class Gateway:
         """Whether this host is being drained (``torchgate drain`` wrote its drain file)."""
         return bool(self.config.drain_file) and os.path.exists(self.config.drain_file)
 
-    def _served(self, max_age: float | None) -> dict[str, Any] | None:
-        """What the workers serve, by the dispatcher's status (what :class:`ModelCatalog` follows), None
-        when it does not answer."""
-        status = self.status_or_none(max_age)
-        return status.models if status is not None else None
-
     def status_or_none(self, max_age: float | None = None) -> StatusReply | None:
         """Return the dispatcher's status, or None when it does not answer."""
         try:
@@ -562,6 +571,10 @@ class Gateway:
             reply = self.client.control(action, model_name, self.config.control_timeout)
         finally:
             self.catalog.follow(max_age=0)  # what the workers now run, whether the job succeeded or not
+        # Answer once no front can still hold a status from before the job ended (each reuses one for
+        # status_ttl): every request sent after this answer, to any front, is checked against (and any cached
+        # answer keyed by) what the workers now run.
+        time.sleep(self.client.status_ttl)
         if not reply.ok:
             raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.error}")
 
@@ -672,34 +685,6 @@ def control_parameters(body: bytes, action: str) -> dict[str, Any]:
     if not isinstance(params.get("unload_dependents", False), bool):
         raise InvalidArgument("unload parameter 'unload_dependents' must be true or false")
     return dict(params)
-
-
-def _files_stamp(model: ModelConfig, version: str) -> str | None:
-    """Return what tells this version's files from earlier ones (a model loaded again from new files must
-    not be answered with the old one's cached answers): the name, size and mtime of every file in the model's
-    folder but the other versions' (its config.toml, its code beside it, the version's weights), as a digest;
-    None when they cannot be read."""
-    digest = hashlib.blake2b(digest_size=16)
-    try:
-        _stamp_folder(digest, str(model.path), model.versions[version].name)
-    except (OSError, KeyError):
-        return None
-    return digest.hexdigest()
-
-
-def _stamp_folder(digest: Any, folder: str, version: str | None) -> None:
-    """Add every file under ``folder`` to ``digest``; at the top (``version`` given), of the numbered
-    folders only ``version``'s."""
-    with os.scandir(folder) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
-    for entry in entries:
-        if entry.is_dir():
-            numbered = entry.name.isascii() and entry.name.isdigit()
-            if entry.name != "__pycache__" and (version is None or not numbered or entry.name == version):
-                _stamp_folder(digest, entry.path, None)
-        else:
-            stat = entry.stat()
-            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
 
 
 def _pick(reply: InferReply, names: list[str]) -> list[Tensor]:

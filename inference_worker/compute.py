@@ -68,6 +68,7 @@ class Executor:
 
     def __init__(self, config: ModelConfig, version: str, runner: Runner, device: torch.device) -> None:
         self.config, self.version, self.runner, self.device = config, version, runner, device
+        self.files = ""  # the stamp of the files it was loaded from (repository.files_stamp)
         self.cuda = device.type == "cuda"
         self.streams = gpu.Streams(device) if self.cuda else None
         if self.cuda:

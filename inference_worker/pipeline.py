@@ -34,6 +34,7 @@ class Pipeline:
 
     def __init__(self, config: ModelConfig, version: str, device: torch.device) -> None:
         self.config, self.version, self.device = config, version, device
+        self.files = ""  # the stamp of the files it was loaded from (repository.files_stamp)
         self.cuda = device.type == "cuda"
         self.module = load_module(config, version, device)
         self.handler: BoundHandler | None = (

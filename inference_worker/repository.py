@@ -7,10 +7,12 @@ Every problem raises :class:`ConfigError` naming the file, the key and what was 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,9 +281,12 @@ def scan_repository(
     return models, errors
 
 
-def load_model_config(folder: Path, text: str | None = None) -> ModelConfig:
-    """Read and check ``folder/config.toml`` (or ``text``, what it held when a worker read it) and the
-    version folders beside it."""
+def load_model_config(
+    folder: Path, text: str | None = None, served: Collection[str] | None = None
+) -> ModelConfig:
+    """Read and check ``folder/config.toml`` and the version folders beside it; or, for a gateway, what
+    workers loaded: ``text``, what config.toml held when they read it, and the versions they ``served`` (or
+    failed to load), whatever the folder holds now."""
     path = folder / "config.toml"
     if text is None and not path.is_file():
         raise ConfigError(f"{path}: missing (every model folder needs a config.toml)")
@@ -353,14 +358,20 @@ def load_model_config(folder: Path, text: str | None = None) -> ModelConfig:
                     f"{path}: key '{key}' is for the python backend only (backend is {backend!r})"
                 )
     groups = _instance_groups(path, raw)
-    versions = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
-    versions = {str(int(v)): p for v, p in versions.items()}
+    if served is not None:
+        versions = {v: folder / v for v in sorted(served, key=int)}
+    else:
+        versions = {
+            p.name: p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+        }
+        versions = {str(int(v)): p for v, p in versions.items()}
     if not versions:
         raise ConfigError(
             f"{folder}: no version folders (expected "
             f"{folder}/1/{BACKENDS[backend] or weights or 'model.safetensors'})"
         )
-    policy, versions = _version_policy(path, raw, versions)
+    policy, kept = _version_policy(path, raw, versions)
+    versions = versions if served is not None else kept
     cache = raw.get("response_cache", {})
     if not isinstance(cache, dict):
         raise ConfigError(f"{path}: key 'response_cache' must be a table: [response_cache] enable = true")
@@ -389,7 +400,7 @@ def load_model_config(folder: Path, text: str | None = None) -> ModelConfig:
         response_cache=cache.get("enable", False),
         source=text,
     )
-    for version in versions:
+    for version in versions if served is None else ():
         file = model.model_file(version)
         if not file.is_file():
             raise ConfigError(f"{file}: missing (backend {backend!r} loads this file for version {version})")
@@ -670,3 +681,32 @@ class _Getter:
                 f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-negative integer"
             )
         return value
+
+
+def files_stamp(model: ModelConfig, version: str) -> str:
+    """Return what tells the files a version is loaded from from earlier ones: a digest of the name, size and
+    mtime of every file in the model's folder but the other versions' (its config.toml, its code beside it,
+    the version's weights); "" when they cannot be read. Workers announce it for each version they load, and
+    gateways key the response cache on it: a version loaded again from new files, code alone included, is
+    never answered with the old one's answers."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        _stamp_folder(digest, str(model.path), model.versions[version].name)
+    except (OSError, KeyError):
+        return ""
+    return digest.hexdigest()
+
+
+def _stamp_folder(digest: Any, folder: str, version: str | None) -> None:
+    """Add every file under ``folder`` to ``digest``; at the top (``version`` given), of the numbered
+    folders only ``version``'s."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_dir():
+            numbered = entry.name.isascii() and entry.name.isdigit()
+            if entry.name != "__pycache__" and (version is None or not numbered or entry.name == version):
+                _stamp_folder(digest, entry.path, None)
+        else:
+            stat = entry.stat()
+            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())

@@ -19,7 +19,13 @@ from inference_worker.backends import LoadError, load_model
 from inference_worker.batching import Batcher
 from inference_worker.compute import Executor
 from inference_worker.pipeline import Pipeline, needs_pipeline
-from inference_worker.repository import ConfigError, ModelConfig, load_model_config, scan_repository
+from inference_worker.repository import (
+    ConfigError,
+    ModelConfig,
+    files_stamp,
+    load_model_config,
+    scan_repository,
+)
 
 log = logging.getLogger("torchgate.worker")
 
@@ -61,6 +67,7 @@ class Residents:
         for version in sorted(model.versions, key=int):
             start = time.monotonic()
             log.info("%s: loading %s version %s on %s", self.tag, model.name, version, self.device)
+            files = files_stamp(model, version)  # before they are read: an edit meanwhile shows next time
             try:
                 resident: Resident = (
                     Pipeline(model, version, self.device)
@@ -68,6 +75,7 @@ class Residents:
                     else Executor(model, version, load_model(model, version, self.device), self.device)
                 )
                 resident.warm_up()
+                resident.files = files
             except Exception as exc:  # LoadError names the model; anything else is still this model's fault
                 reason = str(exc) if isinstance(exc, LoadError) else f"{type(exc).__name__}: {exc}"
                 log.error("%s: cannot load %s version %s: %s", self.tag, model.name, version, reason)

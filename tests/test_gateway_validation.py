@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from gateway.models import ModelCatalog
 from gateway.predict import predict_input, predict_output
 from gateway.validation import Planned, check_inputs, output_plan, raw_input
 from harness import signature, write_unloadable_model
+from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig, TensorSpec
 
 
@@ -208,17 +208,20 @@ def test_catalog_keeps_its_models_when_the_repository_breaks(tmp_path: Path) -> 
 
 
 def test_catalog_follows_the_config_workers_loaded_not_edits_on_disk(tmp_path: Path) -> None:
-    """With what workers serve followed, a known model's config is the config.toml text its workers loaded
-    (whichever gateway process asked for the load), never an edit on disk alone, even one read later."""
+    """With what workers serve followed, a known model's config is the config.toml text its workers loaded,
+    with the versions they serve or failed to load (whichever gateway process asked for the load), never an
+    edit on disk alone, even one read later."""
     write_unloadable_model(tmp_path, "a", [1])
     config = tmp_path / "a" / "config.toml"
-    status: dict[str, Any] = {}  # the dispatcher's StatusReply.models, as a new status each time
+    now: list[StatusReply] = []  # the dispatcher's status, a new one each time
 
-    def serve(text: str, versions: tuple[str, ...] = ("1",)) -> None:
-        status["models"] = {"a": {v: {"ready": 1, "signature": {"config": text}} for v in versions}}
+    def serve(text: str, versions: tuple[str, ...] = ("1",), failed: tuple[str, ...] = ()) -> None:
+        models = {"a": {v: {"ready": 1, "signature": {"config": text}} for v in versions}}
+        unavailable = [{"model": "a", "version": v, "reason": "broken", "worker": "w0"} for v in failed]
+        now[:] = [StatusReply("s", models=models, unavailable=unavailable)]
 
     serve(config.read_text())
-    catalog = ModelCatalog(tmp_path, rescan_interval=0, served=lambda max_age: status["models"])
+    catalog = ModelCatalog(tmp_path, rescan_interval=0, served=lambda max_age: now[0])
     loaded = config.read_text().replace("max_batch_size = 4", "max_batch_size = 8")
     config.write_text(loaded)
     write_unloadable_model(tmp_path, "b", [1])
@@ -235,27 +238,26 @@ def test_catalog_follows_the_config_workers_loaded_not_edits_on_disk(tmp_path: P
     config.write_text(loaded.replace("max_batch_size = 8", "max_batch_size = 2"))
     serve(loaded)  # a load of that edit failed: the workers run what they had; the disk is not read
     assert not catalog.follow() and catalog.get("a")[0].max_batch_size == 8
-    (tmp_path / "a" / "2").mkdir()
-    (tmp_path / "a" / "2" / "model.pt").write_bytes(b"v2")
+    (tmp_path / "a" / "2").mkdir()  # staged, its model file not there yet: no version to anyone yet
     with pytest.raises(NotFound, match="unknown version '2'"):
-        catalog.get("a", "2")  # on disk, not served
+        catalog.get("a", "2")
     serve(loaded, ("1", "2"))  # loaded with its config unchanged
-    assert catalog.get("a", "2")[0].max_batch_size == 8
+    assert catalog.get("a", "2")[0].max_batch_size == 8 and catalog.get("a")[1] == "2"
+    serve(loaded, ("1",), failed=("2",))  # version 2 failed to load on a slot: listed, not the default
+    assert sorted(catalog.get("a")[0].versions) == ["1", "2"]
+    serve(loaded, ("1",))  # its folder removed, and loaded again: gone from every front
+    with pytest.raises(NotFound, match="unknown version '2'"):
+        catalog.get("a", "2")
     serve("name = 'a'")  # a config this gateway refuses (say, from a worker on another host) is kept out
     assert not catalog.follow() and catalog.get("a")[0].max_batch_size == 8
     write_unloadable_model(tmp_path, "c", [1])
-    status["models"] = {"c": {"1": {"signature": {"config": (tmp_path / "c" / "config.toml").read_text()}}}}
+    text_c = (tmp_path / "c" / "config.toml").read_text()
+    now[:] = [StatusReply("s", models={"c": {"1": {"signature": {"config": text_c}}}})]
     assert catalog.follow() and "c" in catalog.models  # served before any request named it here
-    served_c = status["models"]["c"]
     (tmp_path / "c").rename(tmp_path / "c-moved")  # while its workers still serve it
     catalog.rescan()
-    status["models"] = {"c": dict(served_c)}
+    now[:] = [StatusReply("s", models={"c": {"1": {"signature": {"config": text_c.replace("4", "2")}}}})]
     assert not catalog.follow() and "c" not in catalog.models  # gone here: not read, and no error
-    (tmp_path / "c-moved").rename(tmp_path / "c")
-    (tmp_path / "c" / "1").rename(tmp_path / "c" / "7")
-    status["models"] = {"c": {"1": served_c["1"], "7": served_c["1"]}}
-    catalog.follow()  # version 1 is gone from disk, 7 is new: read, whatever a folder it lists is
-    assert catalog.get("c")[1] == "7"
 
 
 def test_a_catalog_alone_reads_known_models_on_each_rescan(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ order, each editing `b` on disk and loading it again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +55,15 @@ def edit(stack: Stack, file: str, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def http_infer(stack: Stack, values: list[float]) -> requests.Response:
+def http_infer(stack: Stack, values: Sequence[float], version: str = "") -> requests.Response:
     body: dict[str, Any] = {
-        "inputs": [{"name": "x", "shape": [1, len(values)], "datatype": "FP32", "data": values}]
+        "inputs": [{"name": "x", "shape": [1, len(values)], "datatype": "FP32", "data": list(values)}]
     }
-    return requests.post(f"{stack.url}/v2/models/b/infer", json=body, timeout=TIMEOUT)
+    path = f"/versions/{version}" if version else ""
+    return requests.post(f"{stack.url}/v2/models/b{path}/infer", json=body, timeout=TIMEOUT)
 
 
-def grpc_infer(client: grpcclient.InferenceServerClient, values: list[float]) -> Any:
+def grpc_infer(client: grpcclient.InferenceServerClient, values: Sequence[float]) -> Any:
     x = grpcclient.InferInput("x", [1, len(values)], "FP32")
     x.set_data_from_numpy(np.array([values], dtype=np.float32))
     return client.infer("b", [x], client_timeout=TIMEOUT).as_numpy("y").tolist()
@@ -88,11 +91,11 @@ def test_a_load_over_grpc_is_seen_by_every_http_process(
     edit(stack, "config.toml", "dims = [3]", "dims = [5]")
     edit(stack, "config.toml", "max_batch_size = 4", "max_batch_size = 6")
     client.load_model("b", client_timeout=TIMEOUT)
+    with ThreadPoolExecutor(16) as pool:  # at once, valid only under the new config: no process refuses one
+        answers = list(pool.map(lambda _: http_infer(stack, [1, 2, 3, 4, 5]), range(48)))
+    assert [(r.status_code, r.text) for r in answers if r.status_code != 200] == []
+    assert {r.json()["outputs"][0]["data"][0] for r in answers} == {150.0}
     assert http_dims(stack) == [([5], 6)] * ATTEMPTS
-    for _ in range(ATTEMPTS):  # valid only under the new config: no process refuses it
-        response = http_infer(stack, [1, 2, 3, 4, 5])
-        assert response.status_code == 200, response.text
-        assert response.json()["outputs"][0]["data"] == [150.0]
     refused = http_infer(stack, [1, 2, 3])
     assert refused.status_code == 400 and "[-1, 5]" in refused.json()["error"], refused.text
 
@@ -137,3 +140,54 @@ def test_a_code_edit_loaded_again_is_not_answered_from_the_cache(
     client.load_model("b", client_timeout=TIMEOUT)
     assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]
     assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [101.0]
+
+
+def write_factor(stack: Stack, version: str, factor: float) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder = stack.repository / "b" / version
+    folder.mkdir(exist_ok=True)
+    save_file({"factor": torch.tensor(factor)}, str(folder / "model.safetensors"))
+
+
+def versions_seen(stack: Stack, client: grpcclient.InferenceServerClient) -> set[tuple[str, ...]]:
+    """Every front's list of b's versions: the gRPC front's, and ``ATTEMPTS`` fresh HTTP connections'."""
+    seen = {tuple(client.get_model_metadata("b", as_json=True, client_timeout=TIMEOUT)["versions"])}
+    for _ in range(ATTEMPTS):
+        seen.add(tuple(requests.get(f"{stack.url}/v2/models/b", timeout=TIMEOUT).json()["versions"]))
+    return seen
+
+
+def test_versions_are_those_the_workers_loaded_and_cached_answers_keep_to_theirs(
+    served: tuple[Stack, grpcclient.InferenceServerClient],
+) -> None:
+    stack, client = served
+    write_factor(stack, "2", 20.0)  # staged, not loaded: no front lists it, and a request for it is a 404
+    assert versions_seen(stack, client) == {("1",)}
+    assert http_infer(stack, [1, 2, 3, 4], "2").status_code == 404
+    client.load_model("b", client_timeout=TIMEOUT)
+    assert versions_seen(stack, client) == {("1", "2")}
+    for values in ([1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]):  # the default (2), cached; then 1 asked for
+        assert http_infer(stack, values).json()["outputs"][0]["data"] == [20.0 * sum(values) + 1]
+        assert grpc_infer(client, values) == [[20.0 * sum(values) + 1]]
+        pinned = http_infer(stack, values, "1").json()
+        assert (pinned["model_version"], pinned["outputs"][0]["data"]) == ("1", [10.0 * sum(values) + 1])
+    shutil.rmtree(stack.repository / "b" / "2")
+    response = requests.post(f"{stack.url}/v2/repository/models/b/load", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert versions_seen(stack, client) == {("1",)}
+    assert http_infer(stack, [1, 1, 1, 1], "2").status_code == 404  # not answered from the cache
+    assert http_infer(stack, [1, 1, 1, 1]).json()["outputs"][0]["data"] == [41.0]  # version 1 again
+
+
+def test_new_weights_loaded_after_a_request_are_not_answered_from_the_cache(
+    served: tuple[Stack, grpcclient.InferenceServerClient],
+) -> None:
+    stack, client = served
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]
+    write_factor(stack, "1", 100.0)
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]  # not loaded yet: the old model's answer, cached
+    client.load_model("b", client_timeout=TIMEOUT)
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[1001.0]]
+    assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [1001.0]

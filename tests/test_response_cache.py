@@ -152,13 +152,14 @@ def test_a_repeated_request_is_answered_from_the_cache(served: tuple[Stack, int]
         grpc.close()
     final = _stats(stack.url)
     assert final["hits"] == after_hits["hits"] + 2  # /predict's and the second gRPC call
-    # new files for the version (as a model loaded again from a new model.pt2): the old answers are not used
+    # new files on disk, not loaded: the workers still run what they loaded, so its answers still count (a
+    # load of new files changes the key: tests/test_model_reload.py)
     model_file = stack.repository / "digits_cached" / "1" / "model.pt2"
     os.utime(model_file, ns=(time.time_ns(), time.time_ns()))
     requests.post(
         f"{stack.url}/predict", json={"model": "digits_cached", "input": x.tolist()}, timeout=TIMEOUT
     ).raise_for_status()
-    assert _stats(stack.url)["misses"] == final["misses"] + 1
+    assert _stats(stack.url)["misses"] == final["misses"]
     metrics = requests.get(f"{stack.url}/metrics", timeout=TIMEOUT).text
     assert 'nv_cache_num_hits_per_model{model="digits_cached",version="1"}' in metrics
     log = (stack.settings.log_dir / "gateway.log").read_text()

@@ -125,7 +125,11 @@ class Application:
         return max([2 * e.config.max_batch_size for e in self.executors.values()] + [2])
 
     def signatures(self) -> list[dict[str, Any]]:
-        return [e.config.signature(version) for (_, version), e in self.executors.items()]
+        """What this worker announces of each version it serves: its signature, and the stamp of the files it
+        was loaded from (gateways key the response cache on it)."""
+        return [
+            {**e.config.signature(version), "files": e.files} for (_, version), e in self.executors.items()
+        ]
 
     def stats_wire(self) -> list[dict[str, Any]]:
         return [{"model": m, "version": v, **s.to_wire()} for (m, v), s in self.stats.items()]
