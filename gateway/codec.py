@@ -47,7 +47,11 @@ MAX_ID_LENGTH = 256
 MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
-RESERVED_PARAMETERS = frozenset({"timeout", "priority", "binary_data_output"})  # read here, not passed on
+# Triton's: a stream's request asks for ``triton_final_response`` on its answers (gateway.grpc_server)
+FINAL_FLAG_PARAMETER = "triton_enable_empty_final_response"
+RESERVED_PARAMETERS = frozenset(  # read here, not passed on
+    {"timeout", "priority", "binary_data_output", FINAL_FLAG_PARAMETER}
+)
 SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 # Little-endian numpy dtypes of every datatype numpy can hold (BF16 has none).

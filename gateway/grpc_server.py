@@ -43,6 +43,7 @@ from gateway import (
 )
 from gateway.access_log import logconfig
 from gateway.auth import authorized
+from gateway.codec import FINAL_FLAG_PARAMETER
 from gateway.config import GatewayConfig
 from gateway.errors import (
     FORBIDDEN,
@@ -79,8 +80,9 @@ CODES: dict[str, grpc.StatusCode] = {
 DEFAULT_PORT = 8001  # Triton's
 NO_TOKEN = "missing or wrong bearer token (metadata 'authorization')"
 DEFAULT_THREADS = 16
-STREAM_IN_FLIGHT = 64  # requests of one stream running at once
+STREAM_IN_FLIGHT = 64  # requests of one stream running at once, or answered and not yet sent
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
+STREAMS_PER_THREAD = 4  # streams open at once per thread, each holding a server thread of its own
 DEFAULT_GRACE_SECONDS = 30.0
 # The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
 EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]
@@ -98,6 +100,10 @@ class Servicer:
         self.gateway = gateway
         # the requests of every stream run here (a stream's own call only reads and answers)
         self.stream_pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="torchgate-grpc-stream")
+        # A stream holds a server thread while it is open, idle or not: streams get threads of their own
+        # (build_server), so that open streams never leave unary calls (health checks among them) waiting.
+        self.max_streams = threads * STREAMS_PER_THREAD
+        self.streams = threading.BoundedSemaphore(self.max_streams)
         self.server_metadata = message(
             "ServerMetadataResponse",
             name=triton.SERVER_NAME,
@@ -155,7 +161,15 @@ class Servicer:
     def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Each request of the stream answered as it finishes, several at once (a client matches answers by
         id, as with Triton); a failed one is answered with its error and the stream goes on. At most
-        :data:`STREAM_IN_FLIGHT` run at once: the stream is not read further until one finishes."""
+        :data:`STREAM_IN_FLIGHT` requests run or wait to be sent at once: the stream is not read further
+        until one is sent (a client that does not read its answers stops the server reading its requests).
+        At most ``max_streams`` streams are open at once; the next is refused (UNAVAILABLE, as a full queue
+        is)."""
+        if not self.streams.acquire(blocking=False):
+            raise CodedError(
+                ErrorCode.UNAVAILABLE,
+                f"{self.max_streams} streams are open, the most this server takes; close one, or retry later",
+            )
         answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         room = threading.Semaphore(STREAM_IN_FLIGHT)
 
@@ -166,14 +180,14 @@ class Servicer:
                     "ModelStreamInferResponse",
                     infer_response=self._infer("ModelStreamInfer", request, context, None),
                 )
+                if _wants_final_flag(request):  # Triton's: this answer is the request's last
+                    response.infer_response.parameters["triton_final_response"].bool_param = True
             except CodedError as exc:
                 response = _stream_error(request, exc.message)
             except Exception as exc:  # a bug: its details go to the log only
                 response = _stream_error(request, describe_unexpected(exc, "ModelStreamInfer"))
             finally:
-                if response is not None:
-                    answers.put(response)  # before its room is given back: the stream ends after it
-                room.release()
+                answers.put(_NOTHING if response is None else response)  # its room goes back once sent
                 afterwork.run_pending()
 
         def read() -> None:
@@ -183,19 +197,25 @@ class Servicer:
                     try:
                         self.stream_pool.submit(answer, request)
                     except RuntimeError:  # the pool is shut down: the process is exiting
-                        room.release()
                         answers.put(_stream_error(request, "the server is stopping"))
                         break
             except Exception:  # the client cancelled, or the connection broke: nobody reads answers now
                 pass
             finally:
-                for _ in range(STREAM_IN_FLIGHT):  # every request of the stream answered
+                for _ in range(STREAM_IN_FLIGHT):  # every request of the stream answered and sent
                     room.acquire()
                 answers.put(None)
 
         threading.Thread(target=read, name="torchgate-grpc-stream", daemon=True).start()
-        while (response := answers.get()) is not None:
-            yield response
+        try:
+            while (response := answers.get()) is not None:
+                if response is not _NOTHING:
+                    yield response
+                room.release()
+        finally:  # ended, or cancelled while answers were still to come: their rooms go back unsent
+            for _ in range(STREAM_IN_FLIGHT):
+                room.release()
+            self.streams.release()
 
     def _infer(self, call: str, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
         """Run one infer request, with its access line and metrics (:func:`gateway.grpc_calls.recorded`)."""
@@ -303,6 +323,16 @@ class Servicer:
         return response
 
 
+_NOTHING = object()  # what a stream's request that raised no answer at all (say, KeyboardInterrupt) puts
+
+
+def _wants_final_flag(request: Any) -> bool:
+    """Whether a stream's request asks for Triton's ``triton_final_response`` flag on its answers
+    (tritonclient's ``async_stream_infer(..., enable_empty_final_response=True)``)."""
+    entry = request.parameters.get(FINAL_FLAG_PARAMETER)
+    return entry is not None and entry.WhichOneof("parameter_choice") == "bool_param" and entry.bool_param
+
+
 def _stream_error(request: Any, error: str) -> Any:
     """A stream's answer to a request that failed: its error, and which request it was."""
     failed = message("ModelInferResponse", model_name=request.model_name, id=request.id)
@@ -311,6 +341,15 @@ def _stream_error(request: Any, error: str) -> Any:
 
 def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
     return {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+
+
+def _token_ok(context: grpc.ServicerContext, token: str) -> bool:
+    """Whether a call carries the bearer token (or none is needed): one ``authorization`` value, and the
+    token's; several values are refused whatever their order (over HTTP, gunicorn joins them into one)."""
+    if not token:
+        return True
+    values = [value for key, value in context.invocation_metadata() if key == "authorization"]
+    return len(values) == 1 and isinstance(values[0], str) and authorized(values[0], token)
 
 
 def _control_body(entries: Any) -> bytes:
@@ -379,7 +418,7 @@ def health_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
 def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            if token and not authorized(_metadata(context).get("authorization", ""), token):
+            if not _token_ok(context, token):
                 raise Unauthenticated(NO_TOKEN)
             return call(request, context)
         except CodedError as exc:
@@ -397,9 +436,12 @@ def _guarded_stream(
     call: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], token: str
 ) -> Callable[..., Iterator[Any]]:
     def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        if token and not authorized(_metadata(context).get("authorization", ""), token):
+        if not _token_ok(context, token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN)
-        yield from call(requests, context)
+        try:
+            yield from call(requests, context)
+        except CodedError as exc:  # refused before it began (too many streams)
+            context.abort(status_code(exc.code), exc.message)
 
     guarded.__name__ = call.__name__
     return guarded
@@ -409,14 +451,16 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
     """Return a server for ``gateway`` bound to ``address`` (``host:port``; port 0 picks one) and its
     port."""
     servicer = Servicer(gateway, threads)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchgate-grpc"),
+    server = grpc.server(  # unary calls get `threads` threads whatever streams are open (Servicer.streams)
+        futures.ThreadPoolExecutor(
+            max_workers=threads + servicer.max_streams, thread_name_prefix="torchgate-grpc"
+        ),
         handlers=[
             handler(servicer, gateway.config.auth_token),
             health_handler(servicer),
             *torchserve_handlers(TorchServeServicer(gateway), gateway.config.auth_token),
         ],
-        maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD,
+        maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD + servicer.max_streams,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),

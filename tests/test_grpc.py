@@ -778,3 +778,114 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, processes.log("grpc")
     assert "grpc: stopped" in processes.log("grpc")
+
+
+def _stream_path(channel: grpc.Channel) -> Any:
+    return channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+
+
+def _digits_request(request_id: str) -> Any:
+    request = service_pb2.ModelInferRequest(model_name="digits", id=request_id)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.array([DIGIT], np.float32).tobytes())
+    return request
+
+
+@pytest.mark.processes
+def test_open_streams_never_leave_unary_calls_waiting_and_past_the_most_one_is_refused(
+    served: tuple[Stack, int],
+) -> None:
+    """A stream holds a server thread while open, idle or not: with 4 threads (``--gateway-threads 4``),
+    16 open streams (each answered once, then idle) leave ServerLive and health checks answering; the
+    17th stream is refused at once, and closing one makes room."""
+    opened: list[tuple[queue.Queue[Any], Any]] = []
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        stream = _stream_path(channel)
+        try:
+            for i in range(16):  # threads x STREAMS_PER_THREAD
+                requests_in: queue.Queue[Any] = queue.Queue()
+                requests_in.put(_digits_request(f"open-{i}"))
+                answers = stream(iter(requests_in.get, None), metadata=tuple(BEARER.items()), timeout=60)
+                opened.append((requests_in, answers))
+                assert next(answers).infer_response.id == f"open-{i}"  # open, and holding its thread
+            live = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive",
+                request_serializer=service_pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=service_pb2.ServerLiveResponse.FromString,
+            )
+            assert live(service_pb2.ServerLiveRequest(), timeout=TIMEOUT).live
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=grpc_health.Request.SerializeToString,
+                response_deserializer=grpc_health.Response.FromString,
+            )
+            assert check(grpc_health.Request(service=""), timeout=TIMEOUT).status == grpc_health.SERVING
+            extra: queue.Queue[Any] = queue.Queue()
+            extra.put(_digits_request("one-too-many"))
+            with pytest.raises(grpc.RpcError) as refused:
+                next(stream(iter(extra.get, None), metadata=tuple(BEARER.items()), timeout=TIMEOUT))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "16 streams are open" in str(refused.value.details())
+            requests_in, answers = opened.pop()
+            requests_in.put(None)  # the client ends its stream: its thread and place are given back
+            assert list(answers) == []
+
+            def another_is_taken() -> bool:
+                again: queue.Queue[Any] = queue.Queue()
+                again.put(_digits_request("again"))
+                again.put(None)
+                try:
+                    replies = list(
+                        stream(iter(again.get, None), metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+                    )
+                except grpc.RpcError:
+                    return False  # the server has not seen the end of the closed one yet
+                return [r.infer_response.id for r in replies] == ["again"]
+
+            wait_for(another_is_taken, timeout=TIMEOUT, interval=0.1, what="a stream's place given back")
+        finally:
+            for requests_in, answers in opened:
+                requests_in.put(None)
+                answers.cancel()
+
+
+@pytest.mark.processes
+def test_two_authorization_values_are_refused_whatever_their_order(served: tuple[Stack, int]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        metadata_call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerMetadata",
+            request_serializer=service_pb2.ServerMetadataRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerMetadataResponse.FromString,
+        )
+        right, wrong = ("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer nope")
+        assert metadata_call(service_pb2.ServerMetadataRequest(), metadata=(right,), timeout=TIMEOUT).name
+        for metadata in ((wrong, right), (right, wrong), (right, right)):
+            with pytest.raises(grpc.RpcError) as refused:
+                metadata_call(service_pb2.ServerMetadataRequest(), metadata=metadata, timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+
+
+@pytest.mark.processes
+def test_a_stream_request_may_ask_for_tritons_final_response_flag(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    """tritonclient's ``async_stream_infer(..., enable_empty_final_response=True)``, as LLM clients loop
+    until ``triton_final_response``: each answer is a request's last, and says so; without it, no flag."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=BEARER)
+    try:
+        rows = _digits(np.array([DIGIT], np.float32))
+        client.async_stream_infer("digits", rows, request_id="flagged", enable_empty_final_response=True)
+        client.async_stream_infer("digits", rows, request_id="plain")
+        got = [answers.get(timeout=TIMEOUT) for _ in range(2)]
+    finally:
+        client.stop_stream()
+    assert [error for _, error in got] == [None, None]
+    by_id = {result.get_response().id: result.get_response() for result, _ in got}
+    assert by_id["flagged"].parameters["triton_final_response"].bool_param is True
+    assert "triton_final_response" not in by_id["plain"].parameters
+    assert by_id["flagged"].raw_output_contents == by_id["plain"].raw_output_contents
