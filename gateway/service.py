@@ -565,7 +565,7 @@ class Gateway:
         control_parameters(body, action)
         if action == "load":
             self.catalog.check(model_name)  # what is on disk, before any worker is asked
-        if model_name not in self.catalog.models:
+        if model_name not in self.catalog.models and not self._served_now(model_name, action):
             raise NotFound(f"unknown model {model_name!r}")
         try:
             reply = self.client.control(action, model_name, self.config.control_timeout)
@@ -577,6 +577,12 @@ class Gateway:
         time.sleep(self.client.status_ttl)
         if not reply.ok:
             raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.error}")
+
+    def _served_now(self, model_name: str, action: str) -> bool:
+        """Whether an unload may go ahead for a model this catalog lacks: workers still serve it (say, its
+        folder was removed from the repository)."""
+        status = self.status_or_none(max_age=0)
+        return action == "unload" and status is not None and model_name in status.models
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         self.catalog.follow(max_age=0)

@@ -191,3 +191,25 @@ def test_new_weights_loaded_after_a_request_are_not_answered_from_the_cache(
     client.load_model("b", client_timeout=TIMEOUT)
     assert grpc_infer(client, [1, 2, 3, 4]) == [[1001.0]]
     assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [1001.0]
+
+
+def test_a_model_whose_folder_is_gone_can_still_be_unloaded(
+    served: tuple[Stack, grpcclient.InferenceServerClient],
+) -> None:
+    stack, client = served
+    folder = stack.repository / "b"
+    folder.rename(stack.repository.parent / "b-moved")  # while the workers serve it
+    try:
+        for _ in range(ATTEMPTS):  # every process reads the repository again: b is gone from it
+            assert requests.post(f"{stack.url}/v2/repository/index", timeout=TIMEOUT).status_code == 200
+        response = requests.post(f"{stack.url}/v2/repository/models/b/unload", timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        assert "b" in stack.status().unloaded
+        assert (
+            requests.post(f"{stack.url}/v2/repository/models/nosuch/unload", timeout=TIMEOUT).status_code
+            == 404
+        )
+    finally:
+        (stack.repository.parent / "b-moved").rename(folder)
+    client.load_model("b", client_timeout=TIMEOUT)
+    assert grpc_infer(client, [1, 2, 3, 4]) == [[1001.0]]
