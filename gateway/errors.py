@@ -21,6 +21,7 @@ PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 FORBIDDEN = "FORBIDDEN"
+UNSUPPORTED = "UNSUPPORTED"  # Triton's TRITONSERVER_ERROR_UNSUPPORTED: a request for what it does not do
 
 STATUS: dict[str, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -35,6 +36,7 @@ STATUS: dict[str, int] = {
     UNAUTHENTICATED: 401,
     METHOD_NOT_ALLOWED: 405,
     FORBIDDEN: 403,
+    UNSUPPORTED: 400,
 }
 
 
@@ -71,6 +73,10 @@ class PayloadTooLarge(Refusal):
 
 class Unauthenticated(Refusal):
     code = UNAUTHENTICATED
+
+
+class Unsupported(Refusal):
+    code = UNSUPPORTED
 
 
 class Forbidden(Refusal):

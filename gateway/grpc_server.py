@@ -49,8 +49,10 @@ from gateway.errors import (
     FORBIDDEN,
     PAYLOAD_TOO_LARGE,
     UNAUTHENTICATED,
+    UNSUPPORTED,
     NotFound,
     Unauthenticated,
+    Unsupported,
     describe_unexpected,
 )
 from gateway.grpc_calls import recorded
@@ -76,6 +78,7 @@ CODES: dict[str, grpc.StatusCode] = {
     PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
 }
 DEFAULT_PORT = 8001  # Triton's
 NO_TOKEN = "missing or wrong bearer token (metadata 'authorization')"
@@ -246,13 +249,16 @@ class Servicer:
     # -- model repository -------------------------------------------------------------------------------
 
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _one_repository(request)
         return grpc_codec.repository_index(self.gateway.repository_index(request.ready))
 
     def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _one_repository(request)
         self.gateway.control("load", request.model_name, _control_body(request.parameters))
         return message("RepositoryModelLoadResponse")
 
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _one_repository(request)
         self.gateway.control("unload", request.model_name, _control_body(request.parameters))
         return message("RepositoryModelUnloadResponse")
 
@@ -337,6 +343,12 @@ def _stream_error(request: Any, error: str) -> Any:
     """A stream's answer to a request that failed: its error, and which request it was."""
     failed = message("ModelInferResponse", model_name=request.model_name, id=request.id)
     return message("ModelStreamInferResponse", error_message=error, infer_response=failed)
+
+
+def _one_repository(request: Any) -> None:
+    """Refuse a repository call that names a repository, as Triton does (the server has one)."""
+    if request.repository_name:
+        raise Unsupported("'repository_name' specification is not supported")
 
 
 def _metadata(context: grpc.ServicerContext) -> dict[str, str]:

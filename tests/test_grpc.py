@@ -889,3 +889,39 @@ def test_a_stream_request_may_ask_for_tritons_final_response_flag(
     assert by_id["flagged"].parameters["triton_final_response"].bool_param is True
     assert "triton_final_response" not in by_id["plain"].parameters
     assert by_id["flagged"].raw_output_contents == by_id["plain"].raw_output_contents
+
+
+@pytest.mark.processes
+def test_a_repository_call_naming_a_repository_is_unsupported_as_in_triton(served: tuple[Stack, int]) -> None:
+    calls = {
+        "RepositoryIndex": (service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse),
+        "RepositoryModelLoad": (
+            service_pb2.RepositoryModelLoadRequest,
+            service_pb2.RepositoryModelLoadResponse,
+        ),
+        "RepositoryModelUnload": (
+            service_pb2.RepositoryModelUnloadRequest,
+            service_pb2.RepositoryModelUnloadResponse,
+        ),
+    }
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        for name, (request_type, response_type) in calls.items():
+            call = channel.unary_unary(
+                f"/inference.GRPCInferenceService/{name}",
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            fields = {"repository_name": "other"} | (
+                {} if name == "RepositoryIndex" else {"model_name": "digits"}
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request_type(**fields), metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
+            assert refused.value.details() == "'repository_name' specification is not supported"
+        index = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            request_serializer=service_pb2.RepositoryIndexRequest.SerializeToString,
+            response_deserializer=service_pb2.RepositoryIndexResponse.FromString,
+        )
+        answer = index(service_pb2.RepositoryIndexRequest(), metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+        assert [m.name for m in answer.models] == ["digits"]
