@@ -78,7 +78,8 @@ def infer_request(msg: Any, limits: StringLimits) -> InferRequest:
     timeout = params.get("timeout")
     if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= MAX_UINT64):
         raise InvalidArgument("parameter 'timeout' must be a non-negative integer (microseconds)")
-    priority = params.get("priority", 0)
+    priority = params.get("priority")
+    priority = 0 if priority is None else priority  # absent, or present with no value (as timeout)
     if type(priority) is not int or not 0 <= priority <= MAX_UINT64:
         raise InvalidArgument("parameter 'priority' must be a non-negative integer")
     if not 0 < len(msg.inputs) <= MAX_TENSORS:

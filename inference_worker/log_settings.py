@@ -69,8 +69,9 @@ def parse_update(doc: Any) -> dict[str, Any]:
                 raise _invalid(f"{name} must be true or false, got {value!r}")
             update[name] = value
         elif name == "log_verbose_level":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
-                raise _invalid(f"log_verbose_level must be a whole number from 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:  # a uint32
+                top = 2**32 - 1
+                raise _invalid(f"log_verbose_level must be a whole number from 0 to {top}, got {value!r}")
             update[name] = value
         elif name == "log_format":
             if value not in ("default", "ISO8601", "json"):

@@ -293,6 +293,8 @@ def test_parameters_timeout_priority_classification_and_the_rest() -> None:
     msg.parameters["timeout"].int64_param = -1
     assert "'timeout' must be a non-negative integer" in _bad(msg)
     del msg.parameters["timeout"]
+    msg.parameters["priority"].Clear()  # present with no value: as if absent, like timeout
+    assert grpc_codec.infer_request(msg, LIMITS).priority == 0
     msg.outputs[0].parameters["classification"].bool_param = True
     assert "'classification' must be a non-negative integer" in _bad(msg)
 

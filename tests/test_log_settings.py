@@ -40,11 +40,14 @@ def test_updates_are_checked_as_triton_checks_them() -> None:
         "log_verbose_level": 2,
     }
     assert log_settings.parse_update({"log_format": "default", "log_file": None}) == {}
+    top = 2**32 - 1  # a uint32 on Triton's wire
+    assert log_settings.parse_update({"log_verbose_level": top}) == {"log_verbose_level": top}
     for doc, words in (
         ({"log_file": "/tmp/elsewhere.log"}, "can not be updated through network protocol"),
         ({"log_info": "no"}, "true or false"),
         ({"log_verbose_level": -1}, "whole number"),
         ({"log_verbose_level": True}, "whole number"),
+        ({"log_verbose_level": 2**32}, "whole number from 0 to 4294967295"),
         ({"log_format": "xml"}, "invalid argument for --log_format"),
         ({"log_format": "ISO8601"}, "chosen at start"),
         ({"log_infos": True}, "unknown log setting"),
