@@ -110,6 +110,19 @@ class Router:
 
     # -- workers ----------------------------------------------------------------------------------------
 
+    def disagreeing(self, worker: WorkerState) -> list[tuple[str, str, str]]:
+        """Return (model, version, other slot) for each version ``worker`` serves with another config, or from
+        other files, than another serving slot (say, a slot restarted on a config.toml edited and not loaded,
+        or a load that failed on some slots only): requests are checked against one of the two."""
+        found = []
+        for (model, version), signature in sorted(worker.signatures.items()):
+            for other in self.workers.values():
+                theirs = other.signatures.get((model, version))
+                if other.name != worker.name and not other.draining and theirs not in (None, signature):
+                    found.append((model, version, other.name))
+                    break
+        return found
+
     def register(self, worker: WorkerState) -> list[Request]:
         """Add a worker; return requests orphaned by an earlier incarnation of the same slot."""
         orphans: list[Request] = []

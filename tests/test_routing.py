@@ -210,3 +210,16 @@ def test_a_request_held_past_its_deadline_is_dropped_and_its_worker_takes_no_mor
     assert w.overdue and w.credit == 0
     router.enqueue(request(3))
     assert list(router.assignments()) == []  # it waits for a worker that is not stuck
+
+
+def test_a_slot_serving_a_version_with_another_config_than_another_slot_is_named() -> None:
+    router = Router()
+    a, b = worker("a", versions=("1", "2")), worker("b", versions=("1", "2"))
+    router.register(a)
+    assert router.disagreeing(b) == []  # alike
+    router.register(b)
+    edited = worker("b", versions=("1", "2"), incarnation="restarted")
+    edited.signatures[("m", "2")] = {**SIG, "version": "2", "config": "max_batch_size = 8"}
+    assert router.disagreeing(edited) == [("m", "2", "a")]  # not itself, in its earlier incarnation
+    a.draining = True
+    assert router.disagreeing(edited) == []  # a slot on its way out serves nothing new

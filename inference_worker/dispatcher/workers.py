@@ -107,6 +107,15 @@ class WorkerSessions:
                 worker.pid,
                 ", ".join(f"{m}/{v}" for m, v in signatures),
             )
+        for model, version, other in self.router.disagreeing(worker):
+            log.warning(
+                "dispatcher: worker %s serves %s version %s with another config or files than worker %s "
+                "(edited and not loaded, or a load that failed on some slots): load the model again",
+                worker.name,
+                model,
+                version,
+                other,
+            )
         self.requests.requeue(self.router.register(worker), "replaced")
         if self.requests.held:
             self.requests.release_held()
