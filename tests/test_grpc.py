@@ -715,73 +715,6 @@ def test_a_call_past_its_deadline_fails_alone(client: grpcclient.InferenceServer
     )
 
 
-@pytest.mark.processes
-def test_terminate_stops_the_grpc_server_too(served: tuple[Stack, int]) -> None:
-    """Last in this module: SIGTERM to `torchgate serve` ends it cleanly, gRPC server included."""
-    stack, port = served
-    grpc_pid = stack.supervisor.processes()["grpc"]["pid"]
-    assert stack.terminate() == 0, stack.log()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    with pytest.raises(ProcessLookupError):
-        os.kill(grpc_pid, 0)
-
-
-# -- the gRPC server alone, with no dispatcher behind it ------------------------------------------------
-
-
-@pytest.mark.processes
-def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
-    tmp_path: Path, processes: Processes
-) -> None:
-    """With the dispatcher down: live but not ready; a message over the body limit is RESOURCE_EXHAUSTED at
-    once, calls past the admitted ones too, the rest UNAVAILABLE; nothing hangs; TERM stops it cleanly; a
-    second server on the same port says it cannot listen."""
-    port = free_port()
-    env = {
-        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
-        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
-        "TORCHGATE_MAX_BODY_BYTES": "4096",
-        "TORCHGATE_UNRESPONSIVE_AFTER": "1",
-    }
-    args = ("--port", str(port), "--threads", "2", "--grace-seconds", "10")
-    server = processes.python("grpc", "gateway.grpc_server", *args, env=env)
-    wait_for(
-        lambda: (
-            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
-        ),
-        timeout=60,
-        what="the gRPC server to listen",
-    )
-    assert server.poll() is None, processes.log("grpc")
-    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        assert client.is_server_live(client_timeout=TIMEOUT)
-        assert not client.is_server_ready(client_timeout=TIMEOUT)
-        assert grpc_health_check(port) == grpc_health.NOT_SERVING
-
-        def infer(rows: int) -> str:
-            call = lambda: client.infer(  # noqa: E731
-                "digits", _digits(np.zeros((rows, 64), np.float32)), client_timeout=TIMEOUT
-            )
-            return _status(call)
-
-        assert infer(40) == "StatusCode.RESOURCE_EXHAUSTED"  # 10 KB of tensor against 4 KiB
-        assert infer(1) == "StatusCode.UNAVAILABLE"
-        # 2 threads admit 8 calls; each waits for the dispatcher, so 20 at once overflow
-        with ThreadPoolExecutor(20) as pool:
-            answers = Counter(pool.map(infer, [1] * 20))
-        assert set(answers) == {"StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNAVAILABLE"}, answers
-        assert answers["StatusCode.UNAVAILABLE"] >= 2
-
-    second = processes.python("grpc-again", "gateway.grpc_server", *args, env=env)
-    assert second.wait(timeout=60) != 0
-    assert "cannot listen" in processes.log("grpc-again")
-
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=60) == 0, processes.log("grpc")
-    assert "grpc: stopped" in processes.log("grpc")
-
-
 def _stream_path(channel: grpc.Channel) -> Any:
     return channel.stream_stream(
         "/inference.GRPCInferenceService/ModelStreamInfer",
@@ -927,3 +860,70 @@ def test_a_repository_call_naming_a_repository_is_unsupported_as_in_triton(serve
         )
         answer = index(service_pb2.RepositoryIndexRequest(), metadata=tuple(BEARER.items()), timeout=TIMEOUT)
         assert [m.name for m in answer.models] == ["digits"]
+
+
+@pytest.mark.processes
+def test_terminate_stops_the_grpc_server_too(served: tuple[Stack, int]) -> None:
+    """Last in this module: SIGTERM to `torchgate serve` ends it cleanly, gRPC server included."""
+    stack, port = served
+    grpc_pid = stack.supervisor.processes()["grpc"]["pid"]
+    assert stack.terminate() == 0, stack.log()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(grpc_pid, 0)
+
+
+# -- the gRPC server alone, with no dispatcher behind it ------------------------------------------------
+
+
+@pytest.mark.processes
+def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """With the dispatcher down: live but not ready; a message over the body limit is RESOURCE_EXHAUSTED at
+    once, calls past the admitted ones too, the rest UNAVAILABLE; nothing hangs; TERM stops it cleanly; a
+    second server on the same port says it cannot listen."""
+    port = free_port()
+    env = {
+        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
+        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
+        "TORCHGATE_MAX_BODY_BYTES": "4096",
+        "TORCHGATE_UNRESPONSIVE_AFTER": "1",
+    }
+    args = ("--port", str(port), "--threads", "2", "--grace-seconds", "10")
+    server = processes.python("grpc", "gateway.grpc_server", *args, env=env)
+    wait_for(
+        lambda: (
+            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
+        ),
+        timeout=60,
+        what="the gRPC server to listen",
+    )
+    assert server.poll() is None, processes.log("grpc")
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_server_live(client_timeout=TIMEOUT)
+        assert not client.is_server_ready(client_timeout=TIMEOUT)
+        assert grpc_health_check(port) == grpc_health.NOT_SERVING
+
+        def infer(rows: int) -> str:
+            call = lambda: client.infer(  # noqa: E731
+                "digits", _digits(np.zeros((rows, 64), np.float32)), client_timeout=TIMEOUT
+            )
+            return _status(call)
+
+        assert infer(40) == "StatusCode.RESOURCE_EXHAUSTED"  # 10 KB of tensor against 4 KiB
+        assert infer(1) == "StatusCode.UNAVAILABLE"
+        # 2 threads admit 8 calls; each waits for the dispatcher, so 20 at once overflow
+        with ThreadPoolExecutor(20) as pool:
+            answers = Counter(pool.map(infer, [1] * 20))
+        assert set(answers) == {"StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNAVAILABLE"}, answers
+        assert answers["StatusCode.UNAVAILABLE"] >= 2
+
+    second = processes.python("grpc-again", "gateway.grpc_server", *args, env=env)
+    assert second.wait(timeout=60) != 0
+    assert "cannot listen" in processes.log("grpc-again")
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, processes.log("grpc")
+    assert "grpc: stopped" in processes.log("grpc")
