@@ -86,6 +86,9 @@ DEFAULT_THREADS = 16
 STREAM_IN_FLIGHT = 64  # requests of one stream running at once, or answered and not yet sent
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
 STREAMS_PER_THREAD = 4  # streams open at once per thread, each holding a server thread of its own
+STREAM_POLL_SECONDS = (
+    0.5  # how often a stream's reader, waiting for its answers to be sent, looks if it ended
+)
 DEFAULT_GRACE_SECONDS = 30.0
 # The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
 EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]
@@ -175,6 +178,7 @@ class Servicer:
             )
         answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         room = threading.Semaphore(STREAM_IN_FLIGHT)
+        gone = threading.Event()  # the stream ended on the server's side: answers are no longer sent
 
         def answer(request: Any) -> None:
             response = None
@@ -197,6 +201,8 @@ class Servicer:
             try:
                 for request in requests:
                     room.acquire()
+                    if gone.is_set():  # nobody will send its answer
+                        break
                     try:
                         self.stream_pool.submit(answer, request)
                     except RuntimeError:  # the pool is shut down: the process is exiting
@@ -205,8 +211,10 @@ class Servicer:
             except Exception:  # the client cancelled, or the connection broke: nobody reads answers now
                 pass
             finally:
-                for _ in range(STREAM_IN_FLIGHT):  # every request of the stream answered and sent
-                    room.acquire()
+                taken = 0  # every request of the stream answered and sent, or the stream gone
+                while taken < STREAM_IN_FLIGHT and not gone.is_set():
+                    if room.acquire(timeout=STREAM_POLL_SECONDS):
+                        taken += 1
                 answers.put(None)
 
         threading.Thread(target=read, name="torchgate-grpc-stream", daemon=True).start()
@@ -216,6 +224,7 @@ class Servicer:
                     yield response
                 room.release()
         finally:  # ended, or cancelled while answers were still to come: their rooms go back unsent
+            gone.set()
             for _ in range(STREAM_IN_FLIGHT):
                 room.release()
             self.streams.release()

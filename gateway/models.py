@@ -101,8 +101,9 @@ class ModelCatalog:
         status = self._served(max_age) if self._served is not None else None
         if status is None or status is self._followed:  # the same status as last time: nothing new
             return False
-        with self._lock:
-            self._followed = status
+        with self._lock:  # callers with the same status wait here for its reading, then find it read
+            if status is self._followed:
+                return False
             changed: dict[str, tuple[str, frozenset[str]]] = {}
             for name, served in status.models.items():
                 text = _served_text(served)
@@ -117,6 +118,7 @@ class ModelCatalog:
                 if self._tried.get(name) != (text, versions):  # once: this host may refuse the text
                     changed[name] = self._tried[name] = (text, versions)
             if not changed:
+                self._followed = status
                 return False
             models, errors, read = dict(self.models), dict(self.errors), False
             for name, (text, versions) in sorted(changed.items()):
@@ -129,6 +131,7 @@ class ModelCatalog:
                 read = True
                 log.info("gateway: model %s: its workers serve a new config or versions; read", name)
             self.models, self.errors = models, errors  # reference swaps, as in rescan
+            self._followed = status  # last: whoever finds this status followed finds its models read
             return read
 
     def _maybe_rescan(self) -> None:

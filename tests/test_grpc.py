@@ -11,11 +11,12 @@ import shutil
 import signal
 import socket
 import struct
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -30,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 from gateway import grpc_codec, grpc_health, grpc_messages, triton
 from gateway.codec import RegionSlice, Tensor
 from gateway.errors import InvalidArgument
-from gateway.grpc_server import CODES, status_code
+from gateway.grpc_server import CODES, STREAM_IN_FLIGHT, Servicer, status_code
 from harness import (
     DEFAULT_REPOSITORY,
     DIGIT,
@@ -297,6 +298,38 @@ def test_parameters_timeout_priority_classification_and_the_rest() -> None:
     assert grpc_codec.infer_request(msg, LIMITS).priority == 0
     msg.outputs[0].parameters["classification"].bool_param = True
     assert "'classification' must be a non-negative integer" in _bad(msg)
+
+
+def test_a_stream_closed_with_answers_unsent_leaves_no_reader_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that sent many requests, read one answer and cancelled: the server closes the stream's
+    answers with 64 of them unsent. Its reader, waiting for room to read one more request, must end (it used
+    to wait forever for rooms that no answer would give back: a thread per such stream)."""
+    servicer = Servicer(gateway=None, threads=2)  # type: ignore[arg-type]  # _infer is replaced below
+    answered = grpc_messages.message("ModelInferResponse", id="x")
+    monkeypatch.setattr(servicer, "_infer", lambda call, request, context, request_id: answered)
+    cancelled, sent = threading.Event(), [0]
+
+    def requests() -> Iterator[Any]:
+        while not cancelled.is_set():  # grpc's iterator raises once the call is cancelled
+            sent[0] += 1
+            yield service_pb2.ModelInferRequest(model_name="digits")
+        raise RuntimeError("cancelled")
+
+    def readers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "torchgate-grpc-stream")
+
+    before = readers()
+    stream = cast(Generator[Any, None, None], servicer.ModelStreamInfer(requests(), None))
+    assert next(stream).infer_response.id == "x"
+    # 64 read, answered and not sent; the reader holds one more request, waiting for room to run it
+    wait_for(lambda: sent[0] > STREAM_IN_FLIGHT, timeout=TIMEOUT, interval=0.01, what="the stream read")
+    stream.close()  # what grpc does to a cancelled call's answers
+    cancelled.set()
+    wait_for(lambda: readers() == before, timeout=TIMEOUT, interval=0.05, what="the stream's reader to end")
+    assert servicer.streams.acquire(blocking=False)  # its place given back
+    servicer.stream_pool.shutdown()
 
 
 def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
