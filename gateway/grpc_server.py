@@ -86,9 +86,8 @@ DEFAULT_THREADS = 16
 STREAM_IN_FLIGHT = 64  # requests of one stream running at once, or answered and not yet sent
 QUEUED_PER_THREAD = 4  # calls admitted per thread; the next get RESOURCE_EXHAUSTED at once
 STREAMS_PER_THREAD = 4  # streams open at once per thread, each holding a server thread of its own
-STREAM_POLL_SECONDS = (
-    0.5  # how often a stream's reader, waiting for its answers to be sent, looks if it ended
-)
+# how often a stream's reader, waiting for its answers to be sent, looks whether the stream ended
+STREAM_POLL_SECONDS = 0.5
 DEFAULT_GRACE_SECONDS = 30.0
 # The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
 EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]

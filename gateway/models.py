@@ -85,14 +85,9 @@ class ModelCatalog:
     def check(self, name: str) -> None:
         """Raise :class:`InvalidArgument` if model ``name``'s config.toml on disk is refused now (before it
         is loaded); adopt nothing: what workers load is read by :meth:`follow` once they serve it."""
-        self.rescan()  # a model added since is known from now on
-        folder = self.root / name
-        if name not in self.models or not (folder / "config.toml").is_file():
-            return  # unknown: the caller answers 404
-        try:
-            load_model_config(folder)
-        except ConfigError as exc:
-            raise InvalidArgument(f"cannot load model {name!r}: {exc}") from None
+        self.rescan()  # a model added since is known from now on; one refused now is in errors
+        if name in self.errors:
+            raise InvalidArgument(f"cannot load model {name!r}: {self.errors[name]}")
 
     def follow(self, max_age: float | None = None) -> bool:
         """Read each model whose workers serve a config, or versions, other than this catalog's: from the
@@ -105,8 +100,11 @@ class ModelCatalog:
             if status is self._followed:
                 return False
             changed: dict[str, tuple[str, frozenset[str]]] = {}
-            for name, served in status.models.items():
-                text = _served_text(served)
+            for name in status.models:
+                served = status.signatures(name)
+                text = next(
+                    (t for sig in served.values() if isinstance(t := sig.get("config"), str) and t), None
+                )
                 if text is None or (self.names and name not in self.names):
                     continue
                 if not (self.root / name / "config.toml").is_file():
@@ -188,19 +186,6 @@ def _normalize(version: str | None) -> str | None:
     if not (version.isascii() and version.isdigit()) or int(version) <= 0:
         raise NotFound(f"unknown version {version!r}: versions are positive integers")
     return str(int(version))
-
-
-def _served_text(versions: Any) -> str | None:
-    """Return the config.toml text the workers serving a model loaded (from ``StatusReply.models[name]``),
-    None if they do not say."""
-    if not isinstance(versions, dict):
-        return None
-    for entry in versions.values():
-        signature = entry.get("signature") if isinstance(entry, dict) else None
-        text = signature.get("config") if isinstance(signature, dict) else None
-        if isinstance(text, str) and text:
-            return text
-    return None
 
 
 def _failed_versions(status: StatusReply, name: str) -> frozenset[str]:

@@ -358,9 +358,7 @@ class Gateway:
         """Return the stamp of the files the workers loaded ``model`` ``version`` from, by the dispatcher's
         status (:func:`inference_worker.repository.files_stamp`); None when it is not known."""
         status = self.status_or_none()
-        entry = status.models.get(model, {}).get(version) if status is not None else None
-        signature = entry.get("signature") if isinstance(entry, dict) else None
-        files = signature.get("files") if isinstance(signature, dict) else None
+        files = status.signatures(model).get(version, {}).get("files") if status is not None else None
         return files if isinstance(files, str) and files else None
 
     def _into_region(self, name: str, where: RegionSlice, written: set[str], data: memoryview) -> memoryview:
@@ -581,8 +579,10 @@ class Gateway:
     def _served_now(self, model_name: str, action: str) -> bool:
         """Whether an unload may go ahead for a model this catalog lacks: workers still serve it (say, its
         folder was removed from the repository)."""
+        if action != "unload":
+            return False
         status = self.status_or_none(max_age=0)
-        return action == "unload" and status is not None and model_name in status.models
+        return status is not None and model_name in status.models
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         self.catalog.follow(max_age=0)

@@ -161,6 +161,18 @@ class StatusReply:
         """Return whether some ready worker serves ``model`` (that ``version``, or any when None)."""
         return self.ready_count(model, version) > 0
 
+    def signatures(self, model: str) -> dict[str, dict[str, Any]]:
+        """Return version -> the signature the workers serving ``model`` announced (with ``config``, the
+        config.toml text they loaded, and ``files``, the stamp of the files they loaded)."""
+        versions = self.models.get(model)
+        if not isinstance(versions, dict):
+            return {}
+        return {
+            str(v): e["signature"]
+            for v, e in versions.items()
+            if isinstance(e, dict) and isinstance(e.get("signature"), dict)
+        }
+
     def direct_lanes(self, model: str, version: str | None) -> tuple[str, list[str]] | None:
         """Return the version the dispatcher would run ``model`` on (``version``, or its default when None)
         and the direct endpoints of the ready workers serving that version; None when no ready worker does.
