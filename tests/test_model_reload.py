@@ -2,8 +2,9 @@
 front: whichever front asked for the load, every front then validates against and describes the config the
 workers run; a load that fails changes no front; a code-only edit is never answered from the response cache.
 
-The model `b` is a python model (y = 10 * sum(x), any width) with the response cache on. The tests run in
-order, each editing `b` on disk and loading it again.
+The model `b` is a python model (y = 10 * sum(x), any width) with the response cache on. Each test first
+writes the files it starts from and loads them (:func:`start_from`), then edits `b` on disk and loads it
+again: no test depends on another having run before it on the same server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from harness import Stack, free_port, short_dir, write_scale_model
+from harness.models import PYTHON_CONFIG, SCALE_SOURCE
 
 pytestmark = pytest.mark.processes
 
@@ -46,6 +48,23 @@ def served() -> Iterator[tuple[Stack, grpcclient.InferenceServerClient]]:
                 yield stack, client
             finally:
                 client.close()
+
+
+def start_from(stack: Stack, dims: int, batch: int, plus_one: bool = False, factor: float = 10.0) -> None:
+    """Write `b` as a test starts from it (version 1 only, its input ``dims`` wide, y = factor * sum(x),
+    plus one if ``plus_one``; ``batch``: its max_batch_size) and load it."""
+    folder = stack.repository / "b"
+    config = PYTHON_CONFIG.format(name="b", width=dims, out=1, datatype="FP32")
+    config = config.replace("max_batch_size = 4", f"max_batch_size = {batch}")
+    (folder / "config.toml").write_text(config + "\n[response_cache]\nenable = true\n")
+    source = SCALE_SOURCE.replace("keepdim=True)", "keepdim=True) + 1") if plus_one else SCALE_SOURCE
+    (folder / "model.py").write_text(source)
+    for other in folder.iterdir():
+        if other.is_dir() and other.name.isdigit() and other.name != "1":
+            shutil.rmtree(other)
+    write_factor(stack, "1", factor)
+    response = requests.post(f"{stack.url}/v2/repository/models/b/load", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
 
 
 def edit(stack: Stack, file: str, old: str, new: str) -> None:
@@ -87,6 +106,7 @@ def test_a_load_over_grpc_is_seen_by_every_http_process(
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
     stack, client = served
+    start_from(stack, 3, 4)
     assert http_infer(stack, [1, 2, 3]).json()["outputs"][0]["data"] == [60.0]
     edit(stack, "config.toml", "dims = [3]", "dims = [5]")
     edit(stack, "config.toml", "max_batch_size = 4", "max_batch_size = 6")
@@ -102,6 +122,7 @@ def test_a_load_over_grpc_is_seen_by_every_http_process(
 
 def test_a_load_over_http_is_seen_by_grpc(served: tuple[Stack, grpcclient.InferenceServerClient]) -> None:
     stack, client = served
+    start_from(stack, 5, 6)
     assert grpc_infer(client, [1, 2, 3, 4, 5]) == [[150.0]]
     edit(stack, "config.toml", "dims = [5]", "dims = [4]")
     response = requests.post(f"{stack.url}/v2/repository/models/b/load", timeout=TIMEOUT)
@@ -114,6 +135,7 @@ def test_a_load_over_http_is_seen_by_grpc(served: tuple[Stack, grpcclient.Infere
 
 def test_a_failed_load_changes_no_front(served: tuple[Stack, grpcclient.InferenceServerClient]) -> None:
     stack, client = served
+    start_from(stack, 4, 6)
     edit(stack, "config.toml", "dims = [4]", "dims = [7]")
     edit(stack, "config.toml", 'factory = "model:build"', 'factory = "model:no_such_function"')
     with pytest.raises(InferenceServerException, match="load of model 'b' failed: .*no_such_function"):
@@ -130,6 +152,7 @@ def test_a_code_edit_loaded_again_is_not_answered_from_the_cache(
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
     stack, client = served
+    start_from(stack, 4, 6)
     stats = client.get_inference_statistics("b", as_json=True, client_timeout=TIMEOUT)
     hits = int(stats["model_stats"][0]["inference_stats"].get("cache_hit", {}).get("count", 0))
     assert grpc_infer(client, [1, 2, 3, 4]) == [[100.0]]
@@ -163,6 +186,7 @@ def test_versions_are_those_the_workers_loaded_and_cached_answers_keep_to_theirs
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
     stack, client = served
+    start_from(stack, 4, 6, plus_one=True)
     write_factor(stack, "2", 20.0)  # staged, not loaded: no front lists it, and a request for it is a 404
     assert versions_seen(stack, client) == {("1",)}
     assert http_infer(stack, [1, 2, 3, 4], "2").status_code == 404
@@ -185,6 +209,7 @@ def test_new_weights_loaded_after_a_request_are_not_answered_from_the_cache(
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
     stack, client = served
+    start_from(stack, 4, 6, plus_one=True)
     assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]
     write_factor(stack, "1", 100.0)
     assert grpc_infer(client, [1, 2, 3, 4]) == [[101.0]]  # not loaded yet: the old model's answer, cached
@@ -197,6 +222,7 @@ def test_a_model_whose_folder_is_gone_can_still_be_unloaded(
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
     stack, client = served
+    start_from(stack, 4, 6, plus_one=True, factor=100.0)
     folder = stack.repository / "b"
     folder.rename(stack.repository.parent / "b-moved")  # while the workers serve it
     try:
