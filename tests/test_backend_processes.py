@@ -190,8 +190,10 @@ def test_full_queue_unavailable_deadline_and_bad_request_fails_alone(backend: St
         assert client.receive(rejected, timeout=5).code == ErrorCode.UNAVAILABLE  # type: ignore[union-attr]  # queue full, at once
         for i, request_id in enumerate(ids):
             np.testing.assert_array_equal(outputs(client.receive(request_id))["y"], good * (i + 1) * 2)
+        # stats arrive with heartbeats: wait until they count the ten, or the count below starts short
+        before = 10
+        wait_for(lambda: _successes(backend) == before, timeout=10, what="stats to count the first ten")
         # a past deadline is never computed
-        before = _successes(backend)
         late = client.infer("slow", {"x": good}, deadline=time.time() - 1)
         assert isinstance(late, protocol.Error) and late.code == ErrorCode.DEADLINE_EXCEEDED
         # in one batch, the request that makes the model fail fails alone
