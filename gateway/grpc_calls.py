@@ -1,11 +1,14 @@
 """What every gRPC inference call of torchgate's gRPC server does around its work, whichever API it belongs
 to (the Open Inference Protocol's ModelInfer, TorchServe's Predictions): one access line, as the HTTP gateway
-writes, and the inference metrics every protocol shares."""
+writes, the inference metrics every protocol shares, and their turns: a few run at once, the rest wait in
+server threads of their own, so that no other call (a health check) waits behind them."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.access_log import log_request
@@ -13,11 +16,45 @@ from gateway.errors import http_status
 from gateway.metrics import request_metrics
 from gateway.trace import RequestTrace
 from inference_worker.errors import CodedError
+from inference_worker.protocol import ErrorCode
 
 if TYPE_CHECKING:
     import grpc
 
     from gateway.service import Gateway
+
+
+TURN_POLL_SECONDS = 0.5  # how often a call waiting for its turn looks whether its client has gone
+
+
+class Turns:
+    """At most ``count`` inference calls run at once (``--threads``); the others wait here, each in a
+    server thread of its own, until one ends or their client goes (cancelled, or its deadline passed). The
+    server has threads for every call it admits, so calls waiting here never hold up the others: health
+    checks, metadata, model control."""
+
+    def __init__(self, count: int) -> None:
+        self._free = threading.BoundedSemaphore(count)
+
+    @contextlib.contextmanager
+    def taken(self, context: grpc.ServicerContext | None) -> Iterator[None]:
+        """Wait for a turn and hold it; raise the call's end (DEADLINE_EXCEEDED, CANCELLED) if its client
+        goes first."""
+        while not self._free.acquire(timeout=_wait(context)):
+            if context is not None and not context.is_active():
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise CodedError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before its turn came")
+                raise CodedError(ErrorCode.CANCELLED, "the client cancelled the call before its turn came")
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+def _wait(context: grpc.ServicerContext | None) -> float:
+    remaining = None if context is None else context.time_remaining()
+    return TURN_POLL_SECONDS if remaining is None else max(0.01, min(TURN_POLL_SECONDS, remaining))
 
 
 def recorded(
@@ -28,17 +65,20 @@ def recorded(
     request_id: str | None,
     run: Callable[[RequestTrace], Any],
     context: grpc.ServicerContext | None = None,
+    turns: Turns | None = None,
 ) -> Any:
-    """Return ``run(trace)``; write the call's access line (method ``GRPC``, ``path``, the status the same
-    answer has over HTTP) and count it in the inference metrics under the model version it named. The
-    client has gone once the call's ``context`` is no longer active (cancelled, or its deadline passed)."""
+    """Return ``run(trace)``, run in one of ``turns`` if given; write the call's access line (method
+    ``GRPC``, ``path``, the status the same answer has over HTTP) and count it in the inference metrics
+    under the model version it named. The client has gone once the call's ``context`` is no longer active
+    (cancelled, or its deadline passed)."""
     trace = RequestTrace.open(request_id)
     if context is not None:
         trace.gone = lambda: not context.is_active()
     began, status = time.monotonic(), 500
     began_ns = time.monotonic_ns()
     try:
-        answer = run(trace)
+        with turns.taken(context) if turns is not None else contextlib.nullcontext():
+            answer = run(trace)
         status = 200
         return answer
     except CodedError as exc:

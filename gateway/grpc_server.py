@@ -55,7 +55,7 @@ from gateway.errors import (
     Unsupported,
     describe_unexpected,
 )
-from gateway.grpc_calls import recorded
+from gateway.grpc_calls import Turns, recorded
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.metrics import multiproc_dir, request_metrics
 from gateway.service import Gateway
@@ -103,6 +103,7 @@ class Servicer:
 
     def __init__(self, gateway: Gateway, threads: int = DEFAULT_THREADS) -> None:
         self.gateway = gateway
+        self.turns = Turns(threads)  # unary inference calls running at once; the rest wait for a turn
         # the requests of every stream run here (a stream's own call only reads and answers)
         self.stream_pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="torchgate-grpc-stream")
         # A stream holds a server thread while it is open, idle or not: streams get threads of their own
@@ -161,7 +162,8 @@ class Servicer:
     # -- inference --------------------------------------------------------------------------------------
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._infer("ModelInfer", request, context, _metadata(context).get("x-request-id"))
+        request_id = _metadata(context).get("x-request-id")
+        return self._infer("ModelInfer", request, context, request_id, self.turns)
 
     def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Each request of the stream answered as it finishes, several at once (a client matches answers by
@@ -228,8 +230,16 @@ class Servicer:
                 room.release()
             self.streams.release()
 
-    def _infer(self, call: str, request: Any, context: grpc.ServicerContext, request_id: str | None) -> Any:
-        """Run one infer request, with its access line and metrics (:func:`gateway.grpc_calls.recorded`)."""
+    def _infer(
+        self,
+        call: str,
+        request: Any,
+        context: grpc.ServicerContext,
+        request_id: str | None,
+        turns: Turns | None = None,
+    ) -> Any:
+        """Run one infer request, in one of ``turns`` if given, with its access line and metrics
+        (:func:`gateway.grpc_calls.recorded`)."""
         return recorded(
             self.gateway,
             f"/{SERVICE}/{call}",
@@ -238,6 +248,7 @@ class Servicer:
             request_id,
             lambda trace: self.gateway.rechecking(trace, lambda: self._run(request, context, trace)),
             context,
+            turns,
         )
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
@@ -471,16 +482,18 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
     """Return a server for ``gateway`` bound to ``address`` (``host:port``; port 0 picks one) and its
     port."""
     servicer = Servicer(gateway, threads)
-    server = grpc.server(  # unary calls get `threads` threads whatever streams are open (Servicer.streams)
-        futures.ThreadPoolExecutor(
-            max_workers=threads + servicer.max_streams, thread_name_prefix="torchgate-grpc"
-        ),
+    # Every call admitted has a thread at once: inference calls past `threads` wait for their turn in theirs
+    # (Servicer.turns), and each open stream holds one (Servicer.streams), so neither keeps a health check
+    # waiting. Calls past the admitted ones are refused at once (RESOURCE_EXHAUSTED, by grpc).
+    admitted = threads * QUEUED_PER_THREAD + servicer.max_streams
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=admitted, thread_name_prefix="torchgate-grpc"),
         handlers=[
             handler(servicer, gateway.config.auth_token),
             health_handler(servicer),
-            *torchserve_handlers(TorchServeServicer(gateway), gateway.config.auth_token),
+            *torchserve_handlers(TorchServeServicer(gateway, servicer.turns), gateway.config.auth_token),
         ],
-        maximum_concurrent_rpcs=threads * QUEUED_PER_THREAD + servicer.max_streams,
+        maximum_concurrent_rpcs=admitted,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),

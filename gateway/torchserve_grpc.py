@@ -27,7 +27,7 @@ import grpc
 
 from gateway import codec, torchserve_management
 from gateway.errors import InvalidArgument
-from gateway.grpc_calls import recorded
+from gateway.grpc_calls import Turns, recorded
 from gateway.grpc_messages import file_descriptor, message_classes
 from gateway.service import Gateway
 from gateway.torchserve import choose_part
@@ -163,8 +163,9 @@ def prediction_input(entries: dict[str, bytes], input_name: str) -> tuple[bytes,
 class TorchServeServicer:
     """TorchServe's gRPC calls, each answered from one :class:`Gateway` as its REST API answers."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, turns: Turns | None = None) -> None:
         self.gateway = gateway
+        self.turns = turns  # the server's inference calls running at once (gateway.grpc_calls.Turns)
 
     # -- inference ------------------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class TorchServeServicer:
             return INFERENCE["PredictionResponse"](prediction=codec.dumps(answer))
 
         path = f"/{INFERENCE_SERVICE}/Predictions"
-        return recorded(self.gateway, path, request.model_name, version, None, run, context)
+        return recorded(self.gateway, path, request.model_name, version, None, run, context, self.turns)
 
     def StreamPredictions(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """One response: no model here streams (its errors are raised here, before any response)."""

@@ -31,6 +31,7 @@ from tritonclient.utils import InferenceServerException
 from gateway import grpc_codec, grpc_health, grpc_messages, triton
 from gateway.codec import RegionSlice, Tensor
 from gateway.errors import InvalidArgument
+from gateway.grpc_calls import Turns
 from gateway.grpc_server import CODES, STREAM_IN_FLIGHT, Servicer, status_code
 from harness import (
     DEFAULT_REPOSITORY,
@@ -46,6 +47,7 @@ from harness import (
 )
 from harness.prometheus import parse, total
 from inference_worker import strings
+from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
 from inference_worker.repository import load_model_config
 from inference_worker.strings import StringLimits
@@ -330,6 +332,50 @@ def test_a_stream_closed_with_answers_unsent_leaves_no_reader_waiting(
     wait_for(lambda: readers() == before, timeout=TIMEOUT, interval=0.05, what="the stream's reader to end")
     assert servicer.streams.acquire(blocking=False)  # its place given back
     servicer.stream_pool.shutdown()
+
+
+class _Call:
+    """What a turn asks of a call's context: whether its client is there, and the time it has left."""
+
+    def __init__(self, remaining: float) -> None:
+        self.active, self.remaining = True, remaining
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def time_remaining(self) -> float:
+        return self.remaining
+
+
+def test_a_call_waits_for_its_turn_until_one_is_free_or_its_client_goes() -> None:
+    turns = Turns(1)
+    held = _Call(60)
+    with turns.taken(held):
+        late, cancelled = _Call(60), _Call(60)
+        late.active, late.remaining = False, 0.0
+        cancelled.active = False
+        with pytest.raises(CodedError) as caught, turns.taken(late):
+            pass
+        assert caught.value.code == ErrorCode.DEADLINE_EXCEEDED
+        with pytest.raises(CodedError) as caught, turns.taken(cancelled):
+            pass
+        assert caught.value.code == ErrorCode.CANCELLED
+        waiter = _Call(60)
+        took = threading.Event()
+
+        def wait_turn() -> None:
+            with turns.taken(waiter):
+                took.set()
+
+        thread = threading.Thread(target=wait_turn)
+        thread.start()
+        assert not took.wait(0.2)  # the one turn is held
+    thread.join(timeout=TIMEOUT)  # given back: the waiter takes it
+    assert took.is_set()
+    with pytest.raises(ValueError), turns.taken(held):
+        raise ValueError("a failed call gives its turn back")
+    with turns.taken(held):
+        pass
 
 
 def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
@@ -960,3 +1006,58 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, processes.log("grpc")
     assert "grpc: stopped" in processes.log("grpc")
+
+
+@pytest.mark.processes
+def test_inference_calls_past_the_threads_never_keep_other_calls_waiting(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """With 2 threads, 10 inference calls waiting on a dispatcher that does not answer: ServerLive and
+    ServerMetadata answer while all 10 still wait (they used to queue behind them until one ended), and the
+    calls waiting for their turn end as soon as their client cancels them."""
+    port = free_port()
+    env = {
+        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
+        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
+        "TORCHGATE_UNRESPONSIVE_AFTER": "600",  # the calls that run wait for the dispatcher until cancelled
+    }
+    server = processes.python("grpc", "gateway.grpc_server", "--port", str(port), "--threads", "2", env=env)
+    wait_for(
+        lambda: (
+            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
+        ),
+        timeout=60,
+        what="the gRPC server to listen",
+    )
+    assert server.poll() is None, processes.log("grpc")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        live = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerLive",
+            request_serializer=service_pb2.ServerLiveRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerLiveResponse.FromString,
+        )
+        metadata = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerMetadata",
+            request_serializer=service_pb2.ServerMetadataRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerMetadataResponse.FromString,
+        )
+        # on one channel, the server takes the calls in the order they were made: the 10 first
+        waiting = [infer.future(_digits_request(f"wait-{i}"), timeout=300) for i in range(10)]
+        try:
+            assert live(service_pb2.ServerLiveRequest(), timeout=TIMEOUT).live
+            assert metadata(service_pb2.ServerMetadataRequest(), timeout=TIMEOUT).name == triton.SERVER_NAME
+            assert not any(call.done() for call in waiting)
+        finally:
+            for call in waiting:
+                call.cancel()
+    # the 8 that waited for a turn end at once, each with its access line (499: the client went)
+    wait_for(
+        lambda: processes.log("grpc").count("ModelInfer 499") >= 8,
+        timeout=TIMEOUT,
+        what="the cancelled calls' access lines",
+    )
