@@ -2,7 +2,8 @@
 
 The repository is read once at start-up, again on ``POST /v2/repository/index`` and before a load, and, at
 most once per ``rescan_interval``, when a request names a model or version that is not known yet; those reads
-add new models and drop models gone from disk. A known model's config changes once workers serve another one:
+add new models and drop models gone from disk that no worker serves (a model whose folder is removed is served
+until it is unloaded, as in Triton). A known model's config changes once workers serve another one:
 each worker announces the config.toml text it loaded (in its signatures, which the dispatcher's status
 carries), and the catalog reads that text. So every gateway process and the gRPC front validate against the
 config the workers run, whichever of them asked for a load, never against an edit not loaded yet (or whose
@@ -61,7 +62,8 @@ class ModelCatalog:
         """Read the repository again: add new models, drop those gone. Keep the previous models if it cannot
         be read, the previous config of a model whose config.toml is refused now (its workers still serve
         that one), and, when what workers serve is followed, the config of every known model (what they
-        loaded: an edit counts once they have loaded it, :meth:`follow`)."""
+        loaded: an edit counts once they have loaded it, :meth:`follow`), its folder gone or not while they
+        serve it (as Triton serves a loaded model until it is unloaded)."""
         with self._lock:
             self._last_scan = time.monotonic()
             try:
@@ -74,7 +76,7 @@ class ModelCatalog:
                 if name not in self.errors:
                     log.warning("gateway: model %s: %s", name, error)
             for name, model in self.models.items():
-                if name in errors or (self._served is not None and name in models):
+                if name in errors or (self._served is not None and (name in models or self._serving(name))):
                     models[name] = model
             self.error, self.errors = None, errors
             if set(models) != set(self.models):
@@ -92,7 +94,8 @@ class ModelCatalog:
     def follow(self, max_age: float | None = None) -> bool:
         """Read each model whose workers serve a config, or versions, other than this catalog's: from the
         config text they loaded, with the versions they serve or failed to load (whatever the folder holds
-        now), as a status at most ``max_age`` seconds old says; return whether any was read."""
+        now), as a status at most ``max_age`` seconds old says; drop a model no longer served whose folder
+        is gone; return whether any was read or dropped."""
         status = self._served(max_age) if self._served is not None else None
         if status is None or status is self._followed:  # the same status as last time: nothing new
             return False
@@ -106,19 +109,29 @@ class ModelCatalog:
                     (t for sig in served.values() if isinstance(t := sig.get("config"), str) and t), None
                 )
                 if text is None or (self.names and name not in self.names):
-                    continue
-                if not (self.root / name / "config.toml").is_file():
-                    continue  # gone from this repository (a re-scan dropped it), or never in it
+                    continue  # its folder may be gone: what the workers loaded is read all the same
                 versions = frozenset(v for v in served if _is_version(v)) | _failed_versions(status, name)
                 known = self.models.get(name)
                 if known is not None and known.source == text and set(known.versions) == versions:
                     continue
                 if self._tried.get(name) != (text, versions):  # once: this host may refuse the text
                     changed[name] = self._tried[name] = (text, versions)
-            if not changed:
+            before = self._followed
+            dropped = [  # unloaded, or their workers gone, with their folder removed: gone from every front
+                name
+                for name in self.models
+                if name not in status.models
+                and before is not None
+                and name in before.models
+                and not (self.root / name / "config.toml").is_file()
+            ]
+            if not changed and not dropped:
                 self._followed = status
                 return False
-            models, errors, read = dict(self.models), dict(self.errors), False
+            models, errors, read = dict(self.models), dict(self.errors), bool(dropped)
+            for name in dropped:
+                del models[name]
+                log.info("gateway: model %s: no longer served, and its folder is gone; dropped", name)
             for name, (text, versions) in sorted(changed.items()):
                 try:
                     models[name] = load_model_config(self.root / name, text, versions)
@@ -131,6 +144,11 @@ class ModelCatalog:
             self.models, self.errors = models, errors  # reference swaps, as in rescan
             self._followed = status  # last: whoever finds this status followed finds its models read
             return read
+
+    def _serving(self, name: str) -> bool:
+        """Whether workers served model ``name`` in the status last followed."""
+        followed = self._followed
+        return followed is not None and name in followed.models
 
     def _maybe_rescan(self) -> None:
         if time.monotonic() - self._last_scan >= self.rescan_interval:

@@ -254,10 +254,16 @@ def test_catalog_follows_the_config_workers_loaded_not_edits_on_disk(tmp_path: P
     text_c = (tmp_path / "c" / "config.toml").read_text()
     now[:] = [StatusReply("s", models={"c": {"1": {"signature": {"config": text_c}}}})]
     assert catalog.follow() and "c" in catalog.models  # served before any request named it here
-    (tmp_path / "c").rename(tmp_path / "c-moved")  # while its workers still serve it
-    catalog.rescan()
+    (tmp_path / "c").rename(tmp_path / "c-moved")  # while its workers still serve it: served, as in Triton
+    assert "c" in catalog.rescan() and catalog.get("c")[0].max_batch_size == 4
     now[:] = [StatusReply("s", models={"c": {"1": {"signature": {"config": text_c.replace("4", "2")}}}})]
-    assert not catalog.follow() and "c" not in catalog.models  # gone here: not read, and no error
+    assert catalog.follow() and catalog.get("c")[0].max_batch_size == 2  # what they loaded, folder or not
+    fresh = ModelCatalog(tmp_path, rescan_interval=0, served=lambda max_age: now[-1])
+    assert "c" not in fresh.models and fresh.get("c")[0].max_batch_size == 2  # a front started since
+    now[:] = [StatusReply("s", models={})]  # unloaded, its folder gone: gone from every front
+    with pytest.raises(NotFound):
+        fresh.get("c")
+    assert catalog.follow() and "c" not in catalog.models and "c" not in catalog.rescan()
 
 
 def test_a_catalog_alone_reads_known_models_on_each_rescan(tmp_path: Path) -> None:

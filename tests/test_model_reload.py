@@ -218,19 +218,29 @@ def test_new_weights_loaded_after_a_request_are_not_answered_from_the_cache(
     assert http_infer(stack, [1, 2, 3, 4]).json()["outputs"][0]["data"] == [1001.0]
 
 
-def test_a_model_whose_folder_is_gone_can_still_be_unloaded(
+def test_a_model_whose_folder_is_gone_is_served_by_every_front_until_it_is_unloaded(
     served: tuple[Stack, grpcclient.InferenceServerClient],
 ) -> None:
+    """As in Triton: a loaded model stays served when its folder is removed, and goes once unloaded."""
     stack, client = served
     start_from(stack, 4, 6, plus_one=True, factor=100.0)
     folder = stack.repository / "b"
     folder.rename(stack.repository.parent / "b-moved")  # while the workers serve it
     try:
-        for _ in range(ATTEMPTS):  # every process reads the repository again: b is gone from it
+        client.get_model_repository_index(client_timeout=TIMEOUT)  # each front reads the repository again
+        assert grpc_infer(client, [1, 2, 3, 4]) == [[1001.0]]
+        for i in range(ATTEMPTS):
             assert requests.post(f"{stack.url}/v2/repository/index", timeout=TIMEOUT).status_code == 200
+            response = http_infer(stack, [1, 2, 3, 10 + i])  # other inputs each time: no cached answer
+            assert response.status_code == 200, response.text
+            assert response.json()["outputs"][0]["data"] == [100.0 * (16 + i) + 1]
         response = requests.post(f"{stack.url}/v2/repository/models/b/unload", timeout=TIMEOUT)
         assert response.status_code == 200, response.text
         assert "b" in stack.status().unloaded
+        for i in range(ATTEMPTS):  # gone from every front
+            assert http_infer(stack, [1, 2, 3, 40 + i]).status_code == 404
+        with pytest.raises(InferenceServerException, match="unknown model 'b'"):
+            grpc_infer(client, [1, 2, 3, 5])
         assert (
             requests.post(f"{stack.url}/v2/repository/models/nosuch/unload", timeout=TIMEOUT).status_code
             == 404
