@@ -44,6 +44,8 @@ from inference_worker.protocol import (
 from inference_worker.strings import DEFAULT_LIMITS, StringLimits, StringsError
 
 MAX_ID_LENGTH = 256
+MAX_GZIP_MEMBERS = 16  # each member's end copies the rest of the body (zlib's unused_data): keep it linear
+MAX_HEADER_DIGITS = 20  # an Inference-Header-Content-Length this long fits no body (int() refuses 4300)
 MAX_JSON_VALUES = 2 << 20  # values one JSON body may hold (GatewayConfig.max_json_values)
 MAX_UINT64 = (1 << 64) - 1  # Triton's timeout and priority are uint64
 JSON_UNSUPPORTED = frozenset({"FP16", "BF16"})  # binary only, as in Triton
@@ -171,6 +173,17 @@ def decode_content(
             return parts[0] if len(parts) == 1 else b"".join(parts)
         if enc == "deflate":
             raise InvalidArgument(f"request body has {len(rest)} bytes after its {enc} data")
+        if len(parts) >= MAX_GZIP_MEMBERS:
+            raise InvalidArgument(f"request body has more than {MAX_GZIP_MEMBERS} gzip members")
+
+
+def header_length_value(value: str | None) -> int | None:
+    """Return an ``Inference-Header-Content-Length`` as a number, or None when it is not one (ASCII digits,
+    at most :data:`MAX_HEADER_DIGITS` of them once leading zeros are dropped); :func:`parse_infer_request`
+    says why."""
+    if not value or not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > MAX_HEADER_DIGITS:
+        return None
+    return int(value)
 
 
 def json_values_bound(text: bytes | bytearray, start: int = 0, end: int | None = None) -> int:
@@ -240,6 +253,11 @@ def parse_infer_request(
     else:
         if not (header_length.isascii() and header_length.isdigit()):  # int() would take "+1", " 1", "1_0"
             raise InvalidArgument(f"Inference-Header-Content-Length {header_length!r} is not an integer")
+        if len(header_length.lstrip("0")) > MAX_HEADER_DIGITS:  # int() refuses 4300 digits and more
+            shown = header_length if len(header_length) <= 40 else header_length[:40] + "..."
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {shown} does not fit a body of {len(view)} bytes"
+            )
         length = int(header_length)
         if not 0 <= length <= len(view):
             raise InvalidArgument(
@@ -470,14 +488,26 @@ def json_array(name: str, datatype: str, data: Any) -> np.ndarray[Any, Any]:
         if datatype != "FP64" and array.size and kind == "f" and _past(array, np.finfo(target).max):
             raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
         return array.astype(target, copy=False)
+    target = NUMPY_DTYPES[datatype]
+    if kind == "f" and (exact := _python_ints(data)) is not None:
+        # numpy reads [0, 2**64 - 1] (an int64 and a uint64) as float64: these are integers all the same
+        info = np.iinfo(target)
+        if any(not info.min <= value <= info.max for value in exact.flat):
+            raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
+        return exact.astype(target)
     if kind not in _INT_KINDS:
         raise InvalidArgument(f"input {name!r}: {datatype} data must be integers, got {_kind_name(kind)}")
-    target = NUMPY_DTYPES[datatype]
     if array.size:
         info = np.iinfo(target)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidArgument(f"input {name!r}: a value is out of the range of {datatype}")
     return array.astype(target, copy=False)
+
+
+def _python_ints(data: Any) -> np.ndarray[Any, Any] | None:
+    """Return ``data`` as an object array of its Python integers, or None if any element is not one."""
+    exact = np.asarray(data, dtype=object)
+    return exact if all(type(value) is int for value in exact.flat) else None
 
 
 def _past(array: np.ndarray[Any, Any], limit: float) -> bool:
@@ -636,6 +666,24 @@ def output_strings(tensor: Tensor) -> list[str]:
 def dumps(doc: Any) -> bytes:
     """Serialize a JSON document (numpy arrays allowed)."""
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def dumps_values(doc: Any) -> bytes:
+    """Serialize like :func:`dumps`, but write NaN and infinities as the ``NaN`` and ``Infinity`` literals
+    (as Python's json module and Flask's ``jsonify`` do) rather than orjson's ``null``."""
+    return _dumps_non_finite(doc) if _non_finite(doc) else dumps(doc)
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray | np.floating):
+        return value.dtype.kind == "f" and not bool(np.isfinite(value).all())
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def _dumps_non_finite(doc: Any) -> bytes:

@@ -242,8 +242,9 @@ def parse_head(head: bytes) -> Head:
         return result
     if len(lengths) == 1:
         value = lengths.pop()
-        if value.isdigit():
-            result.content_length = int(value)
+        if value.isdigit():  # int() refuses 4300 digits and more (ValueError): past 19, it is over any limit
+            digits = value.lstrip(b"0") or b"0"
+            result.content_length = int(digits) if len(digits) <= 19 else 1 << 63
     if not result.content_length:
         result.expect_continue = False
     return result

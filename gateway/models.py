@@ -201,7 +201,7 @@ def _normalize(version: str | None) -> str | None:
     """Return a version folder name as the repository keys it ("01" -> "1"); None or "" for the default."""
     if version is None or version == "":
         return None
-    if not (version.isascii() and version.isdigit()) or int(version) <= 0:
+    if not (version.isascii() and version.isdigit()) or len(version.lstrip("0")) > 32 or int(version) <= 0:
         raise NotFound(f"unknown version {version!r}: versions are positive integers")
     return str(int(version))
 

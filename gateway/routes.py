@@ -125,14 +125,14 @@ def _body_lease(
     gateway: Gateway, environ: dict[str, Any], length: int, model: str, version: str | None
 ) -> memoryview | None:
     """Return where in a shared-memory segment a binary infer body goes, or None (read it the usual way)."""
-    header = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH", "")
-    if not header.isdigit() or environ.get("HTTP_CONTENT_ENCODING") or int(header) > length:
+    header = codec.header_length_value(environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+    if header is None or environ.get("HTTP_CONTENT_ENCODING") or header > length:
         return None
     try:
         config, _ = gateway.catalog.get(model, version)
     except CodedError:  # an unknown model: answered once the body is read
         return None
-    lease = gateway.client.lease_body(length, int(header), reply_room(config, length - int(header)))
+    lease = gateway.client.lease_body(length, header, reply_room(config, length - header))
     if lease is None:
         return None
     g.body_lease = lease
@@ -159,7 +159,7 @@ def predict() -> Response:
     doc = current_gateway().predict(
         request_body(), current_trace(), content_encoding=request.environ.get("HTTP_CONTENT_ENCODING")
     )
-    return json_response(doc)
+    return Response(codec.dumps_values(doc), content_type=JSON)  # NaN as the seed's jsonify wrote it
 
 
 # -- TorchServe's inference API -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from gateway.codec import (
     decode_content,
     dumps,
     handler_parameters,
+    header_length_value,
     infer_response,
     loads,
     parse_infer_request,
@@ -149,7 +150,8 @@ class Gateway:
         reply."""
         model, resolved = self.catalog.get(model_name, version)
         body = decode_content(body, content_encoding, self.config.max_body_bytes)
-        json_bytes = int(header_length) if header_length and header_length.isdigit() else len(body)
+        given = header_length_value(header_length)
+        json_bytes = len(body) if given is None else given
         with self.parsing(min(json_bytes, len(body))):  # binary tensor data builds no objects
             request = parse_infer_request(
                 body, header_length, trace.header_id, self.limits, self.config.max_json_values

@@ -17,7 +17,9 @@ from gateway.codec import (
     LARGE_OUTPUTS,
     Tensor,
     decode_content,
+    dumps_values,
     encode_body,
+    header_length_value,
     infer_response,
     json_array,
     loads,
@@ -26,6 +28,7 @@ from gateway.codec import (
     tensor_array,
 )
 from gateway.errors import InvalidArgument, PayloadTooLarge
+from gateway.framing import parse_head
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
@@ -349,6 +352,13 @@ def test_a_gzip_body_of_several_members_decodes_whole_as_gzip_d_does() -> None:
         decode_content(members, "gzip", len(data) - 1)
 
 
+def test_a_gzip_body_of_many_members_is_refused_before_it_costs_quadratic_time() -> None:
+    sixteen = gzip.compress(b"[1") + gzip.compress(b"]") * 15
+    assert decode_content(sixteen, "gzip", 1 << 20) == b"[1" + b"]" * 15
+    with pytest.raises(InvalidArgument, match="more than 16 gzip members"):
+        decode_content(gzip.compress(b"") * 100_000, "gzip", 1 << 20)  # each member copied the rest
+
+
 def test_zip_bomb_is_refused_without_decoding_it_all() -> None:
     bomb = gzip.compress(b"\x00" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
     assert len(bomb) < 1 << 20
@@ -465,3 +475,35 @@ def test_a_response_is_compressed_unless_it_carries_large_binary_outputs() -> No
     big = np.zeros(LARGE_OUTPUTS, dtype=np.float32)
     large = infer_response("m", None, None, [(Tensor("y", "FP32", big.shape, big.tobytes()), True)])
     assert encode_body(large, "gzip") is large  # tensor bytes barely compress: sent as they are
+
+
+def test_integer_data_mixing_int64_and_uint64_values_is_read_exactly() -> None:
+    """numpy reads [0, 2**64 - 1] as float64 (an int64 and a uint64): the values are integers all the same,
+    as Triton reads each JSON integer; floats and values out of range are still refused."""
+    top = 2**64 - 1
+    got = json_array("x", "UINT64", [[0, top], [2**53 + 1, 1]])
+    assert got.dtype == np.uint64 and got.tolist() == [[0, top], [2**53 + 1, 1]]
+    with pytest.raises(InvalidArgument, match="out of the range of INT64"):
+        json_array("x", "INT64", [-1, 2**63])
+    with pytest.raises(InvalidArgument, match="out of the range of UINT64"):
+        json_array("x", "UINT64", [-1, 2**63])
+    with pytest.raises(InvalidArgument, match="must be integers, got floating-point"):
+        json_array("x", "UINT64", [1.5, 2])
+
+
+def test_hostile_lengths_and_versions_are_refused_not_raised_past_ints_digit_limit() -> None:
+    """Python's int() refuses 4300 digits and more (ValueError): each such value is a precise error."""
+    body = b'{"inputs": []}'
+    for value in ("1" + "0" * 4400, "\xb2"):  # "²" is a digit to str.isdigit, not to int()
+        with pytest.raises(InvalidArgument, match="Inference-Header-Content-Length"):
+            parse_infer_request(body, value)
+    assert header_length_value("1" + "0" * 4400) is None and header_length_value("\xb2") is None
+    assert header_length_value("0014") == 14 and header_length_value("") is None
+    head = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 1" + b"0" * 5000 + b"\r\n\r\n")
+    assert head.content_length is not None and head.content_length > 1 << 62  # over any body limit
+
+
+def test_non_finite_values_are_written_as_json_literals_for_predict() -> None:
+    doc = {"output": np.array([np.nan, 2.0, np.inf, -np.inf], np.float32)}
+    assert dumps_values(doc) == b'{"output":[NaN,2.0,Infinity,-Infinity]}'
+    assert dumps_values({"output": [1.0, 2.5]}) == b'{"output":[1.0,2.5]}'

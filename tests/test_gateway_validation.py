@@ -193,6 +193,8 @@ def test_catalog_versions_and_rate_limited_rescans(tmp_path: Path) -> None:
         catalog.get("a", "3")
     with pytest.raises(NotFound, match="versions are positive integers"):
         catalog.get("a", "latest")
+    with pytest.raises(NotFound, match="versions are positive integers"):  # int() refuses 4300 digits
+        catalog.get("a", "1" + "0" * 5000)
     write_unloadable_model(tmp_path, "b", [1])
     with pytest.raises(NotFound, match="unknown model 'b'"):
         catalog.get("b")  # the last scan is recent: no re-scan yet

@@ -128,6 +128,29 @@ def test_a_huge_integer_parameter_is_a_precise_400(stack: Stack, name: str) -> N
     assert requests.post(stack.url + INFER, json=body, timeout=30).status_code == 200
 
 
+def test_numbers_past_ints_digit_limit_are_precise_errors_and_kill_no_process(stack: Stack) -> None:
+    """Python's int() raises on 4300 digits and more: a Content-Length that long killed the gateway process
+    (in the front door's loop), and such an Inference-Header-Content-Length or /predict version was a 500."""
+    head = (
+        b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1" + b"0" * 5000 + b"\r\n\r\n"
+    )
+    status, _, body, _ = raw(stack, head)
+    assert status == 413 and "exceeds the limit" in assert_json_error(body)
+    for value in ("1" + "0" * 4400, "\xb2"):  # "²": a digit to str.isdigit, not to int()
+        response = requests.post(
+            stack.url + INFER,
+            data=b'{"inputs": []}',
+            headers={"Inference-Header-Content-Length": value, "Content-Type": "application/octet-stream"},
+            timeout=30,
+        )
+        assert response.status_code == 400, response.text
+        assert "Inference-Header-Content-Length" in response.json()["error"]
+    body_doc = {"input": [[0.0] * 64], "model": "digits", "version": "1" + "0" * 5000}
+    response = requests.post(stack.url + "/predict", json=body_doc, timeout=30)
+    assert response.status_code == 404 and "versions are positive integers" in response.text
+    infer_ok(stack)
+
+
 # -- log forging ---------------------------------------------------------------------------------------------
 
 
