@@ -194,14 +194,16 @@ def invocations() -> Response:
     """TorchServe's (and SageMaker's) ``/invocations``: ``?model_name=M``, or the only model."""
     name = request.args.get("model_name")
     if not name:
-        models = current_gateway().catalog.models
+        models = sorted(current_gateway().catalog.models)
+        if len(models) != 1:  # some may be unregistered: count those GET /models lists
+            models = current_gateway().registered()
         if len(models) != 1:
             raise InvalidArgument(
                 f"parameter model_name is required: the server has {len(models)} models ("
-                + ", ".join(sorted(models))
+                + ", ".join(models)
                 + "); POST /invocations?model_name=M"
             )
-        name = next(iter(models))
+        name = models[0]
     return predictions(name)
 
 
@@ -513,4 +515,7 @@ def metrics() -> Response:
     status = current_gateway().status_or_none(max_age=0)
     families = [*request_metrics().collect(), *worker_metrics.families(status)]
     families += torchserve_metrics.families(families, socket.gethostname())
+    names = request.args.getlist("name[]")  # TorchServe's metrics API: ?name[]=A&name[]=B, only those
+    if names:
+        families = [f for f in families if f.name in names or f"{f.name}_total" in names]
     return Response(render(families), content_type=CONTENT_TYPE)

@@ -615,7 +615,17 @@ class Gateway:
     def register(self, args: dict[str, str]) -> str:
         """Load the model ``POST /models`` names (model control); return TorchServe's status message."""
         name = torchserve_management.register_target(args)
-        self.control("load", name)
+        before = self.status_or_none(max_age=0)
+        served = before is not None and name in before.models and name not in before.unloaded
+        try:
+            self.control("load", name)
+        except InvalidArgument:
+            if not served:  # as TorchServe: a register that fails leaves the model unregistered
+                try:
+                    self.control("unload", name)
+                except CodedError:
+                    log.warning("gateway: model %s: could not unregister it after its failed register", name)
+            raise
         model, version = self.catalog.get(name)
         status = self.status_or_none(max_age=0)
         workers = status.ready_count(name, version) if status is not None else 0

@@ -227,3 +227,28 @@ def test_torchserve_management_api_lists_describes_unregisters_and_registers(sta
     assert post(stack, "/predictions/a", [1.0, 2.0, 3.0]).json() == [6.0]
     workers = get(stack, "/models/a").json()[0]["workers"]
     assert {w["id"]: (w["pid"], w["startTime"]) for w in workers} == started  # the same processes
+
+
+def test_a_register_that_fails_leaves_the_model_unregistered_as_torchserve_does(stack: Stack) -> None:
+    """A ``POST /models`` whose load fails rolls back: the model is neither listed nor described, and /ping
+    says what it said before (it used to stay half-registered, degrading /ping until someone unregistered it);
+    a register of a model already served that fails keeps it serving."""
+    folder = write_linear_model(
+        stack.repository, "bad", "import no_such_package_for_torchgate\n" + LINEAR_SOURCE
+    )
+    try:
+        ping = get(stack, "/ping").json()
+        response = post(stack, "/models?url=bad&synchronous=true")
+        assert response.status_code == 400 and "No module named" in response.json()["error"], response.text
+        assert "bad" not in [m["modelName"] for m in get(stack, "/models").json()["models"]]
+        assert get(stack, "/models/bad").status_code == 404
+        assert get(stack, "/ping").json() == ping
+        assert "bad" in stack.status().unloaded
+        (stack.repository / "a" / "model.py").write_text(
+            "import no_such_package_for_torchgate\n" + LINEAR_SOURCE
+        )
+        assert post(stack, "/models?url=a&synchronous=true").status_code == 400
+        assert post(stack, "/predictions/a", [1.0, 2.0, 3.0]).json() == [6.0]  # served as before
+    finally:
+        shutil.rmtree(folder)
+        (stack.repository / "a" / "model.py").write_text(LINEAR_SOURCE)

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -145,7 +146,7 @@ def test_numbers_past_ints_digit_limit_are_precise_errors_and_kill_no_process(st
         )
         assert response.status_code == 400, response.text
         assert "Inference-Header-Content-Length" in response.json()["error"]
-    body_doc = {"input": [[0.0] * 64], "model": "digits", "version": "1" + "0" * 5000}
+    body_doc: dict[str, Any] = {"input": [[0.0] * 64], "model": "digits", "version": "1" + "0" * 5000}
     response = requests.post(stack.url + "/predict", json=body_doc, timeout=30)
     assert response.status_code == 404 and "versions are positive integers" in response.text
     infer_ok(stack)

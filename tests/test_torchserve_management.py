@@ -3,6 +3,7 @@ no dispatcher (the served model, with workers, is tested in test_many_models.py)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,6 +215,16 @@ def test_the_routes_refuse_what_needs_model_control_or_is_done_otherwise_here(cl
     assert client.put("/models/nope?min_worker=3").status_code == 404
     default = client.put("/models/a/1/set-default")
     assert default.status_code == 400 and "highest" in default.get_json()["error"]
+
+
+def test_the_metrics_api_gives_only_the_families_named(client: FlaskClient) -> None:
+    """TorchServe's ``GET /metrics?name[]=A&name[]=B`` (a counter named with or without ``_total``)."""
+    every = re.findall(r"^# TYPE (\S+) (\S+)", client.get("/metrics").text, re.MULTILINE)
+    assert len(every) > 2
+    (first, _), (second, kind) = every[0], every[1]
+    asked = f"{second}_total" if kind == "counter" else second
+    text = client.get(f"/metrics?name[]={first}&name[]={asked}").text
+    assert re.findall(r"^# TYPE (\S+)", text, re.MULTILINE) == [first, second]
 
 
 # -- TorchServe's ports: management (8081) and metrics (8082) answer only their API --------------------------
