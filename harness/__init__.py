@@ -35,6 +35,7 @@ from harness.procs import (
     run,
     usage,
     wait_for,
+    wait_settled,
 )
 from harness.stack import Stack, short_dir
 from harness.wire import (
@@ -78,6 +79,7 @@ __all__ = [
     "slow_repository",
     "usage",
     "wait_for",
+    "wait_settled",
     "write_linear_model",
     "write_masked_model",
     "write_offset_model",

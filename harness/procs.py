@@ -60,6 +60,22 @@ def wait_for(
         time.sleep(interval)
 
 
+def wait_settled(
+    read: Callable[[], tuple[bool, T]], spacing: float = 0.5, timeout: float = 60.0, what: str = "counters"
+) -> T:
+    """Return the value ``read`` gives (``(busy, value)``) once two reads ``spacing`` seconds apart find
+    nothing busy and the same value: what workers report with their heartbeats (their counters) lags their
+    answers by up to a heartbeat, so ``spacing`` must be longer than one."""
+    last: tuple[bool, T] | None = None
+
+    def calm() -> tuple[T] | None:
+        nonlocal last
+        previous, last = last, read()
+        return (last[1],) if previous is not None and not last[0] and previous == last else None
+
+    return wait_for(calm, timeout=timeout, interval=spacing, what=f"{what} to settle")[0]
+
+
 def run(
     args: Sequence[str],
     timeout: float = COMMAND_TIMEOUT,

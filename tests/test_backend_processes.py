@@ -146,9 +146,15 @@ def test_a_worker_that_cannot_load_exits_non_zero_and_never_serves(backend: Stac
     assert proc.wait(timeout=120) != 0
     log = backend.processes.log("bad")
     assert "cannot load" in log and "model.pt2" in log and "READY" not in log
-    status = backend.status()
-    assert status is not None and status.workers == []
-    # It said why before leaving, so readiness can name the reason.
+
+    # It said why before leaving, so readiness can name the reason (the dispatcher may read what it sent a
+    # moment after the process is gone).
+    def told() -> protocol.StatusReply | None:
+        status = backend.status()
+        return status if status is not None and status.unavailable else None
+
+    status = wait_for(told, timeout=10, what="the dispatcher to hear why the worker left")
+    assert status.workers == []
     [entry] = status.unavailable
     assert entry["model"] == "digits" and entry["worker"] == "bad" and "model.pt2" in entry["reason"]
 

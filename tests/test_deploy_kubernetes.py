@@ -232,7 +232,7 @@ def test_the_grpc_runtime_container_serves_grpc_and_answers_its_probes(processes
             "TORCHGATE_SERVE_GRPC_PORT": str(grpc_port),
             "TORCHGATE_SERVE_CPU_WORKERS": "1",
             "TORCHGATE_SERVE_GPUS": "none",
-            "TORCHGATE_SERVE_UNREADY_GRACE_SECONDS": "2",  # the runtime's 10, shorter for the test
+            "TORCHGATE_SERVE_UNREADY_GRACE_SECONDS": "5",  # the runtime's 10, shorter for the test
         }
         proc = processes.start("serve", ["torchgate", "serve", *args], env=env, cwd=base)
 

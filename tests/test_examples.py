@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from examples.fetch_minilm import fetch, package_folder
 from examples.train_digits import held_out_split
-from harness import ROOT, Stack, copy_digits, write_masked_model
+from harness import ROOT, Stack, copy_digits, wait_for, write_masked_model
 
 pytestmark = pytest.mark.processes
 
@@ -48,7 +48,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             EXAMPLES / name, repository / name, symlinks=False, ignore=shutil.ignore_patterns("1")
         )
     fetch(repository / "minilm")
-    write_masked_model(repository)
+    config = write_masked_model(repository) / "config.toml"  # a window to batch in, however fast it computes
+    config.write_text(config.read_text() + "\n[dynamic_batching]\nmax_queue_delay_us = 20000\n")
     (repository / "digits_image" / "1").mkdir()
     shutil.copyfile(
         repository / "digits" / "1" / "model.pt2", repository / "digits_image" / "1" / "model.pt2"
@@ -133,14 +134,23 @@ def test_minilm_batches_requests_of_different_lengths(
         together = [(s, job.result(timeout=180)) for s, job in jobs]
     for sentence, vector in together:  # padding to another request's length changes nothing
         assert cosine(vector, alone[sentence]) >= 0.9999, sentence
-    after = batch_counts(stack, "minilm")
-    grew = {size: after.get(size, 0) - before.get(size, 0) for size in after}
-    assert any(size > 1 and count > 0 for size, count in grew.items()), grew
+    assert batched_since(stack, "minilm", before)
 
 
 def batch_counts(stack: Stack, model: str) -> dict[int, int]:
     stats = requests.get(f"{stack.url}/v2/models/{model}/stats", timeout=30).json()["model_stats"][0]
     return {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]}
+
+
+def batched_since(stack: Stack, model: str, before: dict[int, int]) -> dict[int, int]:
+    """Wait until the stats count a batch of several requests run since ``before`` (workers send their
+    counters with their heartbeats, a moment after the answers); return the counts."""
+
+    def grown() -> dict[int, int] | None:
+        after = batch_counts(stack, model)
+        return after if any(size > 1 and after[size] > before.get(size, 0) for size in after) else None
+
+    return wait_for(grown, timeout=30, interval=0.1, what=f"a batch of several {model} requests counted")
 
 
 def test_a_bad_request_fails_alone_with_a_precise_400(
@@ -325,5 +335,4 @@ def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stac
         assert outputs["tokens"]["shape"] == [1, length]
         assert outputs["tokens"]["data"] == [float(i) for i in range(1, length + 1)]
         assert outputs["count"]["data"] == [float(length)]
-    after = batch_counts(stack, "masked")
-    assert any(size > 1 and after[size] > before.get(size, 0) for size in after), after
+    assert batched_since(stack, "masked", before)

@@ -18,7 +18,7 @@ import pytest
 from gateway.client import DispatcherClient, InferReply
 from gateway.codec import Tensor
 from gateway.errors import Cancelled, DeadlineExceeded, Unavailable, http_status
-from harness import Stack, slow_repository, wait_for
+from harness import Stack, slow_repository, wait_for, wait_settled
 from inference_worker.errors import CodedError
 
 SLOW_SECONDS = 0.6
@@ -94,7 +94,11 @@ def test_a_request_whose_client_has_gone_is_never_sent(client: DispatcherClient)
         stats = client.status(max_age=0).stats
         return sum(int(e.get("inference_count", 0)) for e in stats if e.get("model") == "slow")
 
-    before = computed()
+    def read() -> tuple[bool, int]:  # an earlier test's late answer may still be on its way to the counters
+        busy = any(w.get("in_flight") for w in client.status(max_age=0).workers)
+        return busy, computed()
+
+    before = wait_settled(read, timeout=30, what="the worker's counters")  # 0.5 s apart: heartbeats are 0.2
     with pytest.raises(Cancelled, match="went away before it was sent"):
         client.infer("slow", None, [x_tensor([1, 2, 3, 4])], [], time.time() + 30, "r", gone=lambda: True)
     reply = client.infer("slow", None, [x_tensor([5, 6, 7, 8])], [], time.time() + 30, gone=lambda: False)

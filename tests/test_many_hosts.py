@@ -32,7 +32,7 @@ from harness import HttpLoad, free_port, wait_for
 pytestmark = pytest.mark.processes
 BIN = Path(sys.executable).parent
 HOSTS = 2
-GRACE_SECONDS = 3.0  # --unready-grace-seconds: readiness 503 while serving, before draining
+GRACE_SECONDS = 6.0  # --unready-grace-seconds: readiness 503 while serving, before draining
 LOAD_THREADS = 4
 BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,13 +74,20 @@ def infer(
         )
 
 
-def settled(stack: Stack, name: str, expected: float, **labels: str) -> dict[Sample, float]:
-    """Scrape until ``name`` sums to ``expected`` (worker counters arrive with the next heartbeat)."""
+def settled(
+    stack: Stack,
+    name: str,
+    expected: float,
+    more: Callable[[dict[Sample, float]], bool] = lambda samples: True,
+    **labels: str,
+) -> dict[Sample, float]:
+    """Scrape until ``name`` sums to ``expected`` (worker counters arrive with the next heartbeat) and
+    ``more`` holds (a gateway process counts a request a moment after answering it)."""
     found: dict[str, dict[Sample, float]] = {}
 
     def check() -> bool:
         found["s"] = scrape(stack.url)[1]
-        return total(found["s"], name, **labels) == expected
+        return total(found["s"], name, **labels) == expected and more(found["s"])
 
     wait_for(check, timeout=30, interval=0.1, what=f"{name}{labels} to reach {expected}")
     return found["s"]
@@ -129,10 +136,18 @@ def test_counts_match_the_traffic_across_gateway_processes(stack: Stack) -> None
     assert [r.headers["X-Request-ID"] for r in responses] == ids
 
     samples = sum(SIZES)
+
+    def counted(now: dict[Sample, float]) -> bool:  # by the gateway processes
+        return all(
+            total(now, name, model="digits") - total(before, name, model="digits") == len(SIZES)
+            for name in ("nv_inference_request_success", "torchgate_request_duration_seconds_count")
+        )
+
     after = settled(
         stack,
         "nv_inference_count",
         total(before, "nv_inference_count", model="digits") + samples,
+        counted,
         model="digits",
     )
 
@@ -240,10 +255,22 @@ def test_failures_are_counted_by_reason(stack: Stack) -> None:
     assert (
         requests.post(f"{stack.url}/v2/models/nope/infer", json={}, timeout=HTTP_TIMEOUT).status_code == 404
     )
+
+    def counted(now: dict[Sample, float]) -> bool:  # by the gateway processes
+        return all(
+            total(now, name, **labels) - total(before, name, **labels) == 1
+            for name, labels in (
+                ("nv_inference_request_failure", {"model": "slow", "reason": "BACKEND"}),
+                ("nv_inference_request_failure", {"model": "digits", "reason": "OTHER"}),
+                ("torchgate_http_requests_total", {"route": "/v2/models/<model>/infer", "status": "404"}),
+            )
+        )
+
     after = settled(
         stack,
         "torchgate_worker_request_failure_total",
         total(before, "torchgate_worker_request_failure_total", model="slow") + 1,
+        counted,
         model="slow",
     )
 

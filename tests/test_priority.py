@@ -23,7 +23,7 @@ from harness import Stack, short_dir, wait_for, write_sleeper_model
 pytestmark = pytest.mark.processes
 
 TIMEOUT = 30.0
-FIRST = 3.0  # seconds the first request computes: the others queue meanwhile
+FIRST = 6.0  # seconds the first request computes: the others queue meanwhile (4 sends, on a busy box)
 EACH = 0.75  # seconds each of the others computes: far apart enough to tell their order by their answers
 MODEL = "sleeper"
 

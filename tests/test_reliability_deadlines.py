@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from harness import Outcome, Stack, call, slow_body, wait_for, write_slow_model
+from harness import Outcome, Stack, call, slow_body, wait_for, wait_settled, write_slow_model
 from inference_worker.protocol import StatusReply
 
-BATCH_SECONDS = 0.5  # the slow model's time per batch (of up to 4 samples)
+BATCH_SECONDS = 1.0  # the slow model's time per batch (of up to 4 samples): long beside a busy box's delays
 DEFAULT_TIMEOUT = 1.5  # the server's default deadline, for requests that name none
 
 pytestmark = pytest.mark.processes
@@ -62,21 +62,15 @@ def model_counters(status: StatusReply, model: str) -> dict[str, int]:
     return total
 
 
-def counters(stack: Stack) -> dict[str, int]:
-    return model_counters(stack.status(), "slow")
-
-
 def settled(stack: Stack) -> dict[str, int]:
     """The counters once nothing is queued or in flight and the worker has reported it."""
 
-    def idle() -> dict[str, int] | None:
+    def read() -> tuple[bool, dict[str, int]]:
         status = stack.status()
-        busy = any(w["in_flight"] for w in status.workers) or status.dispatcher["pending"]
-        return None if busy else model_counters(status, "slow")
+        busy = any(w["in_flight"] for w in status.workers) or bool(status.dispatcher["pending"])
+        return busy, model_counters(status, "slow")
 
-    first = wait_for(idle, timeout=60, what="an idle worker")
-    wait_for(lambda: counters(stack) == first and idle(), timeout=10, what="stable counters")
-    return counters(stack)
+    return wait_settled(read, what="the worker's counters")  # reads 0.5 s apart; heartbeats every 0.2 s
 
 
 def received(stack: Stack) -> int:
@@ -100,9 +94,12 @@ def run_expiring(
             pool.submit(post, stack, slow_body(timeout_us=60_000_000)) for _ in range(backlog)
         ]
         wait_for(
-            lambda: any(w["in_flight"] for w in stack.status().workers),
+            lambda: (
+                any(w["in_flight"] for w in stack.status().workers) and received(stack) >= first + backlog
+            ),
             timeout=30,
-            what="the worker to be busy",
+            interval=0.01,
+            what="the worker to be busy and the dispatcher to hold the backlog",
         )
         late = [pool.submit(post, stack, body) for body in expiring]
         wait_for(
@@ -145,7 +142,7 @@ def test_parameters_timeout_expires_in_the_dispatcher_queue_uncomputed(stack: St
 
 
 def test_the_server_default_deadline_applies_without_parameters(stack: Stack) -> None:
-    # 16 requests = 4 batches of 0.5 s ahead: a request that names no timeout passes the 1.5 s default.
+    # 16 requests = 4 batches of 1 s ahead: a request that names no timeout passes the 1.5 s default.
     run_expiring(stack, backlog=16, expiring=[slow_body(rows=3)], deadline=DEFAULT_TIMEOUT)
 
 
