@@ -35,6 +35,7 @@ from inference_worker.protocol import StatusReply
 from inference_worker.repository import ModelConfig
 
 _DECIMAL = re.compile(r"-?[0-9]+")
+MAX_DIGITS = 18  # past these, a number is past any page or size (TorchServe's are Java ints)
 MAX_LIMIT = 100  # TorchServe's page size, and its largest
 ALL_VERSIONS = "all"
 # Register parameters TorchServe takes that change nothing here: every slot serving the model loads it, and a
@@ -174,6 +175,8 @@ def _integer(raw: str | None, name: str, default: int) -> int:
         return default
     if not _DECIMAL.fullmatch(raw):  # int() would take " 1", "+1", "1_0"
         raise InvalidArgument(f"parameter {name} must be an integer, not {raw!r}")
+    if len(raw.lstrip("-")) > MAX_DIGITS:  # int() refuses 4300 digits and more (a ValueError: a 500)
+        raise InvalidArgument(f"parameter {name} is out of range ({len(raw)} characters)")
     return int(raw)
 
 

@@ -224,6 +224,10 @@ def _number(name: str, value: Any) -> int:
         raise InvalidArgument(f"Unable to parse '{name}', got: {value!r}")
     if isinstance(value, str) and not _DECIMAL.fullmatch(value):  # int() would take " 1", "+1", "1_0"
         raise InvalidArgument(f"Unable to parse '{name}', got: {value}")
+    if isinstance(value, str) and len(value.lstrip("-")) > 20:  # int() refuses 4300 digits and more
+        raise InvalidArgument(
+            f"Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {value[:24]}..."
+        )
     number = int(value)
     if not low <= number <= high:
         raise InvalidArgument(

@@ -61,6 +61,12 @@ def test_a_page_that_is_not_a_number_is_refused(limit: str | None, token: str | 
         page(limit, token)
 
 
+def test_a_page_of_thousands_of_digits_is_refused_not_raised() -> None:
+    for limit, token in (("1" + "0" * 5000, None), (None, "9" * 5000)):  # int() refuses 4300: was a 500
+        with pytest.raises(InvalidArgument, match="out of range"):
+            page(limit, token)
+
+
 def test_models_are_listed_sorted_a_page_at_a_time() -> None:
     first = list_models(NAMES, 2, 0)
     assert first == {

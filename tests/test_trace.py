@@ -76,6 +76,8 @@ def test_settings_read_as_triton_reads_them() -> None:
     for spelt in ("1_0", " 10", "+10", "10 "):  # what int() would take
         with pytest.raises(InvalidArgument, match="Unable to parse 'trace_rate'"):
             trace_settings.parse_update({"trace_rate": spelt})
+    with pytest.raises(InvalidArgument, match="out of range"):  # int() refuses 4300 digits: was a 500
+        trace_settings.parse_update({"log_frequency": "1" + "0" * 5000})
     with pytest.raises(InvalidArgument, match="only one trace level 'OFF'"):
         trace_settings.parse_update({"trace_level": ["OFF", "TIMESTAMPS"]})
     with pytest.raises(InvalidArgument, match="TENSORS is not supported"):
