@@ -416,15 +416,15 @@ def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
 
 def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.GenericRpcHandler]:
     """Return TorchServe's services' handlers (:mod:`gateway.torchserve_grpc`): the token checked on every
-    call but Ping, errors answered with their gRPC code."""
+    call, Ping too (as REST's /ping, and TorchServe's every inference API call), errors answered with their
+    gRPC code."""
     handlers = []
     for service, calls in torchserve_grpc.SERVICES.items():
         methods = {}
         for name, (request, response, streams) in calls.items():
-            needed = "" if name in torchserve_grpc.NO_TOKEN_NEEDED else token
             make = grpc.unary_stream_rpc_method_handler if streams else grpc.unary_unary_rpc_method_handler
             methods[name] = make(  # a streaming call answers in full before it returns its responses
-                _guarded(getattr(servicer, name), needed),
+                _guarded(getattr(servicer, name), token),
                 request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )

@@ -105,7 +105,6 @@ MANAGEMENT_METHODS = {
     )
 }
 STREAMING = {"StreamPredictions": (False, True)}  # one request, a stream of responses
-NO_TOKEN_NEEDED = frozenset({"Ping"})
 
 _, INFERENCE_FILE, INFERENCE = message_classes(
     file_descriptor(

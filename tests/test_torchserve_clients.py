@@ -117,10 +117,13 @@ def _code(call: Any) -> grpc.StatusCode:
 def test_a_torchserve_grpc_client_pings_predicts_and_manages(served: Served) -> None:
     stack, channel = served.stack, served.channel
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    ping = _call(
-        channel, INFERENCE_SERVICE, "Ping", INFERENCE["Empty"](), INFERENCE["TorchServeHealthResponse"]
-    )
-    assert json.loads(ping.health) == {"status": "Healthy"}  # no token needed, as for REST's /ping
+
+    def ping(**kw: Any) -> Any:
+        empty, health = INFERENCE["Empty"](), INFERENCE["TorchServeHealthResponse"]
+        return _call(channel, INFERENCE_SERVICE, "Ping", empty, health, **kw)
+
+    assert json.loads(ping(metadata=BEARER).health) == {"status": "Healthy"}
+    assert _code(ping) == grpc.StatusCode.UNAUTHENTICATED  # the token is needed, as for REST's /ping
 
     sample = json.dumps([float(i % 16) for i in range(64)]).encode()
     rest = requests.post(f"{stack.url}/predictions/digits", data=sample, headers=auth, timeout=TIMEOUT)
