@@ -138,6 +138,11 @@ class Executor:
             launched.done.synchronize()  # lets go of the GIL: the session and the next launch carry on
         t2 = time.perf_counter_ns()
         sizes, outputs = launched.sizes, launched.outputs
+        for spec, out in zip(self.config.outputs, outputs, strict=True):
+            if out.dtype != TORCH_DTYPES[spec.datatype]:  # as Triton's libtorch backend: never sent as is
+                raise RuntimeError(
+                    f"unexpected datatype {out.dtype} for output {spec.name!r}, expecting {spec.datatype}"
+                )
         if launched.batching:
             for spec, out in zip(self.config.outputs, outputs, strict=True):
                 if out.dim() == 0 or out.shape[0] != sum(sizes):

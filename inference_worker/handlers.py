@@ -118,7 +118,13 @@ class BoundHandler:
             )
         prepared = {}
         for name, value in result.items():
-            tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            try:
+                tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            except Exception as exc:  # None, strings, a ragged list: this request's failure, not the worker's
+                raise CodedError(
+                    ErrorCode.INTERNAL,
+                    f"preprocess returned {name!r} as a {type(value).__name__}, not a tensor: {_say(exc)}",
+                ) from None
             if self.config.max_batch_size > 0 and (tensor.dim() == 0 or tensor.shape[0] != samples):
                 raise CodedError(
                     ErrorCode.INTERNAL,
@@ -151,11 +157,18 @@ class BoundHandler:
                     f"postprocess must return {{output name: value}} for outputs {names}",
                 )
             result = {names[0]: result}
-        return [
-            wire_output(spec, result[spec.name], samples, self.config.max_batch_size > 0)
-            for spec in self.config.outputs
-            if spec.name in result
-        ]
+        try:
+            return [
+                wire_output(spec, result[spec.name], samples, self.config.max_batch_size > 0)
+                for spec in self.config.outputs
+                if spec.name in result
+            ]
+        except CodedError:
+            raise
+        except Exception as exc:  # a value that is no tensor (a dict, strings for a number): this request's
+            raise CodedError(
+                ErrorCode.INTERNAL, f"postprocess returned what cannot be sent: {_say(exc)}"
+            ) from None
 
 
 def takes_parameters(hook: Any) -> bool:

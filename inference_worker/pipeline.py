@@ -21,7 +21,7 @@ from inference_worker.errors import CodedError
 from inference_worker.handlers import BoundHandler, load_handler, zeros_inputs
 from inference_worker.protocol import ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig
-from inference_worker.tensors import from_torch, to_torch
+from inference_worker.tensors import TORCH_DTYPES, from_torch, to_torch
 
 
 def needs_pipeline(config: ModelConfig) -> bool:
@@ -117,6 +117,12 @@ class Pipeline:
                 # an optional input the batch's requests left out is None (they all leave out the same:
                 # the batch key holds their names)
                 outputs = dict(zip(names, self.runner([batch.get(n) for n in order]), strict=True))
+                for spec in self.config.outputs:
+                    if outputs[spec.name].dtype != TORCH_DTYPES[spec.datatype]:
+                        raise RuntimeError(
+                            f"unexpected datatype {outputs[spec.name].dtype} for output {spec.name!r}, "
+                            f"expecting {spec.datatype}"
+                        )
             outputs = {name: t.detach().to("cpu") for name, t in outputs.items()}
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()

@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     fetch(repository / "minilm")
     config = write_masked_model(repository) / "config.toml"  # a window to batch in, however fast it computes
     config.write_text(config.read_text() + "\n[dynamic_batching]\nmax_queue_delay_us = 20000\n")
+    write_sleepy_model(repository, root / "sleepy-build")
     (repository / "digits_image" / "1").mkdir()
     shutil.copyfile(
         repository / "digits" / "1" / "model.pt2", repository / "digits_image" / "1" / "model.pt2"
@@ -63,6 +65,40 @@ def client(stack: Stack) -> Iterator[httpclient.InferenceServerClient]:
     triton = httpclient.InferenceServerClient(f"127.0.0.1:{stack.port}", concurrency=8, network_timeout=60)
     yield triton
     triton.close()
+
+
+SLEEPY_HANDLER = """
+import time
+
+import torch
+
+class Handler:
+    def preprocess(self, inputs):
+        words = [s.decode("utf-8").split() for s in inputs["text"].reshape(-1)]
+        if words[0][0] == "sleep":  # as an image that takes seconds to decode
+            time.sleep(float(words[0][1]))
+        longest = max(len(ws) for ws in words)
+        return {"ids": torch.tensor([[len(w) for w in ws] + [0] * (longest - len(ws)) for ws in words])}
+
+    def inference(self, model, batch):
+        tokens, count = model(batch["ids"], batch["mask"])
+        return {"tokens": tokens, "count": count}
+
+    def postprocess(self, outputs, inputs):
+        return outputs
+"""
+
+
+def write_sleepy_model(repository: Path, scratch: Path) -> None:
+    """``sleepy``: the masked model behind a handler whose preprocess sleeps as long as its text says."""
+    built = write_masked_model(scratch, handler='handler = "sleepy_handler:Handler"')
+    folder = shutil.copytree(built, repository / "sleepy")
+    (folder / "sleepy_handler.py").write_text(SLEEPY_HANDLER)
+    config = (folder / "config.toml").read_text().replace('name = "masked"', 'name = "sleepy"')
+    config = config.replace(
+        'name = "ids"\ndatatype = "INT64"\ndims = [-1]', 'name = "text"\ndatatype = "BYTES"\ndims = [1]'
+    )
+    (folder / "config.toml").write_text(config)
 
 
 def embed(client: httpclient.InferenceServerClient, sentences: list[str], binary: bool = True) -> np.ndarray:
@@ -336,3 +372,34 @@ def test_a_plain_model_batches_padded_requests_with_the_workers_mask(stack: Stac
         assert outputs["tokens"]["data"] == [float(i) for i in range(1, length + 1)]
         assert outputs["count"]["data"] == [float(length)]
     assert batched_since(stack, "masked", before)
+
+
+def test_a_preprocess_longer_than_the_liveness_keeps_its_worker_in_rotation(stack: Stack) -> None:
+    """A handler's preprocess that takes seconds (a large image to decode) runs beside the worker's
+    heartbeats: the dispatcher once took the worker for dead after 1 s (the harness's liveness) and answered
+    503, to this request and to every other model's."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["sleep 3"]}]
+    }
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(requests.post, f"{stack.url}/v2/models/sleepy/infer", json=body, timeout=120)
+        digits: dict[str, Any] = {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]
+        }
+        other = requests.post(f"{stack.url}/v2/models/digits/infer", json=digits, timeout=120)
+        answer = slow.result(timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [5.0, 1.0]  # the word lengths, unpadded
+    assert other.status_code == 200, other.text
+    assert "out of rotation" not in stack.log("dispatcher")
+
+
+def test_minilm_refuses_a_sentence_longer_than_it_tokenizes(stack: Stack) -> None:
+    """The model reads 256 tokens; the tokenizer holds a whole sentence before it truncates (16 MiB of text:
+    2.2 GB): past 1 MiB, the handler's 400."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["word " * 250_000]}]
+    }
+    response = requests.post(f"{stack.url}/v2/models/minilm/infer", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    assert "sentence 0 is 1250000 bytes, more than the 1048576 allowed" in response.json()["error"]

@@ -79,6 +79,17 @@ def test_a_datatype_the_model_cannot_take_fails_warm_up_naming_the_config(tmp_pa
     assert str(model.path / "config.toml") in text
 
 
+def test_an_output_of_another_datatype_than_its_config_says_fails_warm_up(tmp_path: Path) -> None:
+    """As Triton's libtorch backend refuses it: a float64 answer for an FP32 output was sent as FP64, which no
+    client reading the model's metadata expects."""
+    source = LINEAR_SOURCE.replace("return self.linear(x)", "return self.linear(x).double()")
+    assert source != LINEAR_SOURCE
+    model = load_model_config(write_python_model(tmp_path, "wide", source, linear_weights(), "WIDTH = 3\n"))
+    executor = Executor(model, "1", load_model(model, "1", CPU), CPU)
+    with pytest.raises(LoadError, match=r"unexpected datatype torch.float64 for output 'y', expecting FP32"):
+        executor.warm_up()
+
+
 def test_a_broken_file_names_the_backend_and_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "exported"
     (folder / "1").mkdir(parents=True)

@@ -125,6 +125,45 @@ def test_handler_failures_fail_their_request_alone(tmp_path: Path) -> None:
     assert failed.value.code is ErrorCode.INTERNAL
 
 
+def test_values_a_handler_returns_that_are_no_tensor_fail_their_request_alone(tmp_path: Path) -> None:
+    """A preprocess that returns None or a ragged list (a tokenizer without padding), a postprocess that
+    returns a dict for a tensor: each a precise 500 for its request (they used to raise a TypeError that
+    failed the whole batch, or ended the worker)."""
+    folder = write_masked_model(tmp_path, handler='handler = "word_handler:Handler"')
+    config = (folder / "config.toml").read_text()
+    config = config.replace(
+        'name = "ids"\ndatatype = "INT64"\ndims = [-1]', 'name = "text"\ndatatype = "BYTES"\ndims = [1]'
+    )
+    (folder / "config.toml").write_text(config)
+    odd = HANDLER.replace(
+        "        longest = max(len(ws) for ws in words)",
+        '        if words[0] == ["none"]:\n'
+        '            return {"ids": None}\n'
+        '        if words[0] == ["ragged"]:\n'
+        '            return {"ids": [[1], [1, 2]]}\n'
+        "        longest = max(len(ws) for ws in words)",
+    ).replace(
+        '        if (outputs["count"] == 3).any():',
+        '        if (outputs["count"] == 4).any():\n'
+        '            return {"tokens": {"not": "a tensor"}, "count": outputs["count"]}\n'
+        '        if (outputs["count"] == 3).any():',
+    )
+    odd = odd.replace('[int(c) for c in outputs["count"][:, 0]]', 'outputs["count"]')
+    assert odd.count("return") == HANDLER.count("return") + 3 and "int(c)" not in odd
+    (folder / "word_handler.py").write_text(odd)
+    pipeline = Pipeline(load_model_config(folder), "1", torch.device("cpu"))
+    for word in ("none", "ragged"):
+        with pytest.raises(CodedError, match="preprocess returned 'ids' as a .*, not a tensor") as caught:
+            pipeline.admit([text(word)], 1)
+        assert caught.value.code is ErrorCode.INTERNAL
+    good, odd_one = pipeline.admit([text("a bb")], 1), pipeline.admit([text("w x y z")], 1)
+    good_out, odd_out = pipeline.run([good, odd_one], BatchTimes())
+    assert [meta.name for meta, _ in pipeline.finish(good_out, good, 1)] == ["tokens", "count"]
+    with pytest.raises(CodedError, match="postprocess returned what cannot be sent") as caught:
+        pipeline.finish(odd_out, odd_one, 1)
+    assert caught.value.code is ErrorCode.INTERNAL
+
+
 def test_wire_output_takes_tensors_strings_and_json() -> None:
     spec = TensorSpec("label", "BYTES", (1,), "json")
     meta, blob = wire_output(spec, [{"a": 1}, "x"], samples=2, batching=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,8 @@ class Application:
         self.inline_ns = config.heartbeat_interval * INLINE_SHARE * 1e9
         # Batches in the compute threads at once: two on a GPU (one computes while the next copies in).
         self.depth = 2 if self.device.type == "cuda" else 1
+        # Runs a request's preprocess; the worker's loop makes it keep its heartbeats going meanwhile.
+        self.admit_hook: Callable[[Callable[[], Any]], Any] = lambda admit: admit()
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -176,7 +179,12 @@ class Application:
             samples = check_inputs(executor.config, [meta for meta, _ in tensors])
             inputs: Any
             if isinstance(executor, Pipeline):  # a handler's preprocess, or padding: a 400 for this one alone
-                inputs = executor.admit(tensors, samples, message.parameters)
+                pipeline, parameters = executor, message.parameters
+                inputs = (
+                    self.admit_hook(lambda: pipeline.admit(tensors, samples, parameters))
+                    if pipeline.handler is not None  # a handler's code may take any time: heartbeats go on
+                    else pipeline.admit(tensors, samples, parameters)
+                )
                 batch_key = executor.batch_key(inputs)
             else:
                 by_name = {meta.name: to_torch(meta, buf) for meta, buf in tensors}
@@ -337,6 +345,9 @@ class Application:
                 tensors = executor.finish(outputs, item.payload[0], item.samples, item.payload[3])
             except CodedError as exc:
                 return exc
+            # this request's alone: raised here, it failed its whole batch (or, inline, killed the worker)
+            except Exception as exc:
+                return CodedError(*describe_failure(exc))
             return [t for t in tensors if not wanted or t[0].name in wanted]
         names = [spec.name for spec in executor.config.outputs]
         return [from_torch(n, t) for n, t in zip(names, outputs, strict=True) if not wanted or n in wanted]

@@ -14,6 +14,9 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import zmq
@@ -52,6 +55,7 @@ class Worker:
             self._heartbeat,
         )
         self.compute: ComputeThread[Launch, Outcome] | None = None
+        self.admitter: ThreadPoolExecutor | None = None  # runs handlers' preprocess (Worker._admit_alive)
         self.controls: list[protocol.WorkerControl] = []  # loads and unloads waiting for the queues to empty
         self.stopping = 0  # stop signals received
         self.batches = 0  # batches started
@@ -70,6 +74,9 @@ class Worker:
             self.compute = ComputeThread(
                 self.app.launch, self.app.finish, overlap=self.app.depth > 1, setup=self.app.setup_thread
             )
+        if self.admitter is None:
+            self.admitter = ThreadPoolExecutor(1, "torchgate-preprocess", initializer=self.app.setup_thread)
+            self.app.admit_hook = self._admit_alive
         if self.lane is None and direct_lane.enabled(self.config.dispatcher):
             endpoint = direct_lane.endpoint_for(self.config.dispatcher, self.config.name, os.getpid())
             if endpoint is not None:
@@ -78,6 +85,17 @@ class Worker:
                 except OSError as exc:
                     log.warning("%s: no direct lane at %s: %s", self.tag, endpoint, exc)
         self.session.connect()
+
+    def _admit_alive(self, admit: Callable[[], Any]) -> Any:
+        """Run a handler's preprocess on a thread of its own while this one keeps the heartbeats going: an
+        image that takes seconds to decode must not make the dispatcher presume this worker dead."""
+        assert self.admitter is not None
+        future = self.admitter.submit(admit)
+        while True:
+            try:
+                return future.result(timeout=self.config.heartbeat_interval / 2)
+            except FutureTimeout:
+                self.session.keep_alive(time.monotonic())
 
     def report_and_leave(self) -> None:
         """Tell the dispatcher what could not load (so readiness says why), then leave; nothing to serve."""
@@ -102,6 +120,9 @@ class Worker:
         if self.compute is not None:
             self.compute.close()
             self.compute = None
+        if self.admitter is not None:
+            self.admitter.shutdown(wait=False)
+            self.admitter = None
         if self.lane is not None:
             taken, declined = self.lane.taken, self.lane.declined
             log.info("%s: direct lane: %d requests taken, %d declined", self.tag, taken, declined)

@@ -15,6 +15,9 @@ import torch
 from tokenizers import Tokenizer
 
 MAX_TOKENS = 256  # sentence_bert_config.json's max_seq_length
+# The model reads a sentence's first 256 tokens (a few KiB of text), but the tokenizer holds the whole of it
+# at once before truncating (16 MiB of text: 2.2 GB and 19 s): longer ones are the client's 400.
+MAX_TEXT_BYTES = 1 << 20
 
 
 class MiniLMHandler:
@@ -24,7 +27,11 @@ class MiniLMHandler:
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # within one request: to its longest
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        sentences = [s.decode("utf-8") for s in inputs["text"].reshape(-1)]  # UnicodeDecodeError: a 400
+        texts = inputs["text"].reshape(-1)
+        for i, text in enumerate(texts):
+            if len(text) > MAX_TEXT_BYTES:
+                raise ValueError(f"sentence {i} is {len(text)} bytes, more than the {MAX_TEXT_BYTES} allowed")
+        sentences = [s.decode("utf-8") for s in texts]  # UnicodeDecodeError: a 400
         encodings = self.tokenizer.encode_batch(sentences)
         return {
             name: torch.from_numpy(np.array([getattr(e, attr) for e in encodings], dtype=np.int64))
