@@ -46,11 +46,19 @@ def rolling_restart(
     for name in todo:
         others = other_ready(worker_statuses(s.frontend_endpoint), name)
         if not others:
-            report(f"{name}: no other ready worker; requests wait in the dispatcher queue while it restarts")
-        report(f"{name}: draining")
-        if sup.info(name)["statename"] in UP_STATES:
-            sup.stop(name)
-        report(f"{name}: starting")
+            report(
+                f"{name}: no other ready worker; its models answer 503 until it is ready again "
+                "(add a slot first, torchgate add-worker, to restart without failures)"
+            )
+        try:
+            report(f"{name}: draining")
+            if sup.info(name)["statename"] in UP_STATES:
+                sup.stop(name)
+            report(f"{name}: starting")
+        except BaseException:  # interrupted (Ctrl-C, a closed terminal or pipe): never leave the slot stopped
+            if sup.info(name)["statename"] not in UP_STATES:
+                sup.start(name, wait=False)
+            raise
         try:
             sup.start(name)
         except xmlrpc.client.Fault as fault:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import http.client
 import os
@@ -83,7 +84,9 @@ def health_live(url: str, timeout: float = HEALTH_TIMEOUT, token: str = "") -> b
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """Return True when something already listens on ``host:port`` (the gateway could not bind it)."""
+    """Return True when something already listens on ``host:port`` (the gateway could not bind it); raise
+    ServeError when the address itself cannot be bound here (a name that does not resolve, an address of
+    another machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(
@@ -91,8 +94,10 @@ def port_in_use(host: str, port: int) -> bool:
         )  # as gunicorn does: TIME_WAIT is no conflict
         try:
             probe.bind((host, port))
-        except OSError:
-            return True
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host") from None
     return False
 
 

@@ -62,6 +62,7 @@ from gateway.service import Gateway
 from gateway.torchserve_grpc import TorchServeServicer
 from gateway.trace import RequestTrace
 from gateway.validation import check_inputs
+from inference_worker import lifeline
 from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode
 
@@ -522,6 +523,7 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
 )
 def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
     """Serve the Open Inference Protocol over gRPC; settings come from TORCHGATE_* as for the HTTP gateway."""
+    lifeline.die_with_supervisor()  # a killed supervisord must not leave this process holding the port
     # the gateway's log lines: text or JSON (TORCHGATE_LOG_FORMAT), one access line per infer request
     level = os.environ.get("TORCHGATE_LOG_LEVEL", "info")
     logging.config.dictConfig(logconfig(level, os.environ.get("TORCHGATE_LOG_FORMAT", "text")))

@@ -23,6 +23,7 @@ Failure reasons follow Triton's (``nv_inference_request_failure{reason}``):
 from __future__ import annotations
 
 import glob
+import mmap as _mmap
 import os
 import threading
 from collections.abc import Iterable
@@ -30,12 +31,30 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import mmap_dict as _mmap_dict
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _AllocatingMmap:
+    """prometheus-client's ``mmap`` module, but a writable map's file is allocated first: on a full disk a
+    sparse file's page fault is a SIGBUS that kills the process (gunicorn then respawns it at once, forever);
+    allocated, the same lack of space is an OSError (ENOSPC) when the metric is created."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_mmap, name)
+
+    def mmap(self, fileno: int, length: int, *args: Any, **kwargs: Any) -> _mmap.mmap:
+        if kwargs.get("access", _mmap.ACCESS_WRITE) == _mmap.ACCESS_WRITE and length > 0:
+            os.posix_fallocate(fileno, 0, length)
+        return _mmap.mmap(fileno, length, *args, **kwargs)
+
+
+_mmap_dict.mmap = _AllocatingMmap()  # type: ignore[attr-defined,assignment]
 # The gRPC server's own multiprocess folder (`torchgate serve --grpc-port`): a scrape sums it in.
 GRPC_METRICS_ENV = "TORCHGATE_GRPC_METRICS_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

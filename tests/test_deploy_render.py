@@ -419,6 +419,14 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) ->
     assert not (tmp_path / "run" / "supervisord.pid").exists()
 
 
+def test_an_address_that_cannot_be_bound_is_named_not_called_in_use() -> None:
+    from deploy.serve import ServeError, port_in_use
+
+    for host, why in (("a b", "check --host"), ("192.0.2.1", "Cannot assign requested address")):
+        with pytest.raises(ServeError, match=why):  # was "already in use (another torchgate?)"
+            port_in_use(host, 8000)
+
+
 @pytest.mark.processes
 @pytest.mark.processes
 def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ class Host:
                 self.address,
                 "--port",
                 "8000",
+                "--grpc-port",  # it too must die with a killed supervisord
+                "8001",
                 "--cpu-workers",
                 "1",
                 "--gateway-threads",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,23 @@ def test_promql_names() -> None:
     with pytest.raises(ValueError):
         metric_names("sum(rate(x[5m])")
     assert label_values_metric("label_values(torchgate_workers_ready, model)") == "torchgate_workers_ready"
+
+
+def test_a_metrics_file_is_allocated_before_it_is_mapped(tmp_path: Path) -> None:
+    """prometheus-client maps a sparse file; on a full disk its first write is a SIGBUS that kills the
+    gateway process (gunicorn then starts another at once, forever). Allocated first, a full disk is an
+    OSError instead."""
+    import mmap
+
+    from prometheus_client import mmap_dict
+
+    import gateway.metrics  # noqa: F401  # it allocates what prometheus-client maps
+
+    path = tmp_path / "counter.db"
+    with open(path, "a+b") as f:
+        f.truncate(1 << 20)
+        assert os.stat(path).st_blocks == 0  # sparse: no block behind it yet
+        mapped = mmap_dict.mmap.mmap(f.fileno(), 1 << 20)  # type: ignore[attr-defined]
+        mapped.close()
+        assert os.stat(path).st_blocks * 512 >= 1 << 20
+        assert mmap_dict.mmap.ACCESS_READ == mmap.ACCESS_READ  # type: ignore[attr-defined]  # the rest as it was

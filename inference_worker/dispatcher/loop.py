@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -156,4 +158,8 @@ def run_dispatcher(config: DispatcherConfig) -> int:
         dispatcher.serve()
     finally:
         dispatcher.close()
+        for endpoint in (config.frontend, config.backend):  # libzmq leaves a closed ipc socket's file
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):
+                    os.unlink(endpoint[len("ipc://") :])
     return 0
