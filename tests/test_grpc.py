@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
@@ -971,15 +972,7 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
         "TORCHGATE_UNRESPONSIVE_AFTER": "1",
     }
     args = ("--port", str(port), "--threads", "2", "--grace-seconds", "10")
-    server = processes.python("grpc", "gateway.grpc_server", *args, env=env)
-    wait_for(
-        lambda: (
-            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
-        ),
-        timeout=60,
-        what="the gRPC server to listen",
-    )
-    assert server.poll() is None, processes.log("grpc")
+    server = _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
     with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
         assert client.is_server_live(client_timeout=TIMEOUT)
         assert not client.is_server_ready(client_timeout=TIMEOUT)
@@ -1021,15 +1014,8 @@ def test_inference_calls_past_the_threads_never_keep_other_calls_waiting(
         "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
         "TORCHGATE_UNRESPONSIVE_AFTER": "600",  # the calls that run wait for the dispatcher until cancelled
     }
-    server = processes.python("grpc", "gateway.grpc_server", "--port", str(port), "--threads", "2", env=env)
-    wait_for(
-        lambda: (
-            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
-        ),
-        timeout=60,
-        what="the gRPC server to listen",
-    )
-    assert server.poll() is None, processes.log("grpc")
+    args = ("--port", str(port), "--threads", "2")
+    _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         infer = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",
@@ -1061,3 +1047,16 @@ def test_inference_calls_past_the_threads_never_keep_other_calls_waiting(
         timeout=TIMEOUT,
         what="the cancelled calls' access lines",
     )
+
+
+def _listening(processes: Processes, server: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Return the gRPC server ``processes`` started as ``grpc``, once it listens; fail if it exited."""
+    wait_for(
+        lambda: (
+            server.poll() is not None or "serving inference.GRPCInferenceService" in processes.log("grpc")
+        ),
+        timeout=60,
+        what="the gRPC server to listen",
+    )
+    assert server.poll() is None, processes.log("grpc")
+    return server
