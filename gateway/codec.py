@@ -253,15 +253,12 @@ def parse_infer_request(
     else:
         if not (header_length.isascii() and header_length.isdigit()):  # int() would take "+1", " 1", "1_0"
             raise InvalidArgument(f"Inference-Header-Content-Length {header_length!r} is not an integer")
-        if len(header_length.lstrip("0")) > MAX_HEADER_DIGITS:  # int() refuses 4300 digits and more
-            shown = header_length if len(header_length) <= 40 else header_length[:40] + "..."
+        length = header_length_value(header_length)  # None: too many digits for any body
+        if length is None or length > len(view):
+            cut = header_length[:40] + "..." * (len(header_length) > 40)
+            shown = str(length) if length is not None else cut
             raise InvalidArgument(
                 f"Inference-Header-Content-Length {shown} does not fit a body of {len(view)} bytes"
-            )
-        length = int(header_length)
-        if not 0 <= length <= len(view):
-            raise InvalidArgument(
-                f"Inference-Header-Content-Length {length} does not fit a body of {len(view)} bytes"
             )
         if length == 0:
             return InferRequest(id=header_id, inputs=[], binary_data_output=True, raw=view)
