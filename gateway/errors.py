@@ -22,6 +22,7 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 FORBIDDEN = "FORBIDDEN"
 UNSUPPORTED = "UNSUPPORTED"  # Triton's TRITONSERVER_ERROR_UNSUPPORTED: a request for what it does not do
+CONFLICT = "CONFLICT"  # TorchServe's ConflictStatusException: registering a model already registered
 
 STATUS: dict[str, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -37,6 +38,7 @@ STATUS: dict[str, int] = {
     METHOD_NOT_ALLOWED: 405,
     FORBIDDEN: 403,
     UNSUPPORTED: 400,
+    CONFLICT: 409,
 }
 
 
@@ -81,6 +83,10 @@ class Unsupported(Refusal):
 
 class Forbidden(Refusal):
     code = FORBIDDEN
+
+
+class Conflict(Refusal):
+    code = CONFLICT
 
 
 def http_status(code: str) -> int:

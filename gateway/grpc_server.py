@@ -46,6 +46,7 @@ from gateway.auth import authorized
 from gateway.codec import FINAL_FLAG_PARAMETER
 from gateway.config import GatewayConfig
 from gateway.errors import (
+    CONFLICT,
     FORBIDDEN,
     PAYLOAD_TOO_LARGE,
     UNAUTHENTICATED,
@@ -80,6 +81,7 @@ CODES: dict[str, grpc.StatusCode] = {
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
 }
 DEFAULT_PORT = 8001  # Triton's
 NO_TOKEN = "missing or wrong bearer token (metadata 'authorization')"

@@ -30,7 +30,7 @@ from gateway.codec import (
     parse_infer_request,
 )
 from gateway.config import GatewayConfig
-from gateway.errors import Forbidden, InvalidArgument, NotFound, Unavailable
+from gateway.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
 from gateway.metrics import request_metrics
 from gateway.models import ModelCatalog
 from gateway.predict import output_values, predict_input, predict_output
@@ -558,10 +558,7 @@ class Gateway:
 
         ``body`` is the request's: its parameters are checked (:func:`control_parameters`).
         """
-        if self.config.model_control != "explicit":
-            raise Forbidden(
-                f"model control is off: start the server with --model-control explicit to {action} models"
-            )
+        self._allow_control(action)
         control_parameters(body, action)
         if action == "load":
             self.catalog.check(model_name)  # what is on disk, before any worker is asked
@@ -577,6 +574,12 @@ class Gateway:
         time.sleep(self.client.status_ttl)
         if not reply.ok:
             raise InvalidArgument(f"{action} of model {model_name!r} failed: {reply.error}")
+
+    def _allow_control(self, action: str) -> None:
+        if self.config.model_control != "explicit":
+            raise Forbidden(
+                f"model control is off: start the server with --model-control explicit to {action} models"
+            )
 
     def _served_now(self, model_name: str, action: str) -> bool:
         """Whether an unload may go ahead for a model this catalog lacks: workers still serve it (say, its
@@ -615,16 +618,18 @@ class Gateway:
     def register(self, args: dict[str, str]) -> str:
         """Load the model ``POST /models`` names (model control); return TorchServe's status message."""
         name = torchserve_management.register_target(args)
+        self._allow_control("load")
         before = self.status_or_none(max_age=0)
-        served = before is not None and name in before.models and name not in before.unloaded
+        if before is not None and name in before.models and name not in before.unloaded:
+            _, version = self.catalog.get(name)
+            raise Conflict(f"Model version {version} is already registered for model {name}")
         try:
             self.control("load", name)
         except InvalidArgument:
-            if not served:  # as TorchServe: a register that fails leaves the model unregistered
-                try:
-                    self.control("unload", name)
-                except CodedError:
-                    log.warning("gateway: model %s: could not unregister it after its failed register", name)
+            try:  # as TorchServe: a register that fails leaves the model unregistered
+                self.control("unload", name)
+            except CodedError:
+                log.warning("gateway: model %s: could not unregister it after its failed register", name)
             raise
         model, version = self.catalog.get(name)
         status = self.status_or_none(max_age=0)

@@ -228,11 +228,17 @@ def test_torchserve_management_api_lists_describes_unregisters_and_registers(sta
     workers = get(stack, "/models/a").json()[0]["workers"]
     assert {w["id"]: (w["pid"], w["startTime"]) for w in workers} == started  # the same processes
 
+    # Registered twice: TorchServe's 409, and the model is not loaded again.
+    again = post(stack, "/models?url=a")
+    assert again.status_code == 409, again.text
+    assert again.json() == {"error": "Model version 1 is already registered for model a"}
+    assert get(stack, "/models/a").json()[0]["workers"] == workers
+
 
 def test_a_register_that_fails_leaves_the_model_unregistered_as_torchserve_does(stack: Stack) -> None:
     """A ``POST /models`` whose load fails rolls back: the model is neither listed nor described, and /ping
     says what it said before (it used to stay half-registered, degrading /ping until someone unregistered it);
-    a register of a model already served that fails keeps it serving."""
+    a model already served is not loaded again (409), so it keeps serving what it loaded."""
     folder = write_linear_model(
         stack.repository, "bad", "import no_such_package_for_torchgate\n" + LINEAR_SOURCE
     )
@@ -247,7 +253,7 @@ def test_a_register_that_fails_leaves_the_model_unregistered_as_torchserve_does(
         (stack.repository / "a" / "model.py").write_text(
             "import no_such_package_for_torchgate\n" + LINEAR_SOURCE
         )
-        assert post(stack, "/models?url=a&synchronous=true").status_code == 400
+        assert post(stack, "/models?url=a&synchronous=true").status_code == 409
         assert post(stack, "/predictions/a", [1.0, 2.0, 3.0]).json() == [6.0]  # served as before
     finally:
         shutil.rmtree(folder)
