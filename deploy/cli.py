@@ -378,6 +378,23 @@ def _describe(s: DeploySettings) -> str:
     return "\n".join(lines)
 
 
+def _require_gpus(indices: tuple[int, ...], hint: str) -> None:
+    """Refuse GPU indices this host lacks, before a worker pinned to one fails its every start (``render``
+    does not check: it may write a configuration for another host)."""
+    from deploy.gpus import discover_gpus
+
+    if not indices:
+        return
+    found = sorted(g.index for g in discover_gpus())
+    missing = [i for i in indices if i not in found]
+    if missing:
+        listed = ", ".join(map(str, found)) if found else "none"
+        raise click.BadParameter(
+            f"this host has no GPU {', '.join(map(str, missing))} (nvidia-smi and NVML list {listed})",
+            param_hint=hint,
+        )
+
+
 @main.command()
 @host_options
 def render(**options: Any) -> None:
@@ -421,6 +438,7 @@ def serve(ready_timeout: float, unready_grace_seconds: float, **options: Any) ->
     from inference_worker.repository import ConfigError
 
     s = build_settings(**options)
+    _require_gpus(s.gpus, "--gpus")
     click.echo(_describe(s))
     try:
         code = run_serve(
@@ -497,14 +515,12 @@ def _connect(run_dir: Path) -> tuple[DeploySettings, Any]:
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True)
 def add_worker(run_dir: Path, gpu: int | None, no_start: bool, ready_timeout: float) -> None:
     """Add a worker slot beyond the rendered ones, restarting nothing that runs."""
-    from deploy.gpus import discover_gpus
     from deploy.rundir import RunDirError
     from deploy.scaling import ScalingError
     from deploy.scaling import add_worker as run_add
 
     s, sup = _connect(run_dir)
-    if gpu is not None and gpu not in {g.index for g in discover_gpus()}:
-        raise click.BadParameter(f"this host has no GPU {gpu} (nvidia-smi)", param_hint="--gpu")
+    _require_gpus(() if gpu is None else (gpu,), "--gpu")
     try:
         slot = run_add(s, sup, gpu=gpu, start=not no_start, ready_timeout=ready_timeout)
     except (ScalingError, TimeoutError, RunDirError) as exc:

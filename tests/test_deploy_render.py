@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import stat
@@ -365,7 +366,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.processes
-@pytest.mark.processes
 def test_render_command_writes_the_run_directory_without_importing_torch(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "0,1,2,3,4,5,6,7", "--port", "8123", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -375,7 +375,6 @@ def test_render_command_writes_the_run_directory_without_importing_torch(tmp_pat
     assert "worker-gpu7-0: GPU 7" in done.stdout
 
 
-@pytest.mark.processes
 @pytest.mark.processes
 def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "none", "--spare-slots", "1", cwd=tmp_path)
@@ -390,7 +389,6 @@ def test_render_command_without_gpus_uses_the_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.processes
-@pytest.mark.processes
 def test_render_command_refuses_bad_options_with_a_message(tmp_path: Path) -> None:
     done = run_cli("render", "--run-dir", "run", "--gpus", "0,zero", cwd=tmp_path)
     assert done.returncode == 2 and "--gpus" in done.stderr and "'zero' is not a GPU index" in done.stderr
@@ -400,6 +398,15 @@ def test_render_command_refuses_bad_options_with_a_message(tmp_path: Path) -> No
 
 
 @pytest.mark.processes
+def test_serve_refuses_a_gpu_this_host_lacks_before_starting_anything(tmp_path: Path) -> None:
+    """``render`` may write a configuration for another host; ``serve`` runs here, so a GPU nvidia-smi does
+    not list is refused at once, as ``add-worker --gpu`` does (a worker pinned to it fails every start)."""
+    done = run_cli("serve", "--run-dir", "run", "--gpus", "0,99", "--port", "1", cwd=tmp_path)
+    assert done.returncode == 2 and "--gpus" in done.stderr, done.stderr
+    assert re.search(r"this host has no GPU (0, )?99 \(nvidia-smi and NVML list ", done.stderr), done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.processes
 def test_worker_help_is_forwarded_to_the_worker_command(tmp_path: Path) -> None:
     done = run_cli("worker", "--help", cwd=tmp_path)
@@ -407,7 +414,6 @@ def test_worker_help_is_forwarded_to_the_worker_command(tmp_path: Path) -> None:
     assert "Usage: torchgate worker" in done.stdout and "--model-repository" in done.stdout
 
 
-@pytest.mark.processes
 @pytest.mark.processes
 def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
     with socket.socket() as busy:
@@ -427,7 +433,6 @@ def test_an_address_that_cannot_be_bound_is_named_not_called_in_use() -> None:
             port_in_use(host, 8000)
 
 
-@pytest.mark.processes
 @pytest.mark.processes
 def test_serve_refuses_a_broken_model_repository_with_its_file_and_key(tmp_path: Path) -> None:
     repository = tmp_path / "repo"
