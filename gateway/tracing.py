@@ -31,6 +31,8 @@ import orjson
 from gateway import trace_settings
 from gateway.errors import InvalidArgument
 from gateway.trace import RequestTrace
+from inference_worker.errors import CodedError
+from inference_worker.protocol import ErrorCode
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -92,7 +94,12 @@ class Tracing:
             raise InvalidArgument(trace_settings.NO_FILE)
         with self._shared():
             current = self._read()
-            _write_json(self.folder / SETTINGS, trace_settings.apply(current, model, update))
+            try:
+                _write_json(self.folder / SETTINGS, trace_settings.apply(current, model, update))
+            except OSError as exc:  # a full disk: say so, and every process keeps the settings it had
+                raise CodedError(
+                    ErrorCode.INTERNAL, f"the trace settings could not be saved in {self.folder}: {exc}"
+                ) from None
         return self.setting(model)
 
     # -- tracing -------------------------------------------------------------------------------------------

@@ -91,6 +91,19 @@ def run(
     )
 
 
+# Python code run after this finds every file write failing past one byte (EFBIG), as on a full disk.
+FULL_DISK = (
+    "import resource, signal\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))\n"
+)
+
+
+def run_on_a_full_disk(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` (``sys.argv[1:]`` = ``args``) in a process where no file can grow past one byte."""
+    return run([sys.executable, "-c", FULL_DISK + code, *args])
+
+
 class Processes:
     """Start processes in their own process groups, each logging to a file; kill every group at the end."""
 

@@ -115,7 +115,12 @@ def update(path: str | os.PathLike[str], doc: Any) -> dict[str, Any]:
     changes = parse_update(doc)
     with _locked(Path(path)):
         settings = {**read(path), **changes}
-        write(path, settings)
+        try:
+            write(path, settings)
+        except OSError as exc:  # a full disk: say so, and every process keeps the settings it had
+            raise CodedError(
+                ErrorCode.INTERNAL, f"the log settings could not be saved in {path}: {exc}"
+            ) from None
     apply(settings)
     return settings
 

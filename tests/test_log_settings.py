@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from harness import Stack, wait_for
+from harness import Stack, run_on_a_full_disk, wait_for
 from harness.apps import gateway_app
 from harness.models import DIGIT_ROW
 from inference_worker import log_settings
@@ -107,6 +107,25 @@ def test_a_process_follows_the_shared_file(tmp_path: Path, restored: None) -> No
     watcher.check()
     assert not logging.getLogger("torchgate.access").isEnabledFor(logging.INFO)
     assert log_settings.read(tmp_path / "missing.json") == log_settings.DEFAULTS
+
+
+@pytest.mark.processes
+def test_a_change_the_disk_cannot_hold_is_an_error_that_says_why(tmp_path: Path) -> None:
+    """On a full disk a change is a 500 saying so (it was one without a cause), and the file is as it was."""
+    path = tmp_path / "log-settings.json"
+    log_settings.write(path, log_settings.DEFAULTS)
+    before = path.read_bytes()
+    done = run_on_a_full_disk(
+        "import sys\nfrom inference_worker import log_settings\n"
+        "from inference_worker.errors import CodedError\n"
+        "try:\n    log_settings.update(sys.argv[1], {'log_info': False})\n"
+        "except CodedError as exc:\n    print(exc.code.name, exc.message)\n",
+        str(path),
+    )
+    assert done.stdout.startswith(f"INTERNAL the log settings could not be saved in {path}: "), done
+    assert "File too large" in done.stdout and done.returncode == 0, done
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert path.read_bytes() == before and left == [path.name, path.name + ".lock"]  # no temporary file
 
 
 def test_a_gateway_without_the_shared_file_refuses_changes(tmp_path: Path) -> None:

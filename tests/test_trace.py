@@ -24,7 +24,7 @@ from deploy.cli import main as torchgate
 from gateway import trace_settings, trace_summary
 from gateway.errors import InvalidArgument
 from gateway.tracing import Tracing
-from harness import Stack, copy_digits, free_port, short_dir
+from harness import Stack, copy_digits, free_port, run_on_a_full_disk, short_dir
 from harness.apps import gateway_app
 
 TIMEOUT = 30.0
@@ -265,6 +265,22 @@ def test_held_traces_go_to_the_file_once_log_frequency_is_0_again(tmp_path: Path
     with pytest.raises(InvalidArgument, match="no trace file"):
         empty.update("", {"trace_level": ["TIMESTAMPS"]})
     assert empty.sample("m") == 0
+
+
+@pytest.mark.processes
+def test_a_change_the_disk_cannot_hold_is_an_error_that_says_why(tmp_path: Path) -> None:
+    """On a full disk a change is a 500 saying so (it was one without a cause); the settings stay."""
+    _started(tmp_path / "trace", tmp_path / "t.json", trace_rate=1)
+    before = Tracing(tmp_path / "trace").setting("")
+    done = run_on_a_full_disk(
+        "import sys\nfrom gateway.tracing import Tracing\nfrom inference_worker.errors import CodedError\n"
+        "try:\n    Tracing(sys.argv[1]).update('', {'trace_rate': '7'})\n"
+        "except CodedError as exc:\n    print(exc.code.name, exc.message)\n",
+        str(tmp_path / "trace"),
+    )
+    expected = f"INTERNAL the trace settings could not be saved in {tmp_path / 'trace'}: "
+    assert done.stdout.startswith(expected) and "File too large" in done.stdout, done
+    assert Tracing(tmp_path / "trace").setting("") == before
 
 
 def test_a_server_without_a_trace_file_says_how_to_have_one(tmp_path: Path) -> None:
