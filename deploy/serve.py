@@ -327,6 +327,15 @@ def wait_step(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     return code
 
 
+def supervisord_ended(s: DeploySettings, code: int) -> str:
+    """Say why supervisord ended when nobody asked it to stop: its programs end with it (lifeline)."""
+    if code < 0:
+        how = f"was killed by {signal.Signals(-code).name if -code in signal.valid_signals() else -code}"
+    else:
+        how = f"exited with status {code}"
+    return f"torchgate: supervisord {how}; every process it ran stops with it. Logs: {s.log_dir}"
+
+
 def serve(
     s: DeploySettings, ready_timeout: float, echo: Callable[[str], None], unready_grace: float = 0.0
 ) -> int:
@@ -376,7 +385,9 @@ def serve(
         while True:
             code = wait_step(proc, 0.1)
             if code is not None:
-                return code
+                if code != 0:
+                    echo(supervisord_ended(s, code))
+                return 128 - code if code < 0 else code  # a shell's status for "killed by a signal"
             if plan.due() and not stopping:
                 stopping = True
                 stop_supervisord(s, proc)

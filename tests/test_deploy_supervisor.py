@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,29 @@ def test_serve_exits_non_zero_with_each_fatal_slots_reason_when_no_model_can_be_
         assert "no model can be served" in out
         assert "cannot load" in log_path.read_text()
         assert not d.supervisor.is_up(), "supervisord still runs after serve gave up"
+
+
+def test_serve_says_so_and_exits_137_when_supervisord_is_killed(base: Path) -> None:
+    """kill -9 of supervisord ends `torchgate serve` with a shell's status for SIGKILL and a line saying why
+    (it ended with status 247 and not a word); every process supervisord ran ends with it."""
+    options = ("--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2")
+    with serve(base, *options) as d:
+        d.wait_serving()
+        d.wait_ready()
+        programs = [info["pid"] for info in d.supervisor.processes().values() if info["pid"]]
+        os.kill(int((d.run_dir / "supervisord.pid").read_text()), signal.SIGKILL)
+        assert d.started["serve"].wait(timeout=60) == 137, d.log()
+        said = "torchgate: supervisord was killed by SIGKILL; every process it ran stops with it. Logs: "
+        assert said in d.log(), d.log()
+        wait_for(lambda: not any(_alive(pid) for pid in programs), 30, 0.2, "supervisord's programs to end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent reaps it when it will
 
 
 def test_rolling_restart_stops_at_a_slot_that_cannot_load_and_the_others_keep_serving(base: Path) -> None:
