@@ -187,7 +187,7 @@ def wire_output(spec: TensorSpec, value: Any, samples: int, batching: bool) -> t
     """Turn one output value of one request into its wire tensor, checking it against ``spec``."""
     expected = ([samples] if batching else []) + list(spec.dims)
     if spec.datatype == BYTES:
-        array = _object_array(value, spec, samples, batching)
+        array = _object_array(value, batching)
         shape = _shape(array.size, array.shape, expected, spec)
         elements = [_element(v, spec) for v in array.reshape(-1)]
         return TensorMeta(spec.name, BYTES, shape), strings.serialize(elements)
@@ -197,11 +197,13 @@ def wire_output(spec: TensorSpec, value: Any, samples: int, batching: bool) -> t
     return from_torch(spec.name, tensor.reshape(shape))
 
 
-def _object_array(value: Any, spec: TensorSpec, samples: int, batching: bool) -> np.ndarray[Any, Any]:
-    """Return a BYTES value as an object array: one element per sample unless it is already shaped."""
+def _object_array(value: Any, batching: bool) -> np.ndarray[Any, Any]:
+    """Return a BYTES value as an object array: a list's items (one per sample, or every element of the
+    request), one bare value, or an array as it is shaped. A list of any other length does not fit (it was
+    sent as one JSON element for a request of one sample)."""
     if isinstance(value, np.ndarray):
         return value.astype(object)
-    if batching and isinstance(value, list | tuple) and len(value) == samples:
+    if batching and isinstance(value, list | tuple):
         array = np.empty(len(value), dtype=object)
         array[:] = list(value)
         return array

@@ -176,6 +176,12 @@ def test_wire_output_takes_tensors_strings_and_json() -> None:
     assert meta == TensorMeta("y", "FP32", (1, 3))
     with pytest.raises(CodedError, match=r"output 'y' of shape \[2, 2\] does not fit \[1, 3\]"):
         wire_output(TensorSpec("y", "FP32", (3,)), np.zeros((2, 2)), samples=1, batching=True)
+    # A list is one value per sample, or the request's every element, as a tensor's would be.
+    meta, blob = wire_output(TensorSpec("s", "BYTES", (3,)), ["a", "b", "c"], samples=1, batching=True)
+    assert meta.shape == (1, 3) and strings.deserialize(blob, 3) == [b"a", b"b", b"c"]
+    for wrong in (["a", "b"], ("a", "b", "c")):
+        with pytest.raises(CodedError, match=r"output 's' of shape \[\d\] does not fit \[1, 1\]"):
+            wire_output(TensorSpec("s", "BYTES", (1,)), wrong, samples=1, batching=True)
 
 
 def test_a_hook_that_declares_parameters_gets_the_requests(tmp_path: Path) -> None:
