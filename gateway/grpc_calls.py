@@ -1,11 +1,13 @@
 """What every gRPC inference call of torchgate's gRPC server does around its work, whichever API it belongs
 to (the Open Inference Protocol's ModelInfer, TorchServe's Predictions): one access line, as the HTTP gateway
 writes, the inference metrics every protocol shares, and their turns: a few run at once, the rest wait in
-server threads of their own, so that no other call (a health check) waits behind them."""
+server threads of their own, so that no other call (a health check) waits behind them; and the admission of
+every call, whose refusals are logged and counted as the HTTP gateway's are."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +26,52 @@ if TYPE_CHECKING:
     from gateway.service import Gateway
 
 
+log = logging.getLogger("torchgate.gateway")
+
 TURN_POLL_SECONDS = 0.5  # how often a call waiting for its turn looks whether its client has gone
+LOG_EVERY = 10.0  # seconds between two warnings of refused calls
+
+
+class Admission:
+    """The calls the server holds at once: past ``limit`` (a thread each), a call is refused at once with
+    RESOURCE_EXHAUSTED, an access line, the ``torchgate_grpc_refused`` count and a warning at most every
+    :data:`LOG_EVERY` seconds. grpcio itself refuses past ``limit + spare`` (without a word): the server has
+    ``spare`` threads more than it admits, to say no."""
+
+    def __init__(self, limit: int, spare: int) -> None:
+        self.limit, self.spare = limit, spare
+        self._lock = threading.Lock()
+        self._held = 0
+        self._refused = 0
+        self._logged = -LOG_EVERY
+
+    @contextlib.contextmanager
+    def held(self, path: str) -> Iterator[None]:
+        """Hold one of the calls admitted while the call runs, or refuse it (:class:`CodedError`)."""
+        began = time.monotonic()
+        with self._lock:
+            admitted = self._held < self.limit
+            self._held += admitted
+            self._refused += not admitted
+            refused, warn = self._refused, not admitted and began - self._logged >= LOG_EVERY
+            if warn:
+                self._logged = began
+        if not admitted:
+            request_metrics().grpc_refused.inc()
+            if warn:
+                log.warning(
+                    "grpc: overloaded (%d calls held): refusing calls (%d so far)", self.limit, refused
+                )
+            log_request("GRPC", path, 503, time.monotonic() - began, RequestTrace.open(None))
+            raise CodedError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"the gRPC server holds {self.limit} calls, the most it takes; retry later",
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
 
 
 class Turns:

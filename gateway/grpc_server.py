@@ -56,7 +56,7 @@ from gateway.errors import (
     Unsupported,
     describe_unexpected,
 )
-from gateway.grpc_calls import Turns, recorded
+from gateway.grpc_calls import Admission, Turns, recorded
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.metrics import multiproc_dir, request_metrics
 from gateway.service import Gateway
@@ -398,7 +398,7 @@ def _plain(entry: Any) -> Any:
     return f"<{len(value)} bytes>" if isinstance(value, bytes) else value
 
 
-def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
+def handler(servicer: Servicer, token: str, admission: Admission) -> grpc.GenericRpcHandler:
     """Return the service's handler: each call checked for the token (but ServerLive), its errors
     answered with their gRPC code."""
     methods = {}
@@ -410,14 +410,16 @@ def handler(servicer: Servicer, token: str) -> grpc.GenericRpcHandler:
             else (grpc.unary_unary_rpc_method_handler, _guarded)
         )
         methods[name] = make(
-            guard(call, token if name != "ServerLive" else ""),
+            guard(call, token if name != "ServerLive" else "", admission, f"/{SERVICE}/{name}"),
             request_deserializer=CLASSES[request].FromString,
             response_serializer=CLASSES[response].SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.GenericRpcHandler]:
+def torchserve_handlers(
+    servicer: TorchServeServicer, token: str, admission: Admission
+) -> list[grpc.GenericRpcHandler]:
     """Return TorchServe's services' handlers (:mod:`gateway.torchserve_grpc`): the token checked on every
     call, Ping too (as REST's /ping, and TorchServe's every inference API call), errors answered with their
     gRPC code."""
@@ -427,7 +429,7 @@ def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.G
         for name, (request, response, streams) in calls.items():
             make = grpc.unary_stream_rpc_method_handler if streams else grpc.unary_unary_rpc_method_handler
             methods[name] = make(  # a streaming call answers in full before it returns its responses
-                _guarded(getattr(servicer, name), token),
+                _guarded(getattr(servicer, name), token, admission, f"/{service}/{name}"),
                 request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
@@ -435,13 +437,13 @@ def torchserve_handlers(servicer: TorchServeServicer, token: str) -> list[grpc.G
     return handlers
 
 
-def health_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
+def health_handler(servicer: Servicer, admission: Admission) -> grpc.GenericRpcHandler:
     """Return ``grpc.health.v1.Health``'s handler: ``Check`` only, no token (:mod:`gateway.grpc_health`)."""
     return grpc.method_handlers_generic_handler(
         grpc_health.SERVICE,
         {
             "Check": grpc.unary_unary_rpc_method_handler(
-                _guarded(servicer.HealthCheck, ""),
+                _guarded(servicer.HealthCheck, "", admission, f"/{grpc_health.SERVICE}/Check"),
                 request_deserializer=grpc_health.Request.FromString,
                 response_serializer=grpc_health.Response.SerializeToString,
             )
@@ -449,12 +451,15 @@ def health_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
     )
 
 
-def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Callable[..., Any]:
+def _guarded(
+    call: Callable[[Any, grpc.ServicerContext], Any], token: str, admission: Admission, path: str
+) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            if not _token_ok(context, token):
-                raise Unauthenticated(NO_TOKEN)
-            return call(request, context)
+            with admission.held(path):
+                if not _token_ok(context, token):
+                    raise Unauthenticated(NO_TOKEN)
+                return call(request, context)
         except CodedError as exc:
             context.abort(status_code(exc.code), exc.message)
         except Exception as exc:  # a bug: its details go to the log only
@@ -467,14 +472,18 @@ def _guarded(call: Callable[[Any, grpc.ServicerContext], Any], token: str) -> Ca
 
 
 def _guarded_stream(
-    call: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], token: str
+    call: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]],
+    token: str,
+    admission: Admission,
+    path: str,
 ) -> Callable[..., Iterator[Any]]:
     def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        if not _token_ok(context, token):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN)
         try:
-            yield from call(requests, context)
-        except CodedError as exc:  # refused before it began (too many streams)
+            with admission.held(path):
+                if not _token_ok(context, token):
+                    raise Unauthenticated(NO_TOKEN)
+                yield from call(requests, context)
+        except CodedError as exc:  # refused before it began (too many calls or streams, no token)
             context.abort(status_code(exc.code), exc.message)
 
     guarded.__name__ = call.__name__
@@ -487,16 +496,19 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
     servicer = Servicer(gateway, threads)
     # Every call admitted has a thread at once: inference calls past `threads` wait for their turn in theirs
     # (Servicer.turns), and each open stream holds one (Servicer.streams), so neither keeps a health check
-    # waiting. Calls past the admitted ones are refused at once (RESOURCE_EXHAUSTED, by grpc).
-    admitted = threads * QUEUED_PER_THREAD + servicer.max_streams
+    # waiting. Calls past the admitted ones are refused at once (RESOURCE_EXHAUSTED), by the spare threads.
+    admission = Admission(threads * QUEUED_PER_THREAD + servicer.max_streams, spare=threads)
+    token = gateway.config.auth_token
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=admitted, thread_name_prefix="torchgate-grpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=admission.limit + admission.spare, thread_name_prefix="torchgate-grpc"
+        ),
         handlers=[
-            handler(servicer, gateway.config.auth_token),
-            health_handler(servicer),
-            *torchserve_handlers(TorchServeServicer(gateway, servicer.turns), gateway.config.auth_token),
+            handler(servicer, token, admission),
+            health_handler(servicer, admission),
+            *torchserve_handlers(TorchServeServicer(gateway, servicer.turns), token, admission),
         ],
-        maximum_concurrent_rpcs=admitted,
+        maximum_concurrent_rpcs=admission.limit + admission.spare,
         options=[
             ("grpc.max_receive_message_length", gateway.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),

@@ -96,6 +96,7 @@ class RequestMetrics:
     latency: Histogram
     http: Counter
     refused: Counter
+    grpc_refused: Counter
     cache_hits: Counter
     cache_misses: Counter
     cache_hit_us: Counter
@@ -143,6 +144,12 @@ class RequestMetrics:
                 "torchgate_http_refused",
                 "HTTP requests refused with 503 before reaching the app: "
                 "every gateway thread busy and TORCHGATE_GATEWAY_QUEUE requests waiting",
+                registry=registry,
+            ),
+            grpc_refused=Counter(
+                "torchgate_grpc_refused",
+                "gRPC calls refused with RESOURCE_EXHAUSTED before they ran: the gRPC server held as many "
+                "calls as it takes (4 per --threads, plus the streams)",
                 registry=registry,
             ),
             cache_hits=Counter(

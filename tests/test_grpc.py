@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -986,11 +987,19 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
 
         assert infer(40) == "StatusCode.RESOURCE_EXHAUSTED"  # 10 KB of tensor against 4 KiB
         assert infer(1) == "StatusCode.UNAVAILABLE"
-        # 2 threads admit 8 calls; each waits for the dispatcher, so 20 at once overflow
-        with ThreadPoolExecutor(20) as pool:
-            answers = Counter(pool.map(infer, [1] * 20))
+        # 2 threads admit 16 calls (8, and 8 streams); each waits for the dispatcher, so 24 at once overflow:
+        # the 17th and 18th are refused by the server's 2 spare threads, with an access line and a warning
+        # (grpcio refuses the next without a word)
+        with ThreadPoolExecutor(24) as pool:
+            answers = Counter(pool.map(infer, [1] * 24))
         assert set(answers) == {"StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNAVAILABLE"}, answers
         assert answers["StatusCode.UNAVAILABLE"] >= 2
+        log = processes.log("grpc")
+        assert "grpc: overloaded (16 calls held): refusing calls (1 so far)" in log, log
+        refusal = (
+            r" GRPC /inference\.GRPCInferenceService/ModelInfer 503 [\d.]+ms request_id="  # no model: not run
+        )
+        assert re.search(refusal, log), log
 
     second = processes.python("grpc-again", "gateway.grpc_server", *args, env=env)
     assert second.wait(timeout=60) != 0
