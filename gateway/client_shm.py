@@ -6,8 +6,11 @@ Off unless the server was started with ``--allow-client-shm`` (Triton's default 
 are then recorded in one folder of the run directory, one small file per region, so that every gateway
 process and the gRPC server see the same registrations, as Triton's one process does. Each process maps a
 region the first time one of its requests uses it and keeps the mapping until the region's record changes
-or goes (unregistered, or registered again). The client owns the memory: a region is a POSIX shared-memory
-object (``/dev/shm/<key>``) the client created; torchgate never creates, resizes or unlinks one.
+or goes (unregistered, or registered again). While it holds mappings, a thread of the process looks for that
+every ``WATCH_SECONDS``: a region unregistered through another process is unmapped here too, even if no
+request comes here again (the mapping would keep the memory of an object the client unlinked). The client
+owns the memory: a region is a POSIX shared-memory object (``/dev/shm/<key>``) the client created; torchgate
+never creates, resizes or unlinks one.
 
 Inputs are copied out of a region when a request is parsed (the client may write the region again as soon as
 it has its answer, and what the gateway checked is what the worker computes); outputs are written into their
@@ -16,6 +19,7 @@ region before the answer is sent. Errors read as Triton's, with the HTTP status 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -23,6 +27,7 @@ import re
 import stat
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ DISABLED = (
 )
 MAX_NAME = 256
 MAX_REGIONS = 1024  # registered at once: each costs a record file, and a mapping in each process that uses it
+WATCH_SECONDS = 1.0  # how often a process holding mappings looks for regions unregistered through another
 _KEY = re.compile(r"/?[^/\x00]{1,255}")
 
 
@@ -106,6 +112,7 @@ class ClientRegions:
         self._mapped: dict[str, _Mapped] = {}
         self._seen = 0  # the folder's st_mtime_ns when the mappings were last pruned
         self._lock = threading.Lock()
+        self._watcher = 0  # the pid of the process whose thread watches the records (0: none)
 
     @property
     def enabled(self) -> bool:
@@ -178,7 +185,7 @@ class ClientRegions:
                 f"{tensor}: shared_memory_byte_size {where.byte_size} is more than the {limit} bytes left "
                 "of what a request may carry"
             )
-        view = self._view(where)[where.offset : where.offset + where.byte_size]
+        view = self._view(where, where.byte_size)[where.offset : where.offset + where.byte_size]
         if into is None:
             return bytes(view)
         into[:] = view
@@ -187,10 +194,10 @@ class ClientRegions:
     def write(self, where: RegionSlice, data: bytes | memoryview, tensor: str) -> memoryview:
         """Write an output's bytes at the start of its slice of a region (400 when they do not fit); return
         where they now are."""
-        view = self._view(where)
         source = memoryview(data)
         if source.format != "B":
             source = source.cast("B")
+        view = self._view(where, min(source.nbytes, where.byte_size))
         if source.nbytes > where.byte_size:
             raise InvalidArgument(
                 f"shared memory size specified with the request for {tensor} ({where.byte_size} bytes) "
@@ -200,8 +207,9 @@ class ClientRegions:
         written[:] = source
         return written
 
-    def _view(self, where: RegionSlice) -> memoryview:
-        """The bytes of the region ``where`` names, mapped in this process once per registration."""
+    def _view(self, where: RegionSlice, touched: int) -> memoryview:
+        """The bytes of the region ``where`` names, mapped in this process once per registration, once the
+        ``touched`` bytes of ``where`` that are about to be read or written are known to be there."""
         folder = self._folder()
         path = self._path(where.region)
         with self._lock:
@@ -221,27 +229,49 @@ class ClientRegions:
                     raise NotFound(f"Unable to find shared memory region: '{where.region}'")
                 self._check_object(region)
                 mapped = self._mapped[where.region] = _Mapped(stamp, region, self._map(region))
+                self._watch()
         check_slice(mapped.region, where)
-        self._check_object(mapped.region)  # at every use: the client may have changed it since
+        # at every use: the client may have changed it since
+        self._check_object(mapped.region, where.offset, touched)
         return mapped.view
 
-    def _check_object(self, region: Region) -> None:
-        """Raise (400) unless the region's object is still the one registered, and still holds the region:
-        touching a mapped page past the end of a shrunk object would kill this process (SIGBUS)."""
+    def _check_object(self, region: Region, start: int = 0, length: int = 0) -> None:
+        """Raise (400) unless the region's object is still the one registered, still holds the region, and
+        has the memory of the ``length`` bytes from ``start`` (in the region), allocated now if they had none:
+        touching a mapped page past the end of a shrunk object, or a page of a sparse object (as the client
+        made it: its pages come when written) that its file system has no room for (a full /dev/shm), would
+        kill this process (SIGBUS)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            info = os.stat(self._object_path(region), follow_symlinks=False)
-        except FileNotFoundError:
-            info = None
-        if info is None or (info.st_dev, info.st_ino) != region.inode:
-            raise InvalidArgument(
-                f"the shared memory object '{region.key}' of region '{region.name}' was removed or replaced "
-                "since the region was registered: register it again"
-            )
-        if region.offset + region.byte_size > info.st_size:
-            raise InvalidArgument(
-                f"shared memory region '{region.name}': its object '{region.key}' now holds only "
-                f"{info.st_size} bytes"
-            )
+            fd = os.open(self._object_path(region), flags)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP):  # ELOOP: a symbolic link now
+                raise InvalidArgument(f"Unable to open shared memory region: '{region.key}'") from None
+            fd = -1
+        try:
+            info = os.fstat(fd) if fd >= 0 else None
+            if info is None or (info.st_dev, info.st_ino) != region.inode:
+                raise InvalidArgument(
+                    f"the shared memory object '{region.key}' of region '{region.name}' was removed or "
+                    "replaced since the region was registered: register it again"
+                )
+            if region.offset + region.byte_size > info.st_size:
+                raise InvalidArgument(
+                    f"shared memory region '{region.name}': its object '{region.key}' now holds only "
+                    f"{info.st_size} bytes"
+                )
+            at = region.offset + start
+            if length and _hole(fd, at, length):
+                try:
+                    os.posix_fallocate(fd, at, length)
+                except OSError as exc:
+                    raise InvalidArgument(
+                        f"shared memory region '{region.name}': no memory for {length} bytes of its object "
+                        f"'{region.key}' ({exc.strerror}; is {self.shm_root} full?)"
+                    ) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def _map(self, region: Region) -> memoryview:
         fd = self._open(region)
@@ -268,6 +298,23 @@ class ClientRegions:
             os.close(fd)
             raise InvalidArgument(f"Invalid shared memory region: '{region.key}'")
         return fd
+
+    def _watch(self) -> None:
+        """Start this process's thread that drops the mappings of regions unregistered (or registered again)
+        through any process, unless it runs (the caller holds the lock); it ends once no mapping is left."""
+        if self._watcher == os.getpid():  # a forked child has no thread of its parent's
+            return
+        self._watcher = os.getpid()
+        threading.Thread(target=self._watching, name="torchgate-client-shm", daemon=True).start()
+
+    def _watching(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            with self._lock:
+                self._prune()  # a stat per mapped region (the folder's time may not tell changes apart)
+                if not self._mapped:
+                    self._watcher = 0
+                    return
 
     def _prune(self) -> None:
         """Drop the mappings of regions whose record is gone or changed (the caller holds the lock)."""
@@ -300,6 +347,15 @@ class ClientRegions:
         except (FileNotFoundError, orjson.JSONDecodeError):
             return None
         return Region(doc["name"], doc["key"], doc["offset"], doc["byte_size"], tuple(doc["inode"]))
+
+
+def _hole(fd: int, at: int, length: int) -> bool:
+    """Return whether the ``length`` bytes of ``fd`` from ``at`` may have a hole (pages not allocated): one
+    look, where the client wrote its inputs and earlier answers wrote the outputs there is none."""
+    try:
+        return os.lseek(fd, at, os.SEEK_HOLE) < at + length
+    except OSError:  # a file system that cannot tell
+        return True
 
 
 def cuda_status(name: str | None = None) -> list[dict[str, Any]]:
