@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from flask.globals import request_ctx
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import get_content_length
 
 from gateway import (
@@ -27,7 +27,7 @@ from gateway import (
 )
 from gateway import generate as generate_answer
 from gateway.body import BodyDisconnected, read_body
-from gateway.errors import Forbidden, InvalidArgument
+from gateway.errors import Forbidden, InvalidArgument, PayloadTooLarge
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
 from gateway.service import CONTROL_BODY, Gateway, reply_room
 from gateway.trace import RequestTrace
@@ -76,8 +76,9 @@ def request_body(limit: int | None = None) -> bytes:
     stream = req.environ.get("wsgi.input")
     if length is None or stream is None:  # chunked: werkzeug reads it, enforcing MAX_CONTENT_LENGTH
         return req.get_data(cache=False)
-    if length > (current_gateway().config.max_body_bytes if limit is None else limit):
-        raise RequestEntityTooLarge()
+    limit = current_gateway().config.max_body_bytes if limit is None else limit
+    if length > limit:  # the limit this route has (a load's is CONTROL_BODY), not the server's
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     try:
         data: bytes = stream.read(length)
     except (OSError, ValueError):

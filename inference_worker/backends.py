@@ -82,7 +82,7 @@ def load_module(config: ModelConfig, version: str, device: torch.device) -> torc
             exc.__cause__,
             f"keys 'factory' and 'weights' in {config.config_path}",
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that calls sys.exit() fails its model, not the worker
         raise load_error(
             config,
             version,
@@ -148,7 +148,9 @@ def import_factory(config: ModelConfig) -> Callable[[], object]:
     try:
         module = _import_local(config, module_name) or importlib.import_module(module_name)
         factory = getattr(module, function_name)
-    except Exception as exc:  # ImportError, AttributeError, or anything the module raises while it runs
+    # ImportError, AttributeError, or anything the module raises while it runs: sys.exit() too (argparse's
+    # parse_args at import, reading the worker's own argv), which ended the worker and every model it served
+    except (Exception, SystemExit) as exc:
         raise _FactoryError(str(exc)) from exc
     if not callable(factory):
         raise _FactoryError(f"{function_name!r} is not callable") from TypeError(

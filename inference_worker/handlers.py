@@ -263,7 +263,7 @@ def load_handler(config: ModelConfig, version: str, device: torch.device) -> Bou
     try:
         module = _import_local(config, module_name) or importlib.import_module(module_name)
         instance = getattr(module, class_name)()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a handler's module fails its model, not the worker
         raise load_error(
             config,
             version,
@@ -274,7 +274,7 @@ def load_handler(config: ModelConfig, version: str, device: torch.device) -> Bou
     bound = BoundHandler(instance, config)
     try:
         bound.setup(config.versions[version], device)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise load_error(
             config, version, f"handler {config.handler!r} setup failed", exc, "the handler's setup"
         ) from exc

@@ -7,10 +7,12 @@ Every problem raises :class:`ConfigError` naming the file, the key and what was 
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +55,14 @@ BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size", "priority_levels"
 TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename", "optional")
 MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
+# A config.toml past this is refused: workers announce its text with each version they serve, and a message
+# header past protocol.MAX_HEADER_BYTES is dropped (the worker, and every model it serves, would go unseen).
+MAX_CONFIG_BYTES = 64 << 10
+# Triton's ranges for its config's integers (model_config.proto): larger ones cannot travel on the wire
+# (msgpack takes at most 64 bits: a worker announcing one failed, with every model it served) nor in gRPC.
+INT32_MAX = (1 << 31) - 1
+UINT32_MAX = (1 << 32) - 1
+INT64_MAX = (1 << 63) - 1
 PADDING_KEYS = ("inputs", "mask", "outputs", "buckets")
 INSTANCE_GROUP_KEYS = ("kind", "count", "gpus")
 TABLES = (
@@ -291,7 +301,7 @@ def load_model_config(
     if text is None and not path.is_file():
         raise ConfigError(f"{path}: missing (every model folder needs a config.toml)")
     try:
-        text = path.read_text() if text is None else text
+        text = _read_config(path) if text is None else text
         raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
@@ -307,7 +317,7 @@ def load_model_config(
     backend = get.text("backend")
     if backend not in BACKENDS:
         raise ConfigError(f"{path}: key 'backend' is {backend!r}, expected one of {sorted(BACKENDS)}")
-    max_batch_size = get.integer("max_batch_size", 0)
+    max_batch_size = get.integer("max_batch_size", 0, INT32_MAX)
     batching = raw.get("dynamic_batching", {})
     if not isinstance(batching, dict):
         raise ConfigError(f"{path}: key 'dynamic_batching' must be a table")
@@ -328,7 +338,7 @@ def load_model_config(
             f"{path}: key 'dynamic_batching.default_priority_level' is {default_level}, expected "
             + (f"1 to priority_levels ({levels})" if levels else "0 when priority_levels is 0")
         )
-    queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
+    queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, UINT32_MAX)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
     inputs = _tensor_specs(path, raw, "input")
@@ -361,10 +371,7 @@ def load_model_config(
     if served is not None:
         versions = {v: folder / v for v in sorted(served, key=int)}
     else:
-        versions = {
-            p.name: p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-        }
-        versions = {str(int(v)): p for v, p in versions.items()}
+        versions = _version_folders(folder)
     if not versions:
         raise ConfigError(
             f"{folder}: no version folders (expected "
@@ -407,6 +414,49 @@ def load_model_config(
     return model
 
 
+def _read_config(path: Path) -> str:
+    """Return the text of ``path`` (a config.toml), refusing one that cannot be read, is not UTF-8 or is
+    larger than :data:`MAX_CONFIG_BYTES`."""
+    try:
+        data = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    return data.decode("utf-8")
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """Return at most ``limit`` bytes of ``path``; raise OSError if it is not a regular file. Opened without
+    blocking: a FIFO's open waits for a writer, and a repository read waiting forever held the gateway's
+    catalog lock, so every request of every model waited with it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read(limit)
+
+
+def _version_folders(folder: Path) -> dict[str, Path]:
+    """Return version -> folder for each folder beside config.toml named by a positive number in ASCII
+    digits ("01" is version 1; "0", "abc" or "²" name no version, as Triton skips them); two folders of one
+    version, or a version past Triton's int64, are an error."""
+    versions: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not (p.name.isascii() and p.name.isdigit() and int(p.name) > 0 and p.is_dir()):
+            continue
+        if int(p.name) > INT64_MAX:
+            raise ConfigError(f"{p}: version {p.name} is past the largest version, {INT64_MAX}")
+        version = str(int(p.name))
+        if version in versions:
+            raise ConfigError(
+                f"{folder}: folders {versions[version].name!r} and {p.name!r} are both version {version}; "
+                "keep one"
+            )
+        versions[version] = p
+    return versions
+
+
 def _version_policy(
     path: Path, raw: dict[str, Any], versions: dict[str, Path]
 ) -> tuple[dict[str, Any], dict[str, Path]]:
@@ -426,9 +476,10 @@ def _version_policy(
             raise ConfigError(f"{path}: key 'version_policy.all' must be true")
         return {"all": {}}, versions
     if kind == "latest":
-        if type(value) is not int or value < 1:
+        if type(value) is not int or not 1 <= value <= UINT32_MAX:
             raise ConfigError(
-                f"{path}: key 'version_policy.latest' is {value!r}, expected a count of 1 or more"
+                f"{path}: key 'version_policy.latest' is {value!r}, expected a count of 1 or more "
+                f"(at most {UINT32_MAX})"
             )
         chosen = sorted(versions, key=int)[-value:]
         return {"latest": {"num_versions": value}}, {v: versions[v] for v in chosen}
@@ -472,7 +523,7 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
         if (
             not isinstance(dims, list)
             or len(dims) > MAX_DIMS - 1
-            or not all(type(d) is int and (d == -1 or d >= 0) for d in dims)
+            or not all(type(d) is int and (d == -1 or 0 <= d <= INT64_MAX) for d in dims)
         ):
             raise ConfigError(
                 f"{path}: key '{key}[{i}].dims' is {dims!r}, expected a list of sizes (-1 for variable)"
@@ -497,8 +548,7 @@ def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
         raise ConfigError(f"{path}: key '{key}' must be the name of a file beside config.toml")
     file = path.parent / filename
     try:
-        with file.open("rb") as f:
-            data = f.read(MAX_LABELS_BYTES + 1)
+        data = _read_regular_file(file, MAX_LABELS_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: key '{key}': cannot read {file}: {exc.strerror}") from None
     if len(data) > MAX_LABELS_BYTES:
@@ -556,10 +606,12 @@ def _instance_groups(path: Path, raw: dict[str, Any]) -> tuple[InstanceGroup, ..
                 + _suggest(str(kind), [k for k in KINDS if k.startswith("KIND_")], "")
             )
         count = entry.get("count", 1)
-        if type(count) is not int or count < 1:
-            raise ConfigError(f"{path}: key '{prefix}count' is {count!r}, expected an integer of at least 1")
+        if type(count) is not int or not 1 <= count <= INT32_MAX:
+            raise ConfigError(
+                f"{path}: key '{prefix}count' is {count!r}, expected an integer from 1 to {INT32_MAX}"
+            )
         gpus = entry.get("gpus", [])
-        if not isinstance(gpus, list) or not all(type(g) is int and g >= 0 for g in gpus):
+        if not isinstance(gpus, list) or not all(type(g) is int and 0 <= g <= INT32_MAX for g in gpus):
             raise ConfigError(f"{path}: key '{prefix}gpus' is {gpus!r}, expected a list of GPU indices")
         if len(set(gpus)) != len(gpus):
             raise ConfigError(f"{path}: key '{prefix}gpus' lists a GPU twice: {gpus!r}")
@@ -674,11 +726,11 @@ class _Getter:
             )
         return value
 
-    def integer(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int, maximum: int = INT64_MAX) -> int:
         value = self.table.get(key, default)
-        if type(value) is not int or value < 0:
+        if type(value) is not int or not 0 <= value <= maximum:
             raise ConfigError(
-                f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected a non-negative integer"
+                f"{self.path}: key '{self.prefix}{key}' is {value!r}, expected an integer from 0 to {maximum}"
             )
         return value
 

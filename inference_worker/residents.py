@@ -76,7 +76,9 @@ class Residents:
                 )
                 resident.warm_up()
                 resident.files = files
-            except Exception as exc:  # LoadError names the model; anything else is still this model's fault
+            # LoadError names the model; anything else is still this model's fault, SystemExit included (its
+            # code called sys.exit(): the worker, and every other model it serves, carry on)
+            except (Exception, SystemExit) as exc:
                 reason = str(exc) if isinstance(exc, LoadError) else f"{type(exc).__name__}: {exc}"
                 log.error("%s: cannot load %s version %s: %s", self.tag, model.name, version, reason)
                 failures.append({"model": model.name, "version": version, "reason": reason})

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 
 from gateway import GatewayConfig
 from gateway.routes import OPENAPI_PATH
+from gateway.service import CONTROL_BODY
 from harness import DEFAULT_REPOSITORY, run
 from harness import write_unloadable_model as write_model
 from harness.apps import gateway_app as make_app
@@ -409,6 +410,10 @@ def test_model_control_is_off_unless_explicit_and_checks_the_model_first(tmp_pat
         response.status_code == 400
         and "'unload_dependents' must be true or false" in response.get_json()["error"]
     )
+    # A body past the control limit (64 KiB) is 413 naming that limit, not the server's (64 MiB).
+    response = explicit.post("/v2/repository/models/digits/load", data=b" " * (CONTROL_BODY + 1))
+    assert response.status_code == 413
+    assert response.get_json()["error"] == f"request body exceeds the limit of {CONTROL_BODY} bytes"
     # Behind the bearer token when authentication is on.
     guarded = make_app(tmp_path, repository, model_control="explicit", auth_token="s3cret").test_client()
     assert guarded.post("/v2/repository/models/digits/unload").status_code == 401

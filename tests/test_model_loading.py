@@ -122,3 +122,22 @@ def test_a_worker_loads_only_the_versions_its_policy_serves(tmp_path: Path) -> N
     residents = Residents(repository, CPU, "test")
     residents.load_all(None)
     assert sorted(residents.executors) == [("digits", "1"), ("digits", "2")] and residents.failures == []
+
+
+def test_a_model_whose_code_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
+    # argparse's parse_args() at import reads the worker's own argv and exits: the worker ended, with every
+    # model it served, at each start (supervisord then gave up on the slot)
+    repository = tmp_path / "repo"
+    copy_digits(repository)
+    write_linear_model(repository, "argv", "import sys\nsys.exit(2)\n" + LINEAR_SOURCE)
+    write_linear_model(
+        repository, "quits", LINEAR_SOURCE.replace("def build():", "def build():\n    raise SystemExit(3)")
+    )
+    residents = Residents(repository, CPU, "test")
+    residents.load_all(None)
+    assert sorted(residents.executors) == [("digits", "1")]
+    reasons = {f["model"]: f["reason"] for f in residents.failures}
+    assert "cannot import factory 'model:build': SystemExit: 2" in reasons["argv"]
+    assert "cannot load as backend 'python': SystemExit: 3" in reasons["quits"]
+    ok, error = residents.apply("load", "argv")  # model control: the same, and the worker carries on
+    assert not ok and "SystemExit: 2" in error

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from harness import DEFAULT_REPOSITORY
-from inference_worker.repository import ConfigError, load_model_config, load_repository, scan_repository
+from inference_worker.protocol import MAX_HEADER_BYTES, Ready, decode
+from inference_worker.repository import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    load_model_config,
+    load_repository,
+    scan_repository,
+)
 
 GOOD = """
 name = "m"
@@ -296,3 +308,87 @@ def test_a_bad_version_policy_is_named(tmp_path: Path, table: str, message: str)
     folder = make(tmp_path, GOOD + f"[version_policy]\n{table}\n", versions=("1", "2"))
     with pytest.raises(ConfigError, match=message):
         load_model_config(folder)
+
+
+def test_only_folders_named_by_ascii_numbers_are_versions(tmp_path: Path) -> None:
+    # "²" and "١٢" are digits to str.isdigit (int() refuses the first: the whole repository's scan, at start
+    # and at every index, load and unknown model, raised ValueError); Triton skips them, as "0" and "abc"
+    folder = make(tmp_path, GOOD, versions=("1", "²", "١٢", "0", "abc"))
+    (folder / "7").write_text("a file, not a folder")
+    models, errors = scan_repository(tmp_path)
+    assert not errors and list(models["m"].versions) == ["1"]
+
+
+def test_two_folders_of_one_version_are_refused(tmp_path: Path) -> None:
+    folder = make(tmp_path, GOOD, versions=("01", "1"))  # which one served depended on the directory's order
+    with pytest.raises(ConfigError, match="folders '01' and '1' are both version 1; keep one"):
+        load_model_config(folder)
+    (folder / "1" / "model.pt2").unlink()
+    (folder / "1").rmdir()
+    assert load_model_config(folder).versions == {"1": folder / "01"}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.replace("dims = [2]", f"dims = [{1 << 70}]"), "key 'output[0].dims'"),
+        (lambda c: c.replace("dims = [-1, 3]", f"dims = [{1 << 63}]"), "key 'input[0].dims'"),
+        (lambda c: c.replace("max_batch_size = 8", f"max_batch_size = {1 << 31}"), "from 0 to 2147483647"),
+        (lambda c: c.replace("max_queue_delay_us = 100", f"max_queue_delay_us = {1 << 64}"), "delay_us"),
+        (
+            lambda c: c.replace("max_batch_size = 8", f"max_batch_size = 8\nmax_queue_size = {1 << 32}"),
+            "4294967295",
+        ),
+        (lambda c: c + f"[[instance_group]]\ncount = {1 << 31}\n", "'instance_group[0].count'"),
+        (lambda c: c + f"[[instance_group]]\ngpus = [{1 << 40}]\n", "'instance_group[0].gpus'"),
+        (lambda c: c + f"[version_policy]\nlatest = {1 << 32}\n", "'version_policy.latest'"),
+    ],
+)
+def test_integers_past_tritons_ranges_are_refused(tmp_path: Path, edit, message: str) -> None:
+    # a worker announcing an output dim of 2**70 could not pack its READY (msgpack takes 64 bits): it died,
+    # with every model it served, at each start
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_model_config(make(tmp_path, edit(GOOD)))
+
+
+def test_a_config_at_tritons_limits_is_announced(tmp_path: Path) -> None:
+    config = GOOD.replace("max_batch_size = 8", f"max_batch_size = {INT32_MAX}").replace(
+        "dims = [2]", f"dims = [{INT64_MAX}]"
+    )
+    model = load_model_config(make(tmp_path, config.replace("= 100", f"= {INT64_MAX}")))
+    ready = Ready("w", "i", 2 * model.max_batch_size, [model.signature("1")])
+    message = decode(ready.frames())
+    assert Ready.read(message).models[0]["outputs"][0]["dims"] == [INT64_MAX]
+
+
+def test_versions_past_int64_and_configs_past_the_limit_are_refused(tmp_path: Path) -> None:
+    folder = make(tmp_path, GOOD, versions=("1", str(1 << 63)))
+    with pytest.raises(ConfigError, match="past the largest version"):
+        load_model_config(folder)
+    (folder / str(1 << 63) / "model.pt2").unlink()
+    (folder / str(1 << 63)).rmdir()
+    # a worker announces the config's text with each version: one past the header limit went unheard, and
+    # the worker with it (every model it served)
+    (folder / "config.toml").write_text(GOOD + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=f"config.toml: larger than {MAX_CONFIG_BYTES} bytes"):
+        load_model_config(folder)
+    (folder / "config.toml").write_bytes(GOOD.encode() + b"# \xff\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_model_config(folder)
+    assert MAX_CONFIG_BYTES * 8 <= MAX_HEADER_BYTES  # eight versions of the largest config are heard
+
+
+def test_a_label_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # opening a FIFO waits for a writer: a label file that was one hung the gateway's re-scan under its
+    # catalog lock, and with it every request of every model
+    folder = make(tmp_path, GOOD + 'label_filename = "labels.txt"\n')
+    os.mkfifo(folder / "labels.txt")
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(load_model_config, folder)
+        try:
+            with pytest.raises(ConfigError, match="labels.txt: not a regular file"):
+                future.result(timeout=10)
+        finally:
+            if not future.done():  # waiting for a writer (unfixed): be one, so the test ends
+                with open(folder / "labels.txt", "wb"):
+                    pass
