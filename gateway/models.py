@@ -4,10 +4,10 @@ The repository is read once at start-up, again on ``POST /v2/repository/index`` 
 most once per ``rescan_interval``, when a request names a model or version that is not known yet; those reads
 add new models and drop models gone from disk that no worker serves (a model whose folder is removed is served
 until it is unloaded, as in Triton). A known model's config changes once workers serve another one:
-each worker announces the config.toml text it loaded (in its signatures, which the dispatcher's status
-carries), and the catalog reads that text. So every gateway process and the gRPC front validate against the
-config the workers run, whichever of them asked for a load, never against an edit not loaded yet (or whose
-load failed).
+each worker announces the config text it loaded, config.toml or Triton's config.pbtxt (in its signatures,
+which the dispatcher's status carries), and the catalog reads that text. So every gateway process and the
+gRPC front validate against the config the workers run, whichever of them asked for a load, never against an
+edit not loaded yet (or whose load failed).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from typing import Any
 
 from gateway.errors import InvalidArgument, NotFound
 from inference_worker.protocol import StatusReply
-from inference_worker.repository import ConfigError, ModelConfig, load_model_config, scan_repository
+from inference_worker.repository import (
+    ConfigError,
+    ModelConfig,
+    has_config,
+    load_model_config,
+    scan_repository,
+)
 
 log = logging.getLogger("torchgate.gateway")
 
@@ -50,7 +56,7 @@ class ModelCatalog:
         self.names = only or None  # the models the workers serve; None: every model in the repository
         self.models: dict[str, ModelConfig] = {}
         self.error: str | None = None
-        self.errors: dict[str, ConfigError] = {}  # models whose config.toml is refused now, and why
+        self.errors: dict[str, ConfigError] = {}  # models whose config is refused now, and why
         self._served = served
         self._followed: StatusReply | None = None  # the status last compared with
         self._tried: dict[str, tuple[str, frozenset[str]]] = {}  # model -> the served config and versions
@@ -123,7 +129,7 @@ class ModelCatalog:
                 if name not in status.models
                 and before is not None
                 and name in before.models
-                and not (self.root / name / "config.toml").is_file()
+                and not has_config(self.root / name)
             ]
             if not changed and not dropped:
                 self._followed = status

@@ -1,12 +1,14 @@
 """The model repository: ``<repo>/<model>/config.toml`` and ``<repo>/<model>/<version>/model.<ext>``.
 
+A model folder may hold Triton's ``config.pbtxt`` instead of a config.toml: it is read as the config.toml it
+stands for (:mod:`inference_worker.triton_config`), so every check below applies to it too.
+
 Parsing needs no torch, so the gateway validates requests against the same signatures the workers load.
 Every problem raises :class:`ConfigError` naming the file, the key and what was expected.
 """
 
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import json
@@ -19,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference_worker import triton_config
+from inference_worker.config_errors import ConfigError as ConfigError  # raised here, defined apart
+from inference_worker.config_errors import suggest as _suggest
 from inference_worker.protocol import BYTES, DATATYPES, MAX_DIMS, MAX_NAME_LENGTH
 
 BACKENDS = {"torchscript": "model.pt", "torch_export": "model.pt2", "python": None}
@@ -32,6 +37,15 @@ KINDS = {
     "GPU": "GPU",
     "CPU": "CPU",
 }
+CONFIG_TOML, CONFIG_PBTXT = "config.toml", "config.pbtxt"
+CONFIG_FILES = (CONFIG_TOML, CONFIG_PBTXT)  # what makes a folder a model: one of these, never both
+# What workers announce (ModelConfig.source) is the config text they read, and gateways read it again, maybe
+# on a host without the folder (gateway/models.py): so the text says which file it is. A config.pbtxt's text
+# is announced after a first line "#!torchgate config.pbtxt", a comment in both formats, so the text still
+# parses as itself; a config.toml's text is announced as it is (as it always was), unless it begins with
+# "#!torchgate " itself, when it gets the line "#!torchgate config.toml" first. So no text is ever read in
+# the other format, whatever it holds, and a text announced by an earlier release reads as before.
+ANNOUNCED = "#!torchgate "
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name is also part of a slot's name
 
 # Every key a config.toml may hold, per table: anything else is an error that suggests the closest of these.
@@ -78,8 +92,26 @@ RESPONSE_CACHE_KEYS = ("enable",)
 VERSION_POLICY_KEYS = ("latest", "all", "specific")
 
 
-class ConfigError(ValueError):
-    """A model repository entry that cannot be served."""
+def announce(filename: str, text: str) -> str:
+    """Return the text workers announce for config file ``filename`` holding ``text`` (see ANNOUNCED)."""
+    if filename == CONFIG_TOML and not text.startswith(ANNOUNCED):
+        return text
+    return f"{ANNOUNCED}{filename}\n{text}"
+
+
+def announced(source: str) -> tuple[str, str]:
+    """Return the config file name and text an announced ``source`` holds (see ANNOUNCED)."""
+    if source.startswith(ANNOUNCED):
+        first, _, text = source.partition("\n")
+        filename = first.removeprefix(ANNOUNCED)
+        if filename in CONFIG_FILES:
+            return filename, text
+    return CONFIG_TOML, source
+
+
+def has_config(folder: Path) -> bool:
+    """Return whether ``folder`` is a model's: it holds a config.toml or a config.pbtxt."""
+    return any((folder / name).is_file() for name in CONFIG_FILES)
 
 
 def fits(shape: Sequence[int], dims: Sequence[int]) -> bool:
@@ -195,13 +227,14 @@ class ModelConfig:
     # Triton's response_cache: the gateway answers a request with the same inputs as an earlier one from its
     # cache (gateway/response_cache.py), when the server has one (--cache-config)
     response_cache: bool = False
-    # the config.toml text this was read from: workers announce it, so gateways check requests against the
-    # config the workers loaded (gateway/models.py)
+    # the config text this was read from, as announce() tags it: workers announce it, so gateways check
+    # requests against the config the workers loaded (gateway/models.py)
     source: str = field(default="", repr=False, compare=False)
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.toml"
+        """The file this config was read from: config.toml, or Triton's config.pbtxt."""
+        return self.path / announced(self.source)[0]
 
     @property
     def has_optional_inputs(self) -> bool:
@@ -270,17 +303,17 @@ def scan_repository(
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: model repository is not a directory")
-    present = sorted(p.name for p in root.iterdir() if (p / "config.toml").is_file())
+    present = sorted(p.name for p in root.iterdir() if has_config(p))
     for name in only or ():
         if name not in present:
             raise ConfigError(
-                f"{root}: no model {name!r} (no {root / name / 'config.toml'})"
+                f"{root}: no model {name!r} (no {root / name / CONFIG_TOML} or {CONFIG_PBTXT})"
                 + _suggest(name, present, "model")
                 + (f"; the repository holds: {', '.join(present)}" if present else "")
             )
     names = list(dict.fromkeys(only)) if only else present
     if not names:
-        raise ConfigError(f"{root}: no model folders with a config.toml")
+        raise ConfigError(f"{root}: no model folders with a config.toml (or Triton's config.pbtxt)")
     models: dict[str, ModelConfig] = {}
     errors: dict[str, ConfigError] = {}
     for name in names:
@@ -294,17 +327,35 @@ def scan_repository(
 def load_model_config(
     folder: Path, text: str | None = None, served: Collection[str] | None = None
 ) -> ModelConfig:
-    """Read and check ``folder/config.toml`` and the version folders beside it; or, for a gateway, what
-    workers loaded: ``text``, what config.toml held when they read it, and the versions they ``served`` (or
-    failed to load), whatever the folder holds now."""
-    path = folder / "config.toml"
-    if text is None and not path.is_file():
-        raise ConfigError(f"{path}: missing (every model folder needs a config.toml)")
-    try:
-        text = _read_config(path) if text is None else text
-        raw = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """Read and check ``folder/config.toml`` (or Triton's ``folder/config.pbtxt``) and the version folders
+    beside it; or, for a gateway, what workers loaded: ``text``, the config they announced (what the file held
+    when they read it, tagged with its name by :func:`announce`), and the versions they ``served`` (or failed
+    to load), whatever the folder holds now."""
+    if text is None:
+        found = [name for name in CONFIG_FILES if (folder / name).is_file()]
+        if not found:
+            raise ConfigError(
+                f"{folder / CONFIG_TOML}: missing (every model folder needs a config.toml, or Triton's "
+                f"{CONFIG_PBTXT})"
+            )
+        if len(found) > 1:
+            raise ConfigError(
+                f"{folder}: holds both {CONFIG_TOML} and {CONFIG_PBTXT}; keep one (torchgate reads either)"
+            )
+        path = folder / found[0]
+        try:
+            text = announce(path.name, _read_config(path))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    filename, body = announced(text)
+    path = folder / filename
+    if filename == CONFIG_PBTXT:
+        raw = triton_config.to_toml(triton_config.parse(body, path), path, folder.name)
+    else:
+        try:
+            raw = tomllib.loads(body)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _check_keys(path, raw, TOP_KEYS, "", tables=TABLES)
     get = _Getter(path, raw)
     name = get.text("name")
@@ -415,8 +466,8 @@ def load_model_config(
 
 
 def _read_config(path: Path) -> str:
-    """Return the text of ``path`` (a config.toml), refusing one that cannot be read, is not UTF-8 or is
-    larger than :data:`MAX_CONFIG_BYTES`."""
+    """Return the text of ``path`` (a config.toml or config.pbtxt), refusing one that cannot be read, is not
+    UTF-8 or is larger than :data:`MAX_CONFIG_BYTES`."""
     try:
         data = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
@@ -545,7 +596,7 @@ def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
     """Read an output's label file beside ``path`` (config.toml): line ``i`` labels class index ``i`` (as
     Triton's), or a ``.json`` file as TorchServe's ``index_to_name.json``."""
     if not isinstance(filename, str) or "/" in filename or filename in (".", ".."):
-        raise ConfigError(f"{path}: key '{key}' must be the name of a file beside config.toml")
+        raise ConfigError(f"{path}: key '{key}' must be the name of a file beside {path.name}")
     file = path.parent / filename
     try:
         data = _read_regular_file(file, MAX_LABELS_BYTES + 1)
@@ -640,15 +691,6 @@ def _check_keys(
         raise ConfigError(
             f"{path}: unknown key '{prefix}{key}'{hint or '; valid keys here: ' + ', '.join(valid)}"
         )
-
-
-def _suggest(word: str, choices: list[str], what: str) -> str:
-    """Return "(did you mean X?)" for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close:
-        return ""
-    shown = {"table": f"[{close[0]}]", "array": f"[[{close[0]}]]"}.get(what, close[0])
-    return f" (did you mean {shown}?)"
 
 
 def _padding(

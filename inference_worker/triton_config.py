@@ -1,0 +1,764 @@
+"""Triton's ``config.pbtxt``, read as the ``config.toml`` it stands for (no I/O, no torch, no protobuf).
+
+:func:`parse` reads protobuf's text format without a schema: a message is a dict of field name -> the list
+of its values (a field given several times, or as a list, has several), a value an int, a float, True or
+False, an :class:`Identifier` (an enum value such as ``TYPE_FP32``), a string, or a nested :class:`Message`.
+
+:func:`to_toml` turns Triton's ``ModelConfig`` (a PyTorch model's: platform ``pytorch_libtorch`` or backend
+``pytorch``, a TorchScript ``model.pt``) into the very dict ``tomllib.loads`` gives for the
+equivalent config.toml, so that every check of :func:`inference_worker.repository.load_model_config` applies.
+What torchgate cannot honour is refused, naming the file, the line and what to do instead; what only tunes
+Triton's own execution is accepted and ignored (see README.md, "A Triton model repository").
+
+Every error is a :class:`ConfigError` that names the file and the line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from inference_worker.config_errors import ConfigError, suggest
+from inference_worker.protocol import BYTES, DATATYPES
+
+__all__ = ["Identifier", "Message", "parse", "to_toml"]
+
+
+class Identifier(str):
+    """A bare word of the text format (an enum value, ``TYPE_FP32``), as opposed to a quoted string."""
+
+    __slots__ = ()
+
+
+class Message(dict[str, list[Any]]):
+    """One message: field name -> its values in order. ``line`` is where it begins, ``at`` where each field is
+    first named, ``lines`` where each of its values is (a list's values may span lines)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.at: dict[str, int] = {}
+        self.lines: dict[str, list[int]] = {}
+
+    def named(self, field: str, line: int) -> list[Any]:
+        """Return ``field``'s values, creating the field (given as an empty list, say) if new."""
+        self.at.setdefault(field, line)
+        self.lines.setdefault(field, [])
+        return self.setdefault(field, [])
+
+    def add(self, field: str, value: Any, line: int) -> None:
+        self.named(field, line).append(value)
+        self.lines[field].append(line)
+
+
+# -- the text format ------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>[ \t\r\f\v]+|\#[^\n]*)
+    | (?P<newline>\n)
+    | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+    | (?P<quote>["'])
+    | (?P<number>0[xX][0-9a-fA-F]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[fF]?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<punct>[{}\[\]<>:,;-])
+    """,
+    re.VERBOSE,
+)
+_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "?": "?",
+}
+_CLOSE = {"{": "}", "<": ">"}
+_EOF = ("eof", "", 0)
+
+Token = tuple[str, str, int]  # kind, text, line
+
+
+def parse(text: str, path: str | Path = "config.pbtxt") -> Message:
+    """Read protobuf text format into a :class:`Message`; ``path`` names the file in errors."""
+    return _Parser(text, str(path)).document()
+
+
+def _tokens(text: str, path: str) -> list[Token]:
+    tokens: list[Token] = []
+    line, pos = 1, 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise ConfigError(f"{path}:{line}: unexpected character {text[pos]!r}")
+        kind = match.lastgroup or ""
+        if kind == "quote":
+            raise ConfigError(
+                f"{path}:{line}: a string that does not end on its line (a closing {text[pos]})"
+            )
+        if kind == "newline":
+            line += 1
+        elif kind != "space":
+            tokens.append((kind, match.group(), line))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str, path: str) -> None:
+        self.path = path
+        self.tokens = _tokens(text, path)
+        self.last_line = self.tokens[-1][2] if self.tokens else 1
+        self.i = 0
+
+    def peek(self) -> Token:
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "", self.last_line)
+
+    def take(self) -> Token:
+        token = self.peek()
+        self.i += 1
+        return token
+
+    def accept(self, punct: str) -> bool:
+        kind, text, _ = self.peek()
+        if kind == "punct" and text == punct:
+            self.i += 1
+            return True
+        return False
+
+    def error(self, expected: str, token: Token | None = None) -> ConfigError:
+        kind, text, line = token or self.peek()
+        found = {"eof": "the end of the file", "string": f"the string {text}"}.get(kind, repr(text))
+        return ConfigError(f"{self.path}:{line}: expected {expected}, found {found}")
+
+    def document(self) -> Message:
+        return self.fields(Message(1), None, "")
+
+    def fields(self, message: Message, close: str | None, opened: str) -> Message:
+        """Read fields into ``message`` up to ``close`` (None: the end of the file)."""
+        while True:
+            kind, text, line = self.peek()
+            if kind == "eof":
+                if close is None:
+                    return message
+                raise self.error(f"'{close}' to close {opened}")
+            if close is not None and kind == "punct" and text == close:
+                self.i += 1
+                return message
+            if kind != "word":
+                raise self.error("a field name" if close is None else f"a field name or '{close}'")
+            self.i += 1
+            colon = self.accept(":")
+            kind, value, _ = self.peek()
+            if kind == "punct" and value in _CLOSE:
+                message.add(text, self.message(text), line)
+            elif kind == "punct" and value == "[":
+                self.values(message, text, line)
+            elif not colon:
+                raise self.error(f"':' or '{{' after field name '{text}'")
+            else:
+                message.add(text, self.scalar(), line)
+            if not self.accept(","):
+                self.accept(";")
+
+    def message(self, field: str) -> Message:
+        _, opener, line = self.take()
+        return self.fields(Message(line), _CLOSE[opener], f"'{field}' (opened at line {line})")
+
+    def values(self, message: Message, field: str, line: int) -> None:
+        """Read ``[v, v, ...]`` (scalars or messages) as values of ``field``."""
+        self.take()
+        message.named(field, line)
+        if self.accept("]"):
+            return
+        while True:
+            kind, text, at = self.peek()
+            if kind == "punct" and text in _CLOSE:
+                message.add(field, self.message(field), at)
+            else:
+                message.add(field, self.scalar(), at)
+            if self.accept("]"):
+                return
+            if not self.accept(","):
+                raise self.error(f"',' or ']' in the list of '{field}'")
+
+    def scalar(self) -> Any:
+        kind, text, line = token = self.take()
+        if kind == "punct" and text == "-":
+            kind, text, _ = token = self.take()
+            if kind == "number":
+                return -_number(text)
+            if kind == "word" and text.lower() in ("inf", "infinity", "nan"):
+                return -float(text)
+            raise self.error("a number after '-'", token)
+        if kind == "number":
+            return _number(text)
+        if kind == "string":
+            parts = [self.unquote(text, line)]
+            while self.peek()[0] == "string":  # adjacent strings are one: "ab" "cd" is "abcd"
+                _, text, line = self.take()
+                parts.append(self.unquote(text, line))
+            return "".join(parts)
+        if kind == "word":
+            return {"true": True, "True": True, "false": False, "False": False}.get(text, Identifier(text))
+        raise self.error("a value (a number, a string, true, false or a name)", token)
+
+    def unquote(self, token: str, line: int) -> str:
+        """Return a quoted string's text: C escapes, ``\\x41``, octal ``\\101``, ``\\u00e9``; UTF-8 bytes."""
+        body, out, i = token[1:-1], bytearray(), 0
+        while i < len(body):
+            char = body[i]
+            if char != "\\":
+                out += char.encode()
+                i += 1
+                continue
+            escape = body[i + 1]  # the token's pattern puts a character after every backslash
+            if escape in _ESCAPES:
+                out += _ESCAPES[escape].encode()
+                i += 2
+            elif escape in "01234567":
+                digits = re.match(r"[0-7]{1,3}", body[i + 1 :])
+                assert digits is not None
+                if int(digits.group(), 8) > 0xFF:
+                    raise ConfigError(f"{self.path}:{line}: escape '\\{digits.group()}' is past a byte")
+                out.append(int(digits.group(), 8))
+                i += 1 + len(digits.group())
+            elif escape in "xXuU":
+                size = {"x": 2, "X": 2, "u": 4, "U": 8}[escape]
+                digits = re.match(rf"[0-9a-fA-F]{{{1 if size == 2 else size},{size}}}", body[i + 2 :])
+                if digits is None or (size == 8 and int(digits.group(), 16) > 0x10FFFF):
+                    raise ConfigError(f"{self.path}:{line}: escape '\\{escape}' needs {size} hex digits")
+                value = int(digits.group(), 16)
+                out += bytes([value]) if size == 2 else chr(value).encode("utf-8", "surrogatepass")
+                i += 2 + len(digits.group())
+            else:
+                raise ConfigError(f"{self.path}:{line}: unknown escape '\\{escape}' in a string")
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.path}:{line}: a string that is not UTF-8 text") from None
+
+
+def _number(text: str) -> int | float:
+    if text[:2] in ("0x", "0X"):
+        return int(text, 16)
+    if any(c in text for c in ".eEfF"):
+        return float(text.rstrip("fF"))
+    if len(text) > 1 and text[0] == "0":
+        return int(text, 8)  # as protobuf reads 017
+    return int(text)
+
+
+# -- Triton's ModelConfig -> config.toml ------------------------------------------------------------------
+
+# Every field of Triton's ModelConfig (model_config.proto), refused or not: a name outside it is a typo.
+MODEL_CONFIG_FIELDS = (
+    "name",
+    "platform",
+    "backend",
+    "runtime",
+    "version_policy",
+    "max_batch_size",
+    "input",
+    "output",
+    "batch_input",
+    "batch_output",
+    "optimization",
+    "dynamic_batching",
+    "sequence_batching",
+    "ensemble_scheduling",
+    "instance_group",
+    "default_model_filename",
+    "cc_model_filenames",
+    "metric_tags",
+    "parameters",
+    "model_warmup",
+    "model_operations",
+    "model_transaction_policy",
+    "model_repository_agents",
+    "response_cache",
+    "model_metrics",
+)
+# Accepted and ignored: they tune Triton's own execution or reporting, which torchgate does its own way.
+IGNORED_FIELDS = ("optimization", "model_warmup", "metric_tags", "model_metrics")
+# Refused whenever given, with what to do instead.
+REFUSED_FIELDS = {
+    "sequence_batching": "torchgate has no sequence batcher for stateful models: send each request on its "
+    "own, with any state in its inputs",
+    "ensemble_scheduling": "torchgate serves no ensembles: call the models in turn from the client, or "
+    "serve them as one TorchScript model",
+    "batch_input": "torchgate builds no batch inputs (Triton's ragged batching): declare every input the "
+    "model takes; a config.toml's [padding] batches variable-length requests",
+    "batch_output": "torchgate builds no batch outputs (Triton's ragged batching): declare every output the "
+    "model returns",
+    "model_repository_agents": "torchgate runs no repository agents: prepare (decrypt, convert) the files "
+    "before serving them",
+    "cc_model_filenames": "torchgate loads model.pt from each version folder on every GPU: keep one file per "
+    "version, named model.pt",
+    "model_operations": "torchgate loads no custom operation libraries: serve the model with a config.toml "
+    "and the python backend, whose factory may load them (torch.ops.load_library)",
+}
+# What the libtorch backend reads from ``parameters`` (pytorch_backend's src/model_state.cc, and
+# ENABLE_NVFUSER of its earlier releases): accepted and ignored, as torchgate runs every model under
+# torch.inference_mode with its own thread settings.
+LIBTORCH_PARAMETERS = (
+    "DISABLE_OPTIMIZED_EXECUTION",
+    "INFERENCE_MODE",
+    "DISABLE_CUDNN",
+    "ENABLE_WEIGHT_SHARING",
+    "ENABLE_CACHE_CLEANING",
+    "ENABLE_JIT_EXECUTOR",
+    "ENABLE_JIT_PROFILING",
+    "ENABLE_TENSOR_FUSER",
+    "ENABLE_NVFUSER",
+    "INTRA_OP_THREAD_COUNT",
+    "INTER_OP_THREAD_COUNT",
+)
+INPUT_FIELDS = (
+    "name",
+    "data_type",
+    "format",
+    "dims",
+    "reshape",
+    "is_shape_tensor",
+    "allow_ragged_batch",
+    "optional",
+    "is_non_linear_format_io",
+)
+OUTPUT_FIELDS = (
+    "name",
+    "data_type",
+    "dims",
+    "reshape",
+    "label_filename",
+    "is_shape_tensor",
+    "is_non_linear_format_io",
+)
+FORMATS = ("FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC")  # informational in Triton: ignored
+# A tensor field that must stay off (false), and why torchgate cannot honour it.
+TENSOR_FLAGS = {
+    "is_shape_tensor": "shape tensors are TensorRT's: declare the tensor as a plain one",
+    "allow_ragged_batch": "torchgate batches requests of the same shape only: drop it (a config.toml's "
+    "[padding] batches variable-length requests)",
+    "is_non_linear_format_io": "non-linear formats are TensorRT's: declare the tensor as a plain one",
+}
+DYNAMIC_BATCHING_FIELDS = (
+    "preferred_batch_size",
+    "max_queue_delay_microseconds",
+    "preserve_ordering",
+    "priority_levels",
+    "default_priority_level",
+    "default_queue_policy",
+    "priority_queue_policy",
+)
+QUEUE_POLICY_FIELDS = (
+    "timeout_action",
+    "default_timeout_microseconds",
+    "allow_timeout_override",
+    "max_queue_size",
+)
+INSTANCE_GROUP_FIELDS = (
+    "name",
+    "kind",
+    "count",
+    "rate_limiter",
+    "gpus",
+    "secondary_devices",
+    "profile",
+    "passive",
+    "host_policy",
+)
+KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+VERSION_POLICIES = ("latest", "all", "specific")
+_INDEXED = re.compile(r"__([0-9]+)$")  # the libtorch backend's NAME__<index>: the forward argument's position
+
+
+def to_toml(config: Message, path: str | Path, folder: str) -> dict[str, Any]:
+    """Return what ``tomllib.loads`` gives for the config.toml equivalent to Triton's ModelConfig
+    ``config`` (read from ``path``, in the model folder named ``folder``: the model's name when the config
+    gives none)."""
+    return _Translation(str(path)).model(config, folder)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Identifier):
+        return str(value)
+    if isinstance(value, Message):
+        return "{ ... }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+class _Translation:
+    """Typed reads of a parsed ModelConfig whose errors name the file, the line and the field."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, message: Message, field: str, what: str, index: int | None = None) -> ConfigError:
+        line = message.at.get(field, message.line)
+        if index is not None and index < len(message.lines.get(field, ())):
+            line = message.lines[field][index]
+        return ConfigError(f"{self.path}:{line}: {what}")
+
+    def check_fields(self, message: Message, valid: tuple[str, ...], prefix: str, what: str) -> None:
+        for field in message:
+            if field not in valid:
+                hint = suggest(field, list(valid), "field")
+                raise self.fail(
+                    message,
+                    field,
+                    f"unknown field '{prefix}{field}' ({what} has no such field)"
+                    + (hint or ("; its fields are: " + ", ".join(valid) if valid else "; it takes none")),
+                )
+
+    def one(self, message: Message, field: str, prefix: str) -> Any:
+        """Return the one value of a singular field, or None when it is not given."""
+        values = message.get(field)
+        if values is None:
+            return None
+        if len(values) != 1:
+            raise self.fail(
+                message, field, f"field '{prefix}{field}' is given {len(values)} times; it takes one value", 1
+            )
+        return values[0]
+
+    def string(self, message: Message, field: str, prefix: str) -> str | None:
+        value = self.one(message, field, prefix)
+        if value is not None and (not isinstance(value, str) or isinstance(value, Identifier)):
+            raise self.fail(
+                message, field, f"field '{prefix}{field}' is {_show(value)}, expected a quoted string"
+            )
+        return value
+
+    def integer(self, message: Message, field: str, prefix: str) -> int | None:
+        value = self.one(message, field, prefix)
+        if value is not None and type(value) is not int:
+            raise self.fail(message, field, f"field '{prefix}{field}' is {_show(value)}, expected an integer")
+        return value
+
+    def boolean(self, message: Message, field: str, prefix: str) -> bool | None:
+        value = self.one(message, field, prefix)
+        if value is None or isinstance(value, bool):
+            return value
+        if value in ("t", "f") and isinstance(value, Identifier) or type(value) is int and value in (0, 1):
+            return value in ("t", 1)
+        raise self.fail(message, field, f"field '{prefix}{field}' is {_show(value)}, expected true or false")
+
+    def enum(self, message: Message, field: str, prefix: str, names: tuple[str, ...]) -> str | None:
+        value = self.one(message, field, prefix)
+        if value is not None and not (isinstance(value, Identifier) and value in names):
+            raise self.fail(
+                message,
+                field,
+                f"field '{prefix}{field}' is {_show(value)}, expected one of {', '.join(names)}"
+                + suggest(str(value), list(names), "field"),
+            )
+        return None if value is None else str(value)
+
+    def message(self, message: Message, field: str, prefix: str) -> Message | None:
+        value = self.one(message, field, prefix)
+        if value is not None and not isinstance(value, Message):
+            raise self.fail(message, field, f"field '{prefix}{field}' is {_show(value)}, expected {{ ... }}")
+        return value
+
+    def messages(self, message: Message, field: str, prefix: str) -> list[Message]:
+        values = message.get(field, [])
+        for i, value in enumerate(values):
+            if not isinstance(value, Message):
+                raise self.fail(
+                    message, field, f"field '{prefix}{field}' holds {_show(value)}, expected {{ ... }}", i
+                )
+        return values
+
+    def integers(self, message: Message, field: str, prefix: str) -> list[int] | None:
+        values = message.get(field)
+        if values is None:
+            return None
+        for i, value in enumerate(values):
+            if type(value) is not int:
+                raise self.fail(
+                    message, field, f"field '{prefix}{field}' holds {_show(value)}, expected integers", i
+                )
+        return list(values)
+
+    # -- the model ---------------------------------------------------------------------------------------
+
+    def model(self, config: Message, folder: str) -> dict[str, Any]:
+        for field in config:
+            if field not in MODEL_CONFIG_FIELDS:
+                hint = suggest(field, list(MODEL_CONFIG_FIELDS), "field")
+                raise self.fail(
+                    config, field, f"unknown field '{field}': Triton's ModelConfig has no such field" + hint
+                )
+        for field, why in REFUSED_FIELDS.items():
+            if field in config:
+                raise self.fail(config, field, f"field '{field}' is not supported: {why}")
+        self.refuse_other_runtimes(config)
+        raw: dict[str, Any] = {"name": self.string(config, "name", "") or folder, "backend": "torchscript"}
+        max_batch_size = self.integer(config, "max_batch_size", "")
+        if max_batch_size is not None:
+            raw["max_batch_size"] = max_batch_size
+        for key, fields in (("input", INPUT_FIELDS), ("output", OUTPUT_FIELDS)):
+            entries = self.messages(config, key, "")
+            if not entries:
+                raise self.fail(
+                    config, key, f"no '{key}': declare each of the model's {key}s, {key} [ {{ name: ... }} ]"
+                )
+            raw[key] = [self.tensor(entry, key, i, fields) for i, entry in enumerate(entries)]
+            self.check_positions(config, key, raw[key])
+        batching = self.message(config, "dynamic_batching", "")
+        if batching is not None:
+            raw["dynamic_batching"], queue_size = self.dynamic_batching(batching)
+            if queue_size:  # 0 is Triton's unlimited: torchgate's default bound stays
+                raw["max_queue_size"] = queue_size
+        groups = self.messages(config, "instance_group", "")
+        if groups:
+            raw["instance_group"] = [self.instance_group(group, i) for i, group in enumerate(groups)]
+        policy = self.message(config, "version_policy", "")
+        if policy is not None:
+            raw["version_policy"] = self.version_policy(policy)
+        cache = self.message(config, "response_cache", "")
+        if cache is not None:
+            self.check_fields(cache, ("enable",), "response_cache.", "ModelResponseCache")
+            raw["response_cache"] = {"enable": bool(self.boolean(cache, "enable", "response_cache."))}
+        for i, entry in enumerate(self.messages(config, "parameters", "")):
+            self.parameter(config, entry, i)
+        return raw
+
+    def refuse_other_runtimes(self, config: Message) -> None:
+        """Refuse all but a TorchScript model: platform pytorch_libtorch, backend pytorch, file model.pt."""
+        how = 'serve a TorchScript model (platform: "pytorch_libtorch" or backend: "pytorch", 1/model.pt)'
+        for field, wanted in (("platform", "pytorch_libtorch"), ("backend", "pytorch")):
+            value = self.string(config, field, "")
+            if value not in (None, "", wanted):
+                raise self.fail(
+                    config,
+                    field,
+                    f"torchgate serves PyTorch models; {field} {value!r} is not one: {how}, "
+                    "saved with torch.jit.trace or torch.jit.script and torch.jit.save",
+                )
+        runtime = self.string(config, "runtime", "")
+        if runtime:
+            raise self.fail(
+                config,
+                field="runtime",
+                what=f"field 'runtime' is {runtime!r}: torchgate runs TorchScript models only; drop it and "
+                f"{how}, or serve Python code with a config.toml and the python backend",
+            )
+        filename = self.string(config, "default_model_filename", "")
+        if filename not in (None, "", "model.pt"):
+            raise self.fail(
+                config,
+                "default_model_filename",
+                f"field 'default_model_filename' is {filename!r}: torchgate loads model.pt from each version "
+                f"folder; rename {filename} to model.pt and drop default_model_filename",
+            )
+        policy = self.message(config, "model_transaction_policy", "")
+        if policy is not None:
+            self.check_fields(policy, ("decoupled",), "model_transaction_policy.", "ModelTransactionPolicy")
+            if self.boolean(policy, "decoupled", "model_transaction_policy."):
+                raise self.fail(
+                    policy,
+                    "decoupled",
+                    "field 'model_transaction_policy.decoupled' is true: torchgate answers each request with "
+                    "one response; decoupled models (several responses, or none) are not supported",
+                )
+
+    def tensor(self, entry: Message, key: str, i: int, fields: tuple[str, ...]) -> dict[str, Any]:
+        prefix = f"{key}[{i}]."
+        what = "ModelInput" if key == "input" else "ModelOutput"
+        self.check_fields(entry, fields, prefix, what)
+        if "reshape" in entry:
+            raise self.fail(
+                entry,
+                "reshape",
+                f"field '{prefix}reshape' is not supported: torchgate passes tensors as clients send them; "
+                "declare the dims the model takes and reshape in the model",
+            )
+        for flag, why in TENSOR_FLAGS.items():
+            if self.boolean(entry, flag, prefix):
+                raise self.fail(entry, flag, f"field '{prefix}{flag}' is not supported: {why}")
+        spec: dict[str, Any] = {}
+        name = self.string(entry, "name", prefix)
+        if name is not None:
+            spec["name"] = name
+        datatype = self.enum(entry, "data_type", prefix, DATA_TYPES)
+        if datatype is None:
+            raise self.fail(entry, "data_type", f"{key}[{i}] has no data_type (TYPE_FP32, TYPE_INT64, ...)")
+        if datatype == "TYPE_STRING":
+            raise self.fail(
+                entry,
+                "data_type",
+                f"field '{prefix}data_type' is TYPE_STRING: a TorchScript model takes and returns tensors, "
+                "not strings; serve it with a config.toml whose handler turns strings into tensors and back",
+            )
+        spec["datatype"] = datatype.removeprefix("TYPE_")
+        dims = self.integers(entry, "dims", prefix)
+        if dims is not None:
+            spec["dims"] = dims
+        self.enum(entry, "format", prefix, FORMATS)  # informational in Triton: checked, then ignored
+        optional = self.boolean(entry, "optional", prefix)
+        if optional is not None:
+            spec["optional"] = optional
+        label_filename = self.string(entry, "label_filename", prefix)
+        if label_filename:
+            spec["label_filename"] = label_filename
+        return spec
+
+    def check_positions(self, config: Message, key: str, specs: list[dict[str, Any]]) -> None:
+        """With the libtorch backend's NAME__<index> names throughout, index i must be the i-th tensor:
+        torchgate passes inputs to forward, and takes outputs from what it returns, in declaration order."""
+        names = [spec.get("name", "") for spec in specs]
+        indices = [_INDEXED.search(name) for name in names]
+        if not all(indices):
+            return
+        for i, (name, index) in enumerate(zip(names, indices, strict=True)):
+            assert index is not None
+            if int(index.group(1)) != i:
+                entry = config[key][i]
+                raise ConfigError(
+                    f"{self.path}:{entry.line}: {key}[{i}] is {name!r}: with Triton's libtorch names "
+                    f"NAME__<index>, torchgate passes the {key}s by position (the {key} at position i is "
+                    f"NAME__i); list them in index order, from __0"
+                )
+
+    def dynamic_batching(self, batching: Message) -> tuple[dict[str, Any], int]:
+        """Return the [dynamic_batching] table and the queue bound of the default queue policy (0: none)."""
+        prefix = "dynamic_batching."
+        self.check_fields(batching, DYNAMIC_BATCHING_FIELDS, prefix, "ModelDynamicBatching")
+        if "priority_queue_policy" in batching:
+            raise self.fail(
+                batching,
+                "priority_queue_policy",
+                f"field '{prefix}priority_queue_policy' is not supported: every priority level shares the "
+                "default queue policy",
+            )
+        table: dict[str, Any] = {}
+        preferred = self.integers(batching, "preferred_batch_size", prefix)
+        if preferred is not None:
+            table["preferred_batch_size"] = preferred
+        for field, key in (
+            ("max_queue_delay_microseconds", "max_queue_delay_us"),
+            ("priority_levels", "priority_levels"),
+            ("default_priority_level", "default_priority_level"),
+        ):
+            value = self.integer(batching, field, prefix)
+            if value is not None and value < 0:
+                raise self.fail(batching, field, f"field '{prefix}{field}' is {value}, expected 0 or more")
+            if value is not None:
+                table[key] = value
+        self.boolean(batching, "preserve_ordering", prefix)  # torchgate answers each request on its own
+        policy = self.message(batching, "default_queue_policy", prefix)
+        return table, 0 if policy is None else self.queue_policy(policy)
+
+    def queue_policy(self, policy: Message) -> int:
+        """Return the queue bound of ``default_queue_policy``; refuse what differs from torchgate's queue: a
+        request waits until its own deadline (``parameters.timeout``), then is rejected."""
+        prefix = "dynamic_batching.default_queue_policy."
+        self.check_fields(policy, QUEUE_POLICY_FIELDS, prefix, "ModelQueuePolicy")
+        why = "torchgate's queue keeps a request until its own timeout, then rejects it"
+        if self.enum(policy, "timeout_action", prefix, ("REJECT", "DELAY")) == "DELAY":
+            raise self.fail(policy, "timeout_action", f"field '{prefix}timeout_action' DELAY: {why}")
+        if self.integer(policy, "default_timeout_microseconds", prefix):
+            raise self.fail(
+                policy,
+                "default_timeout_microseconds",
+                f"field '{prefix}default_timeout_microseconds' is not supported: {why} (a client sets it, "
+                "or torchgate serve --request-timeout)",
+            )
+        if self.boolean(policy, "allow_timeout_override", prefix) is False:
+            raise self.fail(
+                policy, "allow_timeout_override", f"field '{prefix}allow_timeout_override': {why}"
+            )
+        size = self.integer(policy, "max_queue_size", prefix) or 0
+        if size < 0:
+            raise self.fail(
+                policy, "max_queue_size", f"field '{prefix}max_queue_size' is {size}, expected 0 or more"
+            )
+        return size
+
+    def instance_group(self, group: Message, i: int) -> dict[str, Any]:
+        prefix = f"instance_group[{i}]."
+        self.check_fields(group, INSTANCE_GROUP_FIELDS, prefix, "ModelInstanceGroup")
+        if self.one(group, "kind", prefix) == "KIND_MODEL":
+            raise self.fail(
+                group,
+                "kind",
+                f"field '{prefix}kind' is KIND_MODEL (the model places itself on devices), which torchgate "
+                "does not support: use KIND_GPU (with gpus) or KIND_CPU",
+            )
+        if "secondary_devices" in group:
+            raise self.fail(group, "secondary_devices", f"field '{prefix}secondary_devices' is not supported")
+        if self.boolean(group, "passive", prefix):
+            raise self.fail(
+                group, "passive", f"field '{prefix}passive' is not supported: every instance serves requests"
+            )
+        entry: dict[str, Any] = {}
+        kind = self.enum(group, "kind", prefix, KINDS)
+        if kind is not None:
+            entry["kind"] = kind
+        count = self.integer(group, "count", prefix)
+        if count is not None:
+            entry["count"] = count
+        gpus = self.integers(group, "gpus", prefix)
+        if gpus is not None:
+            entry["gpus"] = gpus
+        return entry  # name, rate_limiter, host_policy, profile: Triton's own scheduling, ignored
+
+    def version_policy(self, policy: Message) -> dict[str, Any]:
+        prefix = "version_policy."
+        self.check_fields(policy, VERSION_POLICIES, prefix, "ModelVersionPolicy")
+        if len(policy) != 1:
+            raise ConfigError(
+                f"{self.path}:{policy.line}: version_policy takes one of latest {{ num_versions: N }}, "
+                "all { } or specific { versions: [...] }"
+            )
+        kind = next(iter(policy))
+        body = self.message(policy, kind, prefix)
+        assert body is not None
+        if kind == "all":
+            self.check_fields(body, (), f"{prefix}all.", "ModelVersionPolicy.All")
+            return {"all": True}
+        if kind == "latest":
+            self.check_fields(body, ("num_versions",), f"{prefix}latest.", "ModelVersionPolicy.Latest")
+            count = self.integer(body, "num_versions", f"{prefix}latest.")
+            if not count or count < 1:
+                raise self.fail(
+                    body, "num_versions", f"{prefix}latest needs num_versions of 1 or more, not {count or 0}"
+                )
+            return {"latest": count}
+        self.check_fields(body, ("versions",), f"{prefix}specific.", "ModelVersionPolicy.Specific")
+        return {"specific": self.integers(body, "versions", f"{prefix}specific.") or []}
+
+    def parameter(self, config: Message, entry: Message, i: int) -> None:
+        prefix = f"parameters[{i}]."
+        self.check_fields(entry, ("key", "value"), prefix, "a parameters entry")
+        key = self.string(entry, "key", prefix)
+        if key is None:
+            raise self.fail(config, "parameters", f"parameters[{i}] has no key", i)
+        value = self.message(entry, "value", prefix)
+        if value is not None:
+            self.check_fields(value, ("string_value",), f"{prefix}value.", "ModelParameter")
+            self.string(value, "string_value", f"{prefix}value.")
+        if key not in LIBTORCH_PARAMETERS:
+            raise self.fail(
+                config,
+                "parameters",
+                f"parameter {key!r} is not one of the libtorch backend's ({', '.join(LIBTORCH_PARAMETERS)}), "
+                "which torchgate accepts and ignores" + suggest(key, list(LIBTORCH_PARAMETERS), "parameter"),
+                i,
+            )
+
+
+# Triton's data types: TYPE_X is the protocol's X, TYPE_STRING its BYTES.
+DATA_TYPES = tuple(sorted(f"TYPE_{datatype}" for datatype in DATATYPES if datatype != BYTES)) + (
+    "TYPE_STRING",
+)
