@@ -701,7 +701,7 @@ def control_parameters(body: bytes, action: str) -> dict[str, Any]:
         if action == "load" and (key == "config" or key.startswith("file:")):
             raise InvalidArgument(
                 f"load parameter {key!r}: overriding a model's config or files in the request is not "
-                "supported; edit its config.toml and version folders in the model repository, then load it"
+                "supported; edit its config and version folders in the model repository, then load it"
             )
         if action == "load" or key not in UNLOAD_PARAMETERS:
             raise InvalidArgument(f"unknown {action} parameter {key!r}")

@@ -149,8 +149,8 @@ def register_target(args: Mapping[str, str]) -> str:
         raise InvalidArgument("parameter url is required: the name of a model in the model repository")
     if "/" in url or ":" in url or url.endswith(".mar"):
         raise InvalidArgument(
-            f"url {url!r}: models are loaded from the model repository by name (a folder with a config.toml);"
-            " archives (.mar) and URLs are not fetched"
+            f"url {url!r}: models are loaded from the model repository by name (a folder with a config.toml"
+            " or config.pbtxt); archives (.mar) and URLs are not fetched"
         )
     name = args.get("model_name") or url
     if name != url:

@@ -18,7 +18,7 @@ from inference_worker import lifeline, log_settings, logs
     type=click.Path(path_type=Path),
     required=True,
     envvar="TORCHGATE_MODEL_REPOSITORY",
-    help="Folder of <model>/config.toml and <model>/<version>/.",
+    help="Folder of <model>/config.toml (or config.pbtxt) and <model>/<version>/.",
 )
 @click.option("--dispatcher", required=True, envvar="TORCHGATE_BACKEND", help="Dispatcher backend endpoint.")
 @click.option("--name", default="worker", help="Slot name, as supervisord knows it.")
