@@ -523,8 +523,8 @@ class _Translation:
         if groups:
             raw["instance_group"] = [self.instance_group(group, i) for i, group in enumerate(groups)]
         policy = self.message(config, "version_policy", "")
-        if policy is not None:
-            raw["version_policy"] = self.version_policy(policy)
+        # Triton serves the latest version alone when the config names no policy (a config.toml: every one)
+        raw["version_policy"] = {"latest": 1} if policy is None else self.version_policy(policy)
         cache = self.message(config, "response_cache", "")
         if cache is not None:
             self.check_fields(cache, ("enable",), "response_cache.", "ModelResponseCache")

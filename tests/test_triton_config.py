@@ -154,6 +154,7 @@ def test_the_brief_resnet_is_the_config_toml_it_stands_for() -> None:
 def test_the_name_is_the_folder_name_when_not_given_and_backend_pytorch_is_torchscript() -> None:
     raw = translate('backend: "pytorch"\n' + SMALL, "folder")
     assert raw["name"] == "folder" and raw["backend"] == "torchscript"
+    assert raw["version_policy"] == {"latest": 1}  # Triton's default, not a config.toml's (every version)
     assert translate(SMALL)["backend"] == "torchscript"  # neither: Triton picks PyTorch for model.pt
     assert translate(
         'platform: "pytorch_libtorch" backend: "pytorch" default_model_filename: "model.pt"' + SMALL
@@ -418,6 +419,8 @@ kind = "KIND_CPU"
 [dynamic_batching]
 preferred_batch_size = [32, 64]
 max_queue_delay_us = 100
+[version_policy]
+latest = 1  # Triton's default
 """
 
 
@@ -433,6 +436,7 @@ def test_a_triton_docs_config_reads_as_its_config_toml(tmp_path: Path) -> None:
         (twin / version / "model.pt").write_bytes(b"x")
     model, same = load_model_config(folder), load_model_config(twin)
     assert model.outputs[0].labels == ("tench", "goldfish")
+    assert list(model.versions) == ["2"]  # no version_policy: Triton serves the latest version alone
     assert model.config_path == folder / "config.pbtxt" and same.config_path == twin / "config.toml"
     assert dataclasses.replace(same, path=folder, versions=model.versions) == model  # but for the folder
     assert triton.model_config(model) == triton.model_config(same)
@@ -523,9 +527,11 @@ model_warmup [ { name: "w" batch_size: 1 } ]
 """
 
 
-def _port() -> int:
-    """The HTTP port: TORCHGATE_TEST_PORT when set (a machine that reserves a range), else a free one."""
-    return int(os.environ.get("TORCHGATE_TEST_PORT") or free_port())
+def _ports() -> tuple[int, int]:
+    """The HTTP and gRPC ports: TORCHGATE_TEST_PORT and the next when set (a machine that reserves a range),
+    else free ones."""
+    given = int(os.environ.get("TORCHGATE_TEST_PORT") or 0)
+    return (given, given + 1) if given else (free_port(), free_port())
 
 
 @pytest.fixture
@@ -556,6 +562,7 @@ def test_a_torchscript_model_described_by_config_pbtxt_serves_as_in_triton(
 ) -> None:
     import numpy as np
     import torch
+    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     base, model = pair_repository
@@ -564,9 +571,11 @@ def test_a_torchscript_model_described_by_config_pbtxt_serves_as_in_triton(
     assert checked.returncode == 0 and "OK    pair version 1" in checked.stdout, (
         checked.stdout + checked.stderr
     )
-    stack = Stack.at(base, repository, port=_port())
+    port, grpc_port = _ports()
+    stack = Stack.at(base, repository, port=port)
     options = ["--gpus", "none", "--cpu-workers", "1", "--worker-threads", "1", "--worker-startsecs", "2"]
     options += ["--gateway-processes", "1", "--gateway-threads", "4", "--model-repository", str(repository)]
+    options += ["--grpc-port", str(grpc_port)]
     with stack.serve(*options) as served:
         served.wait_serving(timeout=120)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{served.port}", network_timeout=TIMEOUT)
@@ -594,3 +603,16 @@ def test_a_torchscript_model_described_by_config_pbtxt_serves_as_in_triton(
             np.testing.assert_allclose(answer.as_numpy("OUTPUT__0"), expected, rtol=1e-5, atol=1e-6)
         finally:
             client.close()
+        over_grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            inputs = [
+                grpcclient.InferInput("INPUT__0", [3, 4], "FP32"),
+                grpcclient.InferInput("INPUT__1", [3, 4], "FP32"),
+            ]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            answer = over_grpc.infer("pair", inputs, client_timeout=TIMEOUT)
+            np.testing.assert_allclose(answer.as_numpy("OUTPUT__0"), expected, rtol=1e-5, atol=1e-6)
+            assert over_grpc.get_model_config("pair", client_timeout=TIMEOUT).config.max_batch_size == 8
+        finally:
+            over_grpc.close()
