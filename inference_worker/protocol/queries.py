@@ -163,7 +163,7 @@ class StatusReply:
 
     def signatures(self, model: str) -> dict[str, dict[str, Any]]:
         """Return version -> the signature the workers serving ``model`` announced (with ``config``, the
-        config.toml text they loaded, and ``files``, the stamp of the files they loaded)."""
+        config text they loaded, and ``files``, the stamp of the files they loaded)."""
         versions = self.models.get(model)
         if not isinstance(versions, dict):
             return {}

@@ -39,7 +39,7 @@ class Ready:
         "device": "str",
         "shm": "bool, it maps the gateways' shared-memory segments (on this host)",
         "capacity": "int, the requests in flight it accepts: its credits",
-        "models": "list of `ModelConfig.signature(version)` (`config`: the config.toml text it loaded), "
+        "models": "list of `ModelConfig.signature(version)` (`config`: the config text it loaded), "
         "each with `name`, `version` and `files` (the stamp of the files it loaded)",
         "unavailable": "[{`model`, `version`, `reason`}]: what it could not load",
         "assigned": "list of str, its `--model` list; empty: every model",
