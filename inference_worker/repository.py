@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_worker import triton_config
+from inference_worker import text_format, triton_config
 from inference_worker.config_errors import ConfigError as ConfigError  # raised here, defined apart
 from inference_worker.config_errors import suggest as _suggest
 from inference_worker.protocol import BYTES, DATATYPES, MAX_DIMS, MAX_NAME_LENGTH
@@ -350,7 +350,7 @@ def load_model_config(
     filename, body = announced(text)
     path = folder / filename
     if filename == CONFIG_PBTXT:
-        raw = triton_config.to_toml(triton_config.parse(body, path), path, folder.name)
+        raw = triton_config.to_toml(text_format.parse(body, path), path, folder.name)
     else:
         try:
             raw = tomllib.loads(body)

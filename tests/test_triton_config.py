@@ -20,7 +20,8 @@ from inference_worker.repository import (
     load_model_config,
     scan_repository,
 )
-from inference_worker.triton_config import Identifier, parse, to_toml
+from inference_worker.text_format import Identifier, parse
+from inference_worker.triton_config import to_toml
 
 TIMEOUT = 60.0
 
@@ -135,6 +136,10 @@ def test_odd_spacing_and_no_spacing_read_the_same() -> None:
         ("a: - x", ":1: expected a number after '-'"),
         ("{ a: 1 }", ":1: expected a field name, found '{'"),
         ("a { b: 1 } }", ":1: expected a field name, found '}'"),
+        # what int() and the parser's recursion refused with a ValueError or RecursionError, not a ConfigError
+        ("\ndims: [ " + "9" * 5000 + " ]", ":2: a number of 5000 characters: too large for a config"),
+        ("a: 0" + "7" * 5000, ":1: a number of 5001 characters"),
+        ("a { " * 33 + "}" * 33, ":1: messages nested more than 32 deep"),
     ],
 )
 def test_text_format_errors_name_the_file_and_the_line(text: str, message: str) -> None:
