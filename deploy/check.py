@@ -25,9 +25,12 @@ class CheckResult:
     seconds: float = 0.0
     error: str | None = None
     signature: str = ""
+    loaded: bool = True  # False: --no-load, the config alone was checked
 
     def line(self) -> str:
         name = self.model if self.version is None else f"{self.model} version {self.version}"
+        if self.ok and not self.loaded:
+            return f"OK    {name}: config checked, not loaded (--no-load); {self.signature}"
         if self.ok:
             return f"OK    {name}: loaded and warmed up in {self.seconds:.2f}s; {self.signature}"
         return f"FAIL  {name}: {self.error}"
@@ -70,7 +73,7 @@ def check_repository(
             continue
         model = models[name]
         if not load:
-            add(CheckResult(name, None, True, signature=describe_signature(model)))
+            add(CheckResult(name, None, True, signature=describe_signature(model), loaded=False))
             continue
         for result in _load_in_subprocess(model, device, python, timeout):
             add(result)

@@ -102,7 +102,11 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Model repository (default: the shipped one, serving `digits`).",
         ),
         click.option(
-            "--model", "models", multiple=True, help="Serve only these models (repeat; default: all)."
+            # named after its flag, as every option: TORCHGATE_SERVE_MODEL="a b" (not _MODELS) serves a, b
+            "--model",
+            "model",
+            multiple=True,
+            help="Serve only these models (repeat; default: all).",
         ),
         click.option(
             "--host", default=defaults.DEFAULT_HOST, show_default=True, help="HTTP address to bind."
@@ -255,7 +259,7 @@ def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def build_settings(
     run_dir: Path,
     model_repository: Path | None,
-    models: tuple[str, ...],
+    model: tuple[str, ...],
     host: str,
     port: int,
     gateway_processes: int | None,
@@ -295,7 +299,7 @@ def build_settings(
         raise click.BadParameter(str(exc), param_hint="--gpus") from None
     repository = model_repository or defaults.SHIPPED_REPOSITORY
     try:
-        configs = check_configs(repository, list(models) or None)
+        configs = check_configs(repository, list(model) or None)
         placements = place(configs, tuple(gpu_indices))
     except ConfigError as exc:
         raise click.ClickException(f"the model repository cannot be served as it is:\n{exc}") from None
@@ -315,7 +319,7 @@ def build_settings(
         return DeploySettings(
             run_dir=run_dir,
             model_repository=model_repository or defaults.SHIPPED_REPOSITORY,
-            models=models,
+            models=model,
             host=host,
             port=port,
             grpc_port=grpc_port,

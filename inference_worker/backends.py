@@ -20,6 +20,7 @@ import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -82,6 +83,16 @@ def load_module(config: ModelConfig, version: str, device: torch.device) -> torc
             exc.__cause__,
             f"keys 'factory' and 'weights' in {config.config_path}",
         ) from exc
+    except _FixedBatch as exc:
+        raise load_error(
+            config,
+            version,
+            str(exc),
+            None,
+            f"max_batch_size in {config.config_path}, or export the program with a dynamic batch dimension: "
+            f"dynamic_shapes with torch.export.Dim('batch', max={config.max_batch_size}) (or more) on dim 0 "
+            "of every input",
+        ) from exc
     except (Exception, SystemExit) as exc:  # a factory that calls sys.exit() fails its model, not the worker
         raise load_error(
             config,
@@ -125,8 +136,37 @@ def _torch_export(config: ModelConfig, path: Path, device: torch.device) -> torc
         program = load_pt2(path)  # checked first: nothing in the archive is unpickled
     except UnsafeArchive as exc:
         raise LoadError(str(exc)) from None
+    if config.max_batch_size > 0 and (why := _fixed_batch(program, config.max_batch_size)) is not None:
+        raise _FixedBatch(why)
     module: torch.nn.Module = program.module()
     return module.to(device) if device.type != "cpu" else module
+
+
+def _fixed_batch(program: Any, max_batch_size: int) -> str | None:
+    """Why ``program`` cannot take every batch size up to ``max_batch_size``, or None when it can (as far as
+    its signature says). torch.export fixes every dimension it is not told is dynamic: a program exported
+    from one sample passes the warm-up (one sample) and then fails its guards on every batch of two or more,
+    failing each request of it."""
+    placeholders = {node.name: node for node in program.graph.find_nodes(op="placeholder")}
+    for name in program.graph_signature.user_inputs:
+        node = placeholders.get(name)
+        shape = getattr(node.meta.get("val") if node is not None else None, "shape", None)
+        if not shape:
+            continue  # a scalar, or nothing torch recorded: left to the warm-up
+        first = shape[0]
+        if isinstance(first, int):
+            return (
+                f"input {name!r} was exported with a fixed batch size of {first}, "
+                f"but max_batch_size = {max_batch_size} batches requests together"
+            )
+        bounds = program.range_constraints.get(getattr(getattr(first, "node", None), "expr", None))
+        upper = getattr(bounds, "upper", None)
+        if upper is not None and bool(upper < max_batch_size):
+            return (
+                f"input {name!r} was exported for batches of at most {upper}, "
+                f"below max_batch_size = {max_batch_size}"
+            )
+    return None
 
 
 class _FactoryError(Exception):
@@ -139,6 +179,10 @@ class _FactoryResult(Exception):
 
 class _WeightsMismatch(Exception):
     """The weights file does not fit the module the factory built (the cause says how)."""
+
+
+class _FixedBatch(Exception):
+    """An exported program that cannot take every batch size its config's max_batch_size allows."""
 
 
 def import_factory(config: ModelConfig) -> Callable[[], object]:

@@ -97,3 +97,20 @@ def _unpatched(guards: torch.nn.Module) -> Callable[..., Any] | None:
     except (TypeError, ValueError):
         return None
     return inner if callable(inner) and getattr(inner, "__name__", "") == "_" else None
+
+
+def positional_inputs(module: torch.nn.Module) -> tuple[str, ...] | None:
+    """Return the names of an exported program's positional inputs, in order (those it was exported with by
+    position, which its ``module()`` refuses by keyword whatever their names), or None for another module."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return None
+    codegen = getattr(module.graph, "_codegen", None)
+    if not isinstance(codegen, _PyTreeCodeGen):
+        return None
+    in_spec, names = codegen.pytree_info.in_spec, list(codegen.pytree_info.orig_args)
+    if in_spec is None or in_spec.type is not tuple or in_spec.num_children != 2:
+        return None
+    args = in_spec.children()[0]
+    if args.type not in (tuple, list) or args.num_children > len(names):
+        return None
+    return tuple(names[: args.num_children])

@@ -36,6 +36,7 @@ import torch
 
 from inference_worker import strings
 from inference_worker.errors import CodedError
+from inference_worker.exported import positional_inputs
 from inference_worker.protocol import BYTES, ErrorCode, TensorMeta
 from inference_worker.repository import ModelConfig, TensorSpec
 from inference_worker.tensors import TORCH_DTYPES, from_torch, to_torch
@@ -52,8 +53,20 @@ class Handler:
         return {name: value for name, value in inputs.items() if isinstance(value, torch.Tensor)}
 
     def inference(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run the model on a batch; by default ``model(**batch)``, one tensor named ``output``."""
-        result = model(**batch)
+        """Run the model on a batch; by default ``model(**batch)`` (an exported program's positional inputs
+        passed by position, by their names), one tensor named ``output``."""
+        positional = positional_inputs(model)
+        if positional:
+            if missing := [name for name in positional if name not in batch]:
+                raise TypeError(
+                    f"the exported program takes inputs {list(positional)} by position, and preprocess "
+                    f"returned {list(batch)} (no {missing}): name its tensors after the program's inputs, "
+                    "or define inference(model, batch)"
+                )
+            rest = {name: tensor for name, tensor in batch.items() if name not in positional}
+            result = model(*(batch[name] for name in positional), **rest)
+        else:
+            result = model(**batch)
         if isinstance(result, torch.Tensor):
             return {"output": result}
         if isinstance(result, Mapping):

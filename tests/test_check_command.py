@@ -44,3 +44,6 @@ def test_check_passes_good_models_and_names_each_broken_one(tmp_path: Path) -> N
     # --no-load checks the configs only, and --model a subset.
     done = torchgate("check", "--model-repository", str(tmp_path), "--no-load", "--model", "digits")
     assert done.returncode == 0 and "1 OK, 0 failed" in done.stdout, done.stdout + done.stderr
+    # ... and says so: nothing was loaded or warmed up.
+    assert "OK    digits: config checked, not loaded (--no-load); input FP32 [-1, 64]" in done.stdout
+    assert "warmed up" not in done.stdout

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import stat
 import subprocess
@@ -30,7 +31,7 @@ from deploy.settings import (
     default_worker_threads,
 )
 from deploy.supervisor_conf import render_worker
-from harness import ROOT, run
+from harness import DEFAULT_REPOSITORY, ROOT, run
 
 
 def realize(settings: DeploySettings) -> ServerOptions:
@@ -405,6 +406,30 @@ def test_serve_refuses_a_gpu_this_host_lacks_before_starting_anything(tmp_path: 
     assert done.returncode == 2 and "--gpus" in done.stderr, done.stderr
     assert re.search(r"this host has no GPU (0, )?99 \(nvidia-smi and NVML list ", done.stderr), done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.processes
+def test_every_option_comes_from_its_variable_the_repeated_model_too(tmp_path: Path) -> None:
+    """TORCHGATE_RENDER_<OPTION>, as the README says of every option: --model's was TORCHGATE_RENDER_MODELS
+    (after its parameter), so TORCHGATE_SERVE_MODEL=digits was ignored and every model served."""
+    repository = tmp_path / "repo"
+    for name in ("digits", "other", "third"):
+        shutil.copytree(DEFAULT_REPOSITORY / "digits", repository / name)
+        config = repository / name / "config.toml"
+        config.write_text(config.read_text().replace('name = "digits"', f'name = "{name}"'))
+    env = {
+        **os.environ,
+        "TORCHGATE_RENDER_MODEL_REPOSITORY": str(repository),
+        "TORCHGATE_RENDER_MODEL": "digits third",
+        "TORCHGATE_RENDER_GPUS": "none",
+        "TORCHGATE_RENDER_PORT": "8124",
+    }
+    done = run(
+        [sys.executable, "-m", "deploy.cli", "render", "--run-dir", "run"], timeout=60, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    s = DeploySettings.load(tmp_path / "run")
+    assert list(s.models) == ["digits", "third"] and s.port == 8124
 
 
 @pytest.mark.processes

@@ -18,7 +18,7 @@ from harness.models import (
     write_scale_model,
 )
 from inference_worker.backends import LoadError, load_model
-from inference_worker.compute import Executor
+from inference_worker.compute import BatchTimes, Executor
 from inference_worker.repository import load_model_config
 from inference_worker.residents import Residents
 
@@ -107,6 +107,55 @@ def test_a_broken_file_names_the_backend_and_the_file(tmp_path: Path) -> None:
         f"model 'exported' version 1 ({folder / '1' / 'model.pt2'}): cannot load as backend"
     )
     assert "how model.pt2 was saved" in text
+
+
+def _exported_model(root: Path, batch: torch.export.Dim | None, max_batch_size: int = 4) -> Path:
+    """A torch_export model y = linear(x), x FP32 [-1, 3]: exported from two samples with ``batch`` as its
+    dynamic batch dimension, or (None) from one sample as torch.export does by default, at that fixed size."""
+    folder = root / "exported"
+    (folder / "1").mkdir(parents=True)
+    program = torch.export.export(
+        torch.nn.Linear(3, 1).eval(),
+        (torch.ones(1 if batch is None else 2, 3),),
+        dynamic_shapes=None if batch is None else ({0: batch},),
+    )
+    torch.export.save(program, str(folder / "1" / "model.pt2"))
+    (folder / "config.toml").write_text(
+        PYTHON_CONFIG.format(name="exported", width=3, out=1, datatype="FP32")
+        .replace('backend = "python"\nfactory = "model:build"', 'backend = "torch_export"')
+        .replace("max_batch_size = 4", f"max_batch_size = {max_batch_size}")
+    )
+    return folder
+
+
+def test_an_exported_program_of_a_fixed_batch_size_fails_to_load_not_the_batches(tmp_path: Path) -> None:
+    """torch.export fixes the batch size unless told otherwise: such a program passed its warm-up (one
+    sample), then failed each request of every batch of two or more with a 500 (its guards)."""
+    model = load_model_config(_exported_model(tmp_path, None))
+    with pytest.raises(LoadError) as caught:
+        load_model(model, "1", CPU)
+    text = str(caught.value)
+    assert text.startswith(f"model 'exported' version 1 ({model.path / '1' / 'model.pt2'}): ")
+    assert "input 'input' was exported with a fixed batch size of 1, but max_batch_size = 4" in text
+    assert "torch.export.Dim('batch', max=4)" in text and str(model.path / "config.toml") in text
+
+
+def test_an_exported_program_whose_batch_dimension_stops_below_max_batch_size_fails_to_load(
+    tmp_path: Path,
+) -> None:
+    model = load_model_config(_exported_model(tmp_path, torch.export.Dim("batch", min=1, max=3)))
+    with pytest.raises(LoadError, match=r"exported for batches of at most 3, below max_batch_size = 4"):
+        load_model(model, "1", CPU)
+
+
+def test_an_exported_program_with_a_dynamic_batch_dimension_runs_every_batch_size(tmp_path: Path) -> None:
+    model = load_model_config(_exported_model(tmp_path, torch.export.Dim("batch", min=1, max=4)))
+    executor = Executor(model, "1", load_model(model, "1", CPU), CPU)
+    executor.warm_up()
+    outputs = executor.run([[torch.ones(1, 3)], [torch.ones(3, 3)]], BatchTimes())
+    assert [list(out[0].shape) for out in outputs] == [[1, 1], [3, 1]]
+    unbounded = load_model_config(_exported_model(tmp_path / "unbounded", torch.export.Dim("batch")))
+    load_model(unbounded, "1", CPU)
 
 
 def test_a_worker_loads_only_the_versions_its_policy_serves(tmp_path: Path) -> None:

@@ -204,3 +204,58 @@ def test_a_hook_that_declares_parameters_gets_the_requests(tmp_path: Path) -> No
     assert without.prepare({"ids": ids}, 1, {"scale": 3})["ids"].tolist() == [[1, 2]]
     (meta, blob), *_ = with_parameters.finish({"count": torch.tensor([[2.0]])}, {}, 1, {"offset": 5})
     assert meta.name == "count" and np.frombuffer(blob, "<f4").tolist() == [7.0]
+
+
+class _Scale(torch.nn.Module):
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x * scale
+
+
+SCALE_HANDLER = """
+import torch
+
+class Handler:
+    def preprocess(self, inputs):
+        rows = [[float(v) for v in s.decode().split(",")] for s in inputs["text"].reshape(-1)]
+        return {"{scale}": torch.full((len(rows), 2), 10.0), "x": torch.tensor(rows)}
+"""
+
+
+def _exported_scale_model(root: Path, scale_name: str) -> Path:
+    """A torch_export program x * scale, exported by position (as torch.export.export(m, (x, scale)) is),
+    behind a handler without ``inference`` whose preprocess names the second input ``scale_name``."""
+    folder = root / "scale"
+    (folder / "1").mkdir(parents=True)
+    batch = torch.export.Dim("batch", min=1, max=4)
+    program = torch.export.export(
+        _Scale(), (torch.ones(2, 2), torch.ones(2, 2)), dynamic_shapes=({0: batch}, {0: batch})
+    )
+    torch.export.save(program, str(folder / "1" / "model.pt2"))
+    (folder / "handler.py").write_text(SCALE_HANDLER.replace("{scale}", scale_name))
+    (folder / "config.toml").write_text(
+        'name = "scale"\nbackend = "torch_export"\nhandler = "handler:Handler"\nmax_batch_size = 4\n'
+        '[[input]]\nname = "text"\ndatatype = "BYTES"\ndims = [1]\n'
+        '[[output]]\nname = "output"\ndatatype = "FP32"\ndims = [2]\n'
+    )
+    return folder
+
+
+def test_the_default_inference_passes_an_exported_programs_inputs_by_position_by_name(tmp_path: Path) -> None:
+    """``model(**batch)`` is refused by every program exported by position, whatever the names (torch:
+    "Ran into a kwarg keyword mismatch"): the default inference passes them in the program's order."""
+    pipeline = Pipeline(load_model_config(_exported_scale_model(tmp_path, "scale")), "1", torch.device("cpu"))
+    one, two = pipeline.admit([text("1,2")], 1), pipeline.admit([text("3,4", "5,6")], 2)
+    first, second = pipeline.run([one, two], BatchTimes())
+    assert first["output"].tolist() == [[10.0, 20.0]]
+    assert second["output"].tolist() == [[30.0, 40.0], [50.0, 60.0]]
+
+
+def test_inputs_an_exported_program_does_not_take_fail_saying_which_it_takes(tmp_path: Path) -> None:
+    pipeline = Pipeline(
+        load_model_config(_exported_scale_model(tmp_path, "factor")), "1", torch.device("cpu")
+    )
+    request = pipeline.admit([text("1,2")], 1)
+    with pytest.raises(
+        TypeError, match=r"takes inputs \['x', 'scale'\] by position, and preprocess returned"
+    ):
+        pipeline.run([request], BatchTimes())
