@@ -343,10 +343,7 @@ def load_model_config(
                 f"{folder}: holds both {CONFIG_TOML} and {CONFIG_PBTXT}; keep one (torchgate reads either)"
             )
         path = folder / found[0]
-        try:
-            text = announce(path.name, _read_config(path))
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+        text = announce(path.name, _read_text(path, MAX_CONFIG_BYTES, str(path)))
     filename, body = announced(text)
     path = folder / filename
     if filename == CONFIG_PBTXT:
@@ -465,16 +462,19 @@ def load_model_config(
     return model
 
 
-def _read_config(path: Path) -> str:
-    """Return the text of ``path`` (a config.toml or config.pbtxt), refusing one that cannot be read, is not
-    UTF-8 or is larger than :data:`MAX_CONFIG_BYTES`."""
+def _read_text(file: Path, limit: int, where: str) -> str:
+    """Return the UTF-8 text of ``file`` (a config, a label file), refusing one that cannot be read, is no
+    regular file, is larger than ``limit`` bytes or is not UTF-8, with ``where`` first in the message."""
     try:
-        data = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
+        data = _read_regular_file(file, limit + 1)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-    return data.decode("utf-8")
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{where}: larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text: {exc}") from None
 
 
 def _read_regular_file(path: Path, limit: int) -> bytes:
@@ -598,16 +598,7 @@ def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:
     if not isinstance(filename, str) or "/" in filename or filename in (".", ".."):
         raise ConfigError(f"{path}: key '{key}' must be the name of a file beside {path.name}")
     file = path.parent / filename
-    try:
-        data = _read_regular_file(file, MAX_LABELS_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: key '{key}': cannot read {file}: {exc.strerror}") from None
-    if len(data) > MAX_LABELS_BYTES:
-        raise ConfigError(f"{path}: key '{key}': {file} is larger than {MAX_LABELS_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: key '{key}': {file} is not UTF-8 text") from None
+    text = _read_text(file, MAX_LABELS_BYTES, f"{path}: key '{key}': {file}")
     if filename.endswith(".json"):
         return _json_labels(f"{path}: key '{key}': {file}", text)
     lines = text.split("\n")

@@ -235,7 +235,7 @@ def test_an_output_reads_its_labels_one_per_line(tmp_path: Path) -> None:
     [
         ("labels.txt", None, "cannot read"),
         ("../labels.txt", b"a\n", "must be the name of a file beside config.toml"),
-        ("labels.txt", b"\xff\xfe\n", "is not UTF-8 text"),
+        ("labels.txt", b"\xff\xfe\n", "labels.txt: not UTF-8 text"),
     ],
 )
 def test_bad_label_files_are_named(
@@ -386,7 +386,7 @@ def test_a_label_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) ->
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(load_model_config, folder)
         try:
-            with pytest.raises(ConfigError, match="labels.txt: not a regular file"):
+            with pytest.raises(ConfigError, match="labels.txt: cannot read: not a regular file"):
                 future.result(timeout=10)
         finally:
             if not future.done():  # waiting for a writer (unfixed): be one, so the test ends
