@@ -570,7 +570,8 @@ def rolling_restart(run_dir: Path, slots: tuple[str, ...], ready_timeout: float)
         done = run_rolling(s, sup, slots, ready_timeout=ready_timeout, report=click.echo)
     except (RollingRestartError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"restarted {len(done)} slots: {' '.join(done) or '(none running)'}")
+    slots_word = "slot" if len(done) == 1 else "slots"
+    click.echo(f"restarted {len(done)} {slots_word}: {' '.join(done) or '(none running)'}")
 
 
 @main.command("trace-summary")

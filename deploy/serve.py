@@ -372,7 +372,7 @@ def serve(
             extra += [f"{what} port {port}" for what, port in s.torchserve_ports]
             echo(
                 f"torchgate: serving {s.url}{''.join(f' and {e}' for e in extra)} "
-                f"({running} worker slots running{spare}). "
+                f"({running} worker slot{'s' if running != 1 else ''} running{spare}). "
                 f"Operate: torchgate ctl --run-dir {s.run_dir} status; "
                 "stop: Ctrl-C, or torchgate ctl shutdown"
             )
