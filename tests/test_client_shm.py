@@ -272,8 +272,7 @@ def test_pages_of_a_sparse_object_are_allocated_before_they_are_touched(
 ) -> None:
     """A client's object is sparse until written (tritonclient's create_shared_memory_region): touching a
     page the file system has no room for kills the process (SIGBUS, a full /dev/shm: 64 MiB in a container by
-    default). Its pages are allocated first, or the request refused (400); once they are, a look for a hole
-    is all a use costs."""
+    default). The pages a use touches are allocated first, or the request refused (400)."""
     regions = ClientRegions(tmp_path)
     memory = objects.make(1 << 20)  # never written: no page allocated
     regions.register("r", memory.name, 0, 1 << 20)
@@ -299,9 +298,10 @@ def test_pages_of_a_sparse_object_are_allocated_before_they_are_touched(
     regions.write(RegionSlice("r", 8192, 4096), b"y" * 4096, "output 'y'")
     assert bytes(buf(memory)[4096:8192]) == b"y" * 4096
     del allocated[:]
-    regions.write(RegionSlice("r", 8192, 4096), b"z" * 4096, "output 'y'")  # allocated by now
+    regions.write(RegionSlice("r", 8192, 4096), b"z" * 4096, "output 'y'")  # allocated by its first use
     assert regions.read(RegionSlice("r", 4, 4096), 64, "input 'x'") == b"zzzz"
-    assert allocated == []
+    assert regions.read(RegionSlice("r", 4, 4096), 64, "input 'x'") == b"zzzz"
+    assert allocated == [(4096, 4)]  # a slice's first use allocates what it touches, and no more
 
 
 TINY_TMPFS = """
