@@ -60,6 +60,10 @@ def worker_command(
     curve_server_key: Path | None,
 ) -> None:
     """Serve models from a repository to the dispatcher."""
+    from inference_worker.security import is_network
+
+    if is_network(dispatcher) and not (curve_secret_key and curve_server_key):  # before loading any model
+        raise click.UsageError("a TCP dispatcher needs --curve-secret-key and --curve-server-key")
     from inference_worker.worker import WorkerConfig, run_worker  # torch is imported here, not for --help
 
     lifeline.die_with_supervisor()

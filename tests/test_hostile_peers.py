@@ -50,6 +50,10 @@ def test_tcp_backend_admits_only_workers_with_authorized_keys(
 
     refused = processes.start("insecure", commands.dispatcher(frontend, backend))
     assert refused.wait(timeout=60) == 2 and "needs --curve-secret-key" in processes.log("insecure")
+    # a worker without keys is refused as it starts, not after loading every model (torch not even imported)
+    refused = processes.start("keyless", commands.worker(DEFAULT_REPOSITORY, backend, "keyless"))
+    assert refused.wait(timeout=60) == 2, processes.log("keyless")
+    assert "needs --curve-secret-key" in processes.log("keyless") and "digits" not in processes.log("keyless")
 
     curve = ("--curve-secret-key", str(server_secret), "--curve-authorized", str(authorized))
     processes.start("dispatcher", commands.dispatcher(frontend, backend, *curve, *FAST_HEARTBEAT))
