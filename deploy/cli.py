@@ -411,7 +411,10 @@ def render(**options: Any) -> None:
     except RunDirError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(_describe(s))
-    click.echo(f"wrote {path}\nstart it: supervisord -c {path}   (or: torchgate serve with the same options)")
+    click.echo(
+        f"wrote {path}\nstart it: supervisord -c {path}   (in the foreground; or: torchgate serve with the "
+        "same options)"
+    )
 
 
 @main.command()
