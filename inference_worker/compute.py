@@ -13,7 +13,7 @@ from inference_worker import gpu
 from inference_worker.backends import Runner, load_error
 from inference_worker.errors import CodedError
 from inference_worker.protocol import ErrorCode, TensorMeta
-from inference_worker.repository import ModelConfig
+from inference_worker.repository import ModelConfig, fits
 from inference_worker.tensors import TORCH_DTYPES
 
 
@@ -143,12 +143,18 @@ class Executor:
                 raise RuntimeError(
                     f"unexpected datatype {out.dtype} for output {spec.name!r}, expecting {spec.datatype}"
                 )
+            if launched.batching and (out.dim() == 0 or out.shape[0] != sum(sizes)):
+                raise RuntimeError(
+                    f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first"
+                )
+            sample = out.shape[1:] if launched.batching else out.shape
+            if not fits(sample, spec.dims):  # as the metadata says: never sent another shape
+                shape = [-1, *sample] if launched.batching else list(sample)
+                raise RuntimeError(
+                    f"unexpected shape {shape} for output {spec.name!r}, the config says "
+                    f"{[-1, *spec.dims] if launched.batching else list(spec.dims)} (-1: any size)"
+                )
         if launched.batching:
-            for spec, out in zip(self.config.outputs, outputs, strict=True):
-                if out.dim() == 0 or out.shape[0] != sum(sizes):
-                    raise RuntimeError(
-                        f"output {spec.name!r} has shape {list(out.shape)}, expected batch {sum(sizes)} first"
-                    )
             if len(sizes) == 1:  # one request: its outputs are the batch's, nothing to split
                 per_request = [list(outputs)]
             else:

@@ -90,6 +90,19 @@ def test_an_output_of_another_datatype_than_its_config_says_fails_warm_up(tmp_pa
         executor.warm_up()
 
 
+def test_an_output_of_another_shape_than_its_config_says_fails_warm_up(tmp_path: Path) -> None:
+    """As Triton's "unexpected shape for output": an output of 2 values a sample, where the config (and so the
+    metadata clients read) says 1, was sent as it came."""
+    source = LINEAR_SOURCE.replace("return self.linear(x)", "return torch.cat([self.linear(x)] * 2, dim=1)")
+    assert source != LINEAR_SOURCE
+    model = load_model_config(write_python_model(tmp_path, "twice", source, linear_weights(), "WIDTH = 3\n"))
+    executor = Executor(model, "1", load_model(model, "1", CPU), CPU)
+    with pytest.raises(
+        LoadError, match=r"unexpected shape \[-1, 2\] for output 'y', the config says \[-1, 1\]"
+    ):
+        executor.warm_up()
+
+
 def test_a_broken_file_names_the_backend_and_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "exported"
     (folder / "1").mkdir(parents=True)
