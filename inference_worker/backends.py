@@ -26,7 +26,8 @@ import torch
 
 from inference_worker.exported import direct_call
 from inference_worker.pt2_safety import UnsafeArchive, load_pt2
-from inference_worker.repository import ModelConfig
+from inference_worker.repository import CONFIG_PBTXT, ModelConfig
+from inference_worker.triton_config import libtorch_positions
 
 _imports = itertools.count(1)
 
@@ -105,11 +106,19 @@ def load_module(config: ModelConfig, version: str, device: torch.device) -> torc
 
 
 def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
-    """Return a function from inputs (positional) to outputs (in config order) around ``module``."""
+    """Return a function from inputs (in config order) to outputs (in config order) around ``module``: each
+    input is forward's argument at its place in the config, or for a config.pbtxt where Triton's libtorch
+    backend puts it (:func:`_libtorch_positions`)."""
     output_names = [spec.name for spec in config.outputs]
     call = (direct_call(module) if config.backend == "torch_export" else None) or module
+    inputs_at, outputs_at = _libtorch_positions(config, module)
 
     def run(inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        if inputs_at is not None:
+            placed: list[torch.Tensor | None] = [None] * len(inputs)
+            for tensor, at in zip(inputs, inputs_at, strict=True):
+                placed[at] = tensor
+            inputs = placed
         result = call(*inputs)
         if isinstance(result, torch.Tensor):
             result = [result]
@@ -119,9 +128,28 @@ def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
             result = list(result)
         if len(result) != len(output_names):
             raise RuntimeError(f"model returned {len(result)} outputs, config declares {len(output_names)}")
-        return result
+        return result if outputs_at is None else [result[at] for at in outputs_at]
 
     return run
+
+
+def _libtorch_positions(config: ModelConfig, module: torch.nn.Module) -> tuple[list[int] | None, ...]:
+    """For a TorchScript model described by Triton's config.pbtxt, where its inputs go among forward's
+    arguments and where its outputs are among forward's results, as Triton's libtorch backend places them
+    (None: in config order): inputs named after forward's arguments go to those, in any order; names
+    NAME__<index> throughout go to that index (the config checked that the indices number them 0 to n-1)."""
+    if config.backend != "torchscript" or config.config_path.name != CONFIG_PBTXT:
+        return None, None
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    arguments = list(getattr(schema, "arguments", ()))
+    if arguments and isinstance(arguments[0].type, torch.ClassType):
+        arguments = arguments[1:]  # self
+    inputs = [spec.name for spec in config.inputs]
+    outputs = [spec.name for spec in config.outputs]
+    return (
+        libtorch_positions(inputs, [argument.name for argument in arguments]),
+        libtorch_positions(outputs),
+    )
 
 
 def _torchscript(config: ModelConfig, path: Path, device: torch.device) -> torch.nn.Module:

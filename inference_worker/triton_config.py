@@ -11,7 +11,7 @@ Every error is a :class:`ConfigError` that names the file and the line.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from inference_worker.config_errors import ConfigError, suggest
 from inference_worker.protocol import BYTES, DATATYPES
 from inference_worker.text_format import Identifier, Message
 
-__all__ = ["to_toml"]
+__all__ = ["libtorch_positions", "to_toml"]
 
 
 # -- Triton's ModelConfig -> config.toml ------------------------------------------------------------------
@@ -143,7 +143,19 @@ INSTANCE_GROUP_FIELDS = (
 )
 KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 VERSION_POLICIES = ("latest", "all", "specific")
-_INDEXED = re.compile(r"__([0-9]+)$")  # the libtorch backend's NAME__<index>: the forward argument's position
+
+
+def libtorch_positions(names: Sequence[str], arguments: Sequence[str] | None = None) -> list[int] | None:
+    """Where Triton's libtorch backend puts each tensor of a config.pbtxt (``names``, in config order): the
+    position of each input among ``forward``'s ``arguments`` when every name is one of them, else each
+    name's index when every name is NAME__<index> (outputs: ``arguments`` None), else None: config order.
+    pytorch_backend's src/pt/model_instance_state.cc, GetNamingConvention."""
+    if arguments is not None and len(names) == len(arguments) and set(names) == set(arguments):
+        return [list(arguments).index(name) for name in names]
+    indices = [name.partition("__")[2] for name in names]  # NAME__<index>: digits after the first "__"
+    if not names or not all(index.isascii() and index.isdigit() for index in indices):
+        return None
+    return [int(index) for index in indices]
 
 
 def to_toml(config: Message, path: str | Path, folder: str) -> dict[str, Any]:
@@ -381,20 +393,21 @@ class _Translation:
         return spec
 
     def check_positions(self, config: Message, key: str, specs: list[dict[str, Any]]) -> None:
-        """With the libtorch backend's NAME__<index> names throughout, index i must be the i-th tensor:
-        torchgate passes inputs to forward, and takes outputs from what it returns, in declaration order."""
+        """With the libtorch backend's NAME__<index> names throughout, the indices must number the tensors
+        0 to n-1, in any order: torchgate passes NAME__i as forward's argument i (and takes output NAME__i
+        from the i-th value forward returns), as Triton does, whatever the order of the config."""
         names = [spec.get("name", "") for spec in specs]
-        indices = [_INDEXED.search(name) for name in names]
-        if not all(indices):
+        positions = libtorch_positions(names)
+        if positions is None or sorted(positions) == list(range(len(names))):
             return
-        for i, (name, index) in enumerate(zip(names, indices, strict=True)):
-            assert index is not None
-            if int(index.group(1)) != i:
+        for i, (name, position) in enumerate(zip(names, positions, strict=True)):
+            if position >= len(names) or positions.count(position) > 1:
                 entry = config[key][i]
                 raise ConfigError(
                     f"{self.path}:{entry.line}: {key}[{i}] is {name!r}: with Triton's libtorch names "
-                    f"NAME__<index>, torchgate passes the {key}s by position (the {key} at position i is "
-                    f"NAME__i); list them in index order, from __0"
+                    f"NAME__<index>, the index is the {key}'s position in forward's "
+                    f"{'arguments' if key == 'input' else 'results'}, so the {len(names)} {key}s are "
+                    f"numbered __0 to __{len(names) - 1}, each once"
                 )
 
     def dynamic_batching(self, batching: Message) -> tuple[dict[str, Any], int]:

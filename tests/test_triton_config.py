@@ -21,7 +21,7 @@ from inference_worker.repository import (
     scan_repository,
 )
 from inference_worker.text_format import Identifier, parse
-from inference_worker.triton_config import to_toml
+from inference_worker.triton_config import libtorch_positions, to_toml
 
 TIMEOUT = 60.0
 
@@ -237,7 +237,7 @@ def test_tensor_fields_torchgate_cannot_honour_are_refused(field: str, message: 
     assert message in text and text.startswith("m/config.pbtxt:4: ")
 
 
-def test_libtorch_indexed_names_must_be_in_index_order() -> None:
+def test_libtorch_indexed_names_may_come_in_any_order_but_must_number_the_tensors() -> None:
     two = """
     input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 3 ] },
             { name: "INPUT__1" data_type: TYPE_FP32 dims: [ 3 ] } ]
@@ -247,10 +247,68 @@ def test_libtorch_indexed_names_must_be_in_index_order() -> None:
     swapped = (
         two.replace("INPUT__0", "INPUT__X").replace("INPUT__1", "INPUT__0").replace("INPUT__X", "INPUT__1")
     )
-    message = refusal(swapped)
-    assert "input[0] is 'INPUT__1'" in message and "list them in index order" in message
-    assert "list them in index order" in refusal(two.replace("OUTPUT__0", "OUTPUT__1"))
+    # Triton's libtorch backend places NAME__i at position i whatever the config's order (its qa's
+    # libtorch_unordered_index); the config keeps its order, the runner places them (test below)
+    assert [t["name"] for t in translate(swapped)["input"]] == ["INPUT__1", "INPUT__0"]
+    message = refusal(two.replace("INPUT__0", "INPUT__2"))
+    assert "input[0] is 'INPUT__2'" in message and "numbered __0 to __1, each once" in message
+    assert "numbered __0 to __1, each once" in refusal(two.replace("INPUT__0", "INPUT__1"))
+    assert "numbered __0 to __0, each once" in refusal(two.replace("OUTPUT__0", "OUTPUT__1"))
     assert translate(two.replace("INPUT__1", "bias"))  # not every name indexed: declaration order, as always
+    assert translate(two.replace("INPUT__1", "IN__PUT__1"))  # not NAME__<index> by Triton's rule: the same
+
+
+@pytest.mark.parametrize(
+    ("names", "arguments", "positions"),
+    [
+        (["INPUT__0", "INPUT__1"], None, [0, 1]),
+        (["OUT__1", "OUT__0"], None, [1, 0]),
+        (["INPUT1", "INPUT0"], ["INPUT0", "INPUT1"], [1, 0]),  # forward's argument names, before indices
+        (["b__0", "a__1"], ["a__1", "b__0"], [1, 0]),
+        (["INPUTA", "INPUT__1"], ["INPUT0", "INPUT1"], None),  # neither throughout: the config's order
+        (["INPUT0", "INPUTB"], ["INPUT0", "INPUT1"], None),
+        (["a__b__1", "c__0"], None, None),  # the text after the first "__" is not all digits
+        (["x__²"], None, None),
+    ],
+)
+def test_libtorch_positions_follow_triton_s_naming_conventions(
+    names: list[str], arguments: list[str] | None, positions: list[int] | None
+) -> None:
+    assert libtorch_positions(names, arguments) == positions
+
+
+# Triton's qa L0_libtorch_io_names, libtorch_unordered_index: the inputs listed in the other order than
+# forward(INPUT0, INPUT1) takes them (Triton passes each by its argument name), the outputs NAME__<index>
+UNORDERED = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] },
+        { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT__1" data_type: TYPE_FP32 dims: [ 4 ] },
+         { name: "OUT__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+
+
+def test_inputs_and_outputs_go_where_triton_s_libtorch_backend_puts_them(tmp_path: Path) -> None:
+    import torch
+
+    from inference_worker.backends import load_model
+
+    class AddSub(torch.nn.Module):
+        def forward(self, INPUT0: torch.Tensor, INPUT1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return INPUT0 - INPUT1, INPUT0 + INPUT1
+
+    folder = make(tmp_path, UNORDERED, "unordered")
+    sample = (torch.rand(2, 4), torch.rand(2, 4))
+    torch.jit.save(torch.jit.trace(AddSub(), sample), str(folder / "1" / "model.pt"))
+    run = load_model(load_model_config(folder), "1", torch.device("cpu"))
+    zero, one = torch.arange(8.0).reshape(2, 4), torch.full((2, 4), -1.0)
+    out1, out0 = run([one, zero])  # config order: INPUT1, INPUT0 in; OUT__1, OUT__0 out
+    torch.testing.assert_close(out0, zero - one)
+    torch.testing.assert_close(out1, zero + one)
+    (folder / "config.pbtxt").write_text(UNORDERED.replace("INPUT1", "X").replace("INPUT0", "Y"))
+    out1, out0 = load_model(load_model_config(folder), "1", torch.device("cpu"))([one, zero])
+    torch.testing.assert_close(out0, one - zero)  # names forward does not take: the config's order
 
 
 def test_dynamic_batching_maps_to_its_table_and_the_queue_bound() -> None:
