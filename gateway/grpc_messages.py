@@ -145,14 +145,17 @@ MESSAGES: dict[str, tuple[tuple[str, int, str], ...]] = {
         ("data_type", 2, "enum DataType"),
         ("format", 3, "enum ModelInput.Format"),
         ("dims", 4, "repeated int64"),
+        ("reshape", 5, "ModelTensorReshape"),
         ("optional", 8, "bool"),
     ),
     "ModelOutput": (
         ("name", 1, "string"),
         ("data_type", 2, "enum DataType"),
         ("dims", 3, "repeated int64"),
+        ("reshape", 5, "ModelTensorReshape"),
         ("label_filename", 4, "string"),
     ),
+    "ModelTensorReshape": (("shape", 1, "repeated int64"),),
     "ModelInstanceGroup": (
         ("name", 1, "string"),
         ("kind", 4, "enum ModelInstanceGroup.Kind"),

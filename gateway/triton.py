@@ -59,6 +59,8 @@ def model_config(model: ModelConfig) -> dict[str, Any]:
             "STRING" if spec.datatype == "BYTES" else spec.datatype
         )  # Triton's config calls BYTES TYPE_STRING
         entry: dict[str, Any] = {"name": spec.name, "data_type": f"TYPE_{kind}", "dims": list(spec.dims)}
+        if spec.reshape is not None:
+            entry["reshape"] = {"shape": list(spec.reshape)}
         if spec.label_filename:
             entry["label_filename"] = spec.label_filename
         return entry

@@ -112,8 +112,16 @@ def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
     output_names = [spec.name for spec in config.outputs]
     call = (direct_call(module) if config.backend == "torch_export" else None) or module
     inputs_at, outputs_at = _libtorch_positions(config, module)
+    batching = config.max_batch_size > 0
+    reshaped_in = [spec.reshape for spec in config.inputs]
+    reshaped_out = [spec for spec in config.outputs if spec.reshape is not None]
 
     def run(inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        if any(shape is not None for shape in reshaped_in):  # Triton's reshape: the model's own shape
+            inputs = [
+                t if shape is None or t is None else t.reshape([t.shape[0], *shape] if batching else shape)
+                for t, shape in zip(inputs, reshaped_in, strict=True)
+            ]
         if inputs_at is not None:
             placed: list[torch.Tensor | None] = [None] * len(inputs)
             for tensor, at in zip(inputs, inputs_at, strict=True):
@@ -128,9 +136,26 @@ def runner(config: ModelConfig, module: torch.nn.Module) -> Runner:
             result = list(result)
         if len(result) != len(output_names):
             raise RuntimeError(f"model returned {len(result)} outputs, config declares {len(output_names)}")
-        return result if outputs_at is None else [result[at] for at in outputs_at]
+        result = result if outputs_at is None else [result[at] for at in outputs_at]
+        return _reshaped(result, config, batching) if reshaped_out else result
 
     return run
+
+
+def _reshaped(outputs: list[torch.Tensor], config: ModelConfig, batching: bool) -> list[torch.Tensor]:
+    """Return the outputs with Triton's ``reshape``: a model's ``reshape`` shape, sent with ``dims``."""
+    done = []
+    for out, spec in zip(outputs, config.outputs, strict=True):
+        if spec.reshape is not None:
+            shape = list(out.shape[1:] if batching else out.shape)
+            if shape != list(spec.reshape):
+                raise RuntimeError(
+                    f"unexpected shape {shape} for output {spec.name!r}, its reshape says "
+                    f"{list(spec.reshape)}"
+                )
+            out = out.reshape([out.shape[0], *spec.dims] if batching else spec.dims)
+        done.append(out)
+    return done
 
 
 def _libtorch_positions(config: ModelConfig, module: torch.nn.Module) -> tuple[list[int] | None, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -66,7 +67,7 @@ TOP_KEYS = (
     "response_cache",
 )
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_size", "priority_levels", "default_priority_level")
-TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename", "optional")
+TENSOR_KEYS = ("name", "datatype", "dims", "format", "label_filename", "optional", "reshape")
 MAX_LABELS_BYTES = 16 << 20  # a label file past this is refused (it is held by every gateway process)
 MAX_LABELS = 1 << 20  # class indices a JSON label file may name
 # A config.toml past this is refused: workers announce its text with each version they serve, and a message
@@ -130,6 +131,8 @@ class TensorSpec:
     label_filename: str = ""  # an output's class labels, one per line, beside config.toml
     labels: tuple[str, ...] = field(default=(), repr=False)  # that file's lines
     optional: bool = False  # an input a request may leave out (Triton's ``optional``): the model gets None
+    # Triton's ``reshape``: the shape the model takes (an input) or returns (an output) for ``dims``' elements
+    reshape: tuple[int, ...] | None = None
 
     def full_shape(self, max_batch_size: int) -> list[int]:
         """Return the shape clients see: ``[-1] + dims`` for batching models, else ``dims``."""
@@ -389,11 +392,11 @@ def load_model_config(
     queue_size = get.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, UINT32_MAX)
     if queue_size < 1:
         raise ConfigError(f"{path}: key 'max_queue_size' is {queue_size}, expected at least 1")
-    inputs = _tensor_specs(path, raw, "input")
-    outputs = _tensor_specs(path, raw, "output")
     factory = raw.get("factory")
     weights = raw.get("weights")
     handler = raw.get("handler")
+    inputs = _tensor_specs(path, raw, "input", handler)
+    outputs = _tensor_specs(path, raw, "output", handler)
     if handler is not None and (not isinstance(handler, str) or ":" not in handler):
         raise ConfigError(f"{path}: key 'handler' must be 'module:Class' (a module beside config.toml)")
     if handler is None:
@@ -546,7 +549,7 @@ def _version_policy(
     return {"specific": {"versions": [int(v) for v in chosen]}}, {v: versions[v] for v in chosen}
 
 
-def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:
+def _tensor_specs(path: Path, raw: dict[str, Any], key: str, handler: Any) -> tuple[TensorSpec, ...]:
     entries = raw.get(key)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: key '{key}' must be one or more [[{key}]] tables")
@@ -588,8 +591,29 @@ def _tensor_specs(path: Path, raw: dict[str, Any], key: str) -> tuple[TensorSpec
             raise ConfigError(f"{path}: key '{key}[{i}].optional' is {optional!r}, expected true or false")
         if optional and key != "input":
             raise ConfigError(f"{path}: key '{key}[{i}].optional': only an input may say optional = true")
-        specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels, optional))
+        reshape = _reshape(path, f"{key}[{i}].", entry.get("reshape"), dims, handler)
+        specs.append(TensorSpec(name, datatype, tuple(dims), fmt, label_file, labels, optional, reshape))
     return tuple(specs)
+
+
+def _reshape(path: Path, prefix: str, reshape: Any, dims: list[int], handler: Any) -> tuple[int, ...] | None:
+    """Check a tensor's ``reshape`` (Triton's): the model's shape for the same elements as fixed ``dims``."""
+    if reshape is None:
+        return None
+    if (
+        not isinstance(reshape, list)
+        or len(reshape) > MAX_DIMS - 1
+        or not all(type(d) is int and 1 <= d <= INT64_MAX for d in reshape)
+    ):
+        raise ConfigError(f"{path}: key '{prefix}reshape' is {reshape!r}, expected a list of sizes (none -1)")
+    if -1 in dims or math.prod(reshape) != math.prod(dims):
+        raise ConfigError(
+            f"{path}: key '{prefix}reshape' is {reshape}: it must hold as many elements as dims {dims} "
+            "(fixed sizes, no -1)"
+        )
+    if handler is not None:
+        raise ConfigError(f"{path}: key '{prefix}reshape': a model with a handler reshapes in its handler")
+    return tuple(reshape)
 
 
 def _labels(path: Path, key: str, filename: Any) -> tuple[str, ...]:

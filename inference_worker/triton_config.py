@@ -355,13 +355,6 @@ class _Translation:
         prefix = f"{key}[{i}]."
         what = "ModelInput" if key == "input" else "ModelOutput"
         self.check_fields(entry, fields, prefix, what)
-        if "reshape" in entry:
-            raise self.fail(
-                entry,
-                "reshape",
-                f"field '{prefix}reshape' is not supported: torchgate passes tensors as clients send them; "
-                "declare the dims the model takes and reshape in the model",
-            )
         for flag, why in TENSOR_FLAGS.items():
             if self.boolean(entry, flag, prefix):
                 raise self.fail(entry, flag, f"field '{prefix}{flag}' is not supported: {why}")
@@ -369,6 +362,10 @@ class _Translation:
         name = self.string(entry, "name", prefix)
         if name is not None:
             spec["name"] = name
+        reshape = self.message(entry, "reshape", prefix)
+        if reshape is not None:  # the shape the model takes or returns: repository.py checks it against dims
+            self.check_fields(reshape, ("shape",), f"{prefix}reshape.", "ModelTensorReshape")
+            spec["reshape"] = self.integers(reshape, "shape", f"{prefix}reshape.") or []
         datatype = self.enum(entry, "data_type", prefix, DATA_TYPES)
         if datatype is None:
             raise self.fail(entry, "data_type", f"{key}[{i}] has no data_type (TYPE_FP32, TYPE_INT64, ...)")

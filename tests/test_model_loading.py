@@ -19,7 +19,7 @@ from harness.models import (
 )
 from inference_worker.backends import LoadError, load_model
 from inference_worker.compute import BatchTimes, Executor
-from inference_worker.repository import load_model_config
+from inference_worker.repository import ConfigError, load_model_config
 from inference_worker.residents import Residents
 
 CPU = torch.device("cpu")
@@ -101,6 +101,33 @@ def test_an_output_of_another_shape_than_its_config_says_fails_warm_up(tmp_path:
         LoadError, match=r"unexpected shape \[-1, 2\] for output 'y', the config says \[-1, 1\]"
     ):
         executor.warm_up()
+
+
+def test_reshape_gives_a_batching_model_its_own_shape_and_clients_the_dims(tmp_path: Path) -> None:
+    """Triton's reshape in a config.toml: clients send [batch, 3, 1] and get [batch, 1, 1]; the model takes
+    [batch, 3] and returns [batch, 1]. An output of another shape than its reshape fails the warm-up."""
+    folder = write_python_model(tmp_path, "shaped", LINEAR_SOURCE, linear_weights(), "WIDTH = 3\n")
+    config = folder / "config.toml"
+    text = config.read_text().replace("dims = [3]", "dims = [3, 1]\nreshape = [3]")
+    config.write_text(text.replace("dims = [1]", "dims = [1, 1]\nreshape = [1]"))
+    model = load_model_config(folder)
+    run = load_model(model, "1", CPU)
+    executor = Executor(model, "1", run, CPU)
+    executor.warm_up()
+    x = torch.arange(6.0).reshape(2, 3, 1)
+    (y,) = run([x])
+    assert y.tolist() == [[[3.0]], [[12.0]]]  # weights of ones: each row's sum, sent as dims say
+    config.write_text(config.read_text().replace("reshape = [1]", "reshape = [1, 1]"))
+    wrong = load_model_config(folder)
+    with pytest.raises(LoadError, match=r"unexpected shape \[1\] for output 'y', its reshape says \[1, 1\]"):
+        Executor(wrong, "1", load_model(wrong, "1", CPU), CPU).warm_up()
+    for bad, why in (
+        ("reshape = [2]", r"reshape' is \[2\]: it must hold as many elements as dims \[3, 1\]"),
+        ("reshape = [-1]", r"reshape' is \[-1\], expected a list of sizes"),
+    ):
+        config.write_text(text.replace("reshape = [3]", bad))
+        with pytest.raises(ConfigError, match=why):
+            load_model_config(folder)
 
 
 def test_a_broken_file_names_the_backend_and_the_file(tmp_path: Path) -> None:

@@ -221,10 +221,7 @@ def test_tensor_fields_map_and_formats_are_ignored() -> None:
 @pytest.mark.parametrize(
     "field, message",
     [
-        (
-            "reshape: { shape: [ 3 ] }",
-            "field 'input[0].reshape' is not supported: torchgate passes tensors as",
-        ),
+        ("reshape: { shape: [ 3 ] size: 1 }", "unknown field 'input[0].reshape.size'"),
         ("is_shape_tensor: true", "field 'input[0].is_shape_tensor' is not supported: shape tensors are"),
         ("allow_ragged_batch: true", "field 'input[0].allow_ragged_batch' is not supported"),
         ("is_non_linear_format_io: true", "field 'input[0].is_non_linear_format_io' is not supported"),
@@ -309,6 +306,65 @@ def test_inputs_and_outputs_go_where_triton_s_libtorch_backend_puts_them(tmp_pat
     (folder / "config.pbtxt").write_text(UNORDERED.replace("INPUT1", "X").replace("INPUT0", "Y"))
     out1, out0 = load_model(load_model_config(folder), "1", torch.device("cpu"))([one, zero])
     torch.testing.assert_close(out0, one - zero)  # names forward does not take: the config's order
+
+
+# NVIDIA's Quick_Deploy PyTorch tutorial (triton-inference-server/tutorials): ResNet-50, unbatched
+QUICK_DEPLOY = """
+name: "resnet50"
+platform: "pytorch_libtorch"
+max_batch_size : 0
+input [
+  {
+    name: "input__0"
+    data_type: TYPE_FP32
+    dims: [ 3, 4, 4 ]
+    reshape { shape: [ 1, 3, 4, 4 ] }
+  }
+]
+output [
+  {
+    name: "output__0"
+    data_type: TYPE_FP32
+    dims: [ 1, 10 ,1, 1]
+    reshape { shape: [ 1, 10 ] }
+  }
+]
+"""
+
+
+def test_reshape_gives_the_model_its_own_shape_and_clients_the_dims(tmp_path: Path) -> None:
+    """Triton's reshape, as its Quick_Deploy PyTorch tutorial uses it (224x224 and 1000 classes made small):
+    clients send and get ``dims``, the model takes and returns ``reshape``. It was refused."""
+    import torch
+
+    from inference_worker.backends import load_model
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape == (1, 3, 4, 4)
+            return x.flatten(1)[:, :10] * 2
+
+    folder = make(tmp_path, QUICK_DEPLOY, "resnet50")
+    torch.jit.save(torch.jit.script(Net()), str(folder / "1" / "model.pt"))
+    model = load_model_config(folder)
+    assert [s.reshape for s in (*model.inputs, *model.outputs)] == [(1, 3, 4, 4), (1, 10)]
+    x = torch.arange(48.0).reshape(3, 4, 4)
+    (y,) = load_model(model, "1", torch.device("cpu"))([x])
+    torch.testing.assert_close(y, (x.flatten()[:10] * 2).reshape(1, 10, 1, 1))
+    config = triton.model_config(model)
+    assert config["input"][0]["reshape"] == {"shape": [1, 3, 4, 4]} and config["input"][0]["dims"] == [
+        3,
+        4,
+        4,
+    ]
+    assert config["output"][0]["reshape"] == {"shape": [1, 10]}
+    # the same elements, or no reshape
+    with pytest.raises(
+        ConfigError, match=r"reshape' is \[1, 3, 4, 5\]: it must hold as many elements as dims"
+    ):
+        load_model_config(
+            make(tmp_path / "more", QUICK_DEPLOY.replace("1, 3, 4, 4", "1, 3, 4, 5"), "resnet50")
+        )
 
 
 def test_dynamic_batching_maps_to_its_table_and_the_queue_bound() -> None:
