@@ -525,12 +525,15 @@ class _Translation:
         if value is not None:
             self.check_fields(value, ("string_value",), f"{prefix}value.", "ModelParameter")
             self.string(value, "string_value", f"{prefix}value.")
-        if key not in LIBTORCH_PARAMETERS:
+        # A parameter the backend does not read is ignored, as Triton's libtorch backend ignores it (a model's
+        # own notes, say); one close to a name it reads is a typo, which would silently change nothing.
+        hint = suggest(key, list(LIBTORCH_PARAMETERS), "parameter")
+        if key not in LIBTORCH_PARAMETERS and hint:
             raise self.fail(
                 config,
                 "parameters",
                 f"parameter {key!r} is not one of the libtorch backend's ({', '.join(LIBTORCH_PARAMETERS)}), "
-                "which torchgate accepts and ignores" + suggest(key, list(LIBTORCH_PARAMETERS), "parameter"),
+                "which torchgate accepts and ignores" + hint,
                 i,
             )
 

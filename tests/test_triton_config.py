@@ -417,7 +417,8 @@ def test_instance_groups_versions_cache_and_ignored_fields() -> None:
     version_policy: { specific: { versions: [ 1, 3 ] } }
     response_cache { enable: true }
     parameters [ { key: "DISABLE_CUDNN" value: { string_value: "true" } },
-                 { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "2" } } ]
+                 { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "2" } },
+                 { key: "model_name" value: { string_value: "llama" } } ]
     optimization { cuda { graphs: true } }
     model_warmup [ { name: "zeros" batch_size: 1
                      inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 3 ] zero_data: true } } } ]
