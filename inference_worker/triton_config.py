@@ -318,11 +318,17 @@ class _Translation:
         for field, wanted in (("platform", "pytorch_libtorch"), ("backend", "pytorch")):
             value = self.string(config, field, "")
             if value not in (None, "", wanted):
+                python = (
+                    "; a Python model that builds a torch.nn.Module is served from a config.toml with "
+                    "torchgate's own python backend (README: Serving your own model)"
+                    if value == "python"
+                    else ""
+                )
                 raise self.fail(
                     config,
                     field,
                     f"torchgate serves PyTorch models; {field} {value!r} is not one: {how}, "
-                    "saved with torch.jit.trace or torch.jit.script and torch.jit.save",
+                    "saved with torch.jit.trace or torch.jit.script and torch.jit.save" + python,
                 )
         runtime = self.string(config, "runtime", "")
         if runtime:

@@ -175,7 +175,10 @@ def test_the_name_is_the_folder_name_when_not_given_and_backend_pytorch_is_torch
         ),
         ('backend: "onnxruntime"', "torchgate serves PyTorch models; backend 'onnxruntime' is not one"),
         ('platform: "tensorrt_plan"', "platform 'tensorrt_plan' is not one"),
-        ('backend: "python"', "backend 'python' is not one"),
+        (
+            'backend: "python"',
+            "torch.jit.save; a Python model that builds a torch.nn.Module is served from a config.toml",
+        ),
         (
             'default_model_filename: "resnet.pt"',
             "torchgate loads model.pt from each version folder; rename resnet.pt to model.pt",
