@@ -92,6 +92,9 @@ STREAMS_PER_THREAD = 4  # streams open at once per thread, each holding a server
 # how often a stream's reader, waiting for its answers to be sent, looks whether the stream ended
 STREAM_POLL_SECONDS = 0.5
 DEFAULT_GRACE_SECONDS = 30.0
+# The most bytes an error's message takes in the call's trailers (grpc-message, percent-encoded): a client
+# refuses trailers past 8 KiB (grpc.max_metadata_size) and would see RESOURCE_EXHAUSTED, not the error.
+MAX_DETAILS_BYTES = 4096
 # The extensions served over gRPC: those of HTTP but binary tensor data (gRPC tensors are always binary).
 EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]
 
@@ -99,6 +102,22 @@ EXTENSIONS = [e for e in triton.EXTENSIONS if e != "binary_tensor_data"]
 def status_code(code: str) -> grpc.StatusCode:
     """Return the gRPC status of an error code; unknown codes are INTERNAL."""
     return CODES.get(code, grpc.StatusCode.INTERNAL)
+
+
+def details(message: str) -> str:
+    """Return an error's message cut to :data:`MAX_DETAILS_BYTES` as gRPC sends it (each byte but printable
+    ASCII other than ``%`` as ``%XX``): a name the client sent (a model's, an output's) is echoed, whatever
+    its length."""
+    if len(message) * 12 <= MAX_DETAILS_BYTES:  # even were every character 4 bytes, each encoded
+        return message
+    used, cut = 0, 0
+    for i, char in enumerate(message):
+        used += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+        if used <= MAX_DETAILS_BYTES - 64:  # room for the note of what was cut
+            cut = i + 1
+        elif used > MAX_DETAILS_BYTES:
+            return f"{message[:cut]}... ({len(message) - cut} characters more)"
+    return message
 
 
 class Servicer:
@@ -461,9 +480,9 @@ def _guarded(
                     raise Unauthenticated(NO_TOKEN)
                 return call(request, context)
         except CodedError as exc:
-            context.abort(status_code(exc.code), exc.message)
+            context.abort(status_code(exc.code), details(exc.message))
         except Exception as exc:  # a bug: its details go to the log only
-            context.abort(grpc.StatusCode.INTERNAL, describe_unexpected(exc, call.__name__))
+            context.abort(grpc.StatusCode.INTERNAL, details(describe_unexpected(exc, call.__name__)))
         finally:
             afterwork.run_pending()
 
@@ -484,7 +503,7 @@ def _guarded_stream(
                     raise Unauthenticated(NO_TOKEN)
                 yield from call(requests, context)
         except CodedError as exc:  # refused before it began (too many calls or streams, no token)
-            context.abort(status_code(exc.code), exc.message)
+            context.abort(status_code(exc.code), details(exc.message))
 
     guarded.__name__ = call.__name__
     return guarded

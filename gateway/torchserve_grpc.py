@@ -14,7 +14,7 @@ same port, not on a 7071 of their own).
   ``SetDefault`` are refused with how it is done here, as over REST.
 
 Errors carry the gRPC code of their reason and the message the REST API gives; with a bearer token
-configured, every call but ``Ping`` needs ``authorization: Bearer <token>`` metadata.
+configured, every call, ``Ping`` too (as REST's ``/ping``), needs ``authorization: Bearer <token>`` metadata.
 """
 
 from __future__ import annotations

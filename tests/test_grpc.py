@@ -34,7 +34,7 @@ from gateway import grpc_codec, grpc_health, grpc_messages, triton
 from gateway.codec import RegionSlice, Tensor
 from gateway.errors import InvalidArgument
 from gateway.grpc_calls import Turns
-from gateway.grpc_server import CODES, STREAM_IN_FLIGHT, Servicer, status_code
+from gateway.grpc_server import CODES, MAX_DETAILS_BYTES, STREAM_IN_FLIGHT, Servicer, details, status_code
 from harness import (
     DEFAULT_REPOSITORY,
     DIGIT,
@@ -470,6 +470,18 @@ def test_every_error_code_has_its_grpc_status() -> None:
     assert status_code("SOMETHING_NEW") is grpc.StatusCode.INTERNAL
 
 
+def test_an_errors_details_fit_the_trailers_encoded() -> None:
+    def encoded(text: str) -> int:  # grpc-message: printable ASCII but % as is, every other byte as %XX
+        return sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in text)
+
+    assert details("unknown model 'x'") == "unknown model 'x'"
+    assert details("a" * MAX_DETAILS_BYTES) == "a" * MAX_DETAILS_BYTES
+    for message in ["a" * (MAX_DETAILS_BYTES + 1), "\u00e9" * 2000, "%" * 5000, "\U0001f600" * 400]:
+        cut = details(message)
+        assert encoded(cut) <= MAX_DETAILS_BYTES and cut.endswith(" characters more)")
+        assert message.startswith(cut.partition("... (")[0])
+
+
 # -- under `torchgate serve --grpc-port` -------------------------------------------------------------------
 
 
@@ -716,6 +728,34 @@ def test_bad_calls_get_their_status_code(client: grpcclient.InferenceServerClien
         _status(lambda: client.infer("digits", _digits(rows), outputs=[shm], headers=BEARER))
         == "StatusCode.PERMISSION_DENIED"
     )
+
+
+@pytest.mark.processes
+def test_an_error_echoing_a_long_name_keeps_its_status(served: tuple[Stack, int]) -> None:
+    """A model or output name the client sent is echoed in the error's message: cut to fit the trailers a
+    client takes (8 KiB), so the client reads the error's own status, not RESOURCE_EXHAUSTED."""
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        unknown = _digits_request("long")
+        unknown.model_name = "m" * 20000
+        non_ascii = _digits_request("long")
+        non_ascii.model_name = "\u00e9" * 2000  # 12,000 bytes once percent-encoded
+        no_such_output = _digits_request("long")
+        no_such_output.outputs.add(name="o" * 20000)
+        for request, code, begins in [
+            (unknown, grpc.StatusCode.NOT_FOUND, "unknown model 'mmm"),
+            (non_ascii, grpc.StatusCode.NOT_FOUND, "unknown model '\u00e9\u00e9"),
+            (no_such_output, grpc.StatusCode.INVALID_ARGUMENT, "model 'digits' has no output 'ooo"),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                infer(request, metadata=tuple(BEARER.items()), timeout=TIMEOUT)
+            assert caught.value.code() == code, caught.value.details()
+            assert str(caught.value.details()).startswith(begins)
+            assert str(caught.value.details()).endswith("characters more)")
 
 
 @pytest.mark.processes
