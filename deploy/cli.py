@@ -403,13 +403,16 @@ def _require_gpus(indices: tuple[int, ...], hint: str) -> None:
 @host_options
 def render(**options: Any) -> None:
     """Write supervisord.conf for this host into the run directory; start nothing."""
-    from deploy.rundir import RunDirError, write_run_dir
+    from deploy.rundir import RunDirError, clear_metrics, write_run_dir
+    from deploy.supervisor_rpc import Supervisor
 
     s = build_settings(**options)
     try:
         path = write_run_dir(s)
     except RunDirError as exc:
         raise click.ClickException(str(exc)) from None
+    if not Supervisor(s.supervisor_socket, timeout=5.0).answers():  # a run to start: its counters from zero
+        clear_metrics(s)
     click.echo(_describe(s))
     click.echo(
         f"wrote {path}\nstart it: supervisord -c {path}   (in the foreground; or: torchgate serve with the "

@@ -114,6 +114,16 @@ def write_run_dir(s: DeploySettings) -> Path:
     return s.conf_path
 
 
+def clear_metrics(s: DeploySettings) -> None:
+    """Empty the metrics folders: a run's counters start from zero, and its programs keep them across their
+    restarts (TORCHGATE_METRICS_KEEP), so that no sum /metrics reports goes backwards while it runs."""
+    for folder in (s.metrics_dir, s.grpc_metrics_dir):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.is_file() or entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` in one step, so supervisord never reads half a file (the temporary name matches no
     glob).

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from deploy.dispatcher_status import query_status
-from deploy.rundir import check_run_dir, write_run_dir
+from deploy.rundir import check_run_dir, clear_metrics, write_run_dir
 from deploy.settings import DeploySettings, is_worker_slot
 from deploy.startup import GAVE_UP, assess, last_error
 from deploy.supervisor_conf import GRPC_PROGRAM
@@ -126,6 +126,7 @@ def prepare(s: DeploySettings) -> Path:
             )
     s.drain_flag.unlink(missing_ok=True)  # a previous stop's flag: this start is ready again
     path = write_run_dir(s)
+    clear_metrics(s)  # a new run: its counters start from zero
     for record in s.client_shm_dir.iterdir():  # a previous run's registrations: a new server knows none
         record.unlink()
     return path

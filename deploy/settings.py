@@ -139,6 +139,11 @@ class DeploySettings:
     def grpc_metrics_dir(self) -> Path:
         return self.run_dir / "metrics-grpc"
 
+    @property
+    def stats_path(self) -> Path:
+        """The dispatcher keeps the workers' statistics here, for its restarts within a run."""
+        return self.metrics_dir / "dispatcher-stats.json"
+
     def folders(self) -> tuple[Path, ...]:
         """Return the run directory's folders."""
         return (

@@ -89,6 +89,8 @@ def render_dispatcher(s: DeploySettings) -> str:
         s.frontend_endpoint,
         "--backend",
         s.backend_endpoint,
+        "--stats-file",
+        str(s.stats_path),
     ]
     return _program(
         s,
@@ -180,8 +182,10 @@ def gateway_environment(s: DeploySettings) -> dict[str, str]:
     env = {
         "TORCHGATE_DISPATCHER": s.frontend_endpoint,
         "TORCHGATE_MODEL_REPOSITORY": str(s.model_repository),
-        # Every gunicorn process keeps its metrics here; gateway.multiproc empties it when gunicorn starts.
+        # Every gunicorn process keeps its metrics here; `torchgate serve` empties it when a run starts, and a
+        # gateway (or gRPC server) restarted by supervisord keeps the counters there (gateway.multiproc).
         "PROMETHEUS_MULTIPROC_DIR": str(s.metrics_dir),
+        "TORCHGATE_METRICS_KEEP": "1",
         "TORCHGATE_DRAIN_FILE": str(s.drain_flag),  # readiness answers 503 while it exists
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
@@ -244,7 +248,7 @@ def grpc_command(s: DeploySettings) -> list[str]:
 
 def render_grpc(s: DeploySettings) -> str:
     """The Open Inference Protocol over gRPC: one process beside the HTTP gateway, with its settings."""
-    # Its metrics live in a folder of its own: gunicorn empties the gateway's whenever it starts.
+    # Its metrics live in a folder of its own, which the gateway's /metrics sums in.
     environment = {**gateway_environment(s), "PROMETHEUS_MULTIPROC_DIR": str(s.grpc_metrics_dir)}
     del environment["TORCHGATE_GRPC_METRICS_DIR"]
     return _program(

@@ -564,7 +564,7 @@ def main(host: str, port: int, threads: int, grace_seconds: float) -> None:
     heap.keep_freed(config.heap_keep_bytes)
     folder = multiproc_dir()  # this server's own metrics folder: counters of an earlier run must not add up
     if folder:
-        multiproc.clear(folder)
+        multiproc.start(folder)  # but a restart within a run keeps those of its earlier incarnations
     request_metrics()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

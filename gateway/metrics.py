@@ -38,6 +38,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# "1": whoever started the run emptied the folders (`torchgate serve`), so a process that starts again in
+# the same run (supervisord restarting the gRPC server or gunicorn) keeps the counters already there: emptied
+# then, the sums /metrics reports (the other processes' too) would go backwards.
+KEEP_ENV = "TORCHGATE_METRICS_KEEP"
 
 
 class _AllocatingMmap:

@@ -1,4 +1,5 @@
-"""Gunicorn hooks for prometheus-client's multiprocess mode: a clean folder at start, dead processes marked.
+"""Gunicorn hooks for prometheus-client's multiprocess mode: a clean folder at start (at a run's start under
+`torchgate serve`), dead processes marked.
 
 ``gateway/gunicorn_conf.py`` exports these hooks; they do nothing unless ``PROMETHEUS_MULTIPROC_DIR`` is set.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from gateway.metrics import multiproc_dir
+from gateway.metrics import KEEP_ENV, multiproc_dir
 from inference_worker import lifeline
 
 log = logging.getLogger("torchgate.gateway")
@@ -30,12 +31,22 @@ def clear(folder: str) -> None:
             entry.unlink(missing_ok=True)
 
 
+def start(folder: str) -> None:
+    """Empty ``folder`` as :func:`clear` does, unless the run's counters are kept there (``KEEP_ENV``: the
+    folder was emptied when the run began, and this process starts again within it)."""
+    if os.environ.get(KEEP_ENV) == "1":
+        Path(folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        clear(folder)
+
+
 def on_starting(server: Any) -> None:
-    """Gunicorn hook, in the arbiter before any worker exists: start the metrics folder empty."""
+    """Gunicorn hook, in the arbiter before any worker exists: start the metrics folder empty (or as the run
+    left it)."""
     lifeline.die_with_supervisor()  # its worker processes follow the arbiter on their own
     folder = multiproc_dir()
     if folder:
-        clear(folder)
+        start(folder)
         log.info("gateway[%d]: metrics shared through %s", os.getpid(), folder)
 
 

@@ -39,11 +39,14 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
 
 routes = Blueprint("torchgate", __name__)
-# those that run a model
+# those that run a model: their requests are counted in Triton's and TorchServe's inference metrics
 INFER_ENDPOINTS = (
     "torchgate.infer",
     "torchgate.predict",
     "torchgate.predictions",
+    "torchgate.invocations",
+    "torchgate.invoke",
+    "torchgate.v1_predict",
     "torchgate.generate",
     "torchgate.generate_stream",
 )

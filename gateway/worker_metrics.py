@@ -2,8 +2,9 @@
 I/O.
 
 The dispatcher's ``stats`` rows are cumulative per (worker slot, model, version) and keep counting across
-worker restarts (:class:`inference_worker.stats.StatsBook`), so these counters never go backwards while the
-dispatcher lives. Durations are reported in microseconds under Triton's names.
+worker restarts (:class:`inference_worker.stats.StatsBook`, kept in a file under ``torchgate serve``), so
+these counters never go backwards, across the dispatcher's restarts too. Durations are reported in
+microseconds under Triton's names.
 
 ``nv_inference_pending_request_count`` is what waits in the dispatcher's queue for a worker with credit;
 ``torchgate_batch_size`` is a histogram of the batch sizes the workers ran (``le`` powers of two), and

@@ -125,6 +125,12 @@ def worker_command(
     default=None,
     help="Folder of public keys of peers allowed over TCP.",
 )
+@click.option(
+    "--stats-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Keep the workers' statistics in this file too: a restarted dispatcher counts on from them.",
+)
 def dispatcher_command(
     frontend: str,
     backend: str,
@@ -135,6 +141,7 @@ def dispatcher_command(
     stop_linger: float,
     curve_secret_key: Path | None,
     curve_authorized: Path | None,
+    stats_file: Path | None,
 ) -> None:
     """Route requests between gateways and workers."""
     from inference_worker.dispatcher import DispatcherConfig, run_dispatcher
@@ -154,6 +161,7 @@ def dispatcher_command(
                 stop_linger=stop_linger,
                 curve_secret_key=curve_secret_key,
                 curve_authorized=curve_authorized,
+                stats_file=stats_file,
             )
         )
     )

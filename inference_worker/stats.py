@@ -2,17 +2,24 @@
 
 Each worker incarnation counts per model version (:class:`ModelStats`) and reports the cumulative counters in
 its heartbeats; the dispatcher keeps the last report of every incarnation (:class:`StatsBook`), so a restarted
-slot's counters continue from where they were (no negative rates).
+slot's counters continue from where they were (no negative rates). Given a file (``--stats-file``, in the
+run directory under ``torchgate serve``), the book is kept there too, so that a restarted dispatcher still
+counts the incarnations that ended before it started (live ones report their own counters again).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 Key = tuple[str, str, str]  # slot name, model, version
+SAVE_INTERVAL = 1.0  # seconds between two writes of a book's file, at most one a second
+log = logging.getLogger("torchgate.dispatcher")
 
 
 @dataclass
@@ -96,11 +103,70 @@ class StatsBook:
     Each incarnation's counters only grow, so their sum only grows, across restarts and re-registrations.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._last: dict[tuple[str, str], dict[Key, dict[str, Any]]] = {}
+        self._path = path
+        self._saved = ""  # what the file holds
+        self._save_after = 0.0
+        if path is not None:
+            self._load(path)
 
-    def report(self, slot: str, incarnation: str, entries: list[dict[str, Any]]) -> None:
-        """Record a heartbeat's cumulative counters for one worker incarnation."""
+    def _load(self, path: str | os.PathLike[str]) -> None:
+        """Read the incarnations an earlier dispatcher of this run kept; a missing or unreadable file: none
+        (logged)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            doc = json.loads(text)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("dispatcher: statistics of earlier incarnations not read from %s: %s", path, exc)
+            return
+        for entry in doc.get("incarnations", []) if isinstance(doc, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("entries"), list):
+                slot, incarnation = entry.get("slot"), entry.get("incarnation")
+                if isinstance(slot, str) and isinstance(incarnation, str):
+                    self.report(slot, incarnation, entry["entries"], save=False)
+        self._saved = text
+
+    def save(self, force: bool = False) -> None:
+        """Write the book to its file (atomically), if it changed, at most once per SAVE_INTERVAL unless
+        ``force``."""
+        now = time.monotonic()
+        if self._path is None or (not force and now < self._save_after):
+            return
+        self._save_after = now + SAVE_INTERVAL
+        text = json.dumps(
+            {
+                "incarnations": [
+                    {
+                        "slot": slot,
+                        "incarnation": incarnation,
+                        "entries": [
+                            {"model": model, "version": version, **values}
+                            for (_, model, version), values in counters.items()
+                        ],
+                    }
+                    for (slot, incarnation), counters in self._last.items()
+                ]
+            }
+        )
+        if text == self._saved:
+            return
+        temporary = f"{os.fspath(self._path)}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(temporary, self._path)
+        except OSError as exc:
+            log.warning("dispatcher: statistics not kept in %s: %s", self._path, exc)
+            return
+        self._saved = text
+
+    def report(self, slot: str, incarnation: str, entries: list[dict[str, Any]], save: bool = True) -> None:
+        """Record a heartbeat's cumulative counters for one worker incarnation (and keep the book in its
+        file)."""
         counters: dict[Key, dict[str, Any]] = {}
         for entry in entries:
             if (
@@ -112,6 +178,8 @@ class StatsBook:
                     k: v for k, v in entry.items() if k not in ("model", "version")
                 }
         self._last[(slot, incarnation)] = counters
+        if save:
+            self.save()
 
     def totals(self) -> dict[Key, dict[str, Any]]:
         """Return the counters of every (slot, model, version) ever seen."""

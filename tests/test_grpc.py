@@ -984,6 +984,43 @@ def test_a_repository_call_naming_a_repository_is_unsupported_as_in_triton(serve
 
 
 @pytest.mark.processes
+def test_a_restarted_grpc_server_keeps_the_requests_it_counted(served: tuple[Stack, int]) -> None:
+    """supervisord restarting the gRPC server (a crash, `supervisorctl restart grpc`) leaves its counters in
+    its folder: /metrics sums them with the HTTP gateway's, and an emptied folder made the sums go backwards
+    (a counter reset Prometheus cannot see: rate() then counts every request again)."""
+    stack, port = served
+    rows = np.array([DIGIT], dtype=np.float32)
+    with grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}") as client:
+        for _ in range(3):
+            client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT)
+
+    def success() -> float:
+        text = requests.get(f"{stack.url}/metrics", headers=stack.headers, timeout=TIMEOUT).text
+        return total(parse(text), "nv_inference_request_success", model="digits", version="1")
+
+    def settled() -> float | None:  # the HTTP gateway counts its requests a moment after answering them
+        first = success()
+        return first if first >= 3 and success() == first else None
+
+    before = wait_for(settled, timeout=30, interval=0.1, what="the metrics to settle")
+    supervisor = stack.supervisor
+    supervisor.stop("grpc")
+    supervisor.start("grpc")
+
+    def serving() -> bool:
+        try:
+            return grpc_health_check(port, timeout=5) == grpc_health.SERVING
+        except grpc.RpcError:  # not listening yet
+            return False
+
+    wait_for(serving, timeout=60, what="the gRPC server to serve again")
+    assert success() == before
+    with grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}") as client:
+        client.infer("digits", _digits(rows), headers=BEARER, client_timeout=TIMEOUT)
+    assert success() == before + 1
+
+
+@pytest.mark.processes
 def test_terminate_stops_the_grpc_server_too(served: tuple[Stack, int]) -> None:
     """Last in this module: SIGTERM to `torchgate serve` ends it cleanly, gRPC server included."""
     stack, port = served

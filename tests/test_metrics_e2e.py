@@ -285,6 +285,50 @@ def test_failures_are_counted_by_reason(stack: Stack) -> None:
     assert delta("nv_inference_request_success", model="digits") == 0
 
 
+def test_every_inference_route_is_counted(stack: Stack) -> None:
+    """TorchServe's and KServe's inference routes are inference requests too: Triton's and TorchServe's
+    request counters and the latency histogram count them (/invocations, /models/M/invoke and
+    /v1/models/M:predict were left out)."""
+    before = scrape(stack.url)[1]
+    row = [float(i % 17) for i in range(64)]
+    sent = [
+        ("/predictions/digits", [row]),
+        ("/invocations?model_name=digits", [row]),
+        ("/models/digits/invoke", [row]),
+        ("/v1/models/digits:predict", {"instances": [row]}),
+        (
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]},
+        ),
+    ]
+    for path, doc in sent:
+        with requests.Session() as session:
+            response = session.post(f"{stack.url}{path}", json=doc, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, (path, response.text)
+
+    def counted(now: dict[Sample, float]) -> bool:  # by the gateway processes, as HTTP requests at least
+        posted = {"method": "POST", "status": "200"}
+        return total(now, "torchgate_http_requests_total", **posted) - total(
+            before, "torchgate_http_requests_total", **posted
+        ) >= len(sent)
+
+    after = settled(
+        stack,
+        "nv_inference_count",
+        total(before, "nv_inference_count", model="digits") + len(sent),
+        counted,
+        model="digits",
+    )
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("torchgate_worker_request_success_total", model="digits") == len(sent)
+    assert delta("nv_inference_request_success", model="digits") == len(sent)
+    assert delta("torchgate_request_duration_seconds_count", model="digits") == len(sent)
+    assert delta("ts_inference_requests_total", model_name="digits") == len(sent)
+
+
 def test_statistics_endpoint_matches_the_metrics(stack: Stack) -> None:
     assert infer(stack, 3, seed=5).status_code == 200
     samples = agreed(

@@ -13,17 +13,19 @@ import pytest
 from flask import Flask, g
 from prometheus_client import CollectorRegistry
 
+from deploy.rundir import clear_metrics
 from deploy.settings import DeploySettings
-from deploy.supervisor_conf import gateway_environment
+from deploy.supervisor_conf import gateway_environment, render_dispatcher
 from gateway import torchserve_metrics, worker_metrics
 from gateway.access_log import RequestIdFilter, TextFormatter, log_request
-from gateway.metrics import RequestMetrics, failure_reason, render
-from gateway.multiproc import clear
+from gateway.metrics import KEEP_ENV, RequestMetrics, failure_reason, render
+from gateway.multiproc import clear, start
 from gateway.trace import RequestTrace, choose_request_id
 from harness.prometheus import parse, total, types
 from harness.promql import label_values_metric, metric_names
 from inference_worker.logs import JsonFormatter
 from inference_worker.protocol import StatusReply
+from inference_worker.stats import StatsBook
 
 STATUS: dict[str, Any] = {
     "stats": [
@@ -233,6 +235,55 @@ def test_clear_empties_or_makes_the_folder(tmp_path: Path) -> None:
     (folder / "sub").mkdir()
     clear(str(folder))
     assert list(folder.iterdir()) == []
+
+
+def test_a_run_empties_the_metrics_folders_and_its_restarted_programs_keep_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`torchgate serve` empties both metrics folders as a run starts; gunicorn and the gRPC server,
+    restarted by supervisord within it, keep the counters there (emptied, /metrics' sums went backwards)."""
+    settings = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1, grpc_port=9)
+    env = gateway_environment(settings)
+    assert env[KEEP_ENV] == "1"
+    folders = (settings.metrics_dir, settings.grpc_metrics_dir)
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "counter_1.db").write_bytes(b"x")
+    monkeypatch.setenv(KEEP_ENV, "1")
+    for folder in folders:
+        start(str(folder))
+        assert [p.name for p in folder.iterdir()] == ["counter_1.db"]
+    clear_metrics(settings)
+    assert [list(folder.iterdir()) for folder in folders] == [[], []]
+    (settings.metrics_dir / "counter_2.db").write_bytes(b"x")
+    monkeypatch.delenv(KEEP_ENV)  # gunicorn or the gRPC server started alone: counters of earlier runs go
+    start(str(settings.metrics_dir))
+    assert list(settings.metrics_dir.iterdir()) == []
+
+
+def test_a_restarted_dispatcher_counts_on_from_the_incarnations_its_book_kept(tmp_path: Path) -> None:
+    """The workers' counters of incarnations that ended (kill -9, a restart) lived only in the dispatcher:
+    restarted, it lost them and every worker-side counter and Triton's statistics went backwards."""
+    path = tmp_path / "run" / "metrics" / "dispatcher-stats.json"
+    path.parent.mkdir(parents=True)
+    book = StatsBook(path)
+    book.report("w0", "first", [{"model": "m", "version": "1", "success": 4, "inference_count": 9}])
+    book.report("w0", "second", [{"model": "m", "version": "1", "success": 1, "inference_count": 2}])
+    book.save(force=True)
+    again = StatsBook(path)  # a restarted dispatcher
+    assert (
+        again.to_wire()
+        == book.to_wire()
+        == [{"worker": "w0", "model": "m", "version": "1", "success": 5, "inference_count": 11}]
+    )
+    again.report("w0", "second", [{"model": "m", "version": "1", "success": 2, "inference_count": 3}])
+    assert again.totals()[("w0", "m", "1")] == {"success": 6, "inference_count": 12}  # its heartbeat wins
+    path.write_text("{not json")
+    assert StatsBook(path).to_wire() == []  # unreadable: logged, counted from zero
+    settings = DeploySettings(run_dir=tmp_path / "run", cpu_workers=1)
+    assert settings.stats_path == path  # emptied with the metrics folders as a run starts
+    command = render_dispatcher(settings)
+    assert f"--stats-file {path}" in command
 
 
 def test_promql_names() -> None:

@@ -22,6 +22,7 @@ class DispatcherConfig:
         10.0  # seconds a stop waits for the requests in flight (supervisord's stopwaitsecs is more)
     )
     stop_linger: float = 2.5  # seconds a stop keeps routing at least (requests stopping gateways still take)
+    stats_file: Path | None = None  # the workers' statistics, kept across the dispatcher's restarts
 
     @property
     def liveness(self) -> float:

@@ -34,7 +34,7 @@ class WorkerSessions:
         self.router = router
         self.endpoints = endpoints
         self.requests = requests
-        self.stats = StatsBook()
+        self.stats = StatsBook(config.stats_file)
         self.stopping = False  # the dispatcher is stopping: drains are acknowledged only when it stops
         self.deferred_drains: list[
             bytes
