@@ -11,6 +11,14 @@ from typing import Any
 from inference_worker.security import SecurityError, read_token
 
 PREFIX = "TORCHGATE_"
+BODY_BUDGET_ENV = "TORCHGATE_GATEWAY_BODY_BUDGET"
+DEFAULT_BODY_BUDGET = 512 << 20  # bytes of requests one process holds at once (read, queued, parsed)
+
+
+def body_budget(max_body: int) -> int:
+    """Return the bytes of requests one gateway process (or the gRPC server) holds at once: the budget the
+    environment names (at least one request of ``max_body`` bytes)."""
+    return max(int(os.environ.get(BODY_BUDGET_ENV) or DEFAULT_BODY_BUDGET), max_body)
 
 
 @dataclass(frozen=True, slots=True)

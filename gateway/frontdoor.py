@@ -45,7 +45,7 @@ from gunicorn.http.unreader import Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from gateway import afterwork
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, body_budget
 from gateway.errors import error_body
 from gateway.framing import RequestFramer, State
 from gateway.sockets import sendall_vectored
@@ -57,13 +57,11 @@ HEADER_TIMEOUT_ENV = "TORCHGATE_HEADER_TIMEOUT"
 BODY_TIMEOUT_ENV = "TORCHGATE_BODY_TIMEOUT"
 BODY_MIN_RATE_ENV = "TORCHGATE_BODY_MIN_RATE"
 MAX_HEAD_ENV = "TORCHGATE_MAX_HEAD_BYTES"
-BODY_BUDGET_ENV = "TORCHGATE_GATEWAY_BODY_BUDGET"
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_BODY_MIN_RATE = 64 << 10  # bytes per second
 DEFAULT_MAX_HEAD = 64 << 10
 STOP_LINGER = 1.0  # seconds a connection taken as the process stops has to begin its request
-DEFAULT_BODY_BUDGET = 512 << 20  # bytes of request bodies one process holds at once (read, queued, parsed)
 RECV_SIZE = 256 << 10  # largest read of a head or of a chunked body
 RECV_BODY = 4 << 20  # largest read of a body of known length
 LINGER_SECONDS = 2.0  # after an error answer, how long the client's unread bytes are discarded before closing
@@ -246,9 +244,7 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         self.lingering: OrderedDict[TConn, float] = OrderedDict()  # connection -> when to close it
         self.timed_out = 0
         self.rejected = 0
-        self.body_budget = max(
-            int(os.environ.get(BODY_BUDGET_ENV) or DEFAULT_BODY_BUDGET), self.limits.max_body
-        )
+        self.body_budget = body_budget(self.limits.max_body)
         self.body_held = 0  # bytes of the budget held by requests read, queued or being answered
         self._budget_lock = threading.Lock()  # request threads reserve too (next_request_ready)
         # gunicorn's settings are looked up by name on every access: the per-request ones, read once

@@ -32,6 +32,48 @@ TURN_POLL_SECONDS = 0.5  # how often a call waiting for its turn looks whether i
 LOG_EVERY = 10.0  # seconds between two warnings of refused calls
 
 
+class ByteBudget:
+    """Bytes of requests the gRPC server holds at once (read and not yet answered), as the HTTP gateway's
+    body budget: an inference call past it is refused (UNAVAILABLE, the HTTP gateway's 503) as soon as grpcio
+    hands it over, and a stream is not read further until its requests give theirs back (HTTP/2's flow
+    control then holds its client). One request alone always fits: grpcio bounds it by the largest body."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = threading.Condition()
+
+    def take(self, size: int, waiting: Callable[[], bool] | None = None) -> bool:
+        """Hold ``size`` bytes; if they do not fit, False at once (``waiting`` None), or wait while
+        ``waiting()`` says the stream is still there."""
+        with self._changed:
+            while self.held and self.held + size > self.limit:
+                if waiting is None or not waiting():
+                    return False
+                self._changed.wait(TURN_POLL_SECONDS)
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._changed:
+            self.held -= size
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def held_for(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes while a call runs, or refuse it (:class:`CodedError`, UNAVAILABLE)."""
+        if not self.take(size):
+            raise CodedError(
+                ErrorCode.UNAVAILABLE,
+                f"the gRPC server holds {self.held} bytes of requests (its budget is {self.limit}); "
+                "retry later",
+            )
+        try:
+            yield
+        finally:
+            self.give(size)
+
+
 class Admission:
     """The calls the server holds at once: past ``limit`` (a thread each), a call is refused at once with
     RESOURCE_EXHAUSTED, an access line, the ``torchgate_grpc_refused`` count and a warning at most every
@@ -113,18 +155,22 @@ def recorded(
     run: Callable[[RequestTrace], Any],
     context: grpc.ServicerContext | None = None,
     turns: Turns | None = None,
+    budget: tuple[ByteBudget, int] | None = None,
 ) -> Any:
-    """Return ``run(trace)``, run in one of ``turns`` if given; write the call's access line (method
-    ``GRPC``, ``path``, the status the same answer has over HTTP) and count it in the inference metrics
-    under the model version it named. The client has gone once the call's ``context`` is no longer active
-    (cancelled, or its deadline passed)."""
+    """Return ``run(trace)``, run in one of ``turns`` if given, holding ``budget`` (the server's, and the
+    request's bytes) meanwhile; write the call's access line (method ``GRPC``, ``path``, the status the same
+    answer has over HTTP) and count it in the inference metrics under the model version it named. The client
+    has gone once the call's ``context`` is no longer active (cancelled, or its deadline passed)."""
     trace = RequestTrace.open(request_id)
     if context is not None:
         trace.gone = lambda: not context.is_active()
     began, status = time.monotonic(), 500
     began_ns = time.monotonic_ns()
     try:
-        with turns.taken(context) if turns is not None else contextlib.nullcontext():
+        with (
+            budget[0].held_for(budget[1]) if budget is not None else contextlib.nullcontext(),
+            turns.taken(context) if turns is not None else contextlib.nullcontext(),
+        ):
             answer = run(trace)
         status = 200
         return answer

@@ -44,7 +44,7 @@ from gateway import (
 from gateway.access_log import logconfig
 from gateway.auth import authorized
 from gateway.codec import FINAL_FLAG_PARAMETER
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, body_budget
 from gateway.errors import (
     CONFLICT,
     FORBIDDEN,
@@ -56,7 +56,7 @@ from gateway.errors import (
     Unsupported,
     describe_unexpected,
 )
-from gateway.grpc_calls import Admission, Turns, recorded
+from gateway.grpc_calls import Admission, ByteBudget, Turns, recorded
 from gateway.grpc_messages import CLASSES, METHODS, SERVICE, STREAMING, message
 from gateway.metrics import multiproc_dir, request_metrics
 from gateway.service import Gateway
@@ -126,6 +126,7 @@ class Servicer:
     def __init__(self, gateway: Gateway, threads: int = DEFAULT_THREADS) -> None:
         self.gateway = gateway
         self.turns = Turns(threads)  # unary inference calls running at once; the rest wait for a turn
+        self.budget = ByteBudget(body_budget(gateway.config.max_body_bytes))  # bytes of requests held
         # the requests of every stream run here (a stream's own call only reads and answers)
         self.stream_pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="torchgate-grpc-stream")
         # A stream holds a server thread while it is open, idle or not: streams get threads of their own
@@ -185,7 +186,7 @@ class Servicer:
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         request_id = _metadata(context).get("x-request-id")
-        return self._infer("ModelInfer", request, context, request_id, self.turns)
+        return self._infer("ModelInfer", request, context, request_id, self.turns, self.budget)
 
     def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         """Each request of the stream answered as it finishes, several at once (a client matches answers by
@@ -203,7 +204,7 @@ class Servicer:
         room = threading.Semaphore(STREAM_IN_FLIGHT)
         gone = threading.Event()  # the stream ended on the server's side: answers are no longer sent
 
-        def answer(request: Any) -> None:
+        def answer(request: Any, size: int) -> None:
             response = None
             try:
                 response = message(
@@ -217,6 +218,7 @@ class Servicer:
             except Exception as exc:  # a bug: its details go to the log only
                 response = _stream_error(request, describe_unexpected(exc, "ModelStreamInfer"))
             finally:
+                self.budget.give(size)
                 answers.put(_NOTHING if response is None else response)  # its room goes back once sent
                 afterwork.run_pending()
 
@@ -224,11 +226,13 @@ class Servicer:
             try:
                 for request in requests:
                     room.acquire()
-                    if gone.is_set():  # nobody will send its answer
-                        break
+                    size = request.ByteSize()  # not read further while the server holds its budget
+                    if gone.is_set() or not self.budget.take(size, lambda: not gone.is_set()):
+                        break  # nobody will send its answer
                     try:
-                        self.stream_pool.submit(answer, request)
+                        self.stream_pool.submit(answer, request, size)
                     except RuntimeError:  # the pool is shut down: the process is exiting
+                        self.budget.give(size)
                         answers.put(_stream_error(request, "the server is stopping"))
                         break
             except Exception:  # the client cancelled, or the connection broke: nobody reads answers now
@@ -259,9 +263,10 @@ class Servicer:
         context: grpc.ServicerContext,
         request_id: str | None,
         turns: Turns | None = None,
+        budget: ByteBudget | None = None,
     ) -> Any:
-        """Run one infer request, in one of ``turns`` if given, with its access line and metrics
-        (:func:`gateway.grpc_calls.recorded`)."""
+        """Run one infer request, in one of ``turns`` and holding its bytes of ``budget`` if given, with its
+        access line and metrics (:func:`gateway.grpc_calls.recorded`)."""
         return recorded(
             self.gateway,
             f"/{SERVICE}/{call}",
@@ -271,6 +276,7 @@ class Servicer:
             lambda trace: self.gateway.rechecking(trace, lambda: self._run(request, context, trace)),
             context,
             turns,
+            None if budget is None else (budget, request.ByteSize()),
         )
 
     def _run(self, request: Any, context: grpc.ServicerContext, trace: RequestTrace) -> Any:
@@ -525,7 +531,9 @@ def build_server(gateway: Gateway, address: str, threads: int) -> tuple[grpc.Ser
         handlers=[
             handler(servicer, token, admission),
             health_handler(servicer, admission),
-            *torchserve_handlers(TorchServeServicer(gateway, servicer.turns), token, admission),
+            *torchserve_handlers(
+                TorchServeServicer(gateway, servicer.turns, servicer.budget), token, admission
+            ),
         ],
         maximum_concurrent_rpcs=admission.limit + admission.spare,
         options=[

@@ -27,7 +27,7 @@ import grpc
 
 from gateway import codec, torchserve_management
 from gateway.errors import InvalidArgument
-from gateway.grpc_calls import Turns, recorded
+from gateway.grpc_calls import ByteBudget, Turns, recorded
 from gateway.grpc_messages import file_descriptor, message_classes
 from gateway.service import Gateway
 from gateway.torchserve import choose_part
@@ -162,9 +162,12 @@ def prediction_input(entries: dict[str, bytes], input_name: str) -> tuple[bytes,
 class TorchServeServicer:
     """TorchServe's gRPC calls, each answered from one :class:`Gateway` as its REST API answers."""
 
-    def __init__(self, gateway: Gateway, turns: Turns | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, turns: Turns | None = None, budget: ByteBudget | None = None
+    ) -> None:
         self.gateway = gateway
         self.turns = turns  # the server's inference calls running at once (gateway.grpc_calls.Turns)
+        self.budget = budget  # the bytes of requests the server holds (gateway.grpc_calls.ByteBudget)
 
     # -- inference ------------------------------------------------------------------------------------
 
@@ -183,7 +186,8 @@ class TorchServeServicer:
             return INFERENCE["PredictionResponse"](prediction=codec.dumps(answer))
 
         path = f"/{INFERENCE_SERVICE}/Predictions"
-        return recorded(self.gateway, path, request.model_name, version, None, run, context, self.turns)
+        held = None if self.budget is None else (self.budget, request.ByteSize())
+        return recorded(self.gateway, path, request.model_name, version, None, run, context, self.turns, held)
 
     def StreamPredictions(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """One response: no model here streams (its errors are raised here, before any response)."""

@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import threading
+import types
 from collections import Counter
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,9 @@ from tritonclient.utils import InferenceServerException
 
 from gateway import grpc_codec, grpc_health, grpc_messages, triton
 from gateway.codec import RegionSlice, Tensor
+from gateway.config import GatewayConfig
 from gateway.errors import InvalidArgument
-from gateway.grpc_calls import Turns
+from gateway.grpc_calls import ByteBudget, Turns
 from gateway.grpc_server import CODES, MAX_DETAILS_BYTES, STREAM_IN_FLIGHT, Servicer, details, status_code
 from harness import (
     DEFAULT_REPOSITORY,
@@ -310,7 +312,8 @@ def test_a_stream_closed_with_answers_unsent_leaves_no_reader_waiting(
     """A client that sent many requests, read one answer and cancelled: the server closes the stream's
     answers with 64 of them unsent. Its reader, waiting for room to read one more request, must end (it used
     to wait forever for rooms that no answer would give back: a thread per such stream)."""
-    servicer = Servicer(gateway=None, threads=2)  # type: ignore[arg-type]  # _infer is replaced below
+    gateway = types.SimpleNamespace(config=GatewayConfig())  # its limits alone: _infer is replaced below
+    servicer = Servicer(gateway=gateway, threads=2)  # type: ignore[arg-type]
     answered = grpc_messages.message("ModelInferResponse", id="x")
     monkeypatch.setattr(servicer, "_infer", lambda call, request, context, request_id: answered)
     cancelled, sent = threading.Event(), [0]
@@ -378,6 +381,36 @@ def test_a_call_waits_for_its_turn_until_one_is_free_or_its_client_goes() -> Non
         raise ValueError("a failed call gives its turn back")
     with turns.taken(held):
         pass
+
+
+def test_the_byte_budget_refuses_a_call_and_holds_a_stream_until_bytes_come_back() -> None:
+    """Requests held at once are bounded in bytes, as the HTTP gateway's bodies are: one stream of 64 MiB
+    requests, or many calls, took the server to GiBs (921 MB for 40 requests of 32 MB on one stream)."""
+    budget = ByteBudget(100)
+    with budget.held_for(60):
+        with pytest.raises(CodedError) as caught, budget.held_for(50):
+            pass
+        assert (
+            caught.value.code == ErrorCode.UNAVAILABLE
+            and "holds 60 bytes of requests" in caught.value.message
+        )
+        with budget.held_for(40):  # what fits is taken
+            assert budget.held == 100
+        assert not budget.take(50, lambda: False)  # a stream that has gone stops waiting
+        took = threading.Event()
+
+        def reader() -> None:
+            if budget.take(50, lambda: True):
+                took.set()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert not took.wait(0.2)  # a stream's reader waits for bytes to come back
+    thread.join(timeout=TIMEOUT)
+    assert took.is_set() and budget.held == 50
+    budget.give(50)
+    with budget.held_for(1000):  # one request alone always fits: grpcio bounds its size
+        assert budget.held == 1000
 
 
 def test_a_response_reads_back_through_tritonclients_infer_result() -> None:
@@ -1085,6 +1118,48 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, processes.log("grpc")
     assert "grpc: stopped" in processes.log("grpc")
+
+
+@pytest.mark.processes
+def test_requests_past_the_byte_budget_are_refused_or_wait_in_their_stream(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """A budget of 40,000 bytes and calls of 16 KiB that wait for a dispatcher that does not answer: of 6 at
+    once, those past the budget are refused at once (UNAVAILABLE, saying so, with their access line); a stream
+    of 6 is read as its requests give their bytes back, and every one is answered."""
+    port = free_port()
+    env = {
+        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
+        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
+        "TORCHGATE_MAX_BODY_BYTES": "32768",
+        "TORCHGATE_GATEWAY_BODY_BUDGET": "40000",
+        "TORCHGATE_UNRESPONSIVE_AFTER": "2",
+    }
+    args = ("--port", str(port), "--threads", "8")
+    _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
+    rows = np.zeros((64, 64), np.float32)  # 16 KiB: two fit
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+
+        def infer(_: int) -> str:
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer("digits", _digits(rows), client_timeout=TIMEOUT)
+            return str(caught.value.message())
+
+        with ThreadPoolExecutor(6) as pool:
+            errors = list(pool.map(infer, range(6)))
+        refused = [e for e in errors if "bytes of requests (its budget is 40000)" in e]
+        waited = [e for e in errors if "dispatcher" in e]  # held their bytes until the dispatcher failed them
+        assert 1 <= len(refused) <= 4 and len(waited) == 6 - len(refused) >= 2, errors
+        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        client.start_stream(callback=lambda result, error: answers.put(error))
+        try:
+            for i in range(6):
+                client.async_stream_infer("digits", _digits(rows), request_id=f"s-{i}")
+            streamed = [answers.get(timeout=TIMEOUT) for _ in range(6)]
+        finally:
+            client.stop_stream()
+        assert all(e is not None and "dispatcher" in str(e) for e in streamed), streamed
+    assert " GRPC /inference.GRPCInferenceService/ModelInfer 503 " in processes.log("grpc")
 
 
 @pytest.mark.processes

@@ -291,7 +291,7 @@ def test_every_inference_route_is_counted(stack: Stack) -> None:
     /v1/models/M:predict were left out)."""
     before = scrape(stack.url)[1]
     row = [float(i % 17) for i in range(64)]
-    sent = [
+    sent: list[tuple[str, Any]] = [
         ("/predictions/digits", [row]),
         ("/invocations?model_name=digits", [row]),
         ("/models/digits/invoke", [row]),
