@@ -23,6 +23,7 @@ METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 FORBIDDEN = "FORBIDDEN"
 UNSUPPORTED = "UNSUPPORTED"  # Triton's TRITONSERVER_ERROR_UNSUPPORTED: a request for what it does not do
 CONFLICT = "CONFLICT"  # TorchServe's ConflictStatusException: registering a model already registered
+NOT_IMPLEMENTED = "NOT_IMPLEMENTED"  # KServe's NotImplementedError: a verb the model server does not serve
 
 STATUS: dict[str, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -39,6 +40,7 @@ STATUS: dict[str, int] = {
     FORBIDDEN: 403,
     UNSUPPORTED: 400,
     CONFLICT: 409,
+    NOT_IMPLEMENTED: 501,
 }
 
 
@@ -87,6 +89,10 @@ class Forbidden(Refusal):
 
 class Conflict(Refusal):
     code = CONFLICT
+
+
+class NotImplementedHere(Refusal):
+    code = NOT_IMPLEMENTED
 
 
 def http_status(code: str) -> int:

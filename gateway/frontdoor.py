@@ -15,6 +15,9 @@ event loop:
 body
   limit gets 413 at once, a malformed chunk 400, a head past ``TORCHGATE_MAX_HEAD_BYTES`` 431; the connection
   is then closed (after a short lingering read, so that the client sees the answer);
+- an answer must keep leaving: a request thread that could send nothing of it for ``TORCHGATE_SEND_TIMEOUT``
+  seconds (the client reads nothing, say, while it pipelines requests for large answers) gives up and closes
+  the connection, as nginx's ``send_timeout``; without it a few such clients held every thread for good;
 - idle kept-alive connections are bounded (gunicorn's keep-alive timeout and count) and, when the process
   nears ``worker_connections``, the oldest idle ones (then connections that sent nothing yet) are closed
   first.
@@ -31,6 +34,7 @@ import os
 import select
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -57,10 +61,12 @@ HEADER_TIMEOUT_ENV = "TORCHGATE_HEADER_TIMEOUT"
 BODY_TIMEOUT_ENV = "TORCHGATE_BODY_TIMEOUT"
 BODY_MIN_RATE_ENV = "TORCHGATE_BODY_MIN_RATE"
 MAX_HEAD_ENV = "TORCHGATE_MAX_HEAD_BYTES"
+SEND_TIMEOUT_ENV = "TORCHGATE_SEND_TIMEOUT"
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_BODY_MIN_RATE = 64 << 10  # bytes per second
 DEFAULT_MAX_HEAD = 64 << 10
+DEFAULT_SEND_TIMEOUT = 10.0  # seconds an answer may make no progress (the client reads none of it)
 STOP_LINGER = 1.0  # seconds a connection taken as the process stops has to begin its request
 RECV_SIZE = 256 << 10  # largest read of a head or of a chunked body
 RECV_BODY = 4 << 20  # largest read of a body of known length
@@ -202,6 +208,7 @@ class FrontDoorLimits:
     body_min_rate: float = DEFAULT_BODY_MIN_RATE
     max_head: int = DEFAULT_MAX_HEAD
     max_body: int = 64 << 20
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
 
     @classmethod
     def from_env(cls, max_body: int) -> FrontDoorLimits:
@@ -212,11 +219,12 @@ class FrontDoorLimits:
             body_min_rate=float(env.get(BODY_MIN_RATE_ENV) or DEFAULT_BODY_MIN_RATE),
             max_head=int(env.get(MAX_HEAD_ENV) or DEFAULT_MAX_HEAD),
             max_body=max_body,
+            send_timeout=float(env.get(SEND_TIMEOUT_ENV) or DEFAULT_SEND_TIMEOUT),
         )
-        if not (limits.header_timeout > 0 and limits.body_timeout > 0 and limits.body_min_rate > 0):
-            raise ValueError(
-                f"{HEADER_TIMEOUT_ENV}, {BODY_TIMEOUT_ENV} and {BODY_MIN_RATE_ENV} must be positive"
-            )
+        values = (limits.header_timeout, limits.body_timeout, limits.body_min_rate, limits.send_timeout)
+        if not all(value > 0 for value in values):
+            names = (HEADER_TIMEOUT_ENV, BODY_TIMEOUT_ENV, BODY_MIN_RATE_ENV, SEND_TIMEOUT_ENV)
+            raise ValueError(f"{', '.join(names[:-1])} and {names[-1]} must be positive")
         return limits
 
     def deadline(self, reading: Reading) -> float:
@@ -250,6 +258,8 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
         # gunicorn's settings are looked up by name on every access: the per-request ones, read once
         self._pre_request, self._post_request = self.cfg.pre_request, self.cfg.post_request
         self._keepalive = self.cfg.keepalive
+        seconds, fraction = divmod(self.limits.send_timeout, 1.0)
+        self._send_timeout = struct.pack("ll", int(seconds), int(fraction * 1e6))  # a struct timeval
         self.listening = True  # until the process stops (_stop_listening)
 
     # -- accepting and reading on the event loop ---------------------------------------------------------
@@ -269,6 +279,9 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
                 raise
             return False
         self.nr_conns += 1
+        # A request thread writes its answer on the blocking socket: a send that makes no progress for this
+        # long fails (EAGAIN) instead of holding the thread as long as the client reads nothing.
+        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._send_timeout)
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
         self._relieve_pressure()
         self._start_reading(conn, b"")
@@ -438,7 +451,15 @@ class FrontDoorWorker(ThreadWorker):  # type: ignore[misc]
     def handle_request(self, req: Any, conn: TConn) -> Any:
         if getattr(conn, "continued", False):  # we answered "100 Continue" already, on the event loop
             req._expected_100_continue = False
-        return self._handle_request(req, conn)
+        try:
+            return self._handle_request(req, conn)
+        except BlockingIOError:  # the answer made no progress for the send timeout: the client reads none
+            log.info(
+                "gateway: a client read nothing of its answer for %gs (%s): connection closed",
+                self.limits.send_timeout,
+                SEND_TIMEOUT_ENV,
+            )
+            return False
 
     def _handle_request(self, req: Any, conn: TConn) -> bool:
         """gthread's ``handle_request``, answering with :class:`OneWriteResponse`."""

@@ -27,7 +27,7 @@ from gateway import (
 )
 from gateway import generate as generate_answer
 from gateway.body import BodyDisconnected, read_body
-from gateway.errors import Forbidden, InvalidArgument, PayloadTooLarge
+from gateway.errors import Forbidden, InvalidArgument, NotImplementedHere, PayloadTooLarge
 from gateway.metrics import CONTENT_TYPE, render, request_metrics
 from gateway.service import CONTROL_BODY, Gateway, reply_room
 from gateway.trace import RequestTrace
@@ -298,6 +298,14 @@ def v1_predict(model: str) -> Response:
         content_encoding=request.environ.get("HTTP_CONTENT_ENCODING"),
     )
     return json_response(doc)
+
+
+@routes.post("/v1/models/<model>:explain")
+def v1_explain(model: str) -> Response:
+    """Not served: 501 for a model it serves, as KServe's model server answers a model without an explainer
+    (404 for an unknown model). Without this route, the readiness route took the path and answered 405."""
+    config, _ = current_gateway().catalog.get(model)
+    raise NotImplementedHere(f"model {config.name!r} has no explainer: only :predict is served on /v1")
 
 
 # -- Open Inference Protocol ----------------------------------------------------------------------------

@@ -268,6 +268,53 @@ def test_requests_wait_for_a_worker_and_go_again_when_theirs_is_lost() -> None:
     context.term()
 
 
+def test_a_late_answer_to_an_earlier_dispatchers_request_is_never_a_new_requests() -> None:
+    """A dispatcher killed and started again (supervisord) while a worker computes one of its requests: the
+    worker registers with the new one, gets new requests, then answers the old one under its old key. That
+    answer must not pass for a new request's (each dispatcher counted its keys from 1: the new request with
+    the old one's key got the old one's outputs)."""
+    context: zmq.Context[Any] = zmq.Context()
+    config = {"heartbeat_interval": 0.05, "heartbeat_liveness": 200, "startup_grace": 0}
+    stale = bytes(range(200, 212))
+    sockets: list[zmq.Socket[Any]] = []
+    try:
+        with serving(context, **config) as first:
+            worker = connect(context, first.config.backend, b"w0-socket")
+            gateway = connect(context, first.config.frontend)
+            sockets += [worker, gateway]
+            register(first, worker, "w0")
+            gateway.send_multipart(
+                protocol.Request("old", "m", [(X, X_BYTES)], deadline=time.time() + 60).frames()
+            )
+            old, _ = next_request(worker)
+        with serving(context, **config) as second:  # the worker still computes "old"
+            worker = connect(context, second.config.backend, b"w0-socket")
+            gateway = connect(context, second.config.frontend)
+            sockets += [worker, gateway]
+            register(second, worker, "w0")
+            news = []
+            for i in range(3):
+                new = protocol.Request(f"new{i}", "m", [(X, X_BYTES)], deadline=time.time() + 60)
+                gateway.send_multipart(new.frames())
+                news.append(next_request(worker, heartbeat=True)[0])
+            worker.send_multipart(protocol.WorkerReply(old.seq, [(Y, stale)], {"batch_size": 1}).frames())
+            for request in news:
+                answer(worker, request.seq)
+            replies: dict[str, list[bytes]] = {}
+            while len(replies) < len(news):
+                assert gateway.poll(TIMEOUT_MS), f"no answer after {sorted(replies)}"
+                frames = gateway.recv_multipart()
+                message = protocol.receive(frames, Link.DISPATCHER_TO_GATEWAY)
+                assert not isinstance(message, protocol.Error), message
+                if isinstance(message, protocol.Reply):
+                    replies[message.id] = frames[1:]
+            assert replies == {f"new{i}": [Y_BYTES] for i in range(3)}
+    finally:
+        for socket in sockets:
+            socket.close(linger=0)
+        context.term()
+
+
 def test_a_cancelled_request_is_dropped_while_held_and_passed_on_to_its_worker() -> None:
     """CANCEL of a request held while no worker is registered drops it; of one on a worker, goes on to that
     worker under the worker's key, and the worker's answer (ERROR CANCELLED) frees its place."""

@@ -222,6 +222,17 @@ def test_routing_errors_are_json(client: FlaskClient) -> None:
     )
 
 
+def test_kserve_v1_explain_is_a_501_as_kserve_answers_without_an_explainer(client: FlaskClient) -> None:
+    """The readiness route ``GET /v1/models/<model>`` took ``:explain`` and answered 405 (Allow: GET)."""
+    response = client.post("/v1/models/digits:explain", json={"instances": [DIGITS_ROW]})
+    assert response.status_code == 501 and "explainer" in response.get_json()["error"]
+    response = client.post("/v1/models/nope:explain", json={"instances": [DIGITS_ROW]})
+    assert response.status_code == 404 and "nope" in response.get_json()["error"]
+    response = client.post("/v1/models/digits:predict", json={"instances": [[1, 2]]})  # still its route
+    assert response.status_code == 400 and "[-1, 64]" in response.get_json()["error"]
+    assert client.get("/v1/models/digits").get_json()["name"] == "digits"  # readiness, still its route
+
+
 def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
     assert client.get("/v2", headers={"X-Request-ID": "trace-42"}).headers["X-Request-ID"] == "trace-42"
     made = client.get("/v2").headers["X-Request-ID"]

@@ -8,12 +8,14 @@ that exhausting them is cheap; timeouts are shortened the same way (settings a u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -29,6 +31,7 @@ THREADS = 4
 MAX_BODY = 4 << 20
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
+SEND_TIMEOUT = 2.0
 BODY_BUDGET = 16 * MAX_BODY
 MAX_JSON_VALUES = 100_000
 
@@ -41,6 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TORCHGATE_MAX_BODY_BYTES": str(MAX_BODY),
         "TORCHGATE_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "TORCHGATE_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        "TORCHGATE_SEND_TIMEOUT": str(SEND_TIMEOUT),
         "TORCHGATE_GATEWAY_CONNECTIONS": "300",
         "TORCHGATE_GATEWAY_BODY_BUDGET": str(BODY_BUDGET),
         "TORCHGATE_MAX_JSON_VALUES": str(MAX_JSON_VALUES),
@@ -373,6 +377,66 @@ def test_idle_connections_are_closed_first_under_pressure(stack: Stack) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def send_queues(port: int, peers: set[int]) -> dict[int, int]:
+    """The bytes the server's end of each connection to ``port`` from the client ports ``peers`` has yet to
+    see acknowledged (/proc/net/tcp's tx_queue), by client port."""
+    queues = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queue = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[4]
+        if local == port and remote in peers:
+            queues[remote] = int(queue.split(":")[0], 16)
+    return queues
+
+
+def gateway_peers(stack: Stack) -> set[int]:
+    """The client ports of the connections the gateway's processes hold."""
+    ports = set()
+    for name, pid in stack.pids().items():
+        if name.startswith("gateway"):
+            with contextlib.suppress(psutil.Error):
+                ports |= {c.raddr.port for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr}
+    return ports
+
+
+def test_clients_that_read_none_of_their_answers_hold_no_thread_for_good(stack: Stack) -> None:
+    """More clients than threads pipeline requests for 76 KB answers and read none: each held a request thread
+    in its blocking send for as long as it stayed connected, and liveness and inference waited behind them
+    for good. An answer that makes no progress for ``TORCHGATE_SEND_TIMEOUT`` now frees its thread and the
+    connection is closed (nginx's ``send_timeout``)."""
+    pipelined = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 400  # 30 MB of answers: past any buffer
+    clients = []
+    try:
+        for _ in range(THREADS + 1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", stack.port))
+            sock.sendall(pipelined)
+            clients.append(sock)
+        # every thread is stuck: the answers' bytes queued unacknowledged stay put (the buffers are full)
+        ports = {sock.getsockname()[1] for sock in clients}
+        last: dict[int, int] = {}
+
+        def stuck() -> bool:
+            nonlocal last
+            queues, last = last, send_queues(stack.port, ports)
+            return sum(1 for queued in last.values() if queued) >= THREADS and queues == last
+
+        wait_for(stuck, timeout=60, interval=0.5, what="the answers to fill every buffer")
+        started = time.monotonic()
+        assert requests.get(stack.url + "/v2/health/live", timeout=30).status_code == 200
+        infer_ok(stack, timeout=30)
+        assert time.monotonic() - started < 6 * SEND_TIMEOUT + 5
+        # and the gateway closed each, part way through its answers (reading them would unblock its thread)
+        wait_for(lambda: not gateway_peers(stack) & ports, timeout=60, what="the gateway to close them")
+    finally:
+        for sock in clients:
+            sock.close()
+    for _ in range(3):
+        infer_ok(stack, timeout=10)
 
 
 def test_expect_100_continue_and_pipelined_requests(stack: Stack) -> None:

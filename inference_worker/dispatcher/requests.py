@@ -47,7 +47,12 @@ class Requests:
             "lost": 0,
             "cancelled": 0,  # withdrawn from this queue (a worker counts those it withdraws)
         }
-        self.next_seq = 1
+        # The workers' keys of this dispatcher's requests start from the clock, in microseconds: a restarted
+        # dispatcher's never meet the keys of the one before it (it would have had to give out more than one
+        # a microsecond). A worker computing a request of the one before answers it under its old key once
+        # it has registered again; a key given out again (each counting from 1) took that answer for the new
+        # request's, which got another request's outputs.
+        self.next_seq = time.time_ns() // 1000
         self.started = time.monotonic()
         self.held: list[tuple[bytes, RelayedRequest]] = []  # arrived before any worker registered
 
