@@ -4,24 +4,17 @@ works."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
 
-from harness import ROOT
+from harness import run
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(120)]
 
 
 def test_the_region_use_benchmark_runs_and_reports() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.region_use", "--object-mib", "1", "--uses", "200"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = run([sys.executable, "-m", "benchmarks.region_use", "--object-mib", "1", "--uses", "200"], 100)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"region read of 1024 bytes \(object 1 MiB\): [0-9.]+ us", done.stdout), done.stdout
     assert re.search(r"region read of 614400 bytes \(object 1 MiB\): [0-9.]+ us", done.stdout), done.stdout

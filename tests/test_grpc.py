@@ -1076,12 +1076,7 @@ def test_alone_it_refuses_too_large_too_many_and_unreachable_with_their_codes(
     once, calls past the admitted ones too, the rest UNAVAILABLE; nothing hangs; TERM stops it cleanly; a
     second server on the same port says it cannot listen."""
     port = free_port()
-    env = {
-        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
-        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
-        "TORCHGATE_MAX_BODY_BYTES": "4096",
-        "TORCHGATE_UNRESPONSIVE_AFTER": "1",
-    }
+    env = _nobody_answers(tmp_path, MAX_BODY_BYTES="4096", UNRESPONSIVE_AFTER="1")
     args = ("--port", str(port), "--threads", "2", "--grace-seconds", "10")
     server = _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
     with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
@@ -1128,13 +1123,9 @@ def test_requests_past_the_byte_budget_are_refused_or_wait_in_their_stream(
     once, those past the budget are refused at once (UNAVAILABLE, saying so, with their access line); a stream
     of 6 is read as its requests give their bytes back, and every one is answered."""
     port = free_port()
-    env = {
-        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
-        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
-        "TORCHGATE_MAX_BODY_BYTES": "32768",
-        "TORCHGATE_GATEWAY_BODY_BUDGET": "40000",
-        "TORCHGATE_UNRESPONSIVE_AFTER": "2",
-    }
+    env = _nobody_answers(
+        tmp_path, MAX_BODY_BYTES="32768", GATEWAY_BODY_BUDGET="40000", UNRESPONSIVE_AFTER="2"
+    )
     args = ("--port", str(port), "--threads", "8")
     _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
     rows = np.zeros((64, 64), np.float32)  # 16 KiB: two fit
@@ -1170,11 +1161,8 @@ def test_inference_calls_past_the_threads_never_keep_other_calls_waiting(
     ServerMetadata answer while all 10 still wait (they used to queue behind them until one ended), and the
     calls waiting for their turn end as soon as their client cancels them."""
     port = free_port()
-    env = {
-        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
-        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
-        "TORCHGATE_UNRESPONSIVE_AFTER": "600",  # the calls that run wait for the dispatcher until cancelled
-    }
+    # the calls that run wait for the dispatcher until cancelled
+    env = _nobody_answers(tmp_path, UNRESPONSIVE_AFTER="600")
     args = ("--port", str(port), "--threads", "2")
     _listening(processes, processes.python("grpc", "gateway.grpc_server", *args, env=env))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -1208,6 +1196,16 @@ def test_inference_calls_past_the_threads_never_keep_other_calls_waiting(
         timeout=TIMEOUT,
         what="the cancelled calls' access lines",
     )
+
+
+def _nobody_answers(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a gRPC server alone, whose dispatcher socket nobody serves, with ``settings`` as
+    ``TORCHGATE_<NAME>`` values."""
+    return {
+        "TORCHGATE_DISPATCHER": f"ipc://{tmp_path}/nobody.sock",
+        "TORCHGATE_MODEL_REPOSITORY": str(DEFAULT_REPOSITORY),
+        **{f"TORCHGATE_{name}": value for name, value in settings.items()},
+    }
 
 
 def _listening(processes: Processes, server: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
